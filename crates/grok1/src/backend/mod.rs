@@ -1,0 +1,174 @@
+//! The kernels the forward pass needs, behind one trait so that the model is
+//! written once for every device. `cpu` is the reference implementation; a CUDA
+//! backend implements the same operations on device memory.
+
+pub mod cpu;
+
+use half::bf16;
+
+use crate::kv_cache::{KvCache, SeqId};
+use crate::weights::{DType, TensorData};
+
+/// Activation precision of a forward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// Every activation, the KV cache and all matmuls in f32, weights dequantised
+    /// exactly (int8 * f32(scale)). The golden tests' acceptance mode.
+    #[default]
+    F32,
+    /// The reference as released (`fprop_dtype = bfloat16`): activations, the
+    /// residual stream, the KV cache and matmul outputs rounded to bf16 where the
+    /// reference casts; norms, attention scores, softmax and the router in f32;
+    /// dot products accumulated in f32 and rounded once. Weights are dequantised
+    /// exactly, as XLA:CPU fuses the int8 * scale product into the dot (rounding
+    /// them to bf16 first lands measurably farther from the reference's bf16 run).
+    Bf16,
+}
+
+impl Precision {
+    /// Rounds `x` to the activation dtype in place (a no-op in f32 mode).
+    pub fn cast(self, x: &mut [f32]) {
+        if self == Precision::Bf16 {
+            for v in x {
+                *v = round_bf16(*v);
+            }
+        }
+    }
+
+    pub fn cast_one(self, x: f32) -> f32 {
+        match self {
+            Precision::F32 => x,
+            Precision::Bf16 => round_bf16(x),
+        }
+    }
+}
+
+/// Rounds to the nearest bfloat16 (ties to even), returned as f32.
+#[inline]
+pub fn round_bf16(x: f32) -> f32 {
+    bf16::from_f32(x).to_f32()
+}
+
+#[inline]
+fn bf16_le(b: &[u8], i: usize) -> f32 {
+    bf16::from_bits(u16::from_le_bytes([b[2 * i], b[2 * i + 1]])).to_f32()
+}
+
+#[inline]
+fn f32_le(b: &[u8], i: usize) -> f32 {
+    f32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
+}
+
+/// An int8 matrix `[k, n]` (computing `x @ W`) with scales `[groups, n]` grouped
+/// along `k`: row `r` uses scale group `r / (k / groups)`.
+#[derive(Clone, Debug)]
+pub struct QuantMatrix {
+    pub k: usize,
+    pub n: usize,
+    pub groups: usize,
+    /// `k * n` int8 values, row-major.
+    pub weight: TensorData,
+    /// `groups * n` scales.
+    pub scales: TensorData,
+    pub scale_dtype: DType,
+}
+
+impl QuantMatrix {
+    pub fn weight_bytes(&self) -> &[u8] {
+        self.weight.bytes()
+    }
+
+    /// Scales of group `g` as f32, written into `out[..n]`.
+    pub fn scales_into(&self, g: usize, cols: std::ops::Range<usize>, out: &mut [f32]) {
+        let b = self.scales.bytes();
+        let base = g * self.n;
+        for (o, c) in out.iter_mut().zip(cols) {
+            *o = match self.scale_dtype {
+                DType::F32 => f32_le(b, base + c),
+                _ => bf16_le(b, base + c),
+            };
+        }
+    }
+
+    /// Bytes read from memory by one full product with this matrix.
+    pub fn byte_len(&self) -> usize {
+        self.weight.len() + self.scales.len()
+    }
+}
+
+/// A row-major f32 matrix `[rows, cols]` read in place from its file (the
+/// embedding); rows are little-endian f32 bytes, not necessarily 4-aligned.
+#[derive(Clone, Debug)]
+pub struct F32Matrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: TensorData,
+}
+
+impl F32Matrix {
+    pub fn row_bytes(&self, r: usize) -> &[u8] {
+        &self.data.bytes()[r * self.cols * 4..(r + 1) * self.cols * 4]
+    }
+
+    /// Row `r` decoded into `out`.
+    pub fn row_into(&self, r: usize, out: &mut [f32]) {
+        let b = self.row_bytes(r);
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = f32_le(b, i);
+        }
+    }
+}
+
+/// Where one activation row sits: its sequence and its position in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowPosition {
+    pub seq: SeqId,
+    pub pos: usize,
+}
+
+/// The constants of one attention call.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionParams {
+    pub num_q_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    /// Multiplies `q . k` (`attn_output_multiplier`).
+    pub multiplier: f32,
+    /// `s = softcap * tanh(s / softcap)`.
+    pub softcap: f32,
+    pub precision: Precision,
+}
+
+/// The operations of the forward pass that carry its cost.
+pub trait Backend: Send + Sync {
+    fn name(&self) -> String;
+
+    /// `out[m, n] = x[m, k] @ W[k, n]` for an int8 weight with grouped scales,
+    /// dequantised exactly in f32; `x` is row-major `[m, k]`, `out` `[m, n]`.
+    fn matmul_q8(&self, x: &[f32], w: &QuantMatrix, out: &mut [f32]);
+
+    /// `out[m, r] = x[m, :] . E[r, :]`: the tied output projection.
+    fn matmul_transposed_f32(
+        &self,
+        x: &[f32],
+        e: &F32Matrix,
+        out: &mut [f32],
+        precision: Precision,
+    );
+
+    /// `out[m, n] = x[m, k] @ w[k, n]` with an f32 weight (the router).
+    fn matmul_f32(&self, x: &[f32], w: &[f32], k: usize, n: usize, out: &mut [f32]);
+
+    /// Causal attention of each query row over its sequence's cached keys and
+    /// values (positions `0..=pos`, pad keys masked). `q` is `[rows, Hq * hd]`,
+    /// `out` the same shape.
+    fn attention(
+        &self,
+        q: &[f32],
+        rows: &[RowPosition],
+        cache: &KvCache,
+        layer: usize,
+        params: &AttentionParams,
+        out: &mut [f32],
+    );
+}

@@ -1,0 +1,25 @@
+//! grok1: run xAI's Grok-1 from its official checkpoint.
+//!
+//! Data flows as in shared/docs/architecture.md: a format reader fills a
+//! [`weights::TensorStore`]; [`model::Grok1`] runs the forward pass of
+//! shared/docs/grok1-model.md against a [`backend::Backend`]; [`kv_cache`] holds
+//! keys and values between steps; [`sampling`] and [`generate`] turn logits into
+//! tokens.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod config;
+pub mod progress;
+pub mod weights;
+
+pub use config::{ConfigError, ModelConfig};
+pub mod backend;
+pub mod generate;
+pub mod kv_cache;
+pub mod model;
+pub mod npy;
+pub mod sampling;
+
+pub use backend::Precision;
+pub use kv_cache::{KvCache, SeqId};
+pub use model::{ForwardOptions, ForwardOutput, Grok1, LogitsRows, ModelError, SequenceInput};

@@ -1,0 +1,68 @@
+//! The attention block: projections, RoPE, the KV cache write, causal attention
+//! with the soft cap, and the output projection.
+
+use super::rope::Rope;
+use crate::backend::{AttentionParams, Backend, Precision, RowPosition};
+use crate::config::ModelConfig;
+use crate::kv_cache::KvCache;
+use crate::model::weights::LayerWeights;
+
+/// Self-attention of `a` (`[rows, d]`, already normed) for layer `layer`;
+/// writes the rows' keys and values into `cache` and returns `[rows, d]`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_block(
+    backend: &dyn Backend,
+    cfg: &ModelConfig,
+    rope: &Rope,
+    w: &LayerWeights,
+    layer: usize,
+    a: &[f32],
+    rows: &[RowPosition],
+    cache: &mut KvCache,
+    precision: Precision,
+) -> Vec<f32> {
+    let n = rows.len();
+    let (qw, kvw) = (cfg.q_width(), cfg.kv_width());
+    // q = a @ Wq; k = a @ Wk; v = a @ Wv (outputs in the activation dtype)
+    let mut q = vec![0f32; n * qw];
+    let mut k = vec![0f32; n * kvw];
+    let mut v = vec![0f32; n * kvw];
+    backend.matmul_q8(a, &w.wq, &mut q);
+    backend.matmul_q8(a, &w.wk, &mut k);
+    backend.matmul_q8(a, &w.wv, &mut v);
+    precision.cast(&mut q);
+    precision.cast(&mut k);
+    precision.cast(&mut v);
+    // RoPE on q and k at each row's position (f32 maths, cast back).
+    for (i, row) in rows.iter().enumerate() {
+        let (cos, sin) = rope.phases(row.pos);
+        rope.apply(&mut q[i * qw..(i + 1) * qw], &cos, &sin);
+        rope.apply(&mut k[i * kvw..(i + 1) * kvw], &cos, &sin);
+    }
+    precision.cast(&mut q);
+    precision.cast(&mut k);
+    for (i, row) in rows.iter().enumerate() {
+        cache.write(
+            layer,
+            row.seq,
+            row.pos,
+            &k[i * kvw..(i + 1) * kvw],
+            &v[i * kvw..(i + 1) * kvw],
+        );
+    }
+    let params = AttentionParams {
+        num_q_heads: cfg.num_q_heads,
+        num_kv_heads: cfg.num_kv_heads,
+        head_dim: cfg.key_size,
+        multiplier: cfg.attn_output_multiplier as f32,
+        softcap: cfg.attn_softcap as f32,
+        precision,
+    };
+    let mut o = vec![0f32; n * qw];
+    backend.attention(&q, rows, cache, layer, &params, &mut o);
+    // heads concatenated [rows, Hq*hd], then o @ Wo back to d
+    let mut out = vec![0f32; n * cfg.emb_size];
+    backend.matmul_q8(&o, &w.wo, &mut out);
+    precision.cast(&mut out);
+    out
+}

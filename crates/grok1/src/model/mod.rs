@@ -1,0 +1,310 @@
+//! The Grok-1 forward pass (shared/docs/grok1-model.md), written once against
+//! the [`Backend`] trait.
+
+pub mod attention;
+pub mod moe;
+pub mod norm;
+pub mod rope;
+pub mod weights;
+
+use std::collections::HashSet;
+
+use crate::backend::{cpu::CpuBackend, Backend, Precision, RowPosition};
+use crate::config::ModelConfig;
+use crate::kv_cache::{CacheError, KvCache, SeqId};
+use crate::weights::{TensorStore, WeightError};
+use moe::RouterDecisions;
+use rope::Rope;
+pub use weights::Weights;
+
+/// Bad input to a forward pass. Nothing is computed or cached when one is returned.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ModelError {
+    #[error("token id {token} at position {position} of sequence {sequence} is outside the vocabulary (ids 0..{vocab})")]
+    TokenOutOfRange {
+        token: u32,
+        vocab: usize,
+        sequence: usize,
+        position: usize,
+    },
+    #[error("sequence {sequence} has no tokens")]
+    EmptyInput { sequence: usize },
+    #[error("context overflow: sequence {sequence} would hold {needed} tokens, but the model's context is {max} (sequence_len)")]
+    ContextOverflow {
+        sequence: usize,
+        needed: usize,
+        max: usize,
+    },
+    #[error("sequence {sequence} appears twice in one batch")]
+    DuplicateSequence { sequence: usize },
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+}
+
+/// One sequence's new tokens in a batched forward call.
+#[derive(Clone, Copy, Debug)]
+pub struct SequenceInput<'a> {
+    pub seq: SeqId,
+    pub tokens: &'a [u32],
+}
+
+/// Which rows' logits to compute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LogitsRows {
+    /// Every new token's row (prefill scoring, `grok1 logits`).
+    All,
+    /// Only the last new token of each sequence (generation).
+    #[default]
+    Last,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ForwardOptions {
+    pub precision: Precision,
+    pub logits: LogitsRows,
+}
+
+/// Logits of the selected rows, row-major `[rows, vocab]`, in input order.
+#[derive(Clone, Debug)]
+pub struct ForwardOutput {
+    pub logits: Vec<f32>,
+    pub vocab: usize,
+    /// For each logits row: (index of its sequence in the input, position).
+    pub rows: Vec<(usize, usize)>,
+}
+
+impl ForwardOutput {
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.logits[i * self.vocab..(i + 1) * self.vocab]
+    }
+
+    /// The last row belonging to input sequence `index`.
+    pub fn last_row_of(&self, index: usize) -> Option<&[f32]> {
+        let i = self.rows.iter().rposition(|&(s, _)| s == index)?;
+        Some(self.row(i))
+    }
+}
+
+/// Intermediates recorded by a traced forward (the golden tests compare them).
+#[derive(Clone, Debug, Default)]
+pub struct Trace {
+    /// `[layers + 2]` of `[rows, d]`: the scaled embeddings, each layer's output,
+    /// and the output of the final norm.
+    pub hidden: Vec<Vec<f32>>,
+    /// Per layer, the router's decisions for every row.
+    pub router: Vec<RouterDecisions>,
+}
+
+/// A loaded model: config, weights and the backend that runs it.
+pub struct Grok1 {
+    config: ModelConfig,
+    weights: Weights,
+    backend: Box<dyn Backend>,
+    rope: Rope,
+}
+
+impl Grok1 {
+    /// Builds the model from the tensors of a store, checking every shape.
+    pub fn from_store(config: ModelConfig, store: &TensorStore) -> Result<Self, WeightError> {
+        let weights = Weights::from_store(&config, store)?;
+        Ok(Self::new(config, weights, Box::new(CpuBackend::new())))
+    }
+
+    pub fn new(config: ModelConfig, weights: Weights, backend: Box<dyn Backend>) -> Self {
+        let rope = Rope::new(config.key_size, config.rope_base);
+        Grok1 {
+            config,
+            weights,
+            backend,
+            rope,
+        }
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        &*self.backend
+    }
+
+    /// A KV cache able to hold `tokens` positions over at most `sequences` sequences.
+    pub fn new_cache(&self, tokens: usize, sequences: usize) -> KvCache {
+        KvCache::with_capacity(&self.config, tokens, sequences)
+    }
+
+    /// Checks a prompt for a fresh sequence (ids in range, fits the context)
+    /// without running it.
+    pub fn validate_prompt(&self, tokens: &[u32]) -> Result<(), ModelError> {
+        if tokens.is_empty() {
+            return Err(ModelError::EmptyInput { sequence: 0 });
+        }
+        let vocab = self.config.vocab_size;
+        if let Some(p) = tokens.iter().position(|&t| t as usize >= vocab) {
+            return Err(ModelError::TokenOutOfRange {
+                token: tokens[p],
+                vocab,
+                sequence: 0,
+                position: p,
+            });
+        }
+        if tokens.len() > self.config.sequence_len {
+            return Err(ModelError::ContextOverflow {
+                sequence: 0,
+                needed: tokens.len(),
+                max: self.config.sequence_len,
+            });
+        }
+        Ok(())
+    }
+
+    fn validate(&self, cache: &KvCache, inputs: &[SequenceInput]) -> Result<(), ModelError> {
+        let vocab = self.config.vocab_size;
+        let mut seen = HashSet::new();
+        for (i, input) in inputs.iter().enumerate() {
+            if !seen.insert(input.seq) {
+                return Err(ModelError::DuplicateSequence { sequence: i });
+            }
+            if input.tokens.is_empty() {
+                return Err(ModelError::EmptyInput { sequence: i });
+            }
+            if let Some(p) = input.tokens.iter().position(|&t| t as usize >= vocab) {
+                return Err(ModelError::TokenOutOfRange {
+                    token: input.tokens[p],
+                    vocab,
+                    sequence: i,
+                    position: cache.len(input.seq)? + p,
+                });
+            }
+            let needed = cache.len(input.seq)? + input.tokens.len();
+            if needed > self.config.sequence_len {
+                return Err(ModelError::ContextOverflow {
+                    sequence: i,
+                    needed,
+                    max: self.config.sequence_len,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the new tokens of every input sequence through the model in one call,
+    /// appending their keys and values to `cache`, and returns the logits of the
+    /// rows `options.logits` selects. With `trace`, records the intermediates.
+    pub fn forward(
+        &self,
+        cache: &mut KvCache,
+        inputs: &[SequenceInput],
+        options: &ForwardOptions,
+        mut trace: Option<&mut Trace>,
+    ) -> Result<ForwardOutput, ModelError> {
+        self.validate(cache, inputs)?;
+        let cfg = &self.config;
+        let p = options.precision;
+        let d = cfg.emb_size;
+        // Reserve every sequence's pages first, so a full cache fails before any
+        // sequence is changed.
+        let starts: Vec<usize> = inputs
+            .iter()
+            .map(|i| cache.len(i.seq))
+            .collect::<Result<_, _>>()?;
+        let before = cache.free_pages();
+        for (input, &start) in inputs.iter().zip(&starts) {
+            if let Err(e) = cache.reserve(input.seq, start + input.tokens.len()) {
+                for (input, &start) in inputs.iter().zip(&starts) {
+                    cache.truncate(input.seq, start)?;
+                }
+                debug_assert_eq!(cache.free_pages(), before);
+                return Err(e.into());
+            }
+        }
+        let mut rows = Vec::new();
+        let mut tokens = Vec::new();
+        for (input, &start) in inputs.iter().zip(&starts) {
+            for (j, &t) in input.tokens.iter().enumerate() {
+                rows.push(RowPosition {
+                    seq: input.seq,
+                    pos: start + j,
+                });
+                tokens.push(t);
+            }
+            cache.commit(input.seq, input.tokens, cfg.pad_token);
+        }
+
+        // x = E[tokens] * embedding_multiplier_scale
+        let mut x = vec![0f32; tokens.len() * d];
+        let emb_mult = p.cast_one(cfg.embedding_multiplier_scale as f32);
+        for (row, &t) in x.chunks_exact_mut(d).zip(&tokens) {
+            self.weights.embedding.row_into(t as usize, row);
+            p.cast(row);
+            for v in row.iter_mut() {
+                *v *= emb_mult;
+            }
+        }
+        p.cast(&mut x);
+        if let Some(t) = trace.as_deref_mut() {
+            t.hidden.push(x.clone());
+        }
+
+        let eps = cfg.rms_norm_eps as f32;
+        let backend = &*self.backend;
+        for (l, w) in self.weights.layers.iter().enumerate() {
+            // a = rms_norm(x); a = attention(a); a = rms_norm_1(a); x = x + a
+            let a = norm::rms_norm(&x, &w.attn_norm, eps, p);
+            let a = attention::attention_block(backend, cfg, &self.rope, w, l, &a, &rows, cache, p);
+            let a = norm::rms_norm(&a, &w.attn_out_norm, eps, p);
+            add_into(&mut x, &a, p);
+            // m = rms_norm_2(x); m = moe(m); m = rms_norm_3(m); x = x + m
+            let m = norm::rms_norm(&x, &w.moe_norm, eps, p);
+            let (m, router) = moe::moe_block(backend, cfg, w, &m, p);
+            let m = norm::rms_norm(&m, &w.moe_out_norm, eps, p);
+            add_into(&mut x, &m, p);
+            if let Some(t) = trace.as_deref_mut() {
+                t.hidden.push(x.clone());
+                t.router.push(router);
+            }
+        }
+        let x = norm::rms_norm(&x, &self.weights.final_norm, eps, p);
+        if let Some(t) = trace.as_deref_mut() {
+            t.hidden.push(x.clone());
+        }
+
+        // logits = (x @ E^T) * output_multiplier_scale, for the selected rows
+        let mut selected = Vec::new();
+        let mut out_rows = Vec::new();
+        let mut r = 0;
+        for (i, input) in inputs.iter().enumerate() {
+            let n = input.tokens.len();
+            let chosen = match options.logits {
+                LogitsRows::All => r..r + n,
+                LogitsRows::Last => r + n - 1..r + n,
+            };
+            for row in chosen {
+                selected.extend_from_slice(&x[row * d..(row + 1) * d]);
+                out_rows.push((i, rows[row].pos));
+            }
+            r += n;
+        }
+        let vocab = cfg.vocab_size;
+        let mut logits = vec![0f32; out_rows.len() * vocab];
+        backend.matmul_transposed_f32(&selected, &self.weights.embedding, &mut logits, p);
+        p.cast(&mut logits);
+        let out_mult = p.cast_one(cfg.output_multiplier_scale as f32);
+        for v in logits.iter_mut() {
+            *v *= out_mult;
+        }
+        p.cast(&mut logits);
+        Ok(ForwardOutput {
+            logits,
+            vocab,
+            rows: out_rows,
+        })
+    }
+}
+
+/// `x += a` (the residual add, in the activation dtype).
+fn add_into(x: &mut [f32], a: &[f32], p: Precision) {
+    for (x, &a) in x.iter_mut().zip(a) {
+        *x = p.cast_one(*x + a);
+    }
+}

@@ -1,0 +1,108 @@
+//! The mixture of experts: an f32 router picks the top experts of each token
+//! and only those experts run, each once on all the tokens routed to it.
+
+use super::norm::{gelu_tanh, softmax};
+use crate::backend::{Backend, Precision};
+use crate::config::ModelConfig;
+use crate::model::weights::LayerWeights;
+
+/// What the router decided for a batch of rows (for tests and tracing).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RouterDecisions {
+    /// `[rows, num_experts]` router logits (f32).
+    pub logits: Vec<f32>,
+    /// `[rows, num_experts]` softmax probabilities.
+    pub probs: Vec<f32>,
+    /// `[rows, k]` selected experts, by descending probability (ties: lower id).
+    pub experts: Vec<usize>,
+    /// `[rows, k]` their gates: the probabilities themselves, not renormalised.
+    pub gates: Vec<f32>,
+}
+
+/// Router in f32: `p = softmax(m @ Wr)`, then the top `k` of `p`.
+pub fn route(
+    backend: &dyn Backend,
+    cfg: &ModelConfig,
+    w: &LayerWeights,
+    m: &[f32],
+) -> RouterDecisions {
+    let (d, e, k) = (cfg.emb_size, cfg.num_experts, cfg.num_selected_experts);
+    let rows = m.len() / d;
+    let mut logits = vec![0f32; rows * e];
+    backend.matmul_f32(m, &w.router, d, e, &mut logits);
+    let mut probs = logits.clone();
+    let mut experts = Vec::with_capacity(rows * k);
+    let mut gates = Vec::with_capacity(rows * k);
+    for p in probs.chunks_exact_mut(e) {
+        softmax(p);
+        let mut order: Vec<usize> = (0..e).collect();
+        // Stable sort by descending probability keeps lower ids first on ties.
+        order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
+        for &x in &order[..k] {
+            experts.push(x);
+            gates.push(p[x]);
+        }
+    }
+    RouterDecisions {
+        logits,
+        probs,
+        experts,
+        gates,
+    }
+}
+
+/// `sum over selected experts of gate * expert(m)` with
+/// `expert(m) = (gelu(m @ W_linear) * (m @ W_linear_v)) @ W_linear_1`.
+pub fn moe_block(
+    backend: &dyn Backend,
+    cfg: &ModelConfig,
+    w: &LayerWeights,
+    m: &[f32],
+    precision: Precision,
+) -> (Vec<f32>, RouterDecisions) {
+    let (d, ff, k) = (cfg.emb_size, cfg.ffn_size, cfg.num_selected_experts);
+    let rows = m.len() / d;
+    let router = route(backend, cfg, w, m);
+    // Group the rows by expert so each expert's weights are read once per call.
+    let mut routed: Vec<Vec<(usize, f32)>> = vec![Vec::new(); cfg.num_experts];
+    for r in 0..rows {
+        for j in 0..k {
+            let gate = precision.cast_one(router.gates[r * k + j]);
+            routed[router.experts[r * k + j]].push((r, gate));
+        }
+    }
+    let mut out = vec![0f32; rows * d];
+    for (expert, assigned) in routed.iter().enumerate() {
+        if assigned.is_empty() {
+            continue;
+        }
+        let n = assigned.len();
+        let mut x = Vec::with_capacity(n * d);
+        for &(r, _) in assigned {
+            x.extend_from_slice(&m[r * d..(r + 1) * d]);
+        }
+        let mut h = vec![0f32; n * ff];
+        let mut hv = vec![0f32; n * ff];
+        backend.matmul_q8(&x, &w.experts.linear[expert], &mut h);
+        backend.matmul_q8(&x, &w.experts.linear_v[expert], &mut hv);
+        precision.cast(&mut h);
+        precision.cast(&mut hv);
+        // In the reference the expert outputs pass through an f32 one-hot einsum, so
+        // from here to the final sum everything stays f32 whatever the activation
+        // dtype: gelu(h) * hv, the down projection (an f32 x bf16 dot that XLA
+        // computes with the int8 * scale product unrounded), gate * out and the sum.
+        for (a, &b) in h.iter_mut().zip(&hv) {
+            *a = gelu_tanh(*a) * b;
+        }
+        let mut y = vec![0f32; n * d];
+        backend.matmul_q8(&h, &w.experts.linear_1[expert], &mut y);
+        for (i, &(r, gate)) in assigned.iter().enumerate() {
+            let o = &mut out[r * d..(r + 1) * d];
+            for (o, &v) in o.iter_mut().zip(&y[i * d..(i + 1) * d]) {
+                *o += gate * v;
+            }
+        }
+    }
+    precision.cast(&mut out);
+    (out, router)
+}

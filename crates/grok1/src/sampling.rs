@@ -1,0 +1,300 @@
+//! Turning logits into a token: greedy, temperature, top-k, top-p (with the
+//! reference's nucleus semantics), min-p and a repetition penalty, drawn from a
+//! seeded generator so runs are reproducible.
+//!
+//! Order of operations: repetition penalty, temperature, top-k, top-p, min-p,
+//! then one categorical draw. Temperature 0 is greedy (the lowest id wins ties).
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SamplingError {
+    #[error("temperature must be a finite number >= 0, got {0}")]
+    Temperature(f32),
+    #[error("top_p must be in (0, 1], got {0}")]
+    TopP(f32),
+    #[error("min_p must be in [0, 1], got {0}")]
+    MinP(f32),
+    #[error("repetition_penalty must be a finite number > 0, got {0}")]
+    RepetitionPenalty(f32),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplingParams {
+    /// 0 = greedy.
+    pub temperature: f32,
+    /// Keep the `top_k` most likely tokens; 0 = off.
+    pub top_k: usize,
+    /// Nucleus: keep the most likely tokens holding `top_p` of the mass; 1 = off.
+    pub top_p: f32,
+    /// Keep tokens at least `min_p` times as likely as the best; 0 = off.
+    pub min_p: f32,
+    /// Divides positive (multiplies negative) logits of tokens already in the
+    /// context; 1 = off.
+    pub repetition_penalty: f32,
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+impl SamplingParams {
+    pub fn validate(&self) -> Result<(), SamplingError> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(SamplingError::Temperature(self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(SamplingError::TopP(self.top_p));
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return Err(SamplingError::MinP(self.min_p));
+        }
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            return Err(SamplingError::RepetitionPenalty(self.repetition_penalty));
+        }
+        Ok(())
+    }
+}
+
+/// Index of the largest value; the lowest index wins ties.
+pub fn argmax(logits: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+pub struct Sampler {
+    params: SamplingParams,
+    rng: ChaCha8Rng,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Result<Self, SamplingError> {
+        params.validate()?;
+        let rng = ChaCha8Rng::seed_from_u64(params.seed);
+        Ok(Sampler { params, rng })
+    }
+
+    /// Picks the next token from `logits` given the tokens already in the context.
+    pub fn sample(&mut self, logits: &[f32], context: &[u32]) -> u32 {
+        let p = &self.params;
+        let mut logits = logits.to_vec();
+        if p.repetition_penalty != 1.0 {
+            let mut seen = std::collections::HashSet::new();
+            for &t in context {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    if seen.insert(t) {
+                        *l = if *l > 0.0 {
+                            *l / p.repetition_penalty
+                        } else {
+                            *l * p.repetition_penalty
+                        };
+                    }
+                }
+            }
+        }
+        if p.temperature == 0.0 {
+            return argmax(&logits) as u32;
+        }
+        for l in logits.iter_mut() {
+            *l /= p.temperature;
+        }
+        // Candidates by descending logit, lower id first on ties.
+        let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+        let by_logit = |a: &u32, b: &u32| {
+            logits[*b as usize]
+                .total_cmp(&logits[*a as usize])
+                .then(a.cmp(b))
+        };
+        if p.top_k > 0 && p.top_k < order.len() {
+            order.select_nth_unstable_by(p.top_k - 1, by_logit);
+            order.truncate(p.top_k);
+        }
+        order.sort_unstable_by(by_logit);
+        let max = logits[order[0] as usize] as f64;
+        let weights: Vec<f64> = order
+            .iter()
+            .map(|&t| (logits[t as usize] as f64 - max).exp())
+            .collect();
+        let mut keep = order.len();
+        if p.top_p < 1.0 {
+            // The reference (runners.py top_p_filter): sort ascending, take the first
+            // index where the cumulative probability reaches 1 - top_p, and keep every
+            // logit at or above the logit there.
+            let total: f64 = weights.iter().sum();
+            let mut cumulative = 0.0;
+            let mut threshold = order.len() - 1;
+            for i in (0..order.len()).rev() {
+                cumulative += weights[i] / total;
+                if cumulative >= 1.0 - p.top_p as f64 {
+                    threshold = i;
+                    break;
+                }
+            }
+            let cut = logits[order[threshold] as usize];
+            keep = order
+                .iter()
+                .take_while(|&&t| logits[t as usize] >= cut)
+                .count();
+        }
+        if p.min_p > 0.0 {
+            let floor = (p.min_p as f64).ln();
+            keep = order[..keep]
+                .iter()
+                .take_while(|&&t| logits[t as usize] as f64 - max >= floor)
+                .count()
+                .max(1);
+        }
+        let total: f64 = weights[..keep].iter().sum();
+        let mut u = self.rng.random::<f64>() * total;
+        for (i, &w) in weights[..keep].iter().enumerate() {
+            if u < w {
+                return order[i];
+            }
+            u -= w;
+        }
+        order[keep - 1]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(temperature: f32) -> SamplingParams {
+        SamplingParams {
+            temperature,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn greedy_takes_the_lowest_id_on_ties() {
+        let mut s = Sampler::new(params(0.0)).unwrap();
+        assert_eq!(s.sample(&[0.1, 0.5, 0.5, -1.0], &[]), 1);
+    }
+
+    #[test]
+    fn repetition_penalty_can_change_the_greedy_pick() {
+        let mut s = Sampler::new(SamplingParams {
+            repetition_penalty: 2.0,
+            ..params(0.0)
+        })
+        .unwrap();
+        assert_eq!(s.sample(&[1.0, 0.8, -3.0], &[0, 0]), 1);
+        assert_eq!(s.sample(&[-1.0, -0.8, -3.0], &[1]), 0);
+    }
+
+    #[test]
+    fn seeded_runs_are_reproducible_and_seeds_differ() {
+        let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
+        let run = |seed| {
+            let mut s = Sampler::new(SamplingParams {
+                seed,
+                ..params(1.0)
+            })
+            .unwrap();
+            (0..40).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
+        };
+        assert_eq!(run(3), run(3));
+        assert_ne!(run(3), run(4));
+    }
+
+    #[test]
+    fn top_k_limits_the_candidates() {
+        let logits = [0.0, 3.0, 2.9, 2.8, -1.0];
+        let mut s = Sampler::new(SamplingParams {
+            top_k: 2,
+            ..params(5.0)
+        })
+        .unwrap();
+        for _ in 0..200 {
+            assert!(matches!(s.sample(&logits, &[]), 1 | 2));
+        }
+    }
+
+    #[test]
+    fn top_p_follows_the_reference_nucleus() {
+        // probabilities 0.5, 0.3, 0.2 (ids 0, 1, 2)
+        let logits = [0.5f32.ln(), 0.3f32.ln(), 0.2f32.ln()];
+        // top_p 0.6: ascending cumsum 0.2, 0.5, 1.0 first reaches 0.4 at id 1,
+        // so ids 0 and 1 are kept.
+        let mut s = Sampler::new(SamplingParams {
+            top_p: 0.6,
+            ..params(1.0)
+        })
+        .unwrap();
+        let picks: std::collections::HashSet<u32> =
+            (0..300).map(|_| s.sample(&logits, &[])).collect();
+        assert_eq!(picks, [0, 1].into_iter().collect());
+        // top_p 0.45: the ascending sum first reaches 0.55 at id 0, kept alone.
+        let mut s = Sampler::new(SamplingParams {
+            top_p: 0.45,
+            ..params(1.0)
+        })
+        .unwrap();
+        assert!((0..100).all(|_| s.sample(&logits, &[]) == 0));
+    }
+
+    #[test]
+    fn min_p_drops_unlikely_tokens() {
+        let logits = [0.0, -0.1, -5.0];
+        let mut s = Sampler::new(SamplingParams {
+            min_p: 0.5,
+            ..params(1.0)
+        })
+        .unwrap();
+        assert!((0..200).all(|_| s.sample(&logits, &[]) != 2));
+    }
+
+    #[test]
+    fn distribution_follows_the_softmax() {
+        let logits = [0.0f32, 1.0];
+        let mut s = Sampler::new(SamplingParams {
+            seed: 9,
+            ..params(1.0)
+        })
+        .unwrap();
+        let ones = (0..20000).filter(|_| s.sample(&logits, &[]) == 1).count() as f64 / 20000.0;
+        let expected = 1.0 / (1.0 + (-1.0f64).exp());
+        assert!((ones - expected).abs() < 0.015, "{ones} vs {expected}");
+    }
+
+    #[test]
+    fn invalid_parameters_are_rejected() {
+        assert_eq!(
+            Sampler::new(params(-1.0)).err(),
+            Some(SamplingError::Temperature(-1.0))
+        );
+        assert!(Sampler::new(SamplingParams {
+            top_p: 0.0,
+            ..params(1.0)
+        })
+        .is_err());
+        assert!(Sampler::new(SamplingParams {
+            min_p: 1.5,
+            ..params(1.0)
+        })
+        .is_err());
+        assert!(Sampler::new(SamplingParams {
+            repetition_penalty: 0.0,
+            ..params(1.0)
+        })
+        .is_err());
+    }
+}

@@ -1,0 +1,56 @@
+//! Read-only memory maps of weight files: the one place this crate maps files.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::Mmap;
+
+/// A whole weight file mapped read-only. Tensor payloads are views into it, so
+/// a 1.6 GB expert tensor is paged in by the OS as the kernels read it, never
+/// copied into the heap.
+#[derive(Debug)]
+pub struct MappedFile {
+    path: PathBuf,
+    map: Option<Mmap>,
+}
+
+impl MappedFile {
+    /// Maps `path` read-only.
+    pub fn open(path: &Path) -> std::io::Result<Arc<MappedFile>> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        // Mapping an empty file fails on some platforms; an empty file is simply
+        // zero bytes, which the parsers report as truncated.
+        let map = if len == 0 {
+            None
+        } else {
+            // SAFETY: the map is read-only and private to this process. Its contract
+            // (memmap2) is that the file is not modified or truncated while mapped;
+            // weight files are written once and then only read. If another process
+            // truncates a file anyway, reading the lost pages raises SIGBUS, which is
+            // the documented worst case of mapping files (as in ripgrep's mmap use).
+            Some(unsafe { Mmap::map(&file)? })
+        };
+        Ok(Arc::new(MappedFile {
+            path: path.to_path_buf(),
+            map,
+        }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or(&[])
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,99 @@
+//! Fixture loading shared by the integration tests.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use grok1::npy;
+use grok1::progress::NoProgress;
+use grok1::weights::ckpt0;
+use grok1::{Grok1, ModelConfig};
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+pub fn model_dir(name: &str) -> PathBuf {
+    fixtures().join("models").join(name)
+}
+
+pub struct Fixture {
+    pub dir: PathBuf,
+    pub config: ModelConfig,
+    pub tolerances: serde_json::Value,
+    pub stats: serde_json::Value,
+}
+
+impl Fixture {
+    pub fn open(name: &str) -> Fixture {
+        let dir = model_dir(name);
+        let config = ModelConfig::load(&dir.join("config.json")).expect("fixture config");
+        let read_json = |f: &str| -> serde_json::Value {
+            serde_json::from_reader(File::open(dir.join(f)).unwrap()).unwrap()
+        };
+        Fixture {
+            tolerances: read_json("tolerances.json"),
+            stats: read_json("stats.json"),
+            config,
+            dir,
+        }
+    }
+
+    pub fn load_model(&self) -> Grok1 {
+        let paths = ckpt0::locate(&self.dir).expect("locate");
+        let store = ckpt0::read_checkpoint(
+            &paths.tensors,
+            &self.config,
+            paths.config.as_deref(),
+            &NoProgress,
+        )
+        .expect("read checkpoint");
+        Grok1::from_store(self.config.clone(), &store).expect("model")
+    }
+
+    pub fn f32(&self, file: &str) -> npy::Array<f32> {
+        npy::read_f32(&mut File::open(self.dir.join(file)).unwrap()).unwrap()
+    }
+
+    pub fn i32(&self, file: &str) -> npy::Array<i32> {
+        npy::read_i32(&mut File::open(self.dir.join(file)).unwrap()).unwrap()
+    }
+
+    pub fn tokens(&self, file: &str) -> Vec<u32> {
+        self.i32(file).data.iter().map(|&t| t as u32).collect()
+    }
+
+    pub fn tol(&self, key: &str) -> f32 {
+        self.tolerances[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("tolerance {key}")) as f32
+    }
+}
+
+/// Largest |a - b| and where it is; panics if the lengths differ.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> (f32, usize) {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .enumerate()
+        .map(|(i, (x, y))| ((x - y).abs(), i))
+        .fold((0.0, 0), |best, cur| {
+            if cur.0 > best.0 || cur.0.is_nan() {
+                cur
+            } else {
+                best
+            }
+        })
+}
+
+/// Fails loudly with the worst element when `got` and `want` differ by more than `tol`.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) -> f32 {
+    let (err, at) = max_abs_diff(got, want);
+    assert!(
+        err <= tol,
+        "{what}: max abs error {err:e} > {tol:e} at element {at} (got {}, want {})",
+        got[at],
+        want[at]
+    );
+    err
+}
