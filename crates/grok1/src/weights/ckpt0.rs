@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::mmap::MappedFile;
 use super::pickle::{self, ArrayBytes, PickleErrorKind, PickledArray, PickledTensor};
-use super::pickle_writer::{self, ArraySpec, Payload};
+use super::pickle_writer::{self, ArraySpec, Payload, PickleStyle};
 use super::random::{RandomPayload, Stream};
 use super::{
     DType, DenseTensor, QuantizedTensor, StoredTensor, TensorData, TensorKind, TensorStore,
@@ -561,7 +561,7 @@ pub fn write_random_checkpoint(
                     dtype: DType::F32,
                     shape: shape.clone(),
                 };
-                pickle_writer::write_array(&mut w, &array, &mut values)
+                pickle_writer::write_array(&mut w, PickleStyle::OFFICIAL, &array, &mut values)
             }
             ParamKind::Quantized { shape, .. } => {
                 let weight = ArraySpec {
@@ -575,7 +575,7 @@ pub fn write_random_checkpoint(
                 let mut scale_bytes = RandomPayload::new(cfg, spec, Stream::Scales, seed);
                 pickle_writer::write_quantized(
                     &mut w,
-                    "__main__",
+                    PickleStyle::OFFICIAL,
                     (&weight, &mut values),
                     (&scales, &mut scale_bytes),
                 )

@@ -55,6 +55,29 @@ impl ArraySpec {
     }
 }
 
+/// The module names a pickle refers to, which depend on the writer's numpy
+/// version and on where the class was defined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PickleStyle {
+    /// `numpy.core.multiarray` (numpy 1, as in the official files) or
+    /// `numpy._core.multiarray` (numpy 2).
+    pub numpy_multiarray: &'static str,
+    /// Module of `QuantizedWeight8bit`: `__main__` in the official files.
+    pub class_module: &'static str,
+    /// The flags numpy records in the pickled state of ml_dtypes' bfloat16 dtype
+    /// (80 with numpy 1, as in the official files; 64 with numpy 2).
+    pub bf16_dtype_flags: i64,
+}
+
+impl PickleStyle {
+    /// As the official release was written.
+    pub const OFFICIAL: PickleStyle = PickleStyle {
+        numpy_multiarray: "numpy.core.multiarray",
+        class_module: "__main__",
+        bf16_dtype_flags: 80,
+    };
+}
+
 #[derive(Hash, PartialEq, Eq)]
 enum MemoKey {
     Str(String),
@@ -65,6 +88,7 @@ enum MemoKey {
 
 struct Pickler<'w> {
     out: &'w mut dyn Write,
+    style: PickleStyle,
     buf: Vec<u8>,
     frame_start: Option<usize>,
     framing: bool,
@@ -73,9 +97,10 @@ struct Pickler<'w> {
 }
 
 impl<'w> Pickler<'w> {
-    fn new(out: &'w mut dyn Write) -> Self {
+    fn new(out: &'w mut dyn Write, style: PickleStyle) -> Self {
         Pickler {
             out,
+            style,
             buf: Vec::new(),
             frame_start: None,
             framing: false,
@@ -328,7 +353,7 @@ impl<'w> Pickler<'w> {
         let (byteorder, elsize, alignment, flags) = match dtype {
             // ml_dtypes registers bfloat16 as a user dtype: numpy pickles its size,
             // alignment and flags explicitly.
-            DType::BF16 => ("<", 2, 2, 80),
+            DType::BF16 => ("<", 2, 2, self.style.bf16_dtype_flags),
             d if d.size() == 1 => ("|", -1, -1, 0),
             _ => ("<", -1, -1, 0),
         };
@@ -356,7 +381,7 @@ impl<'w> Pickler<'w> {
         }
         self.boundary()?;
         // numpy's ndarray.__reduce__: (_reconstruct, (ndarray, (0,), b'b'), state).
-        self.save_global("numpy.core.multiarray", "_reconstruct")?;
+        self.save_global(self.style.numpy_multiarray, "_reconstruct")?;
         self.save_tuple(3, |p| {
             p.save_global("numpy", "ndarray")?;
             p.save_tuple(1, |p| p.save_int(0))?;
@@ -425,28 +450,28 @@ fn typestr(dtype: DType) -> String {
 /// Writes `pickle.dumps(array, protocol=4)` for a numpy array.
 pub fn write_array(
     out: &mut dyn Write,
+    style: PickleStyle,
     spec: &ArraySpec,
     payload: &mut dyn Payload,
 ) -> io::Result<()> {
-    let mut p = Pickler::new(out);
+    let mut p = Pickler::new(out, style);
     p.begin();
     p.save_ndarray(spec, payload)?;
     p.end()
 }
 
-/// Writes `pickle.dumps(QuantizedWeight8bit(weight, scales), protocol=4)` with the
-/// class pickled from `module` (`__main__` in the official files).
+/// Writes `pickle.dumps(QuantizedWeight8bit(weight, scales), protocol=4)`.
 pub fn write_quantized(
     out: &mut dyn Write,
-    module: &str,
+    style: PickleStyle,
     weight: (&ArraySpec, &mut dyn Payload),
     scales: (&ArraySpec, &mut dyn Payload),
 ) -> io::Result<()> {
-    let mut p = Pickler::new(out);
+    let mut p = Pickler::new(out, style);
     p.begin();
     p.boundary()?;
     // dataclass __reduce_ex__(4): copyreg.__newobj__(cls) then BUILD with __dict__.
-    p.save_global(module, "QuantizedWeight8bit")?;
+    p.save_global(style.class_module, "QuantizedWeight8bit")?;
     p.save_tuple(0, |_| Ok(()))?;
     p.write(&[op::NEWOBJ]);
     p.memoize(None);
