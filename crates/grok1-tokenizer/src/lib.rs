@@ -1,1 +1,356 @@
+//! The SentencePiece BPE tokenizer of Grok-1 in pure Rust, producing exactly the
+//! ids, pieces and text SentencePiece (the C++ library, v0.2) produces.
+//!
+//! Pipeline, as in SentencePiece: normalise ([`normalizer`]: character map,
+//! whitespace rules, dummy prefix, `▁` escaping) -> BPE ([`bpe`]: user-defined
+//! symbols frozen, best-scoring merges first) -> ids, with byte fallback for
+//! pieces outside the vocabulary. Decoding ([`decode`]) reverses it, and
+//! [`StreamDecoder`] does so incrementally for streaming generation.
 
+#![forbid(unsafe_code)]
+
+mod bpe;
+mod decode;
+pub mod normalizer;
+mod prefix;
+pub mod proto;
+
+use std::path::Path;
+
+use prost::Message;
+use rustc_hash::FxHashMap;
+
+pub use decode::StreamDecoder;
+use normalizer::{CharsMap, Normalizer};
+use prefix::PrefixMatcher;
+use proto::{model_type, piece_type};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("not a SentencePiece model (corrupt or truncated file): {0}")]
+    Corrupt(String),
+    #[error("unsupported SentencePiece model: {0}")]
+    Unsupported(String),
+    #[error("token id {id} is outside the vocabulary (ids 0..{vocab})")]
+    IdOutOfRange { id: u32, vocab: usize },
+}
+
+/// Kinds of pieces (`ModelProto.SentencePiece.Type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PieceKind {
+    Normal,
+    Unknown,
+    Control,
+    UserDefined,
+    Unused,
+    Byte,
+}
+
+/// A SentencePiece BPE model.
+#[derive(Clone, Debug)]
+pub struct Tokenizer {
+    pieces: Vec<Box<str>>,
+    scores: Vec<f32>,
+    kinds: Vec<PieceKind>,
+    unused: Vec<bool>,
+    /// NORMAL, USER_DEFINED and UNUSED pieces by text (`pieces_` in SentencePiece).
+    mergeable: FxHashMap<Box<str>, u32>,
+    /// CONTROL, UNKNOWN and BYTE pieces by text (`reserved_id_map_`).
+    reserved: FxHashMap<Box<str>, u32>,
+    unk_id: u32,
+    /// The id of each byte's `<0xXX>` piece, when the model falls back to bytes.
+    byte_ids: Option<Box<[u32; 256]>>,
+    /// The byte each BYTE piece stands for.
+    byte_of: FxHashMap<u32, u8>,
+    user_defined: PrefixMatcher,
+    normalizer: Normalizer,
+    unk_surface: String,
+    bos_id: Option<u32>,
+    eos_id: Option<u32>,
+    pad_id: Option<u32>,
+}
+
+fn byte_piece(b: u8) -> String {
+    format!("<0x{b:02X}>")
+}
+
+impl Tokenizer {
+    pub fn from_file(path: &Path) -> Result<Self, TokenizerError> {
+        let bytes = std::fs::read(path).map_err(|source| TokenizerError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_bytes(&bytes)
+    }
+
+    /// Parses a serialized `ModelProto`.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, TokenizerError> {
+        let proto =
+            proto::ModelProto::decode(bytes).map_err(|e| TokenizerError::Corrupt(e.to_string()))?;
+        if proto.pieces.is_empty() {
+            return Err(TokenizerError::Corrupt("the model has no pieces".into()));
+        }
+        // SentencePiece always writes both specs after the pieces; a file without
+        // them was cut short at a field boundary.
+        let (Some(trainer), Some(spec)) =
+            (proto.trainer_spec.clone(), proto.normalizer_spec.clone())
+        else {
+            return Err(TokenizerError::Corrupt(
+                "trainer_spec or normalizer_spec is missing (truncated file?)".into(),
+            ));
+        };
+        if trainer.model_type() != model_type::BPE {
+            let name = match trainer.model_type() {
+                model_type::UNIGRAM => "unigram".to_string(),
+                model_type::WORD => "word".to_string(),
+                model_type::CHAR => "char".to_string(),
+                other => format!("type {other}"),
+            };
+            return Err(TokenizerError::Unsupported(format!(
+                "{name} models are not supported (only BPE, the type of Grok-1's tokenizer.model)"
+            )));
+        }
+        if proto.pieces.len() > u32::MAX as usize / 2 {
+            return Err(TokenizerError::Corrupt("too many pieces".into()));
+        }
+        let n = proto.pieces.len();
+        let mut t = Tokenizer {
+            pieces: Vec::with_capacity(n),
+            scores: Vec::with_capacity(n),
+            kinds: Vec::with_capacity(n),
+            unused: Vec::with_capacity(n),
+            mergeable: FxHashMap::default(),
+            reserved: FxHashMap::default(),
+            unk_id: 0,
+            byte_ids: None,
+            byte_of: FxHashMap::default(),
+            user_defined: PrefixMatcher::default(),
+            normalizer: Normalizer {
+                charsmap: None,
+                add_dummy_prefix: true,
+                remove_extra_whitespaces: true,
+                escape_whitespaces: true,
+                treat_whitespace_as_suffix: false,
+            },
+            unk_surface: trainer
+                .unk_surface
+                .clone()
+                .unwrap_or_else(|| " \u{2047} ".into()),
+            bos_id: None,
+            eos_id: None,
+            pad_id: None,
+        };
+        let mut user_symbols = Vec::new();
+        let mut unk = None;
+        for (i, p) in proto.pieces.iter().enumerate() {
+            let id = i as u32;
+            let text = p.piece().to_string();
+            if text.is_empty() {
+                return Err(TokenizerError::Corrupt(format!("piece {id} is empty")));
+            }
+            let kind = match p.r#type() {
+                piece_type::NORMAL => PieceKind::Normal,
+                piece_type::UNKNOWN => PieceKind::Unknown,
+                piece_type::CONTROL => PieceKind::Control,
+                piece_type::USER_DEFINED => PieceKind::UserDefined,
+                piece_type::UNUSED => PieceKind::Unused,
+                piece_type::BYTE => PieceKind::Byte,
+                other => {
+                    return Err(TokenizerError::Corrupt(format!(
+                        "piece {id} has unknown type {other}"
+                    )))
+                }
+            };
+            let table = match kind {
+                PieceKind::Normal | PieceKind::UserDefined | PieceKind::Unused => &mut t.mergeable,
+                _ => &mut t.reserved,
+            };
+            if table.insert(text.clone().into(), id).is_some() {
+                return Err(TokenizerError::Corrupt(format!(
+                    "piece {text:?} is defined twice"
+                )));
+            }
+            match kind {
+                PieceKind::UserDefined => user_symbols.push(text.clone()),
+                PieceKind::Unknown => {
+                    if unk.replace(id).is_some() {
+                        return Err(TokenizerError::Corrupt(
+                            "more than one unknown piece".into(),
+                        ));
+                    }
+                }
+                _ => {}
+            }
+            let score = p.score();
+            if !score.is_finite() {
+                return Err(TokenizerError::Corrupt(format!(
+                    "piece {id} has score {score}"
+                )));
+            }
+            t.scores.push(score);
+            t.unused.push(kind == PieceKind::Unused);
+            t.kinds.push(kind);
+            t.pieces.push(text.into());
+        }
+        t.unk_id = unk
+            .ok_or_else(|| TokenizerError::Corrupt("the model defines no unknown piece".into()))?;
+        for (id, kind) in t.kinds.iter().enumerate() {
+            if *kind == PieceKind::Byte {
+                let b = (0..=255u8)
+                    .find(|&b| *t.pieces[id] == *byte_piece(b))
+                    .ok_or_else(|| {
+                        TokenizerError::Corrupt(format!(
+                            "byte piece {:?} is not of the form <0xXX>",
+                            t.pieces[id]
+                        ))
+                    })?;
+                t.byte_of.insert(id as u32, b);
+            }
+        }
+        if trainer.byte_fallback() {
+            let mut ids = Box::new([0u32; 256]);
+            for b in 0..=255u8 {
+                ids[b as usize] = *t.reserved.get(byte_piece(b).as_str()).ok_or_else(|| {
+                    TokenizerError::Corrupt(format!(
+                        "byte_fallback is set but piece {} is missing",
+                        byte_piece(b)
+                    ))
+                })?;
+            }
+            t.byte_ids = Some(ids);
+        }
+        let id_of = |v: i32| (v >= 0 && (v as usize) < n).then_some(v as u32);
+        t.bos_id = id_of(trainer.bos_id());
+        t.eos_id = id_of(trainer.eos_id());
+        t.pad_id = id_of(trainer.pad_id());
+        t.user_defined = PrefixMatcher::new(user_symbols.iter().map(String::as_str));
+        t.normalizer = Normalizer {
+            charsmap: match spec.precompiled_charsmap.as_deref() {
+                Some(blob) if !blob.is_empty() => Some(CharsMap::parse(blob)?),
+                _ => None,
+            },
+            add_dummy_prefix: spec.add_dummy_prefix(),
+            remove_extra_whitespaces: spec.remove_extra_whitespaces(),
+            escape_whitespaces: spec.escape_whitespaces(),
+            treat_whitespace_as_suffix: trainer.treat_whitespace_as_suffix(),
+        };
+        Ok(t)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.pieces.len()
+    }
+
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos_id
+    }
+
+    pub fn eos_id(&self) -> Option<u32> {
+        self.eos_id
+    }
+
+    pub fn pad_id(&self) -> Option<u32> {
+        self.pad_id
+    }
+
+    pub fn unk_id(&self) -> u32 {
+        self.unk_id
+    }
+
+    pub fn id_to_piece(&self, id: u32) -> Option<&str> {
+        self.pieces.get(id as usize).map(|p| &**p)
+    }
+
+    pub fn kind(&self, id: u32) -> Option<PieceKind> {
+        self.kinds.get(id as usize).copied()
+    }
+
+    /// The id of a piece, or the unknown id (SentencePiece's `PieceToId`).
+    pub fn piece_to_id(&self, piece: &str) -> u32 {
+        self.reserved
+            .get(piece)
+            .or_else(|| self.mergeable.get(piece))
+            .copied()
+            .unwrap_or(self.unk_id)
+    }
+
+    /// The text as the BPE model sees it.
+    pub fn normalize(&self, text: &str) -> String {
+        self.normalizer.normalize(text, &self.user_defined)
+    }
+
+    /// Token ids of `text`, as `SentencePieceProcessor.encode(text)` (no BOS/EOS).
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        let mut ids = Vec::new();
+        self.encode_into(text, &mut |id, _| ids.push(id));
+        ids
+    }
+
+    /// Ids and pieces, as `encode(text)` and `encode(text, out_type=str)`.
+    pub fn encode_with_pieces(&self, text: &str) -> (Vec<u32>, Vec<String>) {
+        let mut ids = Vec::new();
+        let mut pieces: Vec<String> = Vec::new();
+        self.encode_into(text, &mut |id, piece| {
+            ids.push(id);
+            pieces.push(piece.to_string());
+        });
+        (ids, pieces)
+    }
+
+    /// Emits `(id, piece)` for each token; consecutive unknown pieces merge into one
+    /// (its piece is their text), and with byte fallback an unknown piece becomes
+    /// one `<0xXX>` token per byte (sentencepiece_processor.cc
+    /// `PopulateSentencePieceText`).
+    fn encode_into(&self, text: &str, emit: &mut dyn FnMut(u32, &str)) {
+        let normalized = self.normalize(text);
+        let vocab = bpe::BpeVocab {
+            mergeable: &self.mergeable,
+            scores: &self.scores,
+            unused: &self.unused,
+            user_defined: &self.user_defined,
+        };
+        let mut pending_unk = String::new();
+        for piece in bpe::encode(&normalized, &vocab) {
+            let id = self.piece_to_id(piece);
+            if id != self.unk_id {
+                if !pending_unk.is_empty() {
+                    emit(self.unk_id, &pending_unk);
+                    pending_unk.clear();
+                }
+                emit(id, piece);
+                continue;
+            }
+            match &self.byte_ids {
+                Some(byte_ids) => {
+                    for &b in piece.as_bytes() {
+                        let bid = byte_ids[b as usize];
+                        emit(bid, &self.pieces[bid as usize]);
+                    }
+                }
+                None => pending_unk.push_str(piece),
+            }
+        }
+        if !pending_unk.is_empty() {
+            emit(self.unk_id, &pending_unk);
+        }
+    }
+
+    /// Text of `ids`, as `SentencePieceProcessor.decode(ids)`.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
+        let mut d = self.stream_decoder();
+        let mut out = d.push(ids)?;
+        out.push_str(&d.finish());
+        Ok(out)
+    }
+
+    /// An incremental decoder: feed ids as they are generated and receive text
+    /// that only ever holds complete characters.
+    pub fn stream_decoder(&self) -> StreamDecoder<'_> {
+        StreamDecoder::new(self)
+    }
+}
