@@ -1,1 +1,62 @@
-fn main() {}
+//! The `grok1` command: run xAI's Grok-1 from its official checkpoint.
+
+#![forbid(unsafe_code)]
+
+mod args;
+mod generate;
+mod inspect;
+mod model_source;
+mod progress;
+mod tokenize;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use args::{Cli, Command};
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Generate(a) => generate::generate(a),
+        Command::Logits(a) => generate::logits(a),
+        Command::Inspect(a) => inspect::inspect(a),
+        Command::Init(a) => inspect::init(a),
+        Command::Tokenize(a) => tokenize::tokenize(a),
+        Command::Detokenize(a) => tokenize::detokenize(a),
+    }
+}
+
+/// With `GROK1_PEAK_RSS=1`, reports the process's peak resident memory on exit
+/// (Linux `VmHWM`): a measurement that, unlike a parent's rusage, does not count
+/// the pages of whatever forked us.
+fn report_peak_rss() {
+    if std::env::var_os("GROK1_PEAK_RSS").is_none() {
+        return;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    match status.lines().find(|l| l.starts_with("VmHWM:")) {
+        Some(line) => eprintln!("grok1: peak RSS {}", line["VmHWM:".len()..].trim()),
+        None => eprintln!("grok1: peak RSS unavailable on this platform"),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = run(cli);
+    report_peak_rss();
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            // A closed pipe (`grok1 generate ... | head`) is not an error.
+            let broken_pipe = err.chain().any(|e| {
+                e.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            });
+            if broken_pipe {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("grok1: error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -79,7 +79,15 @@ fn byte_piece(b: u8) -> String {
     format!("<0x{b:02X}>")
 }
 
+/// The official Grok-1 `tokenizer.model` (Apache-2.0, see assets/NOTICE).
+pub const GROK1_MODEL: &[u8] = include_bytes!("../assets/tokenizer.model");
+
 impl Tokenizer {
+    /// The official Grok-1 tokenizer, embedded in the binary.
+    pub fn grok1() -> Self {
+        Self::from_bytes(GROK1_MODEL).expect("the embedded tokenizer.model is valid")
+    }
+
     pub fn from_file(path: &Path) -> Result<Self, TokenizerError> {
         let bytes = std::fs::read(path).map_err(|source| TokenizerError::Io {
             path: path.to_path_buf(),
@@ -177,12 +185,10 @@ impl Tokenizer {
             }
             match kind {
                 PieceKind::UserDefined => user_symbols.push(text.clone()),
-                PieceKind::Unknown => {
-                    if unk.replace(id).is_some() {
-                        return Err(TokenizerError::Corrupt(
-                            "more than one unknown piece".into(),
-                        ));
-                    }
+                PieceKind::Unknown if unk.replace(id).is_some() => {
+                    return Err(TokenizerError::Corrupt(
+                        "more than one unknown piece".into(),
+                    ));
                 }
                 _ => {}
             }

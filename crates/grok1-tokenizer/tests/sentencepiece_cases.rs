@@ -64,3 +64,10 @@ fn model_facts() {
     assert_eq!(tok.id_to_piece(130089), Some("\u{2581}"));
     assert_eq!(tok.piece_to_id("<0x41>"), 69 + 0x41);
 }
+
+#[test]
+fn the_embedded_model_is_the_official_file() {
+    let file = std::fs::read(fixture("tokenizer.model")).unwrap();
+    assert!(grok1_tokenizer::GROK1_MODEL == &file[..]);
+    assert_eq!(Tokenizer::grok1().encode("Hello world"), vec![11770, 1135]);
+}

@@ -114,6 +114,19 @@ impl Sampler {
         for l in logits.iter_mut() {
             *l /= p.temperature;
         }
+        if p.top_k == 0 && p.top_p >= 1.0 && p.min_p == 0.0 {
+            // No filter: draw from the whole softmax without sorting the vocabulary.
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let weights: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
+            let mut u = self.rng.random::<f64>() * weights.iter().sum::<f64>();
+            for (i, &w) in weights.iter().enumerate() {
+                if u < w {
+                    return i as u32;
+                }
+                u -= w;
+            }
+            return argmax(&logits) as u32;
+        }
         // Candidates by descending logit, lower id first on ties.
         let mut order: Vec<u32> = (0..logits.len() as u32).collect();
         let by_logit = |a: &u32, b: &u32| {

@@ -406,7 +406,7 @@ fn wrong_scale_groups_are_named() {
     let (_tmp, dir) = copy_ckpt("tiny-moe");
     // attention output with G = 1 instead of 8
     let w = vec![0u8; 256 * 64];
-    let s = vec![0u8; 64 * 2];
+    let s = [0u8; 64 * 2];
     let mut out = Vec::new();
     pickle_writer::write_quantized(
         &mut out,

@@ -489,14 +489,13 @@ fn batched_decoding_equals_decoding_alone() {
             },
         ];
         let out = model.forward(&mut cache, &batch, &options, None).unwrap();
-        for j in 0..2 {
+        for (j, (steps, input)) in alone.iter().zip(inputs.iter_mut()).enumerate() {
             let row = out.last_row_of(j).unwrap();
-            assert_eq!(
-                row,
-                &alone[j][step][..],
+            assert!(
+                row == &steps[step][..],
                 "sequence {j} step {step}: batched != alone"
             );
-            inputs[j] = vec![argmax(row) as u32];
+            *input = vec![argmax(row) as u32];
         }
     }
 }

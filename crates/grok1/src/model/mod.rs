@@ -265,7 +265,7 @@ impl Grok1 {
             }
         }
         let x = norm::rms_norm(&x, &self.weights.final_norm, eps, p);
-        if let Some(t) = trace.as_deref_mut() {
+        if let Some(t) = trace {
             t.hidden.push(x.clone());
         }
 

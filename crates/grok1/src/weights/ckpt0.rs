@@ -536,9 +536,9 @@ pub fn write_random_checkpoint(
     let total: u64 = layout
         .iter()
         .map(|spec| {
-            let mut n = RandomPayload::new(cfg, spec, Stream::Values, seed).len();
+            let mut n = RandomPayload::new(cfg, spec, Stream::Values, seed).byte_len();
             if matches!(spec.kind, ParamKind::Quantized { .. }) {
-                n += RandomPayload::new(cfg, spec, Stream::Scales, seed).len();
+                n += RandomPayload::new(cfg, spec, Stream::Scales, seed).byte_len();
             }
             n
         })

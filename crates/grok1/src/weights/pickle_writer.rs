@@ -4,8 +4,9 @@
 //! opcode with the official ones.
 //!
 //! The two object shapes are a numpy array (`numpy.core.multiarray._reconstruct`
-//! + `BUILD`, as numpy's `ndarray.__reduce__` produces) and a
-//! `__main__.QuantizedWeight8bit` dataclass (`NEWOBJ` + `BUILD` with its `__dict__`).
+//! then `BUILD`, as numpy's `ndarray.__reduce__` produces) and a
+//! `__main__.QuantizedWeight8bit` dataclass (`NEWOBJ` then `BUILD` with its
+//! `__dict__`).
 //! CPython memoises by object identity; the objects that are shared inside one
 //! pickle (interned names, global objects, numpy's cached `b'b'`, one-character
 //! strings, dtype singletons) are memoised here by key, everything else fresh.
@@ -28,13 +29,13 @@ const FRAME_HEADER_SIZE: usize = 9;
 /// A payload of known length that can write itself; lets multi-gigabyte tensors be
 /// generated and written in chunks.
 pub trait Payload {
-    fn len(&self) -> u64;
+    fn byte_len(&self) -> u64;
     fn write_to(&mut self, out: &mut dyn Write) -> io::Result<()>;
 }
 
 impl Payload for &[u8] {
-    fn len(&self) -> u64 {
-        <[u8]>::len(self) as u64
+    fn byte_len(&self) -> u64 {
+        self.len() as u64
     }
 
     fn write_to(&mut self, out: &mut dyn Write) -> io::Result<()> {
@@ -263,7 +264,7 @@ impl<'w> Pickler<'w> {
                 return Ok(());
             }
         }
-        let n = payload.len();
+        let n = payload.byte_len();
         let mut header = Vec::with_capacity(9);
         if n <= 0xff {
             header.push(op::SHORT_BINBYTES);
@@ -372,10 +373,10 @@ impl<'w> Pickler<'w> {
     }
 
     fn save_ndarray(&mut self, spec: &ArraySpec, payload: &mut dyn Payload) -> io::Result<()> {
-        if payload.len() != spec.byte_len() {
+        if payload.byte_len() != spec.byte_len() {
             return Err(io::Error::other(format!(
                 "payload of {} bytes for an array of {} bytes",
-                payload.len(),
+                payload.byte_len(),
                 spec.byte_len()
             )));
         }

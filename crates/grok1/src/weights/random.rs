@@ -59,6 +59,7 @@ fn chunk_rng(seed: u64, index: usize, stream: Stream, chunk: usize) -> ChaCha8Rn
 
 /// Inverse of the standard normal CDF (Acklam's rational approximation,
 /// relative error below 1.2e-9), used once to build the int8 lookup table.
+#[allow(clippy::excessive_precision)] // the published coefficients, as published
 fn inverse_normal_cdf(p: f64) -> f64 {
     const A: [f64; 6] = [
         -3.969683028665376e+01,
@@ -241,7 +242,7 @@ impl RandomPayload {
 }
 
 impl Payload for RandomPayload {
-    fn len(&self) -> u64 {
+    fn byte_len(&self) -> u64 {
         self.len
     }
 

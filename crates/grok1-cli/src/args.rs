@@ -1,0 +1,231 @@
+//! Command-line flags. Raw strings are validated here into typed values, so the
+//! commands never see unchecked input.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "grok1",
+    version,
+    about = "Run xAI's Grok-1 (314B MoE) from its official checkpoint",
+    long_about = "Run xAI's Grok-1 (314B MoE) from its official checkpoint.\n\n\
+        Without --model, generate and logits use a small built-in demo model with random \
+        weights, so every command can be tried on a fresh machine."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Generate a continuation of a prompt, streamed to stdout
+    Generate(GenerateArgs),
+    /// Write the prefill logits of a token sequence as a [T, vocab] float32 .npy
+    Logits(LogitsArgs),
+    /// Print a checkpoint's config and tensors without reading their payloads
+    Inspect(InspectArgs),
+    /// Write a random-weight checkpoint in the official ckpt-0 format
+    Init(InitArgs),
+    /// Tokenize JSON lines {"text": ...} from stdin into {"ids": [...], "pieces": [...]}
+    Tokenize(TokenizerArgs),
+    /// Detokenize JSON lines {"ids": [...]} from stdin into {"text": ...}
+    Detokenize(TokenizerArgs),
+}
+
+/// Activation precision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PrecisionArg {
+    /// f32 activations, exact dequantisation (matches the reference's f32 run)
+    F32,
+    /// the reference's own bf16 casts (as released)
+    Bf16,
+}
+
+impl From<PrecisionArg> for grok1::Precision {
+    fn from(p: PrecisionArg) -> Self {
+        match p {
+            PrecisionArg::F32 => grok1::Precision::F32,
+            PrecisionArg::Bf16 => grok1::Precision::Bf16,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ModelArgs {
+    /// Model directory: holds ckpt-0/ (or the tensor files) and optionally
+    /// config.json (the grok-1 preset when absent). Default: the built-in demo model
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+
+    /// Activation precision
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: PrecisionArg,
+}
+
+#[derive(Args, Debug)]
+#[group(id = "input", required = true, multiple = false)]
+pub struct PromptArgs {
+    /// Prompt text (tokenized with the tokenizer; no BOS is added, as in the reference)
+    #[arg(long, group = "input")]
+    pub prompt: Option<String>,
+
+    /// Prompt as comma-separated token ids, e.g. 5,6,7
+    #[arg(long, group = "input", value_name = "IDS", value_parser = parse_ids)]
+    pub tokens: Option<TokenList>,
+}
+
+/// Token ids given on the command line.
+#[derive(Clone, Debug)]
+pub struct TokenList(pub Vec<u32>);
+
+pub fn parse_ids(s: &str) -> Result<TokenList, String> {
+    let mut ids = Vec::new();
+    for (i, part) in s.split(',').enumerate() {
+        let part = part.trim();
+        if part.is_empty() && s.trim().is_empty() {
+            break;
+        }
+        let id = part
+            .parse::<u32>()
+            .map_err(|_| format!("`{part}` (item {}) is not a token id", i + 1))?;
+        ids.push(id);
+    }
+    if ids.is_empty() {
+        return Err("the token list is empty".into());
+    }
+    Ok(TokenList(ids))
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// SentencePiece tokenizer.model (default: the model directory's, else the
+    /// official Grok-1 tokenizer built into this binary)
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub prompt: PromptArgs,
+
+    /// Most tokens to generate
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: usize,
+
+    /// Sampling temperature; 0 is greedy (the default, reproducible)
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+
+    /// Nucleus sampling: keep the most likely tokens holding this much probability
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+
+    /// Keep only the K most likely tokens (0: off)
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+
+    /// Keep tokens at least this fraction as likely as the best (0: off)
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
+
+    /// Penalise tokens already in the context (1: off)
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+
+    /// Random seed for sampling
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    /// Keep generating after the end-of-sequence token
+    #[arg(long)]
+    pub ignore_eos: bool,
+
+    /// Stop when the output ends with these token ids (comma-separated; repeatable)
+    #[arg(long = "stop-tokens", value_name = "IDS", value_parser = parse_ids)]
+    pub stop_tokens: Vec<TokenList>,
+
+    /// Print the generated token ids, comma-separated, on the last line
+    #[arg(long)]
+    pub print_ids: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LogitsArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// SentencePiece tokenizer.model, for --prompt
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub prompt: PromptArgs,
+
+    /// Output .npy file
+    #[arg(long, value_name = "FILE.npy")]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// Model directory (holds ckpt-0/ and optionally config.json)
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Preset {
+    /// Grok-1's architecture at toy width (the tiny-moe fixture's shape)
+    Tiny,
+    /// The full Grok-1 (use --layers to write fewer layers)
+    #[value(name = "grok-1")]
+    Grok1,
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Architecture to write
+    #[arg(long, value_enum)]
+    pub preset: Preset,
+
+    /// Number of decoder layers (default: the preset's)
+    #[arg(long)]
+    pub layers: Option<usize>,
+
+    /// Vocabulary size (default: the preset's)
+    #[arg(long)]
+    pub vocab: Option<usize>,
+
+    /// Seed of the random weights
+    #[arg(long)]
+    pub seed: u64,
+
+    /// Output directory (created; must be empty if it exists)
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct TokenizerArgs {
+    /// SentencePiece tokenizer.model (default: the official Grok-1 tokenizer built in)
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_lists_parse_and_report_the_bad_item() {
+        assert_eq!(parse_ids("5,6, 7").unwrap().0, vec![5, 6, 7]);
+        assert!(parse_ids("5,x,7").unwrap_err().contains("`x` (item 2)"));
+        assert!(parse_ids("").unwrap_err().contains("empty"));
+        assert!(parse_ids("-1").is_err());
+        assert!(parse_ids("5,,6").is_err());
+    }
+}

@@ -1,0 +1,143 @@
+//! `grok1 inspect` and `grok1 init`.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use grok1::progress::NoProgress;
+use grok1::weights::{ckpt0, TensorKind};
+use grok1::ModelConfig;
+
+use crate::args::{InitArgs, InspectArgs, Preset};
+use crate::progress::Bar;
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.2} {}", UNITS[unit])
+    }
+}
+
+pub fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
+    let paths = ckpt0::locate(&args.model)?;
+    let (config, source) = match &paths.config {
+        Some(p) => (ModelConfig::load(p)?, p.display().to_string()),
+        None => (
+            ModelConfig::grok1(),
+            "no config.json: the grok-1 preset".to_string(),
+        ),
+    };
+    let store = ckpt0::read_checkpoint(
+        &paths.tensors,
+        &config,
+        paths.config.as_deref(),
+        &NoProgress,
+    )?;
+    let mut shown = config.clone();
+    shown.tensors = None;
+    shown.num_tensors = None;
+    println!("checkpoint: {}", paths.tensors.display());
+    println!("config ({source}):");
+    println!("{}", serde_json::to_string_pretty(&shown)?);
+    println!();
+    println!(
+        "{:>5}  {:<16} {:<52} {:<14} {:<18} {:>6} {:>12}",
+        "index", "file", "path", "dtype", "shape", "groups", "bytes"
+    );
+    let (mut params, mut bytes, mut int8_bytes, mut scale_bytes, mut f32_bytes) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
+    for (i, t) in store.iter().enumerate() {
+        let file = t
+            .file
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let groups = match &t.kind {
+            TensorKind::Int8Grouped(q) => {
+                int8_bytes += q.weight.len() as u64;
+                scale_bytes += q.scales.len() as u64;
+                q.groups.to_string()
+            }
+            TensorKind::Dense(d) => {
+                f32_bytes += d.data.len() as u64;
+                "-".to_string()
+            }
+        };
+        params += t.element_count() as u64;
+        bytes += t.byte_count() as u64;
+        println!(
+            "{i:>5}  {file:<16} {:<52} {:<14} {:<18} {groups:>6} {:>12}",
+            t.name,
+            t.dtype_label(),
+            format!("{:?}", t.shape()),
+            t.byte_count()
+        );
+    }
+    println!();
+    println!(
+        "{} tensors, {params} parameters ({:.3} B), {bytes} bytes of payload ({}): int8 weights {}, scales {}, float tensors {}",
+        store.len(),
+        params as f64 / 1e9,
+        human_bytes(bytes),
+        human_bytes(int8_bytes),
+        human_bytes(scale_bytes),
+        human_bytes(f32_bytes),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
+    let mut config = match args.preset {
+        Preset::Tiny => ModelConfig::tiny(),
+        Preset::Grok1 => ModelConfig::grok1(),
+    };
+    if let Some(layers) = args.layers {
+        anyhow::ensure!(layers > 0, "--layers must be at least 1");
+        if layers != config.num_layers {
+            config.name = format!("{} ({layers} of {} layers)", config.name, config.num_layers);
+        }
+        config.num_layers = layers;
+    }
+    if let Some(vocab) = args.vocab {
+        config.vocab_size = vocab;
+    }
+    config.seed = Some(args.seed);
+    config.emb_std.get_or_insert(0.006);
+    config.validate()?;
+    let layout_bytes: u64 = ckpt0::checkpoint_layout(&config)
+        .iter()
+        .map(|s| {
+            let elements = s.element_count() as u64;
+            match s.scales_shape() {
+                Some(scales) => elements + 2 * scales.iter().product::<usize>() as u64,
+                None => 4 * elements,
+            }
+        })
+        .sum();
+    eprintln!(
+        "grok1: writing {} ({} layers, vocab {}), {} of weights, to {}",
+        config.name,
+        config.num_layers,
+        config.vocab_size,
+        human_bytes(layout_bytes),
+        args.out.display()
+    );
+    let started = Instant::now();
+    ckpt0::write_random_checkpoint(&args.out, &config, args.seed, &Bar::new(true))
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "grok1: wrote {} tensor files in {secs:.1} s ({:.0} MB/s)",
+        ckpt0::checkpoint_layout(&config).len(),
+        layout_bytes as f64 / 1e6 / secs.max(1e-9)
+    );
+    Ok(ExitCode::SUCCESS)
+}

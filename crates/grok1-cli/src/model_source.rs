@@ -1,0 +1,84 @@
+//! Where the model and the tokenizer come from: a model directory, or the
+//! built-in demo model and the built-in official tokenizer.
+
+use std::path::Path;
+
+use anyhow::Context;
+use grok1::weights::{ckpt0, random::random_store};
+use grok1::{Grok1, ModelConfig};
+use grok1_tokenizer::Tokenizer;
+
+use crate::progress::Bar;
+
+/// The demo model: Grok-1's architecture at toy width with the real vocabulary,
+/// so the built-in tokenizer applies. Its weights are random.
+pub fn demo_config() -> ModelConfig {
+    ModelConfig {
+        name: "demo (random weights)".into(),
+        vocab_size: 131072,
+        sequence_len: 1024,
+        emb_std: Some(0.01),
+        ..ModelConfig::tiny()
+    }
+}
+
+const DEMO_SEED: u64 = 1;
+
+pub struct LoadedModel {
+    pub model: Grok1,
+    /// `tokenizer.model` found next to the checkpoint, if any.
+    pub tokenizer_file: Option<std::path::PathBuf>,
+}
+
+/// Loads the checkpoint under `dir`, or the demo model when `dir` is `None`.
+pub fn load(dir: Option<&Path>) -> anyhow::Result<LoadedModel> {
+    let Some(dir) = dir else {
+        eprintln!(
+            "grok1: no --model given: running the built-in demo model (Grok-1 architecture, \
+             2 small layers, random weights), so the text is meaningless. Pass --model DIR to run Grok-1."
+        );
+        let cfg = demo_config();
+        let store = random_store(&cfg, DEMO_SEED);
+        let model = Grok1::from_store(cfg, &store)?;
+        return Ok(LoadedModel {
+            model,
+            tokenizer_file: None,
+        });
+    };
+    let paths = ckpt0::locate(dir)?;
+    let config = match &paths.config {
+        Some(p) => ModelConfig::load(p)?,
+        None => {
+            eprintln!(
+                "grok1: {} has no config.json: using the grok-1 preset",
+                dir.display()
+            );
+            ModelConfig::grok1()
+        }
+    };
+    let store = ckpt0::read_checkpoint(
+        &paths.tensors,
+        &config,
+        paths.config.as_deref(),
+        &Bar::new(false),
+    )?;
+    let model = Grok1::from_store(config, &store)
+        .with_context(|| format!("building the model from {}", dir.display()))?;
+    let tokenizer_file = [dir.join("tokenizer.model"), dir.join("../tokenizer.model")]
+        .into_iter()
+        .find(|p| p.is_file());
+    Ok(LoadedModel {
+        model,
+        tokenizer_file,
+    })
+}
+
+/// The tokenizer: `--tokenizer`, else one found beside the model, else the
+/// official Grok-1 tokenizer built into the binary.
+pub fn tokenizer(flag: Option<&Path>, beside_model: Option<&Path>) -> anyhow::Result<Tokenizer> {
+    match flag.or(beside_model) {
+        Some(path) => Tokenizer::from_file(path)
+            .with_context(|| format!("loading tokenizer {}", path.display())),
+        None => Ok(Tokenizer::grok1()),
+    }
+}

@@ -1,0 +1,442 @@
+//! The `grok1` command as a user runs it: generation, logits, inspect, init,
+//! tokenize/detokenize, and a clear error for every kind of bad input.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn grok1() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_grok1"))
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn model(name: &str) -> PathBuf {
+    fixtures().join("models").join(name)
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("grok1 runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).expect("UTF-8 stdout")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn npy_i32(path: &Path) -> Vec<i32> {
+    grok1::npy::read_i32(&mut std::fs::File::open(path).unwrap())
+        .unwrap()
+        .data
+}
+
+fn ids_csv(ids: &[i32]) -> String {
+    ids.iter().map(i32::to_string).collect::<Vec<_>>().join(",")
+}
+
+#[test]
+fn demo_model_generates_without_any_flag_but_the_prompt() {
+    let o = run(grok1().args([
+        "generate",
+        "--prompt",
+        "Hello, Grok",
+        "--max-tokens",
+        "5",
+        "--print-ids",
+    ]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("demo model"), "{}", stderr(&o));
+    let out = stdout(&o);
+    let last = out.lines().last().unwrap();
+    let ids: Vec<u32> = last.split(',').map(|t| t.parse().unwrap()).collect();
+    assert_eq!(ids.len(), 5);
+    // The same run twice gives the same tokens (greedy by default).
+    let again = run(grok1().args([
+        "generate",
+        "--prompt",
+        "Hello, Grok",
+        "--max-tokens",
+        "5",
+        "--print-ids",
+    ]));
+    assert_eq!(stdout(&again), out);
+}
+
+#[test]
+fn generation_reproduces_the_reference_greedy_continuations() {
+    let dir = model("tiny-vocab");
+    for j in 0..2 {
+        let prompt = npy_i32(&dir.join(format!("decode_prompt{j}_tokens.npy")));
+        let want = npy_i32(&dir.join(format!("decode_prompt{j}_ids_f32.npy")));
+        let o = run(grok1().arg("generate").arg("--model").arg(&dir).args([
+            "--tokens",
+            &ids_csv(&prompt),
+            "--max-tokens",
+            "16",
+            "--print-ids",
+        ]));
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out = stdout(&o);
+        assert_eq!(out.lines().last().unwrap(), ids_csv(&want), "prompt {j}");
+    }
+    // Text in, text out, through the built-in official tokenizer: the README's
+    // decoded greedy continuation of the f32 run.
+    let o = run(grok1().arg("generate").arg("--model").arg(&dir).args([
+        "--prompt",
+        "The answer to life the universe and everything is of course",
+        "--max-tokens",
+        "16",
+    ]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "FACEFACEikasikasikasikasikasikas Big Big Big tiger rode maf Eenlonger\n"
+    );
+}
+
+#[test]
+fn sampling_flags_are_reproducible_with_a_seed() {
+    let args = [
+        "generate",
+        "--tokens",
+        "5,6,7",
+        "--max-tokens",
+        "12",
+        "--temperature",
+        "0.9",
+        "--top-p",
+        "0.9",
+        "--top-k",
+        "40",
+        "--seed",
+        "7",
+        "--print-ids",
+    ];
+    let a = run(grok1().args(args));
+    let b = run(grok1().args(args));
+    assert!(a.status.success(), "{}", stderr(&a));
+    assert_eq!(stdout(&a), stdout(&b));
+    let mut other = args.to_vec();
+    other[12] = "8";
+    let c = run(grok1().args(&other));
+    assert_ne!(stdout(&a).lines().last(), stdout(&c).lines().last());
+}
+
+#[test]
+fn logits_writes_the_prefill_logits() {
+    let dir = model("tiny-moe");
+    let tokens = npy_i32(&dir.join("prefill_seq1_tokens.npy"));
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("logits.npy");
+    let o = run(grok1()
+        .arg("logits")
+        .arg("--model")
+        .arg(&dir)
+        .args(["--tokens", &ids_csv(&tokens), "--out"])
+        .arg(&out));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = grok1::npy::read_f32(&mut std::fs::File::open(&out).unwrap()).unwrap();
+    let want = grok1::npy::read_f32(
+        &mut std::fs::File::open(dir.join("prefill_seq1_logits_f32.npy")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(got.shape, vec![tokens.len(), 1024]);
+    let worst = got
+        .data
+        .iter()
+        .zip(&want.data)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst <= 2e-5, "max abs error {worst}");
+}
+
+#[test]
+fn inspect_lists_every_tensor_and_the_totals() {
+    let o = run(grok1().arg("inspect").arg("--model").arg(model("tiny-moe")));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("\"num_layers\": 2"), "{out}");
+    assert!(
+        out.contains("tensor00003_000  transformer/decoder_layer_0/moe/linear_1/w"),
+        "{out}"
+    );
+    assert!(out.contains("int8+bfloat16  [8, 88, 64]"), "{out}");
+    let total: u64 =
+        1024 * 64 + 64 + 2 * (3 * 8 * 64 * 88 + 64 * 256 * 2 + 64 * 128 * 2 + 4 * 64 + 64 * 8);
+    assert!(
+        out.contains(&format!("26 tensors, {total} parameters")),
+        "{out}"
+    );
+}
+
+#[test]
+fn init_writes_a_model_that_inspect_and_generate_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    let o = run(grok1()
+        .args([
+            "init", "--preset", "tiny", "--layers", "3", "--vocab", "2000", "--seed", "9", "--out",
+        ])
+        .arg(&dir));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(grok1().arg("inspect").arg("--model").arg(&dir));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("\"vocab_size\": 2000") && stdout(&o).contains("decoder_layer_2"));
+    let o = run(grok1().arg("generate").arg("--model").arg(&dir).args([
+        "--tokens",
+        "10,11,12",
+        "--max-tokens",
+        "4",
+        "--print-ids",
+    ]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Writing again into the same directory would destroy it: refused.
+    let o = run(grok1()
+        .args(["init", "--preset", "tiny", "--seed", "1", "--out"])
+        .arg(&dir));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("not empty"), "{}", stderr(&o));
+}
+
+#[test]
+fn tokenize_and_detokenize_speak_json_lines() {
+    let input = "{\"text\": \"Hello world\"}\nnot json\n{\"text\": 5}\n{\"txt\": \"a\"}\n{\"text\": \"東京は\\u0000\"}\n";
+    let o = run_with_stdin(grok1().arg("tokenize"), input.as_bytes());
+    assert_eq!(o.status.code(), Some(1), "lines failed, so non-zero");
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5);
+    assert_eq!(
+        lines[0],
+        serde_json::json!({"ids": [11770, 1135], "pieces": ["▁Hello", "▁world"]})
+    );
+    for (i, line) in [(1usize, 2u64), (2, 3), (3, 4)] {
+        assert_eq!(lines[i]["line"], line);
+        assert!(
+            lines[i]["error"].as_str().unwrap().starts_with("bad JSON"),
+            "{}",
+            lines[i]
+        );
+    }
+    assert!(lines[3]["error"]
+        .as_str()
+        .unwrap()
+        .contains("missing field `text`"));
+    let ids = lines[4]["ids"].clone();
+    let back = run_with_stdin(
+        grok1().arg("detokenize"),
+        format!("{}\n", serde_json::json!({ "ids": ids })).as_bytes(),
+    );
+    assert!(back.status.success(), "{}", stderr(&back));
+    assert_eq!(stdout(&back), "{\"text\":\"東京は\\u0000\"}\n");
+    // Out-of-range ids and invalid UTF-8 are line errors too.
+    let bad = run_with_stdin(
+        grok1().arg("detokenize"),
+        b"{\"ids\": [1, 999999]}\n\xff\xfe\n{\"ids\": [11770]}\n",
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    let lines: Vec<serde_json::Value> = stdout(&bad)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        lines[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("999999 is outside the vocabulary"),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(lines[1]["line"], 2);
+    assert!(lines[1]["error"].as_str().unwrap().contains("UTF-8"));
+    assert_eq!(lines[2], serde_json::json!({"text": "Hello"}));
+}
+
+#[test]
+fn tokenize_matches_every_fixture_case() {
+    let cases = std::fs::read_to_string(fixtures().join("tokenizer/cases.jsonl")).unwrap();
+    let o = run_with_stdin(grok1().arg("tokenize"), cases.as_bytes());
+    assert!(o.status.success(), "{}", stderr(&o));
+    for (got, case) in stdout(&o).lines().zip(cases.lines()) {
+        let got: serde_json::Value = serde_json::from_str(got).unwrap();
+        let case: serde_json::Value = serde_json::from_str(case).unwrap();
+        assert_eq!(got["ids"], case["ids"]);
+        assert_eq!(got["pieces"], case["pieces"]);
+    }
+}
+
+fn expect_error(args: &[&str], needle: &str) {
+    let o = run(grok1().args(args));
+    assert!(!o.status.success(), "{args:?} should fail");
+    let err = stderr(&o);
+    assert!(
+        err.contains(needle),
+        "{args:?}: expected {needle:?} in {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn bad_input_gets_a_clear_error() {
+    let tiny = model("tiny-moe");
+    let tiny = tiny.to_str().unwrap();
+    expect_error(
+        &["generate", "--tokens", "5,x"],
+        "`x` (item 2) is not a token id",
+    );
+    expect_error(&["generate", "--tokens", ""], "the token list is empty");
+    expect_error(
+        &["generate", "--prompt", "hi", "--tokens", "5"],
+        "cannot be used with",
+    );
+    expect_error(&["generate"], "required");
+    expect_error(&["generate", "--prompt", ""], "--prompt is empty");
+    expect_error(
+        &["generate", "--model", tiny, "--tokens", "5,1024"],
+        "token id 1024 at position 1 of sequence 0 is outside the vocabulary (ids 0..1024)",
+    );
+    let long = vec!["7"; 129].join(",");
+    expect_error(
+        &[
+            "logits",
+            "--model",
+            tiny,
+            "--tokens",
+            &long,
+            "--out",
+            "/tmp/never.npy",
+        ],
+        "context overflow",
+    );
+    expect_error(
+        &["generate", "--tokens", "5", "--temperature=-1"],
+        "temperature must be",
+    );
+    expect_error(
+        &["generate", "--tokens", "5", "--top-p", "1.5"],
+        "top_p must be in (0, 1]",
+    );
+    expect_error(
+        &["generate", "--model", "/nonexistent/model", "--tokens", "5"],
+        "/nonexistent/model",
+    );
+    expect_error(
+        &[
+            "generate",
+            "--tokens",
+            "5",
+            "--tokenizer",
+            "/nonexistent/tok.model",
+        ],
+        "/nonexistent/tok.model",
+    );
+    expect_error(
+        &["init", "--preset", "huge", "--seed", "1", "--out", "/tmp/x"],
+        "invalid value 'huge'",
+    );
+    expect_error(
+        &[
+            "init", "--preset", "tiny", "--layers", "0", "--seed", "1", "--out", "/tmp/x",
+        ],
+        "--layers must be at least 1",
+    );
+    expect_error(&["generate", "--bogus"], "unexpected argument '--bogus'");
+}
+
+#[test]
+fn a_bad_config_or_checkpoint_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir(dir.join("ckpt-0")).unwrap();
+    for entry in std::fs::read_dir(model("tiny-moe").join("ckpt-0")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join("ckpt-0").join(entry.file_name())).unwrap();
+    }
+    std::fs::write(dir.join("config.json"), "{\"name\": \"x\"").unwrap();
+    expect_error(
+        &["inspect", "--model", dir.to_str().unwrap()],
+        "config.json: not a valid model config",
+    );
+    let mut config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(model("tiny-moe").join("config.json")).unwrap(),
+    )
+    .unwrap();
+    config["num_kv_heads"] = 3.into();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    expect_error(
+        &["inspect", "--model", dir.to_str().unwrap()],
+        "field `num_q_heads`",
+    );
+    std::fs::copy(
+        model("tiny-moe").join("config.json"),
+        dir.join("config.json"),
+    )
+    .unwrap();
+    std::fs::remove_file(dir.join("ckpt-0/tensor00010_000")).unwrap();
+    expect_error(&["generate", "--model", dir.to_str().unwrap(), "--tokens", "5"], "tensor00010_000: missing checkpoint file for `transformer/decoder_layer_0/rms_norm_1/scale`");
+}
+
+/// Peak resident memory of a run, in bytes, as the process reports it
+/// (`GROK1_PEAK_RSS=1`: its own VmHWM).
+fn peak_rss(cmd: &mut Command) -> u64 {
+    let o = run(cmd.env("GROK1_PEAK_RSS", "1"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("grok1: peak RSS "))
+        .expect("peak RSS reported");
+    let kb: u64 = line["grok1: peak RSS ".len()..]
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .expect("kB value");
+    kb * 1024
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn loading_tiny_vocab_keeps_peak_rss_under_three_times_its_size() {
+    let dir = model("tiny-vocab");
+    let on_disk: u64 = std::fs::read_dir(dir.join("ckpt-0"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    let inspect_rss = peak_rss(grok1().arg("inspect").arg("--model").arg(&dir));
+    let tmp = tempfile::tempdir().unwrap();
+    let logits_rss = peak_rss(
+        grok1()
+            .arg("logits")
+            .arg("--model")
+            .arg(&dir)
+            .args(["--tokens", "422,3033,356", "--out"])
+            .arg(tmp.path().join("l.npy")),
+    );
+    eprintln!("tiny-vocab: {on_disk} bytes on disk; peak RSS inspect {inspect_rss}, load + 3-token forward {logits_rss}");
+    assert!(
+        inspect_rss < on_disk / 2,
+        "inspect must not read the payloads: {inspect_rss} bytes"
+    );
+    assert!(
+        logits_rss < 3 * on_disk,
+        "peak RSS {logits_rss} >= 3 x {on_disk}"
+    );
+}
