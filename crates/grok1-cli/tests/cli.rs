@@ -440,3 +440,119 @@ fn loading_tiny_vocab_keeps_peak_rss_under_three_times_its_size() {
         "peak RSS {logits_rss} >= 3 x {on_disk}"
     );
 }
+
+/// Writes through to a file, turning runs of zero bytes into holes, so a
+/// full-width checkpoint costs no disk (like `cp --sparse`).
+struct SparseWriter(std::fs::File);
+
+impl Write for SparseWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use std::io::{Seek, SeekFrom};
+        if buf.iter().all(|&b| b == 0) {
+            self.0.seek(SeekFrom::Current(buf.len() as i64))?;
+            Ok(buf.len())
+        } else {
+            self.0.write(buf)
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// A payload of zeros, written in 1 MiB chunks.
+struct Zeros(u64);
+
+impl grok1::weights::pickle_writer::Payload for Zeros {
+    fn byte_len(&self) -> u64 {
+        self.0
+    }
+
+    fn write_to(&mut self, out: &mut dyn Write) -> std::io::Result<()> {
+        let chunk = vec![0u8; 1 << 20];
+        let mut left = self.0;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            out.write_all(&chunk[..n])?;
+            left -= n as u64;
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn inspect_of_a_full_width_grok1_checkpoint_reads_no_payload() {
+    use grok1::weights::ckpt0::{checkpoint_layout, ParamKind};
+    use grok1::weights::pickle_writer::{write_array, write_quantized, ArraySpec, PickleStyle};
+    use grok1::weights::DType;
+    // Two full-width Grok-1 layers (13 GB of payload) in the official format,
+    // with every payload a hole in a sparse file.
+    let mut cfg = grok1::ModelConfig::grok1();
+    cfg.num_layers = 2;
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = tmp.path().join("ckpt-0");
+    std::fs::create_dir(&ckpt).unwrap();
+    let mut logical = 0u64;
+    for spec in checkpoint_layout(&cfg) {
+        let mut file = SparseWriter(std::fs::File::create(ckpt.join(spec.file_name())).unwrap());
+        match &spec.kind {
+            ParamKind::Dense { shape } => {
+                let a = ArraySpec {
+                    dtype: DType::F32,
+                    shape: shape.clone(),
+                };
+                write_array(
+                    &mut file,
+                    PickleStyle::OFFICIAL,
+                    &a,
+                    &mut Zeros(a.byte_len()),
+                )
+                .unwrap();
+            }
+            ParamKind::Quantized { shape, .. } => {
+                let w = ArraySpec {
+                    dtype: DType::I8,
+                    shape: shape.clone(),
+                };
+                let s = ArraySpec {
+                    dtype: DType::BF16,
+                    shape: spec.scales_shape().unwrap(),
+                };
+                let (wl, sl) = (w.byte_len(), s.byte_len());
+                write_quantized(
+                    &mut file,
+                    PickleStyle::OFFICIAL,
+                    (&w, &mut Zeros(wl)),
+                    (&s, &mut Zeros(sl)),
+                )
+                .unwrap();
+            }
+        }
+        let f = file.0;
+        let end = std::io::Seek::stream_position(&mut &f).unwrap();
+        f.set_len(end).unwrap();
+        logical += end;
+    }
+    cfg.save(&tmp.path().join("config.json")).unwrap();
+    assert!(logical > 13_000_000_000, "{logical}");
+    let started = std::time::Instant::now();
+    let rss = peak_rss(grok1().arg("inspect").arg("--model").arg(tmp.path()));
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!("inspect of a 2-layer Grok-1 checkpoint ({logical} bytes): {secs:.2} s, peak RSS {rss} bytes");
+    assert!(
+        rss < 64 << 20,
+        "inspect touched payload pages: peak RSS {rss}"
+    );
+    let o = run(grok1().arg("inspect").arg("--model").arg(tmp.path()));
+    let out = stdout(&o);
+    assert!(
+        out.contains("tensor00002_000  transformer/decoder_layer_0/moe/linear/w"),
+        "{out}"
+    );
+    assert!(
+        out.contains("[8, 6144, 32768]") && out.contains("[8, 32768, 6144]"),
+        "{out}"
+    );
+    assert!(out.contains("26 tensors, 10645297152 parameters"), "{out}");
+}
