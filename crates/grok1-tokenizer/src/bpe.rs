@@ -96,22 +96,18 @@ pub fn encode<'t>(normalized: &'t str, vocab: &BpeVocab) -> Vec<&'t str> {
         pos += len;
     }
 
-    let mut agenda = BinaryHeap::with_capacity(symbols.len());
-    // Pieces made by merging into an UNUSED piece, to split them again at the end.
-    let mut rev_merge: FxHashMap<&str, (&str, &str)> = FxHashMap::default();
-    for i in 1..symbols.len() as i32 {
-        add_pair(
-            normalized,
-            vocab,
-            &symbols,
-            &mut agenda,
-            &mut rev_merge,
-            i - 1,
-            i,
-        );
+    let mut merger = Merger {
+        text: normalized,
+        vocab,
+        agenda: BinaryHeap::with_capacity(symbols.len()),
+        rev_merge: FxHashMap::default(),
+        symbols,
+    };
+    for i in 1..merger.symbols.len() as i32 {
+        merger.add_pair(i - 1, i);
     }
-
-    while let Some(top) = agenda.pop() {
+    while let Some(top) = merger.agenda.pop() {
+        let symbols = &mut merger.symbols;
         let (l, r) = (top.left as usize, top.right as usize);
         // Skip pairs made stale by an earlier merge.
         if symbols[l].len() == 0
@@ -128,25 +124,12 @@ pub fn encode<'t>(normalized: &'t str, vocab: &BpeVocab) -> Vec<&'t str> {
             symbols[next].prev = l as i32;
         }
         let (prev, next) = (symbols[l].prev, symbols[l].next);
-        add_pair(
-            normalized,
-            vocab,
-            &symbols,
-            &mut agenda,
-            &mut rev_merge,
-            prev,
-            l as i32,
-        );
-        add_pair(
-            normalized,
-            vocab,
-            &symbols,
-            &mut agenda,
-            &mut rev_merge,
-            l as i32,
-            next,
-        );
+        merger.add_pair(prev, l as i32);
+        merger.add_pair(l as i32, next);
     }
+    let Merger {
+        symbols, rev_merge, ..
+    } = merger;
 
     let mut out = Vec::new();
     let mut index = 0i32;
@@ -163,35 +146,39 @@ pub fn encode<'t>(normalized: &'t str, vocab: &BpeVocab) -> Vec<&'t str> {
     out
 }
 
-/// Queues the merge of symbols `left` and `right` if their concatenation is a piece.
-fn add_pair<'t>(
-    normalized: &'t str,
-    vocab: &BpeVocab,
-    symbols: &[Symbol],
-    agenda: &mut BinaryHeap<Pair>,
-    rev_merge: &mut FxHashMap<&'t str, (&'t str, &'t str)>,
-    left: i32,
-    right: i32,
-) {
-    if left < 0 || right < 0 {
-        return;
-    }
-    let (l, r) = (symbols[left as usize], symbols[right as usize]);
-    if l.freeze || r.freeze {
-        return;
-    }
-    let piece = &normalized[l.start as usize..r.end as usize];
-    if let Some(&id) = vocab.mergeable.get(piece) {
-        agenda.push(Pair {
-            score: vocab.scores[id as usize],
-            left: left as u32,
-            right: right as u32,
-            size: r.end - l.start,
-        });
-        if vocab.unused[id as usize] {
-            let left_piece = &normalized[l.start as usize..l.end as usize];
-            let right_piece = &normalized[r.start as usize..r.end as usize];
-            rev_merge.insert(piece, (left_piece, right_piece));
+/// The state of one encoding: the symbols and the queue of candidate merges.
+struct Merger<'t, 'v> {
+    text: &'t str,
+    vocab: &'v BpeVocab<'v>,
+    symbols: Vec<Symbol>,
+    agenda: BinaryHeap<Pair>,
+    /// Pieces made by merging into an UNUSED piece, to split them again at the end.
+    rev_merge: FxHashMap<&'t str, (&'t str, &'t str)>,
+}
+
+impl<'t> Merger<'t, '_> {
+    /// Queues the merge of symbols `left` and `right` if their concatenation is a piece.
+    fn add_pair(&mut self, left: i32, right: i32) {
+        if left < 0 || right < 0 {
+            return;
+        }
+        let (l, r) = (self.symbols[left as usize], self.symbols[right as usize]);
+        if l.freeze || r.freeze {
+            return;
+        }
+        let piece = &self.text[l.start as usize..r.end as usize];
+        if let Some(&id) = self.vocab.mergeable.get(piece) {
+            self.agenda.push(Pair {
+                score: self.vocab.scores[id as usize],
+                left: left as u32,
+                right: right as u32,
+                size: r.end - l.start,
+            });
+            if self.vocab.unused[id as usize] {
+                let left_piece = &self.text[l.start as usize..l.end as usize];
+                let right_piece = &self.text[r.start as usize..r.end as usize];
+                self.rev_merge.insert(piece, (left_piece, right_piece));
+            }
         }
     }
 }

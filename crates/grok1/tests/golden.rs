@@ -80,12 +80,7 @@ fn check_f32(name: &'static str) {
         model: name,
         lines: vec![],
     };
-    let cols: Vec<usize> = fx
-        .i32("logit_cols.npy")
-        .data
-        .iter()
-        .map(|&c| c as usize)
-        .collect();
+    let cols = fx.logit_cols();
     let tol = fx.tol("tol_f32_logits_abs");
     let (mut prefill_err, mut last_err) = (0f32, 0f32);
     for s in 0..3 {
@@ -362,12 +357,7 @@ fn check_bf16(name: &'static str) {
         model: name,
         lines: vec![],
     };
-    let cols: Vec<usize> = fx
-        .i32("logit_cols.npy")
-        .data
-        .iter()
-        .map(|&c| c as usize)
-        .collect();
+    let cols = fx.logit_cols();
     let tol = fx.tol("tol_bf16_logits_abs");
     let mut worst = 0f32;
     for s in 0..3 {

@@ -63,6 +63,15 @@ impl Fixture {
         self.i32(file).data.iter().map(|&t| t as u32).collect()
     }
 
+    /// The vocabulary ids of the columns kept in the `*_logits_*` files.
+    pub fn logit_cols(&self) -> Vec<usize> {
+        self.i32("logit_cols.npy")
+            .data
+            .iter()
+            .map(|&c| c as usize)
+            .collect()
+    }
+
     pub fn tol(&self, key: &str) -> f32 {
         self.tolerances[key]
             .as_f64()
