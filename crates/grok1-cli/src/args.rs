@@ -33,6 +33,8 @@ pub enum Command {
     Tokenize(TokenizerArgs),
     /// Detokenize JSON lines {"ids": [...]} from stdin into {"text": ...}
     Detokenize(TokenizerArgs),
+    /// Measure prompt processing and generation speed against the memory roofline
+    Bench(BenchArgs),
 }
 
 /// Activation precision.
@@ -207,6 +209,48 @@ pub struct InitArgs {
     /// Output directory (created; must be empty if it exists)
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Tokens of the prompt-processing test (0: skip it)
+    #[arg(long, default_value_t = 128)]
+    pub prompt_tokens: usize,
+
+    /// Decode steps of the generation test (0: skip it)
+    #[arg(long, default_value_t = 64)]
+    pub gen_tokens: usize,
+
+    /// Sequences decoded together in the generation test
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+
+    /// Worker threads (default: one per core)
+    #[arg(long)]
+    pub threads: Option<usize>,
+
+    /// Timed repetitions of each test, after one warm-up
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+
+    /// Also run prompt lengths 16, 64, 128, 512 and batches 1, 2, 4, 8
+    #[arg(long)]
+    pub sweep: bool,
+
+    /// Print the results as JSON; the last line of stdout is the main configuration
+    #[arg(long)]
+    pub json: bool,
+
+    /// Seed of the random tokens
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    /// Size of the buffer the memory bandwidth is measured on, in MiB
+    #[arg(long, default_value_t = 1024)]
+    pub bandwidth_mib: usize,
 }
 
 #[derive(Args, Debug)]

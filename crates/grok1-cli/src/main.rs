@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod args;
+mod bench;
 mod generate;
 mod inspect;
 mod model_source;
@@ -23,6 +24,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init(a) => inspect::init(a),
         Command::Tokenize(a) => tokenize::tokenize(a),
         Command::Detokenize(a) => tokenize::detokenize(a),
+        Command::Bench(a) => bench::bench(a),
     }
 }
 

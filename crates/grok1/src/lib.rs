@@ -14,6 +14,7 @@ pub mod weights;
 
 pub use config::{ConfigError, ModelConfig};
 pub mod backend;
+pub mod bench;
 pub mod generate;
 pub mod kv_cache;
 pub mod model;

@@ -5,6 +5,7 @@
 mod common;
 
 use common::{assert_close, Fixture};
+use grok1::backend::cpu::Isa;
 use grok1::model::Trace;
 use grok1::sampling::argmax;
 use grok1::{ForwardOptions, ForwardOutput, Grok1, LogitsRows, Precision, SequenceInput};
@@ -72,9 +73,17 @@ impl Drop for Report {
     }
 }
 
+/// The f32 acceptance checks, on every kernel set this CPU can run.
 fn check_f32(name: &'static str) {
+    for isa in Isa::available() {
+        eprintln!("{name}: kernels {}", isa.name());
+        check_f32_with(name, isa);
+    }
+}
+
+fn check_f32_with(name: &'static str, isa: Isa) {
     let fx = Fixture::open(name);
-    let model = fx.load_model();
+    let model = fx.load_model_with(isa);
     let cfg = model.config().clone();
     let mut report = Report {
         model: name,

@@ -64,6 +64,16 @@ pub struct ForwardOptions {
     pub logits: LogitsRows,
 }
 
+/// What one forward call read: the basis of the memory roofline in `grok1 bench`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ForwardStats {
+    /// Bytes of weights read (each matrix counted once per call, however many
+    /// rows it multiplied; experts only when some row was routed to them).
+    pub weight_bytes: u64,
+    /// Per layer, how many distinct experts ran.
+    pub experts_read: Vec<usize>,
+}
+
 /// Logits of the selected rows, row-major `[rows, vocab]`, in input order.
 #[derive(Clone, Debug)]
 pub struct ForwardOutput {
@@ -71,6 +81,7 @@ pub struct ForwardOutput {
     pub vocab: usize,
     /// For each logits row: (index of its sequence in the input, position).
     pub rows: Vec<(usize, usize)>,
+    pub stats: ForwardStats,
 }
 
 impl ForwardOutput {
@@ -126,6 +137,17 @@ impl Grok1 {
 
     pub fn backend(&self) -> &dyn Backend {
         &*self.backend
+    }
+
+    /// Floating-point operations of the matrix products of one token (2 per
+    /// multiply-add: attention projections and the selected experts; the
+    /// attention scores and the output projection are left out).
+    pub fn flops_per_token(&self) -> f64 {
+        let c = &self.config;
+        let d = c.emb_size as f64;
+        let attention = 2.0 * d * (c.q_width() + c.kv_width()) as f64;
+        let experts = c.num_selected_experts as f64 * 3.0 * d * c.ffn_size as f64;
+        2.0 * c.num_layers as f64 * (attention + experts)
     }
 
     /// A KV cache able to hold `tokens` positions over at most `sequences` sequences.
@@ -248,6 +270,11 @@ impl Grok1 {
 
         let eps = cfg.rms_norm_eps as f32;
         let backend = &*self.backend;
+        let f32_bytes = std::mem::size_of::<f32>() as u64;
+        let mut stats = ForwardStats {
+            weight_bytes: tokens.len() as u64 * d as u64 * f32_bytes,
+            experts_read: Vec::with_capacity(cfg.num_layers),
+        };
         for (l, w) in self.weights.layers.iter().enumerate() {
             // a = rms_norm(x); a = attention(a); a = rms_norm_1(a); x = x + a
             let a = norm::rms_norm(&x, &w.attn_norm, eps, p);
@@ -259,6 +286,11 @@ impl Grok1 {
             let (m, router) = moe::moe_block(backend, cfg, w, &m, p);
             let m = norm::rms_norm(&m, &w.moe_out_norm, eps, p);
             add_into(&mut x, &m, p);
+            let experts: std::collections::BTreeSet<usize> =
+                router.experts.iter().copied().collect();
+            stats.weight_bytes +=
+                w.dense_bytes() + experts.iter().map(|&e| w.experts.bytes(e)).sum::<u64>();
+            stats.experts_read.push(experts.len());
             if let Some(t) = trace.as_deref_mut() {
                 t.hidden.push(x.clone());
                 t.router.push(router);
@@ -286,6 +318,7 @@ impl Grok1 {
             r += n;
         }
         let vocab = cfg.vocab_size;
+        stats.weight_bytes += (vocab as u64 + 1) * d as u64 * f32_bytes;
         let mut logits = vec![0f32; out_rows.len() * vocab];
         backend.matmul_transposed_f32(&selected, &self.weights.embedding, &mut logits, p);
         p.cast(&mut logits);
@@ -298,6 +331,7 @@ impl Grok1 {
             logits,
             vocab,
             rows: out_rows,
+            stats,
         })
     }
 }

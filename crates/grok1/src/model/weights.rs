@@ -15,6 +15,14 @@ pub struct ExpertWeights {
     pub linear_1: Vec<QuantMatrix>,
 }
 
+impl ExpertWeights {
+    /// Bytes of expert `e`'s three matrices (weights and scales).
+    pub fn bytes(&self, e: usize) -> u64 {
+        (self.linear[e].byte_len() + self.linear_v[e].byte_len() + self.linear_1[e].byte_len())
+            as u64
+    }
+}
+
 /// One decoder layer.
 #[derive(Clone, Debug)]
 pub struct LayerWeights {
@@ -37,6 +45,20 @@ pub struct LayerWeights {
     /// `[d, num_experts]`, f32. ckpt-0 `.../router/w`
     pub router: Vec<f32>,
     pub experts: ExpertWeights,
+}
+
+impl LayerWeights {
+    /// Bytes a layer reads whatever the routing: attention, router and norms.
+    pub fn dense_bytes(&self) -> u64 {
+        let f32_values = self.attn_norm.len()
+            + self.attn_out_norm.len()
+            + self.moe_norm.len()
+            + self.moe_out_norm.len()
+            + self.router.len();
+        let quantized =
+            self.wq.byte_len() + self.wk.byte_len() + self.wv.byte_len() + self.wo.byte_len();
+        (quantized + 4 * f32_values) as u64
+    }
 }
 
 /// All weights of a model.

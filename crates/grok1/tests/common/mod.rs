@@ -4,6 +4,8 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use grok1::backend::cpu::{CpuBackend, Isa};
+use grok1::model::Weights;
 use grok1::npy;
 use grok1::progress::NoProgress;
 use grok1::weights::ckpt0;
@@ -40,6 +42,11 @@ impl Fixture {
     }
 
     pub fn load_model(&self) -> Grok1 {
+        self.load_model_with(Isa::detect())
+    }
+
+    /// The model on the CPU backend with the given kernels.
+    pub fn load_model_with(&self, isa: Isa) -> Grok1 {
         let paths = ckpt0::locate(&self.dir).expect("locate");
         let store = ckpt0::read_checkpoint(
             &paths.tensors,
@@ -48,7 +55,12 @@ impl Fixture {
             &NoProgress,
         )
         .expect("read checkpoint");
-        Grok1::from_store(self.config.clone(), &store).expect("model")
+        let weights = Weights::from_store(&self.config, &store).expect("weights");
+        Grok1::new(
+            self.config.clone(),
+            weights,
+            Box::new(CpuBackend::with_isa(isa)),
+        )
     }
 
     pub fn f32(&self, file: &str) -> npy::Array<f32> {

@@ -1,0 +1,218 @@
+//! `grok1 bench`: prompt-processing and generation speed, printed like
+//! llama-bench, with the weight bytes read per token, the memory bandwidth
+//! measured in the same run and the fraction of that roofline reached.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use grok1::bench::{self, summarize, BenchResult, BenchSpec};
+use serde_json::json;
+
+use crate::args::BenchArgs;
+use crate::model_source;
+
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
+
+struct Row<'a> {
+    model: &'a str,
+    size_gib: f64,
+    params_b: f64,
+    backend: &'a str,
+    threads: usize,
+}
+
+impl Row<'_> {
+    fn print(&self, test: &str, rates: &[f64]) {
+        let (median, min, max) = summarize(rates);
+        println!(
+            "| {} | {:.2} GiB | {:.2} B | {} | {} | {test} | {median:.2} ({min:.2} - {max:.2}) |",
+            self.model, self.size_gib, self.params_b, self.backend, self.threads
+        );
+    }
+}
+
+fn summary_json(
+    spec: &BenchSpec,
+    r: &BenchResult,
+    bandwidth: f64,
+    threads: usize,
+    backend: &str,
+    model: &str,
+) -> serde_json::Value {
+    let (pp, pp_min, pp_max) = summarize(&r.prompt_tokens_per_s);
+    let (tg, tg_min, tg_max) = summarize(&r.gen_tokens_per_s);
+    let per_token = r.weight_bytes_per_step / spec.batch.max(1) as f64;
+    let roofline = if r.weight_bytes_per_step > 0.0 {
+        bandwidth * 1e9 / r.weight_bytes_per_step * spec.batch as f64
+    } else {
+        0.0
+    };
+    json!({
+        "model": model,
+        "backend": backend,
+        "threads": threads,
+        "prompt_tokens": spec.prompt_tokens,
+        "gen_tokens": spec.gen_tokens,
+        "batch": spec.batch,
+        "repeat": spec.repeat,
+        "prompt_tokens_per_s": pp,
+        "prompt_tokens_per_s_min": pp_min,
+        "prompt_tokens_per_s_max": pp_max,
+        "prompt_gflops": pp * r.flops_per_prompt_token / 1e9,
+        "gen_tokens_per_s": tg,
+        "gen_tokens_per_s_min": tg_min,
+        "gen_tokens_per_s_max": tg_max,
+        "weight_bytes_per_step": r.weight_bytes_per_step,
+        "weight_bytes_per_token": per_token,
+        "distinct_experts_per_step": r.experts_per_step,
+        "mem_bandwidth_gbs": bandwidth,
+        "roofline_gen_tokens_per_s": roofline,
+        "roofline_fraction": if roofline > 0.0 { tg / roofline } else { 0.0 },
+    })
+}
+
+pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(threads) = args.threads {
+        anyhow::ensure!(threads > 0, "--threads must be at least 1");
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .context("setting the thread count")?;
+    }
+    anyhow::ensure!(args.repeat > 0, "--repeat must be at least 1");
+    anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
+    let threads = rayon::current_num_threads();
+    let loaded = model_source::load(args.model.model.as_deref())?;
+    let model = &loaded.model;
+    let cfg = model.config();
+    anyhow::ensure!(
+        args.prompt_tokens <= cfg.sequence_len,
+        "--prompt-tokens {} is longer than the model's context ({})",
+        args.prompt_tokens,
+        cfg.sequence_len
+    );
+    eprintln!(
+        "grok1: measuring memory read bandwidth on {} MiB...",
+        args.bandwidth_mib
+    );
+    let bandwidth = bench::memory_bandwidth(args.bandwidth_mib << 20, 5);
+    let backend = model.backend().name();
+    let backend = backend.split(" (").next().unwrap_or("cpu").to_string();
+    let params = cfg.parameter_count();
+    let size: u64 = grok1::weights::ckpt0::checkpoint_layout(cfg)
+        .iter()
+        .map(|s| match s.scales_shape() {
+            Some(sc) => s.element_count() as u64 + 2 * sc.iter().product::<usize>() as u64,
+            None => 4 * s.element_count() as u64,
+        })
+        .sum();
+    let row = Row {
+        model: &cfg.name,
+        size_gib: gib(size),
+        params_b: params as f64 / 1e9,
+        backend: &backend,
+        threads,
+    };
+    let mut report = |line: &str| eprintln!("grok1: bench {line}");
+    let main_spec = BenchSpec {
+        prompt_tokens: args.prompt_tokens,
+        gen_tokens: args.gen_tokens,
+        batch: args.batch,
+        repeat: args.repeat,
+        seed: args.seed,
+        precision: args.model.precision.into(),
+    };
+    if !args.json {
+        println!("| model | size | params | backend | threads | test | t/s (median, min - max) |");
+        println!("| --- | ---: | ---: | --- | ---: | --- | ---: |");
+    }
+    if args.sweep {
+        let mut lines = Vec::new();
+        for p in [16, 64, 128, 512]
+            .into_iter()
+            .filter(|&p| p <= cfg.sequence_len)
+        {
+            let spec = BenchSpec {
+                prompt_tokens: p,
+                gen_tokens: 0,
+                ..main_spec.clone()
+            };
+            let r = bench::run(model, &spec, &mut report)?;
+            if args.json {
+                lines.push(summary_json(
+                    &spec, &r, bandwidth, threads, &backend, &cfg.name,
+                ));
+            } else {
+                row.print(&format!("pp{p}"), &r.prompt_tokens_per_s);
+            }
+        }
+        for b in [1, 2, 4, 8] {
+            let spec = BenchSpec {
+                prompt_tokens: 0,
+                batch: b,
+                ..main_spec.clone()
+            };
+            let r = bench::run(model, &spec, &mut report)?;
+            if args.json {
+                lines.push(summary_json(
+                    &spec, &r, bandwidth, threads, &backend, &cfg.name,
+                ));
+            } else {
+                let j = summary_json(&spec, &r, bandwidth, threads, &backend, &cfg.name);
+                row.print(
+                    &format!("tg{} batch {b}", spec.gen_tokens),
+                    &r.gen_tokens_per_s,
+                );
+                println!(
+                    "|  |  |  |  |  | (batch {b}: {:.2} GB read per step, {:.2} experts per layer, {:.0}% of the roofline) |  |",
+                    r.weight_bytes_per_step / 1e9,
+                    r.experts_per_step,
+                    100.0 * j["roofline_fraction"].as_f64().unwrap_or(0.0)
+                );
+            }
+        }
+        for l in lines {
+            println!("{l}");
+        }
+    }
+    let r = bench::run(model, &main_spec, &mut report)?;
+    let summary = summary_json(&main_spec, &r, bandwidth, threads, &backend, &cfg.name);
+    if args.json {
+        println!("{summary}");
+    } else {
+        if main_spec.prompt_tokens > 0 {
+            row.print(
+                &format!("pp{}", main_spec.prompt_tokens),
+                &r.prompt_tokens_per_s,
+            );
+        }
+        if main_spec.gen_tokens > 0 {
+            row.print(
+                &format!("tg{} batch {}", main_spec.gen_tokens, main_spec.batch),
+                &r.gen_tokens_per_s,
+            );
+        }
+        println!();
+        println!(
+            "prompt processing: {:.1} GFLOP/s ({:.2} GFLOP per token in the matrix products)",
+            summary["prompt_gflops"].as_f64().unwrap_or(0.0),
+            r.flops_per_prompt_token / 1e9
+        );
+        println!(
+            "generation: {:.3} GB of weights read per step ({:.3} GB per token; {:.2} of {} experts per layer per step)",
+            r.weight_bytes_per_step / 1e9,
+            summary["weight_bytes_per_token"].as_f64().unwrap_or(0.0) / 1e9,
+            r.experts_per_step,
+            cfg.num_experts
+        );
+        println!(
+            "memory read bandwidth (measured in this run): {bandwidth:.1} GB/s; roofline {:.2} tokens/s; reached {:.0}%",
+            summary["roofline_gen_tokens_per_s"].as_f64().unwrap_or(0.0),
+            100.0 * summary["roofline_fraction"].as_f64().unwrap_or(0.0)
+        );
+        println!("(times exclude tokenization and sampling; tokens are random ids)");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,67 @@
+//! Throughput of the int8 matrix product and the f32 row dot on large weights:
+//! `kernel_bench [k n m reps]` prints GB/s of weights streamed.
+
+use std::time::Instant;
+
+use grok1::backend::{cpu::CpuBackend, Backend, F32Matrix, QuantMatrix};
+use grok1::weights::{DType, TensorData};
+
+fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().unwrap())
+        .collect();
+    let (k, n, m, reps) = match args[..] {
+        [k, n, m, r] => (k, n, m, r),
+        _ => (6144, 32768, 1, 10),
+    };
+    let weight: Vec<u8> = (0..k * n).map(|i| (i * 7 % 251) as u8).collect();
+    let scales: Vec<u8> = (0..n)
+        .flat_map(|_| half::bf16::from_f32(0.01).to_bits().to_le_bytes())
+        .collect();
+    let w = QuantMatrix {
+        k,
+        n,
+        groups: 1,
+        weight: TensorData::owned(weight),
+        scales: TensorData::owned(scales),
+        scale_dtype: DType::BF16,
+    };
+    let backend = CpuBackend::new();
+    let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.01).collect();
+    let mut out = vec![0f32; m * n];
+    backend.matmul_q8(&x, &w, &mut out);
+    let start = Instant::now();
+    for _ in 0..reps {
+        backend.matmul_q8(&x, &w, &mut out);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "q8 [{k} x {n}] m={m}: {:.2} GB/s ({:.2} ms per product) on {}",
+        (k * n * reps) as f64 / secs / 1e9,
+        secs / reps as f64 * 1e3,
+        backend.name()
+    );
+    let rows = 131072;
+    let d = 6144 / 2;
+    let e: Vec<u8> = (0..rows * d)
+        .flat_map(|i| ((i % 17) as f32 * 0.001).to_le_bytes())
+        .collect();
+    let e = F32Matrix {
+        rows,
+        cols: d,
+        data: TensorData::owned(e),
+    };
+    let x: Vec<f32> = (0..m * d).map(|i| (i % 11) as f32 * 0.01).collect();
+    let mut out = vec![0f32; m * rows];
+    backend.matmul_transposed_f32(&x, &e, &mut out, grok1::Precision::F32);
+    let start = Instant::now();
+    for _ in 0..reps {
+        backend.matmul_transposed_f32(&x, &e, &mut out, grok1::Precision::F32);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "f32 rows [{rows} x {d}] m={m}: {:.2} GB/s",
+        (rows * d * 4 * reps) as f64 / secs / 1e9
+    );
+}

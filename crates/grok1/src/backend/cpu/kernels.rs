@@ -1,0 +1,133 @@
+//! The inner loops of the CPU backend, in a portable scalar version (the
+//! reference the SIMD versions are tested against) and SIMD versions chosen at
+//! run time from the CPU's features.
+
+use std::ops::Range;
+
+/// The instruction set the kernels use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Scalar,
+    /// x86-64 AVX2 with FMA.
+    Avx2,
+}
+
+impl Isa {
+    /// The best instruction set this CPU has; `GROK1_KERNELS=scalar` forces the
+    /// portable kernels (for debugging and comparison).
+    pub fn detect() -> Isa {
+        if std::env::var("GROK1_KERNELS").is_ok_and(|v| v == "scalar") {
+            return Isa::Scalar;
+        }
+        Self::best()
+    }
+
+    /// The best instruction set this CPU has, ignoring the environment.
+    pub fn best() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return Isa::Avx2;
+        }
+        Isa::Scalar
+    }
+
+    /// Every instruction set this CPU can run (for tests).
+    pub fn available() -> Vec<Isa> {
+        let mut v = vec![Isa::Scalar];
+        if Self::best() == Isa::Avx2 {
+            v.push(Isa::Avx2);
+        }
+        v
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2+fma",
+        }
+    }
+}
+
+/// A block of columns of an int8 matrix product:
+/// `acc[i][j] += sum over r in rows of xt[r][i] * w[r][n0 + j]` for `i < m`,
+/// `j < nb`, where `xt` is the activations transposed (`[k, m]`, so the values
+/// one weight row multiplies are adjacent), `w` is int8 row-major `[_, n]` and
+/// `acc` is row-major `[m, nb]`. Rows are summed in order, one FMA each.
+#[allow(clippy::too_many_arguments)]
+pub fn q8_accumulate(
+    isa: Isa,
+    xt: &[f32],
+    m: usize,
+    w: &[u8],
+    n: usize,
+    rows: Range<usize>,
+    n0: usize,
+    acc: &mut [f32],
+) {
+    if m == 0 || acc.is_empty() || rows.is_empty() {
+        return;
+    }
+    let nb = acc.len() / m;
+    // Every index the kernels use is inside these bounds.
+    assert_eq!(acc.len(), m * nb, "q8_accumulate: acc is not [m, nb]");
+    assert!(rows.end * m <= xt.len(), "q8_accumulate: xt too short");
+    assert!(
+        n0 + nb <= n && rows.end * n <= w.len(),
+        "q8_accumulate: w too short"
+    );
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            // SAFETY: Avx2 is only chosen when the CPU has AVX2 and FMA
+            // (Isa::best), and the bounds above hold for every index used.
+            unsafe { super::x86::q8_accumulate_avx2(xt, m, w, n, rows, n0, acc) }
+        }
+        _ => q8_accumulate_scalar(xt, m, w, n, rows, n0, acc),
+    }
+}
+
+pub fn q8_accumulate_scalar(
+    xt: &[f32],
+    m: usize,
+    w: &[u8],
+    n: usize,
+    rows: Range<usize>,
+    n0: usize,
+    acc: &mut [f32],
+) {
+    let nb = acc.len() / m;
+    for r in rows {
+        let row = &w[r * n + n0..r * n + n0 + nb];
+        for i in 0..m {
+            let xv = xt[r * m + i];
+            for (a, &b) in acc[i * nb..(i + 1) * nb].iter_mut().zip(row) {
+                *a = xv.mul_add(b as i8 as f32, *a);
+            }
+        }
+    }
+}
+
+/// `out[i] = x[i] . e` for each of the `m` rows of `x` (`[m, d]`), where `e` is
+/// `d` little-endian f32 values, not necessarily aligned.
+pub fn dot_f32_bytes(isa: Isa, x: &[f32], d: usize, e: &[u8], out: &mut [f32]) {
+    let m = out.len();
+    assert!(x.len() >= m * d && e.len() >= d * 4, "dot_f32_bytes: sizes");
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
+            unsafe { super::x86::dot_f32_bytes_avx2(x, d, e, out) }
+        }
+        _ => dot_f32_bytes_scalar(x, d, e, out),
+    }
+}
+
+pub fn dot_f32_bytes_scalar(x: &[f32], d: usize, e: &[u8], out: &mut [f32]) {
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = x[i * d..(i + 1) * d]
+            .iter()
+            .zip(e.chunks_exact(4))
+            .map(|(a, b)| a * f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .sum();
+    }
+}

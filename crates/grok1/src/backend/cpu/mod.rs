@@ -1,0 +1,261 @@
+//! The CPU backend: kernels chosen at run time from the CPU's features
+//! (`kernels.rs`, `x86.rs`), work split over all cores with rayon.
+//!
+//! Weights are `[k, n]` (the checkpoint computes `x @ W`) and read in place from
+//! the memory map. A product is cut into tasks of up to `KSPLIT` consecutive
+//! weight rows (inside one scale group) by a block of columns whose accumulators
+//! stay in L1, so each task streams its rows sequentially and every weight byte
+//! is read once per call whatever the number of activation rows. The partial
+//! sums of the row splits are added in a fixed order, so results do not depend
+//! on the batch or the thread count.
+
+pub mod kernels;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use rayon::prelude::*;
+
+use super::{AttentionParams, Backend, F32Matrix, Precision, QuantMatrix, RowPosition};
+use crate::kv_cache::KvCache;
+pub use kernels::Isa;
+
+/// Weight rows per task.
+const KSPLIT: usize = 1024;
+/// Accumulators per task (`m * nb` floats, 64 KiB): at one activation row a row
+/// segment spans 16 KiB of weights, long enough for the prefetchers (measured:
+/// 4 KiB segments streamed 25% slower).
+const TILE_FLOATS: usize = 16384;
+/// Bound on the partial sums held at once.
+const WAVE_BYTES: usize = 16 << 20;
+
+#[derive(Debug, Clone, Copy)]
+pub struct CpuBackend {
+    isa: Isa,
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CpuBackend {
+    /// The best kernels for this CPU (`GROK1_KERNELS=scalar` forces the portable ones).
+    pub fn new() -> Self {
+        CpuBackend { isa: Isa::detect() }
+    }
+
+    pub fn with_isa(isa: Isa) -> Self {
+        CpuBackend { isa }
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+}
+
+/// Writes the column-major blocks `out_t[n][m]` into row-major `out[m][n]`.
+fn transpose_into(out_t: &[f32], m: usize, n: usize, out: &mut [f32]) {
+    for (j, col) in out_t.chunks_exact(m).enumerate().take(n) {
+        for (i, &v) in col.iter().enumerate() {
+            out[i * n + j] = v;
+        }
+    }
+}
+
+/// The row splits of a `[k, n]` matrix with `groups` scale groups:
+/// (group, rows), in order.
+fn row_splits(k: usize, groups: usize) -> Vec<(usize, std::ops::Range<usize>)> {
+    let per_group = k / groups;
+    let chunks = per_group.div_ceil(KSPLIT).max(1);
+    let size = per_group.div_ceil(chunks);
+    let mut splits = Vec::new();
+    for g in 0..groups {
+        let mut r = g * per_group;
+        while r < (g + 1) * per_group {
+            let end = (r + size).min((g + 1) * per_group);
+            splits.push((g, r..end));
+            r = end;
+        }
+    }
+    splits
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> String {
+        format!(
+            "cpu {} ({} threads)",
+            self.isa.name(),
+            rayon::current_num_threads()
+        )
+    }
+
+    fn matmul_q8(&self, x: &[f32], w: &QuantMatrix, out: &mut [f32]) {
+        let (k, n) = (w.k, w.n);
+        let m = x.len() / k;
+        assert_eq!(x.len(), m * k, "matmul_q8: input is not [m, {k}]");
+        assert_eq!(out.len(), m * n, "matmul_q8: output is not [{m}, {n}]");
+        out.fill(0.0);
+        if m == 0 || n == 0 {
+            return;
+        }
+        // Activations transposed to [k, m]: one weight row meets m adjacent values.
+        let mut xt = vec![0f32; k * m];
+        for i in 0..m {
+            for r in 0..k {
+                xt[r * m + i] = x[i * k + r];
+            }
+        }
+        let weight = w.weight_bytes();
+        let splits = row_splits(k, w.groups);
+        let nb = if n <= 16 {
+            n
+        } else {
+            (TILE_FLOATS / m).clamp(16, n) / 16 * 16
+        };
+        let blocks = n.div_ceil(nb);
+        let per_block = splits.len() * m * nb * 4;
+        let wave = (WAVE_BYTES / per_block.max(1)).max(1);
+        for first in (0..blocks).step_by(wave) {
+            let last = (first + wave).min(blocks);
+            let partials: Vec<Vec<f32>> = (first..last)
+                .flat_map(|b| (0..splits.len()).map(move |s| (b, s)))
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .map(|(b, s)| {
+                    let (g, rows) = &splits[s];
+                    let n0 = b * nb;
+                    let width = nb.min(n - n0);
+                    let mut acc = vec![0f32; m * width];
+                    kernels::q8_accumulate(self.isa, &xt, m, weight, n, rows.clone(), n0, &mut acc);
+                    let mut scales = vec![0f32; width];
+                    w.scales_into(*g, n0..n0 + width, &mut scales);
+                    for row in acc.chunks_exact_mut(width) {
+                        for (a, &sc) in row.iter_mut().zip(&scales) {
+                            *a *= sc;
+                        }
+                    }
+                    acc
+                })
+                .collect();
+            // Add the splits of each block in order (a fixed summation order).
+            for (t, acc) in partials.iter().enumerate() {
+                let b = first + t / splits.len();
+                let n0 = b * nb;
+                let width = nb.min(n - n0);
+                for i in 0..m {
+                    let o = &mut out[i * n + n0..i * n + n0 + width];
+                    for (o, &a) in o.iter_mut().zip(&acc[i * width..(i + 1) * width]) {
+                        *o += a;
+                    }
+                }
+            }
+        }
+    }
+
+    fn matmul_transposed_f32(
+        &self,
+        x: &[f32],
+        e: &F32Matrix,
+        out: &mut [f32],
+        precision: Precision,
+    ) {
+        let d = e.cols;
+        let m = x.len() / d;
+        assert_eq!(
+            x.len(),
+            m * d,
+            "matmul_transposed_f32: input is not [m, {d}]"
+        );
+        assert_eq!(out.len(), m * e.rows, "matmul_transposed_f32: output size");
+        if m == 0 {
+            return;
+        }
+        const ROWS_PER_TASK: usize = 256;
+        let mut out_t = vec![0f32; e.rows * m];
+        out_t
+            .par_chunks_mut(ROWS_PER_TASK * m)
+            .enumerate()
+            .for_each(|(b, chunk)| {
+                let mut row = vec![0f32; d];
+                for (j, col) in chunk.chunks_exact_mut(m).enumerate() {
+                    let r = b * ROWS_PER_TASK + j;
+                    if precision == Precision::Bf16 {
+                        // The reference casts the embedding to bf16 for the product.
+                        e.row_into(r, &mut row);
+                        precision.cast(&mut row);
+                        let bytes: Vec<u8> = row.iter().flat_map(|v| v.to_le_bytes()).collect();
+                        kernels::dot_f32_bytes(self.isa, x, d, &bytes, col);
+                    } else {
+                        kernels::dot_f32_bytes(self.isa, x, d, e.row_bytes(r), col);
+                    }
+                }
+            });
+        transpose_into(&out_t, m, e.rows, out);
+    }
+
+    fn matmul_f32(&self, x: &[f32], w: &[f32], k: usize, n: usize, out: &mut [f32]) {
+        let m = x.len() / k;
+        assert_eq!(w.len(), k * n, "matmul_f32: weight is not [{k}, {n}]");
+        assert_eq!(out.len(), m * n, "matmul_f32: output size");
+        out.par_chunks_mut(n).enumerate().for_each(|(i, o)| {
+            o.fill(0.0);
+            for r in 0..k {
+                let xv = x[i * k + r];
+                for (o, &wv) in o.iter_mut().zip(&w[r * n..(r + 1) * n]) {
+                    *o += xv * wv;
+                }
+            }
+        });
+    }
+
+    fn attention(
+        &self,
+        q: &[f32],
+        rows: &[RowPosition],
+        cache: &KvCache,
+        layer: usize,
+        p: &AttentionParams,
+        out: &mut [f32],
+    ) {
+        let hd = p.head_dim;
+        let group = p.num_q_heads / p.num_kv_heads;
+        let page_size = cache.page_size();
+        assert_eq!(q.len(), rows.len() * p.num_q_heads * hd);
+        assert_eq!(out.len(), q.len());
+        out.par_chunks_mut(hd).enumerate().for_each(|(task, o)| {
+            let (row, head) = (task / p.num_q_heads, task % p.num_q_heads);
+            let RowPosition { seq, pos } = rows[row];
+            let kv_head = head / group;
+            let qv = &q[task * hd..(task + 1) * hd];
+            let pages = cache.pages(seq);
+            let mask = cache.key_mask(seq);
+            let mut scores = Vec::with_capacity(pos + 1);
+            for j in 0..=pos {
+                let keys = cache.keys(layer, pages[j / page_size], kv_head);
+                let kv = &keys[(j % page_size) * hd..(j % page_size + 1) * hd];
+                let dot: f32 = qv.iter().zip(kv).map(|(a, b)| a * b).sum();
+                // scores = (q . k) * multiplier, then 30 * tanh(s / 30), in f32
+                let s = p.precision.cast_one(dot) * p.multiplier;
+                let s = p.softcap * (s / p.softcap).tanh();
+                scores.push(if mask[j] { s } else { -1e30 });
+            }
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            o.fill(0.0);
+            for (j, s) in scores.iter().enumerate() {
+                let w = p.precision.cast_one(s / sum);
+                let values = cache.values(layer, pages[j / page_size], kv_head);
+                let vv = &values[(j % page_size) * hd..(j % page_size + 1) * hd];
+                for (o, &v) in o.iter_mut().zip(vv) {
+                    *o += w * v;
+                }
+            }
+            p.precision.cast(o);
+        });
+    }
+}

@@ -1,0 +1,193 @@
+//! Speed measurements for `grok1 bench`: prompt processing and generation
+//! throughput, the weight bytes a generation step reads, and the machine's memory
+//! read bandwidth measured in the same run, which together give the fraction of
+//! the memory roofline reached (decoding a MoE model is bound by the bytes of
+//! weights it reads per step).
+//!
+//! Tokens are drawn at random (seeded) rather than sampled, so every run routes
+//! tokens like real text does and sampling cost is excluded, as in llama-bench.
+
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+use crate::model::{ForwardOptions, Grok1, LogitsRows, ModelError, SequenceInput};
+use crate::Precision;
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct BenchSpec {
+    /// Tokens of the prompt-processing test (one sequence, one forward call).
+    pub prompt_tokens: usize,
+    /// Decode steps of the generation test.
+    pub gen_tokens: usize,
+    /// Sequences decoded together in the generation test.
+    pub batch: usize,
+    /// Timed repetitions of each test (after one warm-up).
+    pub repeat: usize,
+    pub seed: u64,
+    pub precision: Precision,
+}
+
+/// Results of one configuration; rates are per repetition.
+#[derive(Clone, Debug, Default)]
+pub struct BenchResult {
+    pub prompt_tokens_per_s: Vec<f64>,
+    /// All sequences' tokens per second of decoding.
+    pub gen_tokens_per_s: Vec<f64>,
+    /// Mean weight bytes read by one decode step (all sequences of the batch).
+    pub weight_bytes_per_step: f64,
+    /// Mean number of distinct experts run per layer per decode step.
+    pub experts_per_step: f64,
+    /// Multiply-adds x 2 of one prompt token (matrix products only).
+    pub flops_per_prompt_token: f64,
+}
+
+/// Median and (min, max) of a sample.
+pub fn summarize(v: &[f64]) -> (f64, f64, f64) {
+    if v.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    (s[s.len() / 2], s[0], s[s.len() - 1])
+}
+
+/// The machine's memory read bandwidth in GB/s: the best of `repeats` parallel
+/// sums over a `bytes` buffer (far larger than the caches), using every thread of
+/// the pool, as the kernels do.
+pub fn memory_bandwidth(bytes: usize, repeats: usize) -> f64 {
+    let words = bytes / 8;
+    let buf: Vec<u64> = (0..words as u64).collect();
+    let threads = rayon::current_num_threads().max(1);
+    let chunk = words.div_ceil(threads * 4).max(1024);
+    let mut best = 0f64;
+    for _ in 0..repeats.max(1) {
+        let start = Instant::now();
+        let sum: u64 = buf
+            .par_chunks(chunk)
+            .map(|c| {
+                let mut acc = [0u64; 8];
+                for block in c.chunks_exact(8) {
+                    for (a, &v) in acc.iter_mut().zip(block) {
+                        *a = a.wrapping_add(v);
+                    }
+                }
+                acc.iter().fold(0u64, |a, &b| a.wrapping_add(b))
+            })
+            .reduce(|| 0, u64::wrapping_add);
+        let secs = start.elapsed().as_secs_f64();
+        // Keep the sum alive so the reads are not optimised away.
+        std::hint::black_box(sum);
+        best = best.max(bytes as f64 / secs / 1e9);
+    }
+    best
+}
+
+fn random_tokens(rng: &mut ChaCha8Rng, n: usize, vocab: usize) -> Vec<u32> {
+    // Ids 3.. avoid the pad (masked), bos and eos ids.
+    (0..n).map(|_| rng.random_range(3..vocab as u32)).collect()
+}
+
+/// Runs the prompt-processing and generation tests on `model`. `report` is
+/// called with a line of progress before each timed run.
+pub fn run(
+    model: &Grok1,
+    spec: &BenchSpec,
+    report: &mut dyn FnMut(&str),
+) -> Result<BenchResult, ModelError> {
+    let cfg = model.config();
+    let vocab = cfg.vocab_size;
+    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
+    let mut result = BenchResult {
+        flops_per_prompt_token: model.flops_per_token(),
+        ..Default::default()
+    };
+
+    // Prompt processing: one sequence, all tokens in one call, last row's logits.
+    if spec.prompt_tokens > 0 {
+        let options = ForwardOptions {
+            precision: spec.precision,
+            logits: LogitsRows::Last,
+        };
+        for rep in 0..=spec.repeat {
+            report(&format!(
+                "pp{} run {rep}/{}",
+                spec.prompt_tokens, spec.repeat
+            ));
+            let tokens = random_tokens(&mut rng, spec.prompt_tokens, vocab);
+            let mut cache = model.new_cache(tokens.len(), 1);
+            let seq = cache.add_sequence();
+            let start = Instant::now();
+            model.forward(
+                &mut cache,
+                &[SequenceInput {
+                    seq,
+                    tokens: &tokens,
+                }],
+                &options,
+                None,
+            )?;
+            let secs = start.elapsed().as_secs_f64();
+            if rep > 0 {
+                result.prompt_tokens_per_s.push(tokens.len() as f64 / secs);
+            }
+        }
+    }
+
+    // Generation: `batch` sequences from a one-token prompt, then decode steps
+    // of one random token per sequence.
+    if spec.gen_tokens > 0 && spec.batch > 0 {
+        let options = ForwardOptions {
+            precision: spec.precision,
+            logits: LogitsRows::Last,
+        };
+        let steps = spec.gen_tokens.min(cfg.sequence_len.saturating_sub(1));
+        let (mut bytes, mut experts, mut counted) = (0f64, 0f64, 0usize);
+        for rep in 0..=spec.repeat {
+            report(&format!(
+                "tg{} batch {} run {rep}/{}",
+                steps, spec.batch, spec.repeat
+            ));
+            let mut cache = model.new_cache(spec.batch * (steps + 1), spec.batch);
+            let seqs: Vec<_> = (0..spec.batch).map(|_| cache.add_sequence()).collect();
+            let first = random_tokens(&mut rng, spec.batch, vocab);
+            let inputs: Vec<SequenceInput> = seqs
+                .iter()
+                .zip(first.chunks(1))
+                .map(|(&seq, tokens)| SequenceInput { seq, tokens })
+                .collect();
+            model.forward(&mut cache, &inputs, &options, None)?;
+            let mut elapsed = 0f64;
+            for _ in 0..steps {
+                let next = random_tokens(&mut rng, spec.batch, vocab);
+                let inputs: Vec<SequenceInput> = seqs
+                    .iter()
+                    .zip(next.chunks(1))
+                    .map(|(&seq, tokens)| SequenceInput { seq, tokens })
+                    .collect();
+                let start = Instant::now();
+                let out = model.forward(&mut cache, &inputs, &options, None)?;
+                elapsed += start.elapsed().as_secs_f64();
+                if rep > 0 {
+                    bytes += out.stats.weight_bytes as f64;
+                    let layers = out.stats.experts_read.len().max(1);
+                    experts += out.stats.experts_read.iter().sum::<usize>() as f64 / layers as f64;
+                    counted += 1;
+                }
+            }
+            if rep > 0 && elapsed > 0.0 {
+                result
+                    .gen_tokens_per_s
+                    .push((steps * spec.batch) as f64 / elapsed);
+            }
+        }
+        if counted > 0 {
+            result.weight_bytes_per_step = bytes / counted as f64;
+            result.experts_per_step = experts / counted as f64;
+        }
+    }
+    Ok(result)
+}

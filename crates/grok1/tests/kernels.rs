@@ -1,0 +1,179 @@
+//! The SIMD kernels against the portable scalar ones, and the matrix-product
+//! driver against a plain f64 product, on random shapes including ragged ones
+//! (dimensions that are not multiples of the vector width or the task size).
+
+use grok1::backend::cpu::kernels::{self, Isa};
+use grok1::backend::cpu::CpuBackend;
+use grok1::backend::{Backend, F32Matrix, QuantMatrix};
+use grok1::weights::{DType, TensorData};
+use proptest::prelude::*;
+
+fn quant(k: usize, n: usize, groups: usize, seed: u64) -> (QuantMatrix, Vec<i8>, Vec<f32>) {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let w: Vec<i8> = (0..k * n)
+        .map(|_| (next() % 255) as i64 as i8)
+        .map(|v| v.max(-127))
+        .collect();
+    let s: Vec<f32> = (0..groups * n)
+        .map(|_| half::bf16::from_f32(0.001 + (next() % 1000) as f32 * 1e-5).to_f32())
+        .collect();
+    let m = QuantMatrix {
+        k,
+        n,
+        groups,
+        weight: TensorData::owned(w.iter().map(|&v| v as u8).collect()),
+        scales: TensorData::owned(
+            s.iter()
+                .flat_map(|&v| half::bf16::from_f32(v).to_bits().to_le_bytes())
+                .collect(),
+        ),
+        scale_dtype: DType::BF16,
+    };
+    (m, w, s)
+}
+
+fn reference(
+    x: &[f32],
+    m: usize,
+    w: &[i8],
+    s: &[f32],
+    k: usize,
+    n: usize,
+    groups: usize,
+) -> Vec<f64> {
+    let mut out = vec![0f64; m * n];
+    for i in 0..m {
+        for r in 0..k {
+            let g = r / (k / groups);
+            for j in 0..n {
+                out[i * n + j] += x[i * k + r] as f64 * (w[r * n + j] as f64 * s[g * n + j] as f64);
+            }
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn q8_product_on_every_isa(k_div in 1usize..40, groups in prop_oneof![Just(1usize), Just(2), Just(8)], n in 1usize..150, m in 1usize..10, seed in any::<u64>()) {
+        let k = k_div * groups * if seed % 3 == 0 { 37 } else { 1 };
+        let (w, wq, s) = quant(k, n, groups, seed);
+        let x: Vec<f32> = (0..m * k).map(|i| (((i as u64 * 2654435761) ^ seed) % 2001) as f32 / 1000.0 - 1.0).collect();
+        let want = reference(&x, m, &wq, &s, k, n, groups);
+        let mut scalar = vec![0f32; m * n];
+        CpuBackend::with_isa(Isa::Scalar).matmul_q8(&x, &w, &mut scalar);
+        for (got, want) in scalar.iter().zip(&want) {
+            let bound = 1e-5 * (k as f64).sqrt() * (1.0 + want.abs());
+            prop_assert!((*got as f64 - want).abs() <= bound, "scalar {} vs f64 {}", got, want);
+        }
+        for isa in Isa::available() {
+            let mut out = vec![0f32; m * n];
+            CpuBackend::with_isa(isa).matmul_q8(&x, &w, &mut out);
+            // Same FMAs in the same order: bit-identical to the scalar kernels.
+            prop_assert!(out == scalar, "{} differs from scalar", isa.name());
+        }
+    }
+
+    #[test]
+    fn q8_accumulate_kernel_on_every_isa(rows in 1usize..70, nb in 1usize..100, extra in 0usize..20, m in 1usize..6, seed in any::<u64>()) {
+        let n = nb + extra;
+        let n0 = extra / 2;
+        let (_, w, _) = quant(rows, n, 1, seed);
+        let w: Vec<u8> = w.iter().map(|&v| v as u8).collect();
+        let xt: Vec<f32> = (0..rows * m).map(|i| (i % 17) as f32 * 0.25 - 2.0).collect();
+        let mut want = vec![0.5f32; m * nb];
+        kernels::q8_accumulate_scalar(&xt, m, &w, n, 0..rows, n0, &mut want);
+        for isa in Isa::available() {
+            let mut acc = vec![0.5f32; m * nb];
+            kernels::q8_accumulate(isa, &xt, m, &w, n, 0..rows, n0, &mut acc);
+            prop_assert!(acc == want, "{}", isa.name());
+        }
+    }
+
+    #[test]
+    fn f32_row_dots_on_every_isa(d in 1usize..200, m in 1usize..6, offset in 0usize..4, seed in any::<u64>()) {
+        // Rows start at an odd byte offset, as payloads in a pickle do.
+        let e: Vec<f32> = (0..d).map(|i| ((i as u64 ^ seed) % 97) as f32 * 0.01 - 0.5).collect();
+        let mut bytes = vec![0u8; offset];
+        bytes.extend(e.iter().flat_map(|v| v.to_le_bytes()));
+        let x: Vec<f32> = (0..m * d).map(|i| (i % 29) as f32 * 0.1 - 1.4).collect();
+        let mut want = vec![0f32; m];
+        kernels::dot_f32_bytes_scalar(&x, d, &bytes[offset..], &mut want);
+        for isa in Isa::available() {
+            let mut got = vec![0f32; m];
+            kernels::dot_f32_bytes(isa, &x, d, &bytes[offset..], &mut got);
+            for (g, w) in got.iter().zip(&want) {
+                // Different summation order: within f32 rounding of the length.
+                prop_assert!((g - w).abs() <= 1e-6 * d as f32 * (1.0 + w.abs()), "{}: {} vs {}", isa.name(), g, w);
+            }
+        }
+    }
+}
+
+#[test]
+fn tied_projection_matches_row_dots() {
+    let (rows, d, m) = (300, 45, 3);
+    let e: Vec<f32> = (0..rows * d)
+        .map(|i| (i % 31) as f32 * 0.02 - 0.3)
+        .collect();
+    let mut bytes = vec![7u8; 3];
+    bytes.extend(e.iter().flat_map(|v| v.to_le_bytes()));
+    let data = TensorData::owned(bytes).slice(3, rows * d * 4);
+    let matrix = F32Matrix {
+        rows,
+        cols: d,
+        data,
+    };
+    let x: Vec<f32> = (0..m * d).map(|i| (i % 7) as f32 * 0.3).collect();
+    for isa in Isa::available() {
+        let mut out = vec![0f32; m * rows];
+        CpuBackend::with_isa(isa).matmul_transposed_f32(
+            &x,
+            &matrix,
+            &mut out,
+            grok1::Precision::F32,
+        );
+        for i in 0..m {
+            for r in 0..rows {
+                let want: f32 = (0..d).map(|j| x[i * d + j] * e[r * d + j]).sum();
+                assert!(
+                    (out[i * rows + r] - want).abs() < 1e-4,
+                    "{} row {r}",
+                    isa.name()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn q8_product_with_several_row_splits_and_column_blocks() {
+    // k over several 1024-row splits in 4 groups, n over several column blocks.
+    let (k, n, m, groups) = (4 * 600, 20_000, 2, 4);
+    let (w, wq, s) = quant(k, n, groups, 42);
+    let x: Vec<f32> = (0..m * k)
+        .map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0)
+        .collect();
+    let want = reference(&x, m, &wq, &s, k, n, groups);
+    let mut scalar = vec![0f32; m * n];
+    CpuBackend::with_isa(Isa::Scalar).matmul_q8(&x, &w, &mut scalar);
+    let worst = scalar
+        .iter()
+        .zip(&want)
+        .map(|(g, w)| (*g as f64 - w).abs())
+        .fold(0f64, f64::max);
+    assert!(worst < 1e-3, "scalar vs f64: {worst}");
+    for isa in Isa::available() {
+        let mut out = vec![0f32; m * n];
+        CpuBackend::with_isa(isa).matmul_q8(&x, &w, &mut out);
+        assert!(out == scalar, "{} differs from scalar", isa.name());
+    }
+}
