@@ -41,9 +41,6 @@ fn each_line(
         number += 1;
         let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
         let answer = match std::str::from_utf8(line) {
             Ok(text) => handle(text),
             Err(e) => Err(format!("not valid UTF-8 (byte {})", e.valid_up_to())),

@@ -216,14 +216,19 @@ fn init_writes_a_model_that_inspect_and_generate_load() {
 
 #[test]
 fn tokenize_and_detokenize_speak_json_lines() {
-    let input = "{\"text\": \"Hello world\"}\nnot json\n{\"text\": 5}\n{\"txt\": \"a\"}\n{\"text\": \"東京は\\u0000\"}\n";
+    let input = "{\"text\": \"Hello world\"}\nnot json\n{\"text\": 5}\n{\"txt\": \"a\"}\n{\"text\": \"東京は\\u0000\"}\n\n";
     let o = run_with_stdin(grok1().arg("tokenize"), input.as_bytes());
     assert_eq!(o.status.code(), Some(1), "lines failed, so non-zero");
     let lines: Vec<serde_json::Value> = stdout(&o)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 5);
+    assert_eq!(
+        lines.len(),
+        6,
+        "one answer per input line, the blank one too"
+    );
+    assert_eq!(lines[5]["line"], 6);
     assert_eq!(
         lines[0],
         serde_json::json!({"ids": [11770, 1135], "pieces": ["▁Hello", "▁world"]})
