@@ -67,6 +67,32 @@ fn utf8_start(b: &[u8]) -> Utf8Start {
 #[derive(Debug)]
 pub struct StreamDecoder<'t> {
     tokenizer: &'t Tokenizer,
+    state: DecodeState,
+}
+
+impl<'t> StreamDecoder<'t> {
+    pub(crate) fn new(tokenizer: &'t Tokenizer) -> Self {
+        StreamDecoder {
+            tokenizer,
+            state: DecodeState::new(tokenizer),
+        }
+    }
+
+    /// Adds ids; returns the text they complete.
+    pub fn push(&mut self, ids: &[u32]) -> Result<String, TokenizerError> {
+        self.state.push(self.tokenizer, ids)
+    }
+
+    /// Ends the stream: bytes still held back decode as U+FFFD each.
+    pub fn finish(&mut self) -> String {
+        self.state.finish()
+    }
+}
+
+/// The state of an incremental decode, without a borrow of the tokenizer (for
+/// owners that keep many streams beside one tokenizer, such as a server).
+#[derive(Clone, Debug)]
+pub struct DecodeState {
     /// Whether the next piece may lose its leading `▁`.
     at_start: bool,
     /// Whether any text has been produced (or is pending as bytes).
@@ -74,11 +100,10 @@ pub struct StreamDecoder<'t> {
     bytes: Vec<u8>,
 }
 
-impl<'t> StreamDecoder<'t> {
-    pub(crate) fn new(tokenizer: &'t Tokenizer) -> Self {
+impl DecodeState {
+    pub fn new(tokenizer: &Tokenizer) -> Self {
         let spec = &tokenizer.normalizer;
-        StreamDecoder {
-            tokenizer,
+        DecodeState {
             at_start: spec.add_dummy_prefix || spec.remove_extra_whitespaces,
             any_text: false,
             bytes: Vec::new(),
@@ -109,9 +134,9 @@ impl<'t> StreamDecoder<'t> {
         self.bytes.drain(..at);
     }
 
-    /// Adds ids; returns the text they complete.
-    pub fn push(&mut self, ids: &[u32]) -> Result<String, TokenizerError> {
-        let t = self.tokenizer;
+    /// Adds ids; returns the text they complete. `tokenizer` must be the one the
+    /// state was made for.
+    pub fn push(&mut self, t: &Tokenizer, ids: &[u32]) -> Result<String, TokenizerError> {
         let mut out = String::new();
         for &id in ids {
             let kind = t.kind(id).ok_or(TokenizerError::IdOutOfRange {

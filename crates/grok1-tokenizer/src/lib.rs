@@ -20,7 +20,7 @@ use std::path::Path;
 use prost::Message;
 use rustc_hash::FxHashMap;
 
-pub use decode::StreamDecoder;
+pub use decode::{DecodeState, StreamDecoder};
 use normalizer::{CharsMap, Normalizer};
 use prefix::PrefixMatcher;
 use proto::{model_type, piece_type};

@@ -15,6 +15,7 @@ pub mod weights;
 pub use config::{ConfigError, ModelConfig};
 pub mod backend;
 pub mod bench;
+pub mod engine;
 pub mod generate;
 pub mod kv_cache;
 pub mod model;
@@ -23,4 +24,6 @@ pub mod sampling;
 
 pub use backend::Precision;
 pub use kv_cache::{KvCache, SeqId};
-pub use model::{ForwardOptions, ForwardOutput, Grok1, LogitsRows, ModelError, SequenceInput};
+pub use model::{
+    ForwardOptions, ForwardOutput, Grok1, LogitsRows, ModelError, RowLogits, SequenceInput,
+};

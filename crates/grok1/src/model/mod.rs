@@ -48,17 +48,28 @@ pub struct SequenceInput<'a> {
     pub tokens: &'a [u32],
 }
 
+/// Which of one input's rows to compute logits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowLogits {
+    None,
+    Last,
+    All,
+}
+
 /// Which rows' logits to compute.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub enum LogitsRows {
     /// Every new token's row (prefill scoring, `grok1 logits`).
     All,
     /// Only the last new token of each sequence (generation).
     #[default]
     Last,
+    /// A choice per input sequence (a serving step mixes prefill chunks that
+    /// need no logits, scoring requests that need all, and decoding).
+    PerInput(Vec<RowLogits>),
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ForwardOptions {
     pub precision: Precision,
     pub logits: LogitsRows,
@@ -307,9 +318,15 @@ impl Grok1 {
         let mut r = 0;
         for (i, input) in inputs.iter().enumerate() {
             let n = input.tokens.len();
-            let chosen = match options.logits {
-                LogitsRows::All => r..r + n,
-                LogitsRows::Last => r + n - 1..r + n,
+            let choice = match &options.logits {
+                LogitsRows::All => RowLogits::All,
+                LogitsRows::Last => RowLogits::Last,
+                LogitsRows::PerInput(v) => v.get(i).copied().unwrap_or(RowLogits::Last),
+            };
+            let chosen = match choice {
+                RowLogits::All => r..r + n,
+                RowLogits::Last => r + n - 1..r + n,
+                RowLogits::None => r..r,
             };
             for row in chosen {
                 selected.extend_from_slice(&x[row * d..(row + 1) * d]);

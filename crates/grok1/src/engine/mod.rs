@@ -1,0 +1,514 @@
+//! The serving engine: one thread that owns the model and the paged KV cache and
+//! runs every active sequence through each forward step (continuous batching:
+//! requests join between steps and leave when they finish or are cancelled).
+//!
+//! Each step decodes one token for every running sequence and spends at most
+//! `prefill_chunk` tokens on prompts, so long prompts never stall running
+//! streams. KV pages are taken as sequences grow; when they run out, the most
+//! recently admitted sequence is preempted (its pages freed, its tokens kept and
+//! recomputed later), so memory is never reserved for the worst case. Requests
+//! beyond `max_batch + max_queue` are refused at submission.
+
+mod metrics;
+mod sequence;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use grok1_tokenizer::Tokenizer;
+
+use crate::kv_cache::{KvCache, DEFAULT_PAGE_SIZE};
+use crate::model::{ForwardOptions, Grok1, LogitsRows, RowLogits, SequenceInput};
+use crate::sampling::{SamplingError, SamplingParams};
+use crate::Precision;
+pub use metrics::Metrics;
+use sequence::Sequence;
+
+/// Limits and scheduling of an engine.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Sequences run together in one step.
+    pub max_batch: usize,
+    /// Requests that may wait for a batch slot; more are refused.
+    pub max_queue: usize,
+    /// Longest sequence (prompt + generated) accepted; at most the model's context.
+    pub context: usize,
+    /// KV cache capacity in tokens, over all sequences.
+    pub kv_tokens: usize,
+    /// Prompt tokens processed per step, over all prefilling sequences.
+    pub prefill_chunk: usize,
+    pub precision: Precision,
+}
+
+/// One completion to run.
+pub struct Request {
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Generation stops when one of these is drawn (it is not returned): eos.
+    pub stop_token_ids: Vec<u32>,
+    /// Generation stops when the text contains one of these (not returned).
+    pub stop_strings: Vec<String>,
+    /// Return the log-probability of each generated token and this many of the
+    /// most likely alternatives.
+    pub logprobs: Option<usize>,
+    /// Return the log-probabilities of the prompt tokens.
+    pub prompt_logprobs: bool,
+    /// Receives the request's events; returning false (the client is gone)
+    /// cancels the request at the next step.
+    pub sink: Box<dyn FnMut(Event) -> bool + Send>,
+}
+
+/// A token's log-probability under the model and its most likely alternatives.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// End-of-sequence token or a stop string.
+    Stop,
+    /// `max_tokens` or the context length reached.
+    Length,
+    Cancelled,
+    Error(String),
+}
+
+/// What a request receives, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// Log-probabilities of the prompt tokens (the first has none), once the
+    /// prompt has been processed.
+    PromptLogprobs(Vec<Option<TokenLogprob>>),
+    /// A generated token and the text it releases (text that may still become a
+    /// stop string or complete a character is held back and released later).
+    Token {
+        token: u32,
+        text: String,
+        logprob: Option<TokenLogprob>,
+    },
+    /// The last held-back text, just before `Done`.
+    Text(String),
+    Done {
+        reason: FinishReason,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+    },
+}
+
+/// Why a request was not accepted.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SubmitError {
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("token id {token} at position {position} is outside the vocabulary (ids 0..{vocab})")]
+    TokenOutOfRange {
+        token: u32,
+        position: usize,
+        vocab: usize,
+    },
+    #[error("this model's maximum context length is {max} tokens, but {prompt} prompt tokens and {max_tokens} max_tokens were requested ({total} in total); shorten the prompt or lower max_tokens")]
+    ContextLength {
+        prompt: usize,
+        max_tokens: usize,
+        total: usize,
+        max: usize,
+    },
+    #[error("the request needs {needed} tokens of KV cache but the server holds {capacity}; lower max_tokens or start the server with a larger --ctx")]
+    KvCapacity { needed: usize, capacity: usize },
+    #[error("the server is busy: {in_flight} requests are running or queued (limit {limit}); retry later")]
+    QueueFull { in_flight: usize, limit: usize },
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Sampling(#[from] SamplingError),
+}
+
+enum Command {
+    Submit(Box<Sequence>),
+    Shutdown(Duration),
+}
+
+struct Shared {
+    in_flight: AtomicUsize,
+    shutting_down: AtomicBool,
+    metrics: Metrics,
+}
+
+/// A handle to a running engine; cheap to clone and share between threads.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+    config: Arc<EngineConfig>,
+    vocab: usize,
+    page_size: usize,
+    total_pages: usize,
+    thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl EngineHandle {
+    /// Starts the engine thread, which owns `model` from now on.
+    pub fn start(
+        model: Grok1,
+        tokenizer: Arc<Tokenizer>,
+        mut config: EngineConfig,
+    ) -> EngineHandle {
+        config.context = config.context.min(model.config().sequence_len).max(1);
+        config.max_batch = config.max_batch.max(1);
+        config.prefill_chunk = config.prefill_chunk.max(1);
+        let page_size = DEFAULT_PAGE_SIZE;
+        let total_pages = config.kv_tokens.div_ceil(page_size).max(1);
+        let shared = Arc::new(Shared {
+            in_flight: AtomicUsize::new(0),
+            shutting_down: AtomicBool::new(false),
+            metrics: Metrics::default(),
+        });
+        let (tx, rx) = mpsc::channel();
+        let config = Arc::new(config);
+        let vocab = model.config().vocab_size;
+        let worker = Worker {
+            cache: KvCache::new(model.config(), total_pages, page_size),
+            model,
+            tokenizer,
+            config: config.clone(),
+            shared: shared.clone(),
+            rx,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            accepting: true,
+            deadline: None,
+        };
+        let thread = std::thread::Builder::new()
+            .name("grok1-engine".into())
+            .spawn(move || worker.run())
+            .expect("spawning the engine thread");
+        EngineHandle {
+            tx,
+            shared,
+            config,
+            vocab,
+            page_size,
+            total_pages,
+            thread: Arc::new(std::sync::Mutex::new(Some(thread))),
+        }
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Requests running or waiting.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Checks a request and queues it; its events arrive through its sink.
+    pub fn submit(&self, request: Request) -> Result<(), SubmitError> {
+        if self.shared.shutting_down.load(Ordering::SeqCst) {
+            return Err(SubmitError::ShuttingDown);
+        }
+        if request.prompt.is_empty() {
+            return Err(SubmitError::EmptyPrompt);
+        }
+        if let Some(p) = request
+            .prompt
+            .iter()
+            .position(|&t| t as usize >= self.vocab)
+        {
+            return Err(SubmitError::TokenOutOfRange {
+                token: request.prompt[p],
+                position: p,
+                vocab: self.vocab,
+            });
+        }
+        let total = request.prompt.len() + request.max_tokens;
+        if total > self.config.context {
+            return Err(SubmitError::ContextLength {
+                prompt: request.prompt.len(),
+                max_tokens: request.max_tokens,
+                total,
+                max: self.config.context,
+            });
+        }
+        let capacity = self.total_pages * self.page_size;
+        if total.div_ceil(self.page_size) > self.total_pages {
+            return Err(SubmitError::KvCapacity {
+                needed: total,
+                capacity,
+            });
+        }
+        request.sampling.validate()?;
+        let limit = self.config.max_batch + self.config.max_queue;
+        let in_flight = self.shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        if in_flight >= limit {
+            self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return Err(SubmitError::QueueFull { in_flight, limit });
+        }
+        let seq = match Sequence::new(request) {
+            Ok(seq) => seq,
+            Err(e) => {
+                self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
+        self.shared.metrics.request_received(seq.tokens.len());
+        if self.tx.send(Command::Submit(Box::new(seq))).is_err() {
+            self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return Err(SubmitError::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    /// Stops accepting requests, lets running ones finish for up to `grace`,
+    /// cancels the rest, and waits for the engine thread to end.
+    pub fn shutdown(&self, grace: Duration) {
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        let _ = self.tx.send(Command::Shutdown(grace));
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Worker {
+    model: Grok1,
+    tokenizer: Arc<Tokenizer>,
+    config: Arc<EngineConfig>,
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<Command>,
+    cache: KvCache,
+    waiting: VecDeque<Sequence>,
+    running: Vec<Sequence>,
+    accepting: bool,
+    deadline: Option<Instant>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        loop {
+            if !self.receive() {
+                break;
+            }
+            if let Some(deadline) = self.deadline {
+                if Instant::now() >= deadline
+                    || (self.running.is_empty() && self.waiting.is_empty())
+                {
+                    self.cancel_all();
+                    break;
+                }
+            }
+            self.admit();
+            if self.running.is_empty() {
+                continue;
+            }
+            // A bug in a step must not take the server down: fail the batch, go on.
+            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step()));
+            if step.is_err() {
+                for seq in std::mem::take(&mut self.running) {
+                    self.finish(
+                        seq,
+                        FinishReason::Error("internal error in the model step".into()),
+                    );
+                }
+            }
+            self.shared
+                .metrics
+                .set_queue(self.waiting.len(), self.running.len());
+        }
+    }
+
+    /// Takes new commands; blocks when there is nothing to do. False: stop now.
+    fn receive(&mut self) -> bool {
+        let idle = self.running.is_empty() && self.waiting.is_empty();
+        let first = if idle && self.deadline.is_none() {
+            match self.rx.recv() {
+                Ok(c) => Some(c),
+                Err(_) => return false,
+            }
+        } else {
+            None
+        };
+        let mut commands: Vec<Command> = first.into_iter().collect();
+        commands.extend(std::iter::from_fn(|| self.rx.try_recv().ok()));
+        for command in commands {
+            match command {
+                Command::Submit(seq) if self.accepting => self.waiting.push_back(*seq),
+                Command::Submit(seq) => self.finish(*seq, FinishReason::Cancelled),
+                Command::Shutdown(grace) => {
+                    self.accepting = false;
+                    self.deadline = Some(Instant::now() + grace);
+                }
+            }
+        }
+        true
+    }
+
+    /// Moves waiting sequences into the batch while there is room and KV pages.
+    fn admit(&mut self) {
+        while self.running.len() < self.config.max_batch {
+            let Some(seq) = self.waiting.front() else {
+                break;
+            };
+            if seq.cancelled() {
+                let seq = self.waiting.pop_front().expect("front exists");
+                self.finish(seq, FinishReason::Cancelled);
+                continue;
+            }
+            // Its first chunk, plus a page of headroom for each running sequence.
+            let chunk = seq.pending().min(self.config.prefill_chunk);
+            let needed = chunk.div_ceil(self.cache.page_size()) + self.running.len();
+            if needed > self.cache.free_pages() && !self.running.is_empty() {
+                break;
+            }
+            let mut seq = self.waiting.pop_front().expect("front exists");
+            seq.kv = Some(self.cache.add_sequence());
+            self.running.push(seq);
+        }
+    }
+
+    /// Frees the pages of the most recently admitted sequence and puts it back at
+    /// the front of the queue; its tokens are recomputed when it runs again.
+    fn preempt_last(&mut self) -> bool {
+        if self.running.len() <= 1 {
+            return false;
+        }
+        let mut seq = self.running.pop().expect("more than one");
+        if let Some(kv) = seq.kv.take() {
+            let _ = self.cache.remove_sequence(kv);
+        }
+        seq.cached = 0;
+        self.shared.metrics.preempted();
+        self.waiting.push_front(seq);
+        true
+    }
+
+    fn step(&mut self) {
+        // Drop cancelled sequences first so their pages are free for this step.
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].cancelled() {
+                let seq = self.running.remove(i);
+                self.finish(seq, FinishReason::Cancelled);
+            } else {
+                i += 1;
+            }
+        }
+        // Plan the step: one token per decoding sequence, prompt chunks within budget.
+        let plan = loop {
+            let mut budget = self.config.prefill_chunk;
+            let mut plan = Vec::new();
+            let mut pages_needed = 0;
+            for (i, seq) in self.running.iter().enumerate() {
+                let pending = seq.pending();
+                let take = if pending <= 1 {
+                    pending
+                } else {
+                    pending.min(budget)
+                };
+                if take == 0 {
+                    continue;
+                }
+                if pending > 1 {
+                    budget -= take;
+                }
+                let kv = seq.kv.expect("running sequences hold KV");
+                let have = self.cache.pages(kv).len();
+                pages_needed += (seq.cached + take)
+                    .div_ceil(self.cache.page_size())
+                    .saturating_sub(have);
+                plan.push((i, take));
+            }
+            if pages_needed <= self.cache.free_pages() || !self.preempt_last() {
+                break plan;
+            }
+        };
+        if plan.is_empty() {
+            return;
+        }
+        let logits: Vec<RowLogits> = plan
+            .iter()
+            .map(|&(i, take)| self.running[i].row_logits(take))
+            .collect();
+        let inputs: Vec<SequenceInput> = plan
+            .iter()
+            .map(|&(i, take)| {
+                let seq = &self.running[i];
+                SequenceInput {
+                    seq: seq.kv.expect("running sequences hold KV"),
+                    tokens: &seq.tokens[seq.cached..seq.cached + take],
+                }
+            })
+            .collect();
+        let options = ForwardOptions {
+            precision: self.config.precision,
+            logits: LogitsRows::PerInput(logits),
+        };
+        let started = Instant::now();
+        let out = self.model.forward(&mut self.cache, &inputs, &options, None);
+        drop(inputs);
+        let out = match out {
+            Ok(out) => out,
+            Err(e) => {
+                let message = e.to_string();
+                for seq in std::mem::take(&mut self.running) {
+                    self.finish(seq, FinishReason::Error(message.clone()));
+                }
+                return;
+            }
+        };
+        self.shared.metrics.step(plan.len(), started.elapsed());
+        // Hand each sequence its rows.
+        let mut finished = Vec::new();
+        let mut row = 0;
+        for (input, &(i, take)) in plan.iter().enumerate() {
+            let mut rows = Vec::new();
+            while row < out.rows.len() && out.rows[row].0 == input {
+                rows.push((out.rows[row].1, out.row(row)));
+                row += 1;
+            }
+            let seq = &mut self.running[i];
+            if let Some(reason) = seq.advance(
+                take,
+                &rows,
+                &self.tokenizer,
+                self.config.context,
+                &self.shared.metrics,
+            ) {
+                finished.push((i, reason));
+            }
+        }
+        for (i, reason) in finished.into_iter().rev() {
+            let seq = self.running.remove(i);
+            self.finish(seq, reason);
+        }
+    }
+
+    fn finish(&mut self, mut seq: Sequence, reason: FinishReason) {
+        if let Some(kv) = seq.kv.take() {
+            let _ = self.cache.remove_sequence(kv);
+        }
+        seq.close(reason, &self.shared.metrics);
+        self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn cancel_all(&mut self) {
+        for seq in std::mem::take(&mut self.running) {
+            self.finish(seq, FinishReason::Cancelled);
+        }
+        while let Some(seq) = self.waiting.pop_front() {
+            self.finish(seq, FinishReason::Cancelled);
+        }
+    }
+}

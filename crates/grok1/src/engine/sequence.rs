@@ -1,0 +1,264 @@
+//! One request's life inside the engine: its tokens, how many are in the KV
+//! cache, its sampler, its text held back for stop strings, and its events.
+
+use std::time::Instant;
+
+use grok1_tokenizer::{DecodeState, Tokenizer};
+
+use super::{Event, FinishReason, Metrics, Request, SubmitError, TokenLogprob};
+use crate::kv_cache::SeqId;
+use crate::model::RowLogits;
+use crate::sampling::Sampler;
+
+pub(super) struct Sequence {
+    pub kv: Option<SeqId>,
+    /// Prompt then generated tokens.
+    pub tokens: Vec<u32>,
+    /// Tokens whose keys and values are in the cache.
+    pub cached: usize,
+    prompt_len: usize,
+    max_tokens: usize,
+    generated: usize,
+    sampler: Sampler,
+    stop_token_ids: Vec<u32>,
+    stop_strings: Vec<String>,
+    logprobs: Option<usize>,
+    /// Collected while the prompt is processed; sent once it is complete.
+    prompt_logprobs: Option<Vec<Option<TokenLogprob>>>,
+    decode: Option<DecodeState>,
+    /// Decoded text not yet released (it may still become a stop string).
+    held: String,
+    /// A stop string ended the text: nothing after it is released.
+    stopped_on_text: bool,
+    sink: Box<dyn FnMut(Event) -> bool + Send>,
+    cancelled: bool,
+    submitted: Instant,
+    last_token: Option<Instant>,
+}
+
+/// `log_softmax(row)[token]` and the `top` most likely tokens with theirs.
+pub fn logprob_of(row: &[f32], token: u32, top: usize) -> TokenLogprob {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max
+        + row
+            .iter()
+            .map(|&v| (v as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    let lp = |t: u32| (row[t as usize] as f64 - lse) as f32;
+    let mut best = Vec::new();
+    if top > 0 {
+        let mut ids: Vec<u32> = (0..row.len() as u32).collect();
+        let k = top.min(ids.len());
+        let by_logit =
+            |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
+        if k < ids.len() {
+            ids.select_nth_unstable_by(k - 1, by_logit);
+            ids.truncate(k);
+        }
+        ids.sort_by(by_logit);
+        best = ids.into_iter().map(|t| (t, lp(t))).collect();
+    }
+    TokenLogprob {
+        token,
+        logprob: lp(token),
+        top: best,
+    }
+}
+
+/// Length of the longest suffix of `text` that is a proper prefix of a stop string.
+fn pending_stop_prefix(text: &str, stops: &[String]) -> usize {
+    let mut held = 0;
+    for stop in stops {
+        for (len, _) in stop.char_indices().skip(1) {
+            if len > held && text.ends_with(&stop[..len]) {
+                held = len;
+            }
+        }
+    }
+    held
+}
+
+impl Sequence {
+    pub fn new(r: Request) -> Result<Self, SubmitError> {
+        let prompt_len = r.prompt.len();
+        Ok(Sequence {
+            kv: None,
+            tokens: r.prompt,
+            cached: 0,
+            prompt_len,
+            max_tokens: r.max_tokens,
+            generated: 0,
+            sampler: Sampler::new(r.sampling)?,
+            stop_token_ids: r.stop_token_ids,
+            stop_strings: r
+                .stop_strings
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .collect(),
+            logprobs: r.logprobs,
+            prompt_logprobs: r.prompt_logprobs.then(|| vec![None; prompt_len]),
+            decode: None,
+            held: String::new(),
+            stopped_on_text: false,
+            sink: r.sink,
+            cancelled: false,
+            submitted: Instant::now(),
+            last_token: None,
+        })
+    }
+
+    /// Tokens not yet in the cache.
+    pub fn pending(&self) -> usize {
+        self.tokens.len() - self.cached
+    }
+
+    pub fn cancelled(&self) -> bool {
+        self.cancelled
+    }
+
+    fn send(&mut self, event: Event) {
+        if !self.cancelled && !(self.sink)(event) {
+            self.cancelled = true;
+        }
+    }
+
+    /// The logits a step that feeds `take` more tokens needs.
+    pub fn row_logits(&self, take: usize) -> RowLogits {
+        if self.prompt_logprobs.is_some() && self.cached < self.prompt_len {
+            RowLogits::All
+        } else if self.cached + take == self.tokens.len() && self.generated < self.max_tokens {
+            RowLogits::Last
+        } else {
+            RowLogits::None
+        }
+    }
+
+    /// Takes a step's result: `take` tokens went into the cache and `rows` are
+    /// the logits computed for them, by position. Returns why the sequence
+    /// ends, if it does.
+    pub fn advance(
+        &mut self,
+        take: usize,
+        rows: &[(usize, &[f32])],
+        tokenizer: &Tokenizer,
+        context: usize,
+        metrics: &Metrics,
+    ) -> Option<FinishReason> {
+        if let Some(lp) = self.prompt_logprobs.as_mut() {
+            let top = self.logprobs.unwrap_or(0);
+            for &(pos, row) in rows {
+                if pos + 1 < self.prompt_len {
+                    lp[pos + 1] = Some(logprob_of(row, self.tokens[pos + 1], top));
+                }
+            }
+        }
+        self.cached += take;
+        if self.cached >= self.prompt_len {
+            if let Some(lp) = self.prompt_logprobs.take() {
+                self.send(Event::PromptLogprobs(lp));
+            }
+        }
+        if self.cached < self.tokens.len() {
+            return None;
+        }
+        if self.generated >= self.max_tokens {
+            return Some(FinishReason::Length);
+        }
+        let &(_, row) = rows.last()?;
+        let next = self.sampler.sample(row, &self.tokens);
+        let logprob = self.logprobs.map(|n| logprob_of(row, next, n));
+        let now = Instant::now();
+        match self.last_token {
+            None => metrics.first_token(now - self.submitted),
+            Some(t) => metrics.next_token(now - t),
+        }
+        self.last_token = Some(now);
+        if self.stop_token_ids.contains(&next) {
+            self.generated += 1;
+            return Some(FinishReason::Stop);
+        }
+        self.tokens.push(next);
+        self.generated += 1;
+        let state = self
+            .decode
+            .get_or_insert_with(|| DecodeState::new(tokenizer));
+        // An id the tokenizer does not have (a model with a larger vocabulary)
+        // releases no text.
+        let delta = state.push(tokenizer, &[next]).unwrap_or_default();
+        self.held.push_str(&delta);
+        let found = self
+            .stop_strings
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min();
+        if let Some(at) = found {
+            let text = self.held[..at].to_string();
+            self.held.clear();
+            self.stopped_on_text = true;
+            self.send(Event::Token {
+                token: next,
+                text,
+                logprob,
+            });
+            return Some(FinishReason::Stop);
+        }
+        let keep = pending_stop_prefix(&self.held, &self.stop_strings);
+        let text = self.held[..self.held.len() - keep].to_string();
+        self.held.drain(..self.held.len() - keep);
+        self.send(Event::Token {
+            token: next,
+            text,
+            logprob,
+        });
+        if self.generated >= self.max_tokens || self.tokens.len() >= context {
+            return Some(FinishReason::Length);
+        }
+        None
+    }
+
+    /// Sends the last text and `Done`.
+    pub fn close(&mut self, reason: FinishReason, metrics: &Metrics) {
+        if !self.stopped_on_text && matches!(reason, FinishReason::Stop | FinishReason::Length) {
+            if let Some(state) = self.decode.as_mut() {
+                let tail = state.finish();
+                self.held.push_str(&tail);
+            }
+            if !self.held.is_empty() {
+                let text = std::mem::take(&mut self.held);
+                self.send(Event::Text(text));
+            }
+        }
+        metrics.request_done(&reason, self.generated);
+        let done = Event::Done {
+            reason,
+            prompt_tokens: self.prompt_len,
+            completion_tokens: self.generated,
+        };
+        // The sink may be gone; Done is sent regardless of `cancelled`.
+        let _ = (self.sink)(done);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_prefixes_are_held_on_char_boundaries() {
+        let stops = vec!["\n\nUser:".to_string(), "é!".to_string()];
+        assert_eq!(pending_stop_prefix("hello\n", &stops), 1);
+        assert_eq!(pending_stop_prefix("hello\n\nUs", &stops), 4);
+        assert_eq!(pending_stop_prefix("caf é", &stops), "é".len());
+        assert_eq!(pending_stop_prefix("plain", &stops), 0);
+    }
+
+    #[test]
+    fn logprobs_are_a_log_softmax() {
+        let row = [1.0f32, 2.0, 3.0];
+        let lp = logprob_of(&row, 1, 2);
+        let z: f64 = row.iter().map(|&v| (v as f64).exp()).sum();
+        assert!((lp.logprob as f64 - (2.0f64.exp() / z).ln()).abs() < 1e-6);
+        assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![2, 1]);
+    }
+}

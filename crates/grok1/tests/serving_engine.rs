@@ -1,0 +1,336 @@
+//! The serving engine: continuous batching gives every request exactly what
+//! it would get alone, stop rules, cancellation, admission limits, preemption
+//! under KV pressure, and prompt log-probabilities for scoring.
+
+mod common;
+
+use std::ops::ControlFlow;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::Fixture;
+use grok1::engine::{EngineConfig, EngineHandle, Event, FinishReason, Request, SubmitError};
+use grok1::generate::{generate, StopConditions};
+use grok1::sampling::SamplingParams;
+use grok1::{ForwardOptions, Grok1, LogitsRows, Precision, SequenceInput};
+use grok1_tokenizer::Tokenizer;
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        max_batch: 16,
+        max_queue: 32,
+        context: 128,
+        kv_tokens: 16 * 128,
+        prefill_chunk: 64,
+        precision: Precision::F32,
+    }
+}
+
+fn tokenizer() -> Arc<Tokenizer> {
+    Arc::new(Tokenizer::grok1())
+}
+
+struct Outcome {
+    tokens: Vec<u32>,
+    text: String,
+    reason: FinishReason,
+    prompt_logprobs: Option<Vec<Option<grok1::engine::TokenLogprob>>>,
+    completion_tokens: usize,
+}
+
+fn request(prompt: Vec<u32>, max_tokens: usize) -> (Request, mpsc::Receiver<Event>) {
+    let (tx, rx) = mpsc::channel();
+    let req = Request {
+        prompt,
+        max_tokens,
+        sampling: SamplingParams::default(),
+        stop_token_ids: vec![],
+        stop_strings: vec![],
+        logprobs: None,
+        prompt_logprobs: false,
+        sink: Box::new(move |e| tx.send(e).is_ok()),
+    };
+    (req, rx)
+}
+
+fn collect(rx: mpsc::Receiver<Event>) -> Outcome {
+    let mut out = Outcome {
+        tokens: vec![],
+        text: String::new(),
+        reason: FinishReason::Cancelled,
+        prompt_logprobs: None,
+        completion_tokens: 0,
+    };
+    for e in rx.iter() {
+        match e {
+            Event::Token { token, text, .. } => {
+                out.tokens.push(token);
+                out.text.push_str(&text);
+            }
+            Event::Text(t) => out.text.push_str(&t),
+            Event::PromptLogprobs(lp) => out.prompt_logprobs = Some(lp),
+            Event::Done {
+                reason,
+                completion_tokens,
+                ..
+            } => {
+                out.reason = reason;
+                out.completion_tokens = completion_tokens;
+                break;
+            }
+        }
+    }
+    out
+}
+
+fn greedy(model: &Grok1, prompt: &[u32], n: usize) -> Vec<u32> {
+    generate(
+        model,
+        prompt,
+        &SamplingParams::default(),
+        &StopConditions {
+            eos: None,
+            stop_sequences: vec![],
+            max_tokens: n,
+        },
+        ForwardOptions::default(),
+        &mut |_| ControlFlow::Continue(()),
+    )
+    .unwrap()
+    .tokens
+}
+
+/// 16 prompts of different lengths from the fixture's real-text prompt.
+fn prompts(fx: &Fixture) -> Vec<Vec<u32>> {
+    let base = fx.tokens("decode_prompt0_tokens.npy");
+    let other = fx.tokens("decode_prompt1_tokens.npy");
+    (0..16)
+        .map(|i| {
+            let mut p: Vec<u32> = if i % 2 == 0 {
+                base.clone()
+            } else {
+                other.clone()
+            };
+            p.truncate(1 + i % p.len());
+            p.extend((0..i as u32 * 3).map(|j| 100 + j * 17 + i as u32));
+            p
+        })
+        .collect()
+}
+
+#[test]
+fn batched_requests_get_exactly_the_greedy_continuation() {
+    let fx = Fixture::open("tiny-vocab");
+    let reference = fx.load_model();
+    let prompts = prompts(&fx);
+    let want: Vec<Vec<u32>> = prompts.iter().map(|p| greedy(&reference, p, 12)).collect();
+    let engine = EngineHandle::start(fx.load_model(), tokenizer(), config());
+    // Alone.
+    let (req, rx) = request(prompts[5].clone(), 12);
+    engine.submit(req).unwrap();
+    assert_eq!(collect(rx).tokens, want[5]);
+    // All 16 at once, batched together.
+    let receivers: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let (req, rx) = request(p.clone(), 12);
+            engine.submit(req).unwrap();
+            rx
+        })
+        .collect();
+    for (i, rx) in receivers.into_iter().enumerate() {
+        let got = collect(rx);
+        assert_eq!(got.tokens, want[i], "request {i}");
+        assert_eq!(got.reason, FinishReason::Length);
+        assert_eq!(got.completion_tokens, 12);
+        let text = Tokenizer::grok1().decode(&want[i]).unwrap();
+        assert_eq!(got.text, text, "request {i}: streamed text");
+    }
+    engine.shutdown(Duration::from_secs(1));
+}
+
+#[test]
+fn preemption_under_kv_pressure_keeps_results_exact() {
+    let fx = Fixture::open("tiny-vocab");
+    let reference = fx.load_model();
+    let prompts = prompts(&fx);
+    let want: Vec<Vec<u32>> = prompts.iter().map(|p| greedy(&reference, p, 20)).collect();
+    // Room for about three sequences at a time: most requests wait or are preempted.
+    let engine = EngineHandle::start(
+        fx.load_model(),
+        tokenizer(),
+        EngineConfig {
+            kv_tokens: 3 * 64,
+            ..config()
+        },
+    );
+    let receivers: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let (req, rx) = request(p.clone(), 20);
+            engine.submit(req).unwrap();
+            rx
+        })
+        .collect();
+    for (i, rx) in receivers.into_iter().enumerate() {
+        assert_eq!(collect(rx).tokens, want[i], "request {i}");
+    }
+    assert_eq!(engine.in_flight(), 0);
+    let metrics = engine.metrics().render();
+    let preemptions: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("grok1_preemptions_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(
+        preemptions > 0,
+        "the test should force preemption: {metrics}"
+    );
+    engine.shutdown(Duration::from_secs(1));
+}
+
+#[test]
+fn stop_strings_and_eos_end_requests() {
+    let fx = Fixture::open("tiny-vocab");
+    let engine = EngineHandle::start(fx.load_model(), tokenizer(), config());
+    let prompt = fx.tokens("decode_prompt0_tokens.npy");
+    // The reference continuation: "FACEFACEikasikasikasikasikasikas Big Big Big ..."
+    let (mut req, rx) = request(prompt.clone(), 16);
+    req.stop_strings = vec!["ikasika".into()];
+    engine.submit(req).unwrap();
+    let out = collect(rx);
+    assert_eq!(out.reason, FinishReason::Stop);
+    assert_eq!(out.text, "FACEFACE");
+    let (mut req, rx) = request(prompt.clone(), 16);
+    req.stop_token_ids = vec![76183];
+    engine.submit(req).unwrap();
+    let out = collect(rx);
+    assert_eq!(out.reason, FinishReason::Stop);
+    assert_eq!(out.tokens, vec![41351, 41351]);
+    engine.shutdown(Duration::from_secs(1));
+}
+
+#[test]
+fn a_dropped_client_frees_its_slot() {
+    let fx = Fixture::open("tiny-vocab");
+    let engine = EngineHandle::start(fx.load_model(), tokenizer(), config());
+    let (req, rx) = request(vec![422, 3033, 356], 100);
+    engine.submit(req).unwrap();
+    // Read one token, then hang up.
+    let first = rx.recv().unwrap();
+    assert!(matches!(first, Event::Token { .. }));
+    drop(rx);
+    let start = std::time::Instant::now();
+    while engine.in_flight() > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "cancelled request still in flight"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(engine
+        .metrics()
+        .render()
+        .contains("grok1_requests_finished_total{reason=\"cancelled\"} 1"));
+    engine.shutdown(Duration::from_secs(1));
+}
+
+#[test]
+fn admission_limits_and_validation() {
+    let fx = Fixture::open("tiny-vocab");
+    let engine = EngineHandle::start(
+        fx.load_model(),
+        tokenizer(),
+        EngineConfig {
+            max_batch: 1,
+            max_queue: 1,
+            ..config()
+        },
+    );
+    let (a, _ra) = request(vec![5; 10], 100);
+    let (b, _rb) = request(vec![6; 10], 100);
+    let (c, _rc) = request(vec![7; 10], 100);
+    engine.submit(a).unwrap();
+    engine.submit(b).unwrap();
+    assert!(matches!(
+        engine.submit(c),
+        Err(SubmitError::QueueFull { limit: 2, .. })
+    ));
+    let (too_long, _r) = request(vec![5; 100], 29);
+    let err = engine.submit(too_long).unwrap_err();
+    assert_eq!(err.to_string(), "this model's maximum context length is 128 tokens, but 100 prompt tokens and 29 max_tokens were requested (129 in total); shorten the prompt or lower max_tokens");
+    let (bad, _r) = request(vec![5, 131072], 1);
+    assert!(matches!(
+        engine.submit(bad),
+        Err(SubmitError::TokenOutOfRange {
+            token: 131072,
+            position: 1,
+            ..
+        })
+    ));
+    let (empty, _r) = request(vec![], 1);
+    assert_eq!(engine.submit(empty), Err(SubmitError::EmptyPrompt));
+    engine.shutdown(Duration::from_millis(10));
+    let (late, _r) = request(vec![5], 1);
+    assert_eq!(engine.submit(late), Err(SubmitError::ShuttingDown));
+}
+
+#[test]
+fn prompt_logprobs_score_the_prompt() {
+    let fx = Fixture::open("tiny-moe");
+    let model = fx.load_model();
+    let prompt = fx.tokens("prefill_seq2_tokens.npy");
+    // Reference: log-softmax of the full forward's rows.
+    let mut cache = model.new_cache(prompt.len(), 1);
+    let seq = cache.add_sequence();
+    let out = model
+        .forward(
+            &mut cache,
+            &[SequenceInput {
+                seq,
+                tokens: &prompt,
+            }],
+            &ForwardOptions {
+                logits: LogitsRows::All,
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
+    let engine = EngineHandle::start(
+        model,
+        tokenizer(),
+        EngineConfig {
+            prefill_chunk: 7,
+            ..config()
+        },
+    );
+    let (mut req, rx) = request(prompt.clone(), 0);
+    req.prompt_logprobs = true;
+    req.logprobs = Some(3);
+    engine.submit(req).unwrap();
+    let got = collect(rx);
+    assert_eq!(got.reason, FinishReason::Length);
+    assert!(got.tokens.is_empty());
+    let lp = got.prompt_logprobs.expect("prompt logprobs");
+    assert_eq!(lp.len(), prompt.len());
+    assert!(lp[0].is_none());
+    for p in 1..prompt.len() {
+        let row = out.row(p - 1);
+        let max = row.iter().copied().fold(f32::MIN, f32::max) as f64;
+        let lse = max
+            + row
+                .iter()
+                .map(|&v| (v as f64 - max).exp())
+                .sum::<f64>()
+                .ln();
+        let want = row[prompt[p] as usize] as f64 - lse;
+        let entry = lp[p].as_ref().unwrap();
+        assert_eq!(entry.token, prompt[p]);
+        assert!((entry.logprob as f64 - want).abs() < 1e-5, "position {p}");
+        assert_eq!(entry.top.len(), 3);
+        assert!(entry.top[0].1 >= entry.top[1].1);
+    }
+    engine.shutdown(Duration::from_secs(1));
+}
