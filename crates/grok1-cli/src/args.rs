@@ -35,6 +35,10 @@ pub enum Command {
     Detokenize(TokenizerArgs),
     /// Measure prompt processing and generation speed against the memory roofline
     Bench(BenchArgs),
+    /// Serve an OpenAI-compatible HTTP API (completions, chat, streaming, metrics)
+    Serve(ServeArgs),
+    /// Chat with the model in the terminal (the server's chat template)
+    Chat(ChatArgs),
 }
 
 /// Activation precision.
@@ -251,6 +255,97 @@ pub struct BenchArgs {
     /// Size of the buffer the memory bandwidth is measured on, in MiB
     #[arg(long, default_value_t = 1024)]
     pub bandwidth_mib: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// Sequences decoded together in one step
+    #[arg(long, default_value_t = 16)]
+    pub max_batch: usize,
+
+    /// Requests that may wait for a batch slot; more are refused with 429
+    #[arg(long, default_value_t = 64)]
+    pub max_queue: usize,
+
+    /// Longest request (prompt + max_tokens) accepted (default: the model's context)
+    #[arg(long)]
+    pub ctx: Option<usize>,
+
+    /// KV cache capacity in tokens over all requests, allocated in pages of 16
+    /// as sequences grow (default: ctx x max_batch / 4, at least ctx)
+    #[arg(long)]
+    pub kv_tokens: Option<usize>,
+
+    /// Prompt tokens processed per step, so long prompts do not stall running streams
+    #[arg(long, default_value_t = 256)]
+    pub prefill_chunk: usize,
+
+    /// Worker threads for the model (default: one per core)
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// SentencePiece tokenizer.model (default: beside the model, else built in)
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+
+    /// Address to listen on (127.0.0.1: this machine only)
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+
+    /// Require `Authorization: Bearer KEY` on every endpoint but /health
+    #[arg(long, env = "GROK1_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Model id clients use (default: the config's name)
+    #[arg(long)]
+    pub served_model_name: Option<String>,
+
+    /// Seconds in-flight requests may run on after SIGINT/SIGTERM
+    #[arg(long, default_value_t = 10)]
+    pub shutdown_grace: u64,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// SentencePiece tokenizer.model (default: beside the model, else built in)
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+
+    /// A system message that opens the conversation
+    #[arg(long)]
+    pub system: Option<String>,
+
+    /// Most tokens per reply
+    #[arg(long, default_value_t = 512)]
+    pub max_tokens: usize,
+
+    /// Sampling temperature (0: greedy)
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f32,
+
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
 }
 
 #[derive(Args, Debug)]

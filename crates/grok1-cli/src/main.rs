@@ -4,10 +4,12 @@
 
 mod args;
 mod bench;
+mod chat;
 mod generate;
 mod inspect;
 mod model_source;
 mod progress;
+mod serve;
 mod tokenize;
 
 use std::process::ExitCode;
@@ -25,6 +27,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tokenize(a) => tokenize::tokenize(a),
         Command::Detokenize(a) => tokenize::detokenize(a),
         Command::Bench(a) => bench::bench(a),
+        Command::Serve(a) => serve::serve(a),
+        Command::Chat(a) => chat::chat(a),
     }
 }
 

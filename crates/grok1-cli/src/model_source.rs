@@ -14,7 +14,7 @@ use crate::progress::Bar;
 /// so the built-in tokenizer applies. Its weights are random.
 pub fn demo_config() -> ModelConfig {
     ModelConfig {
-        name: "demo (random weights)".into(),
+        name: "grok1-demo".into(),
         vocab_size: 131072,
         sequence_len: 1024,
         emb_std: Some(0.01),

@@ -204,6 +204,11 @@ impl EngineHandle {
         &self.config
     }
 
+    /// Token ids the model accepts.
+    pub fn vocab(&self) -> usize {
+        self.vocab
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
     }

@@ -1,0 +1,109 @@
+//! `grok1 serve`: the OpenAI-compatible server, and the engine settings it
+//! shares with `grok1 chat`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use grok1::engine::{EngineConfig, EngineHandle};
+use grok1::Grok1;
+use grok1_server::{AppState, ServerConfig};
+
+use crate::args::{EngineArgs, ServeArgs};
+use crate::model_source;
+
+/// Sets the worker thread count, once, before any parallel work.
+pub fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
+    if let Some(threads) = threads {
+        anyhow::ensure!(threads > 0, "--threads must be at least 1");
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .context("setting the thread count")?;
+    }
+    Ok(())
+}
+
+/// The engine's limits from the flags and the model.
+pub fn engine_config(
+    args: &EngineArgs,
+    model: &Grok1,
+    precision: grok1::Precision,
+) -> anyhow::Result<EngineConfig> {
+    anyhow::ensure!(args.max_batch > 0, "--max-batch must be at least 1");
+    anyhow::ensure!(args.prefill_chunk > 0, "--prefill-chunk must be at least 1");
+    let context = args.ctx.unwrap_or(model.config().sequence_len);
+    anyhow::ensure!(context > 0, "--ctx must be at least 1");
+    anyhow::ensure!(
+        context <= model.config().sequence_len,
+        "--ctx {context} is longer than the model's context ({})",
+        model.config().sequence_len
+    );
+    let kv_tokens = args
+        .kv_tokens
+        .unwrap_or((context * args.max_batch / 4).max(context));
+    anyhow::ensure!(
+        kv_tokens >= context,
+        "--kv-tokens {kv_tokens} cannot hold one request of --ctx {context} tokens"
+    );
+    Ok(EngineConfig {
+        max_batch: args.max_batch,
+        max_queue: args.max_queue,
+        context,
+        kv_tokens,
+        prefill_chunk: args.prefill_chunk,
+        precision,
+    })
+}
+
+pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    set_threads(args.engine.threads)?;
+    let loaded = model_source::load(args.model.model.as_deref())?;
+    let tokenizer = Arc::new(model_source::tokenizer(
+        args.tokenizer.as_deref(),
+        loaded.tokenizer_file.as_deref(),
+    )?);
+    let model = loaded.model;
+    let engine_config = engine_config(&args.engine, &model, args.model.precision.into())?;
+    let name = args
+        .served_model_name
+        .clone()
+        .unwrap_or_else(|| model.config().name.clone());
+    let eos = model.config().eos_token;
+    let kv_bytes = grok1::KvCache::bytes_per_token(model.config()) * engine_config.kv_tokens;
+    eprintln!(
+        "grok1: model `{name}`; batch {} + queue {}; context {}; KV cache {} tokens ({:.1} MiB, taken as used)",
+        engine_config.max_batch,
+        engine_config.max_queue,
+        engine_config.context,
+        engine_config.kv_tokens,
+        kv_bytes as f64 / (1 << 20) as f64
+    );
+    let engine = EngineHandle::start(model, tokenizer.clone(), engine_config);
+    let state = AppState::new(engine, tokenizer, name, eos, args.api_key.clone());
+    let config = ServerConfig {
+        host: args.host.clone(),
+        port: args.port,
+        api_key: args.api_key.clone(),
+        model_name: state.model_name.clone(),
+        shutdown_grace: Duration::from_secs(args.shutdown_grace),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the HTTP runtime")?;
+    let auth = if config.api_key.is_some() {
+        "bearer key required"
+    } else {
+        "no API key"
+    };
+    runtime
+        .block_on(grok1_server::serve(state, &config, |addr| {
+            eprintln!("grok1: listening on http://{addr} ({auth}); Ctrl-C to stop");
+        }))
+        .with_context(|| format!("serving on {}:{}", config.host, config.port))?;
+    eprintln!("grok1: stopped");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,226 @@
+//! An OpenAI-compatible HTTP server over the grok1 engine: `/v1/completions`,
+//! `/v1/chat/completions` (with streaming as server-sent events),
+//! `/v1/models`, `/health` and `/metrics`. The engine batches every active
+//! request into each step; this crate only speaks HTTP and JSON.
+
+#![forbid(unsafe_code)]
+
+pub mod chat;
+mod error;
+mod openai;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use grok1::engine::EngineHandle;
+use grok1_tokenizer::Tokenizer;
+use serde_json::json;
+
+pub use error::ApiError;
+
+/// How the server is reached and protected.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    /// Bearer token required on every endpoint but `/health`.
+    pub api_key: Option<String>,
+    /// The model id clients name (`/v1/models`).
+    pub model_name: String,
+    /// How long in-flight requests may run on after SIGINT/SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: EngineHandle,
+    pub tokenizer: Arc<Tokenizer>,
+    pub model_name: String,
+    pub eos: u32,
+    pub api_key: Option<String>,
+    pub created: u64,
+}
+
+impl AppState {
+    pub fn new(
+        engine: EngineHandle,
+        tokenizer: Arc<Tokenizer>,
+        model_name: String,
+        eos: u32,
+        api_key: Option<String>,
+    ) -> Self {
+        AppState {
+            engine,
+            tokenizer,
+            model_name,
+            eos,
+            api_key,
+            created: unix_time(),
+        }
+    }
+}
+
+pub(crate) fn unix_time() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Equal-time comparison, so the key cannot be guessed byte by byte from timings.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(key) = &state.api_key {
+        if request.uri().path() != "/health" {
+            let header = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            match header.and_then(|h| h.strip_prefix("Bearer ")) {
+                None => {
+                    return ApiError::unauthorized(
+                        "You didn't provide an API key. Send it in the Authorization header as `Bearer KEY`.",
+                    )
+                    .into_response()
+                }
+                Some(given) if !same_secret(given.trim().as_bytes(), key.as_bytes()) => {
+                    return ApiError::unauthorized("Incorrect API key provided.").into_response()
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    next.run(request).await
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn models(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({
+        "object": "list",
+        "data": [{
+            "id": state.model_name,
+            "object": "model",
+            "created": state.created,
+            "owned_by": "grok1-rs",
+        }]
+    }))
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.engine.metrics().render(),
+    )
+        .into_response()
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::not_found(request.uri().path())
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    let mut e = ApiError::invalid(
+        format!(
+            "Method {} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
+        None,
+    );
+    e.status = StatusCode::METHOD_NOT_ALLOWED;
+    e
+}
+
+/// The application: routes, authentication and OpenAI-shaped fallbacks.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/models", get(models))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), require_key))
+        .with_state(state)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}
+
+/// Serves until SIGINT/SIGTERM, then stops accepting, lets in-flight requests
+/// run for up to `shutdown_grace`, cancels the rest and returns.
+/// `on_ready` receives the bound address.
+pub async fn serve(
+    state: AppState,
+    config: &ServerConfig,
+    on_ready: impl FnOnce(SocketAddr),
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port)).await?;
+    on_ready(listener.local_addr()?);
+    let engine = state.engine.clone();
+    let grace = config.shutdown_grace;
+    let app = router(state);
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        eprintln!(
+            "grok1: shutting down: finishing in-flight requests (up to {} s)",
+            grace.as_secs()
+        );
+        // The engine finishes or cancels every stream within the grace period,
+        // which lets their connections close.
+        let engine = engine.clone();
+        tokio::task::spawn_blocking(move || {
+            engine.shutdown(grace);
+            let _ = stopped_tx.send(());
+        });
+    });
+    let mut serving = tokio::spawn(async move { server.await });
+    tokio::select! {
+        result = &mut serving => {
+            return result.map_err(std::io::Error::other)?;
+        }
+        _ = stopped_rx => {}
+    }
+    // A connection that outlives the engine (a client that stopped reading) must
+    // not hold the process: give up a few seconds after the engine has stopped.
+    match tokio::time::timeout(Duration::from_secs(5), serving).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => Err(std::io::Error::other(e)),
+        Err(_) => Ok(()),
+    }
+}

@@ -1,0 +1,1024 @@
+//! `/v1/completions` and `/v1/chat/completions` in OpenAI's wire format:
+//! request checking, submission to the engine (one engine request per choice),
+//! and the JSON or server-sent-event responses.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::{Request, State};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use grok1::engine::{Event, FinishReason, Request as EngineRequest, TokenLogprob};
+use grok1::sampling::SamplingParams;
+use grok1_tokenizer::Tokenizer;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::chat::{self, Role};
+use crate::{unix_time, ApiError, AppState};
+
+const MAX_BODY: usize = 16 << 20;
+const MAX_CHOICES: i64 = 16;
+const MAX_LOGPROBS: i64 = 20;
+const MAX_STOPS: usize = 16;
+
+/// Reads and checks a JSON body: an object whose keys are all in `accepted`;
+/// errors name the field at fault.
+async fn read_json<T: DeserializeOwned>(
+    request: Request,
+    accepted: &[&[&str]],
+) -> Result<T, ApiError> {
+    let bytes = axum::body::to_bytes(request.into_body(), MAX_BODY)
+        .await
+        .map_err(|_| {
+            let mut e = ApiError::invalid(
+                format!("The request body is larger than {MAX_BODY} bytes."),
+                None,
+            );
+            e.status = axum::http::StatusCode::PAYLOAD_TOO_LARGE;
+            e
+        })?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::invalid(
+            format!("We could not parse the JSON body of your request: {e}"),
+            None,
+        )
+    })?;
+    let Some(object) = value.as_object() else {
+        return Err(ApiError::invalid(
+            "The request body must be a JSON object.",
+            None,
+        ));
+    };
+    if let Some(key) = object
+        .keys()
+        .find(|k| !accepted.iter().any(|list| list.contains(&k.as_str())))
+    {
+        return Err(ApiError::invalid(
+            format!("Unrecognized request argument supplied: {key}"),
+            Some(key),
+        ));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            ApiError::invalid(format!("Invalid request: {}", e.inner()), None)
+        } else {
+            ApiError::invalid(
+                format!("Invalid value for `{path}`: {}", e.inner()),
+                Some(&path),
+            )
+        }
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PromptInput {
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<i64>),
+    TokenLists(Vec<Vec<i64>>),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StopInput {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize, Default)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+const COMMON_FIELDS: &[&str] = &[
+    "model",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "n",
+    "stream",
+    "stream_options",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "user",
+    "ignore_eos",
+];
+const COMPLETION_FIELDS: &[&str] = &[
+    "prompt",
+    "max_tokens",
+    "logprobs",
+    "echo",
+    "best_of",
+    "suffix",
+];
+const CHAT_FIELDS: &[&str] = &[
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "logprobs",
+    "top_logprobs",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+];
+
+/// Fields completions and chat share.
+#[derive(Deserialize, Default)]
+struct Common {
+    model: Option<String>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    top_k: Option<i64>,
+    min_p: Option<f64>,
+    repetition_penalty: Option<f64>,
+    n: Option<i64>,
+    stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
+    stop: Option<StopInput>,
+    seed: Option<i64>,
+    presence_penalty: Option<f64>,
+    frequency_penalty: Option<f64>,
+    logit_bias: Option<Map<String, Value>>,
+    /// Accepted for compatibility; not used.
+    #[allow(dead_code)]
+    user: Option<String>,
+    ignore_eos: Option<bool>,
+}
+
+#[derive(Deserialize)]
+pub struct CompletionRequest {
+    prompt: PromptInput,
+    max_tokens: Option<i64>,
+    logprobs: Option<i64>,
+    echo: Option<bool>,
+    best_of: Option<i64>,
+    suffix: Option<String>,
+    #[serde(flatten)]
+    common: Common,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum MessageContent {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Deserialize)]
+struct ContentPart {
+    #[serde(rename = "type")]
+    kind: String,
+    text: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChatMessage {
+    role: String,
+    content: Option<MessageContent>,
+    /// Accepted for compatibility; not used.
+    #[allow(dead_code)]
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct ChatRequest {
+    messages: Vec<ChatMessage>,
+    max_tokens: Option<i64>,
+    max_completion_tokens: Option<i64>,
+    logprobs: Option<bool>,
+    top_logprobs: Option<i64>,
+    response_format: Option<Value>,
+    tools: Option<Vec<Value>>,
+    tool_choice: Option<Value>,
+    parallel_tool_calls: Option<bool>,
+    #[serde(flatten)]
+    common: Common,
+}
+
+/// Checked sampling and stopping settings.
+struct Settings {
+    sampling: SamplingParams,
+    seed_given: bool,
+    n: usize,
+    stop: Vec<String>,
+    stream: bool,
+    include_usage: bool,
+    ignore_eos: bool,
+}
+
+fn random_seed() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ COUNTER.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+}
+
+fn request_id(prefix: &str) -> String {
+    format!("{prefix}-{:016x}", random_seed())
+}
+
+fn check_common(state: &AppState, c: &Common) -> Result<Settings, ApiError> {
+    if let Some(model) = &c.model {
+        if model != &state.model_name {
+            return Err(ApiError::model_not_found(model));
+        }
+    }
+    let range =
+        |name: &str, v: Option<f64>, lo: f64, hi: f64, default: f64| -> Result<f64, ApiError> {
+            let v = v.unwrap_or(default);
+            if v.is_finite() && (lo..=hi).contains(&v) {
+                Ok(v)
+            } else {
+                Err(ApiError::invalid(
+                    format!("`{name}` must be between {lo} and {hi}, got {v}"),
+                    Some(name),
+                ))
+            }
+        };
+    let temperature = range("temperature", c.temperature, 0.0, 2.0, 1.0)?;
+    let top_p = range("top_p", c.top_p, 0.0, 1.0, 1.0)?;
+    let min_p = range("min_p", c.min_p, 0.0, 1.0, 0.0)?;
+    let repetition_penalty = range("repetition_penalty", c.repetition_penalty, 0.01, 100.0, 1.0)?;
+    let top_k = match c.top_k {
+        None | Some(-1) | Some(0) => 0,
+        Some(k) if k > 0 => k as usize,
+        Some(k) => {
+            return Err(ApiError::invalid(
+                format!("`top_k` must be -1, 0 or positive, got {k}"),
+                Some("top_k"),
+            ))
+        }
+    };
+    let n = c.n.unwrap_or(1);
+    if !(1..=MAX_CHOICES).contains(&n) {
+        return Err(ApiError::invalid(
+            format!("`n` must be between 1 and {MAX_CHOICES}, got {n}"),
+            Some("n"),
+        ));
+    }
+    for (name, v) in [
+        ("presence_penalty", c.presence_penalty),
+        ("frequency_penalty", c.frequency_penalty),
+    ] {
+        if v.is_some_and(|v| v != 0.0) {
+            return Err(ApiError::unsupported(
+                name,
+                "use `repetition_penalty` instead",
+            ));
+        }
+    }
+    if c.logit_bias.as_ref().is_some_and(|m| !m.is_empty()) {
+        return Err(ApiError::unsupported(
+            "logit_bias",
+            "token biases are not implemented",
+        ));
+    }
+    let stop = match &c.stop {
+        None => vec![],
+        Some(StopInput::One(s)) => vec![s.clone()],
+        Some(StopInput::Many(v)) => v.clone(),
+    };
+    if stop.len() > MAX_STOPS {
+        return Err(ApiError::invalid(
+            format!("at most {MAX_STOPS} stop sequences are allowed"),
+            Some("stop"),
+        ));
+    }
+    let seed = match c.seed {
+        Some(s) if s >= 0 => Some(s as u64),
+        Some(s) => {
+            return Err(ApiError::invalid(
+                format!("`seed` must not be negative, got {s}"),
+                Some("seed"),
+            ))
+        }
+        None => None,
+    };
+    // top_p 0 keeps only the most likely token: greedy.
+    let greedy = temperature == 0.0 || top_p == 0.0;
+    Ok(Settings {
+        sampling: SamplingParams {
+            temperature: if greedy { 0.0 } else { temperature as f32 },
+            top_k,
+            top_p: if greedy { 1.0 } else { top_p as f32 },
+            min_p: min_p as f32,
+            repetition_penalty: repetition_penalty as f32,
+            seed: seed.unwrap_or_else(random_seed),
+        },
+        seed_given: seed.is_some(),
+        n: n as usize,
+        stop,
+        stream: c.stream.unwrap_or(false),
+        include_usage: c.stream_options.as_ref().is_some_and(|o| o.include_usage),
+        ignore_eos: c.ignore_eos.unwrap_or(false),
+    })
+}
+
+fn check_ids(ids: &[i64], vocab: usize) -> Result<Vec<u32>, ApiError> {
+    ids.iter()
+        .enumerate()
+        .map(|(i, &t)| {
+            if t < 0 || t as u64 >= vocab as u64 {
+                Err(ApiError::invalid(
+                    format!(
+                        "token id {t} at position {i} is outside the vocabulary (ids 0..{vocab})"
+                    ),
+                    Some("prompt"),
+                ))
+            } else {
+                Ok(t as u32)
+            }
+        })
+        .collect()
+}
+
+/// The text of a token as it appears in decoded output (`▁` as a space).
+fn token_text(tok: &Tokenizer, id: u32) -> String {
+    tok.id_to_piece(id)
+        .map(|p| p.replace('\u{2581}', " "))
+        .unwrap_or_default()
+}
+
+/// One choice as it is being generated.
+#[derive(Default)]
+struct Choice {
+    text: String,
+    tokens: Vec<u32>,
+    logprobs: Vec<TokenLogprob>,
+    prompt_logprobs: Option<Vec<Option<TokenLogprob>>>,
+    finish: Option<FinishReason>,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+}
+
+fn finish_reason(r: &FinishReason) -> &'static str {
+    match r {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+        FinishReason::Cancelled => "cancelled",
+        FinishReason::Error(_) => "error",
+    }
+}
+
+struct Job {
+    prompt: Vec<u32>,
+    max_tokens: usize,
+    stop: Vec<String>,
+    logprobs: Option<usize>,
+    prompt_logprobs: bool,
+}
+
+/// Submits one engine request per choice; events arrive tagged with the choice.
+fn submit(
+    state: &AppState,
+    jobs: &[Job],
+    settings: &Settings,
+) -> Result<mpsc::UnboundedReceiver<(usize, Event)>, ApiError> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    for (j, job) in jobs.iter().enumerate() {
+        for i in 0..settings.n {
+            let index = j * settings.n + i;
+            let mut sampling = settings.sampling.clone();
+            sampling.seed = if settings.seed_given {
+                sampling.seed.wrapping_add(index as u64)
+            } else {
+                random_seed()
+            };
+            let tx = tx.clone();
+            let request = EngineRequest {
+                prompt: job.prompt.clone(),
+                max_tokens: job.max_tokens,
+                sampling,
+                stop_token_ids: if settings.ignore_eos {
+                    vec![]
+                } else {
+                    vec![state.eos]
+                },
+                stop_strings: job.stop.clone(),
+                logprobs: job.logprobs,
+                prompt_logprobs: job.prompt_logprobs,
+                sink: Box::new(move |e| tx.send((index, e)).is_ok()),
+            };
+            // On an error the receiver is dropped, which cancels the choices
+            // already submitted.
+            state
+                .engine
+                .submit(request)
+                .map_err(ApiError::from_submit)?;
+        }
+    }
+    Ok(rx)
+}
+
+/// Applies one event to its choice; returns whether the choice is done.
+fn apply(choice: &mut Choice, event: Event) -> bool {
+    match event {
+        Event::PromptLogprobs(lp) => choice.prompt_logprobs = Some(lp),
+        Event::Token {
+            token,
+            text,
+            logprob,
+        } => {
+            choice.tokens.push(token);
+            choice.text.push_str(&text);
+            if let Some(lp) = logprob {
+                choice.logprobs.push(lp);
+            }
+        }
+        Event::Text(text) => choice.text.push_str(&text),
+        Event::Done {
+            reason,
+            prompt_tokens,
+            completion_tokens,
+        } => {
+            choice.finish = Some(reason);
+            choice.prompt_tokens = prompt_tokens;
+            choice.completion_tokens = completion_tokens;
+            return true;
+        }
+    }
+    false
+}
+
+async fn collect(
+    mut rx: mpsc::UnboundedReceiver<(usize, Event)>,
+    count: usize,
+) -> Result<Vec<Choice>, ApiError> {
+    let mut choices: Vec<Choice> = (0..count).map(|_| Choice::default()).collect();
+    let mut done = 0;
+    while done < count {
+        let Some((i, event)) = rx.recv().await else {
+            return Err(ApiError::internal(
+                "the engine stopped before the request finished",
+            ));
+        };
+        if apply(&mut choices[i], event) {
+            done += 1;
+        }
+    }
+    if let Some(FinishReason::Error(e)) = choices.iter().find_map(|c| {
+        c.finish
+            .clone()
+            .filter(|f| matches!(f, FinishReason::Error(_)))
+    }) {
+        return Err(ApiError::internal(format!("generation failed: {e}")));
+    }
+    Ok(choices)
+}
+
+fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
+    json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    })
+}
+
+/// OpenAI's completion logprobs object for a run of tokens starting at text
+/// offset `offset`.
+fn completion_logprobs(
+    tok: &Tokenizer,
+    entries: &[(u32, Option<&TokenLogprob>)],
+    mut offset: usize,
+) -> Value {
+    let mut tokens = Vec::new();
+    let mut token_logprobs = Vec::new();
+    let mut top = Vec::new();
+    let mut offsets = Vec::new();
+    for (id, lp) in entries {
+        let text = token_text(tok, *id);
+        offsets.push(offset);
+        offset += text.chars().count();
+        tokens.push(Value::String(text));
+        token_logprobs.push(lp.map_or(Value::Null, |l| json!(l.logprob)));
+        top.push(lp.map_or(Value::Null, |l| {
+            let map: Map<String, Value> = l
+                .top
+                .iter()
+                .map(|&(t, p)| (token_text(tok, t), json!(p)))
+                .collect();
+            Value::Object(map)
+        }));
+    }
+    json!({ "tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets })
+}
+
+pub async fn completions(State(state): State<AppState>, request: Request) -> Response {
+    match completions_inner(state, request).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn completions_inner(state: AppState, request: Request) -> Result<Response, ApiError> {
+    let req: CompletionRequest = read_json(request, &[COMMON_FIELDS, COMPLETION_FIELDS]).await?;
+    let settings = check_common(&state, &req.common)?;
+    if req.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::unsupported(
+            "suffix",
+            "insertion is not implemented",
+        ));
+    }
+    if req.best_of.is_some_and(|b| b != settings.n as i64) {
+        return Err(ApiError::unsupported(
+            "best_of",
+            "only best_of equal to n is implemented",
+        ));
+    }
+    let max_tokens = match req.max_tokens {
+        None => 16,
+        Some(m) if m >= 0 => m as usize,
+        Some(m) => {
+            return Err(ApiError::invalid(
+                format!("`max_tokens` must be at least 0, got {m}"),
+                Some("max_tokens"),
+            ))
+        }
+    };
+    let logprobs = match req.logprobs {
+        None => None,
+        Some(k) if (0..=MAX_LOGPROBS).contains(&k) => Some(k as usize),
+        Some(k) => {
+            return Err(ApiError::invalid(
+                format!("`logprobs` must be between 0 and {MAX_LOGPROBS}, got {k}"),
+                Some("logprobs"),
+            ))
+        }
+    };
+    let echo = req.echo.unwrap_or(false);
+    let vocab = state.engine.vocab();
+    let prompts: Vec<(Vec<u32>, String)> = match req.prompt {
+        PromptInput::Text(t) => vec![(state.tokenizer.encode(&t), t)],
+        PromptInput::Texts(v) => v
+            .into_iter()
+            .map(|t| (state.tokenizer.encode(&t), t))
+            .collect(),
+        PromptInput::Tokens(ids) => {
+            let ids = check_ids(&ids, vocab)?;
+            let text = state.tokenizer.decode(&ids).unwrap_or_default();
+            vec![(ids, text)]
+        }
+        PromptInput::TokenLists(lists) => lists
+            .iter()
+            .map(|ids| {
+                let ids = check_ids(ids, vocab)?;
+                let text = state.tokenizer.decode(&ids).unwrap_or_default();
+                Ok((ids, text))
+            })
+            .collect::<Result<_, ApiError>>()?,
+    };
+    if prompts.is_empty() || prompts.iter().any(|(ids, _)| ids.is_empty()) {
+        return Err(ApiError::invalid("`prompt` is empty", Some("prompt")));
+    }
+    let jobs: Vec<Job> = prompts
+        .iter()
+        .map(|(ids, _)| Job {
+            prompt: ids.clone(),
+            max_tokens,
+            stop: settings.stop.clone(),
+            logprobs,
+            prompt_logprobs: echo && logprobs.is_some(),
+        })
+        .collect();
+    let count = jobs.len() * settings.n;
+    let rx = submit(&state, &jobs, &settings)?;
+    let id = request_id("cmpl");
+    let created = unix_time();
+    let model = state.model_name.clone();
+    let prompt_texts: Vec<String> = prompts.iter().map(|(_, t)| t.clone()).collect();
+    let prompt_tokens: usize = prompts.iter().map(|(ids, _)| ids.len()).sum();
+    if settings.stream {
+        let n = settings.n;
+        let include_usage = settings.include_usage;
+        let tokenizer = state.tokenizer.clone();
+        let chunk = move |choices: Value, usage: Option<Value>| {
+            let mut v = json!({ "id": id, "object": "text_completion", "created": created, "model": model, "choices": choices });
+            if let Some(u) = usage {
+                v["usage"] = u;
+            }
+            v
+        };
+        let echo_chunk = {
+            let tokenizer = tokenizer.clone();
+            move |index: usize,
+                  text: &str,
+                  prompt: &[u32],
+                  lp: Option<&Vec<Option<TokenLogprob>>>| {
+                let logprobs = lp.map(|lp| {
+                    let entries: Vec<(u32, Option<&TokenLogprob>)> = prompt
+                        .iter()
+                        .zip(lp)
+                        .map(|(&t, l)| (t, l.as_ref()))
+                        .collect();
+                    completion_logprobs(&tokenizer, &entries, 0)
+                });
+                json!([{ "text": text, "index": index, "logprobs": logprobs, "finish_reason": Value::Null }])
+            }
+        };
+        let prompt_ids: Vec<Vec<u32>> = prompts.into_iter().map(|(ids, _)| ids).collect();
+        return Ok(stream_response(rx, count, move |ev: StreamItem| match ev {
+            StreamItem::Start(index) if echo && logprobs.is_none() => {
+                vec![chunk(
+                    echo_chunk(index, &prompt_texts[index / n], &[], None),
+                    None,
+                )]
+            }
+            StreamItem::Start(_) => vec![],
+            StreamItem::Event(index, Event::PromptLogprobs(lp)) if echo => {
+                let ids = &prompt_ids[index / n];
+                vec![chunk(
+                    echo_chunk(index, &prompt_texts[index / n], ids, Some(&lp)),
+                    None,
+                )]
+            }
+            StreamItem::Event(_, Event::PromptLogprobs(_)) => vec![],
+            StreamItem::Event(
+                index,
+                Event::Token {
+                    token,
+                    text,
+                    logprob,
+                },
+            ) => {
+                if text.is_empty() && logprob.is_none() {
+                    return vec![];
+                }
+                let lp = logprob
+                    .as_ref()
+                    .map(|l| completion_logprobs(&tokenizer, &[(token, Some(l))], 0));
+                vec![chunk(
+                    json!([{ "text": text, "index": index, "logprobs": lp, "finish_reason": Value::Null }]),
+                    None,
+                )]
+            }
+            StreamItem::Event(index, Event::Text(text)) => {
+                vec![chunk(
+                    json!([{ "text": text, "index": index, "logprobs": Value::Null, "finish_reason": Value::Null }]),
+                    None,
+                )]
+            }
+            StreamItem::Event(index, Event::Done { reason, .. }) => {
+                vec![chunk(
+                    json!([{ "text": "", "index": index, "logprobs": Value::Null, "finish_reason": finish_reason(&reason) }]),
+                    None,
+                )]
+            }
+            StreamItem::End { completion_tokens } => {
+                if include_usage {
+                    vec![chunk(
+                        json!([]),
+                        Some(usage(prompt_tokens, completion_tokens)),
+                    )]
+                } else {
+                    vec![]
+                }
+            }
+        }));
+    }
+    let choices = collect(rx, count).await?;
+    let completion_tokens: usize = choices.iter().map(|c| c.completion_tokens).sum();
+    let body: Vec<Value> = choices
+        .iter()
+        .enumerate()
+        .map(|(index, c)| {
+            let prompt_ids = &prompts[index / settings.n].0;
+            let mut text = c.text.clone();
+            if echo {
+                text = format!("{}{}", prompts[index / settings.n].1, text);
+            }
+            let lp = logprobs.map(|_| {
+                let mut entries: Vec<(u32, Option<&TokenLogprob>)> = Vec::new();
+                if echo {
+                    match &c.prompt_logprobs {
+                        Some(lp) => {
+                            entries.extend(prompt_ids.iter().zip(lp).map(|(&t, l)| (t, l.as_ref())))
+                        }
+                        None => entries.extend(prompt_ids.iter().map(|&t| (t, None))),
+                    }
+                }
+                entries.extend(c.tokens.iter().zip(&c.logprobs).map(|(&t, l)| (t, Some(l))));
+                completion_logprobs(&state.tokenizer, &entries, 0)
+            });
+            json!({
+                "text": text,
+                "index": index,
+                "logprobs": lp,
+                "finish_reason": c.finish.as_ref().map(finish_reason),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "id": id,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": body,
+        "usage": usage(prompt_tokens, completion_tokens),
+    }))
+    .into_response())
+}
+
+/// What a stream renderer is asked to turn into chunks.
+enum StreamItem {
+    /// Before any event of a choice.
+    Start(usize),
+    Event(usize, Event),
+    /// Every choice is done.
+    End {
+        completion_tokens: usize,
+    },
+}
+
+/// Turns engine events into server-sent events, ending with `data: [DONE]`.
+/// When the client goes away the receiver is dropped, which cancels the
+/// requests at the engine's next step.
+fn stream_response(
+    mut rx: mpsc::UnboundedReceiver<(usize, Event)>,
+    count: usize,
+    mut render: impl FnMut(StreamItem) -> Vec<Value> + Send + 'static,
+) -> Response {
+    let (tx, out) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
+    tokio::spawn(async move {
+        let send = |tx: &mpsc::Sender<Result<SseEvent, Infallible>>, v: Value| {
+            let tx = tx.clone();
+            async move {
+                tx.send(Ok(SseEvent::default().data(v.to_string())))
+                    .await
+                    .is_ok()
+            }
+        };
+        for index in 0..count {
+            for v in render(StreamItem::Start(index)) {
+                if !send(&tx, v).await {
+                    return;
+                }
+            }
+        }
+        let mut done = 0;
+        let mut completion_tokens = 0;
+        let mut failed = None;
+        while done < count {
+            let Some((index, event)) = rx.recv().await else {
+                failed = Some("the engine stopped before the request finished".to_string());
+                break;
+            };
+            if let Event::Done {
+                completion_tokens: c,
+                reason,
+                ..
+            } = &event
+            {
+                done += 1;
+                completion_tokens += c;
+                if let FinishReason::Error(e) = reason {
+                    failed = Some(e.clone());
+                }
+            }
+            for v in render(StreamItem::Event(index, event)) {
+                if !send(&tx, v).await {
+                    return;
+                }
+            }
+        }
+        if let Some(message) = failed {
+            let error = json!({ "error": { "message": message, "type": "server_error", "param": Value::Null, "code": Value::Null } });
+            let _ = send(&tx, error).await;
+        } else {
+            for v in render(StreamItem::End { completion_tokens }) {
+                if !send(&tx, v).await {
+                    return;
+                }
+            }
+        }
+        let _ = tx.send(Ok(SseEvent::default().data("[DONE]"))).await;
+    });
+    Sse::new(ReceiverStream::new(out))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+fn chat_logprobs(tok: &Tokenizer, lps: &[TokenLogprob]) -> Value {
+    let entry = |id: u32, lp: f32| {
+        let text = token_text(tok, id);
+        let bytes: Vec<u8> = text.as_bytes().to_vec();
+        json!({ "token": text, "logprob": lp, "bytes": bytes })
+    };
+    let content: Vec<Value> = lps
+        .iter()
+        .map(|l| {
+            let mut v = entry(l.token, l.logprob);
+            v["top_logprobs"] = Value::Array(l.top.iter().map(|&(t, p)| entry(t, p)).collect());
+            v
+        })
+        .collect();
+    json!({ "content": content })
+}
+
+pub async fn chat_completions(State(state): State<AppState>, request: Request) -> Response {
+    match chat_inner(state, request).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn chat_inner(state: AppState, request: Request) -> Result<Response, ApiError> {
+    let req: ChatRequest = read_json(request, &[COMMON_FIELDS, CHAT_FIELDS]).await?;
+    let settings = check_common(&state, &req.common)?;
+    if req.tools.as_ref().is_some_and(|t| !t.is_empty())
+        || req.tool_choice.is_some()
+        || req.parallel_tool_calls.is_some()
+    {
+        return Err(ApiError::unsupported(
+            "tools",
+            "tool calls are not implemented",
+        ));
+    }
+    if let Some(format) = &req.response_format {
+        if format.get("type").and_then(Value::as_str) != Some("text") {
+            return Err(ApiError::unsupported(
+                "response_format",
+                "only {\"type\": \"text\"} is implemented",
+            ));
+        }
+    }
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid(
+            "`messages` must not be empty",
+            Some("messages"),
+        ));
+    }
+    let mut turns = Vec::new();
+    for (i, m) in req.messages.iter().enumerate() {
+        let param = format!("messages[{i}]");
+        let role = Role::parse(&m.role).ok_or_else(|| {
+            ApiError::invalid(
+                format!(
+                    "{param}: unsupported role `{}` (system, user or assistant)",
+                    m.role
+                ),
+                Some(&param),
+            )
+        })?;
+        let text = match &m.content {
+            None => String::new(),
+            Some(MessageContent::Text(t)) => t.clone(),
+            Some(MessageContent::Parts(parts)) => {
+                let mut text = String::new();
+                for p in parts {
+                    match (p.kind.as_str(), &p.text) {
+                        ("text", Some(t)) => text.push_str(t),
+                        (kind, _) => {
+                            return Err(ApiError::unsupported(
+                                &format!("{param}.content"),
+                                &format!("content of type `{kind}` is not implemented"),
+                            ))
+                        }
+                    }
+                }
+                text
+            }
+        };
+        turns.push((role, text));
+    }
+    let prompt_text = chat::render(&turns);
+    let prompt = state.tokenizer.encode(&prompt_text);
+    let room = state.engine.config().context.saturating_sub(prompt.len());
+    let max_tokens = match req.max_completion_tokens.or(req.max_tokens) {
+        None => room.max(1),
+        Some(m) if m >= 1 => m as usize,
+        Some(m) => {
+            return Err(ApiError::invalid(
+                format!("`max_tokens` must be at least 1, got {m}"),
+                Some("max_tokens"),
+            ))
+        }
+    };
+    let top = match req.top_logprobs {
+        None => 0,
+        Some(k) if (0..=MAX_LOGPROBS).contains(&k) => k as usize,
+        Some(k) => {
+            return Err(ApiError::invalid(
+                format!("`top_logprobs` must be between 0 and {MAX_LOGPROBS}, got {k}"),
+                Some("top_logprobs"),
+            ))
+        }
+    };
+    let logprobs = req.logprobs.unwrap_or(false).then_some(top);
+    let mut stop = settings.stop.clone();
+    stop.extend(chat::TURN_SEPARATORS.iter().map(|s| s.to_string()));
+    let jobs = [Job {
+        prompt,
+        max_tokens,
+        stop,
+        logprobs,
+        prompt_logprobs: false,
+    }];
+    let count = settings.n;
+    let prompt_tokens = jobs[0].prompt.len();
+    let rx = submit(&state, &jobs, &settings)?;
+    let id = request_id("chatcmpl");
+    let created = unix_time();
+    let model = state.model_name.clone();
+    if settings.stream {
+        let include_usage = settings.include_usage;
+        let tokenizer = state.tokenizer.clone();
+        // The reply starts after "Assistant:": its leading spaces are dropped.
+        let mut started = vec![false; count];
+        let chunk = move |choices: Value, usage: Option<Value>| {
+            let mut v = json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices });
+            if let Some(u) = usage {
+                v["usage"] = u;
+            }
+            v
+        };
+        return Ok(stream_response(rx, count, move |ev| match ev {
+            StreamItem::Start(index) => vec![chunk(
+                json!([{ "index": index, "delta": { "role": "assistant", "content": "" }, "logprobs": Value::Null, "finish_reason": Value::Null }]),
+                None,
+            )],
+            StreamItem::Event(index, Event::Token { text, logprob, .. }) => {
+                let mut text = text.as_str();
+                if !started[index] {
+                    text = text.trim_start();
+                    started[index] = !text.is_empty();
+                }
+                if text.is_empty() && logprob.is_none() {
+                    return vec![];
+                }
+                let lp = logprob.map(|l| chat_logprobs(&tokenizer, std::slice::from_ref(&l)));
+                vec![chunk(
+                    json!([{ "index": index, "delta": { "content": text }, "logprobs": lp, "finish_reason": Value::Null }]),
+                    None,
+                )]
+            }
+            StreamItem::Event(index, Event::Text(text)) => {
+                let mut text = text.as_str();
+                if !started[index] {
+                    text = text.trim_start();
+                }
+                if text.is_empty() {
+                    return vec![];
+                }
+                vec![chunk(
+                    json!([{ "index": index, "delta": { "content": text }, "logprobs": Value::Null, "finish_reason": Value::Null }]),
+                    None,
+                )]
+            }
+            StreamItem::Event(index, Event::Done { reason, .. }) => vec![chunk(
+                json!([{ "index": index, "delta": {}, "logprobs": Value::Null, "finish_reason": finish_reason(&reason) }]),
+                None,
+            )],
+            StreamItem::Event(_, Event::PromptLogprobs(_)) => vec![],
+            StreamItem::End { completion_tokens } => {
+                if include_usage {
+                    vec![chunk(
+                        json!([]),
+                        Some(usage(prompt_tokens, completion_tokens)),
+                    )]
+                } else {
+                    vec![]
+                }
+            }
+        }));
+    }
+    let choices = collect(rx, count).await?;
+    let completion_tokens: usize = choices.iter().map(|c| c.completion_tokens).sum();
+    let body: Vec<Value> = choices
+        .iter()
+        .enumerate()
+        .map(|(index, c)| {
+            json!({
+                "index": index,
+                "message": { "role": "assistant", "content": c.text.trim() },
+                "logprobs": logprobs.map(|_| chat_logprobs(&state.tokenizer, &c.logprobs)),
+                "finish_reason": c.finish.as_ref().map(finish_reason),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": body,
+        "usage": usage(prompt_tokens, completion_tokens),
+    }))
+    .into_response())
+}
