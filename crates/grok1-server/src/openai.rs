@@ -26,12 +26,8 @@ const MAX_CHOICES: i64 = 16;
 const MAX_LOGPROBS: i64 = 20;
 const MAX_STOPS: usize = 16;
 
-/// Reads and checks a JSON body: an object whose keys are all in `accepted`;
-/// errors name the field at fault.
-async fn read_json<T: DeserializeOwned>(
-    request: Request,
-    accepted: &[&[&str]],
-) -> Result<T, ApiError> {
+/// Reads a JSON body: an object whose keys are all in `accepted`.
+async fn read_json(request: Request, accepted: &[&[&str]]) -> Result<Value, ApiError> {
     let bytes = axum::body::to_bytes(request.into_body(), MAX_BODY)
         .await
         .map_err(|_| {
@@ -63,6 +59,11 @@ async fn read_json<T: DeserializeOwned>(
             Some(key),
         ));
     }
+    Ok(value)
+}
+
+/// Reads the fields of `T` from a request object; errors name the field at fault.
+fn parse<T: DeserializeOwned>(value: &Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         if path == "." {
@@ -167,8 +168,6 @@ pub struct CompletionRequest {
     echo: Option<bool>,
     best_of: Option<i64>,
     suffix: Option<String>,
-    #[serde(flatten)]
-    common: Common,
 }
 
 #[derive(Deserialize)]
@@ -206,8 +205,6 @@ pub struct ChatRequest {
     tools: Option<Vec<Value>>,
     tool_choice: Option<Value>,
     parallel_tool_calls: Option<bool>,
-    #[serde(flatten)]
-    common: Common,
 }
 
 /// Checked sampling and stopping settings.
@@ -528,8 +525,9 @@ pub async fn completions(State(state): State<AppState>, request: Request) -> Res
 }
 
 async fn completions_inner(state: AppState, request: Request) -> Result<Response, ApiError> {
-    let req: CompletionRequest = read_json(request, &[COMMON_FIELDS, COMPLETION_FIELDS]).await?;
-    let settings = check_common(&state, &req.common)?;
+    let value = read_json(request, &[COMMON_FIELDS, COMPLETION_FIELDS]).await?;
+    let req: CompletionRequest = parse(&value)?;
+    let settings = check_common(&state, &parse(&value)?)?;
     if req.suffix.as_ref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::unsupported(
             "suffix",
@@ -839,8 +837,9 @@ pub async fn chat_completions(State(state): State<AppState>, request: Request) -
 }
 
 async fn chat_inner(state: AppState, request: Request) -> Result<Response, ApiError> {
-    let req: ChatRequest = read_json(request, &[COMMON_FIELDS, CHAT_FIELDS]).await?;
-    let settings = check_common(&state, &req.common)?;
+    let value = read_json(request, &[COMMON_FIELDS, CHAT_FIELDS]).await?;
+    let req: ChatRequest = parse(&value)?;
+    let settings = check_common(&state, &parse(&value)?)?;
     if req.tools.as_ref().is_some_and(|t| !t.is_empty())
         || req.tool_choice.is_some()
         || req.parallel_tool_calls.is_some()

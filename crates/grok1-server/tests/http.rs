@@ -1,0 +1,598 @@
+//! The server over real HTTP on a loopback port: every error case in OpenAI's
+//! shape, authentication, greedy results equal to `generate` alone and batched,
+//! streaming format, n > 1, stop strings, scoring with echo, admission limits
+//! and cancellation when a client disconnects.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use grok1::engine::{EngineConfig, EngineHandle};
+use grok1::generate::{generate, StopConditions};
+use grok1::progress::NoProgress;
+use grok1::sampling::SamplingParams;
+use grok1::weights::ckpt0;
+use grok1::{ForwardOptions, Grok1, ModelConfig, Precision};
+use grok1_server::{router, AppState};
+use grok1_tokenizer::Tokenizer;
+use serde_json::{json, Value};
+
+fn load(name: &str) -> Grok1 {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/models")
+        .join(name);
+    let config = ModelConfig::load(&dir.join("config.json")).unwrap();
+    let paths = ckpt0::locate(&dir).unwrap();
+    let store = ckpt0::read_checkpoint(
+        &paths.tensors,
+        &config,
+        paths.config.as_deref(),
+        &NoProgress,
+    )
+    .unwrap();
+    Grok1::from_store(config, &store).unwrap()
+}
+
+fn engine_config() -> EngineConfig {
+    EngineConfig {
+        max_batch: 16,
+        max_queue: 16,
+        context: 128,
+        kv_tokens: 16 * 128,
+        prefill_chunk: 64,
+        precision: Precision::F32,
+    }
+}
+
+struct Server {
+    base: String,
+    engine: EngineHandle,
+    key: Option<String>,
+}
+
+fn start(config: EngineConfig, key: Option<&str>) -> Server {
+    let engine = EngineHandle::start(load("tiny-vocab"), Arc::new(Tokenizer::grok1()), config);
+    let state = AppState::new(
+        engine.clone(),
+        Arc::new(Tokenizer::grok1()),
+        "tiny-vocab".into(),
+        2,
+        key.map(str::to_string),
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            axum::serve(listener, router(state)).await.unwrap();
+        });
+    });
+    let addr = rx.recv().unwrap();
+    Server {
+        base: format!("http://{addr}"),
+        engine,
+        key: key.map(str::to_string),
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+impl Server {
+    fn post(&self, path: &str, body: &str) -> (u16, Value, Option<String>) {
+        let mut req = agent()
+            .post(format!("{}{path}", self.base))
+            .header("Content-Type", "application/json");
+        if let Some(k) = &self.key {
+            req = req.header("Authorization", format!("Bearer {k}"));
+        }
+        let mut resp = req.send(body).unwrap();
+        let retry = resp
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
+        let text = resp.body_mut().read_to_string().unwrap();
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (resp.status().as_u16(), value, retry)
+    }
+
+    fn get(&self, path: &str, key: Option<&str>) -> (u16, String) {
+        let mut req = agent().get(format!("{}{path}", self.base));
+        if let Some(k) = key {
+            req = req.header("Authorization", format!("Bearer {k}"));
+        }
+        let mut resp = req.call().unwrap();
+        (
+            resp.status().as_u16(),
+            resp.body_mut().read_to_string().unwrap(),
+        )
+    }
+
+    /// The data lines of a streamed response, parsed; the last must be [DONE].
+    fn stream(&self, path: &str, body: Value) -> Vec<Value> {
+        let (status, text, _) = {
+            let mut resp = agent()
+                .post(format!("{}{path}", self.base))
+                .send(body.to_string())
+                .unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.body_mut().read_to_string().unwrap(), ())
+        };
+        assert_eq!(status, 200, "{text}");
+        let mut events = Vec::new();
+        let mut done = false;
+        for block in text.split("\n\n").filter(|b| !b.trim().is_empty()) {
+            let data = block
+                .strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("not an SSE data line: {block:?}"));
+            assert!(!done, "data after [DONE]");
+            if data == "[DONE]" {
+                done = true;
+            } else {
+                events.push(
+                    serde_json::from_str(data).unwrap_or_else(|e| panic!("bad chunk {data}: {e}")),
+                );
+            }
+        }
+        assert!(done, "the stream must end with data: [DONE]");
+        events
+    }
+}
+
+fn greedy_text(model: &Grok1, prompt: &[u32], n: usize) -> (Vec<u32>, String) {
+    let g = generate(
+        model,
+        prompt,
+        &SamplingParams::default(),
+        &StopConditions {
+            eos: Some(2),
+            stop_sequences: vec![],
+            max_tokens: n,
+        },
+        ForwardOptions::default(),
+        &mut |_| ControlFlow::Continue(()),
+    )
+    .unwrap();
+    let text = Tokenizer::grok1().decode(&g.tokens).unwrap();
+    (g.tokens, text)
+}
+
+#[test]
+fn every_bad_request_gets_an_openai_error() {
+    let s = start(engine_config(), None);
+    let cases: &[(&str, &str, u16, &str, &str)] = &[
+        (
+            "/v1/completions",
+            "{not json",
+            400,
+            "invalid_request_error",
+            "could not parse the JSON body",
+        ),
+        (
+            "/v1/completions",
+            "[1, 2]",
+            400,
+            "invalid_request_error",
+            "must be a JSON object",
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt": "hi", "max_tokens": "ten"}"#,
+            400,
+            "invalid_request_error",
+            "Invalid value for `max_tokens`",
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt": "hi", "temperature": [1]}"#,
+            400,
+            "invalid_request_error",
+            "Invalid value for `temperature`",
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt": "hi", "frobnicate": 1}"#,
+            400,
+            "invalid_request_error",
+            "Unrecognized request argument supplied: frobnicate",
+        ),
+        (
+            "/v1/completions",
+            r#"{"max_tokens": 5}"#,
+            400,
+            "invalid_request_error",
+            "missing field `prompt`",
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt": "hi", "max_tokens": -1}"#,
+            400,
+            "invalid_request_error",
+            "`max_tokens` must be at least 0",
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt": "hi", "max_tokens": 1000}"#,
+            400,
+            "invalid_request_error",
+            "maximum context length is 128 tokens",
+        ),
+        (
+            "/v1/completions",
+            &format!(
+                r#"{{"prompt": {:?}, "max_tokens": 1}}"#,
+                "word ".repeat(200)
+            ),
+            400,
+            "invalid_request_error",
+            "maximum context length is 128 tokens",
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt": [5, 131072], "max_tokens": 1}"#,
+            400,
+            "invalid_request_error",
+            "token id 131072 at position 1 is outside the vocabulary",
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt": [5, -3], "max_tokens": 1}"#,
+            400,
+            "invalid_request_error",
+            "token id -3 at position 1",
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt": "", "max_tokens": 1}"#,
+            400,
+            "invalid_request_error",
+            "`prompt` is empty",
+        ),
+        (
+            "/v1/completions",
+            r#"{"model": "gpt-4", "prompt": "hi"}"#,
+            404,
+            "invalid_request_error",
+            "The model `gpt-4` does not exist",
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt": "hi", "presence_penalty": 0.5}"#,
+            400,
+            "invalid_request_error",
+            "`presence_penalty` is not supported",
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt": "hi", "logit_bias": {"5": 1}}"#,
+            400,
+            "invalid_request_error",
+            "`logit_bias` is not supported",
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt": "hi", "suffix": "x"}"#,
+            400,
+            "invalid_request_error",
+            "`suffix` is not supported",
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt": "hi", "best_of": 3}"#,
+            400,
+            "invalid_request_error",
+            "`best_of` is not supported",
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt": "hi", "n": 0}"#,
+            400,
+            "invalid_request_error",
+            "`n` must be between 1 and 16",
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt": "hi", "temperature": 3}"#,
+            400,
+            "invalid_request_error",
+            "`temperature` must be between 0 and 2",
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt": "hi", "logprobs": 99}"#,
+            400,
+            "invalid_request_error",
+            "`logprobs` must be between 0 and 20",
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"messages": []}"#,
+            400,
+            "invalid_request_error",
+            "`messages` must not be empty",
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"messages": [{"role": "wizard", "content": "hi"}]}"#,
+            400,
+            "invalid_request_error",
+            "unsupported role `wizard`",
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}"#,
+            400,
+            "invalid_request_error",
+            "`tools` is not supported",
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}"#,
+            400,
+            "invalid_request_error",
+            "content of type `image_url`",
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}"#,
+            400,
+            "invalid_request_error",
+            "`max_tokens` must be at least 1",
+        ),
+        (
+            "/v1/nothing",
+            "{}",
+            404,
+            "invalid_request_error",
+            "Unknown endpoint /v1/nothing",
+        ),
+    ];
+    for (path, body, status, kind, needle) in cases {
+        let (got, value, _) = s.post(path, body);
+        assert_eq!(got, *status, "{path} {body}: {value}");
+        let error = &value["error"];
+        assert_eq!(error["type"], *kind, "{value}");
+        let message = error["message"].as_str().unwrap();
+        assert!(
+            message.contains(needle),
+            "{path} {body}: {message:?} should contain {needle:?}"
+        );
+    }
+    let (status, body) = s.get("/v1/completions", None);
+    assert_eq!(status, 405, "{body}");
+    // The server still answers after all of that.
+    let (status, value, _) = s.post(
+        "/v1/completions",
+        r#"{"prompt": "hi", "max_tokens": 2, "temperature": 0}"#,
+    );
+    assert_eq!(status, 200, "{value}");
+}
+
+#[test]
+fn a_bearer_key_guards_everything_but_health() {
+    let mut s = start(engine_config(), Some("sekrit"));
+    assert_eq!(s.get("/health", None).0, 200);
+    let (status, body) = s.get("/v1/models", None);
+    assert_eq!(status, 401);
+    assert!(body.contains("You didn't provide an API key"), "{body}");
+    let (status, body) = s.get("/v1/models", Some("wrong"));
+    assert_eq!(status, 401);
+    assert!(body.contains("invalid_api_key"), "{body}");
+    assert_eq!(s.get("/metrics", None).0, 401);
+    let (status, body) = s.get("/v1/models", Some("sekrit"));
+    assert_eq!(status, 200);
+    assert!(body.contains("\"id\":\"tiny-vocab\""), "{body}");
+    let (status, value, _) = s.post("/v1/completions", r#"{"prompt": "hi", "max_tokens": 1}"#);
+    assert_eq!(status, 200, "{value}");
+    s.key = None;
+    let (status, _, _) = s.post("/v1/completions", r#"{"prompt": "hi", "max_tokens": 1}"#);
+    assert_eq!(status, 401);
+}
+
+#[test]
+fn greedy_results_equal_generate_alone_and_batched_with_fifteen_others() {
+    let s = start(engine_config(), None);
+    let model = load("tiny-vocab");
+    let tok = Tokenizer::grok1();
+    let prompts: Vec<String> = (0..16)
+        .map(|i| {
+            format!(
+                "{} {}",
+                "The answer to life the universe and everything is of course",
+                "and then ".repeat(i)
+            )
+        })
+        .collect();
+    let want: Vec<String> = prompts
+        .iter()
+        .map(|p| greedy_text(&model, &tok.encode(p), 12).1)
+        .collect();
+    let body = |p: &str| {
+        json!({"model": "tiny-vocab", "prompt": p, "max_tokens": 12, "temperature": 0}).to_string()
+    };
+    let (status, alone, _) = s.post("/v1/completions", &body(&prompts[3]));
+    assert_eq!(status, 200);
+    assert_eq!(alone["choices"][0]["text"], want[3]);
+    let base = s.base.clone();
+    let handles: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let (base, body) = (base.clone(), body(p));
+            std::thread::spawn(move || {
+                let mut r = agent()
+                    .post(format!("{base}/v1/completions"))
+                    .send(body)
+                    .unwrap();
+                serde_json::from_str::<Value>(&r.body_mut().read_to_string().unwrap()).unwrap()
+            })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let v = h.join().unwrap();
+        assert_eq!(v["choices"][0]["text"], want[i], "request {i}: {v}");
+        assert_eq!(v["usage"]["completion_tokens"], 12);
+    }
+}
+
+#[test]
+fn streams_are_openai_server_sent_events() {
+    let s = start(engine_config(), None);
+    let body = json!({"prompt": "The answer to life the universe and everything is of course", "max_tokens": 16, "temperature": 0, "stream": true, "stream_options": {"include_usage": true}});
+    let chunks = s.stream("/v1/completions", body);
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"].get(0))
+        .map(|c| c["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        text,
+        "FACEFACEikasikasikasikasikasikas Big Big Big tiger rode maf Eenlonger"
+    );
+    for c in &chunks {
+        assert_eq!(c["object"], "text_completion");
+        assert!(c["id"].as_str().unwrap().starts_with("cmpl-"));
+    }
+    let last_choice = chunks
+        .iter()
+        .rev()
+        .find(|c| !c["choices"].as_array().unwrap().is_empty())
+        .unwrap();
+    assert_eq!(last_choice["choices"][0]["finish_reason"], "length");
+    let usage = &chunks.last().unwrap()["usage"];
+    assert_eq!(usage["completion_tokens"], 16);
+    assert_eq!(usage["prompt_tokens"], 11);
+    // Chat: a role delta first, content deltas, a finish chunk.
+    let chat = s.stream("/v1/chat/completions", json!({"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 6, "temperature": 0, "stream": true}));
+    assert_eq!(chat[0]["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(
+        chat.last().unwrap()["choices"][0]["finish_reason"],
+        "length"
+    );
+    assert!(chat.iter().all(|c| c["object"] == "chat.completion.chunk"));
+    let streamed: String = chat
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    let (status, whole, _) = s.post("/v1/chat/completions", &json!({"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 6, "temperature": 0}).to_string());
+    assert_eq!(status, 200);
+    assert_eq!(
+        whole["choices"][0]["message"]["content"].as_str().unwrap(),
+        streamed.trim()
+    );
+    assert_eq!(whole["object"], "chat.completion");
+}
+
+#[test]
+fn n_choices_stop_strings_and_scoring() {
+    let s = start(engine_config(), None);
+    let (status, v, _) = s.post(
+        "/v1/completions",
+        &json!({"prompt": "Hello there", "max_tokens": 8, "temperature": 1.0, "seed": 4, "n": 3})
+            .to_string(),
+    );
+    assert_eq!(status, 200, "{v}");
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3);
+    assert_eq!(
+        choices
+            .iter()
+            .map(|c| c["index"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    assert_eq!(v["usage"]["completion_tokens"], 24);
+    let (_, again, _) = s.post(
+        "/v1/completions",
+        &json!({"prompt": "Hello there", "max_tokens": 8, "temperature": 1.0, "seed": 4, "n": 3})
+            .to_string(),
+    );
+    assert_eq!(
+        again["choices"], v["choices"],
+        "a seed makes n > 1 reproducible"
+    );
+    // Stop strings end the text before the match.
+    let (_, v, _) = s.post("/v1/completions", &json!({"prompt": "The answer to life the universe and everything is of course", "max_tokens": 16, "temperature": 0, "stop": ["ikasika", "zzz"]}).to_string());
+    assert_eq!(v["choices"][0]["text"], "FACEFACE");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    // Scoring: max_tokens 0 with echo and logprobs returns the prompt's log-probabilities.
+    let (status, v, _) = s.post(
+        "/v1/completions",
+        &json!({"prompt": [422, 3033, 356, 1180], "max_tokens": 0, "echo": true, "logprobs": 2})
+            .to_string(),
+    );
+    assert_eq!(status, 200, "{v}");
+    let lp = &v["choices"][0]["logprobs"];
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), 4);
+    assert!(lp["token_logprobs"][0].is_null());
+    assert!(lp["token_logprobs"][1].as_f64().unwrap() < 0.0);
+    assert_eq!(lp["top_logprobs"][2].as_object().unwrap().len(), 2);
+    assert_eq!(v["choices"][0]["text"], "The answer to life");
+    assert_eq!(v["usage"]["completion_tokens"], 0);
+}
+
+#[test]
+fn a_full_queue_is_refused_with_retry_after() {
+    let s = start(
+        EngineConfig {
+            max_batch: 1,
+            max_queue: 0,
+            ..engine_config()
+        },
+        None,
+    );
+    // Occupy the only slot with a long stream, read its first event, then ask again.
+    let mut stream = TcpStream::connect(s.base.trim_start_matches("http://")).unwrap();
+    let body = json!({"prompt": "hello", "max_tokens": 120, "stream": true}).to_string();
+    write!(stream, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("data: ") {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+    }
+    let (status, v, retry) = s.post("/v1/completions", r#"{"prompt": "hi", "max_tokens": 2}"#);
+    assert_eq!(status, 429, "{v}");
+    assert_eq!(v["error"]["type"], "rate_limit_error");
+    assert_eq!(retry.as_deref(), Some("1"));
+    // Hang up: the slot is freed at the next step.
+    drop(reader);
+    drop(stream);
+    let start = Instant::now();
+    while s.engine.in_flight() > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the disconnected stream still holds its slot"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (status, _, _) = s.post("/v1/completions", r#"{"prompt": "hi", "max_tokens": 2}"#);
+    assert_eq!(status, 200);
+    let (_, metrics) = s.get("/metrics", None);
+    for name in [
+        "grok1_requests_total",
+        "grok1_queue_depth",
+        "grok1_batch_size_bucket",
+        "grok1_time_to_first_token_seconds_bucket",
+        "grok1_time_per_output_token_seconds_count",
+        "grok1_generation_tokens_total",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+    assert!(
+        metrics.contains("grok1_requests_finished_total{reason=\"cancelled\"} 1"),
+        "{metrics}"
+    );
+}
