@@ -561,3 +561,43 @@ fn inspect_of_a_full_width_grok1_checkpoint_reads_no_payload() {
     );
     assert!(out.contains("26 tensors, 10645297152 parameters"), "{out}");
 }
+
+#[test]
+fn chat_streams_a_reply_and_ctrl_c_stops_it_without_quitting() {
+    use std::io::{BufRead, BufReader};
+    let mut child = grok1()
+        .args(["chat", "--max-tokens", "200", "--temperature", "0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdin.write_all(b"Hello there\n").unwrap();
+    stdin.flush().unwrap();
+    // Wait for the reply to start, then interrupt it.
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&seen).contains("Assistant: ") {
+        std::io::Read::read_exact(&mut stdout, &mut byte).unwrap();
+        seen.push(byte[0]);
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(line.contains("[stopped]"), "reply line: {line:?}");
+    // Still alive: a second message gets an answer, then /exit quits cleanly.
+    stdin.write_all(b"line one \\\nline two\n").unwrap();
+    stdin.flush().unwrap();
+    stdin.write_all(b"/exit\n").unwrap();
+    drop(stdin);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(rest.contains("Assistant:"), "{rest}");
+    assert!(child.wait().unwrap().success());
+}

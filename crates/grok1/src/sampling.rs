@@ -116,10 +116,16 @@ impl Sampler {
         }
         if p.top_k == 0 && p.top_p >= 1.0 && p.min_p == 0.0 {
             // No filter: draw from the whole softmax without sorting the vocabulary.
-            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let weights: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
-            let mut u = self.rng.random::<f64>() * weights.iter().sum::<f64>();
-            for (i, &w) in weights.iter().enumerate() {
+            // Weights in f32 (a relative error of 1e-7 in a probability is far
+            // below what a draw can resolve), summed in f64; tokens more than
+            // e^-40 less likely than the best cannot be drawn and are skipped.
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let floor = max - 40.0;
+            let weight = |l: f32| if l > floor { (l - max).exp() } else { 0.0 };
+            let total: f64 = logits.iter().map(|&l| weight(l) as f64).sum();
+            let mut u = self.rng.random::<f64>() * total;
+            for (i, &l) in logits.iter().enumerate() {
+                let w = weight(l) as f64;
                 if u < w {
                     return i as u32;
                 }

@@ -27,6 +27,9 @@ const KSPLIT: usize = 1024;
 const TILE_FLOATS: usize = 16384;
 /// Bound on the partial sums held at once.
 const WAVE_BYTES: usize = 16 << 20;
+/// Below this many multiply-adds a product runs on the calling thread: waking
+/// the pool costs more than the work (tiny models, small batches).
+const PARALLEL_MIN_MACS: usize = 1 << 18;
 
 #[derive(Debug, Clone, Copy)]
 pub struct CpuBackend {
@@ -118,26 +121,29 @@ impl Backend for CpuBackend {
         let wave = (WAVE_BYTES / per_block.max(1)).max(1);
         for first in (0..blocks).step_by(wave) {
             let last = (first + wave).min(blocks);
-            let partials: Vec<Vec<f32>> = (first..last)
+            let tasks: Vec<(usize, usize)> = (first..last)
                 .flat_map(|b| (0..splits.len()).map(move |s| (b, s)))
-                .collect::<Vec<_>>()
-                .into_par_iter()
-                .map(|(b, s)| {
-                    let (g, rows) = &splits[s];
-                    let n0 = b * nb;
-                    let width = nb.min(n - n0);
-                    let mut acc = vec![0f32; m * width];
-                    kernels::q8_accumulate(self.isa, &xt, m, weight, n, rows.clone(), n0, &mut acc);
-                    let mut scales = vec![0f32; width];
-                    w.scales_into(*g, n0..n0 + width, &mut scales);
-                    for row in acc.chunks_exact_mut(width) {
-                        for (a, &sc) in row.iter_mut().zip(&scales) {
-                            *a *= sc;
-                        }
-                    }
-                    acc
-                })
                 .collect();
+            let task = |(b, s): (usize, usize)| {
+                let (g, rows) = &splits[s];
+                let n0 = b * nb;
+                let width = nb.min(n - n0);
+                let mut acc = vec![0f32; m * width];
+                kernels::q8_accumulate(self.isa, &xt, m, weight, n, rows.clone(), n0, &mut acc);
+                let mut scales = vec![0f32; width];
+                w.scales_into(*g, n0..n0 + width, &mut scales);
+                for row in acc.chunks_exact_mut(width) {
+                    for (a, &sc) in row.iter_mut().zip(&scales) {
+                        *a *= sc;
+                    }
+                }
+                acc
+            };
+            let partials: Vec<Vec<f32>> = if m * k * n < PARALLEL_MIN_MACS {
+                tasks.into_iter().map(task).collect()
+            } else {
+                tasks.into_par_iter().map(task).collect()
+            };
             // Add the splits of each block in order (a fixed summation order).
             for (t, acc) in partials.iter().enumerate() {
                 let b = first + t / splits.len();
@@ -198,7 +204,7 @@ impl Backend for CpuBackend {
         let m = x.len() / k;
         assert_eq!(w.len(), k * n, "matmul_f32: weight is not [{k}, {n}]");
         assert_eq!(out.len(), m * n, "matmul_f32: output size");
-        out.par_chunks_mut(n).enumerate().for_each(|(i, o)| {
+        let row = |(i, o): (usize, &mut [f32])| {
             o.fill(0.0);
             for r in 0..k {
                 let xv = x[i * k + r];
@@ -206,7 +212,12 @@ impl Backend for CpuBackend {
                     *o += xv * wv;
                 }
             }
-        });
+        };
+        if m * k * n < PARALLEL_MIN_MACS {
+            out.chunks_mut(n).enumerate().for_each(row);
+        } else {
+            out.par_chunks_mut(n).enumerate().for_each(row);
+        }
     }
 
     fn attention(
@@ -223,39 +234,46 @@ impl Backend for CpuBackend {
         let page_size = cache.page_size();
         assert_eq!(q.len(), rows.len() * p.num_q_heads * hd);
         assert_eq!(out.len(), q.len());
-        out.par_chunks_mut(hd).enumerate().for_each(|(task, o)| {
-            let (row, head) = (task / p.num_q_heads, task % p.num_q_heads);
-            let RowPosition { seq, pos } = rows[row];
-            let kv_head = head / group;
-            let qv = &q[task * hd..(task + 1) * hd];
-            let pages = cache.pages(seq);
-            let mask = cache.key_mask(seq);
-            let mut scores = Vec::with_capacity(pos + 1);
-            for j in 0..=pos {
-                let keys = cache.keys(layer, pages[j / page_size], kv_head);
-                let kv = &keys[(j % page_size) * hd..(j % page_size + 1) * hd];
-                let dot: f32 = qv.iter().zip(kv).map(|(a, b)| a * b).sum();
-                // scores = (q . k) * multiplier, then 30 * tanh(s / 30), in f32
-                let s = p.precision.cast_one(dot) * p.multiplier;
-                let s = p.softcap * (s / p.softcap).tanh();
-                scores.push(if mask[j] { s } else { -1e30 });
-            }
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            o.fill(0.0);
-            for (j, s) in scores.iter().enumerate() {
-                let w = p.precision.cast_one(s / sum);
-                let values = cache.values(layer, pages[j / page_size], kv_head);
-                let vv = &values[(j % page_size) * hd..(j % page_size + 1) * hd];
-                for (o, &v) in o.iter_mut().zip(vv) {
-                    *o += w * v;
+        // One task per (row, query head), grouped so each carries enough work
+        // to be worth a thread hand-off.
+        let positions: usize = rows.iter().map(|r| r.pos + 1).sum::<usize>() / rows.len().max(1);
+        let min_tasks = (PARALLEL_MIN_MACS / (2 * positions * hd).max(1)).max(1);
+        out.par_chunks_mut(hd)
+            .enumerate()
+            .with_min_len(min_tasks)
+            .for_each(|(task, o)| {
+                let (row, head) = (task / p.num_q_heads, task % p.num_q_heads);
+                let RowPosition { seq, pos } = rows[row];
+                let kv_head = head / group;
+                let qv = &q[task * hd..(task + 1) * hd];
+                let pages = cache.pages(seq);
+                let mask = cache.key_mask(seq);
+                let mut scores = Vec::with_capacity(pos + 1);
+                for j in 0..=pos {
+                    let keys = cache.keys(layer, pages[j / page_size], kv_head);
+                    let kv = &keys[(j % page_size) * hd..(j % page_size + 1) * hd];
+                    let dot: f32 = qv.iter().zip(kv).map(|(a, b)| a * b).sum();
+                    // scores = (q . k) * multiplier, then 30 * tanh(s / 30), in f32
+                    let s = p.precision.cast_one(dot) * p.multiplier;
+                    let s = p.softcap * (s / p.softcap).tanh();
+                    scores.push(if mask[j] { s } else { -1e30 });
                 }
-            }
-            p.precision.cast(o);
-        });
+                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                o.fill(0.0);
+                for (j, s) in scores.iter().enumerate() {
+                    let w = p.precision.cast_one(s / sum);
+                    let values = cache.values(layer, pages[j / page_size], kv_head);
+                    let vv = &values[(j % page_size) * hd..(j % page_size + 1) * hd];
+                    for (o, &v) in o.iter_mut().zip(vv) {
+                        *o += w * v;
+                    }
+                }
+                p.precision.cast(o);
+            });
     }
 }
