@@ -504,8 +504,10 @@ impl Worker {
         if let Some(kv) = seq.kv.take() {
             let _ = self.cache.remove_sequence(kv);
         }
-        seq.close(reason, &self.shared.metrics);
+        // The slot is free before the client hears `Done`, so a client that
+        // submits again at once is not refused for its own finished request.
         self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+        seq.close(reason, &self.shared.metrics);
     }
 
     fn cancel_all(&mut self) {
