@@ -177,3 +177,43 @@ fn q8_product_with_several_row_splits_and_column_blocks() {
         assert!(out == scalar, "{} differs from scalar", isa.name());
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn attention_kernels_on_every_isa(n in 1usize..80, hd in prop_oneof![Just(8usize), Just(16), Just(12), Just(128)], scale in 0.01f32..20.0, seed in any::<u64>(), masked in 0usize..4) {
+        let val = |i: usize, salt: u64| (((i as u64).wrapping_mul(2654435761) ^ seed ^ salt) % 2001) as f32 / 1000.0 - 1.0;
+        let q: Vec<f32> = (0..hd).map(|i| val(i, 1) * scale).collect();
+        let keys: Vec<f32> = (0..n * hd).map(|i| val(i, 2)).collect();
+        let values: Vec<f32> = (0..n * hd).map(|i| val(i, 3)).collect();
+        // Some positions masked, never all (that case is exact in both: uniform).
+        let mask: Vec<bool> = (0..n).map(|j| j == 0 || (j + seed as usize) % 4 >= masked).collect();
+        let run = |isa: Isa| {
+            let mut scores = vec![0f32; n];
+            kernels::dot_rows(isa, &q, &keys, &mut scores);
+            let raw = scores.clone();
+            kernels::softcap_softmax(isa, &mut scores, 0.25, 30.0, &mask);
+            let mut out = vec![0f32; hd];
+            kernels::axpy_rows(isa, &scores, &values, &mut out);
+            (raw, scores, out)
+        };
+        let (raw, weights, out) = run(Isa::Scalar);
+        prop_assert!((weights.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        for (w, &keep) in weights.iter().zip(&mask) {
+            prop_assert!(keep || *w == 0.0, "a masked key got weight {}", w);
+        }
+        for isa in Isa::available() {
+            let (r, w, o) = run(isa);
+            for (a, b) in r.iter().zip(&raw) {
+                prop_assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()) * hd as f32, "{}: score {} vs {}", isa.name(), a, b);
+            }
+            for (a, b) in w.iter().zip(&weights) {
+                prop_assert!((a - b).abs() <= 2e-6 + 1e-5 * b, "{}: weight {} vs {}", isa.name(), a, b);
+            }
+            for (a, b) in o.iter().zip(&out) {
+                prop_assert!((a - b).abs() <= 1e-5, "{}: output {} vs {}", isa.name(), a, b);
+            }
+        }
+    }
+}

@@ -131,3 +131,71 @@ pub fn dot_f32_bytes_scalar(x: &[f32], d: usize, e: &[u8], out: &mut [f32]) {
             .sum();
     }
 }
+
+/// `scores[j] = q . keys[j]` for the rows of `keys` (`[scores.len(), q.len()]`).
+pub fn dot_rows(isa: Isa, q: &[f32], keys: &[f32], scores: &mut [f32]) {
+    let hd = q.len();
+    assert!(keys.len() >= scores.len() * hd, "dot_rows: keys too short");
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
+            unsafe { super::x86::dot_rows_avx2(q, keys, scores) }
+        }
+        _ => {
+            for (s, k) in scores.iter_mut().zip(keys.chunks_exact(hd)) {
+                *s = q.iter().zip(k).map(|(a, b)| a * b).sum();
+            }
+        }
+    }
+}
+
+/// `out += sum_j w[j] * values[j]` for the rows of `values` (`[w.len(), out.len()]`).
+pub fn axpy_rows(isa: Isa, w: &[f32], values: &[f32], out: &mut [f32]) {
+    let hd = out.len();
+    assert!(values.len() >= w.len() * hd, "axpy_rows: values too short");
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
+            unsafe { super::x86::axpy_rows_avx2(w, values, out) }
+        }
+        _ => {
+            for (&wj, v) in w.iter().zip(values.chunks_exact(hd)) {
+                for (o, &x) in out.iter_mut().zip(v) {
+                    *o += wj * x;
+                }
+            }
+        }
+    }
+}
+
+/// Attention weights from raw scores, in place: `s = cap * tanh(s * mult / cap)`,
+/// masked positions (`mask[j]` false) excluded, then a softmax.
+pub fn softcap_softmax(isa: Isa, s: &mut [f32], mult: f32, cap: f32, mask: &[bool]) {
+    assert!(mask.len() >= s.len(), "softcap_softmax: mask too short");
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
+            unsafe { super::x86::softcap_softmax_avx2(s, mult, cap, mask) }
+        }
+        _ => softcap_softmax_scalar(s, mult, cap, mask),
+    }
+}
+
+pub fn softcap_softmax_scalar(s: &mut [f32], mult: f32, cap: f32, mask: &[bool]) {
+    for (v, &keep) in s.iter_mut().zip(mask) {
+        let x = *v * mult;
+        *v = if keep { cap * (x / cap).tanh() } else { -1e30 };
+    }
+    let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for v in s.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    for v in s.iter_mut() {
+        *v /= sum;
+    }
+}

@@ -247,16 +247,31 @@ impl Backend for CpuBackend {
                 let kv_head = head / group;
                 let qv = &q[task * hd..(task + 1) * hd];
                 let pages = cache.pages(seq);
-                let mask = cache.key_mask(seq);
-                let mut scores = Vec::with_capacity(pos + 1);
-                for j in 0..=pos {
-                    let keys = cache.keys(layer, pages[j / page_size], kv_head);
-                    let kv = &keys[(j % page_size) * hd..(j % page_size + 1) * hd];
-                    let dot: f32 = qv.iter().zip(kv).map(|(a, b)| a * b).sum();
-                    // scores = (q . k) * multiplier, then 30 * tanh(s / 30), in f32
-                    let s = p.precision.cast_one(dot) * p.multiplier;
-                    let s = p.softcap * (s / p.softcap).tanh();
-                    scores.push(if mask[j] { s } else { -1e30 });
+                let mask = &cache.key_mask(seq)[..=pos];
+                let mut scores = vec![0f32; pos + 1];
+                // scores = q . k over the cached positions, page by page
+                for (chunk, &page) in scores.chunks_mut(page_size).zip(pages) {
+                    let keys = cache.keys(layer, page, kv_head);
+                    kernels::dot_rows(self.isa, qv, &keys[..chunk.len() * hd], chunk);
+                }
+                o.fill(0.0);
+                if p.precision == Precision::F32 {
+                    // s = 30 * tanh(s * multiplier / 30), masked keys out, softmax
+                    kernels::softcap_softmax(self.isa, &mut scores, p.multiplier, p.softcap, mask);
+                    for (weights, &page) in scores.chunks(page_size).zip(pages) {
+                        let values = cache.values(layer, page, kv_head);
+                        kernels::axpy_rows(self.isa, weights, &values[..weights.len() * hd], o);
+                    }
+                    return;
+                }
+                // The reference's bf16 casts: scores and weights rounded to bf16.
+                for (s, &keep) in scores.iter_mut().zip(mask) {
+                    let x = p.precision.cast_one(*s) * p.multiplier;
+                    *s = if keep {
+                        p.softcap * (x / p.softcap).tanh()
+                    } else {
+                        -1e30
+                    };
                 }
                 let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let mut sum = 0f32;
@@ -264,7 +279,6 @@ impl Backend for CpuBackend {
                     *s = (*s - max).exp();
                     sum += *s;
                 }
-                o.fill(0.0);
                 for (j, s) in scores.iter().enumerate() {
                     let w = p.precision.cast_one(s / sum);
                     let values = cache.values(layer, pages[j / page_size], kv_head);

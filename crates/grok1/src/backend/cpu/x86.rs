@@ -174,3 +174,199 @@ pub unsafe fn dot_f32_bytes_avx2(x: &[f32], d: usize, e: &[u8], out: &mut [f32])
         *o = total;
     }
 }
+
+/// AVX2 version of the scalar loop in `kernels::dot_rows`.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA and `keys.len() >= scores.len() * q.len()`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_rows_avx2(q: &[f32], keys: &[f32], scores: &mut [f32]) {
+    let hd = q.len();
+    let full = hd / 8 * 8;
+    for (j, s) in scores.iter_mut().enumerate() {
+        // SAFETY: row j covers keys[j*hd .. (j+1)*hd], inside `keys` by the contract.
+        let k = unsafe { keys.as_ptr().add(j * hd) };
+        let mut acc = _mm256_setzero_ps();
+        let mut i = 0;
+        while i < full {
+            unsafe {
+                acc = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(q.as_ptr().add(i)),
+                    _mm256_loadu_ps(k.add(i)),
+                    acc,
+                );
+            }
+            i += 8;
+        }
+        let mut total = hsum(acc);
+        for (t, &qt) in q.iter().enumerate().take(hd).skip(full) {
+            total += qt * unsafe { *k.add(t) };
+        }
+        *s = total;
+    }
+}
+
+/// AVX2 version of the scalar loop in `kernels::axpy_rows`.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA and `values.len() >= w.len() * out.len()`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn axpy_rows_avx2(w: &[f32], values: &[f32], out: &mut [f32]) {
+    let hd = out.len();
+    let full = hd / 8 * 8;
+    let o = out.as_mut_ptr();
+    for (j, &wj) in w.iter().enumerate() {
+        // SAFETY: row j covers values[j*hd .. (j+1)*hd], inside `values`; out has hd.
+        let v = unsafe { values.as_ptr().add(j * hd) };
+        let wv = _mm256_set1_ps(wj);
+        let mut i = 0;
+        while i < full {
+            unsafe {
+                let acc = _mm256_loadu_ps(o.add(i));
+                _mm256_storeu_ps(
+                    o.add(i),
+                    _mm256_fmadd_ps(wv, _mm256_loadu_ps(v.add(i)), acc),
+                );
+            }
+            i += 8;
+        }
+        for t in full..hd {
+            unsafe { *o.add(t) += wj * *v.add(t) };
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn hsum(v: __m256) -> f32 {
+    let lo = _mm256_castps256_ps128(v);
+    let hi = _mm256_extractf128_ps(v, 1);
+    let s = _mm_add_ps(lo, hi);
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
+
+/// e^x for eight lanes (Cephes' expf: range reduction by ln 2 and a degree-6
+/// polynomial, about 1 ulp); lanes below -87.3 give 0.
+#[target_feature(enable = "avx2,fma")]
+fn exp256(x: __m256) -> __m256 {
+    let underflow = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3), _CMP_LT_OQ);
+    let x = _mm256_min_ps(
+        _mm256_max_ps(x, _mm256_set1_ps(-87.3)),
+        _mm256_set1_ps(88.7),
+    );
+    let fx = _mm256_round_ps(
+        _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+    );
+    let x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693_359_4), x);
+    let x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.121_944_4e-4), x);
+    let mut y = _mm256_set1_ps(1.987_569_1e-4);
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        5e-1,
+    ] {
+        y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(c));
+    }
+    let y = _mm256_fmadd_ps(
+        y,
+        _mm256_mul_ps(x, x),
+        _mm256_add_ps(x, _mm256_set1_ps(1.0)),
+    );
+    let n = _mm256_cvtps_epi32(fx);
+    let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32(
+        _mm256_add_epi32(n, _mm256_set1_epi32(127)),
+        23,
+    ));
+    _mm256_andnot_ps(underflow, _mm256_mul_ps(y, pow2))
+}
+
+/// tanh for eight lanes (Cephes' tanhf: an odd polynomial below 0.625, else
+/// 1 - 2/(e^2|x| + 1) with the sign of x; about 1e-7 relative).
+#[target_feature(enable = "avx2,fma")]
+fn tanh256(x: __m256) -> __m256 {
+    let sign = _mm256_and_ps(x, _mm256_set1_ps(-0.0));
+    let a = _mm256_andnot_ps(_mm256_set1_ps(-0.0), x);
+    // Large |x|: 1 - 2 / (exp(2a) + 1), from exp(-2a) to avoid overflow.
+    let t = exp256(_mm256_mul_ps(a, _mm256_set1_ps(-2.0)));
+    let big = _mm256_div_ps(
+        _mm256_sub_ps(_mm256_set1_ps(1.0), t),
+        _mm256_add_ps(_mm256_set1_ps(1.0), t),
+    );
+    let big = _mm256_or_ps(big, sign);
+    // Small |x|: x + x^3 P(x^2).
+    let z = _mm256_mul_ps(x, x);
+    let mut p = _mm256_set1_ps(-5.704_988_7e-3);
+    for c in [
+        2.063_909e-2,
+        -5.373_971_6e-2,
+        1.333_144_2e-1,
+        -3.333_328e-1,
+    ] {
+        p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(c));
+    }
+    let small = _mm256_fmadd_ps(_mm256_mul_ps(p, z), x, x);
+    let use_small = _mm256_cmp_ps(a, _mm256_set1_ps(0.625), _CMP_LT_OQ);
+    _mm256_blendv_ps(big, small, use_small)
+}
+
+/// AVX2 version of `kernels::softcap_softmax_scalar`.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA and `mask.len() >= s.len()`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn softcap_softmax_avx2(s: &mut [f32], mult: f32, cap: f32, mask: &[bool]) {
+    let n = s.len();
+    let full = n / 8 * 8;
+    let p = s.as_mut_ptr();
+    let (vm, vcap, vinv) = (
+        _mm256_set1_ps(mult),
+        _mm256_set1_ps(cap),
+        _mm256_set1_ps(1.0 / cap),
+    );
+    let mut i = 0;
+    while i < full {
+        // SAFETY: lanes i..i+8 are inside s (i + 8 <= full <= n).
+        unsafe {
+            let x = _mm256_mul_ps(_mm256_loadu_ps(p.add(i)), vm);
+            _mm256_storeu_ps(
+                p.add(i),
+                _mm256_mul_ps(vcap, tanh256(_mm256_mul_ps(x, vinv))),
+            );
+        }
+        i += 8;
+    }
+    for v in &mut s[full..] {
+        *v = cap * (*v * mult / cap).tanh();
+    }
+    for (v, &keep) in s.iter_mut().zip(mask) {
+        if !keep {
+            *v = -1e30;
+        }
+    }
+    let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let vmax = _mm256_set1_ps(max);
+    let mut acc = _mm256_setzero_ps();
+    let mut i = 0;
+    while i < full {
+        // SAFETY: as above.
+        unsafe {
+            let e = exp256(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), vmax));
+            _mm256_storeu_ps(p.add(i), e);
+            acc = _mm256_add_ps(acc, e);
+        }
+        i += 8;
+    }
+    let mut sum = hsum(acc);
+    for v in &mut s[full..] {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in s.iter_mut() {
+        *v *= inv;
+    }
+}
