@@ -216,4 +216,21 @@ proptest! {
             }
         }
     }
+
+    #[test]
+    fn gelu_mul_on_every_isa(n in 0usize..70, scale in 0.01f32..30.0, seed in any::<u64>()) {
+        let val = |i: usize, salt: u64| (((i as u64).wrapping_mul(2654435761) ^ seed ^ salt) % 2001) as f32 / 1000.0 - 1.0;
+        let h: Vec<f32> = (0..n).map(|i| val(i, 5) * scale).collect();
+        let v: Vec<f32> = (0..n).map(|i| val(i, 6)).collect();
+        for isa in Isa::available() {
+            let mut got = h.clone();
+            kernels::gelu_mul(isa, &mut got, &v);
+            for i in 0..n {
+                // The formula in f64: what both versions approximate.
+                let x = h[i] as f64;
+                let want = x * 0.5 * (1.0 + (0.797_884_560_802_865_4 * (x + 0.044715 * x * x * x)).tanh()) * v[i] as f64;
+                prop_assert!((got[i] as f64 - want).abs() <= 1e-6 * (1.0 + x.abs()), "{}: gelu({}) * {} = {} vs {}", isa.name(), x, v[i], got[i], want);
+            }
+        }
+    }
 }

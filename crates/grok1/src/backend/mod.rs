@@ -171,4 +171,11 @@ pub trait Backend: Send + Sync {
         params: &AttentionParams,
         out: &mut [f32],
     );
+
+    /// The gated expert activation, in place: `h = gelu_tanh(h) * v`.
+    fn gelu_mul(&self, h: &mut [f32], v: &[f32]) {
+        for (a, &b) in h.iter_mut().zip(v) {
+            *a = crate::model::norm::gelu_tanh(*a) * b;
+        }
+    }
 }

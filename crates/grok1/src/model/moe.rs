@@ -1,7 +1,7 @@
 //! The mixture of experts: an f32 router picks the top experts of each token
 //! and only those experts run, each once on all the tokens routed to it.
 
-use super::norm::{gelu_tanh, softmax};
+use super::norm::softmax;
 use crate::backend::{Backend, Precision};
 use crate::config::ModelConfig;
 use crate::model::weights::LayerWeights;
@@ -91,9 +91,7 @@ pub fn moe_block(
         // from here to the final sum everything stays f32 whatever the activation
         // dtype: gelu(h) * hv, the down projection (an f32 x bf16 dot that XLA
         // computes with the int8 * scale product unrounded), gate * out and the sum.
-        for (a, &b) in h.iter_mut().zip(&hv) {
-            *a = gelu_tanh(*a) * b;
-        }
+        backend.gelu_mul(&mut h, &hv);
         let mut y = vec![0f32; n * d];
         backend.matmul_q8(&h, &w.experts.linear_1[expert], &mut y);
         for (i, &(r, gate)) in assigned.iter().enumerate() {

@@ -199,3 +199,20 @@ pub fn softcap_softmax_scalar(s: &mut [f32], mult: f32, cap: f32, mask: &[bool])
         *v /= sum;
     }
 }
+
+/// The gated expert activation, in place: `h = gelu_tanh(h) * v`.
+pub fn gelu_mul(isa: Isa, h: &mut [f32], v: &[f32]) {
+    assert!(v.len() >= h.len(), "gelu_mul: v too short");
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
+            unsafe { super::x86::gelu_mul_avx2(h, v) }
+        }
+        _ => {
+            for (a, &b) in h.iter_mut().zip(v) {
+                *a = crate::model::norm::gelu_tanh(*a) * b;
+            }
+        }
+    }
+}

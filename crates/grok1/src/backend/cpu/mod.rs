@@ -290,4 +290,8 @@ impl Backend for CpuBackend {
                 p.precision.cast(o);
             });
     }
+
+    fn gelu_mul(&self, h: &mut [f32], v: &[f32]) {
+        kernels::gelu_mul(self.isa, h, v);
+    }
 }

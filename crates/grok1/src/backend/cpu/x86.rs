@@ -300,12 +300,7 @@ fn tanh256(x: __m256) -> __m256 {
     // Small |x|: x + x^3 P(x^2).
     let z = _mm256_mul_ps(x, x);
     let mut p = _mm256_set1_ps(-5.704_988_7e-3);
-    for c in [
-        2.063_909e-2,
-        -5.373_971_6e-2,
-        1.333_144_2e-1,
-        -3.333_328e-1,
-    ] {
+    for c in [2.063_909e-2, -5.373_971_6e-2, 1.333_144_2e-1, -3.333_328e-1] {
         p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(c));
     }
     let small = _mm256_fmadd_ps(_mm256_mul_ps(p, z), x, x);
@@ -368,5 +363,37 @@ pub unsafe fn softcap_softmax_avx2(s: &mut [f32], mult: f32, cap: f32, mask: &[b
     let inv = 1.0 / sum;
     for v in s.iter_mut() {
         *v *= inv;
+    }
+}
+
+/// AVX2 version of the scalar loop in `kernels::gelu_mul`, the same formula
+/// with `tanh256` for libm's tanh.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA and `v.len() >= h.len()`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn gelu_mul_avx2(h: &mut [f32], v: &[f32]) {
+    let n = h.len();
+    let full = n / 8 * 8;
+    let (c, k, half, one) = (
+        _mm256_set1_ps(0.797_884_6),
+        _mm256_set1_ps(0.044715),
+        _mm256_set1_ps(0.5),
+        _mm256_set1_ps(1.0),
+    );
+    let mut i = 0;
+    while i < full {
+        unsafe {
+            let x = _mm256_loadu_ps(h.as_ptr().add(i));
+            let x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
+            let inner = _mm256_mul_ps(c, _mm256_add_ps(x, _mm256_mul_ps(k, x3)));
+            let cdf = _mm256_mul_ps(half, _mm256_add_ps(one, tanh256(inner)));
+            let y = _mm256_mul_ps(_mm256_mul_ps(x, cdf), _mm256_loadu_ps(v.as_ptr().add(i)));
+            _mm256_storeu_ps(h.as_mut_ptr().add(i), y);
+        }
+        i += 8;
+    }
+    for (a, &b) in h[full..].iter_mut().zip(&v[full..]) {
+        *a = crate::model::norm::gelu_tanh(*a) * b;
     }
 }
