@@ -121,17 +121,21 @@ impl Sampler {
             // e^-40 less likely than the best cannot be drawn and are skipped.
             let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let floor = max - 40.0;
-            let weight = |l: f32| if l > floor { (l - max).exp() } else { 0.0 };
-            let total: f64 = logits.iter().map(|&l| weight(l) as f64).sum();
+            let best = argmax(&logits) as u32;
+            let mut total = 0f64;
+            for l in logits.iter_mut() {
+                *l = if *l > floor { (*l - max).exp() } else { 0.0 };
+                total += *l as f64;
+            }
             let mut u = self.rng.random::<f64>() * total;
-            for (i, &l) in logits.iter().enumerate() {
-                let w = weight(l) as f64;
+            for (i, &w) in logits.iter().enumerate() {
+                let w = w as f64;
                 if u < w {
                     return i as u32;
                 }
                 u -= w;
             }
-            return argmax(&logits) as u32;
+            return best;
         }
         // Candidates by descending logit, lower id first on ties.
         let mut order: Vec<u32> = (0..logits.len() as u32).collect();

@@ -99,20 +99,22 @@ proptest! {
     }
 
     #[test]
-    fn f32_row_dots_on_every_isa(d in 1usize..200, m in 1usize..6, offset in 0usize..4, seed in any::<u64>()) {
+    fn f32_row_dots_on_every_isa(d in 1usize..200, m in 1usize..6, rows in 1usize..20, offset in 0usize..4, seed in any::<u64>()) {
         // Rows start at an odd byte offset, as payloads in a pickle do.
-        let e: Vec<f32> = (0..d).map(|i| ((i as u64 ^ seed) % 97) as f32 * 0.01 - 0.5).collect();
+        let e: Vec<f32> = (0..rows * d).map(|i| ((i as u64 ^ seed) % 97) as f32 * 0.01 - 0.5).collect();
         let mut bytes = vec![0u8; offset];
         bytes.extend(e.iter().flat_map(|v| v.to_le_bytes()));
         let x: Vec<f32> = (0..m * d).map(|i| (i % 29) as f32 * 0.1 - 1.4).collect();
-        let mut want = vec![0f32; m];
-        kernels::dot_f32_bytes_scalar(&x, d, &bytes[offset..], &mut want);
         for isa in Isa::available() {
-            let mut got = vec![0f32; m];
-            kernels::dot_f32_bytes(isa, &x, d, &bytes[offset..], &mut got);
-            for (g, w) in got.iter().zip(&want) {
-                // Different summation order: within f32 rounding of the length.
-                prop_assert!((g - w).abs() <= 1e-6 * d as f32 * (1.0 + w.abs()), "{}: {} vs {}", isa.name(), g, w);
+            let mut got = vec![0f32; rows * m];
+            kernels::dot_f32_bytes(isa, &x, m, d, &bytes[offset..], &mut got);
+            for r in 0..rows {
+                for i in 0..m {
+                    let want: f64 = (0..d).map(|j| x[i * d + j] as f64 * e[r * d + j] as f64).sum();
+                    let g = got[r * m + i] as f64;
+                    // Summation order differs: within f32 rounding of the length.
+                    prop_assert!((g - want).abs() <= 1e-6 * d as f64 * (1.0 + want.abs()), "{}: row {} x {}: {} vs {}", isa.name(), r, i, g, want);
+                }
             }
         }
     }
@@ -182,7 +184,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
 
     #[test]
-    fn attention_kernels_on_every_isa(n in 1usize..80, hd in prop_oneof![Just(8usize), Just(16), Just(12), Just(128)], scale in 0.01f32..20.0, seed in any::<u64>(), masked in 0usize..4) {
+    fn attention_kernels_on_every_isa(n in 1usize..80, hd in prop_oneof![Just(8usize), Just(16), Just(12), Just(56), Just(128)], scale in 0.01f32..20.0, seed in any::<u64>(), masked in 0usize..4) {
         let val = |i: usize, salt: u64| (((i as u64).wrapping_mul(2654435761) ^ seed ^ salt) % 2001) as f32 / 1000.0 - 1.0;
         let q: Vec<f32> = (0..hd).map(|i| val(i, 1) * scale).collect();
         let keys: Vec<f32> = (0..n * hd).map(|i| val(i, 2)).collect();

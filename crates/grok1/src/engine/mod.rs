@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use grok1_tokenizer::Tokenizer;
+use rayon::prelude::*;
 
 use crate::kv_cache::{KvCache, DEFAULT_PAGE_SIZE};
 use crate::model::{ForwardOptions, Grok1, LogitsRows, RowLogits, SequenceInput};
@@ -26,6 +27,10 @@ use crate::sampling::{SamplingError, SamplingParams};
 use crate::Precision;
 pub use metrics::Metrics;
 use sequence::Sequence;
+
+/// One sequence's share of a step's output: how many inputs it fed and the
+/// logit rows (position within its input, row) it gets back.
+type StepRows<'a> = (usize, Vec<(usize, &'a [f32])>);
 
 /// Limits and scheduling of an engine.
 #[derive(Clone, Debug)]
@@ -185,9 +190,27 @@ impl EngineHandle {
             accepting: true,
             deadline: None,
         };
+        // The loop runs on a worker of a pool of its own, as wide as the global
+        // one: its parallel products then start without a cross-thread hand-off
+        // and the loop thread takes part in them. A pool of its own, because a
+        // loop that never returns must not be a job of a shared pool: a worker
+        // of that pool waiting inside a join could steal it (another engine's
+        // loop) and never come back.
+        let threads = rayon::current_num_threads();
         let thread = std::thread::Builder::new()
             .name("grok1-engine".into())
-            .spawn(move || worker.run())
+            .spawn(move || {
+                match rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .thread_name(|i| format!("grok1-engine-{i}"))
+                    .build()
+                {
+                    Ok(pool) => pool.install(|| worker.run()),
+                    // Without threads to spare, run on this thread (the global
+                    // pool still serves the parallel products).
+                    Err(_) => worker.run(),
+                }
+            })
             .expect("spawning the engine thread");
         EngineHandle {
             tx,
@@ -474,8 +497,8 @@ impl Worker {
             }
         };
         self.shared.metrics.step(plan.len(), started.elapsed());
-        // Hand each sequence its rows.
-        let mut finished = Vec::new();
+        // Hand each sequence its rows; sequences sample and detokenize in parallel.
+        let mut work: Vec<Option<StepRows>> = (0..self.running.len()).map(|_| None).collect();
         let mut row = 0;
         for (input, &(i, take)) in plan.iter().enumerate() {
             let mut rows = Vec::new();
@@ -483,17 +506,24 @@ impl Worker {
                 rows.push((out.rows[row].1, out.row(row)));
                 row += 1;
             }
-            let seq = &mut self.running[i];
-            if let Some(reason) = seq.advance(
-                take,
-                &rows,
-                &self.tokenizer,
-                self.config.context,
-                &self.shared.metrics,
-            ) {
-                finished.push((i, reason));
-            }
+            work[i] = Some((take, rows));
         }
+        let (tokenizer, context, metrics) =
+            (&self.tokenizer, self.config.context, &self.shared.metrics);
+        let reasons: Vec<Option<FinishReason>> = self
+            .running
+            .par_iter_mut()
+            .zip(work)
+            .map(|(seq, work)| {
+                let (take, rows) = work?;
+                seq.advance(take, &rows, tokenizer, context, metrics)
+            })
+            .collect();
+        let finished: Vec<(usize, FinishReason)> = reasons
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, r)| Some((i, r?)))
+            .collect();
         for (i, reason) in finished.into_iter().rev() {
             let seq = self.running.remove(i);
             self.finish(seq, reason);

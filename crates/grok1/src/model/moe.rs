@@ -1,6 +1,8 @@
 //! The mixture of experts: an f32 router picks the top experts of each token
 //! and only those experts run, each once on all the tokens routed to it.
 
+use rayon::prelude::*;
+
 use super::norm::softmax;
 use crate::backend::{Backend, Precision};
 use crate::config::ModelConfig;
@@ -18,6 +20,10 @@ pub struct RouterDecisions {
     /// `[rows, k]` their gates: the probabilities themselves, not renormalised.
     pub gates: Vec<f32>,
 }
+
+/// Below this many multiply-adds in the largest expert, the experts of a layer
+/// run concurrently rather than one after another.
+const SMALL_EXPERT_MACS: usize = 1 << 20;
 
 /// Router in f32: `p = softmax(m @ Wr)`, then the top `k` of `p`.
 pub fn route(
@@ -71,11 +77,8 @@ pub fn moe_block(
             routed[router.experts[r * k + j]].push((r, gate));
         }
     }
-    let mut out = vec![0f32; rows * d];
-    for (expert, assigned) in routed.iter().enumerate() {
-        if assigned.is_empty() {
-            continue;
-        }
+    // expert(x) for the rows routed to one expert, in routed order.
+    let run = |expert: usize, assigned: &[(usize, f32)]| -> Vec<f32> {
         let n = assigned.len();
         let mut x = Vec::with_capacity(n * d);
         for &(r, _) in assigned {
@@ -94,6 +97,27 @@ pub fn moe_block(
         backend.gelu_mul(&mut h, &hv);
         let mut y = vec![0f32; n * d];
         backend.matmul_q8(&h, &w.experts.linear_1[expert], &mut y);
+        y
+    };
+    // Small experts (tiny models, a few rows each) run side by side; large ones
+    // one after another, each product spread over the threads by the backend.
+    let largest = routed.iter().map(Vec::len).max().unwrap_or(0);
+    let outputs: Vec<Vec<f32>> = if largest * d * ff * 3 < SMALL_EXPERT_MACS {
+        routed
+            .par_iter()
+            .enumerate()
+            .map(|(e, a)| if a.is_empty() { Vec::new() } else { run(e, a) })
+            .collect()
+    } else {
+        routed
+            .iter()
+            .enumerate()
+            .map(|(e, a)| if a.is_empty() { Vec::new() } else { run(e, a) })
+            .collect()
+    };
+    // The weighted sum in expert order, whichever way the experts ran.
+    let mut out = vec![0f32; rows * d];
+    for (assigned, y) in routed.iter().zip(&outputs) {
         for (i, &(r, gate)) in assigned.iter().enumerate() {
             let o = &mut out[r * d..(r + 1) * d];
             for (o, &v) in o.iter_mut().zip(&y[i * d..(i + 1) * d]) {

@@ -107,28 +107,35 @@ pub fn q8_accumulate_scalar(
     }
 }
 
-/// `out[i] = x[i] . e` for each of the `m` rows of `x` (`[m, d]`), where `e` is
-/// `d` little-endian f32 values, not necessarily aligned.
-pub fn dot_f32_bytes(isa: Isa, x: &[f32], d: usize, e: &[u8], out: &mut [f32]) {
-    let m = out.len();
-    assert!(x.len() >= m * d && e.len() >= d * 4, "dot_f32_bytes: sizes");
+/// `out_t[r][i] = x[i] . e[r]` for the `m` rows of `x` (`[m, d]`) and the rows
+/// of `e` (`[out_t.len() / m, d]`, little-endian f32, not necessarily aligned);
+/// `out_t` is `[rows, m]`.
+pub fn dot_f32_bytes(isa: Isa, x: &[f32], m: usize, d: usize, e: &[u8], out_t: &mut [f32]) {
+    assert!(m > 0 && out_t.len() % m == 0, "dot_f32_bytes: output shape");
+    let rows = out_t.len() / m;
+    assert!(
+        x.len() >= m * d && e.len() >= rows * d * 4,
+        "dot_f32_bytes: sizes"
+    );
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
             // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
-            unsafe { super::x86::dot_f32_bytes_avx2(x, d, e, out) }
+            unsafe { super::x86::dot_f32_bytes_avx2(x, m, d, e, out_t) }
         }
-        _ => dot_f32_bytes_scalar(x, d, e, out),
+        _ => dot_f32_bytes_scalar(x, m, d, e, out_t),
     }
 }
 
-pub fn dot_f32_bytes_scalar(x: &[f32], d: usize, e: &[u8], out: &mut [f32]) {
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = x[i * d..(i + 1) * d]
-            .iter()
-            .zip(e.chunks_exact(4))
-            .map(|(a, b)| a * f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .sum();
+pub fn dot_f32_bytes_scalar(x: &[f32], m: usize, d: usize, e: &[u8], out_t: &mut [f32]) {
+    for (col, row) in out_t.chunks_exact_mut(m).zip(e.chunks_exact(d * 4)) {
+        for (i, o) in col.iter_mut().enumerate() {
+            *o = x[i * d..(i + 1) * d]
+                .iter()
+                .zip(row.chunks_exact(4))
+                .map(|(a, b)| a * f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .sum();
+        }
     }
 }
 

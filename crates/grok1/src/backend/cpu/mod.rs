@@ -183,18 +183,21 @@ impl Backend for CpuBackend {
             .par_chunks_mut(ROWS_PER_TASK * m)
             .enumerate()
             .for_each(|(b, chunk)| {
-                let mut row = vec![0f32; d];
-                for (j, col) in chunk.chunks_exact_mut(m).enumerate() {
-                    let r = b * ROWS_PER_TASK + j;
-                    if precision == Precision::Bf16 {
-                        // The reference casts the embedding to bf16 for the product.
+                let first = b * ROWS_PER_TASK;
+                let rows = chunk.len() / m;
+                if precision == Precision::Bf16 {
+                    // The reference casts the embedding to bf16 for the product.
+                    let mut row = vec![0f32; d];
+                    let mut bytes = Vec::with_capacity(rows * d * 4);
+                    for r in first..first + rows {
                         e.row_into(r, &mut row);
                         precision.cast(&mut row);
-                        let bytes: Vec<u8> = row.iter().flat_map(|v| v.to_le_bytes()).collect();
-                        kernels::dot_f32_bytes(self.isa, x, d, &bytes, col);
-                    } else {
-                        kernels::dot_f32_bytes(self.isa, x, d, e.row_bytes(r), col);
+                        bytes.extend(row.iter().flat_map(|v| v.to_le_bytes()));
                     }
+                    kernels::dot_f32_bytes(self.isa, x, m, d, &bytes, chunk);
+                } else {
+                    let bytes = &e.data.bytes()[first * d * 4..(first + rows) * d * 4];
+                    kernels::dot_f32_bytes(self.isa, x, m, d, bytes, chunk);
                 }
             });
         transpose_into(&out_t, m, e.rows, out);
@@ -237,7 +240,9 @@ impl Backend for CpuBackend {
         // One task per (row, query head), grouped so each carries enough work
         // to be worth a thread hand-off.
         let positions: usize = rows.iter().map(|r| r.pos + 1).sum::<usize>() / rows.len().max(1);
-        let min_tasks = (PARALLEL_MIN_MACS / (2 * positions * hd).max(1)).max(1);
+        // The multiply-adds undercount a task's cost here (softmax, exps, the
+        // scores buffer), hence the lower bar than for the products.
+        let min_tasks = (PARALLEL_MIN_MACS / 8 / (2 * positions * hd).max(1)).max(1);
         out.par_chunks_mut(hd)
             .enumerate()
             .with_min_len(min_tasks)

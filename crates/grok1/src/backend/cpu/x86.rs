@@ -138,41 +138,89 @@ unsafe fn tail_columns(
     }
 }
 
-/// AVX2 version of `kernels::dot_f32_bytes_scalar`.
+/// AVX2 version of `kernels::dot_f32_bytes_scalar`: eight rows of `e` at a
+/// time against each row of `x` (eight independent accumulators, one
+/// horizontal reduction for all eight), the leftover rows one by one.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA, `x.len() >= out.len() * d` and
-/// `e.len() >= 4 * d`.
+/// The CPU must support AVX2 and FMA, `m > 0`, `x.len() >= m * d` and
+/// `e.len() >= out_t.len() / m * d * 4`.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn dot_f32_bytes_avx2(x: &[f32], d: usize, e: &[u8], out: &mut [f32]) {
-    let full = d / 32 * 32;
+pub unsafe fn dot_f32_bytes_avx2(x: &[f32], m: usize, d: usize, e: &[u8], out_t: &mut [f32]) {
+    let rows = out_t.len() / m;
+    let full = d / 8 * 8;
     let ep = e.as_ptr() as *const f32;
-    for (i, o) in out.iter_mut().enumerate() {
-        // SAFETY (whole body): elements j < d of row i of x and of e are in
-        // bounds by the caller's contract; loads are unaligned (loadu).
-        let xp = unsafe { x.as_ptr().add(i * d) };
-        let mut s = [_mm256_setzero_ps(); 4];
-        let mut j = 0;
-        while j < full {
-            for (u, acc) in s.iter_mut().enumerate() {
-                unsafe {
-                    let ev = _mm256_loadu_ps(ep.add(j + 8 * u));
-                    let xv = _mm256_loadu_ps(xp.add(j + 8 * u));
-                    *acc = _mm256_fmadd_ps(xv, ev, *acc);
+    let mut r = 0;
+    while r + 8 <= rows {
+        for i in 0..m {
+            // SAFETY: rows r..r+8 of e and row i of x are in bounds by the
+            // caller's contract; loads are unaligned (loadu).
+            let xp = unsafe { x.as_ptr().add(i * d) };
+            let mut acc = [_mm256_setzero_ps(); 8];
+            let mut j = 0;
+            while j < full {
+                let xv = unsafe { _mm256_loadu_ps(xp.add(j)) };
+                for (u, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(
+                        xv,
+                        unsafe { _mm256_loadu_ps(ep.add((r + u) * d + j)) },
+                        *a,
+                    );
                 }
+                j += 8;
             }
-            j += 32;
+            let mut sums = [0f32; 8];
+            unsafe { _mm256_storeu_ps(sums.as_mut_ptr(), hsum8(acc)) };
+            for (u, total) in sums.iter_mut().enumerate() {
+                for jj in full..d {
+                    let b = &e[((r + u) * d + jj) * 4..((r + u) * d + jj) * 4 + 4];
+                    *total += unsafe { *xp.add(jj) } * f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+                out_t[(r + u) * m + i] = *total;
+            }
         }
-        let sum = _mm256_add_ps(_mm256_add_ps(s[0], s[1]), _mm256_add_ps(s[2], s[3]));
-        let mut lanes = [0f32; 8];
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sum) };
-        let mut total: f32 = lanes.iter().sum();
-        for jj in full..d {
-            let b = &e[jj * 4..jj * 4 + 4];
-            total += unsafe { *xp.add(jj) } * f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        }
-        *o = total;
+        r += 8;
     }
+    for r in r..rows {
+        for i in 0..m {
+            // SAFETY: as above, for the single row r.
+            let xp = unsafe { x.as_ptr().add(i * d) };
+            let mut acc = _mm256_setzero_ps();
+            let mut j = 0;
+            while j < full {
+                unsafe {
+                    acc = _mm256_fmadd_ps(
+                        _mm256_loadu_ps(xp.add(j)),
+                        _mm256_loadu_ps(ep.add(r * d + j)),
+                        acc,
+                    );
+                }
+                j += 8;
+            }
+            let mut total = hsum(acc);
+            for jj in full..d {
+                let b = &e[(r * d + jj) * 4..(r * d + jj) * 4 + 4];
+                total += unsafe { *xp.add(jj) } * f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+            out_t[r * m + i] = total;
+        }
+    }
+}
+
+/// The eight horizontal sums of `v[0..8]`, as the lanes of one vector.
+#[target_feature(enable = "avx2,fma")]
+fn hsum8(v: [__m256; 8]) -> __m256 {
+    // hadd pairs lanes within each 128-bit half: after two rounds the low half
+    // holds the low-half sums of four inputs and the high half their high-half sums.
+    let t0 = _mm256_hadd_ps(v[0], v[1]);
+    let t1 = _mm256_hadd_ps(v[2], v[3]);
+    let t2 = _mm256_hadd_ps(v[4], v[5]);
+    let t3 = _mm256_hadd_ps(v[6], v[7]);
+    let u0 = _mm256_hadd_ps(t0, t1);
+    let u1 = _mm256_hadd_ps(t2, t3);
+    let lo = _mm256_permute2f128_ps(u0, u1, 0x20);
+    let hi = _mm256_permute2f128_ps(u0, u1, 0x31);
+    _mm256_add_ps(lo, hi)
 }
 
 /// AVX2 version of the scalar loop in `kernels::dot_rows`.
@@ -183,9 +231,34 @@ pub unsafe fn dot_f32_bytes_avx2(x: &[f32], d: usize, e: &[u8], out: &mut [f32])
 pub unsafe fn dot_rows_avx2(q: &[f32], keys: &[f32], scores: &mut [f32]) {
     let hd = q.len();
     let full = hd / 8 * 8;
-    for (j, s) in scores.iter_mut().enumerate() {
+    let n = scores.len();
+    let kp = keys.as_ptr();
+    let mut j = 0;
+    // Eight keys at a time: eight accumulators, one reduction for all eight.
+    while j + 8 <= n {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let mut i = 0;
+        while i < full {
+            // SAFETY: rows j..j+8 of keys are inside `keys` by the contract.
+            let qv = unsafe { _mm256_loadu_ps(q.as_ptr().add(i)) };
+            for (u, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(qv, unsafe { _mm256_loadu_ps(kp.add((j + u) * hd + i)) }, *a);
+            }
+            i += 8;
+        }
+        let mut sums = [0f32; 8];
+        unsafe { _mm256_storeu_ps(sums.as_mut_ptr(), hsum8(acc)) };
+        for (u, mut total) in sums.into_iter().enumerate() {
+            for (t, &qt) in q.iter().enumerate().skip(full) {
+                total += qt * keys[(j + u) * hd + t];
+            }
+            scores[j + u] = total;
+        }
+        j += 8;
+    }
+    for (j, s) in scores.iter_mut().enumerate().skip(j) {
         // SAFETY: row j covers keys[j*hd .. (j+1)*hd], inside `keys` by the contract.
-        let k = unsafe { keys.as_ptr().add(j * hd) };
+        let k = unsafe { kp.add(j * hd) };
         let mut acc = _mm256_setzero_ps();
         let mut i = 0;
         while i < full {
@@ -199,7 +272,7 @@ pub unsafe fn dot_rows_avx2(q: &[f32], keys: &[f32], scores: &mut [f32]) {
             i += 8;
         }
         let mut total = hsum(acc);
-        for (t, &qt) in q.iter().enumerate().take(hd).skip(full) {
+        for (t, &qt) in q.iter().enumerate().skip(full) {
             total += qt * unsafe { *k.add(t) };
         }
         *s = total;
@@ -214,25 +287,50 @@ pub unsafe fn dot_rows_avx2(q: &[f32], keys: &[f32], scores: &mut [f32]) {
 pub unsafe fn axpy_rows_avx2(w: &[f32], values: &[f32], out: &mut [f32]) {
     let hd = out.len();
     let full = hd / 8 * 8;
-    let o = out.as_mut_ptr();
+    // Columns in blocks of up to 32 that stay in registers across all the rows.
+    let mut c = 0;
+    while c < full {
+        // SAFETY (all four): columns c..c+8W of every row are inside `values`
+        // and `out` by the contract.
+        match (full - c) / 8 {
+            1 => unsafe { axpy_block::<1>(w, values, out, c) },
+            2 => unsafe { axpy_block::<2>(w, values, out, c) },
+            3 => unsafe { axpy_block::<3>(w, values, out, c) },
+            _ => unsafe { axpy_block::<4>(w, values, out, c) },
+        }
+        c += ((full - c) / 8).min(4) * 8;
+    }
+    for t in full..hd {
+        for (j, &wj) in w.iter().enumerate() {
+            out[t] += wj * values[j * hd + t];
+        }
+    }
+}
+
+/// `out[c..c+8W] += sum_j w[j] * values[j][c..c+8W]`, one FMA per row in order.
+///
+/// # Safety
+/// AVX2 and FMA; `c + 8W <= out.len()` and `values.len() >= w.len() * out.len()`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn axpy_block<const W: usize>(w: &[f32], values: &[f32], out: &mut [f32], c: usize) {
+    let hd = out.len();
+    let (o, v) = (out.as_mut_ptr(), values.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); W];
+    for (u, a) in acc.iter_mut().enumerate() {
+        *a = unsafe { _mm256_loadu_ps(o.add(c + 8 * u)) };
+    }
     for (j, &wj) in w.iter().enumerate() {
-        // SAFETY: row j covers values[j*hd .. (j+1)*hd], inside `values`; out has hd.
-        let v = unsafe { values.as_ptr().add(j * hd) };
         let wv = _mm256_set1_ps(wj);
-        let mut i = 0;
-        while i < full {
-            unsafe {
-                let acc = _mm256_loadu_ps(o.add(i));
-                _mm256_storeu_ps(
-                    o.add(i),
-                    _mm256_fmadd_ps(wv, _mm256_loadu_ps(v.add(i)), acc),
-                );
-            }
-            i += 8;
+        for (u, a) in acc.iter_mut().enumerate() {
+            *a = _mm256_fmadd_ps(
+                wv,
+                unsafe { _mm256_loadu_ps(v.add(j * hd + c + 8 * u)) },
+                *a,
+            );
         }
-        for t in full..hd {
-            unsafe { *o.add(t) += wj * *v.add(t) };
-        }
+    }
+    for (u, a) in acc.iter().enumerate() {
+        unsafe { _mm256_storeu_ps(o.add(c + 8 * u), *a) };
     }
 }
 
@@ -334,8 +432,14 @@ pub unsafe fn softcap_softmax_avx2(s: &mut [f32], mult: f32, cap: f32, mask: &[b
         }
         i += 8;
     }
-    for v in &mut s[full..] {
-        *v = cap * (*v * mult / cap).tanh();
+    if full < n {
+        // The tail through a padded vector, so it gets the same tanh as the rest.
+        let mut lanes = [0f32; 8];
+        lanes[..n - full].copy_from_slice(&s[full..]);
+        let x = _mm256_mul_ps(unsafe { _mm256_loadu_ps(lanes.as_ptr()) }, vm);
+        let y = _mm256_mul_ps(vcap, tanh256(_mm256_mul_ps(x, vinv)));
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), y) };
+        s[full..].copy_from_slice(&lanes[..n - full]);
     }
     for (v, &keep) in s.iter_mut().zip(mask) {
         if !keep {
@@ -355,11 +459,19 @@ pub unsafe fn softcap_softmax_avx2(s: &mut [f32], mult: f32, cap: f32, mask: &[b
         }
         i += 8;
     }
-    let mut sum = hsum(acc);
-    for v in &mut s[full..] {
-        *v = (*v - max).exp();
-        sum += *v;
+    if full < n {
+        // Padding lanes at -1e30 come out of exp as 0 and add nothing.
+        let mut lanes = [-1e30f32; 8];
+        lanes[..n - full].copy_from_slice(&s[full..]);
+        let e = exp256(_mm256_sub_ps(
+            unsafe { _mm256_loadu_ps(lanes.as_ptr()) },
+            vmax,
+        ));
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), e) };
+        s[full..].copy_from_slice(&lanes[..n - full]);
+        acc = _mm256_add_ps(acc, e);
     }
+    let sum = hsum(acc);
     let inv = 1.0 / sum;
     for v in s.iter_mut() {
         *v *= inv;
