@@ -61,9 +61,11 @@ impl From<PrecisionArg> for grok1::Precision {
 
 #[derive(Args, Debug)]
 pub struct ModelArgs {
-    /// Model directory: holds ckpt-0/ (or the tensor files) and optionally
-    /// config.json (the grok-1 preset when absent). Default: the built-in demo model
-    #[arg(long, value_name = "DIR")]
+    /// Model: a directory holding ckpt-0/ (or the tensor files) and optionally
+    /// config.json (the grok-1 preset when absent), or a GGUF file (llama.cpp's
+    /// `grok`; the first part of a split one), or a directory holding one.
+    /// Default: the built-in demo model
+    #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
 
     /// Activation precision
@@ -178,8 +180,8 @@ pub struct LogitsArgs {
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
-    /// Model directory (holds ckpt-0/ and optionally config.json)
-    #[arg(long, value_name = "DIR")]
+    /// Model directory (holds ckpt-0/ and optionally config.json) or GGUF file
+    #[arg(long, value_name = "PATH")]
     pub model: PathBuf,
 }
 

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use grok1::progress::NoProgress;
-use grok1::weights::{ckpt0, TensorKind};
+use grok1::weights::{ckpt0, gguf, TensorKind};
 use grok1::ModelConfig;
 
 use crate::args::{InitArgs, InspectArgs, Preset};
@@ -26,7 +26,70 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
+/// `inspect` of a GGUF model: header, metadata (arrays summarised), tensors.
+fn inspect_gguf(file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let model = gguf::GgufModel::open(file)?;
+    for part in &model.parts {
+        println!(
+            "file: {} (GGUF v{}, {} tensors, data at byte {})",
+            part.path.display(),
+            part.version,
+            part.tensors.len(),
+            part.data_start
+        );
+    }
+    println!("metadata:");
+    for (key, value) in &model.parts[0].metadata {
+        println!("  {key} = {}", value.summary());
+    }
+    match model.config() {
+        Ok(cfg) => println!(
+            "config (from the metadata):\n{}",
+            serde_json::to_string_pretty(&cfg)?
+        ),
+        Err(e) => println!("config: not a runnable Grok-1 model: {e}"),
+    }
+    println!();
+    println!(
+        "{:>5}  {:<36} {:<6} {:<24} {:>12}",
+        "index", "name", "type", "shape", "bytes"
+    );
+    let mut by_type: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    let (mut params, mut bytes) = (0u64, 0u64);
+    for (i, t) in model.store.iter().enumerate() {
+        let label = t.dtype_label();
+        let entry = by_type.entry(label.clone()).or_default();
+        entry.0 += 1;
+        entry.1 += t.byte_count() as u64;
+        params += t.element_count() as u64;
+        bytes += t.byte_count() as u64;
+        println!(
+            "{i:>5}  {:<36} {label:<6} {:<24} {:>12}",
+            t.name,
+            format!("{:?}", t.shape()),
+            t.byte_count()
+        );
+    }
+    println!();
+    let types: Vec<String> = by_type
+        .iter()
+        .map(|(k, (n, b))| format!("{k} {n} tensors {}", human_bytes(*b)))
+        .collect();
+    println!(
+        "{} tensors, {params} parameters ({:.3} B), {} of payload ({:.2} bits per weight): {}",
+        model.store.len(),
+        params as f64 / 1e9,
+        human_bytes(bytes),
+        bytes as f64 * 8.0 / params.max(1) as f64,
+        types.join(", ")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
+    if let Some(file) = gguf::find(&args.model)? {
+        return inspect_gguf(&file);
+    }
     let paths = ckpt0::locate(&args.model)?;
     let (config, source) = match &paths.config {
         Some(p) => (ModelConfig::load(p)?, p.display().to_string()),
@@ -70,6 +133,7 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
                 f32_bytes += d.data.len() as u64;
                 "-".to_string()
             }
+            TensorKind::Blocks(_) => "-".to_string(),
         };
         params += t.element_count() as u64;
         bytes += t.byte_count() as u64;

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::Context;
-use grok1::weights::{ckpt0, random::random_store};
+use grok1::weights::{ckpt0, gguf, random::random_store};
 use grok1::{Grok1, ModelConfig};
 use grok1_tokenizer::Tokenizer;
 
@@ -45,6 +45,21 @@ pub fn load(dir: Option<&Path>) -> anyhow::Result<LoadedModel> {
             tokenizer_file: None,
         });
     };
+    if let Some(file) = gguf::find(dir)? {
+        // Parsing maps the file and reads its header: no progress to show.
+        let model = gguf::GgufModel::open(&file)?;
+        let config = model.config()?;
+        let model = Grok1::from_store(config, &model.store)
+            .with_context(|| format!("building the model from {}", file.display()))?;
+        let folder = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        // A tokenizer.model beside the file wins; else the official one built in
+        // (the vocabulary llama.cpp's converter copies into Grok-1 GGUFs).
+        let tokenizer_file = Some(folder.join("tokenizer.model")).filter(|p| p.is_file());
+        return Ok(LoadedModel {
+            model,
+            tokenizer_file,
+        });
+    }
     let paths = ckpt0::locate(dir)?;
     let config = match &paths.config {
         Some(p) => ModelConfig::load(p)?,

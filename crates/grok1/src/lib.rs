@@ -20,6 +20,7 @@ pub mod generate;
 pub mod kv_cache;
 pub mod model;
 pub mod npy;
+pub mod quant;
 pub mod sampling;
 
 pub use backend::Precision;

@@ -7,6 +7,7 @@ pub mod cpu;
 use half::bf16;
 
 use crate::kv_cache::{KvCache, SeqId};
+use crate::quant::GgmlType;
 use crate::weights::{DType, TensorData};
 
 /// Activation precision of a forward pass.
@@ -119,6 +120,92 @@ impl F32Matrix {
     }
 }
 
+/// A matrix stored as `rows` output rows of `cols` inputs each (`[n, k]`, so a
+/// product computes `out = x @ W^T`), in any ggml type: the orientation of GGUF
+/// files and Hugging Face checkpoints, and of the tied embedding in every format.
+#[derive(Clone, Debug)]
+pub struct RowMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub dtype: GgmlType,
+    /// `rows` rows of `dtype.row_bytes(cols)` bytes each.
+    pub data: TensorData,
+}
+
+impl RowMatrix {
+    /// Bytes of one row.
+    pub fn row_len(&self) -> usize {
+        self.dtype
+            .row_bytes(self.cols)
+            .expect("row length checked when the matrix was built")
+    }
+
+    pub fn row_bytes(&self, r: usize) -> &[u8] {
+        let len = self.row_len();
+        &self.data.bytes()[r * len..(r + 1) * len]
+    }
+
+    /// Rows `first..first + count` as one byte range.
+    pub fn rows_bytes(&self, first: usize, count: usize) -> &[u8] {
+        let len = self.row_len();
+        &self.data.bytes()[first * len..(first + count) * len]
+    }
+
+    /// Row `r` decoded into `out[..cols]`.
+    pub fn row_into(&self, r: usize, out: &mut [f32]) {
+        self.dtype.dequantize_row(self.row_bytes(r), out);
+    }
+
+    /// The same matrix as an [`F32Matrix`] when it is stored in f32.
+    pub fn as_f32(&self) -> Option<F32Matrix> {
+        (self.dtype == GgmlType::F32).then(|| F32Matrix {
+            rows: self.rows,
+            cols: self.cols,
+            data: self.data.clone(),
+        })
+    }
+
+    pub fn byte_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// A weight of a linear layer `[k, n]` (inputs, outputs), in whichever layout
+/// its file holds.
+#[derive(Clone, Debug)]
+pub enum Matrix {
+    /// The official checkpoint's int8 `[k, n]` with grouped scales.
+    Int8Grouped(QuantMatrix),
+    /// `[n, k]` rows of any ggml type (GGUF, safetensors).
+    Rows(RowMatrix),
+}
+
+impl Matrix {
+    /// Inputs.
+    pub fn k(&self) -> usize {
+        match self {
+            Matrix::Int8Grouped(q) => q.k,
+            Matrix::Rows(r) => r.cols,
+        }
+    }
+
+    /// Outputs.
+    pub fn n(&self) -> usize {
+        match self {
+            Matrix::Int8Grouped(q) => q.n,
+            Matrix::Rows(r) => r.rows,
+        }
+    }
+
+    /// Bytes read from memory by one full product with this matrix.
+    pub fn byte_len(&self) -> usize {
+        match self {
+            Matrix::Int8Grouped(q) => q.byte_len(),
+            Matrix::Rows(r) => r.byte_len(),
+        }
+    }
+}
+
 /// Where one activation row sits: its sequence and its position in it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RowPosition {
@@ -146,6 +233,18 @@ pub trait Backend: Send + Sync {
     /// `out[m, n] = x[m, k] @ W[k, n]` for an int8 weight with grouped scales,
     /// dequantised exactly in f32; `x` is row-major `[m, k]`, `out` `[m, n]`.
     fn matmul_q8(&self, x: &[f32], w: &QuantMatrix, out: &mut [f32]);
+
+    /// `out[m, r] = x[m, :] . W[r, :]` for a row-stored weight of any ggml type,
+    /// each row dequantised exactly to f32.
+    fn matmul_rows(&self, x: &[f32], w: &RowMatrix, out: &mut [f32]);
+
+    /// `out = x @ W` whatever the weight's layout.
+    fn matmul(&self, x: &[f32], w: &Matrix, out: &mut [f32]) {
+        match w {
+            Matrix::Int8Grouped(q) => self.matmul_q8(x, q, out),
+            Matrix::Rows(r) => self.matmul_rows(x, r, out),
+        }
+    }
 
     /// `out[m, r] = x[m, :] . E[r, :]`: the tied output projection.
     fn matmul_transposed_f32(

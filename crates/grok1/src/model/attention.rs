@@ -27,9 +27,9 @@ pub fn attention_block(
     let mut q = vec![0f32; n * qw];
     let mut k = vec![0f32; n * kvw];
     let mut v = vec![0f32; n * kvw];
-    backend.matmul_q8(a, &w.wq, &mut q);
-    backend.matmul_q8(a, &w.wk, &mut k);
-    backend.matmul_q8(a, &w.wv, &mut v);
+    backend.matmul(a, &w.wq, &mut q);
+    backend.matmul(a, &w.wk, &mut k);
+    backend.matmul(a, &w.wv, &mut v);
     precision.cast(&mut q);
     precision.cast(&mut k);
     precision.cast(&mut v);
@@ -62,7 +62,7 @@ pub fn attention_block(
     backend.attention(&q, rows, cache, layer, &params, &mut o);
     // heads concatenated [rows, Hq*hd], then o @ Wo back to d
     let mut out = vec![0f32; n * cfg.emb_size];
-    backend.matmul_q8(&o, &w.wo, &mut out);
+    backend.matmul(&o, &w.wo, &mut out);
     precision.cast(&mut out);
     out
 }

@@ -283,7 +283,7 @@ impl Grok1 {
         let backend = &*self.backend;
         let f32_bytes = std::mem::size_of::<f32>() as u64;
         let mut stats = ForwardStats {
-            weight_bytes: tokens.len() as u64 * d as u64 * f32_bytes,
+            weight_bytes: tokens.len() as u64 * self.weights.embedding.row_len() as u64,
             experts_read: Vec::with_capacity(cfg.num_layers),
         };
         for (l, w) in self.weights.layers.iter().enumerate() {
@@ -335,9 +335,14 @@ impl Grok1 {
             r += n;
         }
         let vocab = cfg.vocab_size;
-        stats.weight_bytes += (vocab as u64 + 1) * d as u64 * f32_bytes;
+        let output = &self.weights.output;
+        stats.weight_bytes += output.byte_len() as u64 + d as u64 * f32_bytes;
         let mut logits = vec![0f32; out_rows.len() * vocab];
-        backend.matmul_transposed_f32(&selected, &self.weights.embedding, &mut logits, p);
+        match output.as_f32() {
+            Some(e) => backend.matmul_transposed_f32(&selected, &e, &mut logits, p),
+            // Stored in fewer bits already: no bf16 cast of the weights to mimic.
+            None => backend.matmul_rows(&selected, output, &mut logits),
+        }
         p.cast(&mut logits);
         let out_mult = p.cast_one(cfg.output_multiplier_scale as f32);
         for v in logits.iter_mut() {

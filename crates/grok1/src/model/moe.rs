@@ -86,8 +86,8 @@ pub fn moe_block(
         }
         let mut h = vec![0f32; n * ff];
         let mut hv = vec![0f32; n * ff];
-        backend.matmul_q8(&x, &w.experts.linear[expert], &mut h);
-        backend.matmul_q8(&x, &w.experts.linear_v[expert], &mut hv);
+        backend.matmul(&x, &w.experts.linear[expert], &mut h);
+        backend.matmul(&x, &w.experts.linear_v[expert], &mut hv);
         precision.cast(&mut h);
         precision.cast(&mut hv);
         // In the reference the expert outputs pass through an f32 one-hot einsum, so
@@ -96,7 +96,7 @@ pub fn moe_block(
         // computes with the int8 * scale product unrounded), gate * out and the sum.
         backend.gelu_mul(&mut h, &hv);
         let mut y = vec![0f32; n * d];
-        backend.matmul_q8(&h, &w.experts.linear_1[expert], &mut y);
+        backend.matmul(&h, &w.experts.linear_1[expert], &mut y);
         y
     };
     // Small experts (tiny models, a few rows each) run side by side; large ones

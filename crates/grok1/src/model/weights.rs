@@ -1,6 +1,6 @@
 //! The model's weights, found by name in a `TensorStore` and checked for shape.
 
-use crate::backend::{F32Matrix, QuantMatrix};
+use crate::backend::{F32Matrix, Matrix, QuantMatrix, RowMatrix};
 use crate::config::ModelConfig;
 use crate::weights::{DType, StoredTensor, TensorKind, TensorStore, WeightError};
 
@@ -8,11 +8,11 @@ use crate::weights::{DType, StoredTensor, TensorKind, TensorStore, WeightError};
 #[derive(Clone, Debug)]
 pub struct ExpertWeights {
     /// `[num_experts]` of `[d, ffn]`; the GELU branch. ckpt-0 `.../moe/linear/w`
-    pub linear: Vec<QuantMatrix>,
+    pub linear: Vec<Matrix>,
     /// `[num_experts]` of `[d, ffn]`; the linear branch. ckpt-0 `.../moe/linear_v/w`
-    pub linear_v: Vec<QuantMatrix>,
+    pub linear_v: Vec<Matrix>,
     /// `[num_experts]` of `[ffn, d]`; the down projection. ckpt-0 `.../moe/linear_1/w`
-    pub linear_1: Vec<QuantMatrix>,
+    pub linear_1: Vec<Matrix>,
 }
 
 impl ExpertWeights {
@@ -35,13 +35,13 @@ pub struct LayerWeights {
     /// `[d]`, on the MoE output. ckpt-0 `.../rms_norm_3/scale`
     pub moe_out_norm: Vec<f32>,
     /// `[d, Hq*hd]`. ckpt-0 `.../multi_head_attention/query/w`
-    pub wq: QuantMatrix,
+    pub wq: Matrix,
     /// `[d, Hkv*hd]`. ckpt-0 `.../multi_head_attention/key/w`
-    pub wk: QuantMatrix,
+    pub wk: Matrix,
     /// `[d, Hkv*hd]`. ckpt-0 `.../multi_head_attention/value/w`
-    pub wv: QuantMatrix,
+    pub wv: Matrix,
     /// `[Hq*hd, d]`. ckpt-0 `.../multi_head_attention/linear/w`
-    pub wo: QuantMatrix,
+    pub wo: Matrix,
     /// `[d, num_experts]`, f32. ckpt-0 `.../router/w`
     pub router: Vec<f32>,
     pub experts: ExpertWeights,
@@ -64,9 +64,12 @@ impl LayerWeights {
 /// All weights of a model.
 #[derive(Clone, Debug)]
 pub struct Weights {
-    /// `[vocab, d]`, f32, tied input embedding and output projection.
-    /// ckpt-0 `language_model/in_out_embed/embeddings`
-    pub embedding: F32Matrix,
+    /// `[vocab, d]`, the input embedding (f32 in ckpt-0, any type in GGUF).
+    /// ckpt-0 `language_model/in_out_embed/embeddings`, GGUF `token_embd`
+    pub embedding: RowMatrix,
+    /// `[vocab, d]`, the output projection: the embedding itself (Grok-1 ties
+    /// them), or GGUF's `output` where a file stores its own.
+    pub output: RowMatrix,
     /// `[d]`. ckpt-0 `language_model/rms_norm/scale`
     pub final_norm: Vec<f32>,
     pub layers: Vec<LayerWeights>,
@@ -121,11 +124,7 @@ fn small_f32(store: &TensorStore, name: &str, shape: &[usize]) -> Result<Vec<f32
 }
 
 /// An int8 tensor `(*lead, K, N)` split into its `lead` matrices.
-fn quantized(
-    store: &TensorStore,
-    name: &str,
-    shape: &[usize],
-) -> Result<Vec<QuantMatrix>, WeightError> {
+fn quantized(store: &TensorStore, name: &str, shape: &[usize]) -> Result<Vec<Matrix>, WeightError> {
     let t = store.get(name)?;
     let TensorKind::Int8Grouped(q) = &t.kind else {
         return Err(WeightError::Mismatch {
@@ -152,32 +151,134 @@ fn quantized(
         });
     }
     Ok((0..count)
-        .map(|i| QuantMatrix {
-            k,
-            n,
-            groups: q.groups,
-            weight: q.weight.slice(i * k * n, k * n),
-            scales: q
-                .scales
-                .slice(i * q.groups * n * scale_size, q.groups * n * scale_size),
-            scale_dtype: q.scale_dtype,
+        .map(|i| {
+            Matrix::Int8Grouped(QuantMatrix {
+                k,
+                n,
+                groups: q.groups,
+                weight: q.weight.slice(i * k * n, k * n),
+                scales: q
+                    .scales
+                    .slice(i * q.groups * n * scale_size, q.groups * n * scale_size),
+                scale_dtype: q.scale_dtype,
+            })
         })
         .collect())
 }
 
-fn one(mut v: Vec<QuantMatrix>) -> QuantMatrix {
+fn one(mut v: Vec<Matrix>) -> Matrix {
     v.pop().expect("a 2-D weight holds one matrix")
 }
 
+/// A tensor `(*lead, rows, cols)` of float or ggml block type, split into its
+/// `lead` row matrices. `shape` is the expected numpy shape.
+fn row_matrices(t: &StoredTensor, shape: &[usize]) -> Result<Vec<RowMatrix>, WeightError> {
+    let Some((dtype, found, data)) = t.as_ggml() else {
+        return Err(WeightError::Mismatch {
+            file: t.file.clone(),
+            tensor: t.name.clone(),
+            expected: "a float or ggml block tensor".into(),
+            found: t.dtype_label(),
+        });
+    };
+    if found != shape {
+        return Err(shape_error(t, shape));
+    }
+    // A vector is one row.
+    let shape = if shape.len() == 1 {
+        vec![1, shape[0]]
+    } else {
+        shape.to_vec()
+    };
+    let (rows, cols) = (shape[shape.len() - 2], shape[shape.len() - 1]);
+    let count: usize = shape[..shape.len() - 2].iter().product();
+    let row_len = dtype.row_bytes(cols).ok_or_else(|| WeightError::Invalid {
+        file: t.file.clone(),
+        tensor: t.name.clone(),
+        reason: format!(
+            "rows of {cols} values are not whole {dtype} blocks of {}",
+            dtype.block_size()
+        ),
+    })?;
+    let matrix_len = rows * row_len;
+    if data.len() != count * matrix_len {
+        return Err(WeightError::Invalid {
+            file: t.file.clone(),
+            tensor: t.name.clone(),
+            reason: format!(
+                "{} bytes of data for {count} x {rows} rows of {row_len} bytes",
+                data.len()
+            ),
+        });
+    }
+    Ok((0..count)
+        .map(|i| RowMatrix {
+            rows,
+            cols,
+            dtype,
+            data: data.slice(i * matrix_len, matrix_len),
+        })
+        .collect())
+}
+
+fn row_matrix(
+    store: &TensorStore,
+    name: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<RowMatrix, WeightError> {
+    let t = store.get(name)?;
+    Ok(row_matrices(t, &[rows, cols])?.remove(0))
+}
+
+/// A small tensor of any float or block type decoded to f32, in its stored
+/// order; `shape` is the expected numpy shape.
+fn decoded(store: &TensorStore, name: &str, shape: &[usize]) -> Result<Vec<f32>, WeightError> {
+    let t = store.get(name)?;
+    let cols = *shape.last().unwrap_or(&1);
+    let matrix = row_matrices(t, shape)?.remove(0);
+    let mut out = vec![0f32; matrix.rows * cols];
+    for (r, row) in out.chunks_exact_mut(cols).enumerate() {
+        matrix.row_into(r, row);
+    }
+    Ok(out)
+}
+
+/// A weight for `x @ W` with `W: [k, n]`, stored as `[n, k]` rows.
+fn linear(store: &TensorStore, name: &str, k: usize, n: usize) -> Result<Matrix, WeightError> {
+    Ok(Matrix::Rows(row_matrix(store, name, n, k)?))
+}
+
+/// The first of `names` the store holds (files written by different converter
+/// versions name some tensors differently).
+fn first_present(store: &TensorStore, names: [String; 2]) -> String {
+    let [a, b] = names;
+    if store.get(&a).is_err() && store.get(&b).is_ok() {
+        b
+    } else {
+        a
+    }
+}
+
 impl Weights {
-    /// Finds every parameter of `cfg` in `store` by its official path.
+    /// Finds every parameter of `cfg` in `store`, by official path (ckpt-0) or by
+    /// llama.cpp's GGUF names, whichever the store holds.
     pub fn from_store(cfg: &ModelConfig, store: &TensorStore) -> Result<Self, WeightError> {
+        if store.get(gguf_names::EMBEDDING).is_ok() {
+            Self::from_gguf_names(cfg, store)
+        } else {
+            Self::from_official_names(cfg, store)
+        }
+    }
+
+    fn from_official_names(cfg: &ModelConfig, store: &TensorStore) -> Result<Self, WeightError> {
         let d = cfg.emb_size;
         let (e, ff) = (cfg.num_experts, cfg.ffn_size);
-        let embedding = dense_f32(
+        let embedding = row_matrix(
             store,
             "language_model/in_out_embed/embeddings",
-            &[cfg.vocab_size, d],
+            cfg.vocab_size,
+            d,
         )?;
         let final_norm = small_f32(store, "language_model/rms_norm/scale", &[d])?;
         let layers = (0..cfg.num_layers)
@@ -218,9 +319,75 @@ impl Weights {
             })
             .collect::<Result<Vec<_>, WeightError>>()?;
         Ok(Weights {
+            output: embedding.clone(),
             embedding,
             final_norm,
             layers,
         })
     }
+
+    /// llama.cpp's `grok` tensors (shared/docs/formats.md): `[out, in]` rows,
+    /// experts merged into `[E, out, in]` (or one tensor per expert in files
+    /// from before llama.cpp merged them).
+    fn from_gguf_names(cfg: &ModelConfig, store: &TensorStore) -> Result<Self, WeightError> {
+        let d = cfg.emb_size;
+        let (e, ff) = (cfg.num_experts, cfg.ffn_size);
+        let embedding = row_matrix(store, gguf_names::EMBEDDING, cfg.vocab_size, d)?;
+        let output = match store.get("output.weight") {
+            Ok(_) => row_matrix(store, "output.weight", cfg.vocab_size, d)?,
+            Err(_) => embedding.clone(),
+        };
+        let final_norm = decoded(store, "output_norm.weight", &[d])?;
+        let layers = (0..cfg.num_layers)
+            .map(|i| {
+                let p = |suffix: &str| format!("blk.{i}.{suffix}.weight");
+                let experts = |merged: &str, single: &str, rows: usize, cols: usize| {
+                    if let Ok(t) = store.get(&p(merged)) {
+                        return Ok(row_matrices(t, &[e, rows, cols])?
+                            .into_iter()
+                            .map(Matrix::Rows)
+                            .collect());
+                    }
+                    (0..e)
+                        .map(|x| {
+                            let name = format!("blk.{i}.{single}.{x}.weight");
+                            Ok(Matrix::Rows(row_matrix(store, &name, rows, cols)?))
+                        })
+                        .collect::<Result<Vec<_>, WeightError>>()
+                };
+                let post_moe = first_present(store, [p("layer_output_norm"), p("post_ffw_norm")]);
+                let router = decoded(store, &p("ffn_gate_inp"), &[e, d])?;
+                // Stored [E, d]; the router multiplies x @ Wr with Wr [d, E].
+                let router = (0..d * e).map(|j| router[(j % e) * d + j / e]).collect();
+                Ok(LayerWeights {
+                    attn_norm: decoded(store, &p("attn_norm"), &[d])?,
+                    attn_out_norm: decoded(store, &p("attn_output_norm"), &[d])?,
+                    moe_norm: decoded(store, &p("ffn_norm"), &[d])?,
+                    moe_out_norm: decoded(store, &post_moe, &[d])?,
+                    wq: linear(store, &p("attn_q"), d, cfg.q_width())?,
+                    wk: linear(store, &p("attn_k"), d, cfg.kv_width())?,
+                    wv: linear(store, &p("attn_v"), d, cfg.kv_width())?,
+                    wo: linear(store, &p("attn_output"), cfg.q_width(), d)?,
+                    router,
+                    experts: ExpertWeights {
+                        linear: experts("ffn_gate_exps", "ffn_gate", ff, d)?,
+                        linear_v: experts("ffn_up_exps", "ffn_up", ff, d)?,
+                        linear_1: experts("ffn_down_exps", "ffn_down", d, ff)?,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>, WeightError>>()?;
+        Ok(Weights {
+            embedding,
+            output,
+            final_norm,
+            layers,
+        })
+    }
+}
+
+/// Tensor names of llama.cpp's GGUF files.
+pub mod gguf_names {
+    /// The token embedding; its presence marks a store with GGUF names.
+    pub const EMBEDDING: &str = "token_embd.weight";
 }

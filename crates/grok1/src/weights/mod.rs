@@ -3,6 +3,7 @@
 //! format reader. The model never knows which file format the weights came from.
 
 pub mod ckpt0;
+pub mod gguf;
 pub mod mmap;
 pub mod pickle;
 pub mod pickle_writer;
@@ -14,6 +15,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use mmap::MappedFile;
+
+use crate::quant::GgmlType;
 
 /// Element types a weight file may hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -111,6 +114,12 @@ pub enum WeightError {
     NotACheckpoint { path: PathBuf },
     #[error("tensor `{0}` is not in the store")]
     NotFound(String),
+    #[error("{}: byte {offset}: {reason}", file.display())]
+    Format {
+        file: PathBuf,
+        offset: u64,
+        reason: String,
+    },
 }
 
 /// Where a tensor's bytes live.
@@ -212,10 +221,20 @@ pub struct QuantizedTensor {
     pub scale_dtype: DType,
 }
 
+/// A tensor in one of ggml's block formats (GGUF files), shape in numpy order
+/// (the last axis is the one the blocks run along).
+#[derive(Clone, Debug)]
+pub struct BlockTensor {
+    pub dtype: GgmlType,
+    pub shape: Vec<usize>,
+    pub data: TensorData,
+}
+
 #[derive(Clone, Debug)]
 pub enum TensorKind {
     Dense(DenseTensor),
     Int8Grouped(QuantizedTensor),
+    Blocks(BlockTensor),
 }
 
 /// One named parameter and the file it came from.
@@ -233,6 +252,25 @@ impl StoredTensor {
         match &self.kind {
             TensorKind::Dense(t) => &t.shape,
             TensorKind::Int8Grouped(q) => &q.shape,
+            TensorKind::Blocks(b) => &b.shape,
+        }
+    }
+
+    /// The tensor as rows of a ggml type (`None` for the official int8 layout
+    /// and for dense types ggml has no rows for).
+    pub fn as_ggml(&self) -> Option<(GgmlType, &[usize], &TensorData)> {
+        match &self.kind {
+            TensorKind::Dense(t) => {
+                let dtype = match t.dtype {
+                    DType::F32 => GgmlType::F32,
+                    DType::F16 => GgmlType::F16,
+                    DType::BF16 => GgmlType::BF16,
+                    _ => return None,
+                };
+                Some((dtype, &t.shape, &t.data))
+            }
+            TensorKind::Blocks(b) => Some((b.dtype, &b.shape, &b.data)),
+            TensorKind::Int8Grouped(_) => None,
         }
     }
 
@@ -245,6 +283,7 @@ impl StoredTensor {
         match &self.kind {
             TensorKind::Dense(t) => t.data.len(),
             TensorKind::Int8Grouped(q) => q.weight.len() + q.scales.len(),
+            TensorKind::Blocks(b) => b.data.len(),
         }
     }
 
@@ -252,6 +291,7 @@ impl StoredTensor {
         match &self.kind {
             TensorKind::Dense(t) => t.dtype.to_string(),
             TensorKind::Int8Grouped(q) => format!("int8+{}", q.scale_dtype),
+            TensorKind::Blocks(b) => b.dtype.to_string(),
         }
     }
 }

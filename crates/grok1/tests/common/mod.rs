@@ -8,7 +8,7 @@ use grok1::backend::cpu::{CpuBackend, Isa};
 use grok1::model::Weights;
 use grok1::npy;
 use grok1::progress::NoProgress;
-use grok1::weights::ckpt0;
+use grok1::weights::{ckpt0, gguf};
 use grok1::{Grok1, ModelConfig};
 
 pub fn fixtures() -> PathBuf {
@@ -117,4 +117,12 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) -> f32 {
         want[at]
     );
     err
+}
+
+/// A model from `tests/fixtures/gguf/<file>` on the CPU backend with the given kernels.
+pub fn load_gguf(file: &str, isa: Isa) -> Grok1 {
+    let model = gguf::GgufModel::open(&fixtures().join("gguf").join(file)).expect("open gguf");
+    let config = model.config().expect("gguf config");
+    let weights = Weights::from_store(&config, &model.store).expect("gguf weights");
+    Grok1::new(config, weights, Box::new(CpuBackend::with_isa(isa)))
 }

@@ -15,7 +15,7 @@ mod x86;
 
 use rayon::prelude::*;
 
-use super::{AttentionParams, Backend, F32Matrix, Precision, QuantMatrix, RowPosition};
+use super::{AttentionParams, Backend, F32Matrix, Precision, QuantMatrix, RowMatrix, RowPosition};
 use crate::kv_cache::KvCache;
 pub use kernels::Isa;
 
@@ -157,6 +157,52 @@ impl Backend for CpuBackend {
                 }
             }
         }
+    }
+
+    fn matmul_rows(&self, x: &[f32], w: &RowMatrix, out: &mut [f32]) {
+        let (k, n) = (w.cols, w.rows);
+        let m = x.len() / k.max(1);
+        assert_eq!(x.len(), m * k, "matmul_rows: input is not [m, {k}]");
+        assert_eq!(out.len(), m * n, "matmul_rows: output is not [{m}, {n}]");
+        if m == 0 || n == 0 {
+            return;
+        }
+        // Each task decodes a run of weight rows (a block small enough to stay
+        // in L1/L2) and dots every activation row with it: each weight byte is
+        // read and decoded once per call whatever `m`.
+        let block = (TILE_FLOATS / k.max(1)).clamp(1, 64);
+        let rows_per_task = block * 4;
+        let task = |(t, chunk): (usize, &mut [f32])| {
+            let first = t * rows_per_task;
+            let rows = chunk.len() / m;
+            let mut decoded = vec![0f32; block * k];
+            let mut dots = vec![0f32; block];
+            for b0 in (0..rows).step_by(block) {
+                let count = block.min(rows - b0);
+                for (j, dst) in decoded.chunks_exact_mut(k).take(count).enumerate() {
+                    w.row_into(first + b0 + j, dst);
+                }
+                for (i, xi) in x.chunks_exact(k).enumerate() {
+                    kernels::dot_rows(self.isa, xi, &decoded[..count * k], &mut dots[..count]);
+                    for (j, &v) in dots[..count].iter().enumerate() {
+                        chunk[(b0 + j) * m + i] = v;
+                    }
+                }
+            }
+        };
+        let mut out_t = vec![0f32; n * m];
+        if m * k * n < PARALLEL_MIN_MACS {
+            out_t
+                .chunks_mut(rows_per_task * m)
+                .enumerate()
+                .for_each(task);
+        } else {
+            out_t
+                .par_chunks_mut(rows_per_task * m)
+                .enumerate()
+                .for_each(task);
+        }
+        transpose_into(&out_t, m, n, out);
     }
 
     fn matmul_transposed_f32(
