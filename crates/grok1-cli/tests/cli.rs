@@ -601,3 +601,61 @@ fn chat_streams_a_reply_and_ctrl_c_stops_it_without_quitting() {
     assert!(rest.contains("Assistant:"), "{rest}");
     assert!(child.wait().unwrap().success());
 }
+
+/// A GGUF file (written by gguf-py) is a `--model` like a checkpoint directory:
+/// greedy ids from the f32 conversion equal the reference's; inspect lists it.
+#[test]
+fn gguf_models_generate_and_inspect() {
+    let dir = model("tiny-moe");
+    let gguf = fixtures().join("gguf");
+    for j in 0..2 {
+        let prompt = npy_i32(&dir.join(format!("decode_prompt{j}_tokens.npy")));
+        let want = npy_i32(&dir.join(format!("decode_prompt{j}_ids_f32.npy")));
+        let o = run(grok1()
+            .arg("generate")
+            .arg("--model")
+            .arg(gguf.join("tiny-moe-f32.gguf"))
+            .args([
+                "--tokens",
+                &ids_csv(&prompt),
+                "--max-tokens",
+                "16",
+                "--print-ids",
+            ]));
+        assert!(o.status.success(), "{}", stderr(&o));
+        // All 16 steps are exact in f32 (tolerances.json `greedy_f32`).
+        assert_eq!(
+            stdout(&o).lines().last().unwrap(),
+            ids_csv(&want),
+            "prompt {j}"
+        );
+    }
+    let o = run(grok1()
+        .arg("inspect")
+        .arg("--model")
+        .arg(gguf.join("split")));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("tiny-moe-q8_0-00003-of-00003.gguf (GGUF v3"),
+        "{out}"
+    );
+    assert!(out.contains("blk.0.ffn_gate_exps.weight"), "{out}");
+    assert!(out.contains("Q8_0   [8, 88, 64]"), "{out}");
+    assert!(out.contains("\"ffn_size\": 88"), "{out}");
+    // A file of another format is named in the error.
+    let bad = tempfile::tempdir().unwrap();
+    let path = bad.path().join("x.gguf");
+    std::fs::write(&path, b"GGUF\x03\0\0\0").unwrap();
+    let o = run(grok1()
+        .arg("generate")
+        .arg("--model")
+        .arg(&path)
+        .args(["--tokens", "1"]));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("x.gguf: byte 8: file ends inside"),
+        "{}",
+        stderr(&o)
+    );
+}

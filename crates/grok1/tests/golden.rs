@@ -88,8 +88,6 @@ fn check_f32_with(name: &'static str, isa: Isa) {
 
 /// Every f32 acceptance check of fixture `fx` on `model` (however it was loaded).
 pub fn check_f32_model(name: &'static str, fx: &Fixture, model: &Grok1) {
-    let fx = fx;
-    let model = model;
     let cfg = model.config().clone();
     let mut report = Report {
         model: name,
@@ -100,7 +98,7 @@ pub fn check_f32_model(name: &'static str, fx: &Fixture, model: &Grok1) {
     let (mut prefill_err, mut last_err) = (0f32, 0f32);
     for s in 0..3 {
         let tokens = fx.tokens(&format!("prefill_seq{s}_tokens.npy"));
-        let out = prefill(&model, &tokens, Precision::F32, None);
+        let out = prefill(model, &tokens, Precision::F32, None);
         let want = fx.f32(&format!("prefill_seq{s}_logits_f32.npy"));
         let top_ids = fx.i32(&format!("prefill_seq{s}_top8_ids_f32.npy"));
         let top_logits = fx.f32(&format!("prefill_seq{s}_top8_logits_f32.npy"));
@@ -162,7 +160,7 @@ pub fn check_f32_model(name: &'static str, fx: &Fixture, model: &Grok1) {
     // Router decisions and hidden states of seq2.
     let tokens = fx.tokens("prefill_seq2_tokens.npy");
     let mut trace = Trace::default();
-    prefill(&model, &tokens, Precision::F32, Some(&mut trace));
+    prefill(model, &tokens, Precision::F32, Some(&mut trace));
     let experts = fx.i32("router_experts_f32.npy");
     let gates = fx.f32("router_gates_f32.npy");
     let probs = fx.f32("router_probs_f32.npy");

@@ -87,8 +87,8 @@ impl MetaValue {
     /// A short rendering for `inspect`: arrays show their length and first items.
     pub fn summary(&self) -> String {
         match self {
-            MetaValue::Str(s) if s.len() > 80 => {
-                format!("{:?}...", &s[..s.floor_char_boundary(80)])
+            MetaValue::Str(s) if s.chars().count() > 80 => {
+                format!("{:?}...", s.chars().take(80).collect::<String>())
             }
             MetaValue::Str(s) => format!("{s:?}"),
             MetaValue::Array(v) => {
