@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use grok1::progress::NoProgress;
-use grok1::weights::{ckpt0, gguf, TensorKind};
+use grok1::weights::{ckpt0, gguf, safetensors, TensorKind};
 use grok1::ModelConfig;
 
 use crate::args::{InitArgs, InspectArgs, Preset};
@@ -49,14 +49,37 @@ fn inspect_gguf(file: &std::path::Path) -> anyhow::Result<ExitCode> {
         ),
         Err(e) => println!("config: not a runnable Grok-1 model: {e}"),
     }
+    print_tensor_table(&model.store);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `inspect` of a Hugging Face safetensors model.
+fn inspect_safetensors(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let model = safetensors::SafetensorsModel::open(dir)?;
+    for f in &model.files {
+        println!("file: {}", f.display());
+    }
+    match model.config() {
+        Ok(cfg) => println!(
+            "config (from config.json and the tensors):\n{}",
+            serde_json::to_string_pretty(&cfg)?
+        ),
+        Err(e) => println!("config: not a runnable Grok-1 model: {e}"),
+    }
+    print_tensor_table(&model.store);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The tensors of a row-stored model, then totals by type.
+fn print_tensor_table(store: &grok1::weights::TensorStore) {
     println!();
     println!(
-        "{:>5}  {:<36} {:<6} {:<24} {:>12}",
+        "{:>5}  {:<52} {:<8} {:<24} {:>12}",
         "index", "name", "type", "shape", "bytes"
     );
     let mut by_type: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
     let (mut params, mut bytes) = (0u64, 0u64);
-    for (i, t) in model.store.iter().enumerate() {
+    for (i, t) in store.iter().enumerate() {
         let label = t.dtype_label();
         let entry = by_type.entry(label.clone()).or_default();
         entry.0 += 1;
@@ -64,7 +87,7 @@ fn inspect_gguf(file: &std::path::Path) -> anyhow::Result<ExitCode> {
         params += t.element_count() as u64;
         bytes += t.byte_count() as u64;
         println!(
-            "{i:>5}  {:<36} {label:<6} {:<24} {:>12}",
+            "{i:>5}  {:<52} {label:<8} {:<24} {:>12}",
             t.name,
             format!("{:?}", t.shape()),
             t.byte_count()
@@ -77,18 +100,20 @@ fn inspect_gguf(file: &std::path::Path) -> anyhow::Result<ExitCode> {
         .collect();
     println!(
         "{} tensors, {params} parameters ({:.3} B), {} of payload ({:.2} bits per weight): {}",
-        model.store.len(),
+        store.len(),
         params as f64 / 1e9,
         human_bytes(bytes),
         bytes as f64 * 8.0 / params.max(1) as f64,
         types.join(", ")
     );
-    Ok(ExitCode::SUCCESS)
 }
 
 pub fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
     if let Some(file) = gguf::find(&args.model)? {
         return inspect_gguf(&file);
+    }
+    if safetensors::is_safetensors_dir(&args.model) {
+        return inspect_safetensors(&args.model);
     }
     let paths = ckpt0::locate(&args.model)?;
     let (config, source) = match &paths.config {

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::Context;
-use grok1::weights::{ckpt0, gguf, random::random_store};
+use grok1::weights::{ckpt0, gguf, random::random_store, safetensors};
 use grok1::{Grok1, ModelConfig};
 use grok1_tokenizer::Tokenizer;
 
@@ -55,6 +55,17 @@ pub fn load(dir: Option<&Path>) -> anyhow::Result<LoadedModel> {
         // A tokenizer.model beside the file wins; else the official one built in
         // (the vocabulary llama.cpp's converter copies into Grok-1 GGUFs).
         let tokenizer_file = Some(folder.join("tokenizer.model")).filter(|p| p.is_file());
+        return Ok(LoadedModel {
+            model,
+            tokenizer_file,
+        });
+    }
+    if safetensors::is_safetensors_dir(dir) {
+        let st = safetensors::SafetensorsModel::open(dir)?;
+        let config = st.config()?;
+        let model = Grok1::from_store(config, &st.store)
+            .with_context(|| format!("building the model from {}", dir.display()))?;
+        let tokenizer_file = Some(dir.join("tokenizer.model")).filter(|p| p.is_file());
         return Ok(LoadedModel {
             model,
             tokenizer_file,

@@ -641,8 +641,35 @@ fn gguf_models_generate_and_inspect() {
         "{out}"
     );
     assert!(out.contains("blk.0.ffn_gate_exps.weight"), "{out}");
-    assert!(out.contains("Q8_0   [8, 88, 64]"), "{out}");
+    assert!(
+        out.lines().any(|l| l.contains("blk.1.ffn_down_exps.weight")
+            && l.contains("float16")
+            && l.contains("[8, 64, 88]")),
+        "{out}"
+    );
+    assert!(
+        out.lines().any(|l| l.contains("blk.1.ffn_up_exps.weight")
+            && l.contains("Q8_0")
+            && l.contains("[8, 88, 64]")),
+        "{out}"
+    );
     assert!(out.contains("\"ffn_size\": 88"), "{out}");
+    // The Hugging Face layouts load the same way, from their directory.
+    let keyfan = fixtures().join("safetensors").join("keyfan");
+    let prompt = npy_i32(&dir.join("decode_prompt0_tokens.npy"));
+    let want = npy_i32(&dir.join("decode_prompt0_ids_f32.npy"));
+    let o = run(grok1().arg("generate").arg("--model").arg(&keyfan).args([
+        "--tokens",
+        &ids_csv(&prompt),
+        "--max-tokens",
+        "16",
+        "--print-ids",
+    ]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().last().unwrap(), ids_csv(&want), "keyfan");
+    let o = run(grok1().arg("inspect").arg("--model").arg(&keyfan));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("transformer.decoder_layer.1.moe.7.linear_1.weight"));
     // A file of another format is named in the error.
     let bad = tempfile::tempdir().unwrap();
     let path = bad.path().join("x.gguf");

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{fixtures, load_gguf, Fixture};
+use common::{fixtures, kld_and_top1, load_gguf, prefill_rows, Fixture};
 use grok1::backend::cpu::Isa;
 use grok1::model::Weights;
 use grok1::quant::GgmlType;
@@ -44,58 +44,6 @@ fn every_type_decodes_exactly_like_gguf_py() {
             }
         }
     }
-}
-
-/// Log-softmax of a row, in f64.
-fn log_softmax(row: &[f32]) -> Vec<f64> {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
-    row.iter().map(|&v| v as f64 - max - sum.ln()).collect()
-}
-
-/// All prefill logits of the fixture's three prompts.
-fn prefill_rows(model: &Grok1, fx: &Fixture) -> Vec<Vec<f32>> {
-    let mut rows = Vec::new();
-    for s in 0..3 {
-        let tokens = fx.tokens(&format!("prefill_seq{s}_tokens.npy"));
-        let mut cache = model.new_cache(tokens.len(), 1);
-        let seq = cache.add_sequence();
-        let out = model
-            .forward(
-                &mut cache,
-                &[SequenceInput {
-                    seq,
-                    tokens: &tokens,
-                }],
-                &ForwardOptions {
-                    precision: Precision::F32,
-                    logits: LogitsRows::All,
-                },
-                None,
-            )
-            .unwrap();
-        rows.extend((0..tokens.len()).map(|t| out.row(t).to_vec()));
-    }
-    rows
-}
-
-/// Mean KL(f32 || quantised) and top-1 agreement over the prefill rows.
-fn kld_and_top1(reference: &[Vec<f32>], quantised: &[Vec<f32>]) -> (f64, f64) {
-    let mut kl = 0f64;
-    let mut same = 0;
-    for (p, q) in reference.iter().zip(quantised) {
-        let (lp, lq) = (log_softmax(p), log_softmax(q));
-        kl += lp
-            .iter()
-            .zip(&lq)
-            .map(|(a, b)| a.exp() * (a - b))
-            .sum::<f64>();
-        same += usize::from(grok1::sampling::argmax(p) == grok1::sampling::argmax(q));
-    }
-    (
-        kl / reference.len() as f64,
-        same as f64 / reference.len() as f64,
-    )
 }
 
 /// Quantised conversions stay close to the f32 one: the KL divergence and top-1

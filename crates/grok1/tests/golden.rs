@@ -516,3 +516,16 @@ fn tiny_moe_from_f32_gguf_matches_the_reference() {
         check_f32_model("tiny-moe", &fx, &model);
     }
 }
+
+/// The tiny-moe model in the keyfan/grok-1-hf safetensors layout (f32, two
+/// shards with an index; tests/fixtures/safetensors/make_fixtures.py) meets the
+/// same tolerances as ckpt-0.
+#[test]
+fn tiny_moe_from_f32_safetensors_matches_the_reference() {
+    let fx = Fixture::open("tiny-moe");
+    for isa in Isa::available() {
+        eprintln!("tiny-moe (safetensors f32): kernels {}", isa.name());
+        let model = common::load_safetensors("keyfan", isa);
+        check_f32_model("tiny-moe", &fx, &model);
+    }
+}

@@ -249,25 +249,14 @@ fn linear(store: &TensorStore, name: &str, k: usize, n: usize) -> Result<Matrix,
     Ok(Matrix::Rows(row_matrix(store, name, n, k)?))
 }
 
-/// The first of `names` the store holds (files written by different converter
-/// versions name some tensors differently).
-fn first_present(store: &TensorStore, names: [String; 2]) -> String {
-    let [a, b] = names;
-    if store.get(&a).is_err() && store.get(&b).is_ok() {
-        b
-    } else {
-        a
-    }
-}
-
 impl Weights {
-    /// Finds every parameter of `cfg` in `store`, by official path (ckpt-0) or by
-    /// llama.cpp's GGUF names, whichever the store holds.
+    /// Finds every parameter of `cfg` in `store`: by official path (ckpt-0), or
+    /// by the names of whichever row-stored layout the store holds (GGUF, the
+    /// Hugging Face conversions).
     pub fn from_store(cfg: &ModelConfig, store: &TensorStore) -> Result<Self, WeightError> {
-        if store.get(gguf_names::EMBEDDING).is_ok() {
-            Self::from_gguf_names(cfg, store)
-        } else {
-            Self::from_official_names(cfg, store)
+        match RowLayout::detect(store) {
+            Some(layout) => Self::from_row_layout(cfg, store, layout),
+            None => Self::from_official_names(cfg, store),
         }
     }
 
@@ -326,53 +315,65 @@ impl Weights {
         })
     }
 
-    /// llama.cpp's `grok` tensors (shared/docs/formats.md): `[out, in]` rows,
-    /// experts merged into `[E, out, in]` (or one tensor per expert in files
-    /// from before llama.cpp merged them).
-    fn from_gguf_names(cfg: &ModelConfig, store: &TensorStore) -> Result<Self, WeightError> {
+    /// A layout of `[out, in]` matrices (shared/docs/formats.md); experts
+    /// merged into `[E, out, in]` tensors where the layout has them (GGUF; files
+    /// from before llama.cpp merged them have one tensor per expert).
+    fn from_row_layout(
+        cfg: &ModelConfig,
+        store: &TensorStore,
+        layout: RowLayout,
+    ) -> Result<Self, WeightError> {
         let d = cfg.emb_size;
         let (e, ff) = (cfg.num_experts, cfg.ffn_size);
-        let embedding = row_matrix(store, gguf_names::EMBEDDING, cfg.vocab_size, d)?;
-        let output = match store.get("output.weight") {
-            Ok(_) => row_matrix(store, "output.weight", cfg.vocab_size, d)?,
+        let name = |part: Part, layer: usize| layout.name(part, layer, None);
+        let embedding = row_matrix(store, &name(Part::Embedding, 0), cfg.vocab_size, d)?;
+        let output_name = name(Part::Output, 0);
+        let output = match store.get(&output_name) {
+            Ok(_) => row_matrix(store, &output_name, cfg.vocab_size, d)?,
             Err(_) => embedding.clone(),
         };
-        let final_norm = decoded(store, "output_norm.weight", &[d])?;
+        let final_norm = decoded(store, &name(Part::FinalNorm, 0), &[d])?;
         let layers = (0..cfg.num_layers)
             .map(|i| {
-                let p = |suffix: &str| format!("blk.{i}.{suffix}.weight");
-                let experts = |merged: &str, single: &str, rows: usize, cols: usize| {
-                    if let Ok(t) = store.get(&p(merged)) {
-                        return Ok(row_matrices(t, &[e, rows, cols])?
-                            .into_iter()
-                            .map(Matrix::Rows)
-                            .collect());
+                let p = |part: Part| name(part, i);
+                let experts = |part: Part, rows: usize, cols: usize| {
+                    if let Some(merged) = layout.merged_experts(part, i) {
+                        if let Ok(t) = store.get(&merged) {
+                            return Ok(row_matrices(t, &[e, rows, cols])?
+                                .into_iter()
+                                .map(Matrix::Rows)
+                                .collect());
+                        }
                     }
                     (0..e)
                         .map(|x| {
-                            let name = format!("blk.{i}.{single}.{x}.weight");
-                            Ok(Matrix::Rows(row_matrix(store, &name, rows, cols)?))
+                            let single = layout.name(part, i, Some(x));
+                            Ok(Matrix::Rows(row_matrix(store, &single, rows, cols)?))
                         })
                         .collect::<Result<Vec<_>, WeightError>>()
                 };
-                let post_moe = first_present(store, [p("layer_output_norm"), p("post_ffw_norm")]);
-                let router = decoded(store, &p("ffn_gate_inp"), &[e, d])?;
+                let mut post_moe = p(Part::MoeOutNorm);
+                if store.get(&post_moe).is_err() && layout == RowLayout::Gguf {
+                    // Newer llama.cpp files name it `post_ffw_norm`.
+                    post_moe = format!("blk.{i}.post_ffw_norm.weight");
+                }
+                let router = decoded(store, &p(Part::Router), &[e, d])?;
                 // Stored [E, d]; the router multiplies x @ Wr with Wr [d, E].
                 let router = (0..d * e).map(|j| router[(j % e) * d + j / e]).collect();
                 Ok(LayerWeights {
-                    attn_norm: decoded(store, &p("attn_norm"), &[d])?,
-                    attn_out_norm: decoded(store, &p("attn_output_norm"), &[d])?,
-                    moe_norm: decoded(store, &p("ffn_norm"), &[d])?,
+                    attn_norm: decoded(store, &p(Part::AttnNorm), &[d])?,
+                    attn_out_norm: decoded(store, &p(Part::AttnOutNorm), &[d])?,
+                    moe_norm: decoded(store, &p(Part::MoeNorm), &[d])?,
                     moe_out_norm: decoded(store, &post_moe, &[d])?,
-                    wq: linear(store, &p("attn_q"), d, cfg.q_width())?,
-                    wk: linear(store, &p("attn_k"), d, cfg.kv_width())?,
-                    wv: linear(store, &p("attn_v"), d, cfg.kv_width())?,
-                    wo: linear(store, &p("attn_output"), cfg.q_width(), d)?,
+                    wq: linear(store, &p(Part::Query), d, cfg.q_width())?,
+                    wk: linear(store, &p(Part::Key), d, cfg.kv_width())?,
+                    wv: linear(store, &p(Part::Value), d, cfg.kv_width())?,
+                    wo: linear(store, &p(Part::AttnOut), cfg.q_width(), d)?,
                     router,
                     experts: ExpertWeights {
-                        linear: experts("ffn_gate_exps", "ffn_gate", ff, d)?,
-                        linear_v: experts("ffn_up_exps", "ffn_up", ff, d)?,
-                        linear_1: experts("ffn_down_exps", "ffn_down", d, ff)?,
+                        linear: experts(Part::Gate, ff, d)?,
+                        linear_v: experts(Part::Up, ff, d)?,
+                        linear_1: experts(Part::Down, d, ff)?,
                     },
                 })
             })
@@ -386,8 +387,132 @@ impl Weights {
     }
 }
 
-/// Tensor names of llama.cpp's GGUF files.
-pub mod gguf_names {
-    /// The token embedding; its presence marks a store with GGUF names.
-    pub const EMBEDDING: &str = "token_embd.weight";
+/// The parameters of the model, by role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    Embedding,
+    /// The output projection when a file stores one apart from the embedding.
+    Output,
+    FinalNorm,
+    AttnNorm,
+    AttnOutNorm,
+    MoeNorm,
+    MoeOutNorm,
+    Query,
+    Key,
+    Value,
+    AttnOut,
+    Router,
+    /// The GELU branch (`linear`).
+    Gate,
+    /// The linear branch (`linear_v`).
+    Up,
+    /// The down projection (`linear_1`).
+    Down,
+}
+
+/// The files whose matrices are stored `[out, in]`, and their tensor names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowLayout {
+    /// llama.cpp's `grok` GGUF.
+    Gguf,
+    /// keyfan/grok-1-hf safetensors.
+    Keyfan,
+    /// hpcai-tech/grok-1 safetensors.
+    Hpcai,
+}
+
+impl RowLayout {
+    /// The layout whose embedding name the store holds.
+    pub fn detect(store: &TensorStore) -> Option<RowLayout> {
+        [RowLayout::Gguf, RowLayout::Keyfan, RowLayout::Hpcai]
+            .into_iter()
+            .find(|l| store.get(&l.name(Part::Embedding, 0, None)).is_ok())
+    }
+
+    /// The tensor holding `part` of layer `layer` (of expert `expert` for the
+    /// expert matrices stored one per expert).
+    pub fn name(self, part: Part, layer: usize, expert: Option<usize>) -> String {
+        let e = expert.unwrap_or(0);
+        match self {
+            RowLayout::Gguf => {
+                let global = match part {
+                    Part::Embedding => Some("token_embd"),
+                    Part::Output => Some("output"),
+                    Part::FinalNorm => Some("output_norm"),
+                    _ => None,
+                };
+                if let Some(g) = global {
+                    return format!("{g}.weight");
+                }
+                let local = match part {
+                    Part::AttnNorm => "attn_norm",
+                    Part::AttnOutNorm => "attn_output_norm",
+                    Part::MoeNorm => "ffn_norm",
+                    Part::MoeOutNorm => "layer_output_norm",
+                    Part::Query => "attn_q",
+                    Part::Key => "attn_k",
+                    Part::Value => "attn_v",
+                    Part::AttnOut => "attn_output",
+                    Part::Router => "ffn_gate_inp",
+                    Part::Gate => return format!("blk.{layer}.ffn_gate.{e}.weight"),
+                    Part::Up => return format!("blk.{layer}.ffn_up.{e}.weight"),
+                    Part::Down => return format!("blk.{layer}.ffn_down.{e}.weight"),
+                    Part::Embedding | Part::Output | Part::FinalNorm => unreachable!(),
+                };
+                format!("blk.{layer}.{local}.weight")
+            }
+            RowLayout::Keyfan => {
+                let l = format!("transformer.decoder_layer.{layer}");
+                match part {
+                    Part::Embedding => "transformer.in_out_embed.weight".into(),
+                    Part::Output => "lm_head.weight".into(),
+                    Part::FinalNorm => "transformer.rms_norm.weight".into(),
+                    Part::AttnNorm => format!("{l}.rms_norm.weight"),
+                    Part::AttnOutNorm => format!("{l}.rms_norm_1.weight"),
+                    Part::MoeNorm => format!("{l}.rms_norm_2.weight"),
+                    Part::MoeOutNorm => format!("{l}.rms_norm_3.weight"),
+                    Part::Query => format!("{l}.multi_head_attention.query.weight"),
+                    Part::Key => format!("{l}.multi_head_attention.key.weight"),
+                    Part::Value => format!("{l}.multi_head_attention.value.weight"),
+                    Part::AttnOut => format!("{l}.multi_head_attention.linear.weight"),
+                    Part::Router => format!("{l}.router.weight"),
+                    Part::Gate => format!("{l}.moe.{e}.linear.weight"),
+                    Part::Up => format!("{l}.moe.{e}.linear_v.weight"),
+                    Part::Down => format!("{l}.moe.{e}.linear_1.weight"),
+                }
+            }
+            RowLayout::Hpcai => {
+                let l = format!("model.layers.{layer}");
+                match part {
+                    Part::Embedding => "model.embed_tokens.weight".into(),
+                    Part::Output => "lm_head.weight".into(),
+                    Part::FinalNorm => "model.norm.scale".into(),
+                    Part::AttnNorm => format!("{l}.pre_attn_norm.scale"),
+                    Part::AttnOutNorm => format!("{l}.post_attn_norm.scale"),
+                    Part::MoeNorm => format!("{l}.pre_moe_norm.scale"),
+                    Part::MoeOutNorm => format!("{l}.post_moe_norm.scale"),
+                    Part::Query => format!("{l}.attn.q_proj.weight"),
+                    Part::Key => format!("{l}.attn.k_proj.weight"),
+                    Part::Value => format!("{l}.attn.v_proj.weight"),
+                    Part::AttnOut => format!("{l}.attn.o_proj.weight"),
+                    Part::Router => format!("{l}.moe_block.gate.weight"),
+                    Part::Gate => format!("{l}.moe_block.experts.{e}.linear.weight"),
+                    Part::Up => format!("{l}.moe_block.experts.{e}.linear_v.weight"),
+                    Part::Down => format!("{l}.moe_block.experts.{e}.linear_1.weight"),
+                }
+            }
+        }
+    }
+
+    /// The merged `[E, out, in]` tensor of an expert matrix, where the layout has one.
+    pub fn merged_experts(self, part: Part, layer: usize) -> Option<String> {
+        let name = match (self, part) {
+            (RowLayout::Gguf, Part::Gate) => "ffn_gate_exps",
+            (RowLayout::Gguf, Part::Up) => "ffn_up_exps",
+            (RowLayout::Gguf, Part::Down) => "ffn_down_exps",
+            _ => return None,
+        };
+        Some(format!("blk.{layer}.{name}.weight"))
+    }
 }

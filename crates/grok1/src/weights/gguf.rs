@@ -674,7 +674,7 @@ impl GgufModel {
         }
         let embedding = self
             .store
-            .get(crate::model::weights::gguf_names::EMBEDDING)
+            .get("token_embd.weight")
             .map_err(|_| self.error("tensor `token_embd.weight` is missing".into()))?;
         let emb_size = self.uint("grok.embedding_length", None)?;
         let vocab_size = match embedding.shape() {

@@ -8,6 +8,7 @@ pub mod mmap;
 pub mod pickle;
 pub mod pickle_writer;
 pub mod random;
+pub mod safetensors;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -8,8 +8,8 @@ use grok1::backend::cpu::{CpuBackend, Isa};
 use grok1::model::Weights;
 use grok1::npy;
 use grok1::progress::NoProgress;
-use grok1::weights::{ckpt0, gguf};
-use grok1::{Grok1, ModelConfig};
+use grok1::weights::{ckpt0, gguf, safetensors};
+use grok1::{ForwardOptions, Grok1, LogitsRows, ModelConfig, Precision, SequenceInput};
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
@@ -125,4 +125,65 @@ pub fn load_gguf(file: &str, isa: Isa) -> Grok1 {
     let config = model.config().expect("gguf config");
     let weights = Weights::from_store(&config, &model.store).expect("gguf weights");
     Grok1::new(config, weights, Box::new(CpuBackend::with_isa(isa)))
+}
+
+/// A model from `tests/fixtures/safetensors/<dir>` on the CPU backend.
+pub fn load_safetensors(dir: &str, isa: Isa) -> Grok1 {
+    let model = safetensors::SafetensorsModel::open(&fixtures().join("safetensors").join(dir))
+        .expect("open safetensors");
+    let config = model.config().expect("safetensors config");
+    let weights = Weights::from_store(&config, &model.store).expect("safetensors weights");
+    Grok1::new(config, weights, Box::new(CpuBackend::with_isa(isa)))
+}
+
+/// Log-softmax of a row, in f64.
+pub fn log_softmax(row: &[f32]) -> Vec<f64> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+    row.iter().map(|&v| v as f64 - max - sum.ln()).collect()
+}
+
+/// All prefill logits of the fixture's three prompts.
+pub fn prefill_rows(model: &Grok1, fx: &Fixture) -> Vec<Vec<f32>> {
+    let mut rows = Vec::new();
+    for s in 0..3 {
+        let tokens = fx.tokens(&format!("prefill_seq{s}_tokens.npy"));
+        let mut cache = model.new_cache(tokens.len(), 1);
+        let seq = cache.add_sequence();
+        let out = model
+            .forward(
+                &mut cache,
+                &[SequenceInput {
+                    seq,
+                    tokens: &tokens,
+                }],
+                &ForwardOptions {
+                    precision: Precision::F32,
+                    logits: LogitsRows::All,
+                },
+                None,
+            )
+            .unwrap();
+        rows.extend((0..tokens.len()).map(|t| out.row(t).to_vec()));
+    }
+    rows
+}
+
+/// Mean KL(f32 || quantised) and top-1 agreement over the prefill rows.
+pub fn kld_and_top1(reference: &[Vec<f32>], quantised: &[Vec<f32>]) -> (f64, f64) {
+    let mut kl = 0f64;
+    let mut same = 0;
+    for (p, q) in reference.iter().zip(quantised) {
+        let (lp, lq) = (log_softmax(p), log_softmax(q));
+        kl += lp
+            .iter()
+            .zip(&lq)
+            .map(|(a, b)| a.exp() * (a - b))
+            .sum::<f64>();
+        same += usize::from(grok1::sampling::argmax(p) == grok1::sampling::argmax(q));
+    }
+    (
+        kl / reference.len() as f64,
+        same as f64 / reference.len() as f64,
+    )
 }
