@@ -39,6 +39,65 @@ pub enum Command {
     Serve(ServeArgs),
     /// Chat with the model in the terminal (the server's chat template)
     Chat(ChatArgs),
+    /// Convert a model (any format) to GGUF or safetensors, re-encoding its tensors
+    Convert(ConvertArgs),
+}
+
+/// Output container of `convert`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ConvertFormat {
+    /// llama.cpp's GGUF (`grok` architecture), one file
+    Gguf,
+    /// Hugging Face safetensors in the keyfan/grok-1-hf layout, a directory
+    Safetensors,
+    /// the official ckpt-0 layout (int8 weights with scales)
+    Ckpt,
+}
+
+/// Tensor type of `convert`'s matrices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ConvertType {
+    F32,
+    F16,
+    Bf16,
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q6_k")]
+    Q6K,
+    #[value(name = "q4_k")]
+    Q4K,
+    /// int8 with per-column scales (the official checkpoint's encoding; --format ckpt)
+    Int8,
+}
+
+#[derive(Args, Debug)]
+pub struct ConvertArgs {
+    /// Source model: a ckpt-0 directory, a GGUF file or a safetensors directory
+    #[arg(long, value_name = "PATH")]
+    pub model: PathBuf,
+
+    /// Output: a .gguf file, or a directory for safetensors and ckpt
+    #[arg(long, value_name = "PATH")]
+    pub out: PathBuf,
+
+    /// Output format
+    #[arg(long, value_enum)]
+    pub format: ConvertFormat,
+
+    /// Type of the weight matrices (norms and router stay f32; matrices whose
+    /// rows are not whole blocks of the type fall back to q8_0 or f16)
+    #[arg(long = "type", value_enum)]
+    pub dtype: ConvertType,
+
+    /// SentencePiece tokenizer.model whose vocabulary goes into a GGUF
+    /// (default: beside the model, else the official Grok-1 one when the
+    /// vocabulary size matches)
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+
+    /// Replace an existing output
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Activation precision.

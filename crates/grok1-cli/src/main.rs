@@ -5,6 +5,7 @@
 mod args;
 mod bench;
 mod chat;
+mod convert;
 mod generate;
 mod inspect;
 mod model_source;
@@ -29,6 +30,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(a) => bench::bench(a),
         Command::Serve(a) => serve::serve(a),
         Command::Chat(a) => chat::chat(a),
+        Command::Convert(a) => convert::convert(a),
     }
 }
 

@@ -272,6 +272,11 @@ impl Tokenizer {
         self.pieces.get(id as usize).map(|p| &**p)
     }
 
+    /// The piece's score (its merge priority in a BPE model).
+    pub fn score(&self, id: u32) -> Option<f32> {
+        self.scores.get(id as usize).copied()
+    }
+
     pub fn kind(&self, id: u32) -> Option<PieceKind> {
         self.kinds.get(id as usize).copied()
     }

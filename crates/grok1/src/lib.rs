@@ -15,6 +15,7 @@ pub mod weights;
 pub use config::{ConfigError, ModelConfig};
 pub mod backend;
 pub mod bench;
+pub mod convert;
 pub mod engine;
 pub mod generate;
 pub mod kv_cache;

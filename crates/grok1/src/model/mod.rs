@@ -142,6 +142,11 @@ impl Grok1 {
         }
     }
 
+    /// The weights, as views into their files.
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
     pub fn config(&self) -> &ModelConfig {
         &self.config
     }

@@ -8,6 +8,9 @@
 //! implementation in the `gguf` Python package (tests/fixtures/gguf).
 
 mod blocks;
+mod encode;
+
+pub use encode::quantize_row;
 
 use std::fmt;
 

@@ -1,0 +1,627 @@
+//! `grok1 convert`: a loaded model (any format) written out as GGUF (llama.cpp's
+//! `grok` layout) or safetensors (the keyfan/grok-1-hf layout), tensor by
+//! tensor, re-encoded into a chosen ggml type.
+//!
+//! Memory stays bounded whatever the model size: the source is read through
+//! its memory map and each output tensor is produced a block of rows at a time
+//! (dequantised to f32, re-encoded, appended to the file), so the peak is a
+//! few blocks of rows, never a whole tensor or model.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use grok1_tokenizer::{PieceKind, Tokenizer};
+
+use crate::backend::Matrix;
+use crate::config::ModelConfig;
+use crate::model::weights::{Part, RowLayout};
+use crate::model::Weights;
+use crate::progress::Progress;
+use crate::quant::{quantize_row, GgmlType};
+
+/// Output container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutFormat {
+    Gguf,
+    Safetensors,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// What a conversion wrote.
+#[derive(Debug, Clone)]
+pub struct ConvertReport {
+    pub files: Vec<PathBuf>,
+    pub tensors: usize,
+    pub bytes_written: u64,
+    /// Elements of the source model read.
+    pub parameters: u64,
+}
+
+/// Where the values of one output tensor come from.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    /// A vector or a small f32 matrix stored as is.
+    Values(&'a [f32]),
+    /// The router `[d, E]`, written `[E, d]`.
+    Router(&'a [f32], usize, usize),
+    /// A linear layer, written as its `[out, in]` rows.
+    Linear(&'a Matrix),
+    /// One matrix per expert, written as one `[E, out, in]` tensor.
+    Experts(&'a [Matrix]),
+    /// The embedding or output projection rows.
+    Rows(&'a crate::backend::RowMatrix),
+}
+
+struct Planned<'a> {
+    name: String,
+    /// numpy order; the last axis is the row.
+    shape: Vec<usize>,
+    dtype: GgmlType,
+    source: Source<'a>,
+}
+
+impl Planned<'_> {
+    fn bytes(&self) -> u64 {
+        let row = self.dtype.row_bytes(*self.shape.last().unwrap()).unwrap() as u64;
+        row * self.shape[..self.shape.len() - 1].iter().product::<usize>() as u64
+    }
+}
+
+/// The type a matrix with rows of `cols` values gets: the requested one when
+/// its rows are whole blocks, else the best smaller-block type (as
+/// llama-quantize does for tensors that do not fit its blocks).
+fn matrix_type(want: GgmlType, cols: usize) -> GgmlType {
+    [want, GgmlType::Q8_0, GgmlType::F16]
+        .into_iter()
+        .find(|t| cols % t.block_size() == 0 && (t.is_float() || !want.is_float()))
+        .unwrap_or(GgmlType::F16)
+}
+
+fn plan<'a>(
+    cfg: &ModelConfig,
+    w: &'a Weights,
+    layout: RowLayout,
+    dtype: GgmlType,
+) -> Vec<Planned<'a>> {
+    let d = cfg.emb_size;
+    let e = cfg.num_experts;
+    let name = |part: Part, layer: usize| layout.name(part, layer, None);
+    let mut out = Vec::new();
+    let vector = |name: String, v: &'a [f32]| Planned {
+        name,
+        shape: vec![v.len()],
+        dtype: GgmlType::F32,
+        source: Source::Values(v),
+    };
+    let linear = |name: String, m: &'a Matrix| Planned {
+        name,
+        shape: vec![m.n(), m.k()],
+        dtype: matrix_type(dtype, m.k()),
+        source: Source::Linear(m),
+    };
+    out.push(Planned {
+        name: name(Part::Embedding, 0),
+        shape: vec![w.embedding.rows, w.embedding.cols],
+        dtype: matrix_type(dtype, d),
+        source: Source::Rows(&w.embedding),
+    });
+    if !std::ptr::eq(
+        w.output.data.bytes().as_ptr(),
+        w.embedding.data.bytes().as_ptr(),
+    ) {
+        out.push(Planned {
+            name: name(Part::Output, 0),
+            shape: vec![w.output.rows, w.output.cols],
+            dtype: matrix_type(dtype, d),
+            source: Source::Rows(&w.output),
+        });
+    }
+    for (i, l) in w.layers.iter().enumerate() {
+        let p = |part: Part| name(part, i);
+        out.push(vector(p(Part::AttnNorm), &l.attn_norm));
+        out.push(vector(p(Part::AttnOutNorm), &l.attn_out_norm));
+        out.push(vector(p(Part::MoeNorm), &l.moe_norm));
+        out.push(vector(p(Part::MoeOutNorm), &l.moe_out_norm));
+        out.push(linear(p(Part::Query), &l.wq));
+        out.push(linear(p(Part::Key), &l.wk));
+        out.push(linear(p(Part::Value), &l.wv));
+        out.push(linear(p(Part::AttnOut), &l.wo));
+        out.push(Planned {
+            name: p(Part::Router),
+            shape: vec![e, d],
+            dtype: GgmlType::F32,
+            source: Source::Router(&l.router, d, e),
+        });
+        for (part, mats) in [
+            (Part::Gate, &l.experts.linear),
+            (Part::Up, &l.experts.linear_v),
+            (Part::Down, &l.experts.linear_1),
+        ] {
+            match layout.merged_experts(part, i) {
+                Some(merged) => out.push(Planned {
+                    name: merged,
+                    shape: vec![mats.len(), mats[0].n(), mats[0].k()],
+                    dtype: matrix_type(dtype, mats[0].k()),
+                    source: Source::Experts(mats),
+                }),
+                None => {
+                    for (x, m) in mats.iter().enumerate() {
+                        out.push(linear(layout.name(part, i, Some(x)), m));
+                    }
+                }
+            }
+        }
+    }
+    out.push(vector(name(Part::FinalNorm, 0), &w.final_norm));
+    out
+}
+
+/// Output rows `first..first + count` of `m` (each `k` values) into `out`.
+fn linear_rows(m: &Matrix, first: usize, count: usize, out: &mut [f32]) {
+    match m {
+        Matrix::Rows(r) => {
+            for (j, row) in out.chunks_exact_mut(r.cols).take(count).enumerate() {
+                r.row_into(first + j, row);
+            }
+        }
+        Matrix::Int8Grouped(q) => {
+            // W is [k, n] row-major: gather column o of every row r.
+            let per_group = q.k / q.groups;
+            let w = q.weight_bytes();
+            let mut scales = vec![0f32; count];
+            for r in 0..q.k {
+                if r % per_group == 0 {
+                    q.scales_into(r / per_group, first..first + count, &mut scales);
+                }
+                let src = &w[r * q.n + first..r * q.n + first + count];
+                for (j, (&b, &s)) in src.iter().zip(&scales).enumerate() {
+                    out[j * q.k + r] = b as i8 as f32 * s;
+                }
+            }
+        }
+    }
+}
+
+/// Rows per block when producing a tensor: about 8 MiB of f32.
+fn block_rows(cols: usize) -> usize {
+    ((8 << 20) / 4 / cols.max(1)).clamp(1, 4096)
+}
+
+/// Encodes a block of rows and writes it.
+type Emit<'a> = dyn FnMut(&[f32], &mut dyn Write) -> std::io::Result<()> + 'a;
+
+/// Writes `t`'s bytes to `out`, a block of rows at a time.
+fn write_tensor(
+    t: &Planned,
+    out: &mut impl Write,
+    progress: &mut dyn FnMut(u64),
+) -> std::io::Result<()> {
+    let cols = *t.shape.last().unwrap();
+    let mut encoded = Vec::new();
+    let mut emit = |rows: &[f32], out: &mut dyn Write| -> std::io::Result<()> {
+        for row in rows.chunks_exact(cols) {
+            quantize_row(t.dtype, row, &mut encoded);
+            out.write_all(&encoded)?;
+        }
+        progress((rows.len() / cols) as u64 * t.dtype.row_bytes(cols).unwrap() as u64);
+        Ok(())
+    };
+    match t.source {
+        Source::Values(v) => emit(v, out)?,
+        Source::Router(r, d, e) => {
+            let transposed: Vec<f32> = (0..e * d).map(|j| r[(j % d) * e + j / d]).collect();
+            emit(&transposed, out)?;
+        }
+        Source::Rows(m) => {
+            let block = block_rows(cols);
+            let mut buf = vec![0f32; block * cols];
+            for first in (0..m.rows).step_by(block) {
+                let count = block.min(m.rows - first);
+                for (j, row) in buf.chunks_exact_mut(cols).take(count).enumerate() {
+                    m.row_into(first + j, row);
+                }
+                emit(&buf[..count * cols], out)?;
+            }
+        }
+        Source::Linear(m) => write_linear(m, cols, &mut emit, out)?,
+        Source::Experts(ms) => {
+            for m in ms {
+                write_linear(m, cols, &mut emit, out)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_linear(
+    m: &Matrix,
+    cols: usize,
+    emit: &mut Emit,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    let block = block_rows(cols);
+    let mut buf = vec![0f32; block * cols];
+    for first in (0..m.n()).step_by(block) {
+        let count = block.min(m.n() - first);
+        linear_rows(m, first, count, &mut buf);
+        emit(&buf[..count * cols], out)?;
+    }
+    Ok(())
+}
+
+const ALIGN: u64 = 32;
+
+fn gguf_string(out: &mut Vec<u8>, s: &str) {
+    out.extend((s.len() as u64).to_le_bytes());
+    out.extend(s.as_bytes());
+}
+
+/// GGUF metadata values this writer emits.
+enum Kv {
+    Bool(bool),
+    U32(u32),
+    F32(f32),
+    Str(String),
+    Strs(Vec<String>),
+    F32s(Vec<f32>),
+    I32s(Vec<i32>),
+}
+
+fn gguf_kv(out: &mut Vec<u8>, key: &str, v: &Kv) {
+    gguf_string(out, key);
+    match v {
+        Kv::Bool(b) => {
+            out.extend(7u32.to_le_bytes());
+            out.push(u8::from(*b));
+        }
+        Kv::U32(x) => {
+            out.extend(4u32.to_le_bytes());
+            out.extend(x.to_le_bytes());
+        }
+        Kv::F32(x) => {
+            out.extend(6u32.to_le_bytes());
+            out.extend(x.to_le_bytes());
+        }
+        Kv::Str(s) => {
+            out.extend(8u32.to_le_bytes());
+            gguf_string(out, s);
+        }
+        Kv::Strs(v) => {
+            out.extend(9u32.to_le_bytes());
+            out.extend(8u32.to_le_bytes());
+            out.extend((v.len() as u64).to_le_bytes());
+            v.iter().for_each(|s| gguf_string(out, s));
+        }
+        Kv::F32s(v) => {
+            out.extend(9u32.to_le_bytes());
+            out.extend(6u32.to_le_bytes());
+            out.extend((v.len() as u64).to_le_bytes());
+            v.iter().for_each(|x| out.extend(x.to_le_bytes()));
+        }
+        Kv::I32s(v) => {
+            out.extend(9u32.to_le_bytes());
+            out.extend(5u32.to_le_bytes());
+            out.extend((v.len() as u64).to_le_bytes());
+            v.iter().for_each(|x| out.extend(x.to_le_bytes()));
+        }
+    }
+}
+
+/// llama.cpp's `general.file_type` for a conversion to `t`.
+fn file_type(t: GgmlType) -> u32 {
+    match t {
+        GgmlType::F32 => 0,
+        GgmlType::F16 => 1,
+        GgmlType::Q8_0 => 7,
+        GgmlType::Q4K => 15, // Q4_K_M's id; the closest llama.cpp name
+        GgmlType::Q6K => 18,
+        GgmlType::BF16 => 32,
+        _ => 0,
+    }
+}
+
+fn gguf_metadata(
+    cfg: &ModelConfig,
+    tokenizer: Option<&Tokenizer>,
+    dtype: GgmlType,
+) -> Vec<(String, Kv)> {
+    let mut kv = vec![
+        ("general.architecture".to_string(), Kv::Str("grok".into())),
+        ("general.name".into(), Kv::Str(cfg.name.clone())),
+        ("general.file_type".into(), Kv::U32(file_type(dtype))),
+        (
+            "grok.context_length".into(),
+            Kv::U32(cfg.sequence_len as u32),
+        ),
+        ("grok.embedding_length".into(), Kv::U32(cfg.emb_size as u32)),
+        (
+            "grok.feed_forward_length".into(),
+            Kv::U32(cfg.ffn_size as u32),
+        ),
+        ("grok.block_count".into(), Kv::U32(cfg.num_layers as u32)),
+        (
+            "grok.attention.head_count".into(),
+            Kv::U32(cfg.num_q_heads as u32),
+        ),
+        (
+            "grok.attention.head_count_kv".into(),
+            Kv::U32(cfg.num_kv_heads as u32),
+        ),
+        (
+            "grok.attention.key_length".into(),
+            Kv::U32(cfg.key_size as u32),
+        ),
+        (
+            "grok.attention.value_length".into(),
+            Kv::U32(cfg.key_size as u32),
+        ),
+        ("grok.rope.freq_base".into(), Kv::F32(cfg.rope_base as f32)),
+        (
+            "grok.attention.layer_norm_rms_epsilon".into(),
+            Kv::F32(cfg.rms_norm_eps as f32),
+        ),
+        ("grok.expert_count".into(), Kv::U32(cfg.num_experts as u32)),
+        (
+            "grok.expert_used_count".into(),
+            Kv::U32(cfg.num_selected_experts as u32),
+        ),
+        (
+            "grok.attn_logit_softcapping".into(),
+            Kv::F32(cfg.attn_softcap as f32),
+        ),
+        (
+            "grok.attention.output_scale".into(),
+            Kv::F32(cfg.attn_output_multiplier as f32),
+        ),
+        (
+            "grok.embedding_scale".into(),
+            Kv::F32(cfg.embedding_multiplier_scale as f32),
+        ),
+        (
+            "grok.logit_scale".into(),
+            Kv::F32(cfg.output_multiplier_scale as f32),
+        ),
+        (
+            "tokenizer.ggml.padding_token_id".into(),
+            Kv::U32(cfg.pad_token),
+        ),
+        ("tokenizer.ggml.eos_token_id".into(), Kv::U32(cfg.eos_token)),
+    ];
+    // The vocabulary llama.cpp needs to load the file (its `llama` SentencePiece
+    // tokenizer), when it matches the model's.
+    if let Some(t) = tokenizer.filter(|t| t.vocab_size() == cfg.vocab_size) {
+        let n = t.vocab_size() as u32;
+        let kind = |id: u32| match t.kind(id) {
+            Some(PieceKind::Normal) | None => 1,
+            Some(PieceKind::Unknown) => 2,
+            Some(PieceKind::Control) => 3,
+            Some(PieceKind::UserDefined) => 4,
+            Some(PieceKind::Unused) => 5,
+            Some(PieceKind::Byte) => 6,
+        };
+        kv.push(("tokenizer.ggml.model".into(), Kv::Str("llama".into())));
+        kv.push((
+            "tokenizer.ggml.tokens".into(),
+            Kv::Strs(
+                (0..n)
+                    .map(|i| t.id_to_piece(i).unwrap_or_default().to_string())
+                    .collect(),
+            ),
+        ));
+        kv.push((
+            "tokenizer.ggml.scores".into(),
+            Kv::F32s((0..n).map(|i| t.score(i).unwrap_or(0.0)).collect()),
+        ));
+        kv.push((
+            "tokenizer.ggml.token_type".into(),
+            Kv::I32s((0..n).map(kind).collect()),
+        ));
+        if let Some(b) = t.bos_id() {
+            kv.push(("tokenizer.ggml.bos_token_id".into(), Kv::U32(b)));
+        }
+        kv.push((
+            "tokenizer.ggml.unknown_token_id".into(),
+            Kv::U32(t.unk_id()),
+        ));
+        kv.push(("tokenizer.ggml.add_bos_token".into(), Kv::Bool(false)));
+    }
+    kv
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> ConvertError + '_ {
+    move |source| ConvertError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Converts `weights` (of `cfg`) into `out`: a `.gguf` file, or a directory
+/// for safetensors (`model.safetensors` and `config.json`).
+pub fn convert(
+    cfg: &ModelConfig,
+    weights: &Weights,
+    tokenizer: Option<&Tokenizer>,
+    format: OutFormat,
+    dtype: GgmlType,
+    out: &Path,
+    progress: &dyn Progress,
+) -> Result<ConvertReport, ConvertError> {
+    if !GgmlType::ENCODABLE.contains(&dtype) {
+        return Err(ConvertError::Unsupported(format!(
+            "cannot write {dtype}; choose one of {}",
+            GgmlType::ENCODABLE.map(|t| t.name()).join(", ")
+        )));
+    }
+    if format == OutFormat::Safetensors && !dtype.is_float() {
+        return Err(ConvertError::Unsupported(format!(
+            "safetensors holds plain floats: use --type f32, f16 or bf16, not {dtype}"
+        )));
+    }
+    let layout = match format {
+        OutFormat::Gguf => RowLayout::Gguf,
+        OutFormat::Safetensors => RowLayout::Keyfan,
+    };
+    let tensors = plan(cfg, weights, layout, dtype);
+    let total: u64 = tensors.iter().map(Planned::bytes).sum();
+    let parameters: u64 = tensors
+        .iter()
+        .map(|t| t.shape.iter().product::<usize>() as u64)
+        .sum();
+    match format {
+        OutFormat::Gguf => write_gguf(cfg, tokenizer, dtype, &tensors, out, total, progress)?,
+        OutFormat::Safetensors => write_safetensors(cfg, &tensors, out, total, progress)?,
+    }
+    let files = match format {
+        OutFormat::Gguf => vec![out.to_path_buf()],
+        OutFormat::Safetensors => vec![out.join("model.safetensors"), out.join("config.json")],
+    };
+    let bytes_written = files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
+    Ok(ConvertReport {
+        files,
+        tensors: tensors.len(),
+        bytes_written,
+        parameters,
+    })
+}
+
+fn write_gguf(
+    cfg: &ModelConfig,
+    tokenizer: Option<&Tokenizer>,
+    dtype: GgmlType,
+    tensors: &[Planned],
+    out: &Path,
+    total: u64,
+    progress: &dyn Progress,
+) -> Result<(), ConvertError> {
+    let kv = gguf_metadata(cfg, tokenizer, dtype);
+    let mut header = Vec::new();
+    header.extend(b"GGUF");
+    header.extend(3u32.to_le_bytes());
+    header.extend((tensors.len() as u64).to_le_bytes());
+    header.extend((kv.len() as u64).to_le_bytes());
+    for (k, v) in &kv {
+        gguf_kv(&mut header, k, v);
+    }
+    let mut offset = 0u64;
+    for t in tensors {
+        gguf_string(&mut header, &t.name);
+        header.extend((t.shape.len() as u32).to_le_bytes());
+        for &n in t.shape.iter().rev() {
+            header.extend((n as u64).to_le_bytes());
+        }
+        header.extend(t.dtype.id().to_le_bytes());
+        header.extend(offset.to_le_bytes());
+        offset = (offset + t.bytes()).div_ceil(ALIGN) * ALIGN;
+    }
+    header.resize(
+        (header.len() as u64).div_ceil(ALIGN) as usize * ALIGN as usize,
+        0,
+    );
+    let file = std::fs::File::create(out).map_err(io(out))?;
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    w.write_all(&header).map_err(io(out))?;
+    progress.start("converting", total);
+    let mut done = 0u64;
+    for t in tensors {
+        write_tensor(t, &mut w, &mut |n| {
+            done += n;
+            progress.set(done);
+        })
+        .map_err(io(out))?;
+        let pad = (t.bytes().div_ceil(ALIGN) * ALIGN - t.bytes()) as usize;
+        w.write_all(&vec![0u8; pad]).map_err(io(out))?;
+    }
+    w.flush().map_err(io(out))?;
+    progress.finish();
+    Ok(())
+}
+
+fn write_safetensors(
+    cfg: &ModelConfig,
+    tensors: &[Planned],
+    dir: &Path,
+    total: u64,
+    progress: &dyn Progress,
+) -> Result<(), ConvertError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let path = dir.join("model.safetensors");
+    // The header lists every tensor's offsets, all known from the plan.
+    let mut header = serde_json::Map::new();
+    let mut offset = 0u64;
+    for t in tensors {
+        let dtype = match t.dtype {
+            GgmlType::F32 => "F32",
+            GgmlType::F16 => "F16",
+            _ => "BF16",
+        };
+        header.insert(
+            t.name.clone(),
+            serde_json::json!({"dtype": dtype, "shape": t.shape, "data_offsets": [offset, offset + t.bytes()]}),
+        );
+        offset += t.bytes();
+    }
+    let mut json = serde_json::Value::Object(header).to_string();
+    // Pad with spaces so the data starts 8-byte aligned, as the format advises.
+    while (8 + json.len()) % 8 != 0 {
+        json.push(' ');
+    }
+    let file = std::fs::File::create(&path).map_err(io(&path))?;
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    w.write_all(&(json.len() as u64).to_le_bytes())
+        .map_err(io(&path))?;
+    w.write_all(json.as_bytes()).map_err(io(&path))?;
+    progress.start("converting", total);
+    let mut done = 0u64;
+    for t in tensors {
+        write_tensor(t, &mut w, &mut |n| {
+            done += n;
+            progress.set(done);
+        })
+        .map_err(io(&path))?;
+    }
+    w.flush().map_err(io(&path))?;
+    progress.finish();
+    let config = serde_json::json!({
+        "architectures": ["Grok1ModelForCausalLM"],
+        "model_type": "grok-1",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.emb_size,
+        "intermediate_size": cfg.ffn_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_q_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "head_dim": cfg.key_size,
+        "num_experts": cfg.num_experts,
+        "num_experts_per_tok": cfg.num_selected_experts,
+        "attn_output_multiplier": cfg.attn_output_multiplier,
+        "embedding_multiplier_scale": cfg.embedding_multiplier_scale,
+        "output_multiplier_scale": cfg.output_multiplier_scale,
+        "max_attn_value": cfg.attn_softcap,
+        "max_position_embeddings": cfg.sequence_len,
+        "rope_theta": cfg.rope_base,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "pad_token_id": cfg.pad_token,
+        "eos_token_id": cfg.eos_token,
+    });
+    let cpath = dir.join("config.json");
+    std::fs::write(
+        &cpath,
+        serde_json::to_string_pretty(&config).unwrap_or_default(),
+    )
+    .map_err(io(&cpath))?;
+    Ok(())
+}
