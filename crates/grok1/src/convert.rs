@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use grok1_tokenizer::{PieceKind, Tokenizer};
 
+use rayon::prelude::*;
+
 use crate::backend::Matrix;
 use crate::config::ModelConfig;
 use crate::model::weights::{Part, RowLayout};
@@ -170,24 +172,34 @@ fn plan<'a>(
 fn linear_rows(m: &Matrix, first: usize, count: usize, out: &mut [f32]) {
     match m {
         Matrix::Rows(r) => {
-            for (j, row) in out.chunks_exact_mut(r.cols).take(count).enumerate() {
-                r.row_into(first + j, row);
-            }
+            out[..count * r.cols]
+                .par_chunks_mut(r.cols)
+                .enumerate()
+                .for_each(|(j, row)| r.row_into(first + j, row));
         }
         Matrix::Int8Grouped(q) => {
-            // W is [k, n] row-major: gather column o of every row r.
+            // W is [k, n] row-major: output row j is column first + j. Tasks
+            // take runs of columns; each reads its slice of every row of W.
             let per_group = q.k / q.groups;
             let w = q.weight_bytes();
-            let mut scales = vec![0f32; count];
-            for r in 0..q.k {
-                if r % per_group == 0 {
-                    q.scales_into(r / per_group, first..first + count, &mut scales);
-                }
-                let src = &w[r * q.n + first..r * q.n + first + count];
-                for (j, (&b, &s)) in src.iter().zip(&scales).enumerate() {
-                    out[j * q.k + r] = b as i8 as f32 * s;
-                }
-            }
+            const COLS_PER_TASK: usize = 32;
+            out[..count * q.k]
+                .par_chunks_mut(COLS_PER_TASK * q.k)
+                .enumerate()
+                .for_each(|(task, rows)| {
+                    let c0 = first + task * COLS_PER_TASK;
+                    let width = rows.len() / q.k;
+                    let mut scales = vec![0f32; width];
+                    for r in 0..q.k {
+                        if r % per_group == 0 {
+                            q.scales_into(r / per_group, c0..c0 + width, &mut scales);
+                        }
+                        let src = &w[r * q.n + c0..r * q.n + c0 + width];
+                        for (j, (&b, &s)) in src.iter().zip(&scales).enumerate() {
+                            rows[j * q.k + r] = b as i8 as f32 * s;
+                        }
+                    }
+                });
         }
     }
 }
@@ -207,11 +219,23 @@ fn write_tensor(
     progress: &mut dyn FnMut(u64),
 ) -> std::io::Result<()> {
     let cols = *t.shape.last().unwrap();
-    let mut encoded = Vec::new();
     let mut emit = |rows: &[f32], out: &mut dyn Write| -> std::io::Result<()> {
-        for row in rows.chunks_exact(cols) {
-            quantize_row(t.dtype, row, &mut encoded);
-            out.write_all(&encoded)?;
+        // Rows are encoded in parallel, then written in order.
+        let per_task = (1 << 16) / cols.max(1) + 1;
+        let encoded: Vec<Vec<u8>> = rows
+            .par_chunks(per_task * cols)
+            .map(|chunk| {
+                let mut all = Vec::new();
+                let mut row_bytes = Vec::new();
+                for row in chunk.chunks_exact(cols) {
+                    quantize_row(t.dtype, row, &mut row_bytes);
+                    all.extend_from_slice(&row_bytes);
+                }
+                all
+            })
+            .collect();
+        for e in &encoded {
+            out.write_all(e)?;
         }
         progress((rows.len() / cols) as u64 * t.dtype.row_bytes(cols).unwrap() as u64);
         Ok(())
@@ -227,10 +251,13 @@ fn write_tensor(
             let mut buf = vec![0f32; block * cols];
             for first in (0..m.rows).step_by(block) {
                 let count = block.min(m.rows - first);
-                for (j, row) in buf.chunks_exact_mut(cols).take(count).enumerate() {
-                    m.row_into(first + j, row);
-                }
+                buf[..count * cols]
+                    .par_chunks_mut(cols)
+                    .enumerate()
+                    .for_each(|(j, row)| m.row_into(first + j, row));
                 emit(&buf[..count * cols], out)?;
+                let len = m.row_len();
+                m.data.slice(first * len, count * len).release();
             }
         }
         Source::Linear(m) => write_linear(m, cols, &mut emit, out)?,
@@ -255,6 +282,14 @@ fn write_linear(
         let count = block.min(m.n() - first);
         linear_rows(m, first, count, &mut buf);
         emit(&buf[..count * cols], out)?;
+    }
+    // Done with this matrix: its pages may leave the resident set.
+    match m {
+        Matrix::Rows(r) => r.data.release(),
+        Matrix::Int8Grouped(q) => {
+            q.weight.release();
+            q.scales.release();
+        }
     }
     Ok(())
 }

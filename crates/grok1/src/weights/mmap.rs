@@ -38,6 +38,29 @@ impl MappedFile {
         }))
     }
 
+    /// Tells the kernel this process is done with `len` bytes at `offset` for
+    /// now, so their pages leave its resident set (a conversion reads each
+    /// weight once; without this its RSS would grow to the whole model). The
+    /// bytes stay valid: a later read faults them in again from the file.
+    pub fn release(&self, offset: usize, len: usize) {
+        #[cfg(unix)]
+        if let Some(map) = &self.map {
+            if offset.checked_add(len).is_some_and(|end| end <= map.len()) && len > 0 {
+                // SAFETY: MADV_DONTNEED on a read-only shared file mapping only
+                // drops this process's page-table entries; the next access
+                // repopulates them from the file, whose bytes do not change while
+                // mapped (the contract of `open`). Outstanding borrows therefore
+                // keep reading the same values. Errors (e.g. an unsupported
+                // platform) only mean the pages stay resident.
+                let _ = unsafe {
+                    map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len)
+                };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = (offset, len);
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

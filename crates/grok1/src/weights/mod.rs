@@ -189,6 +189,14 @@ impl TensorData {
         matches!(self.backing, Backing::Mapped(_))
     }
 
+    /// Lets the OS drop this range's pages from the process's resident set
+    /// (mapped data only; the bytes stay readable). See [`MappedFile::release`].
+    pub fn release(&self) {
+        if let Backing::Mapped(file) = &self.backing {
+            file.release(self.offset, self.len);
+        }
+    }
+
     /// A sub-range of this view.
     pub fn slice(&self, offset: usize, len: usize) -> Self {
         assert!(offset + len <= self.len, "tensor slice out of range");
