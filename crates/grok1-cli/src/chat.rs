@@ -61,10 +61,7 @@ fn read_message(input: &mut dyn BufRead) -> std::io::Result<Option<String>> {
 pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
     set_threads(args.engine.threads)?;
     let loaded = model_source::load(args.model.model.as_deref())?;
-    let tokenizer = Arc::new(model_source::tokenizer(
-        args.tokenizer.as_deref(),
-        loaded.tokenizer_file.as_deref(),
-    )?);
+    let tokenizer = Arc::new(loaded.tokenizer(args.tokenizer.as_deref())?);
     let model = loaded.model;
     let eos = model.config().eos_token;
     let config = engine_config(&args.engine, &model, args.model.precision.into())?;

@@ -31,8 +31,7 @@ fn prompt_ids(prompt: &PromptArgs, tokenizer: &Tokenizer) -> anyhow::Result<Vec<
 pub fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     let loaded = model_source::load(args.model.model.as_deref())?;
     let model = &loaded.model;
-    let tokenizer =
-        model_source::tokenizer(args.tokenizer.as_deref(), loaded.tokenizer_file.as_deref())?;
+    let tokenizer = loaded.tokenizer(args.tokenizer.as_deref())?;
     let prompt = prompt_ids(&args.prompt, &tokenizer)?;
     if tokenizer.vocab_size() != model.config().vocab_size {
         eprintln!(
@@ -130,10 +129,7 @@ pub fn logits(args: LogitsArgs) -> anyhow::Result<ExitCode> {
     let tokens = match &args.prompt.tokens {
         Some(t) => t.0.clone(),
         None => {
-            let tokenizer = model_source::tokenizer(
-                args.tokenizer.as_deref(),
-                loaded.tokenizer_file.as_deref(),
-            )?;
+            let tokenizer = loaded.tokenizer(args.tokenizer.as_deref())?;
             prompt_ids(&args.prompt, &tokenizer)?
         }
     };

@@ -28,6 +28,23 @@ pub struct LoadedModel {
     pub model: Grok1,
     /// `tokenizer.model` found next to the checkpoint, if any.
     pub tokenizer_file: Option<std::path::PathBuf>,
+    /// The vocabulary stored in the model file itself (GGUF), if any.
+    pub embedded_tokenizer: Option<Tokenizer>,
+}
+
+impl LoadedModel {
+    /// The tokenizer: `--tokenizer`, else a `tokenizer.model` beside the model,
+    /// else the vocabulary inside the model file, else the official Grok-1
+    /// tokenizer built into the binary.
+    pub fn tokenizer(&self, flag: Option<&Path>) -> anyhow::Result<Tokenizer> {
+        match (
+            flag.or(self.tokenizer_file.as_deref()),
+            &self.embedded_tokenizer,
+        ) {
+            (None, Some(t)) => Ok(t.clone()),
+            (path, _) => tokenizer(path, None),
+        }
+    }
 }
 
 /// Loads the checkpoint under `dir`, or the demo model when `dir` is `None`.
@@ -43,21 +60,23 @@ pub fn load(dir: Option<&Path>) -> anyhow::Result<LoadedModel> {
         return Ok(LoadedModel {
             model,
             tokenizer_file: None,
+            embedded_tokenizer: None,
         });
     };
     if let Some(file) = gguf::find(dir)? {
         // Parsing maps the file and reads its header: no progress to show.
-        let model = gguf::GgufModel::open(&file)?;
-        let config = model.config()?;
-        let model = Grok1::from_store(config, &model.store)
+        let gguf = gguf::GgufModel::open(&file)?;
+        let config = gguf.config()?;
+        let embedded_tokenizer = gguf.tokenizer()?;
+        let model = Grok1::from_store(config, &gguf.store)
             .with_context(|| format!("building the model from {}", file.display()))?;
         let folder = file.parent().map(Path::to_path_buf).unwrap_or_default();
-        // A tokenizer.model beside the file wins; else the official one built in
-        // (the vocabulary llama.cpp's converter copies into Grok-1 GGUFs).
+        // A tokenizer.model beside the file wins; else the file's own vocabulary.
         let tokenizer_file = Some(folder.join("tokenizer.model")).filter(|p| p.is_file());
         return Ok(LoadedModel {
             model,
             tokenizer_file,
+            embedded_tokenizer,
         });
     }
     if safetensors::is_safetensors_dir(dir) {
@@ -69,6 +88,7 @@ pub fn load(dir: Option<&Path>) -> anyhow::Result<LoadedModel> {
         return Ok(LoadedModel {
             model,
             tokenizer_file,
+            embedded_tokenizer: None,
         });
     }
     let paths = ckpt0::locate(dir)?;
@@ -96,6 +116,7 @@ pub fn load(dir: Option<&Path>) -> anyhow::Result<LoadedModel> {
     Ok(LoadedModel {
         model,
         tokenizer_file,
+        embedded_tokenizer: None,
     })
 }
 

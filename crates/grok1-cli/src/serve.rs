@@ -60,10 +60,7 @@ pub fn engine_config(
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     set_threads(args.engine.threads)?;
     let loaded = model_source::load(args.model.model.as_deref())?;
-    let tokenizer = Arc::new(model_source::tokenizer(
-        args.tokenizer.as_deref(),
-        loaded.tokenizer_file.as_deref(),
-    )?);
+    let tokenizer = Arc::new(loaded.tokenizer(args.tokenizer.as_deref())?);
     let model = loaded.model;
     let engine_config = engine_config(&args.engine, &model, args.model.precision.into())?;
     let name = args

@@ -51,6 +51,15 @@ pub enum PieceKind {
     Byte,
 }
 
+/// Special token ids of a bare vocabulary ([`Tokenizer::from_vocab`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SpecialIds {
+    pub unk: Option<u32>,
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    pub pad: Option<u32>,
+}
+
 /// A SentencePiece BPE model.
 #[derive(Clone, Debug)]
 pub struct Tokenizer {
@@ -94,6 +103,61 @@ impl Tokenizer {
             source,
         })?;
         Self::from_bytes(&bytes)
+    }
+
+    /// A tokenizer from a bare vocabulary (a GGUF file's `tokenizer.ggml.*`:
+    /// pieces, scores, kinds and the special ids), with the official Grok-1
+    /// model's normalisation and trainer settings, which GGUF does not store
+    /// and llama.cpp's SentencePiece tokenizer assumes. Byte fallback is on when
+    /// all 256 `<0xXX>` pieces are present.
+    pub fn from_vocab(
+        pieces: &[String],
+        scores: &[f32],
+        kinds: &[PieceKind],
+        special: SpecialIds,
+    ) -> Result<Self, TokenizerError> {
+        if pieces.len() != scores.len() || pieces.len() != kinds.len() {
+            return Err(TokenizerError::Corrupt(format!(
+                "{} pieces, {} scores and {} kinds",
+                pieces.len(),
+                scores.len(),
+                kinds.len()
+            )));
+        }
+        let mut proto = proto::ModelProto::decode(GROK1_MODEL)
+            .map_err(|e| TokenizerError::Corrupt(e.to_string()))?;
+        proto.pieces = pieces
+            .iter()
+            .zip(scores)
+            .zip(kinds)
+            .map(|((p, &score), kind)| proto::SentencePiece {
+                piece: Some(p.clone()),
+                score: Some(score),
+                r#type: Some(match kind {
+                    PieceKind::Normal => piece_type::NORMAL,
+                    PieceKind::Unknown => piece_type::UNKNOWN,
+                    PieceKind::Control => piece_type::CONTROL,
+                    PieceKind::UserDefined => piece_type::USER_DEFINED,
+                    PieceKind::Unused => piece_type::UNUSED,
+                    PieceKind::Byte => piece_type::BYTE,
+                }),
+            })
+            .collect();
+        let bytes_present = (0..=255u8).all(|b| {
+            let name = byte_piece(b);
+            pieces
+                .iter()
+                .zip(kinds)
+                .any(|(p, k)| *k == PieceKind::Byte && *p == name)
+        });
+        let trainer = proto.trainer_spec.get_or_insert_with(Default::default);
+        trainer.byte_fallback = Some(bytes_present);
+        let id = |v: Option<u32>| v.map_or(-1, |v| v as i32);
+        trainer.unk_id = Some(id(special.unk));
+        trainer.bos_id = Some(id(special.bos));
+        trainer.eos_id = Some(id(special.eos));
+        trainer.pad_id = Some(id(special.pad));
+        Self::from_bytes(&proto.encode_to_vec())
     }
 
     /// Parses a serialized `ModelProto`.

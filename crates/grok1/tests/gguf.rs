@@ -297,3 +297,45 @@ proptest! {
         }
     }
 }
+
+/// The vocabulary `convert` writes into a GGUF, read back, tokenizes exactly
+/// like the official tokenizer.model on every fixture case.
+#[test]
+fn vocabulary_round_trips_through_gguf() {
+    let fx = Fixture::open("tiny-vocab");
+    let model = fx.load_model();
+    let official = grok1_tokenizer::Tokenizer::grok1();
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("tv.gguf");
+    grok1::convert::convert(
+        model.config(),
+        model.weights(),
+        Some(&official),
+        grok1::convert::OutFormat::Gguf,
+        GgmlType::F32,
+        &path,
+        &grok1::progress::NoProgress,
+    )
+    .unwrap();
+    let read = GgufModel::open(&path)
+        .unwrap()
+        .tokenizer()
+        .unwrap()
+        .expect("a vocabulary");
+    assert_eq!(read.vocab_size(), official.vocab_size());
+    let cases = std::fs::read_to_string(fixtures().join("tokenizer/cases.jsonl")).unwrap();
+    let mut n = 0;
+    for line in cases.lines() {
+        let case: serde_json::Value = serde_json::from_str(line).unwrap();
+        let text = case["text"].as_str().unwrap();
+        let ids = official.encode(text);
+        assert_eq!(read.encode(text), ids, "{text:?}");
+        assert_eq!(read.decode(&ids).unwrap(), official.decode(&ids).unwrap());
+        n += 1;
+    }
+    assert!(n >= 100, "{n} cases");
+    for id in [0, 1, 2, 3, 13, 1000, 131071] {
+        assert_eq!(read.id_to_piece(id), official.id_to_piece(id));
+        assert_eq!(read.kind(id), official.kind(id));
+    }
+}

@@ -659,6 +659,71 @@ impl GgufModel {
         }
     }
 
+    /// The vocabulary stored in the file (`tokenizer.ggml.*`, llama.cpp's
+    /// `llama` SentencePiece model), or `None` when the file has none.
+    pub fn tokenizer(&self) -> Result<Option<grok1_tokenizer::Tokenizer>, WeightError> {
+        use grok1_tokenizer::{PieceKind, SpecialIds, Tokenizer};
+        let Some(tokens) = self.get("tokenizer.ggml.tokens") else {
+            return Ok(None);
+        };
+        match self.get("tokenizer.ggml.model").and_then(MetaValue::as_str) {
+            Some("llama") => {}
+            other => {
+                return Err(self.error(format!(
+                    "tokenizer.ggml.model {other:?}: only SentencePiece (`llama`) vocabularies are supported; pass --tokenizer"
+                )))
+            }
+        }
+        let array = |key: &str| {
+            self.get(key)
+                .and_then(MetaValue::as_array)
+                .ok_or_else(|| self.error(format!("metadata `{key}` is missing or not an array")))
+        };
+        let tokens = tokens
+            .as_array()
+            .ok_or_else(|| self.error("tokenizer.ggml.tokens is not an array".into()))?;
+        let pieces: Vec<String> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.as_str().map(str::to_string).ok_or_else(|| {
+                    self.error(format!("tokenizer.ggml.tokens[{i}] is not a string"))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let scores: Vec<f32> = match self.get("tokenizer.ggml.scores") {
+            Some(_) => array("tokenizer.ggml.scores")?
+                .iter()
+                .map(|v| v.as_f64().unwrap_or(0.0) as f32)
+                .collect(),
+            None => vec![0.0; pieces.len()],
+        };
+        let kinds: Vec<PieceKind> = match self.get("tokenizer.ggml.token_type") {
+            Some(_) => array("tokenizer.ggml.token_type")?
+                .iter()
+                .map(|v| match v {
+                    MetaValue::I32(2) => PieceKind::Unknown,
+                    MetaValue::I32(3) => PieceKind::Control,
+                    MetaValue::I32(4) => PieceKind::UserDefined,
+                    MetaValue::I32(5) => PieceKind::Unused,
+                    MetaValue::I32(6) => PieceKind::Byte,
+                    _ => PieceKind::Normal,
+                })
+                .collect(),
+            None => vec![PieceKind::Normal; pieces.len()],
+        };
+        let id = |key: &str| self.get(key).and_then(MetaValue::as_u64).map(|v| v as u32);
+        let special = SpecialIds {
+            unk: id("tokenizer.ggml.unknown_token_id"),
+            bos: id("tokenizer.ggml.bos_token_id"),
+            eos: id("tokenizer.ggml.eos_token_id"),
+            pad: id("tokenizer.ggml.padding_token_id"),
+        };
+        Tokenizer::from_vocab(&pieces, &scores, &kinds, special)
+            .map(Some)
+            .map_err(|e| self.error(format!("the vocabulary in the file is unusable: {e}")))
+    }
+
     /// The model's constants from `grok.*` metadata, with llama.cpp's Grok-1
     /// defaults where older files omit a key. `grok.router_logit_softcapping` is
     /// ignored: Grok-1 has no router soft cap (shared/docs/formats.md).
