@@ -130,6 +130,13 @@ pub struct ModelArgs {
     /// Activation precision
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: PrecisionArg,
+
+    /// Weight the two selected experts as llama.cpp's `grok` graph does
+    /// (probabilities renormalised to sum to 1), to compare with llama.cpp.
+    /// The released model does not renormalise; without this flag the official
+    /// maths is used whatever the file format
+    #[arg(long)]
+    pub llama_cpp_gates: bool,
 }
 
 #[derive(Args, Debug)]

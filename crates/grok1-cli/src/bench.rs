@@ -84,7 +84,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.repeat > 0, "--repeat must be at least 1");
     anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
     let threads = rayon::current_num_threads();
-    let loaded = model_source::load(args.model.model.as_deref())?;
+    let loaded = model_source::load_args(&args.model)?;
     let model = &loaded.model;
     let cfg = model.config();
     anyhow::ensure!(

@@ -60,7 +60,7 @@ fn read_message(input: &mut dyn BufRead) -> std::io::Result<Option<String>> {
 
 pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
     set_threads(args.engine.threads)?;
-    let loaded = model_source::load(args.model.model.as_deref())?;
+    let loaded = model_source::load_args(&args.model)?;
     let tokenizer = Arc::new(loaded.tokenizer(args.tokenizer.as_deref())?);
     let model = loaded.model;
     let eos = model.config().eos_token;

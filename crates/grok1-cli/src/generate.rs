@@ -29,7 +29,7 @@ fn prompt_ids(prompt: &PromptArgs, tokenizer: &Tokenizer) -> anyhow::Result<Vec<
 }
 
 pub fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
-    let loaded = model_source::load(args.model.model.as_deref())?;
+    let loaded = model_source::load_args(&args.model)?;
     let model = &loaded.model;
     let tokenizer = loaded.tokenizer(args.tokenizer.as_deref())?;
     let prompt = prompt_ids(&args.prompt, &tokenizer)?;
@@ -124,7 +124,7 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn logits(args: LogitsArgs) -> anyhow::Result<ExitCode> {
-    let loaded = model_source::load(args.model.model.as_deref())?;
+    let loaded = model_source::load_args(&args.model)?;
     let model = &loaded.model;
     let tokens = match &args.prompt.tokens {
         Some(t) => t.0.clone(),

@@ -47,6 +47,17 @@ impl LoadedModel {
     }
 }
 
+/// Loads the model the flags name and applies its options.
+pub fn load_args(args: &crate::args::ModelArgs) -> anyhow::Result<LoadedModel> {
+    let mut loaded = load(args.model.as_deref())?;
+    if args.llama_cpp_gates {
+        loaded
+            .model
+            .set_gate_mode(grok1::model::GateMode::Renormalized);
+    }
+    Ok(loaded)
+}
+
 /// Loads the checkpoint under `dir`, or the demo model when `dir` is `None`.
 pub fn load(dir: Option<&Path>) -> anyhow::Result<LoadedModel> {
     let Some(dir) = dir else {

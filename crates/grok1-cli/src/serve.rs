@@ -59,7 +59,7 @@ pub fn engine_config(
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     set_threads(args.engine.threads)?;
-    let loaded = model_source::load(args.model.model.as_deref())?;
+    let loaded = model_source::load_args(&args.model)?;
     let tokenizer = Arc::new(loaded.tokenizer(args.tokenizer.as_deref())?);
     let model = loaded.model;
     let engine_config = engine_config(&args.engine, &model, args.model.precision.into())?;

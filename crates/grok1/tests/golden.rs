@@ -529,3 +529,34 @@ fn tiny_moe_from_f32_safetensors_matches_the_reference() {
         check_f32_model("tiny-moe", &fx, &model);
     }
 }
+
+/// `GateMode::Renormalized` (llama.cpp's variant, behind `--llama-cpp-gates`)
+/// makes the selected gates sum to 1; the default stays the official maths
+/// (checked by every test above).
+#[test]
+fn llama_cpp_gate_mode_renormalises_the_selected_experts() {
+    let fx = Fixture::open("tiny-moe");
+    let mut model = fx.load_model();
+    let tokens = fx.tokens("prefill_seq2_tokens.npy");
+    let mut official = Trace::default();
+    let a = prefill(&model, &tokens, Precision::F32, Some(&mut official));
+    model.set_gate_mode(grok1::model::GateMode::Renormalized);
+    let mut renorm = Trace::default();
+    let b = prefill(&model, &tokens, Precision::F32, Some(&mut renorm));
+    let official_sum: f32 = official.router[0].gates[..2].iter().sum();
+    assert!(
+        official_sum < 0.999,
+        "official gates are not renormalised: {official_sum}"
+    );
+    for layer in &renorm.router {
+        for pair in layer.gates.chunks(2) {
+            assert!((pair[0] + pair[1] - 1.0).abs() < 1e-6, "{pair:?}");
+        }
+    }
+    // Same experts chosen at layer 0 (same inputs). The MoE output goes through
+    // the post-MoE RMSNorm, which undoes a common scale of both gates, so the
+    // two variants differ only through the norm's epsilon: slightly, but not 0.
+    assert_eq!(official.router[0].experts, renorm.router[0].experts);
+    let (diff, _) = common::max_abs_diff(a.row(0), b.row(0));
+    assert!(diff > 0.0 && diff < 1e-3, "logit difference {diff}");
+}

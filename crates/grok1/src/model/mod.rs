@@ -123,6 +123,19 @@ pub struct Grok1 {
     weights: Weights,
     backend: Box<dyn Backend>,
     rope: Rope,
+    gates: GateMode,
+}
+
+/// How the selected experts' outputs are weighted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GateMode {
+    /// The official model: each expert weighted by its softmax probability over
+    /// all experts, not renormalised over the selected ones.
+    #[default]
+    Official,
+    /// llama.cpp's `grok` graph: the selected probabilities renormalised to sum
+    /// to 1 (for comparing with llama.cpp; not the released model's maths).
+    Renormalized,
 }
 
 impl Grok1 {
@@ -139,7 +152,17 @@ impl Grok1 {
             weights,
             backend,
             rope,
+            gates: GateMode::Official,
         }
+    }
+
+    /// Chooses how expert outputs are weighted (the official maths by default).
+    pub fn set_gate_mode(&mut self, mode: GateMode) {
+        self.gates = mode;
+    }
+
+    pub fn gate_mode(&self) -> GateMode {
+        self.gates
     }
 
     /// The weights, as views into their files.
@@ -299,7 +322,7 @@ impl Grok1 {
             add_into(&mut x, &a, p);
             // m = rms_norm_2(x); m = moe(m); m = rms_norm_3(m); x = x + m
             let m = norm::rms_norm(&x, &w.moe_norm, eps, p);
-            let (m, router) = moe::moe_block(backend, cfg, w, &m, p);
+            let (m, router) = moe::moe_block(backend, cfg, w, &m, p, self.gates);
             let m = norm::rms_norm(&m, &w.moe_out_norm, eps, p);
             add_into(&mut x, &m, p);
             let experts: std::collections::BTreeSet<usize> =

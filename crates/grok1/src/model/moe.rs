@@ -4,6 +4,7 @@
 use rayon::prelude::*;
 
 use super::norm::softmax;
+use super::GateMode;
 use crate::backend::{Backend, Precision};
 use crate::config::ModelConfig;
 use crate::model::weights::LayerWeights;
@@ -31,6 +32,7 @@ pub fn route(
     cfg: &ModelConfig,
     w: &LayerWeights,
     m: &[f32],
+    mode: GateMode,
 ) -> RouterDecisions {
     let (d, e, k) = (cfg.emb_size, cfg.num_experts, cfg.num_selected_experts);
     let rows = m.len() / d;
@@ -44,9 +46,13 @@ pub fn route(
         let mut order: Vec<usize> = (0..e).collect();
         // Stable sort by descending probability keeps lower ids first on ties.
         order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
+        let total: f32 = match mode {
+            GateMode::Official => 1.0,
+            GateMode::Renormalized => order[..k].iter().map(|&x| p[x]).sum(),
+        };
         for &x in &order[..k] {
             experts.push(x);
-            gates.push(p[x]);
+            gates.push(p[x] / total);
         }
     }
     RouterDecisions {
@@ -65,10 +71,11 @@ pub fn moe_block(
     w: &LayerWeights,
     m: &[f32],
     precision: Precision,
+    mode: GateMode,
 ) -> (Vec<f32>, RouterDecisions) {
     let (d, ff, k) = (cfg.emb_size, cfg.ffn_size, cfg.num_selected_experts);
     let rows = m.len() / d;
-    let router = route(backend, cfg, w, m);
+    let router = route(backend, cfg, w, m, mode);
     // Group the rows by expert so each expert's weights are read once per call.
     let mut routed: Vec<Vec<(usize, f32)>> = vec![Vec::new(); cfg.num_experts];
     for r in 0..rows {
