@@ -18,23 +18,20 @@ fn peak_rss_kib() -> Option<u64> {
 }
 
 pub fn convert(args: ConvertArgs) -> anyhow::Result<ExitCode> {
-    let dtype = match args.dtype {
-        ConvertType::F32 => GgmlType::F32,
-        ConvertType::F16 => GgmlType::F16,
-        ConvertType::Bf16 => GgmlType::BF16,
-        ConvertType::Q8_0 => GgmlType::Q8_0,
-        ConvertType::Q6K => GgmlType::Q6K,
-        ConvertType::Q4K => GgmlType::Q4K,
-        ConvertType::Int8 => {
+    let dtype = match (args.format, args.dtype) {
+        (ConvertFormat::Ckpt, ConvertType::Int8) => None,
+        (ConvertFormat::Ckpt, other) => bail!(
+            "--format ckpt holds int8 weights with bf16 scales: use --type int8, not {other:?}"
+        ),
+        (_, ConvertType::Int8) => {
             bail!("--type int8 is the official checkpoint's encoding: it goes with --format ckpt")
         }
-    };
-    let format = match args.format {
-        ConvertFormat::Gguf => OutFormat::Gguf,
-        ConvertFormat::Safetensors => OutFormat::Safetensors,
-        ConvertFormat::Ckpt => {
-            bail!("--format ckpt is not written yet: convert to gguf or safetensors (issue 7)")
-        }
+        (_, ConvertType::F32) => Some(GgmlType::F32),
+        (_, ConvertType::F16) => Some(GgmlType::F16),
+        (_, ConvertType::Bf16) => Some(GgmlType::BF16),
+        (_, ConvertType::Q8_0) => Some(GgmlType::Q8_0),
+        (_, ConvertType::Q6K) => Some(GgmlType::Q6K),
+        (_, ConvertType::Q4K) => Some(GgmlType::Q4K),
     };
     if args.out.exists() && !args.force {
         bail!("{} exists; pass --force to replace it", args.out.display());
@@ -50,22 +47,44 @@ pub fn convert(args: ConvertArgs) -> anyhow::Result<ExitCode> {
         .or(loaded.tokenizer_file.as_deref());
     let tokenizer = model_source::tokenizer(tokenizer_path, None)?;
     let started = Instant::now();
-    let report = run_convert(
-        &cfg,
-        loaded.model.weights(),
-        Some(&tokenizer),
-        format,
-        dtype,
-        &args.out,
-        &Bar::new(true),
-    )
-    .with_context(|| {
+    let context = || {
         format!(
             "converting {} to {}",
             args.model.display(),
             args.out.display()
         )
-    })?;
+    };
+    if args.force && args.out.exists() {
+        if args.out.is_dir() {
+            std::fs::remove_dir_all(&args.out)
+        } else {
+            std::fs::remove_file(&args.out)
+        }
+        .with_context(|| format!("removing {}", args.out.display()))?;
+    }
+    let bar = Bar::new(true);
+    let weights = loaded.model.weights();
+    let report = match (args.format, dtype) {
+        (ConvertFormat::Ckpt, _) | (_, None) => {
+            grok1::convert::convert_to_ckpt(&cfg, weights, &args.out, &bar).with_context(context)?
+        }
+        (format, Some(dtype)) => {
+            let format = match format {
+                ConvertFormat::Safetensors => OutFormat::Safetensors,
+                _ => OutFormat::Gguf,
+            };
+            run_convert(
+                &cfg,
+                weights,
+                Some(&tokenizer),
+                format,
+                dtype,
+                &args.out,
+                &bar,
+            )
+            .with_context(context)?
+        }
+    };
     let secs = started.elapsed().as_secs_f64();
     let mb = report.bytes_written as f64 / 1e6;
     eprintln!(

@@ -686,3 +686,80 @@ fn gguf_models_generate_and_inspect() {
         stderr(&o)
     );
 }
+
+/// `convert --format ckpt`: the official checkpoint converted to itself is
+/// byte-identical, file by file (same int8 values, same bf16 scales, same
+/// pickles); a GGUF converted to ckpt loads and generates.
+#[test]
+fn convert_to_the_official_format_round_trips_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("ckpt");
+    let o = run(grok1()
+        .arg("convert")
+        .arg("--model")
+        .arg(model("tiny-moe"))
+        .arg("--out")
+        .arg(&out)
+        .args(["--format", "ckpt", "--type", "int8"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut files = 0;
+    for entry in std::fs::read_dir(model("tiny-moe").join("ckpt-0")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            std::fs::read(out.join("ckpt-0").join(name)).unwrap(),
+            "{name:?}"
+        );
+        files += 1;
+    }
+    assert_eq!(files, 26);
+    let from_gguf = tmp.path().join("from-gguf");
+    let o = run(grok1()
+        .arg("convert")
+        .arg("--model")
+        .arg(fixtures().join("gguf/tiny-moe-q8_0.gguf"))
+        .arg("--out")
+        .arg(&from_gguf)
+        .args(["--format", "ckpt", "--type", "int8"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(grok1()
+        .arg("generate")
+        .arg("--model")
+        .arg(&from_gguf)
+        .args(["--tokens", "5,6,7", "--max-tokens", "4", "--print-ids"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Bad combinations and an existing output are refused.
+    for (args, needle) in [
+        (
+            vec!["--format", "ckpt", "--type", "q4_k"],
+            "use --type int8",
+        ),
+        (
+            vec!["--format", "gguf", "--type", "int8"],
+            "goes with --format ckpt",
+        ),
+        (
+            vec!["--format", "safetensors", "--type", "q8_0"],
+            "safetensors holds plain floats",
+        ),
+    ] {
+        let o = run(grok1()
+            .arg("convert")
+            .arg("--model")
+            .arg(model("tiny-moe"))
+            .arg("--out")
+            .arg(tmp.path().join("x"))
+            .args(&args));
+        assert!(!o.status.success(), "{args:?}");
+        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+    }
+    let o = run(grok1()
+        .arg("convert")
+        .arg("--model")
+        .arg(model("tiny-moe"))
+        .arg("--out")
+        .arg(&out)
+        .args(["--format", "ckpt", "--type", "int8"]));
+    assert!(stderr(&o).contains("pass --force"), "{}", stderr(&o));
+}

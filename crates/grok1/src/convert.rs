@@ -660,3 +660,255 @@ fn write_safetensors(
     .map_err(io(&cpath))?;
     Ok(())
 }
+
+/// Writes row `r` of an array into the buffer.
+type FillRow<'a> = dyn Fn(usize, &mut [f32]) + 'a;
+
+/// A dense f32 array written a block of rows at a time.
+struct F32Rows<'a> {
+    rows: usize,
+    cols: usize,
+    fill: Box<FillRow<'a>>,
+}
+
+impl crate::weights::pickle_writer::Payload for F32Rows<'_> {
+    fn byte_len(&self) -> u64 {
+        (self.rows * self.cols * 4) as u64
+    }
+
+    fn write_to(&mut self, out: &mut dyn Write) -> std::io::Result<()> {
+        let block = block_rows(self.cols);
+        let mut buf = vec![0f32; block * self.cols];
+        let mut bytes = Vec::with_capacity(block * self.cols * 4);
+        for first in (0..self.rows).step_by(block) {
+            let count = block.min(self.rows - first);
+            for (j, row) in buf.chunks_exact_mut(self.cols).take(count).enumerate() {
+                (self.fill)(first + j, row);
+            }
+            bytes.clear();
+            bytes.extend(
+                buf[..count * self.cols]
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes()),
+            );
+            out.write_all(&bytes)?;
+        }
+        Ok(())
+    }
+}
+
+/// The int8 weights of one or more `[k, n]` matrices in the official encoding
+/// (`x @ W`, row-major, one bf16 scale per column and scale group); the scales
+/// are gathered while the weights are written and written afterwards by
+/// [`Int8Scales`], as the pickle holds the weight array first.
+struct Int8Weights<'a> {
+    mats: Vec<&'a Matrix>,
+    groups: usize,
+    scales: std::rc::Rc<std::cell::RefCell<Vec<u8>>>,
+}
+
+struct Int8Scales {
+    len: u64,
+    scales: std::rc::Rc<std::cell::RefCell<Vec<u8>>>,
+}
+
+impl crate::weights::pickle_writer::Payload for Int8Weights<'_> {
+    fn byte_len(&self) -> u64 {
+        self.mats.iter().map(|m| (m.k() * m.n()) as u64).sum()
+    }
+
+    fn write_to(&mut self, out: &mut dyn Write) -> std::io::Result<()> {
+        for m in &self.mats {
+            let (k, n) = (m.k(), m.n());
+            let per_group = k / self.groups;
+            // The whole int8 matrix (k*n bytes, 1/4 of its f32 size) is built
+            // here because the file holds it row-major while the source gives
+            // it a column at a time.
+            let mut q = vec![0u8; k * n];
+            let mut scales = vec![0f32; self.groups * n];
+            let block = block_rows(k);
+            let mut buf = vec![0f32; block * k];
+            for first in (0..n).step_by(block) {
+                let count = block.min(n - first);
+                linear_rows(m, first, count, &mut buf);
+                for (j, col) in buf.chunks_exact(k).take(count).enumerate() {
+                    let o = first + j;
+                    for g in 0..self.groups {
+                        let part = &col[g * per_group..(g + 1) * per_group];
+                        let amax = part.iter().fold(0f32, |a, v| a.max(v.abs()));
+                        // Quantise against the scale as stored (bf16), so that
+                        // int8 * scale is what a reader computes.
+                        let s = half::bf16::from_f32(amax / 127.0).to_f32();
+                        scales[g * n + o] = s;
+                        let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+                        for (r, &v) in part.iter().enumerate() {
+                            let row = g * per_group + r;
+                            q[row * n + o] = (v * inv).round().clamp(-127.0, 127.0) as i8 as u8;
+                        }
+                    }
+                }
+            }
+            out.write_all(&q)?;
+            self.scales.borrow_mut().extend(
+                scales
+                    .iter()
+                    .flat_map(|&s| half::bf16::from_f32(s).to_le_bytes()),
+            );
+            match m {
+                Matrix::Rows(r) => r.data.release(),
+                Matrix::Int8Grouped(g) => {
+                    g.weight.release();
+                    g.scales.release();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl crate::weights::pickle_writer::Payload for Int8Scales {
+    fn byte_len(&self) -> u64 {
+        self.len
+    }
+
+    fn write_to(&mut self, out: &mut dyn Write) -> std::io::Result<()> {
+        let bytes = self.scales.borrow();
+        if bytes.len() as u64 != self.len {
+            return Err(std::io::Error::other(
+                "scales were not produced before they were written",
+            ));
+        }
+        out.write_all(&bytes)
+    }
+}
+
+/// Writes `weights` as an official-layout checkpoint (`ckpt-0/` pickles and
+/// `config.json`): int8 matrices with bf16 scales, f32 embedding, norms and
+/// router. Peak memory: one int8 matrix (an expert's) plus a block of rows.
+pub fn convert_to_ckpt(
+    cfg: &ModelConfig,
+    weights: &Weights,
+    out: &Path,
+    progress: &dyn Progress,
+) -> Result<ConvertReport, crate::weights::WeightError> {
+    use crate::weights::ckpt0::{checkpoint_layout, write_checkpoint, ParamKind, ParamSpec};
+    let mut cfg = cfg.clone();
+    cfg.tensors = None;
+    cfg.num_tensors = None;
+    cfg.seed = None;
+    cfg.emb_std = None;
+    let layout = checkpoint_layout(&cfg);
+    let total: u64 = layout
+        .iter()
+        .map(|s| match &s.kind {
+            ParamKind::Dense { .. } => 4 * s.element_count() as u64,
+            ParamKind::Quantized { .. } => {
+                s.element_count() as u64
+                    + 2 * s.scales_shape().unwrap().iter().product::<usize>() as u64
+            }
+        })
+        .sum();
+    let mut payloads = |spec: &ParamSpec| payload_for(weights, spec);
+    write_checkpoint(out, &cfg, total, progress, &mut payloads)?;
+    let dir = out.join("ckpt-0");
+    let files: Vec<PathBuf> = layout.iter().map(|s| dir.join(s.file_name())).collect();
+    let bytes_written = files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
+    Ok(ConvertReport {
+        tensors: files.len(),
+        files,
+        bytes_written,
+        parameters: layout.iter().map(|s| s.element_count() as u64).sum(),
+    })
+}
+
+fn vector_payload<'a>(v: &'a [f32]) -> Box<dyn crate::weights::pickle_writer::Payload + 'a> {
+    Box::new(F32Rows {
+        rows: 1,
+        cols: v.len(),
+        fill: Box::new(move |_, row: &mut [f32]| row.copy_from_slice(v)),
+    })
+}
+
+fn quantized_payloads<'a>(
+    mats: Vec<&'a Matrix>,
+    spec: &crate::weights::ckpt0::ParamSpec,
+) -> crate::weights::ckpt0::ParamPayloads<'a> {
+    use crate::weights::ckpt0::ParamKind;
+    let groups = match &spec.kind {
+        ParamKind::Quantized { groups, .. } => *groups,
+        ParamKind::Dense { .. } => 1,
+    };
+    let shared = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let len = 2 * spec
+        .scales_shape()
+        .map_or(0, |s| s.iter().product::<usize>()) as u64;
+    (
+        Box::new(Int8Weights {
+            mats,
+            groups,
+            scales: shared.clone(),
+        }),
+        Some(Box::new(Int8Scales {
+            len,
+            scales: shared,
+        })),
+    )
+}
+
+/// The payloads of one official checkpoint parameter, from `weights`.
+fn payload_for<'a>(
+    weights: &'a Weights,
+    spec: &crate::weights::ckpt0::ParamSpec,
+) -> std::io::Result<crate::weights::ckpt0::ParamPayloads<'a>> {
+    let bad = || std::io::Error::other(format!("no weight for checkpoint path `{}`", spec.path));
+    let parts: Vec<&str> = spec.path.split('/').collect();
+    match parts.as_slice() {
+        ["language_model", "in_out_embed", "embeddings"] => {
+            let e = &weights.embedding;
+            Ok((
+                Box::new(F32Rows {
+                    rows: e.rows,
+                    cols: e.cols,
+                    fill: Box::new(move |r, row: &mut [f32]| e.row_into(r, row)),
+                }),
+                None,
+            ))
+        }
+        ["language_model", "rms_norm", "scale"] => Ok((vector_payload(&weights.final_norm), None)),
+        ["transformer", layer, module @ .., _param] => {
+            let i: usize = layer
+                .strip_prefix("decoder_layer_")
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(bad)?;
+            let l = weights.layers.get(i).ok_or_else(bad)?;
+            match module {
+                ["rms_norm"] => Ok((vector_payload(&l.attn_norm), None)),
+                ["rms_norm_1"] => Ok((vector_payload(&l.attn_out_norm), None)),
+                ["rms_norm_2"] => Ok((vector_payload(&l.moe_norm), None)),
+                ["rms_norm_3"] => Ok((vector_payload(&l.moe_out_norm), None)),
+                ["router"] => Ok((vector_payload(&l.router), None)),
+                ["multi_head_attention", "query"] => Ok(quantized_payloads(vec![&l.wq], spec)),
+                ["multi_head_attention", "key"] => Ok(quantized_payloads(vec![&l.wk], spec)),
+                ["multi_head_attention", "value"] => Ok(quantized_payloads(vec![&l.wv], spec)),
+                ["multi_head_attention", "linear"] => Ok(quantized_payloads(vec![&l.wo], spec)),
+                ["moe", "linear"] => {
+                    Ok(quantized_payloads(l.experts.linear.iter().collect(), spec))
+                }
+                ["moe", "linear_v"] => Ok(quantized_payloads(
+                    l.experts.linear_v.iter().collect(),
+                    spec,
+                )),
+                ["moe", "linear_1"] => Ok(quantized_payloads(
+                    l.experts.linear_1.iter().collect(),
+                    spec,
+                )),
+                _ => Err(bad()),
+            }
+        }
+        _ => Err(bad()),
+    }
+}

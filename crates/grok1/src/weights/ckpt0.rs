@@ -502,14 +502,48 @@ pub fn read_checkpoint(
     Ok(store)
 }
 
-/// Writes a random-weight checkpoint (`ckpt-0/` plus `config.json`) that the
-/// reference code would load. Each file is written under a hidden temporary
-/// name and renamed when complete. Refuses to write into a non-empty directory.
+/// The payloads of one parameter: the array's (or the int8 weight's) bytes,
+/// and for a quantised parameter its bf16 scales, written after the weight.
+pub type ParamPayloads<'a> = (Box<dyn Payload + 'a>, Option<Box<dyn Payload + 'a>>);
+
+/// Writes a random-weight checkpoint of `cfg` (`grok1 init`).
 pub fn write_random_checkpoint(
     out: &Path,
     cfg: &ModelConfig,
     seed: u64,
     progress: &dyn Progress,
+) -> Result<(), WeightError> {
+    let total: u64 = checkpoint_layout(cfg)
+        .iter()
+        .map(|spec| {
+            let mut n = RandomPayload::new(cfg, spec, Stream::Values, seed).byte_len();
+            if matches!(spec.kind, ParamKind::Quantized { .. }) {
+                n += RandomPayload::new(cfg, spec, Stream::Scales, seed).byte_len();
+            }
+            n
+        })
+        .sum();
+    write_checkpoint(out, cfg, total, progress, &mut |spec| {
+        let values: Box<dyn Payload> =
+            Box::new(RandomPayload::new(cfg, spec, Stream::Values, seed));
+        let scales: Option<Box<dyn Payload>> = matches!(spec.kind, ParamKind::Quantized { .. })
+            .then(|| {
+                Box::new(RandomPayload::new(cfg, spec, Stream::Scales, seed)) as Box<dyn Payload>
+            });
+        Ok((values, scales))
+    })
+}
+
+/// Writes a checkpoint of `cfg` in the official layout (`ckpt-0/tensorNNNNN_000`
+/// pickles and `config.json`) into the empty or absent directory `out`, one
+/// parameter file at a time from `payloads`; `total` bytes for the progress bar.
+/// Each file is written under a temporary name and renamed when complete.
+pub fn write_checkpoint<'a>(
+    out: &Path,
+    cfg: &ModelConfig,
+    total: u64,
+    progress: &dyn Progress,
+    payloads: &mut dyn FnMut(&ParamSpec) -> std::io::Result<ParamPayloads<'a>>,
 ) -> Result<(), WeightError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -533,16 +567,6 @@ pub fn write_random_checkpoint(
     let dir = out.join("ckpt-0");
     fs::create_dir_all(&dir).map_err(io(&dir))?;
     let layout = checkpoint_layout(cfg);
-    let total: u64 = layout
-        .iter()
-        .map(|spec| {
-            let mut n = RandomPayload::new(cfg, spec, Stream::Values, seed).byte_len();
-            if matches!(spec.kind, ParamKind::Quantized { .. }) {
-                n += RandomPayload::new(cfg, spec, Stream::Scales, seed).byte_len();
-            }
-            n
-        })
-        .sum();
     progress.start("writing checkpoint", total);
     let mut written = 0u64;
     for spec in &layout {
@@ -554,16 +578,16 @@ pub fn write_random_checkpoint(
             done: written,
             progress,
         };
-        let mut values = RandomPayload::new(cfg, spec, Stream::Values, seed);
-        let result = match &spec.kind {
-            ParamKind::Dense { shape } => {
+        let (mut values, scales) = payloads(spec).map_err(io(&final_path))?;
+        let result = match (&spec.kind, scales) {
+            (ParamKind::Dense { shape }, _) => {
                 let array = ArraySpec {
                     dtype: DType::F32,
                     shape: shape.clone(),
                 };
-                pickle_writer::write_array(&mut w, PickleStyle::OFFICIAL, &array, &mut values)
+                pickle_writer::write_array(&mut w, PickleStyle::OFFICIAL, &array, values.as_mut())
             }
-            ParamKind::Quantized { shape, .. } => {
+            (ParamKind::Quantized { shape, .. }, Some(mut scale_bytes)) => {
                 let weight = ArraySpec {
                     dtype: DType::I8,
                     shape: shape.clone(),
@@ -572,14 +596,17 @@ pub fn write_random_checkpoint(
                     dtype: DType::BF16,
                     shape: spec.scales_shape().expect("quantized"),
                 };
-                let mut scale_bytes = RandomPayload::new(cfg, spec, Stream::Scales, seed);
                 pickle_writer::write_quantized(
                     &mut w,
                     PickleStyle::OFFICIAL,
-                    (&weight, &mut values),
-                    (&scales, &mut scale_bytes),
+                    (&weight, values.as_mut()),
+                    (&scales, scale_bytes.as_mut()),
                 )
             }
+            (ParamKind::Quantized { .. }, None) => Err(std::io::Error::other(format!(
+                "{}: no scales for a quantised parameter",
+                spec.path
+            ))),
         };
         result.and_then(|()| w.flush()).map_err(io(&tmp_path))?;
         written = w.done;
