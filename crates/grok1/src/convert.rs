@@ -631,8 +631,9 @@ fn write_safetensors(
     w.flush().map_err(io(&path))?;
     progress.finish();
     let config = serde_json::json!({
-        "architectures": ["Grok1ModelForCausalLM"],
-        "model_type": "grok-1",
+        // keyfan/grok-1-hf's names, which llama.cpp's converter recognises.
+        "architectures": ["GrokForCausalLM"],
+        "model_type": "grok",
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.emb_size,
         "intermediate_size": cfg.ffn_size,
@@ -640,7 +641,7 @@ fn write_safetensors(
         "num_attention_heads": cfg.num_q_heads,
         "num_key_value_heads": cfg.num_kv_heads,
         "head_dim": cfg.key_size,
-        "num_experts": cfg.num_experts,
+        "num_local_experts": cfg.num_experts,
         "num_experts_per_tok": cfg.num_selected_experts,
         "attn_output_multiplier": cfg.attn_output_multiplier,
         "embedding_multiplier_scale": cfg.embedding_multiplier_scale,
