@@ -12,7 +12,6 @@ use grok1::model::Weights;
 use grok1::quant::GgmlType;
 use grok1::weights::gguf::{self, GgufModel};
 use grok1::weights::WeightError;
-use grok1::{ForwardOptions, Grok1, LogitsRows, Precision, SequenceInput};
 use proptest::prelude::*;
 
 fn gguf_file(name: &str) -> PathBuf {
@@ -281,19 +280,7 @@ proptest! {
         let tmp = tempfile::tempdir().unwrap();
         let path = l.write(tmp.path(), &b);
         if let Ok(m) = GgufModel::open(&path) {
-            if let Ok(cfg) = m.config() {
-                if let Ok(w) = Weights::from_store(&cfg, &m.store) {
-                    let model = Grok1::new(cfg, w, Box::new(grok1::backend::cpu::CpuBackend::new()));
-                    let mut cache = model.new_cache(4, 1);
-                    let seq = cache.add_sequence();
-                    let _ = model.forward(
-                        &mut cache,
-                        &[SequenceInput { seq, tokens: &[1, 2, 3] }],
-                        &ForwardOptions { precision: Precision::F32, logits: LogitsRows::Last },
-                        None,
-                    );
-                }
-            }
+            common::try_one_step(m.config(), &m.store);
         }
     }
 }

@@ -6,10 +6,9 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{fixtures, kld_and_top1, load_safetensors, prefill_rows, Fixture};
-use grok1::backend::cpu::{CpuBackend, Isa};
+use grok1::backend::cpu::Isa;
 use grok1::model::Weights;
 use grok1::weights::safetensors::SafetensorsModel;
-use grok1::{ForwardOptions, Grok1, LogitsRows, Precision, SequenceInput};
 use proptest::prelude::*;
 
 fn dir(name: &str) -> PathBuf {
@@ -195,19 +194,7 @@ proptest! {
         }
         std::fs::write(&path, &b).unwrap();
         if let Ok(m) = SafetensorsModel::open(tmp.path()) {
-            if let Ok(cfg) = m.config() {
-                if let Ok(w) = Weights::from_store(&cfg, &m.store) {
-                    let model = Grok1::new(cfg, w, Box::new(CpuBackend::new()));
-                    let mut cache = model.new_cache(4, 1);
-                    let seq = cache.add_sequence();
-                    let _ = model.forward(
-                        &mut cache,
-                        &[SequenceInput { seq, tokens: &[1, 2, 3] }],
-                        &ForwardOptions { precision: Precision::F32, logits: LogitsRows::Last },
-                        None,
-                    );
-                }
-            }
+            common::try_one_step(m.config(), &m.store);
         }
     }
 }

@@ -187,3 +187,30 @@ pub fn kld_and_top1(reference: &[Vec<f32>], quantised: &[Vec<f32>]) -> (f64, f64
         same as f64 / reference.len() as f64,
     )
 }
+
+/// Builds a model from `store` and runs one forward step, ignoring errors: the
+/// corruption tests only ask that nothing panics on the way.
+pub fn try_one_step(
+    config: Result<ModelConfig, grok1::weights::WeightError>,
+    store: &grok1::weights::TensorStore,
+) {
+    let Ok(cfg) = config else { return };
+    let Ok(weights) = Weights::from_store(&cfg, store) else {
+        return;
+    };
+    let model = Grok1::new(cfg, weights, Box::new(CpuBackend::new()));
+    let mut cache = model.new_cache(4, 1);
+    let seq = cache.add_sequence();
+    let _ = model.forward(
+        &mut cache,
+        &[SequenceInput {
+            seq,
+            tokens: &[1, 2, 3],
+        }],
+        &ForwardOptions {
+            precision: Precision::F32,
+            logits: LogitsRows::Last,
+        },
+        None,
+    );
+}
