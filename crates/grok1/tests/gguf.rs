@@ -326,3 +326,15 @@ fn vocabulary_round_trips_through_gguf() {
         assert_eq!(read.kind(id), official.kind(id));
     }
 }
+
+/// GGUF version 2 (the same layout with 64-bit counts as version 3) loads.
+#[test]
+fn version_2_files_load() {
+    let mut bytes = Layout::q8().bytes;
+    bytes[4..8].copy_from_slice(&2u32.to_le_bytes());
+    let tmp = tempfile::tempdir().unwrap();
+    let path = Layout { bytes: vec![] }.write(tmp.path(), &bytes);
+    let m = GgufModel::open(&path).expect("a version 2 file");
+    assert_eq!(m.parts[0].version, 2);
+    Weights::from_store(&m.config().unwrap(), &m.store).expect("weights");
+}
