@@ -170,6 +170,11 @@ impl GgmlType {
             bytes.len(),
             out.len()
         );
+        #[cfg(target_arch = "x86_64")]
+        if avx2() {
+            // SAFETY: AVX2 and FMA were detected on this CPU.
+            return unsafe { blocks::dequantize_avx2(self, bytes, out) };
+        }
         blocks::dequantize(self, bytes, out);
     }
 }
@@ -178,4 +183,17 @@ impl fmt::Display for GgmlType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.name().to_ascii_uppercase())
     }
+}
+
+/// Whether the AVX2 build of the decoders may run (`GROK1_KERNELS=scalar`
+/// forces the portable one, as for the other kernels).
+#[cfg(target_arch = "x86_64")]
+fn avx2() -> bool {
+    use std::sync::OnceLock;
+    static AVX2: OnceLock<bool> = OnceLock::new();
+    *AVX2.get_or_init(|| {
+        std::env::var("GROK1_KERNELS").as_deref() != Ok("scalar")
+            && std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+    })
 }

@@ -170,7 +170,9 @@ impl Backend for CpuBackend {
         // Each task decodes a run of weight rows (a block small enough to stay
         // in L1/L2) and dots every activation row with it: each weight byte is
         // read and decoded once per call whatever `m`.
-        let block = (TILE_FLOATS / k.max(1)).clamp(1, 64);
+        // At least 8 rows: the AVX2 dot runs 8 rows at a time (8 independent
+        // accumulators); fewer would leave it latency-bound on one.
+        let block = (TILE_FLOATS / k.max(1)).clamp(8, 64);
         let rows_per_task = block * 4;
         let task = |(t, chunk): (usize, &mut [f32])| {
             let first = t * rows_per_task;
