@@ -101,13 +101,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let backend = model.backend().name();
     let backend = backend.split(" (").next().unwrap_or("cpu").to_string();
     let params = cfg.parameter_count();
-    let size: u64 = grok1::weights::ckpt0::checkpoint_layout(cfg)
-        .iter()
-        .map(|s| match s.scales_shape() {
-            Some(sc) => s.element_count() as u64 + 2 * sc.iter().product::<usize>() as u64,
-            None => 4 * s.element_count() as u64,
-        })
-        .sum();
+    let size = model.weights().byte_len();
     let row = Row {
         model: &cfg.name,
         size_gib: gib(size),

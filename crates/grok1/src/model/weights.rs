@@ -75,6 +75,32 @@ pub struct Weights {
     pub layers: Vec<LayerWeights>,
 }
 
+impl Weights {
+    /// Bytes of every weight as stored (what a file of this model holds).
+    pub fn byte_len(&self) -> u64 {
+        let tied = std::ptr::eq(
+            self.output.data.bytes().as_ptr(),
+            self.embedding.data.bytes().as_ptr(),
+        );
+        let output = if tied {
+            0
+        } else {
+            self.output.byte_len() as u64
+        };
+        let layers: u64 = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.dense_bytes()
+                    + (0..l.experts.linear.len())
+                        .map(|e| l.experts.bytes(e))
+                        .sum::<u64>()
+            })
+            .sum();
+        self.embedding.byte_len() as u64 + output + 4 * self.final_norm.len() as u64 + layers
+    }
+}
+
 fn shape_error(t: &StoredTensor, expected: &[usize]) -> WeightError {
     WeightError::Mismatch {
         file: t.file.clone(),
