@@ -25,7 +25,7 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Write the prefill logits of a token sequence as a [T, vocab] float32 .npy
     Logits(LogitsArgs),
-    /// Print a checkpoint's config and tensors without reading their payloads
+    /// Print a model's config and tensors (any format) without reading their payloads
     Inspect(InspectArgs),
     /// Write a random-weight checkpoint in the official ckpt-0 format
     Init(InitArgs),
@@ -39,7 +39,7 @@ pub enum Command {
     Serve(ServeArgs),
     /// Chat with the model in the terminal (the server's chat template)
     Chat(ChatArgs),
-    /// Convert a model (any format) to GGUF or safetensors, re-encoding its tensors
+    /// Convert a model (any format) to GGUF, safetensors or the official ckpt-0 layout
     Convert(ConvertArgs),
 }
 
