@@ -103,6 +103,13 @@ pub fn ffn_size(emb_size: usize, widening_factor: f64) -> usize {
     size + (8 - size % 8) % 8
 }
 
+/// A widening factor that gives `ffn` back through [`ffn_size`], for formats
+/// that store the expert width instead of the factor (GGUF, Hugging Face
+/// configs); the half keeps `int()` off a rounding edge.
+pub fn widening_factor_for(ffn: usize, emb_size: usize) -> f64 {
+    (ffn as f64 * 1.5 + 0.5) / emb_size.max(1) as f64
+}
+
 impl ModelConfig {
     /// The official Grok-1 release (shared/docs/grok1-model.md).
     pub fn grok1() -> Self {

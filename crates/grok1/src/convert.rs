@@ -117,10 +117,7 @@ fn plan<'a>(
         dtype: matrix_type(dtype, d),
         source: Source::Rows(&w.embedding),
     });
-    if !std::ptr::eq(
-        w.output.data.bytes().as_ptr(),
-        w.embedding.data.bytes().as_ptr(),
-    ) {
+    if !w.output_is_tied() {
         out.push(Planned {
             name: name(Part::Output, 0),
             shape: vec![w.output.rows, w.output.cols],
@@ -168,15 +165,18 @@ fn plan<'a>(
     out
 }
 
+/// Rows `first..first + count` of `m` decoded into `out`, in parallel.
+fn decode_rows(m: &crate::backend::RowMatrix, first: usize, count: usize, out: &mut [f32]) {
+    out[..count * m.cols]
+        .par_chunks_mut(m.cols)
+        .enumerate()
+        .for_each(|(j, row)| m.row_into(first + j, row));
+}
+
 /// Output rows `first..first + count` of `m` (each `k` values) into `out`.
 fn linear_rows(m: &Matrix, first: usize, count: usize, out: &mut [f32]) {
     match m {
-        Matrix::Rows(r) => {
-            out[..count * r.cols]
-                .par_chunks_mut(r.cols)
-                .enumerate()
-                .for_each(|(j, row)| r.row_into(first + j, row));
-        }
+        Matrix::Rows(r) => decode_rows(r, first, count, out),
         Matrix::Int8Grouped(q) => {
             // W is [k, n] row-major: output row j is column first + j. Tasks
             // take runs of columns; each reads its slice of every row of W.
@@ -247,18 +247,17 @@ fn write_tensor(
             emit(&transposed, out)?;
         }
         Source::Rows(m) => {
-            let block = block_rows(cols);
-            let mut buf = vec![0f32; block * cols];
-            for first in (0..m.rows).step_by(block) {
-                let count = block.min(m.rows - first);
-                buf[..count * cols]
-                    .par_chunks_mut(cols)
-                    .enumerate()
-                    .for_each(|(j, row)| m.row_into(first + j, row));
-                emit(&buf[..count * cols], out)?;
-                let len = m.row_len();
-                m.data.slice(first * len, count * len).release();
-            }
+            // Pages are released a block at a time: the embedding is the
+            // largest tensor (3 GiB of f32 in Grok-1).
+            let len = m.row_len();
+            write_blocks(
+                m.rows,
+                cols,
+                &mut emit,
+                out,
+                |first, count, buf| decode_rows(m, first, count, buf),
+                |first, count| m.data.slice(first * len, count * len).release(),
+            )?;
         }
         Source::Linear(m) => write_linear(m, cols, &mut emit, out)?,
         Source::Experts(ms) => {
@@ -276,20 +275,36 @@ fn write_linear(
     emit: &mut Emit,
     out: &mut dyn Write,
 ) -> std::io::Result<()> {
+    write_blocks(
+        m.n(),
+        cols,
+        emit,
+        out,
+        |first, count, buf| linear_rows(m, first, count, buf),
+        |_, _| {},
+    )?;
+    // Done with this matrix: its pages may leave the resident set.
+    m.release();
+    Ok(())
+}
+
+/// Emits `rows` rows of `cols` values a block at a time: `fill` decodes a
+/// block into the buffer, `done` runs after the block is written.
+fn write_blocks(
+    rows: usize,
+    cols: usize,
+    emit: &mut Emit,
+    out: &mut dyn Write,
+    mut fill: impl FnMut(usize, usize, &mut [f32]),
+    mut done: impl FnMut(usize, usize),
+) -> std::io::Result<()> {
     let block = block_rows(cols);
     let mut buf = vec![0f32; block * cols];
-    for first in (0..m.n()).step_by(block) {
-        let count = block.min(m.n() - first);
-        linear_rows(m, first, count, &mut buf);
+    for first in (0..rows).step_by(block) {
+        let count = block.min(rows - first);
+        fill(first, count, &mut buf);
         emit(&buf[..count * cols], out)?;
-    }
-    // Done with this matrix: its pages may leave the resident set.
-    match m {
-        Matrix::Rows(r) => r.data.release(),
-        Matrix::Int8Grouped(q) => {
-            q.weight.release();
-            q.scales.release();
-        }
+        done(first, count);
     }
     Ok(())
 }
@@ -313,40 +328,40 @@ enum Kv {
 }
 
 fn gguf_kv(out: &mut Vec<u8>, key: &str, v: &Kv) {
+    use crate::weights::gguf::value_type as vt;
+    let array_header = |out: &mut Vec<u8>, item: u32, len: usize| {
+        out.extend(vt::ARRAY.to_le_bytes());
+        out.extend(item.to_le_bytes());
+        out.extend((len as u64).to_le_bytes());
+    };
     gguf_string(out, key);
     match v {
         Kv::Bool(b) => {
-            out.extend(7u32.to_le_bytes());
+            out.extend(vt::BOOL.to_le_bytes());
             out.push(u8::from(*b));
         }
         Kv::U32(x) => {
-            out.extend(4u32.to_le_bytes());
+            out.extend(vt::U32.to_le_bytes());
             out.extend(x.to_le_bytes());
         }
         Kv::F32(x) => {
-            out.extend(6u32.to_le_bytes());
+            out.extend(vt::F32.to_le_bytes());
             out.extend(x.to_le_bytes());
         }
         Kv::Str(s) => {
-            out.extend(8u32.to_le_bytes());
+            out.extend(vt::STRING.to_le_bytes());
             gguf_string(out, s);
         }
         Kv::Strs(v) => {
-            out.extend(9u32.to_le_bytes());
-            out.extend(8u32.to_le_bytes());
-            out.extend((v.len() as u64).to_le_bytes());
+            array_header(out, vt::STRING, v.len());
             v.iter().for_each(|s| gguf_string(out, s));
         }
         Kv::F32s(v) => {
-            out.extend(9u32.to_le_bytes());
-            out.extend(6u32.to_le_bytes());
-            out.extend((v.len() as u64).to_le_bytes());
+            array_header(out, vt::F32, v.len());
             v.iter().for_each(|x| out.extend(x.to_le_bytes()));
         }
         Kv::I32s(v) => {
-            out.extend(9u32.to_le_bytes());
-            out.extend(5u32.to_le_bytes());
-            out.extend((v.len() as u64).to_le_bytes());
+            array_header(out, vt::I32, v.len());
             v.iter().for_each(|x| out.extend(x.to_le_bytes()));
         }
     }
@@ -755,13 +770,7 @@ impl crate::weights::pickle_writer::Payload for Int8Weights<'_> {
                     .iter()
                     .flat_map(|&s| half::bf16::from_f32(s).to_le_bytes()),
             );
-            match m {
-                Matrix::Rows(r) => r.data.release(),
-                Matrix::Int8Grouped(g) => {
-                    g.weight.release();
-                    g.scales.release();
-                }
-            }
+            m.release();
         }
         Ok(())
     }

@@ -145,12 +145,6 @@ impl RowMatrix {
         &self.data.bytes()[r * len..(r + 1) * len]
     }
 
-    /// Rows `first..first + count` as one byte range.
-    pub fn rows_bytes(&self, first: usize, count: usize) -> &[u8] {
-        let len = self.row_len();
-        &self.data.bytes()[first * len..(first + count) * len]
-    }
-
     /// Row `r` decoded into `out[..cols]`.
     pub fn row_into(&self, r: usize, out: &mut [f32]) {
         self.dtype.dequantize_row(self.row_bytes(r), out);
@@ -202,6 +196,18 @@ impl Matrix {
         match self {
             Matrix::Int8Grouped(q) => q.byte_len(),
             Matrix::Rows(r) => r.byte_len(),
+        }
+    }
+
+    /// Lets the OS drop this matrix's mapped pages from the resident set (the
+    /// bytes stay readable); see [`TensorData::release`].
+    pub fn release(&self) {
+        match self {
+            Matrix::Rows(r) => r.data.release(),
+            Matrix::Int8Grouped(q) => {
+                q.weight.release();
+                q.scales.release();
+            }
         }
     }
 }

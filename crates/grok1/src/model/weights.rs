@@ -76,13 +76,18 @@ pub struct Weights {
 }
 
 impl Weights {
-    /// Bytes of every weight as stored (what a file of this model holds).
-    pub fn byte_len(&self) -> u64 {
-        let tied = std::ptr::eq(
+    /// True when the output projection is the embedding itself (Grok-1 ties
+    /// them) rather than a matrix of its own.
+    pub fn output_is_tied(&self) -> bool {
+        std::ptr::eq(
             self.output.data.bytes().as_ptr(),
             self.embedding.data.bytes().as_ptr(),
-        );
-        let output = if tied {
+        )
+    }
+
+    /// Bytes of every weight as stored (what a file of this model holds).
+    pub fn byte_len(&self) -> u64 {
+        let output = if self.output_is_tied() {
             0
         } else {
             self.output.byte_len() as u64

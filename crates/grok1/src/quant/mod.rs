@@ -91,12 +91,6 @@ impl GgmlType {
         GgmlType::Q6K,
     ];
 
-    /// Parses llama.cpp's name (`q4_k`, `Q8_0`, `bf16`, ...), case-insensitive.
-    pub fn parse(name: &str) -> Option<Self> {
-        let lower = name.to_ascii_lowercase();
-        Self::ALL.into_iter().find(|t| t.name() == lower)
-    }
-
     /// llama.cpp's name for the type, lower case.
     pub fn name(self) -> &'static str {
         match self {

@@ -27,6 +27,24 @@ const DEFAULT_ALIGNMENT: u64 = 32;
 /// llama.cpp's default attention multiplier for `grok` (`1/sqrt(128)`).
 const GROK1_ATTN_MULTIPLIER: f64 = 0.08838834764831845;
 
+/// GGUF's metadata value type ids (`gguf_type` in llama.cpp's gguf.h), shared
+/// by this reader and the writer in `convert`.
+pub(crate) mod value_type {
+    pub const U8: u32 = 0;
+    pub const I8: u32 = 1;
+    pub const U16: u32 = 2;
+    pub const I16: u32 = 3;
+    pub const U32: u32 = 4;
+    pub const I32: u32 = 5;
+    pub const F32: u32 = 6;
+    pub const BOOL: u32 = 7;
+    pub const STRING: u32 = 8;
+    pub const ARRAY: u32 = 9;
+    pub const U64: u32 = 10;
+    pub const I64: u32 = 11;
+    pub const F64: u32 = 12;
+}
+
 /// A metadata value.
 #[derive(Clone, Debug, PartialEq)]
 pub enum MetaValue {
@@ -248,14 +266,14 @@ impl<'a> Cursor<'a> {
     fn value(&mut self, kind: u32, depth: usize, key: &str) -> Result<MetaValue, WeightError> {
         let what = format!("the value of `{key}`");
         Ok(match kind {
-            0 => MetaValue::U8(self.array::<1>(&what)?[0]),
-            1 => MetaValue::I8(self.array::<1>(&what)?[0] as i8),
-            2 => MetaValue::U16(u16::from_le_bytes(self.array(&what)?)),
-            3 => MetaValue::I16(i16::from_le_bytes(self.array(&what)?)),
-            4 => MetaValue::U32(u32::from_le_bytes(self.array(&what)?)),
-            5 => MetaValue::I32(i32::from_le_bytes(self.array(&what)?)),
-            6 => MetaValue::F32(f32::from_le_bytes(self.array(&what)?)),
-            7 => {
+            value_type::U8 => MetaValue::U8(self.array::<1>(&what)?[0]),
+            value_type::I8 => MetaValue::I8(self.array::<1>(&what)?[0] as i8),
+            value_type::U16 => MetaValue::U16(u16::from_le_bytes(self.array(&what)?)),
+            value_type::I16 => MetaValue::I16(i16::from_le_bytes(self.array(&what)?)),
+            value_type::U32 => MetaValue::U32(u32::from_le_bytes(self.array(&what)?)),
+            value_type::I32 => MetaValue::I32(i32::from_le_bytes(self.array(&what)?)),
+            value_type::F32 => MetaValue::F32(f32::from_le_bytes(self.array(&what)?)),
+            value_type::BOOL => {
                 let at = self.pos;
                 match self.array::<1>(&what)?[0] {
                     0 => MetaValue::Bool(false),
@@ -263,8 +281,8 @@ impl<'a> Cursor<'a> {
                     b => return Err(self.error(at, format!("{what}: bool byte {b} is not 0 or 1"))),
                 }
             }
-            8 => MetaValue::Str(self.string(&what)?),
-            9 => {
+            value_type::STRING => MetaValue::Str(self.string(&what)?),
+            value_type::ARRAY => {
                 let at = self.pos;
                 if depth >= MAX_DEPTH {
                     return Err(
@@ -272,11 +290,13 @@ impl<'a> Cursor<'a> {
                     );
                 }
                 let item = self.u32(&what)?;
+                use value_type::*;
                 let min = match item {
-                    0 | 1 | 7 => 1,
-                    2 | 3 => 2,
-                    4..=6 => 4,
-                    8..=12 => 8,
+                    U8 | I8 | BOOL => 1,
+                    U16 | I16 => 2,
+                    U32 | I32 | F32 => 4,
+                    // strings and arrays start with a u64 length
+                    STRING | ARRAY | U64 | I64 | F64 => 8,
                     other => {
                         return Err(
                             self.error(at, format!("{what}: unknown array item type {other}"))
@@ -290,9 +310,9 @@ impl<'a> Cursor<'a> {
                 }
                 MetaValue::Array(items)
             }
-            10 => MetaValue::U64(u64::from_le_bytes(self.array(&what)?)),
-            11 => MetaValue::I64(i64::from_le_bytes(self.array(&what)?)),
-            12 => MetaValue::F64(f64::from_le_bytes(self.array(&what)?)),
+            value_type::U64 => MetaValue::U64(u64::from_le_bytes(self.array(&what)?)),
+            value_type::I64 => MetaValue::I64(i64::from_le_bytes(self.array(&what)?)),
+            value_type::F64 => MetaValue::F64(f64::from_le_bytes(self.array(&what)?)),
             other => {
                 return Err(self.error(self.pos - 4, format!("{what}: unknown value type {other}")))
             }
@@ -779,9 +799,8 @@ impl GgufModel {
             num_q_heads,
             num_kv_heads: self.uint("grok.attention.head_count_kv", Some(num_q_heads as u64))?,
             num_layers: self.uint("grok.block_count", None)?,
-            // Not stored in GGUF; the ffn width is. This is the factor that gives
-            // it back through `ffn_size` (the half keeps `int()` off a rounding edge).
-            widening_factor: (ffn as f64 * 1.5 + 0.5) / emb_size.max(1) as f64,
+            // Not stored in GGUF; the ffn width is.
+            widening_factor: crate::config::widening_factor_for(ffn, emb_size),
             ffn_size: ffn,
             num_experts: self.uint("grok.expert_count", Some(8))?,
             num_selected_experts: self.uint("grok.expert_used_count", Some(2))?,

@@ -135,6 +135,8 @@ impl SafetensorsModel {
     /// else `model.safetensors`.
     pub fn open(dir: &Path) -> Result<Self, WeightError> {
         let index = dir.join(INDEX);
+        // (tensor, shard file) pairs of the index, when there is one.
+        let mut weight_map: Vec<(String, String)> = Vec::new();
         let files: Vec<PathBuf> = if index.is_file() {
             let text = std::fs::read_to_string(&index).map_err(|source| WeightError::Io {
                 path: index.clone(),
@@ -162,6 +164,7 @@ impl SafetensorsModel {
                     ));
                 }
                 shards.insert(file.to_string());
+                weight_map.push((tensor.clone(), file.to_string()));
             }
             shards.into_iter().map(|f| dir.join(f)).collect()
         } else {
@@ -178,32 +181,22 @@ impl SafetensorsModel {
             }
             read_file(f, &mut store, &mut seen)?;
         }
-        if index.is_file() {
-            // Every tensor of the index must be in the shard it names.
-            let text = std::fs::read_to_string(&index).unwrap_or_default();
-            let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-            if let Some(map) = json.get("weight_map").and_then(|m| m.as_object()) {
-                for (tensor, file) in map {
-                    let t = store.get(tensor).map_err(|_| {
-                        format_error(
-                            &index,
-                            format!(
-                                "`{tensor}` is listed in {} but not found there",
-                                file.as_str().unwrap_or("?")
-                            ),
-                        )
-                    })?;
-                    if t.file.file_name().and_then(|n| n.to_str()) != file.as_str() {
-                        return Err(format_error(
-                            &index,
-                            format!(
-                                "`{tensor}` is listed in {} but stored in {}",
-                                file.as_str().unwrap_or("?"),
-                                t.file.display()
-                            ),
-                        ));
-                    }
-                }
+        // Every tensor of the index must be in the shard it names.
+        for (tensor, file) in &weight_map {
+            let t = store.get(tensor).map_err(|_| {
+                format_error(
+                    &index,
+                    format!("`{tensor}` is listed in {file} but not found there"),
+                )
+            })?;
+            if t.file.file_name().and_then(|n| n.to_str()) != Some(file.as_str()) {
+                return Err(format_error(
+                    &index,
+                    format!(
+                        "`{tensor}` is listed in {file} but stored in {}",
+                        t.file.display()
+                    ),
+                ));
             }
         }
         Ok(SafetensorsModel {
@@ -288,7 +281,7 @@ impl SafetensorsModel {
             num_q_heads: heads,
             num_kv_heads: uint(&["num_key_value_heads"], Some(heads))?,
             num_layers: uint(&["num_hidden_layers"], Some(layers))?,
-            widening_factor: (ffn as f64 * 1.5 + 0.5) / emb_size.max(1) as f64,
+            widening_factor: crate::config::widening_factor_for(ffn, emb_size),
             ffn_size: ffn,
             num_experts: uint(&["num_local_experts", "num_experts"], Some(8))?,
             num_selected_experts: uint(&["num_experts_per_tok"], Some(2))?,
