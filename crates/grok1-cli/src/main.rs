@@ -6,6 +6,7 @@ mod args;
 mod bench;
 mod chat;
 mod convert;
+mod eval;
 mod generate;
 mod inspect;
 mod model_source;
@@ -31,6 +32,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(a) => serve::serve(a),
         Command::Chat(a) => chat::chat(a),
         Command::Convert(a) => convert::convert(a),
+        Command::Eval(a) => eval::eval(a),
+        Command::SandboxExec(a) => eval::sandbox_exec(a),
     }
 }
 

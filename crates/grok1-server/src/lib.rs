@@ -116,6 +116,8 @@ async fn models(State(state): State<AppState>) -> Json<serde_json::Value> {
             "object": "model",
             "created": state.created,
             "owned_by": "grok1-rs",
+            // vLLM's field: clients (grok1 eval, lm-eval) fit prompts to it.
+            "max_model_len": state.engine.config().context,
         }]
     }))
 }

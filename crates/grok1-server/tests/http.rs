@@ -395,6 +395,12 @@ fn a_bearer_key_guards_everything_but_health() {
     let (status, body) = s.get("/v1/models", Some("sekrit"));
     assert_eq!(status, 200);
     assert!(body.contains("\"id\":\"tiny-vocab\""), "{body}");
+    let models: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        models["data"][0]["max_model_len"],
+        engine_config().context,
+        "{body}"
+    );
     let (status, value, _) = s.post("/v1/completions", r#"{"prompt": "hi", "max_tokens": 1}"#);
     assert_eq!(status, 200, "{value}");
     s.key = None;
