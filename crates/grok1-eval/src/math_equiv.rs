@@ -45,10 +45,13 @@ fn same_element(a: &str, b: &str) -> bool {
 /// Hendrycks's `strip_string`, with Minerva's extra clean-ups first.
 pub fn normalize(answer: &str) -> String {
     let mut s = answer.trim().to_string();
-    // Math delimiters and display commands around the answer.
-    s = s.trim_matches('$').trim().to_string();
+    // Math delimiters around the whole answer.
+    if s.len() >= 2 && s.starts_with('$') && s.ends_with('$') && !s.ends_with("\\$") {
+        s = s.trim_matches('$').trim().to_string();
+    }
     for (from, to) in [
         ("\\displaystyle", ""),
+        ("\\$", ""),
         ("\\mathrm{th}", ""),
         ("\\,", ""),
         ("\\;", ""),
@@ -583,7 +586,7 @@ mod tests {
         assert_eq!(strip_string("x = 5"), "5");
         assert_eq!(strip_string("0.5"), "\\frac{1}{2}");
         assert_eq!(strip_string("3/4"), "\\frac{3}{4}");
-        assert_eq!(strip_string(".5"), "0.5");
+        assert_eq!(strip_string(".25"), "0.25");
         assert_eq!(strip_string("50\\%"), "50");
         assert_eq!(strip_string("30^\\circ"), "30");
         assert_eq!(strip_string("10\\text{ inches}"), "10");

@@ -21,6 +21,7 @@ pub struct Question {
     pub choices: [String; 4],
     /// 0..4
     pub answer: usize,
+    /// Where the question starts in its file.
     pub line: usize,
 }
 
@@ -122,12 +123,15 @@ pub fn read_csv(path: &Path) -> Result<Vec<Question>> {
         .flexible(true)
         .from_reader(&bytes[..]);
     let mut out = Vec::new();
-    for record in reader.records() {
-        let record = record.map_err(|e| {
-            let line = e.position().map_or(0, |p| p.line() as usize);
-            line_error(path, line, format!("not valid CSV: {e}"))
-        })?;
-        let line = record.position().map_or(0, |p| p.line() as usize);
+    let mut record = csv::StringRecord::new();
+    loop {
+        // Where the next record starts (a quoted field may span lines).
+        let line = reader.position().line() as usize;
+        match reader.read_record(&mut record) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => return Err(line_error(path, line, format!("not valid CSV: {e}"))),
+        }
         if record.len() != 6 {
             return Err(line_error(
                 path,
@@ -255,9 +259,10 @@ pub fn load(dir: &Path, shots: usize) -> Result<Vec<Item>> {
                 ))
             }
         };
-        for q in read_csv(&test)? {
+        for (row, q) in read_csv(&test)?.into_iter().enumerate() {
             items.push(Item {
-                id: format!("{subject}/{}", q.line),
+                // The row's index, as lm-evaluation-harness numbers documents.
+                id: format!("{subject}/{row}"),
                 query: Query::Choice {
                     context: prompt(&subject, &examples, &q),
                     continuations: LETTERS.iter().map(|l| format!(" {l}")).collect(),

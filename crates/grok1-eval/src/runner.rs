@@ -146,6 +146,13 @@ pub fn run(
     options: &RunOptions,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<Vec<Record>> {
+    let mut ids = std::collections::HashSet::new();
+    if let Some(dup) = items.iter().find(|i| !ids.insert(i.id.as_str())) {
+        return Err(EvalError::Results(format!(
+            "two items share the id {}: results could not be told apart",
+            dup.id
+        )));
+    }
     let mut done: BTreeMap<usize, Record> = BTreeMap::new();
     let mut writer = None;
     if let Some(out) = &options.out {
