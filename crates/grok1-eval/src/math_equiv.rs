@@ -16,9 +16,9 @@ pub fn equivalent(a: &str, b: &str) -> bool {
         if la.open != lb.open || la.close != lb.close || la.items.len() != lb.items.len() {
             return false;
         }
-        if la.open.is_empty() && la.close.is_empty() {
-            // A bare list ("Enter all the solutions, separated by commas"):
-            // order does not matter.
+        if la.open == "\\{" || (la.open.is_empty() && la.close.is_empty()) {
+            // A set, or a bare list ("Enter all the solutions, separated by
+            // commas"): order does not matter.
             let mut used = vec![false; lb.items.len()];
             return la.items.iter().all(|x| {
                 let found = lb
@@ -58,6 +58,9 @@ pub fn normalize(answer: &str) -> String {
         ("\\:", ""),
         ("\\ ", ""),
         ("{,}", ","),
+        // `\sqrt 5` would otherwise become `\sqrt{ }5` in `fix_sqrt`.
+        ("\\sqrt ", "\\sqrt"),
+        ("\\frac ", "\\frac"),
         ("\\dots", ""),
         ("\\ldots", ""),
         ("\\cdots", ""),
@@ -67,6 +70,13 @@ pub fn normalize(answer: &str) -> String {
         s = s.replace(from, to);
     }
     s = unwrap_commands(&s, &["\\textbf", "\\mbox", "\\mathbf", "\\textrm"]);
+    // `x \in [2,5)`: the set is the answer.
+    if let Some((var, set)) = s.split_once("\\in") {
+        let var = var.trim();
+        if var.len() == 1 && var.chars().all(|c| c.is_ascii_alphabetic()) {
+            s = set.trim().to_string();
+        }
+    }
     s = strip_units(&s);
     s = s.trim().trim_end_matches('.').trim().to_string();
     if is_thousands(&s) {
@@ -215,7 +225,8 @@ fn fix_sqrt(s: &str) -> String {
     for p in parts {
         out.push_str("\\sqrt");
         match p.chars().next() {
-            Some(c) if c != '{' => {
+            // `\sqrt[3]{x}` is left as it is (Hendrycks's rule would break it).
+            Some(c) if c != '{' && c != '[' => {
                 out.push('{');
                 out.push(c);
                 out.push('}');
@@ -496,15 +507,28 @@ impl Parser<'_> {
     fn power(&mut self) -> Option<Expr> {
         let base = self.atom()?;
         if self.eat("^") {
-            let exp = if self.peek() == Some(b'{') || self.peek() == Some(b'(') {
-                self.atom()?
-            } else {
-                // `x^2y` is x² y: a single character is the exponent.
-                self.single()?
+            let exp = match self.peek() {
+                Some(b'{') | Some(b'(') => self.atom()?,
+                // `2^10` is meant as 2¹⁰ (TeX would set 2¹0): all the digits.
+                Some(c) if c.is_ascii_digit() => self.number()?,
+                // `x^ay` is xᵃ y: a single letter is the exponent.
+                _ => self.single()?,
             };
             return Some(Expr::Bin('^', Box::new(base), Box::new(exp)));
         }
         Some(base)
+    }
+
+    fn number(&mut self) -> Option<Expr> {
+        let start = self.i;
+        while self.peek().is_some_and(|c| c.is_ascii_digit() || c == b'.') {
+            self.i += 1;
+        }
+        std::str::from_utf8(&self.s[start..self.i])
+            .ok()?
+            .parse()
+            .ok()
+            .map(Expr::Num)
     }
 
     fn single(&mut self) -> Option<Expr> {
@@ -556,14 +580,22 @@ impl Parser<'_> {
         match self.peek()? {
             c if c.is_ascii_digit() || c == b'.' => {
                 let start = self.i;
-                while self.peek().is_some_and(|c| c.is_ascii_digit() || c == b'.') {
-                    self.i += 1;
+                let n = self.number()?;
+                let whole = !self.s[start..self.i].contains(&b'.');
+                // A mixed number, `1\frac{1}{2}` = 3/2, as MATH writes them.
+                if whole && self.s[self.i..].starts_with(b"\\frac") {
+                    let save = self.i;
+                    self.i += "\\frac".len();
+                    if let (Expr::Num(w), Some(Expr::Num(a)), Some(Expr::Num(b))) =
+                        (&n, self.group(), self.group())
+                    {
+                        if b != 0.0 {
+                            return Some(Expr::Num(w + a / b));
+                        }
+                    }
+                    self.i = save;
                 }
-                std::str::from_utf8(&self.s[start..self.i])
-                    .ok()?
-                    .parse()
-                    .ok()
-                    .map(Expr::Num)
+                Some(n)
             }
             c if c.is_ascii_alphabetic() => {
                 self.i += 1;
