@@ -8,6 +8,7 @@
 pub mod chat;
 mod error;
 mod openai;
+mod tokenizer_api;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -153,6 +154,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/completions", post(openai::completions))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(models))
+        .route("/tokenize", post(tokenizer_api::tokenize))
+        .route("/detokenize", post(tokenizer_api::detokenize))
+        .route("/tokenizer_info", get(tokenizer_api::tokenizer_info))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)

@@ -27,7 +27,7 @@ const MAX_LOGPROBS: i64 = 20;
 const MAX_STOPS: usize = 16;
 
 /// Reads a JSON body: an object whose keys are all in `accepted`.
-async fn read_json(request: Request, accepted: &[&[&str]]) -> Result<Value, ApiError> {
+pub(crate) async fn read_json(request: Request, accepted: &[&[&str]]) -> Result<Value, ApiError> {
     let bytes = axum::body::to_bytes(request.into_body(), MAX_BODY)
         .await
         .map_err(|_| {
@@ -63,7 +63,7 @@ async fn read_json(request: Request, accepted: &[&[&str]]) -> Result<Value, ApiE
 }
 
 /// Reads the fields of `T` from a request object; errors name the field at fault.
-fn parse<T: DeserializeOwned>(value: &Value) -> Result<T, ApiError> {
+pub(crate) fn parse<T: DeserializeOwned>(value: &Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         if path == "." {

@@ -602,3 +602,50 @@ fn a_full_queue_is_refused_with_retry_after() {
         "{metrics}"
     );
 }
+
+#[test]
+fn tokenizer_endpoints_speak_vllms_format() {
+    let s = start(engine_config(), None);
+    let (status, value, _) = s.post(
+        "/tokenize",
+        r#"{"prompt": "Hello world", "add_special_tokens": false}"#,
+    );
+    assert_eq!(status, 200, "{value}");
+    let expected = Tokenizer::grok1().encode("Hello world");
+    let tokens: Vec<u32> = serde_json::from_value(value["tokens"].clone()).unwrap();
+    assert_eq!(tokens, expected);
+    assert_eq!(value["count"], expected.len());
+    assert_eq!(value["max_model_len"], engine_config().context);
+    let (status, value, _) = s.post(
+        "/tokenize",
+        r#"{"prompt": "Hi", "add_special_tokens": true}"#,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        value["tokens"][0], 1,
+        "BOS leads when special tokens are asked for"
+    );
+    let body = json!({ "tokens": expected }).to_string();
+    let (status, value, _) = s.post("/detokenize", &body);
+    assert_eq!(status, 200, "{value}");
+    assert_eq!(value["prompt"], "Hello world");
+    let (status, info) = s.get("/tokenizer_info", None);
+    assert_eq!(status, 200);
+    let info: Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["eos_token"], "[EOS]", "{info}");
+    assert_eq!(info["bos_token"], "[BOS]", "{info}");
+    // Bad input is a 400 naming the field.
+    let (status, value, _) = s.post("/detokenize", r#"{"tokens": [5, 99999999]}"#);
+    assert_eq!(status, 400);
+    assert!(
+        value["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("position 1"),
+        "{value}"
+    );
+    let (status, value, _) = s.post("/tokenize", r#"{"text": "x"}"#);
+    assert_eq!(status, 400, "{value}");
+    let (status, _, _) = s.post("/tokenize", "not json");
+    assert_eq!(status, 400);
+}
