@@ -110,9 +110,19 @@ fn every_task_runs_through_the_engine() {
 }
 
 #[test]
-fn the_demo_model_runs_mmlu_without_a_model_flag() {
+fn the_demo_model_runs_every_task_without_a_model_flag() {
     let dir = tempfile::tempdir().unwrap();
-    eval("mmlu", 5, &[], &dir.path().join("mmlu.jsonl"));
+    for (task, n) in ITEMS {
+        eval(task, n, &[], &dir.path().join(format!("{task}.jsonl")));
+    }
+    // And through a server running the demo model.
+    let server = serve(None);
+    eval(
+        "gsm8k",
+        5,
+        &["--server", &server.url],
+        &dir.path().join("gsm8k-server.jsonl"),
+    );
 }
 
 struct Server {
@@ -127,10 +137,13 @@ impl Drop for Server {
     }
 }
 
-fn serve(model: &Path) -> Server {
-    let mut child = grok1()
-        .args(["serve", "--port", "0", "--model"])
-        .arg(model)
+fn serve(model: Option<&Path>) -> Server {
+    let mut cmd = grok1();
+    cmd.args(["serve", "--port", "0"]);
+    if let Some(model) = model {
+        cmd.arg("--model").arg(model);
+    }
+    let mut child = cmd
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -153,7 +166,7 @@ fn serve(model: &Path) -> Server {
 
 #[test]
 fn every_task_runs_through_a_server_with_the_engines_numbers() {
-    let server = serve(&tiny_vocab());
+    let server = serve(Some(&tiny_vocab()));
     let dir = tempfile::tempdir().unwrap();
     for (task, n) in ITEMS {
         let via_server = eval(
