@@ -230,6 +230,9 @@ pub enum PrecisionArg {
     F32,
     /// the reference's own bf16 casts (as released)
     Bf16,
+    /// f32, but the output projection read as an int8 copy (a quarter of its
+    /// bytes; logits within the bounds the fast-mode tests state)
+    Fast,
 }
 
 impl From<PrecisionArg> for grok1::Precision {
@@ -237,6 +240,7 @@ impl From<PrecisionArg> for grok1::Precision {
         match p {
             PrecisionArg::F32 => grok1::Precision::F32,
             PrecisionArg::Bf16 => grok1::Precision::Bf16,
+            PrecisionArg::Fast => grok1::Precision::Fast,
         }
     }
 }
@@ -250,9 +254,10 @@ pub struct ModelArgs {
     #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
 
-    /// Activation precision
-    #[arg(long, value_enum, default_value = "f32")]
-    pub precision: PrecisionArg,
+    /// Activation precision (default: fast; f32 for `logits`, whose numbers are
+    /// compared with the reference's)
+    #[arg(long, value_enum)]
+    pub precision: Option<PrecisionArg>,
 
     /// Weight the two selected experts as llama.cpp's `grok` graph does
     /// (probabilities renormalised to sum to 1), to compare with llama.cpp.
@@ -260,6 +265,13 @@ pub struct ModelArgs {
     /// maths is used whatever the file format
     #[arg(long)]
     pub llama_cpp_gates: bool,
+}
+
+impl ModelArgs {
+    /// The precision asked for, else the fast mode.
+    pub fn precision(&self) -> grok1::Precision {
+        self.precision.map_or(grok1::Precision::Fast, Into::into)
+    }
 }
 
 #[derive(Args, Debug)]
@@ -386,8 +398,14 @@ pub enum Preset {
 #[derive(Args, Debug)]
 pub struct InitArgs {
     /// Architecture to write
-    #[arg(long, value_enum)]
-    pub preset: Preset,
+    #[arg(long, value_enum, required_unless_present = "config")]
+    pub preset: Option<Preset>,
+
+    /// Architecture from a config.json (the fixtures' format: emb_size,
+    /// num_q_heads, ...) instead of a preset, e.g. a Grok-shaped model of
+    /// another width for benchmarks
+    #[arg(long, value_name = "FILE", conflicts_with = "preset")]
+    pub config: Option<PathBuf>,
 
     /// Number of decoder layers (default: the preset's)
     #[arg(long)]

@@ -116,7 +116,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         batch: args.batch,
         repeat: args.repeat,
         seed: args.seed,
-        precision: args.model.precision.into(),
+        precision: args.model.precision(),
     };
     if !args.json {
         println!("| model | size | params | backend | threads | test | t/s (median, min - max) |");

@@ -64,7 +64,7 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
     let tokenizer = Arc::new(loaded.tokenizer(args.tokenizer.as_deref())?);
     let model = loaded.model;
     let eos = model.config().eos_token;
-    let config = engine_config(&args.engine, &model, args.model.precision.into())?;
+    let config = engine_config(&args.engine, &model, args.model.precision())?;
     let context = config.context;
     let engine = EngineHandle::start(model, tokenizer.clone(), config);
 

@@ -92,8 +92,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
             let loaded = model_source::load_args(&args.model)?;
             let tokenizer = Arc::new(loaded.tokenizer(args.tokenizer.as_deref())?);
             let model = loaded.model;
-            let mut config =
-                serve::engine_config(&args.engine, &model, args.model.precision.into())?;
+            let mut config = serve::engine_config(&args.engine, &model, args.model.precision())?;
             // Every request in flight gets a batch slot.
             config.max_batch = config.max_batch.max(args.concurrency.min(64));
             config.kv_tokens = config.kv_tokens.max(config.context * 2);

@@ -68,7 +68,7 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         Ok(())
     };
     let options = ForwardOptions {
-        precision: args.model.precision.into(),
+        precision: args.model.precision(),
         ..Default::default()
     };
     let result =
@@ -137,7 +137,10 @@ pub fn logits(args: LogitsArgs) -> anyhow::Result<ExitCode> {
     let mut cache = model.new_cache(tokens.len(), 1);
     let seq = cache.add_sequence();
     let options = ForwardOptions {
-        precision: args.model.precision.into(),
+        precision: args
+            .model
+            .precision
+            .map_or(grok1::Precision::F32, Into::into),
         logits: LogitsRows::All,
     };
     let out = model.forward(

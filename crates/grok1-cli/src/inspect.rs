@@ -184,9 +184,10 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
-    let mut config = match args.preset {
-        Preset::Tiny => ModelConfig::tiny(),
-        Preset::Grok1 => ModelConfig::grok1(),
+    let mut config = match (args.preset, &args.config) {
+        (_, Some(path)) => ModelConfig::load(path)?,
+        (Some(Preset::Tiny), None) => ModelConfig::tiny(),
+        (Some(Preset::Grok1), None) | (None, None) => ModelConfig::grok1(),
     };
     if let Some(layers) = args.layers {
         anyhow::ensure!(layers > 0, "--layers must be at least 1");

@@ -62,7 +62,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let loaded = model_source::load_args(&args.model)?;
     let tokenizer = Arc::new(loaded.tokenizer(args.tokenizer.as_deref())?);
     let model = loaded.model;
-    let engine_config = engine_config(&args.engine, &model, args.model.precision.into())?;
+    let engine_config = engine_config(&args.engine, &model, args.model.precision())?;
     let name = args
         .served_model_name
         .clone()

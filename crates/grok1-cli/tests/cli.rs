@@ -90,6 +90,8 @@ fn generation_reproduces_the_reference_greedy_continuations() {
             "--max-tokens",
             "16",
             "--print-ids",
+            "--precision",
+            "f32",
         ]));
         assert!(o.status.success(), "{}", stderr(&o));
         let out = stdout(&o);
@@ -102,6 +104,8 @@ fn generation_reproduces_the_reference_greedy_continuations() {
         "The answer to life the universe and everything is of course",
         "--max-tokens",
         "16",
+        "--precision",
+        "f32",
     ]));
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(

@@ -4,7 +4,7 @@
 
 use grok1::backend::cpu::kernels::{self, Isa};
 use grok1::backend::cpu::CpuBackend;
-use grok1::backend::{Backend, F32Matrix, QuantMatrix};
+use grok1::backend::{quantize_row_i8, Backend, F32Matrix, Int8Rows, QuantMatrix};
 use grok1::weights::{DType, TensorData};
 use proptest::prelude::*;
 
@@ -61,6 +61,51 @@ fn reference(
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn int8_row_dots_are_exact_on_every_isa(k in 0usize..300, rows in 1usize..12, seed in any::<u64>()) {
+        let val = |i: usize| (((i as u64).wrapping_mul(2654435761) ^ seed) % 255) as i64 - 127;
+        let x: Vec<i8> = (0..k).map(|i| val(i) as i8).collect();
+        let w: Vec<i8> = (0..rows * k).map(|i| val(i + 7919) as i8).collect();
+        let want: Vec<i32> = (0..rows)
+            .map(|r| (0..k).map(|i| x[i] as i32 * w[r * k + i] as i32).sum())
+            .collect();
+        for isa in Isa::available() {
+            let mut got = vec![7i32; rows];
+            kernels::dot_i8_rows(isa, &x, &w, &mut got);
+            prop_assert_eq!(&got, &want, "{}", isa.name());
+        }
+    }
+
+    #[test]
+    fn fast_output_product_on_every_isa(k in 1usize..200, rows in 1usize..600, m in 1usize..5, seed in any::<u64>()) {
+        let e: Vec<f32> = (0..rows * k).map(|i| (((i as u64 ^ seed).wrapping_mul(0x9E37_79B9)) % 2001) as f32 / 1000.0 - 1.0).collect();
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 + 11) % 101) as f32 / 50.0 - 1.0).collect();
+        let q = Int8Rows::quantize(rows, k, |r, out| out.copy_from_slice(&e[r * k..(r + 1) * k]));
+        let mut scalar = vec![0f32; m * rows];
+        CpuBackend::with_isa(Isa::Scalar).matmul_int8_rows(&x, &q, &mut scalar);
+        for isa in Isa::available() {
+            let mut out = vec![0f32; m * rows];
+            CpuBackend::with_isa(isa).matmul_int8_rows(&x, &q, &mut out);
+            // Integer sums: every path is bit-identical.
+            prop_assert!(out == scalar, "{} differs from scalar", isa.name());
+        }
+        // Against the exact product: each operand is within half a step
+        // (absmax / 254) of its value, so the error is bounded by
+        // sum |x||dw| + |dx||w| + |dx||dw|.
+        for i in 0..m {
+            let xi = &x[i * k..(i + 1) * k];
+            let ax = xi.iter().fold(0f32, |a, v| a.max(v.abs())) as f64 / 254.0;
+            for r in 0..rows {
+                let er = &e[r * k..(r + 1) * k];
+                let aw = er.iter().fold(0f32, |a, v| a.max(v.abs())) as f64 / 254.0;
+                let exact: f64 = xi.iter().zip(er).map(|(&a, &b)| a as f64 * b as f64).sum();
+                let bound: f64 = xi.iter().zip(er).map(|(&a, &b)| a.abs() as f64 * aw + b.abs() as f64 * ax + ax * aw).sum::<f64>() * 1.001 + 1e-6;
+                let got = scalar[i * rows + r] as f64;
+                prop_assert!((got - exact).abs() <= bound, "row {} x {}: {} vs {} (bound {})", r, i, got, exact, bound);
+            }
+        }
+    }
 
     #[test]
     fn q8_product_on_every_isa(k_div in 1usize..40, groups in prop_oneof![Just(1usize), Just(2), Just(8)], n in 1usize..150, m in 1usize..10, seed in any::<u64>()) {
@@ -235,4 +280,14 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn int8_quantisation_handles_zero_and_extreme_rows() {
+    let mut q = vec![1i8; 4];
+    assert_eq!(quantize_row_i8(&[0.0; 4], &mut q), 0.0);
+    assert_eq!(q, [0; 4]);
+    let s = quantize_row_i8(&[-2.0, 1.0, 0.5, 2.0], &mut q);
+    assert_eq!(q, [-127, 64, 32, 127]);
+    assert!((s - 2.0 / 127.0).abs() < 1e-9);
 }

@@ -24,6 +24,13 @@ pub enum Precision {
     /// exactly, as XLA:CPU fuses the int8 * scale product into the dot (rounding
     /// them to bf16 first lands measurably farther from the reference's bf16 run).
     Bf16,
+    /// The f32 mode's arithmetic, except that the tied output projection (the
+    /// `vocab x d` matrix read for every generated token) reads an int8 copy made
+    /// once, with one f32 scale per vocabulary row, against the activations
+    /// quantised to int8 per row; its products are summed exactly in i32, so
+    /// every kernel path gives the same logits. A quarter of the f32 bytes; the
+    /// logits move by the bounds `tests/fast_mode.rs` states.
+    Fast,
 }
 
 impl Precision {
@@ -38,7 +45,7 @@ impl Precision {
 
     pub fn cast_one(self, x: f32) -> f32 {
         match self {
-            Precision::F32 => x,
+            Precision::F32 | Precision::Fast => x,
             Precision::Bf16 => round_bf16(x),
         }
     }
@@ -117,6 +124,65 @@ impl F32Matrix {
         for (i, o) in out.iter_mut().enumerate() {
             *o = f32_le(b, i);
         }
+    }
+}
+
+/// A matrix of int8 rows with one f32 scale per row (`row r = scales[r] *
+/// data[r]`): the fast mode's copy of the output projection.
+#[derive(Clone, Debug)]
+pub struct Int8Rows {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<i8>,
+    pub scales: Vec<f32>,
+}
+
+/// Quantises `v` to int8 symmetrically (absmax / 127, round half away from
+/// zero); returns the scale (0 for an all-zero row).
+pub fn quantize_row_i8(v: &[f32], out: &mut [i8]) -> f32 {
+    let absmax = v.iter().fold(0f32, |m, &x| m.max(x.abs()));
+    if absmax == 0.0 || !absmax.is_finite() {
+        out.fill(0);
+        return if absmax.is_finite() { 0.0 } else { f32::NAN };
+    }
+    let inv = 127.0 / absmax;
+    for (o, &x) in out.iter_mut().zip(v) {
+        *o = (x * inv).round().clamp(-127.0, 127.0) as i8;
+    }
+    absmax / 127.0
+}
+
+impl Int8Rows {
+    /// Quantises `rows` rows of `cols` values, row `r` read by `row_into`.
+    pub fn quantize(rows: usize, cols: usize, row_into: impl Fn(usize, &mut [f32]) + Sync) -> Self {
+        use rayon::prelude::*;
+        let mut data = vec![0i8; rows * cols];
+        let mut scales = vec![0f32; rows];
+        data.par_chunks_mut(cols.max(1))
+            .zip(scales.par_iter_mut())
+            .enumerate()
+            .for_each_init(
+                || vec![0f32; cols],
+                |buf, (r, (out, scale))| {
+                    row_into(r, buf);
+                    *scale = quantize_row_i8(buf, out);
+                },
+            );
+        Int8Rows {
+            rows,
+            cols,
+            data,
+            scales,
+        }
+    }
+
+    pub fn row(&self, r: usize) -> &[i8] {
+        &self.data[r * self.cols..(r + 1) * self.cols]
+    }
+
+    /// Bytes read by one full product.
+    pub fn byte_len(&self) -> usize {
+        self.data.len() + 4 * self.scales.len()
     }
 }
 
@@ -260,6 +326,10 @@ pub trait Backend: Send + Sync {
         out: &mut [f32],
         precision: Precision,
     );
+
+    /// `out[m, r] = x[m, :] . W[r, :]` for int8 rows, with each row of `x`
+    /// quantised to int8 first and the products summed exactly in i32.
+    fn matmul_int8_rows(&self, x: &[f32], w: &Int8Rows, out: &mut [f32]);
 
     /// `out[m, n] = x[m, k] @ w[k, n]` with an f32 weight (the router).
     fn matmul_f32(&self, x: &[f32], w: &[f32], k: usize, n: usize, out: &mut [f32]);

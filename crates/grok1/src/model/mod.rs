@@ -124,6 +124,8 @@ pub struct Grok1 {
     backend: Box<dyn Backend>,
     rope: Rope,
     gates: GateMode,
+    /// The fast mode's int8 copy of the output projection, made on first use.
+    fast_output: std::sync::OnceLock<crate::backend::Int8Rows>,
 }
 
 /// How the selected experts' outputs are weighted.
@@ -153,7 +155,24 @@ impl Grok1 {
             backend,
             rope,
             gates: GateMode::Official,
+            fast_output: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The int8 copy of the output projection the fast mode reads, made now if
+    /// it is not yet (a pass over the `vocab x d` matrix); `None` when the
+    /// projection is stored in 8 bits or fewer already (a quantised GGUF),
+    /// which the fast mode then reads as it is.
+    pub fn fast_output(&self) -> Option<&crate::backend::Int8Rows> {
+        let output = &self.weights.output;
+        if !output.dtype.is_float() {
+            return None;
+        }
+        Some(self.fast_output.get_or_init(|| {
+            crate::backend::Int8Rows::quantize(output.rows, output.cols, |r, out| {
+                output.row_into(r, out)
+            })
+        }))
     }
 
     /// Chooses how expert outputs are weighted (the official maths by default).
@@ -364,12 +383,22 @@ impl Grok1 {
         }
         let vocab = cfg.vocab_size;
         let output = &self.weights.output;
-        stats.weight_bytes += output.byte_len() as u64 + d as u64 * f32_bytes;
         let mut logits = vec![0f32; out_rows.len() * vocab];
-        match output.as_f32() {
-            Some(e) => backend.matmul_transposed_f32(&selected, &e, &mut logits, p),
+        let fast = (p == Precision::Fast).then(|| self.fast_output()).flatten();
+        match (fast, output.as_f32()) {
+            (Some(q), _) => {
+                stats.weight_bytes += q.byte_len() as u64 + d as u64;
+                backend.matmul_int8_rows(&selected, q, &mut logits);
+            }
+            (None, Some(e)) => {
+                stats.weight_bytes += output.byte_len() as u64 + d as u64 * f32_bytes;
+                backend.matmul_transposed_f32(&selected, &e, &mut logits, p);
+            }
             // Stored in fewer bits already: no bf16 cast of the weights to mimic.
-            None => backend.matmul_rows(&selected, output, &mut logits),
+            (None, None) => {
+                stats.weight_bytes += output.byte_len() as u64 + d as u64 * f32_bytes;
+                backend.matmul_rows(&selected, output, &mut logits);
+            }
         }
         p.cast(&mut logits);
         let out_mult = p.cast_one(cfg.output_multiplier_scale as f32);

@@ -223,3 +223,31 @@ pub fn gelu_mul(isa: Isa, h: &mut [f32], v: &[f32]) {
         }
     }
 }
+
+/// `out[j] = x . rows[j]` for int8 vectors (`rows` is `out.len()` rows of
+/// `x.len()`), summed exactly in i32 (values within +-127, as
+/// [`crate::backend::quantize_row_i8`] makes them): every path gives the same
+/// result.
+pub fn dot_i8_rows(isa: Isa, x: &[i8], rows: &[i8], out: &mut [i32]) {
+    assert_eq!(rows.len(), x.len() * out.len(), "dot_i8_rows: shapes");
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` is only chosen when the CPU has AVX2 (Isa::best).
+        Isa::Avx2 => unsafe { super::x86::dot_i8_rows_avx2(x, rows, out) },
+        _ => dot_i8_rows_scalar(x, rows, out),
+    }
+}
+
+pub fn dot_i8_rows_scalar(x: &[i8], rows: &[i8], out: &mut [i32]) {
+    let k = x.len();
+    for (o, row) in out.iter_mut().zip(rows.chunks_exact(k.max(1))) {
+        *o = x
+            .iter()
+            .zip(row)
+            .map(|(&a, &b)| i32::from(a) * i32::from(b))
+            .sum();
+    }
+    if k == 0 {
+        out.fill(0);
+    }
+}

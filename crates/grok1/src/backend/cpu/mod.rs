@@ -15,7 +15,10 @@ mod x86;
 
 use rayon::prelude::*;
 
-use super::{AttentionParams, Backend, F32Matrix, Precision, QuantMatrix, RowMatrix, RowPosition};
+use super::{
+    quantize_row_i8, AttentionParams, Backend, F32Matrix, Int8Rows, Precision, QuantMatrix,
+    RowMatrix, RowPosition,
+};
 use crate::kv_cache::KvCache;
 pub use kernels::Isa;
 
@@ -251,6 +254,40 @@ impl Backend for CpuBackend {
         transpose_into(&out_t, m, e.rows, out);
     }
 
+    fn matmul_int8_rows(&self, x: &[f32], w: &Int8Rows, out: &mut [f32]) {
+        let k = w.cols;
+        let m = x.len() / k.max(1);
+        assert_eq!(x.len(), m * k, "matmul_int8_rows: input is not [m, {k}]");
+        assert_eq!(out.len(), m * w.rows, "matmul_int8_rows: output size");
+        if m == 0 || w.rows == 0 {
+            return;
+        }
+        let mut xq = vec![0i8; m * k];
+        let sx: Vec<f32> = x
+            .chunks_exact(k)
+            .zip(xq.chunks_exact_mut(k))
+            .map(|(v, q)| quantize_row_i8(v, q))
+            .collect();
+        const ROWS_PER_TASK: usize = 256;
+        let mut out_t = vec![0f32; w.rows * m];
+        out_t
+            .par_chunks_mut(ROWS_PER_TASK * m)
+            .enumerate()
+            .for_each(|(b, chunk)| {
+                let first = b * ROWS_PER_TASK;
+                let rows = chunk.len() / m;
+                let weights = &w.data[first * k..(first + rows) * k];
+                let mut dots = vec![0i32; rows];
+                for (i, xi) in xq.chunks_exact(k).enumerate() {
+                    kernels::dot_i8_rows(self.isa, xi, weights, &mut dots);
+                    for (j, &d) in dots.iter().enumerate() {
+                        chunk[j * m + i] = (sx[i] * w.scales[first + j]) * d as f32;
+                    }
+                }
+            });
+        transpose_into(&out_t, m, w.rows, out);
+    }
+
     fn matmul_f32(&self, x: &[f32], w: &[f32], k: usize, n: usize, out: &mut [f32]) {
         let m = x.len() / k;
         assert_eq!(w.len(), k * n, "matmul_f32: weight is not [{k}, {n}]");
@@ -308,7 +345,7 @@ impl Backend for CpuBackend {
                     kernels::dot_rows(self.isa, qv, &keys[..chunk.len() * hd], chunk);
                 }
                 o.fill(0.0);
-                if p.precision == Precision::F32 {
+                if p.precision != Precision::Bf16 {
                     // s = 30 * tanh(s * multiplier / 30), masked keys out, softmax
                     kernels::softcap_softmax(self.isa, &mut scores, p.multiplier, p.softcap, mask);
                     for (weights, &page) in scores.chunks(page_size).zip(pages) {

@@ -509,3 +509,78 @@ pub unsafe fn gelu_mul_avx2(h: &mut [f32], v: &[f32]) {
         *a = crate::model::norm::gelu_tanh(*a) * b;
     }
 }
+
+/// [`super::kernels::dot_i8_rows`] with AVX2: |x| times sign(w, x) with
+/// `maddubs` (pairs of products of at most 127 * 127 fit an i16), widened to
+/// i32 with `madd`, four rows at a time so each load of `x` serves four.
+///
+/// # Safety
+/// The CPU must support AVX2; `rows.len() == x.len() * out.len()`.
+#[target_feature(enable = "avx2")]
+pub unsafe fn dot_i8_rows_avx2(x: &[i8], rows: &[i8], out: &mut [i32]) {
+    let k = x.len();
+    if k == 0 {
+        out.fill(0);
+        return;
+    }
+    let full = k / 32 * 32;
+    let ones = _mm256_set1_epi16(1);
+    let tail = |row: &[i8]| -> i32 {
+        x[full..]
+            .iter()
+            .zip(&row[full..])
+            .map(|(&a, &b)| i32::from(a) * i32::from(b))
+            .sum()
+    };
+    let sum8 = |v: __m256i| -> i32 {
+        let lo = _mm256_castsi256_si128(v);
+        let hi = _mm256_extracti128_si256(v, 1);
+        let s = _mm_add_epi32(lo, hi);
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        _mm_cvtsi128_si32(s)
+    };
+    let mut j = 0;
+    while j + 4 <= out.len() {
+        let r: [&[i8]; 4] = std::array::from_fn(|t| &rows[(j + t) * k..(j + t + 1) * k]);
+        let mut acc = [_mm256_setzero_si256(); 4];
+        let mut i = 0;
+        while i < full {
+            let xv = load_i8x32(&x[i..i + 32]);
+            let ax = _mm256_sign_epi8(xv, xv);
+            for t in 0..4 {
+                let wv = load_i8x32(&r[t][i..i + 32]);
+                let p16 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(wv, xv));
+                acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(p16, ones));
+            }
+            i += 32;
+        }
+        for t in 0..4 {
+            out[j + t] = sum8(acc[t]) + tail(r[t]);
+        }
+        j += 4;
+    }
+    while j < out.len() {
+        let row = &rows[j * k..(j + 1) * k];
+        let mut acc = _mm256_setzero_si256();
+        let mut i = 0;
+        while i < full {
+            let xv = load_i8x32(&x[i..i + 32]);
+            let wv = load_i8x32(&row[i..i + 32]);
+            let p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(xv, xv), _mm256_sign_epi8(wv, xv));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p16, ones));
+            i += 32;
+        }
+        out[j] = sum8(acc) + tail(row);
+        j += 1;
+    }
+}
+
+/// 32 int8 values from a slice of at least 32 (checked).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load_i8x32(s: &[i8]) -> __m256i {
+    assert!(s.len() >= 32);
+    // SAFETY: 32 bytes are readable (checked above); unaligned loads are allowed.
+    unsafe { _mm256_loadu_si256(s.as_ptr() as *const __m256i) }
+}
