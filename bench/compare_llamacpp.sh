@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# grok1 beside llama.cpp on the same Grok-shaped model, in the same run.
+#
+# Obtains llama.cpp's source from PyPI (the llama-cpp-python 0.3.36 source
+# distribution vendors the whole llama.cpp tree, `grok` architecture and
+# tools/llama-bench included), builds llama-bench once into a cache folder,
+# writes a random-weight model of the shape in CONFIG with `grok1 init` (the
+# official int8 ckpt-0 format) and converts it to a Q8_0 GGUF with
+# `grok1 convert`, then runs, alternately, R rounds of:
+#   llama-bench on the GGUF,
+#   grok1 bench on the int8 checkpoint (int8 with bf16 scales: fewer bytes than
+#   Q8_0's 8.5 bits per weight),
+#   grok1 bench on the same GGUF file,
+# and prints the medians and the ratios. Nothing of llama.cpp is committed.
+#
+# Usage: bench/compare_llamacpp.sh [--threads N] [--repeat R] [--prompt-tokens P]
+#        [--gen-tokens G] [--config FILE] [--precision fast|f32]
+# Environment: GROK1_BENCH_CACHE (default target/llamacpp-bench) holds the
+# llama.cpp build and the models; LLAMA_CPP_DIR uses an existing llama.cpp
+# tree (with build/bin/llama-bench or buildable) instead of downloading one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+threads=$(nproc)
+repeat=3
+prompt=128
+gen=64
+config=bench/grok-shape-d1024.json
+precision=fast
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --threads) threads=$2; shift 2 ;;
+        --repeat) repeat=$2; shift 2 ;;
+        --prompt-tokens) prompt=$2; shift 2 ;;
+        --gen-tokens) gen=$2; shift 2 ;;
+        --config) config=$2; shift 2 ;;
+        --precision) precision=$2; shift 2 ;;
+        *) echo "compare_llamacpp: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
+    esac
+done
+[ -f "$config" ] || { echo "compare_llamacpp: no config file $config" >&2; exit 2; }
+
+cache=${GROK1_BENCH_CACHE:-target/llamacpp-bench}
+mkdir -p "$cache"
+cache=$(cd "$cache" && pwd)
+
+# 1. llama.cpp, once.
+if [ -n "${LLAMA_CPP_DIR:-}" ]; then
+    src=$LLAMA_CPP_DIR
+else
+    src=$cache/llama_cpp_python-0.3.36/vendor/llama.cpp
+fi
+venv=$cache/venv
+if [ ! -x "$venv/bin/python" ]; then
+    echo "== a Python environment with cmake and scikit-build-core ($venv)"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q scikit-build-core cmake
+fi
+if [ ! -d "$src" ]; then
+    echo "== llama.cpp's source from PyPI (llama-cpp-python 0.3.36 source distribution)"
+    "$venv/bin/pip" download -q --no-deps --no-binary :all: --no-build-isolation \
+        llama-cpp-python==0.3.36 -d "$cache/sdist"
+    tar xzf "$cache"/sdist/llama_cpp_python-0.3.36.tar.gz -C "$cache"
+fi
+llama_bench=$src/build/bin/llama-bench
+if [ ! -x "$llama_bench" ]; then
+    echo "== building llama-bench (once; a few minutes)"
+    PATH=$venv/bin:$PATH cmake -S "$src" -B "$src/build" -DCMAKE_BUILD_TYPE=Release \
+        -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF \
+        -DGGML_NATIVE=ON > "$cache/cmake-configure.log"
+    PATH=$venv/bin:$PATH cmake --build "$src/build" -j "$(nproc)" --target llama-bench \
+        > "$cache/cmake-build.log"
+fi
+llama_commit=$(cd "$src" && (git rev-parse --short HEAD 2>/dev/null || echo "0.3.36 sdist"))
+
+# 2. grok1 and the model, in both formats.
+echo "== building grok1"
+cargo build --release --locked -q -p grok1-cli
+grok1=target/release/grok1
+name=$(basename "$config" .json)
+model=$cache/models/$name
+if [ ! -f "$model/ckpt/config.json" ]; then
+    echo "== writing $name (random weights, official int8 format)"
+    rm -rf "$model" && mkdir -p "$model"
+    $grok1 init --config "$config" --seed 1 --out "$model/ckpt"
+fi
+if [ ! -f "$model/$name-q8_0.gguf" ]; then
+    echo "== converting it to a Q8_0 GGUF"
+    $grok1 convert --model "$model/ckpt" --format gguf --type q8_0 --out "$model/$name-q8_0.gguf" --force
+fi
+gguf=$model/$name-q8_0.gguf
+
+# 3. Alternate rounds, one repetition each, so drifts of the machine hit both.
+results=$cache/results-$(date +%Y%m%d-%H%M%S).jsonl
+echo "== $repeat rounds, $threads threads, pp$prompt / tg$gen; raw results in $results"
+for r in $(seq 1 "$repeat"); do
+    echo "-- round $r/$repeat"
+    "$llama_bench" -m "$gguf" -t "$threads" -p "$prompt" -n "$gen" -r 1 -o json 2>/dev/null \
+        | python3 -c 'import json,sys
+for row in json.load(sys.stdin):
+    kind = "pp" if row["n_gen"] == 0 else "tg"
+    print(json.dumps({"engine": "llama.cpp Q8_0", "kind": kind, "tps": row["avg_ts"]}))' >> "$results"
+    for target in "$model/ckpt" "$gguf"; do
+        label="grok1 int8 ckpt"
+        [ "$target" = "$gguf" ] && label="grok1 Q8_0 GGUF"
+        $grok1 bench --model "$target" --precision "$precision" --threads "$threads" \
+            --prompt-tokens "$prompt" --gen-tokens "$gen" --repeat 1 --json 2>/dev/null | tail -1 \
+            | LABEL=$label python3 -c 'import json,os,sys
+o = json.load(sys.stdin)
+for kind, key in (("pp", "prompt_tokens_per_s"), ("tg", "gen_tokens_per_s")):
+    print(json.dumps({"engine": os.environ["LABEL"], "kind": kind, "tps": o[key],
+                      "bytes_per_token": o["weight_bytes_per_token"], "bw": o["mem_bandwidth_gbs"],
+                      "roofline": o["roofline_fraction"]}))' >> "$results"
+    done
+done
+
+# 4. Medians and ratios.
+RESULTS=$results PROMPT=$prompt GEN=$gen THREADS=$threads COMMIT=$llama_commit \
+    CONFIG=$config PRECISION=$precision python3 - <<'EOF'
+import json, os, statistics
+rows = [json.loads(l) for l in open(os.environ["RESULTS"])]
+engines = ["llama.cpp Q8_0", "grok1 int8 ckpt", "grok1 Q8_0 GGUF"]
+med = {}
+for e in engines:
+    for k in ("pp", "tg"):
+        v = [r["tps"] for r in rows if r["engine"] == e and r["kind"] == k]
+        med[e, k] = (statistics.median(v), min(v), max(v)) if v else None
+p, g = os.environ["PROMPT"], os.environ["GEN"]
+print(f"\nmodel {os.environ['CONFIG']}, {os.environ['THREADS']} threads, llama.cpp {os.environ['COMMIT']}, "
+      f"grok1 --precision {os.environ['PRECISION']}")
+print(f"| engine | pp{p} tok/s | tg{g} tok/s | pp ratio | tg ratio |")
+print("| --- | --- | --- | --- | --- |")
+base = med["llama.cpp Q8_0", "pp"][0], med["llama.cpp Q8_0", "tg"][0]
+for e in engines:
+    pp, tg = med[e, "pp"], med[e, "tg"]
+    print(f"| {e} | {pp[0]:.1f} ({pp[1]:.1f} - {pp[2]:.1f}) | {tg[0]:.1f} ({tg[1]:.1f} - {tg[2]:.1f}) "
+          f"| {pp[0] / base[0]:.2f}x | {tg[0] / base[1]:.2f}x |")
+for e in engines[1:]:
+    r = [x for x in rows if x["engine"] == e and x["kind"] == "tg"]
+    print(f"{e}: {r[-1]['bytes_per_token'] / 1e6:.0f} MB of weights per token, "
+          f"{statistics.median(x['roofline'] for x in r):.0%} of the {statistics.median(x['bw'] for x in r):.1f} GB/s roofline")
+EOF
