@@ -512,7 +512,9 @@ pub unsafe fn gelu_mul_avx2(h: &mut [f32], v: &[f32]) {
 
 /// [`super::kernels::dot_i8_rows`] with AVX2: |x| times sign(w, x) with
 /// `maddubs` (pairs of products of at most 127 * 127 fit an i16), widened to
-/// i32 with `madd`, four rows at a time so each load of `x` serves four.
+/// i32 with `madd`. Rows are read one after another, each front to back with
+/// four independent accumulators: one sequential stream, which the hardware
+/// prefetchers follow (interleaving several short rows defeated them).
 ///
 /// # Safety
 /// The CPU must support AVX2; `rows.len() == x.len() * out.len()`.
@@ -524,14 +526,8 @@ pub unsafe fn dot_i8_rows_avx2(x: &[i8], rows: &[i8], out: &mut [i32]) {
         return;
     }
     let full = k / 32 * 32;
+    let quad = k / 128 * 128;
     let ones = _mm256_set1_epi16(1);
-    let tail = |row: &[i8]| -> i32 {
-        x[full..]
-            .iter()
-            .zip(&row[full..])
-            .map(|(&a, &b)| i32::from(a) * i32::from(b))
-            .sum()
-    };
     let sum8 = |v: __m256i| -> i32 {
         let lo = _mm256_castsi256_si128(v);
         let hi = _mm256_extracti128_si256(v, 1);
@@ -540,39 +536,43 @@ pub unsafe fn dot_i8_rows_avx2(x: &[i8], rows: &[i8], out: &mut [i32]) {
         let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
         _mm_cvtsi128_si32(s)
     };
-    let mut j = 0;
-    while j + 4 <= out.len() {
-        let r: [&[i8]; 4] = std::array::from_fn(|t| &rows[(j + t) * k..(j + t + 1) * k]);
+    let step = |acc: __m256i, xv: __m256i, wv: __m256i| -> __m256i {
+        let p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(xv, xv), _mm256_sign_epi8(wv, xv));
+        _mm256_add_epi32(acc, _mm256_madd_epi16(p16, ones))
+    };
+    for (j, o) in out.iter_mut().enumerate() {
+        let row = &rows[j * k..(j + 1) * k];
         let mut acc = [_mm256_setzero_si256(); 4];
         let mut i = 0;
-        while i < full {
-            let xv = load_i8x32(&x[i..i + 32]);
-            let ax = _mm256_sign_epi8(xv, xv);
-            for t in 0..4 {
-                let wv = load_i8x32(&r[t][i..i + 32]);
-                let p16 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(wv, xv));
-                acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(p16, ones));
+        while i < quad {
+            for (t, a) in acc.iter_mut().enumerate() {
+                let at = i + 32 * t;
+                *a = step(
+                    *a,
+                    load_i8x32(&x[at..at + 32]),
+                    load_i8x32(&row[at..at + 32]),
+                );
             }
-            i += 32;
+            i += 128;
         }
-        for t in 0..4 {
-            out[j + t] = sum8(acc[t]) + tail(r[t]);
-        }
-        j += 4;
-    }
-    while j < out.len() {
-        let row = &rows[j * k..(j + 1) * k];
-        let mut acc = _mm256_setzero_si256();
-        let mut i = 0;
         while i < full {
-            let xv = load_i8x32(&x[i..i + 32]);
-            let wv = load_i8x32(&row[i..i + 32]);
-            let p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(xv, xv), _mm256_sign_epi8(wv, xv));
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p16, ones));
+            acc[0] = step(
+                acc[0],
+                load_i8x32(&x[i..i + 32]),
+                load_i8x32(&row[i..i + 32]),
+            );
             i += 32;
         }
-        out[j] = sum8(acc) + tail(row);
-        j += 1;
+        let total = _mm256_add_epi32(
+            _mm256_add_epi32(acc[0], acc[1]),
+            _mm256_add_epi32(acc[2], acc[3]),
+        );
+        let tail: i32 = x[full..]
+            .iter()
+            .zip(&row[full..])
+            .map(|(&a, &b)| i32::from(a) * i32::from(b))
+            .sum();
+        *o = sum8(total) + tail;
     }
 }
 
