@@ -121,3 +121,14 @@ pub fn files_under(dir: &Path, keep: &dyn Fn(&str) -> bool) -> Result<Vec<PathBu
     out.sort();
     Ok(out)
 }
+
+/// An error naming `path` when `--shots` asks for more exemplars than `kind` has.
+pub(crate) fn check_shots(path: &Path, kind: &str, available: usize, shots: usize) -> Result<()> {
+    if shots > available {
+        return Err(data_error(
+            path,
+            format!("{kind} has {available} worked examples; --shots {shots} asks for more"),
+        ));
+    }
+    Ok(())
+}

@@ -65,15 +65,7 @@ pub fn prompt(question: &str, shots: usize) -> String {
 
 /// Reads `test.jsonl` (`question`, `answer` ending in `#### N`).
 pub fn load(path: &Path, shots: usize) -> Result<Vec<Item>> {
-    if shots > EXEMPLARS.len() {
-        return Err(crate::data::data_error(
-            path,
-            format!(
-                "GSM8k has {} chain-of-thought examples; --shots {shots} asks for more",
-                EXEMPLARS.len()
-            ),
-        ));
-    }
+    crate::data::check_shots(path, "GSM8k", EXEMPLARS.len(), shots)?;
     let mut items = Vec::new();
     for (line, row) in read_jsonl(path)? {
         let question = string_field(&row, "question", path, line)?;

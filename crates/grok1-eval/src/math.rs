@@ -47,15 +47,7 @@ pub fn prompt(problem: &str, shots: usize) -> String {
 
 /// Reads every problem file under `dir` (or one file).
 pub fn load(dir: &Path, shots: usize) -> Result<Vec<Item>> {
-    if shots > EXEMPLARS.len() {
-        return Err(data_error(
-            dir,
-            format!(
-                "MATH has {} worked examples; --shots {shots} asks for more",
-                EXEMPLARS.len()
-            ),
-        ));
-    }
+    crate::data::check_shots(dir, "MATH", EXEMPLARS.len(), shots)?;
     let files = if dir.is_file() {
         vec![dir.to_path_buf()]
     } else {
@@ -119,20 +111,7 @@ pub fn last_boxed(text: &str) -> Option<String> {
         return (!s.is_empty()).then(|| s.to_string());
     }
     let body = rest.strip_prefix('{')?;
-    let mut depth = 1usize;
-    for (i, c) in body.char_indices() {
-        match c {
-            '{' => depth += 1,
-            '}' => {
-                depth -= 1;
-                if depth == 0 {
-                    return Some(body[..i].to_string());
-                }
-            }
-            _ => {}
-        }
-    }
-    None
+    crate::math_equiv::balanced(body).map(|len| body[..len].to_string())
 }
 
 /// The model's answer: its last boxed expression, else what follows "The final

@@ -159,7 +159,7 @@ fn unwrap_commands(s: &str, commands: &[&str]) -> String {
 }
 
 /// Length of the text before the `}` that closes an already open `{`.
-fn balanced(s: &str) -> Option<usize> {
+pub(crate) fn balanced(s: &str) -> Option<usize> {
     let mut depth = 1usize;
     for (i, c) in s.char_indices() {
         match c {
