@@ -32,7 +32,8 @@ REFERENCE = "FACEFACEikasikasikasikasikasikas Big Big Big tiger rode maf Eenlong
 
 def start(binary):
     proc = subprocess.Popen(
-        [binary, "serve", "--model", MODEL_DIR, "--port", "0", "--api-key", KEY,
+        # f32: the reference continuations are the f32 run's.
+        [binary, "serve", "--model", MODEL_DIR, "--precision", "f32", "--port", "0", "--api-key", KEY,
          "--max-batch", "8", "--shutdown-grace", "3"],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     deadline = time.time() + 60
@@ -71,7 +72,7 @@ def main():
     @check("completion equals grok1 generate and the reference")
     def _():
         r = client.completions.create(model="tiny-vocab", prompt=PROMPT, max_tokens=16, temperature=0)
-        generated = subprocess.run([binary, "generate", "--model", MODEL_DIR, "--prompt", PROMPT, "--max-tokens", "16"],
+        generated = subprocess.run([binary, "generate", "--precision", "f32", "--model", MODEL_DIR, "--prompt", PROMPT, "--max-tokens", "16"],
                                    capture_output=True, text=True, check=True).stdout
         assert r.choices[0].text == REFERENCE, r.choices[0].text
         assert r.choices[0].text == generated.rstrip("\n"), generated
