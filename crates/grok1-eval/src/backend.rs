@@ -166,24 +166,20 @@ impl DirectEngine {
         drop(tx);
         let mut events = Vec::new();
         for e in rx {
-            let done = matches!(e, Event::Done { .. });
-            if let Event::Done {
-                reason: FinishReason::Error(msg),
-                ..
-            } = &e
-            {
-                return Err(EvalError::Backend(format!("the engine failed: {msg}")));
-            }
-            if let Event::Done {
-                reason: FinishReason::Cancelled,
-                ..
-            } = &e
-            {
-                return Err(EvalError::Backend("the engine cancelled a request".into()));
-            }
-            events.push(e);
-            if done {
-                return Ok(events);
+            match &e {
+                Event::Done {
+                    reason: FinishReason::Error(msg),
+                    ..
+                } => return Err(EvalError::Backend(format!("the engine failed: {msg}"))),
+                Event::Done {
+                    reason: FinishReason::Cancelled,
+                    ..
+                } => return Err(EvalError::Backend("the engine cancelled a request".into())),
+                Event::Done { .. } => {
+                    events.push(e);
+                    return Ok(events);
+                }
+                _ => events.push(e),
             }
         }
         Err(EvalError::Backend(

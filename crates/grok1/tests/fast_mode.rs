@@ -15,7 +15,7 @@
 
 mod common;
 
-use common::{max_abs_diff, Fixture};
+use common::{max_abs_diff, prefill, Fixture};
 use grok1::backend::cpu::Isa;
 use grok1::sampling::argmax;
 use grok1::{ForwardOptions, Grok1, LogitsRows, Precision, SequenceInput};
@@ -35,22 +35,7 @@ fn check(name: &str, isa: Isa) -> (f32, usize, usize) {
     let (mut top1_checked, mut greedy_checked) = (0, 0);
     for s in 0..3 {
         let tokens = fx.tokens(&format!("prefill_seq{s}_tokens.npy"));
-        let mut cache = model.new_cache(tokens.len(), 1);
-        let seq = cache.add_sequence();
-        let out = model
-            .forward(
-                &mut cache,
-                &[SequenceInput {
-                    seq,
-                    tokens: &tokens,
-                }],
-                &ForwardOptions {
-                    precision: Precision::Fast,
-                    logits: LogitsRows::All,
-                },
-                None,
-            )
-            .unwrap();
+        let out = prefill(&model, &tokens, Precision::Fast, None);
         let want = fx.f32(&format!("prefill_seq{s}_logits_f32.npy"));
         let top_ids = fx.i32(&format!("prefill_seq{s}_top8_ids_f32.npy"));
         let top_logits = fx.f32(&format!("prefill_seq{s}_top8_logits_f32.npy"));
@@ -153,23 +138,8 @@ fn fast_mode_changes_only_the_output_projection() {
     let model = fx.load_model();
     let tokens = fx.tokens("prefill_seq2_tokens.npy");
     let run = |precision| {
-        let mut cache = model.new_cache(tokens.len(), 1);
-        let seq = cache.add_sequence();
         let mut trace = grok1::model::Trace::default();
-        let out = model
-            .forward(
-                &mut cache,
-                &[SequenceInput {
-                    seq,
-                    tokens: &tokens,
-                }],
-                &ForwardOptions {
-                    precision,
-                    logits: LogitsRows::All,
-                },
-                Some(&mut trace),
-            )
-            .unwrap();
+        let out = prefill(&model, &tokens, precision, Some(&mut trace));
         (out.logits, trace.hidden)
     };
     let (f32_logits, f32_hidden) = run(Precision::F32);

@@ -4,32 +4,11 @@
 
 mod common;
 
-use common::{assert_close, Fixture};
+use common::{assert_close, prefill, Fixture};
 use grok1::backend::cpu::Isa;
 use grok1::model::Trace;
 use grok1::sampling::argmax;
 use grok1::{ForwardOptions, ForwardOutput, Grok1, LogitsRows, Precision, SequenceInput};
-
-fn prefill(
-    model: &Grok1,
-    tokens: &[u32],
-    precision: Precision,
-    trace: Option<&mut Trace>,
-) -> ForwardOutput {
-    let mut cache = model.new_cache(tokens.len(), 1);
-    let seq = cache.add_sequence();
-    model
-        .forward(
-            &mut cache,
-            &[SequenceInput { seq, tokens }],
-            &ForwardOptions {
-                precision,
-                logits: LogitsRows::All,
-            },
-            trace,
-        )
-        .expect("forward")
-}
 
 /// The columns of `row` listed in `cols`.
 fn pick(row: &[f32], cols: &[usize]) -> Vec<f32> {

@@ -166,6 +166,10 @@ impl EngineHandle {
         mut config: EngineConfig,
     ) -> EngineHandle {
         config.context = config.context.min(model.config().sequence_len).max(1);
+        if config.precision == Precision::Fast {
+            // Made now, not while the first request waits.
+            let _ = model.fast_output();
+        }
         config.max_batch = config.max_batch.max(1);
         config.prefill_chunk = config.prefill_chunk.max(1);
         let page_size = DEFAULT_PAGE_SIZE;

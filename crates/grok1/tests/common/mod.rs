@@ -5,11 +5,14 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use grok1::backend::cpu::{CpuBackend, Isa};
+use grok1::model::Trace;
 use grok1::model::Weights;
 use grok1::npy;
 use grok1::progress::NoProgress;
 use grok1::weights::{ckpt0, gguf, safetensors};
-use grok1::{ForwardOptions, Grok1, LogitsRows, ModelConfig, Precision, SequenceInput};
+use grok1::{
+    ForwardOptions, ForwardOutput, Grok1, LogitsRows, ModelConfig, Precision, SequenceInput,
+};
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
@@ -143,27 +146,34 @@ pub fn log_softmax(row: &[f32]) -> Vec<f64> {
     row.iter().map(|&v| v as f64 - max - sum.ln()).collect()
 }
 
+/// Every row's logits of `tokens` as one prompt, in `precision`.
+pub fn prefill(
+    model: &Grok1,
+    tokens: &[u32],
+    precision: Precision,
+    trace: Option<&mut Trace>,
+) -> ForwardOutput {
+    let mut cache = model.new_cache(tokens.len(), 1);
+    let seq = cache.add_sequence();
+    model
+        .forward(
+            &mut cache,
+            &[SequenceInput { seq, tokens }],
+            &ForwardOptions {
+                precision,
+                logits: LogitsRows::All,
+            },
+            trace,
+        )
+        .expect("forward")
+}
+
 /// All prefill logits of the fixture's three prompts.
 pub fn prefill_rows(model: &Grok1, fx: &Fixture) -> Vec<Vec<f32>> {
     let mut rows = Vec::new();
     for s in 0..3 {
         let tokens = fx.tokens(&format!("prefill_seq{s}_tokens.npy"));
-        let mut cache = model.new_cache(tokens.len(), 1);
-        let seq = cache.add_sequence();
-        let out = model
-            .forward(
-                &mut cache,
-                &[SequenceInput {
-                    seq,
-                    tokens: &tokens,
-                }],
-                &ForwardOptions {
-                    precision: Precision::F32,
-                    logits: LogitsRows::All,
-                },
-                None,
-            )
-            .unwrap();
+        let out = prefill(model, &tokens, Precision::F32, None);
         rows.extend((0..tokens.len()).map(|t| out.row(t).to_vec()));
     }
     rows

@@ -69,6 +69,18 @@ fn transpose_into(out_t: &[f32], m: usize, n: usize, out: &mut [f32]) {
     }
 }
 
+/// `out[m, rows]` from a product computed in tasks of 256 weight rows: `task`
+/// gets the first row of its run and its column-major block (`[run][m]`).
+fn by_row_runs(m: usize, rows: usize, out: &mut [f32], task: impl Fn(usize, &mut [f32]) + Sync) {
+    const ROWS_PER_TASK: usize = 256;
+    let mut out_t = vec![0f32; rows * m];
+    out_t
+        .par_chunks_mut(ROWS_PER_TASK * m)
+        .enumerate()
+        .for_each(|(b, chunk)| task(b * ROWS_PER_TASK, chunk));
+    transpose_into(&out_t, m, rows, out);
+}
+
 /// The row splits of a `[k, n]` matrix with `groups` scale groups:
 /// (group, rows), in order.
 fn row_splits(k: usize, groups: usize) -> Vec<(usize, std::ops::Range<usize>)> {
@@ -228,30 +240,23 @@ impl Backend for CpuBackend {
         if m == 0 {
             return;
         }
-        const ROWS_PER_TASK: usize = 256;
-        let mut out_t = vec![0f32; e.rows * m];
-        out_t
-            .par_chunks_mut(ROWS_PER_TASK * m)
-            .enumerate()
-            .for_each(|(b, chunk)| {
-                let first = b * ROWS_PER_TASK;
-                let rows = chunk.len() / m;
-                if precision == Precision::Bf16 {
-                    // The reference casts the embedding to bf16 for the product.
-                    let mut row = vec![0f32; d];
-                    let mut bytes = Vec::with_capacity(rows * d * 4);
-                    for r in first..first + rows {
-                        e.row_into(r, &mut row);
-                        precision.cast(&mut row);
-                        bytes.extend(row.iter().flat_map(|v| v.to_le_bytes()));
-                    }
-                    kernels::dot_f32_bytes(self.isa, x, m, d, &bytes, chunk);
-                } else {
-                    let bytes = &e.data.bytes()[first * d * 4..(first + rows) * d * 4];
-                    kernels::dot_f32_bytes(self.isa, x, m, d, bytes, chunk);
+        by_row_runs(m, e.rows, out, |first, chunk| {
+            let rows = chunk.len() / m;
+            if precision == Precision::Bf16 {
+                // The reference casts the embedding to bf16 for the product.
+                let mut row = vec![0f32; d];
+                let mut bytes = Vec::with_capacity(rows * d * 4);
+                for r in first..first + rows {
+                    e.row_into(r, &mut row);
+                    precision.cast(&mut row);
+                    bytes.extend(row.iter().flat_map(|v| v.to_le_bytes()));
                 }
-            });
-        transpose_into(&out_t, m, e.rows, out);
+                kernels::dot_f32_bytes(self.isa, x, m, d, &bytes, chunk);
+            } else {
+                let bytes = &e.data.bytes()[first * d * 4..(first + rows) * d * 4];
+                kernels::dot_f32_bytes(self.isa, x, m, d, bytes, chunk);
+            }
+        });
     }
 
     fn matmul_int8_rows(&self, x: &[f32], w: &Int8Rows, out: &mut [f32]) {
@@ -268,24 +273,17 @@ impl Backend for CpuBackend {
             .zip(xq.chunks_exact_mut(k))
             .map(|(v, q)| quantize_row_i8(v, q))
             .collect();
-        const ROWS_PER_TASK: usize = 256;
-        let mut out_t = vec![0f32; w.rows * m];
-        out_t
-            .par_chunks_mut(ROWS_PER_TASK * m)
-            .enumerate()
-            .for_each(|(b, chunk)| {
-                let first = b * ROWS_PER_TASK;
-                let rows = chunk.len() / m;
-                let weights = &w.data[first * k..(first + rows) * k];
-                let mut dots = vec![0i32; rows];
-                for (i, xi) in xq.chunks_exact(k).enumerate() {
-                    kernels::dot_i8_rows(self.isa, xi, weights, &mut dots);
-                    for (j, &d) in dots.iter().enumerate() {
-                        chunk[j * m + i] = (sx[i] * w.scales[first + j]) * d as f32;
-                    }
+        by_row_runs(m, w.rows, out, |first, chunk| {
+            let rows = chunk.len() / m;
+            let weights = &w.data[first * k..(first + rows) * k];
+            let mut dots = vec![0i32; rows];
+            for (i, xi) in xq.chunks_exact(k).enumerate() {
+                kernels::dot_i8_rows(self.isa, xi, weights, &mut dots);
+                for (j, &d) in dots.iter().enumerate() {
+                    chunk[j * m + i] = (sx[i] * w.scales[first + j]) * d as f32;
                 }
-            });
-        transpose_into(&out_t, m, w.rows, out);
+            }
+        });
     }
 
     fn matmul_f32(&self, x: &[f32], w: &[f32], k: usize, n: usize, out: &mut [f32]) {
