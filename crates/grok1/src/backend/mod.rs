@@ -58,11 +58,6 @@ pub fn round_bf16(x: f32) -> f32 {
 }
 
 #[inline]
-fn bf16_le(b: &[u8], i: usize) -> f32 {
-    bf16::from_bits(u16::from_le_bytes([b[2 * i], b[2 * i + 1]])).to_f32()
-}
-
-#[inline]
 fn f32_le(b: &[u8], i: usize) -> f32 {
     f32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
 }
@@ -89,12 +84,21 @@ impl QuantMatrix {
     /// Scales of group `g` as f32, written into `out[..n]`.
     pub fn scales_into(&self, g: usize, cols: std::ops::Range<usize>, out: &mut [f32]) {
         let b = self.scales.bytes();
-        let base = g * self.n;
-        for (o, c) in out.iter_mut().zip(cols) {
-            *o = match self.scale_dtype {
-                DType::F32 => f32_le(b, base + c),
-                _ => bf16_le(b, base + c),
-            };
+        let (first, len) = (g * self.n + cols.start, cols.len().min(out.len()));
+        // One loop per dtype (this runs for every task of every product).
+        match self.scale_dtype {
+            DType::F32 => {
+                let src = &b[4 * first..4 * (first + len)];
+                for (o, c) in out.iter_mut().zip(src.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+            _ => {
+                let src = &b[2 * first..2 * (first + len)];
+                for (o, c) in out.iter_mut().zip(src.chunks_exact(2)) {
+                    *o = f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);
+                }
+            }
         }
     }
 
@@ -278,6 +282,13 @@ impl Matrix {
     }
 }
 
+/// One product of [`Backend::matmul_many`]: `out = x @ w`.
+pub struct MatmulJob<'a> {
+    pub x: &'a [f32],
+    pub w: &'a Matrix,
+    pub out: &'a mut [f32],
+}
+
 /// Where one activation row sits: its sequence and its position in it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RowPosition {
@@ -315,6 +326,16 @@ pub trait Backend: Send + Sync {
         match w {
             Matrix::Int8Grouped(q) => self.matmul_q8(x, q, out),
             Matrix::Rows(r) => self.matmul_rows(x, r, out),
+        }
+    }
+
+    /// Several independent products `job.out = job.x @ job.w`, which a backend
+    /// may run side by side: in decoding each is too small to keep every core
+    /// busy alone (q, k and v; the selected experts). The results are those of
+    /// [`Backend::matmul`] on each job.
+    fn matmul_many(&self, jobs: &mut [MatmulJob<'_>]) {
+        for job in jobs {
+            self.matmul(job.x, job.w, job.out);
         }
     }
 

@@ -2,7 +2,7 @@
 //! with the soft cap, and the output projection.
 
 use super::rope::Rope;
-use crate::backend::{AttentionParams, Backend, Precision, RowPosition};
+use crate::backend::{AttentionParams, Backend, MatmulJob, Precision, RowPosition};
 use crate::config::ModelConfig;
 use crate::kv_cache::KvCache;
 use crate::model::weights::LayerWeights;
@@ -27,9 +27,11 @@ pub fn attention_block(
     let mut q = vec![0f32; n * qw];
     let mut k = vec![0f32; n * kvw];
     let mut v = vec![0f32; n * kvw];
-    backend.matmul(a, &w.wq, &mut q);
-    backend.matmul(a, &w.wk, &mut k);
-    backend.matmul(a, &w.wv, &mut v);
+    backend.matmul_many(&mut [
+        MatmulJob { x: a, w: &w.wq, out: &mut q },
+        MatmulJob { x: a, w: &w.wk, out: &mut k },
+        MatmulJob { x: a, w: &w.wv, out: &mut v },
+    ]);
     precision.cast(&mut q);
     precision.cast(&mut k);
     precision.cast(&mut v);

@@ -1,11 +1,9 @@
 //! The mixture of experts: an f32 router picks the top experts of each token
 //! and only those experts run, each once on all the tokens routed to it.
 
-use rayon::prelude::*;
-
 use super::norm::softmax;
 use super::GateMode;
-use crate::backend::{Backend, Precision};
+use crate::backend::{Backend, MatmulJob, Precision};
 use crate::config::ModelConfig;
 use crate::model::weights::LayerWeights;
 
@@ -21,10 +19,6 @@ pub struct RouterDecisions {
     /// `[rows, k]` their gates: the probabilities themselves, not renormalised.
     pub gates: Vec<f32>,
 }
-
-/// Below this many multiply-adds in the largest expert, the experts of a layer
-/// run concurrently rather than one after another.
-const SMALL_EXPERT_MACS: usize = 1 << 20;
 
 /// Router in f32: `p = softmax(m @ Wr)`, then the top `k` of `p`.
 pub fn route(
@@ -84,44 +78,52 @@ pub fn moe_block(
             routed[router.experts[r * k + j]].push((r, gate));
         }
     }
-    // expert(x) for the rows routed to one expert, in routed order.
-    let run = |expert: usize, assigned: &[(usize, f32)]| -> Vec<f32> {
-        let n = assigned.len();
-        let mut x = Vec::with_capacity(n * d);
-        for &(r, _) in assigned {
-            x.extend_from_slice(&m[r * d..(r + 1) * d]);
-        }
-        let mut h = vec![0f32; n * ff];
-        let mut hv = vec![0f32; n * ff];
-        backend.matmul(&x, &w.experts.linear[expert], &mut h);
-        backend.matmul(&x, &w.experts.linear_v[expert], &mut hv);
-        precision.cast(&mut h);
-        precision.cast(&mut hv);
-        // In the reference the expert outputs pass through an f32 one-hot einsum, so
-        // from here to the final sum everything stays f32 whatever the activation
-        // dtype: gelu(h) * hv, the down projection (an f32 x bf16 dot that XLA
-        // computes with the int8 * scale product unrounded), gate * out and the sum.
-        backend.gelu_mul(&mut h, &hv);
-        let mut y = vec![0f32; n * d];
-        backend.matmul(&h, &w.experts.linear_1[expert], &mut y);
-        y
-    };
-    // Small experts (tiny models, a few rows each) run side by side; large ones
-    // one after another, each product spread over the threads by the backend.
-    let largest = routed.iter().map(Vec::len).max().unwrap_or(0);
-    let outputs: Vec<Vec<f32>> = if largest * d * ff * 3 < SMALL_EXPERT_MACS {
-        routed
-            .par_iter()
-            .enumerate()
-            .map(|(e, a)| if a.is_empty() { Vec::new() } else { run(e, a) })
-            .collect()
-    } else {
-        routed
-            .iter()
-            .enumerate()
-            .map(|(e, a)| if a.is_empty() { Vec::new() } else { run(e, a) })
-            .collect()
-    };
+    // expert(x) for the rows routed to each expert, in routed order; the
+    // experts' products run side by side (`matmul_many`), phase by phase.
+    let active: Vec<usize> = (0..cfg.num_experts)
+        .filter(|&e| !routed[e].is_empty())
+        .collect();
+    let inputs: Vec<Vec<f32>> = active
+        .iter()
+        .map(|&e| {
+            let mut x = Vec::with_capacity(routed[e].len() * d);
+            for &(r, _) in &routed[e] {
+                x.extend_from_slice(&m[r * d..(r + 1) * d]);
+            }
+            x
+        })
+        .collect();
+    let mut h: Vec<Vec<f32>> = active.iter().map(|&e| vec![0f32; routed[e].len() * ff]).collect();
+    let mut hv = h.clone();
+    let mut jobs: Vec<MatmulJob> = Vec::with_capacity(2 * active.len());
+    for (((&e, x), h), hv) in active.iter().zip(&inputs).zip(&mut h).zip(&mut hv) {
+        jobs.push(MatmulJob { x, w: &w.experts.linear[e], out: h });
+        jobs.push(MatmulJob { x, w: &w.experts.linear_v[e], out: hv });
+    }
+    backend.matmul_many(&mut jobs);
+    drop(jobs);
+    // In the reference the expert outputs pass through an f32 one-hot einsum, so
+    // from here to the final sum everything stays f32 whatever the activation
+    // dtype: gelu(h) * hv, the down projection (an f32 x bf16 dot that XLA
+    // computes with the int8 * scale product unrounded), gate * out and the sum.
+    for (h, hv) in h.iter_mut().zip(&mut hv) {
+        precision.cast(h);
+        precision.cast(hv);
+        backend.gelu_mul(h, hv);
+    }
+    let mut ys: Vec<Vec<f32>> = active.iter().map(|&e| vec![0f32; routed[e].len() * d]).collect();
+    let mut jobs: Vec<MatmulJob> = active
+        .iter()
+        .zip(&h)
+        .zip(&mut ys)
+        .map(|((&e, x), out)| MatmulJob { x, w: &w.experts.linear_1[e], out })
+        .collect();
+    backend.matmul_many(&mut jobs);
+    drop(jobs);
+    let mut outputs: Vec<Vec<f32>> = vec![Vec::new(); cfg.num_experts];
+    for (&e, y) in active.iter().zip(ys) {
+        outputs[e] = y;
+    }
     // The weighted sum in expert order, whichever way the experts ran.
     let mut out = vec![0f32; rows * d];
     for (assigned, y) in routed.iter().zip(&outputs) {

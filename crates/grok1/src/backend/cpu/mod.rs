@@ -2,7 +2,7 @@
 //! (`kernels.rs`, `x86.rs`), work split over all cores with rayon.
 //!
 //! Weights are `[k, n]` (the checkpoint computes `x @ W`) and read in place from
-//! the memory map. A product is cut into tasks of up to `KSPLIT` consecutive
+//! the memory map. A product is cut into tasks of up to 1024 consecutive
 //! weight rows (inside one scale group) by a block of columns whose accumulators
 //! stay in L1, so each task streams its rows sequentially and every weight byte
 //! is read once per call whatever the number of activation rows. The partial
@@ -16,14 +16,21 @@ mod x86;
 use rayon::prelude::*;
 
 use super::{
-    quantize_row_i8, AttentionParams, Backend, F32Matrix, Int8Rows, Precision, QuantMatrix,
-    RowMatrix, RowPosition,
+    quantize_row_i8, AttentionParams, Backend, F32Matrix, Int8Rows, MatmulJob, Precision,
+    QuantMatrix, RowMatrix, RowPosition,
 };
 use crate::kv_cache::KvCache;
 pub use kernels::Isa;
 
-/// Weight rows per task.
-const KSPLIT: usize = 1024;
+/// Row splits per scale group: enough tasks for the threads even when a
+/// product is one activation row by a narrow matrix (a small model's every
+/// product), while each split stays long enough to stream.
+const SPLITS_PER_GROUP: usize = 8;
+/// Bounds on the weight rows of one split.
+const SPLIT_ROWS: std::ops::RangeInclusive<usize> = 64..=1024;
+/// Columns of a block are never cut below this (unless `n` is): a task's row
+/// segments stay long enough for the prefetchers.
+const MIN_BLOCK_COLS: usize = 256;
 /// Accumulators per task (`m * nb` floats, 64 KiB): at one activation row a row
 /// segment spans 16 KiB of weights, long enough for the prefetchers (measured:
 /// 4 KiB segments streamed 25% slower).
@@ -82,10 +89,14 @@ fn by_row_runs(m: usize, rows: usize, out: &mut [f32], task: impl Fn(usize, &mut
 }
 
 /// The row splits of a `[k, n]` matrix with `groups` scale groups:
-/// (group, rows), in order.
+/// (group, rows), in order. They depend on `k` and `groups` only, never on the
+/// batch or the threads, so the order of every sum is fixed.
 fn row_splits(k: usize, groups: usize) -> Vec<(usize, std::ops::Range<usize>)> {
     let per_group = k / groups;
-    let chunks = per_group.div_ceil(KSPLIT).max(1);
+    let size = per_group
+        .div_ceil(SPLITS_PER_GROUP)
+        .clamp(*SPLIT_ROWS.start(), *SPLIT_ROWS.end());
+    let chunks = per_group.div_ceil(size).max(1);
     let size = per_group.div_ceil(chunks);
     let mut splits = Vec::new();
     for g in 0..groups {
@@ -126,42 +137,61 @@ impl Backend for CpuBackend {
         }
         let weight = w.weight_bytes();
         let splits = row_splits(k, w.groups);
+        // Column blocks change no sum, only the work per task: as wide as the
+        // accumulator tile allows, narrower where the splits alone leave too few
+        // tasks for the threads.
         let nb = if n <= 16 {
             n
         } else {
-            (TILE_FLOATS / m).clamp(16, n) / 16 * 16
+            let want_blocks = (4 * rayon::current_num_threads()).div_ceil(splits.len());
+            let fair = n.div_ceil(want_blocks).max(MIN_BLOCK_COLS);
+            (TILE_FLOATS / m).min(fair).clamp(16, n) / 16 * 16
         };
         let blocks = n.div_ceil(nb);
-        let per_block = splits.len() * m * nb * 4;
+        // A task takes one block through a run of consecutive splits, summing
+        // them in order; the runs are then added in order. Any grouping gives
+        // the same sums ((0 + s0) + s1 + ...), so it is chosen for speed only:
+        // whole blocks where they alone keep the threads busy (no partial sums
+        // to hold), single splits where a product is too narrow for that.
+        let want_tasks = 4 * rayon::current_num_threads();
+        let per_task = (splits.len() * blocks / want_tasks).clamp(1, splits.len());
+        let runs: Vec<std::ops::Range<usize>> = (0..splits.len())
+            .step_by(per_task)
+            .map(|s| s..(s + per_task).min(splits.len()))
+            .collect();
+        let per_block = runs.len() * m * nb * 4;
         let wave = (WAVE_BYTES / per_block.max(1)).max(1);
         for first in (0..blocks).step_by(wave) {
             let last = (first + wave).min(blocks);
             let tasks: Vec<(usize, usize)> = (first..last)
-                .flat_map(|b| (0..splits.len()).map(move |s| (b, s)))
+                .flat_map(|b| (0..runs.len()).map(move |t| (b, t)))
                 .collect();
-            let task = |(b, s): (usize, usize)| {
-                let (g, rows) = &splits[s];
+            let task = |(b, t): (usize, usize)| {
                 let n0 = b * nb;
                 let width = nb.min(n - n0);
+                let mut total = vec![0f32; m * width];
                 let mut acc = vec![0f32; m * width];
-                kernels::q8_accumulate(self.isa, &xt, m, weight, n, rows.clone(), n0, &mut acc);
                 let mut scales = vec![0f32; width];
-                w.scales_into(*g, n0..n0 + width, &mut scales);
-                for row in acc.chunks_exact_mut(width) {
-                    for (a, &sc) in row.iter_mut().zip(&scales) {
-                        *a *= sc;
+                for (g, rows) in &splits[runs[t].clone()] {
+                    acc.fill(0.0);
+                    kernels::q8_accumulate(self.isa, &xt, m, weight, n, rows.clone(), n0, &mut acc);
+                    w.scales_into(*g, n0..n0 + width, &mut scales);
+                    for (tr, ar) in total.chunks_exact_mut(width).zip(acc.chunks_exact(width)) {
+                        for ((t, &a), &sc) in tr.iter_mut().zip(ar).zip(&scales) {
+                            *t += a * sc;
+                        }
                     }
                 }
-                acc
+                total
             };
             let partials: Vec<Vec<f32>> = if m * k * n < PARALLEL_MIN_MACS {
                 tasks.into_iter().map(task).collect()
             } else {
                 tasks.into_par_iter().map(task).collect()
             };
-            // Add the splits of each block in order (a fixed summation order).
+            // Add the runs of each block in order (a fixed summation order).
             for (t, acc) in partials.iter().enumerate() {
-                let b = first + t / splits.len();
+                let b = first + t / runs.len();
                 let n0 = b * nb;
                 let width = nb.min(n - n0);
                 for i in 0..m {
@@ -172,6 +202,13 @@ impl Backend for CpuBackend {
                 }
             }
         }
+    }
+
+    fn matmul_many(&self, jobs: &mut [MatmulJob<'_>]) {
+        // Each product spreads its own tasks over the pool too; work stealing
+        // mixes them, so the threads stay busy until the last one ends.
+        jobs.par_iter_mut()
+            .for_each(|job| self.matmul(job.x, job.w, job.out));
     }
 
     fn matmul_rows(&self, x: &[f32], w: &RowMatrix, out: &mut [f32]) {
