@@ -128,18 +128,19 @@ proptest! {
     }
 
     #[test]
-    fn q8_accumulate_kernel_on_every_isa(rows in 1usize..70, nb in 1usize..100, extra in 0usize..20, m in 1usize..6, seed in any::<u64>()) {
+    fn q8_block_kernel_on_every_isa(rows in 1usize..600, nb in 1usize..100, extra in 0usize..20, m in 1usize..20, seed in any::<u64>()) {
         let n = nb + extra;
         let n0 = extra / 2;
         let (_, w, _) = quant(rows, n, 1, seed);
         let w: Vec<u8> = w.iter().map(|&v| v as u8).collect();
         let xt: Vec<f32> = (0..rows * m).map(|i| (i % 17) as f32 * 0.25 - 2.0).collect();
+        let scales: Vec<f32> = (0..nb).map(|j| 0.01 + (j % 7) as f32 * 0.003).collect();
         let mut want = vec![0.5f32; m * nb];
-        kernels::q8_accumulate_scalar(&xt, m, &w, n, 0..rows, n0, &mut want);
+        kernels::q8_block_scalar(&xt, m, &w, n, 0..rows, n0, &scales, &mut want);
         for isa in Isa::available() {
-            let mut acc = vec![0.5f32; m * nb];
-            kernels::q8_accumulate(isa, &xt, m, &w, n, 0..rows, n0, &mut acc);
-            prop_assert!(acc == want, "{}", isa.name());
+            let mut total = vec![0.5f32; m * nb];
+            kernels::q8_block(isa, &xt, m, &w, n, 0..rows, n0, &scales, &mut total);
+            prop_assert!(total == want, "{}", isa.name());
         }
     }
 

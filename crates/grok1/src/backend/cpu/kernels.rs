@@ -48,13 +48,16 @@ impl Isa {
     }
 }
 
-/// A block of columns of an int8 matrix product:
-/// `acc[i][j] += sum over r in rows of xt[r][i] * w[r][n0 + j]` for `i < m`,
-/// `j < nb`, where `xt` is the activations transposed (`[k, m]`, so the values
-/// one weight row multiplies are adjacent), `w` is int8 row-major `[_, n]` and
-/// `acc` is row-major `[m, nb]`. Rows are summed in order, one FMA each.
+/// A block of columns of an int8 matrix product over one run of rows inside a
+/// scale group: `total[i][j] += scales[j] * (sum over r in rows of xt[r][i] *
+/// w[r][n0 + j])` for `i < m`, `j < nb`, where `xt` is the activations
+/// transposed (`[k, m]`, so the values one weight row multiplies are
+/// adjacent), `w` is int8 row-major `[_, n]` and `total` is row-major `[m, nb]`.
+/// The sum starts at zero and takes one FMA per row in order; then it is
+/// multiplied by the scale and added (two roundings, no FMA), the same on
+/// every path.
 #[allow(clippy::too_many_arguments)]
-pub fn q8_accumulate(
+pub fn q8_block(
     isa: Isa,
     xt: &[f32],
     m: usize,
@@ -62,40 +65,45 @@ pub fn q8_accumulate(
     n: usize,
     rows: Range<usize>,
     n0: usize,
-    acc: &mut [f32],
+    scales: &[f32],
+    total: &mut [f32],
 ) {
-    if m == 0 || acc.is_empty() || rows.is_empty() {
+    if m == 0 || total.is_empty() || rows.is_empty() {
         return;
     }
-    let nb = acc.len() / m;
+    let nb = total.len() / m;
     // Every index the kernels use is inside these bounds.
-    assert_eq!(acc.len(), m * nb, "q8_accumulate: acc is not [m, nb]");
-    assert!(rows.end * m <= xt.len(), "q8_accumulate: xt too short");
+    assert_eq!(total.len(), m * nb, "q8_block: total is not [m, nb]");
+    assert!(scales.len() >= nb, "q8_block: fewer scales than columns");
+    assert!(rows.end * m <= xt.len(), "q8_block: xt too short");
     assert!(
         n0 + nb <= n && rows.end * n <= w.len(),
-        "q8_accumulate: w too short"
+        "q8_block: w too short"
     );
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
             // SAFETY: Avx2 is only chosen when the CPU has AVX2 and FMA
             // (Isa::best), and the bounds above hold for every index used.
-            unsafe { super::x86::q8_accumulate_avx2(xt, m, w, n, rows, n0, acc) }
+            unsafe { super::x86::q8_block_avx2(xt, m, w, n, rows, n0, scales, total) }
         }
-        _ => q8_accumulate_scalar(xt, m, w, n, rows, n0, acc),
+        _ => q8_block_scalar(xt, m, w, n, rows, n0, scales, total),
     }
 }
 
-pub fn q8_accumulate_scalar(
+#[allow(clippy::too_many_arguments)]
+pub fn q8_block_scalar(
     xt: &[f32],
     m: usize,
     w: &[u8],
     n: usize,
     rows: Range<usize>,
     n0: usize,
-    acc: &mut [f32],
+    scales: &[f32],
+    total: &mut [f32],
 ) {
-    let nb = acc.len() / m;
+    let nb = total.len() / m;
+    let mut acc = vec![0f32; m * nb];
     for r in rows {
         let row = &w[r * n + n0..r * n + n0 + nb];
         for i in 0..m {
@@ -103,6 +111,16 @@ pub fn q8_accumulate_scalar(
             for (a, &b) in acc[i * nb..(i + 1) * nb].iter_mut().zip(row) {
                 *a = xv.mul_add(b as i8 as f32, *a);
             }
+        }
+    }
+    add_scaled(&acc, nb, scales, total);
+}
+
+/// `total[i][j] += acc[i][j] * scales[j]` for `[_, nb]` matrices.
+pub(crate) fn add_scaled(acc: &[f32], nb: usize, scales: &[f32], total: &mut [f32]) {
+    for (tr, ar) in total.chunks_exact_mut(nb).zip(acc.chunks_exact(nb)) {
+        for ((t, &a), &sc) in tr.iter_mut().zip(ar).zip(scales) {
+            *t += a * sc;
         }
     }
 }

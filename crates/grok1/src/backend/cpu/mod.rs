@@ -170,17 +170,10 @@ impl Backend for CpuBackend {
                 let n0 = b * nb;
                 let width = nb.min(n - n0);
                 let mut total = vec![0f32; m * width];
-                let mut acc = vec![0f32; m * width];
                 let mut scales = vec![0f32; width];
                 for (g, rows) in &splits[runs[t].clone()] {
-                    acc.fill(0.0);
-                    kernels::q8_accumulate(self.isa, &xt, m, weight, n, rows.clone(), n0, &mut acc);
                     w.scales_into(*g, n0..n0 + width, &mut scales);
-                    for (tr, ar) in total.chunks_exact_mut(width).zip(acc.chunks_exact(width)) {
-                        for ((t, &a), &sc) in tr.iter_mut().zip(ar).zip(&scales) {
-                            *t += a * sc;
-                        }
-                    }
+                    kernels::q8_block(self.isa, &xt, m, weight, n, rows.clone(), n0, &scales, &mut total);
                 }
                 total
             };

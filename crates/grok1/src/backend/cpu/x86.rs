@@ -7,14 +7,45 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-/// AVX2 version of `kernels::q8_accumulate_scalar` (same FMA per row, in the
-/// same order, so the results are bit-identical).
+/// AVX2 version of `kernels::q8_block_scalar` (same FMAs in the same order,
+/// the same scale multiply and add: bit-identical).
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA; `m > 0`, `acc.len() == m * nb`,
-/// `rows.end * m <= xt.len()`, `n0 + nb <= n` and `rows.end * n <= w.len()`.
+/// The CPU must support AVX2 and FMA; `m > 0`, `total.len() == m * nb`,
+/// `scales.len() >= nb`, `rows.end * m <= xt.len()`, `n0 + nb <= n` and
+/// `rows.end * n <= w.len()`.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn q8_accumulate_avx2(
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn q8_block_avx2(
+    xt: &[f32],
+    m: usize,
+    w: &[u8],
+    n: usize,
+    rows: Range<usize>,
+    n0: usize,
+    scales: &[f32],
+    total: &mut [f32],
+) {
+    let nb = total.len() / m;
+    if m >= PANEL_MIN_M {
+        // SAFETY: the same bounds, passed on.
+        unsafe { q8_block_panels(xt, m, w, n, rows, n0, scales, total) };
+        return;
+    }
+    let mut acc = vec![0f32; m * nb];
+    // SAFETY: the same bounds, with `acc` of the shape of `total`.
+    unsafe { q8_stream(xt, m, w, n, rows, n0, &mut acc) };
+    super::kernels::add_scaled(&acc, nb, scales, total);
+}
+
+/// `acc[i][j] += sum over rows of xt[r][i] * w[r][n0 + j]`, the accumulators
+/// in memory: for a few activation rows (decoding), where the weights stream
+/// once from memory and each 16-column slice is converted and used right away.
+///
+/// # Safety
+/// The bounds of `q8_block_avx2`, with `acc` for `total`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn q8_stream(
     xt: &[f32],
     m: usize,
     w: &[u8],
@@ -105,6 +136,202 @@ pub unsafe fn q8_accumulate_avx2(
         // SAFETY: row r is in `rows`; the caller's bounds cover it.
         unsafe { tail_columns(xp, m, wp, n, r, n0, acc_ptr, nb, full) };
         r += 1;
+    }
+}
+
+/// From this many activation rows on, a block's weights are converted to f32
+/// once (a panel of 16 columns) and reused from L1 by every row, instead of
+/// being converted again for each group of rows.
+const PANEL_MIN_M: usize = 4;
+/// Weight rows per panel: 16 KiB of f32, half of L1.
+const PANEL_ROWS: usize = 256;
+
+/// `q8_block_avx2` for `m >= PANEL_MIN_M`: for each 16-column panel, its rows
+/// are converted to f32 into a buffer (`PANEL_ROWS` at a time) and `MR x 16`
+/// tiles of accumulators are kept in registers while the rows stream past;
+/// between row chunks they wait in `part`. Each accumulator starts at zero and
+/// takes one FMA per weight row, in row order; the last chunk multiplies by
+/// the scales and adds into `total`: bit-identical to the scalar kernel. The
+/// last `nb % 16` columns go through the scalar kernel.
+///
+/// # Safety
+/// The bounds of `q8_block_avx2`.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn q8_block_panels(
+    xt: &[f32],
+    m: usize,
+    w: &[u8],
+    n: usize,
+    rows: Range<usize>,
+    n0: usize,
+    scales: &[f32],
+    total: &mut [f32],
+) {
+    let nb = total.len() / m;
+    let full = nb / 16 * 16;
+    let mut panel = [0f32; PANEL_ROWS * 16];
+    let mut part = vec![0f32; m * 16];
+    for j in (0..full).step_by(16) {
+        let mut r0 = rows.start;
+        while r0 < rows.end {
+            let count = PANEL_ROWS.min(rows.end - r0);
+            for t in 0..count {
+                // SAFETY: row r0 + t < rows.end, columns n0 + j .. n0 + j + 16 <= n0 + nb.
+                unsafe {
+                    let p = w.as_ptr().add((r0 + t) * n + n0 + j);
+                    let lo = _mm_loadl_epi64(p as *const __m128i);
+                    let hi = _mm_loadl_epi64(p.add(8) as *const __m128i);
+                    let dst = panel.as_mut_ptr().add(16 * t);
+                    _mm256_storeu_ps(dst, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)));
+                    _mm256_storeu_ps(dst.add(8), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)));
+                }
+            }
+            let tile = Tile {
+                xt: &xt[r0 * m..(r0 + count) * m],
+                m,
+                panel: &panel[..count * 16],
+                first: r0 == rows.start,
+                last: (r0 + count == rows.end).then_some(&scales[j..j + 16]),
+            };
+            let out = Out {
+                part: &mut part,
+                total: &mut *total,
+                nb,
+                j,
+            };
+            // SAFETY: rows i..i + MR <= m of `part` and `total`, columns j..j + 16 <= nb.
+            unsafe { tile.run_all(m, out) };
+            r0 += count;
+        }
+    }
+    if full < nb {
+        let tail = nb - full;
+        let mut t = vec![0f32; m * tail];
+        super::kernels::q8_block_scalar(xt, m, w, n, rows, n0 + full, &scales[full..nb], &mut t);
+        for (dst, src) in total.chunks_exact_mut(nb).zip(t.chunks_exact(tail)) {
+            for (d, s) in dst[full..].iter_mut().zip(src) {
+                *d += s;
+            }
+        }
+    }
+}
+
+/// One chunk of converted weight rows of a 16-column panel, against their
+/// activations.
+struct Tile<'a> {
+    /// `[rows, m]` activations of the chunk's rows.
+    xt: &'a [f32],
+    m: usize,
+    /// `[rows, 16]` f32 weights.
+    panel: &'a [f32],
+    /// The sums start at zero (else from `part`).
+    first: bool,
+    /// The panel's scales when this is its last chunk: the sums go, scaled,
+    /// into `total` (else they wait in `part`).
+    last: Option<&'a [f32]>,
+}
+
+/// Where a tile's sums go.
+struct Out<'a> {
+    /// `[m, 16]` sums carried between chunks.
+    part: &'a mut [f32],
+    /// `[m, nb]`.
+    total: &'a mut [f32],
+    nb: usize,
+    /// The panel's first column in `total`.
+    j: usize,
+}
+
+impl Tile<'_> {
+    /// Every activation row, six at a time.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `part` is `[m, 16]`, `total` `[m, nb]` with `j + 16 <= nb`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_all(&self, m: usize, mut out: Out<'_>) {
+        let mut i = 0;
+        while i + 6 <= m {
+            // SAFETY: rows i..i + 6 <= m.
+            unsafe { self.run::<6>(i, &mut out) };
+            i += 6;
+        }
+        // SAFETY: the last m - i < 6 rows.
+        unsafe {
+            match m - i {
+                5 => self.run::<5>(i, &mut out),
+                4 => self.run::<4>(i, &mut out),
+                3 => self.run::<3>(i, &mut out),
+                2 => self.run::<2>(i, &mut out),
+                1 => self.run::<1>(i, &mut out),
+                _ => {}
+            }
+        }
+    }
+
+    /// Rows `i0..i0 + MR`: `c[t] = (first ? 0 : part[i0 + t]) + sum over the
+    /// chunk's rows of xt[row][i0 + t] * panel[row]`, one FMA per row in
+    /// order, the accumulators in registers; then either `part = c` or
+    /// `total[.., j..j + 16] += c * scales`.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `i0 + MR <= m`, and the shapes of `run_all`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run<const MR: usize>(&self, i0: usize, out: &mut Out<'_>) {
+        debug_assert!(i0 + MR <= self.m && out.j + 16 <= out.nb);
+        let rows = self.panel.len() / 16;
+        let pp = out.part.as_mut_ptr();
+        let mut c = [[_mm256_setzero_ps(); 2]; MR];
+        if !self.first {
+            for (t, ct) in c.iter_mut().enumerate() {
+                // SAFETY: row i0 + t < m of the [m, 16] part.
+                unsafe {
+                    ct[0] = _mm256_loadu_ps(pp.add((i0 + t) * 16));
+                    ct[1] = _mm256_loadu_ps(pp.add((i0 + t) * 16 + 8));
+                }
+            }
+        }
+        let (xp, wp) = (self.xt.as_ptr(), self.panel.as_ptr());
+        for r in 0..rows {
+            // SAFETY: r < rows, so panel[16 r .. 16 r + 16] and xt[r m + i0 + t] are in bounds.
+            unsafe {
+                let w0 = _mm256_loadu_ps(wp.add(16 * r));
+                let w1 = _mm256_loadu_ps(wp.add(16 * r + 8));
+                for (t, ct) in c.iter_mut().enumerate() {
+                    let x = _mm256_broadcast_ss(&*xp.add(r * self.m + i0 + t));
+                    ct[0] = _mm256_fmadd_ps(x, w0, ct[0]);
+                    ct[1] = _mm256_fmadd_ps(x, w1, ct[1]);
+                }
+            }
+        }
+        match self.last {
+            None => {
+                for (t, ct) in c.iter().enumerate() {
+                    // SAFETY: as for the loads.
+                    unsafe {
+                        _mm256_storeu_ps(pp.add((i0 + t) * 16), ct[0]);
+                        _mm256_storeu_ps(pp.add((i0 + t) * 16 + 8), ct[1]);
+                    }
+                }
+            }
+            Some(scales) => {
+                let tp = out.total.as_mut_ptr();
+                // SAFETY: scales has 16 values; row i0 + t < m, columns j..j + 16 <= nb.
+                unsafe {
+                    let s0 = _mm256_loadu_ps(scales.as_ptr());
+                    let s1 = _mm256_loadu_ps(scales.as_ptr().add(8));
+                    for (t, ct) in c.iter().enumerate() {
+                        let p = tp.add((i0 + t) * out.nb + out.j);
+                        let v0 = _mm256_add_ps(_mm256_loadu_ps(p), _mm256_mul_ps(ct[0], s0));
+                        let v1 = _mm256_add_ps(_mm256_loadu_ps(p.add(8)), _mm256_mul_ps(ct[1], s1));
+                        _mm256_storeu_ps(p, v0);
+                        _mm256_storeu_ps(p.add(8), v1);
+                    }
+                }
+            }
+        }
     }
 }
 
