@@ -52,6 +52,7 @@ fn report_peak_rss() {
 }
 
 fn main() -> ExitCode {
+    grok1::runtime::keep_freed_buffers();
     let cli = Cli::parse();
     let result = run(cli);
     report_peak_rss();

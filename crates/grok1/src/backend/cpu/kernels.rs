@@ -48,18 +48,49 @@ impl Isa {
     }
 }
 
+/// Activation rows per group in the packed layout of [`pack_activations`].
+pub const XGROUP: usize = 6;
+
+/// The activations `x` (`[m, k]`) packed for the int8 products: groups of
+/// `XGROUP` rows (the last one narrower), each group transposed to
+/// `[k, width]`, so the values of a group that one weight row multiplies are
+/// adjacent and a group's run of weight rows reads one sequential stream. With
+/// `m <= XGROUP` this is plain `[k, m]`.
+pub fn pack_activations(x: &[f32], m: usize, k: usize) -> Vec<f32> {
+    assert_eq!(x.len(), m * k, "pack_activations: x is not [m, k]");
+    let mut out = vec![0f32; m * k];
+    for (g, dst) in out.chunks_mut(XGROUP * k).enumerate() {
+        let width = dst.len() / k.max(1);
+        for t in 0..width {
+            let row = &x[(g * XGROUP + t) * k..(g * XGROUP + t + 1) * k];
+            for (r, &v) in row.iter().enumerate() {
+                dst[r * width + t] = v;
+            }
+        }
+    }
+    out
+}
+
+/// Where `x[i][r]` sits in [`pack_activations`]' layout.
+#[inline]
+pub fn packed_index(m: usize, k: usize, i: usize, r: usize) -> usize {
+    let g = i / XGROUP;
+    let width = XGROUP.min(m - g * XGROUP);
+    g * XGROUP * k + r * width + (i - g * XGROUP)
+}
+
 /// A block of columns of an int8 matrix product over one run of rows inside a
-/// scale group: `total[i][j] += scales[j] * (sum over r in rows of xt[r][i] *
-/// w[r][n0 + j])` for `i < m`, `j < nb`, where `xt` is the activations
-/// transposed (`[k, m]`, so the values one weight row multiplies are
-/// adjacent), `w` is int8 row-major `[_, n]` and `total` is row-major `[m, nb]`.
+/// scale group: `total[i][j] += scales[j] * (sum over r in rows of x[i][r] *
+/// w[r][n0 + j])` for `i < m`, `j < nb`, where `xp` is the `k` columns of the
+/// activations packed by [`pack_activations`], `w` is int8 row-major `[_, n]`
+/// and `total` is row-major `[m, nb]`.
 /// The sum starts at zero and takes one FMA per row in order; then it is
 /// multiplied by the scale and added (two roundings, no FMA), the same on
 /// every path.
 #[allow(clippy::too_many_arguments)]
 pub fn q8_block(
     isa: Isa,
-    xt: &[f32],
+    xp: &[f32],
     m: usize,
     w: &[u8],
     n: usize,
@@ -75,7 +106,10 @@ pub fn q8_block(
     // Every index the kernels use is inside these bounds.
     assert_eq!(total.len(), m * nb, "q8_block: total is not [m, nb]");
     assert!(scales.len() >= nb, "q8_block: fewer scales than columns");
-    assert!(rows.end * m <= xt.len(), "q8_block: xt too short");
+    assert!(
+        xp.len() % m == 0 && rows.end <= xp.len() / m,
+        "q8_block: packed activations too short"
+    );
     assert!(
         n0 + nb <= n && rows.end * n <= w.len(),
         "q8_block: w too short"
@@ -85,15 +119,15 @@ pub fn q8_block(
         Isa::Avx2 => {
             // SAFETY: Avx2 is only chosen when the CPU has AVX2 and FMA
             // (Isa::best), and the bounds above hold for every index used.
-            unsafe { super::x86::q8_block_avx2(xt, m, w, n, rows, n0, scales, total) }
+            unsafe { super::x86::q8_block_avx2(xp, m, w, n, rows, n0, scales, total) }
         }
-        _ => q8_block_scalar(xt, m, w, n, rows, n0, scales, total),
+        _ => q8_block_scalar(xp, m, w, n, rows, n0, scales, total),
     }
 }
 
 #[allow(clippy::too_many_arguments)]
 pub fn q8_block_scalar(
-    xt: &[f32],
+    xp: &[f32],
     m: usize,
     w: &[u8],
     n: usize,
@@ -102,12 +136,12 @@ pub fn q8_block_scalar(
     scales: &[f32],
     total: &mut [f32],
 ) {
-    let nb = total.len() / m;
+    let (nb, k) = (total.len() / m, xp.len() / m);
     let mut acc = vec![0f32; m * nb];
     for r in rows {
         let row = &w[r * n + n0..r * n + n0 + nb];
         for i in 0..m {
-            let xv = xt[r * m + i];
+            let xv = xp[packed_index(m, k, i, r)];
             for (a, &b) in acc[i * nb..(i + 1) * nb].iter_mut().zip(row) {
                 *a = xv.mul_add(b as i8 as f32, *a);
             }

@@ -128,13 +128,7 @@ impl Backend for CpuBackend {
         if m == 0 || n == 0 {
             return;
         }
-        // Activations transposed to [k, m]: one weight row meets m adjacent values.
-        let mut xt = vec![0f32; k * m];
-        for i in 0..m {
-            for r in 0..k {
-                xt[r * m + i] = x[i * k + r];
-            }
-        }
+        let xp = kernels::pack_activations(x, m, k);
         let weight = w.weight_bytes();
         let splits = row_splits(k, w.groups);
         // Column blocks change no sum, only the work per task: as wide as the
@@ -173,7 +167,7 @@ impl Backend for CpuBackend {
                 let mut scales = vec![0f32; width];
                 for (g, rows) in &splits[runs[t].clone()] {
                     w.scales_into(*g, n0..n0 + width, &mut scales);
-                    kernels::q8_block(self.isa, &xt, m, weight, n, rows.clone(), n0, &scales, &mut total);
+                    kernels::q8_block(self.isa, &xp, m, weight, n, rows.clone(), n0, &scales, &mut total);
                 }
                 total
             };

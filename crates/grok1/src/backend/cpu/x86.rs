@@ -7,17 +7,20 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
+use super::kernels::XGROUP;
+
 /// AVX2 version of `kernels::q8_block_scalar` (same FMAs in the same order,
 /// the same scale multiply and add: bit-identical).
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA; `m > 0`, `total.len() == m * nb`,
-/// `scales.len() >= nb`, `rows.end * m <= xt.len()`, `n0 + nb <= n` and
+/// `scales.len() >= nb`, `xp` holds `m * k` packed activations with
+/// `rows.end <= k`, `n0 + nb <= n` and
 /// `rows.end * n <= w.len()`.
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn q8_block_avx2(
-    xt: &[f32],
+    xp: &[f32],
     m: usize,
     w: &[u8],
     n: usize,
@@ -29,16 +32,17 @@ pub unsafe fn q8_block_avx2(
     let nb = total.len() / m;
     if m >= PANEL_MIN_M {
         // SAFETY: the same bounds, passed on.
-        unsafe { q8_block_panels(xt, m, w, n, rows, n0, scales, total) };
+        unsafe { q8_block_panels(xp, m, w, n, rows, n0, scales, total) };
         return;
     }
     let mut acc = vec![0f32; m * nb];
-    // SAFETY: the same bounds, with `acc` of the shape of `total`.
-    unsafe { q8_stream(xt, m, w, n, rows, n0, &mut acc) };
+    // SAFETY: the same bounds, with `acc` of the shape of `total`; with
+    // m < PANEL_MIN_M <= XGROUP the packed activations are plain [k, m].
+    unsafe { q8_stream(xp, m, w, n, rows, n0, &mut acc) };
     super::kernels::add_scaled(&acc, nb, scales, total);
 }
 
-/// `acc[i][j] += sum over rows of xt[r][i] * w[r][n0 + j]`, the accumulators
+/// `acc[i][j] += sum over rows of xt[r][i] * w[r][n0 + j]` (`xt` is `[k, m]`), the accumulators
 /// in memory: for a few activation rows (decoding), where the weights stream
 /// once from memory and each 16-column slice is converted and used right away.
 ///
@@ -143,6 +147,8 @@ unsafe fn q8_stream(
 /// once (a panel of 16 columns) and reused from L1 by every row, instead of
 /// being converted again for each group of rows.
 const PANEL_MIN_M: usize = 4;
+// q8_stream reads the packed activations as plain [k, m].
+const _: () = assert!(PANEL_MIN_M <= XGROUP);
 /// Weight rows per panel: 16 KiB of f32, half of L1.
 const PANEL_ROWS: usize = 256;
 
@@ -159,7 +165,7 @@ const PANEL_ROWS: usize = 256;
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn q8_block_panels(
-    xt: &[f32],
+    xp: &[f32],
     m: usize,
     w: &[u8],
     n: usize,
@@ -168,7 +174,7 @@ unsafe fn q8_block_panels(
     scales: &[f32],
     total: &mut [f32],
 ) {
-    let nb = total.len() / m;
+    let (nb, k) = (total.len() / m, xp.len() / m);
     let full = nb / 16 * 16;
     let mut panel = [0f32; PANEL_ROWS * 16];
     let mut part = vec![0f32; m * 16];
@@ -188,8 +194,9 @@ unsafe fn q8_block_panels(
                 }
             }
             let tile = Tile {
-                xt: &xt[r0 * m..(r0 + count) * m],
-                m,
+                xp,
+                k,
+                rows: r0..r0 + count,
                 panel: &panel[..count * 16],
                 first: r0 == rows.start,
                 last: (r0 + count == rows.end).then_some(&scales[j..j + 16]),
@@ -208,7 +215,7 @@ unsafe fn q8_block_panels(
     if full < nb {
         let tail = nb - full;
         let mut t = vec![0f32; m * tail];
-        super::kernels::q8_block_scalar(xt, m, w, n, rows, n0 + full, &scales[full..nb], &mut t);
+        super::kernels::q8_block_scalar(xp, m, w, n, rows, n0 + full, &scales[full..nb], &mut t);
         for (dst, src) in total.chunks_exact_mut(nb).zip(t.chunks_exact(tail)) {
             for (d, s) in dst[full..].iter_mut().zip(src) {
                 *d += s;
@@ -220,9 +227,11 @@ unsafe fn q8_block_panels(
 /// One chunk of converted weight rows of a 16-column panel, against their
 /// activations.
 struct Tile<'a> {
-    /// `[rows, m]` activations of the chunk's rows.
-    xt: &'a [f32],
-    m: usize,
+    /// All the packed activations (`pack_activations`, `k` columns).
+    xp: &'a [f32],
+    k: usize,
+    /// The chunk's weight rows.
+    rows: Range<usize>,
     /// `[rows, 16]` f32 weights.
     panel: &'a [f32],
     /// The sums start at zero (else from `part`).
@@ -244,44 +253,45 @@ struct Out<'a> {
 }
 
 impl Tile<'_> {
-    /// Every activation row, six at a time.
+    /// Every activation row, a packed group at a time.
     ///
     /// # Safety
     /// AVX2 and FMA; `part` is `[m, 16]`, `total` `[m, nb]` with `j + 16 <= nb`.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn run_all(&self, m: usize, mut out: Out<'_>) {
-        let mut i = 0;
-        while i + 6 <= m {
-            // SAFETY: rows i..i + 6 <= m.
-            unsafe { self.run::<6>(i, &mut out) };
-            i += 6;
-        }
-        // SAFETY: the last m - i < 6 rows.
-        unsafe {
-            match m - i {
-                5 => self.run::<5>(i, &mut out),
-                4 => self.run::<4>(i, &mut out),
-                3 => self.run::<3>(i, &mut out),
-                2 => self.run::<2>(i, &mut out),
-                1 => self.run::<1>(i, &mut out),
-                _ => {}
+        for i in (0..m).step_by(XGROUP) {
+            let width = XGROUP.min(m - i);
+            // The group's values for the chunk's rows: one sequential run.
+            let base = i * self.k;
+            let x = &self.xp[base + self.rows.start * width..base + self.rows.end * width];
+            // SAFETY: rows i..i + width <= m; `x` holds the chunk's rows.
+            unsafe {
+                match width {
+                    6 => self.run::<6>(x, i, &mut out),
+                    5 => self.run::<5>(x, i, &mut out),
+                    4 => self.run::<4>(x, i, &mut out),
+                    3 => self.run::<3>(x, i, &mut out),
+                    2 => self.run::<2>(x, i, &mut out),
+                    _ => self.run::<1>(x, i, &mut out),
+                }
             }
         }
     }
 
     /// Rows `i0..i0 + MR`: `c[t] = (first ? 0 : part[i0 + t]) + sum over the
-    /// chunk's rows of xt[row][i0 + t] * panel[row]`, one FMA per row in
+    /// chunk's rows of x[row][t] * panel[row]`, one FMA per row in
     /// order, the accumulators in registers; then either `part = c` or
     /// `total[.., j..j + 16] += c * scales`.
     ///
     /// # Safety
-    /// AVX2 and FMA; `i0 + MR <= m`, and the shapes of `run_all`.
+    /// AVX2 and FMA; `x` is `[rows, MR]`, `i0 + MR <= m`, and the shapes of
+    /// `run_all`.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn run<const MR: usize>(&self, i0: usize, out: &mut Out<'_>) {
-        debug_assert!(i0 + MR <= self.m && out.j + 16 <= out.nb);
+    unsafe fn run<const MR: usize>(&self, x: &[f32], i0: usize, out: &mut Out<'_>) {
         let rows = self.panel.len() / 16;
+        assert!(x.len() >= rows * MR && out.j + 16 <= out.nb);
         let pp = out.part.as_mut_ptr();
         let mut c = [[_mm256_setzero_ps(); 2]; MR];
         if !self.first {
@@ -293,14 +303,14 @@ impl Tile<'_> {
                 }
             }
         }
-        let (xp, wp) = (self.xt.as_ptr(), self.panel.as_ptr());
+        let (xp, wp) = (x.as_ptr(), self.panel.as_ptr());
         for r in 0..rows {
-            // SAFETY: r < rows, so panel[16 r .. 16 r + 16] and xt[r m + i0 + t] are in bounds.
+            // SAFETY: r < rows, so panel[16 r .. 16 r + 16] and x[r MR + t] are in bounds.
             unsafe {
                 let w0 = _mm256_loadu_ps(wp.add(16 * r));
                 let w1 = _mm256_loadu_ps(wp.add(16 * r + 8));
                 for (t, ct) in c.iter_mut().enumerate() {
-                    let x = _mm256_broadcast_ss(&*xp.add(r * self.m + i0 + t));
+                    let x = _mm256_broadcast_ss(&*xp.add(r * MR + t));
                     ct[0] = _mm256_fmadd_ps(x, w0, ct[0]);
                     ct[1] = _mm256_fmadd_ps(x, w1, ct[1]);
                 }
