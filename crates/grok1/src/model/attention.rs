@@ -28,9 +28,21 @@ pub fn attention_block(
     let mut k = vec![0f32; n * kvw];
     let mut v = vec![0f32; n * kvw];
     backend.matmul_many(&mut [
-        MatmulJob { x: a, w: &w.wq, out: &mut q },
-        MatmulJob { x: a, w: &w.wk, out: &mut k },
-        MatmulJob { x: a, w: &w.wv, out: &mut v },
+        MatmulJob {
+            x: a,
+            w: &w.wq,
+            out: &mut q,
+        },
+        MatmulJob {
+            x: a,
+            w: &w.wk,
+            out: &mut k,
+        },
+        MatmulJob {
+            x: a,
+            w: &w.wv,
+            out: &mut v,
+        },
     ]);
     precision.cast(&mut q);
     precision.cast(&mut k);

@@ -93,12 +93,23 @@ pub fn moe_block(
             x
         })
         .collect();
-    let mut h: Vec<Vec<f32>> = active.iter().map(|&e| vec![0f32; routed[e].len() * ff]).collect();
+    let mut h: Vec<Vec<f32>> = active
+        .iter()
+        .map(|&e| vec![0f32; routed[e].len() * ff])
+        .collect();
     let mut hv = h.clone();
     let mut jobs: Vec<MatmulJob> = Vec::with_capacity(2 * active.len());
     for (((&e, x), h), hv) in active.iter().zip(&inputs).zip(&mut h).zip(&mut hv) {
-        jobs.push(MatmulJob { x, w: &w.experts.linear[e], out: h });
-        jobs.push(MatmulJob { x, w: &w.experts.linear_v[e], out: hv });
+        jobs.push(MatmulJob {
+            x,
+            w: &w.experts.linear[e],
+            out: h,
+        });
+        jobs.push(MatmulJob {
+            x,
+            w: &w.experts.linear_v[e],
+            out: hv,
+        });
     }
     backend.matmul_many(&mut jobs);
     drop(jobs);
@@ -111,12 +122,19 @@ pub fn moe_block(
         precision.cast(hv);
         backend.gelu_mul(h, hv);
     }
-    let mut ys: Vec<Vec<f32>> = active.iter().map(|&e| vec![0f32; routed[e].len() * d]).collect();
+    let mut ys: Vec<Vec<f32>> = active
+        .iter()
+        .map(|&e| vec![0f32; routed[e].len() * d])
+        .collect();
     let mut jobs: Vec<MatmulJob> = active
         .iter()
         .zip(&h)
         .zip(&mut ys)
-        .map(|((&e, x), out)| MatmulJob { x, w: &w.experts.linear_1[e], out })
+        .map(|((&e, x), out)| MatmulJob {
+            x,
+            w: &w.experts.linear_1[e],
+            out,
+        })
         .collect();
     backend.matmul_many(&mut jobs);
     drop(jobs);

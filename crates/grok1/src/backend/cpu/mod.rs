@@ -167,7 +167,17 @@ impl Backend for CpuBackend {
                 let mut scales = vec![0f32; width];
                 for (g, rows) in &splits[runs[t].clone()] {
                     w.scales_into(*g, n0..n0 + width, &mut scales);
-                    kernels::q8_block(self.isa, &xp, m, weight, n, rows.clone(), n0, &scales, &mut total);
+                    kernels::q8_block(
+                        self.isa,
+                        &xp,
+                        m,
+                        weight,
+                        n,
+                        rows.clone(),
+                        n0,
+                        &scales,
+                        &mut total,
+                    );
                 }
                 total
             };
