@@ -145,6 +145,50 @@ proptest! {
     }
 
     #[test]
+    fn q8_0_row_dots_on_every_isa(blocks in 1usize..12, rows in 1usize..20, m in 1usize..10, seed in any::<u64>()) {
+        let k = 32 * blocks;
+        let val = |i: usize, salt: u64| ((i as u64).wrapping_mul(2654435761) ^ seed ^ salt) % 255;
+        // Rows of Q8_0 blocks: an f16 scale, then 32 int8 values.
+        let mut bytes = Vec::new();
+        let mut dense = vec![0f64; rows * k];
+        for r in 0..rows {
+            for b in 0..blocks {
+                let d = half::f16::from_f32(0.001 + val(r * blocks + b, 5) as f32 * 1e-4);
+                bytes.extend(d.to_le_bytes());
+                for t in 0..32 {
+                    let q = val((r * blocks + b) * 32 + t, 9) as i64 - 127;
+                    bytes.push(q as i8 as u8);
+                    dense[r * k + 32 * b + t] = d.to_f64() * q as f64;
+                }
+            }
+        }
+        let x: Vec<f32> = (0..m * k).map(|i| val(i, 3) as f32 / 64.0 - 2.0).collect();
+        let mut scalar = vec![0f32; rows * m];
+        kernels::dot_q8_0_rows(Isa::Scalar, &x, m, k, &bytes, &mut scalar);
+        for r in 0..rows {
+            for i in 0..m {
+                let want: f64 = (0..k).map(|t| x[i * k + t] as f64 * dense[r * k + t]).sum();
+                let scale: f64 = (0..k).map(|t| (x[i * k + t] as f64 * dense[r * k + t]).abs()).sum();
+                prop_assert!((scalar[r * m + i] as f64 - want).abs() <= 1e-6 * scale + 1e-9, "row {} x {}", r, i);
+            }
+        }
+        for isa in Isa::available() {
+            let mut out = vec![0f32; rows * m];
+            kernels::dot_q8_0_rows(isa, &x, m, k, &bytes, &mut out);
+            // The same operations in the same order: bit-identical.
+            prop_assert!(out == scalar, "{} differs from scalar", isa.name());
+            // And each row alone gives what it gives in the batch.
+            for i in 0..m {
+                let mut alone = vec![0f32; rows];
+                kernels::dot_q8_0_rows(isa, &x[i * k..(i + 1) * k], 1, k, &bytes, &mut alone);
+                for r in 0..rows {
+                    prop_assert!(alone[r] == out[r * m + i], "{}: row {} alone differs", isa.name(), i);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn f32_row_dots_on_every_isa(d in 1usize..200, m in 1usize..6, rows in 1usize..20, offset in 0usize..4, seed in any::<u64>()) {
         // Rows start at an odd byte offset, as payloads in a pickle do.
         let e: Vec<f32> = (0..rows * d).map(|i| ((i as u64 ^ seed) % 97) as f32 * 0.01 - 0.5).collect();

@@ -8,7 +8,7 @@ use std::ops::Range;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
     Scalar,
-    /// x86-64 AVX2 with FMA.
+    /// x86-64 AVX2 with FMA (and F16C, which every such CPU has).
     Avx2,
 }
 
@@ -25,7 +25,10 @@ impl Isa {
     /// The best instruction set this CPU has, ignoring the environment.
     pub fn best() -> Isa {
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        if is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+        {
             return Isa::Avx2;
         }
         Isa::Scalar
@@ -301,5 +304,60 @@ pub fn dot_i8_rows_scalar(x: &[i8], rows: &[i8], out: &mut [i32]) {
     }
     if k == 0 {
         out.fill(0);
+    }
+}
+
+/// Bytes of one Q8_0 block: an f16 scale and 32 int8 values.
+pub const Q8_0_BLOCK_BYTES: usize = 34;
+
+/// `out_t[c][i] = x[i] . row_c` for the `m` rows of `x` (`[m, k]`) and Q8_0
+/// weight rows (`rows` holds `out_t.len() / m` rows of `k / 32` blocks), with
+/// the weights dequantised exactly (`d * q` is exact in f32) and never written
+/// out: for each block, eight lanes `p[l] = sum over u < 4 of x[32b + 8u + l] *
+/// q[32b + 8u + l]` (a product, then three FMAs), `acc[l] = fma(d, p[l],
+/// acc[l])`, and at the end the lanes added as
+/// `((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))`. Every path and every
+/// `m` does exactly these operations for each row, so results do not depend on
+/// the batch. `k` must be a multiple of 32 (Q8_0 rows are whole blocks).
+pub fn dot_q8_0_rows(isa: Isa, x: &[f32], m: usize, k: usize, rows: &[u8], out_t: &mut [f32]) {
+    assert!(m > 0 && k % 32 == 0, "dot_q8_0_rows: shape");
+    assert!(x.len() >= m * k, "dot_q8_0_rows: x too short");
+    assert_eq!(
+        rows.len(),
+        out_t.len() / m * (k / 32) * Q8_0_BLOCK_BYTES,
+        "dot_q8_0_rows: rows do not match the output"
+    );
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            // SAFETY: AVX2/FMA are present (Isa::best), F16C with them on every
+            // CPU that has both, and the sizes are checked above.
+            unsafe { super::x86::dot_q8_0_rows_avx2(x, m, k, rows, out_t) }
+        }
+        _ => dot_q8_0_rows_scalar(x, m, k, rows, out_t),
+    }
+}
+
+pub fn dot_q8_0_rows_scalar(x: &[f32], m: usize, k: usize, rows: &[u8], out_t: &mut [f32]) {
+    let row_bytes = k / 32 * Q8_0_BLOCK_BYTES;
+    for (c, row) in rows.chunks_exact(row_bytes.max(1)).enumerate() {
+        for i in 0..m {
+            let xi = &x[i * k..(i + 1) * k];
+            let mut acc = [0f32; 8];
+            for (b, block) in row.chunks_exact(Q8_0_BLOCK_BYTES).enumerate() {
+                let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+                let q = &block[2..];
+                let xb = &xi[32 * b..32 * b + 32];
+                for (l, a) in acc.iter_mut().enumerate() {
+                    let mut p = xb[l] * f32::from(q[l] as i8);
+                    for u in 1..4 {
+                        p = xb[8 * u + l].mul_add(f32::from(q[8 * u + l] as i8), p);
+                    }
+                    *a = d.mul_add(p, *a);
+                }
+            }
+            out_t[c * m + i] =
+                ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+        }
     }
 }

@@ -20,6 +20,7 @@ use super::{
     QuantMatrix, RowMatrix, RowPosition,
 };
 use crate::kv_cache::KvCache;
+use crate::quant::GgmlType;
 pub use kernels::Isa;
 
 /// Row splits per scale group: enough tasks for the threads even when a
@@ -76,15 +77,18 @@ fn transpose_into(out_t: &[f32], m: usize, n: usize, out: &mut [f32]) {
     }
 }
 
-/// `out[m, rows]` from a product computed in tasks of 256 weight rows: `task`
-/// gets the first row of its run and its column-major block (`[run][m]`).
+/// `out[m, rows]` from a product computed in tasks of up to 256 weight rows
+/// (fewer for a small matrix, so every thread gets work): `task` gets the
+/// first row of its run and its column-major block (`[run][m]`).
 fn by_row_runs(m: usize, rows: usize, out: &mut [f32], task: impl Fn(usize, &mut [f32]) + Sync) {
-    const ROWS_PER_TASK: usize = 256;
+    let per_task = rows
+        .div_ceil(4 * rayon::current_num_threads())
+        .clamp(16, 256);
     let mut out_t = vec![0f32; rows * m];
     out_t
-        .par_chunks_mut(ROWS_PER_TASK * m)
+        .par_chunks_mut(per_task * m)
         .enumerate()
-        .for_each(|(b, chunk)| task(b * ROWS_PER_TASK, chunk));
+        .for_each(|(b, chunk)| task(b * per_task, chunk));
     transpose_into(&out_t, m, rows, out);
 }
 
@@ -214,6 +218,16 @@ impl Backend for CpuBackend {
         assert_eq!(x.len(), m * k, "matmul_rows: input is not [m, {k}]");
         assert_eq!(out.len(), m * n, "matmul_rows: output is not [{m}, {n}]");
         if m == 0 || n == 0 {
+            return;
+        }
+        if w.dtype == GgmlType::Q8_0 {
+            // Fused: the blocks are used where they lie, never decoded to memory.
+            let row_len = w.row_len();
+            let bytes = w.data.bytes();
+            by_row_runs(m, n, out, |first, chunk| {
+                let rows = &bytes[first * row_len..(first + chunk.len() / m) * row_len];
+                kernels::dot_q8_0_rows(self.isa, x, m, k, rows, chunk);
+            });
             return;
         }
         // Each task decodes a run of weight rows (a block small enough to stay

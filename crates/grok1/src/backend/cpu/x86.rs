@@ -821,3 +821,74 @@ fn load_i8x32(s: &[i8]) -> __m256i {
     // SAFETY: 32 bytes are readable (checked above); unaligned loads are allowed.
     unsafe { _mm256_loadu_si256(s.as_ptr() as *const __m256i) }
 }
+
+/// AVX2 version of `kernels::dot_q8_0_rows_scalar`: the same operations on
+/// eight lanes, up to four activation rows per pass over a weight row so each
+/// block is converted once for all of them.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `m > 0`, `k % 32 == 0`,
+/// `x.len() >= m * k` and `rows` holds `out_t.len() / m` rows of `k / 32` blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q8_0_rows_avx2(x: &[f32], m: usize, k: usize, rows: &[u8], out_t: &mut [f32]) {
+    let row_bytes = k / 32 * super::kernels::Q8_0_BLOCK_BYTES;
+    for (c, row) in rows.chunks_exact(row_bytes.max(1)).enumerate() {
+        let out = &mut out_t[c * m..(c + 1) * m];
+        let mut i = 0;
+        while i < m {
+            let g = (m - i).min(4);
+            // SAFETY: rows i..i + g of x exist (i + g <= m) and the row holds k / 32 blocks.
+            unsafe {
+                match g {
+                    4 => q8_0_row_group::<4>(x, k, i, row, &mut out[i..i + 4]),
+                    3 => q8_0_row_group::<3>(x, k, i, row, &mut out[i..i + 3]),
+                    2 => q8_0_row_group::<2>(x, k, i, row, &mut out[i..i + 2]),
+                    _ => q8_0_row_group::<1>(x, k, i, row, &mut out[i..i + 1]),
+                }
+            }
+            i += g;
+        }
+    }
+}
+
+/// One Q8_0 weight row against activation rows `i0..i0 + G`.
+///
+/// # Safety
+/// AVX2, FMA and F16C; `x` holds rows `i0..i0 + G` of `k`, `row` `k / 32` blocks.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_0_row_group<const G: usize>(
+    x: &[f32],
+    k: usize,
+    i0: usize,
+    row: &[u8],
+    out: &mut [f32],
+) {
+    assert!(x.len() >= (i0 + G) * k && row.len() >= k / 32 * 34 && out.len() >= G);
+    let mut acc = [_mm256_setzero_ps(); G];
+    let xp = x.as_ptr();
+    for (b, block) in row.chunks_exact(34).enumerate() {
+        // SAFETY: the block has 34 bytes; x rows i0 + g hold 32 values from 32 b.
+        unsafe {
+            let bits = u16::from_le_bytes([block[0], block[1]]);
+            let d = _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))));
+            let qp = block.as_ptr().add(2);
+            let q = [0, 8, 16, 24].map(|o| {
+                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                    qp.add(o) as *const __m128i
+                )))
+            });
+            for (g, a) in acc.iter_mut().enumerate() {
+                let xb = xp.add((i0 + g) * k + 32 * b);
+                let mut p = _mm256_mul_ps(_mm256_loadu_ps(xb), q[0]);
+                p = _mm256_fmadd_ps(_mm256_loadu_ps(xb.add(8)), q[1], p);
+                p = _mm256_fmadd_ps(_mm256_loadu_ps(xb.add(16)), q[2], p);
+                p = _mm256_fmadd_ps(_mm256_loadu_ps(xb.add(24)), q[3], p);
+                *a = _mm256_fmadd_ps(d, p, *a);
+            }
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acc) {
+        *o = hsum(a);
+    }
+}
