@@ -128,8 +128,9 @@ proptest! {
     }
 
     #[test]
-    fn q8_block_kernel_on_every_isa(rows in 1usize..600, nb in 1usize..100, extra in 0usize..20, m in 1usize..20, seed in any::<u64>()) {
-        let n = nb + extra;
+    fn q8_block_kernel_on_every_isa(rows in 1usize..600, nb in 1usize..100, extra in 0usize..20, m in 1usize..20, wide in any::<bool>(), seed in any::<u64>()) {
+        // Wide rows (a page or more apart) take the row-by-row conversion.
+        let n = nb + extra + if wide { 4096 } else { 0 };
         let n0 = extra / 2;
         let (_, w, _) = quant(rows, n, 1, seed);
         let w: Vec<u8> = w.iter().map(|&v| v as u8).collect();
