@@ -137,10 +137,11 @@ proptest! {
         let xt: Vec<f32> = (0..rows * m).map(|i| (i % 17) as f32 * 0.25 - 2.0).collect();
         let scales: Vec<f32> = (0..nb).map(|j| 0.01 + (j % 7) as f32 * 0.003).collect();
         let mut want = vec![0.5f32; m * nb];
-        kernels::q8_block_scalar(&xt, m, &w, n, 0..rows, n0, &scales, &mut want);
+        let block = kernels::Q8Rows { w: &w, n, rows: 0..rows, n0 };
+        kernels::q8_block_scalar(&xt, m, &block, &scales, &mut want);
         for isa in Isa::available() {
             let mut total = vec![0.5f32; m * nb];
-            kernels::q8_block(isa, &xt, m, &w, n, 0..rows, n0, &scales, &mut total);
+            kernels::q8_block(isa, &xt, m, &block, &scales, &mut total);
             prop_assert!(total == want, "{}", isa.name());
         }
     }

@@ -138,14 +138,10 @@ pub fn moe_block(
         .collect();
     backend.matmul_many(&mut jobs);
     drop(jobs);
-    let mut outputs: Vec<Vec<f32>> = vec![Vec::new(); cfg.num_experts];
-    for (&e, y) in active.iter().zip(ys) {
-        outputs[e] = y;
-    }
-    // The weighted sum in expert order, whichever way the experts ran.
+    // The weighted sum in expert order (`active` is ascending).
     let mut out = vec![0f32; rows * d];
-    for (assigned, y) in routed.iter().zip(&outputs) {
-        for (i, &(r, gate)) in assigned.iter().enumerate() {
+    for (&e, y) in active.iter().zip(&ys) {
+        for (i, &(r, gate)) in routed[e].iter().enumerate() {
             let o = &mut out[r * d..(r + 1) * d];
             for (o, &v) in o.iter_mut().zip(&y[i * d..(i + 1) * d]) {
                 *o += gate * v;

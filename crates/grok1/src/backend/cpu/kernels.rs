@@ -82,26 +82,26 @@ pub fn packed_index(m: usize, k: usize, i: usize, r: usize) -> usize {
     g * XGROUP * k + r * width + (i - g * XGROUP)
 }
 
+/// The weight side of [`q8_block`]: rows `rows`, columns from `n0`, of an
+/// int8 row-major matrix `w` with `n` columns.
+#[derive(Clone, Debug)]
+pub struct Q8Rows<'a> {
+    pub w: &'a [u8],
+    pub n: usize,
+    pub rows: Range<usize>,
+    pub n0: usize,
+}
+
 /// A block of columns of an int8 matrix product over one run of rows inside a
 /// scale group: `total[i][j] += scales[j] * (sum over r in rows of x[i][r] *
 /// w[r][n0 + j])` for `i < m`, `j < nb`, where `xp` is the `k` columns of the
-/// activations packed by [`pack_activations`], `w` is int8 row-major `[_, n]`
-/// and `total` is row-major `[m, nb]`.
-/// The sum starts at zero and takes one FMA per row in order; then it is
-/// multiplied by the scale and added (two roundings, no FMA), the same on
-/// every path.
-#[allow(clippy::too_many_arguments)]
-pub fn q8_block(
-    isa: Isa,
-    xp: &[f32],
-    m: usize,
-    w: &[u8],
-    n: usize,
-    rows: Range<usize>,
-    n0: usize,
-    scales: &[f32],
-    total: &mut [f32],
-) {
+/// activations packed by [`pack_activations`] and `total` is row-major
+/// `[m, nb]`. The sum starts at zero and takes one FMA per row in order; then
+/// it is multiplied by the scale and added (two roundings, no FMA), the same
+/// on every path.
+pub fn q8_block(isa: Isa, xp: &[f32], m: usize, wb: &Q8Rows, scales: &[f32], total: &mut [f32]) {
+    let Q8Rows { w, n, n0, .. } = *wb;
+    let rows = wb.rows.clone();
     if m == 0 || total.is_empty() || rows.is_empty() {
         return;
     }
@@ -122,26 +122,17 @@ pub fn q8_block(
         Isa::Avx2 => {
             // SAFETY: Avx2 is only chosen when the CPU has AVX2 and FMA
             // (Isa::best), and the bounds above hold for every index used.
-            unsafe { super::x86::q8_block_avx2(xp, m, w, n, rows, n0, scales, total) }
+            unsafe { super::x86::q8_block_avx2(xp, m, wb, scales, total) }
         }
-        _ => q8_block_scalar(xp, m, w, n, rows, n0, scales, total),
+        _ => q8_block_scalar(xp, m, wb, scales, total),
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn q8_block_scalar(
-    xp: &[f32],
-    m: usize,
-    w: &[u8],
-    n: usize,
-    rows: Range<usize>,
-    n0: usize,
-    scales: &[f32],
-    total: &mut [f32],
-) {
+pub fn q8_block_scalar(xp: &[f32], m: usize, wb: &Q8Rows, scales: &[f32], total: &mut [f32]) {
+    let Q8Rows { w, n, n0, .. } = *wb;
     let (nb, k) = (total.len() / m, xp.len() / m);
     let mut acc = vec![0f32; m * nb];
-    for r in rows {
+    for r in wb.rows.clone() {
         let row = &w[r * n + n0..r * n + n0 + nb];
         for i in 0..m {
             let xv = xp[packed_index(m, k, i, r)];

@@ -2,12 +2,13 @@
 //! (`kernels.rs`, `x86.rs`), work split over all cores with rayon.
 //!
 //! Weights are `[k, n]` (the checkpoint computes `x @ W`) and read in place from
-//! the memory map. A product is cut into tasks of up to 1024 consecutive
-//! weight rows (inside one scale group) by a block of columns whose accumulators
-//! stay in L1, so each task streams its rows sequentially and every weight byte
-//! is read once per call whatever the number of activation rows. The partial
-//! sums of the row splits are added in a fixed order, so results do not depend
-//! on the batch or the thread count.
+//! the memory map. A product's weight rows are cut into splits (inside one
+//! scale group, up to 1024 rows, chosen from `k` alone) and its columns into
+//! blocks whose accumulators stay in L1; a task takes one block through a run
+//! of consecutive splits, so it streams its rows sequentially and every weight
+//! byte is read once per call whatever the number of activation rows. The
+//! splits' sums are added in a fixed order, so results do not depend on the
+//! batch or the thread count.
 
 pub mod kernels;
 #[cfg(target_arch = "x86_64")]
@@ -171,17 +172,13 @@ impl Backend for CpuBackend {
                 let mut scales = vec![0f32; width];
                 for (g, rows) in &splits[runs[t].clone()] {
                     w.scales_into(*g, n0..n0 + width, &mut scales);
-                    kernels::q8_block(
-                        self.isa,
-                        &xp,
-                        m,
-                        weight,
+                    let block = kernels::Q8Rows {
+                        w: weight,
                         n,
-                        rows.clone(),
+                        rows: rows.clone(),
                         n0,
-                        &scales,
-                        &mut total,
-                    );
+                    };
+                    kernels::q8_block(self.isa, &xp, m, &block, &scales, &mut total);
                 }
                 total
             };

@@ -7,7 +7,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::kernels::XGROUP;
+use super::kernels::{Q8Rows, Q8_0_BLOCK_BYTES, XGROUP};
 
 /// AVX2 version of `kernels::q8_block_scalar` (same FMAs in the same order,
 /// the same scale multiply and add: bit-identical).
@@ -18,27 +18,17 @@ use super::kernels::XGROUP;
 /// `rows.end <= k`, `n0 + nb <= n` and
 /// `rows.end * n <= w.len()`.
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn q8_block_avx2(
-    xp: &[f32],
-    m: usize,
-    w: &[u8],
-    n: usize,
-    rows: Range<usize>,
-    n0: usize,
-    scales: &[f32],
-    total: &mut [f32],
-) {
+pub unsafe fn q8_block_avx2(xp: &[f32], m: usize, wb: &Q8Rows, scales: &[f32], total: &mut [f32]) {
     let nb = total.len() / m;
     if m >= PANEL_MIN_M {
         // SAFETY: the same bounds, passed on.
-        unsafe { q8_block_panels(xp, m, w, n, rows, n0, scales, total) };
+        unsafe { q8_block_panels(xp, m, wb, scales, total) };
         return;
     }
     let mut acc = vec![0f32; m * nb];
     // SAFETY: the same bounds, with `acc` of the shape of `total`; with
     // m < PANEL_MIN_M <= XGROUP the packed activations are plain [k, m].
-    unsafe { q8_stream(xp, m, w, n, rows, n0, &mut acc) };
+    unsafe { q8_stream(xp, m, wb, &mut acc) };
     super::kernels::add_scaled(&acc, nb, scales, total);
 }
 
@@ -49,15 +39,9 @@ pub unsafe fn q8_block_avx2(
 /// # Safety
 /// The bounds of `q8_block_avx2`, with `acc` for `total`.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn q8_stream(
-    xt: &[f32],
-    m: usize,
-    w: &[u8],
-    n: usize,
-    rows: Range<usize>,
-    n0: usize,
-    acc: &mut [f32],
-) {
+unsafe fn q8_stream(xt: &[f32], m: usize, wb: &Q8Rows, acc: &mut [f32]) {
+    let Q8Rows { w, n, n0, .. } = *wb;
+    let rows = wb.rows.clone();
     let nb = acc.len() / m;
     let full = nb / 16 * 16;
     let acc_ptr = acc.as_mut_ptr();
@@ -166,17 +150,9 @@ const PANEL_FLOATS: usize = 65536;
 /// # Safety
 /// The bounds of `q8_block_avx2`.
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn q8_block_panels(
-    xp: &[f32],
-    m: usize,
-    w: &[u8],
-    n: usize,
-    rows: Range<usize>,
-    n0: usize,
-    scales: &[f32],
-    total: &mut [f32],
-) {
+unsafe fn q8_block_panels(xp: &[f32], m: usize, wb: &Q8Rows, scales: &[f32], total: &mut [f32]) {
+    let Q8Rows { w, n, n0, .. } = *wb;
+    let rows = wb.rows.clone();
     let (nb, k) = (total.len() / m, xp.len() / m);
     let full = nb / 16 * 16;
     if n >= 4096 {
@@ -186,7 +162,7 @@ unsafe fn q8_block_panels(
         // prefetched (full-width Grok-1 prefill: 19 -> 25 tokens/s). On
         // narrow matrices this measured 10% slower than one panel at a time.
         // SAFETY: the same bounds, passed on.
-        unsafe { q8_panels_by_rows(xp, m, w, n, rows.clone(), n0, scales, total) };
+        unsafe { q8_panels_by_rows(xp, m, wb, scales, total) };
     } else {
         let mut panel = [0f32; PANEL_ROWS * 16];
         let mut part = vec![0f32; m * 16];
@@ -197,13 +173,11 @@ unsafe fn q8_block_panels(
                 for t in 0..count {
                     // SAFETY: row r0 + t < rows.end, columns n0 + j .. n0 + j + 16 <= n0 + nb.
                     unsafe {
-                        let p = w.as_ptr().add((r0 + t) * n + n0 + j);
-                        let lo = _mm_loadl_epi64(p as *const __m128i);
-                        let hi = _mm_loadl_epi64(p.add(8) as *const __m128i);
-                        let dst = panel.as_mut_ptr().add(16 * t);
-                        _mm256_storeu_ps(dst, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)));
-                        _mm256_storeu_ps(dst.add(8), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)));
-                    }
+                        widen16(
+                            w.as_ptr().add((r0 + t) * n + n0 + j),
+                            panel.as_mut_ptr().add(16 * t),
+                        )
+                    };
                 }
                 let tile = Tile {
                     xp,
@@ -230,7 +204,11 @@ unsafe fn q8_block_panels(
     if full < nb {
         let tail = nb - full;
         let mut t = vec![0f32; m * tail];
-        super::kernels::q8_block_scalar(xp, m, w, n, rows, n0 + full, &scales[full..nb], &mut t);
+        let tail_cols = Q8Rows {
+            n0: n0 + full,
+            ..wb.clone()
+        };
+        super::kernels::q8_block_scalar(xp, m, &tail_cols, &scales[full..nb], &mut t);
         for (dst, src) in total.chunks_exact_mut(nb).zip(t.chunks_exact(tail)) {
             for (d, s) in dst[full..].iter_mut().zip(src) {
                 *d += s;
@@ -246,17 +224,9 @@ unsafe fn q8_block_panels(
 /// # Safety
 /// The bounds of `q8_block_avx2`.
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn q8_panels_by_rows(
-    xp: &[f32],
-    m: usize,
-    w: &[u8],
-    n: usize,
-    rows: Range<usize>,
-    n0: usize,
-    scales: &[f32],
-    total: &mut [f32],
-) {
+unsafe fn q8_panels_by_rows(xp: &[f32], m: usize, wb: &Q8Rows, scales: &[f32], total: &mut [f32]) {
+    let Q8Rows { w, n, n0, .. } = *wb;
+    let rows = wb.rows.clone();
     let (nb, k) = (total.len() / m, xp.len() / m);
     let full = nb / 16 * 16;
     let group = full.max(16);
@@ -279,12 +249,10 @@ unsafe fn q8_panels_by_rows(
                         }
                     }
                     for j in (0..width).step_by(16) {
-                        let p = w.as_ptr().add(src + j);
-                        let lo = _mm_loadl_epi64(p as *const __m128i);
-                        let hi = _mm_loadl_epi64(p.add(8) as *const __m128i);
-                        let dst = panels.as_mut_ptr().add(j * chunk + 16 * t);
-                        _mm256_storeu_ps(dst, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)));
-                        _mm256_storeu_ps(dst.add(8), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)));
+                        widen16(
+                            w.as_ptr().add(src + j),
+                            panels.as_mut_ptr().add(j * chunk + 16 * t),
+                        );
                     }
                 }
             }
@@ -311,6 +279,22 @@ unsafe fn q8_panels_by_rows(
             }
             r0 += count;
         }
+    }
+}
+
+/// Sixteen int8 weights at `src` written as f32 at `dst`.
+///
+/// # Safety
+/// AVX2; 16 bytes readable at `src`, 16 floats writable at `dst`.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn widen16(src: *const u8, dst: *mut f32) {
+    // SAFETY: the caller's bounds.
+    unsafe {
+        let lo = _mm_loadl_epi64(src as *const __m128i);
+        let hi = _mm_loadl_epi64(src.add(8) as *const __m128i);
+        _mm256_storeu_ps(dst, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)));
+        _mm256_storeu_ps(dst.add(8), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)));
     }
 }
 
@@ -349,7 +333,8 @@ impl Tile<'_> {
     /// Every activation row, a packed group at a time.
     ///
     /// # Safety
-    /// AVX2 and FMA; `part` is `[m, 16]`, `total` `[m, nb]` with `j + 16 <= nb`.
+    /// AVX2 and FMA; `part` is `[m, part_stride]` with `part_j + 16 <=
+    /// part_stride`, `total` `[m, nb]` with `j + 16 <= nb`.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn run_all(&self, m: usize, mut out: Out<'_>) {
@@ -444,7 +429,7 @@ impl Tile<'_> {
 /// Columns `full..nb` of row `r`, one at a time.
 ///
 /// # Safety
-/// The bounds of `q8_accumulate_avx2` hold for row `r`, columns `full..nb` and
+/// The bounds of `q8_stream` hold for row `r`, columns `full..nb` and
 /// the `m` accumulator rows.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -927,7 +912,7 @@ fn load_i8x32(s: &[i8]) -> __m256i {
 /// `x.len() >= m * k` and `rows` holds `out_t.len() / m` rows of `k / 32` blocks.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q8_0_rows_avx2(x: &[f32], m: usize, k: usize, rows: &[u8], out_t: &mut [f32]) {
-    let row_bytes = k / 32 * super::kernels::Q8_0_BLOCK_BYTES;
+    let row_bytes = k / 32 * Q8_0_BLOCK_BYTES;
     for (c, row) in rows.chunks_exact(row_bytes.max(1)).enumerate() {
         let out = &mut out_t[c * m..(c + 1) * m];
         let mut i = 0;
@@ -960,10 +945,10 @@ unsafe fn q8_0_row_group<const G: usize>(
     row: &[u8],
     out: &mut [f32],
 ) {
-    assert!(x.len() >= (i0 + G) * k && row.len() >= k / 32 * 34 && out.len() >= G);
+    assert!(x.len() >= (i0 + G) * k && row.len() >= k / 32 * Q8_0_BLOCK_BYTES && out.len() >= G);
     let mut acc = [_mm256_setzero_ps(); G];
     let xp = x.as_ptr();
-    for (b, block) in row.chunks_exact(34).enumerate() {
+    for (b, block) in row.chunks_exact(Q8_0_BLOCK_BYTES).enumerate() {
         // SAFETY: the block has 34 bytes; x rows i0 + g hold 32 values from 32 b.
         unsafe {
             let bits = u16::from_le_bytes([block[0], block[1]]);
