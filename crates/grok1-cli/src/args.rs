@@ -233,6 +233,10 @@ pub enum PrecisionArg {
     /// f32, but the output projection read as an int8 copy (a quarter of its
     /// bytes; logits within the bounds the fast-mode tests state)
     Fast,
+    /// fast, and the int8 weights' products read int8 activations (blocks of
+    /// 32, integer dot products, as llama.cpp does): faster prefill, larger
+    /// deviations (see README "Correctness")
+    Int8,
 }
 
 impl From<PrecisionArg> for grok1::Precision {
@@ -241,6 +245,7 @@ impl From<PrecisionArg> for grok1::Precision {
             PrecisionArg::F32 => grok1::Precision::F32,
             PrecisionArg::Bf16 => grok1::Precision::Bf16,
             PrecisionArg::Fast => grok1::Precision::Fast,
+            PrecisionArg::Int8 => grok1::Precision::Int8,
         }
     }
 }

@@ -105,7 +105,7 @@ pub fn run(
         flops_per_prompt_token: model.flops_per_token(),
         ..Default::default()
     };
-    if spec.precision == crate::Precision::Fast {
+    if spec.precision.int8_output() {
         // The fast mode's copy of the output projection is made once, before
         // anything is timed (not inside the first timed run).
         let _ = model.fast_output();

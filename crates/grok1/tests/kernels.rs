@@ -3,6 +3,7 @@
 //! (dimensions that are not multiples of the vector width or the task size).
 
 use grok1::backend::cpu::kernels::{self, Isa};
+use grok1::backend::cpu::q8_fast;
 use grok1::backend::cpu::CpuBackend;
 use grok1::backend::{quantize_row_i8, Backend, F32Matrix, Int8Rows, QuantMatrix};
 use grok1::weights::{DType, TensorData};
@@ -124,6 +125,77 @@ proptest! {
             CpuBackend::with_isa(isa).matmul_q8(&x, &w, &mut out);
             // Same FMAs in the same order: bit-identical to the scalar kernels.
             prop_assert!(out == scalar, "{} differs from scalar", isa.name());
+        }
+    }
+
+    #[test]
+    fn fast_q8_block_on_every_isa(cuts in proptest::collection::vec(1usize..300, 1..4), nb in 1usize..100, extra in 0usize..40, m in 1usize..14, seed in any::<u64>()) {
+        // Splits of any length (ragged quads and blocks), weights over the whole
+        // int8 range (-128 included), activations with outliers.
+        let k: usize = cuts.iter().sum();
+        let splits: Vec<std::ops::Range<usize>> = cuts.iter().scan(0, |at, &c| { *at += c; Some(*at - c..*at) }).collect();
+        let n = nb + extra;
+        let n0 = extra / 2;
+        let val = |i: usize, salt: u64| ((i as u64).wrapping_mul(2654435761) ^ seed ^ salt).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+        let w: Vec<u8> = (0..k * n).map(|i| val(i, 1) as u8).collect();
+        let x: Vec<f32> = (0..m * k).map(|i| {
+            let v = (val(i, 2) % 2001) as f32 / 1000.0 - 1.0;
+            if val(i, 3) % 53 == 0 { v * 40.0 } else { v }
+        }).collect();
+        let scales: Vec<f32> = (0..nb).map(|j| 0.01 + (j % 7) as f32 * 0.003).collect();
+        // Quantised on every path: the same values.
+        let act = q8_fast::ActI8::quantize(Isa::Scalar, &x, m, k, &splits);
+        for isa in Isa::available() {
+            let other = q8_fast::ActI8::quantize(isa, &x, m, k, &splits);
+            prop_assert!(other.q == act.q && other.sx == act.sx, "{} quantises differently", isa.name());
+        }
+        for (s, rows) in splits.iter().enumerate() {
+            let block = kernels::Q8Rows { w: &w, n, rows: rows.clone(), n0 };
+            let mut want = vec![0.5f32; m * nb];
+            q8_fast::q8_block_fast(Isa::Scalar, &act, s, &block, &scales, &mut want);
+            for isa in Isa::available() {
+                let mut total = vec![0.5f32; m * nb];
+                q8_fast::q8_block_fast(isa, &act, s, &block, &scales, &mut total);
+                // Integer sums, then the same f32 steps: bit-identical.
+                prop_assert!(total == want, "{} differs from scalar (split {})", isa.name(), s);
+                // Each row alone (another kernel shape) gives the same values.
+                let i = seed as usize % m;
+                let alone = q8_fast::ActI8::quantize(isa, &x[i * k..(i + 1) * k], 1, k, &splits);
+                let mut one = vec![0.5f32; nb];
+                q8_fast::q8_block_fast(isa, &alone, s, &block, &scales, &mut one);
+                prop_assert!(one[..] == total[i * nb..(i + 1) * nb], "{}: row {} alone differs", isa.name(), i);
+            }
+        }
+    }
+
+    #[test]
+    fn fast_q8_product_is_within_its_bound(k_div in 1usize..40, groups in prop_oneof![Just(1usize), Just(2), Just(8)], n in 1usize..150, m in 1usize..10, seed in any::<u64>()) {
+        let k = k_div * groups * if seed % 3 == 0 { 37 } else { 1 };
+        let (w, wq, s) = quant(k, n, groups, seed);
+        let x: Vec<f32> = (0..m * k).map(|i| (((i as u64 * 2654435761) ^ seed) % 2001) as f32 / 1000.0 - 1.0).collect();
+        let exact = reference(&x, m, &wq, &s, k, n, groups);
+        let mut scalar = vec![0f32; m * n];
+        CpuBackend::with_isa(Isa::Scalar).matmul_q8_fast(&x, &w, &mut scalar);
+        for isa in Isa::available() {
+            let mut out = vec![0f32; m * n];
+            CpuBackend::with_isa(isa).matmul_q8_fast(&x, &w, &mut out);
+            prop_assert!(out == scalar, "{} differs from scalar", isa.name());
+        }
+        // Each activation is within half a step (its block's absmax / 254) of
+        // its value, blocks no longer than 32: the error is at most
+        // sum over r of |w[r][j] s| * max|x| over r's 32-row window / 254.
+        for i in 0..m {
+            let xi = &x[i * k..(i + 1) * k];
+            for j in 0..n {
+                let bound: f64 = (0..k).map(|r| {
+                    let lo = r.saturating_sub(31);
+                    let hi = (r + 32).min(k);
+                    let ax = xi[lo..hi].iter().fold(0f32, |a, v| a.max(v.abs())) as f64;
+                    (wq[r * n + j] as f64 * s[(r / (k / groups)) * n + j] as f64).abs() * ax / 254.0
+                }).sum::<f64>() * 1.001 + 1e-5 * (1.0 + exact[i * n + j].abs());
+                let got = scalar[i * n + j] as f64;
+                prop_assert!((got - exact[i * n + j]).abs() <= bound, "[{}, {}]: {} vs {} (bound {})", i, j, got, exact[i * n + j], bound);
+            }
         }
     }
 
@@ -325,6 +397,26 @@ proptest! {
                 let want = x * 0.5 * (1.0 + (0.797_884_560_802_865_4 * (x + 0.044715 * x * x * x)).tanh()) * v[i] as f64;
                 prop_assert!((got[i] as f64 - want).abs() <= 1e-6 * (1.0 + x.abs()), "{}: gelu({}) * {} = {} vs {}", isa.name(), x, v[i], got[i], want);
             }
+        }
+    }
+}
+
+proptest! {
+    #[test]
+    fn block_quantisation_is_rounding_half_away_on_every_isa(len in 1usize..40, scale in 0.001f32..1000.0, seed in any::<u64>(), nan in any::<bool>()) {
+        let mut x: Vec<f32> = (0..len).map(|i| ((((i as u64).wrapping_mul(2654435761) ^ seed) % 20001) as f32 / 10000.0 - 1.0) * scale).collect();
+        // Exact halves after scaling, and a NaN (skipped by absmax, quantised to 0).
+        x[0] = scale;
+        if len > 2 { x[1] = scale * 0.5 / 127.0 * 3.0; x[2] = -x[1]; }
+        if nan && len > 3 { x[3] = f32::NAN; }
+        let absmax = x.iter().fold(0f32, |m, v| if v.abs() > m { v.abs() } else { m });
+        let inv = 127.0 / absmax;
+        let want: Vec<i8> = x.iter().map(|v| if v.is_nan() { 0 } else { (v * inv).round() as i8 }).collect();
+        for isa in Isa::available() {
+            let mut q = vec![0i8; len];
+            let s = q8_fast::quantize_block(isa, &x, &mut q);
+            prop_assert_eq!(&q, &want, "{}", isa.name());
+            prop_assert_eq!(s, absmax / 127.0);
         }
     }
 }

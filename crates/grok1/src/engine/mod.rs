@@ -166,7 +166,7 @@ impl EngineHandle {
         mut config: EngineConfig,
     ) -> EngineHandle {
         config.context = config.context.min(model.config().sequence_len).max(1);
-        if config.precision == Precision::Fast {
+        if config.precision.int8_output() {
             // Made now, not while the first request waits.
             let _ = model.fast_output();
         }

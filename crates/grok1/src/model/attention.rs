@@ -27,23 +27,26 @@ pub fn attention_block(
     let mut q = vec![0f32; n * qw];
     let mut k = vec![0f32; n * kvw];
     let mut v = vec![0f32; n * kvw];
-    backend.matmul_many(&mut [
-        MatmulJob {
-            x: a,
-            w: &w.wq,
-            out: &mut q,
-        },
-        MatmulJob {
-            x: a,
-            w: &w.wk,
-            out: &mut k,
-        },
-        MatmulJob {
-            x: a,
-            w: &w.wv,
-            out: &mut v,
-        },
-    ]);
+    backend.matmul_many(
+        &mut [
+            MatmulJob {
+                x: a,
+                w: &w.wq,
+                out: &mut q,
+            },
+            MatmulJob {
+                x: a,
+                w: &w.wk,
+                out: &mut k,
+            },
+            MatmulJob {
+                x: a,
+                w: &w.wv,
+                out: &mut v,
+            },
+        ],
+        precision,
+    );
     precision.cast(&mut q);
     precision.cast(&mut k);
     precision.cast(&mut v);
@@ -76,7 +79,7 @@ pub fn attention_block(
     backend.attention(&q, rows, cache, layer, &params, &mut o);
     // heads concatenated [rows, Hq*hd], then o @ Wo back to d
     let mut out = vec![0f32; n * cfg.emb_size];
-    backend.matmul(&o, &w.wo, &mut out);
+    backend.matmul(&o, &w.wo, &mut out, precision);
     precision.cast(&mut out);
     out
 }

@@ -401,7 +401,7 @@ impl Grok1 {
         let vocab = cfg.vocab_size;
         let output = &self.weights.output;
         let mut logits = vec![0f32; out_rows.len() * vocab];
-        let fast = (p == Precision::Fast).then(|| self.fast_output()).flatten();
+        let fast = p.int8_output().then(|| self.fast_output()).flatten();
         match (fast, output.as_f32()) {
             (Some(q), _) => {
                 stats.weight_bytes += q.byte_len() as u64 + d as u64;

@@ -111,7 +111,7 @@ pub fn moe_block(
             out: hv,
         });
     }
-    backend.matmul_many(&mut jobs);
+    backend.matmul_many(&mut jobs, precision);
     drop(jobs);
     // In the reference the expert outputs pass through an f32 one-hot einsum, so
     // from here to the final sum everything stays f32 whatever the activation
@@ -136,7 +136,7 @@ pub fn moe_block(
             out,
         })
         .collect();
-    backend.matmul_many(&mut jobs);
+    backend.matmul_many(&mut jobs, precision);
     drop(jobs);
     // The weighted sum in expert order (`active` is ascending).
     let mut out = vec![0f32; rows * d];

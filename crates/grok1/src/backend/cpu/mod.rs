@@ -11,8 +11,11 @@
 //! batch or the thread count.
 
 pub mod kernels;
+pub mod q8_fast;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_fast;
 
 use rayon::prelude::*;
 
@@ -66,6 +69,109 @@ impl CpuBackend {
 
     pub fn isa(&self) -> Isa {
         self.isa
+    }
+}
+
+/// The activations of an int8 product, as its kernels read them.
+enum Activations {
+    /// f32, packed by `kernels::pack_activations` (exact mode).
+    F32(Vec<f32>),
+    /// Quantised to int8 per block (fast mode).
+    Int8(q8_fast::ActI8),
+}
+
+impl CpuBackend {
+    /// `out = x @ w` for an int8 matrix with grouped scales; `int8` quantises
+    /// the activations (`q8_fast`), else they stay f32.
+    fn q8_product(&self, x: &[f32], w: &QuantMatrix, out: &mut [f32], int8: bool) {
+        let (k, n) = (w.k, w.n);
+        let m = x.len() / k;
+        assert_eq!(x.len(), m * k, "matmul_q8: input is not [m, {k}]");
+        assert_eq!(out.len(), m * n, "matmul_q8: output is not [{m}, {n}]");
+        out.fill(0.0);
+        if m == 0 || n == 0 {
+            return;
+        }
+        let weight = w.weight_bytes();
+        let splits = row_splits(k, w.groups);
+        let acts = if int8 {
+            let ranges: Vec<_> = splits.iter().map(|(_, rows)| rows.clone()).collect();
+            Activations::Int8(q8_fast::ActI8::quantize(self.isa, x, m, k, &ranges))
+        } else {
+            Activations::F32(kernels::pack_activations(x, m, k))
+        };
+        // Column blocks change no sum, only the work per task: as wide as the
+        // accumulator tile allows, narrower where the splits alone leave too few
+        // tasks for the threads.
+        let nb = if n <= 16 {
+            n
+        } else {
+            let want_blocks = (4 * rayon::current_num_threads()).div_ceil(splits.len());
+            let fair = n.div_ceil(want_blocks).max(MIN_BLOCK_COLS);
+            (TILE_FLOATS / m).min(fair).clamp(16, n) / 16 * 16
+        };
+        let blocks = n.div_ceil(nb);
+        // A task takes one block through a run of consecutive splits, summing
+        // them in order; the runs are then added in order. Any grouping gives
+        // the same sums ((0 + s0) + s1 + ...), so it is chosen for speed only:
+        // whole blocks where they alone keep the threads busy (no partial sums
+        // to hold), single splits where a product is too narrow for that.
+        let want_tasks = 4 * rayon::current_num_threads();
+        let per_task = (splits.len() * blocks / want_tasks).clamp(1, splits.len());
+        let runs: Vec<std::ops::Range<usize>> = (0..splits.len())
+            .step_by(per_task)
+            .map(|s| s..(s + per_task).min(splits.len()))
+            .collect();
+        let per_block = runs.len() * m * nb * 4;
+        let wave = (WAVE_BYTES / per_block.max(1)).max(1);
+        for first in (0..blocks).step_by(wave) {
+            let last = (first + wave).min(blocks);
+            let tasks: Vec<(usize, usize)> = (first..last)
+                .flat_map(|b| (0..runs.len()).map(move |t| (b, t)))
+                .collect();
+            let task = |(b, t): (usize, usize)| {
+                let n0 = b * nb;
+                let width = nb.min(n - n0);
+                let mut total = vec![0f32; m * width];
+                let mut scales = vec![0f32; width];
+                for s in runs[t].clone() {
+                    let (g, rows) = &splits[s];
+                    w.scales_into(*g, n0..n0 + width, &mut scales);
+                    let block = kernels::Q8Rows {
+                        w: weight,
+                        n,
+                        rows: rows.clone(),
+                        n0,
+                    };
+                    match &acts {
+                        Activations::F32(xp) => {
+                            kernels::q8_block(self.isa, xp, m, &block, &scales, &mut total)
+                        }
+                        Activations::Int8(a) => {
+                            q8_fast::q8_block_fast(self.isa, a, s, &block, &scales, &mut total)
+                        }
+                    }
+                }
+                total
+            };
+            let partials: Vec<Vec<f32>> = if m * k * n < PARALLEL_MIN_MACS {
+                tasks.into_iter().map(task).collect()
+            } else {
+                tasks.into_par_iter().map(task).collect()
+            };
+            // Add the runs of each block in order (a fixed summation order).
+            for (t, acc) in partials.iter().enumerate() {
+                let b = first + t / runs.len();
+                let n0 = b * nb;
+                let width = nb.min(n - n0);
+                for i in 0..m {
+                    let o = &mut out[i * n + n0..i * n + n0 + width];
+                    for (o, &a) in o.iter_mut().zip(&acc[i * width..(i + 1) * width]) {
+                        *o += a;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -125,88 +231,18 @@ impl Backend for CpuBackend {
     }
 
     fn matmul_q8(&self, x: &[f32], w: &QuantMatrix, out: &mut [f32]) {
-        let (k, n) = (w.k, w.n);
-        let m = x.len() / k;
-        assert_eq!(x.len(), m * k, "matmul_q8: input is not [m, {k}]");
-        assert_eq!(out.len(), m * n, "matmul_q8: output is not [{m}, {n}]");
-        out.fill(0.0);
-        if m == 0 || n == 0 {
-            return;
-        }
-        let xp = kernels::pack_activations(x, m, k);
-        let weight = w.weight_bytes();
-        let splits = row_splits(k, w.groups);
-        // Column blocks change no sum, only the work per task: as wide as the
-        // accumulator tile allows, narrower where the splits alone leave too few
-        // tasks for the threads.
-        let nb = if n <= 16 {
-            n
-        } else {
-            let want_blocks = (4 * rayon::current_num_threads()).div_ceil(splits.len());
-            let fair = n.div_ceil(want_blocks).max(MIN_BLOCK_COLS);
-            (TILE_FLOATS / m).min(fair).clamp(16, n) / 16 * 16
-        };
-        let blocks = n.div_ceil(nb);
-        // A task takes one block through a run of consecutive splits, summing
-        // them in order; the runs are then added in order. Any grouping gives
-        // the same sums ((0 + s0) + s1 + ...), so it is chosen for speed only:
-        // whole blocks where they alone keep the threads busy (no partial sums
-        // to hold), single splits where a product is too narrow for that.
-        let want_tasks = 4 * rayon::current_num_threads();
-        let per_task = (splits.len() * blocks / want_tasks).clamp(1, splits.len());
-        let runs: Vec<std::ops::Range<usize>> = (0..splits.len())
-            .step_by(per_task)
-            .map(|s| s..(s + per_task).min(splits.len()))
-            .collect();
-        let per_block = runs.len() * m * nb * 4;
-        let wave = (WAVE_BYTES / per_block.max(1)).max(1);
-        for first in (0..blocks).step_by(wave) {
-            let last = (first + wave).min(blocks);
-            let tasks: Vec<(usize, usize)> = (first..last)
-                .flat_map(|b| (0..runs.len()).map(move |t| (b, t)))
-                .collect();
-            let task = |(b, t): (usize, usize)| {
-                let n0 = b * nb;
-                let width = nb.min(n - n0);
-                let mut total = vec![0f32; m * width];
-                let mut scales = vec![0f32; width];
-                for (g, rows) in &splits[runs[t].clone()] {
-                    w.scales_into(*g, n0..n0 + width, &mut scales);
-                    let block = kernels::Q8Rows {
-                        w: weight,
-                        n,
-                        rows: rows.clone(),
-                        n0,
-                    };
-                    kernels::q8_block(self.isa, &xp, m, &block, &scales, &mut total);
-                }
-                total
-            };
-            let partials: Vec<Vec<f32>> = if m * k * n < PARALLEL_MIN_MACS {
-                tasks.into_iter().map(task).collect()
-            } else {
-                tasks.into_par_iter().map(task).collect()
-            };
-            // Add the runs of each block in order (a fixed summation order).
-            for (t, acc) in partials.iter().enumerate() {
-                let b = first + t / runs.len();
-                let n0 = b * nb;
-                let width = nb.min(n - n0);
-                for i in 0..m {
-                    let o = &mut out[i * n + n0..i * n + n0 + width];
-                    for (o, &a) in o.iter_mut().zip(&acc[i * width..(i + 1) * width]) {
-                        *o += a;
-                    }
-                }
-            }
-        }
+        self.q8_product(x, w, out, false);
     }
 
-    fn matmul_many(&self, jobs: &mut [MatmulJob<'_>]) {
+    fn matmul_q8_fast(&self, x: &[f32], w: &QuantMatrix, out: &mut [f32]) {
+        self.q8_product(x, w, out, true);
+    }
+
+    fn matmul_many(&self, jobs: &mut [MatmulJob<'_>], precision: Precision) {
         // Each product spreads its own tasks over the pool too; work stealing
         // mixes them, so the threads stay busy until the last one ends.
         jobs.par_iter_mut()
-            .for_each(|job| self.matmul(job.x, job.w, job.out));
+            .for_each(|job| self.matmul(job.x, job.w, job.out, precision));
     }
 
     fn matmul_rows(&self, x: &[f32], w: &RowMatrix, out: &mut [f32]) {

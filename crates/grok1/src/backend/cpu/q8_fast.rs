@@ -1,0 +1,221 @@
+//! The fast mode's int8 products: activations quantised to int8 in blocks of
+//! `ACT_BLOCK` weight rows, multiplied with the int8 weights as integers
+//! (exact), each block's sum then taken to f32 once. On AVX2 this runs on the
+//! byte multiply-adds (`maddubs`, 32 products per instruction instead of 8
+//! FMAs), and it is the shape VNNI's `vpdpbusd` takes.
+//!
+//! The arithmetic, identical on every path: for each activation row `i`, each
+//! split of weight rows (`row_splits`, inside one scale group) and each output
+//! column `j`,
+//!
+//! ```text
+//! part = 0
+//! for each block b of the split (ACT_BLOCK rows from the split's start):
+//!     isum = sum over r in b of xq[i][r] * w[r][j]        (i32, exact)
+//!     part = fma(f32(isum), sx[i][b], part)               (one rounding)
+//! total[i][j] += part * scale[j]                          (as in the f32 mode)
+//! ```
+//!
+//! `f32(isum)` is exact (|isum| <= 32 * 127 * 127 < 2^24), so the SIMD kernels
+//! are bit-identical to the scalar one, and nothing mixes rows, so results do
+//! not depend on the batch.
+
+use std::ops::Range;
+
+use super::kernels::{Isa, Q8Rows};
+
+/// Weight rows per activation block (one int8 scale per row per block), as
+/// llama.cpp quantises activations (`Q8_0`, blocks of 32): fine enough that an
+/// outlier coarsens only its own block.
+pub const ACT_BLOCK: usize = 32;
+/// Rows per quad: the integer kernels take weight rows four at a time (each
+/// 32-bit lane of an int8 vector holds one column's four rows).
+pub const QUAD: usize = 4;
+/// Quads per activation block.
+pub const BLOCK_QUADS: usize = ACT_BLOCK / QUAD;
+
+/// Activations `[m, k]` quantised for the integer products over a matrix
+/// whose rows are cut into the given splits: per row, per split, per block of
+/// `ACT_BLOCK` rows from the split's start, `q = round(x / s)` with `s =
+/// absmax / 127`. Each split's values are padded with zeros to whole quads.
+pub struct ActI8 {
+    pub m: usize,
+    /// Padded quads per activation row (all splits).
+    pub quads: usize,
+    /// Blocks per activation row (all splits).
+    pub blocks: usize,
+    /// `[m, quads * 4]` values.
+    pub q: Vec<i8>,
+    /// `[m, blocks]` scales.
+    pub sx: Vec<f32>,
+    /// Each split's rows, first quad and first block.
+    pub splits: Vec<(Range<usize>, usize, usize)>,
+}
+
+impl ActI8 {
+    /// Quantises `x` (`[m, k]`) for a matrix whose `k` rows are cut into
+    /// `splits` (consecutive ranges covering `0..k`).
+    pub fn quantize(isa: Isa, x: &[f32], m: usize, k: usize, splits: &[Range<usize>]) -> ActI8 {
+        assert_eq!(x.len(), m * k, "ActI8::quantize: x is not [m, k]");
+        let mut layout = Vec::with_capacity(splits.len());
+        let (mut quads, mut blocks, mut next) = (0, 0, 0);
+        for rows in splits {
+            assert_eq!(rows.start, next, "ActI8::quantize: splits do not tile 0..k");
+            next = rows.end;
+            layout.push((rows.clone(), quads, blocks));
+            quads += rows.len().div_ceil(QUAD);
+            blocks += rows.len().div_ceil(ACT_BLOCK);
+        }
+        assert_eq!(next, k, "ActI8::quantize: splits do not tile 0..k");
+        let mut q = vec![0i8; m * quads * QUAD];
+        let mut sx = vec![0f32; m * blocks];
+        for i in 0..m {
+            let xi = &x[i * k..(i + 1) * k];
+            let qi = &mut q[i * quads * QUAD..(i + 1) * quads * QUAD];
+            let si = &mut sx[i * blocks..(i + 1) * blocks];
+            for (rows, q0, b0) in &layout {
+                let dst = &mut qi[q0 * QUAD..q0 * QUAD + rows.len()];
+                for (b, (src, dst)) in xi[rows.clone()]
+                    .chunks(ACT_BLOCK)
+                    .zip(dst.chunks_mut(ACT_BLOCK))
+                    .enumerate()
+                {
+                    si[b0 + b] = quantize_block(isa, src, dst);
+                }
+            }
+        }
+        ActI8 {
+            m,
+            quads,
+            blocks,
+            q,
+            sx,
+            splits: layout,
+        }
+    }
+}
+
+/// `quantize_row_i8` on one block, on the given instruction set (the same
+/// result on each).
+pub fn quantize_block(isa: Isa, src: &[f32], dst: &mut [i8]) -> f32 {
+    assert_eq!(src.len(), dst.len(), "quantize_block: lengths differ");
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Avx2 is only chosen when the CPU has it (Isa::best); the
+        // lengths are checked above.
+        Isa::Avx2 => unsafe { super::x86_fast::quantize_block_avx2(src, dst) },
+        _ => crate::backend::quantize_row_i8(src, dst),
+    }
+}
+
+/// One split's product for a block of columns: `total[i][j] += scale[j] *
+/// part[i][j]` with `part` as in the module's description, for the split
+/// `split` of `act` (whose rows `wb.rows` must be), columns `wb.n0 ..
+/// wb.n0 + nb`, `total` row-major `[m, nb]`.
+pub fn q8_block_fast(
+    isa: Isa,
+    act: &ActI8,
+    split: usize,
+    wb: &Q8Rows,
+    scales: &[f32],
+    total: &mut [f32],
+) {
+    let m = act.m;
+    let Q8Rows { w, n, n0, .. } = *wb;
+    let (rows, q0, b0) = act.splits[split].clone();
+    assert_eq!(rows, wb.rows, "q8_block_fast: rows are not the split's");
+    if m == 0 || total.is_empty() || rows.is_empty() {
+        return;
+    }
+    let nb = total.len() / m;
+    // Every index the kernels use is inside these bounds.
+    assert_eq!(total.len(), m * nb, "q8_block_fast: total is not [m, nb]");
+    assert!(
+        scales.len() >= nb,
+        "q8_block_fast: fewer scales than columns"
+    );
+    assert!(
+        n0 + nb <= n && rows.end * n <= w.len(),
+        "q8_block_fast: w too short"
+    );
+    assert!(
+        q0 + rows.len().div_ceil(QUAD) <= act.quads
+            && b0 + rows.len().div_ceil(ACT_BLOCK) <= act.blocks,
+        "q8_block_fast: activations do not cover the split"
+    );
+    let view = SplitView { act, rows, q0, b0 };
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            // SAFETY: Avx2 is only chosen when the CPU has AVX2 and FMA
+            // (Isa::best), and the bounds above hold for every index used.
+            unsafe { super::x86_fast::q8_block_fast_avx2(&view, wb, scales, total) }
+        }
+        _ => q8_block_fast_scalar(&view, wb, scales, total),
+    }
+}
+
+/// One split of [`ActI8`] as the kernels read it.
+pub struct SplitView<'a> {
+    pub act: &'a ActI8,
+    pub rows: Range<usize>,
+    /// The split's first quad and block in the activations.
+    pub q0: usize,
+    pub b0: usize,
+}
+
+impl SplitView<'_> {
+    /// Row `i`'s value for weight row `rows.start + t`.
+    #[inline]
+    pub fn value(&self, i: usize, t: usize) -> i8 {
+        self.act.q[(i * self.act.quads + self.q0) * QUAD + t]
+    }
+
+    /// Row `i`'s values for the split, padded to whole quads.
+    #[inline]
+    pub fn row(&self, i: usize) -> &[i8] {
+        let at = (i * self.act.quads + self.q0) * QUAD;
+        &self.act.q[at..at + self.rows.len().div_ceil(QUAD) * QUAD]
+    }
+
+    /// Row `i`'s four values for the split's quad `qd`, as one little-endian word.
+    #[inline]
+    pub fn quad(&self, i: usize, qd: usize) -> i32 {
+        let at = (i * self.act.quads + self.q0 + qd) * QUAD;
+        let q = &self.act.q[at..at + QUAD];
+        i32::from_le_bytes([q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8])
+    }
+
+    /// Row `i`'s scale for the split's block `b`.
+    #[inline]
+    pub fn scale(&self, i: usize, b: usize) -> f32 {
+        self.act.sx[i * self.act.blocks + self.b0 + b]
+    }
+}
+
+pub fn q8_block_fast_scalar(view: &SplitView, wb: &Q8Rows, scales: &[f32], total: &mut [f32]) {
+    let Q8Rows { w, n, n0, .. } = *wb;
+    let m = view.act.m;
+    let nb = total.len() / m;
+    let (mut isum, mut part) = (vec![0i32; nb], vec![0f32; nb]);
+    for (i, tr) in total.chunks_exact_mut(nb).enumerate() {
+        part.fill(0.0);
+        for (b, block) in view.rows.clone().step_by(ACT_BLOCK).enumerate() {
+            isum.fill(0);
+            for r in block..(block + ACT_BLOCK).min(view.rows.end) {
+                let xv = i32::from(view.value(i, r - view.rows.start));
+                let row = &w[r * n + n0..r * n + n0 + nb];
+                for (s, &v) in isum.iter_mut().zip(row) {
+                    *s += xv * i32::from(v as i8);
+                }
+            }
+            let sx = view.scale(i, b);
+            for (p, &s) in part.iter_mut().zip(&isum) {
+                *p = (s as f32).mul_add(sx, *p);
+            }
+        }
+        for ((t, &p), &sc) in tr.iter_mut().zip(&part).zip(scales) {
+            *t += p * sc;
+        }
+    }
+}
