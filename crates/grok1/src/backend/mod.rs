@@ -35,7 +35,7 @@ pub enum Precision {
     /// activations quantised to int8 in blocks of 32 rows, multiplied as
     /// integers (`cpu::q8_fast`): as llama.cpp runs its quantised types. Faster
     /// prefill; on the tiny fixture models it changes experts about twice as
-    /// often as the reference's own bf16 run (`tests/int8_mode.rs`). Opt-in.
+    /// often as the reference's own bf16 run (`tests/fast_mode.rs`). Opt-in.
     Int8,
 }
 
