@@ -16,7 +16,7 @@
 //! total[i][j] += part * scale[j]                          (as in the f32 mode)
 //! ```
 //!
-//! `f32(isum)` is exact (|isum| <= 32 * 127 * 127 < 2^24), so the SIMD kernels
+//! `f32(isum)` is exact (|isum| <= 32 * 128 * 127 < 2^24), so the SIMD kernels
 //! are bit-identical to the scalar one, and nothing mixes rows, so results do
 //! not depend on the batch.
 
