@@ -165,12 +165,6 @@ pub struct SplitView<'a> {
 }
 
 impl SplitView<'_> {
-    /// Row `i`'s value for weight row `rows.start + t`.
-    #[inline]
-    pub fn value(&self, i: usize, t: usize) -> i8 {
-        self.act.q[(i * self.act.quads + self.q0) * QUAD + t]
-    }
-
     /// Row `i`'s values for the split, padded to whole quads.
     #[inline]
     pub fn row(&self, i: usize) -> &[i8] {
@@ -181,8 +175,7 @@ impl SplitView<'_> {
     /// Row `i`'s four values for the split's quad `qd`, as one little-endian word.
     #[inline]
     pub fn quad(&self, i: usize, qd: usize) -> i32 {
-        let at = (i * self.act.quads + self.q0 + qd) * QUAD;
-        let q = &self.act.q[at..at + QUAD];
+        let q = &self.row(i)[QUAD * qd..QUAD * (qd + 1)];
         i32::from_le_bytes([q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8])
     }
 
@@ -199,11 +192,12 @@ pub fn q8_block_fast_scalar(view: &SplitView, wb: &Q8Rows, scales: &[f32], total
     let nb = total.len() / m;
     let (mut isum, mut part) = (vec![0i32; nb], vec![0f32; nb]);
     for (i, tr) in total.chunks_exact_mut(nb).enumerate() {
+        let xr = view.row(i);
         part.fill(0.0);
         for (b, block) in view.rows.clone().step_by(ACT_BLOCK).enumerate() {
             isum.fill(0);
             for r in block..(block + ACT_BLOCK).min(view.rows.end) {
-                let xv = i32::from(view.value(i, r - view.rows.start));
+                let xv = i32::from(xr[r - view.rows.start]);
                 let row = &w[r * n + n0..r * n + n0 + nb];
                 for (s, &v) in isum.iter_mut().zip(row) {
                     *s += xv * i32::from(v as i8);

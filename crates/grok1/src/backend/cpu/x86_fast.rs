@@ -83,6 +83,24 @@ fn quad_rows(wb: &Q8Rows, qd: usize, zeros: &[u8]) -> [*const u8; QUAD] {
     })
 }
 
+/// Prefetches column `j` of the next quad's rows (once per cache line): a row
+/// segment is a few pages, and hardware prefetchers stop at page boundaries.
+///
+/// # Safety
+/// Each pointer has `j` readable bytes past it (a prefetch reads nothing, but
+/// the address must stay inside the allocation).
+#[inline(always)]
+unsafe fn prefetch_quad(next: Option<[*const u8; QUAD]>, j: usize) {
+    if let Some(next) = next {
+        if j % 64 == 0 {
+            for p in next {
+                // SAFETY: the caller's bound.
+                unsafe { _mm_prefetch(p.add(j) as *const i8, _MM_HINT_T0) };
+            }
+        }
+    }
+}
+
 /// `total[i][j] += part[i][j] * scales[j]` for columns `0..full` (a product,
 /// then a sum, as the scalar kernel).
 ///
@@ -135,13 +153,7 @@ unsafe fn stream<const M: usize>(
             // column n0 (a row of the split, or `zeros`); acc and part rows are
             // `full` long; j + 32 <= full.
             unsafe {
-                if let Some(next) = next {
-                    if j % 64 == 0 {
-                        for p in next {
-                            _mm_prefetch(p.add(j) as *const i8, _MM_HINT_T0);
-                        }
-                    }
-                }
+                prefetch_quad(next, j);
                 let a = _mm256_loadu_si256(p0.add(j) as *const __m256i);
                 let b = _mm256_loadu_si256(p1.add(j) as *const __m256i);
                 let c = _mm256_loadu_si256(p2.add(j) as *const __m256i);
@@ -229,13 +241,7 @@ unsafe fn panels(view: &SplitView, wb: &Q8Rows, full: usize, scales: &[f32], tot
                 // SAFETY: row pointers have `full` bytes from column n0; the
                 // panel of columns j..j + 16 holds `chunk` quads of 64 bytes.
                 unsafe {
-                    if let Some(next) = next {
-                        if j % 64 == 0 {
-                            for p in next {
-                                _mm_prefetch(p.add(j) as *const i8, _MM_HINT_T0);
-                            }
-                        }
-                    }
+                    prefetch_quad(next, j);
                     let a = _mm_loadu_si128(p0.add(j) as *const __m128i);
                     let b = _mm_loadu_si128(p1.add(j) as *const __m128i);
                     let c = _mm_loadu_si128(p2.add(j) as *const __m128i);
