@@ -1,6 +1,7 @@
 //! Throughput of the int8 matrix product and the f32 row dot on large weights:
 //! `kernel_bench [k n m reps]` prints GB/s of weights streamed (and GFLOP/s),
-//! in the exact and the fast mode; with no arguments also the f32 row dot
+//! in the exact mode and with int8 activations, cycling through enough copies
+//! of the matrix to exceed the caches; with no arguments also the f32 row dot
 //! of the output projection.
 
 use std::time::Instant;
@@ -17,38 +18,47 @@ fn main() {
         [k, n, m, r] => (k, n, m, r),
         _ => (6144, 32768, 1, 10),
     };
-    let weight: Vec<u8> = (0..k * n).map(|i| (i * 7 % 251) as u8).collect();
-    let scales: Vec<u8> = (0..n)
-        .flat_map(|_| half::bf16::from_f32(0.01).to_bits().to_le_bytes())
+    // Enough distinct matrices to exceed the caches (as a model's layers do),
+    // used in turn: decoding streams its weights from memory.
+    let copies = (512usize << 20).div_ceil(k * n).max(1);
+    let ws: Vec<QuantMatrix> = (0..copies)
+        .map(|c| {
+            let weight: Vec<u8> = (0..k * n).map(|i| ((i + c) * 7 % 251) as u8).collect();
+            let scales: Vec<u8> = (0..n)
+                .flat_map(|_| half::bf16::from_f32(0.01).to_bits().to_le_bytes())
+                .collect();
+            QuantMatrix {
+                k,
+                n,
+                groups: 1,
+                weight: TensorData::owned(weight),
+                scales: TensorData::owned(scales),
+                scale_dtype: DType::BF16,
+            }
+        })
         .collect();
-    let w = QuantMatrix {
-        k,
-        n,
-        groups: 1,
-        weight: TensorData::owned(weight),
-        scales: TensorData::owned(scales),
-        scale_dtype: DType::BF16,
-    };
     let backend = CpuBackend::new();
     let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.01).collect();
     let mut out = vec![0f32; m * n];
     for fast in [false, true] {
-        let product = |out: &mut [f32]| {
+        let product = |w: &QuantMatrix, out: &mut [f32]| {
             if fast {
-                backend.matmul_q8_fast(&x, &w, out)
+                backend.matmul_q8_fast(&x, w, out)
             } else {
-                backend.matmul_q8(&x, &w, out)
+                backend.matmul_q8(&x, w, out)
             }
         };
-        product(&mut out);
+        for w in &ws {
+            product(w, &mut out);
+        }
         let start = Instant::now();
-        for _ in 0..reps {
-            product(&mut out);
+        for r in 0..reps {
+            product(&ws[r % copies], &mut out);
         }
         let secs = start.elapsed().as_secs_f64();
         println!(
             "q8{} [{k} x {n}] m={m}: {:.2} GB/s, {:.1} GFLOP/s ({:.3} ms per product) on {}",
-            if fast { " fast" } else { "" },
+            if fast { " int8" } else { "" },
             (k * n * reps) as f64 / secs / 1e9,
             (2 * m * k * n * reps) as f64 / secs / 1e9,
             secs / reps as f64 * 1e3,

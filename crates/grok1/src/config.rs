@@ -271,13 +271,13 @@ impl ModelConfig {
                 format!("{} is outside the vocabulary", self.eos_token),
             );
         }
-        if self.key_size % 2 != 0 {
+        if !self.key_size.is_multiple_of(2) {
             return bad(
                 "key_size",
                 format!("{} must be even for rotate-half RoPE", self.key_size),
             );
         }
-        if self.num_q_heads % self.num_kv_heads != 0 {
+        if !self.num_q_heads.is_multiple_of(self.num_kv_heads) {
             return bad(
                 "num_q_heads",
                 format!(
@@ -309,7 +309,7 @@ impl ModelConfig {
             );
         }
         let shards = self.model_parallel_shards;
-        if self.q_width() % shards != 0 {
+        if !self.q_width().is_multiple_of(shards) {
             return bad(
                 "model_parallel_shards",
                 format!(
@@ -318,7 +318,7 @@ impl ModelConfig {
                 ),
             );
         }
-        if self.ffn_size % shards != 0 {
+        if !self.ffn_size.is_multiple_of(shards) {
             return bad(
                 "model_parallel_shards",
                 format!("{shards} does not divide ffn_size {}", self.ffn_size),

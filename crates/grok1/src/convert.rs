@@ -85,7 +85,7 @@ impl Planned<'_> {
 fn matrix_type(want: GgmlType, cols: usize) -> GgmlType {
     [want, GgmlType::Q8_0, GgmlType::F16]
         .into_iter()
-        .find(|t| cols % t.block_size() == 0 && (t.is_float() || !want.is_float()))
+        .find(|t| cols.is_multiple_of(t.block_size()) && (t.is_float() || !want.is_float()))
         .unwrap_or(GgmlType::F16)
 }
 
@@ -626,7 +626,7 @@ fn write_safetensors(
     }
     let mut json = serde_json::Value::Object(header).to_string();
     // Pad with spaces so the data starts 8-byte aligned, as the format advises.
-    while (8 + json.len()) % 8 != 0 {
+    while !(8 + json.len()).is_multiple_of(8) {
         json.push(' ');
     }
     let file = std::fs::File::create(&path).map_err(io(&path))?;

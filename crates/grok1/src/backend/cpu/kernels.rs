@@ -10,16 +10,23 @@ pub enum Isa {
     Scalar,
     /// x86-64 AVX2 with FMA (and F16C, which every such CPU has).
     Avx2,
+    /// AVX2 plus AVX-512 (F, BW, VL) with VNNI: the integer products run on
+    /// `vpdpbusd` (64 byte products per instruction); everything else on the
+    /// AVX2 kernels.
+    Avx512Vnni,
 }
 
 impl Isa {
     /// The best instruction set this CPU has; `GROK1_KERNELS=scalar` forces the
     /// portable kernels (for debugging and comparison).
     pub fn detect() -> Isa {
-        if std::env::var("GROK1_KERNELS").is_ok_and(|v| v == "scalar") {
-            return Isa::Scalar;
+        let best = Self::best();
+        match std::env::var("GROK1_KERNELS").as_deref() {
+            Ok("scalar") => Isa::Scalar,
+            // For comparisons on a CPU that has more.
+            Ok("avx2") if best != Isa::Scalar => Isa::Avx2,
+            _ => best,
         }
-        Self::best()
     }
 
     /// The best instruction set this CPU has, ignoring the environment.
@@ -29,6 +36,13 @@ impl Isa {
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c")
         {
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512vnni")
+            {
+                return Isa::Avx512Vnni;
+            }
             return Isa::Avx2;
         }
         Isa::Scalar
@@ -36,17 +50,21 @@ impl Isa {
 
     /// Every instruction set this CPU can run (for tests).
     pub fn available() -> Vec<Isa> {
-        let mut v = vec![Isa::Scalar];
-        if Self::best() == Isa::Avx2 {
-            v.push(Isa::Avx2);
-        }
-        v
+        let all = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni];
+        let best = all.iter().position(|&i| i == Self::best()).unwrap_or(0);
+        all[..=best].to_vec()
+    }
+
+    /// Whether the AVX2 kernels may run (AVX2 or a superset of it).
+    pub fn has_avx2(self) -> bool {
+        matches!(self, Isa::Avx2 | Isa::Avx512Vnni)
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2+fma",
+            Isa::Avx512Vnni => "avx512-vnni",
         }
     }
 }
@@ -110,7 +128,7 @@ pub fn q8_block(isa: Isa, xp: &[f32], m: usize, wb: &Q8Rows, scales: &[f32], tot
     assert_eq!(total.len(), m * nb, "q8_block: total is not [m, nb]");
     assert!(scales.len() >= nb, "q8_block: fewer scales than columns");
     assert!(
-        xp.len() % m == 0 && rows.end <= xp.len() / m,
+        xp.len().is_multiple_of(m) && rows.end <= xp.len() / m,
         "q8_block: packed activations too short"
     );
     assert!(
@@ -119,7 +137,7 @@ pub fn q8_block(isa: Isa, xp: &[f32], m: usize, wb: &Q8Rows, scales: &[f32], tot
     );
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
+        Isa::Avx2 | Isa::Avx512Vnni => {
             // SAFETY: Avx2 is only chosen when the CPU has AVX2 and FMA
             // (Isa::best), and the bounds above hold for every index used.
             unsafe { super::x86::q8_block_avx2(xp, m, wb, scales, total) }
@@ -157,7 +175,10 @@ pub(crate) fn add_scaled(acc: &[f32], nb: usize, scales: &[f32], total: &mut [f3
 /// of `e` (`[out_t.len() / m, d]`, little-endian f32, not necessarily aligned);
 /// `out_t` is `[rows, m]`.
 pub fn dot_f32_bytes(isa: Isa, x: &[f32], m: usize, d: usize, e: &[u8], out_t: &mut [f32]) {
-    assert!(m > 0 && out_t.len() % m == 0, "dot_f32_bytes: output shape");
+    assert!(
+        m > 0 && out_t.len().is_multiple_of(m),
+        "dot_f32_bytes: output shape"
+    );
     let rows = out_t.len() / m;
     assert!(
         x.len() >= m * d && e.len() >= rows * d * 4,
@@ -165,7 +186,7 @@ pub fn dot_f32_bytes(isa: Isa, x: &[f32], m: usize, d: usize, e: &[u8], out_t: &
     );
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
+        Isa::Avx2 | Isa::Avx512Vnni => {
             // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
             unsafe { super::x86::dot_f32_bytes_avx2(x, m, d, e, out_t) }
         }
@@ -191,7 +212,7 @@ pub fn dot_rows(isa: Isa, q: &[f32], keys: &[f32], scores: &mut [f32]) {
     assert!(keys.len() >= scores.len() * hd, "dot_rows: keys too short");
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
+        Isa::Avx2 | Isa::Avx512Vnni => {
             // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
             unsafe { super::x86::dot_rows_avx2(q, keys, scores) }
         }
@@ -209,7 +230,7 @@ pub fn axpy_rows(isa: Isa, w: &[f32], values: &[f32], out: &mut [f32]) {
     assert!(values.len() >= w.len() * hd, "axpy_rows: values too short");
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
+        Isa::Avx2 | Isa::Avx512Vnni => {
             // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
             unsafe { super::x86::axpy_rows_avx2(w, values, out) }
         }
@@ -229,7 +250,7 @@ pub fn softcap_softmax(isa: Isa, s: &mut [f32], mult: f32, cap: f32, mask: &[boo
     assert!(mask.len() >= s.len(), "softcap_softmax: mask too short");
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
+        Isa::Avx2 | Isa::Avx512Vnni => {
             // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
             unsafe { super::x86::softcap_softmax_avx2(s, mult, cap, mask) }
         }
@@ -258,7 +279,7 @@ pub fn gelu_mul(isa: Isa, h: &mut [f32], v: &[f32]) {
     assert!(v.len() >= h.len(), "gelu_mul: v too short");
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
+        Isa::Avx2 | Isa::Avx512Vnni => {
             // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
             unsafe { super::x86::gelu_mul_avx2(h, v) }
         }
@@ -280,6 +301,10 @@ pub fn dot_i8_rows(isa: Isa, x: &[i8], rows: &[i8], out: &mut [i32]) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` is only chosen when the CPU has AVX2 (Isa::best).
         Isa::Avx2 => unsafe { super::x86::dot_i8_rows_avx2(x, rows, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512Vnni` is only chosen when the CPU has AVX-512
+        // F/BW/VL/VNNI (Isa::best).
+        Isa::Avx512Vnni => unsafe { super::x86_vnni::dot_i8_rows_vnni(x, rows, out) },
         _ => dot_i8_rows_scalar(x, rows, out),
     }
 }
@@ -311,7 +336,7 @@ pub const Q8_0_BLOCK_BYTES: usize = 34;
 /// `m` does exactly these operations for each row, so results do not depend on
 /// the batch. `k` must be a multiple of 32 (Q8_0 rows are whole blocks).
 pub fn dot_q8_0_rows(isa: Isa, x: &[f32], m: usize, k: usize, rows: &[u8], out_t: &mut [f32]) {
-    assert!(m > 0 && k % 32 == 0, "dot_q8_0_rows: shape");
+    assert!(m > 0 && k.is_multiple_of(32), "dot_q8_0_rows: shape");
     assert!(x.len() >= m * k, "dot_q8_0_rows: x too short");
     assert_eq!(
         rows.len(),
@@ -320,7 +345,7 @@ pub fn dot_q8_0_rows(isa: Isa, x: &[f32], m: usize, k: usize, rows: &[u8], out_t
     );
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
+        Isa::Avx2 | Isa::Avx512Vnni => {
             // SAFETY: AVX2/FMA are present (Isa::best), F16C with them on every
             // CPU that has both, and the sizes are checked above.
             unsafe { super::x86::dot_q8_0_rows_avx2(x, m, k, rows, out_t) }

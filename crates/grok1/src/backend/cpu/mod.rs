@@ -16,6 +16,8 @@ pub mod q8_fast;
 mod x86;
 #[cfg(target_arch = "x86_64")]
 mod x86_fast;
+#[cfg(target_arch = "x86_64")]
+mod x86_vnni;
 
 use rayon::prelude::*;
 

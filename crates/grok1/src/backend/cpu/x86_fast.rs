@@ -13,7 +13,7 @@
 use std::arch::x86_64::*;
 
 use super::kernels::Q8Rows;
-use super::q8_fast::{q8_block_fast_scalar, SplitView, BLOCK_QUADS, QUAD};
+use super::q8_fast::{q8_block_fast_scalar, quad_lanes, SplitView, BLOCK_QUADS, QUAD};
 
 /// From this many activation rows on, a chunk of weight quads is interleaved
 /// once into panels and reused by every row from L1/L2; fewer rows interleave
@@ -67,19 +67,15 @@ pub unsafe fn q8_block_fast_avx2(view: &SplitView, wb: &Q8Rows, scales: &[f32], 
     }
 }
 
-/// Pointers to the four weight rows of quad `qd` at column `n0`, with rows past
-/// the split's end (the last quad of a ragged split) read from `zeros` (their
-/// activations are zero, so any finite bytes would do; zeros keep them in bounds).
+/// Pointers to the four weight rows of quad `qd` (`q8_fast::quad_lanes`) at
+/// column `n0`, with padding lanes (in a ragged split's last block) read from
+/// `zeros` (their activations are zero, so any finite bytes would do; zeros
+/// keep them in bounds).
 #[inline(always)]
-fn quad_rows(wb: &Q8Rows, qd: usize, zeros: &[u8]) -> [*const u8; QUAD] {
-    let first = wb.rows.start + QUAD * qd;
-    std::array::from_fn(|u| {
-        let r = first + u;
-        if r < wb.rows.end {
-            wb.w[r * wb.n + wb.n0..].as_ptr()
-        } else {
-            zeros.as_ptr()
-        }
+pub(super) fn quad_rows(wb: &Q8Rows, qd: usize, zeros: &[u8]) -> [*const u8; QUAD] {
+    quad_lanes(wb.rows.len(), qd).map(|lane| match lane {
+        Some(r) => wb.w[(wb.rows.start + r) * wb.n + wb.n0..].as_ptr(),
+        None => zeros.as_ptr(),
     })
 }
 
@@ -90,9 +86,9 @@ fn quad_rows(wb: &Q8Rows, qd: usize, zeros: &[u8]) -> [*const u8; QUAD] {
 /// Each pointer has `j` readable bytes past it (a prefetch reads nothing, but
 /// the address must stay inside the allocation).
 #[inline(always)]
-unsafe fn prefetch_quad(next: Option<[*const u8; QUAD]>, j: usize) {
+pub(super) unsafe fn prefetch_quad(next: Option<[*const u8; QUAD]>, j: usize) {
     if let Some(next) = next {
-        if j % 64 == 0 {
+        if j.is_multiple_of(64) {
             for p in next {
                 // SAFETY: the caller's bound.
                 unsafe { _mm_prefetch(p.add(j) as *const i8, _MM_HINT_T0) };

@@ -1,0 +1,400 @@
+//! AVX-512 VNNI versions of the integer products (`q8_fast.rs` and
+//! `kernels::dot_i8_rows`).
+//!
+//! `vpdpbusd` multiplies unsigned bytes by signed bytes and adds each lane's
+//! four products into an i32: 64 products per instruction, no intermediate
+//! i16 (so no saturation to avoid). The weights are signed, so they enter as
+//! `w + 128` (one XOR with 0x80) and each block's sum comes out as
+//! `sum(w * x) + 128 * sum(x)`; the activations' block sums are known
+//! (`ActI8::xsum`), so the exact i32 `sum(w * x)` is recovered before it goes
+//! to f32, and the results are bit-identical to the scalar reference.
+//!
+//! Layouts are those of the AVX2 kernels (`x86_fast.rs`), 512 bits wide.
+
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::x86_64::*;
+
+use super::kernels::Q8Rows;
+use super::q8_fast::{SplitView, BLOCK_QUADS, QUAD};
+use super::x86_fast::{prefetch_quad, q8_block_fast_avx2, quad_rows};
+
+/// From this many activation rows on, weights go through panels (as on AVX2).
+const PANEL_MIN_M: usize = 4;
+/// Most bytes of interleaved weights held at a time.
+const PANEL_BYTES: usize = 96 << 10;
+/// Activation rows per register tile: 8 i32 and 8 f32 accumulators, one
+/// weight vector, the activations broadcast from memory.
+const TILE_ROWS: usize = 8;
+
+/// `w + 128` as unsigned bytes, for 16 bytes.
+#[inline(always)]
+fn bias128(v: __m128i) -> __m128i {
+    // SAFETY: SSE2 is part of x86-64.
+    unsafe { _mm_xor_si128(v, _mm_set1_epi8(-128)) }
+}
+
+/// VNNI version of `q8_fast::q8_block_fast_scalar`, bit-identical to it.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and AVX-512 F/BW/VL/VNNI, and the bounds
+/// `q8_fast::q8_block_fast` checks must hold.
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn q8_block_fast_vnni(view: &SplitView, wb: &Q8Rows, scales: &[f32], total: &mut [f32]) {
+    let m = view.act.m;
+    let nb = total.len() / m;
+    let full = if m >= PANEL_MIN_M {
+        nb / 16 * 16
+    } else {
+        nb / 64 * 64
+    };
+    if full > 0 {
+        // SAFETY: the caller's bounds; columns 0..full <= nb.
+        unsafe {
+            match m {
+                1 => stream::<1>(view, wb, full, scales, total),
+                2 => stream::<2>(view, wb, full, scales, total),
+                3 => stream::<3>(view, wb, full, scales, total),
+                _ => panels(view, wb, full, scales, total),
+            }
+        }
+    }
+    if full < nb {
+        // The last columns (fewer than a vector) through the AVX2 kernel:
+        // `0 + p * s` is `p * s`, so adding its result is the same sum.
+        let tail = nb - full;
+        let mut t = vec![0f32; m * tail];
+        let cols = Q8Rows {
+            n0: wb.n0 + full,
+            ..wb.clone()
+        };
+        // SAFETY: AVX2 and FMA are present; the columns are a subset of the
+        // caller's, so its bounds hold.
+        unsafe { q8_block_fast_avx2(view, &cols, &scales[full..nb], &mut t) };
+        for (dst, src) in total.chunks_exact_mut(nb).zip(t.chunks_exact(tail)) {
+            for (d, s) in dst[full..].iter_mut().zip(src) {
+                *d += s;
+            }
+        }
+    }
+}
+
+/// The 4 x 4 transpose of 128-bit lanes that takes the unpack order (vector
+/// `u`, lane `l` holds columns `16 l + 4 u ..`) to column order (vector `l`
+/// holds columns `16 l .. 16 l + 16`).
+#[inline(always)]
+fn lanes_to_columns(v: [__m512; 4]) -> [__m512; 4] {
+    // SAFETY: AVX-512F (the callers' target features).
+    unsafe {
+        let t0 = _mm512_shuffle_f32x4::<0b01_00_01_00>(v[0], v[1]);
+        let t1 = _mm512_shuffle_f32x4::<0b01_00_01_00>(v[2], v[3]);
+        let t2 = _mm512_shuffle_f32x4::<0b11_10_11_10>(v[0], v[1]);
+        let t3 = _mm512_shuffle_f32x4::<0b11_10_11_10>(v[2], v[3]);
+        [
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(t0, t1),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(t0, t1),
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(t2, t3),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(t2, t3),
+        ]
+    }
+}
+
+/// `M < PANEL_MIN_M` activation rows (decoding): each quad of weight rows is
+/// read once, 64 columns at a time, interleaved in registers and used by every
+/// row; the i32 sums wait in memory until the block ends, then go into the f32
+/// `part`, both in the unpack order, which is undone once at the end.
+///
+/// # Safety
+/// As `q8_block_fast_vnni`, with `m == M`, `full % 64 == 0`, `full <= nb`.
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn stream<const M: usize>(
+    view: &SplitView,
+    wb: &Q8Rows,
+    full: usize,
+    scales: &[f32],
+    total: &mut [f32],
+) {
+    let nb = total.len() / M;
+    let nq = view.rows.len().div_ceil(QUAD);
+    let zeros = vec![0u8; full];
+    let mut acc = vec![0i32; M * full];
+    let mut part = vec![0f32; M * full];
+    let (ap, pp) = (acc.as_mut_ptr(), part.as_mut_ptr());
+    let bias = _mm512_set1_epi8(-128);
+    for qd in 0..nq {
+        let [p0, p1, p2, p3] = quad_rows(wb, qd, &zeros);
+        let next = (qd + 1 < nq).then(|| quad_rows(wb, qd + 1, &zeros));
+        let xs: [__m512i; M] = std::array::from_fn(|i| _mm512_set1_epi32(view.quad(i, qd)));
+        for j in (0..full).step_by(64) {
+            // SAFETY (block): each row pointer has `full` readable bytes from
+            // column n0 (a row of the split, or `zeros`); acc rows are `full`
+            // long; j + 64 <= full.
+            unsafe {
+                prefetch_quad(next, j);
+                let load = |p: *const u8| {
+                    _mm512_xor_si512(_mm512_loadu_si512(p.add(j) as *const __m512i), bias)
+                };
+                let (a, b, c, d) = (load(p0), load(p1), load(p2), load(p3));
+                let (ab_lo, ab_hi) = (_mm512_unpacklo_epi8(a, b), _mm512_unpackhi_epi8(a, b));
+                let (cd_lo, cd_hi) = (_mm512_unpacklo_epi8(c, d), _mm512_unpackhi_epi8(c, d));
+                // Vector u, 128-bit lane l: columns 16 l + 4 u .. + 4, each
+                // 32-bit lane one column's four rows.
+                let v = [
+                    _mm512_unpacklo_epi16(ab_lo, cd_lo),
+                    _mm512_unpackhi_epi16(ab_lo, cd_lo),
+                    _mm512_unpacklo_epi16(ab_hi, cd_hi),
+                    _mm512_unpackhi_epi16(ab_hi, cd_hi),
+                ];
+                for (i, &x) in xs.iter().enumerate() {
+                    let base = ap.add(i * full + j) as *mut __m512i;
+                    for (u, &vu) in v.iter().enumerate() {
+                        let s = base.add(u);
+                        _mm512_storeu_si512(s, _mm512_dpbusd_epi32(_mm512_loadu_si512(s), vu, x));
+                    }
+                }
+            }
+        }
+        if (qd + 1) % BLOCK_QUADS == 0 || qd + 1 == nq {
+            let b = qd / BLOCK_QUADS;
+            for i in 0..M {
+                let sx = _mm512_set1_ps(view.scale(i, b));
+                let corr = _mm512_set1_epi32(128 * view.sum(i, b));
+                for j in (0..full).step_by(16) {
+                    // SAFETY: j + 16 <= full on rows i < M of acc and part.
+                    unsafe {
+                        let s = ap.add(i * full + j) as *mut __m512i;
+                        let c = _mm512_sub_epi32(_mm512_loadu_si512(s), corr);
+                        let p = pp.add(i * full + j);
+                        let f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c), sx, _mm512_loadu_ps(p));
+                        _mm512_storeu_ps(p, f);
+                        _mm512_storeu_si512(s, _mm512_setzero_si512());
+                    }
+                }
+            }
+        }
+    }
+    for i in 0..M {
+        for j in (0..full).step_by(64) {
+            // SAFETY: row i < M; j + 64 <= full <= nb, scales.len() >= full.
+            unsafe {
+                let p = pp.add(i * full + j);
+                let v: [__m512; 4] = std::array::from_fn(|u| _mm512_loadu_ps(p.add(16 * u)));
+                for (u, col) in lanes_to_columns(v).into_iter().enumerate() {
+                    let s = _mm512_loadu_ps(scales.as_ptr().add(j + 16 * u));
+                    let t = total.as_mut_ptr().add(i * nb + j + 16 * u);
+                    _mm512_storeu_ps(t, _mm512_add_ps(_mm512_loadu_ps(t), _mm512_mul_ps(col, s)));
+                }
+            }
+        }
+    }
+}
+
+/// `m >= PANEL_MIN_M` activation rows: chunks of quads (whole blocks) are
+/// interleaved once into 16-column panels of `w + 128` (`[chunk][16 columns
+/// x 4 rows]` bytes, one 512-bit vector per quad), then `MR x 16` register
+/// tiles run down each panel.
+///
+/// # Safety
+/// As `q8_block_fast_vnni`, with `full % 16 == 0`, `full <= nb`.
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn panels(view: &SplitView, wb: &Q8Rows, full: usize, scales: &[f32], total: &mut [f32]) {
+    let m = view.act.m;
+    let nb = total.len() / m;
+    let nq = view.rows.len().div_ceil(QUAD);
+    let chunk = (PANEL_BYTES / (full * QUAD) / BLOCK_QUADS * BLOCK_QUADS)
+        .max(BLOCK_QUADS)
+        .min(nq.div_ceil(BLOCK_QUADS) * BLOCK_QUADS);
+    let zeros = vec![0u8; full];
+    let mut panel = vec![0u8; chunk * full * QUAD];
+    let mut part = vec![0f32; m * full];
+    let pan = panel.as_mut_ptr();
+    for c0 in (0..nq).step_by(chunk) {
+        let cq = chunk.min(nq - c0);
+        for qd in 0..cq {
+            let [p0, p1, p2, p3] = quad_rows(wb, c0 + qd, &zeros);
+            let next = (c0 + qd + 1 < nq).then(|| quad_rows(wb, c0 + qd + 1, &zeros));
+            for j in (0..full).step_by(16) {
+                // SAFETY: row pointers have `full` bytes from column n0; the
+                // panel of columns j..j + 16 holds `chunk` quads of 64 bytes.
+                unsafe {
+                    prefetch_quad(next, j);
+                    let load = |p: *const u8| bias128(_mm_loadu_si128(p.add(j) as *const __m128i));
+                    let (a, b, c, d) = (load(p0), load(p1), load(p2), load(p3));
+                    let (ab_lo, ab_hi) = (_mm_unpacklo_epi8(a, b), _mm_unpackhi_epi8(a, b));
+                    let (cd_lo, cd_hi) = (_mm_unpacklo_epi8(c, d), _mm_unpackhi_epi8(c, d));
+                    let dst = pan.add((j / 16 * chunk + qd) * 64) as *mut __m128i;
+                    _mm_storeu_si128(dst, _mm_unpacklo_epi16(ab_lo, cd_lo));
+                    _mm_storeu_si128(dst.add(1), _mm_unpackhi_epi16(ab_lo, cd_lo));
+                    _mm_storeu_si128(dst.add(2), _mm_unpacklo_epi16(ab_hi, cd_hi));
+                    _mm_storeu_si128(dst.add(3), _mm_unpackhi_epi16(ab_hi, cd_hi));
+                }
+            }
+        }
+        for j in (0..full).step_by(16) {
+            let tile = Tile {
+                view,
+                panel: &panel[j / 16 * chunk * 64..(j / 16 * chunk + cq) * 64],
+                quads: c0..c0 + cq,
+                last_quad: nq,
+                j,
+                full,
+            };
+            let mut i = 0;
+            while i < m {
+                let mr = TILE_ROWS.min(m - i);
+                // SAFETY: rows i..i + mr <= m of part and total.
+                unsafe {
+                    match mr {
+                        1 => tile.run::<1>(i, &mut part, total, nb, scales),
+                        2 => tile.run::<2>(i, &mut part, total, nb, scales),
+                        3 => tile.run::<3>(i, &mut part, total, nb, scales),
+                        4 => tile.run::<4>(i, &mut part, total, nb, scales),
+                        5 => tile.run::<5>(i, &mut part, total, nb, scales),
+                        6 => tile.run::<6>(i, &mut part, total, nb, scales),
+                        7 => tile.run::<7>(i, &mut part, total, nb, scales),
+                        _ => tile.run::<TILE_ROWS>(i, &mut part, total, nb, scales),
+                    }
+                }
+                i += mr;
+            }
+        }
+    }
+}
+
+/// One chunk of a 16-column panel.
+struct Tile<'a> {
+    view: &'a SplitView<'a>,
+    /// `[quads][64]` interleaved weights, plus 128.
+    panel: &'a [u8],
+    /// The chunk's quads in the split.
+    quads: std::ops::Range<usize>,
+    /// Quads in the split.
+    last_quad: usize,
+    /// The panel's first column.
+    j: usize,
+    /// `part`'s row length.
+    full: usize,
+}
+
+impl Tile<'_> {
+    /// Rows `i0..i0 + MR`.
+    ///
+    /// # Safety
+    /// AVX-512 F/VNNI; `i0 + MR <= m`; `part` is `[m, full]`, `total` `[m, nb]`
+    /// with `j + 16 <= full <= nb`, `scales.len() >= full`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn run<const MR: usize>(
+        &self,
+        i0: usize,
+        part: &mut [f32],
+        total: &mut [f32],
+        nb: usize,
+        scales: &[f32],
+    ) {
+        assert!(self.panel.len() >= self.quads.len() * 64 && self.j + 16 <= self.full);
+        let pp = part.as_mut_ptr();
+        let first = self.quads.start == 0;
+        let last = self.quads.end == self.last_quad;
+        let mut f = [_mm512_setzero_ps(); MR];
+        if !first {
+            for (t, ft) in f.iter_mut().enumerate() {
+                // SAFETY: row i0 + t < m, columns j..j + 16 <= full of part.
+                *ft = unsafe { _mm512_loadu_ps(pp.add((i0 + t) * self.full + self.j)) };
+            }
+        }
+        let mut c = [_mm512_setzero_si512(); MR];
+        let wp = self.panel.as_ptr();
+        // Each row's quads as 32-bit words (read unaligned).
+        let xr: [*const i32; MR] = std::array::from_fn(|t| {
+            let row = self.view.row(i0 + t);
+            assert!(row.len() >= self.quads.end * QUAD);
+            row.as_ptr() as *const i32
+        });
+        // Chunks start on block boundaries: blocks of BLOCK_QUADS quads (the
+        // split's last one shorter), each summed in i32 then taken to f32.
+        let mut qd = self.quads.start;
+        while qd < self.quads.end {
+            let end = (qd + BLOCK_QUADS).min(self.last_quad);
+            debug_assert!(end <= self.quads.end);
+            for q in qd..end {
+                let at = q - self.quads.start;
+                // SAFETY: at < quads.len(), so the panel's 64 bytes are in bounds.
+                let w = unsafe { _mm512_loadu_si512(wp.add(64 * at) as *const __m512i) };
+                for (t, ct) in c.iter_mut().enumerate() {
+                    // SAFETY: q < quads.end, inside the row (asserted above).
+                    let x = _mm512_set1_epi32(unsafe { xr[t].add(q).read_unaligned() });
+                    *ct = _mm512_dpbusd_epi32(*ct, w, x);
+                }
+            }
+            let b = qd / BLOCK_QUADS;
+            for t in 0..MR {
+                let sx = _mm512_set1_ps(self.view.scale(i0 + t, b));
+                let corr = _mm512_set1_epi32(128 * self.view.sum(i0 + t, b));
+                let exact = _mm512_sub_epi32(c[t], corr);
+                f[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), sx, f[t]);
+                c[t] = _mm512_setzero_si512();
+            }
+            qd = end;
+        }
+        for (t, ft) in f.iter().enumerate() {
+            // SAFETY: row i0 + t < m; columns j..j + 16 <= full <= nb.
+            unsafe {
+                if last {
+                    let s = _mm512_loadu_ps(scales.as_ptr().add(self.j));
+                    let p = total.as_mut_ptr().add((i0 + t) * nb + self.j);
+                    _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), _mm512_mul_ps(*ft, s)));
+                } else {
+                    _mm512_storeu_ps(pp.add((i0 + t) * self.full + self.j), *ft);
+                }
+            }
+        }
+    }
+}
+
+/// VNNI version of `kernels::dot_i8_rows_scalar` (exact, so the same result).
+///
+/// # Safety
+/// AVX-512 F/BW/VNNI; `rows.len() == x.len() * out.len()`.
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn dot_i8_rows_vnni(x: &[i8], rows: &[i8], out: &mut [i32]) {
+    let k = x.len();
+    assert_eq!(rows.len(), k * out.len(), "dot_i8_rows_vnni: shapes");
+    let full = k / 64 * 64;
+    let four = k / 256 * 256;
+    // sum((w + 128) * x) = sum(w * x) + 128 * sum(x) over the vector part.
+    let corr = 128 * x[..full].iter().map(|&v| i32::from(v)).sum::<i32>();
+    let bias = _mm512_set1_epi8(-128);
+    let xp = x.as_ptr();
+    for (j, o) in out.iter_mut().enumerate() {
+        let row = &rows[j * k..(j + 1) * k];
+        let rp = row.as_ptr();
+        // SAFETY (both loops): i + 64 * t + 64 <= full <= k for x and the row.
+        let step = |acc: __m512i, at: usize| unsafe {
+            let w = _mm512_xor_si512(_mm512_loadu_si512(rp.add(at) as *const __m512i), bias);
+            _mm512_dpbusd_epi32(acc, w, _mm512_loadu_si512(xp.add(at) as *const __m512i))
+        };
+        let mut acc = [_mm512_setzero_si512(); 4];
+        let mut i = 0;
+        while i < four {
+            for (t, a) in acc.iter_mut().enumerate() {
+                *a = step(*a, i + 64 * t);
+            }
+            i += 256;
+        }
+        while i < full {
+            acc[0] = step(acc[0], i);
+            i += 64;
+        }
+        let sum = _mm512_add_epi32(
+            _mm512_add_epi32(acc[0], acc[1]),
+            _mm512_add_epi32(acc[2], acc[3]),
+        );
+        let tail: i32 = x[full..]
+            .iter()
+            .zip(&row[full..])
+            .map(|(&a, &b)| i32::from(a) * i32::from(b))
+            .sum();
+        *o = _mm512_reduce_add_epi32(sum) - corr + tail;
+    }
+}
