@@ -8,13 +8,16 @@
 # official int8 ckpt-0 format) and converts it to a Q8_0 GGUF with
 # `grok1 convert`, then runs, alternately, R rounds of:
 #   llama-bench on the GGUF,
-#   grok1 bench on the int8 checkpoint (int8 with bf16 scales: fewer bytes than
-#   Q8_0's 8.5 bits per weight),
-#   grok1 bench on the same GGUF file,
+#   for each precision asked for (default: fast, the default mode, and int8,
+#   which quantises activations to int8 as llama.cpp does for Q8_0):
+#     grok1 bench on the int8 checkpoint (int8 with bf16 scales: fewer bytes
+#     than Q8_0's 8.5 bits per weight),
+#     grok1 bench on the same GGUF file,
 # and prints the medians and the ratios. Nothing of llama.cpp is committed.
 #
 # Usage: bench/compare_llamacpp.sh [--threads N] [--repeat R] [--prompt-tokens P]
-#        [--gen-tokens G] [--config FILE] [--precision fast|f32]
+#        [--gen-tokens G] [--config FILE] [--precision LIST]
+#   LIST: comma-separated precisions (fast, int8, f32, bf16; default fast,int8)
 # Environment: GROK1_BENCH_CACHE (default target/llamacpp-bench) holds the
 # llama.cpp build and the models; LLAMA_CPP_DIR uses an existing llama.cpp
 # tree (with build/bin/llama-bench or buildable) instead of downloading one.
@@ -26,7 +29,7 @@ repeat=3
 prompt=128
 gen=64
 config=bench/grok-shape-d1024.json
-precision=fast
+precisions=fast,int8
 while [ $# -gt 0 ]; do
     case "$1" in
         --threads) threads=$2; shift 2 ;;
@@ -34,7 +37,7 @@ while [ $# -gt 0 ]; do
         --prompt-tokens) prompt=$2; shift 2 ;;
         --gen-tokens) gen=$2; shift 2 ;;
         --config) config=$2; shift 2 ;;
-        --precision) precision=$2; shift 2 ;;
+        --precision) precisions=$2; shift 2 ;;
         *) echo "compare_llamacpp: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
     esac
 done
@@ -67,9 +70,9 @@ if [ ! -x "$llama_bench" ]; then
     echo "== building llama-bench (once; a few minutes)"
     PATH=$venv/bin:$PATH cmake -S "$src" -B "$src/build" -DCMAKE_BUILD_TYPE=Release \
         -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF \
-        -DGGML_NATIVE=ON > "$cache/cmake-configure.log"
+        -DGGML_NATIVE=ON > "$cache/cmake-configure.log" 2>&1
     PATH=$venv/bin:$PATH cmake --build "$src/build" -j "$(nproc)" --target llama-bench \
-        > "$cache/cmake-build.log"
+        > "$cache/cmake-build.log" 2>&1
 fi
 llama_commit=$(cd "$src" && (git rev-parse --short HEAD 2>/dev/null || echo "0.3.36 sdist"))
 
@@ -100,34 +103,35 @@ for r in $(seq 1 "$repeat"); do
 for row in json.load(sys.stdin):
     kind = "pp" if row["n_gen"] == 0 else "tg"
     print(json.dumps({"engine": "llama.cpp Q8_0", "kind": kind, "tps": row["avg_ts"]}))' >> "$results"
-    for target in "$model/ckpt" "$gguf"; do
-        label="grok1 int8 ckpt"
-        [ "$target" = "$gguf" ] && label="grok1 Q8_0 GGUF"
-        $grok1 bench --model "$target" --precision "$precision" --threads "$threads" \
-            --prompt-tokens "$prompt" --gen-tokens "$gen" --repeat 1 --json 2>/dev/null | tail -1 \
-            | LABEL=$label python3 -c 'import json,os,sys
+    for precision in ${precisions//,/ }; do
+        for target in "$model/ckpt" "$gguf"; do
+            label="grok1 int8 ckpt, $precision"
+            [ "$target" = "$gguf" ] && label="grok1 Q8_0 GGUF, $precision"
+            $grok1 bench --model "$target" --precision "$precision" --threads "$threads" \
+                --prompt-tokens "$prompt" --gen-tokens "$gen" --repeat 1 --json 2>/dev/null | tail -1 \
+                | LABEL=$label python3 -c 'import json,os,sys
 o = json.load(sys.stdin)
 for kind, key in (("pp", "prompt_tokens_per_s"), ("tg", "gen_tokens_per_s")):
     print(json.dumps({"engine": os.environ["LABEL"], "kind": kind, "tps": o[key],
                       "bytes_per_token": o["weight_bytes_per_token"], "bw": o["mem_bandwidth_gbs"],
                       "roofline": o["roofline_fraction"]}))' >> "$results"
+        done
     done
 done
 
 # 4. Medians and ratios.
 RESULTS=$results PROMPT=$prompt GEN=$gen THREADS=$threads COMMIT=$llama_commit \
-    CONFIG=$config PRECISION=$precision python3 - <<'EOF'
+    CONFIG=$config python3 - <<'EOF'
 import json, os, statistics
 rows = [json.loads(l) for l in open(os.environ["RESULTS"])]
-engines = ["llama.cpp Q8_0", "grok1 int8 ckpt", "grok1 Q8_0 GGUF"]
+engines = list(dict.fromkeys(r["engine"] for r in rows))
 med = {}
 for e in engines:
     for k in ("pp", "tg"):
         v = [r["tps"] for r in rows if r["engine"] == e and r["kind"] == k]
         med[e, k] = (statistics.median(v), min(v), max(v)) if v else None
 p, g = os.environ["PROMPT"], os.environ["GEN"]
-print(f"\nmodel {os.environ['CONFIG']}, {os.environ['THREADS']} threads, llama.cpp {os.environ['COMMIT']}, "
-      f"grok1 --precision {os.environ['PRECISION']}")
+print(f"\nmodel {os.environ['CONFIG']}, {os.environ['THREADS']} threads, llama.cpp {os.environ['COMMIT']}")
 print(f"| engine | pp{p} tok/s | tg{g} tok/s | pp ratio | tg ratio |")
 print("| --- | --- | --- | --- | --- |")
 base = med["llama.cpp Q8_0", "pp"][0], med["llama.cpp Q8_0", "tg"][0]

@@ -227,31 +227,10 @@ unsafe fn panels(view: &SplitView, wb: &Q8Rows, full: usize, scales: &[f32], tot
     let zeros = vec![0u8; full];
     let mut panel = vec![0u8; chunk * full * QUAD];
     let mut part = vec![0f32; m * full];
-    let pan = panel.as_mut_ptr();
     for c0 in (0..nq).step_by(chunk) {
         let cq = chunk.min(nq - c0);
-        for qd in 0..cq {
-            let [p0, p1, p2, p3] = quad_rows(wb, c0 + qd, &zeros);
-            let next = (c0 + qd + 1 < nq).then(|| quad_rows(wb, c0 + qd + 1, &zeros));
-            for j in (0..full).step_by(16) {
-                // SAFETY: row pointers have `full` bytes from column n0; the
-                // panel of columns j..j + 16 holds `chunk` quads of 64 bytes.
-                unsafe {
-                    prefetch_quad(next, j);
-                    let a = _mm_loadu_si128(p0.add(j) as *const __m128i);
-                    let b = _mm_loadu_si128(p1.add(j) as *const __m128i);
-                    let c = _mm_loadu_si128(p2.add(j) as *const __m128i);
-                    let d = _mm_loadu_si128(p3.add(j) as *const __m128i);
-                    let (ab_lo, ab_hi) = (_mm_unpacklo_epi8(a, b), _mm_unpackhi_epi8(a, b));
-                    let (cd_lo, cd_hi) = (_mm_unpacklo_epi8(c, d), _mm_unpackhi_epi8(c, d));
-                    let dst = pan.add((j / 16 * chunk + qd) * 64) as *mut __m128i;
-                    _mm_storeu_si128(dst, _mm_unpacklo_epi16(ab_lo, cd_lo));
-                    _mm_storeu_si128(dst.add(1), _mm_unpackhi_epi16(ab_lo, cd_lo));
-                    _mm_storeu_si128(dst.add(2), _mm_unpacklo_epi16(ab_hi, cd_hi));
-                    _mm_storeu_si128(dst.add(3), _mm_unpackhi_epi16(ab_hi, cd_hi));
-                }
-            }
-        }
+        // SAFETY: the caller's bounds; the panel holds `chunk` quads per 16 columns.
+        unsafe { pack_panels(wb, c0..c0 + cq, nq, chunk, full, &zeros, &mut panel, false) };
         for j in (0..full).step_by(16) {
             let tile = Tile {
                 view,
@@ -279,19 +258,66 @@ unsafe fn panels(view: &SplitView, wb: &Q8Rows, full: usize, scales: &[f32], tot
     }
 }
 
-/// One chunk of a 16-column panel.
-struct Tile<'a> {
-    view: &'a SplitView<'a>,
-    /// `[quads][64]` interleaved weights.
-    panel: &'a [u8],
-    /// The chunk's quads in the split.
+/// Interleaves the split's quads `quads` (a chunk of `chunk` at most, of `nq`)
+/// into 16-column panels (`panel[(j / 16 * chunk + q) * 64..]`: column `j +
+/// c`'s four rows at bytes `4 c..4 c + 4`) for columns `0..full`, prefetching
+/// the next quad's rows; `bias` adds 128 to every byte (the unsigned operand
+/// of the VNNI kernels).
+///
+/// # Safety
+/// AVX2; the bounds of `q8_block_fast_avx2` with `full <= nb`,
+/// `full % 16 == 0`, `zeros.len() >= full`, `panel.len() >= chunk * full * 4`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn pack_panels(
+    wb: &Q8Rows,
     quads: std::ops::Range<usize>,
-    /// Quads in the split.
-    last_quad: usize,
-    /// The panel's first column.
-    j: usize,
-    /// `part`'s row length.
+    nq: usize,
+    chunk: usize,
     full: usize,
+    zeros: &[u8],
+    panel: &mut [u8],
+    bias: bool,
+) {
+    assert!(quads.len() <= chunk && panel.len() >= chunk * full * QUAD && zeros.len() >= full);
+    let pan = panel.as_mut_ptr();
+    let flip = _mm_set1_epi8(if bias { -128 } else { 0 });
+    for (qd, quad) in quads.clone().enumerate() {
+        let [p0, p1, p2, p3] = quad_rows(wb, quad, zeros);
+        let next = (quad + 1 < nq).then(|| quad_rows(wb, quad + 1, zeros));
+        for j in (0..full).step_by(16) {
+            // SAFETY: row pointers have `full` bytes from column n0; the
+            // panel of columns j..j + 16 holds `chunk` quads of 64 bytes.
+            unsafe {
+                prefetch_quad(next, j);
+                let load =
+                    |p: *const u8| _mm_xor_si128(_mm_loadu_si128(p.add(j) as *const __m128i), flip);
+                let (a, b, c, d) = (load(p0), load(p1), load(p2), load(p3));
+                let (ab_lo, ab_hi) = (_mm_unpacklo_epi8(a, b), _mm_unpackhi_epi8(a, b));
+                let (cd_lo, cd_hi) = (_mm_unpacklo_epi8(c, d), _mm_unpackhi_epi8(c, d));
+                let dst = pan.add((j / 16 * chunk + qd) * 64) as *mut __m128i;
+                _mm_storeu_si128(dst, _mm_unpacklo_epi16(ab_lo, cd_lo));
+                _mm_storeu_si128(dst.add(1), _mm_unpackhi_epi16(ab_lo, cd_lo));
+                _mm_storeu_si128(dst.add(2), _mm_unpacklo_epi16(ab_hi, cd_hi));
+                _mm_storeu_si128(dst.add(3), _mm_unpackhi_epi16(ab_hi, cd_hi));
+            }
+        }
+    }
+}
+
+/// One chunk of a 16-column panel (the AVX2 and VNNI tiles run on it).
+pub(super) struct Tile<'a> {
+    pub view: &'a SplitView<'a>,
+    /// `[quads][64]` interleaved weights.
+    pub panel: &'a [u8],
+    /// The chunk's quads in the split.
+    pub quads: std::ops::Range<usize>,
+    /// Quads in the split.
+    pub last_quad: usize,
+    /// The panel's first column.
+    pub j: usize,
+    /// `part`'s row length.
+    pub full: usize,
 }
 
 impl Tile<'_> {

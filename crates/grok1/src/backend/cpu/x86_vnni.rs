@@ -17,7 +17,7 @@ use std::arch::x86_64::*;
 
 use super::kernels::Q8Rows;
 use super::q8_fast::{SplitView, BLOCK_QUADS, QUAD};
-use super::x86_fast::{prefetch_quad, q8_block_fast_avx2, quad_rows};
+use super::x86_fast::{pack_panels, prefetch_quad, q8_block_fast_avx2, quad_rows, Tile};
 
 /// From this many activation rows on, weights go through panels (as on AVX2).
 const PANEL_MIN_M: usize = 4;
@@ -26,13 +26,6 @@ const PANEL_BYTES: usize = 96 << 10;
 /// Activation rows per register tile: 8 i32 and 8 f32 accumulators, one
 /// weight vector, the activations broadcast from memory.
 const TILE_ROWS: usize = 8;
-
-/// `w + 128` as unsigned bytes, for 16 bytes.
-#[inline(always)]
-fn bias128(v: __m128i) -> __m128i {
-    // SAFETY: SSE2 is part of x86-64.
-    unsafe { _mm_xor_si128(v, _mm_set1_epi8(-128)) }
-}
 
 /// VNNI version of `q8_fast::q8_block_fast_scalar`, bit-identical to it.
 ///
@@ -207,29 +200,10 @@ unsafe fn panels(view: &SplitView, wb: &Q8Rows, full: usize, scales: &[f32], tot
     let zeros = vec![0u8; full];
     let mut panel = vec![0u8; chunk * full * QUAD];
     let mut part = vec![0f32; m * full];
-    let pan = panel.as_mut_ptr();
     for c0 in (0..nq).step_by(chunk) {
         let cq = chunk.min(nq - c0);
-        for qd in 0..cq {
-            let [p0, p1, p2, p3] = quad_rows(wb, c0 + qd, &zeros);
-            let next = (c0 + qd + 1 < nq).then(|| quad_rows(wb, c0 + qd + 1, &zeros));
-            for j in (0..full).step_by(16) {
-                // SAFETY: row pointers have `full` bytes from column n0; the
-                // panel of columns j..j + 16 holds `chunk` quads of 64 bytes.
-                unsafe {
-                    prefetch_quad(next, j);
-                    let load = |p: *const u8| bias128(_mm_loadu_si128(p.add(j) as *const __m128i));
-                    let (a, b, c, d) = (load(p0), load(p1), load(p2), load(p3));
-                    let (ab_lo, ab_hi) = (_mm_unpacklo_epi8(a, b), _mm_unpackhi_epi8(a, b));
-                    let (cd_lo, cd_hi) = (_mm_unpacklo_epi8(c, d), _mm_unpackhi_epi8(c, d));
-                    let dst = pan.add((j / 16 * chunk + qd) * 64) as *mut __m128i;
-                    _mm_storeu_si128(dst, _mm_unpacklo_epi16(ab_lo, cd_lo));
-                    _mm_storeu_si128(dst.add(1), _mm_unpackhi_epi16(ab_lo, cd_lo));
-                    _mm_storeu_si128(dst.add(2), _mm_unpacklo_epi16(ab_hi, cd_hi));
-                    _mm_storeu_si128(dst.add(3), _mm_unpackhi_epi16(ab_hi, cd_hi));
-                }
-            }
-        }
+        // SAFETY: the caller's bounds; the panel holds `chunk` quads per 16 columns.
+        unsafe { pack_panels(wb, c0..c0 + cq, nq, chunk, full, &zeros, &mut panel, true) };
         for j in (0..full).step_by(16) {
             let tile = Tile {
                 view,
@@ -245,14 +219,14 @@ unsafe fn panels(view: &SplitView, wb: &Q8Rows, full: usize, scales: &[f32], tot
                 // SAFETY: rows i..i + mr <= m of part and total.
                 unsafe {
                     match mr {
-                        1 => tile.run::<1>(i, &mut part, total, nb, scales),
-                        2 => tile.run::<2>(i, &mut part, total, nb, scales),
-                        3 => tile.run::<3>(i, &mut part, total, nb, scales),
-                        4 => tile.run::<4>(i, &mut part, total, nb, scales),
-                        5 => tile.run::<5>(i, &mut part, total, nb, scales),
-                        6 => tile.run::<6>(i, &mut part, total, nb, scales),
-                        7 => tile.run::<7>(i, &mut part, total, nb, scales),
-                        _ => tile.run::<TILE_ROWS>(i, &mut part, total, nb, scales),
+                        1 => tile.run_vnni::<1>(i, &mut part, total, nb, scales),
+                        2 => tile.run_vnni::<2>(i, &mut part, total, nb, scales),
+                        3 => tile.run_vnni::<3>(i, &mut part, total, nb, scales),
+                        4 => tile.run_vnni::<4>(i, &mut part, total, nb, scales),
+                        5 => tile.run_vnni::<5>(i, &mut part, total, nb, scales),
+                        6 => tile.run_vnni::<6>(i, &mut part, total, nb, scales),
+                        7 => tile.run_vnni::<7>(i, &mut part, total, nb, scales),
+                        _ => tile.run_vnni::<TILE_ROWS>(i, &mut part, total, nb, scales),
                     }
                 }
                 i += mr;
@@ -261,30 +235,15 @@ unsafe fn panels(view: &SplitView, wb: &Q8Rows, full: usize, scales: &[f32], tot
     }
 }
 
-/// One chunk of a 16-column panel.
-struct Tile<'a> {
-    view: &'a SplitView<'a>,
-    /// `[quads][64]` interleaved weights, plus 128.
-    panel: &'a [u8],
-    /// The chunk's quads in the split.
-    quads: std::ops::Range<usize>,
-    /// Quads in the split.
-    last_quad: usize,
-    /// The panel's first column.
-    j: usize,
-    /// `part`'s row length.
-    full: usize,
-}
-
 impl Tile<'_> {
-    /// Rows `i0..i0 + MR`.
+    /// Rows `i0..i0 + MR`, on `w + 128` panels.
     ///
     /// # Safety
     /// AVX-512 F/VNNI; `i0 + MR <= m`; `part` is `[m, full]`, `total` `[m, nb]`
     /// with `j + 16 <= full <= nb`, `scales.len() >= full`.
     #[inline]
     #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn run<const MR: usize>(
+    unsafe fn run_vnni<const MR: usize>(
         &self,
         i0: usize,
         part: &mut [f32],
