@@ -18,7 +18,8 @@ pub enum Isa {
 
 impl Isa {
     /// The best instruction set this CPU has; `GROK1_KERNELS=scalar` forces the
-    /// portable kernels (for debugging and comparison).
+    /// portable kernels and `GROK1_KERNELS=avx2` the AVX2 ones on a CPU that
+    /// has more (for debugging and comparison).
     pub fn detect() -> Isa {
         let best = Self::best();
         match std::env::var("GROK1_KERNELS").as_deref() {
@@ -53,11 +54,6 @@ impl Isa {
         let all = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni];
         let best = all.iter().position(|&i| i == Self::best()).unwrap_or(0);
         all[..=best].to_vec()
-    }
-
-    /// Whether the AVX2 kernels may run (AVX2 or a superset of it).
-    pub fn has_avx2(self) -> bool {
-        matches!(self, Isa::Avx2 | Isa::Avx512Vnni)
     }
 
     pub fn name(self) -> &'static str {

@@ -268,3 +268,27 @@ pub fn q8_block_fast_scalar(view: &SplitView, wb: &Q8Rows, scales: &[f32], total
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quads_cover_each_row_once_and_quad_index_inverts_them() {
+        for len in 1usize..=300 {
+            let quads = len.div_ceil(QUAD);
+            let mut seen = vec![0; len];
+            for qd in 0..quads {
+                for (u, lane) in quad_lanes(len, qd).into_iter().enumerate() {
+                    if let Some(r) = lane {
+                        seen[r] += 1;
+                        assert_eq!(quad_index(len, r), qd * QUAD + u, "len {len} row {r}");
+                        // A quad never leaves its block (one scale per block).
+                        assert_eq!(r / ACT_BLOCK, qd / BLOCK_QUADS);
+                    }
+                }
+            }
+            assert!(seen.iter().all(|&c| c == 1), "len {len}: {seen:?}");
+        }
+    }
+}

@@ -75,21 +75,19 @@ pub unsafe fn q8_block_fast_vnni(view: &SplitView, wb: &Q8Rows, scales: &[f32], 
 /// The 4 x 4 transpose of 128-bit lanes that takes the unpack order (vector
 /// `u`, lane `l` holds columns `16 l + 4 u ..`) to column order (vector `l`
 /// holds columns `16 l .. 16 l + 16`).
-#[inline(always)]
+#[inline]
+#[target_feature(enable = "avx512f")]
 fn lanes_to_columns(v: [__m512; 4]) -> [__m512; 4] {
-    // SAFETY: AVX-512F (the callers' target features).
-    unsafe {
-        let t0 = _mm512_shuffle_f32x4::<0b01_00_01_00>(v[0], v[1]);
-        let t1 = _mm512_shuffle_f32x4::<0b01_00_01_00>(v[2], v[3]);
-        let t2 = _mm512_shuffle_f32x4::<0b11_10_11_10>(v[0], v[1]);
-        let t3 = _mm512_shuffle_f32x4::<0b11_10_11_10>(v[2], v[3]);
-        [
-            _mm512_shuffle_f32x4::<0b10_00_10_00>(t0, t1),
-            _mm512_shuffle_f32x4::<0b11_01_11_01>(t0, t1),
-            _mm512_shuffle_f32x4::<0b10_00_10_00>(t2, t3),
-            _mm512_shuffle_f32x4::<0b11_01_11_01>(t2, t3),
-        ]
-    }
+    let t0 = _mm512_shuffle_f32x4::<0b01_00_01_00>(v[0], v[1]);
+    let t1 = _mm512_shuffle_f32x4::<0b01_00_01_00>(v[2], v[3]);
+    let t2 = _mm512_shuffle_f32x4::<0b11_10_11_10>(v[0], v[1]);
+    let t3 = _mm512_shuffle_f32x4::<0b11_10_11_10>(v[2], v[3]);
+    [
+        _mm512_shuffle_f32x4::<0b10_00_10_00>(t0, t1),
+        _mm512_shuffle_f32x4::<0b11_01_11_01>(t0, t1),
+        _mm512_shuffle_f32x4::<0b10_00_10_00>(t2, t3),
+        _mm512_shuffle_f32x4::<0b11_01_11_01>(t2, t3),
+    ]
 }
 
 /// `M < PANEL_MIN_M` activation rows (decoding): each quad of weight rows is
