@@ -72,6 +72,29 @@ pub unsafe fn q8_block_fast_vnni(view: &SplitView, wb: &Q8Rows, scales: &[f32], 
     }
 }
 
+/// Columns `j .. j + 64` of a quad's four rows as `w + 128`, interleaved:
+/// vector `u`, 128-bit lane `l` holds columns `16 l + 4 u .. + 4`, each 32-bit
+/// lane one column's four rows.
+///
+/// # Safety
+/// Each pointer has `j + 64` readable bytes.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn interleave_quad(rows: [*const u8; QUAD], j: usize) -> [__m512i; 4] {
+    let bias = _mm512_set1_epi8(-128);
+    // SAFETY: the caller's bound.
+    let [a, b, c, d] = rows
+        .map(|p| unsafe { _mm512_xor_si512(_mm512_loadu_si512(p.add(j) as *const __m512i), bias) });
+    let (ab_lo, ab_hi) = (_mm512_unpacklo_epi8(a, b), _mm512_unpackhi_epi8(a, b));
+    let (cd_lo, cd_hi) = (_mm512_unpacklo_epi8(c, d), _mm512_unpackhi_epi8(c, d));
+    [
+        _mm512_unpacklo_epi16(ab_lo, cd_lo),
+        _mm512_unpackhi_epi16(ab_lo, cd_lo),
+        _mm512_unpacklo_epi16(ab_hi, cd_hi),
+        _mm512_unpackhi_epi16(ab_hi, cd_hi),
+    ]
+}
+
 /// The 4 x 4 transpose of 128-bit lanes that takes the unpack order (vector
 /// `u`, lane `l` holds columns `16 l + 4 u ..`) to column order (vector `l`
 /// holds columns `16 l .. 16 l + 16`).
@@ -111,7 +134,6 @@ unsafe fn stream<const M: usize>(
     let mut acc = vec![0i32; M * full];
     let mut part = vec![0f32; M * full];
     let (ap, pp) = (acc.as_mut_ptr(), part.as_mut_ptr());
-    let bias = _mm512_set1_epi8(-128);
     for qd in 0..nq {
         let [p0, p1, p2, p3] = quad_rows(wb, qd, &zeros);
         let next = (qd + 1 < nq).then(|| quad_rows(wb, qd + 1, &zeros));
@@ -122,20 +144,7 @@ unsafe fn stream<const M: usize>(
             // long; j + 64 <= full.
             unsafe {
                 prefetch_quad(next, j);
-                let load = |p: *const u8| {
-                    _mm512_xor_si512(_mm512_loadu_si512(p.add(j) as *const __m512i), bias)
-                };
-                let (a, b, c, d) = (load(p0), load(p1), load(p2), load(p3));
-                let (ab_lo, ab_hi) = (_mm512_unpacklo_epi8(a, b), _mm512_unpackhi_epi8(a, b));
-                let (cd_lo, cd_hi) = (_mm512_unpacklo_epi8(c, d), _mm512_unpackhi_epi8(c, d));
-                // Vector u, 128-bit lane l: columns 16 l + 4 u .. + 4, each
-                // 32-bit lane one column's four rows.
-                let v = [
-                    _mm512_unpacklo_epi16(ab_lo, cd_lo),
-                    _mm512_unpackhi_epi16(ab_lo, cd_lo),
-                    _mm512_unpacklo_epi16(ab_hi, cd_hi),
-                    _mm512_unpackhi_epi16(ab_hi, cd_hi),
-                ];
+                let v = interleave_quad([p0, p1, p2, p3], j);
                 for (i, &x) in xs.iter().enumerate() {
                     let base = ap.add(i * full + j) as *mut __m512i;
                     for (u, &vu) in v.iter().enumerate() {
@@ -180,6 +189,45 @@ unsafe fn stream<const M: usize>(
     }
 }
 
+/// `x86_fast::pack_panels` with `bias`, 64 columns at a time: four full cache
+/// lines per quad interleaved in registers (as the decode stream does), the
+/// lanes put in column order, four panels written.
+///
+/// # Safety
+/// As `pack_panels`, with `full % 64 == 0` and AVX-512 F/BW.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,avx512f,avx512bw")]
+unsafe fn pack_panels_wide(
+    wb: &Q8Rows,
+    quads: std::ops::Range<usize>,
+    nq: usize,
+    chunk: usize,
+    full: usize,
+    zeros: &[u8],
+    panel: &mut [u8],
+) {
+    assert!(quads.len() <= chunk && panel.len() >= chunk * full * QUAD && zeros.len() >= full);
+    assert!(full.is_multiple_of(64));
+    let pan = panel.as_mut_ptr();
+    for (qd, quad) in quads.clone().enumerate() {
+        let [p0, p1, p2, p3] = quad_rows(wb, quad, zeros);
+        let next = (quad + 1 < nq).then(|| quad_rows(wb, quad + 1, zeros));
+        for j in (0..full).step_by(64) {
+            // SAFETY: row pointers have `full` bytes from column n0, j + 64 <=
+            // full; panels j / 16 .. j / 16 + 4 hold `chunk` quads of 64 bytes.
+            unsafe {
+                prefetch_quad(next, j);
+                let v = interleave_quad([p0, p1, p2, p3], j);
+                let cols = lanes_to_columns(v.map(|x| _mm512_castsi512_ps(x)));
+                for (u, col) in cols.into_iter().enumerate() {
+                    let dst = pan.add(((j / 16 + u) * chunk + qd) * 64);
+                    _mm512_storeu_ps(dst as *mut f32, col);
+                }
+            }
+        }
+    }
+}
+
 /// `m >= PANEL_MIN_M` activation rows: chunks of quads (whole blocks) are
 /// interleaved once into 16-column panels of `w + 128` (`[chunk][16 columns
 /// x 4 rows]` bytes, one 512-bit vector per quad), then `MR x 16` register
@@ -201,7 +249,13 @@ unsafe fn panels(view: &SplitView, wb: &Q8Rows, full: usize, scales: &[f32], tot
     for c0 in (0..nq).step_by(chunk) {
         let cq = chunk.min(nq - c0);
         // SAFETY: the caller's bounds; the panel holds `chunk` quads per 16 columns.
-        unsafe { pack_panels(wb, c0..c0 + cq, nq, chunk, full, &zeros, &mut panel, true) };
+        unsafe {
+            if full.is_multiple_of(64) {
+                pack_panels_wide(wb, c0..c0 + cq, nq, chunk, full, &zeros, &mut panel);
+            } else {
+                pack_panels(wb, c0..c0 + cq, nq, chunk, full, &zeros, &mut panel, true);
+            }
+        }
         for j in (0..full).step_by(16) {
             let tile = Tile {
                 view,
