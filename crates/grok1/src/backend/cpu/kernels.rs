@@ -158,6 +158,36 @@ pub fn q8_block_scalar(xp: &[f32], m: usize, wb: &Q8Rows, scales: &[f32], total:
     add_scaled(&acc, nb, scales, total);
 }
 
+/// Columns `full..nb` of a `[m, nb]` block product (`total`) through
+/// `kernel`, a path for any width, for the last columns a wide kernel leaves:
+/// `kernel` adds `p * s` into zeros, which is `p * s` exactly, so adding its
+/// result into `total` gives the sums it would give in place.
+pub(crate) fn add_tail_columns(
+    m: usize,
+    full: usize,
+    wb: &Q8Rows,
+    scales: &[f32],
+    total: &mut [f32],
+    kernel: impl FnOnce(&Q8Rows, &[f32], &mut [f32]),
+) {
+    let nb = total.len() / m;
+    if full >= nb {
+        return;
+    }
+    let tail = nb - full;
+    let mut t = vec![0f32; m * tail];
+    let cols = Q8Rows {
+        n0: wb.n0 + full,
+        ..wb.clone()
+    };
+    kernel(&cols, &scales[full..nb], &mut t);
+    for (dst, src) in total.chunks_exact_mut(nb).zip(t.chunks_exact(tail)) {
+        for (d, s) in dst[full..].iter_mut().zip(src) {
+            *d += s;
+        }
+    }
+}
+
 /// `total[i][j] += acc[i][j] * scales[j]` for `[_, nb]` matrices.
 pub(crate) fn add_scaled(acc: &[f32], nb: usize, scales: &[f32], total: &mut [f32]) {
     for (tr, ar) in total.chunks_exact_mut(nb).zip(acc.chunks_exact(nb)) {

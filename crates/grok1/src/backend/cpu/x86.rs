@@ -210,20 +210,9 @@ unsafe fn q8_block_panels(xp: &[f32], m: usize, wb: &Q8Rows, scales: &[f32], tot
             }
         }
     }
-    if full < nb {
-        let tail = nb - full;
-        let mut t = vec![0f32; m * tail];
-        let tail_cols = Q8Rows {
-            n0: n0 + full,
-            ..wb.clone()
-        };
-        super::kernels::q8_block_scalar(xp, m, &tail_cols, &scales[full..nb], &mut t);
-        for (dst, src) in total.chunks_exact_mut(nb).zip(t.chunks_exact(tail)) {
-            for (d, s) in dst[full..].iter_mut().zip(src) {
-                *d += s;
-            }
-        }
-    }
+    super::kernels::add_tail_columns(m, full, wb, scales, total, |cols, s, t| {
+        super::kernels::q8_block_scalar(xp, m, cols, s, t)
+    });
 }
 
 /// `q8_block_panels` for a wide matrix (columns `0..nb / 16 * 16`): chunks of

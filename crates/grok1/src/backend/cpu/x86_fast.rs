@@ -12,13 +12,13 @@
 
 use std::arch::x86_64::*;
 
-use super::kernels::Q8Rows;
+use super::kernels::{add_tail_columns, Q8Rows};
 use super::q8_fast::{q8_block_fast_scalar, quad_lanes, SplitView, BLOCK_QUADS, QUAD};
 
 /// From this many activation rows on, a chunk of weight quads is interleaved
 /// once into panels and reused by every row from L1/L2; fewer rows interleave
 /// each quad in registers as it streams past.
-const PANEL_MIN_M: usize = 4;
+pub(super) const PANEL_MIN_M: usize = 4;
 /// Most bytes of interleaved weights held at a time.
 const PANEL_BYTES: usize = 96 << 10;
 /// Activation rows per register tile.
@@ -49,22 +49,10 @@ pub unsafe fn q8_block_fast_avx2(view: &SplitView, wb: &Q8Rows, scales: &[f32], 
             }
         }
     }
-    if full < nb {
-        // The last columns (fewer than a vector) through the scalar kernel:
-        // `0 + p * s` is `p * s`, so adding its result is the same sum.
-        let tail = nb - full;
-        let mut t = vec![0f32; m * tail];
-        let cols = Q8Rows {
-            n0: wb.n0 + full,
-            ..wb.clone()
-        };
-        q8_block_fast_scalar(view, &cols, &scales[full..nb], &mut t);
-        for (dst, src) in total.chunks_exact_mut(nb).zip(t.chunks_exact(tail)) {
-            for (d, s) in dst[full..].iter_mut().zip(src) {
-                *d += s;
-            }
-        }
-    }
+    // The last columns (fewer than a vector) through the scalar kernel.
+    add_tail_columns(m, full, wb, scales, total, |cols, s, t| {
+        q8_block_fast_scalar(view, cols, s, t)
+    });
 }
 
 /// Pointers to the four weight rows of quad `qd` (`q8_fast::quad_lanes`) at
@@ -218,8 +206,46 @@ unsafe fn stream<const M: usize>(
 /// As `q8_block_fast_avx2`, with `full % 16 == 0`, `full <= nb`.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn panels(view: &SplitView, wb: &Q8Rows, full: usize, scales: &[f32], total: &mut [f32]) {
+    let nb = total.len() / view.act.m;
+    run_panels(
+        view,
+        full,
+        total,
+        TILE_ROWS,
+        |quads, nq, chunk, zeros, panel| {
+            // SAFETY: the caller's bounds; the panel holds `chunk` quads per 16 columns.
+            unsafe { pack_panels(wb, quads, nq, chunk, full, zeros, panel, false) }
+        },
+        |tile, i, mr, part, total| {
+            // SAFETY: rows i..i + mr <= m of part and total.
+            unsafe {
+                match mr {
+                    1 => tile.run::<1>(i, part, total, nb, scales),
+                    2 => tile.run::<2>(i, part, total, nb, scales),
+                    3 => tile.run::<3>(i, part, total, nb, scales),
+                    _ => tile.run::<TILE_ROWS>(i, part, total, nb, scales),
+                }
+            }
+        },
+    );
+}
+
+/// The panel loop of the int8 tile kernels (AVX2 and VNNI): chunks of quads
+/// (whole blocks, `PANEL_BYTES` of panels at most) interleaved by `pack(quads,
+/// nq, chunk, zeros, panel)` into 16-column panels, then for each panel
+/// `run(tile, i, mr, part, total)` on rows `i..i + mr`, `mr <= tile_rows`,
+/// with `part` (`[m, full]`) carrying the sums between chunks. Columns
+/// `0..full` (`full % 16 == 0`, `full <= nb`).
+#[inline(always)]
+pub(super) fn run_panels(
+    view: &SplitView,
+    full: usize,
+    total: &mut [f32],
+    tile_rows: usize,
+    pack: impl Fn(std::ops::Range<usize>, usize, usize, &[u8], &mut [u8]),
+    run: impl Fn(&Tile, usize, usize, &mut [f32], &mut [f32]),
+) {
     let m = view.act.m;
-    let nb = total.len() / m;
     let nq = view.rows.len().div_ceil(QUAD);
     let chunk = (PANEL_BYTES / (full * QUAD) / BLOCK_QUADS * BLOCK_QUADS)
         .max(BLOCK_QUADS)
@@ -229,8 +255,7 @@ unsafe fn panels(view: &SplitView, wb: &Q8Rows, full: usize, scales: &[f32], tot
     let mut part = vec![0f32; m * full];
     for c0 in (0..nq).step_by(chunk) {
         let cq = chunk.min(nq - c0);
-        // SAFETY: the caller's bounds; the panel holds `chunk` quads per 16 columns.
-        unsafe { pack_panels(wb, c0..c0 + cq, nq, chunk, full, &zeros, &mut panel, false) };
+        pack(c0..c0 + cq, nq, chunk, &zeros, &mut panel);
         for j in (0..full).step_by(16) {
             let tile = Tile {
                 view,
@@ -242,16 +267,8 @@ unsafe fn panels(view: &SplitView, wb: &Q8Rows, full: usize, scales: &[f32], tot
             };
             let mut i = 0;
             while i < m {
-                let mr = TILE_ROWS.min(m - i);
-                // SAFETY: rows i..i + mr <= m of part and total.
-                unsafe {
-                    match mr {
-                        1 => tile.run::<1>(i, &mut part, total, nb, scales),
-                        2 => tile.run::<2>(i, &mut part, total, nb, scales),
-                        3 => tile.run::<3>(i, &mut part, total, nb, scales),
-                        _ => tile.run::<TILE_ROWS>(i, &mut part, total, nb, scales),
-                    }
-                }
+                let mr = tile_rows.min(m - i);
+                run(&tile, i, mr, &mut part, total);
                 i += mr;
             }
         }

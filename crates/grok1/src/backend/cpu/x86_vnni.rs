@@ -15,14 +15,12 @@
 
 use std::arch::x86_64::*;
 
-use super::kernels::Q8Rows;
+use super::kernels::{add_tail_columns, Q8Rows};
 use super::q8_fast::{SplitView, BLOCK_QUADS, QUAD};
-use super::x86_fast::{pack_panels, prefetch_quad, q8_block_fast_avx2, quad_rows, Tile};
+use super::x86_fast::{
+    pack_panels, prefetch_quad, q8_block_fast_avx2, quad_rows, run_panels, Tile, PANEL_MIN_M,
+};
 
-/// From this many activation rows on, weights go through panels (as on AVX2).
-const PANEL_MIN_M: usize = 4;
-/// Most bytes of interleaved weights held at a time.
-const PANEL_BYTES: usize = 96 << 10;
 /// Activation rows per register tile: 8 i32 and 8 f32 accumulators, one
 /// weight vector, the activations broadcast from memory.
 const TILE_ROWS: usize = 8;
@@ -52,24 +50,12 @@ pub unsafe fn q8_block_fast_vnni(view: &SplitView, wb: &Q8Rows, scales: &[f32], 
             }
         }
     }
-    if full < nb {
-        // The last columns (fewer than a vector) through the AVX2 kernel:
-        // `0 + p * s` is `p * s`, so adding its result is the same sum.
-        let tail = nb - full;
-        let mut t = vec![0f32; m * tail];
-        let cols = Q8Rows {
-            n0: wb.n0 + full,
-            ..wb.clone()
-        };
+    // The last columns (fewer than a vector) through the AVX2 kernel.
+    add_tail_columns(m, full, wb, scales, total, |cols, s, t| {
         // SAFETY: AVX2 and FMA are present; the columns are a subset of the
         // caller's, so its bounds hold.
-        unsafe { q8_block_fast_avx2(view, &cols, &scales[full..nb], &mut t) };
-        for (dst, src) in total.chunks_exact_mut(nb).zip(t.chunks_exact(tail)) {
-            for (d, s) in dst[full..].iter_mut().zip(src) {
-                *d += s;
-            }
-        }
-    }
+        unsafe { q8_block_fast_avx2(view, cols, s, t) }
+    });
 }
 
 /// Columns `j .. j + 64` of a quad's four rows as `w + 128`, interleaved:
@@ -237,54 +223,39 @@ unsafe fn pack_panels_wide(
 /// As `q8_block_fast_vnni`, with `full % 16 == 0`, `full <= nb`.
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn panels(view: &SplitView, wb: &Q8Rows, full: usize, scales: &[f32], total: &mut [f32]) {
-    let m = view.act.m;
-    let nb = total.len() / m;
-    let nq = view.rows.len().div_ceil(QUAD);
-    let chunk = (PANEL_BYTES / (full * QUAD) / BLOCK_QUADS * BLOCK_QUADS)
-        .max(BLOCK_QUADS)
-        .min(nq.div_ceil(BLOCK_QUADS) * BLOCK_QUADS);
-    let zeros = vec![0u8; full];
-    let mut panel = vec![0u8; chunk * full * QUAD];
-    let mut part = vec![0f32; m * full];
-    for c0 in (0..nq).step_by(chunk) {
-        let cq = chunk.min(nq - c0);
-        // SAFETY: the caller's bounds; the panel holds `chunk` quads per 16 columns.
-        unsafe {
-            if full.is_multiple_of(64) {
-                pack_panels_wide(wb, c0..c0 + cq, nq, chunk, full, &zeros, &mut panel);
-            } else {
-                pack_panels(wb, c0..c0 + cq, nq, chunk, full, &zeros, &mut panel, true);
-            }
-        }
-        for j in (0..full).step_by(16) {
-            let tile = Tile {
-                view,
-                panel: &panel[j / 16 * chunk * 64..(j / 16 * chunk + cq) * 64],
-                quads: c0..c0 + cq,
-                last_quad: nq,
-                j,
-                full,
-            };
-            let mut i = 0;
-            while i < m {
-                let mr = TILE_ROWS.min(m - i);
-                // SAFETY: rows i..i + mr <= m of part and total.
-                unsafe {
-                    match mr {
-                        1 => tile.run_vnni::<1>(i, &mut part, total, nb, scales),
-                        2 => tile.run_vnni::<2>(i, &mut part, total, nb, scales),
-                        3 => tile.run_vnni::<3>(i, &mut part, total, nb, scales),
-                        4 => tile.run_vnni::<4>(i, &mut part, total, nb, scales),
-                        5 => tile.run_vnni::<5>(i, &mut part, total, nb, scales),
-                        6 => tile.run_vnni::<6>(i, &mut part, total, nb, scales),
-                        7 => tile.run_vnni::<7>(i, &mut part, total, nb, scales),
-                        _ => tile.run_vnni::<TILE_ROWS>(i, &mut part, total, nb, scales),
-                    }
+    let nb = total.len() / view.act.m;
+    run_panels(
+        view,
+        full,
+        total,
+        TILE_ROWS,
+        |quads, nq, chunk, zeros, panel| {
+            // SAFETY: the caller's bounds; the panel holds `chunk` quads per
+            // 16 columns; AVX-512 F/BW are present.
+            unsafe {
+                if full.is_multiple_of(64) {
+                    pack_panels_wide(wb, quads, nq, chunk, full, zeros, panel);
+                } else {
+                    pack_panels(wb, quads, nq, chunk, full, zeros, panel, true);
                 }
-                i += mr;
             }
-        }
-    }
+        },
+        |tile, i, mr, part, total| {
+            // SAFETY: rows i..i + mr <= m of part and total; AVX-512 VNNI is present.
+            unsafe {
+                match mr {
+                    1 => tile.run_vnni::<1>(i, part, total, nb, scales),
+                    2 => tile.run_vnni::<2>(i, part, total, nb, scales),
+                    3 => tile.run_vnni::<3>(i, part, total, nb, scales),
+                    4 => tile.run_vnni::<4>(i, part, total, nb, scales),
+                    5 => tile.run_vnni::<5>(i, part, total, nb, scales),
+                    6 => tile.run_vnni::<6>(i, part, total, nb, scales),
+                    7 => tile.run_vnni::<7>(i, part, total, nb, scales),
+                    _ => tile.run_vnni::<TILE_ROWS>(i, part, total, nb, scales),
+                }
+            }
+        },
+    );
 }
 
 impl Tile<'_> {
