@@ -231,11 +231,12 @@ pub enum PrecisionArg {
     /// the reference's own bf16 casts (as released)
     Bf16,
     /// f32, but the output projection read as an int8 copy (a quarter of its
-    /// bytes; logits within the bounds the fast-mode tests state)
+    /// bytes; a Q8_0 one as stored) against int8 activations (logits within
+    /// the bounds the fast-mode tests state)
     Fast,
-    /// fast, and the int8 weights' products read int8 activations (blocks of
-    /// 32, integer dot products, as llama.cpp does): faster prefill, larger
-    /// deviations (see README "Correctness")
+    /// fast, and the int8 and Q8_0 weights' products read int8 activations
+    /// (blocks of 32, integer dot products, as llama.cpp does): less
+    /// arithmetic per weight byte, larger deviations (see README "Correctness")
     Int8,
 }
 

@@ -20,7 +20,11 @@ fn main() {
     };
     // Enough distinct matrices to exceed the caches (as a model's layers do),
     // used in turn: decoding streams its weights from memory.
-    let copies = (512usize << 20).div_ceil(k * n).max(1);
+    let mib: usize = std::env::var("KERNEL_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512);
+    let copies = (mib << 20).div_ceil(k * n).max(1);
     let ws: Vec<QuantMatrix> = (0..copies)
         .map(|c| {
             let weight: Vec<u8> = (0..k * n).map(|i| ((i + c) * 7 % 251) as u8).collect();

@@ -263,6 +263,64 @@ proptest! {
     }
 
     #[test]
+    fn q8_0_int8_row_dots_on_every_isa(blocks in 1usize..12, rows in 1usize..20, m in 1usize..10, seed in any::<u64>()) {
+        let k = 32 * blocks;
+        let val = |i: usize, salt: u64| ((i as u64).wrapping_mul(2654435761) ^ seed ^ salt) % 256;
+        // Rows of Q8_0 blocks, values over the whole int8 range (-128 included).
+        let mut bytes = Vec::new();
+        let mut dense = vec![0f64; rows * k];
+        for r in 0..rows {
+            for b in 0..blocks {
+                let d = half::f16::from_f32(0.001 + val(r * blocks + b, 5) as f32 * 1e-4);
+                bytes.extend(d.to_le_bytes());
+                for t in 0..32 {
+                    let q = val((r * blocks + b) * 32 + t, 9) as i64 - 128;
+                    bytes.push(q as i8 as u8);
+                    dense[r * k + 32 * b + t] = d.to_f64() * q as f64;
+                }
+            }
+        }
+        let x: Vec<f32> = (0..m * k).map(|i| val(i, 3) as f32 / 64.0 - 2.0).collect();
+        let act = q8_fast::ActQ8_0::quantize(Isa::Scalar, &x, m, k);
+        let mut scalar = vec![0f32; rows * m];
+        q8_fast::dot_q8_0_rows_int8(Isa::Scalar, &act, &bytes, &mut scalar);
+        for r in 0..rows {
+            for i in 0..m {
+                // The scalar kernel is the dot of the dequantised activations
+                // and weights (up to f32 rounding) ...
+                let xd = |t: usize| act.q[i * k + t] as f64 * act.s[i * blocks + t / 32] as f64;
+                let want: f64 = (0..k).map(|t| xd(t) * dense[r * k + t]).sum();
+                let scale: f64 = (0..k).map(|t| (xd(t) * dense[r * k + t]).abs()).sum();
+                let got = scalar[r * m + i] as f64;
+                prop_assert!((got - want).abs() <= 1e-6 * scale + 1e-9, "row {} x {}: {} vs {}", r, i, got, want);
+                // ... and within the activations' rounding of the f32 product:
+                // each value moves by at most half a step (absmax / 254).
+                let exact: f64 = (0..k).map(|t| x[i * k + t] as f64 * dense[r * k + t]).sum();
+                let bound: f64 = (0..k)
+                    .map(|t| 0.5 * act.s[i * blocks + t / 32] as f64 * dense[r * k + t].abs())
+                    .sum();
+                prop_assert!((got - exact).abs() <= bound * 1.0001 + 1e-6 * scale + 1e-9, "row {} x {}", r, i);
+            }
+        }
+        for isa in Isa::available() {
+            let other = q8_fast::ActQ8_0::quantize(isa, &x, m, k);
+            prop_assert!(other.q == act.q && other.s == act.s, "{} quantises differently", isa.name());
+            let mut out = vec![0f32; rows * m];
+            q8_fast::dot_q8_0_rows_int8(isa, &act, &bytes, &mut out);
+            // The same operations in the same order: bit-identical.
+            prop_assert!(out == scalar, "{} differs from scalar", isa.name());
+            for i in 0..m {
+                let alone = q8_fast::ActQ8_0::quantize(isa, &x[i * k..(i + 1) * k], 1, k);
+                let mut one = vec![0f32; rows];
+                q8_fast::dot_q8_0_rows_int8(isa, &alone, &bytes, &mut one);
+                for r in 0..rows {
+                    prop_assert!(one[r] == out[r * m + i], "{}: row {} alone differs", isa.name(), i);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn f32_row_dots_on_every_isa(d in 1usize..200, m in 1usize..6, rows in 1usize..20, offset in 0usize..4, seed in any::<u64>()) {
         // Rows start at an odd byte offset, as payloads in a pickle do.
         let e: Vec<f32> = (0..rows * d).map(|i| ((i as u64 ^ seed) % 97) as f32 * 0.01 - 0.5).collect();

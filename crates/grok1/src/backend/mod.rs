@@ -29,13 +29,17 @@ pub enum Precision {
     /// once, with one f32 scale per vocabulary row, against the activations
     /// quantised to int8 per row; its products are summed exactly in i32, so
     /// every kernel path gives the same logits. A quarter of the f32 bytes; the
-    /// logits move by the bounds `tests/fast_mode.rs` states.
+    /// logits move by the bounds `tests/fast_mode.rs` states. A projection
+    /// stored in 8 bits or fewer (a quantised GGUF) is read as stored; a Q8_0
+    /// one against activations quantised to Q8_0 blocks, as in the int8 mode.
     Fast,
     /// The fast mode, and the int8 weights' products (every layer's) read their
     /// activations quantised to int8 in blocks of 32 rows, multiplied as
-    /// integers (`cpu::q8_fast`): as llama.cpp runs its quantised types. Faster
-    /// prefill; on the tiny fixture models it changes experts about twice as
-    /// often as the reference's own bf16 run (`tests/fast_mode.rs`). Opt-in.
+    /// integers (`cpu::q8_fast`): as llama.cpp runs its quantised types. So do
+    /// a GGUF's Q8_0 weights (activations in Q8_0 blocks along `k`, as
+    /// llama.cpp's Q8_0 dot). Less arithmetic per weight byte; on the tiny
+    /// fixture models it changes experts about twice as often as the
+    /// reference's own bf16 run (`tests/fast_mode.rs`). Opt-in.
     Int8,
 }
 
@@ -352,14 +356,24 @@ pub trait Backend: Send + Sync {
     /// each row dequantised exactly to f32.
     fn matmul_rows(&self, x: &[f32], w: &RowMatrix, out: &mut [f32]);
 
+    /// [`Backend::matmul_rows`] in the int8 mode: a backend may quantise the
+    /// activations to int8 where the weight's type has an integer kernel (the
+    /// CPU backend does for Q8_0: blocks of 32 along `k`, as llama.cpp's Q8_0
+    /// dot); by default, and for the other types, it is the exact product.
+    fn matmul_rows_fast(&self, x: &[f32], w: &RowMatrix, out: &mut [f32]) {
+        self.matmul_rows(x, w, out)
+    }
+
     /// `out = x @ W` whatever the weight's layout, in the given precision
-    /// (only the int8 mode changes a product: [`Backend::matmul_q8_fast`]).
+    /// (only the int8 mode changes a product: [`Backend::matmul_q8_fast`],
+    /// [`Backend::matmul_rows_fast`]).
     fn matmul(&self, x: &[f32], w: &Matrix, out: &mut [f32], precision: Precision) {
         match w {
             Matrix::Int8Grouped(q) if precision == Precision::Int8 => {
                 self.matmul_q8_fast(x, q, out)
             }
             Matrix::Int8Grouped(q) => self.matmul_q8(x, q, out),
+            Matrix::Rows(r) if precision == Precision::Int8 => self.matmul_rows_fast(x, r, out),
             Matrix::Rows(r) => self.matmul_rows(x, r, out),
         }
     }

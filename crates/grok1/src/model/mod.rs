@@ -411,10 +411,16 @@ impl Grok1 {
                 stats.weight_bytes += output.byte_len() as u64 + d as u64 * f32_bytes;
                 backend.matmul_transposed_f32(&selected, &e, &mut logits, p);
             }
-            // Stored in fewer bits already: no bf16 cast of the weights to mimic.
+            // Stored in fewer bits already: no bf16 cast of the weights to mimic;
+            // the fast modes read it with int8 activations where the backend
+            // has an integer kernel for its type (Q8_0).
             (None, None) => {
                 stats.weight_bytes += output.byte_len() as u64 + d as u64 * f32_bytes;
-                backend.matmul_rows(&selected, output, &mut logits);
+                if p.int8_output() {
+                    backend.matmul_rows_fast(&selected, output, &mut logits);
+                } else {
+                    backend.matmul_rows(&selected, output, &mut logits);
+                }
             }
         }
         p.cast(&mut logits);

@@ -305,6 +305,24 @@ impl Backend for CpuBackend {
         transpose_into(&out_t, m, n, out);
     }
 
+    fn matmul_rows_fast(&self, x: &[f32], w: &RowMatrix, out: &mut [f32]) {
+        let (k, n) = (w.cols, w.rows);
+        let m = x.len() / k.max(1);
+        if w.dtype != GgmlType::Q8_0 || m == 0 || n == 0 || x.len() != m * k {
+            // No integer kernel for this type (or nothing to do, or a shape
+            // error that matmul_rows reports).
+            return self.matmul_rows(x, w, out);
+        }
+        assert_eq!(out.len(), m * n, "matmul_rows: output is not [{m}, {n}]");
+        let act = q8_fast::ActQ8_0::quantize(self.isa, x, m, k);
+        let row_len = w.row_len();
+        let bytes = w.data.bytes();
+        by_row_runs(m, n, out, |first, chunk| {
+            let rows = &bytes[first * row_len..(first + chunk.len() / m) * row_len];
+            q8_fast::dot_q8_0_rows_int8(self.isa, &act, rows, chunk);
+        });
+    }
+
     fn matmul_transposed_f32(
         &self,
         x: &[f32],

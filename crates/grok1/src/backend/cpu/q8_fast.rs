@@ -22,7 +22,7 @@
 
 use std::ops::Range;
 
-use super::kernels::{Isa, Q8Rows};
+use super::kernels::{Isa, Q8Rows, Q8_0_BLOCK_BYTES};
 
 /// Weight rows per activation block (one int8 scale per row per block), as
 /// llama.cpp quantises activations (`Q8_0`, blocks of 32): fine enough that an
@@ -265,6 +265,96 @@ pub fn q8_block_fast_scalar(view: &SplitView, wb: &Q8Rows, scales: &[f32], total
         }
         for ((t, &p), &sc) in tr.iter_mut().zip(&part).zip(scales) {
             *t += p * sc;
+        }
+    }
+}
+
+/// Activations `[m, k]` quantised for Q8_0 weight rows (GGUF): per row, per
+/// block of 32 values along `k` (the weights' own blocks), `q = round(x / s)`
+/// with `s = absmax / 127`, as llama.cpp quantises them for its Q8_0 dot.
+pub struct ActQ8_0 {
+    pub m: usize,
+    pub k: usize,
+    /// `[m, k]` values.
+    pub q: Vec<i8>,
+    /// `[m, k / 32]` scales.
+    pub s: Vec<f32>,
+}
+
+impl ActQ8_0 {
+    /// Quantises `x` (`[m, k]`, `k` a multiple of 32).
+    pub fn quantize(isa: Isa, x: &[f32], m: usize, k: usize) -> ActQ8_0 {
+        assert!(
+            k.is_multiple_of(Q8_0_VALUES) && x.len() == m * k,
+            "ActQ8_0::quantize: x is not [m, k] with k a multiple of 32"
+        );
+        let mut q = vec![0i8; m * k];
+        let s = x
+            .chunks_exact(Q8_0_VALUES)
+            .zip(q.chunks_exact_mut(Q8_0_VALUES))
+            .map(|(src, dst)| quantize_block(isa, src, dst))
+            .collect();
+        ActQ8_0 { m, k, q, s }
+    }
+}
+
+/// Values per Q8_0 block.
+const Q8_0_VALUES: usize = 32;
+
+/// `out_t[c][i] = x[i] . row_c` for Q8_0 weight rows (`rows` holds
+/// `out_t.len() / m` rows of `k / 32` blocks) and activations quantised to
+/// Q8_0 blocks: for each block, eight lanes `isum[l] = sum over t < 4 of
+/// xq[32b + 4l + t] * q[32b + 4l + t]` (exact, in i32), `acc[l] =
+/// fma(f32(isum[l]), d_w * d_x, acc[l])`, and at the end the lanes added as
+/// `((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))` (the f32 kernel's
+/// order). Every path does exactly these operations, so results are the same
+/// on every ISA and for every batch.
+pub fn dot_q8_0_rows_int8(isa: Isa, act: &ActQ8_0, rows: &[u8], out_t: &mut [f32]) {
+    let (m, k) = (act.m, act.k);
+    assert!(m > 0, "dot_q8_0_rows_int8: no activation rows");
+    assert!(
+        act.q.len() == m * k && act.s.len() == m * (k / Q8_0_VALUES),
+        "dot_q8_0_rows_int8: activations are not [m, k]"
+    );
+    assert_eq!(
+        rows.len(),
+        out_t.len() / m * (k / Q8_0_VALUES) * Q8_0_BLOCK_BYTES,
+        "dot_q8_0_rows_int8: rows do not match the output"
+    );
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni => {
+            // SAFETY: AVX2/FMA are present (Isa::best), F16C with them on every
+            // CPU that has both, and the sizes are checked above.
+            unsafe { super::x86_fast::dot_q8_0_rows_int8_avx2(act, rows, out_t) }
+        }
+        _ => dot_q8_0_rows_int8_scalar(act, rows, out_t),
+    }
+}
+
+pub fn dot_q8_0_rows_int8_scalar(act: &ActQ8_0, rows: &[u8], out_t: &mut [f32]) {
+    let (m, k) = (act.m, act.k);
+    let blocks = k / Q8_0_VALUES;
+    for (c, row) in rows
+        .chunks_exact((blocks * Q8_0_BLOCK_BYTES).max(1))
+        .enumerate()
+    {
+        for i in 0..m {
+            let mut acc = [0f32; 8];
+            for (b, block) in row.chunks_exact(Q8_0_BLOCK_BYTES).enumerate() {
+                let d =
+                    half::f16::from_le_bytes([block[0], block[1]]).to_f32() * act.s[i * blocks + b];
+                let w = &block[2..];
+                let x = &act.q[i * k + Q8_0_VALUES * b..i * k + Q8_0_VALUES * (b + 1)];
+                for (l, a) in acc.iter_mut().enumerate() {
+                    let isum: i32 = (4 * l..4 * l + 4)
+                        .map(|t| i32::from(x[t]) * i32::from(w[t] as i8))
+                        .sum();
+                    *a = (isum as f32).mul_add(d, *a);
+                }
+            }
+            out_t[c * m + i] =
+                ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
         }
     }
 }

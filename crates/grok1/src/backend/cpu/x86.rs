@@ -651,7 +651,7 @@ unsafe fn axpy_block<const W: usize>(w: &[f32], values: &[f32], out: &mut [f32],
 }
 
 #[target_feature(enable = "avx2,fma")]
-fn hsum(v: __m256) -> f32 {
+pub(super) fn hsum(v: __m256) -> f32 {
     let lo = _mm256_castps256_ps128(v);
     let hi = _mm256_extractf128_ps(v, 1);
     let s = _mm_add_ps(lo, hi);
