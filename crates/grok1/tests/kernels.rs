@@ -60,6 +60,32 @@ fn reference(
     out
 }
 
+/// `rows` rows of `blocks` Q8_0 blocks (an f16 scale, then 32 int8 values
+/// `val(..) + lowest`), and the same values dequantised, row-major `[rows, 32 *
+/// blocks]`.
+fn q8_0_rows(
+    rows: usize,
+    blocks: usize,
+    lowest: i64,
+    val: &dyn Fn(usize, u64) -> u64,
+) -> (Vec<u8>, Vec<f64>) {
+    let k = 32 * blocks;
+    let mut bytes = Vec::new();
+    let mut dense = vec![0f64; rows * k];
+    for r in 0..rows {
+        for b in 0..blocks {
+            let d = half::f16::from_f32(0.001 + val(r * blocks + b, 5) as f32 * 1e-4);
+            bytes.extend(d.to_le_bytes());
+            for t in 0..32 {
+                let q = val((r * blocks + b) * 32 + t, 9) as i64 + lowest;
+                bytes.push(q as i8 as u8);
+                dense[r * k + 32 * b + t] = d.to_f64() * q as f64;
+            }
+        }
+    }
+    (bytes, dense)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
@@ -222,20 +248,7 @@ proptest! {
     fn q8_0_row_dots_on_every_isa(blocks in 1usize..12, rows in 1usize..20, m in 1usize..10, seed in any::<u64>()) {
         let k = 32 * blocks;
         let val = |i: usize, salt: u64| ((i as u64).wrapping_mul(2654435761) ^ seed ^ salt) % 255;
-        // Rows of Q8_0 blocks: an f16 scale, then 32 int8 values.
-        let mut bytes = Vec::new();
-        let mut dense = vec![0f64; rows * k];
-        for r in 0..rows {
-            for b in 0..blocks {
-                let d = half::f16::from_f32(0.001 + val(r * blocks + b, 5) as f32 * 1e-4);
-                bytes.extend(d.to_le_bytes());
-                for t in 0..32 {
-                    let q = val((r * blocks + b) * 32 + t, 9) as i64 - 127;
-                    bytes.push(q as i8 as u8);
-                    dense[r * k + 32 * b + t] = d.to_f64() * q as f64;
-                }
-            }
-        }
+        let (bytes, dense) = q8_0_rows(rows, blocks, -127, &val);
         let x: Vec<f32> = (0..m * k).map(|i| val(i, 3) as f32 / 64.0 - 2.0).collect();
         let mut scalar = vec![0f32; rows * m];
         kernels::dot_q8_0_rows(Isa::Scalar, &x, m, k, &bytes, &mut scalar);
@@ -266,20 +279,8 @@ proptest! {
     fn q8_0_int8_row_dots_on_every_isa(blocks in 1usize..12, rows in 1usize..20, m in 1usize..10, seed in any::<u64>()) {
         let k = 32 * blocks;
         let val = |i: usize, salt: u64| ((i as u64).wrapping_mul(2654435761) ^ seed ^ salt) % 256;
-        // Rows of Q8_0 blocks, values over the whole int8 range (-128 included).
-        let mut bytes = Vec::new();
-        let mut dense = vec![0f64; rows * k];
-        for r in 0..rows {
-            for b in 0..blocks {
-                let d = half::f16::from_f32(0.001 + val(r * blocks + b, 5) as f32 * 1e-4);
-                bytes.extend(d.to_le_bytes());
-                for t in 0..32 {
-                    let q = val((r * blocks + b) * 32 + t, 9) as i64 - 128;
-                    bytes.push(q as i8 as u8);
-                    dense[r * k + 32 * b + t] = d.to_f64() * q as f64;
-                }
-            }
-        }
+        // Values over the whole int8 range (-128 included).
+        let (bytes, dense) = q8_0_rows(rows, blocks, -128, &val);
         let x: Vec<f32> = (0..m * k).map(|i| val(i, 3) as f32 / 64.0 - 2.0).collect();
         let act = q8_fast::ActQ8_0::quantize(Isa::Scalar, &x, m, k);
         let mut scalar = vec![0f32; rows * m];
