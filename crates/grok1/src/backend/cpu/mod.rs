@@ -110,7 +110,15 @@ impl CpuBackend {
         } else {
             let want_blocks = (4 * rayon::current_num_threads()).div_ceil(splits.len());
             let fair = n.div_ceil(want_blocks).max(MIN_BLOCK_COLS);
-            (TILE_FLOATS / m).min(fair).clamp(16, n) / 16 * 16
+            // Multiples of 64 columns where there is room: the int8 decode
+            // kernels step 32 (AVX2) or 64 (VNNI) columns at a time and leave
+            // the rest of a block to the scalar kernel.
+            let nb = (TILE_FLOATS / m).min(fair).clamp(16, n);
+            if nb >= 64 {
+                nb / 64 * 64
+            } else {
+                nb / 16 * 16
+            }
         };
         let blocks = n.div_ceil(nb);
         // A task takes one block through a run of consecutive splits, summing
@@ -374,14 +382,21 @@ impl Backend for CpuBackend {
             .zip(xq.chunks_exact_mut(k))
             .map(|(v, q)| quantize_row_i8(v, q))
             .collect();
+        // Rows in runs of about 128 KiB, each used by every activation row
+        // while it is in L2 (a whole task's rows, read once per activation
+        // row, would come from memory again for each).
+        let sub = ((128 << 10) / k.max(1)).max(1);
         by_row_runs(m, w.rows, out, |first, chunk| {
             let rows = chunk.len() / m;
-            let weights = &w.data[first * k..(first + rows) * k];
-            let mut dots = vec![0i32; rows];
-            for (i, xi) in xq.chunks_exact(k).enumerate() {
-                kernels::dot_i8_rows(self.isa, xi, weights, &mut dots);
-                for (j, &d) in dots.iter().enumerate() {
-                    chunk[j * m + i] = (sx[i] * w.scales[first + j]) * d as f32;
+            let mut dots = vec![0i32; sub.min(rows)];
+            for r0 in (0..rows).step_by(sub) {
+                let count = sub.min(rows - r0);
+                let weights = &w.data[(first + r0) * k..(first + r0 + count) * k];
+                for (i, xi) in xq.chunks_exact(k).enumerate() {
+                    kernels::dot_i8_rows(self.isa, xi, weights, &mut dots[..count]);
+                    for (j, &d) in dots[..count].iter().enumerate() {
+                        chunk[(r0 + j) * m + i] = (sx[i] * w.scales[first + r0 + j]) * d as f32;
+                    }
                 }
             }
         });
