@@ -515,16 +515,34 @@ unsafe fn q8_0_int8_rows<const R: usize>(
                 _mm_prefetch(ahead.as_ptr().add(64 * l) as *const i8, _MM_HINT_T0);
             }
             let x = _mm256_loadu_si256(xq.as_ptr().add(32 * b) as *const __m256i);
+            // The R rows' scales for this block in one conversion and one
+            // product (each d_w * d_x rounded once, as the scalar kernel does).
+            let bits: [i16; 4] = std::array::from_fn(|r| {
+                if r < R {
+                    let block = wp.add(r * row_bytes + b * Q8_0_BLOCK_BYTES);
+                    i16::from_le_bytes([*block, *block.add(1)])
+                } else {
+                    0
+                }
+            });
+            let mut d = [0f32; 4];
+            _mm_storeu_ps(
+                d.as_mut_ptr(),
+                _mm_mul_ps(
+                    _mm_cvtph_ps(_mm_setr_epi16(
+                        bits[0], bits[1], bits[2], bits[3], 0, 0, 0, 0,
+                    )),
+                    _mm_set1_ps(dx),
+                ),
+            );
             for (r, a) in acc.iter_mut().enumerate() {
                 let block = wp.add(r * row_bytes + b * Q8_0_BLOCK_BYTES);
-                let bits = u16::from_le_bytes([*block, *block.add(1)]);
-                let dw = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))));
                 let w = _mm256_loadu_si256(block.add(2) as *const __m256i);
                 let p = _mm256_madd_epi16(
                     _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w)),
                     ones,
                 );
-                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * dx), *a);
+                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_broadcast_ss(&d[r]), *a);
             }
         }
     }
