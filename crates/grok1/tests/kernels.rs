@@ -5,7 +5,8 @@
 use grok1::backend::cpu::kernels::{self, Isa};
 use grok1::backend::cpu::q8_fast;
 use grok1::backend::cpu::CpuBackend;
-use grok1::backend::{quantize_row_i8, Backend, F32Matrix, Int8Rows, QuantMatrix};
+use grok1::backend::{quantize_row_i8, Backend, F32Matrix, Int8Rows, QuantMatrix, RowMatrix};
+use grok1::quant::GgmlType;
 use grok1::weights::{DType, TensorData};
 use proptest::prelude::*;
 
@@ -284,7 +285,7 @@ proptest! {
         let x: Vec<f32> = (0..m * k).map(|i| val(i, 3) as f32 / 64.0 - 2.0).collect();
         let act = q8_fast::ActQ8_0::quantize(Isa::Scalar, &x, m, k);
         let mut scalar = vec![0f32; rows * m];
-        q8_fast::dot_q8_0_rows_int8(Isa::Scalar, &act, &bytes, &mut scalar);
+        q8_fast::dot_q8_0_rows_int8(Isa::Scalar, act.rows(0..m), &bytes, &mut scalar);
         for r in 0..rows {
             for i in 0..m {
                 // The scalar kernel is the dot of the dequantised activations
@@ -307,13 +308,13 @@ proptest! {
             let other = q8_fast::ActQ8_0::quantize(isa, &x, m, k);
             prop_assert!(other.q == act.q && other.s == act.s, "{} quantises differently", isa.name());
             let mut out = vec![0f32; rows * m];
-            q8_fast::dot_q8_0_rows_int8(isa, &act, &bytes, &mut out);
+            q8_fast::dot_q8_0_rows_int8(isa, act.rows(0..m), &bytes, &mut out);
             // The same operations in the same order: bit-identical.
             prop_assert!(out == scalar, "{} differs from scalar", isa.name());
             for i in 0..m {
                 let alone = q8_fast::ActQ8_0::quantize(isa, &x[i * k..(i + 1) * k], 1, k);
                 let mut one = vec![0f32; rows];
-                q8_fast::dot_q8_0_rows_int8(isa, &alone, &bytes, &mut one);
+                q8_fast::dot_q8_0_rows_int8(isa, alone.rows(0..1), &bytes, &mut one);
                 for r in 0..rows {
                     prop_assert!(one[r] == out[r * m + i], "{}: row {} alone differs", isa.name(), i);
                 }
@@ -400,6 +401,56 @@ fn q8_product_with_several_row_splits_and_column_blocks() {
         let mut out = vec![0f32; m * n];
         CpuBackend::with_isa(isa).matmul_q8(&x, &w, &mut out);
         assert!(out == scalar, "{} differs from scalar", isa.name());
+    }
+}
+
+/// The Q8_0 products through the backend, with enough rows for several runs
+/// per task and activation rows in several passes: each activation row's
+/// result is the one it gets alone (f32 and int8 activations), and every ISA
+/// gives the scalar result.
+#[test]
+fn q8_0_products_in_runs_match_rows_alone() {
+    // Rows of 13600 bytes: runs of 9 rows, fewer than the 16 a task has at
+    // least, whatever the thread count.
+    let (blocks, n, m) = (400, 300, 9);
+    let k = 32 * blocks;
+    let val = |i: usize, salt: u64| ((i as u64).wrapping_mul(2654435761) ^ salt) % 255;
+    let (bytes, _) = q8_0_rows(n, blocks, -127, &val);
+    let w = RowMatrix {
+        rows: n,
+        cols: k,
+        dtype: GgmlType::Q8_0,
+        data: TensorData::owned(bytes),
+    };
+    let x: Vec<f32> = (0..m * k).map(|i| val(i, 3) as f32 / 64.0 - 2.0).collect();
+    let run = |isa: Isa, x: &[f32], fast: bool| {
+        let mut out = vec![0f32; x.len() / k * n];
+        let backend = CpuBackend::with_isa(isa);
+        if fast {
+            backend.matmul_rows_fast(x, &w, &mut out);
+        } else {
+            backend.matmul_rows(x, &w, &mut out);
+        }
+        out
+    };
+    for fast in [false, true] {
+        let scalar = run(Isa::Scalar, &x, fast);
+        for isa in Isa::available() {
+            let out = run(isa, &x, fast);
+            assert!(
+                out == scalar,
+                "{} (fast {fast}) differs from scalar",
+                isa.name()
+            );
+            for i in 0..m {
+                let alone = run(isa, &x[i * k..(i + 1) * k], fast);
+                assert!(
+                    alone[..] == out[i * n..(i + 1) * n],
+                    "{} (fast {fast}): row {i} alone differs",
+                    isa.name()
+                );
+            }
+        }
     }
 }
 

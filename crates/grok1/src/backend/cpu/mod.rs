@@ -209,6 +209,58 @@ fn by_row_runs(m: usize, rows: usize, out: &mut [f32], task: impl Fn(usize, &mut
     transpose_into(&out_t, m, rows, out);
 }
 
+/// Activation rows per pass of the f32 Q8_0 kernel over a run of weight rows
+/// (its widest group).
+const Q8_0_ACT_ROWS: usize = 4;
+/// Bytes of Q8_0 weight rows used by every activation row while in L2.
+const Q8_0_RUN_BYTES: usize = 128 << 10;
+
+/// `out[m, rows] = x . W^T` for Q8_0 rows `w` in tasks of rows (as
+/// [`by_row_runs`]), each task's rows in runs of about 128 KiB that the
+/// activation rows pass over, `per_pass` at a time, while the run is in L2 (a
+/// whole task's rows against all of them at once read f32 activations,
+/// megabytes at full width, once per weight row: full-width Q8_0 prefill
+/// 6.2 -> 7.4 tokens/s). `dot(rows, i0, g, dots)` writes the products of
+/// activation rows `i0..i0 + g` with `rows` into `dots` (`[rows][g]`); the
+/// kernels do the same operations for each pair whatever the grouping, so the
+/// result does not depend on it.
+fn q8_0_rows_blocked(
+    m: usize,
+    w: &RowMatrix,
+    out: &mut [f32],
+    per_pass: usize,
+    dot: impl Fn(&[u8], usize, usize, &mut [f32]) + Sync,
+) {
+    let row_len = w.row_len();
+    let bytes = w.data.bytes();
+    let run = (Q8_0_RUN_BYTES / row_len.max(1)).max(1);
+    by_row_runs(m, w.rows, out, |first, chunk| {
+        let rows = chunk.len() / m;
+        if m <= per_pass {
+            // One pass over all the task's rows.
+            dot(
+                &bytes[first * row_len..(first + rows) * row_len],
+                0,
+                m,
+                chunk,
+            );
+            return;
+        }
+        let mut dots = vec![0f32; run.min(rows) * per_pass];
+        for r0 in (0..rows).step_by(run) {
+            let count = run.min(rows - r0);
+            let wr = &bytes[(first + r0) * row_len..(first + r0 + count) * row_len];
+            for i0 in (0..m).step_by(per_pass) {
+                let g = per_pass.min(m - i0);
+                dot(wr, i0, g, &mut dots[..count * g]);
+                for (r, d) in dots[..count * g].chunks_exact(g).enumerate() {
+                    chunk[(r0 + r) * m + i0..(r0 + r) * m + i0 + g].copy_from_slice(d);
+                }
+            }
+        }
+    });
+}
+
 /// The row splits of a `[k, n]` matrix with `groups` scale groups:
 /// (group, rows), in order. They depend on `k` and `groups` only, never on the
 /// batch or the threads, so the order of every sum is fixed.
@@ -265,11 +317,8 @@ impl Backend for CpuBackend {
         }
         if w.dtype == GgmlType::Q8_0 {
             // Fused: the blocks are used where they lie, never decoded to memory.
-            let row_len = w.row_len();
-            let bytes = w.data.bytes();
-            by_row_runs(m, n, out, |first, chunk| {
-                let rows = &bytes[first * row_len..(first + chunk.len() / m) * row_len];
-                kernels::dot_q8_0_rows(self.isa, x, m, k, rows, chunk);
+            q8_0_rows_blocked(m, w, out, Q8_0_ACT_ROWS, |rows, i0, g, dots| {
+                kernels::dot_q8_0_rows(self.isa, &x[i0 * k..(i0 + g) * k], g, k, rows, dots)
             });
             return;
         }
@@ -323,11 +372,11 @@ impl Backend for CpuBackend {
         }
         assert_eq!(out.len(), m * n, "matmul_rows: output is not [{m}, {n}]");
         let act = q8_fast::ActQ8_0::quantize(self.isa, x, m, k);
-        let row_len = w.row_len();
-        let bytes = w.data.bytes();
-        by_row_runs(m, n, out, |first, chunk| {
-            let rows = &bytes[first * row_len..(first + chunk.len() / m) * row_len];
-            q8_fast::dot_q8_0_rows_int8(self.isa, &act, rows, chunk);
+        // All activation rows in one pass: the int8 kernel keeps four weight
+        // rows in L1 while they go by (1 byte per value, so they stay in L2),
+        // which measured 7% faster at full width than passes over runs.
+        q8_0_rows_blocked(m, w, out, m, |rows, i0, g, dots| {
+            q8_fast::dot_q8_0_rows_int8(self.isa, act.rows(i0..i0 + g), rows, dots)
         });
     }
 

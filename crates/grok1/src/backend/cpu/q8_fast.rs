@@ -296,6 +296,26 @@ impl ActQ8_0 {
             .collect();
         ActQ8_0 { m, k, q, s }
     }
+
+    /// Rows `rows` of the activations, as the kernels read them.
+    pub fn rows(&self, rows: Range<usize>) -> Q8_0Acts<'_> {
+        let blocks = self.k / Q8_0_VALUES;
+        Q8_0Acts {
+            m: rows.len(),
+            k: self.k,
+            q: &self.q[rows.start * self.k..rows.end * self.k],
+            s: &self.s[rows.start * blocks..rows.end * blocks],
+        }
+    }
+}
+
+/// Some rows of an [`ActQ8_0`]: `q` is `[m, k]`, `s` `[m, k / 32]`.
+#[derive(Clone, Copy)]
+pub struct Q8_0Acts<'a> {
+    pub m: usize,
+    pub k: usize,
+    pub q: &'a [i8],
+    pub s: &'a [f32],
 }
 
 /// Values per Q8_0 block.
@@ -309,7 +329,7 @@ const Q8_0_VALUES: usize = 32;
 /// `((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))` (the f32 kernel's
 /// order). Every path does exactly these operations, so results are the same
 /// on every ISA and for every batch.
-pub fn dot_q8_0_rows_int8(isa: Isa, act: &ActQ8_0, rows: &[u8], out_t: &mut [f32]) {
+pub fn dot_q8_0_rows_int8(isa: Isa, act: Q8_0Acts, rows: &[u8], out_t: &mut [f32]) {
     let (m, k) = (act.m, act.k);
     assert!(m > 0, "dot_q8_0_rows_int8: no activation rows");
     assert!(
@@ -332,7 +352,7 @@ pub fn dot_q8_0_rows_int8(isa: Isa, act: &ActQ8_0, rows: &[u8], out_t: &mut [f32
     }
 }
 
-pub fn dot_q8_0_rows_int8_scalar(act: &ActQ8_0, rows: &[u8], out_t: &mut [f32]) {
+pub fn dot_q8_0_rows_int8_scalar(act: Q8_0Acts, rows: &[u8], out_t: &mut [f32]) {
     let (m, k) = (act.m, act.k);
     let blocks = k / Q8_0_VALUES;
     for (c, row) in rows

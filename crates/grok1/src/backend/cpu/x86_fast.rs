@@ -13,7 +13,7 @@
 use std::arch::x86_64::*;
 
 use super::kernels::{add_tail_columns, Q8Rows, Q8_0_BLOCK_BYTES};
-use super::q8_fast::{q8_block_fast_scalar, quad_lanes, ActQ8_0, SplitView, BLOCK_QUADS, QUAD};
+use super::q8_fast::{q8_block_fast_scalar, quad_lanes, Q8_0Acts, SplitView, BLOCK_QUADS, QUAD};
 use super::x86::hsum;
 
 /// From this many activation rows on, a chunk of weight quads is interleaved
@@ -449,7 +449,7 @@ impl Tile<'_> {
 /// # Safety
 /// AVX2, FMA and F16C; the bounds `q8_fast::dot_q8_0_rows_int8` checks.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q8_0_rows_int8_avx2(act: &ActQ8_0, rows: &[u8], out_t: &mut [f32]) {
+pub unsafe fn dot_q8_0_rows_int8_avx2(act: Q8_0Acts, rows: &[u8], out_t: &mut [f32]) {
     let (m, k) = (act.m, act.k);
     let row_bytes = k / 32 * Q8_0_BLOCK_BYTES;
     let nrows = out_t.len() / m;
@@ -490,7 +490,7 @@ pub unsafe fn dot_q8_0_rows_int8_avx2(act: &ActQ8_0, rows: &[u8], out_t: &mut [f
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q8_0_int8_rows<const R: usize>(
-    act: &ActQ8_0,
+    act: Q8_0Acts,
     i: usize,
     rows: &[u8],
     row_bytes: usize,
