@@ -212,47 +212,48 @@ fn by_row_runs(m: usize, rows: usize, out: &mut [f32], task: impl Fn(usize, &mut
 /// Activation rows per pass of the f32 Q8_0 kernel over a run of weight rows
 /// (its widest group).
 const Q8_0_ACT_ROWS: usize = 4;
-/// Bytes of Q8_0 weight rows used by every activation row while in L2.
-const Q8_0_RUN_BYTES: usize = 128 << 10;
+/// Bytes of weight rows in a run that activation rows use while it is in L2.
+const RUN_BYTES: usize = 128 << 10;
 
-/// `out[m, rows] = x . W^T` for Q8_0 rows `w` in tasks of rows (as
-/// [`by_row_runs`]), each task's rows in runs of about 128 KiB that the
-/// activation rows pass over, `per_pass` at a time, while the run is in L2 (a
-/// whole task's rows against all of them at once read f32 activations,
-/// megabytes at full width, once per weight row: full-width Q8_0 prefill
-/// 6.2 -> 7.4 tokens/s). `dot(rows, i0, g, dots)` writes the products of
-/// activation rows `i0..i0 + g` with `rows` into `dots` (`[rows][g]`); the
-/// kernels do the same operations for each pair whatever the grouping, so the
-/// result does not depend on it.
-fn q8_0_rows_blocked(
+/// `out[m, n] = x . W^T` for `n` row-stored weight rows of `row_bytes` bytes,
+/// in tasks of rows (as [`by_row_runs`]), each task's rows in runs of about
+/// `run_bytes` that the activation rows pass over, `per_pass` at a time,
+/// while the run is in L2 (a whole task's rows against all activation rows at
+/// once read the activations, megabytes at full width, once per weight row
+/// in a row-outer kernel, or the task's rows once per activation row in an
+/// activation-outer one). `dot(rows, i0, g, dots)` writes the products of
+/// activation rows `i0..i0 + g` with weight rows `rows` into `dots`
+/// (`[rows][g]`); the kernels do the same operations for each pair whatever
+/// the grouping, so the result does not depend on it.
+fn rows_in_runs(
     m: usize,
-    w: &RowMatrix,
-    out: &mut [f32],
+    n: usize,
+    row_bytes: usize,
+    run_bytes: usize,
     per_pass: usize,
-    dot: impl Fn(&[u8], usize, usize, &mut [f32]) + Sync,
+    out: &mut [f32],
+    dot: impl Fn(std::ops::Range<usize>, usize, usize, &mut [f32]) + Sync,
 ) {
-    let row_len = w.row_len();
-    let bytes = w.data.bytes();
-    let run = (Q8_0_RUN_BYTES / row_len.max(1)).max(1);
-    by_row_runs(m, w.rows, out, |first, chunk| {
+    let run = (run_bytes / row_bytes.max(1)).max(1);
+    let per_pass = per_pass.clamp(1, m.max(1));
+    by_row_runs(m, n, out, |first, chunk| {
         let rows = chunk.len() / m;
-        if m <= per_pass {
+        if run >= rows && per_pass == m {
             // One pass over all the task's rows.
-            dot(
-                &bytes[first * row_len..(first + rows) * row_len],
-                0,
-                m,
-                chunk,
-            );
+            dot(first..first + rows, 0, m, chunk);
             return;
         }
         let mut dots = vec![0f32; run.min(rows) * per_pass];
         for r0 in (0..rows).step_by(run) {
             let count = run.min(rows - r0);
-            let wr = &bytes[(first + r0) * row_len..(first + r0 + count) * row_len];
             for i0 in (0..m).step_by(per_pass) {
                 let g = per_pass.min(m - i0);
-                dot(wr, i0, g, &mut dots[..count * g]);
+                dot(
+                    first + r0..first + r0 + count,
+                    i0,
+                    g,
+                    &mut dots[..count * g],
+                );
                 for (r, d) in dots[..count * g].chunks_exact(g).enumerate() {
                     chunk[(r0 + r) * m + i0..(r0 + r) * m + i0 + g].copy_from_slice(d);
                 }
@@ -317,9 +318,19 @@ impl Backend for CpuBackend {
         }
         if w.dtype == GgmlType::Q8_0 {
             // Fused: the blocks are used where they lie, never decoded to memory.
-            q8_0_rows_blocked(m, w, out, Q8_0_ACT_ROWS, |rows, i0, g, dots| {
-                kernels::dot_q8_0_rows(self.isa, &x[i0 * k..(i0 + g) * k], g, k, rows, dots)
-            });
+            let (row_len, bytes) = (w.row_len(), w.data.bytes());
+            rows_in_runs(
+                m,
+                n,
+                row_len,
+                RUN_BYTES,
+                Q8_0_ACT_ROWS,
+                out,
+                |rows, i0, g, dots| {
+                    let wr = &bytes[rows.start * row_len..rows.end * row_len];
+                    kernels::dot_q8_0_rows(self.isa, &x[i0 * k..(i0 + g) * k], g, k, wr, dots)
+                },
+            );
             return;
         }
         // Each task decodes a run of weight rows (a block small enough to stay
@@ -372,11 +383,13 @@ impl Backend for CpuBackend {
         }
         assert_eq!(out.len(), m * n, "matmul_rows: output is not [{m}, {n}]");
         let act = q8_fast::ActQ8_0::quantize(self.isa, x, m, k);
-        // All activation rows in one pass: the int8 kernel keeps four weight
-        // rows in L1 while they go by (1 byte per value, so they stay in L2),
-        // which measured 7% faster at full width than passes over runs.
-        q8_0_rows_blocked(m, w, out, m, |rows, i0, g, dots| {
-            q8_fast::dot_q8_0_rows_int8(self.isa, act.rows(i0..i0 + g), rows, dots)
+        // All rows in one pass: the int8 kernel keeps four weight rows in L1
+        // while every activation row goes by (1 byte per value, so they stay
+        // in L2), which measured 7% faster at full width than passes over runs.
+        let (row_len, bytes) = (w.row_len(), w.data.bytes());
+        rows_in_runs(m, n, row_len, usize::MAX, m, out, |rows, i0, g, dots| {
+            let wr = &bytes[rows.start * row_len..rows.end * row_len];
+            q8_fast::dot_q8_0_rows_int8(self.isa, act.rows(i0..i0 + g), wr, dots)
         });
     }
 
@@ -431,21 +444,16 @@ impl Backend for CpuBackend {
             .zip(xq.chunks_exact_mut(k))
             .map(|(v, q)| quantize_row_i8(v, q))
             .collect();
-        // Rows in runs of about 128 KiB, each used by every activation row
-        // while it is in L2 (a whole task's rows, read once per activation
-        // row, would come from memory again for each).
-        let sub = ((128 << 10) / k.max(1)).max(1);
-        by_row_runs(m, w.rows, out, |first, chunk| {
-            let rows = chunk.len() / m;
-            let mut dots = vec![0i32; sub.min(rows)];
-            for r0 in (0..rows).step_by(sub) {
-                let count = sub.min(rows - r0);
-                let weights = &w.data[(first + r0) * k..(first + r0 + count) * k];
-                for (i, xi) in xq.chunks_exact(k).enumerate() {
-                    kernels::dot_i8_rows(self.isa, xi, weights, &mut dots[..count]);
-                    for (j, &d) in dots[..count].iter().enumerate() {
-                        chunk[(r0 + j) * m + i] = (sx[i] * w.scales[first + r0 + j]) * d as f32;
-                    }
+        // Rows in runs used by every activation row while in L2 (the kernel
+        // reads a whole task's rows once per activation row).
+        rows_in_runs(m, w.rows, k, RUN_BYTES, m, out, |rows, i0, g, dots| {
+            let weights = &w.data[rows.start * k..rows.end * k];
+            let mut sums = vec![0i32; rows.len()];
+            for t in 0..g {
+                let i = i0 + t;
+                kernels::dot_i8_rows(self.isa, &xq[i * k..(i + 1) * k], weights, &mut sums);
+                for (j, &d) in sums.iter().enumerate() {
+                    dots[j * g + t] = (sx[i] * w.scales[rows.start + j]) * d as f32;
                 }
             }
         });
