@@ -156,43 +156,8 @@ proptest! {
     }
 
     #[test]
-    fn fast_q8_block_on_every_isa(cuts in proptest::collection::vec(1usize..300, 1..4), nb in 1usize..100, extra in 0usize..40, m in 1usize..14, seed in any::<u64>()) {
-        // Splits of any length (ragged quads and blocks), weights over the whole
-        // int8 range (-128 included), activations with outliers.
-        let k: usize = cuts.iter().sum();
-        let splits: Vec<std::ops::Range<usize>> = cuts.iter().scan(0, |at, &c| { *at += c; Some(*at - c..*at) }).collect();
-        let n = nb + extra;
-        let n0 = extra / 2;
-        let val = |i: usize, salt: u64| ((i as u64).wrapping_mul(2654435761) ^ seed ^ salt).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
-        let w: Vec<u8> = (0..k * n).map(|i| val(i, 1) as u8).collect();
-        let x: Vec<f32> = (0..m * k).map(|i| {
-            let v = (val(i, 2) % 2001) as f32 / 1000.0 - 1.0;
-            if val(i, 3) % 53 == 0 { v * 40.0 } else { v }
-        }).collect();
-        let scales: Vec<f32> = (0..nb).map(|j| 0.01 + (j % 7) as f32 * 0.003).collect();
-        // Quantised on every path: the same values.
-        let act = q8_fast::ActI8::quantize(Isa::Scalar, &x, m, k, &splits);
-        for isa in Isa::available() {
-            let other = q8_fast::ActI8::quantize(isa, &x, m, k, &splits);
-            prop_assert!(other.q == act.q && other.sx == act.sx && other.xsum == act.xsum, "{} quantises differently", isa.name());
-        }
-        for (s, rows) in splits.iter().enumerate() {
-            let block = kernels::Q8Rows { w: &w, n, rows: rows.clone(), n0 };
-            let mut want = vec![0.5f32; m * nb];
-            q8_fast::q8_block_fast(Isa::Scalar, &act, s, &block, &scales, &mut want);
-            for isa in Isa::available() {
-                let mut total = vec![0.5f32; m * nb];
-                q8_fast::q8_block_fast(isa, &act, s, &block, &scales, &mut total);
-                // Integer sums, then the same f32 steps: bit-identical.
-                prop_assert!(total == want, "{} differs from scalar (split {})", isa.name(), s);
-                // Each row alone (another kernel shape) gives the same values.
-                let i = seed as usize % m;
-                let alone = q8_fast::ActI8::quantize(isa, &x[i * k..(i + 1) * k], 1, k, &splits);
-                let mut one = vec![0.5f32; nb];
-                q8_fast::q8_block_fast(isa, &alone, s, &block, &scales, &mut one);
-                prop_assert!(one[..] == total[i * nb..(i + 1) * nb], "{}: row {} alone differs", isa.name(), i);
-            }
-        }
+    fn fast_q8_block_on_every_isa(cuts in proptest::collection::vec(1usize..300, 1..4), nb in 1usize..100, extra in 0usize..40, m in prop_oneof![1usize..14, 14usize..40], seed in any::<u64>()) {
+        fast_q8_block_case(&cuts, nb, extra, m, seed)?;
     }
 
     #[test]
@@ -342,6 +307,95 @@ proptest! {
             }
         }
     }
+}
+
+/// `q8_fast::q8_block_fast` on every ISA against the scalar kernel, for
+/// splits of the given lengths (ragged quads and blocks), weights over the
+/// whole int8 range (-128 included), activations with outliers.
+fn fast_q8_block_case(
+    cuts: &[usize],
+    nb: usize,
+    extra: usize,
+    m: usize,
+    seed: u64,
+) -> Result<(), TestCaseError> {
+    let k: usize = cuts.iter().sum();
+    let splits: Vec<std::ops::Range<usize>> = cuts
+        .iter()
+        .scan(0, |at, &c| {
+            *at += c;
+            Some(*at - c..*at)
+        })
+        .collect();
+    let n = nb + extra;
+    let n0 = extra / 2;
+    let val = |i: usize, salt: u64| {
+        ((i as u64).wrapping_mul(2654435761) ^ seed ^ salt).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            >> 40
+    };
+    let w: Vec<u8> = (0..k * n).map(|i| val(i, 1) as u8).collect();
+    let x: Vec<f32> = (0..m * k)
+        .map(|i| {
+            let v = (val(i, 2) % 2001) as f32 / 1000.0 - 1.0;
+            if val(i, 3) % 53 == 0 {
+                v * 40.0
+            } else {
+                v
+            }
+        })
+        .collect();
+    let scales: Vec<f32> = (0..nb).map(|j| 0.01 + (j % 7) as f32 * 0.003).collect();
+    // Quantised on every path: the same values.
+    let act = q8_fast::ActI8::quantize(Isa::Scalar, &x, m, k, &splits);
+    for isa in Isa::available() {
+        let other = q8_fast::ActI8::quantize(isa, &x, m, k, &splits);
+        prop_assert!(
+            other.q == act.q && other.sx == act.sx && other.xsum == act.xsum,
+            "{} quantises differently",
+            isa.name()
+        );
+    }
+    for (s, rows) in splits.iter().enumerate() {
+        let block = kernels::Q8Rows {
+            w: &w,
+            n,
+            rows: rows.clone(),
+            n0,
+        };
+        let mut want = vec![0.5f32; m * nb];
+        q8_fast::q8_block_fast(Isa::Scalar, &act, s, &block, &scales, &mut want);
+        for isa in Isa::available() {
+            let mut total = vec![0.5f32; m * nb];
+            q8_fast::q8_block_fast(isa, &act, s, &block, &scales, &mut total);
+            // Integer sums, then the same f32 steps: bit-identical.
+            prop_assert!(
+                total == want,
+                "{} differs from scalar (split {})",
+                isa.name(),
+                s
+            );
+            // Each row alone (another kernel shape) gives the same values.
+            let i = seed as usize % m;
+            let alone = q8_fast::ActI8::quantize(isa, &x[i * k..(i + 1) * k], 1, k, &splits);
+            let mut one = vec![0.5f32; nb];
+            q8_fast::q8_block_fast(isa, &alone, s, &block, &scales, &mut one);
+            prop_assert!(
+                one[..] == total[i * nb..(i + 1) * nb],
+                "{}: row {} alone differs",
+                isa.name(),
+                i
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn fast_q8_block_in_many_panel_chunks() {
+    // Splits long enough that the tile kernels cut them into several chunks
+    // of packed panels (their sums carried between chunks), 35 rows (two full
+    // AMX tiles and a ragged one), a ragged last block.
+    fast_q8_block_case(&[4096, 45], 272, 16, 35, 7).unwrap();
 }
 
 #[test]

@@ -4,6 +4,9 @@
 
 use std::ops::Range;
 
+#[cfg(target_arch = "x86_64")]
+use super::x86::Wide;
+
 /// The instruction set the kernels use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
@@ -14,18 +17,24 @@ pub enum Isa {
     /// `vpdpbusd` (64 byte products per instruction); everything else on the
     /// AVX2 kernels.
     Avx512Vnni,
+    /// `Avx512Vnni` plus AMX-INT8 (Intel Sapphire Rapids and later): the int8
+    /// mode's products over 16 activation rows or more (prefill) run on the
+    /// tile multiplier (`x86_amx.rs`, 16 x 16 x 32 products per instruction).
+    Amx,
 }
 
 impl Isa {
     /// The best instruction set this CPU has; `GROK1_KERNELS=scalar` forces the
-    /// portable kernels and `GROK1_KERNELS=avx2` the AVX2 ones on a CPU that
-    /// has more (for debugging and comparison).
+    /// portable kernels, `GROK1_KERNELS=avx2` the AVX2 ones and
+    /// `GROK1_KERNELS=avx512-vnni` the AVX-512 ones on a CPU that has more
+    /// (for debugging and comparison).
     pub fn detect() -> Isa {
         let best = Self::best();
         match std::env::var("GROK1_KERNELS").as_deref() {
             Ok("scalar") => Isa::Scalar,
             // For comparisons on a CPU that has more.
             Ok("avx2") if best != Isa::Scalar => Isa::Avx2,
+            Ok("avx512-vnni") if best == Isa::Amx => Isa::Avx512Vnni,
             _ => best,
         }
     }
@@ -42,6 +51,10 @@ impl Isa {
                 && is_x86_feature_detected!("avx512vl")
                 && is_x86_feature_detected!("avx512vnni")
             {
+                #[cfg(target_os = "linux")]
+                if super::x86_amx::available() {
+                    return Isa::Amx;
+                }
                 return Isa::Avx512Vnni;
             }
             return Isa::Avx2;
@@ -51,7 +64,7 @@ impl Isa {
 
     /// Every instruction set this CPU can run (for tests).
     pub fn available() -> Vec<Isa> {
-        let all = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni];
+        let all = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::Amx];
         let best = all.iter().position(|&i| i == Self::best()).unwrap_or(0);
         all[..=best].to_vec()
     }
@@ -61,6 +74,7 @@ impl Isa {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2+fma",
             Isa::Avx512Vnni => "avx512-vnni",
+            Isa::Amx => "avx512-vnni+amx",
         }
     }
 }
@@ -133,10 +147,17 @@ pub fn q8_block(isa: Isa, xp: &[f32], m: usize, wb: &Q8Rows, scales: &[f32], tot
     );
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni => {
+        Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
+            // 512-bit tiles only where AVX-512 is present (the two ISAs above
+            // Avx2 are only chosen with AVX-512 F).
+            let wide = if isa == Isa::Avx2 {
+                Wide::Avx2
+            } else {
+                Wide::Avx512
+            };
             // SAFETY: Avx2 is only chosen when the CPU has AVX2 and FMA
             // (Isa::best), and the bounds above hold for every index used.
-            unsafe { super::x86::q8_block_avx2(xp, m, wb, scales, total) }
+            unsafe { super::x86::q8_block_avx2(xp, m, wb, scales, total, wide) }
         }
         _ => q8_block_scalar(xp, m, wb, scales, total),
     }
@@ -212,7 +233,7 @@ pub fn dot_f32_bytes(isa: Isa, x: &[f32], m: usize, d: usize, e: &[u8], out_t: &
     );
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni => {
+        Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
             // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
             unsafe { super::x86::dot_f32_bytes_avx2(x, m, d, e, out_t) }
         }
@@ -238,7 +259,7 @@ pub fn dot_rows(isa: Isa, q: &[f32], keys: &[f32], scores: &mut [f32]) {
     assert!(keys.len() >= scores.len() * hd, "dot_rows: keys too short");
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni => {
+        Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
             // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
             unsafe { super::x86::dot_rows_avx2(q, keys, scores) }
         }
@@ -256,7 +277,7 @@ pub fn axpy_rows(isa: Isa, w: &[f32], values: &[f32], out: &mut [f32]) {
     assert!(values.len() >= w.len() * hd, "axpy_rows: values too short");
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni => {
+        Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
             // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
             unsafe { super::x86::axpy_rows_avx2(w, values, out) }
         }
@@ -276,7 +297,7 @@ pub fn softcap_softmax(isa: Isa, s: &mut [f32], mult: f32, cap: f32, mask: &[boo
     assert!(mask.len() >= s.len(), "softcap_softmax: mask too short");
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni => {
+        Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
             // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
             unsafe { super::x86::softcap_softmax_avx2(s, mult, cap, mask) }
         }
@@ -305,7 +326,7 @@ pub fn gelu_mul(isa: Isa, h: &mut [f32], v: &[f32]) {
     assert!(v.len() >= h.len(), "gelu_mul: v too short");
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni => {
+        Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
             // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
             unsafe { super::x86::gelu_mul_avx2(h, v) }
         }
@@ -328,9 +349,9 @@ pub fn dot_i8_rows(isa: Isa, x: &[i8], rows: &[i8], out: &mut [i32]) {
         // SAFETY: `Isa::Avx2` is only chosen when the CPU has AVX2 (Isa::best).
         Isa::Avx2 => unsafe { super::x86::dot_i8_rows_avx2(x, rows, out) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx512Vnni` is only chosen when the CPU has AVX-512
-        // F/BW/VL/VNNI (Isa::best).
-        Isa::Avx512Vnni => unsafe { super::x86_vnni::dot_i8_rows_vnni(x, rows, out) },
+        // SAFETY: `Isa::Avx512Vnni` and `Isa::Amx` are only chosen when the
+        // CPU has AVX-512 F/BW/VL/VNNI (Isa::best).
+        Isa::Avx512Vnni | Isa::Amx => unsafe { super::x86_vnni::dot_i8_rows_vnni(x, rows, out) },
         _ => dot_i8_rows_scalar(x, rows, out),
     }
 }
@@ -371,7 +392,7 @@ pub fn dot_q8_0_rows(isa: Isa, x: &[f32], m: usize, k: usize, rows: &[u8], out_t
     );
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni => {
+        Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
             // SAFETY: AVX2/FMA are present (Isa::best), F16C with them on every
             // CPU that has both, and the sizes are checked above.
             unsafe { super::x86::dot_q8_0_rows_avx2(x, m, k, rows, out_t) }

@@ -14,6 +14,8 @@ pub mod kernels;
 pub mod q8_fast;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod x86_amx;
 #[cfg(target_arch = "x86_64")]
 mod x86_fast;
 #[cfg(target_arch = "x86_64")]

@@ -141,7 +141,9 @@ pub fn quantize_block(isa: Isa, src: &[f32], dst: &mut [i8]) -> f32 {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Avx2 and Avx512Vnni are only chosen when the CPU has AVX2
         // (Isa::best); the lengths are checked above.
-        Isa::Avx2 | Isa::Avx512Vnni => unsafe { super::x86_fast::quantize_block_avx2(src, dst) },
+        Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => unsafe {
+            super::x86_fast::quantize_block_avx2(src, dst)
+        },
         _ => crate::backend::quantize_row_i8(src, dst),
     }
 }
@@ -194,6 +196,13 @@ pub fn q8_block_fast(
             // SAFETY: Avx512Vnni is only chosen when the CPU has AVX2, FMA and
             // AVX-512 F/BW/VL/VNNI (Isa::best); the bounds above hold.
             unsafe { super::x86_vnni::q8_block_fast_vnni(&view, wb, scales, total) }
+        }
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        Isa::Amx => {
+            // SAFETY: Amx is only chosen when the CPU has everything
+            // Avx512Vnni needs plus AMX-TILE/INT8 and the kernel let this
+            // process use the tile data (Isa::best); the bounds above hold.
+            unsafe { super::x86_amx::q8_block_fast_amx(&view, wb, scales, total) }
         }
         _ => q8_block_fast_scalar(&view, wb, scales, total),
     }
@@ -343,7 +352,7 @@ pub fn dot_q8_0_rows_int8(isa: Isa, act: Q8_0Acts, rows: &[u8], out_t: &mut [f32
     );
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni => {
+        Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
             // SAFETY: AVX2/FMA are present (Isa::best), F16C with them on every
             // CPU that has both, and the sizes are checked above.
             unsafe { super::x86_fast::dot_q8_0_rows_int8_avx2(act, rows, out_t) }

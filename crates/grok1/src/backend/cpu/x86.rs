@@ -18,11 +18,18 @@ use super::kernels::{Q8Rows, Q8_0_BLOCK_BYTES, XGROUP};
 /// `rows.end <= k`, `n0 + nb <= n` and
 /// `rows.end * n <= w.len()`.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn q8_block_avx2(xp: &[f32], m: usize, wb: &Q8Rows, scales: &[f32], total: &mut [f32]) {
+pub unsafe fn q8_block_avx2(
+    xp: &[f32],
+    m: usize,
+    wb: &Q8Rows,
+    scales: &[f32],
+    total: &mut [f32],
+    wide: Wide,
+) {
     let nb = total.len() / m;
     if m >= PANEL_MIN_M {
         // SAFETY: the same bounds, passed on.
-        unsafe { q8_block_panels(xp, m, wb, scales, total) };
+        unsafe { q8_block_panels(xp, m, wb, scales, total, wide) };
         return;
     }
     let mut acc = vec![0f32; m * nb];
@@ -159,7 +166,14 @@ const PANEL_FLOATS: usize = 65536;
 /// # Safety
 /// The bounds of `q8_block_avx2`.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn q8_block_panels(xp: &[f32], m: usize, wb: &Q8Rows, scales: &[f32], total: &mut [f32]) {
+unsafe fn q8_block_panels(
+    xp: &[f32],
+    m: usize,
+    wb: &Q8Rows,
+    scales: &[f32],
+    total: &mut [f32],
+    wide: Wide,
+) {
     let Q8Rows { w, n, n0, .. } = *wb;
     let rows = wb.rows.clone();
     let (nb, k) = (total.len() / m, xp.len() / m);
@@ -171,7 +185,7 @@ unsafe fn q8_block_panels(xp: &[f32], m: usize, wb: &Q8Rows, scales: &[f32], tot
         // prefetched (full-width Grok-1 prefill: 19 -> 25 tokens/s). On
         // narrow matrices this measured 10% slower than one panel at a time.
         // SAFETY: the same bounds, passed on.
-        unsafe { q8_panels_by_rows(xp, m, wb, scales, total) };
+        unsafe { q8_panels_by_rows(xp, m, wb, scales, total, wide) };
     } else {
         let mut panel = [0f32; PANEL_ROWS * 16];
         let mut part = vec![0f32; m * 16];
@@ -205,7 +219,7 @@ unsafe fn q8_block_panels(xp: &[f32], m: usize, wb: &Q8Rows, scales: &[f32], tot
                     j,
                 };
                 // SAFETY: rows i..i + MR <= m of `part` and `total`, columns j..j + 16 <= nb.
-                unsafe { tile.run_all(m, out) };
+                unsafe { tile.run_any(m, out, wide) };
                 r0 += count;
             }
         }
@@ -222,7 +236,14 @@ unsafe fn q8_block_panels(xp: &[f32], m: usize, wb: &Q8Rows, scales: &[f32], tot
 /// # Safety
 /// The bounds of `q8_block_avx2`.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn q8_panels_by_rows(xp: &[f32], m: usize, wb: &Q8Rows, scales: &[f32], total: &mut [f32]) {
+unsafe fn q8_panels_by_rows(
+    xp: &[f32],
+    m: usize,
+    wb: &Q8Rows,
+    scales: &[f32],
+    total: &mut [f32],
+    wide: Wide,
+) {
     let Q8Rows { w, n, n0, .. } = *wb;
     let rows = wb.rows.clone();
     let (nb, k) = (total.len() / m, xp.len() / m);
@@ -273,7 +294,7 @@ unsafe fn q8_panels_by_rows(xp: &[f32], m: usize, wb: &Q8Rows, scales: &[f32], t
                 };
                 // SAFETY: rows i..i + MR <= m of `part` and `total`, columns
                 // g0 + j .. g0 + j + 16 <= full <= nb.
-                unsafe { tile.run_all(m, out) };
+                unsafe { tile.run_any(m, out, wide) };
             }
             r0 += count;
         }
@@ -294,6 +315,14 @@ unsafe fn widen16(src: *const u8, dst: *mut f32) {
         _mm256_storeu_ps(dst, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)));
         _mm256_storeu_ps(dst.add(8), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)));
     }
+}
+
+/// Whether the f32 register tiles may use AVX-512 (`Wide::Avx512` only when
+/// the CPU has AVX-512 F).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Wide {
+    Avx2,
+    Avx512,
 }
 
 /// One chunk of converted weight rows of a 16-column panel, against their
@@ -328,6 +357,130 @@ struct Out<'a> {
 }
 
 impl Tile<'_> {
+    /// `run_all`, or `run_all_avx512` where `wide` allows.
+    ///
+    /// # Safety
+    /// As `run_all`; `Wide::Avx512` only when the CPU has AVX-512 F.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_any(&self, m: usize, out: Out<'_>, wide: Wide) {
+        // SAFETY: the caller's bounds and features.
+        unsafe {
+            match wide {
+                Wide::Avx2 => self.run_all(m, out),
+                Wide::Avx512 => self.run_all_avx512(m, out),
+            }
+        }
+    }
+
+    /// `run_all` on 512-bit registers: a 16-column panel row is one vector,
+    /// and two packed groups (12 rows, 12 accumulators: enough to hide the
+    /// FMA latency on two FMA units) share each weight load. The same FMAs in
+    /// the same order per accumulator: bit-identical.
+    ///
+    /// # Safety
+    /// As `run_all`, and AVX-512 F.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,avx512f")]
+    unsafe fn run_all_avx512(&self, m: usize, mut out: Out<'_>) {
+        let mut i = 0;
+        while i < m {
+            let group = |i: usize| {
+                let width = XGROUP.min(m - i);
+                (
+                    width,
+                    &self.xp
+                        [i * self.k + self.rows.start * width..i * self.k + self.rows.end * width],
+                )
+            };
+            let (width, x) = group(i);
+            // SAFETY: rows i..i + width (and the next group's) <= m; each `x`
+            // holds its group's values for the chunk's rows.
+            unsafe {
+                if width == XGROUP && i + 2 * XGROUP <= m {
+                    let (_, x2) = group(i + XGROUP);
+                    self.run_avx512::<XGROUP, 2>([x, x2], i, &mut out);
+                    i += 2 * XGROUP;
+                    continue;
+                }
+                match width {
+                    6 => self.run_avx512::<6, 1>([x], i, &mut out),
+                    5 => self.run_avx512::<5, 1>([x], i, &mut out),
+                    4 => self.run_avx512::<4, 1>([x], i, &mut out),
+                    3 => self.run_avx512::<3, 1>([x], i, &mut out),
+                    2 => self.run_avx512::<2, 1>([x], i, &mut out),
+                    _ => self.run_avx512::<1, 1>([x], i, &mut out),
+                }
+            }
+            i += width;
+        }
+    }
+
+    /// `run` for `G` consecutive packed groups of `MR` rows from `i0` (each
+    /// `xs[g]` is `[rows, MR]`), one 512-bit accumulator per row.
+    ///
+    /// # Safety
+    /// AVX-512 F; rows `i0..i0 + G * MR <= m`; the shapes of `run_all`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,avx512f")]
+    unsafe fn run_avx512<const MR: usize, const G: usize>(
+        &self,
+        xs: [&[f32]; G],
+        i0: usize,
+        out: &mut Out<'_>,
+    ) {
+        let rows = self.panel.len() / 16;
+        assert!(xs.iter().all(|x| x.len() >= rows * MR) && out.j + 16 <= out.nb);
+        let pp = out.part.as_mut_ptr();
+        let at = |g: usize, t: usize| i0 + g * MR + t;
+        let mut c = [[_mm512_setzero_ps(); MR]; G];
+        if !self.first {
+            for (g, cg) in c.iter_mut().enumerate() {
+                for (t, ct) in cg.iter_mut().enumerate() {
+                    // SAFETY: row at(g, t) < m, columns part_j..part_j + 16 of part.
+                    *ct =
+                        unsafe { _mm512_loadu_ps(pp.add(at(g, t) * out.part_stride + out.part_j)) };
+                }
+            }
+        }
+        let wp = self.panel.as_ptr();
+        let xp = xs.map(|x| x.as_ptr());
+        for r in 0..rows {
+            // SAFETY: r < rows: panel[16 r..16 r + 16] and xs[g][r MR + t] are in bounds.
+            unsafe {
+                let w = _mm512_loadu_ps(wp.add(16 * r));
+                for (g, cg) in c.iter_mut().enumerate() {
+                    for (t, ct) in cg.iter_mut().enumerate() {
+                        let x = _mm512_set1_ps(*xp[g].add(r * MR + t));
+                        *ct = _mm512_fmadd_ps(x, w, *ct);
+                    }
+                }
+            }
+        }
+        let tp = out.total.as_mut_ptr();
+        for (g, cg) in c.iter().enumerate() {
+            for (t, ct) in cg.iter().enumerate() {
+                // SAFETY: as for the loads; scales has 16 values, columns
+                // j..j + 16 <= nb of total.
+                unsafe {
+                    match self.last {
+                        None => {
+                            _mm512_storeu_ps(pp.add(at(g, t) * out.part_stride + out.part_j), *ct)
+                        }
+                        Some(scales) => {
+                            let p = tp.add(at(g, t) * out.nb + out.j);
+                            let s = _mm512_loadu_ps(scales.as_ptr());
+                            _mm512_storeu_ps(
+                                p,
+                                _mm512_add_ps(_mm512_loadu_ps(p), _mm512_mul_ps(*ct, s)),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Every activation row, a packed group at a time.
     ///
     /// # Safety

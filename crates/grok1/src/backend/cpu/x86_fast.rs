@@ -258,9 +258,12 @@ pub(super) fn run_panels(
         let cq = chunk.min(nq - c0);
         pack(c0..c0 + cq, nq, chunk, &zeros, &mut panel);
         for j in (0..full).step_by(16) {
+            // The panel's quads rounded up to whole blocks (<= chunk): the AMX
+            // tiles read a short last block whole, against zero activations.
             let tile = Tile {
                 view,
-                panel: &panel[j / 16 * chunk * 64..(j / 16 * chunk + cq) * 64],
+                panel: &panel
+                    [j / 16 * chunk * 64..(j / 16 * chunk + cq.next_multiple_of(BLOCK_QUADS)) * 64],
                 quads: c0..c0 + cq,
                 last_quad: nq,
                 j,

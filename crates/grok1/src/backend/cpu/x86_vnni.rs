@@ -58,16 +58,16 @@ pub unsafe fn q8_block_fast_vnni(view: &SplitView, wb: &Q8Rows, scales: &[f32], 
     });
 }
 
-/// Columns `j .. j + 64` of a quad's four rows as `w + 128`, interleaved:
-/// vector `u`, 128-bit lane `l` holds columns `16 l + 4 u .. + 4`, each 32-bit
-/// lane one column's four rows.
+/// Columns `j .. j + 64` of a quad's four rows XOR `bias` (`0x80` bytes give
+/// `w + 128`, the unsigned operand of `vpdpbusd`; zeros keep `w`),
+/// interleaved: vector `u`, 128-bit lane `l` holds columns `16 l + 4 u .. + 4`,
+/// each 32-bit lane one column's four rows.
 ///
 /// # Safety
 /// Each pointer has `j + 64` readable bytes.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn interleave_quad(rows: [*const u8; QUAD], j: usize) -> [__m512i; 4] {
-    let bias = _mm512_set1_epi8(-128);
+unsafe fn interleave_quad(rows: [*const u8; QUAD], j: usize, bias: __m512i) -> [__m512i; 4] {
     // SAFETY: the caller's bound.
     let [a, b, c, d] = rows
         .map(|p| unsafe { _mm512_xor_si512(_mm512_loadu_si512(p.add(j) as *const __m512i), bias) });
@@ -130,7 +130,7 @@ unsafe fn stream<const M: usize>(
             // long; j + 64 <= full.
             unsafe {
                 prefetch_quad(next, j);
-                let v = interleave_quad([p0, p1, p2, p3], j);
+                let v = interleave_quad([p0, p1, p2, p3], j, _mm512_set1_epi8(-128));
                 for (i, &x) in xs.iter().enumerate() {
                     let base = ap.add(i * full + j) as *mut __m512i;
                     for (u, &vu) in v.iter().enumerate() {
@@ -175,15 +175,15 @@ unsafe fn stream<const M: usize>(
     }
 }
 
-/// `x86_fast::pack_panels` with `bias`, 64 columns at a time: four full cache
-/// lines per quad interleaved in registers (as the decode stream does), the
-/// lanes put in column order, four panels written.
+/// `x86_fast::pack_panels`, 64 columns at a time: four full cache lines per
+/// quad interleaved in registers (as the decode stream does), the lanes put in
+/// column order, four panels written.
 ///
 /// # Safety
 /// As `pack_panels`, with `full % 64 == 0` and AVX-512 F/BW.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,avx512f,avx512bw")]
-unsafe fn pack_panels_wide(
+pub(super) unsafe fn pack_panels_wide(
     wb: &Q8Rows,
     quads: std::ops::Range<usize>,
     nq: usize,
@@ -191,10 +191,12 @@ unsafe fn pack_panels_wide(
     full: usize,
     zeros: &[u8],
     panel: &mut [u8],
+    bias: bool,
 ) {
     assert!(quads.len() <= chunk && panel.len() >= chunk * full * QUAD && zeros.len() >= full);
     assert!(full.is_multiple_of(64));
     let pan = panel.as_mut_ptr();
+    let flip = _mm512_set1_epi8(if bias { -128 } else { 0 });
     for (qd, quad) in quads.clone().enumerate() {
         let [p0, p1, p2, p3] = quad_rows(wb, quad, zeros);
         let next = (quad + 1 < nq).then(|| quad_rows(wb, quad + 1, zeros));
@@ -203,7 +205,7 @@ unsafe fn pack_panels_wide(
             // full; panels j / 16 .. j / 16 + 4 hold `chunk` quads of 64 bytes.
             unsafe {
                 prefetch_quad(next, j);
-                let v = interleave_quad([p0, p1, p2, p3], j);
+                let v = interleave_quad([p0, p1, p2, p3], j, flip);
                 let cols = lanes_to_columns(v.map(|x| _mm512_castsi512_ps(x)));
                 for (u, col) in cols.into_iter().enumerate() {
                     let dst = pan.add(((j / 16 + u) * chunk + qd) * 64);
@@ -234,7 +236,7 @@ unsafe fn panels(view: &SplitView, wb: &Q8Rows, full: usize, scales: &[f32], tot
             // 16 columns; AVX-512 F/BW are present.
             unsafe {
                 if full.is_multiple_of(64) {
-                    pack_panels_wide(wb, quads, nq, chunk, full, zeros, panel);
+                    pack_panels_wide(wb, quads, nq, chunk, full, zeros, panel, true);
                 } else {
                     pack_panels(wb, quads, nq, chunk, full, zeros, panel, true);
                 }

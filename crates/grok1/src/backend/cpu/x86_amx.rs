@@ -1,0 +1,325 @@
+//! AMX-INT8 version of the int8 mode's prefill products (`q8_fast.rs`, 16
+//! activation rows or more), bit-identical to the scalar reference.
+//!
+//! The tile multiplier's `tdpbssd` takes a 16 x 32 byte tile of activations
+//! (16 rows, one block of 32 values each), an 8 x 64 byte tile of weights
+//! (eight quads of the interleaved 16-column panels `x86_fast::run_panels`
+//! packs, the layout AMX calls "VNNI") and adds the 16 x 16 exact i32 sums of
+//! that block into an accumulator tile: 8192 products per instruction, both
+//! operands signed (no `+ 128` to take back off as in `vpdpbusd`). Each block's
+//! sums are stored, converted to f32 and folded into 16 f32 accumulators with
+//! the block's activation scales, exactly as the other kernels do, while the
+//! tile unit already multiplies the next block (two accumulator tiles in turn).
+//!
+//! Linux keeps the 8 KiB of tile data off for a process until it asks
+//! (`arch_prctl(ARCH_REQ_XCOMP_PERM)`); the request is made before the first
+//! tile instruction on every thread (the permission is per process, asking
+//! again is a cheap no-op, and a thread that is refused falls back to the
+//! AVX-512 kernels). The tile configuration is loaded on entry and released on
+//! exit, so no thread is left holding tile state.
+
+#![cfg(all(target_arch = "x86_64", target_os = "linux"))]
+
+use std::arch::asm;
+use std::arch::x86_64::*;
+use std::cell::Cell;
+use std::sync::OnceLock;
+
+use super::kernels::{add_tail_columns, Q8Rows};
+use super::q8_fast::{SplitView, ACT_BLOCK, BLOCK_QUADS, QUAD};
+use super::x86_fast::{pack_panels, q8_block_fast_avx2, run_panels};
+use super::x86_vnni::{pack_panels_wide, q8_block_fast_vnni};
+
+/// Activation rows per tile (AMX's maximum).
+const TILE_M: usize = 16;
+/// Fewest activation rows the tiles take; fewer go to the AVX-512 kernels
+/// (a tile of 16 rows on a handful of rows multiplies mostly padding).
+const AMX_MIN_M: usize = 16;
+
+/// `arch_prctl` codes (`asm/prctl.h`) and the tile-data state component.
+const ARCH_REQ_XCOMP_PERM: libc::c_ulong = 0x1023;
+const XFEATURE_XTILEDATA: libc::c_ulong = 18;
+
+/// Whether the CPU has AMX-TILE and AMX-INT8 and Linux lets this process use
+/// the tile data.
+pub fn available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        // CPUID leaf 7, sub-leaf 0: EDX bit 24 is AMX-TILE, bit 25 AMX-INT8.
+        #[allow(unused_unsafe)] // a safe function from Rust 1.94
+        // SAFETY: every x86-64 CPU has CPUID leaf 7's sub-leaf 0 (or answers
+        // zeros for leaves above its maximum).
+        let leaf = unsafe { __cpuid_count(7, 0) };
+        (leaf.edx >> 24) & 1 == 1 && (leaf.edx >> 25) & 1 == 1 && permitted()
+    })
+}
+
+/// Asks Linux for the tile data on this thread once (see the module note).
+fn permitted() -> bool {
+    thread_local!(static GRANTED: Cell<Option<bool>> = const { Cell::new(None) });
+    GRANTED.with(|granted| {
+        *granted.get().get_or_insert_with(|| {
+            // SAFETY: a plain system call with integer arguments.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_arch_prctl,
+                    ARCH_REQ_XCOMP_PERM,
+                    XFEATURE_XTILEDATA,
+                )
+            };
+            let ok = rc == 0;
+            granted.set(Some(ok));
+            ok
+        })
+    })
+}
+
+/// The `ldtilecfg` operand (palette 1): tiles 0 and 1 are the 16 x 16 i32
+/// accumulators, tile 2 the 16 x 32 byte activations, tile 3 the 8 x 64 byte
+/// weights.
+#[repr(C, align(64))]
+struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    colsb: [u16; 16],
+    rows: [u8; 16],
+}
+
+impl TileConfig {
+    fn new() -> TileConfig {
+        let mut c = TileConfig {
+            palette: 1,
+            start_row: 0,
+            reserved: [0; 14],
+            colsb: [0; 16],
+            rows: [0; 16],
+        };
+        for (t, colsb, rows) in [
+            (0, 64, TILE_M),
+            (1, 64, TILE_M),
+            (2, ACT_BLOCK, TILE_M),
+            (3, 64, BLOCK_QUADS),
+        ] {
+            c.colsb[t] = colsb as u16;
+            c.rows[t] = rows as u8;
+        }
+        c
+    }
+}
+
+/// AMX version of `q8_fast::q8_block_fast_scalar`, bit-identical to it; fewer
+/// than `AMX_MIN_M` rows, or a thread refused the tile data, take the AVX-512
+/// kernels.
+///
+/// # Safety
+/// As `x86_vnni::q8_block_fast_vnni`, and the CPU has AMX-TILE and AMX-INT8
+/// (`available`).
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn q8_block_fast_amx(view: &SplitView, wb: &Q8Rows, scales: &[f32], total: &mut [f32]) {
+    let m = view.act.m;
+    let nb = total.len() / m;
+    let full = nb / 16 * 16;
+    if m < AMX_MIN_M || full == 0 || !permitted() {
+        // SAFETY: the caller's bounds and features.
+        return unsafe { q8_block_fast_vnni(view, wb, scales, total) };
+    }
+    let act = PaddedActs::new(view);
+    let config = TileConfig::new();
+    // SAFETY: the configuration is a valid palette-1 layout (64 bytes, reserved
+    // bytes zero) and this thread may use the tile data (`permitted`).
+    unsafe { asm!("ldtilecfg [{}]", in(reg) &config, options(nostack, readonly)) };
+    run_panels(
+        view,
+        full,
+        total,
+        TILE_M,
+        |quads, nq, chunk, zeros, panel| {
+            // SAFETY: the caller's bounds; the panel holds `chunk` quads per 16
+            // columns; AVX-512 F/BW are present. Signed weights (`tdpbssd`).
+            unsafe {
+                if full.is_multiple_of(64) {
+                    pack_panels_wide(wb, quads, nq, chunk, full, zeros, panel, false);
+                } else {
+                    pack_panels(wb, quads, nq, chunk, full, zeros, panel, false);
+                }
+            }
+        },
+        |tile, i, mr, part, total| {
+            let first = tile.quads.start == 0;
+            let last = tile.quads.end == tile.last_quad;
+            let (row, col) = (i * tile.full + tile.j, i * nb + tile.j);
+            let mut f = [_mm512_setzero_ps(); TILE_M];
+            for (t, ft) in f.iter_mut().enumerate().take(mr) {
+                if !first {
+                    // SAFETY: 16 floats of `part`.
+                    *ft = unsafe { _mm512_loadu_ps(part[row + t * tile.full..][..16].as_ptr()) };
+                }
+            }
+            let (b0, blocks) = (
+                tile.quads.start / BLOCK_QUADS,
+                tile.quads.len().div_ceil(BLOCK_QUADS),
+            );
+            // SAFETY: `PaddedActs` has rows i..i + 16 and blocks b0..b0 +
+            // blocks (the chunk's quads are inside the split); the panel holds
+            // the chunk's quads rounded up to whole blocks (`run_panels`); the
+            // tiles are configured.
+            unsafe { act.multiply(i, b0, blocks, tile.panel, &mut f) };
+            for (t, ft) in f.iter().enumerate().take(mr) {
+                if last {
+                    let s = scales[tile.j..][..16].as_ptr();
+                    let p = total[col + t * nb..][..16].as_mut_ptr();
+                    // SAFETY: `s` and `p` point at 16 floats.
+                    unsafe {
+                        let sum = _mm512_add_ps(
+                            _mm512_loadu_ps(p),
+                            _mm512_mul_ps(*ft, _mm512_loadu_ps(s)),
+                        );
+                        _mm512_storeu_ps(p, sum);
+                    }
+                } else {
+                    let p = part[row + t * tile.full..][..16].as_mut_ptr();
+                    // SAFETY: `p` points at 16 floats of `part`.
+                    unsafe { _mm512_storeu_ps(p, *ft) };
+                }
+            }
+        },
+    );
+    // SAFETY: AMX-TILE is present; releasing leaves the thread without tile state.
+    unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    // The last columns (fewer than a panel) through the AVX2 kernel.
+    add_tail_columns(m, full, wb, scales, total, |cols, s, t| {
+        // SAFETY: AVX2 and FMA are present; the columns are a subset of the
+        // caller's, so its bounds hold.
+        unsafe { q8_block_fast_avx2(view, cols, s, t) }
+    });
+}
+
+/// A split's activations as the tiles read them: rows padded with zeros to a
+/// multiple of 16, each row's quads padded with zeros to whole blocks (a short
+/// last block multiplies whole weight tiles), the scales beside them (zero for
+/// the padding rows).
+struct PaddedActs {
+    /// `[rows, blocks * 32]` values.
+    q: Vec<i8>,
+    /// `[rows, blocks]` scales.
+    sx: Vec<f32>,
+    blocks: usize,
+}
+
+impl PaddedActs {
+    fn new(view: &SplitView) -> PaddedActs {
+        let m = view.act.m;
+        let rows = m.next_multiple_of(TILE_M);
+        let blocks = view.rows.len().div_ceil(ACT_BLOCK);
+        let mut q = vec![0i8; rows * blocks * ACT_BLOCK];
+        let mut sx = vec![0f32; rows * blocks];
+        for i in 0..m {
+            let src = view.row(i);
+            q[i * blocks * ACT_BLOCK..][..src.len()].copy_from_slice(src);
+            for (b, s) in sx[i * blocks..(i + 1) * blocks].iter_mut().enumerate() {
+                *s = view.scale(i, b);
+            }
+        }
+        PaddedActs { q, sx, blocks }
+    }
+
+    /// Adds rows `i0..i0 + 16` times one 16-column panel over blocks `b0..b0 +
+    /// n` into `f` (`f[t] = fma(f32(block sum), scale, f[t])`, block by block,
+    /// as the scalar kernel orders it).
+    ///
+    /// # Safety
+    /// The tiles are configured (`TileConfig`); `i0 + 16` rows and `b0 + n`
+    /// blocks are inside; `panel` holds `n` blocks of eight 64-byte quads.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn multiply(
+        &self,
+        i0: usize,
+        b0: usize,
+        n: usize,
+        panel: &[u8],
+        f: &mut [__m512; TILE_M],
+    ) {
+        assert!((i0 + TILE_M) * self.blocks <= self.sx.len() && b0 + n <= self.blocks);
+        assert!(panel.len() >= n * BLOCK_QUADS * QUAD * 16);
+        let stride = self.blocks * ACT_BLOCK;
+        let a = self.q[i0 * stride + b0 * ACT_BLOCK..].as_ptr();
+        let sx = self.sx[i0 * self.blocks + b0..].as_ptr();
+        let w = panel.as_ptr();
+        let mut sums = Sums([[0; 16]; TILE_M]);
+        // Block `kb` multiplies into tile kb % 2; its sums are taken out after
+        // the next block's multiply is issued, so the two overlap.
+        for kb in 0..=n {
+            if kb < n {
+                // SAFETY: 16 rows of 32 bytes at `stride` from block kb of row
+                // i0, 8 rows of 64 bytes from block kb of the panel (asserted).
+                unsafe { multiply_block(kb % 2, a.add(kb * ACT_BLOCK), stride, w.add(kb * 512)) };
+            }
+            if kb > 0 {
+                let prev = kb - 1;
+                // SAFETY: `sums` holds 16 rows of 64 bytes.
+                unsafe { store_sums(prev % 2, &mut sums) };
+                for (t, ft) in f.iter_mut().enumerate() {
+                    // SAFETY: row i0 + t, block b0 + prev are inside sx (asserted).
+                    let s = _mm512_set1_ps(unsafe { *sx.add(t * self.blocks + prev) });
+                    // SAFETY: a row of `sums` is 16 i32.
+                    let c = unsafe { _mm512_loadu_si512(sums.0[t].as_ptr() as *const __m512i) };
+                    *ft = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c), s, *ft);
+                }
+            }
+        }
+    }
+}
+
+/// One accumulator tile's 16 x 16 i32 sums in memory.
+#[repr(C, align(64))]
+struct Sums([[i32; 16]; TILE_M]);
+
+/// Tile `c` (0 or 1) = the block's activations (16 rows of 32 bytes at `a`,
+/// `stride` apart) times its weights (8 rows of 64 bytes at `w`).
+///
+/// # Safety
+/// The tiles are configured; the memory is readable.
+#[inline(always)]
+unsafe fn multiply_block(c: usize, a: *const i8, stride: usize, w: *const u8) {
+    // SAFETY: the caller's.
+    unsafe {
+        if c == 0 {
+            asm!(
+                "tilezero tmm0",
+                "tileloadd tmm2, [{a} + {sa}*1]",
+                "tileloadd tmm3, [{w} + {sw}*1]",
+                "tdpbssd tmm0, tmm2, tmm3",
+                a = in(reg) a, sa = in(reg) stride, w = in(reg) w, sw = in(reg) 64usize,
+                options(nostack, readonly),
+            );
+        } else {
+            asm!(
+                "tilezero tmm1",
+                "tileloadd tmm2, [{a} + {sa}*1]",
+                "tileloadd tmm3, [{w} + {sw}*1]",
+                "tdpbssd tmm1, tmm2, tmm3",
+                a = in(reg) a, sa = in(reg) stride, w = in(reg) w, sw = in(reg) 64usize,
+                options(nostack, readonly),
+            );
+        }
+    }
+}
+
+/// Stores accumulator tile `c` (0 or 1) into `sums`.
+///
+/// # Safety
+/// The tiles are configured.
+#[inline(always)]
+unsafe fn store_sums(c: usize, sums: &mut Sums) {
+    let p = sums.0.as_mut_ptr();
+    // SAFETY: `sums` is 16 rows of 64 bytes.
+    unsafe {
+        if c == 0 {
+            asm!("tilestored [{p} + {s}*1], tmm0", p = in(reg) p, s = in(reg) 64usize, options(nostack));
+        } else {
+            asm!("tilestored [{p} + {s}*1], tmm1", p = in(reg) p, s = in(reg) 64usize, options(nostack));
+        }
+    }
+}
