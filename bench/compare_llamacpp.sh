@@ -65,13 +65,25 @@ if [ ! -d "$src" ]; then
         llama-cpp-python==0.3.36 -d "$cache/sdist"
     tar xzf "$cache"/sdist/llama_cpp_python-0.3.36.tar.gz -C "$cache"
 fi
-llama_bench=$src/build/bin/llama-bench
+# On a CPU with AMX, llama.cpp's native build uses its AMX kernels, which
+# crash in this version (SIGSEGV at ldtilecfg in a worker thread, as in
+# llama.cpp issue 20824: the tile permission is asked on the main thread only),
+# so they are compiled out there (its MoE products do not use them anyway) and
+# the build goes to its own folder.
+build=build
+cflags=
+if grep -qw amx_int8 /proc/cpuinfo 2>/dev/null; then
+    build=build-noamx
+    cflags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+fi
+llama_bench=$src/$build/bin/llama-bench
 if [ ! -x "$llama_bench" ]; then
-    echo "== building llama-bench (once; a few minutes)"
-    PATH=$venv/bin:$PATH cmake -S "$src" -B "$src/build" -DCMAKE_BUILD_TYPE=Release \
+    echo "== building llama-bench (once; a few minutes)${cflags:+; without AMX}"
+    PATH=$venv/bin:$PATH cmake -S "$src" -B "$src/$build" -DCMAKE_BUILD_TYPE=Release \
         -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF \
-        -DGGML_NATIVE=ON > "$cache/cmake-configure.log" 2>&1
-    PATH=$venv/bin:$PATH cmake --build "$src/build" -j "$(nproc)" --target llama-bench \
+        -DGGML_NATIVE=ON "-DCMAKE_C_FLAGS=$cflags" "-DCMAKE_CXX_FLAGS=$cflags" \
+        > "$cache/cmake-configure.log" 2>&1
+    PATH=$venv/bin:$PATH cmake --build "$src/$build" -j "$(nproc)" --target llama-bench \
         > "$cache/cmake-build.log" 2>&1
 fi
 llama_commit=$(cd "$src" && (git rev-parse --short HEAD 2>/dev/null || echo "0.3.36 sdist"))
@@ -98,8 +110,12 @@ results=$cache/results-$(date +%Y%m%d-%H%M%S).jsonl
 echo "== $repeat rounds, $threads threads, pp$prompt / tg$gen; raw results in $results"
 for r in $(seq 1 "$repeat"); do
     echo "-- round $r/$repeat"
-    "$llama_bench" -m "$gguf" -t "$threads" -p "$prompt" -n "$gen" -r 1 -o json 2>/dev/null \
-        | python3 -c 'import json,sys
+    if ! lb=$("$llama_bench" -m "$gguf" -t "$threads" -p "$prompt" -n "$gen" -r 1 -o json \
+        2>"$cache/llama-bench.err"); then
+        echo "compare_llamacpp: llama-bench failed on $gguf; its messages: $cache/llama-bench.err" >&2
+        exit 1
+    fi
+    echo "$lb" | python3 -c 'import json,sys
 for row in json.load(sys.stdin):
     kind = "pp" if row["n_gen"] == 0 else "tg"
     print(json.dumps({"engine": "llama.cpp Q8_0", "kind": kind, "tps": row["avg_ts"]}))' >> "$results"
