@@ -27,8 +27,8 @@ use std::sync::OnceLock;
 
 use super::kernels::{add_tail_columns, Q8Rows};
 use super::q8_fast::{SplitView, ACT_BLOCK, BLOCK_QUADS, QUAD};
-use super::x86_fast::{pack_panels, q8_block_fast_avx2, run_panels};
-use super::x86_vnni::{pack_panels_wide, q8_block_fast_vnni};
+use super::x86_fast::{q8_block_fast_avx2, run_panels};
+use super::x86_vnni::{pack_panels_512, q8_block_fast_vnni};
 
 /// Activation rows per tile (AMX's maximum).
 const TILE_M: usize = 16;
@@ -58,19 +58,19 @@ pub fn available() -> bool {
 fn permitted() -> bool {
     thread_local!(static GRANTED: Cell<Option<bool>> = const { Cell::new(None) });
     GRANTED.with(|granted| {
-        *granted.get().get_or_insert_with(|| {
-            // SAFETY: a plain system call with integer arguments.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_arch_prctl,
-                    ARCH_REQ_XCOMP_PERM,
-                    XFEATURE_XTILEDATA,
-                )
-            };
-            let ok = rc == 0;
-            granted.set(Some(ok));
-            ok
-        })
+        if let Some(ok) = granted.get() {
+            return ok;
+        }
+        // SAFETY: a plain system call with integer arguments.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_arch_prctl,
+                ARCH_REQ_XCOMP_PERM,
+                XFEATURE_XTILEDATA,
+            )
+        };
+        granted.set(Some(rc == 0));
+        rc == 0
     })
 }
 
@@ -137,25 +137,11 @@ pub unsafe fn q8_block_fast_amx(view: &SplitView, wb: &Q8Rows, scales: &[f32], t
         |quads, nq, chunk, zeros, panel| {
             // SAFETY: the caller's bounds; the panel holds `chunk` quads per 16
             // columns; AVX-512 F/BW are present. Signed weights (`tdpbssd`).
-            unsafe {
-                if full.is_multiple_of(64) {
-                    pack_panels_wide(wb, quads, nq, chunk, full, zeros, panel, false);
-                } else {
-                    pack_panels(wb, quads, nq, chunk, full, zeros, panel, false);
-                }
-            }
+            unsafe { pack_panels_512(wb, quads, nq, chunk, full, zeros, panel, false) }
         },
         |tile, i, mr, part, total| {
-            let first = tile.quads.start == 0;
-            let last = tile.quads.end == tile.last_quad;
-            let (row, col) = (i * tile.full + tile.j, i * nb + tile.j);
             let mut f = [_mm512_setzero_ps(); TILE_M];
-            for (t, ft) in f.iter_mut().enumerate().take(mr) {
-                if !first {
-                    // SAFETY: 16 floats of `part`.
-                    *ft = unsafe { _mm512_loadu_ps(part[row + t * tile.full..][..16].as_ptr()) };
-                }
-            }
+            tile.sums_in(i, &mut f[..mr], part);
             let (b0, blocks) = (
                 tile.quads.start / BLOCK_QUADS,
                 tile.quads.len().div_ceil(BLOCK_QUADS),
@@ -165,24 +151,7 @@ pub unsafe fn q8_block_fast_amx(view: &SplitView, wb: &Q8Rows, scales: &[f32], t
             // the chunk's quads rounded up to whole blocks (`run_panels`); the
             // tiles are configured.
             unsafe { act.multiply(i, b0, blocks, tile.panel, &mut f) };
-            for (t, ft) in f.iter().enumerate().take(mr) {
-                if last {
-                    let s = scales[tile.j..][..16].as_ptr();
-                    let p = total[col + t * nb..][..16].as_mut_ptr();
-                    // SAFETY: `s` and `p` point at 16 floats.
-                    unsafe {
-                        let sum = _mm512_add_ps(
-                            _mm512_loadu_ps(p),
-                            _mm512_mul_ps(*ft, _mm512_loadu_ps(s)),
-                        );
-                        _mm512_storeu_ps(p, sum);
-                    }
-                } else {
-                    let p = part[row + t * tile.full..][..16].as_mut_ptr();
-                    // SAFETY: `p` points at 16 floats of `part`.
-                    unsafe { _mm512_storeu_ps(p, *ft) };
-                }
-            }
+            tile.sums_out(i, &f[..mr], part, total, nb, scales);
         },
     );
     // SAFETY: AMX-TILE is present; releasing leaves the thread without tile state.

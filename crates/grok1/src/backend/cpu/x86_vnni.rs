@@ -183,7 +183,7 @@ unsafe fn stream<const M: usize>(
 /// As `pack_panels`, with `full % 64 == 0` and AVX-512 F/BW.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,avx512f,avx512bw")]
-pub(super) unsafe fn pack_panels_wide(
+unsafe fn pack_panels_wide(
     wb: &Q8Rows,
     quads: std::ops::Range<usize>,
     nq: usize,
@@ -216,6 +216,33 @@ pub(super) unsafe fn pack_panels_wide(
     }
 }
 
+/// `pack_panels_wide` where the columns are whole multiples of 64, else the
+/// AVX2 `pack_panels`.
+///
+/// # Safety
+/// As `pack_panels`, and AVX-512 F/BW.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,avx512f,avx512bw")]
+pub(super) unsafe fn pack_panels_512(
+    wb: &Q8Rows,
+    quads: std::ops::Range<usize>,
+    nq: usize,
+    chunk: usize,
+    full: usize,
+    zeros: &[u8],
+    panel: &mut [u8],
+    bias: bool,
+) {
+    // SAFETY: the caller's bounds and features.
+    unsafe {
+        if full.is_multiple_of(64) {
+            pack_panels_wide(wb, quads, nq, chunk, full, zeros, panel, bias);
+        } else {
+            pack_panels(wb, quads, nq, chunk, full, zeros, panel, bias);
+        }
+    }
+}
+
 /// `m >= PANEL_MIN_M` activation rows: chunks of quads (whole blocks) are
 /// interleaved once into 16-column panels of `w + 128` (`[chunk][16 columns
 /// x 4 rows]` bytes, one 512-bit vector per quad), then `MR x 16` register
@@ -234,13 +261,7 @@ unsafe fn panels(view: &SplitView, wb: &Q8Rows, full: usize, scales: &[f32], tot
         |quads, nq, chunk, zeros, panel| {
             // SAFETY: the caller's bounds; the panel holds `chunk` quads per
             // 16 columns; AVX-512 F/BW are present.
-            unsafe {
-                if full.is_multiple_of(64) {
-                    pack_panels_wide(wb, quads, nq, chunk, full, zeros, panel, true);
-                } else {
-                    pack_panels(wb, quads, nq, chunk, full, zeros, panel, true);
-                }
-            }
+            unsafe { pack_panels_512(wb, quads, nq, chunk, full, zeros, panel, true) }
         },
         |tile, i, mr, part, total| {
             // SAFETY: rows i..i + mr <= m of part and total; AVX-512 VNNI is present.
@@ -277,16 +298,8 @@ impl Tile<'_> {
         scales: &[f32],
     ) {
         assert!(self.panel.len() >= self.quads.len() * 64 && self.j + 16 <= self.full);
-        let pp = part.as_mut_ptr();
-        let first = self.quads.start == 0;
-        let last = self.quads.end == self.last_quad;
         let mut f = [_mm512_setzero_ps(); MR];
-        if !first {
-            for (t, ft) in f.iter_mut().enumerate() {
-                // SAFETY: row i0 + t < m, columns j..j + 16 <= full of part.
-                *ft = unsafe { _mm512_loadu_ps(pp.add((i0 + t) * self.full + self.j)) };
-            }
-        }
+        self.sums_in(i0, &mut f, part);
         let mut c = [_mm512_setzero_si512(); MR];
         let wp = self.panel.as_ptr();
         // Each row's quads as 32-bit words (read unaligned).
@@ -321,16 +334,52 @@ impl Tile<'_> {
             }
             qd = end;
         }
+        self.sums_out(i0, &f, part, total, nb, scales);
+    }
+
+    /// The f32 sums rows `i0..i0 + f.len()` start the chunk with: zeros on the
+    /// split's first chunk, else those `part` carried (columns `j..j + 16`).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn sums_in(&self, i0: usize, f: &mut [__m512], part: &[f32]) {
+        for (t, ft) in f.iter_mut().enumerate() {
+            *ft = if self.quads.start == 0 {
+                _mm512_setzero_ps()
+            } else {
+                let p = part[(i0 + t) * self.full + self.j..][..16].as_ptr();
+                // SAFETY: `p` points at 16 floats of `part`.
+                unsafe { _mm512_loadu_ps(p) }
+            };
+        }
+    }
+
+    /// Rows `i0..i0 + f.len()` of the chunk's sums: on the split's last chunk
+    /// times the column scales into `total` (`[m, nb]`), else into `part`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn sums_out(
+        &self,
+        i0: usize,
+        f: &[__m512],
+        part: &mut [f32],
+        total: &mut [f32],
+        nb: usize,
+        scales: &[f32],
+    ) {
         for (t, ft) in f.iter().enumerate() {
-            // SAFETY: row i0 + t < m; columns j..j + 16 <= full <= nb.
-            unsafe {
-                if last {
-                    let s = _mm512_loadu_ps(scales.as_ptr().add(self.j));
-                    let p = total.as_mut_ptr().add((i0 + t) * nb + self.j);
-                    _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), _mm512_mul_ps(*ft, s)));
-                } else {
-                    _mm512_storeu_ps(pp.add((i0 + t) * self.full + self.j), *ft);
+            if self.quads.end == self.last_quad {
+                let s = scales[self.j..][..16].as_ptr();
+                let p = total[(i0 + t) * nb + self.j..][..16].as_mut_ptr();
+                // SAFETY: `s` and `p` point at 16 floats.
+                unsafe {
+                    let sum =
+                        _mm512_add_ps(_mm512_loadu_ps(p), _mm512_mul_ps(*ft, _mm512_loadu_ps(s)));
+                    _mm512_storeu_ps(p, sum);
                 }
+            } else {
+                let p = part[(i0 + t) * self.full + self.j..][..16].as_mut_ptr();
+                // SAFETY: `p` points at 16 floats of `part`.
+                unsafe { _mm512_storeu_ps(p, *ft) };
             }
         }
     }
