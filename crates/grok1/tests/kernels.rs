@@ -87,6 +87,24 @@ fn q8_0_rows(
     (bytes, dense)
 }
 
+/// A row-dot case for the Q8_0 proptests: `k = 32 * blocks`, Q8_0 rows with
+/// values from `lowest` to 127 (`q8_0_rows`), and `m` activation rows in
+/// [-2, 2).
+fn q8_0_case(
+    rows: usize,
+    blocks: usize,
+    m: usize,
+    seed: u64,
+    lowest: i64,
+) -> (usize, Vec<u8>, Vec<f64>, Vec<f32>) {
+    let k = 32 * blocks;
+    let span = (128 - lowest) as u64;
+    let val = |i: usize, salt: u64| ((i as u64).wrapping_mul(2654435761) ^ seed ^ salt) % span;
+    let (bytes, dense) = q8_0_rows(rows, blocks, lowest, &val);
+    let x = (0..m * k).map(|i| val(i, 3) as f32 / 64.0 - 2.0).collect();
+    (k, bytes, dense, x)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
@@ -212,10 +230,7 @@ proptest! {
 
     #[test]
     fn q8_0_row_dots_on_every_isa(blocks in 1usize..12, rows in 1usize..20, m in 1usize..10, seed in any::<u64>()) {
-        let k = 32 * blocks;
-        let val = |i: usize, salt: u64| ((i as u64).wrapping_mul(2654435761) ^ seed ^ salt) % 255;
-        let (bytes, dense) = q8_0_rows(rows, blocks, -127, &val);
-        let x: Vec<f32> = (0..m * k).map(|i| val(i, 3) as f32 / 64.0 - 2.0).collect();
+        let (k, bytes, dense, x) = q8_0_case(rows, blocks, m, seed, -127);
         let mut scalar = vec![0f32; rows * m];
         kernels::dot_q8_0_rows(Isa::Scalar, &x, m, k, &bytes, &mut scalar);
         for r in 0..rows {
@@ -243,11 +258,8 @@ proptest! {
 
     #[test]
     fn q8_0_int8_row_dots_on_every_isa(blocks in 1usize..12, rows in 1usize..20, m in 1usize..10, seed in any::<u64>()) {
-        let k = 32 * blocks;
-        let val = |i: usize, salt: u64| ((i as u64).wrapping_mul(2654435761) ^ seed ^ salt) % 256;
         // Values over the whole int8 range (-128 included).
-        let (bytes, dense) = q8_0_rows(rows, blocks, -128, &val);
-        let x: Vec<f32> = (0..m * k).map(|i| val(i, 3) as f32 / 64.0 - 2.0).collect();
+        let (k, bytes, dense, x) = q8_0_case(rows, blocks, m, seed, -128);
         let act = q8_fast::ActQ8_0::quantize(Isa::Scalar, &x, m, k);
         let mut scalar = vec![0f32; rows * m];
         q8_fast::dot_q8_0_rows_int8(Isa::Scalar, act.rows(0..m), &bytes, &mut scalar);

@@ -33,6 +33,9 @@ pub const ACT_BLOCK: usize = 32;
 pub const QUAD: usize = 4;
 /// Quads per activation block.
 pub const BLOCK_QUADS: usize = ACT_BLOCK / QUAD;
+/// [`ActI8`]'s rows are padded with zeros to a multiple of this (the AMX
+/// tile height).
+pub const ROW_PAD: usize = 16;
 
 /// The rows of quad `qd` of a split of `split_len` rows, relative to the
 /// split (`None`: padding). A block of `len` rows has `s = ceil(len / 4)`
@@ -67,16 +70,20 @@ pub fn quad_index(split_len: usize, r: usize) -> usize {
 /// whose rows are cut into the given splits: per row, per split, per block of
 /// `ACT_BLOCK` rows from the split's start, `q = round(x / s)` with `s =
 /// absmax / 127`. Each split's values are laid out in quads ([`quad_lanes`]),
-/// padded with zeros.
+/// padded with zeros to whole blocks, and the values and scales have zero rows
+/// after the `m` rows up to a multiple of [`ROW_PAD`]: the AMX tiles load
+/// whole blocks of 16 rows in place (a short block or a short last tile then
+/// multiplies zeros).
 pub struct ActI8 {
     pub m: usize,
     /// Padded quads per activation row (all splits).
     pub quads: usize,
     /// Blocks per activation row (all splits).
     pub blocks: usize,
-    /// `[m, quads * 4]` values, each split's in its quads' order.
+    /// `[m.next_multiple_of(ROW_PAD), quads * 4]` values, each split's in its
+    /// quads' order.
     pub q: Vec<i8>,
-    /// `[m, blocks]` scales.
+    /// `[m.next_multiple_of(ROW_PAD), blocks]` scales.
     pub sx: Vec<f32>,
     /// `[m, blocks]` sums of each block's values (the VNNI kernels multiply
     /// `w + 128` and take `128 * sum` back off).
@@ -96,12 +103,13 @@ impl ActI8 {
             assert_eq!(rows.start, next, "ActI8::quantize: splits do not tile 0..k");
             next = rows.end;
             layout.push((rows.clone(), quads, blocks));
-            quads += rows.len().div_ceil(QUAD);
+            quads += rows.len().div_ceil(ACT_BLOCK) * BLOCK_QUADS;
             blocks += rows.len().div_ceil(ACT_BLOCK);
         }
         assert_eq!(next, k, "ActI8::quantize: splits do not tile 0..k");
-        let mut q = vec![0i8; m * quads * QUAD];
-        let mut sx = vec![0f32; m * blocks];
+        let padded = m.next_multiple_of(ROW_PAD);
+        let mut q = vec![0i8; padded * quads * QUAD];
+        let mut sx = vec![0f32; padded * blocks];
         let mut xsum = vec![0i32; m * blocks];
         for i in 0..m {
             let xi = &x[i * k..(i + 1) * k];
@@ -179,7 +187,7 @@ pub fn q8_block_fast(
         "q8_block_fast: w too short"
     );
     assert!(
-        q0 + rows.len().div_ceil(QUAD) <= act.quads
+        q0 + rows.len().div_ceil(ACT_BLOCK) * BLOCK_QUADS <= act.quads
             && b0 + rows.len().div_ceil(ACT_BLOCK) <= act.blocks,
         "q8_block_fast: activations do not cover the split"
     );

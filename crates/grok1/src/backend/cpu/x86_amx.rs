@@ -6,7 +6,8 @@
 //! (eight quads of the interleaved 16-column panels `x86_fast::run_panels`
 //! packs, the layout AMX calls "VNNI") and adds the 16 x 16 exact i32 sums of
 //! that block into an accumulator tile: 8192 products per instruction, both
-//! operands signed (no `+ 128` to take back off as in `vpdpbusd`). Each block's
+//! operands signed (no `+ 128` to take back off as in `vpdpbusd`), the
+//! activations read in place from `ActI8` (zero-padded for this). Each block's
 //! sums are stored, converted to f32 and folded into 16 f32 accumulators with
 //! the block's activation scales, exactly as the other kernels do, while the
 //! tile unit already multiplies the next block (two accumulator tiles in turn).
@@ -124,7 +125,6 @@ pub unsafe fn q8_block_fast_amx(view: &SplitView, wb: &Q8Rows, scales: &[f32], t
         // SAFETY: the caller's bounds and features.
         return unsafe { q8_block_fast_vnni(view, wb, scales, total) };
     }
-    let act = PaddedActs::new(view);
     let config = TileConfig::new();
     // SAFETY: the configuration is a valid palette-1 layout (64 bytes, reserved
     // bytes zero) and this thread may use the tile data (`permitted`).
@@ -146,11 +146,9 @@ pub unsafe fn q8_block_fast_amx(view: &SplitView, wb: &Q8Rows, scales: &[f32], t
                 tile.quads.start / BLOCK_QUADS,
                 tile.quads.len().div_ceil(BLOCK_QUADS),
             );
-            // SAFETY: `PaddedActs` has rows i..i + 16 and blocks b0..b0 +
-            // blocks (the chunk's quads are inside the split); the panel holds
-            // the chunk's quads rounded up to whole blocks (`run_panels`); the
-            // tiles are configured.
-            unsafe { act.multiply(i, b0, blocks, tile.panel, &mut f) };
+            // SAFETY: the panel holds the chunk's quads rounded up to whole
+            // blocks (`run_panels`); the tiles are configured.
+            unsafe { multiply(view, i, b0, blocks, tile.panel, &mut f) };
             tile.sums_out(i, &f[..mr], part, total, nb, scales);
         },
     );
@@ -164,78 +162,56 @@ pub unsafe fn q8_block_fast_amx(view: &SplitView, wb: &Q8Rows, scales: &[f32], t
     });
 }
 
-/// A split's activations as the tiles read them: rows padded with zeros to a
-/// multiple of 16, each row's quads padded with zeros to whole blocks (a short
-/// last block multiplies whole weight tiles), the scales beside them (zero for
-/// the padding rows).
-struct PaddedActs {
-    /// `[rows, blocks * 32]` values.
-    q: Vec<i8>,
-    /// `[rows, blocks]` scales.
-    sx: Vec<f32>,
-    blocks: usize,
-}
-
-impl PaddedActs {
-    fn new(view: &SplitView) -> PaddedActs {
-        let m = view.act.m;
-        let rows = m.next_multiple_of(TILE_M);
-        let blocks = view.rows.len().div_ceil(ACT_BLOCK);
-        let mut q = vec![0i8; rows * blocks * ACT_BLOCK];
-        let mut sx = vec![0f32; rows * blocks];
-        for i in 0..m {
-            let src = view.row(i);
-            q[i * blocks * ACT_BLOCK..][..src.len()].copy_from_slice(src);
-            for (b, s) in sx[i * blocks..(i + 1) * blocks].iter_mut().enumerate() {
-                *s = view.scale(i, b);
-            }
+/// Adds rows `i0..i0 + 16` of the split's activations times one 16-column
+/// panel over the split's blocks `b0..b0 + n` into `f` (`f[t] = fma(f32(block
+/// sum), scale, f[t])`, block by block, as the scalar kernel orders it). The
+/// tiles read `ActI8` in place: its rows are padded to 16 and each split's
+/// quads to whole blocks, all with zeros.
+///
+/// # Safety
+/// The tiles are configured (`TileConfig`); `panel` holds `n` blocks of eight
+/// 64-byte quads.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn multiply(
+    view: &SplitView,
+    i0: usize,
+    b0: usize,
+    n: usize,
+    panel: &[u8],
+    f: &mut [__m512; TILE_M],
+) {
+    let act = view.act;
+    let stride = act.quads * QUAD;
+    // Rows i0..i0 + 16 of the (padded) values and scales; blocks b0..b0 + n of
+    // the split, whole blocks of quads from its first quad q0.
+    let (q, sx) = (view.q0 + b0 * BLOCK_QUADS, view.b0 + b0);
+    assert!(b0 + n <= view.rows.len().div_ceil(ACT_BLOCK));
+    assert!(i0 * stride + q * QUAD + (TILE_M - 1) * stride + n * ACT_BLOCK <= act.q.len());
+    assert!((i0 + TILE_M - 1) * act.blocks + sx + n <= act.sx.len());
+    assert!(panel.len() >= n * BLOCK_QUADS * QUAD * 16);
+    let a = act.q[i0 * stride + q * QUAD..].as_ptr();
+    let sx = act.sx[i0 * act.blocks + sx..].as_ptr();
+    let w = panel.as_ptr();
+    let mut sums = Sums([[0; 16]; TILE_M]);
+    // Block `kb` multiplies into tile kb % 2; its sums are taken out after
+    // the next block's multiply is issued, so the two overlap.
+    for kb in 0..=n {
+        if kb < n {
+            // SAFETY: 16 rows of 32 bytes at `stride` from block kb of row
+            // i0, 8 rows of 64 bytes from block kb of the panel (asserted).
+            unsafe { multiply_block(kb % 2, a.add(kb * ACT_BLOCK), stride, w.add(kb * 512)) };
         }
-        PaddedActs { q, sx, blocks }
-    }
-
-    /// Adds rows `i0..i0 + 16` times one 16-column panel over blocks `b0..b0 +
-    /// n` into `f` (`f[t] = fma(f32(block sum), scale, f[t])`, block by block,
-    /// as the scalar kernel orders it).
-    ///
-    /// # Safety
-    /// The tiles are configured (`TileConfig`); `i0 + 16` rows and `b0 + n`
-    /// blocks are inside; `panel` holds `n` blocks of eight 64-byte quads.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn multiply(
-        &self,
-        i0: usize,
-        b0: usize,
-        n: usize,
-        panel: &[u8],
-        f: &mut [__m512; TILE_M],
-    ) {
-        assert!((i0 + TILE_M) * self.blocks <= self.sx.len() && b0 + n <= self.blocks);
-        assert!(panel.len() >= n * BLOCK_QUADS * QUAD * 16);
-        let stride = self.blocks * ACT_BLOCK;
-        let a = self.q[i0 * stride + b0 * ACT_BLOCK..].as_ptr();
-        let sx = self.sx[i0 * self.blocks + b0..].as_ptr();
-        let w = panel.as_ptr();
-        let mut sums = Sums([[0; 16]; TILE_M]);
-        // Block `kb` multiplies into tile kb % 2; its sums are taken out after
-        // the next block's multiply is issued, so the two overlap.
-        for kb in 0..=n {
-            if kb < n {
-                // SAFETY: 16 rows of 32 bytes at `stride` from block kb of row
-                // i0, 8 rows of 64 bytes from block kb of the panel (asserted).
-                unsafe { multiply_block(kb % 2, a.add(kb * ACT_BLOCK), stride, w.add(kb * 512)) };
-            }
-            if kb > 0 {
-                let prev = kb - 1;
-                // SAFETY: `sums` holds 16 rows of 64 bytes.
-                unsafe { store_sums(prev % 2, &mut sums) };
-                for (t, ft) in f.iter_mut().enumerate() {
-                    // SAFETY: row i0 + t, block b0 + prev are inside sx (asserted).
-                    let s = _mm512_set1_ps(unsafe { *sx.add(t * self.blocks + prev) });
-                    // SAFETY: a row of `sums` is 16 i32.
-                    let c = unsafe { _mm512_loadu_si512(sums.0[t].as_ptr() as *const __m512i) };
-                    *ft = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c), s, *ft);
-                }
+        if kb > 0 {
+            let prev = kb - 1;
+            // SAFETY: `sums` holds 16 rows of 64 bytes.
+            unsafe { store_sums(prev % 2, &mut sums) };
+            for (t, ft) in f.iter_mut().enumerate() {
+                // SAFETY: row i0 + t, block prev are inside sx (asserted).
+                let s = _mm512_set1_ps(unsafe { *sx.add(t * act.blocks + prev) });
+                // SAFETY: a row of `sums` is 16 i32.
+                let c = unsafe { _mm512_loadu_si512(sums.0[t].as_ptr() as *const __m512i) };
+                *ft = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c), s, *ft);
             }
         }
     }

@@ -175,15 +175,16 @@ unsafe fn stream<const M: usize>(
     }
 }
 
-/// `x86_fast::pack_panels`, 64 columns at a time: four full cache lines per
+/// `x86_fast::pack_panels`, 64 columns at a time where the columns are whole
+/// multiples of 64 (else the AVX2 `pack_panels`): four full cache lines per
 /// quad interleaved in registers (as the decode stream does), the lanes put in
 /// column order, four panels written.
 ///
 /// # Safety
-/// As `pack_panels`, with `full % 64 == 0` and AVX-512 F/BW.
+/// As `pack_panels`, and AVX-512 F/BW.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,avx512f,avx512bw")]
-unsafe fn pack_panels_wide(
+pub(super) unsafe fn pack_panels_512(
     wb: &Q8Rows,
     quads: std::ops::Range<usize>,
     nq: usize,
@@ -193,8 +194,11 @@ unsafe fn pack_panels_wide(
     panel: &mut [u8],
     bias: bool,
 ) {
+    if !full.is_multiple_of(64) {
+        // SAFETY: the caller's bounds; AVX2 is present.
+        return unsafe { pack_panels(wb, quads, nq, chunk, full, zeros, panel, bias) };
+    }
     assert!(quads.len() <= chunk && panel.len() >= chunk * full * QUAD && zeros.len() >= full);
-    assert!(full.is_multiple_of(64));
     let pan = panel.as_mut_ptr();
     let flip = _mm512_set1_epi8(if bias { -128 } else { 0 });
     for (qd, quad) in quads.clone().enumerate() {
@@ -212,33 +216,6 @@ unsafe fn pack_panels_wide(
                     _mm512_storeu_ps(dst as *mut f32, col);
                 }
             }
-        }
-    }
-}
-
-/// `pack_panels_wide` where the columns are whole multiples of 64, else the
-/// AVX2 `pack_panels`.
-///
-/// # Safety
-/// As `pack_panels`, and AVX-512 F/BW.
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,avx512f,avx512bw")]
-pub(super) unsafe fn pack_panels_512(
-    wb: &Q8Rows,
-    quads: std::ops::Range<usize>,
-    nq: usize,
-    chunk: usize,
-    full: usize,
-    zeros: &[u8],
-    panel: &mut [u8],
-    bias: bool,
-) {
-    // SAFETY: the caller's bounds and features.
-    unsafe {
-        if full.is_multiple_of(64) {
-            pack_panels_wide(wb, quads, nq, chunk, full, zeros, panel, bias);
-        } else {
-            pack_panels(wb, quads, nq, chunk, full, zeros, panel, bias);
         }
     }
 }
