@@ -174,7 +174,7 @@ proptest! {
     }
 
     #[test]
-    fn fast_q8_block_on_every_isa(cuts in proptest::collection::vec(1usize..300, 1..4), nb in 1usize..100, extra in 0usize..40, m in prop_oneof![1usize..14, 14usize..40], seed in any::<u64>()) {
+    fn fast_q8_block_on_every_isa(cuts in proptest::collection::vec(1usize..300, 1..4), nb in 1usize..300, extra in 0usize..40, m in prop_oneof![1usize..14, 14usize..40], seed in any::<u64>()) {
         fast_q8_block_case(&cuts, nb, extra, m, seed)?;
     }
 
@@ -210,7 +210,7 @@ proptest! {
     }
 
     #[test]
-    fn q8_block_kernel_on_every_isa(rows in 1usize..600, nb in 1usize..100, extra in 0usize..20, m in 1usize..20, wide in any::<bool>(), seed in any::<u64>()) {
+    fn q8_block_kernel_on_every_isa(rows in 1usize..600, nb in 1usize..300, extra in 0usize..20, m in 1usize..20, wide in any::<bool>(), seed in any::<u64>()) {
         // Wide rows (a page or more apart) take the row-by-row conversion.
         let n = nb + extra + if wide { 4096 } else { 0 };
         let n0 = extra / 2;

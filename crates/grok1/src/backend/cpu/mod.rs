@@ -19,6 +19,8 @@ mod x86_amx;
 #[cfg(target_arch = "x86_64")]
 mod x86_fast;
 #[cfg(target_arch = "x86_64")]
+mod x86_strips;
+#[cfg(target_arch = "x86_64")]
 mod x86_vnni;
 
 use rayon::prelude::*;

@@ -8,9 +8,12 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::kernels::{Q8Rows, Q8_0_BLOCK_BYTES, XGROUP};
+use super::x86_strips::STRIPS_MAX_M;
 
 /// AVX2 version of `kernels::q8_block_scalar` (same FMAs in the same order,
-/// the same scale multiply and add: bit-identical).
+/// the same scale multiply and add: bit-identical). Where `wide` allows
+/// AVX-512, up to `STRIPS_MAX_M` activation rows take the register-summed
+/// streams of `x86_strips`; otherwise from `PANEL_MIN_M` rows the panels.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA; `m > 0`, `total.len() == m * nb`,
@@ -27,15 +30,47 @@ pub unsafe fn q8_block_avx2(
     wide: Wide,
 ) {
     let nb = total.len() / m;
-    if m >= PANEL_MIN_M {
+    let strips = wide == Wide::Avx512 && m <= STRIPS_MAX_M;
+    if m >= PANEL_MIN_M && !strips {
         // SAFETY: the same bounds, passed on.
         unsafe { q8_block_panels(xp, m, wb, scales, total, wide) };
         return;
     }
     let mut acc = vec![0f32; m * nb];
-    // SAFETY: the same bounds, with `acc` of the shape of `total`; with
-    // m < PANEL_MIN_M <= XGROUP the packed activations are plain [k, m].
-    unsafe { q8_stream(xp, m, wb, &mut acc) };
+    if strips {
+        let full = nb / 64 * 64;
+        // SAFETY: AVX-512 F is present (Wide::Avx512); the same bounds, with
+        // `acc` of the shape of `total`; with m <= STRIPS_MAX_M <= XGROUP the
+        // packed activations are plain [k, m].
+        unsafe {
+            use super::x86_strips::q8_stream_f32;
+            match m {
+                1 => q8_stream_f32::<1>(xp, wb, full, &mut acc),
+                2 => q8_stream_f32::<2>(xp, wb, full, &mut acc),
+                3 => q8_stream_f32::<3>(xp, wb, full, &mut acc),
+                4 => q8_stream_f32::<4>(xp, wb, full, &mut acc),
+                5 => q8_stream_f32::<5>(xp, wb, full, &mut acc),
+                _ => q8_stream_f32::<6>(xp, wb, full, &mut acc),
+            }
+            for r in wb.rows.clone() {
+                tail_columns(
+                    xp.as_ptr(),
+                    m,
+                    wb.w.as_ptr(),
+                    wb.n,
+                    r,
+                    wb.n0,
+                    acc.as_mut_ptr(),
+                    nb,
+                    full,
+                );
+            }
+        }
+    } else {
+        // SAFETY: the same bounds, with `acc` of the shape of `total`; with
+        // m < PANEL_MIN_M <= XGROUP the packed activations are plain [k, m].
+        unsafe { q8_stream(xp, m, wb, &mut acc) };
+    }
     super::kernels::add_scaled(&acc, nb, scales, total);
 }
 
@@ -147,6 +182,8 @@ const LINEAR_PREFETCH_MAX_ROW: usize = 4096;
 /// once (a panel of 16 columns) and reused from L1 by every row, instead of
 /// being converted again for each group of rows.
 const PANEL_MIN_M: usize = 4;
+// The streams read the packed activations as plain [k, m].
+const _: () = assert!(STRIPS_MAX_M <= XGROUP);
 // q8_stream reads the packed activations as plain [k, m].
 const _: () = assert!(PANEL_MIN_M <= XGROUP);
 /// Weight rows per panel: 16 KiB of f32, half of L1.

@@ -18,8 +18,9 @@ use std::arch::x86_64::*;
 use super::kernels::{add_tail_columns, Q8Rows};
 use super::q8_fast::{SplitView, BLOCK_QUADS, QUAD};
 use super::x86_fast::{
-    pack_panels, prefetch_quad, q8_block_fast_avx2, quad_rows, run_panels, Tile, PANEL_MIN_M,
+    pack_panels, prefetch_quad, q8_block_fast_avx2, quad_rows, run_panels, Tile,
 };
+use super::x86_strips::{q8_stream_i8, STRIPS_MAX_M};
 
 /// Activation rows per register tile: 8 i32 and 8 f32 accumulators, one
 /// weight vector, the activations broadcast from memory.
@@ -34,7 +35,7 @@ const TILE_ROWS: usize = 8;
 pub unsafe fn q8_block_fast_vnni(view: &SplitView, wb: &Q8Rows, scales: &[f32], total: &mut [f32]) {
     let m = view.act.m;
     let nb = total.len() / m;
-    let full = if m >= PANEL_MIN_M {
+    let full = if m > STRIPS_MAX_M {
         nb / 16 * 16
     } else {
         nb / 64 * 64
@@ -46,6 +47,9 @@ pub unsafe fn q8_block_fast_vnni(view: &SplitView, wb: &Q8Rows, scales: &[f32], 
                 1 => stream::<1>(view, wb, full, scales, total),
                 2 => stream::<2>(view, wb, full, scales, total),
                 3 => stream::<3>(view, wb, full, scales, total),
+                4 => stream::<4>(view, wb, full, scales, total),
+                5 => stream::<5>(view, wb, full, scales, total),
+                6 => stream::<6>(view, wb, full, scales, total),
                 _ => panels(view, wb, full, scales, total),
             }
         }
@@ -67,7 +71,11 @@ pub unsafe fn q8_block_fast_vnni(view: &SplitView, wb: &Q8Rows, scales: &[f32], 
 /// Each pointer has `j + 64` readable bytes.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn interleave_quad(rows: [*const u8; QUAD], j: usize, bias: __m512i) -> [__m512i; 4] {
+pub(super) unsafe fn interleave_quad(
+    rows: [*const u8; QUAD],
+    j: usize,
+    bias: __m512i,
+) -> [__m512i; 4] {
     // SAFETY: the caller's bound.
     let [a, b, c, d] = rows
         .map(|p| unsafe { _mm512_xor_si512(_mm512_loadu_si512(p.add(j) as *const __m512i), bias) });
@@ -99,10 +107,10 @@ fn lanes_to_columns(v: [__m512; 4]) -> [__m512; 4] {
     ]
 }
 
-/// `M < PANEL_MIN_M` activation rows (decoding): each quad of weight rows is
-/// read once, 64 columns at a time, interleaved in registers and used by every
-/// row; the i32 sums wait in memory until the block ends, then go into the f32
-/// `part`, both in the unpack order, which is undone once at the end.
+/// `M <= STRIPS_MAX_M` activation rows (decoding): the f32 sums of the
+/// split (`x86_strips::q8_stream_i8`, in the unpack order of
+/// `interleave_quad`), put in column order once at the end, times the
+/// column scales into `total`.
 ///
 /// # Safety
 /// As `q8_block_fast_vnni`, with `m == M`, `full % 64 == 0`, `full <= nb`.
@@ -115,50 +123,10 @@ unsafe fn stream<const M: usize>(
     total: &mut [f32],
 ) {
     let nb = total.len() / M;
-    let nq = view.rows.len().div_ceil(QUAD);
-    let zeros = vec![0u8; full];
-    let mut acc = vec![0i32; M * full];
     let mut part = vec![0f32; M * full];
-    let (ap, pp) = (acc.as_mut_ptr(), part.as_mut_ptr());
-    for qd in 0..nq {
-        let [p0, p1, p2, p3] = quad_rows(wb, qd, &zeros);
-        let next = (qd + 1 < nq).then(|| quad_rows(wb, qd + 1, &zeros));
-        let xs: [__m512i; M] = std::array::from_fn(|i| _mm512_set1_epi32(view.quad(i, qd)));
-        for j in (0..full).step_by(64) {
-            // SAFETY (block): each row pointer has `full` readable bytes from
-            // column n0 (a row of the split, or `zeros`); acc rows are `full`
-            // long; j + 64 <= full.
-            unsafe {
-                prefetch_quad(next, j);
-                let v = interleave_quad([p0, p1, p2, p3], j, _mm512_set1_epi8(-128));
-                for (i, &x) in xs.iter().enumerate() {
-                    let base = ap.add(i * full + j) as *mut __m512i;
-                    for (u, &vu) in v.iter().enumerate() {
-                        let s = base.add(u);
-                        _mm512_storeu_si512(s, _mm512_dpbusd_epi32(_mm512_loadu_si512(s), vu, x));
-                    }
-                }
-            }
-        }
-        if (qd + 1) % BLOCK_QUADS == 0 || qd + 1 == nq {
-            let b = qd / BLOCK_QUADS;
-            for i in 0..M {
-                let sx = _mm512_set1_ps(view.scale(i, b));
-                let corr = _mm512_set1_epi32(128 * view.sum(i, b));
-                for j in (0..full).step_by(16) {
-                    // SAFETY: j + 16 <= full on rows i < M of acc and part.
-                    unsafe {
-                        let s = ap.add(i * full + j) as *mut __m512i;
-                        let c = _mm512_sub_epi32(_mm512_loadu_si512(s), corr);
-                        let p = pp.add(i * full + j);
-                        let f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c), sx, _mm512_loadu_ps(p));
-                        _mm512_storeu_ps(p, f);
-                        _mm512_storeu_si512(s, _mm512_setzero_si512());
-                    }
-                }
-            }
-        }
-    }
+    // SAFETY: the caller's bounds; `part` is [M, full].
+    unsafe { q8_stream_i8::<M>(view, wb, full, &mut part) };
+    let pp = part.as_ptr();
     for i in 0..M {
         for j in (0..full).step_by(64) {
             // SAFETY: row i < M; j + 64 <= full <= nb, scales.len() >= full.

@@ -1,0 +1,195 @@
+//! AVX-512 decode streams (one to three activation rows) that keep their sums
+//! in registers: a block of weight rows is walked in strips of 64 columns (one
+//! cache line per row), each strip's `M x 64` sums held in registers down all
+//! the block's rows and written back once. The AVX2 and first VNNI streams
+//! load and store their sums in memory for every four weight rows, which at
+//! two or three activation rows (an expert's share of a decoding batch) costs
+//! more than the weights' own arithmetic.
+//!
+//! Walking a block column-strip by column-strip reads each of its rows as a
+//! sequential stream, one line per strip: the block's rows are prefetched a
+//! few strips ahead (and the next block's first strips while the last ones
+//! run), since that many streams at a page-crossing stride are more than the
+//! hardware prefetchers follow.
+
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::x86_64::*;
+
+use super::kernels::Q8Rows;
+use super::q8_fast::{SplitView, BLOCK_QUADS, QUAD};
+use super::x86_fast::quad_rows;
+use super::x86_vnni::interleave_quad;
+
+/// Weight rows per block of the f32 stream: a strip's lines are in flight
+/// together, and the sums are stored once per block (measured at full width,
+/// batch 8: 16 rows 3% faster than 32 or 8, 64 rows much slower).
+const F32_BLOCK_ROWS: usize = 16;
+/// Strips prefetched ahead of the one in use.
+const AHEAD: usize = 4;
+/// Most activation rows the streams take: `4 M` sums plus four weight
+/// vectors and temporaries in 32 registers. (Above it, the tiles.)
+pub(super) const STRIPS_MAX_M: usize = 6;
+
+/// Prefetches the line `AHEAD` strips past column `j` of a row (`row`
+/// points at its first column) in a walk over `full` columns, or, past the
+/// last strip, the matching line of `next` (the same row of the next block,
+/// whose first strips then arrive while the last ones run).
+#[inline(always)]
+fn prefetch_ahead(row: *const u8, next: Option<*const u8>, j: usize, full: usize) {
+    let jj = j + 64 * AHEAD;
+    let p = if jj < full {
+        row.wrapping_add(jj)
+    } else if let Some(next) = next {
+        next.wrapping_add(jj - full)
+    } else {
+        return;
+    };
+    // SAFETY: a prefetch reads nothing and cannot fault; the address is
+    // formed with wrapping arithmetic.
+    unsafe { _mm_prefetch(p as *const i8, _MM_HINT_T0) };
+}
+
+/// `acc[i][j] += sum over rows of xt[r][i] * w[r][n0 + j]` for columns
+/// `0..full` (`full % 64 == 0`), `xt` being `[k, M]`: the FMAs of
+/// `x86::q8_stream` in the same order (one per row, rows in order, for every
+/// column), so the sums are bit-identical.
+///
+/// # Safety
+/// AVX-512 F; every row of `wb.rows` covers `w[r*n + n0 .. + full]` and
+/// `xt[r*M .. r*M + M]`; `acc` is `[M, nb]` with `full <= nb`.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn q8_stream_f32<const M: usize>(
+    xt: &[f32],
+    wb: &Q8Rows,
+    full: usize,
+    acc: &mut [f32],
+) {
+    let Q8Rows { w, n, n0, .. } = *wb;
+    let nb = acc.len() / M;
+    let (wp, xp, ap) = (w.as_ptr(), xt.as_ptr(), acc.as_mut_ptr());
+    let end = wb.rows.end;
+    for r0 in wb.rows.clone().step_by(F32_BLOCK_ROWS) {
+        let r1 = (r0 + F32_BLOCK_ROWS).min(end);
+        for j in (0..full).step_by(64) {
+            // SAFETY (block): rows r0..r1 are in `wb.rows`, j + 64 <= full,
+            // the accumulator rows i < M hold nb >= full columns.
+            unsafe {
+                let mut s: [[__m512; 4]; M] = std::array::from_fn(|i| {
+                    std::array::from_fn(|u| _mm512_loadu_ps(ap.add(i * nb + j + 16 * u)))
+                });
+                for r in r0..r1 {
+                    let row = wp.wrapping_add(r * n + n0);
+                    let next = r + F32_BLOCK_ROWS;
+                    prefetch_ahead(
+                        row,
+                        (next < end).then(|| wp.wrapping_add(next * n + n0)),
+                        j,
+                        full,
+                    );
+                    let p = row.add(j);
+                    let wv: [__m512; 4] = std::array::from_fn(|u| {
+                        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                            p.add(16 * u) as *const __m128i
+                        )))
+                    });
+                    for (i, si) in s.iter_mut().enumerate() {
+                        let x = _mm512_set1_ps(*xp.add(r * M + i));
+                        for (su, &wu) in si.iter_mut().zip(&wv) {
+                            *su = _mm512_fmadd_ps(x, wu, *su);
+                        }
+                    }
+                }
+                for (i, si) in s.iter().enumerate() {
+                    for (u, &su) in si.iter().enumerate() {
+                        _mm512_storeu_ps(ap.add(i * nb + j + 16 * u), su);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `part[i] += sum over the split's blocks b of f32(sum_b(w * x_i)) * sx[i][b]`
+/// for columns `0..full` (`full % 64 == 0`), `part` being `[M, full]` in the
+/// unpack order of `interleave_quad` (f32, one FMA per block in block order,
+/// the i32 block sums exact): the VNNI decode stream. A block's eight quads
+/// (32 weight rows) are walked strip by strip with the `M x 64` i32 sums in
+/// registers; each strip's f32 sums are loaded and stored once per block.
+///
+/// # Safety
+/// AVX-512 F/BW/VNNI; the bounds `q8_fast::q8_block_fast` checks, with
+/// `full <= nb`; `part` holds `M * full` floats.
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn q8_stream_i8<const M: usize>(
+    view: &SplitView,
+    wb: &Q8Rows,
+    full: usize,
+    part: &mut [f32],
+) {
+    assert!(part.len() >= M * full);
+    let nq = view.rows.len().div_ceil(QUAD);
+    let zeros = vec![0u8; full];
+    let pp = part.as_mut_ptr();
+    let bias = _mm512_set1_epi8(-128);
+    let block_rows = |b: usize| -> [[*const u8; QUAD]; BLOCK_QUADS] {
+        std::array::from_fn(|t| {
+            let qd = b * BLOCK_QUADS + t;
+            if qd < nq {
+                quad_rows(wb, qd, &zeros)
+            } else {
+                [zeros.as_ptr(); QUAD]
+            }
+        })
+    };
+    let blocks = nq.div_ceil(BLOCK_QUADS);
+    let mut rows = block_rows(0);
+    for b in 0..blocks {
+        let quads = (nq - b * BLOCK_QUADS).min(BLOCK_QUADS);
+        let next = (b + 1 < blocks).then(|| block_rows(b + 1));
+        let xs: [[i32; M]; BLOCK_QUADS] = std::array::from_fn(|t| {
+            std::array::from_fn(|i| {
+                if t < quads {
+                    view.quad(i, b * BLOCK_QUADS + t)
+                } else {
+                    0
+                }
+            })
+        });
+        let sx: [__m512; M] = std::array::from_fn(|i| _mm512_set1_ps(view.scale(i, b)));
+        let corr: [__m512i; M] = std::array::from_fn(|i| _mm512_set1_epi32(128 * view.sum(i, b)));
+        for j in (0..full).step_by(64) {
+            let mut c = [[_mm512_setzero_si512(); 4]; M];
+            for t in 0..quads {
+                for (u, &row) in rows[t].iter().enumerate() {
+                    prefetch_ahead(row, next.map(|nx| nx[t][u]), j, full);
+                }
+                // SAFETY: every row pointer has `full` readable bytes (a row
+                // of the split from column n0, or `zeros`); j + 64 <= full.
+                let v = unsafe { interleave_quad(rows[t], j, bias) };
+                for (ci, &x) in c.iter_mut().zip(&xs[t]) {
+                    let x = _mm512_set1_epi32(x);
+                    for (cu, &vu) in ci.iter_mut().zip(&v) {
+                        *cu = _mm512_dpbusd_epi32(*cu, vu, x);
+                    }
+                }
+            }
+            for (i, ci) in c.iter().enumerate() {
+                for (u, &cu) in ci.iter().enumerate() {
+                    // SAFETY: i < M, j + 16 u + 16 <= full: inside `part`.
+                    unsafe {
+                        let p = pp.add(i * full + j + 16 * u);
+                        let exact = _mm512_sub_epi32(cu, corr[i]);
+                        _mm512_storeu_ps(
+                            p,
+                            _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), sx[i], _mm512_loadu_ps(p)),
+                        );
+                    }
+                }
+            }
+        }
+        if let Some(nx) = next {
+            rows = nx;
+        }
+    }
+}
