@@ -7,8 +7,8 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::kernels::{Q8Rows, Q8_0_BLOCK_BYTES, XGROUP};
-use super::x86_strips::STRIPS_MAX_M;
+use super::kernels::{packed_index, Q8Rows, Q8_0_BLOCK_BYTES, XGROUP};
+use super::x86_strips::{STRIPS_MAX_M, STRIPS_MAX_M_HALF};
 
 /// AVX2 version of `kernels::q8_block_scalar` (same FMAs in the same order,
 /// the same scale multiply and add: bit-identical). Where `wide` allows
@@ -30,7 +30,7 @@ pub unsafe fn q8_block_avx2(
     wide: Wide,
 ) {
     let nb = total.len() / m;
-    let strips = wide == Wide::Avx512 && m <= STRIPS_MAX_M;
+    let strips = wide == Wide::Avx512 && m <= STRIPS_MAX_M_HALF;
     if m >= PANEL_MIN_M && !strips {
         // SAFETY: the same bounds, passed on.
         unsafe { q8_block_panels(xp, m, wb, scales, total, wide) };
@@ -38,32 +38,40 @@ pub unsafe fn q8_block_avx2(
     }
     let mut acc = vec![0f32; m * nb];
     if strips {
-        let full = nb / 64 * 64;
+        let full = if m <= STRIPS_MAX_M {
+            nb / 64 * 64
+        } else {
+            nb / 32 * 32
+        };
         // SAFETY: AVX-512 F is present (Wide::Avx512); the same bounds, with
-        // `acc` of the shape of `total`; with m <= STRIPS_MAX_M <= XGROUP the
-        // packed activations are plain [k, m].
+        // `acc` of the shape of `total`.
         unsafe {
             use super::x86_strips::q8_stream_f32;
+            let acc = &mut acc;
             match m {
-                1 => q8_stream_f32::<1>(xp, wb, full, &mut acc),
-                2 => q8_stream_f32::<2>(xp, wb, full, &mut acc),
-                3 => q8_stream_f32::<3>(xp, wb, full, &mut acc),
-                4 => q8_stream_f32::<4>(xp, wb, full, &mut acc),
-                5 => q8_stream_f32::<5>(xp, wb, full, &mut acc),
-                _ => q8_stream_f32::<6>(xp, wb, full, &mut acc),
+                1 => q8_stream_f32::<1, 4>(xp, wb, full, acc),
+                2 => q8_stream_f32::<2, 4>(xp, wb, full, acc),
+                3 => q8_stream_f32::<3, 4>(xp, wb, full, acc),
+                4 => q8_stream_f32::<4, 4>(xp, wb, full, acc),
+                5 => q8_stream_f32::<5, 4>(xp, wb, full, acc),
+                6 => q8_stream_f32::<6, 4>(xp, wb, full, acc),
+                7 => q8_stream_f32::<7, 2>(xp, wb, full, acc),
+                8 => q8_stream_f32::<8, 2>(xp, wb, full, acc),
+                9 => q8_stream_f32::<9, 2>(xp, wb, full, acc),
+                10 => q8_stream_f32::<10, 2>(xp, wb, full, acc),
+                11 => q8_stream_f32::<11, 2>(xp, wb, full, acc),
+                _ => q8_stream_f32::<12, 2>(xp, wb, full, acc),
             }
-            for r in wb.rows.clone() {
-                tail_columns(
-                    xp.as_ptr(),
-                    m,
-                    wb.w.as_ptr(),
-                    wb.n,
-                    r,
-                    wb.n0,
-                    acc.as_mut_ptr(),
-                    nb,
-                    full,
-                );
+        }
+        // The last columns (fewer than a strip), one FMA per row in order.
+        let k = xp.len() / m;
+        for r in wb.rows.clone() {
+            let row = &wb.w[r * wb.n + wb.n0..][..nb];
+            for i in 0..m {
+                let xv = xp[packed_index(m, k, i, r)];
+                for (a, &b) in acc[i * nb..(i + 1) * nb].iter_mut().zip(row).skip(full) {
+                    *a = xv.mul_add(b as i8 as f32, *a);
+                }
             }
         }
     } else {
@@ -182,8 +190,6 @@ const LINEAR_PREFETCH_MAX_ROW: usize = 4096;
 /// once (a panel of 16 columns) and reused from L1 by every row, instead of
 /// being converted again for each group of rows.
 const PANEL_MIN_M: usize = 4;
-// The streams read the packed activations as plain [k, m].
-const _: () = assert!(STRIPS_MAX_M <= XGROUP);
 // q8_stream reads the packed activations as plain [k, m].
 const _: () = assert!(PANEL_MIN_M <= XGROUP);
 /// Weight rows per panel: 16 KiB of f32, half of L1.

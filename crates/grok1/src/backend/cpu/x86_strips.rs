@@ -16,7 +16,7 @@
 
 use std::arch::x86_64::*;
 
-use super::kernels::Q8Rows;
+use super::kernels::{packed_index, Q8Rows};
 use super::q8_fast::{SplitView, BLOCK_QUADS, QUAD};
 use super::x86_fast::quad_rows;
 use super::x86_vnni::interleave_quad;
@@ -30,6 +30,8 @@ const AHEAD: usize = 4;
 /// Most activation rows the streams take: `4 M` sums plus four weight
 /// vectors and temporaries in 32 registers. (Above it, the tiles.)
 pub(super) const STRIPS_MAX_M: usize = 6;
+/// Most activation rows the f32 stream takes in strips of two vectors.
+pub(super) const STRIPS_MAX_M_HALF: usize = 12;
 
 /// Prefetches the line `AHEAD` strips past column `j` of a row (`row`
 /// points at its first column) in a walk over `full` columns, or, past the
@@ -50,51 +52,57 @@ fn prefetch_ahead(row: *const u8, next: Option<*const u8>, j: usize, full: usize
     unsafe { _mm_prefetch(p as *const i8, _MM_HINT_T0) };
 }
 
-/// `acc[i][j] += sum over rows of xt[r][i] * w[r][n0 + j]` for columns
-/// `0..full` (`full % 64 == 0`), `xt` being `[k, M]`: the FMAs of
-/// `x86::q8_stream` in the same order (one per row, rows in order, for every
-/// column), so the sums are bit-identical.
+/// `acc[i][j] += sum over rows of x[i][r] * w[r][n0 + j]` for columns
+/// `0..full` (`full % (16 V) == 0`), `xp` being the `M` activation rows packed
+/// by `kernels::pack_activations`: the FMAs of `kernels::q8_block_scalar` in
+/// the same order (one per row, rows in order, for every column), so the sums
+/// are bit-identical. Strips of `V` vectors: 4 (a cache line) up to
+/// `STRIPS_MAX_M` rows, 2 up to `STRIPS_MAX_M_HALF`.
 ///
 /// # Safety
-/// AVX-512 F; every row of `wb.rows` covers `w[r*n + n0 .. + full]` and
-/// `xt[r*M .. r*M + M]`; `acc` is `[M, nb]` with `full <= nb`.
+/// AVX-512 F; every row of `wb.rows` covers `w[r*n + n0 .. + full]`; `xp`
+/// holds `M * k` floats with `wb.rows.end <= k`; `acc` is `[M, nb]` with
+/// `full <= nb`.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn q8_stream_f32<const M: usize>(
-    xt: &[f32],
+pub(super) unsafe fn q8_stream_f32<const M: usize, const V: usize>(
+    xp: &[f32],
     wb: &Q8Rows,
     full: usize,
     acc: &mut [f32],
 ) {
     let Q8Rows { w, n, n0, .. } = *wb;
     let nb = acc.len() / M;
-    let (wp, xp, ap) = (w.as_ptr(), xt.as_ptr(), acc.as_mut_ptr());
+    let k = xp.len() / M;
+    let (wp, xs, ap) = (w.as_ptr(), xp.as_ptr(), acc.as_mut_ptr());
     let end = wb.rows.end;
     for r0 in wb.rows.clone().step_by(F32_BLOCK_ROWS) {
         let r1 = (r0 + F32_BLOCK_ROWS).min(end);
-        for j in (0..full).step_by(64) {
-            // SAFETY (block): rows r0..r1 are in `wb.rows`, j + 64 <= full,
+        for j in (0..full).step_by(16 * V) {
+            // SAFETY (block): rows r0..r1 are in `wb.rows`, j + 16 V <= full,
             // the accumulator rows i < M hold nb >= full columns.
             unsafe {
-                let mut s: [[__m512; 4]; M] = std::array::from_fn(|i| {
+                let mut s: [[__m512; V]; M] = std::array::from_fn(|i| {
                     std::array::from_fn(|u| _mm512_loadu_ps(ap.add(i * nb + j + 16 * u)))
                 });
                 for r in r0..r1 {
                     let row = wp.wrapping_add(r * n + n0);
                     let next = r + F32_BLOCK_ROWS;
-                    prefetch_ahead(
-                        row,
-                        (next < end).then(|| wp.wrapping_add(next * n + n0)),
-                        j,
-                        full,
-                    );
+                    if j % 64 == 0 {
+                        prefetch_ahead(
+                            row,
+                            (next < end).then(|| wp.wrapping_add(next * n + n0)),
+                            j,
+                            full,
+                        );
+                    }
                     let p = row.add(j);
-                    let wv: [__m512; 4] = std::array::from_fn(|u| {
+                    let wv: [__m512; V] = std::array::from_fn(|u| {
                         _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
                             p.add(16 * u) as *const __m128i
                         )))
                     });
                     for (i, si) in s.iter_mut().enumerate() {
-                        let x = _mm512_set1_ps(*xp.add(r * M + i));
+                        let x = _mm512_set1_ps(*xs.add(packed_index(M, k, i, r)));
                         for (su, &wu) in si.iter_mut().zip(&wv) {
                             *su = _mm512_fmadd_ps(x, wu, *su);
                         }
