@@ -109,16 +109,19 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
     #[test]
-    fn int8_row_dots_are_exact_on_every_isa(k in 0usize..300, rows in 1usize..12, seed in any::<u64>()) {
+    fn int8_row_dots_are_exact_on_every_isa(k in 0usize..300, rows in 1usize..12, g in 1usize..10, seed in any::<u64>()) {
         let val = |i: usize| (((i as u64).wrapping_mul(2654435761) ^ seed) % 255) as i64 - 127;
-        let x: Vec<i8> = (0..k).map(|i| val(i) as i8).collect();
+        let x: Vec<i8> = (0..g * k).map(|i| val(i) as i8).collect();
         let w: Vec<i8> = (0..rows * k).map(|i| val(i + 7919) as i8).collect();
-        let want: Vec<i32> = (0..rows)
-            .map(|r| (0..k).map(|i| x[i] as i32 * w[r * k + i] as i32).sum())
+        let want: Vec<i32> = (0..rows * g)
+            .map(|o| {
+                let (r, t) = (o / g, o % g);
+                (0..k).map(|i| x[t * k + i] as i32 * w[r * k + i] as i32).sum()
+            })
             .collect();
         for isa in Isa::available() {
-            let mut got = vec![7i32; rows];
-            kernels::dot_i8_rows(isa, &x, &w, &mut got);
+            let mut got = vec![7i32; rows * g];
+            kernels::dot_i8_rows(isa, &x, g, &w, &mut got);
             prop_assert_eq!(&got, &want, "{}", isa.name());
         }
     }
@@ -605,4 +608,13 @@ fn int8_quantisation_handles_zero_and_extreme_rows() {
     let s = quantize_row_i8(&[-2.0, 1.0, 0.5, 2.0], &mut q);
     assert_eq!(q, [-127, 64, 32, 127]);
     assert!((s - 2.0 / 127.0).abs() < 1e-9);
+}
+
+#[test]
+fn int8_row_dots_of_empty_rows_are_zero() {
+    for isa in Isa::available() {
+        let mut got = vec![7i32; 6];
+        kernels::dot_i8_rows(isa, &[], 3, &[], &mut got);
+        assert_eq!(got, vec![0; 6], "{}", isa.name());
+    }
 }

@@ -338,35 +338,57 @@ pub fn gelu_mul(isa: Isa, h: &mut [f32], v: &[f32]) {
     }
 }
 
-/// `out[j] = x . rows[j]` for int8 vectors (`rows` is `out.len()` rows of
-/// `x.len()`), summed exactly in i32 (values within +-127, as
-/// [`crate::backend::quantize_row_i8`] makes them): every path gives the same
-/// result.
-pub fn dot_i8_rows(isa: Isa, x: &[i8], rows: &[i8], out: &mut [i32]) {
-    assert_eq!(rows.len(), x.len() * out.len(), "dot_i8_rows: shapes");
+/// `out_t[j][t] = xs[t] . rows[j]` for `g` int8 vectors `xs` (`[g, k]`)
+/// and the int8 rows `rows` (`[n, k]`), `out_t` being `[n, g]`, summed exactly
+/// in i32 (values within +-127, as [`crate::backend::quantize_row_i8`] makes
+/// them): every path gives the same result.
+pub fn dot_i8_rows(isa: Isa, xs: &[i8], g: usize, rows: &[i8], out_t: &mut [i32]) {
+    assert!(g > 0, "dot_i8_rows: no activation rows");
+    let k = xs.len() / g;
+    assert!(
+        xs.len() == g * k && out_t.len().is_multiple_of(g) && rows.len() == k * (out_t.len() / g),
+        "dot_i8_rows: shapes"
+    );
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2` is only chosen when the CPU has AVX2 (Isa::best).
-        Isa::Avx2 => unsafe { super::x86::dot_i8_rows_avx2(x, rows, out) },
+        Isa::Avx2 => {
+            let n = out_t.len() / g;
+            let mut sums = vec![0i32; n];
+            for (t, x) in xs.chunks_exact(k.max(1)).enumerate().take(g) {
+                // SAFETY: `Isa::Avx2` is only chosen when the CPU has AVX2 (Isa::best).
+                unsafe { super::x86::dot_i8_rows_avx2(x, rows, &mut sums) };
+                for (j, &v) in sums.iter().enumerate() {
+                    out_t[j * g + t] = v;
+                }
+            }
+            if k == 0 {
+                out_t.fill(0);
+            }
+        }
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx512Vnni` and `Isa::Amx` are only chosen when the
-        // CPU has AVX-512 F/BW/VL/VNNI (Isa::best).
-        Isa::Avx512Vnni | Isa::Amx => unsafe { super::x86_vnni::dot_i8_rows_vnni(x, rows, out) },
-        _ => dot_i8_rows_scalar(x, rows, out),
+        // CPU has AVX-512 F/BW/VL/VNNI (Isa::best); the shapes are checked.
+        Isa::Avx512Vnni | Isa::Amx => unsafe {
+            super::x86_vnni::dot_i8_rows_multi_vnni(xs, g, rows, out_t)
+        },
+        _ => dot_i8_rows_scalar(xs, g, rows, out_t),
     }
 }
 
-pub fn dot_i8_rows_scalar(x: &[i8], rows: &[i8], out: &mut [i32]) {
-    let k = x.len();
-    for (o, row) in out.iter_mut().zip(rows.chunks_exact(k.max(1))) {
-        *o = x
-            .iter()
-            .zip(row)
-            .map(|(&a, &b)| i32::from(a) * i32::from(b))
-            .sum();
-    }
+pub fn dot_i8_rows_scalar(xs: &[i8], g: usize, rows: &[i8], out_t: &mut [i32]) {
+    let k = xs.len() / g.max(1);
     if k == 0 {
-        out.fill(0);
+        out_t.fill(0);
+        return;
+    }
+    for (o, row) in out_t.chunks_exact_mut(g).zip(rows.chunks_exact(k)) {
+        for (o, x) in o.iter_mut().zip(xs.chunks_exact(k)) {
+            *o = x
+                .iter()
+                .zip(row)
+                .map(|(&a, &b)| i32::from(a) * i32::from(b))
+                .sum();
+        }
     }
 }
 

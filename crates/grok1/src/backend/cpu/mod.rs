@@ -452,12 +452,15 @@ impl Backend for CpuBackend {
         // reads a whole task's rows once per activation row).
         rows_in_runs(m, w.rows, k, RUN_BYTES, m, out, |rows, i0, g, dots| {
             let weights = &w.data[rows.start * k..rows.end * k];
-            let mut sums = vec![0i32; rows.len()];
-            for t in 0..g {
-                let i = i0 + t;
-                kernels::dot_i8_rows(self.isa, &xq[i * k..(i + 1) * k], weights, &mut sums);
-                for (j, &d) in sums.iter().enumerate() {
-                    dots[j * g + t] = (sx[i] * w.scales[rows.start + j]) * d as f32;
+            let mut sums = vec![0i32; rows.len() * g];
+            kernels::dot_i8_rows(self.isa, &xq[i0 * k..(i0 + g) * k], g, weights, &mut sums);
+            for (j, (d, s)) in dots
+                .chunks_exact_mut(g)
+                .zip(sums.chunks_exact(g))
+                .enumerate()
+            {
+                for (t, (d, &s)) in d.iter_mut().zip(s).enumerate() {
+                    *d = (sx[i0 + t] * w.scales[rows.start + j]) * s as f32;
                 }
             }
         });

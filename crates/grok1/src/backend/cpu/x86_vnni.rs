@@ -330,49 +330,114 @@ impl Tile<'_> {
     }
 }
 
-/// VNNI version of `kernels::dot_i8_rows_scalar` (exact, so the same result).
+/// VNNI version of `kernels::dot_i8_rows_multi_scalar` (exact, so the same
+/// result): tiles of four weight rows by up to four activation rows, sixteen
+/// accumulators, so each 64-byte chunk of a weight row is loaded once per four
+/// activation rows and each chunk of an activation row once per four weight
+/// rows (one row against one row was a load of each per `vpdpbusd`).
 ///
 /// # Safety
-/// AVX-512 F/BW/VNNI; `rows.len() == x.len() * out.len()`.
+/// AVX-512 F/BW/VNNI; `xs.len() == g * k`, `rows.len() == n * k` and
+/// `out_t.len() == n * g` for some `k` and `n`, `g > 0`.
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn dot_i8_rows_vnni(x: &[i8], rows: &[i8], out: &mut [i32]) {
-    let k = x.len();
-    assert_eq!(rows.len(), k * out.len(), "dot_i8_rows_vnni: shapes");
+pub unsafe fn dot_i8_rows_multi_vnni(xs: &[i8], g: usize, rows: &[i8], out_t: &mut [i32]) {
+    let k = xs.len() / g;
+    let n = out_t.len() / g;
+    assert!(
+        xs.len() == g * k && rows.len() == n * k && out_t.len() == n * g,
+        "dot_i8_rows_multi_vnni: shapes"
+    );
     let full = k / 64 * 64;
-    let four = k / 256 * 256;
     // sum((w + 128) * x) = sum(w * x) + 128 * sum(x) over the vector part.
-    let corr = 128 * x[..full].iter().map(|&v| i32::from(v)).sum::<i32>();
-    let bias = _mm512_set1_epi8(-128);
-    let xp = x.as_ptr();
-    for (j, o) in out.iter_mut().enumerate() {
-        let row = &rows[j * k..(j + 1) * k];
-        let rp = row.as_ptr();
-        // SAFETY (both loops): i + 64 * t + 64 <= full <= k for x and the row.
-        let step = |acc: __m512i, at: usize| unsafe {
-            let w = _mm512_xor_si512(_mm512_loadu_si512(rp.add(at) as *const __m512i), bias);
-            _mm512_dpbusd_epi32(acc, w, _mm512_loadu_si512(xp.add(at) as *const __m512i))
-        };
-        let mut acc = [_mm512_setzero_si512(); 4];
-        let mut i = 0;
-        while i < four {
-            for (t, a) in acc.iter_mut().enumerate() {
-                *a = step(*a, i + 64 * t);
+    let corr: Vec<i32> = (0..g)
+        .map(|t| {
+            128 * xs[t * k..t * k + full]
+                .iter()
+                .map(|&v| i32::from(v))
+                .sum::<i32>()
+        })
+        .collect();
+    let tile = I8Tile {
+        xs,
+        g,
+        k,
+        full,
+        corr: &corr,
+        rows,
+    };
+    let mut j = 0;
+    while j < n {
+        let r = if n - j >= 4 { 4 } else { 1 };
+        for t in (0..g).step_by(4) {
+            // SAFETY: rows j..j + r < n and activation rows t..t + 4 min g.
+            unsafe {
+                match (r, (g - t).min(4)) {
+                    (4, 1) => tile.run::<4, 1>(j, t, out_t),
+                    (4, 2) => tile.run::<4, 2>(j, t, out_t),
+                    (4, 3) => tile.run::<4, 3>(j, t, out_t),
+                    (4, _) => tile.run::<4, 4>(j, t, out_t),
+                    (_, 1) => tile.run::<1, 1>(j, t, out_t),
+                    (_, 2) => tile.run::<1, 2>(j, t, out_t),
+                    (_, 3) => tile.run::<1, 3>(j, t, out_t),
+                    (_, _) => tile.run::<1, 4>(j, t, out_t),
+                }
             }
-            i += 256;
         }
-        while i < full {
-            acc[0] = step(acc[0], i);
-            i += 64;
+        j += r;
+    }
+}
+
+/// The operands of `dot_i8_rows_multi_vnni`.
+struct I8Tile<'a> {
+    xs: &'a [i8],
+    g: usize,
+    k: usize,
+    /// Columns in whole 64-byte chunks.
+    full: usize,
+    /// `128 * sum(x[..full])` per activation row.
+    corr: &'a [i32],
+    rows: &'a [i8],
+}
+
+impl I8Tile<'_> {
+    /// `out_t[j0 + u][t0 + t]` for `u < R`, `t < G`.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VNNI; `j0 + R <= n`, `t0 + G <= g`.
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn run<const R: usize, const G: usize>(&self, j0: usize, t0: usize, out_t: &mut [i32]) {
+        let (k, g) = (self.k, self.g);
+        let w: [&[i8]; R] = std::array::from_fn(|u| &self.rows[(j0 + u) * k..(j0 + u + 1) * k]);
+        let x: [&[i8]; G] = std::array::from_fn(|t| &self.xs[(t0 + t) * k..(t0 + t + 1) * k]);
+        let bias = _mm512_set1_epi8(-128);
+        let mut acc = [[_mm512_setzero_si512(); G]; R];
+        for c in (0..self.full).step_by(64) {
+            // SAFETY: c + 64 <= full <= k: inside every row.
+            let wv: [__m512i; R] = std::array::from_fn(|u| unsafe {
+                _mm512_xor_si512(
+                    _mm512_loadu_si512(w[u].as_ptr().add(c) as *const __m512i),
+                    bias,
+                )
+            });
+            for (t, xt) in x.iter().enumerate() {
+                // SAFETY: as above.
+                let xv = unsafe { _mm512_loadu_si512(xt.as_ptr().add(c) as *const __m512i) };
+                for (au, &wu) in acc.iter_mut().zip(&wv) {
+                    au[t] = _mm512_dpbusd_epi32(au[t], wu, xv);
+                }
+            }
         }
-        let sum = _mm512_add_epi32(
-            _mm512_add_epi32(acc[0], acc[1]),
-            _mm512_add_epi32(acc[2], acc[3]),
-        );
-        let tail: i32 = x[full..]
-            .iter()
-            .zip(&row[full..])
-            .map(|(&a, &b)| i32::from(a) * i32::from(b))
-            .sum();
-        *o = _mm512_reduce_add_epi32(sum) - corr + tail;
+        for (u, au) in acc.iter().enumerate() {
+            for (t, &a) in au.iter().enumerate() {
+                let tail: i32 = x[t][self.full..]
+                    .iter()
+                    .zip(&w[u][self.full..])
+                    .map(|(&a, &b)| i32::from(a) * i32::from(b))
+                    .sum();
+                out_t[(j0 + u) * g + t0 + t] =
+                    _mm512_reduce_add_epi32(a) - self.corr[t0 + t] + tail;
+            }
+        }
     }
 }
