@@ -369,7 +369,11 @@ pub fn dot_i8_rows(isa: Isa, xs: &[i8], g: usize, rows: &[i8], out_t: &mut [i32]
         // SAFETY: `Isa::Avx512Vnni` and `Isa::Amx` are only chosen when the
         // CPU has AVX-512 F/BW/VL/VNNI (Isa::best); the shapes are checked.
         Isa::Avx512Vnni | Isa::Amx => unsafe {
-            super::x86_vnni::dot_i8_rows_multi_vnni(xs, g, rows, out_t)
+            if g == 1 {
+                super::x86_vnni::dot_i8_rows_vnni(xs, rows, out_t)
+            } else {
+                super::x86_vnni::dot_i8_rows_multi_vnni(xs, g, rows, out_t)
+            }
         },
         _ => dot_i8_rows_scalar(xs, g, rows, out_t),
     }
