@@ -1,10 +1,11 @@
-//! AVX-512 decode streams (one to three activation rows) that keep their sums
-//! in registers: a block of weight rows is walked in strips of 64 columns (one
-//! cache line per row), each strip's `M x 64` sums held in registers down all
-//! the block's rows and written back once. The AVX2 and first VNNI streams
-//! load and store their sums in memory for every four weight rows, which at
-//! two or three activation rows (an expert's share of a decoding batch) costs
-//! more than the weights' own arithmetic.
+//! AVX-512 decode streams (up to 12 activation rows in f32, 6 in int8) that
+//! keep their sums in registers: a block of weight rows is walked in strips of
+//! 64 columns (one cache line per row; 32 columns from 7 f32 rows on), each
+//! strip's sums held in registers down all the block's rows and written back
+//! once. The AVX2 streams load and store their sums in memory for every four
+//! weight rows, which at two or more activation rows (an expert's share of a
+//! decoding batch) costs more than the weights' own arithmetic; the panels of
+//! converted weights that prefill uses cost more still at a handful of rows.
 //!
 //! Walking a block column-strip by column-strip reads each of its rows as a
 //! sequential stream, one line per strip: the block's rows are prefetched a
@@ -27,10 +28,11 @@ use super::x86_vnni::interleave_quad;
 const F32_BLOCK_ROWS: usize = 16;
 /// Strips prefetched ahead of the one in use.
 const AHEAD: usize = 4;
-/// Most activation rows the streams take: `4 M` sums plus four weight
-/// vectors and temporaries in 32 registers. (Above it, the tiles.)
+/// Most activation rows the streams take in strips of 64 columns: `4 M` sums
+/// plus four weight vectors and temporaries in 32 registers.
 pub(super) const STRIPS_MAX_M: usize = 6;
-/// Most activation rows the f32 stream takes in strips of two vectors.
+/// Most activation rows the f32 stream takes, in strips of 32 columns (`2 M`
+/// sums); above it, the panels.
 pub(super) const STRIPS_MAX_M_HALF: usize = 12;
 
 /// Prefetches the line `AHEAD` strips past column `j` of a row (`row`
