@@ -8,12 +8,13 @@ use std::arch::x86_64::*;
 use std::ops::Range;
 
 use super::kernels::{packed_index, Q8Rows, Q8_0_BLOCK_BYTES, XGROUP};
-use super::x86_strips::{STRIPS_MAX_M, STRIPS_MAX_M_HALF};
+use super::x86_strips::{STRIPS_AVX2_MAX_M, STRIPS_AVX2_WIDE_M, STRIPS_MAX_M, STRIPS_MAX_M_HALF};
 
 /// AVX2 version of `kernels::q8_block_scalar` (same FMAs in the same order,
-/// the same scale multiply and add: bit-identical). Where `wide` allows
-/// AVX-512, up to `STRIPS_MAX_M` activation rows take the register-summed
-/// streams of `x86_strips`; otherwise from `PANEL_MIN_M` rows the panels.
+/// the same scale multiply and add: bit-identical). A few activation rows
+/// (decoding: up to `STRIPS_MAX_M_HALF` where `wide` allows AVX-512, else
+/// `STRIPS_AVX2_MAX_M`) take the register-summed streams of `x86_strips`;
+/// more rows (prefill) the panels.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA; `m > 0`, `total.len() == m * nb`,
@@ -30,175 +31,72 @@ pub unsafe fn q8_block_avx2(
     wide: Wide,
 ) {
     let nb = total.len() / m;
-    let strips = wide == Wide::Avx512 && m <= STRIPS_MAX_M_HALF;
-    if m >= PANEL_MIN_M && !strips {
+    let strips = match wide {
+        Wide::Avx512 => m <= STRIPS_MAX_M_HALF,
+        Wide::Avx2 => m <= STRIPS_AVX2_MAX_M,
+    };
+    if !strips {
         // SAFETY: the same bounds, passed on.
         unsafe { q8_block_panels(xp, m, wb, scales, total, wide) };
         return;
     }
     let mut acc = vec![0f32; m * nb];
-    if strips {
-        let full = if m <= STRIPS_MAX_M {
-            nb / 64 * 64
-        } else {
-            nb / 32 * 32
-        };
-        // SAFETY: AVX-512 F is present (Wide::Avx512); the same bounds, with
-        // `acc` of the shape of `total`.
-        unsafe {
-            use super::x86_strips::q8_stream_f32;
-            let acc = &mut acc;
-            match m {
-                1 => q8_stream_f32::<1, 4>(xp, wb, full, acc),
-                2 => q8_stream_f32::<2, 4>(xp, wb, full, acc),
-                3 => q8_stream_f32::<3, 4>(xp, wb, full, acc),
-                4 => q8_stream_f32::<4, 4>(xp, wb, full, acc),
-                5 => q8_stream_f32::<5, 4>(xp, wb, full, acc),
-                6 => q8_stream_f32::<6, 4>(xp, wb, full, acc),
-                7 => q8_stream_f32::<7, 2>(xp, wb, full, acc),
-                8 => q8_stream_f32::<8, 2>(xp, wb, full, acc),
-                9 => q8_stream_f32::<9, 2>(xp, wb, full, acc),
-                10 => q8_stream_f32::<10, 2>(xp, wb, full, acc),
-                11 => q8_stream_f32::<11, 2>(xp, wb, full, acc),
-                _ => q8_stream_f32::<12, 2>(xp, wb, full, acc),
+    // Columns per strip.
+    let width = match wide {
+        Wide::Avx512 if m <= STRIPS_MAX_M => 64,
+        Wide::Avx512 => 32,
+        Wide::Avx2 if m <= STRIPS_AVX2_WIDE_M => 32,
+        Wide::Avx2 => 16,
+    };
+    let full = nb / width * width;
+    // SAFETY: AVX-512 F is present for Wide::Avx512, AVX2 and FMA always
+    // (this function's features); the same bounds, with `acc` of the shape of
+    // `total`.
+    unsafe {
+        use super::x86_strips::{q8_stream_f32_256 as s256, q8_stream_f32_512 as s512};
+        let acc = &mut acc;
+        match (wide, m) {
+            (Wide::Avx512, 1) => s512::<1, 4>(xp, wb, full, acc),
+            (Wide::Avx512, 2) => s512::<2, 4>(xp, wb, full, acc),
+            (Wide::Avx512, 3) => s512::<3, 4>(xp, wb, full, acc),
+            (Wide::Avx512, 4) => s512::<4, 4>(xp, wb, full, acc),
+            (Wide::Avx512, 5) => s512::<5, 4>(xp, wb, full, acc),
+            (Wide::Avx512, 6) => s512::<6, 4>(xp, wb, full, acc),
+            (Wide::Avx512, 7) => s512::<7, 2>(xp, wb, full, acc),
+            (Wide::Avx512, 8) => s512::<8, 2>(xp, wb, full, acc),
+            (Wide::Avx512, 9) => s512::<9, 2>(xp, wb, full, acc),
+            (Wide::Avx512, 10) => s512::<10, 2>(xp, wb, full, acc),
+            (Wide::Avx512, 11) => s512::<11, 2>(xp, wb, full, acc),
+            (Wide::Avx512, _) => s512::<12, 2>(xp, wb, full, acc),
+            (Wide::Avx2, 1) => s256::<1, 4>(xp, wb, full, acc),
+            (Wide::Avx2, 2) => s256::<2, 4>(xp, wb, full, acc),
+            (Wide::Avx2, 3) => s256::<3, 2>(xp, wb, full, acc),
+            (Wide::Avx2, 4) => s256::<4, 2>(xp, wb, full, acc),
+            (Wide::Avx2, 5) => s256::<5, 2>(xp, wb, full, acc),
+            (Wide::Avx2, _) => s256::<6, 2>(xp, wb, full, acc),
+        }
+    }
+    // The last columns (fewer than a strip), one FMA per row in order.
+    let k = xp.len() / m;
+    for r in wb.rows.clone() {
+        let row = &wb.w[r * wb.n + wb.n0..][..nb];
+        for i in 0..m {
+            let xv = xp[packed_index(m, k, i, r)];
+            for (a, &b) in acc[i * nb..(i + 1) * nb].iter_mut().zip(row).skip(full) {
+                *a = xv.mul_add(b as i8 as f32, *a);
             }
         }
-        // The last columns (fewer than a strip), one FMA per row in order.
-        let k = xp.len() / m;
-        for r in wb.rows.clone() {
-            let row = &wb.w[r * wb.n + wb.n0..][..nb];
-            for i in 0..m {
-                let xv = xp[packed_index(m, k, i, r)];
-                for (a, &b) in acc[i * nb..(i + 1) * nb].iter_mut().zip(row).skip(full) {
-                    *a = xv.mul_add(b as i8 as f32, *a);
-                }
-            }
-        }
-    } else {
-        // SAFETY: the same bounds, with `acc` of the shape of `total`; with
-        // m < PANEL_MIN_M <= XGROUP the packed activations are plain [k, m].
-        unsafe { q8_stream(xp, m, wb, &mut acc) };
     }
     super::kernels::add_scaled(&acc, nb, scales, total);
 }
 
-/// `acc[i][j] += sum over rows of xt[r][i] * w[r][n0 + j]` (`xt` is `[k, m]`), the accumulators
-/// in memory: for a few activation rows (decoding), where the weights stream
-/// once from memory and each 16-column slice is converted and used right away.
-///
-/// # Safety
-/// The bounds of `q8_block_avx2`, with `acc` for `total`.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn q8_stream(xt: &[f32], m: usize, wb: &Q8Rows, acc: &mut [f32]) {
-    let Q8Rows { w, n, n0, .. } = *wb;
-    let rows = wb.rows.clone();
-    let nb = acc.len() / m;
-    let full = nb / 16 * 16;
-    let acc_ptr = acc.as_mut_ptr();
-    let wp = w.as_ptr();
-    let xp = xt.as_ptr();
-    // SAFETY (whole function): every row r in `rows` covers
-    // w[r*n + n0 .. r*n + n0 + nb] and xt[r*m .. r*m + m], inside their slices by
-    // the caller's bounds; acc row i < m covers acc[i*nb .. (i+1)*nb].
-    let load16 = |r: usize, j: usize| unsafe {
-        let p = wp.add(r * n + n0 + j);
-        let lo = _mm_loadl_epi64(p as *const __m128i);
-        let hi = _mm_loadl_epi64(p.add(8) as *const __m128i);
-        (
-            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)),
-            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)),
-        )
-    };
-    let mut r = rows.start;
-    // Whole short rows (a narrow matrix): the next four rows are one run of
-    // `4 n` bytes, prefetched front to back while these four are used (four
-    // adjacent short rows read side by side are a pattern the hardware
-    // prefetchers follow badly: one core, 1 KiB rows, 9 GB/s; prefetched as
-    // one run, 14 GB/s). Long rows stream well alone.
-    let linear = nb == n && n < LINEAR_PREFETCH_MAX_ROW;
-    // Four rows at a time: each 16-column slice of the accumulators is loaded and
-    // stored once per four rows, the four FMAs applied in row order.
-    while r + 4 <= rows.end {
-        let prefetch = r + 8 <= rows.end;
-        let mut j = 0;
-        while j < full {
-            if prefetch && linear && j % 64 == 0 {
-                for off in (4 * j..4 * j + 256).step_by(64).take_while(|&o| o < 4 * n) {
-                    // SAFETY: rows r + 4 .. r + 8 are whole rows of the matrix
-                    // (nb == n), one run of 4 n bytes from (r + 4) n.
-                    unsafe { _mm_prefetch(wp.add((r + 4) * n + off) as *const i8, _MM_HINT_T0) };
-                }
-            }
-            let (a0, a1) = load16(r, j);
-            let (b0, b1) = load16(r + 1, j);
-            let (c0, c1) = load16(r + 2, j);
-            let (d0, d1) = load16(r + 3, j);
-            for i in 0..m {
-                unsafe {
-                    let p = acc_ptr.add(i * nb + j);
-                    let mut s0 = _mm256_loadu_ps(p);
-                    let mut s1 = _mm256_loadu_ps(p.add(8));
-                    let x0 = _mm256_set1_ps(*xp.add(r * m + i));
-                    s0 = _mm256_fmadd_ps(x0, a0, s0);
-                    s1 = _mm256_fmadd_ps(x0, a1, s1);
-                    let x1 = _mm256_set1_ps(*xp.add((r + 1) * m + i));
-                    s0 = _mm256_fmadd_ps(x1, b0, s0);
-                    s1 = _mm256_fmadd_ps(x1, b1, s1);
-                    let x2 = _mm256_set1_ps(*xp.add((r + 2) * m + i));
-                    s0 = _mm256_fmadd_ps(x2, c0, s0);
-                    s1 = _mm256_fmadd_ps(x2, c1, s1);
-                    let x3 = _mm256_set1_ps(*xp.add((r + 3) * m + i));
-                    s0 = _mm256_fmadd_ps(x3, d0, s0);
-                    s1 = _mm256_fmadd_ps(x3, d1, s1);
-                    _mm256_storeu_ps(p, s0);
-                    _mm256_storeu_ps(p.add(8), s1);
-                }
-            }
-            j += 16;
-        }
-        for q in 0..4 {
-            // SAFETY: row r + q is in `rows`; the caller's bounds cover it.
-            unsafe { tail_columns(xp, m, wp, n, r + q, n0, acc_ptr, nb, full) };
-        }
-        r += 4;
-    }
-    while r < rows.end {
-        let mut j = 0;
-        while j < full {
-            let (a0, a1) = load16(r, j);
-            for i in 0..m {
-                unsafe {
-                    let p = acc_ptr.add(i * nb + j);
-                    let x0 = _mm256_set1_ps(*xp.add(r * m + i));
-                    _mm256_storeu_ps(p, _mm256_fmadd_ps(x0, a0, _mm256_loadu_ps(p)));
-                    _mm256_storeu_ps(p.add(8), _mm256_fmadd_ps(x0, a1, _mm256_loadu_ps(p.add(8))));
-                }
-            }
-            j += 16;
-        }
-        // SAFETY: row r is in `rows`; the caller's bounds cover it.
-        unsafe { tail_columns(xp, m, wp, n, r, n0, acc_ptr, nb, full) };
-        r += 1;
-    }
-}
-
-/// Rows shorter than this are prefetched as one run per four rows in
-/// `q8_stream`; longer ones are left to the hardware.
-const LINEAR_PREFETCH_MAX_ROW: usize = 4096;
-
-/// From this many activation rows on, a block's weights are converted to f32
-/// once (a panel of 16 columns) and reused from L1 by every row, instead of
-/// being converted again for each group of rows.
-const PANEL_MIN_M: usize = 4;
-// q8_stream reads the packed activations as plain [k, m].
-const _: () = assert!(PANEL_MIN_M <= XGROUP);
 /// Weight rows per panel: 16 KiB of f32, half of L1.
 const PANEL_ROWS: usize = 256;
 /// Most floats of converted weights held at a time on a wide matrix (256 KiB,
 /// half of L2).
 const PANEL_FLOATS: usize = 65536;
 
-/// `q8_block_avx2` for `m >= PANEL_MIN_M`: for each 16-column panel, its rows
+/// `q8_block_avx2` for more rows than the streams take: for each 16-column panel, its rows
 /// are converted to f32 into a buffer (`PANEL_ROWS` at a time) and `MR x 16`
 /// tiles of accumulators are kept in registers while the rows stream past;
 /// between row chunks they wait in `part`. Each accumulator starts at zero and
@@ -615,36 +513,6 @@ impl Tile<'_> {
                         _mm256_storeu_ps(p.add(8), v1);
                     }
                 }
-            }
-        }
-    }
-}
-
-/// Columns `full..nb` of row `r`, one at a time.
-///
-/// # Safety
-/// The bounds of `q8_stream` hold for row `r`, columns `full..nb` and
-/// the `m` accumulator rows.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tail_columns(
-    xp: *const f32,
-    m: usize,
-    wp: *const u8,
-    n: usize,
-    r: usize,
-    n0: usize,
-    acc_ptr: *mut f32,
-    nb: usize,
-    full: usize,
-) {
-    for jj in full..nb {
-        // SAFETY: the same bounds as the caller's: jj < nb, r in rows, i < m.
-        unsafe {
-            let wv = *wp.add(r * n + n0 + jj) as i8 as f32;
-            for i in 0..m {
-                let a = acc_ptr.add(i * nb + jj);
-                *a = (*xp.add(r * m + i)).mul_add(wv, *a);
             }
         }
     }

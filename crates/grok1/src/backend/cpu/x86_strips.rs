@@ -34,6 +34,10 @@ pub(super) const STRIPS_MAX_M: usize = 6;
 /// Most activation rows the f32 stream takes, in strips of 32 columns (`2 M`
 /// sums); above it, the panels.
 pub(super) const STRIPS_MAX_M_HALF: usize = 12;
+/// On AVX2 (sixteen registers): 32-column strips up to this many rows, 16
+/// columns up to `STRIPS_AVX2_MAX_M`.
+pub(super) const STRIPS_AVX2_WIDE_M: usize = 2;
+pub(super) const STRIPS_AVX2_MAX_M: usize = 6;
 
 /// Prefetches the line `AHEAD` strips past column `j` of a row (`row`
 /// points at its first column) in a walk over `full` columns, or, past the
@@ -54,70 +58,118 @@ fn prefetch_ahead(row: *const u8, next: Option<*const u8>, j: usize, full: usize
     unsafe { _mm_prefetch(p as *const i8, _MM_HINT_T0) };
 }
 
-/// `acc[i][j] += sum over rows of x[i][r] * w[r][n0 + j]` for columns
-/// `0..full` (`full % (16 V) == 0`), `xp` being the `M` activation rows packed
-/// by `kernels::pack_activations`: the FMAs of `kernels::q8_block_scalar` in
-/// the same order (one per row, rows in order, for every column), so the sums
-/// are bit-identical. Strips of `V` vectors: 4 (a cache line) up to
-/// `STRIPS_MAX_M` rows, 2 up to `STRIPS_MAX_M_HALF`.
-///
-/// # Safety
-/// AVX-512 F; every row of `wb.rows` covers `w[r*n + n0 .. + full]`; `xp`
-/// holds `M * k` floats with `wb.rows.end <= k`; `acc` is `[M, nb]` with
-/// `full <= nb`.
-#[target_feature(enable = "avx512f")]
-pub(super) unsafe fn q8_stream_f32<const M: usize, const V: usize>(
-    xp: &[f32],
-    wb: &Q8Rows,
-    full: usize,
-    acc: &mut [f32],
-) {
-    let Q8Rows { w, n, n0, .. } = *wb;
-    let nb = acc.len() / M;
-    let k = xp.len() / M;
-    let (wp, xs, ap) = (w.as_ptr(), xp.as_ptr(), acc.as_mut_ptr());
-    let end = wb.rows.end;
-    for r0 in wb.rows.clone().step_by(F32_BLOCK_ROWS) {
-        let r1 = (r0 + F32_BLOCK_ROWS).min(end);
-        for j in (0..full).step_by(16 * V) {
-            // SAFETY (block): rows r0..r1 are in `wb.rows`, j + 16 V <= full,
-            // the accumulator rows i < M hold nb >= full columns.
-            unsafe {
-                let mut s: [[__m512; V]; M] = std::array::from_fn(|i| {
-                    std::array::from_fn(|u| _mm512_loadu_ps(ap.add(i * nb + j + 16 * u)))
-                });
-                for r in r0..r1 {
-                    let row = wp.wrapping_add(r * n + n0);
-                    let next = r + F32_BLOCK_ROWS;
-                    if j % 64 == 0 {
-                        prefetch_ahead(
-                            row,
-                            (next < end).then(|| wp.wrapping_add(next * n + n0)),
-                            j,
-                            full,
-                        );
-                    }
-                    let p = row.add(j);
-                    let wv: [__m512; V] = std::array::from_fn(|u| {
-                        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                            p.add(16 * u) as *const __m128i
-                        )))
-                    });
-                    for (i, si) in s.iter_mut().enumerate() {
-                        let x = _mm512_set1_ps(*xs.add(packed_index(M, k, i, r)));
-                        for (su, &wu) in si.iter_mut().zip(&wv) {
-                            *su = _mm512_fmadd_ps(x, wu, *su);
+/// Defines a stream `$name::<M, V>` on `$vec` vectors of `$lanes` f32
+/// lanes, `$widen` converting `$lanes` int8 weights to f32.
+macro_rules! q8_stream_f32 {
+    ($(#[$attr:meta])* $name:ident, $feature:literal, $vec:ty, $lanes:literal,
+     $load:ident, $store:ident, $set1:ident, $fma:ident, $widen:ident) => {
+        $(#[$attr])*
+        #[target_feature(enable = $feature)]
+        pub(super) unsafe fn $name<const M: usize, const V: usize>(
+            xp: &[f32],
+            wb: &Q8Rows,
+            full: usize,
+            acc: &mut [f32],
+        ) {
+            let Q8Rows { w, n, n0, .. } = *wb;
+            let nb = acc.len() / M;
+            let k = xp.len() / M;
+            let (wp, xs, ap) = (w.as_ptr(), xp.as_ptr(), acc.as_mut_ptr());
+            let end = wb.rows.end;
+            for r0 in wb.rows.clone().step_by(F32_BLOCK_ROWS) {
+                let r1 = (r0 + F32_BLOCK_ROWS).min(end);
+                for j in (0..full).step_by($lanes * V) {
+                    // SAFETY (block): rows r0..r1 are in `wb.rows`, j + lanes V
+                    // <= full, the accumulator rows i < M hold nb >= full columns.
+                    unsafe {
+                        let mut s: [[$vec; V]; M] = std::array::from_fn(|i| {
+                            std::array::from_fn(|u| $load(ap.add(i * nb + j + $lanes * u)))
+                        });
+                        for r in r0..r1 {
+                            let row = wp.wrapping_add(r * n + n0);
+                            let next = r + F32_BLOCK_ROWS;
+                            if j % 64 == 0 {
+                                prefetch_ahead(
+                                    row,
+                                    (next < end).then(|| wp.wrapping_add(next * n + n0)),
+                                    j,
+                                    full,
+                                );
+                            }
+                            let p = row.add(j);
+                            let wv: [$vec; V] = std::array::from_fn(|u| $widen(p.add($lanes * u)));
+                            for (i, si) in s.iter_mut().enumerate() {
+                                let x = $set1(*xs.add(packed_index(M, k, i, r)));
+                                for (su, &wu) in si.iter_mut().zip(&wv) {
+                                    *su = $fma(x, wu, *su);
+                                }
+                            }
                         }
-                    }
-                }
-                for (i, si) in s.iter().enumerate() {
-                    for (u, &su) in si.iter().enumerate() {
-                        _mm512_storeu_ps(ap.add(i * nb + j + 16 * u), su);
+                        for (i, si) in s.iter().enumerate() {
+                            for (u, &su) in si.iter().enumerate() {
+                                $store(ap.add(i * nb + j + $lanes * u), su);
+                            }
+                        }
                     }
                 }
             }
         }
-    }
+    };
+}
+
+q8_stream_f32!(
+    /// `acc[i][j] += sum over rows of x[i][r] * w[r][n0 + j]` for columns
+    /// `0..full` (`full % (16 V) == 0`), `xp` being the `M` activation rows
+    /// packed by `kernels::pack_activations`: the FMAs of
+    /// `kernels::q8_block_scalar` in the same order (one per row, rows in
+    /// order, for every column), so the sums are bit-identical. Strips of `V`
+    /// vectors: 4 (a cache line) up to `STRIPS_MAX_M` rows, 2 up to
+    /// `STRIPS_MAX_M_HALF`.
+    ///
+    /// # Safety
+    /// AVX-512 F; every row of `wb.rows` covers `w[r*n + n0 .. + full]`; `xp`
+    /// holds `M * k` floats with `wb.rows.end <= k`; `acc` is `[M, nb]` with
+    /// `full <= nb`.
+    q8_stream_f32_512, "avx512f", __m512, 16,
+    _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps, _mm512_fmadd_ps, widen16
+);
+
+q8_stream_f32!(
+    /// `q8_stream_f32_512` on 256-bit vectors (`full % (8 V) == 0`), for CPUs
+    /// without AVX-512: sixteen registers hold `M V` sums, `V` weight vectors
+    /// and a broadcast, so strips of 32 columns (`V = 4`) up to
+    /// `STRIPS_AVX2_WIDE_M` rows, of 16 (`V = 2`) up to `STRIPS_AVX2_MAX_M`.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; the bounds of `q8_stream_f32_512`.
+    q8_stream_f32_256, "avx2,fma", __m256, 8,
+    _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps, _mm256_fmadd_ps, widen8
+);
+
+/// 16 int8 weights from `p` as f32.
+///
+/// # Safety
+/// AVX-512 F; 16 readable bytes at `p`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn widen16(p: *const u8) -> __m512 {
+    // SAFETY: the caller's bound.
+    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(unsafe {
+        _mm_loadu_si128(p as *const __m128i)
+    }))
+}
+
+/// 8 int8 weights from `p` as f32.
+///
+/// # Safety
+/// AVX2; 8 readable bytes at `p`.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn widen8(p: *const u8) -> __m256 {
+    // SAFETY: the caller's bound.
+    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(unsafe {
+        _mm_loadl_epi64(p as *const __m128i)
+    }))
 }
 
 /// `part[i] += sum over the split's blocks b of f32(sum_b(w * x_i)) * sx[i][b]`
