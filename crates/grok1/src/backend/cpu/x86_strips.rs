@@ -208,7 +208,13 @@ pub(super) unsafe fn q8_stream_i8<const M: usize>(
     let mut rows = block_rows(0);
     for b in 0..blocks {
         let quads = (nq - b * BLOCK_QUADS).min(BLOCK_QUADS);
-        let next = (b + 1 < blocks).then(|| block_rows(b + 1));
+        // The next block's rows (this block's again after the last: their
+        // lines are then in cache, the prefetches cost nothing). Plain arrays,
+        // not an Option of one: with an `Option<[[ptr; 4]; 8]>` here one
+        // build kept the loop's values on the stack and the int8 decode ran
+        // 25% slower (batch 8 at full width: 17.9 -> 13.9 tok/s).
+        let has_next = b + 1 < blocks;
+        let next = if has_next { block_rows(b + 1) } else { rows };
         let xs: [[i32; M]; BLOCK_QUADS] = std::array::from_fn(|t| {
             std::array::from_fn(|i| {
                 if t < quads {
@@ -224,7 +230,7 @@ pub(super) unsafe fn q8_stream_i8<const M: usize>(
             let mut c = [[_mm512_setzero_si512(); 4]; M];
             for t in 0..quads {
                 for (u, &row) in rows[t].iter().enumerate() {
-                    prefetch_ahead(row, next.map(|nx| nx[t][u]), j, full);
+                    prefetch_ahead(row, Some(next[t][u]), j, full);
                 }
                 // SAFETY: every row pointer has `full` readable bytes (a row
                 // of the split from column n0, or `zeros`); j + 64 <= full.
@@ -250,8 +256,8 @@ pub(super) unsafe fn q8_stream_i8<const M: usize>(
                 }
             }
         }
-        if let Some(nx) = next {
-            rows = nx;
+        if has_next {
+            rows = next;
         }
     }
 }
