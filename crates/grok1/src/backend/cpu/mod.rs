@@ -449,7 +449,8 @@ impl Backend for CpuBackend {
             .map(|(v, q)| quantize_row_i8(v, q))
             .collect();
         // Rows in runs used by every activation row while in L2 (the kernel
-        // reads a whole task's rows once per activation row).
+        // reads a whole task's rows once per group of up to four activation
+        // rows).
         rows_in_runs(m, w.rows, k, RUN_BYTES, m, out, |rows, i0, g, dots| {
             let weights = &w.data[rows.start * k..rows.end * k];
             let mut sums = vec![0i32; rows.len() * g];

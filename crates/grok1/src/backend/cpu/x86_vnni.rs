@@ -330,7 +330,7 @@ impl Tile<'_> {
     }
 }
 
-/// VNNI version of `kernels::dot_i8_rows_multi_scalar` (exact, so the same
+/// VNNI version of `kernels::dot_i8_rows_scalar` (exact, so the same
 /// result): tiles of four weight rows by up to four activation rows, sixteen
 /// accumulators, so each 64-byte chunk of a weight row is loaded once per four
 /// activation rows and each chunk of an activation row once per four weight
