@@ -7,7 +7,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::kernels::{packed_index, Q8Rows, Q8_0_BLOCK_BYTES, XGROUP};
+use super::kernels::{Q8Rows, Q8_0_BLOCK_BYTES, XGROUP};
 use super::x86_strips::{STRIPS_AVX2_MAX_M, STRIPS_AVX2_WIDE_M, STRIPS_MAX_M, STRIPS_MAX_M_HALF};
 
 /// AVX2 version of `kernels::q8_block_scalar` (same FMAs in the same order,
@@ -40,7 +40,6 @@ pub unsafe fn q8_block_avx2(
         unsafe { q8_block_panels(xp, m, wb, scales, total, wide) };
         return;
     }
-    let mut acc = vec![0f32; m * nb];
     // Columns per strip.
     let width = match wide {
         Wide::Avx512 if m <= STRIPS_MAX_M => 64,
@@ -49,9 +48,9 @@ pub unsafe fn q8_block_avx2(
         Wide::Avx2 => 16,
     };
     let full = nb / width * width;
+    let mut acc = vec![0f32; m * full];
     // SAFETY: AVX-512 F is present for Wide::Avx512, AVX2 and FMA always
-    // (this function's features); the same bounds, with `acc` of the shape of
-    // `total`.
+    // (this function's features); the same bounds, with `acc` `[m, full]`.
     unsafe {
         use super::x86_strips::{q8_stream_f32_256 as s256, q8_stream_f32_512 as s512};
         let acc = &mut acc;
@@ -76,18 +75,15 @@ pub unsafe fn q8_block_avx2(
             (Wide::Avx2, _) => s256::<6, 2>(xp, wb, full, acc),
         }
     }
-    // The last columns (fewer than a strip), one FMA per row in order.
-    let k = xp.len() / m;
-    for r in wb.rows.clone() {
-        let row = &wb.w[r * wb.n + wb.n0..][..nb];
-        for i in 0..m {
-            let xv = xp[packed_index(m, k, i, r)];
-            for (a, &b) in acc[i * nb..(i + 1) * nb].iter_mut().zip(row).skip(full) {
-                *a = xv.mul_add(b as i8 as f32, *a);
-            }
-        }
+    if full > 0 {
+        // SAFETY: AVX2 (this function's features); `acc` is [m, full], full
+        // is a multiple of 16 and at most nb, scales.len() >= nb.
+        unsafe { super::x86_fast::add_scaled(&acc, full, scales, total, nb) };
     }
-    super::kernels::add_scaled(&acc, nb, scales, total);
+    // The last columns (fewer than a strip), as the panels leave theirs.
+    super::kernels::add_tail_columns(m, full, wb, scales, total, |cols, s, t| {
+        super::kernels::q8_block_scalar(xp, m, cols, s, t)
+    });
 }
 
 /// Weight rows per panel: 16 KiB of f32, half of L1.

@@ -93,7 +93,13 @@ pub(super) unsafe fn prefetch_quad(next: Option<[*const u8; QUAD]>, j: usize) {
 /// AVX2; `part` is `[m, full]`, `total` `[m, nb]`, `full <= nb`, `full % 8 == 0`,
 /// `scales.len() >= full`.
 #[target_feature(enable = "avx2")]
-unsafe fn add_scaled(part: &[f32], full: usize, scales: &[f32], total: &mut [f32], nb: usize) {
+pub(super) unsafe fn add_scaled(
+    part: &[f32],
+    full: usize,
+    scales: &[f32],
+    total: &mut [f32],
+    nb: usize,
+) {
     for (tr, pr) in total.chunks_exact_mut(nb).zip(part.chunks_exact(full)) {
         for j in (0..full).step_by(8) {
             // SAFETY: j + 8 <= full <= nb, full <= scales.len().
