@@ -110,6 +110,23 @@ pub fn packed_index(m: usize, k: usize, i: usize, r: usize) -> usize {
     g * XGROUP * k + r * width + (i - g * XGROUP)
 }
 
+/// Most activation rows for which `isa`'s decode kernel (the f32 one of
+/// [`q8_block`], or the int8 one when `int8`) keeps its sums in registers and
+/// touches the task's accumulators once per block of weight rows; 0 where it
+/// has no such kernel. Up to that many rows, a task's columns need not shrink
+/// as rows are added.
+pub fn register_stream_rows(isa: Isa, int8: bool) -> usize {
+    match (isa, int8) {
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, false) => super::x86_strips::STRIPS_AVX2_MAX_M,
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512Vnni | Isa::Amx, false) => super::x86_strips::STRIPS_MAX_M_HALF,
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512Vnni | Isa::Amx, true) => super::x86_strips::STRIPS_MAX_M,
+        _ => 0,
+    }
+}
+
 /// The weight side of [`q8_block`]: rows `rows`, columns from `n0`, of an
 /// int8 row-major matrix `w` with `n` columns.
 #[derive(Clone, Debug)]

@@ -42,9 +42,11 @@ const SPLIT_ROWS: std::ops::RangeInclusive<usize> = 64..=1024;
 /// Columns of a block are never cut below this (unless `n` is): a task's row
 /// segments stay long enough for the prefetchers.
 const MIN_BLOCK_COLS: usize = 256;
-/// Accumulators per task (`m * nb` floats, 64 KiB): at one activation row a row
-/// segment spans 16 KiB of weights, long enough for the prefetchers (measured:
-/// 4 KiB segments streamed 25% slower).
+/// Accumulators per task (`m * nb` floats, 64 KiB) where the kernel reads them
+/// for every few weight rows, and the columns per task of the kernels that
+/// keep their sums in registers: at one activation row a row segment spans
+/// 16 KiB of weights, long enough for the prefetchers (measured: 4 KiB
+/// segments streamed 25% slower).
 const TILE_FLOATS: usize = 16384;
 /// Bound on the partial sums held at once.
 const WAVE_BYTES: usize = 16 << 20;
@@ -117,7 +119,17 @@ impl CpuBackend {
             // Multiples of 64 columns where there is room: the int8 decode
             // kernels step 32 (AVX2) or 64 (VNNI) columns at a time and leave
             // the rest of a block to the scalar kernel.
-            let nb = (TILE_FLOATS / m).min(fair).clamp(16, n);
+            // Kernels that keep their sums in registers read a task's
+            // accumulators once per block of weight rows: the columns stay at
+            // their one-row width (measured at full width, 3 and 4 rows: 16 KiB
+            // row segments streamed 1.3 and 1.15x faster than the 5 and 4 KiB
+            // of `TILE_FLOATS / m`).
+            let tile_rows = if m <= kernels::register_stream_rows(self.isa, int8) {
+                1
+            } else {
+                m
+            };
+            let nb = (TILE_FLOATS / tile_rows).min(fair).clamp(16, n);
             if nb >= 64 {
                 nb / 64 * 64
             } else {

@@ -26,8 +26,12 @@ use super::x86_vnni::interleave_quad;
 /// together, and the sums are stored once per block (measured at full width,
 /// batch 8: 16 rows 3% faster than 32 or 8, 64 rows much slower).
 const F32_BLOCK_ROWS: usize = 16;
-/// Strips prefetched ahead of the one in use.
-const AHEAD: usize = 4;
+/// Strips prefetched ahead of the one in use by the f32 stream (16 rows a
+/// block; measured at full width, 1 to 6 rows: 8 strips 2-5% faster than 4,
+/// 16 no faster than 8) and by the int8 stream (32 rows a block; 2, 4 and 8
+/// alike).
+const F32_AHEAD: usize = 8;
+const I8_AHEAD: usize = 4;
 /// Most activation rows the streams take in strips of 64 columns: `4 M` sums
 /// plus four weight vectors and temporaries in 32 registers.
 pub(super) const STRIPS_MAX_M: usize = 6;
@@ -44,7 +48,12 @@ pub(super) const STRIPS_AVX2_MAX_M: usize = 6;
 /// last strip, the matching line of `next` (the same row of the next block,
 /// whose first strips then arrive while the last ones run).
 #[inline(always)]
-fn prefetch_ahead(row: *const u8, next: Option<*const u8>, j: usize, full: usize) {
+fn prefetch_ahead<const AHEAD: usize>(
+    row: *const u8,
+    next: Option<*const u8>,
+    j: usize,
+    full: usize,
+) {
     let jj = j + 64 * AHEAD;
     let p = if jj < full {
         row.wrapping_add(jj)
@@ -89,7 +98,7 @@ macro_rules! q8_stream_f32 {
                             let row = wp.wrapping_add(r * n + n0);
                             let next = r + F32_BLOCK_ROWS;
                             if j % 64 == 0 {
-                                prefetch_ahead(
+                                prefetch_ahead::<F32_AHEAD>(
                                     row,
                                     (next < end).then(|| wp.wrapping_add(next * n + n0)),
                                     j,
@@ -230,7 +239,7 @@ pub(super) unsafe fn q8_stream_i8<const M: usize>(
             let mut c = [[_mm512_setzero_si512(); 4]; M];
             for t in 0..quads {
                 for (u, &row) in rows[t].iter().enumerate() {
-                    prefetch_ahead(row, Some(next[t][u]), j, full);
+                    prefetch_ahead::<I8_AHEAD>(row, Some(next[t][u]), j, full);
                 }
                 // SAFETY: every row pointer has `full` readable bytes (a row
                 // of the split from column n0, or `zeros`); j + 64 <= full.
