@@ -473,6 +473,48 @@ fn q8_product_with_several_row_splits_and_column_blocks() {
     }
 }
 
+/// The sums of a product do not depend on how many threads share it (the
+/// tasks' column blocks and runs of row splits follow the thread count), in
+/// the f32 mode and with int8 activations, at decode and prefill row counts.
+#[test]
+fn q8_product_is_the_same_on_any_number_of_threads() {
+    let (k, n, groups) = (8 * 300, 9_000, 4);
+    let (w, _, _) = quant(k, n, groups, 7);
+    for m in [1, 3, 20] {
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0)
+            .collect();
+        for isa in Isa::available() {
+            let backend = CpuBackend::with_isa(isa);
+            let run = |threads: usize, int8: bool| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let mut out = vec![0f32; m * n];
+                pool.install(|| {
+                    if int8 {
+                        backend.matmul_q8_fast(&x, &w, &mut out)
+                    } else {
+                        backend.matmul_q8(&x, &w, &mut out)
+                    }
+                });
+                out
+            };
+            for int8 in [false, true] {
+                let one = run(1, int8);
+                for threads in [2, 3, 8] {
+                    assert!(
+                        run(threads, int8) == one,
+                        "{} m={m} int8={int8}: {threads} threads differ from 1",
+                        isa.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// The Q8_0 products through the backend, with enough rows for several runs
 /// per task and activation rows in several passes: each activation row's
 /// result is the one it gets alone (f32 and int8 activations), and every ISA

@@ -138,12 +138,19 @@ impl CpuBackend {
         };
         let blocks = n.div_ceil(nb);
         // A task takes one block through a run of consecutive splits, summing
-        // them in order; the runs are then added in order. Any grouping gives
-        // the same sums ((0 + s0) + s1 + ...), so it is chosen for speed only:
-        // whole blocks where they alone keep the threads busy (no partial sums
-        // to hold), single splits where a product is too narrow for that.
+        // them in order; the runs are then added in order. A run is all the
+        // splits (whole blocks, where they alone keep the threads busy: no
+        // partial sums to hold) or one split (a product too narrow for that):
+        // both add the splits' terms in order from zero ((0 + s0) + s1 + ...),
+        // so the sums depend neither on the threads nor on the block width
+        // (which differs between instruction sets). Runs of a few splits
+        // would group the terms differently ((s0 + s1) + (s2 + s3)).
         let want_tasks = 4 * rayon::current_num_threads();
-        let per_task = (splits.len() * blocks / want_tasks).clamp(1, splits.len());
+        let per_task = if blocks >= want_tasks {
+            splits.len()
+        } else {
+            1
+        };
         let runs: Vec<std::ops::Range<usize>> = (0..splits.len())
             .step_by(per_task)
             .map(|s| s..(s + per_task).min(splits.len()))

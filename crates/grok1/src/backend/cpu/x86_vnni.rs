@@ -20,7 +20,7 @@ use super::q8_fast::{SplitView, BLOCK_QUADS, QUAD};
 use super::x86_fast::{
     pack_panels, prefetch_quad, q8_block_fast_avx2, quad_rows, run_panels, Tile,
 };
-use super::x86_strips::{q8_stream_i8, STRIPS_MAX_M};
+use super::x86_strips::{q8_stream_i8, I8_HALF_PASS_MAX_M, STRIPS_MAX_M};
 
 /// Activation rows per register tile: 8 i32 and 8 f32 accumulators, one
 /// weight vector, the activations broadcast from memory.
@@ -125,7 +125,13 @@ unsafe fn stream<const M: usize>(
     let nb = total.len() / M;
     let mut part = vec![0f32; M * full];
     // SAFETY: the caller's bounds; `part` is [M, full].
-    unsafe { q8_stream_i8::<M>(view, wb, full, &mut part) };
+    unsafe {
+        if M <= I8_HALF_PASS_MAX_M {
+            q8_stream_i8::<M, { BLOCK_QUADS / 2 }>(view, wb, full, &mut part)
+        } else {
+            q8_stream_i8::<M, BLOCK_QUADS>(view, wb, full, &mut part)
+        }
+    };
     let pp = part.as_ptr();
     for i in 0..M {
         for j in (0..full).step_by(64) {
