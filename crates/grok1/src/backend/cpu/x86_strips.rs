@@ -24,8 +24,14 @@ use super::x86_vnni::interleave_quad;
 
 /// Weight rows per block of the f32 stream: a strip's lines are in flight
 /// together, and the sums are stored once per block (measured at full width,
-/// batch 8: 16 rows 3% faster than 32 or 8, 64 rows much slower).
+/// batch 8: 16 rows 3% faster than 32 or 8, 64 rows much slower) ...
 const F32_BLOCK_ROWS: usize = 16;
+/// ... up to 2 activation rows; from `SHORT_BLOCK_MIN_M` on, whose FMAs
+/// leave less time to wait for memory, 8 rows keep fewer rows' lines in
+/// flight (full width, 3 and 4 rows: 6-8% faster than 16; 2 rows 2% slower,
+/// 6 rows alike).
+const F32_SHORT_BLOCK_ROWS: usize = 8;
+const SHORT_BLOCK_MIN_M: usize = 3;
 /// Strips prefetched ahead of the one in use by the f32 stream (16 rows a
 /// block; measured at full width, 1 to 6 rows: 8 strips 2-5% faster than 4,
 /// 16 no faster than 8) and by the int8 stream (32 rows a block; 2, 4 and 8
@@ -85,8 +91,13 @@ macro_rules! q8_stream_f32 {
             let k = xp.len() / M;
             let (wp, xs, ap) = (w.as_ptr(), xp.as_ptr(), acc.as_mut_ptr());
             let end = wb.rows.end;
-            for r0 in wb.rows.clone().step_by(F32_BLOCK_ROWS) {
-                let r1 = (r0 + F32_BLOCK_ROWS).min(end);
+            let block_rows = if M >= SHORT_BLOCK_MIN_M {
+                F32_SHORT_BLOCK_ROWS
+            } else {
+                F32_BLOCK_ROWS
+            };
+            for r0 in wb.rows.clone().step_by(block_rows) {
+                let r1 = (r0 + block_rows).min(end);
                 for j in (0..full).step_by($lanes * V) {
                     // SAFETY (block): rows r0..r1 are in `wb.rows`, j + lanes V
                     // <= full, the accumulator rows i < M hold nb >= full columns.
@@ -96,7 +107,7 @@ macro_rules! q8_stream_f32 {
                         });
                         for r in r0..r1 {
                             let row = wp.wrapping_add(r * n + n0);
-                            let next = r + F32_BLOCK_ROWS;
+                            let next = r + block_rows;
                             if j % 64 == 0 {
                                 prefetch_ahead::<F32_AHEAD>(
                                     row,
