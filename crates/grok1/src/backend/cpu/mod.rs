@@ -139,14 +139,15 @@ impl CpuBackend {
         let blocks = n.div_ceil(nb);
         // A task takes one block through a run of consecutive splits, summing
         // them in order; the runs are then added in order. A run is all the
-        // splits (whole blocks, where they alone keep the threads busy: no
-        // partial sums to hold) or one split (a product too narrow for that):
-        // both add the splits' terms in order from zero ((0 + s0) + s1 + ...),
-        // so the sums depend neither on the threads nor on the block width
-        // (which differs between instruction sets). Runs of a few splits
-        // would group the terms differently ((s0 + s1) + (s2 + s3)).
-        let want_tasks = 4 * rayon::current_num_threads();
-        let per_task = if blocks >= want_tasks {
+        // splits (whole blocks, where there are at least as many as threads:
+        // no partial sums to hold, and the prefill kernels' per-call work
+        // spread over the most rows; runs of one 128-row split made a d1024
+        // expert's prefill product 1.3x slower in f32, 1.6x with AMX) or one
+        // split (a product too narrow for that): both add the splits' terms in order from zero ((0 + s0) + s1
+        // + ...), so the sums depend neither on the threads nor on the block
+        // width (which differs between instruction sets). Runs of a few
+        // splits would group the terms differently ((s0 + s1) + (s2 + s3)).
+        let per_task = if blocks >= rayon::current_num_threads() {
             splits.len()
         } else {
             1
