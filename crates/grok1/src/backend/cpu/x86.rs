@@ -990,6 +990,14 @@ pub unsafe fn dot_q8_0_rows_avx2(x: &[f32], m: usize, k: usize, rows: &[u8], out
     }
 }
 
+/// Bytes ahead of the blocks in use that the f32 Q8_0 row kernel prefetches:
+/// rows read one after the other are one stream, but the hardware prefetchers
+/// ran too little ahead of it (d1024 Q8_0 model, fast decode on the AVX-512
+/// Xeon: 42-44 tok/s without, 66-67 at 2 KiB; 1 KiB and 4 KiB measured on an
+/// AVX-512 two-rows-a-vector version of this kernel, since dropped: no faster
+/// than this one with the prefetch).
+const Q8_0_AHEAD: usize = 2048;
+
 /// One Q8_0 weight row against activation rows `i0..i0 + G`.
 ///
 /// # Safety
@@ -1009,6 +1017,11 @@ unsafe fn q8_0_row_group<const G: usize>(
     for (b, block) in row.chunks_exact(Q8_0_BLOCK_BYTES).enumerate() {
         // SAFETY: the block has 34 bytes; x rows i0 + g hold 32 values from 32 b.
         unsafe {
+            // A prefetch reads nothing and cannot fault (wrapping address).
+            _mm_prefetch(
+                block.as_ptr().wrapping_add(Q8_0_AHEAD) as *const i8,
+                _MM_HINT_T0,
+            );
             let bits = u16::from_le_bytes([block[0], block[1]]);
             let d = _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))));
             let qp = block.as_ptr().add(2);
