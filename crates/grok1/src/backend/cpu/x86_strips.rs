@@ -32,10 +32,10 @@ const F32_BLOCK_ROWS: usize = 16;
 /// 6 rows alike).
 const F32_SHORT_BLOCK_ROWS: usize = 8;
 const SHORT_BLOCK_MIN_M: usize = 3;
-/// Strips prefetched ahead of the one in use by the f32 stream (16 rows a
-/// block; measured at full width, 1 to 6 rows: 8 strips 2-5% faster than 4,
-/// 16 no faster than 8) and by the int8 stream (32 rows a block; 2, 4 and 8
-/// alike).
+/// Strips prefetched ahead of the one in use by the f32 stream (measured at
+/// full width with 16-row blocks, 1 to 6 rows: 8 strips 2-5% faster than 4,
+/// 16 no faster than 8) and by the int8 stream (measured with 32-row passes:
+/// 2, 4 and 8 alike).
 const F32_AHEAD: usize = 8;
 const I8_AHEAD: usize = 4;
 /// Most activation rows the streams take in strips of 64 columns: `4 M` sums
