@@ -426,10 +426,7 @@ impl I8Tile<'_> {
             // SAFETY: c + 64 <= full <= k: inside every row.
             let wv: [__m512i; R] = std::array::from_fn(|u| unsafe {
                 // A prefetch reads nothing and cannot fault (wrapping address).
-                _mm_prefetch(
-                    w[u].as_ptr().wrapping_add(c + ROWS_AHEAD) as *const i8,
-                    _MM_HINT_T0,
-                );
+                _mm_prefetch(w[u].as_ptr().wrapping_add(c + ROWS_AHEAD), _MM_HINT_T0);
                 _mm512_xor_si512(
                     _mm512_loadu_si512(w[u].as_ptr().add(c) as *const __m512i),
                     bias,
@@ -493,10 +490,7 @@ pub unsafe fn dot_i8_rows_vnni(x: &[i8], rows: &[i8], out: &mut [i32]) {
         while i < four {
             for (t, a) in acc.iter_mut().enumerate() {
                 // A prefetch reads nothing and cannot fault (wrapping address).
-                _mm_prefetch(
-                    rp.wrapping_add(i + 64 * t + ROWS_AHEAD) as *const i8,
-                    _MM_HINT_T0,
-                );
+                _mm_prefetch(rp.wrapping_add(i + 64 * t + ROWS_AHEAD), _MM_HINT_T0);
                 *a = step(*a, i + 64 * t);
             }
             i += 256;
