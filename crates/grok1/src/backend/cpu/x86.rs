@@ -889,8 +889,10 @@ pub unsafe fn gelu_mul_avx2(h: &mut [f32], v: &[f32]) {
 /// [`super::kernels::dot_i8_rows`] with AVX2: |x| times sign(w, x) with
 /// `maddubs` (pairs of products of at most 127 * 127 fit an i16), widened to
 /// i32 with `madd`. Rows are read one after another, each front to back with
-/// four independent accumulators: one sequential stream, which the hardware
-/// prefetchers follow (interleaving several short rows defeated them).
+/// four independent accumulators: one sequential stream (interleaving several
+/// short rows defeated the hardware prefetchers), prefetched 2 KiB ahead
+/// (forced AVX2 on the AVX-512 Xeon, d1024 fast decode: 57-61 -> 63-66
+/// tok/s).
 ///
 /// # Safety
 /// The CPU must support AVX2; `rows.len() == x.len() * out.len()`.
@@ -921,6 +923,16 @@ pub unsafe fn dot_i8_rows_avx2(x: &[i8], rows: &[i8], out: &mut [i32]) {
         let mut acc = [_mm256_setzero_si256(); 4];
         let mut i = 0;
         while i < quad {
+            // Two lines per 128 bytes, 2 KiB ahead (as `Q8_0_AHEAD`); a
+            // prefetch reads nothing and cannot fault (wrapping address).
+            _mm_prefetch(
+                row.as_ptr().wrapping_add(i + Q8_0_AHEAD) as *const i8,
+                _MM_HINT_T0,
+            );
+            _mm_prefetch(
+                row.as_ptr().wrapping_add(i + 64 + Q8_0_AHEAD) as *const i8,
+                _MM_HINT_T0,
+            );
             for (t, a) in acc.iter_mut().enumerate() {
                 let at = i + 32 * t;
                 *a = step(
