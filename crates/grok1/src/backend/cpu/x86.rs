@@ -925,14 +925,8 @@ pub unsafe fn dot_i8_rows_avx2(x: &[i8], rows: &[i8], out: &mut [i32]) {
         while i < quad {
             // Two lines per 128 bytes, 2 KiB ahead (as `Q8_0_AHEAD`); a
             // prefetch reads nothing and cannot fault (wrapping address).
-            _mm_prefetch(
-                row.as_ptr().wrapping_add(i + Q8_0_AHEAD) as *const i8,
-                _MM_HINT_T0,
-            );
-            _mm_prefetch(
-                row.as_ptr().wrapping_add(i + 64 + Q8_0_AHEAD) as *const i8,
-                _MM_HINT_T0,
-            );
+            _mm_prefetch(row.as_ptr().wrapping_add(i + Q8_0_AHEAD), _MM_HINT_T0);
+            _mm_prefetch(row.as_ptr().wrapping_add(i + 64 + Q8_0_AHEAD), _MM_HINT_T0);
             for (t, a) in acc.iter_mut().enumerate() {
                 let at = i + 32 * t;
                 *a = step(
