@@ -474,8 +474,9 @@ fn q8_product_with_several_row_splits_and_column_blocks() {
 }
 
 /// The sums of a product do not depend on how many threads share it (the
-/// tasks' column blocks and runs of row splits follow the thread count), in
-/// the f32 mode and with int8 activations, at decode and prefill row counts.
+/// tasks' column blocks and runs of row splits follow the thread count) nor
+/// on the rows beside it (the block width follows the row count), in the f32
+/// mode and with int8 activations, at decode and prefill row counts.
 #[test]
 fn q8_product_is_the_same_on_any_number_of_threads() {
     let (k, n, groups) = (8 * 300, 9_000, 4);
@@ -507,6 +508,20 @@ fn q8_product_is_the_same_on_any_number_of_threads() {
                     assert!(
                         run(threads, int8) == one,
                         "{} m={m} int8={int8}: {threads} threads differ from 1",
+                        isa.name()
+                    );
+                }
+                for i in [0, m - 1] {
+                    let mut alone = vec![0f32; n];
+                    let xi = &x[i * k..(i + 1) * k];
+                    if int8 {
+                        backend.matmul_q8_fast(xi, &w, &mut alone)
+                    } else {
+                        backend.matmul_q8(xi, &w, &mut alone)
+                    }
+                    assert!(
+                        alone[..] == one[i * n..(i + 1) * n],
+                        "{} m={m} int8={int8}: row {i} alone differs",
                         isa.name()
                     );
                 }

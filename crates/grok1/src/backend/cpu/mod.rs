@@ -143,10 +143,11 @@ impl CpuBackend {
         // no partial sums to hold, and the prefill kernels' per-call work
         // spread over the most rows; runs of one 128-row split made a d1024
         // expert's prefill product 1.3x slower in f32, 1.6x with AMX) or one
-        // split (a product too narrow for that): both add the splits' terms in order from zero ((0 + s0) + s1
-        // + ...), so the sums depend neither on the threads nor on the block
-        // width (which differs between instruction sets). Runs of a few
-        // splits would group the terms differently ((s0 + s1) + (s2 + s3)).
+        // split (a product too narrow for that): both add the splits' terms
+        // in order from zero ((0 + s0) + s1 + ...), so the sums depend
+        // neither on the threads nor on the block width (which differs
+        // between instruction sets and row counts). Runs of a few splits
+        // would group the terms differently ((s0 + s1) + (s2 + s3)).
         let per_task = if blocks >= rayon::current_num_threads() {
             splits.len()
         } else {
