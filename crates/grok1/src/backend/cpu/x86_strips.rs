@@ -34,10 +34,11 @@ const F32_SHORT_BLOCK_ROWS: usize = 8;
 const SHORT_BLOCK_MIN_M: usize = 3;
 /// Strips prefetched ahead of the one in use by the f32 stream (measured at
 /// full width with 16-row blocks, 1 to 6 rows: 8 strips 2-5% faster than 4,
-/// 16 no faster than 8) and by the int8 stream (measured with 32-row passes:
-/// 2, 4 and 8 alike).
+/// 16 no faster than 8) and by the int8 stream (with 16-row passes, 1 to 6
+/// rows: 8 strips 2-4% faster than 4; with 32-row passes 2, 4 and 8 were
+/// alike).
 const F32_AHEAD: usize = 8;
-const I8_AHEAD: usize = 4;
+const I8_AHEAD: usize = 8;
 /// Most activation rows the streams take in strips of 64 columns: `4 M` sums
 /// plus four weight vectors and temporaries in 32 registers.
 pub(super) const STRIPS_MAX_M: usize = 6;
