@@ -404,13 +404,19 @@ pub fn dot_i8_rows_scalar(xs: &[i8], g: usize, rows: &[i8], out_t: &mut [i32]) {
     }
     for (o, row) in out_t.chunks_exact_mut(g).zip(rows.chunks_exact(k)) {
         for (o, x) in o.iter_mut().zip(xs.chunks_exact(k)) {
-            *o = x
-                .iter()
-                .zip(row)
-                .map(|(&a, &b)| i32::from(a) * i32::from(b))
-                .sum();
+            *o = dot_i8(x, row);
         }
     }
+}
+
+/// `sum(a[i] * b[i])` in i32, exact for fewer than 2^17 values (each product
+/// is at most 2^14 in magnitude): the scalar row dot, and the SIMD row dots'
+/// last columns.
+pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+    a.iter()
+        .zip(b)
+        .map(|(&a, &b)| i32::from(a) * i32::from(b))
+        .sum()
 }
 
 /// Bytes of one Q8_0 block: an f16 scale and 32 int8 values.

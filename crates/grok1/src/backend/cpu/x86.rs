@@ -923,10 +923,10 @@ pub unsafe fn dot_i8_rows_avx2(x: &[i8], rows: &[i8], out: &mut [i32]) {
         let mut acc = [_mm256_setzero_si256(); 4];
         let mut i = 0;
         while i < quad {
-            // Two lines per 128 bytes, 2 KiB ahead (as `Q8_0_AHEAD`); a
-            // prefetch reads nothing and cannot fault (wrapping address).
-            _mm_prefetch(row.as_ptr().wrapping_add(i + Q8_0_AHEAD), _MM_HINT_T0);
-            _mm_prefetch(row.as_ptr().wrapping_add(i + 64 + Q8_0_AHEAD), _MM_HINT_T0);
+            // Two lines per 128 bytes; a prefetch reads nothing and cannot
+            // fault (wrapping address).
+            _mm_prefetch(row.as_ptr().wrapping_add(i + ROWS_AHEAD), _MM_HINT_T0);
+            _mm_prefetch(row.as_ptr().wrapping_add(i + 64 + ROWS_AHEAD), _MM_HINT_T0);
             for (t, a) in acc.iter_mut().enumerate() {
                 let at = i + 32 * t;
                 *a = step(
@@ -949,12 +949,7 @@ pub unsafe fn dot_i8_rows_avx2(x: &[i8], rows: &[i8], out: &mut [i32]) {
             _mm256_add_epi32(acc[0], acc[1]),
             _mm256_add_epi32(acc[2], acc[3]),
         );
-        let tail: i32 = x[full..]
-            .iter()
-            .zip(&row[full..])
-            .map(|(&a, &b)| i32::from(a) * i32::from(b))
-            .sum();
-        *o = sum8(total) + tail;
+        *o = sum8(total) + super::kernels::dot_i8(&x[full..], &row[full..]);
     }
 }
 
@@ -996,13 +991,15 @@ pub unsafe fn dot_q8_0_rows_avx2(x: &[f32], m: usize, k: usize, rows: &[u8], out
     }
 }
 
-/// Bytes ahead of the blocks in use that the f32 Q8_0 row kernel prefetches:
-/// rows read one after the other are one stream, but the hardware prefetchers
-/// ran too little ahead of it (d1024 Q8_0 model, fast decode on the AVX-512
-/// Xeon: 42-44 tok/s without, 66-67 at 2 KiB; 1 KiB and 4 KiB measured on an
-/// AVX-512 two-rows-a-vector version of this kernel, since dropped: no faster
-/// than this one with the prefetch).
-const Q8_0_AHEAD: usize = 2048;
+/// Bytes ahead of the one in use that the kernels reading whole rows one after
+/// the other (the f32 Q8_0 rows, the AVX2 and VNNI int8 row dots) prefetch:
+/// such rows are one stream, but the hardware prefetchers ran too little ahead
+/// of it (d1024 Q8_0 model, fast decode on the AVX-512 Xeon: 42-44 tok/s
+/// without, 66-67 at 2 KiB; 1 KiB and 4 KiB measured on an AVX-512
+/// two-rows-a-vector version of the Q8_0 kernel, since dropped: no faster than
+/// this one with the prefetch; the d1024 checkpoint's fast decode, whose int8
+/// output projection is 45% of its bytes: 56-64 -> 69-70 tok/s).
+pub(super) const ROWS_AHEAD: usize = 2048;
 
 /// One Q8_0 weight row against activation rows `i0..i0 + G`.
 ///
@@ -1025,7 +1022,7 @@ unsafe fn q8_0_row_group<const G: usize>(
         unsafe {
             // A prefetch reads nothing and cannot fault (wrapping address).
             _mm_prefetch(
-                block.as_ptr().wrapping_add(Q8_0_AHEAD) as *const i8,
+                block.as_ptr().wrapping_add(ROWS_AHEAD) as *const i8,
                 _MM_HINT_T0,
             );
             let bits = u16::from_le_bytes([block[0], block[1]]);

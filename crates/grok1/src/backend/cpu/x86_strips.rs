@@ -1,11 +1,13 @@
-//! AVX-512 decode streams (up to 12 activation rows in f32, 6 in int8) that
+//! Decode streams (on AVX-512 up to 12 activation rows in f32, 6 in int8) that
 //! keep their sums in registers: a block of weight rows is walked in strips of
 //! 64 columns (one cache line per row; 32 columns from 7 f32 rows on), each
 //! strip's sums held in registers down all the block's rows and written back
-//! once. The AVX2 streams load and store their sums in memory for every four
-//! weight rows, which at two or more activation rows (an expert's share of a
-//! decoding batch) costs more than the weights' own arithmetic; the panels of
-//! converted weights that prefill uses cost more still at a handful of rows.
+//! once (the f32 ones also on 256-bit vectors, for AVX2). The former AVX2 f32
+//! stream (and still the AVX2 int8 one) loaded and stored its sums in memory
+//! for every four weight rows, which at two or more activation rows (an
+//! expert's share of a decoding batch) costs more than the weights' own
+//! arithmetic; the panels of converted weights that prefill uses cost more
+//! still at a handful of rows.
 //!
 //! Walking a block column-strip by column-strip reads each of its rows as a
 //! sequential stream, one line per strip: the block's rows are prefetched a

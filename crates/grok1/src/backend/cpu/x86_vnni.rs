@@ -15,8 +15,9 @@
 
 use std::arch::x86_64::*;
 
-use super::kernels::{add_tail_columns, Q8Rows};
+use super::kernels::{add_tail_columns, dot_i8, Q8Rows};
 use super::q8_fast::{SplitView, BLOCK_QUADS, QUAD};
+use super::x86::ROWS_AHEAD;
 use super::x86_fast::{
     pack_panels, prefetch_quad, q8_block_fast_avx2, quad_rows, run_panels, Tile,
 };
@@ -375,8 +376,8 @@ pub unsafe fn dot_i8_rows_multi_vnni(xs: &[i8], g: usize, rows: &[i8], out_t: &m
     while j < n {
         // Four rows side by side where they are a page or more long; shorter
         // rows one at a time, in address order (short rows read side by side
-        // are a pattern the hardware prefetchers follow badly, as in
-        // `x86::q8_stream`).
+        // are a pattern the hardware prefetchers follow badly, as the former
+        // AVX2 f32 decode stream measured).
         let r = if n - j >= 4 && k >= 4096 { 4 } else { 1 };
         for t in (0..g).step_by(4) {
             // SAFETY: rows j..j + r < n and activation rows t..t + 4 min g.
@@ -442,23 +443,13 @@ impl I8Tile<'_> {
         }
         for (u, au) in acc.iter().enumerate() {
             for (t, &a) in au.iter().enumerate() {
-                let tail: i32 = x[t][self.full..]
-                    .iter()
-                    .zip(&w[u][self.full..])
-                    .map(|(&a, &b)| i32::from(a) * i32::from(b))
-                    .sum();
+                let tail = dot_i8(&x[t][self.full..], &w[u][self.full..]);
                 out_t[(j0 + u) * g + t0 + t] =
                     _mm512_reduce_add_epi32(a) - self.corr[t0 + t] + tail;
             }
         }
     }
 }
-
-/// Bytes ahead of the one in use that the row dots prefetch in each row: rows
-/// read one after the other are one stream, which the hardware prefetchers
-/// followed too closely (d1024 fast decode, whose int8 output projection is
-/// 45% of the bytes: 56-64 -> 69-70 tok/s).
-const ROWS_AHEAD: usize = 2048;
 
 /// One activation row against int8 rows (`kernels::dot_i8_rows` with `g ==
 /// 1`), exact: each row in address order, four accumulators (the tiles of
@@ -503,11 +494,6 @@ pub unsafe fn dot_i8_rows_vnni(x: &[i8], rows: &[i8], out: &mut [i32]) {
             _mm512_add_epi32(acc[0], acc[1]),
             _mm512_add_epi32(acc[2], acc[3]),
         );
-        let tail: i32 = x[full..]
-            .iter()
-            .zip(&row[full..])
-            .map(|(&a, &b)| i32::from(a) * i32::from(b))
-            .sum();
-        *o = _mm512_reduce_add_epi32(sum) - corr + tail;
+        *o = _mm512_reduce_add_epi32(sum) - corr + dot_i8(&x[full..], &row[full..]);
     }
 }
