@@ -296,6 +296,15 @@ pub struct ActQ8_0 {
     pub q: Vec<i8>,
     /// `[m, k / 32]` scales.
     pub s: Vec<f32>,
+    /// The same values in the tile multiplier's order when the AMX kernel
+    /// will read them (else empty): per tile of [`ROW_PAD`] rows (the last
+    /// padded with zeros), per block, eight rows of 64 bytes, row `qd` holding
+    /// each activation row's values `4 qd .. 4 qd + 4` of the block (what AMX
+    /// calls the "VNNI" layout of a right-hand operand). Made once per
+    /// product, as every task reads all of it.
+    pub tiles: Vec<i8>,
+    /// `[tiles, k / 32, ROW_PAD]` scales (zeros for padding rows), with `tiles`.
+    pub tile_s: Vec<f32>,
 }
 
 impl ActQ8_0 {
@@ -306,33 +315,78 @@ impl ActQ8_0 {
             "ActQ8_0::quantize: x is not [m, k] with k a multiple of 32"
         );
         let mut q = vec![0i8; m * k];
-        let s = x
+        let s: Vec<f32> = x
             .chunks_exact(Q8_0_VALUES)
             .zip(q.chunks_exact_mut(Q8_0_VALUES))
             .map(|(src, dst)| quantize_block(isa, src, dst))
             .collect();
-        ActQ8_0 { m, k, q, s }
+        let (mut tiles, mut tile_s) = (Vec::new(), Vec::new());
+        if q8_0_tiled(isa, m) {
+            let blocks = k / Q8_0_VALUES;
+            let padded = m.next_multiple_of(ROW_PAD);
+            tiles = vec![0i8; padded * k];
+            tile_s = vec![0f32; padded * blocks];
+            for i in 0..m {
+                let (t, u) = (i / ROW_PAD, i % ROW_PAD);
+                for b in 0..blocks {
+                    let block = (t * blocks + b) * ROW_PAD;
+                    tile_s[block + u] = s[i * blocks + b];
+                    for qd in 0..Q8_0_VALUES / QUAD {
+                        let (dst, src) = (
+                            (block * 8 + qd * ROW_PAD + u) * QUAD,
+                            i * k + 32 * b + QUAD * qd,
+                        );
+                        tiles[dst..dst + QUAD].copy_from_slice(&q[src..src + QUAD]);
+                    }
+                }
+            }
+        }
+        ActQ8_0 {
+            m,
+            k,
+            q,
+            s,
+            tiles,
+            tile_s,
+        }
     }
 
-    /// Rows `rows` of the activations, as the kernels read them.
+    /// Rows `rows` of the activations, as the kernels read them (with the
+    /// tile order only for all of them).
     pub fn rows(&self, rows: Range<usize>) -> Q8_0Acts<'_> {
         let blocks = self.k / Q8_0_VALUES;
+        let all = rows == (0..self.m);
         Q8_0Acts {
             m: rows.len(),
             k: self.k,
             q: &self.q[rows.start * self.k..rows.end * self.k],
             s: &self.s[rows.start * blocks..rows.end * blocks],
+            tiles: if all { &self.tiles } else { &[] },
+            tile_s: if all { &self.tile_s } else { &[] },
         }
     }
 }
 
-/// Some rows of an [`ActQ8_0`]: `q` is `[m, k]`, `s` `[m, k / 32]`.
+/// Whether [`ActQ8_0`] lays `m` rows out for the AMX kernel on `isa`.
+fn q8_0_tiled(isa: Isa, m: usize) -> bool {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    if isa == Isa::Amx {
+        return m >= super::x86_amx::AMX_MIN_M;
+    }
+    let _ = (isa, m);
+    false
+}
+
+/// Some rows of an [`ActQ8_0`]: `q` is `[m, k]`, `s` `[m, k / 32]`; `tiles`
+/// and `tile_s` as there, or empty.
 #[derive(Clone, Copy)]
 pub struct Q8_0Acts<'a> {
     pub m: usize,
     pub k: usize,
     pub q: &'a [i8],
     pub s: &'a [f32],
+    pub tiles: &'a [i8],
+    pub tile_s: &'a [f32],
 }
 
 /// Values per Q8_0 block.
@@ -340,12 +394,12 @@ const Q8_0_VALUES: usize = 32;
 
 /// `out_t[c][i] = x[i] . row_c` for Q8_0 weight rows (`rows` holds
 /// `out_t.len() / m` rows of `k / 32` blocks) and activations quantised to
-/// Q8_0 blocks: for each block, eight lanes `isum[l] = sum over t < 4 of
-/// xq[32b + 4l + t] * q[32b + 4l + t]` (exact, in i32), `acc[l] =
-/// fma(f32(isum[l]), d_w * d_x, acc[l])`, and at the end the lanes added as
-/// `((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))` (the f32 kernel's
-/// order). Every path does exactly these operations, so results are the same
-/// on every ISA and for every batch.
+/// Q8_0 blocks: for each block in order, `isum = sum over t < 32 of xq[32b +
+/// t] * q[32b + t]` (exact, in i32; any order), `acc = fma(f32(isum), d_w *
+/// d_x, acc)` with `d_w * d_x` rounded once. One exact integer sum per block is
+/// what a tile multiplier (`tdpbssd`) gives for a block, so the AMX kernel does
+/// these operations too; every path does, so results are the same on every ISA
+/// and for every batch. `f32(isum)` is exact: |isum| <= 32 * 127 * 128 < 2^24.
 pub fn dot_q8_0_rows_int8(isa: Isa, act: Q8_0Acts, rows: &[u8], out_t: &mut [f32]) {
     let (m, k) = (act.m, act.k);
     assert!(m > 0, "dot_q8_0_rows_int8: no activation rows");
@@ -359,6 +413,12 @@ pub fn dot_q8_0_rows_int8(isa: Isa, act: Q8_0Acts, rows: &[u8], out_t: &mut [f32
         "dot_q8_0_rows_int8: rows do not match the output"
     );
     match isa {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        Isa::Amx if !act.tiles.is_empty() => {
+            // SAFETY: Amx is only chosen when the CPU has AVX2, FMA, F16C,
+            // AVX-512 F/BW/VL and AMX-TILE/INT8 (Isa::best); sizes checked above.
+            unsafe { super::x86_amx::dot_q8_0_rows_int8_amx(act, rows, out_t) }
+        }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
             // SAFETY: AVX2/FMA are present (Isa::best), F16C with them on every
@@ -377,21 +437,19 @@ pub fn dot_q8_0_rows_int8_scalar(act: Q8_0Acts, rows: &[u8], out_t: &mut [f32]) 
         .enumerate()
     {
         for i in 0..m {
-            let mut acc = [0f32; 8];
+            let mut acc = 0f32;
             for (b, block) in row.chunks_exact(Q8_0_BLOCK_BYTES).enumerate() {
                 let d =
                     half::f16::from_le_bytes([block[0], block[1]]).to_f32() * act.s[i * blocks + b];
-                let w = &block[2..];
                 let x = &act.q[i * k + Q8_0_VALUES * b..i * k + Q8_0_VALUES * (b + 1)];
-                for (l, a) in acc.iter_mut().enumerate() {
-                    let isum: i32 = (4 * l..4 * l + 4)
-                        .map(|t| i32::from(x[t]) * i32::from(w[t] as i8))
-                        .sum();
-                    *a = (isum as f32).mul_add(d, *a);
-                }
+                let isum: i32 = x
+                    .iter()
+                    .zip(&block[2..])
+                    .map(|(&x, &w)| i32::from(x) * i32::from(w as i8))
+                    .sum();
+                acc = (isum as f32).mul_add(d, acc);
             }
-            out_t[c * m + i] =
-                ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+            out_t[c * m + i] = acc;
         }
     }
 }

@@ -26,16 +26,16 @@ use std::arch::x86_64::*;
 use std::cell::Cell;
 use std::sync::OnceLock;
 
-use super::kernels::{add_tail_columns, Q8Rows};
-use super::q8_fast::{SplitView, ACT_BLOCK, BLOCK_QUADS, QUAD};
-use super::x86_fast::{q8_block_fast_avx2, run_panels};
+use super::kernels::{add_tail_columns, Q8Rows, Q8_0_BLOCK_BYTES};
+use super::q8_fast::{Q8_0Acts, SplitView, ACT_BLOCK, BLOCK_QUADS, QUAD};
+use super::x86_fast::{dot_q8_0_rows_int8_avx2, q8_block_fast_avx2, run_panels};
 use super::x86_vnni::{pack_panels_512, q8_block_fast_vnni};
 
 /// Activation rows per tile (AMX's maximum).
 const TILE_M: usize = 16;
 /// Fewest activation rows the tiles take; fewer go to the AVX-512 kernels
 /// (a tile of 16 rows on a handful of rows multiplies mostly padding).
-const AMX_MIN_M: usize = 16;
+pub(super) const AMX_MIN_M: usize = 16;
 
 /// `arch_prctl` codes (`asm/prctl.h`) and the tile-data state component.
 const ARCH_REQ_XCOMP_PERM: libc::c_ulong = 0x1023;
@@ -214,6 +214,115 @@ unsafe fn multiply(
                 *ft = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c), s, *ft);
             }
         }
+    }
+}
+
+/// AMX version of `q8_fast::dot_q8_0_rows_int8_scalar` (Q8_0 weight rows of a
+/// GGUF against activations in Q8_0 blocks), bit-identical to it. The weight
+/// rows are the tiles' left operand as they lie in the file (16 rows, one
+/// block's 32 values each, the row length apart), the activations the right
+/// one in the order `ActQ8_0` packs them; each 16 x 16 tile of block sums is
+/// stored, converted and folded into 16 f32 accumulators (weight row `u`'s
+/// sums for 16 activation rows) with `d_w * d_x`, block by block, while the
+/// tile unit multiplies the next block. Weight rows past the last whole 16,
+/// or a thread refused the tile data, take the AVX2 kernel.
+///
+/// # Safety
+/// AVX2, FMA, F16C, AVX-512 F/BW/VL and AMX-TILE/INT8 (`available`); the
+/// bounds `q8_fast::dot_q8_0_rows_int8` checks, and `act.tiles` laid out by
+/// `ActQ8_0::quantize` for `act.m` rows.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+pub unsafe fn dot_q8_0_rows_int8_amx(act: Q8_0Acts, rows: &[u8], out_t: &mut [f32]) {
+    let (m, k) = (act.m, act.k);
+    let blocks = k / 32;
+    let row_bytes = blocks * Q8_0_BLOCK_BYTES;
+    let nrows = out_t.len() / m;
+    let full = nrows / 16 * 16;
+    let tiles = m.div_ceil(TILE_M);
+    assert!(rows.len() >= nrows * row_bytes && blocks > 0);
+    assert!(act.tiles.len() >= tiles * blocks * 512 && act.tile_s.len() >= tiles * blocks * TILE_M);
+    if full > 0 && permitted() {
+        let config = TileConfig::new();
+        // SAFETY: a valid palette-1 layout, and this thread may use the tile
+        // data (`permitted`).
+        unsafe { asm!("ldtilecfg [{}]", in(reg) &config, options(nostack, readonly)) };
+        let mut dw = vec![0f32; blocks * 16];
+        let mut sums = Sums([[0; 16]; TILE_M]);
+        for c0 in (0..full).step_by(16) {
+            let tile_rows = &rows[c0 * row_bytes..(c0 + 16) * row_bytes];
+            for (u, row) in tile_rows.chunks_exact(row_bytes).enumerate() {
+                for (b, block) in row.chunks_exact(Q8_0_BLOCK_BYTES).enumerate() {
+                    dw[b * 16 + u] = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+                }
+            }
+            // The next 16 rows, prefetched a few lines per block over this
+            // tile's passes (16 rows read side by side from memory would
+            // stall the first pass).
+            let next = &rows[(c0 + 16) * row_bytes..(c0 + 32).min(nrows) * row_bytes];
+            let lines = next.len().div_ceil(64);
+            let per_step = lines.div_ceil(tiles * blocks);
+            for t in 0..tiles {
+                let mut f = [_mm512_setzero_ps(); 16];
+                let a = tile_rows.as_ptr().wrapping_add(2) as *const i8;
+                let bt = act.tiles[t * blocks * 512..].as_ptr() as *const u8;
+                let st = &act.tile_s[t * blocks * TILE_M..(t + 1) * blocks * TILE_M];
+                for kb in 0..=blocks {
+                    if kb < blocks {
+                        let step = t * blocks + kb;
+                        for l in step * per_step..((step + 1) * per_step).min(lines) {
+                            // SAFETY: the line starts inside `next`.
+                            unsafe {
+                                _mm_prefetch(next.as_ptr().add(64 * l) as *const i8, _MM_HINT_T0)
+                            };
+                        }
+                        // SAFETY: 16 weight rows' block kb (32 bytes after the
+                        // scale, row_bytes apart) and the activation tile's
+                        // block kb (8 rows of 64 bytes) are inside `rows` and
+                        // `act.tiles` (asserted above).
+                        unsafe {
+                            multiply_block(
+                                kb % 2,
+                                a.add(kb * Q8_0_BLOCK_BYTES),
+                                row_bytes,
+                                bt.add(kb * 512),
+                            )
+                        };
+                    }
+                    if kb > 0 {
+                        let prev = kb - 1;
+                        // SAFETY: `sums` holds 16 rows of 64 bytes.
+                        unsafe { store_sums(prev % 2, &mut sums) };
+                        // SAFETY: 16 scales of block prev (inside `st`).
+                        let dx = unsafe { _mm512_loadu_ps(st[prev * TILE_M..].as_ptr()) };
+                        for (u, fu) in f.iter_mut().enumerate() {
+                            // d_w * d_x rounded once, as the scalar kernel does.
+                            let d = _mm512_mul_ps(_mm512_set1_ps(dw[prev * 16 + u]), dx);
+                            // SAFETY: a row of `sums` is 16 i32.
+                            let c =
+                                unsafe { _mm512_loadu_si512(sums.0[u].as_ptr() as *const __m512i) };
+                            *fu = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c), d, *fu);
+                        }
+                    }
+                }
+                // Weight row c0 + u's sums for activation rows 16 t ..
+                let live = (m - t * TILE_M).min(TILE_M);
+                let mask: __mmask16 = if live == 16 { !0 } else { (1u16 << live) - 1 };
+                for (u, fu) in f.iter().enumerate() {
+                    let at = (c0 + u) * m + t * TILE_M;
+                    assert!(at + live <= out_t.len());
+                    // SAFETY: the `live` lanes stored are inside out_t (asserted).
+                    unsafe { _mm512_mask_storeu_ps(out_t.as_mut_ptr().add(at), mask, *fu) };
+                }
+            }
+        }
+        // SAFETY: AMX-TILE is present; releasing leaves the thread without tile state.
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+    let done = if full > 0 && permitted() { full } else { 0 };
+    if done < nrows {
+        // SAFETY: AVX2, FMA and F16C are present; the rows and outputs are
+        // the caller's from `done` on.
+        unsafe { dot_q8_0_rows_int8_avx2(act, &rows[done * row_bytes..], &mut out_t[done * m..]) }
     }
 }
 

@@ -14,7 +14,6 @@ use std::arch::x86_64::*;
 
 use super::kernels::{add_tail_columns, Q8Rows, Q8_0_BLOCK_BYTES};
 use super::q8_fast::{q8_block_fast_scalar, quad_lanes, Q8_0Acts, SplitView, BLOCK_QUADS, QUAD};
-use super::x86::hsum;
 
 /// From this many activation rows on, a chunk of weight quads is interleaved
 /// once into panels and reused by every row from L1/L2; fewer rows interleave
@@ -451,9 +450,11 @@ impl Tile<'_> {
 }
 
 /// AVX2 version of `q8_fast::dot_q8_0_rows_int8_scalar`, bit-identical to
-/// it: four weight rows at a time against one activation row (each group of
-/// rows stays in L1 or L2 while every activation row passes), `maddubs(|w|,
-/// sign(x, w))` + `madd` giving the eight lanes' sums of four products.
+/// it: eight weight rows at a time (one per f32 lane of the sums) against up
+/// to four activation rows (each group of rows stays in L1 or L2 while every
+/// activation row passes), `maddubs(|w|, sign(x, w))` + `madd` giving each
+/// row's eight partial sums of a block, added across into one exact sum per
+/// row (integers: the order does not matter).
 ///
 /// # Safety
 /// AVX2, FMA and F16C; the bounds `q8_fast::dot_q8_0_rows_int8` checks.
@@ -465,101 +466,125 @@ pub unsafe fn dot_q8_0_rows_int8_avx2(act: Q8_0Acts, rows: &[u8], out_t: &mut [f
     assert!(rows.len() >= nrows * row_bytes && act.q.len() >= m * k && act.s.len() >= m * (k / 32));
     let mut c = 0;
     while c < nrows {
-        let r = (nrows - c).min(4);
+        let r = (nrows - c).min(8);
         let group = &rows[c * row_bytes..(c + r) * row_bytes];
         // The next group's rows, prefetched as one run while the first
-        // activation row passes over this group: adjacent rows read side by
+        // activation rows pass over this group: adjacent rows read side by
         // side are a pattern the hardware prefetchers follow badly (measured:
         // 34 -> 46 tok/s decoding the d1024 Q8_0 model on a Zen 1).
-        let next = &rows[(c + r) * row_bytes..(c + r + 4).min(nrows) * row_bytes];
-        for i in 0..m {
+        let next = &rows[(c + r) * row_bytes..(c + r + 8).min(nrows) * row_bytes];
+        let mut i = 0;
+        while i < m {
+            let g = (m - i).min(4);
             let ahead = if i == 0 { next } else { &[] };
-            // SAFETY: rows c..c + r exist, activation row i < m (asserted above).
-            let sums: [f32; 4] = unsafe {
-                match r {
-                    4 => q8_0_int8_rows::<4>(act, i, group, row_bytes, ahead),
-                    3 => q8_0_int8_rows::<3>(act, i, group, row_bytes, ahead),
-                    2 => q8_0_int8_rows::<2>(act, i, group, row_bytes, ahead),
-                    _ => q8_0_int8_rows::<1>(act, i, group, row_bytes, ahead),
+            // SAFETY: rows c..c + r exist, activation rows i..i + g < m
+            // (asserted above).
+            let sums: [[f32; 8]; 4] = unsafe {
+                match g {
+                    4 => q8_0_int8_rows8::<4>(act, i, group, r, row_bytes, ahead),
+                    3 => q8_0_int8_rows8::<3>(act, i, group, r, row_bytes, ahead),
+                    2 => q8_0_int8_rows8::<2>(act, i, group, r, row_bytes, ahead),
+                    _ => q8_0_int8_rows8::<1>(act, i, group, r, row_bytes, ahead),
                 }
             };
-            for (t, &v) in sums[..r].iter().enumerate() {
-                out_t[(c + t) * m + i] = v;
+            for (t, row) in sums[..g].iter().enumerate() {
+                for (u, &v) in row[..r].iter().enumerate() {
+                    out_t[(c + u) * m + i + t] = v;
+                }
             }
+            i += g;
         }
         c += r;
     }
 }
 
-/// `R` Q8_0 weight rows (`rows`, `row_bytes` apart) against activation row
-/// `i`, prefetching `ahead` front to back on the way.
+/// Weight rows `0..r` (`r <= 8`, `row_bytes` apart in `rows`) against
+/// activation rows `i..i + G`, prefetching `ahead` front to back on the way:
+/// `[t][u]` is activation row `i + t` times weight row `u` (lanes from `r` on
+/// repeat the last row).
 ///
 /// # Safety
-/// AVX2, FMA and F16C; `rows` holds `R` rows of `act.k / 32` blocks, `i < act.m`.
+/// AVX2, FMA and F16C; `rows` holds `r` rows of `act.k / 32` blocks, `1 <= r
+/// <= 8`, `i + G <= act.m`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q8_0_int8_rows<const R: usize>(
+unsafe fn q8_0_int8_rows8<const G: usize>(
     act: Q8_0Acts,
     i: usize,
     rows: &[u8],
+    r: usize,
     row_bytes: usize,
     ahead: &[u8],
-) -> [f32; 4] {
+) -> [[f32; 8]; 4] {
     let (k, blocks) = (act.k, act.k / 32);
-    assert!(rows.len() >= R * row_bytes && row_bytes >= blocks * Q8_0_BLOCK_BYTES);
-    let xq = &act.q[i * k..(i + 1) * k];
-    let sx = &act.s[i * blocks..(i + 1) * blocks];
+    assert!((1..=8).contains(&r) && rows.len() >= r * row_bytes);
+    assert!(row_bytes >= blocks * Q8_0_BLOCK_BYTES && (i + G) * k <= act.q.len());
+    assert!((i + G) * blocks <= act.s.len());
     // Cache lines of `ahead` to prefetch per block, to cover it by the end.
     let ahead_lines = ahead.len().div_ceil(64);
     let lines = ahead_lines.div_ceil(blocks.max(1));
     let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); R];
-    let wp = rows.as_ptr();
-    for (b, &dx) in sx.iter().enumerate() {
-        // SAFETY: 32 values of row i from 32 b (b < k / 32); each weight
-        // row's block b is 34 bytes inside the row (asserted above); the
-        // prefetched lines start inside `ahead`.
+    let mut acc = [_mm256_setzero_ps(); G];
+    let wp: [*const u8; 8] = std::array::from_fn(|u| rows[u.min(r - 1) * row_bytes..].as_ptr());
+    for b in 0..blocks {
+        // SAFETY: each weight row's block b is 34 bytes inside the row, the
+        // activation rows' block b is inside act.q and act.s (asserted above);
+        // the prefetched lines start inside `ahead`.
         unsafe {
             for l in b * lines..((b + 1) * lines).min(ahead_lines) {
                 _mm_prefetch(ahead.as_ptr().add(64 * l) as *const i8, _MM_HINT_T0);
             }
-            let x = _mm256_loadu_si256(xq.as_ptr().add(32 * b) as *const __m256i);
-            // The R rows' scales for this block in one conversion and one
-            // product (each d_w * d_x rounded once, as the scalar kernel does).
-            let bits: [i16; 4] = std::array::from_fn(|r| {
-                if r < R {
-                    let block = wp.add(r * row_bytes + b * Q8_0_BLOCK_BYTES);
-                    i16::from_le_bytes([*block, *block.add(1)])
-                } else {
-                    0
-                }
-            });
-            let mut d = [0f32; 4];
-            _mm_storeu_ps(
-                d.as_mut_ptr(),
-                _mm_mul_ps(
-                    _mm_cvtph_ps(_mm_setr_epi16(
-                        bits[0], bits[1], bits[2], bits[3], 0, 0, 0, 0,
-                    )),
-                    _mm_set1_ps(dx),
-                ),
-            );
-            for (r, a) in acc.iter_mut().enumerate() {
-                let block = wp.add(r * row_bytes + b * Q8_0_BLOCK_BYTES);
-                let w = _mm256_loadu_si256(block.add(2) as *const __m256i);
-                let p = _mm256_madd_epi16(
-                    _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w)),
-                    ones,
-                );
-                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_broadcast_ss(&d[r]), *a);
+            let at = b * Q8_0_BLOCK_BYTES;
+            let d16 = |u: usize| i16::from_le_bytes([*wp[u].add(at), *wp[u].add(at + 1)]);
+            let dw = _mm256_cvtph_ps(_mm_setr_epi16(
+                d16(0),
+                d16(1),
+                d16(2),
+                d16(3),
+                d16(4),
+                d16(5),
+                d16(6),
+                d16(7),
+            ));
+            for (t, a) in acc.iter_mut().enumerate() {
+                let x =
+                    _mm256_loadu_si256(act.q.as_ptr().add((i + t) * k + 32 * b) as *const __m256i);
+                let p: [__m256i; 8] = std::array::from_fn(|u| {
+                    let w = _mm256_loadu_si256(wp[u].add(at + 2) as *const __m256i);
+                    _mm256_madd_epi16(
+                        _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w)),
+                        ones,
+                    )
+                });
+                // d_w * d_x rounded once per row, as the scalar kernel does.
+                let d = _mm256_mul_ps(dw, _mm256_set1_ps(act.s[(i + t) * blocks + b]));
+                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums8(p)), d, *a);
             }
         }
     }
-    let mut out = [0f32; 4];
+    let mut out = [[0f32; 8]; 4];
     for (o, a) in out.iter_mut().zip(acc) {
-        *o = hsum(a);
+        // SAFETY: 8 floats.
+        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), a) };
     }
     out
+}
+
+/// Lane `u` of the result is the sum of `p[u]`'s eight lanes (a transpose
+/// and add in three rounds of horizontal adds).
+#[inline(always)]
+fn sums8(p: [__m256i; 8]) -> __m256i {
+    // SAFETY: AVX2 is enabled in every caller (inlined into them).
+    unsafe {
+        let ab = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+        let cd = _mm256_hadd_epi32(_mm256_hadd_epi32(p[4], p[5]), _mm256_hadd_epi32(p[6], p[7]));
+        // Each 128-bit half of ab holds rows 0..4's sums of lanes 0..4 (low)
+        // or 4..8 (high); cd the same for rows 4..8.
+        _mm256_add_epi32(
+            _mm256_permute2x128_si256::<0x20>(ab, cd),
+            _mm256_permute2x128_si256::<0x31>(ab, cd),
+        )
+    }
 }
 
 /// AVX2 version of `quantize_row_i8` for a block of up to `ACT_BLOCK` values
