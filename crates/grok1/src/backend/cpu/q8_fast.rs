@@ -296,16 +296,36 @@ pub struct ActQ8_0 {
     pub q: Vec<i8>,
     /// `[m, k / 32]` scales.
     pub s: Vec<f32>,
-    /// The same values in the tile multiplier's order when the AMX kernel
-    /// will read them (else empty): per tile of [`ROW_PAD`] rows (the last
-    /// padded with zeros), per block, eight rows of 64 bytes, row `qd` holding
-    /// each activation row's values `4 qd .. 4 qd + 4` of the block (what AMX
-    /// calls the "VNNI" layout of a right-hand operand). Made once per
-    /// product, as every task reads all of it.
+    /// Which tile kernel `tiles` is laid out for.
+    pub layout: Q8_0Tiles,
+    /// The same values in tile order when a tile kernel will read them (else
+    /// empty): per tile of [`ROW_PAD`] rows (the last padded with zeros), per
+    /// block, eight rows of 64 bytes, row `qd` holding each activation row's
+    /// values `4 qd .. 4 qd + 4` of the block (what AMX calls the "VNNI"
+    /// layout of a right-hand operand); for [`Q8_0Tiles::Vnni`] each value is
+    /// stored plus 128 (`vpdpbusd`'s unsigned operand). Made once per product,
+    /// as every task reads all of it.
     pub tiles: Vec<i8>,
     /// `[tiles, k / 32, ROW_PAD]` scales (zeros for padding rows), with `tiles`.
     pub tile_s: Vec<f32>,
 }
+
+/// The tile kernels for Q8_0 weights with int8 activations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Q8_0Tiles {
+    /// No tile layout: the row kernels.
+    None,
+    /// AMX-INT8 (`tdpbssd`, signed values), from [`ROW_PAD`] rows on.
+    Amx,
+    /// AVX-512 VNNI (`vpdpbusd`, values plus 128), from [`VNNI_MIN_M`] rows
+    /// on, on machines with VNNI and on AMX ones below the AMX kernel's rows.
+    Vnni,
+}
+
+/// Fewest activation rows the VNNI tile kernel takes: it multiplies 16 rows
+/// (padding included) at the cost of one, which pays from a few rows on,
+/// and below them the row kernel does less per weight byte.
+pub const VNNI_MIN_M: usize = 4;
 
 impl ActQ8_0 {
     /// Quantises `x` (`[m, k]`, `k` a multiple of 32).
@@ -321,7 +341,9 @@ impl ActQ8_0 {
             .map(|(src, dst)| quantize_block(isa, src, dst))
             .collect();
         let (mut tiles, mut tile_s) = (Vec::new(), Vec::new());
-        if q8_0_tiled(isa, m) {
+        let layout = q8_0_tiled(isa, m);
+        if layout != Q8_0Tiles::None {
+            let bias = if layout == Q8_0Tiles::Vnni { 0x80u8 } else { 0 };
             let blocks = k / Q8_0_VALUES;
             let padded = m.next_multiple_of(ROW_PAD);
             tiles = vec![0i8; padded * k];
@@ -336,7 +358,9 @@ impl ActQ8_0 {
                             (block * 8 + qd * ROW_PAD + u) * QUAD,
                             i * k + 32 * b + QUAD * qd,
                         );
-                        tiles[dst..dst + QUAD].copy_from_slice(&q[src..src + QUAD]);
+                        for (d, &v) in tiles[dst..dst + QUAD].iter_mut().zip(&q[src..src + QUAD]) {
+                            *d = (v as u8 ^ bias) as i8;
+                        }
                     }
                 }
             }
@@ -346,6 +370,7 @@ impl ActQ8_0 {
             k,
             q,
             s,
+            layout,
             tiles,
             tile_s,
         }
@@ -361,30 +386,32 @@ impl ActQ8_0 {
             k: self.k,
             q: &self.q[rows.start * self.k..rows.end * self.k],
             s: &self.s[rows.start * blocks..rows.end * blocks],
+            layout: if all { self.layout } else { Q8_0Tiles::None },
             tiles: if all { &self.tiles } else { &[] },
             tile_s: if all { &self.tile_s } else { &[] },
         }
     }
 }
 
-/// Whether [`ActQ8_0`] lays `m` rows out for the AMX kernel on `isa`.
-fn q8_0_tiled(isa: Isa, m: usize) -> bool {
-    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    if isa == Isa::Amx {
-        return m >= super::x86_amx::AMX_MIN_M;
+/// The tile layout [`ActQ8_0`] makes for `m` rows on `isa`.
+fn q8_0_tiled(isa: Isa, m: usize) -> Q8_0Tiles {
+    match isa {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        Isa::Amx if m >= super::x86_amx::AMX_MIN_M => Q8_0Tiles::Amx,
+        Isa::Avx512Vnni | Isa::Amx if m >= VNNI_MIN_M => Q8_0Tiles::Vnni,
+        _ => Q8_0Tiles::None,
     }
-    let _ = (isa, m);
-    false
 }
 
-/// Some rows of an [`ActQ8_0`]: `q` is `[m, k]`, `s` `[m, k / 32]`; `tiles`
-/// and `tile_s` as there, or empty.
+/// Some rows of an [`ActQ8_0`]: `q` is `[m, k]`, `s` `[m, k / 32]`; `layout`,
+/// `tiles` and `tile_s` as there, or none.
 #[derive(Clone, Copy)]
 pub struct Q8_0Acts<'a> {
     pub m: usize,
     pub k: usize,
     pub q: &'a [i8],
     pub s: &'a [f32],
+    pub layout: Q8_0Tiles,
     pub tiles: &'a [i8],
     pub tile_s: &'a [f32],
 }
@@ -414,10 +441,18 @@ pub fn dot_q8_0_rows_int8(isa: Isa, act: Q8_0Acts, rows: &[u8], out_t: &mut [f32
     );
     match isa {
         #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-        Isa::Amx if !act.tiles.is_empty() => {
+        Isa::Amx if act.layout == Q8_0Tiles::Amx => {
             // SAFETY: Amx is only chosen when the CPU has AVX2, FMA, F16C,
-            // AVX-512 F/BW/VL and AMX-TILE/INT8 (Isa::best); sizes checked above.
+            // AVX-512 F/BW/VL and AMX-TILE/INT8 (Isa::best); sizes checked
+            // above, the tiles laid out for it.
             unsafe { super::x86_amx::dot_q8_0_rows_int8_amx(act, rows, out_t) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni | Isa::Amx if act.layout == Q8_0Tiles::Vnni => {
+            // SAFETY: both are only chosen when the CPU has AVX2, FMA, F16C and
+            // AVX-512 F/BW/VL/VNNI (Isa::best); sizes checked above, the tiles
+            // laid out for it.
+            unsafe { super::x86_vnni::dot_q8_0_rows_int8_vnni(act, rows, out_t) }
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {

@@ -27,7 +27,7 @@ use std::cell::Cell;
 use std::sync::OnceLock;
 
 use super::kernels::{add_tail_columns, Q8Rows, Q8_0_BLOCK_BYTES};
-use super::q8_fast::{Q8_0Acts, SplitView, ACT_BLOCK, BLOCK_QUADS, QUAD};
+use super::q8_fast::{Q8_0Acts, Q8_0Tiles, SplitView, ACT_BLOCK, BLOCK_QUADS, QUAD};
 use super::x86_fast::{dot_q8_0_rows_int8_avx2, q8_block_fast_avx2, run_panels};
 use super::x86_vnni::{pack_panels_512, q8_block_fast_vnni};
 
@@ -241,6 +241,11 @@ pub unsafe fn dot_q8_0_rows_int8_amx(act: Q8_0Acts, rows: &[u8], out_t: &mut [f3
     let tiles = m.div_ceil(TILE_M);
     assert!(rows.len() >= nrows * row_bytes && blocks > 0);
     assert!(act.tiles.len() >= tiles * blocks * 512 && act.tile_s.len() >= tiles * blocks * TILE_M);
+    assert_eq!(
+        act.layout,
+        Q8_0Tiles::Amx,
+        "activations not laid out for AMX"
+    );
     if full > 0 && permitted() {
         let config = TileConfig::new();
         // SAFETY: a valid palette-1 layout, and this thread may use the tile

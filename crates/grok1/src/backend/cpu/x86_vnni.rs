@@ -15,8 +15,8 @@
 
 use std::arch::x86_64::*;
 
-use super::kernels::{add_tail_columns, dot_i8, Q8Rows};
-use super::q8_fast::{SplitView, BLOCK_QUADS, QUAD};
+use super::kernels::{add_tail_columns, dot_i8, Q8Rows, Q8_0_BLOCK_BYTES};
+use super::q8_fast::{Q8_0Acts, Q8_0Tiles, SplitView, BLOCK_QUADS, QUAD, ROW_PAD};
 use super::x86::ROWS_AHEAD;
 use super::x86_fast::{
     pack_panels, prefetch_quad, q8_block_fast_avx2, quad_rows, run_panels, Tile,
@@ -496,4 +496,125 @@ pub unsafe fn dot_i8_rows_vnni(x: &[i8], rows: &[i8], out: &mut [i32]) {
         );
         *o = _mm512_reduce_add_epi32(sum) - corr + dot_i8(&x[full..], &row[full..]);
     }
+}
+
+/// VNNI version of `q8_fast::dot_q8_0_rows_int8_scalar` (Q8_0 weight rows of
+/// a GGUF against activations in Q8_0 blocks), bit-identical to it, for
+/// [`Q8_0Tiles::Vnni`] activations: sixteen activation rows per vector (one
+/// per i32 lane, their values plus 128 in `ActQ8_0`'s tile order), each
+/// weight row's four values of a quad broadcast from the file, so a block of
+/// one weight row against 16 activation rows is eight `vpdpbusd`. Each
+/// block's sums start from `-128 * sum(w)` (the weights' own block sum, taken
+/// once per group of rows), which takes the `+ 128` back off exactly. Eight
+/// weight rows at a time, their f32 sums in registers.
+///
+/// # Safety
+/// AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI; the bounds
+/// `q8_fast::dot_q8_0_rows_int8` checks, and `act.tiles` laid out by
+/// `ActQ8_0::quantize` for `act.m` rows.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn dot_q8_0_rows_int8_vnni(act: Q8_0Acts, rows: &[u8], out_t: &mut [f32]) {
+    let (m, k) = (act.m, act.k);
+    let blocks = k / 32;
+    let row_bytes = blocks * Q8_0_BLOCK_BYTES;
+    let nrows = out_t.len() / m;
+    let tiles = m.div_ceil(ROW_PAD);
+    assert!(rows.len() >= nrows * row_bytes && blocks > 0);
+    assert!(
+        act.tiles.len() >= tiles * blocks * 512 && act.tile_s.len() >= tiles * blocks * ROW_PAD
+    );
+    assert_eq!(
+        act.layout,
+        Q8_0Tiles::Vnni,
+        "activations not laid out for VNNI"
+    );
+    // Per block and weight row of a group: d_w as f32, -128 * sum(w).
+    let mut dw = vec![0f32; blocks * 8];
+    let mut corr = vec![0i32; blocks * 8];
+    let mut c = 0;
+    while c < nrows {
+        let r = (nrows - c).min(8);
+        let group = &rows[c * row_bytes..(c + r) * row_bytes];
+        let wp: [*const u8; 8] =
+            std::array::from_fn(|u| group[u.min(r - 1) * row_bytes..].as_ptr());
+        for (u, row) in group.chunks_exact(row_bytes).enumerate() {
+            for (b, block) in row.chunks_exact(Q8_0_BLOCK_BYTES).enumerate() {
+                dw[b * 8 + u] = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+                // SAFETY: the block's 32 values follow its 2-byte scale.
+                corr[b * 8 + u] = -128 * unsafe { block_sum(block.as_ptr().add(2)) };
+            }
+        }
+        // The next group, prefetched over the first tile's blocks (as the
+        // AVX2 kernel does).
+        let next = &rows[(c + r) * row_bytes..(c + r + 8).min(nrows) * row_bytes];
+        let lines = next.len().div_ceil(64);
+        let per_block = lines.div_ceil(blocks);
+        for t in 0..tiles {
+            let xt = act.tiles[t * blocks * 512..(t + 1) * blocks * 512].as_ptr() as *const __m512i;
+            let st = &act.tile_s[t * blocks * ROW_PAD..(t + 1) * blocks * ROW_PAD];
+            let mut f = [_mm512_setzero_ps(); 8];
+            for b in 0..blocks {
+                if t == 0 {
+                    for l in b * per_block..((b + 1) * per_block).min(lines) {
+                        // SAFETY: the line starts inside `next`.
+                        unsafe {
+                            _mm_prefetch(next.as_ptr().add(64 * l) as *const i8, _MM_HINT_T0)
+                        };
+                    }
+                }
+                // SAFETY: block b of the tile is 8 vectors inside act.tiles
+                // (asserted above); each weight row's block b is inside its
+                // row, its values 2 bytes in.
+                unsafe {
+                    let x: [__m512i; 8] =
+                        std::array::from_fn(|qd| _mm512_loadu_si512(xt.add(b * 8 + qd)));
+                    let dx = _mm512_loadu_ps(st[b * ROW_PAD..].as_ptr());
+                    for (u, fu) in f.iter_mut().enumerate() {
+                        let w = wp[u].add(b * Q8_0_BLOCK_BYTES + 2) as *const i32;
+                        let mut sum = _mm512_set1_epi32(corr[b * 8 + u]);
+                        for (qd, &xq) in x.iter().enumerate() {
+                            sum = _mm512_dpbusd_epi32(
+                                sum,
+                                xq,
+                                _mm512_set1_epi32(w.add(qd).read_unaligned()),
+                            );
+                        }
+                        // d_w * d_x rounded once, as the scalar kernel does.
+                        let d = _mm512_mul_ps(_mm512_set1_ps(dw[b * 8 + u]), dx);
+                        *fu = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), d, *fu);
+                    }
+                }
+            }
+            let live = (m - t * ROW_PAD).min(ROW_PAD);
+            let mask: __mmask16 = if live == 16 { !0 } else { (1u16 << live) - 1 };
+            for (u, fu) in f.iter().enumerate().take(r) {
+                let at = (c + u) * m + t * ROW_PAD;
+                assert!(at + live <= out_t.len());
+                // SAFETY: the `live` lanes stored are inside out_t (asserted).
+                unsafe { _mm512_mask_storeu_ps(out_t.as_mut_ptr().add(at), mask, *fu) };
+            }
+        }
+        c += r;
+    }
+}
+
+/// The sum of the 32 signed bytes at `p`.
+///
+/// # Safety
+/// AVX2; 32 readable bytes at `p`.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn block_sum(p: *const u8) -> i32 {
+    // SAFETY: the caller's.
+    let v = unsafe { _mm256_loadu_si256(p as *const __m256i) };
+    // |w + 128| summed by sad (each 8 bytes into a u64), then 32 * 128 off.
+    let sad = _mm256_sad_epu8(
+        _mm256_xor_si256(v, _mm256_set1_epi8(-128)),
+        _mm256_setzero_si256(),
+    );
+    let s = _mm_add_epi64(
+        _mm256_castsi256_si128(sad),
+        _mm256_extracti128_si256::<1>(sad),
+    );
+    (_mm_cvtsi128_si64(s) + _mm_extract_epi64::<1>(s)) as i32 - 32 * 128
 }
