@@ -2,11 +2,13 @@
 //! `kernel_bench [k n m reps]` prints GB/s of weights streamed (and GFLOP/s),
 //! in the exact mode and with int8 activations, cycling through enough copies
 //! of the matrix to exceed the caches; with no arguments also the f32 row dot
-//! of the output projection.
+//! of the output projection. `KERNEL_BENCH_FORMAT=q8_0` times the same shapes
+//! as GGUF Q8_0 rows (`n` rows of `k`) instead.
 
 use std::time::Instant;
 
-use grok1::backend::{cpu::CpuBackend, Backend, F32Matrix, QuantMatrix};
+use grok1::backend::{cpu::CpuBackend, Backend, F32Matrix, QuantMatrix, RowMatrix};
+use grok1::quant::GgmlType;
 use grok1::weights::{DType, TensorData};
 
 fn main() {
@@ -25,6 +27,9 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(512);
     let copies = (mib << 20).div_ceil(k * n).max(1);
+    if std::env::var("KERNEL_BENCH_FORMAT").as_deref() == Ok("q8_0") {
+        return q8_0(k, n, m, reps, copies);
+    }
     let ws: Vec<QuantMatrix> = (0..copies)
         .map(|c| {
             let weight: Vec<u8> = (0..k * n).map(|i| ((i + c) * 7 % 251) as u8).collect();
@@ -95,4 +100,52 @@ fn main() {
         "f32 rows [{rows} x {d}] m={m}: {:.2} GB/s",
         (rows * d * 4 * reps) as f64 / secs / 1e9
     );
+}
+
+/// The Q8_0 row products (f32 and int8 activations) on `copies` matrices of
+/// `n` rows of `k`.
+fn q8_0(k: usize, n: usize, m: usize, reps: usize, copies: usize) {
+    let ws: Vec<RowMatrix> = (0..copies)
+        .map(|c| {
+            let mut data = Vec::with_capacity(n * k / 32 * 34);
+            for b in 0..n * k / 32 {
+                data.extend(half::f16::from_f32(0.01 + (b % 7) as f32 * 0.001).to_le_bytes());
+                data.extend((0..32).map(|i| ((b * 32 + i + c) * 7 % 251) as u8));
+            }
+            RowMatrix {
+                rows: n,
+                cols: k,
+                dtype: GgmlType::Q8_0,
+                data: TensorData::owned(data),
+            }
+        })
+        .collect();
+    let backend = CpuBackend::new();
+    let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.01).collect();
+    let mut out = vec![0f32; m * n];
+    for fast in [false, true] {
+        let product = |w: &RowMatrix, out: &mut [f32]| {
+            if fast {
+                backend.matmul_rows_fast(&x, w, out)
+            } else {
+                backend.matmul_rows(&x, w, out)
+            }
+        };
+        for w in &ws {
+            product(w, &mut out);
+        }
+        let start = Instant::now();
+        for r in 0..reps {
+            product(&ws[r % copies], &mut out);
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "q8_0{} [{n} x {k}] m={m}: {:.2} GB/s, {:.1} GFLOP/s ({:.3} ms per product) on {}",
+            if fast { " int8" } else { "" },
+            (n * k / 32 * 34 * reps) as f64 / secs / 1e9,
+            (2 * m * k * n * reps) as f64 / secs / 1e9,
+            secs / reps as f64 * 1e3,
+            backend.name()
+        );
+    }
 }

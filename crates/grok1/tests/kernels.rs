@@ -260,6 +260,21 @@ proptest! {
     }
 
     #[test]
+    fn q8_0_paired_tiles_match_the_row_kernel(blocks in 1usize..40, rows in 1usize..12, m in 1usize..40, seed in any::<u64>()) {
+        // Up to 20 pairs (two pair groups), chunks of blocks with a short last
+        // one, a tile with one weight row left over.
+        let (k, bytes, _, x) = q8_0_case(rows, blocks, m, seed, -128);
+        let mut scalar = vec![0f32; rows * m];
+        kernels::dot_q8_0_rows(Isa::Scalar, &x, m, k, &bytes, &mut scalar);
+        let xp = kernels::pair_rows(&x, m, k);
+        for isa in Isa::available() {
+            let mut out = vec![0f32; rows * m];
+            kernels::dot_q8_0_rows_paired(isa, &xp, m, k, &bytes, &mut out);
+            prop_assert!(out == scalar, "{} differs from scalar", isa.name());
+        }
+    }
+
+    #[test]
     fn q8_0_int8_row_dots_on_every_isa(blocks in 1usize..12, rows in 1usize..40, m in 1usize..40, seed in any::<u64>()) {
         // Values over the whole int8 range (-128 included).
         let (k, bytes, dense, x) = q8_0_case(rows, blocks, m, seed, -128);

@@ -424,13 +424,14 @@ pub const Q8_0_BLOCK_BYTES: usize = 34;
 
 /// `out_t[c][i] = x[i] . row_c` for the `m` rows of `x` (`[m, k]`) and Q8_0
 /// weight rows (`rows` holds `out_t.len() / m` rows of `k / 32` blocks), with
-/// the weights dequantised exactly (`d * q` is exact in f32) and never written
-/// out: for each block, eight lanes `p[l] = sum over u < 4 of x[32b + 8u + l] *
-/// q[32b + 8u + l]` (a product, then three FMAs), `acc[l] = fma(d, p[l],
-/// acc[l])`, and at the end the lanes added as
-/// `((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))`. Every path and every
-/// `m` does exactly these operations for each row, so results do not depend on
-/// the batch. `k` must be a multiple of 32 (Q8_0 rows are whole blocks).
+/// the weights dequantised exactly (`d * q` is exact in f32: 11 and 8
+/// significant bits) and never written out: eight lanes, `acc[l] =
+/// fma(x[8e + l], d * q[8e + l], acc[l])` for every eighth `e` of the row in
+/// order (one FMA per product, so a tile kernel spends its time on FMAs),
+/// and at the end the lanes added as `((l0 + l4) + (l2 + l6)) + ((l1 + l5) +
+/// (l3 + l7))`. Every path and every `m` does exactly these operations for
+/// each row, so results do not depend on the batch. `k` must be a multiple
+/// of 32 (Q8_0 rows are whole blocks).
 pub fn dot_q8_0_rows(isa: Isa, x: &[f32], m: usize, k: usize, rows: &[u8], out_t: &mut [f32]) {
     assert!(m > 0 && k.is_multiple_of(32), "dot_q8_0_rows: shape");
     assert!(x.len() >= m * k, "dot_q8_0_rows: x too short");
@@ -460,16 +461,160 @@ pub fn dot_q8_0_rows_scalar(x: &[f32], m: usize, k: usize, rows: &[u8], out_t: &
                 let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
                 let q = &block[2..];
                 let xb = &xi[32 * b..32 * b + 32];
-                for (l, a) in acc.iter_mut().enumerate() {
-                    let mut p = xb[l] * f32::from(q[l] as i8);
-                    for u in 1..4 {
-                        p = xb[8 * u + l].mul_add(f32::from(q[8 * u + l] as i8), p);
+                for u in 0..4 {
+                    for (l, a) in acc.iter_mut().enumerate() {
+                        *a = xb[8 * u + l].mul_add(d * f32::from(q[8 * u + l] as i8), *a);
                     }
-                    *a = d.mul_add(p, *a);
                 }
             }
             out_t[c * m + i] =
                 ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+        }
+    }
+}
+
+/// Activation rows from which the f32 Q8_0 product takes the AVX-512 tile
+/// kernel (`x86_q8_0.rs`); fewer take [`dot_q8_0_rows`], whose row-at-a-time
+/// passes are as fast when the weights' bytes, not the arithmetic, set the
+/// pace.
+pub const Q8_0_TILE_MIN_M: usize = 6;
+
+/// Whether the f32 Q8_0 product of `m` activation rows takes the tile kernel
+/// on `isa` (with activations packed by [`pair_rows`]).
+pub fn q8_0_paired(isa: Isa, m: usize) -> bool {
+    matches!(isa, Isa::Avx512Vnni | Isa::Amx) && m >= Q8_0_TILE_MIN_M
+}
+
+/// A cache line of values.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// A buffer of `T` (plain numbers) starting on a cache line, so that the
+/// tile kernels' 512-bit loads of its lines never straddle two (a `Vec`'s
+/// 16-byte alignment made every such load two: the f32 Q8_0 tiles ran at two
+/// thirds of their speed).
+pub struct Aligned<T> {
+    lines: Vec<Line>,
+    len: usize,
+    _values: std::marker::PhantomData<T>,
+}
+
+/// The plain number types [`Aligned`] holds (any bit pattern is a value).
+pub trait Plain: Copy {}
+impl Plain for f32 {}
+impl Plain for i8 {}
+
+impl<T: Plain> Aligned<T> {
+    /// `len` zeros.
+    pub fn zeros(len: usize) -> Self {
+        let bytes = len * std::mem::size_of::<T>();
+        Aligned {
+            lines: vec![Line([0; 64]); bytes.div_ceil(64)],
+            len,
+            _values: std::marker::PhantomData,
+        }
+    }
+
+    pub fn as_slice(&self) -> &[T] {
+        // SAFETY: the lines hold at least `len` values' bytes, aligned for
+        // any T of alignment <= 64, and every bit pattern is a T (Plain).
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const T, self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [T] {
+        // SAFETY: as `as_slice`, borrowed mutably.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr() as *mut T, self.len) }
+    }
+}
+
+impl<T: Plain> std::ops::Deref for Aligned<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        self.as_slice()
+    }
+}
+
+/// Most activation pairs the f32 Q8_0 tile kernel takes in one group.
+pub const PAIR_GROUP: usize = 12;
+
+/// The width of the pair groups for `pairs` pairs: as equal as they can be
+/// (a narrow last group would convert each weight for few pairs).
+pub fn pair_group_width(pairs: usize) -> usize {
+    pairs.div_ceil(pairs.div_ceil(PAIR_GROUP).max(1)).max(1)
+}
+
+/// `x` (`[m, k]`, `k` a multiple of 32) packed for [`dot_q8_0_rows_paired`]:
+/// rows in pairs (the last padded with zeros), the pairs in groups
+/// ([`pair_group_width`]), per group, per block of 32, per pair and per eighth
+/// of a block, the first row's 8 values then the second's. (A group's blocks
+/// are adjacent: the activations a tile walks are one contiguous run, where a
+/// stride of a power of two bytes would put every block in the same L1 sets.)
+pub fn pair_rows(x: &[f32], m: usize, k: usize) -> Aligned<f32> {
+    assert!(
+        x.len() == m * k && k.is_multiple_of(32),
+        "pair_rows: x is not [m, k]"
+    );
+    let pairs = m.div_ceil(2);
+    let mut packed = Aligned::zeros(pairs * 2 * k);
+    let out = packed.as_mut_slice();
+    for (i, row) in x.chunks_exact(k.max(1)).enumerate() {
+        for (e, eighth) in row.chunks_exact(8).enumerate() {
+            let at = paired_index(pairs, k, i, 8 * e);
+            out[at..at + 8].copy_from_slice(eighth);
+        }
+    }
+    packed
+}
+
+/// Where `x[i][r]` (rows of `k`) sits in [`pair_rows`]' layout of `pairs`
+/// pairs.
+#[inline]
+fn paired_index(pairs: usize, k: usize, i: usize, r: usize) -> usize {
+    let width = pair_group_width(pairs);
+    let (g, t) = (i / 2 / width, i / 2 % width);
+    let group_width = width.min(pairs - g * width);
+    let (b, u, l) = (r / 32, r % 32 / 8, r % 8);
+    g * width * 2 * k + ((b * group_width + t) * 4 + u) * 16 + 8 * (i % 2) + l
+}
+
+/// [`dot_q8_0_rows`] (the same results, bit for bit) with the activations
+/// packed by [`pair_rows`].
+pub fn dot_q8_0_rows_paired(
+    isa: Isa,
+    xp: &[f32],
+    m: usize,
+    k: usize,
+    rows: &[u8],
+    out_t: &mut [f32],
+) {
+    assert!(m > 0 && k.is_multiple_of(32), "dot_q8_0_rows_paired: shape");
+    assert!(
+        xp.len() >= m.div_ceil(2) * 2 * k,
+        "dot_q8_0_rows_paired: x too short"
+    );
+    assert_eq!(
+        rows.len(),
+        out_t.len() / m * (k / 32) * Q8_0_BLOCK_BYTES,
+        "dot_q8_0_rows_paired: rows do not match the output"
+    );
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni | Isa::Amx => {
+            // SAFETY: both are only chosen when the CPU has AVX2, FMA, F16C
+            // and AVX-512 F (Isa::best); the sizes are checked above.
+            unsafe { super::x86_q8_0::dot_q8_0_rows_paired_avx512(xp, m, k, rows, out_t) }
+        }
+        _ => {
+            // No tile kernel here: the row kernel on the rows unpacked.
+            let mut x = vec![0f32; m * k];
+            for (i, row) in x.chunks_exact_mut(k.max(1)).enumerate() {
+                for (e, eighth) in row.chunks_exact_mut(8).enumerate() {
+                    let at = paired_index(m.div_ceil(2), k, i, 8 * e);
+                    eighth.copy_from_slice(&xp[at..at + 8]);
+                }
+            }
+            dot_q8_0_rows(isa, &x, m, k, rows, out_t)
         }
     }
 }

@@ -19,6 +19,8 @@ mod x86_amx;
 #[cfg(target_arch = "x86_64")]
 mod x86_fast;
 #[cfg(target_arch = "x86_64")]
+mod x86_q8_0;
+#[cfg(target_arch = "x86_64")]
 mod x86_strips;
 #[cfg(target_arch = "x86_64")]
 mod x86_vnni;
@@ -344,6 +346,16 @@ impl Backend for CpuBackend {
         if w.dtype == GgmlType::Q8_0 {
             // Fused: the blocks are used where they lie, never decoded to memory.
             let (row_len, bytes) = (w.row_len(), w.data.bytes());
+            if kernels::q8_0_paired(self.isa, m) {
+                // Many rows: the tile kernel, all activation rows against each
+                // run of weight rows (in L2), the activations packed once.
+                let xp = kernels::pair_rows(x, m, k);
+                rows_in_runs(m, n, row_len, RUN_BYTES, m, out, |rows, _, _, dots| {
+                    let wr = &bytes[rows.start * row_len..rows.end * row_len];
+                    kernels::dot_q8_0_rows_paired(self.isa, &xp, m, k, wr, dots)
+                });
+                return;
+            }
             rows_in_runs(
                 m,
                 n,

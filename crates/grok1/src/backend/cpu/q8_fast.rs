@@ -22,7 +22,7 @@
 
 use std::ops::Range;
 
-use super::kernels::{Isa, Q8Rows, Q8_0_BLOCK_BYTES};
+use super::kernels::{Aligned, Isa, Q8Rows, Q8_0_BLOCK_BYTES};
 
 /// Weight rows per activation block (one int8 scale per row per block), as
 /// llama.cpp quantises activations (`Q8_0`, blocks of 32): fine enough that an
@@ -305,7 +305,7 @@ pub struct ActQ8_0 {
     /// layout of a right-hand operand); for [`Q8_0Tiles::Vnni`] each value is
     /// stored plus 128 (`vpdpbusd`'s unsigned operand). Made once per product,
     /// as every task reads all of it.
-    pub tiles: Vec<i8>,
+    pub tiles: Aligned<i8>,
     /// `[tiles, k / 32, ROW_PAD]` scales (zeros for padding rows), with `tiles`.
     pub tile_s: Vec<f32>,
 }
@@ -340,13 +340,14 @@ impl ActQ8_0 {
             .zip(q.chunks_exact_mut(Q8_0_VALUES))
             .map(|(src, dst)| quantize_block(isa, src, dst))
             .collect();
-        let (mut tiles, mut tile_s) = (Vec::new(), Vec::new());
+        let (mut tiles, mut tile_s) = (Aligned::zeros(0), Vec::new());
         let layout = q8_0_tiled(isa, m);
         if layout != Q8_0Tiles::None {
             let bias = if layout == Q8_0Tiles::Vnni { 0x80u8 } else { 0 };
             let blocks = k / Q8_0_VALUES;
             let padded = m.next_multiple_of(ROW_PAD);
-            tiles = vec![0i8; padded * k];
+            tiles = Aligned::zeros(padded * k);
+            let packed = tiles.as_mut_slice();
             tile_s = vec![0f32; padded * blocks];
             for i in 0..m {
                 let (t, u) = (i / ROW_PAD, i % ROW_PAD);
@@ -358,7 +359,7 @@ impl ActQ8_0 {
                             (block * 8 + qd * ROW_PAD + u) * QUAD,
                             i * k + 32 * b + QUAD * qd,
                         );
-                        for (d, &v) in tiles[dst..dst + QUAD].iter_mut().zip(&q[src..src + QUAD]) {
+                        for (d, &v) in packed[dst..dst + QUAD].iter_mut().zip(&q[src..src + QUAD]) {
                             *d = (v as u8 ^ bias) as i8;
                         }
                     }

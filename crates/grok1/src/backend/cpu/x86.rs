@@ -962,9 +962,10 @@ fn load_i8x32(s: &[i8]) -> __m256i {
     unsafe { _mm256_loadu_si256(s.as_ptr() as *const __m256i) }
 }
 
-/// AVX2 version of `kernels::dot_q8_0_rows_scalar`: the same operations on
-/// eight lanes, up to four activation rows per pass over a weight row so each
-/// block is converted once for all of them.
+/// AVX2 version of `kernels::dot_q8_0_rows_scalar`: up to four weight rows
+/// at a time against up to two activation rows (each sum is a chain of four
+/// FMAs per block, so one row alone would wait on them), each block
+/// converted once for all of them.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; `m > 0`, `k % 32 == 0`,
@@ -972,78 +973,97 @@ fn load_i8x32(s: &[i8]) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q8_0_rows_avx2(x: &[f32], m: usize, k: usize, rows: &[u8], out_t: &mut [f32]) {
     let row_bytes = k / 32 * Q8_0_BLOCK_BYTES;
-    for (c, row) in rows.chunks_exact(row_bytes.max(1)).enumerate() {
-        let out = &mut out_t[c * m..(c + 1) * m];
+    let nrows = out_t.len() / m;
+    assert!(x.len() >= m * k && rows.len() >= nrows * row_bytes);
+    let mut c = 0;
+    while c < nrows {
+        let w = (nrows - c).min(4);
+        let group = &rows[c * row_bytes..(c + w) * row_bytes];
         let mut i = 0;
         while i < m {
-            let g = (m - i).min(4);
-            // SAFETY: rows i..i + g of x exist (i + g <= m) and the row holds k / 32 blocks.
-            unsafe {
-                match g {
-                    4 => q8_0_row_group::<4>(x, k, i, row, &mut out[i..i + 4]),
-                    3 => q8_0_row_group::<3>(x, k, i, row, &mut out[i..i + 3]),
-                    2 => q8_0_row_group::<2>(x, k, i, row, &mut out[i..i + 2]),
-                    _ => q8_0_row_group::<1>(x, k, i, row, &mut out[i..i + 1]),
+            let g = (m - i).min(2);
+            // SAFETY: rows i..i + g of x exist; the group holds w rows of k / 32 blocks.
+            let sums = unsafe {
+                match (w, g) {
+                    (4, 2) => q8_0_rows_group::<4, 2>(x, k, i, group),
+                    (4, _) => q8_0_rows_group::<4, 1>(x, k, i, group),
+                    (3, 2) => q8_0_rows_group::<3, 2>(x, k, i, group),
+                    (3, _) => q8_0_rows_group::<3, 1>(x, k, i, group),
+                    (2, 2) => q8_0_rows_group::<2, 2>(x, k, i, group),
+                    (2, _) => q8_0_rows_group::<2, 1>(x, k, i, group),
+                    (_, 2) => q8_0_rows_group::<1, 2>(x, k, i, group),
+                    _ => q8_0_rows_group::<1, 1>(x, k, i, group),
                 }
+            };
+            for (r, row) in sums[..w].iter().enumerate() {
+                out_t[(c + r) * m + i..(c + r) * m + i + g].copy_from_slice(&row[..g]);
             }
             i += g;
         }
+        c += w;
     }
 }
 
 /// Bytes ahead of the one in use that the kernels reading whole rows one after
-/// the other (the f32 Q8_0 rows, the AVX2 and VNNI int8 row dots) prefetch:
-/// such rows are one stream, but the hardware prefetchers ran too little ahead
-/// of it (d1024 Q8_0 model, fast decode on the AVX-512 Xeon: 42-44 tok/s
-/// without, 66-67 at 2 KiB; 1 KiB and 4 KiB measured on an AVX-512
-/// two-rows-a-vector version of the Q8_0 kernel, since dropped: no faster than
-/// this one with the prefetch; the d1024 checkpoint's fast decode, whose int8
-/// output projection is 45% of its bytes: 56-64 -> 69-70 tok/s).
+/// the other (the AVX2 and VNNI int8 row dots) prefetch: such rows are one
+/// stream, but the hardware prefetchers ran too little ahead of it (the
+/// d1024 checkpoint's fast decode, whose int8 output projection is 45% of its
+/// bytes: 56-64 -> 69-70 tok/s; the f32 Q8_0 row kernel, then one row at a
+/// time, 42-44 -> 66-67 tok/s decoding the d1024 Q8_0 model).
 pub(super) const ROWS_AHEAD: usize = 2048;
 
-/// One Q8_0 weight row against activation rows `i0..i0 + G`.
+/// `W` Q8_0 weight rows (`rows`) against activation rows `i0..i0 + G`:
+/// `[r][t]` is weight row `r` times activation row `i0 + t`. Each row
+/// prefetches the same block of the next group's row: the group is one
+/// stream `W` rows wide, which the hardware prefetchers follow badly.
 ///
 /// # Safety
-/// AVX2, FMA and F16C; `x` holds rows `i0..i0 + G` of `k`, `row` `k / 32` blocks.
+/// AVX2, FMA and F16C; `x` holds rows `i0..i0 + G` of `k`, `rows` `W` rows of
+/// `k / 32` blocks.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q8_0_row_group<const G: usize>(
+unsafe fn q8_0_rows_group<const W: usize, const G: usize>(
     x: &[f32],
     k: usize,
     i0: usize,
-    row: &[u8],
-    out: &mut [f32],
-) {
-    assert!(x.len() >= (i0 + G) * k && row.len() >= k / 32 * Q8_0_BLOCK_BYTES && out.len() >= G);
-    let mut acc = [_mm256_setzero_ps(); G];
-    let xp = x.as_ptr();
-    for (b, block) in row.chunks_exact(Q8_0_BLOCK_BYTES).enumerate() {
-        // SAFETY: the block has 34 bytes; x rows i0 + g hold 32 values from 32 b.
+    rows: &[u8],
+) -> [[f32; 2]; 4] {
+    let row_bytes = k / 32 * Q8_0_BLOCK_BYTES;
+    assert!(x.len() >= (i0 + G) * k && rows.len() >= W * row_bytes);
+    let mut acc = [[_mm256_setzero_ps(); G]; W];
+    for b in 0..k / 32 {
+        // SAFETY: each row's block b is 34 bytes inside `rows`; x rows i0 + t
+        // hold 32 values from 32 b (asserted above).
         unsafe {
-            // A prefetch reads nothing and cannot fault (wrapping address).
-            _mm_prefetch(
-                block.as_ptr().wrapping_add(ROWS_AHEAD) as *const i8,
-                _MM_HINT_T0,
-            );
-            let bits = u16::from_le_bytes([block[0], block[1]]);
-            let d = _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))));
-            let qp = block.as_ptr().add(2);
-            let q = [0, 8, 16, 24].map(|o| {
-                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                    qp.add(o) as *const __m128i
-                )))
+            let at: [*const u8; W] =
+                std::array::from_fn(|r| rows.as_ptr().add(r * row_bytes + b * Q8_0_BLOCK_BYTES));
+            let d: [__m256; W] = std::array::from_fn(|r| {
+                // A prefetch reads nothing and cannot fault (wrapping address).
+                _mm_prefetch(at[r].wrapping_add(W * row_bytes) as *const i8, _MM_HINT_T0);
+                let bits = u16::from_le_bytes([*at[r], *at[r].add(1)]);
+                _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
             });
-            for (g, a) in acc.iter_mut().enumerate() {
-                let xb = xp.add((i0 + g) * k + 32 * b);
-                let mut p = _mm256_mul_ps(_mm256_loadu_ps(xb), q[0]);
-                p = _mm256_fmadd_ps(_mm256_loadu_ps(xb.add(8)), q[1], p);
-                p = _mm256_fmadd_ps(_mm256_loadu_ps(xb.add(16)), q[2], p);
-                p = _mm256_fmadd_ps(_mm256_loadu_ps(xb.add(24)), q[3], p);
-                *a = _mm256_fmadd_ps(d, p, *a);
+            for u in 0..4 {
+                for r in 0..W {
+                    let q = _mm256_mul_ps(
+                        d[r],
+                        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                            at[r].add(2 + 8 * u) as *const __m128i,
+                        ))),
+                    );
+                    for (t, a) in acc[r].iter_mut().enumerate() {
+                        let xv = _mm256_loadu_ps(x.as_ptr().add((i0 + t) * k + 32 * b + 8 * u));
+                        *a = _mm256_fmadd_ps(xv, q, *a);
+                    }
+                }
             }
         }
     }
-    for (o, a) in out.iter_mut().zip(acc) {
-        *o = hsum(a);
+    let mut out = [[0f32; 2]; 4];
+    for (o, a) in out.iter_mut().zip(&acc) {
+        for (v, &at) in o.iter_mut().zip(a) {
+            *v = hsum(at);
+        }
     }
+    out
 }
