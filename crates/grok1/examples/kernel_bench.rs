@@ -57,22 +57,9 @@ fn main() {
                 backend.matmul_q8(&x, w, out)
             }
         };
-        for w in &ws {
-            product(w, &mut out);
-        }
-        let start = Instant::now();
-        for r in 0..reps {
-            product(&ws[r % copies], &mut out);
-        }
-        let secs = start.elapsed().as_secs_f64();
-        println!(
-            "q8{} [{k} x {n}] m={m}: {:.2} GB/s, {:.1} GFLOP/s ({:.3} ms per product) on {}",
-            if fast { " int8" } else { "" },
-            (k * n * reps) as f64 / secs / 1e9,
-            (2 * m * k * n * reps) as f64 / secs / 1e9,
-            secs / reps as f64 * 1e3,
-            backend.name()
-        );
+        let name = format!("q8{} [{k} x {n}] m={m}", if fast { " int8" } else { "" });
+        let secs = time_products(&ws, reps, &mut out, product);
+        report(&name, k * n, 2 * m * k * n, reps, secs, &backend);
     }
     if args.len() == 4 {
         // A shape was asked for: the int8 product only.
@@ -131,21 +118,36 @@ fn q8_0(k: usize, n: usize, m: usize, reps: usize, copies: usize) {
                 backend.matmul_rows(&x, w, out)
             }
         };
-        for w in &ws {
-            product(w, &mut out);
-        }
-        let start = Instant::now();
-        for r in 0..reps {
-            product(&ws[r % copies], &mut out);
-        }
-        let secs = start.elapsed().as_secs_f64();
-        println!(
-            "q8_0{} [{n} x {k}] m={m}: {:.2} GB/s, {:.1} GFLOP/s ({:.3} ms per product) on {}",
-            if fast { " int8" } else { "" },
-            (n * k / 32 * 34 * reps) as f64 / secs / 1e9,
-            (2 * m * k * n * reps) as f64 / secs / 1e9,
-            secs / reps as f64 * 1e3,
-            backend.name()
-        );
+        let name = format!("q8_0{} [{n} x {k}] m={m}", if fast { " int8" } else { "" });
+        let secs = time_products(&ws, reps, &mut out, product);
+        report(&name, n * k / 32 * 34, 2 * m * k * n, reps, secs, &backend);
     }
+}
+
+/// Seconds for `reps` products cycling through `ws`, after one of each.
+fn time_products<W>(
+    ws: &[W],
+    reps: usize,
+    out: &mut [f32],
+    product: impl Fn(&W, &mut [f32]),
+) -> f64 {
+    for w in ws {
+        product(w, out);
+    }
+    let start = Instant::now();
+    for r in 0..reps {
+        product(&ws[r % ws.len()], out);
+    }
+    start.elapsed().as_secs_f64()
+}
+
+/// Prints a product's GB/s of weights (`bytes` per product) and GFLOP/s.
+fn report(name: &str, bytes: usize, flops: usize, reps: usize, secs: f64, backend: &CpuBackend) {
+    println!(
+        "{name}: {:.2} GB/s, {:.1} GFLOP/s ({:.3} ms per product) on {}",
+        (bytes * reps) as f64 / secs / 1e9,
+        (flops * reps) as f64 / secs / 1e9,
+        secs / reps as f64 * 1e3,
+        backend.name()
+    );
 }

@@ -1,5 +1,8 @@
-//! AMX-INT8 version of the int8 mode's prefill products (`q8_fast.rs`, 16
-//! activation rows or more), bit-identical to the scalar reference.
+//! AMX-INT8 versions of the int8 mode's prefill products (`q8_fast.rs`, 16
+//! activation rows or more), bit-identical to the scalar reference: the
+//! checkpoint's int8 matrices (below) and GGUF Q8_0 rows
+//! ([`dot_q8_0_rows_int8_amx`], whose weight rows are the left tile as they
+//! lie in the file).
 //!
 //! The tile multiplier's `tdpbssd` takes a 16 x 32 byte tile of activations
 //! (16 rows, one block of 32 values each), an 8 x 64 byte tile of weights

@@ -9,7 +9,10 @@
 //! (`ActI8::xsum`), so the exact i32 `sum(w * x)` is recovered before it goes
 //! to f32, and the results are bit-identical to the scalar reference.
 //!
-//! Layouts are those of the AVX2 kernels (`x86_fast.rs`), 512 bits wide.
+//! Layouts are those of the AVX2 kernels (`x86_fast.rs`), 512 bits wide,
+//! except for GGUF Q8_0 rows ([`dot_q8_0_rows_int8_vnni`]), where the
+//! activations are the unsigned side (stored plus 128) and the weights'
+//! block sums are taken off.
 
 #![cfg(target_arch = "x86_64")]
 
