@@ -691,3 +691,28 @@ fn int8_row_dots_of_empty_rows_are_zero() {
         assert_eq!(got, vec![0; 6], "{}", isa.name());
     }
 }
+
+/// The tile kernels' packed activations start on a cache line and hold
+/// exactly the values asked for.
+#[test]
+fn aligned_buffers_start_on_a_cache_line() {
+    for len in [0usize, 1, 15, 16, 17, 1000] {
+        let mut f = kernels::Aligned::<f32>::zeros(len);
+        assert_eq!(f.len(), len);
+        assert!(f.iter().all(|&v| v == 0.0));
+        assert_eq!(f.as_ptr() as usize % 64, 0, "f32 x {len}");
+        f.as_mut_slice()
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = i as f32);
+        assert!(f.iter().enumerate().all(|(i, &v)| v == i as f32));
+        let b = kernels::Aligned::<i8>::zeros(len * 3);
+        assert_eq!((b.len(), b.as_ptr() as usize % 64), (len * 3, 0));
+    }
+    // The packing puts a pair group's blocks on whole cache lines.
+    let (m, k) = (21, 96);
+    let x: Vec<f32> = (0..m * k).map(|i| i as f32).collect();
+    let xp = kernels::pair_rows(&x, m, k);
+    assert_eq!(xp.as_ptr() as usize % 64, 0);
+    assert_eq!(xp.len(), m.div_ceil(2) * 2 * k);
+}

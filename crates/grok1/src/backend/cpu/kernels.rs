@@ -500,10 +500,17 @@ pub struct Aligned<T> {
     _values: std::marker::PhantomData<T>,
 }
 
-/// The plain number types [`Aligned`] holds (any bit pattern is a value).
-pub trait Plain: Copy {}
-impl Plain for f32 {}
-impl Plain for i8 {}
+/// The plain number types [`Aligned`] holds.
+///
+/// # Safety
+/// Every bit pattern of the type's size is a value of it, and its alignment
+/// is at most 64 bytes.
+pub unsafe trait Plain: Copy {}
+// SAFETY: any 4 bytes are an f32 (NaNs included), any byte an i8; both align
+// to at most 4.
+unsafe impl Plain for f32 {}
+// SAFETY: as above.
+unsafe impl Plain for i8 {}
 
 impl<T: Plain> Aligned<T> {
     /// `len` zeros.
@@ -518,7 +525,8 @@ impl<T: Plain> Aligned<T> {
 
     pub fn as_slice(&self) -> &[T] {
         // SAFETY: the lines hold at least `len` values' bytes, aligned for
-        // any T of alignment <= 64, and every bit pattern is a T (Plain).
+        // any T of alignment <= 64, and every bit pattern is a T (Plain's
+        // contract).
         unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const T, self.len) }
     }
 
