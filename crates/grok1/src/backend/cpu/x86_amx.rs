@@ -32,7 +32,7 @@ use std::sync::OnceLock;
 use super::kernels::{add_tail_columns, Q8Rows, Q8_0_BLOCK_BYTES};
 use super::q8_fast::{Q8_0Acts, Q8_0Tiles, SplitView, ACT_BLOCK, BLOCK_QUADS, QUAD};
 use super::x86_fast::{dot_q8_0_rows_int8_avx2, q8_block_fast_avx2, run_panels};
-use super::x86_vnni::{pack_panels_512, q8_block_fast_vnni};
+use super::x86_vnni::{pack_panels_512, q8_block_fast_vnni, store_tile_rows};
 
 /// Activation rows per tile (AMX's maximum).
 const TILE_M: usize = 16;
@@ -249,14 +249,16 @@ pub unsafe fn dot_q8_0_rows_int8_amx(act: Q8_0Acts, rows: &[u8], out_t: &mut [f3
         Q8_0Tiles::Amx,
         "activations not laid out for AMX"
     );
-    if full > 0 && permitted() {
+    // Whole tiles of weight rows on the tile unit, if this thread may use it.
+    let done = if full > 0 && permitted() { full } else { 0 };
+    if done > 0 {
         let config = TileConfig::new();
         // SAFETY: a valid palette-1 layout, and this thread may use the tile
         // data (`permitted`).
         unsafe { asm!("ldtilecfg [{}]", in(reg) &config, options(nostack, readonly)) };
         let mut dw = vec![0f32; blocks * 16];
         let mut sums = Sums([[0; 16]; TILE_M]);
-        for c0 in (0..full).step_by(16) {
+        for c0 in (0..done).step_by(16) {
             let tile_rows = &rows[c0 * row_bytes..(c0 + 16) * row_bytes];
             for (u, row) in tile_rows.chunks_exact(row_bytes).enumerate() {
                 for (b, block) in row.chunks_exact(Q8_0_BLOCK_BYTES).enumerate() {
@@ -312,21 +314,12 @@ pub unsafe fn dot_q8_0_rows_int8_amx(act: Q8_0Acts, rows: &[u8], out_t: &mut [f3
                         }
                     }
                 }
-                // Weight row c0 + u's sums for activation rows 16 t ..
-                let live = (m - t * TILE_M).min(TILE_M);
-                let mask: __mmask16 = if live == 16 { !0 } else { (1u16 << live) - 1 };
-                for (u, fu) in f.iter().enumerate() {
-                    let at = (c0 + u) * m + t * TILE_M;
-                    assert!(at + live <= out_t.len());
-                    // SAFETY: the `live` lanes stored are inside out_t (asserted).
-                    unsafe { _mm512_mask_storeu_ps(out_t.as_mut_ptr().add(at), mask, *fu) };
-                }
+                store_tile_rows(&f, out_t, c0, m, t * TILE_M);
             }
         }
         // SAFETY: AMX-TILE is present; releasing leaves the thread without tile state.
         unsafe { asm!("tilerelease", options(nostack, nomem)) };
     }
-    let done = if full > 0 && permitted() { full } else { 0 };
     if done < nrows {
         // SAFETY: AVX2, FMA and F16C are present; the rows and outputs are
         // the caller's from `done` on.

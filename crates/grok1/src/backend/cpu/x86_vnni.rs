@@ -588,16 +588,25 @@ pub unsafe fn dot_q8_0_rows_int8_vnni(act: Q8_0Acts, rows: &[u8], out_t: &mut [f
                     }
                 }
             }
-            let live = (m - t * ROW_PAD).min(ROW_PAD);
-            let mask: __mmask16 = if live == 16 { !0 } else { (1u16 << live) - 1 };
-            for (u, fu) in f.iter().enumerate().take(r) {
-                let at = (c + u) * m + t * ROW_PAD;
-                assert!(at + live <= out_t.len());
-                // SAFETY: the `live` lanes stored are inside out_t (asserted).
-                unsafe { _mm512_mask_storeu_ps(out_t.as_mut_ptr().add(at), mask, *fu) };
-            }
+            store_tile_rows(&f[..r], out_t, c, m, t * ROW_PAD);
         }
         c += r;
+    }
+}
+
+/// Writes `f[u]` (weight row `c + u`'s sums for activation rows `i0 ..
+/// i0 + 16`) into `out_t` (`[weight row][m]`), the lanes past `m` left out:
+/// how the Q8_0 tile kernels (VNNI and AMX) hand back a tile.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) fn store_tile_rows(f: &[__m512], out_t: &mut [f32], c: usize, m: usize, i0: usize) {
+    let live = (m - i0).min(16);
+    let mask: __mmask16 = if live == 16 { !0 } else { (1u16 << live) - 1 };
+    for (u, fu) in f.iter().enumerate() {
+        let at = (c + u) * m + i0;
+        assert!(at + live <= out_t.len());
+        // SAFETY: the `live` lanes stored are inside out_t (asserted).
+        unsafe { _mm512_mask_storeu_ps(out_t.as_mut_ptr().add(at), mask, *fu) };
     }
 }
 
