@@ -447,6 +447,11 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
 
+    /// Tokens of context already cached before each test, as llama-bench's
+    /// -d (attention's cost grows with it)
+    #[arg(long, default_value_t = 0)]
+    pub depth: usize,
+
     /// Worker threads (default: one per core)
     #[arg(long)]
     pub threads: Option<usize>,

@@ -56,6 +56,7 @@ fn summary_json(
         "prompt_tokens": spec.prompt_tokens,
         "gen_tokens": spec.gen_tokens,
         "batch": spec.batch,
+        "depth": spec.depth,
         "repeat": spec.repeat,
         "prompt_tokens_per_s": pp,
         "prompt_tokens_per_s_min": pp_min,
@@ -88,11 +89,24 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let model = &loaded.model;
     let cfg = model.config();
     anyhow::ensure!(
-        args.prompt_tokens <= cfg.sequence_len,
-        "--prompt-tokens {} is longer than the model's context ({})",
+        args.depth + args.prompt_tokens <= cfg.sequence_len,
+        "--depth {} plus --prompt-tokens {} is longer than the model's context ({})",
+        args.depth,
         args.prompt_tokens,
         cfg.sequence_len
     );
+    anyhow::ensure!(
+        args.depth < cfg.sequence_len,
+        "--depth {} leaves no room to generate in the model's context ({})",
+        args.depth,
+        cfg.sequence_len
+    );
+    // Test names as llama-bench writes them ("pp512 @ d4096").
+    let at = if args.depth > 0 {
+        format!(" @ d{}", args.depth)
+    } else {
+        String::new()
+    };
     eprintln!(
         "grok1: measuring memory read bandwidth on {} MiB...",
         args.bandwidth_mib
@@ -119,6 +133,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         prompt_tokens: args.prompt_tokens,
         gen_tokens: args.gen_tokens,
         batch: args.batch,
+        depth: args.depth,
         repeat: args.repeat,
         seed: args.seed,
         precision: args.model.precision(),
@@ -131,7 +146,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         let mut lines = Vec::new();
         for p in [16, 64, 128, 512]
             .into_iter()
-            .filter(|&p| p <= cfg.sequence_len)
+            .filter(|&p| args.depth + p <= cfg.sequence_len)
         {
             let spec = BenchSpec {
                 prompt_tokens: p,
@@ -145,7 +160,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     &spec, &r, bandwidth, threads, &backend, &cfg.name,
                 ));
             } else {
-                row.print(&format!("pp{p}"), &r.prompt_tokens_per_s);
+                row.print(&format!("pp{p}{at}"), &r.prompt_tokens_per_s);
             }
         }
         for b in [1, 2, 4, 8] {
@@ -163,7 +178,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             } else {
                 let j = summary_json(&spec, &r, bandwidth, threads, &backend, &cfg.name);
                 row.print(
-                    &format!("tg{} batch {b}", spec.gen_tokens),
+                    &format!("tg{} batch {b}{at}", spec.gen_tokens),
                     &r.gen_tokens_per_s,
                 );
                 println!(
@@ -186,13 +201,13 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         if main_spec.prompt_tokens > 0 {
             row.print(
-                &format!("pp{}", main_spec.prompt_tokens),
+                &format!("pp{}{at}", main_spec.prompt_tokens),
                 &r.prompt_tokens_per_s,
             );
         }
         if main_spec.gen_tokens > 0 {
             row.print(
-                &format!("tg{} batch {}", main_spec.gen_tokens, main_spec.batch),
+                &format!("tg{} batch {}{at}", main_spec.gen_tokens, main_spec.batch),
                 &r.gen_tokens_per_s,
             );
         }

@@ -25,6 +25,9 @@ pub struct BenchSpec {
     pub gen_tokens: usize,
     /// Sequences decoded together in the generation test.
     pub batch: usize,
+    /// Tokens of context in each sequence's cache before either test starts
+    /// (llama-bench's `-d`): attention's cost grows with it.
+    pub depth: usize,
     /// Timed repetitions of each test (after one warm-up).
     pub repeat: usize,
     pub seed: u64,
@@ -91,6 +94,48 @@ fn random_tokens(rng: &mut ChaCha8Rng, n: usize, vocab: usize) -> Vec<u32> {
     (0..n).map(|_| rng.random_range(3..vocab as u32)).collect()
 }
 
+/// Puts `spec.depth` random tokens of context into each of `seqs`, in
+/// prompt-sized calls (untimed).
+fn fill_context(
+    model: &Grok1,
+    cache: &mut crate::kv_cache::KvCache,
+    seqs: &[crate::kv_cache::SeqId],
+    spec: &BenchSpec,
+    rng: &mut ChaCha8Rng,
+    report: &mut dyn FnMut(&str),
+) -> Result<(), ModelError> {
+    /// Tokens per call: long contexts go in pieces, as the server feeds them.
+    const CHUNK: usize = 512;
+    let options = ForwardOptions {
+        precision: spec.precision,
+        logits: LogitsRows::Last,
+    };
+    for (i, &seq) in seqs.iter().enumerate() {
+        let mut done = 0;
+        while done < spec.depth {
+            report(&format!(
+                "context of {} tokens, sequence {}/{}: {done}",
+                spec.depth,
+                i + 1,
+                seqs.len()
+            ));
+            let tokens =
+                random_tokens(rng, CHUNK.min(spec.depth - done), model.config().vocab_size);
+            model.forward(
+                cache,
+                &[SequenceInput {
+                    seq,
+                    tokens: &tokens,
+                }],
+                &options,
+                None,
+            )?;
+            done += tokens.len();
+        }
+    }
+    Ok(())
+}
+
 /// Runs the prompt-processing and generation tests on `model`. `report` is
 /// called with a line of progress before each timed run.
 pub fn run(
@@ -111,20 +156,24 @@ pub fn run(
         let _ = model.fast_output();
     }
 
-    // Prompt processing: one sequence, all tokens in one call, last row's logits.
+    // Prompt processing: one sequence, all tokens in one call, last row's
+    // logits, after `depth` tokens of context (filled once, untimed; each
+    // repetition cuts the cache back to them).
     if spec.prompt_tokens > 0 {
         let options = ForwardOptions {
             precision: spec.precision,
             logits: LogitsRows::Last,
         };
+        let mut cache = model.new_cache(spec.depth + spec.prompt_tokens, 1);
+        let seq = cache.add_sequence();
+        fill_context(model, &mut cache, &[seq], spec, &mut rng, report)?;
         for rep in 0..=spec.repeat {
             report(&format!(
                 "pp{} run {rep}/{}",
                 spec.prompt_tokens, spec.repeat
             ));
             let tokens = random_tokens(&mut rng, spec.prompt_tokens, vocab);
-            let mut cache = model.new_cache(tokens.len(), 1);
-            let seq = cache.add_sequence();
+            cache.truncate(seq, spec.depth)?;
             let start = Instant::now();
             model.forward(
                 &mut cache,
@@ -142,29 +191,33 @@ pub fn run(
         }
     }
 
-    // Generation: `batch` sequences from a one-token prompt, then decode steps
-    // of one random token per sequence.
+    // Generation: `batch` sequences from a one-token prompt (or `depth`
+    // tokens of context), then decode steps of one random token per sequence.
     if spec.gen_tokens > 0 && spec.batch > 0 {
         let options = ForwardOptions {
             precision: spec.precision,
             logits: LogitsRows::Last,
         };
-        let steps = spec.gen_tokens.min(cfg.sequence_len.saturating_sub(1));
+        let context = spec.depth.max(1);
+        let steps = spec
+            .gen_tokens
+            .min(cfg.sequence_len.saturating_sub(context));
         let (mut bytes, mut experts, mut counted) = (0f64, 0f64, 0usize);
+        let mut cache = model.new_cache(spec.batch * (context + steps), spec.batch);
+        let seqs: Vec<_> = (0..spec.batch).map(|_| cache.add_sequence()).collect();
+        let filled = BenchSpec {
+            depth: context,
+            ..spec.clone()
+        };
+        fill_context(model, &mut cache, &seqs, &filled, &mut rng, report)?;
         for rep in 0..=spec.repeat {
             report(&format!(
                 "tg{} batch {} run {rep}/{}",
                 steps, spec.batch, spec.repeat
             ));
-            let mut cache = model.new_cache(spec.batch * (steps + 1), spec.batch);
-            let seqs: Vec<_> = (0..spec.batch).map(|_| cache.add_sequence()).collect();
-            let first = random_tokens(&mut rng, spec.batch, vocab);
-            let inputs: Vec<SequenceInput> = seqs
-                .iter()
-                .zip(first.chunks(1))
-                .map(|(&seq, tokens)| SequenceInput { seq, tokens })
-                .collect();
-            model.forward(&mut cache, &inputs, &options, None)?;
+            for &seq in &seqs {
+                cache.truncate(seq, context)?;
+            }
             let mut elapsed = 0f64;
             for _ in 0..steps {
                 let next = random_tokens(&mut rng, spec.batch, vocab);

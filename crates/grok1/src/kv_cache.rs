@@ -2,10 +2,13 @@
 //! grow rather than reserved for the worst case, and so many sequences of
 //! different lengths share one pool.
 //!
-//! Layout of each of `k` and `v`: `[layer][page][kv_head][slot][head_dim]`, so the
-//! keys of one head within a page are contiguous and a decode step reads them as
-//! one run. Values are f32 (rounded to bf16 in the bf16 mode, as the reference's
-//! bf16 cache holds them).
+//! Layout: `[layer][page][kv_head]` blocks, so the keys (and the values) of one
+//! head within a page are contiguous and a step reads each as one run. Within
+//! a block the values are `[slot][head_dim]` and the keys transposed,
+//! `[head_dim][slot]`: attention multiplies a query by all of a page's keys at
+//! once with the slots in a vector's lanes (and each value row by one weight).
+//! Entries are f32 (rounded to bf16 in the bf16 mode, as the reference's bf16
+//! cache holds them).
 
 use crate::config::ModelConfig;
 
@@ -158,11 +161,15 @@ impl KvCache {
         let state = self.seqs[id.0].as_ref().expect("live sequence");
         let page = state.pages[pos / self.page_size];
         let slot = pos % self.page_size;
+        let hd = self.head_dim;
         for h in 0..self.kv_heads {
-            let at = self.block(layer, page, h) + slot * self.head_dim;
-            let src = h * self.head_dim..(h + 1) * self.head_dim;
-            self.k[at..at + self.head_dim].copy_from_slice(&k[src.clone()]);
-            self.v[at..at + self.head_dim].copy_from_slice(&v[src]);
+            let block = self.block(layer, page, h);
+            let keys = &mut self.k[block..block + self.page_size * hd];
+            for (t, &x) in k[h * hd..(h + 1) * hd].iter().enumerate() {
+                keys[t * self.page_size + slot] = x;
+            }
+            let at = block + slot * hd;
+            self.v[at..at + hd].copy_from_slice(&v[h * hd..(h + 1) * hd]);
         }
     }
 
@@ -205,7 +212,8 @@ impl KvCache {
         &self.seqs[id.0].as_ref().expect("live sequence").attendable
     }
 
-    /// Keys of one head in one page: `[page_size, head_dim]`.
+    /// Keys of one head in one page, transposed: `[head_dim, page_size]` (key
+    /// `j`'s element `t` at `t * page_size + j`).
     pub fn keys(&self, layer: usize, page: usize, head: usize) -> &[f32] {
         let at = self.block(layer, page, head);
         &self.k[at..at + self.page_size * self.head_dim]
@@ -259,7 +267,10 @@ mod tests {
         c.write(1, s, 5, &k, &v);
         let page = c.pages(s)[1];
         let hd = cfg.key_size;
-        assert_eq!(&c.keys(1, page, 2)[hd..2 * hd], &k[2 * hd..3 * hd]);
+        let keys = c.keys(1, page, 2);
+        for t in 0..hd {
+            assert_eq!(keys[t * 4 + 1], k[2 * hd + t]);
+        }
         assert_eq!(&c.values(1, page, 2)[hd..2 * hd], &v[2 * hd..3 * hd]);
     }
 }

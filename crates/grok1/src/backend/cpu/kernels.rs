@@ -308,33 +308,136 @@ pub fn axpy_rows(isa: Isa, w: &[f32], values: &[f32], out: &mut [f32]) {
     }
 }
 
-/// Attention weights from raw scores, in place: `s = cap * tanh(s * mult / cap)`,
-/// masked positions (`mask[j]` false) excluded, then a softmax.
-pub fn softcap_softmax(isa: Isa, s: &mut [f32], mult: f32, cap: f32, mask: &[bool]) {
-    assert!(mask.len() >= s.len(), "softcap_softmax: mask too short");
+/// Attention scores of `g` queries (`q`, `[g, hd]`, one row's heads) against
+/// the first `n` keys of one page (`keys_t`, `[hd, ps]`, the cache's
+/// transposed layout): `s[i * ps + j] = q_i . k_j` for `j < n`, each one
+/// chain of FMAs in `t` order, so every path gives the same bits. The
+/// entries `n..ps` of each row of `s` may be overwritten.
+pub fn page_scores(
+    isa: Isa,
+    q: &[f32],
+    g: usize,
+    keys_t: &[f32],
+    ps: usize,
+    n: usize,
+    s: &mut [f32],
+) {
+    assert!(g > 0 && q.len().is_multiple_of(g), "page_scores: queries");
+    let hd = q.len() / g;
+    assert!(n <= ps && keys_t.len() >= hd * ps, "page_scores: keys");
+    assert!(s.len() >= g * ps, "page_scores: scores");
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
             // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
-            unsafe { super::x86::softcap_softmax_avx2(s, mult, cap, mask) }
+            unsafe { super::x86_attention::page_scores_avx2(q, g, keys_t, ps, n, s) }
         }
-        _ => softcap_softmax_scalar(s, mult, cap, mask),
+        _ => {
+            for (qi, si) in q.chunks_exact(hd).zip(s.chunks_mut(ps)) {
+                for (j, sj) in si[..n].iter_mut().enumerate() {
+                    let mut acc = 0f32;
+                    for (t, &x) in qi.iter().enumerate() {
+                        acc = x.mul_add(keys_t[t * ps + j], acc);
+                    }
+                    *sj = acc;
+                }
+            }
+        }
     }
 }
 
-pub fn softcap_softmax_scalar(s: &mut [f32], mult: f32, cap: f32, mask: &[bool]) {
+/// `o_i += sum_{j < n} p[i * ps + j] * values[j]` for `g` outputs (`o`,
+/// `[g, hd]`) and one page's values (`[n, hd]`), each element one chain of
+/// FMAs in `j` order (the same bits on every path).
+pub fn page_values(
+    isa: Isa,
+    p: &[f32],
+    g: usize,
+    ps: usize,
+    n: usize,
+    values: &[f32],
+    o: &mut [f32],
+) {
+    assert!(g > 0 && o.len().is_multiple_of(g), "page_values: outputs");
+    let hd = o.len() / g;
+    assert!(
+        n <= ps && p.len() >= (g - 1) * ps + n,
+        "page_values: weights"
+    );
+    assert!(values.len() >= n * hd, "page_values: values");
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
+            // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
+            unsafe { super::x86_attention::page_values_avx2(p, g, ps, n, values, o) }
+        }
+        _ => {
+            for (pi, oi) in p.chunks(ps).zip(o.chunks_exact_mut(hd)) {
+                for (&w, v) in pi[..n].iter().zip(values.chunks_exact(hd)) {
+                    for (o, &x) in oi.iter_mut().zip(v) {
+                        *o = w.mul_add(x, *o);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Capped attention scores from raw ones, in place: `s = cap * tanh(s * mult /
+/// cap)`, masked positions (`mask[j]` false) set to -1e30 (so a row whose
+/// keys are all masked gets uniform weights, as the reference's mask does).
+/// Returns the largest.
+pub fn softcap_scores(isa: Isa, s: &mut [f32], mult: f32, cap: f32, mask: &[bool]) -> f32 {
+    assert!(mask.len() >= s.len(), "softcap_scores: mask too short");
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
+            // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
+            unsafe { super::x86::softcap_scores_avx2(s, mult, cap, mask) }
+        }
+        _ => softcap_scores_scalar(s, mult, cap, mask),
+    }
+}
+
+pub fn softcap_scores_scalar(s: &mut [f32], mult: f32, cap: f32, mask: &[bool]) -> f32 {
+    let mut max = f32::NEG_INFINITY;
     for (v, &keep) in s.iter_mut().zip(mask) {
         let x = *v * mult;
         *v = if keep { cap * (x / cap).tanh() } else { -1e30 };
+        max = max.max(*v);
     }
-    let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    max
+}
+
+/// `s = exp(s - max)` in place; returns the sum (the softmax's denominator,
+/// or one page's share of it).
+pub fn exp_shifted(isa: Isa, s: &mut [f32], max: f32) -> f32 {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
+            // SAFETY: AVX2/FMA are present (Isa::best).
+            unsafe { super::x86::exp_shifted_avx2(s, max) }
+        }
+        _ => exp_shifted_scalar(s, max),
+    }
+}
+
+pub fn exp_shifted_scalar(s: &mut [f32], max: f32) -> f32 {
     let mut sum = 0f32;
     for v in s.iter_mut() {
         *v = (*v - max).exp();
         sum += *v;
     }
+    sum
+}
+
+/// Attention weights from raw scores, in place: [`softcap_scores`], then a
+/// softmax.
+pub fn softcap_softmax(isa: Isa, s: &mut [f32], mult: f32, cap: f32, mask: &[bool]) {
+    let max = softcap_scores(isa, s, mult, cap, mask);
+    let inv = 1.0 / exp_shifted(isa, s, max);
     for v in s.iter_mut() {
-        *v /= sum;
+        *v *= inv;
     }
 }
 

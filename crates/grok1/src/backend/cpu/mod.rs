@@ -10,12 +10,15 @@
 //! splits' sums are added in a fixed order, so results do not depend on the
 //! batch or the thread count.
 
+mod attention;
 pub mod kernels;
 pub mod q8_fast;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod x86_amx;
+#[cfg(target_arch = "x86_64")]
+mod x86_attention;
 #[cfg(target_arch = "x86_64")]
 mod x86_fast;
 #[cfg(target_arch = "x86_64")]
@@ -529,68 +532,7 @@ impl Backend for CpuBackend {
         p: &AttentionParams,
         out: &mut [f32],
     ) {
-        let hd = p.head_dim;
-        let group = p.num_q_heads / p.num_kv_heads;
-        let page_size = cache.page_size();
-        assert_eq!(q.len(), rows.len() * p.num_q_heads * hd);
-        assert_eq!(out.len(), q.len());
-        // One task per (row, query head), grouped so each carries enough work
-        // to be worth a thread hand-off.
-        let positions: usize = rows.iter().map(|r| r.pos + 1).sum::<usize>() / rows.len().max(1);
-        // The multiply-adds undercount a task's cost here (softmax, exps, the
-        // scores buffer), hence the lower bar than for the products.
-        let min_tasks = (PARALLEL_MIN_MACS / 8 / (2 * positions * hd).max(1)).max(1);
-        out.par_chunks_mut(hd)
-            .enumerate()
-            .with_min_len(min_tasks)
-            .for_each(|(task, o)| {
-                let (row, head) = (task / p.num_q_heads, task % p.num_q_heads);
-                let RowPosition { seq, pos } = rows[row];
-                let kv_head = head / group;
-                let qv = &q[task * hd..(task + 1) * hd];
-                let pages = cache.pages(seq);
-                let mask = &cache.key_mask(seq)[..=pos];
-                let mut scores = vec![0f32; pos + 1];
-                // scores = q . k over the cached positions, page by page
-                for (chunk, &page) in scores.chunks_mut(page_size).zip(pages) {
-                    let keys = cache.keys(layer, page, kv_head);
-                    kernels::dot_rows(self.isa, qv, &keys[..chunk.len() * hd], chunk);
-                }
-                o.fill(0.0);
-                if p.precision != Precision::Bf16 {
-                    // s = 30 * tanh(s * multiplier / 30), masked keys out, softmax
-                    kernels::softcap_softmax(self.isa, &mut scores, p.multiplier, p.softcap, mask);
-                    for (weights, &page) in scores.chunks(page_size).zip(pages) {
-                        let values = cache.values(layer, page, kv_head);
-                        kernels::axpy_rows(self.isa, weights, &values[..weights.len() * hd], o);
-                    }
-                    return;
-                }
-                // The reference's bf16 casts: scores and weights rounded to bf16.
-                for (s, &keep) in scores.iter_mut().zip(mask) {
-                    let x = p.precision.cast_one(*s) * p.multiplier;
-                    *s = if keep {
-                        p.softcap * (x / p.softcap).tanh()
-                    } else {
-                        -1e30
-                    };
-                }
-                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                for (j, s) in scores.iter().enumerate() {
-                    let w = p.precision.cast_one(s / sum);
-                    let values = cache.values(layer, pages[j / page_size], kv_head);
-                    let vv = &values[(j % page_size) * hd..(j % page_size + 1) * hd];
-                    for (o, &v) in o.iter_mut().zip(vv) {
-                        *o += w * v;
-                    }
-                }
-                p.precision.cast(o);
-            });
+        attention::attend(self.isa, q, rows, cache, layer, p, out);
     }
 
     fn gelu_mul(&self, h: &mut [f32], v: &[f32]) {

@@ -1,0 +1,189 @@
+//! AVX2 kernels for one page of attention (`kernels::page_scores`,
+//! `kernels::page_values`): a page's slots in the lanes, up to four queries
+//! of one row at a time sharing every load of the page. Each output element
+//! is one chain of FMAs in the scalar kernels' order, so the results are
+//! theirs bit for bit.
+
+use std::arch::x86_64::*;
+
+/// Lanes per vector.
+const L: usize = 8;
+/// Queries per register block.
+const QB: usize = 4;
+
+/// `s[i * ps + j] = q_i . k_j` for the `g` queries of `q` (`[g, hd]`) and
+/// the first `n` keys of `keys_t` (`[hd, ps]`). Lanes `n..` of the last
+/// vector of slots are computed too where the page has room (their results
+/// land in `s[i * ps + n..]`, which the caller ignores).
+///
+/// # Safety
+/// AVX2 and FMA; `n <= ps`, `q.len() == g * hd`, `keys_t.len() >= hd * ps`,
+/// `s.len() >= g * ps`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn page_scores_avx2(
+    q: &[f32],
+    g: usize,
+    keys_t: &[f32],
+    ps: usize,
+    n: usize,
+    s: &mut [f32],
+) {
+    let hd = q.len() / g;
+    // Vectors of slots that fit in the page's rows; the slots after them
+    // (pages not a multiple of 8 long) one at a time.
+    let vectors = n.div_ceil(L).min(ps / L);
+    let mut i = 0;
+    while i < g {
+        let rows = (g - i).min(QB);
+        let mut v = 0;
+        while v < vectors {
+            // SAFETY (all): queries i..i+rows, slots 8v..8(v+w) < ps, in bounds by the contract.
+            match ((vectors - v).min(2), rows) {
+                (2, 4) => unsafe { scores_block::<4, 2>(q, hd, i, keys_t, ps, v * L, s) },
+                (2, 3) => unsafe { scores_block::<3, 2>(q, hd, i, keys_t, ps, v * L, s) },
+                (2, 2) => unsafe { scores_block::<2, 2>(q, hd, i, keys_t, ps, v * L, s) },
+                (2, _) => unsafe { scores_block::<1, 2>(q, hd, i, keys_t, ps, v * L, s) },
+                (_, 4) => unsafe { scores_block::<4, 1>(q, hd, i, keys_t, ps, v * L, s) },
+                (_, 3) => unsafe { scores_block::<3, 1>(q, hd, i, keys_t, ps, v * L, s) },
+                (_, 2) => unsafe { scores_block::<2, 1>(q, hd, i, keys_t, ps, v * L, s) },
+                _ => unsafe { scores_block::<1, 1>(q, hd, i, keys_t, ps, v * L, s) },
+            }
+            v += 2;
+        }
+        for r in i..i + rows {
+            for j in vectors * L..n {
+                let mut acc = 0f32;
+                for t in 0..hd {
+                    acc = q[r * hd + t].mul_add(keys_t[t * ps + j], acc);
+                }
+                s[r * ps + j] = acc;
+            }
+        }
+        i += rows;
+    }
+}
+
+/// Queries `i..i+R` by slots `j0..j0+8W`.
+///
+/// # Safety
+/// AVX2 and FMA; the ranges inside the slices (see `page_scores_avx2`).
+#[target_feature(enable = "avx2,fma")]
+unsafe fn scores_block<const R: usize, const W: usize>(
+    q: &[f32],
+    hd: usize,
+    i: usize,
+    keys_t: &[f32],
+    ps: usize,
+    j0: usize,
+    s: &mut [f32],
+) {
+    let (qp, kp) = (q.as_ptr(), keys_t.as_ptr());
+    let mut acc = [[_mm256_setzero_ps(); W]; R];
+    for t in 0..hd {
+        let mut k = [_mm256_setzero_ps(); W];
+        for (w, k) in k.iter_mut().enumerate() {
+            *k = unsafe { _mm256_loadu_ps(kp.add(t * ps + j0 + w * L)) };
+        }
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let x = _mm256_set1_ps(unsafe { *qp.add((i + r) * hd + t) });
+            for (a, &k) in acc.iter_mut().zip(&k) {
+                *a = _mm256_fmadd_ps(x, k, *a);
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        for (w, a) in acc.iter().enumerate() {
+            unsafe { _mm256_storeu_ps(s.as_mut_ptr().add((i + r) * ps + j0 + w * L), *a) };
+        }
+    }
+}
+
+/// `o_i += sum_{j < n} p[i * ps + j] * values[j]` for the `g` outputs of `o`
+/// (`[g, hd]`), the rows of `values` (`[n, hd]`) in order.
+///
+/// # Safety
+/// AVX2 and FMA; `p.len() >= (g - 1) * ps + n`, `values.len() >= n * hd`,
+/// `o.len() == g * hd`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn page_values_avx2(
+    p: &[f32],
+    g: usize,
+    ps: usize,
+    n: usize,
+    values: &[f32],
+    o: &mut [f32],
+) {
+    let hd = o.len() / g;
+    let full = hd / L * L;
+    let mut i = 0;
+    while i < g {
+        let rows = (g - i).min(QB);
+        let mut c = 0;
+        while c < full {
+            // SAFETY (all): outputs i..i+rows, columns c..c+8W < hd, by the contract.
+            match ((full - c) / L >= 2, rows) {
+                (true, 4) => unsafe { values_block::<4, 2>(p, i, ps, n, values, o, hd, c) },
+                (true, 3) => unsafe { values_block::<3, 2>(p, i, ps, n, values, o, hd, c) },
+                (true, 2) => unsafe { values_block::<2, 2>(p, i, ps, n, values, o, hd, c) },
+                (true, _) => unsafe { values_block::<1, 2>(p, i, ps, n, values, o, hd, c) },
+                (false, 4) => unsafe { values_block::<4, 1>(p, i, ps, n, values, o, hd, c) },
+                (false, 3) => unsafe { values_block::<3, 1>(p, i, ps, n, values, o, hd, c) },
+                (false, 2) => unsafe { values_block::<2, 1>(p, i, ps, n, values, o, hd, c) },
+                (false, _) => unsafe { values_block::<1, 1>(p, i, ps, n, values, o, hd, c) },
+            }
+            c += if (full - c) / L >= 2 { 2 * L } else { L };
+        }
+        for r in i..i + rows {
+            for c in full..hd {
+                let mut acc = o[r * hd + c];
+                for j in 0..n {
+                    acc = p[r * ps + j].mul_add(values[j * hd + c], acc);
+                }
+                o[r * hd + c] = acc;
+            }
+        }
+        i += rows;
+    }
+}
+
+/// Outputs `i..i+R`, columns `c..c+8W`.
+///
+/// # Safety
+/// AVX2 and FMA; the ranges inside the slices (see `page_values_avx2`).
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn values_block<const R: usize, const W: usize>(
+    p: &[f32],
+    i: usize,
+    ps: usize,
+    n: usize,
+    values: &[f32],
+    o: &mut [f32],
+    hd: usize,
+    c: usize,
+) {
+    let (pp, vp, op) = (p.as_ptr(), values.as_ptr(), o.as_mut_ptr());
+    let mut acc = [[_mm256_setzero_ps(); W]; R];
+    for (r, acc) in acc.iter_mut().enumerate() {
+        for (w, a) in acc.iter_mut().enumerate() {
+            *a = unsafe { _mm256_loadu_ps(op.add((i + r) * hd + c + w * L)) };
+        }
+    }
+    for j in 0..n {
+        let mut v = [_mm256_setzero_ps(); W];
+        for (w, v) in v.iter_mut().enumerate() {
+            *v = unsafe { _mm256_loadu_ps(vp.add(j * hd + c + w * L)) };
+        }
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let x = _mm256_set1_ps(unsafe { *pp.add((i + r) * ps + j) });
+            for (a, &v) in acc.iter_mut().zip(&v) {
+                *a = _mm256_fmadd_ps(x, v, *a);
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        for (w, a) in acc.iter().enumerate() {
+            unsafe { _mm256_storeu_ps(op.add((i + r) * hd + c + w * L), *a) };
+        }
+    }
+}
