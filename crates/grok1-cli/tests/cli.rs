@@ -767,3 +767,81 @@ fn convert_to_the_official_format_round_trips_exactly() {
         .args(["--format", "ckpt", "--type", "int8"]));
     assert!(stderr(&o).contains("pass --force"), "{}", stderr(&o));
 }
+
+#[test]
+fn bench_reports_speed_at_a_context_depth() {
+    let tiny = model("tiny-moe");
+    let tiny = tiny.to_str().unwrap();
+    let common = [
+        "bench",
+        "--model",
+        tiny,
+        "--prompt-tokens",
+        "8",
+        "--gen-tokens",
+        "3",
+        "--batch",
+        "2",
+        "--depth",
+        "40",
+        "--repeat",
+        "1",
+        "--bandwidth-mib",
+        "8",
+    ];
+    let o = run(grok1().args(common).arg("--json"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(last["depth"], 40);
+    assert_eq!(last["batch"], 2);
+    for key in [
+        "prompt_tokens_per_s",
+        "gen_tokens_per_s",
+        "weight_bytes_per_token",
+        "mem_bandwidth_gbs",
+        "roofline_fraction",
+    ] {
+        assert!(last[key].as_f64().unwrap() > 0.0, "{key}: {last}");
+    }
+    // Two sequences, each one token a step: at most 2 x top-2 of 8 experts.
+    let experts = last["distinct_experts_per_step"].as_f64().unwrap();
+    assert!((2.0..=4.0).contains(&experts), "{experts}");
+    assert!(
+        stderr(&o).contains("context of 40 tokens"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = run(grok1().args(common));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = stdout(&o);
+    assert!(table.contains("| pp8 @ d40 |"), "{table}");
+    assert!(table.contains("| tg3 batch 2 @ d40 |"), "{table}");
+
+    // tiny-moe's context is 128 positions.
+    expect_error(
+        &[
+            "bench",
+            "--model",
+            tiny,
+            "--depth",
+            "100",
+            "--prompt-tokens",
+            "29",
+        ],
+        "--depth 100 plus --prompt-tokens 29 is longer than the model's context (128)",
+    );
+    expect_error(
+        &[
+            "bench",
+            "--model",
+            tiny,
+            "--depth",
+            "128",
+            "--prompt-tokens",
+            "0",
+        ],
+        "--depth 128 leaves no room to generate",
+    );
+}
