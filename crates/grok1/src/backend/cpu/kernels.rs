@@ -21,6 +21,10 @@ pub enum Isa {
     /// mode's products over 16 activation rows or more (prefill) run on the
     /// tile multiplier (`x86_amx.rs`, 16 x 16 x 32 products per instruction).
     Amx,
+    /// aarch64 NEON (`neon.rs`): the checkpoint's int8 products, the int8
+    /// row dots, GGUF Q8_0 rows with f32 activations and attention's page
+    /// kernels; the rest runs the scalar kernels.
+    Neon,
 }
 
 impl Isa {
@@ -59,12 +63,20 @@ impl Isa {
             }
             return Isa::Avx2;
         }
+        #[cfg(target_arch = "aarch64")]
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            return Isa::Neon;
+        }
         Isa::Scalar
     }
 
     /// Every instruction set this CPU can run (for tests).
     pub fn available() -> Vec<Isa> {
-        let all = [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::Amx];
+        let all: &[Isa] = if cfg!(target_arch = "aarch64") {
+            &[Isa::Scalar, Isa::Neon]
+        } else {
+            &[Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::Amx]
+        };
         let best = all.iter().position(|&i| i == Self::best()).unwrap_or(0);
         all[..=best].to_vec()
     }
@@ -75,6 +87,7 @@ impl Isa {
             Isa::Avx2 => "avx2+fma",
             Isa::Avx512Vnni => "avx512-vnni",
             Isa::Amx => "avx512-vnni+amx",
+            Isa::Neon => "neon",
         }
     }
 }
@@ -175,6 +188,12 @@ pub fn q8_block(isa: Isa, xp: &[f32], m: usize, wb: &Q8Rows, scales: &[f32], tot
             // SAFETY: Avx2 is only chosen when the CPU has AVX2 and FMA
             // (Isa::best), and the bounds above hold for every index used.
             unsafe { super::x86::q8_block_avx2(xp, m, wb, scales, total, wide) }
+        }
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => {
+            // SAFETY: every aarch64 CPU this ISA is chosen on has NEON (Isa::best);
+            // the shapes are checked above.
+            unsafe { super::neon::q8_block_neon(xp, m, wb, scales, total) }
         }
         _ => q8_block_scalar(xp, m, wb, scales, total),
     }
@@ -332,6 +351,12 @@ pub fn page_scores(
             // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
             unsafe { super::x86_attention::page_scores_avx2(q, g, keys_t, ps, n, s) }
         }
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => {
+            // SAFETY: every aarch64 CPU this ISA is chosen on has NEON (Isa::best);
+            // the shapes are checked above.
+            unsafe { super::neon::page_scores_neon(q, g, keys_t, ps, n, s) }
+        }
         _ => {
             for (qi, si) in q.chunks_exact(hd).zip(s.chunks_mut(ps)) {
                 for (j, sj) in si[..n].iter_mut().enumerate() {
@@ -370,6 +395,12 @@ pub fn page_values(
         Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
             // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
             unsafe { super::x86_attention::page_values_avx2(p, g, ps, n, values, o) }
+        }
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => {
+            // SAFETY: every aarch64 CPU this ISA is chosen on has NEON (Isa::best);
+            // the shapes are checked above.
+            unsafe { super::neon::page_values_neon(p, g, ps, n, values, o) }
         }
         _ => {
             for (pi, oi) in p.chunks(ps).zip(o.chunks_exact_mut(hd)) {
@@ -495,6 +526,12 @@ pub fn dot_i8_rows(isa: Isa, xs: &[i8], g: usize, rows: &[i8], out_t: &mut [i32]
                 super::x86_vnni::dot_i8_rows_multi_vnni(xs, g, rows, out_t)
             }
         },
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => {
+            // SAFETY: every aarch64 CPU this ISA is chosen on has NEON (Isa::best);
+            // the shapes are checked above.
+            unsafe { super::neon::dot_i8_rows_neon(xs, g, rows, out_t) }
+        }
         _ => dot_i8_rows_scalar(xs, g, rows, out_t),
     }
 }
@@ -549,6 +586,12 @@ pub fn dot_q8_0_rows(isa: Isa, x: &[f32], m: usize, k: usize, rows: &[u8], out_t
             // SAFETY: AVX2/FMA are present (Isa::best), F16C with them on every
             // CPU that has both, and the sizes are checked above.
             unsafe { super::x86::dot_q8_0_rows_avx2(x, m, k, rows, out_t) }
+        }
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => {
+            // SAFETY: every aarch64 CPU this ISA is chosen on has NEON (Isa::best);
+            // the shapes are checked above.
+            unsafe { super::neon::dot_q8_0_rows_neon(x, m, k, rows, out_t) }
         }
         _ => dot_q8_0_rows_scalar(x, m, k, rows, out_t),
     }

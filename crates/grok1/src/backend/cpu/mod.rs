@@ -12,6 +12,8 @@
 
 mod attention;
 pub mod kernels;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 pub mod q8_fast;
 #[cfg(target_arch = "x86_64")]
 mod x86;

@@ -1,0 +1,313 @@
+//! NEON kernels for aarch64 (every aarch64 Linux CPU has NEON): the int8
+//! checkpoint's product with f32 activations (`kernels::q8_block`), the int8
+//! row dots of the fast mode's output projection, GGUF Q8_0 rows against f32
+//! activations, and one page of attention. Each computes the scalar kernel's
+//! chains of FMAs (or its exact integer sums) in the same order, so the
+//! results are the scalar ones bit for bit; the other kernels run the scalar
+//! code on this ISA.
+//!
+//! Checked here by cross-compiling and running the tests under qemu
+//! (`scripts/test-aarch64.sh`); their speed on real hardware is not measured.
+
+#![cfg(target_arch = "aarch64")]
+
+use std::arch::aarch64::*;
+
+use super::kernels::{
+    add_scaled, add_tail_columns, q8_block_scalar, Q8Rows, Q8_0_BLOCK_BYTES, XGROUP,
+};
+
+/// `kernels::q8_block` (same contract, same bits): per group of packed
+/// activation rows (up to `XGROUP`), strips of 16 or 8 columns whose sums
+/// stay in registers through all the rows of the run, each weight converted
+/// once per group.
+///
+/// # Safety
+/// NEON (always present on aarch64); the bounds `kernels::q8_block` asserts.
+#[target_feature(enable = "neon")]
+pub unsafe fn q8_block_neon(xp: &[f32], m: usize, wb: &Q8Rows, scales: &[f32], total: &mut [f32]) {
+    let nb = total.len() / m;
+    let k = xp.len() / m;
+    let full = nb / 8 * 8;
+    let mut acc = vec![0f32; m * full];
+    for g0 in (0..m).step_by(XGROUP) {
+        let width = XGROUP.min(m - g0);
+        // The group's packed activations: `[k][width]`.
+        let xg = &xp[g0 * k..(g0 + width) * k];
+        let mut c = 0;
+        while c < full {
+            let wide = full - c >= 16;
+            // SAFETY: columns c..c+16 (or c+8) < full <= nb and the rows of
+            // the run are inside w (the caller's bounds); acc is [m][full].
+            unsafe {
+                match (width, wide) {
+                    (1, true) => strip::<1, 4>(xg, wb, c, &mut acc, full, g0),
+                    (2, true) => strip::<2, 4>(xg, wb, c, &mut acc, full, g0),
+                    (3, true) => strip::<3, 4>(xg, wb, c, &mut acc, full, g0),
+                    (4, true) => strip::<4, 4>(xg, wb, c, &mut acc, full, g0),
+                    (5, true) => strip::<5, 4>(xg, wb, c, &mut acc, full, g0),
+                    (_, true) => strip::<6, 4>(xg, wb, c, &mut acc, full, g0),
+                    (1, false) => strip::<1, 2>(xg, wb, c, &mut acc, full, g0),
+                    (2, false) => strip::<2, 2>(xg, wb, c, &mut acc, full, g0),
+                    (3, false) => strip::<3, 2>(xg, wb, c, &mut acc, full, g0),
+                    (4, false) => strip::<4, 2>(xg, wb, c, &mut acc, full, g0),
+                    (5, false) => strip::<5, 2>(xg, wb, c, &mut acc, full, g0),
+                    (_, false) => strip::<6, 2>(xg, wb, c, &mut acc, full, g0),
+                }
+            }
+            c += if wide { 16 } else { 8 };
+        }
+    }
+    if full > 0 {
+        for (tr, ar) in total.chunks_exact_mut(nb).zip(acc.chunks_exact(full)) {
+            add_scaled(ar, full, &scales[..full], &mut tr[..full]);
+        }
+    }
+    add_tail_columns(m, full, wb, scales, total, |cols, sc, t| {
+        q8_block_scalar(xp, m, cols, sc, t)
+    });
+}
+
+/// `R` activation rows (group rows `g0..g0+R`, packed `[k][R]` in `xg`) by
+/// `4V` columns from `c`: `acc[i][c + j] = fma(x[i][r], w[r][n0 + c + j], ..)`
+/// over the run's rows in order, from zero.
+///
+/// # Safety
+/// NEON; the bounds of `q8_block_neon`.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn strip<const R: usize, const V: usize>(
+    xg: &[f32],
+    wb: &Q8Rows,
+    c: usize,
+    acc: &mut [f32],
+    full: usize,
+    g0: usize,
+) {
+    let mut a = [[vdupq_n_f32(0.0); V]; R];
+    for r in wb.rows.clone() {
+        let at = r * wb.n + wb.n0 + c;
+        // SAFETY: columns at..at + 4V of row r are inside w (the caller's).
+        let w: [float32x4_t; V] = unsafe { widen::<V>(wb.w.as_ptr().add(at) as *const i8) };
+        for (i, ai) in a.iter_mut().enumerate() {
+            let x = xg[r * R + i];
+            for (av, &wv) in ai.iter_mut().zip(&w) {
+                *av = vfmaq_n_f32(*av, wv, x);
+            }
+        }
+    }
+    for (i, ai) in a.iter().enumerate() {
+        for (v, av) in ai.iter().enumerate() {
+            let o = &mut acc[(g0 + i) * full + c + 4 * v..][..4];
+            // SAFETY: o is four floats.
+            unsafe { vst1q_f32(o.as_mut_ptr(), *av) };
+        }
+    }
+}
+
+/// `4V` int8 values from `p` as f32 vectors (`V` is 2 or 4).
+///
+/// # Safety
+/// NEON; `4V` bytes readable at `p`.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn widen<const V: usize>(p: *const i8) -> [float32x4_t; V] {
+    let mut out = [vdupq_n_f32(0.0); V];
+    // SAFETY: the caller's.
+    let halves: [int16x8_t; 2] = unsafe {
+        if V == 4 {
+            let b = vld1q_s8(p);
+            [vmovl_s8(vget_low_s8(b)), vmovl_high_s8(b)]
+        } else {
+            [vmovl_s8(vld1_s8(p)), vdupq_n_s16(0)]
+        }
+    };
+    for (v, o) in out.iter_mut().enumerate() {
+        let h = halves[v / 2];
+        let q = if v % 2 == 0 {
+            vmovl_s16(vget_low_s16(h))
+        } else {
+            vmovl_high_s16(h)
+        };
+        *o = vcvtq_f32_s32(q);
+    }
+    out
+}
+
+/// `kernels::dot_i8_rows` (exact i32 sums): 16 products a step, widened to
+/// i16 pairwise and added into i32 lanes.
+///
+/// # Safety
+/// NEON; the shapes `kernels::dot_i8_rows` asserts.
+#[target_feature(enable = "neon")]
+pub unsafe fn dot_i8_rows_neon(xs: &[i8], g: usize, rows: &[i8], out_t: &mut [i32]) {
+    let k = xs.len() / g;
+    let full = k / 16 * 16;
+    for (o, row) in out_t.chunks_exact_mut(g).zip(rows.chunks_exact(k.max(1))) {
+        for (o, x) in o.iter_mut().zip(xs.chunks_exact(k.max(1))) {
+            let mut acc = vdupq_n_s32(0);
+            let mut i = 0;
+            while i < full {
+                // SAFETY: bytes i..i+16 of both rows exist (i + 16 <= full <= k).
+                unsafe {
+                    let (a, b) = (vld1q_s8(x.as_ptr().add(i)), vld1q_s8(row.as_ptr().add(i)));
+                    // |a * b| <= 128 * 128 fits i16; each pair added in i32.
+                    acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(a), vget_low_s8(b)));
+                    acc = vpadalq_s16(acc, vmull_high_s8(a, b));
+                }
+                i += 16;
+            }
+            let tail: i32 = x[full..]
+                .iter()
+                .zip(&row[full..])
+                .map(|(&a, &b)| i32::from(a) * i32::from(b))
+                .sum();
+            *o = vaddvq_s32(acc) + tail;
+        }
+    }
+    if k == 0 {
+        out_t.fill(0);
+    }
+}
+
+/// `kernels::dot_q8_0_rows` (same bits): the eight lanes as two vectors, up
+/// to four activation rows per pass over a weight row, each block's `d * q`
+/// made once per pass.
+///
+/// # Safety
+/// NEON; the shapes `kernels::dot_q8_0_rows` asserts.
+#[target_feature(enable = "neon")]
+pub unsafe fn dot_q8_0_rows_neon(x: &[f32], m: usize, k: usize, rows: &[u8], out_t: &mut [f32]) {
+    let row_bytes = k / 32 * Q8_0_BLOCK_BYTES;
+    for (c, row) in rows.chunks_exact(row_bytes.max(1)).enumerate() {
+        for i0 in (0..m).step_by(4) {
+            let g = 4.min(m - i0);
+            let mut acc = [[vdupq_n_f32(0.0); 2]; 4];
+            for (b, block) in row.chunks_exact(Q8_0_BLOCK_BYTES).enumerate() {
+                let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+                // SAFETY: the block's 32 quants follow its scale.
+                let q: [float32x4_t; 8] = unsafe {
+                    let lo = widen::<4>(block[2..].as_ptr() as *const i8);
+                    let hi = widen::<4>(block[18..].as_ptr() as *const i8);
+                    [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]]
+                        .map(|v| vmulq_n_f32(v, d))
+                };
+                for (t, a) in acc.iter_mut().enumerate().take(g) {
+                    let xb = &x[(i0 + t) * k + 32 * b..][..32];
+                    for u in 0..4 {
+                        // SAFETY: eight of the block's 32 activations.
+                        unsafe {
+                            let p = xb[8 * u..].as_ptr();
+                            a[0] = vfmaq_f32(a[0], vld1q_f32(p), q[2 * u]);
+                            a[1] = vfmaq_f32(a[1], vld1q_f32(p.add(4)), q[2 * u + 1]);
+                        }
+                    }
+                }
+            }
+            for (t, a) in acc.iter().enumerate().take(g) {
+                // ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)), as the reference.
+                let s = vaddq_f32(a[0], a[1]);
+                let (s0, s1, s2, s3) = (
+                    vgetq_lane_f32(s, 0),
+                    vgetq_lane_f32(s, 1),
+                    vgetq_lane_f32(s, 2),
+                    vgetq_lane_f32(s, 3),
+                );
+                out_t[c * m + i0 + t] = (s0 + s2) + (s1 + s3);
+            }
+        }
+    }
+}
+
+/// Queries per register block of the page kernels.
+const QB: usize = 4;
+
+/// `kernels::page_scores` (same bits): the page's slots in the lanes, up to
+/// four queries sharing each load of the keys.
+///
+/// # Safety
+/// NEON; the shapes `kernels::page_scores` asserts.
+#[target_feature(enable = "neon")]
+pub unsafe fn page_scores_neon(
+    q: &[f32],
+    g: usize,
+    keys_t: &[f32],
+    ps: usize,
+    n: usize,
+    s: &mut [f32],
+) {
+    let hd = q.len() / g;
+    // Vectors of four slots that fit in the page's rows; the rest one by one.
+    let vectors = n.div_ceil(4).min(ps / 4);
+    for i0 in (0..g).step_by(QB) {
+        let rows = QB.min(g - i0);
+        for v in 0..vectors {
+            let mut acc = [vdupq_n_f32(0.0); QB];
+            for t in 0..hd {
+                // SAFETY: slots 4v..4v+4 <= ps of key row t.
+                let kv = unsafe { vld1q_f32(keys_t[t * ps + 4 * v..].as_ptr()) };
+                for (r, a) in acc.iter_mut().enumerate().take(rows) {
+                    *a = vfmaq_n_f32(*a, kv, q[(i0 + r) * hd + t]);
+                }
+            }
+            for (r, a) in acc.iter().enumerate().take(rows) {
+                // SAFETY: four floats of row i0 + r of s (4v + 4 <= ps).
+                unsafe { vst1q_f32(s[(i0 + r) * ps + 4 * v..].as_mut_ptr(), *a) };
+            }
+        }
+        for r in i0..i0 + rows {
+            for j in vectors * 4..n {
+                let mut acc = 0f32;
+                for t in 0..hd {
+                    acc = q[r * hd + t].mul_add(keys_t[t * ps + j], acc);
+                }
+                s[r * ps + j] = acc;
+            }
+        }
+    }
+}
+
+/// `kernels::page_values` (same bits): the output's columns in the lanes, up
+/// to four outputs sharing each load of a value row.
+///
+/// # Safety
+/// NEON; the shapes `kernels::page_values` asserts.
+#[target_feature(enable = "neon")]
+pub unsafe fn page_values_neon(
+    p: &[f32],
+    g: usize,
+    ps: usize,
+    n: usize,
+    values: &[f32],
+    o: &mut [f32],
+) {
+    let hd = o.len() / g;
+    let full = hd / 4 * 4;
+    for i0 in (0..g).step_by(QB) {
+        let rows = QB.min(g - i0);
+        for c in (0..full).step_by(4) {
+            // SAFETY (loads and stores): columns c..c+4 <= full of rows inside o and values.
+            let mut acc: [float32x4_t; QB] = std::array::from_fn(|r| unsafe {
+                vld1q_f32(o[(i0 + r.min(rows - 1)) * hd + c..].as_ptr())
+            });
+            for j in 0..n {
+                let v = unsafe { vld1q_f32(values[j * hd + c..].as_ptr()) };
+                for (r, a) in acc.iter_mut().enumerate().take(rows) {
+                    *a = vfmaq_n_f32(*a, v, p[(i0 + r) * ps + j]);
+                }
+            }
+            for (r, a) in acc.iter().enumerate().take(rows) {
+                unsafe { vst1q_f32(o[(i0 + r) * hd + c..].as_mut_ptr(), *a) };
+            }
+        }
+        for r in i0..i0 + rows {
+            for c in full..hd {
+                let mut acc = o[r * hd + c];
+                for j in 0..n {
+                    acc = p[r * ps + j].mul_add(values[j * hd + c], acc);
+                }
+                o[r * hd + c] = acc;
+            }
+        }
+    }
+}
