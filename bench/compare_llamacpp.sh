@@ -16,7 +16,8 @@
 # and prints the medians and the ratios. Nothing of llama.cpp is committed.
 #
 # Usage: bench/compare_llamacpp.sh [--threads N] [--repeat R] [--prompt-tokens P]
-#        [--gen-tokens G] [--config FILE] [--precision LIST]
+#        [--gen-tokens G] [--depth D] [--config FILE] [--precision LIST]
+#   D: tokens of context cached before each test (llama-bench's -d; default 0)
 #   LIST: comma-separated precisions (fast, int8, f32, bf16; default fast,int8)
 # Environment: GROK1_BENCH_CACHE (default target/llamacpp-bench) holds the
 # llama.cpp build and the models; LLAMA_CPP_DIR uses an existing llama.cpp
@@ -28,6 +29,7 @@ threads=$(nproc)
 repeat=3
 prompt=128
 gen=64
+depth=0
 config=bench/grok-shape-d1024.json
 precisions=fast,int8
 while [ $# -gt 0 ]; do
@@ -36,6 +38,7 @@ while [ $# -gt 0 ]; do
         --repeat) repeat=$2; shift 2 ;;
         --prompt-tokens) prompt=$2; shift 2 ;;
         --gen-tokens) gen=$2; shift 2 ;;
+        --depth) depth=$2; shift 2 ;;
         --config) config=$2; shift 2 ;;
         --precision) precisions=$2; shift 2 ;;
         *) echo "compare_llamacpp: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
@@ -107,10 +110,10 @@ gguf=$model/$name-q8_0.gguf
 
 # 3. Alternate rounds, one repetition each, so drifts of the machine hit both.
 results=$cache/results-$(date +%Y%m%d-%H%M%S).jsonl
-echo "== $repeat rounds, $threads threads, pp$prompt / tg$gen; raw results in $results"
+echo "== $repeat rounds, $threads threads, pp$prompt / tg$gen at depth $depth; raw results in $results"
 for r in $(seq 1 "$repeat"); do
     echo "-- round $r/$repeat"
-    if ! lb=$("$llama_bench" -m "$gguf" -t "$threads" -p "$prompt" -n "$gen" -r 1 -o json \
+    if ! lb=$("$llama_bench" -m "$gguf" -t "$threads" -p "$prompt" -n "$gen" -d "$depth" -r 1 -o json \
         2>"$cache/llama-bench.err"); then
         echo "compare_llamacpp: llama-bench failed on $gguf; its messages: $cache/llama-bench.err" >&2
         exit 1
@@ -124,7 +127,7 @@ for row in json.load(sys.stdin):
             label="grok1 int8 ckpt, $precision"
             [ "$target" = "$gguf" ] && label="grok1 Q8_0 GGUF, $precision"
             $grok1 bench --model "$target" --precision "$precision" --threads "$threads" \
-                --prompt-tokens "$prompt" --gen-tokens "$gen" --repeat 1 --json 2>/dev/null | tail -1 \
+                --prompt-tokens "$prompt" --gen-tokens "$gen" --depth "$depth" --repeat 1 --json 2>/dev/null | tail -1 \
                 | LABEL=$label python3 -c 'import json,os,sys
 o = json.load(sys.stdin)
 for kind, key in (("pp", "prompt_tokens_per_s"), ("tg", "gen_tokens_per_s")):
@@ -136,7 +139,7 @@ for kind, key in (("pp", "prompt_tokens_per_s"), ("tg", "gen_tokens_per_s")):
 done
 
 # 4. Medians and ratios.
-RESULTS=$results PROMPT=$prompt GEN=$gen THREADS=$threads COMMIT=$llama_commit \
+RESULTS=$results PROMPT=$prompt GEN=$gen DEPTH=$depth THREADS=$threads COMMIT=$llama_commit \
     CONFIG=$config python3 - <<'EOF'
 import json, os, statistics
 rows = [json.loads(l) for l in open(os.environ["RESULTS"])]
@@ -147,6 +150,8 @@ for e in engines:
         v = [r["tps"] for r in rows if r["engine"] == e and r["kind"] == k]
         med[e, k] = (statistics.median(v), min(v), max(v)) if v else None
 p, g = os.environ["PROMPT"], os.environ["GEN"]
+if os.environ["DEPTH"] != "0":
+    p, g = p + " @ d" + os.environ["DEPTH"], g + " @ d" + os.environ["DEPTH"]
 print(f"\nmodel {os.environ['CONFIG']}, {os.environ['THREADS']} threads, llama.cpp {os.environ['COMMIT']}")
 print(f"| engine | pp{p} tok/s | tg{g} tok/s | pp ratio | tg ratio |")
 print("| --- | --- | --- | --- | --- |")

@@ -101,15 +101,12 @@ fn fill_context(
     cache: &mut crate::kv_cache::KvCache,
     seqs: &[crate::kv_cache::SeqId],
     spec: &BenchSpec,
+    options: &ForwardOptions,
     rng: &mut ChaCha8Rng,
     report: &mut dyn FnMut(&str),
 ) -> Result<(), ModelError> {
     /// Tokens per call: long contexts go in pieces, as the server feeds them.
     const CHUNK: usize = 512;
-    let options = ForwardOptions {
-        precision: spec.precision,
-        logits: LogitsRows::Last,
-    };
     for (i, &seq) in seqs.iter().enumerate() {
         let mut done = 0;
         while done < spec.depth {
@@ -127,7 +124,7 @@ fn fill_context(
                     seq,
                     tokens: &tokens,
                 }],
-                &options,
+                options,
                 None,
             )?;
             done += tokens.len();
@@ -150,6 +147,11 @@ pub fn run(
         flops_per_prompt_token: model.flops_per_token(),
         ..Default::default()
     };
+    // Every call keeps only the last row's logits.
+    let options = ForwardOptions {
+        precision: spec.precision,
+        logits: LogitsRows::Last,
+    };
     if spec.precision.int8_output() {
         // The fast mode's copy of the output projection is made once, before
         // anything is timed (not inside the first timed run).
@@ -160,13 +162,9 @@ pub fn run(
     // logits, after `depth` tokens of context (filled once, untimed; each
     // repetition cuts the cache back to them).
     if spec.prompt_tokens > 0 {
-        let options = ForwardOptions {
-            precision: spec.precision,
-            logits: LogitsRows::Last,
-        };
         let mut cache = model.new_cache(spec.depth + spec.prompt_tokens, 1);
         let seq = cache.add_sequence();
-        fill_context(model, &mut cache, &[seq], spec, &mut rng, report)?;
+        fill_context(model, &mut cache, &[seq], spec, &options, &mut rng, report)?;
         for rep in 0..=spec.repeat {
             report(&format!(
                 "pp{} run {rep}/{}",
@@ -194,10 +192,6 @@ pub fn run(
     // Generation: `batch` sequences from a one-token prompt (or `depth`
     // tokens of context), then decode steps of one random token per sequence.
     if spec.gen_tokens > 0 && spec.batch > 0 {
-        let options = ForwardOptions {
-            precision: spec.precision,
-            logits: LogitsRows::Last,
-        };
         let context = spec.depth.max(1);
         let steps = spec
             .gen_tokens
@@ -209,7 +203,9 @@ pub fn run(
             depth: context,
             ..spec.clone()
         };
-        fill_context(model, &mut cache, &seqs, &filled, &mut rng, report)?;
+        fill_context(
+            model, &mut cache, &seqs, &filled, &options, &mut rng, report,
+        )?;
         for rep in 0..=spec.repeat {
             report(&format!(
                 "tg{} batch {} run {rep}/{}",

@@ -357,16 +357,28 @@ pub fn page_scores(
             // the shapes are checked above.
             unsafe { super::neon::page_scores_neon(q, g, keys_t, ps, n, s) }
         }
-        _ => {
-            for (qi, si) in q.chunks_exact(hd).zip(s.chunks_mut(ps)) {
-                for (j, sj) in si[..n].iter_mut().enumerate() {
-                    let mut acc = 0f32;
-                    for (t, &x) in qi.iter().enumerate() {
-                        acc = x.mul_add(keys_t[t * ps + j], acc);
-                    }
-                    *sj = acc;
-                }
+        _ => page_scores_part(q, hd, 0..g, keys_t, ps, 0..n, s),
+    }
+}
+
+/// [`page_scores`]' chains for queries `rows` and slots `slots`, one at a
+/// time (the scalar kernel, and the SIMD kernels' last slots).
+pub(crate) fn page_scores_part(
+    q: &[f32],
+    hd: usize,
+    rows: Range<usize>,
+    keys_t: &[f32],
+    ps: usize,
+    slots: Range<usize>,
+    s: &mut [f32],
+) {
+    for r in rows {
+        for j in slots.clone() {
+            let mut acc = 0f32;
+            for t in 0..hd {
+                acc = q[r * hd + t].mul_add(keys_t[t * ps + j], acc);
             }
+            s[r * ps + j] = acc;
         }
     }
 }
@@ -402,14 +414,31 @@ pub fn page_values(
             // the shapes are checked above.
             unsafe { super::neon::page_values_neon(p, g, ps, n, values, o) }
         }
-        _ => {
-            for (pi, oi) in p.chunks(ps).zip(o.chunks_exact_mut(hd)) {
-                for (&w, v) in pi[..n].iter().zip(values.chunks_exact(hd)) {
-                    for (o, &x) in oi.iter_mut().zip(v) {
-                        *o = w.mul_add(x, *o);
-                    }
-                }
+        _ => page_values_part(p, 0..g, ps, n, values, o, hd, 0..hd),
+    }
+}
+
+/// [`page_values`]' chains for outputs `rows` and columns `cols`, one at a
+/// time (the scalar kernel, and the SIMD kernels' last columns); `o` is
+/// `[_, hd]`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn page_values_part(
+    p: &[f32],
+    rows: Range<usize>,
+    ps: usize,
+    n: usize,
+    values: &[f32],
+    o: &mut [f32],
+    hd: usize,
+    cols: Range<usize>,
+) {
+    for r in rows {
+        for c in cols.clone() {
+            let mut acc = o[r * hd + c];
+            for j in 0..n {
+                acc = p[r * ps + j].mul_add(values[j * hd + c], acc);
             }
+            o[r * hd + c] = acc;
         }
     }
 }

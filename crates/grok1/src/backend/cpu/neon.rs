@@ -14,7 +14,8 @@
 use std::arch::aarch64::*;
 
 use super::kernels::{
-    add_scaled, add_tail_columns, q8_block_scalar, Q8Rows, Q8_0_BLOCK_BYTES, XGROUP,
+    add_scaled, add_tail_columns, page_scores_part, page_values_part, q8_block_scalar, Q8Rows,
+    Q8_0_BLOCK_BYTES, XGROUP,
 };
 
 /// `kernels::q8_block` (same contract, same bits): per group of packed
@@ -255,15 +256,7 @@ pub unsafe fn page_scores_neon(
                 unsafe { vst1q_f32(s[(i0 + r) * ps + 4 * v..].as_mut_ptr(), *a) };
             }
         }
-        for r in i0..i0 + rows {
-            for j in vectors * 4..n {
-                let mut acc = 0f32;
-                for t in 0..hd {
-                    acc = q[r * hd + t].mul_add(keys_t[t * ps + j], acc);
-                }
-                s[r * ps + j] = acc;
-            }
-        }
+        page_scores_part(q, hd, i0..i0 + rows, keys_t, ps, vectors * 4..n, s);
     }
 }
 
@@ -300,14 +293,6 @@ pub unsafe fn page_values_neon(
                 unsafe { vst1q_f32(o[(i0 + r) * hd + c..].as_mut_ptr(), *a) };
             }
         }
-        for r in i0..i0 + rows {
-            for c in full..hd {
-                let mut acc = o[r * hd + c];
-                for j in 0..n {
-                    acc = p[r * ps + j].mul_add(values[j * hd + c], acc);
-                }
-                o[r * hd + c] = acc;
-            }
-        }
+        page_values_part(p, i0..i0 + rows, ps, n, values, o, hd, full..hd);
     }
 }

@@ -6,6 +6,8 @@
 
 use std::arch::x86_64::*;
 
+use super::kernels::{page_scores_part, page_values_part};
+
 /// Lanes per vector.
 const L: usize = 8;
 /// Queries per register block.
@@ -50,15 +52,7 @@ pub unsafe fn page_scores_avx2(
             }
             v += 2;
         }
-        for r in i..i + rows {
-            for j in vectors * L..n {
-                let mut acc = 0f32;
-                for t in 0..hd {
-                    acc = q[r * hd + t].mul_add(keys_t[t * ps + j], acc);
-                }
-                s[r * ps + j] = acc;
-            }
-        }
+        page_scores_part(q, hd, i..i + rows, keys_t, ps, vectors * L..n, s);
         i += rows;
     }
 }
@@ -133,15 +127,7 @@ pub unsafe fn page_values_avx2(
             }
             c += if (full - c) / L >= 2 { 2 * L } else { L };
         }
-        for r in i..i + rows {
-            for c in full..hd {
-                let mut acc = o[r * hd + c];
-                for j in 0..n {
-                    acc = p[r * ps + j].mul_add(values[j * hd + c], acc);
-                }
-                o[r * hd + c] = acc;
-            }
-        }
+        page_values_part(p, i..i + rows, ps, n, values, o, hd, full..hd);
         i += rows;
     }
 }
