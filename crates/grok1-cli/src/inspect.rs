@@ -222,7 +222,7 @@ pub fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
     );
     let started = Instant::now();
     ckpt0::write_random_checkpoint(&args.out, &config, args.seed, &Bar::new(true))
-        .with_context(|| format!("writing {}", args.out.display()))?;
+        .context("writing the checkpoint")?;
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "grok1: wrote {} tensor files in {secs:.1} s ({:.0} MB/s)",

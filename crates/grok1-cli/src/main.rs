@@ -67,8 +67,24 @@ fn main() -> ExitCode {
             if broken_pipe {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("grok1: error: {err:#}");
+            eprintln!("grok1: error: {}", error_text(&err));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes joined by ": ", as `{:#}` writes them, leaving
+/// out a cause whose text the message already ends with (the library's
+/// errors print their source after the path, and anyhow's chain would print
+/// it again: "x.model: No such file: No such file").
+fn error_text(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.ends_with(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }

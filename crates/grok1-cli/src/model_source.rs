@@ -135,6 +135,7 @@ pub fn load(dir: Option<&Path>) -> anyhow::Result<LoadedModel> {
 /// official Grok-1 tokenizer built into the binary.
 pub fn tokenizer(flag: Option<&Path>, beside_model: Option<&Path>) -> anyhow::Result<Tokenizer> {
     match flag.or(beside_model) {
+        // (The path again: a corrupt file's error does not name it.)
         Some(path) => Tokenizer::from_file(path)
             .with_context(|| format!("loading tokenizer {}", path.display())),
         None => Ok(Tokenizer::grok1()),

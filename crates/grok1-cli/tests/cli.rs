@@ -301,6 +301,14 @@ fn expect_error(args: &[&str], needle: &str) {
         "{args:?}: expected {needle:?} in {err}"
     );
     assert!(!err.contains("panicked"), "{err}");
+    // No cause printed twice ("x: not found: not found").
+    for line in err.lines().filter(|l| l.starts_with("grok1: error: ")) {
+        let parts: Vec<&str> = line.split(": ").collect();
+        assert!(
+            parts.windows(2).all(|w| w[0] != w[1]),
+            "{args:?}: a repeated cause in {line:?}"
+        );
+    }
 }
 
 #[test]
@@ -368,6 +376,10 @@ fn bad_input_gets_a_clear_error() {
         "--layers must be at least 1",
     );
     expect_error(&["generate", "--bogus"], "unexpected argument '--bogus'");
+    expect_error(
+        &["inspect", "--model", "/nonexistent/model"],
+        "/nonexistent/model: model directory not found",
+    );
 }
 
 #[test]
