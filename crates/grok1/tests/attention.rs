@@ -254,6 +254,15 @@ fn several_sequences_with_pads_and_odd_pages() {
 }
 
 #[test]
+fn no_rows_is_no_work() {
+    let c = case(&[3], 0, (4, 2, 8), 4, 0, 7);
+    assert!(c.rows.is_empty());
+    for isa in Isa::available() {
+        assert!(attend(isa, &c, &[], &[], 0).is_empty());
+    }
+}
+
+#[test]
 fn a_row_whose_keys_are_all_pads_attends_uniformly() {
     // Every token a pad: the reference's mask gives all keys equal weights
     // (the -1e30 scores tie), as here.

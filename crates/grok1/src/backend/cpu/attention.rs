@@ -42,6 +42,9 @@ pub fn attend(
     let hd = p.head_dim;
     assert_eq!(q.len(), rows.len() * p.num_q_heads * hd);
     assert_eq!(out.len(), q.len());
+    if rows.is_empty() {
+        return;
+    }
     if p.precision == Precision::Bf16 {
         return attend_bf16(isa, q, rows, cache, layer, p, out);
     }
