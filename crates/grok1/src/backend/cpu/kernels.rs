@@ -22,8 +22,8 @@ pub enum Isa {
     /// tile multiplier (`x86_amx.rs`, 16 x 16 x 32 products per instruction).
     Amx,
     /// aarch64 NEON (`neon.rs`): the checkpoint's int8 products, the int8
-    /// row dots, GGUF Q8_0 rows with f32 activations and attention's page
-    /// kernels; the rest runs the scalar kernels.
+    /// row dots, GGUF Q8_0 rows with f32 activations, attention and the
+    /// GELU; the int8 mode's kernels run the scalar ones.
     Neon,
 }
 
@@ -455,6 +455,12 @@ pub fn softcap_scores(isa: Isa, s: &mut [f32], mult: f32, cap: f32, mask: &[bool
             // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
             unsafe { super::x86::softcap_scores_avx2(s, mult, cap, mask) }
         }
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => {
+            // SAFETY: every aarch64 CPU this ISA is chosen on has NEON (Isa::best);
+            // the sizes are checked above.
+            unsafe { super::neon::softcap_scores_neon(s, mult, cap, mask) }
+        }
         _ => softcap_scores_scalar(s, mult, cap, mask),
     }
 }
@@ -477,6 +483,12 @@ pub fn exp_shifted(isa: Isa, s: &mut [f32], max: f32) -> f32 {
         Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
             // SAFETY: AVX2/FMA are present (Isa::best).
             unsafe { super::x86::exp_shifted_avx2(s, max) }
+        }
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => {
+            // SAFETY: every aarch64 CPU this ISA is chosen on has NEON (Isa::best);
+            // the sizes are checked above.
+            unsafe { super::neon::exp_shifted_neon(s, max) }
         }
         _ => exp_shifted_scalar(s, max),
     }
@@ -509,6 +521,12 @@ pub fn gelu_mul(isa: Isa, h: &mut [f32], v: &[f32]) {
         Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
             // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
             unsafe { super::x86::gelu_mul_avx2(h, v) }
+        }
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => {
+            // SAFETY: every aarch64 CPU this ISA is chosen on has NEON (Isa::best);
+            // the sizes are checked above.
+            unsafe { super::neon::gelu_mul_neon(h, v) }
         }
         _ => {
             for (a, &b) in h.iter_mut().zip(v) {

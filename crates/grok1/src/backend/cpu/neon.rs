@@ -3,8 +3,10 @@
 //! row dots of the fast mode's output projection, GGUF Q8_0 rows against f32
 //! activations, and one page of attention. Each computes the scalar kernel's
 //! chains of FMAs (or its exact integer sums) in the same order, so the
-//! results are the scalar ones bit for bit; the other kernels run the scalar
-//! code on this ISA.
+//! results are the scalar ones bit for bit. The capped scores, their
+//! exponentials and the GELU use the x86 kernels' polynomial exp and tanh
+//! (within 1e-5 of libm's). The int8 mode's kernels run the scalar code on
+//! this ISA.
 //!
 //! Checked here by cross-compiling and running the tests under qemu
 //! (`scripts/test-aarch64.sh`); their speed on real hardware is not measured.
@@ -295,4 +297,132 @@ pub unsafe fn page_values_neon(
         }
         page_values_part(p, i0..i0 + rows, ps, n, values, o, hd, full..hd);
     }
+}
+
+/// e^x for four lanes: `x86::exp256`'s Cephes expf (range reduction by ln 2,
+/// a degree-6 polynomial, about 1 ulp); lanes below -87.3 give 0.
+#[inline]
+#[target_feature(enable = "neon")]
+fn exp4(x: float32x4_t) -> float32x4_t {
+    let underflow = vcltq_f32(x, vdupq_n_f32(-87.3));
+    let x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(-87.3)), vdupq_n_f32(88.7));
+    // Ties to even, as x86's _MM_FROUND_TO_NEAREST_INT.
+    let fx = vrndnq_f32(vmulq_n_f32(x, std::f32::consts::LOG2_E));
+    let x = vfmsq_f32(x, fx, vdupq_n_f32(0.693_359_4));
+    let x = vfmsq_f32(x, fx, vdupq_n_f32(-2.121_944_4e-4));
+    let mut y = vdupq_n_f32(1.987_569_1e-4);
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        5e-1,
+    ] {
+        y = vfmaq_f32(vdupq_n_f32(c), y, x);
+    }
+    let y = vfmaq_f32(vaddq_f32(x, vdupq_n_f32(1.0)), y, vmulq_f32(x, x));
+    let n = vcvtq_s32_f32(fx);
+    let pow2 = vreinterpretq_f32_s32(vshlq_n_s32::<23>(vaddq_s32(n, vdupq_n_s32(127))));
+    let r = vmulq_f32(y, pow2);
+    vreinterpretq_f32_u32(vbicq_u32(vreinterpretq_u32_f32(r), underflow))
+}
+
+/// tanh for four lanes: `x86::tanh256`'s Cephes tanhf (an odd polynomial
+/// below 0.625, else 1 - 2/(e^2|x| + 1) with the sign of x).
+#[inline]
+#[target_feature(enable = "neon")]
+fn tanh4(x: float32x4_t) -> float32x4_t {
+    let sign = vandq_u32(vreinterpretq_u32_f32(x), vdupq_n_u32(0x8000_0000));
+    let a = vabsq_f32(x);
+    let t = exp4(vmulq_n_f32(a, -2.0));
+    let one = vdupq_n_f32(1.0);
+    let big = vdivq_f32(vsubq_f32(one, t), vaddq_f32(one, t));
+    let big = vreinterpretq_f32_u32(vorrq_u32(vreinterpretq_u32_f32(big), sign));
+    let z = vmulq_f32(x, x);
+    let mut p = vdupq_n_f32(-5.704_988_7e-3);
+    for c in [2.063_909e-2, -5.373_971_6e-2, 1.333_144_2e-1, -3.333_328e-1] {
+        p = vfmaq_f32(vdupq_n_f32(c), p, z);
+    }
+    let small = vfmaq_f32(x, vmulq_f32(p, z), x);
+    vbslq_f32(vcltq_f32(a, vdupq_n_f32(0.625)), small, big)
+}
+
+/// `f` applied to `s` four lanes at a time, the last lanes through a vector
+/// padded with `pad` (so every lane gets the same arithmetic).
+#[inline]
+#[target_feature(enable = "neon")]
+fn map4(s: &mut [f32], pad: f32, mut f: impl FnMut(float32x4_t, usize) -> float32x4_t) {
+    let full = s.len() / 4 * 4;
+    for i in (0..full).step_by(4) {
+        // SAFETY: lanes i..i+4 are inside s.
+        unsafe { vst1q_f32(s.as_mut_ptr().add(i), f(vld1q_f32(s.as_ptr().add(i)), i)) };
+    }
+    if full < s.len() {
+        let mut lanes = [pad; 4];
+        let n = s.len() - full;
+        lanes[..n].copy_from_slice(&s[full..]);
+        // SAFETY: four floats.
+        unsafe { vst1q_f32(lanes.as_mut_ptr(), f(vld1q_f32(lanes.as_ptr()), full)) };
+        s[full..].copy_from_slice(&lanes[..n]);
+    }
+}
+
+/// `kernels::gelu_mul` with `tanh4` (the x86 kernels' formula).
+///
+/// # Safety
+/// NEON; `v.len() >= h.len()`.
+#[target_feature(enable = "neon")]
+pub unsafe fn gelu_mul_neon(h: &mut [f32], v: &[f32]) {
+    let n = h.len();
+    let mut vpad = [0f32; 4];
+    map4(h, 0.0, |x, i| {
+        let vi = if i + 4 <= n {
+            // SAFETY: lanes i..i+4 of v (v.len() >= n).
+            unsafe { vld1q_f32(v.as_ptr().add(i)) }
+        } else {
+            vpad[..n - i].copy_from_slice(&v[i..n]);
+            // SAFETY: four floats.
+            unsafe { vld1q_f32(vpad.as_ptr()) }
+        };
+        let x3 = vmulq_f32(vmulq_f32(x, x), x);
+        let inner = vmulq_n_f32(vfmaq_n_f32(x, x3, 0.044715), 0.797_884_6);
+        let cdf = vmulq_n_f32(vaddq_f32(vdupq_n_f32(1.0), tanh4(inner)), 0.5);
+        vmulq_f32(vmulq_f32(x, cdf), vi)
+    });
+}
+
+/// `kernels::softcap_scores` with `tanh4`: `s = cap * tanh(s * mult / cap)`,
+/// masked positions -1e30; returns the largest.
+///
+/// # Safety
+/// NEON; `mask.len() >= s.len()`.
+#[target_feature(enable = "neon")]
+pub unsafe fn softcap_scores_neon(s: &mut [f32], mult: f32, cap: f32, mask: &[bool]) -> f32 {
+    map4(s, 0.0, |x, _| {
+        vmulq_n_f32(tanh4(vmulq_n_f32(vmulq_n_f32(x, mult), 1.0 / cap)), cap)
+    });
+    let mut max = f32::NEG_INFINITY;
+    for (v, &keep) in s.iter_mut().zip(mask) {
+        if !keep {
+            *v = -1e30;
+        }
+        max = max.max(*v);
+    }
+    max
+}
+
+/// `kernels::exp_shifted` with `exp4`: `s = exp(s - max)`; returns the sum.
+///
+/// # Safety
+/// NEON.
+#[target_feature(enable = "neon")]
+pub unsafe fn exp_shifted_neon(s: &mut [f32], max: f32) -> f32 {
+    let mut acc = vdupq_n_f32(0.0);
+    // Padding at -inf comes out of exp as 0 and adds nothing.
+    map4(s, f32::NEG_INFINITY, |x, _| {
+        let e = exp4(vsubq_f32(x, vdupq_n_f32(max)));
+        acc = vaddq_f32(acc, e);
+        e
+    });
+    vaddvq_f32(acc)
 }
