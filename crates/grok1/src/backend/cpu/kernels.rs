@@ -443,6 +443,30 @@ pub(crate) fn page_values_part(
     }
 }
 
+/// Cephes' expf, shared by the SIMD kernels' exp (x86 and NEON): inputs
+/// clamped to `EXP_RANGE`, `x - n ln 2` with ln 2 in two parts
+/// (`EXP_LN2_PARTS`), then the polynomial `EXP_POLY` (highest power first).
+pub(crate) const EXP_RANGE: (f32, f32) = (-87.3, 88.7);
+pub(crate) const EXP_LN2_PARTS: [f32; 2] = [0.693_359_4, -2.121_944_4e-4];
+pub(crate) const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    5e-1,
+];
+/// Cephes' tanhf below |x| = `TANH_SMALL`: `x + x^3 P(x^2)`, `TANH_POLY`
+/// highest power first.
+pub(crate) const TANH_SMALL: f32 = 0.625;
+pub(crate) const TANH_POLY: [f32; 5] = [
+    -5.704_988_7e-3,
+    2.063_909e-2,
+    -5.373_971_6e-2,
+    1.333_144_2e-1,
+    -3.333_328e-1,
+];
+
 /// Capped attention scores from raw ones, in place: `s = cap * tanh(s * mult /
 /// cap)`, masked positions (`mask[j]` false) set to -1e30 (so a row whose
 /// keys are all masked gets uniform weights, as the reference's mask does).

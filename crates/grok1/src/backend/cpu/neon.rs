@@ -17,7 +17,7 @@ use std::arch::aarch64::*;
 
 use super::kernels::{
     add_scaled, add_tail_columns, page_scores_part, page_values_part, q8_block_scalar, Q8Rows,
-    Q8_0_BLOCK_BYTES, XGROUP,
+    EXP_LN2_PARTS, EXP_POLY, EXP_RANGE, Q8_0_BLOCK_BYTES, TANH_POLY, TANH_SMALL, XGROUP,
 };
 
 /// `kernels::q8_block` (same contract, same bits): per group of packed
@@ -304,20 +304,15 @@ pub unsafe fn page_values_neon(
 #[inline]
 #[target_feature(enable = "neon")]
 fn exp4(x: float32x4_t) -> float32x4_t {
-    let underflow = vcltq_f32(x, vdupq_n_f32(-87.3));
-    let x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(-87.3)), vdupq_n_f32(88.7));
+    let (lo, hi) = EXP_RANGE;
+    let underflow = vcltq_f32(x, vdupq_n_f32(lo));
+    let x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(lo)), vdupq_n_f32(hi));
     // Ties to even, as x86's _MM_FROUND_TO_NEAREST_INT.
     let fx = vrndnq_f32(vmulq_n_f32(x, std::f32::consts::LOG2_E));
-    let x = vfmsq_f32(x, fx, vdupq_n_f32(0.693_359_4));
-    let x = vfmsq_f32(x, fx, vdupq_n_f32(-2.121_944_4e-4));
-    let mut y = vdupq_n_f32(1.987_569_1e-4);
-    for c in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        1.666_666_5e-1,
-        5e-1,
-    ] {
+    let x = vfmsq_f32(x, fx, vdupq_n_f32(EXP_LN2_PARTS[0]));
+    let x = vfmsq_f32(x, fx, vdupq_n_f32(EXP_LN2_PARTS[1]));
+    let mut y = vdupq_n_f32(EXP_POLY[0]);
+    for &c in &EXP_POLY[1..] {
         y = vfmaq_f32(vdupq_n_f32(c), y, x);
     }
     let y = vfmaq_f32(vaddq_f32(x, vdupq_n_f32(1.0)), y, vmulq_f32(x, x));
@@ -339,12 +334,12 @@ fn tanh4(x: float32x4_t) -> float32x4_t {
     let big = vdivq_f32(vsubq_f32(one, t), vaddq_f32(one, t));
     let big = vreinterpretq_f32_u32(vorrq_u32(vreinterpretq_u32_f32(big), sign));
     let z = vmulq_f32(x, x);
-    let mut p = vdupq_n_f32(-5.704_988_7e-3);
-    for c in [2.063_909e-2, -5.373_971_6e-2, 1.333_144_2e-1, -3.333_328e-1] {
+    let mut p = vdupq_n_f32(TANH_POLY[0]);
+    for &c in &TANH_POLY[1..] {
         p = vfmaq_f32(vdupq_n_f32(c), p, z);
     }
     let small = vfmaq_f32(x, vmulq_f32(p, z), x);
-    vbslq_f32(vcltq_f32(a, vdupq_n_f32(0.625)), small, big)
+    vbslq_f32(vcltq_f32(a, vdupq_n_f32(TANH_SMALL)), small, big)
 }
 
 /// `f` applied to `s` four lanes at a time, the last lanes through a vector

@@ -7,7 +7,9 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::kernels::{Q8Rows, Q8_0_BLOCK_BYTES, XGROUP};
+use super::kernels::{
+    Q8Rows, EXP_LN2_PARTS, EXP_POLY, EXP_RANGE, Q8_0_BLOCK_BYTES, TANH_POLY, TANH_SMALL, XGROUP,
+};
 use super::x86_strips::{STRIPS_AVX2_MAX_M, STRIPS_AVX2_WIDE_M, STRIPS_MAX_M, STRIPS_MAX_M_HALF};
 
 /// AVX2 version of `kernels::q8_block_scalar` (same FMAs in the same order,
@@ -724,26 +726,18 @@ pub(super) fn hsum(v: __m256) -> f32 {
 /// polynomial, about 1 ulp); lanes below -87.3 give 0.
 #[target_feature(enable = "avx2,fma")]
 fn exp256(x: __m256) -> __m256 {
-    let underflow = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3), _CMP_LT_OQ);
-    let x = _mm256_min_ps(
-        _mm256_max_ps(x, _mm256_set1_ps(-87.3)),
-        _mm256_set1_ps(88.7),
-    );
+    let (lo, hi) = EXP_RANGE;
+    let underflow = _mm256_cmp_ps(x, _mm256_set1_ps(lo), _CMP_LT_OQ);
+    let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(lo)), _mm256_set1_ps(hi));
     let fx = _mm256_round_ps(
         _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
     );
-    let x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693_359_4), x);
-    let x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.121_944_4e-4), x);
-    let mut y = _mm256_set1_ps(1.987_569_1e-4);
-    for c in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        1.666_666_5e-1,
-        5e-1,
-    ] {
-        y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(c));
+    let x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(EXP_LN2_PARTS[0]), x);
+    let x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(EXP_LN2_PARTS[1]), x);
+    let mut y = _mm256_set1_ps(EXP_POLY[0]);
+    for c in &EXP_POLY[1..] {
+        y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(*c));
     }
     let y = _mm256_fmadd_ps(
         y,
@@ -773,12 +767,12 @@ fn tanh256(x: __m256) -> __m256 {
     let big = _mm256_or_ps(big, sign);
     // Small |x|: x + x^3 P(x^2).
     let z = _mm256_mul_ps(x, x);
-    let mut p = _mm256_set1_ps(-5.704_988_7e-3);
-    for c in [2.063_909e-2, -5.373_971_6e-2, 1.333_144_2e-1, -3.333_328e-1] {
-        p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(c));
+    let mut p = _mm256_set1_ps(TANH_POLY[0]);
+    for c in &TANH_POLY[1..] {
+        p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(*c));
     }
     let small = _mm256_fmadd_ps(_mm256_mul_ps(p, z), x, x);
-    let use_small = _mm256_cmp_ps(a, _mm256_set1_ps(0.625), _CMP_LT_OQ);
+    let use_small = _mm256_cmp_ps(a, _mm256_set1_ps(TANH_SMALL), _CMP_LT_OQ);
     _mm256_blendv_ps(big, small, use_small)
 }
 
