@@ -94,13 +94,13 @@ fn random_tokens(rng: &mut ChaCha8Rng, n: usize, vocab: usize) -> Vec<u32> {
     (0..n).map(|_| rng.random_range(3..vocab as u32)).collect()
 }
 
-/// Puts `spec.depth` random tokens of context into each of `seqs`, in
+/// Puts `depth` random tokens of context into each of `seqs`, in
 /// prompt-sized calls (untimed).
 fn fill_context(
     model: &Grok1,
     cache: &mut crate::kv_cache::KvCache,
     seqs: &[crate::kv_cache::SeqId],
-    spec: &BenchSpec,
+    depth: usize,
     options: &ForwardOptions,
     rng: &mut ChaCha8Rng,
     report: &mut dyn FnMut(&str),
@@ -109,15 +109,13 @@ fn fill_context(
     const CHUNK: usize = 512;
     for (i, &seq) in seqs.iter().enumerate() {
         let mut done = 0;
-        while done < spec.depth {
+        while done < depth {
             report(&format!(
-                "context of {} tokens, sequence {}/{}: {done}",
-                spec.depth,
+                "context of {depth} tokens, sequence {}/{}: {done}",
                 i + 1,
                 seqs.len()
             ));
-            let tokens =
-                random_tokens(rng, CHUNK.min(spec.depth - done), model.config().vocab_size);
+            let tokens = random_tokens(rng, CHUNK.min(depth - done), model.config().vocab_size);
             model.forward(
                 cache,
                 &[SequenceInput {
@@ -164,7 +162,15 @@ pub fn run(
     if spec.prompt_tokens > 0 {
         let mut cache = model.new_cache(spec.depth + spec.prompt_tokens, 1);
         let seq = cache.add_sequence();
-        fill_context(model, &mut cache, &[seq], spec, &options, &mut rng, report)?;
+        fill_context(
+            model,
+            &mut cache,
+            &[seq],
+            spec.depth,
+            &options,
+            &mut rng,
+            report,
+        )?;
         for rep in 0..=spec.repeat {
             report(&format!(
                 "pp{} run {rep}/{}",
@@ -199,12 +205,8 @@ pub fn run(
         let (mut bytes, mut experts, mut counted) = (0f64, 0f64, 0usize);
         let mut cache = model.new_cache(spec.batch * (context + steps), spec.batch);
         let seqs: Vec<_> = (0..spec.batch).map(|_| cache.add_sequence()).collect();
-        let filled = BenchSpec {
-            depth: context,
-            ..spec.clone()
-        };
         fill_context(
-            model, &mut cache, &seqs, &filled, &options, &mut rng, report,
+            model, &mut cache, &seqs, context, &options, &mut rng, report,
         )?;
         for rep in 0..=spec.repeat {
             report(&format!(

@@ -611,9 +611,12 @@ proptest! {
             let mut scores = vec![0f32; n];
             kernels::dot_rows(isa, &q, &keys, &mut scores);
             let raw = scores.clone();
-            kernels::softcap_softmax(isa, &mut scores, 0.25, 30.0, &mask);
+            // The softmax as attention makes it: capped scores, exp, normalised.
+            let max = kernels::softcap_scores(isa, &mut scores, 0.25, 30.0, &mask);
+            let inv = 1.0 / kernels::exp_shifted(isa, &mut scores, max);
+            scores.iter_mut().for_each(|w| *w *= inv);
             let mut out = vec![0f32; hd];
-            kernels::axpy_rows(isa, &scores, &values, &mut out);
+            kernels::page_values(isa, &scores, 1, n, n, &values, &mut out);
             (raw, scores, out)
         };
         let (raw, weights, out) = run(Isa::Scalar);

@@ -307,26 +307,6 @@ pub fn dot_rows(isa: Isa, q: &[f32], keys: &[f32], scores: &mut [f32]) {
     }
 }
 
-/// `out += sum_j w[j] * values[j]` for the rows of `values` (`[w.len(), out.len()]`).
-pub fn axpy_rows(isa: Isa, w: &[f32], values: &[f32], out: &mut [f32]) {
-    let hd = out.len();
-    assert!(values.len() >= w.len() * hd, "axpy_rows: values too short");
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
-            // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
-            unsafe { super::x86::axpy_rows_avx2(w, values, out) }
-        }
-        _ => {
-            for (&wj, v) in w.iter().zip(values.chunks_exact(hd)) {
-                for (o, &x) in out.iter_mut().zip(v) {
-                    *o += wj * x;
-                }
-            }
-        }
-    }
-}
-
 /// Attention scores of `g` queries (`q`, `[g, hd]`, one row's heads) against
 /// the first `n` keys of one page (`keys_t`, `[hd, ps]`, the cache's
 /// transposed layout): `s[i * ps + j] = q_i . k_j` for `j < n`, each one
@@ -525,16 +505,6 @@ pub fn exp_shifted_scalar(s: &mut [f32], max: f32) -> f32 {
         sum += *v;
     }
     sum
-}
-
-/// Attention weights from raw scores, in place: [`softcap_scores`], then a
-/// softmax.
-pub fn softcap_softmax(isa: Isa, s: &mut [f32], mult: f32, cap: f32, mask: &[bool]) {
-    let max = softcap_scores(isa, s, mult, cap, mask);
-    let inv = 1.0 / exp_shifted(isa, s, max);
-    for v in s.iter_mut() {
-        *v *= inv;
-    }
 }
 
 /// The gated expert activation, in place: `h = gelu_tanh(h) * v`.

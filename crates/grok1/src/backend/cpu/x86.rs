@@ -657,61 +657,6 @@ pub unsafe fn dot_rows_avx2(q: &[f32], keys: &[f32], scores: &mut [f32]) {
     }
 }
 
-/// AVX2 version of the scalar loop in `kernels::axpy_rows`.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA and `values.len() >= w.len() * out.len()`.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn axpy_rows_avx2(w: &[f32], values: &[f32], out: &mut [f32]) {
-    let hd = out.len();
-    let full = hd / 8 * 8;
-    // Columns in blocks of up to 32 that stay in registers across all the rows.
-    let mut c = 0;
-    while c < full {
-        // SAFETY (all four): columns c..c+8W of every row are inside `values`
-        // and `out` by the contract.
-        match (full - c) / 8 {
-            1 => unsafe { axpy_block::<1>(w, values, out, c) },
-            2 => unsafe { axpy_block::<2>(w, values, out, c) },
-            3 => unsafe { axpy_block::<3>(w, values, out, c) },
-            _ => unsafe { axpy_block::<4>(w, values, out, c) },
-        }
-        c += ((full - c) / 8).min(4) * 8;
-    }
-    for t in full..hd {
-        for (j, &wj) in w.iter().enumerate() {
-            out[t] += wj * values[j * hd + t];
-        }
-    }
-}
-
-/// `out[c..c+8W] += sum_j w[j] * values[j][c..c+8W]`, one FMA per row in order.
-///
-/// # Safety
-/// AVX2 and FMA; `c + 8W <= out.len()` and `values.len() >= w.len() * out.len()`.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn axpy_block<const W: usize>(w: &[f32], values: &[f32], out: &mut [f32], c: usize) {
-    let hd = out.len();
-    let (o, v) = (out.as_mut_ptr(), values.as_ptr());
-    let mut acc = [_mm256_setzero_ps(); W];
-    for (u, a) in acc.iter_mut().enumerate() {
-        *a = unsafe { _mm256_loadu_ps(o.add(c + 8 * u)) };
-    }
-    for (j, &wj) in w.iter().enumerate() {
-        let wv = _mm256_set1_ps(wj);
-        for (u, a) in acc.iter_mut().enumerate() {
-            *a = _mm256_fmadd_ps(
-                wv,
-                unsafe { _mm256_loadu_ps(v.add(j * hd + c + 8 * u)) },
-                *a,
-            );
-        }
-    }
-    for (u, a) in acc.iter().enumerate() {
-        unsafe { _mm256_storeu_ps(o.add(c + 8 * u), *a) };
-    }
-}
-
 #[target_feature(enable = "avx2,fma")]
 pub(super) fn hsum(v: __m256) -> f32 {
     let lo = _mm256_castps256_ps128(v);
