@@ -56,7 +56,7 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let mut decoder = tokenizer.stream_decoder();
+    let mut decoder = tokenizer.stream_decoder_after(&prompt);
     let mut write_error = None;
     let mut ends_with_newline = true;
     let mut emit = |text: &str, out: &mut dyn Write| -> std::io::Result<()> {

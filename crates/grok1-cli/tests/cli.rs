@@ -114,6 +114,34 @@ fn generation_reproduces_the_reference_greedy_continuations() {
     );
 }
 
+/// The text-fidelity issue's leading-space defect: the continuation is printed
+/// as it reads after the prompt. On this model "Once upon a time" continues
+/// with `▁Apocalypse`, whose space was dropped as if it began a document.
+#[test]
+fn generated_text_keeps_the_space_of_its_first_word() {
+    let prompt = "Once upon a time";
+    let o = run(grok1()
+        .arg("generate")
+        .arg("--model")
+        .arg(model("tiny-vocab"))
+        .args([
+            "--prompt",
+            prompt,
+            "--max-tokens",
+            "8",
+            "--print-ids",
+            "--precision",
+            "f32",
+        ]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let (text, ids) = out.trim_end_matches('\n').rsplit_once('\n').unwrap();
+    let ids: Vec<u32> = ids.split(',').map(|t| t.parse().unwrap()).collect();
+    let tok = grok1_tokenizer::Tokenizer::grok1();
+    assert_eq!(text, tok.decode_after(&tok.encode(prompt), &ids).unwrap());
+    assert!(text.starts_with(" Apocalypse"), "{text:?}");
+}
+
 #[test]
 fn sampling_flags_are_reproducible_with_a_seed() {
     let args = [

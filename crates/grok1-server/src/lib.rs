@@ -7,6 +7,7 @@
 
 pub mod chat;
 mod error;
+mod logprobs;
 mod openai;
 mod tokenizer_api;
 

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::chat::{self, Role};
+use crate::logprobs::{self, TokenTexts};
 use crate::{unix_time, ApiError, AppState};
 
 const MAX_BODY: usize = 16 << 20;
@@ -346,11 +347,11 @@ fn check_ids(ids: &[i64], vocab: usize) -> Result<Vec<u32>, ApiError> {
         .collect()
 }
 
-/// The text of a token as it appears in decoded output (`▁` as a space).
-fn token_text(tok: &Tokenizer, id: u32) -> String {
-    tok.id_to_piece(id)
-        .map(|p| p.replace('\u{2581}', " "))
-        .unwrap_or_default()
+/// A prompt's text as its ids decode (what `echo` returns and what the
+/// logprobs' offsets count), without bytes at its end that do not yet make a
+/// character: the completion that finishes them returns the character.
+fn prompt_text(tok: &Tokenizer, ids: &[u32]) -> String {
+    tok.stream_decoder().push(ids).unwrap_or_default()
 }
 
 /// One choice as it is being generated.
@@ -488,33 +489,35 @@ fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
     })
 }
 
-/// OpenAI's completion logprobs object for a run of tokens starting at text
-/// offset `offset`.
-fn completion_logprobs(
-    tok: &Tokenizer,
-    entries: &[(u32, Option<&TokenLogprob>)],
-    mut offset: usize,
-) -> Value {
-    let mut tokens = Vec::new();
-    let mut token_logprobs = Vec::new();
-    let mut top = Vec::new();
-    let mut offsets = Vec::new();
-    for (id, lp) in entries {
-        let text = token_text(tok, *id);
-        offsets.push(offset);
-        offset += text.chars().count();
-        tokens.push(Value::String(text));
-        token_logprobs.push(lp.map_or(Value::Null, |l| json!(l.logprob)));
-        top.push(lp.map_or(Value::Null, |l| {
-            let map: Map<String, Value> = l
-                .top
-                .iter()
-                .map(|&(t, p)| (token_text(tok, t), json!(p)))
-                .collect();
-            Value::Object(map)
-        }));
+/// A streamed completion choice's logprobs: a token's entry is sent once its
+/// text has been sent whole (text held back for a stop string comes later), so
+/// `text_offset` indexes the concatenation of the choice's chunks.
+struct StreamedLogprobs {
+    texts: TokenTexts,
+    /// Code points of the choice's text sent so far.
+    sent: usize,
+    waiting: Vec<logprobs::Entry>,
+}
+
+impl StreamedLogprobs {
+    /// Adds `text` to what was sent; returns the entries it completes.
+    fn send(&mut self, text: &str) -> Vec<logprobs::Entry> {
+        self.sent += text.chars().count();
+        let ready = self
+            .waiting
+            .iter()
+            .take_while(|e| e.offset + e.text.chars().count() <= self.sent)
+            .count();
+        self.waiting.drain(..ready).collect()
     }
-    json!({ "tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets })
+
+    /// The choice is done: entries still waiting keep what of their text was sent.
+    fn finish(&mut self) -> Vec<logprobs::Entry> {
+        self.texts.finish(self.waiting.last_mut());
+        let mut rest = std::mem::take(&mut self.waiting);
+        logprobs::clip(&mut rest, self.sent);
+        rest
+    }
 }
 
 pub async fn completions(State(state): State<AppState>, request: Request) -> Response {
@@ -562,24 +565,18 @@ async fn completions_inner(state: AppState, request: Request) -> Result<Response
     };
     let echo = req.echo.unwrap_or(false);
     let vocab = state.engine.vocab();
+    let tok = &state.tokenizer;
+    let with_text = |ids: Vec<u32>| {
+        let text = prompt_text(tok, &ids);
+        (ids, text)
+    };
     let prompts: Vec<(Vec<u32>, String)> = match req.prompt {
-        PromptInput::Text(t) => vec![(state.tokenizer.encode(&t), t)],
-        PromptInput::Texts(v) => v
-            .into_iter()
-            .map(|t| (state.tokenizer.encode(&t), t))
-            .collect(),
-        PromptInput::Tokens(ids) => {
-            let ids = check_ids(&ids, vocab)?;
-            let text = state.tokenizer.decode(&ids).unwrap_or_default();
-            vec![(ids, text)]
-        }
+        PromptInput::Text(t) => vec![with_text(tok.encode(&t))],
+        PromptInput::Texts(v) => v.iter().map(|t| with_text(tok.encode(t))).collect(),
+        PromptInput::Tokens(ids) => vec![with_text(check_ids(&ids, vocab)?)],
         PromptInput::TokenLists(lists) => lists
             .iter()
-            .map(|ids| {
-                let ids = check_ids(ids, vocab)?;
-                let text = state.tokenizer.decode(&ids).unwrap_or_default();
-                Ok((ids, text))
-            })
+            .map(|ids| Ok(with_text(check_ids(ids, vocab)?)))
             .collect::<Result<_, ApiError>>()?,
     };
     if prompts.is_empty() || prompts.iter().any(|(ids, _)| ids.is_empty()) {
@@ -600,7 +597,6 @@ async fn completions_inner(state: AppState, request: Request) -> Result<Response
     let id = request_id("cmpl");
     let created = unix_time();
     let model = state.model_name.clone();
-    let prompt_texts: Vec<String> = prompts.iter().map(|(_, t)| t.clone()).collect();
     let prompt_tokens: usize = prompts.iter().map(|(ids, _)| ids.len()).sum();
     if settings.stream {
         let n = settings.n;
@@ -613,40 +609,40 @@ async fn completions_inner(state: AppState, request: Request) -> Result<Response
             }
             v
         };
-        let echo_chunk = {
-            let tokenizer = tokenizer.clone();
-            move |index: usize,
-                  text: &str,
-                  prompt: &[u32],
-                  lp: Option<&Vec<Option<TokenLogprob>>>| {
-                let logprobs = lp.map(|lp| {
-                    let entries: Vec<(u32, Option<&TokenLogprob>)> = prompt
-                        .iter()
-                        .zip(lp)
-                        .map(|(&t, l)| (t, l.as_ref()))
-                        .collect();
-                    completion_logprobs(&tokenizer, &entries, 0)
-                });
-                json!([{ "text": text, "index": index, "logprobs": logprobs, "finish_reason": Value::Null }])
-            }
-        };
-        let prompt_ids: Vec<Vec<u32>> = prompts.into_iter().map(|(ids, _)| ids).collect();
+        let text_chunk = |index: usize, text: &str, lp: Option<Value>| json!([{ "text": text, "index": index, "logprobs": lp, "finish_reason": Value::Null }]);
+        // Echoed prompts are read from the document's start, and their
+        // completions continue the same offsets.
+        let mut streamed: Vec<Option<StreamedLogprobs>> = (0..count)
+            .map(|index| {
+                logprobs.map(|_| StreamedLogprobs {
+                    texts: TokenTexts::after(
+                        &tokenizer,
+                        if echo { &[] } else { &prompts[index / n].0 },
+                    ),
+                    sent: 0,
+                    waiting: Vec::new(),
+                })
+            })
+            .collect();
         return Ok(stream_response(rx, count, move |ev: StreamItem| match ev {
             StreamItem::Start(index) if echo && logprobs.is_none() => {
-                vec![chunk(
-                    echo_chunk(index, &prompt_texts[index / n], &[], None),
-                    None,
-                )]
+                vec![chunk(text_chunk(index, &prompts[index / n].1, None), None)]
             }
             StreamItem::Start(_) => vec![],
-            StreamItem::Event(index, Event::PromptLogprobs(lp)) if echo => {
-                let ids = &prompt_ids[index / n];
-                vec![chunk(
-                    echo_chunk(index, &prompt_texts[index / n], ids, Some(&lp)),
-                    None,
-                )]
+            StreamItem::Event(index, Event::PromptLogprobs(lp)) => {
+                let (Some(s), true) = (streamed[index].as_mut(), echo) else {
+                    return vec![];
+                };
+                let (ids, text) = &prompts[index / n];
+                let entries: Vec<logprobs::Entry> = ids
+                    .iter()
+                    .zip(&lp)
+                    .map(|(&t, l)| s.texts.next(&tokenizer, t, l.as_ref()))
+                    .collect();
+                s.send(text);
+                let lp = logprobs::completion_object(&entries);
+                vec![chunk(text_chunk(index, text, Some(lp)), None)]
             }
-            StreamItem::Event(_, Event::PromptLogprobs(_)) => vec![],
             StreamItem::Event(
                 index,
                 Event::Token {
@@ -655,28 +651,40 @@ async fn completions_inner(state: AppState, request: Request) -> Result<Response
                     logprob,
                 },
             ) => {
-                if text.is_empty() && logprob.is_none() {
-                    return vec![];
+                let lp = streamed[index].as_mut().map(|s| {
+                    let entry = s.texts.next(&tokenizer, token, logprob.as_ref());
+                    s.waiting.push(entry);
+                    s.send(&text)
+                });
+                match lp {
+                    Some(ready) if !ready.is_empty() || !text.is_empty() => vec![chunk(
+                        text_chunk(index, &text, Some(logprobs::completion_object(&ready))),
+                        None,
+                    )],
+                    None if !text.is_empty() => vec![chunk(text_chunk(index, &text, None), None)],
+                    _ => vec![],
                 }
-                let lp = logprob
-                    .as_ref()
-                    .map(|l| completion_logprobs(&tokenizer, &[(token, Some(l))], 0));
-                vec![chunk(
-                    json!([{ "text": text, "index": index, "logprobs": lp, "finish_reason": Value::Null }]),
-                    None,
-                )]
             }
             StreamItem::Event(index, Event::Text(text)) => {
-                vec![chunk(
-                    json!([{ "text": text, "index": index, "logprobs": Value::Null, "finish_reason": Value::Null }]),
-                    None,
-                )]
+                let lp = streamed[index]
+                    .as_mut()
+                    .map(|s| logprobs::completion_object(&s.send(&text)));
+                vec![chunk(text_chunk(index, &text, lp), None)]
             }
             StreamItem::Event(index, Event::Done { reason, .. }) => {
-                vec![chunk(
+                let mut out = Vec::new();
+                if let Some(s) = streamed[index].as_mut() {
+                    let rest = s.finish();
+                    if !rest.is_empty() {
+                        let lp = logprobs::completion_object(&rest);
+                        out.push(chunk(text_chunk(index, "", Some(lp)), None));
+                    }
+                }
+                out.push(chunk(
                     json!([{ "text": "", "index": index, "logprobs": Value::Null, "finish_reason": finish_reason(&reason) }]),
                     None,
-                )]
+                ));
+                out
             }
             StreamItem::End { completion_tokens } => {
                 if include_usage {
@@ -696,23 +704,27 @@ async fn completions_inner(state: AppState, request: Request) -> Result<Response
         .iter()
         .enumerate()
         .map(|(index, c)| {
-            let prompt_ids = &prompts[index / settings.n].0;
-            let mut text = c.text.clone();
-            if echo {
-                text = format!("{}{}", prompts[index / settings.n].1, text);
-            }
+            let (prompt_ids, prompt_text) = &prompts[index / settings.n];
+            let text = if echo {
+                format!("{prompt_text}{}", c.text)
+            } else {
+                c.text.clone()
+            };
             let lp = logprobs.map(|_| {
-                let mut entries: Vec<(u32, Option<&TokenLogprob>)> = Vec::new();
+                let mut tokens: Vec<(u32, Option<&TokenLogprob>)> = Vec::new();
                 if echo {
                     match &c.prompt_logprobs {
                         Some(lp) => {
-                            entries.extend(prompt_ids.iter().zip(lp).map(|(&t, l)| (t, l.as_ref())))
+                            tokens.extend(prompt_ids.iter().zip(lp).map(|(&t, l)| (t, l.as_ref())))
                         }
-                        None => entries.extend(prompt_ids.iter().map(|&t| (t, None))),
+                        None => tokens.extend(prompt_ids.iter().map(|&t| (t, None))),
                     }
                 }
-                entries.extend(c.tokens.iter().zip(&c.logprobs).map(|(&t, l)| (t, Some(l))));
-                completion_logprobs(&state.tokenizer, &entries, 0)
+                tokens.extend(c.tokens.iter().zip(&c.logprobs).map(|(&t, l)| (t, Some(l))));
+                let context: &[u32] = if echo { &[] } else { prompt_ids };
+                let entries =
+                    logprobs::entries(&state.tokenizer, context, &tokens, text.chars().count());
+                logprobs::completion_object(&entries)
             });
             json!({
                 "text": text,
@@ -810,23 +822,6 @@ fn stream_response(
     Sse::new(ReceiverStream::new(out))
         .keep_alive(KeepAlive::default())
         .into_response()
-}
-
-fn chat_logprobs(tok: &Tokenizer, lps: &[TokenLogprob]) -> Value {
-    let entry = |id: u32, lp: f32| {
-        let text = token_text(tok, id);
-        let bytes: Vec<u8> = text.as_bytes().to_vec();
-        json!({ "token": text, "logprob": lp, "bytes": bytes })
-    };
-    let content: Vec<Value> = lps
-        .iter()
-        .map(|l| {
-            let mut v = entry(l.token, l.logprob);
-            v["top_logprobs"] = Value::Array(l.top.iter().map(|&(t, p)| entry(t, p)).collect());
-            v
-        })
-        .collect();
-    json!({ "content": content })
 }
 
 pub async fn chat_completions(State(state): State<AppState>, request: Request) -> Response {
@@ -940,6 +935,7 @@ async fn chat_inner(state: AppState, request: Request) -> Result<Response, ApiEr
         let tokenizer = state.tokenizer.clone();
         // The reply starts after "Assistant:": its leading spaces are dropped.
         let mut started = vec![false; count];
+        let mut texts = vec![TokenTexts::after(&tokenizer, &jobs[0].prompt); count];
         let chunk = move |choices: Value, usage: Option<Value>| {
             let mut v = json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices });
             if let Some(u) = usage {
@@ -961,7 +957,9 @@ async fn chat_inner(state: AppState, request: Request) -> Result<Response, ApiEr
                 if text.is_empty() && logprob.is_none() {
                     return vec![];
                 }
-                let lp = logprob.map(|l| chat_logprobs(&tokenizer, std::slice::from_ref(&l)));
+                let lp = logprob.map(|l| {
+                    logprobs::chat_object(&[texts[index].next(&tokenizer, l.token, Some(&l))])
+                });
                 vec![chunk(
                     json!([{ "index": index, "delta": { "content": text }, "logprobs": lp, "finish_reason": Value::Null }]),
                     None,
@@ -1006,7 +1004,12 @@ async fn chat_inner(state: AppState, request: Request) -> Result<Response, ApiEr
             json!({
                 "index": index,
                 "message": { "role": "assistant", "content": c.text.trim() },
-                "logprobs": logprobs.map(|_| chat_logprobs(&state.tokenizer, &c.logprobs)),
+                "logprobs": logprobs.map(|_| {
+                    let tokens: Vec<(u32, Option<&TokenLogprob>)> =
+                        c.logprobs.iter().map(|l| (l.token, Some(l))).collect();
+                    let entries = logprobs::entries(&state.tokenizer, &jobs[0].prompt, &tokens, usize::MAX);
+                    logprobs::chat_object(&entries)
+                }),
                 "finish_reason": c.finish.as_ref().map(finish_reason),
             })
         })

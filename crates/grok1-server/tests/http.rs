@@ -166,7 +166,7 @@ fn greedy_text(model: &Grok1, prompt: &[u32], n: usize) -> (Vec<u32>, String) {
         &mut |_| ControlFlow::Continue(()),
     )
     .unwrap();
-    let text = Tokenizer::grok1().decode(&g.tokens).unwrap();
+    let text = Tokenizer::grok1().decode_after(prompt, &g.tokens).unwrap();
     (g.tokens, text)
 }
 
@@ -648,4 +648,126 @@ fn tokenizer_endpoints_speak_vllms_format() {
     assert_eq!(status, 400, "{value}");
     let (status, _, _) = s.post("/tokenize", "not json");
     assert_eq!(status, 400);
+}
+
+/// Each token's text is found at its offset (in code points) in `text`, and
+/// the tokens, in order, make up `text` exactly.
+fn assert_tokens_tile(text: &str, tokens: &[Value], offsets: &[Value]) {
+    assert_eq!(tokens.len(), offsets.len());
+    let chars: Vec<char> = text.chars().collect();
+    let mut joined = String::new();
+    for (t, o) in tokens.iter().zip(offsets) {
+        let (t, o) = (t.as_str().unwrap(), o.as_u64().unwrap() as usize);
+        let found: String = chars[o.min(chars.len())..]
+            .iter()
+            .take(t.chars().count())
+            .collect();
+        assert_eq!(found, t, "token {t:?} at {o} in {text:?}");
+        assert_eq!(o, joined.chars().count(), "token {t:?} in {text:?}");
+        joined.push_str(t);
+    }
+    assert_eq!(joined, text);
+}
+
+/// The hardening issue's item 11 and the text-fidelity issue's leading-space
+/// defect: `echo` returns the prompt and then the completion as the
+/// continuation of the prompt (not as a new document that drops its first
+/// space), and `tokens[i]` / `text_offset[i]` follow the returned text, whole
+/// and streamed, with and without a stop string.
+#[test]
+fn echo_and_logprobs_follow_the_returned_text() {
+    let s = start(engine_config(), None);
+    let model = load("tiny-vocab");
+    let tok = Tokenizer::grok1();
+
+    let (status, v, _) = s.post(
+        "/v1/completions",
+        &json!({"prompt": "hello world", "echo": true, "logprobs": 2, "max_tokens": 0}).to_string(),
+    );
+    assert_eq!(status, 200, "{v}");
+    let lp = &v["choices"][0]["logprobs"];
+    assert_eq!(v["choices"][0]["text"], "hello world");
+    assert_eq!(lp["tokens"], json!(["hello", " world"]));
+    assert_eq!(lp["text_offset"], json!([0, 5]));
+
+    // On this model the first two continue with a word piece (`▁Apocalypse`,
+    // `▁Ilsa`): decoded as a new document they lost their space.
+    for prompt in ["Once upon a time", "import os\n", "日本 😀 and"] {
+        let ids = tok.encode(prompt);
+        let (generated, _) = greedy_text(&model, &ids, 10);
+        let completion = tok.decode_after(&ids, &generated).unwrap();
+        if !prompt.starts_with('日') {
+            assert!(completion.starts_with(' '), "{prompt:?}: {completion:?}");
+        }
+        // A stop string inside the completion (its third to fifth characters).
+        let cut: String = completion.chars().skip(2).take(3).collect();
+        for (stop, echo, stream) in [
+            (None, true, false),
+            (None, false, false),
+            (None, true, true),
+            (None, false, true),
+            (Some(cut.clone()), true, false),
+            (Some(cut.clone()), false, true),
+            (Some(cut.clone()), true, true),
+        ] {
+            let mut body = json!({"prompt": prompt, "echo": echo, "logprobs": 3, "max_tokens": 10, "temperature": 0, "stream": stream});
+            if let Some(stop) = &stop {
+                body["stop"] = json!([stop]);
+            }
+            let mut want = completion.clone();
+            if let Some(stop) = &stop {
+                want.truncate(want.find(stop.as_str()).unwrap());
+            }
+            if echo {
+                want = format!("{prompt}{want}");
+            }
+            let case = format!("{prompt:?} stop {stop:?} echo {echo} stream {stream}");
+            let (text, tokens, offsets) = if stream {
+                let chunks = s.stream("/v1/completions", body);
+                let mut text = String::new();
+                let (mut tokens, mut offsets) = (vec![], vec![]);
+                for c in chunks.iter().filter_map(|c| c["choices"].get(0)) {
+                    text.push_str(c["text"].as_str().unwrap());
+                    if let Some(lp) = c["logprobs"].as_object() {
+                        tokens.extend(lp["tokens"].as_array().unwrap().iter().cloned());
+                        offsets.extend(lp["text_offset"].as_array().unwrap().iter().cloned());
+                        // A chunk's tokens are within the text sent so far.
+                        assert_tokens_tile(
+                            &text.chars().take(joined_len(&tokens)).collect::<String>(),
+                            &tokens,
+                            &offsets,
+                        );
+                    }
+                }
+                (text, tokens, offsets)
+            } else {
+                let (status, v, _) = s.post("/v1/completions", &body.to_string());
+                assert_eq!(status, 200, "{case}: {v}");
+                let c = &v["choices"][0];
+                let lp = &c["logprobs"];
+                assert_eq!(
+                    lp["top_logprobs"].as_array().unwrap().len(),
+                    lp["tokens"].as_array().unwrap().len()
+                );
+                (
+                    c["text"].as_str().unwrap().to_string(),
+                    lp["tokens"].as_array().unwrap().clone(),
+                    lp["text_offset"].as_array().unwrap().clone(),
+                )
+            };
+            assert_eq!(text, want, "{case}");
+            let count = generated.len() + if echo { ids.len() } else { 0 };
+            if stop.is_none() {
+                assert_eq!(tokens.len(), count, "{case}");
+            }
+            assert_tokens_tile(&text, &tokens, &offsets);
+        }
+    }
+}
+
+fn joined_len(tokens: &[Value]) -> usize {
+    tokens
+        .iter()
+        .map(|t| t.as_str().unwrap().chars().count())
+        .sum()
 }

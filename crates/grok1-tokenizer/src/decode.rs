@@ -78,6 +78,13 @@ impl<'t> StreamDecoder<'t> {
         }
     }
 
+    pub(crate) fn after(tokenizer: &'t Tokenizer, context: &[u32]) -> Self {
+        StreamDecoder {
+            tokenizer,
+            state: DecodeState::after(tokenizer, context),
+        }
+    }
+
     /// Adds ids; returns the text they complete.
     pub fn push(&mut self, ids: &[u32]) -> Result<String, TokenizerError> {
         self.state.push(self.tokenizer, ids)
@@ -108,6 +115,29 @@ impl DecodeState {
             any_text: false,
             bytes: Vec::new(),
         }
+    }
+
+    /// The state after `context` has been decoded, its text discarded: the ids
+    /// pushed next decode to exactly what they add to the text of `context`
+    /// (SentencePiece drops the leading `▁` of a document, not of a
+    /// continuation). Bytes at the end of `context` that do not yet make a
+    /// character stay pending, so the continuation that completes them
+    /// releases the character. Ids the tokenizer lacks release no text here
+    /// either.
+    pub fn after(tokenizer: &Tokenizer, context: &[u32]) -> Self {
+        let mut state = DecodeState::new(tokenizer);
+        for &id in context {
+            // Only the state matters; the discarded text is short-lived.
+            let _ = state.push(tokenizer, &[id]);
+        }
+        state
+    }
+
+    /// The text `id` would add if pushed next, without pushing it (for the
+    /// alternatives of a sampled token). Bytes that do not complete a
+    /// character add nothing yet.
+    pub fn peek(&self, tokenizer: &Tokenizer, id: u32) -> Result<String, TokenizerError> {
+        self.clone().push(tokenizer, &[id])
     }
 
     /// Emits the decided prefix of the pending bytes; with `all`, every byte

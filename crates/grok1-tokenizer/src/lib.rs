@@ -345,6 +345,11 @@ impl Tokenizer {
         self.kinds.get(id as usize).copied()
     }
 
+    /// The byte a byte-fallback piece (`<0xE6>`) stands for.
+    pub fn byte_value(&self, id: u32) -> Option<u8> {
+        self.byte_of.get(&id).copied()
+    }
+
     /// The id of a piece, or the unknown id (SentencePiece's `PieceToId`).
     pub fn piece_to_id(&self, piece: &str) -> u32 {
         self.reserved
@@ -427,5 +432,22 @@ impl Tokenizer {
     /// that only ever holds complete characters.
     pub fn stream_decoder(&self) -> StreamDecoder<'_> {
         StreamDecoder::new(self)
+    }
+
+    /// An incremental decoder for the ids that follow `context` (a prompt):
+    /// what it returns is what those ids add to the text of `context`, so
+    /// `decode(context) + continuation == decode(context ++ ids)` wherever
+    /// `context` ends on a whole character. Decoding a continuation on its own
+    /// would drop the leading space of its first word.
+    pub fn stream_decoder_after(&self, context: &[u32]) -> StreamDecoder<'_> {
+        StreamDecoder::after(self, context)
+    }
+
+    /// The text `ids` add after `context` (see [`Tokenizer::stream_decoder_after`]).
+    pub fn decode_after(&self, context: &[u32], ids: &[u32]) -> Result<String, TokenizerError> {
+        let mut d = self.stream_decoder_after(context);
+        let mut out = d.push(ids)?;
+        out.push_str(&d.finish());
+        Ok(out)
     }
 }
