@@ -243,7 +243,11 @@ fn malformed_files_are_clear_errors() {
     let mut b = l.bytes.clone();
     b[16..24].copy_from_slice(&(1u64 << 40).to_le_bytes());
     cases.push(("absurd metadata count", b, "metadata count"));
-    cases.push(("empty file", vec![], "byte 0: an empty file, not a GGUF model"));
+    cases.push((
+        "empty file",
+        vec![],
+        "byte 0: an empty file, not a GGUF model",
+    ));
     cases.push((
         "one byte",
         b"G".to_vec(),
@@ -262,11 +266,7 @@ fn malformed_files_are_clear_errors() {
     for magic in ["GGML", "lmgg", "tjgg"] {
         let mut b = l.bytes.clone();
         b[0..4].copy_from_slice(magic.as_bytes());
-        cases.push((
-            "a pre-GGUF file",
-            b,
-            "byte 0: starts with `",
-        ));
+        cases.push(("a pre-GGUF file", b, "byte 0: starts with `"));
     }
     cases.push((
         "truncated header",
