@@ -122,8 +122,14 @@ fn resolve(path: &Path) -> std::io::Result<PathBuf> {
             }
             return Ok(real);
         }
+        let Some(parent) = existing.parent() else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no part of the path exists",
+            ));
+        };
         rest.extend(existing.components().next_back());
-        existing = existing.parent().unwrap_or(Path::new("/"));
+        existing = parent;
     }
 }
 
