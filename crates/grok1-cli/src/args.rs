@@ -218,7 +218,8 @@ pub struct ConvertArgs {
     #[arg(long, value_name = "FILE")]
     pub tokenizer: Option<PathBuf>,
 
-    /// Replace an existing output
+    /// Replace an existing output: a file, or a directory holding only a
+    /// previous conversion's output (never anything the model is read from)
     #[arg(long)]
     pub force: bool,
 }

@@ -89,7 +89,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let model = &loaded.model;
     let cfg = model.config();
     anyhow::ensure!(
-        args.depth + args.prompt_tokens <= cfg.sequence_len,
+        args.depth.saturating_add(args.prompt_tokens) <= cfg.sequence_len,
         "--depth {} plus --prompt-tokens {} is longer than the model's context ({})",
         args.depth,
         args.prompt_tokens,

@@ -1,5 +1,6 @@
 //! `grok1 convert`.
 
+use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -33,11 +34,9 @@ pub fn convert(args: ConvertArgs) -> anyhow::Result<ExitCode> {
         (_, ConvertType::Q6K) => Some(GgmlType::Q6K),
         (_, ConvertType::Q4K) => Some(GgmlType::Q4K),
     };
-    if args.out.exists() && !args.force {
+    // (Not `exists()`: a dangling symlink is there too.)
+    if args.out.symlink_metadata().is_ok() && !args.force {
         bail!("{} exists; pass --force to replace it", args.out.display());
-    }
-    if args.model == args.out {
-        bail!("--out must differ from --model");
     }
     let loaded = model_source::load(Some(&args.model))?;
     let cfg = loaded.model.config().clone();
@@ -46,6 +45,17 @@ pub fn convert(args: ConvertArgs) -> anyhow::Result<ExitCode> {
         .as_deref()
         .or(loaded.tokenizer_file.as_deref());
     let tokenizer = model_source::tokenizer(tokenizer_path, None)?;
+    let sources: Vec<&Path> = loaded
+        .sources
+        .iter()
+        .map(PathBuf::as_path)
+        .chain([args.model.as_path()])
+        .chain(tokenizer_path)
+        .collect();
+    refuse_overlap(&args.out, &sources)?;
+    if args.force {
+        clear_previous_output(&args.out, args.format)?;
+    }
     let started = Instant::now();
     let context = || {
         format!(
@@ -54,14 +64,6 @@ pub fn convert(args: ConvertArgs) -> anyhow::Result<ExitCode> {
             args.out.display()
         )
     };
-    if args.force && args.out.exists() {
-        if args.out.is_dir() {
-            std::fs::remove_dir_all(&args.out)
-        } else {
-            std::fs::remove_file(&args.out)
-        }
-        .with_context(|| format!("removing {}", args.out.display()))?;
-    }
     let bar = Bar::new(true);
     let weights = loaded.model.weights();
     let report = match (args.format, dtype) {
@@ -99,4 +101,115 @@ pub fn convert(args: ConvertArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_default()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `path` absolute, with symlinks and `..` resolved as far as it exists (the
+/// rest, not yet created, cannot hold a symlink).
+fn resolve(path: &Path) -> std::io::Result<PathBuf> {
+    let absolute = std::path::absolute(path)?;
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(mut real) = std::fs::canonicalize(existing) {
+            for part in rest.iter().rev() {
+                match part {
+                    Component::ParentDir => {
+                        real.pop();
+                    }
+                    Component::Normal(name) => real.push(name),
+                    _ => {}
+                }
+            }
+            return Ok(real);
+        }
+        let Some(parent) = existing.parent() else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no part of the path exists",
+            ));
+        };
+        rest.extend(existing.components().next_back());
+        existing = parent;
+    }
+}
+
+/// What makes two paths the same file or directory: device and inode, so
+/// that a hard link or a bind mount of the model is recognised too.
+#[cfg(unix)]
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn identity(path: &Path) -> Option<PathBuf> {
+    std::fs::canonicalize(path).ok()
+}
+
+/// Refuses an `--out` that is, lies inside, or contains a file or directory
+/// the model was read from (its files, its directory, its config, its
+/// tokenizer): writing or `--force` there would destroy the source.
+fn refuse_overlap(out: &Path, sources: &[&Path]) -> anyhow::Result<()> {
+    let out_real = resolve(out).with_context(|| format!("resolving {}", out.display()))?;
+    let out_id = identity(&out_real);
+    for &source in sources {
+        let source_real = std::fs::canonicalize(source)
+            .with_context(|| format!("resolving {}", source.display()))?;
+        let source_id = identity(&source_real);
+        if source_id.is_some() && out_real.ancestors().any(|a| identity(a) == source_id) {
+            let relation = if out_id == source_id {
+                "is"
+            } else {
+                "lies inside"
+            };
+            bail!(
+                "--out {} {relation} {}, which the model is read from; choose an --out outside the model",
+                out.display(),
+                source.display()
+            );
+        }
+        if out_id.is_some() && source_real.ancestors().any(|a| identity(a) == out_id) {
+            bail!(
+                "--out {} contains {}, which the model is read from; --force never removes the model being converted",
+                out.display(),
+                source.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// With `--force`: makes way for the output at `out`. A directory is removed
+/// only when it holds nothing but a previous conversion's output; a regular
+/// file is removed for a directory format (a GGUF replaces it whole when
+/// written, and writes through a FIFO or device).
+fn clear_previous_output(out: &Path, format: ConvertFormat) -> anyhow::Result<()> {
+    let meta = match out.symlink_metadata() {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", out.display())),
+    };
+    let removing = || format!("removing {}", out.display());
+    let directory_output = !matches!(format, ConvertFormat::Gguf);
+    if meta.is_dir() {
+        let foreign = grok1::convert::foreign_entry(out).with_context(removing)?;
+        if let Some(entry) = foreign {
+            bail!(
+                "--force replaces only a previous output, and {} holds {}, which `grok1 convert` does not write; remove it yourself or choose another --out",
+                out.display(),
+                entry.display()
+            );
+        }
+        std::fs::remove_dir_all(out).with_context(removing)?;
+    } else if directory_output && meta.is_file() {
+        std::fs::remove_file(out).with_context(removing)?;
+    } else if directory_output {
+        bail!(
+            "{} is {}: a --format {} output is a directory; choose another --out",
+            out.display(),
+            grok1::files::kind_of(&meta),
+            format!("{format:?}").to_lowercase()
+        );
+    }
+    Ok(())
 }

@@ -152,17 +152,13 @@ pub fn logits(args: LogitsArgs) -> anyhow::Result<ExitCode> {
         &options,
         None,
     )?;
-    // Write to a temporary file and rename, so an interrupted run never leaves a
-    // truncated .npy under the requested name.
-    let tmp = args.out.with_extension("npy.partial");
-    let file =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let mut w = std::io::BufWriter::new(file);
-    grok1::npy::write_f32(&mut w, &[tokens.len(), out.vocab], &out.logits)
-        .and_then(|()| w.flush())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    drop(w);
-    std::fs::rename(&tmp, &args.out).with_context(|| format!("writing {}", args.out.display()))?;
+    // A regular file is replaced whole (an interrupted run never leaves a
+    // truncated .npy under the requested name); a FIFO or device is written
+    // through, never replaced.
+    grok1::files::write_output(&args.out, |w| {
+        grok1::npy::write_f32(w, &[tokens.len(), out.vocab], &out.logits)
+    })
+    .with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!(
         "grok1: wrote logits [{}, {}] to {}",
         tokens.len(),

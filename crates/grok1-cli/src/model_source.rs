@@ -1,7 +1,7 @@
 //! Where the model and the tokenizer come from: a model directory, or the
 //! built-in demo model and the built-in official tokenizer.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use grok1::weights::{ckpt0, gguf, random::random_store, safetensors};
@@ -30,6 +30,9 @@ pub struct LoadedModel {
     pub tokenizer_file: Option<std::path::PathBuf>,
     /// The vocabulary stored in the model file itself (GGUF), if any.
     pub embedded_tokenizer: Option<Tokenizer>,
+    /// The files and directories the model was read from (for `convert`,
+    /// which must never write over them); empty for the demo model.
+    pub sources: Vec<PathBuf>,
 }
 
 impl LoadedModel {
@@ -72,6 +75,7 @@ pub fn load(dir: Option<&Path>) -> anyhow::Result<LoadedModel> {
             model,
             tokenizer_file: None,
             embedded_tokenizer: None,
+            sources: Vec::new(),
         });
     };
     if let Some(file) = gguf::find(dir)? {
@@ -83,11 +87,13 @@ pub fn load(dir: Option<&Path>) -> anyhow::Result<LoadedModel> {
             .with_context(|| format!("building the model from {}", file.display()))?;
         let folder = file.parent().map(Path::to_path_buf).unwrap_or_default();
         // A tokenizer.model beside the file wins; else the file's own vocabulary.
-        let tokenizer_file = Some(folder.join("tokenizer.model")).filter(|p| p.is_file());
+        let tokenizer_file = Some(folder.join("tokenizer.model")).filter(|p| p.exists());
+        let sources = gguf.parts.iter().map(|p| p.path.clone()).collect();
         return Ok(LoadedModel {
             model,
             tokenizer_file,
             embedded_tokenizer,
+            sources,
         });
     }
     if safetensors::is_safetensors_dir(dir) {
@@ -95,11 +101,12 @@ pub fn load(dir: Option<&Path>) -> anyhow::Result<LoadedModel> {
         let config = st.config()?;
         let model = Grok1::from_store(config, &st.store)
             .with_context(|| format!("building the model from {}", dir.display()))?;
-        let tokenizer_file = Some(dir.join("tokenizer.model")).filter(|p| p.is_file());
+        let tokenizer_file = Some(dir.join("tokenizer.model")).filter(|p| p.exists());
         return Ok(LoadedModel {
             model,
             tokenizer_file,
             embedded_tokenizer: None,
+            sources: vec![dir.to_path_buf()],
         });
     }
     let paths = ckpt0::locate(dir)?;
@@ -123,20 +130,30 @@ pub fn load(dir: Option<&Path>) -> anyhow::Result<LoadedModel> {
         .with_context(|| format!("building the model from {}", dir.display()))?;
     let tokenizer_file = [dir.join("tokenizer.model"), dir.join("../tokenizer.model")]
         .into_iter()
-        .find(|p| p.is_file());
+        .find(|p| p.exists());
+    // The config may sit outside `dir` (`ckpt-0/../config.json`).
+    let sources = [Some(dir.to_path_buf()), Some(paths.tensors), paths.config]
+        .into_iter()
+        .flatten()
+        .collect();
     Ok(LoadedModel {
         model,
         tokenizer_file,
         embedded_tokenizer: None,
+        sources,
     })
 }
 
 /// The tokenizer: `--tokenizer`, else one found beside the model, else the
-/// official Grok-1 tokenizer built into the binary.
+/// official Grok-1 tokenizer built into the binary. Found files of any type
+/// count (a FIFO named tokenizer.model is refused, not skipped for the
+/// built-in one); only a regular file is read.
 pub fn tokenizer(flag: Option<&Path>, beside_model: Option<&Path>) -> anyhow::Result<Tokenizer> {
     match flag.or(beside_model) {
         // (The path again: a corrupt file's error does not name it.)
-        Some(path) => Tokenizer::from_file(path)
+        Some(path) => grok1::files::read_regular(path)
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| Ok(Tokenizer::from_bytes(&bytes)?))
             .with_context(|| format!("loading tokenizer {}", path.display())),
         None => Ok(Tokenizer::grok1()),
     }

@@ -725,7 +725,7 @@ fn gguf_models_generate_and_inspect() {
         .args(["--tokens", "1"]));
     assert!(!o.status.success());
     assert!(
-        stderr(&o).contains("x.gguf: byte 8: file ends inside"),
+        stderr(&o).contains("x.gguf: byte 0: 8 bytes, too short for a GGUF header (24 bytes)"),
         "{}",
         stderr(&o)
     );

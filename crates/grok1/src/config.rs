@@ -5,6 +5,7 @@
 //! The `grok-1` preset holds the constants of the official release
 //! (shared/docs/grok1-model.md, "Shape of the real model").
 
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,16 @@ pub enum ConfigError {
     },
     #[error("unknown preset `{0}` (known: tiny, grok-1)")]
     UnknownPreset(String),
+}
+
+/// A number as a message shows it: plainly, or in exponent form when very
+/// large or small (`1e308`, not 309 digits).
+fn number(v: f64) -> String {
+    if v != 0.0 && !(1e-4..1e6).contains(&v.abs()) {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
 }
 
 fn file_prefix(file: &Option<PathBuf>) -> String {
@@ -174,10 +185,11 @@ impl ModelConfig {
 
     /// Reads and validates a `config.json`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            crate::files::read_regular_to_string(path).map_err(|source| ConfigError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let config: ModelConfig =
             serde_json::from_str(&text).map_err(|source| ConfigError::Parse {
                 path: path.to_path_buf(),
@@ -295,8 +307,19 @@ impl ModelConfig {
                 ),
             );
         }
-        if !(self.widening_factor.is_finite() && self.widening_factor > 0.0) {
-            return bad("widening_factor", "must be a positive number".into());
+        for (field, value, range) in self.float_fields() {
+            // (NaN is in no range.)
+            if !range.contains(&value) {
+                return bad(
+                    field,
+                    format!(
+                        "{} is outside {} to {}",
+                        number(value),
+                        number(*range.start()),
+                        number(*range.end())
+                    ),
+                );
+            }
         }
         let expected_ffn = ffn_size(self.emb_size, self.widening_factor);
         if self.ffn_size != expected_ffn {
@@ -324,35 +347,40 @@ impl ModelConfig {
                 format!("{shards} does not divide ffn_size {}", self.ffn_size),
             );
         }
-        let finite = [
-            ("attn_output_multiplier", self.attn_output_multiplier),
+        Ok(())
+    }
+
+    /// Every float field with the range it must lie in: wide enough for any
+    /// model of this architecture (Grok-1's values sit well inside), narrow
+    /// enough that each is a normal f32 the forward pass cannot overflow or
+    /// divide by zero with (an embedding scale of 1e308 is inf in f32, and
+    /// every logit NaN).
+    fn float_fields(&self) -> Vec<(&'static str, f64, RangeInclusive<f64>)> {
+        let mut fields = vec![
+            ("widening_factor", self.widening_factor, 1e-6..=1e6),
+            (
+                "attn_output_multiplier",
+                self.attn_output_multiplier,
+                1e-6..=1e3,
+            ),
             (
                 "embedding_multiplier_scale",
                 self.embedding_multiplier_scale,
+                1e-6..=1e4,
             ),
-            ("output_multiplier_scale", self.output_multiplier_scale),
+            (
+                "output_multiplier_scale",
+                self.output_multiplier_scale,
+                1e-6..=1e4,
+            ),
+            ("attn_softcap", self.attn_softcap, 1e-3..=1e4),
+            ("rope_base", self.rope_base, 1.0..=1e12),
+            ("rms_norm_eps", self.rms_norm_eps, 1e-12..=1.0),
         ];
-        for (field, value) in finite {
-            if !value.is_finite() {
-                return bad(field, "must be a finite number".into());
-            }
-        }
-        let strictly_positive = [
-            ("attn_softcap", self.attn_softcap),
-            ("rope_base", self.rope_base),
-            ("rms_norm_eps", self.rms_norm_eps),
-        ];
-        for (field, value) in strictly_positive {
-            if !(value.is_finite() && value > 0.0) {
-                return bad(field, "must be a positive number".into());
-            }
-        }
         if let Some(std) = self.emb_std {
-            if !(std.is_finite() && std > 0.0) {
-                return bad("emb_std", "must be a positive number".into());
-            }
+            fields.push(("emb_std", std, 1e-9..=1e3));
         }
-        Ok(())
+        fields
     }
 
     /// Total parameter count (int8 weights count once each, scales not counted).
@@ -411,5 +439,55 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("rms_norm_eps"));
+    }
+
+    #[test]
+    fn float_fields_must_be_sensible() {
+        // Each of these once loaded, and the first gave NaN logits (1e308 is
+        // inf in f32) from which greedy decoding emitted id 0 forever.
+        type Set = fn(&mut ModelConfig, f64);
+        let cases: [(Set, f64, &str); 7] = [
+            (
+                |c, v| c.embedding_multiplier_scale = v,
+                1e308,
+                "field `embedding_multiplier_scale`: 1e308 is outside 1e-6 to 10000",
+            ),
+            (
+                |c, v| c.embedding_multiplier_scale = v,
+                0.0,
+                "field `embedding_multiplier_scale`: 0 is outside 1e-6 to 10000",
+            ),
+            (
+                |c, v| c.output_multiplier_scale = v,
+                -0.5,
+                "field `output_multiplier_scale`: -0.5 is outside 1e-6 to 10000",
+            ),
+            (
+                |c, v| c.attn_output_multiplier = v,
+                f64::INFINITY,
+                "field `attn_output_multiplier`: inf is outside 1e-6 to 1000",
+            ),
+            (
+                |c, v| c.attn_softcap = v,
+                1e30,
+                "field `attn_softcap`: 1e30 is outside 0.001 to 10000",
+            ),
+            (
+                |c, v| c.rope_base = v,
+                f64::NAN,
+                "field `rope_base`: NaN is outside 1 to 1e12",
+            ),
+            (
+                |c, v| c.rms_norm_eps = v,
+                1e-50,
+                "field `rms_norm_eps`: 1e-50 is outside 1e-12 to 1",
+            ),
+        ];
+        for (set, value, message) in cases {
+            let mut c = ModelConfig::tiny();
+            set(&mut c, value);
+            assert_eq!(c.validate().unwrap_err().to_string(), message);
+        }
+        ModelConfig::grok1().validate().unwrap();
     }
 }

@@ -7,7 +7,7 @@
 //! (dequantised to f32, re-encoded, appended to the file), so the peak is a
 //! few blocks of rows, never a whole tensor or model.
 
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use grok1_tokenizer::{PieceKind, Tokenizer};
@@ -215,7 +215,7 @@ type Emit<'a> = dyn FnMut(&[f32], &mut dyn Write) -> std::io::Result<()> + 'a;
 /// Writes `t`'s bytes to `out`, a block of rows at a time.
 fn write_tensor(
     t: &Planned,
-    out: &mut impl Write,
+    out: &mut dyn Write,
     progress: &mut dyn FnMut(u64),
 ) -> std::io::Result<()> {
     let cols = *t.shape.last().unwrap();
@@ -495,8 +495,66 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> ConvertError + '_ {
     }
 }
 
+/// The names a conversion writes into its output directory: safetensors'
+/// (`model.safetensors`, `config.json`) and the official checkpoint's
+/// (`config.json`, `ckpt-0/`).
+const OUTPUT_FILES: [&str; 2] = ["model.safetensors", "config.json"];
+const CKPT_DIR: &str = "ckpt-0";
+
+/// The first entry of the directory `dir` that no conversion writes, or `None`
+/// when `dir` holds only (part of) a previous conversion's output, which
+/// `--force` may therefore remove. Only regular files count as outputs (a
+/// symlink or FIFO named `config.json` is foreign), and in `ckpt-0/` only the
+/// tensor files and their partial forms.
+pub fn foreign_entry(dir: &Path) -> std::io::Result<Option<PathBuf>> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let (path, kind) = (entry.path(), entry.file_type()?);
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let ours = if name == CKPT_DIR && kind.is_dir() {
+            match foreign_checkpoint_file(&path)? {
+                Some(inner) => return Ok(Some(inner)),
+                None => true,
+            }
+        } else {
+            kind.is_file() && OUTPUT_FILES.contains(&name.as_ref())
+        };
+        if !ours {
+            return Ok(Some(path));
+        }
+    }
+    Ok(None)
+}
+
+/// The first entry of a `ckpt-0/` directory that is not a regular file named
+/// as the checkpoint writer names them (`tensor00000_000`, or
+/// `.tensor00000_000.partial` while it is written).
+fn foreign_checkpoint_file(dir: &Path) -> std::io::Result<Option<PathBuf>> {
+    let tensor_name = |n: &str| {
+        n.strip_prefix("tensor")
+            .and_then(|n| n.strip_suffix("_000"))
+            .is_some_and(|i| i.len() >= 5 && i.bytes().all(|b| b.is_ascii_digit()))
+    };
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let partial = name
+            .strip_prefix('.')
+            .and_then(|n| n.strip_suffix(".partial"));
+        let named = tensor_name(&name) || partial.is_some_and(tensor_name);
+        if !(named && entry.file_type()?.is_file()) {
+            return Ok(Some(entry.path()));
+        }
+    }
+    Ok(None)
+}
+
 /// Converts `weights` (of `cfg`) into `out`: a `.gguf` file, or a directory
-/// for safetensors (`model.safetensors` and `config.json`).
+/// for safetensors (`model.safetensors` and `config.json`). Files are written
+/// by [`crate::files::write_output`]: replaced whole, special files written
+/// through.
 pub fn convert(
     cfg: &ModelConfig,
     weights: &Weights,
@@ -581,21 +639,21 @@ fn write_gguf(
         (header.len() as u64).div_ceil(ALIGN) as usize * ALIGN as usize,
         0,
     );
-    let file = std::fs::File::create(out).map_err(io(out))?;
-    let mut w = BufWriter::with_capacity(1 << 20, file);
-    w.write_all(&header).map_err(io(out))?;
-    progress.start("converting", total);
-    let mut done = 0u64;
-    for t in tensors {
-        write_tensor(t, &mut w, &mut |n| {
-            done += n;
-            progress.set(done);
-        })
-        .map_err(io(out))?;
-        let pad = (t.bytes().div_ceil(ALIGN) * ALIGN - t.bytes()) as usize;
-        w.write_all(&vec![0u8; pad]).map_err(io(out))?;
-    }
-    w.flush().map_err(io(out))?;
+    crate::files::write_output(out, |w| {
+        w.write_all(&header)?;
+        progress.start("converting", total);
+        let mut done = 0u64;
+        for t in tensors {
+            write_tensor(t, w, &mut |n| {
+                done += n;
+                progress.set(done);
+            })?;
+            let pad = (t.bytes().div_ceil(ALIGN) * ALIGN - t.bytes()) as usize;
+            w.write_all(&vec![0u8; pad])?;
+        }
+        Ok(())
+    })
+    .map_err(io(out))?;
     progress.finish();
     Ok(())
 }
@@ -629,21 +687,20 @@ fn write_safetensors(
     while !(8 + json.len()).is_multiple_of(8) {
         json.push(' ');
     }
-    let file = std::fs::File::create(&path).map_err(io(&path))?;
-    let mut w = BufWriter::with_capacity(1 << 20, file);
-    w.write_all(&(json.len() as u64).to_le_bytes())
-        .map_err(io(&path))?;
-    w.write_all(json.as_bytes()).map_err(io(&path))?;
-    progress.start("converting", total);
-    let mut done = 0u64;
-    for t in tensors {
-        write_tensor(t, &mut w, &mut |n| {
-            done += n;
-            progress.set(done);
-        })
-        .map_err(io(&path))?;
-    }
-    w.flush().map_err(io(&path))?;
+    crate::files::write_output(&path, |w| {
+        w.write_all(&(json.len() as u64).to_le_bytes())?;
+        w.write_all(json.as_bytes())?;
+        progress.start("converting", total);
+        let mut done = 0u64;
+        for t in tensors {
+            write_tensor(t, w, &mut |n| {
+                done += n;
+                progress.set(done);
+            })?;
+        }
+        Ok(())
+    })
+    .map_err(io(&path))?;
     progress.finish();
     let config = serde_json::json!({
         // keyfan/grok-1-hf's names, which llama.cpp's converter recognises.
@@ -669,11 +726,8 @@ fn write_safetensors(
         "eos_token_id": cfg.eos_token,
     });
     let cpath = dir.join("config.json");
-    std::fs::write(
-        &cpath,
-        serde_json::to_string_pretty(&config).unwrap_or_default(),
-    )
-    .map_err(io(&cpath))?;
+    let text = serde_json::to_string_pretty(&config).unwrap_or_default();
+    crate::files::write_output(&cpath, |w| w.write_all(text.as_bytes())).map_err(io(&cpath))?;
     Ok(())
 }
 

@@ -86,7 +86,9 @@ pub fn generate(
     }
     let mut sampler = Sampler::new(sampling.clone())?;
     let context = model.config().sequence_len;
-    let mut cache = model.new_cache((prompt.len() + stop.max_tokens).min(context), 1);
+    // Saturating: `--max-tokens` of u64::MAX means "until the context is full",
+    // not a sum that wraps to a cache too small for the prompt.
+    let mut cache = model.new_cache(prompt.len().saturating_add(stop.max_tokens).min(context), 1);
     let seq = cache.add_sequence();
     let options = ForwardOptions {
         logits: LogitsRows::Last,
@@ -120,7 +122,7 @@ pub fn generate(
         .logits;
     let prefill_time = started.elapsed();
     let reason = loop {
-        let next = sampler.sample(&logits, &history);
+        let next = sampler.sample(&logits, &history)?;
         if Some(next) == stop.eos {
             break StopReason::Eos;
         }

@@ -17,6 +17,7 @@ pub mod backend;
 pub mod bench;
 pub mod convert;
 pub mod engine;
+pub mod files;
 pub mod generate;
 pub mod kv_cache;
 pub mod model;

@@ -3,7 +3,10 @@
 //! seeded generator so runs are reproducible.
 //!
 //! Order of operations: repetition penalty, temperature, top-k, top-p, min-p,
-//! then one categorical draw. Temperature 0 is greedy (the lowest id wins ties).
+//! then one categorical draw. Temperature 0 is greedy (the lowest id wins ties);
+//! a temperature so small that it underflows the logits' scale (down to the
+//! smallest subnormal) draws the greedy token too, or one tied with it.
+//! A row holding a NaN or infinite logit is an error, never a token.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -18,6 +21,8 @@ pub enum SamplingError {
     MinP(f32),
     #[error("repetition_penalty must be a finite number > 0, got {0}")]
     RepetitionPenalty(f32),
+    #[error("the model produced a non-finite logit ({value} for token {token}): its weights or its config's scales are broken")]
+    NonFiniteLogit { token: usize, value: f32 },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -90,8 +95,15 @@ impl Sampler {
         Ok(Sampler { params, rng })
     }
 
-    /// Picks the next token from `logits` given the tokens already in the context.
-    pub fn sample(&mut self, logits: &[f32], context: &[u32]) -> u32 {
+    /// Picks the next token from `logits` given the tokens already in the
+    /// context; a NaN or infinite logit is an error.
+    pub fn sample(&mut self, logits: &[f32], context: &[u32]) -> Result<u32, SamplingError> {
+        if let Some(token) = logits.iter().position(|l| !l.is_finite()) {
+            return Err(SamplingError::NonFiniteLogit {
+                token,
+                value: logits[token],
+            });
+        }
         let p = &self.params;
         let mut logits = logits.to_vec();
         if p.repetition_penalty != 1.0 {
@@ -99,43 +111,48 @@ impl Sampler {
             for &t in context {
                 if let Some(l) = logits.get_mut(t as usize) {
                     if seen.insert(t) {
-                        *l = if *l > 0.0 {
+                        let penalised = if *l > 0.0 {
                             *l / p.repetition_penalty
                         } else {
                             *l * p.repetition_penalty
                         };
+                        // A penalty near 0 (or huge) must not make a logit infinite.
+                        *l = penalised.clamp(-f32::MAX, f32::MAX);
                     }
                 }
             }
         }
         if p.temperature == 0.0 {
-            return argmax(&logits) as u32;
+            return Ok(argmax(&logits) as u32);
         }
+        // Shifted so the best is 0, then scaled: every value stays finite or
+        // becomes -inf (probability 0), however small the temperature. Scaling
+        // first overflowed to +inf below a temperature of ~1e-37, and the
+        // first token with a positive logit (pad, [UNK]) was drawn.
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         for l in logits.iter_mut() {
-            *l /= p.temperature;
+            *l = (*l - max) / p.temperature;
         }
         if p.top_k == 0 && p.top_p >= 1.0 && p.min_p == 0.0 {
             // No filter: draw from the whole softmax without sorting the vocabulary.
             // Weights in f32 (a relative error of 1e-7 in a probability is far
             // below what a draw can resolve), summed in f64; tokens more than
-            // e^-40 less likely than the best cannot be drawn and are skipped.
-            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let floor = max - 40.0;
+            // e^-40 less likely than the best (at 0) cannot be drawn and are skipped.
             let best = argmax(&logits) as u32;
             let mut total = 0f64;
             for l in logits.iter_mut() {
-                *l = if *l > floor { (*l - max).exp() } else { 0.0 };
+                *l = if *l > -40.0 { l.exp() } else { 0.0 };
                 total += *l as f64;
             }
             let mut u = self.rng.random::<f64>() * total;
             for (i, &w) in logits.iter().enumerate() {
                 let w = w as f64;
                 if u < w {
-                    return i as u32;
+                    return Ok(i as u32);
                 }
                 u -= w;
             }
-            return best;
+            return Ok(best);
         }
         // Candidates by descending logit, lower id first on ties.
         let mut order: Vec<u32> = (0..logits.len() as u32).collect();
@@ -187,11 +204,11 @@ impl Sampler {
         let mut u = self.rng.random::<f64>() * total;
         for (i, &w) in weights[..keep].iter().enumerate() {
             if u < w {
-                return order[i];
+                return Ok(order[i]);
             }
             u -= w;
         }
-        order[keep - 1]
+        Ok(order[keep - 1])
     }
 }
 
@@ -209,7 +226,7 @@ mod tests {
     #[test]
     fn greedy_takes_the_lowest_id_on_ties() {
         let mut s = Sampler::new(params(0.0)).unwrap();
-        assert_eq!(s.sample(&[0.1, 0.5, 0.5, -1.0], &[]), 1);
+        assert_eq!(s.sample(&[0.1, 0.5, 0.5, -1.0], &[]).unwrap(), 1);
     }
 
     #[test]
@@ -219,8 +236,8 @@ mod tests {
             ..params(0.0)
         })
         .unwrap();
-        assert_eq!(s.sample(&[1.0, 0.8, -3.0], &[0, 0]), 1);
-        assert_eq!(s.sample(&[-1.0, -0.8, -3.0], &[1]), 0);
+        assert_eq!(s.sample(&[1.0, 0.8, -3.0], &[0, 0]).unwrap(), 1);
+        assert_eq!(s.sample(&[-1.0, -0.8, -3.0], &[1]).unwrap(), 0);
     }
 
     #[test]
@@ -232,7 +249,9 @@ mod tests {
                 ..params(1.0)
             })
             .unwrap();
-            (0..40).map(|_| s.sample(&logits, &[])).collect::<Vec<_>>()
+            (0..40)
+                .map(|_| s.sample(&logits, &[]).unwrap())
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(3), run(3));
         assert_ne!(run(3), run(4));
@@ -247,7 +266,7 @@ mod tests {
         })
         .unwrap();
         for _ in 0..200 {
-            assert!(matches!(s.sample(&logits, &[]), 1 | 2));
+            assert!(matches!(s.sample(&logits, &[]).unwrap(), 1 | 2));
         }
     }
 
@@ -263,7 +282,7 @@ mod tests {
         })
         .unwrap();
         let picks: std::collections::HashSet<u32> =
-            (0..300).map(|_| s.sample(&logits, &[])).collect();
+            (0..300).map(|_| s.sample(&logits, &[]).unwrap()).collect();
         assert_eq!(picks, [0, 1].into_iter().collect());
         // top_p 0.45: the ascending sum first reaches 0.55 at id 0, kept alone.
         let mut s = Sampler::new(SamplingParams {
@@ -271,7 +290,7 @@ mod tests {
             ..params(1.0)
         })
         .unwrap();
-        assert!((0..100).all(|_| s.sample(&logits, &[]) == 0));
+        assert!((0..100).all(|_| s.sample(&logits, &[]).unwrap() == 0));
     }
 
     #[test]
@@ -282,7 +301,7 @@ mod tests {
             ..params(1.0)
         })
         .unwrap();
-        assert!((0..200).all(|_| s.sample(&logits, &[]) != 2));
+        assert!((0..200).all(|_| s.sample(&logits, &[]).unwrap() != 2));
     }
 
     #[test]
@@ -293,9 +312,89 @@ mod tests {
             ..params(1.0)
         })
         .unwrap();
-        let ones = (0..20000).filter(|_| s.sample(&logits, &[]) == 1).count() as f64 / 20000.0;
+        let ones = (0..20000)
+            .filter(|_| s.sample(&logits, &[]).unwrap() == 1)
+            .count() as f64
+            / 20000.0;
         let expected = 1.0 / (1.0 + (-1.0f64).exp());
         assert!((ones - expected).abs() < 0.015, "{ones} vs {expected}");
+    }
+
+    /// Logits as a model gives them: a clear best token (id 7), and positive
+    /// logits at the ids a broken draw fell back to (0 = pad, 1 = [UNK]).
+    fn peaked_logits() -> Vec<f32> {
+        let mut logits: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.61).sin() * 8.0).collect();
+        logits[0] = 9.0;
+        logits[1] = 9.5;
+        logits[7] = 12.0;
+        logits
+    }
+
+    #[test]
+    fn temperatures_down_to_the_smallest_subnormal_draw_the_greedy_token() {
+        let logits = peaked_logits();
+        // (top_k, top_p, min_p): the unsorted draw and each filter.
+        let filters = [
+            (0, 1.0, 0.0),
+            (40, 1.0, 0.0),
+            (0, 0.9, 0.0),
+            (0, 1.0, 0.05),
+            (5, 0.5, 0.1),
+        ];
+        // f64, as the server parses JSON; 5e-324 is 0 in f32 (the greedy path).
+        for temperature in [1e-1f64, 1e-10, 1e-30, 1e-37, 1e-38, 1e-40, 1e-45, 5e-324] {
+            for (top_k, top_p, min_p) in filters {
+                let mut s = Sampler::new(SamplingParams {
+                    temperature: temperature as f32,
+                    top_k,
+                    top_p,
+                    min_p,
+                    seed: 5,
+                    ..Default::default()
+                })
+                .unwrap();
+                for _ in 0..50 {
+                    assert_eq!(
+                        s.sample(&logits, &[]).unwrap(),
+                        7,
+                        "temperature {temperature:e}, top_k {top_k}, top_p {top_p}, min_p {min_p}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_penalty_near_zero_keeps_the_logits_finite() {
+        // Dividing 12.0 by 1e-40 overflowed to +inf, and inf - inf drew the
+        // fifth candidate of top_k 5.
+        let mut s = Sampler::new(SamplingParams {
+            repetition_penalty: 1e-40,
+            top_k: 5,
+            ..params(1.0)
+        })
+        .unwrap();
+        for _ in 0..50 {
+            assert_eq!(s.sample(&peaked_logits(), &[7]).unwrap(), 7);
+        }
+    }
+
+    #[test]
+    fn a_non_finite_logit_is_an_error_not_a_token() {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            for temperature in [0.0, 1.0] {
+                let mut logits = peaked_logits();
+                logits[3] = bad;
+                let err = Sampler::new(params(temperature))
+                    .unwrap()
+                    .sample(&logits, &[])
+                    .unwrap_err();
+                assert!(
+                    matches!(err, SamplingError::NonFiniteLogit { token: 3, value } if value.to_bits() == bad.to_bits()),
+                    "{err}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -129,6 +129,13 @@ fn split_model_loads_from_its_first_part() {
     let split = GgufModel::open(&first).expect("open split");
     assert_eq!(split.parts.len(), 3);
     assert_eq!(gguf::find(&dir).unwrap(), Some(first.clone()));
+    // A file named as the model is the GGUF reader's to judge, whatever its
+    // bytes (a 3-byte file was passed over, for "model directory not found").
+    let tmp = tempfile::tempdir().unwrap();
+    let short = tmp.path().join("x.gguf");
+    std::fs::write(&short, b"GGU").unwrap();
+    assert_eq!(gguf::find(&short).unwrap(), Some(short.clone()));
+    assert_eq!(gguf::find(&tmp.path().join("missing.gguf")).unwrap(), None);
     let single = GgufModel::open(&gguf_file("tiny-moe-q8_0.gguf")).unwrap();
     assert_eq!(split.store.len(), single.store.len());
     for t in single.store.iter() {
@@ -236,7 +243,31 @@ fn malformed_files_are_clear_errors() {
     let mut b = l.bytes.clone();
     b[16..24].copy_from_slice(&(1u64 << 40).to_le_bytes());
     cases.push(("absurd metadata count", b, "metadata count"));
-    cases.push(("empty file", vec![], "file ends inside the magic"));
+    cases.push((
+        "empty file",
+        vec![],
+        "byte 0: an empty file, not a GGUF model",
+    ));
+    cases.push((
+        "one byte",
+        b"G".to_vec(),
+        "byte 0: 1 byte, too short for a GGUF header (24 bytes)",
+    ));
+    cases.push((
+        "three bytes",
+        b"GGU".to_vec(),
+        "byte 0: 3 bytes, too short for a GGUF header (24 bytes)",
+    ));
+    cases.push((
+        "a header cut short",
+        l.bytes[..23].to_vec(),
+        "byte 0: 23 bytes, too short for a GGUF header (24 bytes)",
+    ));
+    for magic in ["GGML", "lmgg", "tjgg"] {
+        let mut b = l.bytes.clone();
+        b[0..4].copy_from_slice(magic.as_bytes());
+        cases.push(("a pre-GGUF file", b, "byte 0: starts with `"));
+    }
     cases.push((
         "truncated header",
         l.bytes[..2000].to_vec(),

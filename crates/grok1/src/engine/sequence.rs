@@ -166,7 +166,11 @@ impl Sequence {
             return Some(FinishReason::Length);
         }
         let &(_, row) = rows.last()?;
-        let next = self.sampler.sample(row, &self.tokens);
+        let next = match self.sampler.sample(row, &self.tokens) {
+            Ok(next) => next,
+            // A NaN or infinite logit: the request fails instead of drawing garbage.
+            Err(e) => return Some(FinishReason::Error(e.to_string())),
+        };
         let logprob = self.logprobs.map(|n| logprob_of(row, next, n));
         let now = Instant::now();
         match self.last_token {

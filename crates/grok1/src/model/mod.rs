@@ -429,6 +429,14 @@ impl Grok1 {
             *v *= out_mult;
         }
         p.cast(&mut logits);
+        // The int8 output projection quantises a NaN hidden row to zeros, and
+        // all-zero logits decode as id 0: such a row's logits are NaN instead,
+        // for the sampler to refuse.
+        for (hidden, row) in selected.chunks_exact(d).zip(logits.chunks_exact_mut(vocab)) {
+            if hidden.iter().any(|v| !v.is_finite()) {
+                row.fill(f32::NAN);
+            }
+        }
         Ok(ForwardOutput {
             logits,
             vocab,

@@ -265,9 +265,11 @@ pub fn locate(path: &Path) -> Result<CheckpointPaths, WeightError> {
             path: path.to_path_buf(),
         });
     };
+    // Any file type: a FIFO named config.json is refused when read, not
+    // skipped for the grok-1 preset.
     let config = [tensors.join("config.json"), tensors.join("../config.json")]
         .into_iter()
-        .find(|p| p.is_file());
+        .find(|p| p.exists());
     Ok(CheckpointPaths { tensors, config })
 }
 

@@ -19,6 +19,8 @@ use crate::config::{
 use crate::quant::GgmlType;
 
 const MAGIC: &[u8; 4] = b"GGUF";
+/// The fixed header: magic, version, tensor count, metadata count.
+const HEADER_LEN: usize = 24;
 /// ggml's limit on tensor dimensions.
 const MAX_DIMS: usize = 4;
 /// Arrays inside arrays deeper than this are refused (no real file nests).
@@ -336,13 +338,10 @@ impl GgufFile {
             pos: 0,
             file: path,
         };
-        let magic = c.take(4, "the magic number")?;
-        if magic != MAGIC {
-            return Err(c.error(
-                0,
-                format!("not a GGUF file (magic {magic:02x?}, expected \"GGUF\")"),
-            ));
+        if let Some(reason) = not_gguf(c.bytes) {
+            return Err(c.error(0, reason));
         }
+        c.take(MAGIC.len(), "the magic number")?;
         let version = c.u32("the version")?;
         match version {
             2 | 3 => {}
@@ -525,15 +524,41 @@ impl GgufFile {
     }
 }
 
-/// True when `path` is a GGUF file (by its magic number).
-pub fn is_gguf(path: &Path) -> bool {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
-    path.is_file()
-        && std::fs::File::open(path)
-            .and_then(|mut f| f.read_exact(&mut magic))
-            .is_ok()
-        && &magic == MAGIC
+/// Why `bytes` cannot be a GGUF file, when their first bytes say so: what
+/// they are instead, as far as that is recognisable.
+fn not_gguf(bytes: &[u8]) -> Option<String> {
+    let head = &bytes[..bytes.len().min(MAGIC.len())];
+    let too_short = || {
+        let n = bytes.len();
+        let plural = if n == 1 { "" } else { "s" };
+        format!("{n} byte{plural}, too short for a GGUF header ({HEADER_LEN} bytes)")
+    };
+    // ggml's files before GGUF; llama.cpp wrote the magic as a little-endian
+    // u32, so "ggml" reads "lmgg" in the file.
+    const LEGACY: [&[u8; 4]; 6] = [b"GGML", b"GGMF", b"GGJT", b"lmgg", b"fmgg", b"tjgg"];
+    if bytes.is_empty() {
+        Some("an empty file, not a GGUF model".into())
+    } else if MAGIC.starts_with(head) {
+        (bytes.len() < HEADER_LEN).then(too_short)
+    } else if LEGACY.iter().any(|m| m[..] == *head) {
+        Some(format!(
+            "starts with `{}`: a pre-GGUF ggml file, not supported (convert it to GGUF with llama.cpp)",
+            String::from_utf8_lossy(head)
+        ))
+    } else if bytes.len() > 8 && bytes[8] == b'{' {
+        Some(
+            "a safetensors file, not GGUF: pass the directory that holds it and its config.json"
+                .into(),
+        )
+    } else if head[0] == 0x80 {
+        Some("a Python pickle (a tensor of an official checkpoint?), not GGUF: pass the checkpoint's directory".into())
+    } else if bytes.len() < MAGIC.len() {
+        Some(too_short())
+    } else {
+        Some(format!(
+            "not a GGUF file (magic {head:02x?}, expected \"GGUF\")"
+        ))
+    }
 }
 
 /// The other parts of a split model, from its first part's name
@@ -598,7 +623,7 @@ impl GgufModel {
             }
         }
         for p in &siblings {
-            if !p.is_file() {
+            if !p.exists() {
                 return Err(WeightError::MissingFile {
                     file: p.clone(),
                     tensor: "part of a split GGUF model".into(),
@@ -825,18 +850,26 @@ impl GgufModel {
 }
 
 /// The GGUF model `path` names: the file itself, or in a directory its only
-/// `.gguf` file or the first part of its split model. `None` when `path` holds
-/// no GGUF (another format's directory).
+/// `.gguf` file or the first part of its split model. `None` when `path` is
+/// missing (for the caller to report) or holds no GGUF (another format's
+/// directory).
 pub fn find(path: &Path) -> Result<Option<PathBuf>, WeightError> {
-    if path.is_file() {
-        return Ok(is_gguf(path).then(|| path.to_path_buf()));
+    match std::fs::metadata(path) {
+        // GGUF is the one format given as a single file, so a path that is not
+        // a directory goes to its reader, which says what the file is if it is
+        // not GGUF (or not a regular file at all).
+        Ok(meta) if !meta.is_dir() => return Ok(Some(path.to_path_buf())),
+        Ok(_) => {}
+        Err(_) => return Ok(None),
     }
     let Ok(entries) = std::fs::read_dir(path) else {
         return Ok(None);
     };
+    // Not only regular files: a FIFO named `x.gguf` is refused when opened,
+    // rather than skipped for another format's error.
     let mut found: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "gguf") && p.is_file())
+        .filter(|p| p.extension().is_some_and(|x| x == "gguf") && !p.is_dir())
         .collect();
     found.sort();
     let firsts: Vec<&PathBuf> = found

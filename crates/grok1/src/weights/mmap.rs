@@ -1,6 +1,5 @@
 //! Read-only memory maps of weight files: the one place this crate maps files.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -16,9 +15,10 @@ pub struct MappedFile {
 }
 
 impl MappedFile {
-    /// Maps `path` read-only.
+    /// Maps `path` read-only; it must be a regular file (a FIFO would block
+    /// and a device has no end).
     pub fn open(path: &Path) -> std::io::Result<Arc<MappedFile>> {
-        let file = File::open(path)?;
+        let file = crate::files::open_regular(path)?;
         let len = file.metadata()?.len();
         // Mapping an empty file fails on some platforms; an empty file is simply
         // zero bytes, which the parsers report as truncated.

@@ -468,11 +468,91 @@ enum Value {
     Int(i64),
     Str(Rc<str>),
     Bytes(Rc<ArrayBytes>),
-    Tuple(Rc<[Value]>),
-    List(Rc<RefCell<Vec<Value>>>),
-    Dict(Rc<RefCell<Vec<(Value, Value)>>>),
+    Tuple(Rc<Node>),
+    List(Rc<RefCell<Node>>),
+    /// Keys and values alternate in the node's items.
+    Dict(Rc<RefCell<Node>>),
     Global(Global),
     Object(Rc<RefCell<Object>>),
+}
+
+/// Deepest nesting of tuples, lists and dicts a pickle may build. A checkpoint
+/// tensor nests four levels; Python's own unpickler has no limit, and a file of
+/// 200,000 one-byte `TUPLE1`s would otherwise build (and drop) 200,000 levels.
+pub const MAX_DEPTH: usize = 100;
+
+/// Most instructions a pickle may run. A checkpoint tensor runs about 130;
+/// each instruction can leave a value of up to ~100 bytes behind (on the stack
+/// or in the memo: `MEMOIZE` is one byte), so this bounds the reader's memory
+/// at a few MB whatever the file, instead of ~30x its size.
+pub const MAX_INSTRUCTIONS: usize = 1 << 16;
+
+/// The items of a tuple, list or dict and the depth of their nesting.
+#[derive(Debug)]
+struct Node {
+    /// 1 + the deepest item's depth, as recorded when items were added. An item
+    /// mutated after it was added (a memoised list appended to later) can make
+    /// the real depth larger: the limit then does not apply, but `Drop` below
+    /// still never recurses.
+    depth: usize,
+    items: Vec<Value>,
+}
+
+/// The depth of a container holding `items`: 1 + the deepest of them.
+fn depth_holding(at: usize, items: &[Value]) -> Result<usize, PickleError> {
+    let depth = 1 + items.iter().map(Value::depth).max().unwrap_or(0);
+    if depth > MAX_DEPTH {
+        return malformed(
+            at,
+            format!("values nested more than {MAX_DEPTH} levels deep"),
+        );
+    }
+    Ok(depth)
+}
+
+impl Node {
+    fn new(at: usize, items: Vec<Value>) -> Result<Node, PickleError> {
+        Ok(Node {
+            depth: depth_holding(at, &items)?,
+            items,
+        })
+    }
+
+    /// Adds items whose container depth [`depth_holding`] gave (measured before
+    /// this node is borrowed: an item may be the node itself).
+    fn add(&mut self, depth: usize, items: impl IntoIterator<Item = Value>) {
+        self.depth = self.depth.max(depth);
+        self.items.extend(items);
+    }
+}
+
+impl std::ops::Deref for Node {
+    type Target = [Value];
+
+    fn deref(&self) -> &[Value] {
+        &self.items
+    }
+}
+
+impl Drop for Node {
+    /// Frees nested containers from a work list instead of recursively, so no
+    /// nesting (however it was built) can overflow the stack.
+    fn drop(&mut self) {
+        let mut pending = std::mem::take(&mut self.items);
+        while let Some(value) = pending.pop() {
+            let inner = match value {
+                Value::Tuple(node) => Rc::into_inner(node),
+                Value::List(node) | Value::Dict(node) => {
+                    Rc::into_inner(node).map(RefCell::into_inner)
+                }
+                _ => None,
+            };
+            // The last owner empties the node here; it then drops with no items.
+            if let Some(mut node) = inner {
+                pending.append(&mut node.items);
+            }
+        }
+    }
 }
 
 impl Value {
@@ -488,6 +568,15 @@ impl Value {
             Value::Dict(_) => "dict",
             Value::Global(_) => "global",
             Value::Object(_) => "object",
+        }
+    }
+
+    /// How deeply containers nest in this value (0 for a scalar).
+    fn depth(&self) -> usize {
+        match self {
+            Value::Tuple(node) => node.depth,
+            Value::List(node) | Value::Dict(node) => node.borrow().depth,
+            _ => 0,
         }
     }
 }
@@ -554,6 +643,18 @@ impl Machine {
         Ok(self.stack.split_off(self.stack.len() - n))
     }
 
+    /// `APPEND(S)` (`code`) to the list on top, `SETITEM(S)` to the dict.
+    fn add_to_top(&mut self, at: usize, code: u8, items: Vec<Value>) -> Result<(), PickleError> {
+        let depth = depth_holding(at, &items)?;
+        let wants_list = matches!(code, op::APPEND | op::APPENDS);
+        match self.top(at)? {
+            Value::List(node) if wants_list => node.borrow_mut().add(depth, items),
+            Value::Dict(node) if !wants_list => node.borrow_mut().add(depth, items),
+            other => return malformed(at, format!("{} on a {}", opcode_name(code), other.kind())),
+        }
+        Ok(())
+    }
+
     fn memo_put(&mut self, at: usize, key: u32) -> Result<(), PickleError> {
         let value = self.top(at)?.clone();
         self.memo.insert(key, value);
@@ -596,8 +697,9 @@ fn dtype_of(at: usize, v: &Value) -> Result<DType, PickleError> {
             format!("array dtype: expected a dtype, found {}", v.kind()),
         );
     };
-    match &*obj.borrow() {
-        Object::Dtype { dtype, byteorder } => {
+    // (Not borrowed when it is the array being built.)
+    match obj.try_borrow().as_deref() {
+        Ok(Object::Dtype { dtype, byteorder }) => {
             if *byteorder == '>' && dtype.size() > 1 {
                 return malformed(at, format!("big-endian {dtype} arrays are not supported"));
             }
@@ -766,13 +868,15 @@ fn build(at: usize, target: &Value, state: Value) -> Result<(), PickleError> {
                 },
                 _ => return malformed(at, "QuantizedWeight8bit state: expected a dict"),
             };
-            for (key, value) in dict.borrow().iter() {
+            for pair in dict.borrow().chunks_exact(2) {
+                let (key, value) = (&pair[0], &pair[1]);
                 let Value::Str(key) = key else {
                     return malformed(at, "QuantizedWeight8bit state: non-string key");
                 };
                 let array = match value {
-                    Value::Object(o) => match &*o.borrow() {
-                        Object::Array(Some(a)) => a.clone(),
+                    // (Not borrowed when it is the object being built.)
+                    Value::Object(o) => match o.try_borrow().as_deref() {
+                        Ok(Object::Array(Some(a))) => a.clone(),
                         _ => {
                             return malformed(
                                 at,
@@ -812,7 +916,7 @@ pub fn read_tensor(bytes: &[u8]) -> Result<PickledTensor, PickleError> {
         marks: Vec::new(),
         memo: std::collections::HashMap::new(),
     };
-    loop {
+    for _ in 0..MAX_INSTRUCTIONS {
         let Some(ins) = decoder.next()? else {
             return malformed(bytes.len(), "truncated: no STOP opcode");
         };
@@ -858,69 +962,58 @@ pub fn read_tensor(bytes: &[u8]) -> Result<PickledTensor, PickleError> {
             (SHORT_BINBYTES | BINBYTES | BINBYTES8 | BYTEARRAY8, Arg::Bytes { offset, len }) => m
                 .stack
                 .push(Value::Bytes(Rc::new(ArrayBytes::Span { offset, len }))),
-            (EMPTY_TUPLE, _) => m.stack.push(Value::Tuple(Rc::from(Vec::new()))),
+            (EMPTY_TUPLE, _) => m
+                .stack
+                .push(Value::Tuple(Rc::new(Node::new(at, Vec::new())?))),
             (TUPLE1 | TUPLE2 | TUPLE3, _) => {
                 let n = (ins.code - TUPLE1 + 1) as usize;
                 let items = m.pop_n(at, n)?;
-                m.stack.push(Value::Tuple(items.into()));
+                m.stack.push(Value::Tuple(Rc::new(Node::new(at, items)?)));
             }
             (TUPLE, _) => {
                 let items = m.pop_mark(at)?;
-                m.stack.push(Value::Tuple(items.into()));
+                m.stack.push(Value::Tuple(Rc::new(Node::new(at, items)?)));
             }
-            (EMPTY_LIST, _) => m.stack.push(Value::List(Rc::new(RefCell::new(Vec::new())))),
+            (EMPTY_LIST, _) => m.stack.push(Value::List(Rc::new(RefCell::new(Node::new(
+                at,
+                Vec::new(),
+            )?)))),
             (LIST, _) => {
                 let items = m.pop_mark(at)?;
-                m.stack.push(Value::List(Rc::new(RefCell::new(items))));
+                m.stack
+                    .push(Value::List(Rc::new(RefCell::new(Node::new(at, items)?))));
             }
             (APPEND, _) => {
                 let v = m.pop(at)?;
-                match m.top(at)? {
-                    Value::List(l) => l.borrow_mut().push(v),
-                    other => return malformed(at, format!("APPEND to a {}", other.kind())),
-                }
+                m.add_to_top(at, ins.code, vec![v])?;
             }
             (APPENDS, _) => {
                 let items = m.pop_mark(at)?;
-                match m.top(at)? {
-                    Value::List(l) => l.borrow_mut().extend(items),
-                    other => return malformed(at, format!("APPENDS to a {}", other.kind())),
-                }
+                m.add_to_top(at, ins.code, items)?;
             }
-            (EMPTY_DICT, _) => m.stack.push(Value::Dict(Rc::new(RefCell::new(Vec::new())))),
+            (EMPTY_DICT, _) => m.stack.push(Value::Dict(Rc::new(RefCell::new(Node::new(
+                at,
+                Vec::new(),
+            )?)))),
             (DICT, _) => {
                 let items = m.pop_mark(at)?;
                 if items.len() % 2 != 0 {
                     return malformed(at, "DICT with an odd number of items");
                 }
-                let pairs = items
-                    .chunks_exact(2)
-                    .map(|p| (p[0].clone(), p[1].clone()))
-                    .collect();
-                m.stack.push(Value::Dict(Rc::new(RefCell::new(pairs))));
+                m.stack
+                    .push(Value::Dict(Rc::new(RefCell::new(Node::new(at, items)?))));
             }
             (SETITEM, _) => {
                 let value = m.pop(at)?;
                 let key = m.pop(at)?;
-                match m.top(at)? {
-                    Value::Dict(d) => d.borrow_mut().push((key, value)),
-                    other => return malformed(at, format!("SETITEM on a {}", other.kind())),
-                }
+                m.add_to_top(at, ins.code, vec![key, value])?;
             }
             (SETITEMS, _) => {
                 let items = m.pop_mark(at)?;
                 if items.len() % 2 != 0 {
                     return malformed(at, "SETITEMS with an odd number of items");
                 }
-                match m.top(at)? {
-                    Value::Dict(d) => {
-                        let mut d = d.borrow_mut();
-                        for p in items.chunks_exact(2) {
-                            d.push((p[0].clone(), p[1].clone()));
-                        }
-                    }
-                    other => return malformed(at, format!("SETITEMS on a {}", other.kind())),
-                }
+                m.add_to_top(at, ins.code, items)?;
             }
             (GLOBAL, Arg::Global { module, name }) => {
                 let Some(g) = resolve_global(&module, &name) else {
@@ -1006,6 +1099,12 @@ pub fn read_tensor(bytes: &[u8]) -> Result<PickledTensor, PickleError> {
             }
         }
     }
+    malformed(
+        decoder.pos,
+        format!(
+            "more than {MAX_INSTRUCTIONS} pickle instructions (a checkpoint tensor takes about 130)"
+        ),
+    )
 }
 
 fn finish(at: usize, result: Value) -> Result<PickledTensor, PickleError> {
@@ -1053,6 +1152,108 @@ mod tests {
         assert!(
             matches!(err.kind, PickleErrorKind::Malformed(ref m) if m.contains("truncated")),
             "{err}"
+        );
+    }
+
+    /// Runs `f` on a thread with a small stack, so that recursion as deep as
+    /// the nesting (200,000 levels, or 9,000 built by mutation) overflows it.
+    fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .stack_size(128 << 10)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_while_parsing() {
+        // None wrapped in 200,000 one-tuples: a 200 KB file.
+        let mut bytes = b"\x80\x02N".to_vec();
+        bytes.extend(std::iter::repeat_n(op::TUPLE1, 200_000));
+        bytes.push(op::STOP);
+        let err = on_small_stack(move || read_tensor(&bytes).unwrap_err());
+        assert_eq!(
+            err,
+            PickleError {
+                offset: 3 + MAX_DEPTH,
+                kind: PickleErrorKind::Malformed(format!(
+                    "values nested more than {MAX_DEPTH} levels deep"
+                )),
+            }
+        );
+    }
+
+    #[test]
+    fn nesting_built_by_mutation_is_dropped_without_recursion() {
+        // Lists 0..n memoised, then list i+1 appended to list i in turn: each
+        // append sees a shallow list, so the depth limit does not catch the
+        // chain, n levels deep; dropping it must not recurse.
+        let n = 9_000u32;
+        let mut bytes = b"\x80\x04".to_vec();
+        for i in 0..n {
+            bytes.push(op::EMPTY_LIST);
+            bytes.push(op::LONG_BINPUT);
+            bytes.extend(i.to_le_bytes());
+            bytes.push(op::POP);
+        }
+        for i in 0..n - 1 {
+            for key in [i, i + 1] {
+                bytes.push(op::LONG_BINGET);
+                bytes.extend(key.to_le_bytes());
+            }
+            bytes.extend([op::APPEND, op::POP]);
+        }
+        bytes.push(op::LONG_BINGET);
+        bytes.extend(0u32.to_le_bytes());
+        bytes.push(op::STOP);
+        let err = on_small_stack(move || read_tensor(&bytes).unwrap_err());
+        assert_eq!(
+            err.kind,
+            PickleErrorKind::Malformed("the pickle holds a list, not an array".into())
+        );
+    }
+
+    #[test]
+    fn instruction_count_is_bounded() {
+        // One-byte MEMOIZEs each add a memo entry: memory was ~30x the file.
+        let mut bytes = b"\x80\x04N".to_vec();
+        bytes.extend(std::iter::repeat_n(op::MEMOIZE, 100_000));
+        bytes.push(op::STOP);
+        let err = read_tensor(&bytes).unwrap_err();
+        assert_eq!(
+            err,
+            PickleError {
+                offset: 3 + MAX_INSTRUCTIONS - 2,
+                kind: PickleErrorKind::Malformed(format!(
+                    "more than {MAX_INSTRUCTIONS} pickle instructions (a checkpoint tensor takes about 130)"
+                )),
+            }
+        );
+    }
+
+    #[test]
+    fn an_object_in_its_own_state_is_an_error() {
+        // q = QuantizedWeight8bit(); q.__setstate__({"weight": q})
+        let mut bytes = b"\x80\x02c__main__\nQuantizedWeight8bit\n)\x81q\x00}".to_vec();
+        bytes.extend(b"X\x06\x00\x00\x00weighth\x00sb.");
+        let err = read_tensor(&bytes).unwrap_err();
+        assert_eq!(
+            err.kind,
+            PickleErrorKind::Malformed("QuantizedWeight8bit.weight: not an array".into())
+        );
+    }
+
+    #[test]
+    fn an_array_as_its_own_dtype_is_an_error() {
+        // a = _reconstruct(ndarray, (0,), b"b"); a.__setstate__((1, (1,), a, False, b"x"))
+        let mut bytes =
+            b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85C\x01b\x87Rq\x00".to_vec();
+        bytes.extend(b"(K\x01K\x01\x85h\x00\x89C\x01xtb.");
+        let err = read_tensor(&bytes).unwrap_err();
+        assert_eq!(
+            err.kind,
+            PickleErrorKind::Malformed("array dtype: expected a numpy dtype".into())
         );
     }
 

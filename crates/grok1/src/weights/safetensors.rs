@@ -125,9 +125,10 @@ pub struct SafetensorsModel {
     pub store: TensorStore,
 }
 
-/// True when `path` (a directory) holds a safetensors model.
+/// True when `path` (a directory) holds a safetensors model (whatever the
+/// file type of its entries: opening them refuses a FIFO or device).
 pub fn is_safetensors_dir(path: &Path) -> bool {
-    path.join(INDEX).is_file() || path.join(SINGLE).is_file()
+    path.join(INDEX).exists() || path.join(SINGLE).exists()
 }
 
 impl SafetensorsModel {
@@ -137,11 +138,12 @@ impl SafetensorsModel {
         let index = dir.join(INDEX);
         // (tensor, shard file) pairs of the index, when there is one.
         let mut weight_map: Vec<(String, String)> = Vec::new();
-        let files: Vec<PathBuf> = if index.is_file() {
-            let text = std::fs::read_to_string(&index).map_err(|source| WeightError::Io {
-                path: index.clone(),
-                source,
-            })?;
+        let files: Vec<PathBuf> = if index.exists() {
+            let text =
+                crate::files::read_regular_to_string(&index).map_err(|source| WeightError::Io {
+                    path: index.clone(),
+                    source,
+                })?;
             let json: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| format_error(&index, format!("not valid JSON: {e}")))?;
             let map = json
@@ -173,7 +175,7 @@ impl SafetensorsModel {
         let mut store = TensorStore::default();
         let mut seen = HashSet::new();
         for f in &files {
-            if !f.is_file() {
+            if !f.exists() {
                 return Err(format_error(
                     f,
                     format!("this shard, named in {INDEX}, is missing"),
@@ -211,10 +213,13 @@ impl SafetensorsModel {
     /// where a key is absent; sizes the config omits come from the tensors.
     pub fn config(&self) -> Result<ModelConfig, WeightError> {
         let path = self.dir.join("config.json");
-        let json: serde_json::Value = match std::fs::read_to_string(&path) {
+        let json: serde_json::Value = match crate::files::read_regular_to_string(&path) {
             Ok(text) => serde_json::from_str(&text)
                 .map_err(|e| format_error(&path, format!("not valid JSON: {e}")))?,
-            Err(_) => serde_json::Value::Object(Default::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                serde_json::Value::Object(Default::default())
+            }
+            Err(source) => return Err(WeightError::Io { path, source }),
         };
         let num = |keys: &[&str]| keys.iter().find_map(|k| json.get(*k));
         let uint = |keys: &[&str], default: Option<usize>| -> Result<usize, WeightError> {
