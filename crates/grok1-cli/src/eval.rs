@@ -1,6 +1,7 @@
 //! `grok1 eval`: a benchmark through the engine or a server, with a progress
 //! bar, a per-item result file and the final table.
 
+use std::collections::HashSet;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,8 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
     );
     let shots = args.shots.unwrap_or(task.default_shots());
     let items = grok1_eval::data::load(task, &args.data, shots)?;
+    // Samples may answer any item of the data, not only those selected.
+    let known: HashSet<String> = items.iter().map(|i| i.id.clone()).collect();
     let items = runner::select(items, args.limit, args.seed);
     anyhow::ensure!(!items.is_empty(), "--limit 0 leaves nothing to run");
 
@@ -56,7 +59,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
     };
     let (records, engine) = match (&args.server, &args.samples) {
         (_, Some(samples)) => {
-            let backend = ScriptedBackend::from_samples(samples, &items)?;
+            let backend = ScriptedBackend::from_samples(samples, &known, &items)?;
             eprintln!(
                 "grok1: scoring {task} samples from {} ({} items)",
                 samples.display(),
