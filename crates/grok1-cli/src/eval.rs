@@ -34,18 +34,24 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
     // The sandbox is checked before any model time is spent.
     let sandbox = if task == Task::HumanEval {
         let helper = std::env::current_exe().context("finding the grok1 binary for the sandbox")?;
+        let memory = args
+            .exec_memory_mb
+            .checked_mul(1 << 20)
+            .filter(|&m| m >= 32 << 20)
+            .context("--exec-memory-mb must be at least 32 (Python needs that much to start) and fit in 64 bits as bytes")?;
         let limits = Limits {
             time: Duration::from_secs_f64(args.exec_timeout),
-            memory: args.exec_memory_mb << 20,
+            memory,
             ..Limits::default()
         };
         let sandbox = Sandbox::new(helper, &args.python, limits)?;
-        let probe = sandbox.run_python("import sys\nsys.exit(0)\n")?;
+        let probe = sandbox.run_python("import sys\n")?;
         anyhow::ensure!(
             probe.passed(),
             "the HumanEval sandbox cannot run Python: {}",
             probe.describe()
         );
+        eprintln!("grok1: HumanEval samples get {}", sandbox.containment());
         Some(sandbox)
     } else {
         None
@@ -183,6 +189,7 @@ pub fn sandbox_exec(args: SandboxExecArgs) -> anyhow::Result<ExitCode> {
         processes: args.processes,
         file_size: args.file_size,
         binds: args.bind,
+        cgroups: args.cgroup,
     });
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
