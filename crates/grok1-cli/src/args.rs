@@ -136,7 +136,7 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 10.0)]
     pub exec_timeout: f64,
 
-    /// Address space each HumanEval sample may use, MiB
+    /// Memory each HumanEval sample may use, all its processes together, MiB
     #[arg(long, default_value_t = 1024)]
     pub exec_memory_mb: u64,
 
@@ -159,11 +159,13 @@ pub struct SandboxExecArgs {
     #[arg(long)]
     pub memory: u64,
     #[arg(long)]
-    pub processes: u64,
+    pub processes: Option<u64>,
     #[arg(long)]
     pub file_size: u64,
     #[arg(long)]
     pub bind: Vec<PathBuf>,
+    #[arg(long)]
+    pub cgroup: Vec<PathBuf>,
 }
 
 /// Output container of `convert`.

@@ -1,6 +1,7 @@
 //! `grok1 eval`: a benchmark through the engine or a server, with a progress
 //! bar, a per-item result file and the final table.
 
+use std::collections::HashSet;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,24 +26,32 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
     );
     let shots = args.shots.unwrap_or(task.default_shots());
     let items = grok1_eval::data::load(task, &args.data, shots)?;
+    // Samples may answer any item of the data, not only those selected.
+    let known: HashSet<String> = items.iter().map(|i| i.id.clone()).collect();
     let items = runner::select(items, args.limit, args.seed);
     anyhow::ensure!(!items.is_empty(), "--limit 0 leaves nothing to run");
 
     // The sandbox is checked before any model time is spent.
     let sandbox = if task == Task::HumanEval {
         let helper = std::env::current_exe().context("finding the grok1 binary for the sandbox")?;
+        let memory = args
+            .exec_memory_mb
+            .checked_mul(1 << 20)
+            .filter(|&m| m >= 32 << 20)
+            .context("--exec-memory-mb must be at least 32 (Python needs that much to start) and fit in 64 bits as bytes")?;
         let limits = Limits {
             time: Duration::from_secs_f64(args.exec_timeout),
-            memory: args.exec_memory_mb << 20,
+            memory,
             ..Limits::default()
         };
         let sandbox = Sandbox::new(helper, &args.python, limits)?;
-        let probe = sandbox.run_python("import sys\nsys.exit(0)\n")?;
+        let probe = sandbox.run_python("import sys\n")?;
         anyhow::ensure!(
             probe.passed(),
             "the HumanEval sandbox cannot run Python: {}",
             probe.describe()
         );
+        eprintln!("grok1: HumanEval samples get {}", sandbox.containment());
         Some(sandbox)
     } else {
         None
@@ -56,7 +65,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
     };
     let (records, engine) = match (&args.server, &args.samples) {
         (_, Some(samples)) => {
-            let backend = ScriptedBackend::from_samples(samples, &items)?;
+            let backend = ScriptedBackend::from_samples(samples, &known, &items)?;
             eprintln!(
                 "grok1: scoring {task} samples from {} ({} items)",
                 samples.display(),
@@ -180,6 +189,7 @@ pub fn sandbox_exec(args: SandboxExecArgs) -> anyhow::Result<ExitCode> {
         processes: args.processes,
         file_size: args.file_size,
         binds: args.bind,
+        cgroups: args.cgroup,
     });
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }

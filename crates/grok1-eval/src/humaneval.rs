@@ -2,7 +2,8 @@
 //! signature and docstring, stopping at the sequences of the Codex paper (a new
 //! top-level `class`, `def`, comment, `if` or `print`); pass@1 is the share of
 //! completions whose program (prompt + completion + the task's tests +
-//! `check(entry_point)`) exits 0 in the [`crate::sandbox`].
+//! `check(entry_point)`) runs to its end and exits 0 in the [`crate::sandbox`]
+//! (a completion that exits early, `sys.exit(0)`, does not pass).
 
 use std::path::Path;
 

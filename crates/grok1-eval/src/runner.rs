@@ -12,7 +12,7 @@ use rand::SeedableRng;
 use crate::backend::Backend;
 use crate::results::{load_existing, Record, Writer};
 use crate::sandbox::Sandbox;
-use crate::{gsm8k, humaneval, math, mmlu, EvalError, Item, Query, Response, Result, Task};
+use crate::{gsm8k, humaneval, math, mmlu, EvalError, Item, Response, Result, Task};
 
 /// How to run.
 #[derive(Clone, Debug, Default)]
@@ -55,25 +55,6 @@ pub fn select(items: Vec<Item>, limit: Option<usize>, seed: Option<u64>) -> Vec<
     keep.sort_unstable();
     let mut items: Vec<Option<Item>> = items.into_iter().map(Some).collect();
     keep.into_iter().filter_map(|i| items[i].take()).collect()
-}
-
-/// Asks the backend one item.
-pub fn ask(backend: &dyn Backend, item: &Item) -> Result<Response> {
-    match &item.query {
-        Query::Generate {
-            prompt,
-            max_tokens,
-            stop,
-        } => backend
-            .generate(prompt, *max_tokens, stop)
-            .map(Response::Text),
-        Query::Choice {
-            context,
-            continuations,
-        } => backend
-            .loglikelihoods(context, continuations)
-            .map(Response::Loglikelihoods),
-    }
 }
 
 /// Scores one answer.
@@ -193,7 +174,8 @@ pub fn run(
                     let k = next.fetch_add(1, Ordering::SeqCst);
                     let Some(&i) = todo.get(k) else { break };
                     let item = &items[i];
-                    let result = ask(backend, item)
+                    let result = backend
+                        .answer(item)
                         .and_then(|r| score(task, item, r, sandbox))
                         .map_err(|e| match e {
                             EvalError::Backend(m) => {

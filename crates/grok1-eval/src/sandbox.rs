@@ -1,20 +1,30 @@
 //! Running untrusted Python (HumanEval completions) in a sandbox: a separate
-//! process per sample with a wall-clock and CPU time limit, an address-space
-//! limit, a process limit, no network, and a filesystem of its own in which
-//! only a private, size-limited working directory and /tmp are writable.
+//! process per sample with a wall-clock and CPU time limit, a memory limit on
+//! the sample as a whole, a process limit, no network, no system calls that
+//! change mounts or make namespaces, and a filesystem of its own in which only
+//! a private, size-limited working directory and /tmp are writable.
 //!
-//! How: the eval process starts a helper (`grok1 sandbox-exec`, which calls
-//! [`helper_main`]) and writes the program to its stdin. The helper enters new
+//! How: the eval process makes the sample's cgroups ([`cgroup`]) and starts a
+//! helper (`grok1 sandbox-exec`, which calls [`helper_main`]) with only its
+//! standard streams, writing the program to its stdin. The helper enters new
 //! mount, network, PID, IPC and UTS namespaces (and a user namespace when not
 //! root), builds a root of its own on a tmpfs with read-only bind mounts of the
-//! system and Python directories, `pivot_root`s into it, sets rlimits, and runs
-//! Python as PID 1 of the new PID namespace (as `nobody` when started by root).
-//! Killing that PID 1 (on timeout, or when the helper dies, through
-//! `PR_SET_PDEATHSIG`) ends every process the sample started. A new network
-//! namespace holds only a loopback device that is down: no connection leaves.
+//! system and Python directories, `pivot_root`s into it, and runs Python as
+//! PID 1 of the new PID namespace (as `nobody` when started by root; in a
+//! further user namespace when not, which owns no mount, so the mounts cannot
+//! be changed) after it has joined the cgroups, set rlimits and installed a
+//! seccomp filter ([`seccomp`]). Killing that PID 1 (on timeout, or when the
+//! helper dies, through `PR_SET_PDEATHSIG`) ends every process the sample
+//! started. A new network namespace holds only a loopback device that is down:
+//! no connection leaves. A program passes only if it reaches its end: a line
+//! with a nonce drawn for the run, printed after it, must be on its stdout.
 //!
 //! Why by hand and not a container tool: the product is one binary, and these
 //! are a dozen system calls (the `nix` crate's safe wrappers).
+
+mod cgroup;
+#[cfg(target_os = "linux")]
+mod seccomp;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -28,12 +38,16 @@ pub const EXIT_TIMEOUT: i32 = 124;
 /// Exit status of the helper when the sandbox could not be set up.
 pub const EXIT_SETUP: i32 = 125;
 
+/// Memory each process gets when no memory cgroup bounds the sample, so that
+/// its share of the bound is enough to start Python and do some work.
+const FALLBACK_SHARE: u64 = 128 << 20;
+
 /// Limits of one sample.
 #[derive(Clone, Debug)]
 pub struct Limits {
     /// Wall-clock limit (the CPU-time limit is one second more).
     pub time: Duration,
-    /// Address space of the Python process, bytes.
+    /// Memory of the sample, all its processes together, bytes.
     pub memory: u64,
     /// Processes the sample may have at once.
     pub processes: u64,
@@ -94,6 +108,19 @@ pub struct Sandbox {
     /// Directories Python needs besides the system ones (its prefixes).
     binds: Vec<PathBuf>,
     pub limits: Limits,
+    /// Where each sample's cgroups go.
+    cgroups: cgroup::Plan,
+}
+
+/// Per-process limits that go with the whole-sample ones.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct ProcessLimits {
+    /// Address space of each process, bytes.
+    address_space: u64,
+    /// Processes the sample may have at once.
+    processes: u64,
+    /// Whether RLIMIT_NPROC holds that number (no pids cgroup does).
+    nproc: bool,
 }
 
 impl Sandbox {
@@ -147,17 +174,102 @@ impl Sandbox {
             python,
             binds,
             limits,
+            cgroups: cgroup::Plan::detect(),
         })
     }
 
-    /// Runs `program` with `python -I -B` in a fresh sandbox. An `Err` is a
-    /// sandbox that could not be set up (not the sample's fault); whatever the
-    /// program does is an [`Outcome`].
+    /// What bounds a sample's memory and processes, in a sentence.
+    pub fn containment(&self) -> String {
+        let own = self.process_limits();
+        let memory = match &self.cgroups.memory {
+            Some(place) => format!(
+                "{} MiB for the whole sample (a cgroup v{} memory limit)",
+                self.limits.memory >> 20,
+                if place.v2 { 2 } else { 1 }
+            ),
+            None => format!(
+                "{} MiB of address space for each process (no memory cgroup: RLIMIT_AS)",
+                own.address_space >> 20
+            ),
+        };
+        let counted_by = if own.nproc {
+            "RLIMIT_NPROC"
+        } else {
+            "a pids cgroup"
+        };
+        format!(
+            "{memory}, at most {} processes ({counted_by})",
+            own.processes
+        )
+    }
+
+    /// With a memory cgroup each process may use all of the bound (so that a
+    /// single huge allocation is a MemoryError, not a kill); without one, the
+    /// bound is split among a number of processes small enough that their
+    /// product is the bound, a number held by the pids cgroup or RLIMIT_NPROC.
+    fn process_limits(&self) -> ProcessLimits {
+        let Limits {
+            memory, processes, ..
+        } = self.limits;
+        let (address_space, processes) = if self.cgroups.memory.is_some() {
+            (memory, processes)
+        } else {
+            let cap = (memory / FALLBACK_SHARE).clamp(1, processes.max(1));
+            (memory / cap, cap)
+        };
+        ProcessLimits {
+            address_space,
+            processes,
+            nproc: self.cgroups.pids.is_none(),
+        }
+    }
+
+    /// Runs `program` with `python -I -B` in a fresh sandbox. It passes if it
+    /// exits 0 having reached its end: a line with a nonce drawn now, printed
+    /// after it, must be on its stdout (`sys.exit(0)` or `os._exit(0)` before
+    /// then is a failure). An `Err` is a sandbox that could not be set up (not
+    /// the sample's fault); whatever the program does is an [`Outcome`].
     pub fn run_python(&self, program: &str) -> Result<Outcome> {
+        let marker = format!(
+            "grok1-sandbox: the program reached its end {:032x}",
+            rand::random::<u128>()
+        );
+        let program = format!("{program}\nprint(\"{marker}\", flush=True)\n");
+        let Some(run) = self.execute(&program)? else {
+            return Ok(Outcome::TimedOut);
+        };
+        match run.status {
+            0 if run.stdout.lines().any(|l| l == marker) => Ok(Outcome::Passed),
+            0 => Ok(Outcome::Failed {
+                status: 0,
+                stderr: format!(
+                    "{}\nthe program exited before its end (sys.exit, os._exit?)",
+                    run.stderr
+                ),
+            }),
+            EXIT_TIMEOUT => Ok(Outcome::TimedOut),
+            EXIT_SETUP => Err(EvalError::Sandbox(format!(
+                "the sandbox could not be set up: {}",
+                run.stderr.trim()
+            ))),
+            status => Ok(Outcome::Failed {
+                status,
+                stderr: run.stderr,
+            }),
+        }
+    }
+
+    /// Runs `program` through the helper; `None` if the helper itself had to
+    /// be killed.
+    fn execute(&self, program: &str) -> Result<Option<Finished>> {
         let root = tempfile::Builder::new()
             .prefix("grok1-sandbox-")
             .tempdir()
             .map_err(|e| EvalError::io("making the sandbox's mount point", e))?;
+        let own = self.process_limits();
+        let cgroups =
+            cgroup::SampleCgroups::create(&self.cgroups, self.limits.memory, own.processes)
+                .map_err(|e| EvalError::Sandbox(format!("limiting the sample: {e}")))?;
         let mut cmd = Command::new(&self.helper);
         cmd.arg("sandbox-exec")
             .arg("--root")
@@ -167,17 +279,36 @@ impl Sandbox {
             .arg("--seconds")
             .arg(format!("{}", self.limits.time.as_secs_f64()))
             .arg("--memory")
-            .arg(self.limits.memory.to_string())
-            .arg("--processes")
-            .arg(self.limits.processes.to_string())
+            .arg(own.address_space.to_string())
             .arg("--file-size")
             .arg(self.limits.file_size.to_string());
+        if own.nproc {
+            cmd.arg("--processes").arg(own.processes.to_string());
+        }
+        for dir in cgroups.dirs() {
+            cmd.arg("--cgroup").arg(dir);
+        }
         for b in &self.binds {
             cmd.arg("--bind").arg(b);
         }
-        cmd.stdin(Stdio::piped())
+        // The helper needs none of this process's environment (API keys).
+        cmd.env_clear()
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: one system call (prctl) between fork and exec. The
+            // helper, and with it the sample, dies with the thread that waits
+            // for it (an eval process killed mid-run leaves no sample behind).
+            unsafe {
+                cmd.pre_exec(|| {
+                    nix::sys::prctl::set_pdeathsig(Some(nix::sys::signal::Signal::SIGKILL))
+                        .map_err(std::io::Error::from)
+                });
+            }
+        }
         let mut child = cmd
             .spawn()
             .map_err(|e| EvalError::Sandbox(format!("starting {}: {e}", self.helper.display())))?;
@@ -201,24 +332,25 @@ impl Sandbox {
                 Err(e) => return Err(EvalError::Sandbox(format!("waiting for the sandbox: {e}"))),
             }
         };
-        let _ = stdout.map(|h| h.join());
-        let stderr = stderr
-            .and_then(|h| h.join().ok())
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
-        let Some(status) = status else {
-            return Ok(Outcome::TimedOut);
+        let text = |h: Option<std::thread::JoinHandle<Vec<u8>>>| {
+            h.and_then(|h| h.join().ok())
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
         };
-        match exit_status(&status) {
-            0 => Ok(Outcome::Passed),
-            EXIT_TIMEOUT => Ok(Outcome::TimedOut),
-            EXIT_SETUP => Err(EvalError::Sandbox(format!(
-                "the sandbox could not be set up: {}",
-                stderr.trim()
-            ))),
-            status => Ok(Outcome::Failed { status, stderr }),
-        }
+        let (stdout, stderr) = (text(stdout), text(stderr));
+        Ok(status.map(|s| Finished {
+            status: exit_status(&s),
+            stdout,
+            stderr,
+        }))
     }
+}
+
+/// How the helper ended: its status and the ends of its output.
+struct Finished {
+    status: i32,
+    stdout: String,
+    stderr: String,
 }
 
 fn exit_status(status: &std::process::ExitStatus) -> i32 {
@@ -272,11 +404,15 @@ pub struct HelperArgs {
     pub root: PathBuf,
     pub python: PathBuf,
     pub seconds: f64,
+    /// Address space of each process, bytes.
     pub memory: u64,
-    pub processes: u64,
+    /// RLIMIT_NPROC (beside what the user already runs when not root).
+    pub processes: Option<u64>,
     pub file_size: u64,
     /// Directories to make visible read-only besides the system ones.
     pub binds: Vec<PathBuf>,
+    /// Cgroups the sample joins before it runs.
+    pub cgroups: Vec<PathBuf>,
 }
 
 /// The helper: reads the program from stdin, builds the sandbox, runs the
@@ -310,6 +446,8 @@ pub fn helper_main(args: &HelperArgs) -> i32 {
 
 #[cfg(target_os = "linux")]
 mod linux {
+    use std::fs::{File, OpenOptions};
+    use std::io::Write;
     use std::os::unix::fs::symlink;
     use std::os::unix::process::CommandExt;
     use std::path::{Path, PathBuf};
@@ -321,9 +459,9 @@ mod linux {
     use nix::sys::resource::{setrlimit, Resource};
     use nix::sys::signal::Signal;
     use nix::sys::statvfs::{statvfs, FsFlags};
-    use nix::unistd::{getegid, geteuid, pivot_root};
+    use nix::unistd::{getegid, geteuid, pivot_root, setsid};
 
-    use super::{HelperArgs, EXIT_TIMEOUT};
+    use super::{seccomp, HelperArgs, EXIT_TIMEOUT};
 
     /// `nobody`: the user samples run as when the helper is root.
     const NOBODY: u32 = 65534;
@@ -412,8 +550,59 @@ mod linux {
         .map_err(|e| err(&format!("mounting a tmpfs on {}", at.display()), e))
     }
 
+    /// Marks every descriptor above stderr close-on-exec, so that what the
+    /// eval process inherited (`7>>file`) never reaches the sample: with
+    /// close_range (Linux 5.11), else one by one from /proc/self/fd.
+    fn close_inherited_descriptors() -> Result<(), String> {
+        // SAFETY: close_range only changes the flags of this process's descriptors.
+        let marked = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            )
+        };
+        if marked == 0 {
+            return Ok(());
+        }
+        mark_listed_descriptors()
+    }
+
+    fn mark_listed_descriptors() -> Result<(), String> {
+        let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+            .map_err(|e| err("listing /proc/self/fd", e))?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .filter(|&fd| fd > 2)
+            .collect();
+        for fd in fds {
+            // SAFETY: F_SETFD on a descriptor number changes only its flag; one
+            // that closed meanwhile (the directory's own) gives EBADF.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+        Ok(())
+    }
+
+    /// Opens each cgroup's `cgroup.procs` before the sandbox hides them; the
+    /// sample joins by writing "0" (itself) there.
+    fn open_cgroups(dirs: &[PathBuf]) -> Result<Vec<File>, String> {
+        dirs.iter()
+            .map(|d| {
+                let procs = d.join("cgroup.procs");
+                OpenOptions::new()
+                    .write(true)
+                    .open(&procs)
+                    .map_err(|e| err(&format!("opening {}", procs.display()), e))
+            })
+            .collect()
+    }
+
     /// Builds the sandbox and runs the program; returns its exit status.
     pub fn enter(args: &HelperArgs, program: &[u8]) -> Result<i32, String> {
+        close_inherited_descriptors()?;
+        let cgroups = open_cgroups(&args.cgroups)?;
+        let filters = seccomp::filters()?;
         let uid = geteuid().as_raw();
         let gid = getegid().as_raw();
         let root_user = uid == 0;
@@ -422,7 +611,11 @@ mod linux {
             | CloneFlags::CLONE_NEWPID
             | CloneFlags::CLONE_NEWIPC
             | CloneFlags::CLONE_NEWUTS;
-        let already = if root_user { 0 } else { processes_of(uid) };
+        let already = if root_user || args.processes.is_none() {
+            0
+        } else {
+            processes_of(uid)
+        };
         if !root_user {
             flags |= CloneFlags::CLONE_NEWUSER;
         }
@@ -451,6 +644,9 @@ mod linux {
         .map_err(|e| err("making mounts private", e))?;
         let root = &args.root;
         tmpfs(root, 16 << 20)?;
+        // Before the binds, so that a Python under /tmp stays visible.
+        tmpfs(&root.join("tmp"), args.file_size)?;
+        tmpfs(&root.join("sandbox"), args.file_size)?;
         let mut binds: Vec<PathBuf> = SYSTEM.iter().map(PathBuf::from).collect();
         binds.extend(args.binds.iter().cloned());
         binds.sort();
@@ -497,8 +693,6 @@ mod linux {
                 .map_err(|e| err(&format!("binding {}", host.display()), e))?;
             }
         }
-        tmpfs(&root.join("tmp"), args.file_size)?;
-        tmpfs(&root.join("sandbox"), args.file_size)?;
         let old = root.join(".oldroot");
         std::fs::create_dir_all(&old).map_err(|e| err("creating .oldroot", e))?;
         pivot_root(root.as_path(), old.as_path()).map_err(|e| err("pivot_root", e))?;
@@ -516,16 +710,15 @@ mod linux {
         .map_err(|e| err("making the sandbox root read-only", e))?;
 
         let cpu = args.seconds.ceil() as u64 + 1;
-        let limits = [
+        let mut limits = vec![
             (Resource::RLIMIT_CPU, cpu),
             (Resource::RLIMIT_AS, args.memory),
             (Resource::RLIMIT_FSIZE, args.file_size),
             (Resource::RLIMIT_NOFILE, 256),
             (Resource::RLIMIT_CORE, 0),
-            (Resource::RLIMIT_NPROC, already + args.processes),
         ];
-        for (resource, value) in limits {
-            setrlimit(resource, value, value).map_err(|e| err(&format!("{resource:?}"), e))?;
+        if let Some(n) = args.processes {
+            limits.push((Resource::RLIMIT_NPROC, already + n));
         }
 
         let mut cmd = Command::new(&args.python);
@@ -540,12 +733,28 @@ mod linux {
         if root_user {
             cmd.uid(NOBODY).gid(NOBODY);
         }
-        // SAFETY: the closure makes one async-signal-safe system call
-        // (prctl) between fork and exec. It ties the sample (PID 1 of its
-        // namespace, whose end kills every process in it) to this helper's life.
+        // SAFETY: between fork and exec the closure makes only system calls
+        // (write, setsid, setrlimit, unshare, prctl, seccomp) on data made
+        // before the fork, and allocates nothing.
         unsafe {
-            cmd.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(Some(Signal::SIGKILL)).map_err(std::io::Error::from)
+            cmd.pre_exec(move || {
+                for procs in &cgroups {
+                    (&*procs).write_all(b"0")?;
+                }
+                // No controlling terminal, no signals from the eval's group.
+                setsid()?;
+                for &(resource, value) in &limits {
+                    setrlimit(resource, value, value)?;
+                }
+                // Not root: a user namespace owned by this one holds no
+                // privilege over the mounts made here, whatever the system call.
+                if !root_user {
+                    unshare(CloneFlags::CLONE_NEWUSER)?;
+                }
+                // Ties the sample (PID 1 of its namespace, whose end kills
+                // every process in it) to this helper's life.
+                nix::sys::prctl::set_pdeathsig(Some(Signal::SIGKILL))?;
+                seccomp::install(&filters)
             });
         }
         let mut child = cmd
@@ -571,6 +780,29 @@ mod linux {
                 Ok(None) => std::thread::sleep(Duration::from_millis(2)),
                 Err(e) => return Err(err("waiting for the sample", e)),
             }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use std::os::fd::AsRawFd;
+
+        fn close_on_exec(fd: i32) -> bool {
+            // SAFETY: F_GETFD reads a descriptor's flags.
+            unsafe { libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0 }
+        }
+
+        #[test]
+        fn the_fallback_marks_inherited_descriptors_close_on_exec() {
+            let file = tempfile::tempfile().unwrap();
+            let fd = file.as_raw_fd();
+            // SAFETY: clears the flag of a descriptor this test owns, as an
+            // inherited one would be.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+            assert!(!close_on_exec(fd));
+            super::mark_listed_descriptors().unwrap();
+            assert!(close_on_exec(fd));
+            assert!(!close_on_exec(2), "stderr stays open across exec");
         }
     }
 }

@@ -2,10 +2,13 @@
 //! tests check what each task extracts and how it compares, awkward cases
 //! included; the loaders' errors name the file and line.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use grok1_eval::runner::{self, RunOptions};
-use grok1_eval::{data, gsm8k, math, math_equiv, mmlu, Item, Query, ScriptedBackend, Task};
+use grok1_eval::{
+    data, gsm8k, math, math_equiv, mmlu, Backend, Item, Query, Response, ScriptedBackend, Task,
+};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/eval")
@@ -417,22 +420,102 @@ fn malformed_data_is_an_error_naming_file_and_line() {
     );
 }
 
+fn ids(items: &[Item]) -> HashSet<String> {
+    items.iter().map(|i| i.id.clone()).collect()
+}
+
 #[test]
 fn samples_files_answer_items_by_id() {
     let dir = tempfile::tempdir().unwrap();
     let items = vec![gen_item("a", "p1", "1"), gen_item("b", "p2", "2")];
     let path = dir.path().join("s.jsonl");
     std::fs::write(&path, "{\"task_id\": \"a\", \"completion\": \"The answer is 1.\"}\n{\"id\": \"b\", \"completion\": \"2\"}\n").unwrap();
-    let backend = ScriptedBackend::from_samples(&path, &items).unwrap();
+    let backend = ScriptedBackend::from_samples(&path, &ids(&items), &items).unwrap();
     let records = runner::run(Task::Gsm8k, &items, &backend, None, &opts(), &|_| {}).unwrap();
     assert!(records.iter().all(|r| r.correct));
     std::fs::write(&path, "{\"task_id\": \"a\", \"completion\": \"x\"}\n").unwrap();
-    let e = ScriptedBackend::from_samples(&path, &items).unwrap_err();
+    let e = ScriptedBackend::from_samples(&path, &ids(&items), &items).unwrap_err();
     assert!(e.to_string().contains("no sample for item b"), "{e}");
+    // Samples for items that are not run (--limit) are fine.
+    let backend = ScriptedBackend::from_samples(&path, &ids(&items), &items[..1]).unwrap();
+    assert_eq!(
+        backend.answer(&items[0]).unwrap(),
+        Response::Text("x".into())
+    );
     std::fs::write(&path, "{\"task_id\": \"a\", \"completion\": \"x\"}\n{\"task_id\": \"a\", \"completion\": \"y\"}\n").unwrap();
-    let e = ScriptedBackend::from_samples(&path, &items).unwrap_err();
+    let e = ScriptedBackend::from_samples(&path, &ids(&items), &items).unwrap_err();
     assert!(
-        e.to_string().contains("line 2") && e.to_string().contains("second sample"),
+        e.to_string().contains("line 2") && e.to_string().contains("second sample for a"),
         "{e}"
+    );
+}
+
+#[test]
+fn items_that_share_a_prompt_get_their_own_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let items = vec![gen_item("a", "same", "1"), gen_item("b", "same", "2")];
+    let path = dir.path().join("s.jsonl");
+    std::fs::write(
+        &path,
+        "{\"task_id\": \"a\", \"completion\": \"1\"}\n{\"task_id\": \"b\", \"completion\": \"2\"}\n",
+    )
+    .unwrap();
+    let backend = ScriptedBackend::from_samples(&path, &ids(&items), &items).unwrap();
+    let records = runner::run(Task::Gsm8k, &items, &backend, None, &opts(), &|_| {}).unwrap();
+    let outputs: Vec<&str> = records.iter().map(|r| r.output.as_str()).collect();
+    assert_eq!(outputs, ["1", "2"]);
+    assert!(records.iter().all(|r| r.correct));
+}
+
+#[test]
+fn a_sample_for_an_unknown_item_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let items = vec![gen_item("a", "p1", "1")];
+    let path = dir.path().join("s.jsonl");
+    std::fs::write(
+        &path,
+        "{\"task_id\": \"a\", \"completion\": \"1\"}\n{\"task_id\": \"HumanEval/999\", \"completion\": \"2\"}\n",
+    )
+    .unwrap();
+    let e = ScriptedBackend::from_samples(&path, &ids(&items), &items)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("s.jsonl line 2") && e.contains("task_id HumanEval/999 is not an item"),
+        "{e}"
+    );
+}
+
+#[test]
+fn loglikelihood_samples_must_all_be_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let items = vec![Item {
+        id: "q".into(),
+        query: Query::Choice {
+            context: "c".into(),
+            continuations: vec![" A".into(), " B".into()],
+        },
+        target: "A".into(),
+        subject: None,
+        code: None,
+    }];
+    let path = dir.path().join("s.jsonl");
+    std::fs::write(
+        &path,
+        "{\"id\": \"q\", \"loglikelihoods\": [-1.0, \"x\", -2.0]}\n",
+    )
+    .unwrap();
+    let e = ScriptedBackend::from_samples(&path, &ids(&items), &items)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("line 1: needs `loglikelihoods`: 2 numbers"),
+        "{e}"
+    );
+    std::fs::write(&path, "{\"id\": \"q\", \"loglikelihoods\": [-1.0, -2.0]}\n").unwrap();
+    let backend = ScriptedBackend::from_samples(&path, &ids(&items), &items).unwrap();
+    assert_eq!(
+        backend.answer(&items[0]).unwrap(),
+        Response::Loglikelihoods(vec![-1.0, -2.0])
     );
 }
