@@ -6,12 +6,16 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::{Request, State};
+use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use grok1::engine::{Event, FinishReason, Request as EngineRequest, TokenLogprob};
+use grok1::engine::{
+    CancelOnDrop, CancelToken, Event, FinishReason, Request as EngineRequest, TokenLogprob,
+};
 use grok1::sampling::SamplingParams;
 use grok1_tokenizer::Tokenizer;
+use http_body_util::LengthLimitError;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -19,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::chat::{self, Role};
+use crate::connections::BodyTimedOut;
 use crate::{unix_time, ApiError, AppState};
 
 const MAX_BODY: usize = 16 << 20;
@@ -30,14 +35,7 @@ const MAX_STOPS: usize = 16;
 pub(crate) async fn read_json(request: Request, accepted: &[&[&str]]) -> Result<Value, ApiError> {
     let bytes = axum::body::to_bytes(request.into_body(), MAX_BODY)
         .await
-        .map_err(|_| {
-            let mut e = ApiError::invalid(
-                format!("The request body is larger than {MAX_BODY} bytes."),
-                None,
-            );
-            e.status = axum::http::StatusCode::PAYLOAD_TOO_LARGE;
-            e
-        })?;
+        .map_err(body_error)?;
     let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::invalid(
             format!("We could not parse the JSON body of your request: {e}"),
@@ -60,6 +58,28 @@ pub(crate) async fn read_json(request: Request, accepted: &[&[&str]]) -> Result<
         ));
     }
     Ok(value)
+}
+
+/// Why a body could not be read: too large, too slow or cut off.
+fn body_error(e: axum::Error) -> ApiError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(err) = source {
+        if let Some(timed_out) = err.downcast_ref::<BodyTimedOut>() {
+            let mut e = ApiError::invalid(format!("{timed_out}; send it faster"), None);
+            e.status = StatusCode::REQUEST_TIMEOUT;
+            return e;
+        }
+        if err.is::<LengthLimitError>() {
+            let mut e = ApiError::invalid(
+                format!("The request body is larger than {MAX_BODY} bytes."),
+                None,
+            );
+            e.status = StatusCode::PAYLOAD_TOO_LARGE;
+            return e;
+        }
+        source = err.source();
+    }
+    ApiError::invalid(format!("could not read the request body: {e}"), None)
 }
 
 /// Reads the fields of `T` from a request object; errors name the field at fault.
@@ -346,6 +366,23 @@ fn check_ids(ids: &[i64], vocab: usize) -> Result<Vec<u32>, ApiError> {
         .collect()
 }
 
+/// The ids of a text prompt; one longer than the context is refused before
+/// it costs a full encoding (a 16 MB prompt would take seconds).
+fn encode_prompt(state: &AppState, text: &str, param: &str) -> Result<Vec<u32>, ApiError> {
+    let context = state.engine.config().context;
+    state.tokenizer.encode_capped(text, context).ok_or_else(|| {
+        let mut e = ApiError::invalid(
+            format!(
+                "this model's maximum context length is {context} tokens, but the `{param}` text ({} bytes) is longer; shorten it",
+                text.len()
+            ),
+            Some(param),
+        );
+        e.code = Some("context_length_exceeded");
+        e
+    })
+}
+
 /// The text of a token as it appears in decoded output (`▁` as a space).
 fn token_text(tok: &Tokenizer, id: u32) -> String {
     tok.id_to_piece(id)
@@ -382,13 +419,25 @@ struct Job {
     prompt_logprobs: bool,
 }
 
-/// Submits one engine request per choice; events arrive tagged with the choice.
-fn submit(
-    state: &AppState,
-    jobs: &[Job],
-    settings: &Settings,
-) -> Result<mpsc::UnboundedReceiver<(usize, Event)>, ApiError> {
+/// The events of a request's choices, tagged with the choice. Dropping it
+/// (with the handler's future or the stream, when the client goes) cancels
+/// every choice at the engine's next step.
+struct Choices {
+    rx: mpsc::UnboundedReceiver<(usize, Event)>,
+    _cancel: CancelOnDrop,
+}
+
+impl Choices {
+    async fn recv(&mut self) -> Option<(usize, Event)> {
+        self.rx.recv().await
+    }
+}
+
+/// Submits one engine request per choice, all or none.
+fn submit(state: &AppState, jobs: &[Job], settings: &Settings) -> Result<Choices, ApiError> {
     let (tx, rx) = mpsc::unbounded_channel();
+    let cancel = CancelToken::new();
+    let mut requests = Vec::with_capacity(jobs.len() * settings.n);
     for (j, job) in jobs.iter().enumerate() {
         for i in 0..settings.n {
             let index = j * settings.n + i;
@@ -399,7 +448,7 @@ fn submit(
                 random_seed()
             };
             let tx = tx.clone();
-            let request = EngineRequest {
+            requests.push(EngineRequest {
                 prompt: job.prompt.clone(),
                 max_tokens: job.max_tokens,
                 sampling,
@@ -412,16 +461,17 @@ fn submit(
                 logprobs: job.logprobs,
                 prompt_logprobs: job.prompt_logprobs,
                 sink: Box::new(move |e| tx.send((index, e)).is_ok()),
-            };
-            // On an error the receiver is dropped, which cancels the choices
-            // already submitted.
-            state
-                .engine
-                .submit(request)
-                .map_err(ApiError::from_submit)?;
+            });
         }
     }
-    Ok(rx)
+    state
+        .engine
+        .submit_all(requests, &cancel)
+        .map_err(ApiError::from_submit)?;
+    Ok(Choices {
+        rx,
+        _cancel: cancel.drop_guard(),
+    })
 }
 
 /// Applies one event to its choice; returns whether the choice is done.
@@ -454,10 +504,7 @@ fn apply(choice: &mut Choice, event: Event) -> bool {
     false
 }
 
-async fn collect(
-    mut rx: mpsc::UnboundedReceiver<(usize, Event)>,
-    count: usize,
-) -> Result<Vec<Choice>, ApiError> {
+async fn collect(mut rx: Choices, count: usize) -> Result<Vec<Choice>, ApiError> {
     let mut choices: Vec<Choice> = (0..count).map(|_| Choice::default()).collect();
     let mut done = 0;
     while done < count {
@@ -563,11 +610,11 @@ async fn completions_inner(state: AppState, request: Request) -> Result<Response
     let echo = req.echo.unwrap_or(false);
     let vocab = state.engine.vocab();
     let prompts: Vec<(Vec<u32>, String)> = match req.prompt {
-        PromptInput::Text(t) => vec![(state.tokenizer.encode(&t), t)],
+        PromptInput::Text(t) => vec![(encode_prompt(&state, &t, "prompt")?, t)],
         PromptInput::Texts(v) => v
             .into_iter()
-            .map(|t| (state.tokenizer.encode(&t), t))
-            .collect(),
+            .map(|t| Ok((encode_prompt(&state, &t, "prompt")?, t)))
+            .collect::<Result<_, ApiError>>()?,
         PromptInput::Tokens(ids) => {
             let ids = check_ids(&ids, vocab)?;
             let text = state.tokenizer.decode(&ids).unwrap_or_default();
@@ -745,10 +792,10 @@ enum StreamItem {
 }
 
 /// Turns engine events into server-sent events, ending with `data: [DONE]`.
-/// When the client goes away the receiver is dropped, which cancels the
-/// requests at the engine's next step.
+/// When the client goes away the body is dropped, which ends the task and
+/// with it `rx`: the requests are cancelled at the engine's next step.
 fn stream_response(
-    mut rx: mpsc::UnboundedReceiver<(usize, Event)>,
+    mut rx: Choices,
     count: usize,
     mut render: impl FnMut(StreamItem) -> Vec<Value> + Send + 'static,
 ) -> Response {
@@ -773,7 +820,13 @@ fn stream_response(
         let mut completion_tokens = 0;
         let mut failed = None;
         while done < count {
-            let Some((index, event)) = rx.recv().await else {
+            // A body dropped while the engine has nothing to say (a queued or
+            // prefilling request) must still end this task.
+            let next = tokio::select! {
+                next = rx.recv() => next,
+                () = tx.closed() => return,
+            };
+            let Some((index, event)) = next else {
                 failed = Some("the engine stopped before the request finished".to_string());
                 break;
             };
@@ -897,7 +950,7 @@ async fn chat_inner(state: AppState, request: Request) -> Result<Response, ApiEr
         turns.push((role, text));
     }
     let prompt_text = chat::render(&turns);
-    let prompt = state.tokenizer.encode(&prompt_text);
+    let prompt = encode_prompt(&state, &prompt_text, "messages")?;
     let room = state.engine.config().context.saturating_sub(prompt.len());
     let max_tokens = match req.max_completion_tokens.or(req.max_tokens) {
         None => room.max(1),
