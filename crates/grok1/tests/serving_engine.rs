@@ -52,7 +52,6 @@ fn request(prompt: Vec<u32>, max_tokens: usize) -> (Request, mpsc::Receiver<Even
         logprobs: None,
         prompt_logprobs: false,
         sink: Box::new(move |e| tx.send(e).is_ok()),
-        cancel: CancelToken::new(),
     };
     (req, rx)
 }
@@ -365,15 +364,19 @@ fn tagged(
     tag: usize,
     tx: &mpsc::Sender<(usize, Event)>,
     per_event: Duration,
-) -> (Request, CancelToken) {
+) -> Request {
     let tx = tx.clone();
     let (mut req, _) = request(prompt, max_tokens);
     req.sink = Box::new(move |e| {
         std::thread::sleep(per_event);
         tx.send((tag, e)).is_ok()
     });
-    let cancel = req.cancel.clone();
-    (req, cancel)
+    req
+}
+
+/// Submits a request that `cancel` ends.
+fn submit_cancellable(engine: &EngineHandle, request: Request, cancel: &CancelToken) {
+    engine.submit_all(vec![request], cancel).unwrap();
 }
 
 #[test]
@@ -392,14 +395,17 @@ fn a_cancelled_request_is_dropped_while_prefilling_or_anywhere_in_the_queue() {
     // A decodes slowly (its sink takes 5 ms an event), B prefills 120 tokens two
     // a step; C and D wait, D behind C.
     let slow = Duration::from_millis(5);
-    let (a, _) = tagged(vec![5, 6, 7], 100, 0, &tx, slow);
-    let (b, cancel_b) = tagged(vec![9; 120], 4, 1, &tx, Duration::ZERO);
-    let (c, _) = tagged(vec![11; 4], 3, 2, &tx, Duration::ZERO);
-    let (d, cancel_d) = tagged(vec![13; 4], 3, 3, &tx, Duration::ZERO);
-    engine.submit(a).unwrap();
-    engine.submit(b).unwrap();
-    engine.submit(c).unwrap();
-    engine.submit(d).unwrap();
+    let (cancel_b, cancel_d) = (CancelToken::new(), CancelToken::new());
+    engine
+        .submit(tagged(vec![5, 6, 7], 100, 0, &tx, slow))
+        .unwrap();
+    let b = tagged(vec![9; 120], 4, 1, &tx, Duration::ZERO);
+    submit_cancellable(&engine, b, &cancel_b);
+    engine
+        .submit(tagged(vec![11; 4], 3, 2, &tx, Duration::ZERO))
+        .unwrap();
+    let d = tagged(vec![13; 4], 3, 3, &tx, Duration::ZERO);
+    submit_cancellable(&engine, d, &cancel_d);
     assert!(matches!(rx.recv().unwrap(), (0, Event::Token { .. })));
     assert_eq!(metric(&engine, "grok1_running_sequences"), 2.0);
     assert_eq!(metric(&engine, "grok1_queue_depth"), 2.0);
@@ -444,9 +450,10 @@ fn a_cancelled_request_is_dropped_while_prefilling_or_anywhere_in_the_queue() {
     );
     // A request cancelled before it is queued never reaches a step.
     let steps = metric(&engine, "grok1_step_seconds_count");
-    let (e, cancel_e) = tagged(vec![15; 100], 4, 4, &tx, Duration::ZERO);
+    let cancel_e = CancelToken::new();
     cancel_e.cancel();
-    engine.submit(e).unwrap();
+    let e = tagged(vec![15; 100], 4, 4, &tx, Duration::ZERO);
+    submit_cancellable(&engine, e, &cancel_e);
     let (tag, event) = rx.recv().unwrap();
     assert_eq!(tag, 4);
     assert!(matches!(
@@ -495,14 +502,14 @@ fn a_group_of_requests_is_admitted_all_or_none() {
     };
     let (four, four_rx) = group(4);
     assert_eq!(
-        engine.submit_all(four),
+        engine.submit_all(four, &CancelToken::new()),
         Err(SubmitError::QueueFull {
             in_flight: 1,
             limit: 4
         })
     );
     let (five, _) = group(5);
-    let err = engine.submit_all(five).unwrap_err();
+    let err = engine.submit_all(five, &CancelToken::new()).unwrap_err();
     assert_eq!(
         err,
         SubmitError::TooManyRequests {
@@ -513,10 +520,13 @@ fn a_group_of_requests_is_admitted_all_or_none() {
     // One bad request refuses the group before any slot is taken.
     let (mut bad, _) = group(2);
     bad[1].prompt = vec![];
-    assert_eq!(engine.submit_all(bad), Err(SubmitError::EmptyPrompt));
+    assert_eq!(
+        engine.submit_all(bad, &CancelToken::new()),
+        Err(SubmitError::EmptyPrompt)
+    );
     assert_eq!(engine.in_flight(), 1);
     let (three, three_rx) = group(3);
-    engine.submit_all(three).unwrap();
+    engine.submit_all(three, &CancelToken::new()).unwrap();
     assert_eq!(engine.in_flight(), 4);
     drop(gate_tx);
     assert_eq!(collect(ra).reason, FinishReason::Length);

@@ -68,14 +68,12 @@ pub struct Request {
     /// Receives the request's events; returning false (the client is gone)
     /// cancels the request at the next step.
     pub sink: Box<dyn FnMut(Event) -> bool + Send>,
-    /// Cancels the request from outside, before it has any event to send (a
-    /// client that leaves while its prompt is queued or prefilled).
-    pub cancel: CancelToken,
 }
 
-/// A cancellation flag shared by the engine and whoever waits for a request
-/// (the choices of one HTTP request share one). The engine reads it once per
-/// sequence per step: one atomic load.
+/// Cancels a group of requests from outside ([`EngineHandle::submit_all`]),
+/// before they have any event to send: a client that leaves while its prompt is
+/// queued or prefilled. The engine reads it once per sequence per step: one
+/// atomic load.
 #[derive(Clone, Debug, Default)]
 pub struct CancelToken(Arc<AtomicBool>);
 
@@ -292,12 +290,16 @@ impl EngineHandle {
 
     /// Checks a request and queues it; its events arrive through its sink.
     pub fn submit(&self, request: Request) -> Result<(), SubmitError> {
-        self.submit_all(vec![request])
+        self.submit_all(vec![request], &CancelToken::new())
     }
 
     /// Checks every request and queues them all, or none: no request of a
-    /// refused group runs.
-    pub fn submit_all(&self, requests: Vec<Request>) -> Result<(), SubmitError> {
+    /// refused group runs. `cancel` ends them all at the next step.
+    pub fn submit_all(
+        &self,
+        requests: Vec<Request>,
+        cancel: &CancelToken,
+    ) -> Result<(), SubmitError> {
         if self.shared.shutting_down.load(Ordering::SeqCst) {
             return Err(SubmitError::ShuttingDown);
         }
@@ -324,7 +326,7 @@ impl EngineHandle {
         let release = || self.shared.in_flight.fetch_sub(count, Ordering::SeqCst);
         let sequences = match requests
             .into_iter()
-            .map(Sequence::new)
+            .map(|r| Sequence::new(r, cancel.clone()))
             .collect::<Result<Vec<_>, _>>()
         {
             Ok(sequences) => sequences,

@@ -82,7 +82,7 @@ fn pending_stop_prefix(text: &str, stops: &[String]) -> usize {
 }
 
 impl Sequence {
-    pub fn new(r: Request) -> Result<Self, SubmitError> {
+    pub fn new(r: Request, cancel: CancelToken) -> Result<Self, SubmitError> {
         let prompt_len = r.prompt.len();
         Ok(Sequence {
             kv: None,
@@ -105,7 +105,7 @@ impl Sequence {
             stopped_on_text: false,
             sink: r.sink,
             cancelled: false,
-            cancel: r.cancel,
+            cancel,
             submitted: Instant::now(),
             last_token: None,
         })
