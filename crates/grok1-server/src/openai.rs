@@ -3,7 +3,9 @@
 //! and the JSON or server-sent-event responses.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -21,6 +23,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
 
 use crate::chat::{self, Role};
 use crate::connections::BodyTimedOut;
@@ -792,13 +795,19 @@ enum StreamItem {
 }
 
 /// Turns engine events into server-sent events, ending with `data: [DONE]`.
-/// When the client goes away the body is dropped, which ends the task and
-/// with it `rx`: the requests are cancelled at the engine's next step.
+/// The body holds the request's cancellation: when the client goes away it is
+/// dropped, and the requests end at the engine's next step (the task would
+/// only notice at its next event, which a queued or prefilling request does
+/// not have).
 fn stream_response(
-    mut rx: Choices,
+    choices: Choices,
     count: usize,
     mut render: impl FnMut(StreamItem) -> Vec<Value> + Send + 'static,
 ) -> Response {
+    let Choices {
+        rx: mut events,
+        _cancel: cancel,
+    } = choices;
     let (tx, out) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
     tokio::spawn(async move {
         let send = |tx: &mpsc::Sender<Result<SseEvent, Infallible>>, v: Value| {
@@ -820,13 +829,7 @@ fn stream_response(
         let mut completion_tokens = 0;
         let mut failed = None;
         while done < count {
-            // A body dropped while the engine has nothing to say (a queued or
-            // prefilling request) must still end this task.
-            let next = tokio::select! {
-                next = rx.recv() => next,
-                () = tx.closed() => return,
-            };
-            let Some((index, event)) = next else {
+            let Some((index, event)) = events.recv().await else {
                 failed = Some("the engine stopped before the request finished".to_string());
                 break;
             };
@@ -860,9 +863,27 @@ fn stream_response(
         }
         let _ = tx.send(Ok(SseEvent::default().data("[DONE]"))).await;
     });
-    Sse::new(ReceiverStream::new(out))
+    let body = CancelOnEnd {
+        stream: ReceiverStream::new(out),
+        _cancel: cancel,
+    };
+    Sse::new(body)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// A response stream that cancels its request when dropped.
+struct CancelOnEnd<S> {
+    stream: S,
+    _cancel: CancelOnDrop,
+}
+
+impl<S: Stream + Unpin> Stream for CancelOnEnd<S> {
+    type Item = S::Item;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        Pin::new(&mut self.get_mut().stream).poll_next(cx)
+    }
 }
 
 fn chat_logprobs(tok: &Tokenizer, lps: &[TokenLogprob]) -> Value {
