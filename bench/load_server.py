@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Load test of `grok1 serve` on loopback: concurrent streaming clients with
-random cancellations, bounded in clients and time, then the batching gain.
+random cancellations, bounded in clients and time, then the batching gain and
+the cost of departing clients.
 
     python3 bench/load_server.py target/release/grok1 [--model tiny-moe] [--clients 64] [--seconds 60]
 
@@ -13,7 +14,12 @@ that was not cancelled complete, and the server's memory flat (its RSS after a
 first full-load period, when the allocator and the KV pages have grown to their
 working size, against its RSS at the end). Prompts are token ids below 1000,
 valid for both fixture models.
-Then measures aggregate tokens/s with 1 and with 16 concurrent streams.
+Then measures aggregate tokens/s with 1 and with 16 concurrent streams, and
+the departing-clients scenario: `--clients` clients each send `--rounds`
+prompts as long as the context allows and either wait for the answer or hang
+up as soon as the request is sent; the engine time the server reports
+(/metrics `grok1_step_seconds_sum`) for the departing clients must stay under 5%
+of that for the clients that stay.
 Uses only the Python standard library; talks to 127.0.0.1 only.
 """
 import argparse
@@ -22,6 +28,7 @@ import json
 import os
 import random
 import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -142,6 +149,14 @@ def load(port, clients, seconds, seed):
     return stats
 
 
+def get(port, path):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("GET", path)
+    body = conn.getresponse().read()
+    conn.close()
+    return body
+
+
 def throughput(port, streams, seconds):
     """Aggregate generated tokens/s of `streams` concurrent clients sending 64-token
     requests. Responses are whole (not streamed) so that the Python client, which
@@ -170,6 +185,55 @@ def throughput(port, streams, seconds):
     return count[0] / (time.time() - start)
 
 
+def metric(port, name):
+    for line in get(port, "/metrics").decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise KeyError(f"{name} missing from /metrics")
+
+
+def wait_idle(port):
+    while metric(port, "grok1_running_sequences") + metric(port, "grok1_queue_depth") > 0:
+        time.sleep(0.02)
+
+
+def departing(port, clients, rounds, length, seed, stay):
+    """Engine seconds spent on `clients` x `rounds` requests of `length`-token
+    prompts (all different), whose clients wait for the answer (`stay`, one
+    thread per client) or close the connection as soon as the request is sent
+    (one thread for all, so that no thread switch comes between sending and
+    closing)."""
+    rng = random.Random(seed)
+    bodies = [json.dumps({"prompt": [rng.randrange(3, 1000) for _ in range(length)], "max_tokens": 1, "temperature": 0})
+              for _ in range(clients * rounds)]
+    wait_idle(port)
+    before = metric(port, "grok1_step_seconds_sum")
+
+    def stay_client(i):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        for body in bodies[i * rounds:(i + 1) * rounds]:
+            conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+            conn.getresponse().read()
+        conn.close()
+
+    def leave():
+        for body in bodies:
+            request = (f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       f"Content-Length: {len(body)}\r\n\r\n{body}").encode()
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(request)
+
+    threads = ([threading.Thread(target=stay_client, args=(i,)) for i in range(clients)] if stay
+               else [threading.Thread(target=leave)])
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    time.sleep(0.5)
+    wait_idle(port)
+    return metric(port, "grok1_step_seconds_sum") - before
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("binary")
@@ -178,6 +242,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--gain-seconds", type=float, default=15, help="duration of each batching-gain run")
+    ap.add_argument("--rounds", type=int, default=8, help="long prompts each client sends in the departing-clients scenario")
     args = ap.parse_args()
     server = subprocess.Popen([args.binary, "serve", "--model", os.path.join(MODELS, args.model), "--port", "0", "--max-batch", "64",
                                "--max-queue", "64", "--kv-tokens", "8192"],
@@ -199,6 +264,9 @@ def main():
         rss_after = rss_kib(server.pid)
         one = throughput(port, 1, args.gain_seconds)
         sixteen = throughput(port, 16, args.gain_seconds)
+        context = json.loads(get(port, "/v1/models"))["data"][0]["max_model_len"]
+        stayed = departing(port, args.clients, args.rounds, context - 1, args.seed + 2, stay=True)
+        departed = departing(port, args.clients, args.rounds, context - 1, args.seed + 3, stay=False)
     finally:
         server.terminate()
         code = server.wait(timeout=30)
@@ -210,10 +278,13 @@ def main():
     print(f"streamed tokens: {stats.tokens}, {stats.tokens / args.seconds:.0f} tokens/s under load")
     print(f"server RSS: {rss_before / 1024:.1f} MiB before, {rss_after / 1024:.1f} MiB after")
     print(f"batching gain: 1 stream {one:.0f} tokens/s, 16 streams {sixteen:.0f} tokens/s: {sixteen / one:.1f}x")
+    print(f"departing clients: {args.clients} x {args.rounds} prompts of {context - 1} tokens: engine time {stayed:.3f} s "
+          f"when clients stay, {departed:.3f} s when they hang up at once ({100 * departed / stayed:.1f}%)")
     print(f"server exit code after SIGTERM: {code}")
     for m in stats.malformed[:5]:
         print("malformed:", m)
-    ok = stats.server_errors == 0 and not stats.malformed and code == 0 and rss_after < rss_before * 1.2 + 8192
+    ok = (stats.server_errors == 0 and not stats.malformed and code == 0 and rss_after < rss_before * 1.2 + 8192
+          and departed < 0.05 * stayed)
     sys.exit(0 if ok else 1)
 
 

@@ -536,6 +536,22 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 10)]
     pub shutdown_grace: u64,
 
+    /// Most open connections; at the limit a new connection replaces the one
+    /// idle longest (default: what the descriptor limit, RLIMIT_NOFILE, leaves
+    /// after the descriptors open at start and a reserve)
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+
+    /// Seconds a connection may take to send a complete request head, counted
+    /// from its opening or from its previous response (so also the idle
+    /// keep-alive time)
+    #[arg(long, default_value_t = 10)]
+    pub header_timeout: u64,
+
+    /// Seconds a request body may take to arrive
+    #[arg(long, default_value_t = 60)]
+    pub body_timeout: u64,
+
     #[command(flatten)]
     pub engine: EngineArgs,
 }

@@ -33,13 +33,6 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     let model = &loaded.model;
     let tokenizer = loaded.tokenizer(args.tokenizer.as_deref())?;
     let prompt = prompt_ids(&args.prompt, &tokenizer)?;
-    if tokenizer.vocab_size() != model.config().vocab_size {
-        eprintln!(
-            "grok1: warning: the tokenizer has {} pieces but the model has {} token ids",
-            tokenizer.vocab_size(),
-            model.config().vocab_size
-        );
-    }
     let sampling = SamplingParams {
         temperature: args.temperature,
         top_k: args.top_k,

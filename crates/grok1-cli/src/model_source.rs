@@ -39,15 +39,32 @@ impl LoadedModel {
     /// The tokenizer: `--tokenizer`, else a `tokenizer.model` beside the model,
     /// else the vocabulary inside the model file, else the official Grok-1
     /// tokenizer built into the binary.
+    /// Warns when its vocabulary and the model's differ.
     pub fn tokenizer(&self, flag: Option<&Path>) -> anyhow::Result<Tokenizer> {
-        match (
+        let tokenizer = match (
             flag.or(self.tokenizer_file.as_deref()),
             &self.embedded_tokenizer,
         ) {
-            (None, Some(t)) => Ok(t.clone()),
-            (path, _) => tokenizer(path, None),
-        }
+            (None, Some(t)) => t.clone(),
+            (path, _) => tokenizer(path, None)?,
+        };
+        warn_on_vocab_mismatch(&tokenizer, &self.model);
+        Ok(tokenizer)
     }
+}
+
+/// The tokenizer and the model must agree on the ids; where they do not, say
+/// what will fail before it does.
+fn warn_on_vocab_mismatch(tokenizer: &Tokenizer, model: &Grok1) {
+    let (pieces, ids) = (tokenizer.vocab_size(), model.config().vocab_size);
+    let consequence = match pieces.cmp(&ids) {
+        std::cmp::Ordering::Equal => return,
+        std::cmp::Ordering::Greater => "text that encodes to an id the model lacks will be refused",
+        std::cmp::Ordering::Less => "ids the tokenizer lacks will print no text",
+    };
+    eprintln!(
+        "grok1: warning: the tokenizer has {pieces} pieces but the model has {ids} token ids: {consequence}"
+    );
 }
 
 /// Loads the model the flags name and applies its options.

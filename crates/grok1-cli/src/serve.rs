@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use grok1::engine::{EngineConfig, EngineHandle};
 use grok1::Grok1;
-use grok1_server::{AppState, ServerConfig};
+use grok1_server::{AppState, ConnectionLimits, ServerConfig};
 
 use crate::args::{EngineArgs, ServeArgs};
 use crate::model_source;
@@ -57,6 +57,47 @@ pub fn engine_config(
     })
 }
 
+/// Fewer connections than this cannot serve a batch and its health checks.
+const MIN_CONNECTIONS: usize = 8;
+
+/// The connection cap: `--max-connections`, or what the descriptor limit leaves.
+fn max_connections(flag: Option<usize>) -> anyhow::Result<usize> {
+    let budget = grok1_server::descriptor_budget();
+    let describe = |b: &grok1_server::DescriptorBudget| {
+        format!(
+            "the descriptor limit (RLIMIT_NOFILE {}) with {} descriptors open leaves room for {} connections",
+            b.limit, b.open, b.connections
+        )
+    };
+    match (flag, budget) {
+        (Some(0), _) => anyhow::bail!("--max-connections must be at least 1"),
+        (Some(n), Some(b)) if n > b.connections => anyhow::bail!(
+            "--max-connections {n} does not fit: {}; raise the limit (ulimit -n) or ask for fewer",
+            describe(&b)
+        ),
+        (Some(n), _) => Ok(n),
+        (None, Some(b)) if b.connections < MIN_CONNECTIONS => {
+            anyhow::bail!("{}; raise it (ulimit -n) to serve", describe(&b))
+        }
+        (None, Some(b)) => Ok(b.connections),
+        (None, None) => Ok(1024),
+    }
+}
+
+/// Timeouts and the connection cap from the flags.
+fn connection_limits(args: &ServeArgs) -> anyhow::Result<ConnectionLimits> {
+    anyhow::ensure!(
+        args.header_timeout > 0,
+        "--header-timeout must be at least 1"
+    );
+    anyhow::ensure!(args.body_timeout > 0, "--body-timeout must be at least 1");
+    Ok(ConnectionLimits {
+        header_timeout: Duration::from_secs(args.header_timeout),
+        body_timeout: Duration::from_secs(args.body_timeout),
+        max_connections: max_connections(args.max_connections)?,
+    })
+}
+
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     set_threads(args.engine.threads)?;
     let loaded = model_source::load_args(&args.model)?;
@@ -79,12 +120,20 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     );
     let engine = EngineHandle::start(model, tokenizer.clone(), engine_config);
     let state = AppState::new(engine, tokenizer, name, eos, args.api_key.clone());
+    let limits = connection_limits(&args)?;
+    eprintln!(
+        "grok1: at most {} connections; {} s for a request head (or idle keep-alive), {} s for a body",
+        limits.max_connections,
+        limits.header_timeout.as_secs(),
+        limits.body_timeout.as_secs()
+    );
     let config = ServerConfig {
         host: args.host.clone(),
         port: args.port,
         api_key: args.api_key.clone(),
         model_name: state.model_name.clone(),
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        limits,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -107,6 +107,7 @@ impl ApiError {
                 e.code = Some("context_length_exceeded");
                 e
             }
+            SubmitError::TooManyRequests { .. } => Self::invalid(message, Some("n")),
             SubmitError::TokenOutOfRange { .. } | SubmitError::EmptyPrompt => {
                 Self::invalid(message, Some("prompt"))
             }

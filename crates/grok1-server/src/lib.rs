@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod chat;
+mod connections;
 mod error;
 mod logprobs;
 mod openai;
@@ -25,7 +26,12 @@ use grok1::engine::EngineHandle;
 use grok1_tokenizer::Tokenizer;
 use serde_json::json;
 
+pub use connections::{descriptor_budget, ConnectionLimits, DescriptorBudget};
 pub use error::ApiError;
+
+/// Defaults of [`ConnectionLimits`]' timeouts.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How the server is reached and protected.
 #[derive(Clone, Debug)]
@@ -38,6 +44,7 @@ pub struct ServerConfig {
     pub model_name: String,
     /// How long in-flight requests may run on after SIGINT/SIGTERM.
     pub shutdown_grace: Duration,
+    pub limits: ConnectionLimits,
 }
 
 /// What every handler shares.
@@ -49,6 +56,8 @@ pub struct AppState {
     pub eos: u32,
     pub api_key: Option<String>,
     pub created: u64,
+    /// How long a request body may take to arrive.
+    pub body_timeout: Duration,
 }
 
 impl AppState {
@@ -66,6 +75,7 @@ impl AppState {
             eos,
             api_key,
             created: unix_time(),
+            body_timeout: DEFAULT_BODY_TIMEOUT,
         }
     }
 }
@@ -82,6 +92,13 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The token of an `Authorization` header of the Bearer scheme, whose name is
+/// case-insensitive (RFC 7235).
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 async fn require_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if let Some(key) = &state.api_key {
         if request.uri().path() != "/health" {
@@ -89,20 +106,27 @@ async fn require_key(State(state): State<AppState>, request: Request, next: Next
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok());
-            match header.and_then(|h| h.strip_prefix("Bearer ")) {
+            match header.and_then(bearer_token) {
                 None => {
                     return ApiError::unauthorized(
                         "You didn't provide an API key. Send it in the Authorization header as `Bearer KEY`.",
                     )
                     .into_response()
                 }
-                Some(given) if !same_secret(given.trim().as_bytes(), key.as_bytes()) => {
+                Some(given) if !same_secret(given.as_bytes(), key.as_bytes()) => {
                     return ApiError::unauthorized("Incorrect API key provided.").into_response()
                 }
                 Some(_) => {}
             }
         }
     }
+    next.run(request).await
+}
+
+/// Bounds the time a request body may take to arrive (see `read_json`).
+async fn time_body(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let request = request
+        .map(|body| axum::body::Body::new(connections::TimedBody::new(body, state.body_timeout)));
     next.run(request).await
 }
 
@@ -163,6 +187,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), require_key))
+        .layer(middleware::from_fn_with_state(state.clone(), time_body))
         .with_state(state)
 }
 
@@ -200,9 +225,9 @@ pub async fn serve(
     on_ready(listener.local_addr()?);
     let engine = state.engine.clone();
     let grace = config.shutdown_grace;
-    let app = router(state);
+    let limits = config.limits.clone();
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let shutdown = async move {
         shutdown_signal().await;
         eprintln!(
             "grok1: shutting down: finishing in-flight requests (up to {} s)",
@@ -210,24 +235,35 @@ pub async fn serve(
         );
         // The engine finishes or cancels every stream within the grace period,
         // which lets their connections close.
-        let engine = engine.clone();
         tokio::task::spawn_blocking(move || {
             engine.shutdown(grace);
             let _ = stopped_tx.send(());
         });
-    });
-    let mut serving = tokio::spawn(async move { server.await });
+    };
+    let mut serving =
+        tokio::spawn(async move { serve_on(listener, state, &limits, shutdown).await });
     tokio::select! {
         result = &mut serving => {
-            return result.map_err(std::io::Error::other)?;
+            return result.map_err(std::io::Error::other);
         }
         _ = stopped_rx => {}
     }
     // A connection that outlives the engine (a client that stopped reading) must
     // not hold the process: give up a few seconds after the engine has stopped.
     match tokio::time::timeout(Duration::from_secs(5), serving).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(e)) => Err(std::io::Error::other(e)),
+        Ok(result) => result.map_err(std::io::Error::other),
         Err(_) => Ok(()),
     }
+}
+
+/// Serves connections from `listener` within `limits` until `shutdown`
+/// resolves, then lets open connections finish their requests and returns.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    mut state: AppState,
+    limits: &ConnectionLimits,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    state.body_timeout = limits.body_timeout;
+    connections::serve(listener, router(state), limits, shutdown).await
 }

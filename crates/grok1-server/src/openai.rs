@@ -3,22 +3,30 @@
 //! and the JSON or server-sent-event responses.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 
 use axum::extract::{Request, State};
+use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use grok1::engine::{Event, FinishReason, Request as EngineRequest, TokenLogprob};
+use grok1::engine::{
+    CancelOnDrop, CancelToken, Event, FinishReason, Request as EngineRequest, TokenLogprob,
+};
 use grok1::sampling::SamplingParams;
 use grok1_tokenizer::Tokenizer;
+use http_body_util::LengthLimitError;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
 
 use crate::chat::{self, Role};
+use crate::connections::BodyTimedOut;
 use crate::logprobs::{self, TokenTexts};
 use crate::{unix_time, ApiError, AppState};
 
@@ -31,14 +39,7 @@ const MAX_STOPS: usize = 16;
 pub(crate) async fn read_json(request: Request, accepted: &[&[&str]]) -> Result<Value, ApiError> {
     let bytes = axum::body::to_bytes(request.into_body(), MAX_BODY)
         .await
-        .map_err(|_| {
-            let mut e = ApiError::invalid(
-                format!("The request body is larger than {MAX_BODY} bytes."),
-                None,
-            );
-            e.status = axum::http::StatusCode::PAYLOAD_TOO_LARGE;
-            e
-        })?;
+        .map_err(body_error)?;
     let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::invalid(
             format!("We could not parse the JSON body of your request: {e}"),
@@ -61,6 +62,28 @@ pub(crate) async fn read_json(request: Request, accepted: &[&[&str]]) -> Result<
         ));
     }
     Ok(value)
+}
+
+/// Why a body could not be read: too large, too slow or cut off.
+fn body_error(e: axum::Error) -> ApiError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(err) = source {
+        if let Some(timed_out) = err.downcast_ref::<BodyTimedOut>() {
+            let mut e = ApiError::invalid(format!("{timed_out}; send it faster"), None);
+            e.status = StatusCode::REQUEST_TIMEOUT;
+            return e;
+        }
+        if err.is::<LengthLimitError>() {
+            let mut e = ApiError::invalid(
+                format!("The request body is larger than {MAX_BODY} bytes."),
+                None,
+            );
+            e.status = StatusCode::PAYLOAD_TOO_LARGE;
+            return e;
+        }
+        source = err.source();
+    }
+    ApiError::invalid(format!("could not read the request body: {e}"), None)
 }
 
 /// Reads the fields of `T` from a request object; errors name the field at fault.
@@ -347,6 +370,23 @@ fn check_ids(ids: &[i64], vocab: usize) -> Result<Vec<u32>, ApiError> {
         .collect()
 }
 
+/// The ids of a text prompt; one longer than the context is refused before
+/// it costs a full encoding (a 16 MB prompt would take seconds).
+fn encode_prompt(state: &AppState, text: &str, param: &str) -> Result<Vec<u32>, ApiError> {
+    let context = state.engine.config().context;
+    state.tokenizer.encode_capped(text, context).ok_or_else(|| {
+        let mut e = ApiError::invalid(
+            format!(
+                "this model's maximum context length is {context} tokens, but the `{param}` text ({} bytes) is longer; shorten it",
+                text.len()
+            ),
+            Some(param),
+        );
+        e.code = Some("context_length_exceeded");
+        e
+    })
+}
+
 /// A prompt's text as its ids decode (what `echo` returns and what the
 /// logprobs' offsets count), without bytes at its end that do not yet make a
 /// character: the completion that finishes them returns the character.
@@ -383,13 +423,25 @@ struct Job {
     prompt_logprobs: bool,
 }
 
-/// Submits one engine request per choice; events arrive tagged with the choice.
-fn submit(
-    state: &AppState,
-    jobs: &[Job],
-    settings: &Settings,
-) -> Result<mpsc::UnboundedReceiver<(usize, Event)>, ApiError> {
+/// The events of a request's choices, tagged with the choice. Dropping it
+/// (with the handler's future or the stream, when the client goes) cancels
+/// every choice at the engine's next step.
+struct Choices {
+    rx: mpsc::UnboundedReceiver<(usize, Event)>,
+    _cancel: CancelOnDrop,
+}
+
+impl Choices {
+    async fn recv(&mut self) -> Option<(usize, Event)> {
+        self.rx.recv().await
+    }
+}
+
+/// Submits one engine request per choice, all or none.
+fn submit(state: &AppState, jobs: &[Job], settings: &Settings) -> Result<Choices, ApiError> {
     let (tx, rx) = mpsc::unbounded_channel();
+    let cancel = CancelToken::new();
+    let mut requests = Vec::with_capacity(jobs.len() * settings.n);
     for (j, job) in jobs.iter().enumerate() {
         for i in 0..settings.n {
             let index = j * settings.n + i;
@@ -400,7 +452,7 @@ fn submit(
                 random_seed()
             };
             let tx = tx.clone();
-            let request = EngineRequest {
+            requests.push(EngineRequest {
                 prompt: job.prompt.clone(),
                 max_tokens: job.max_tokens,
                 sampling,
@@ -413,16 +465,17 @@ fn submit(
                 logprobs: job.logprobs,
                 prompt_logprobs: job.prompt_logprobs,
                 sink: Box::new(move |e| tx.send((index, e)).is_ok()),
-            };
-            // On an error the receiver is dropped, which cancels the choices
-            // already submitted.
-            state
-                .engine
-                .submit(request)
-                .map_err(ApiError::from_submit)?;
+            });
         }
     }
-    Ok(rx)
+    state
+        .engine
+        .submit_all(requests, &cancel)
+        .map_err(ApiError::from_submit)?;
+    Ok(Choices {
+        rx,
+        _cancel: cancel.drop_guard(),
+    })
 }
 
 /// Applies one event to its choice; returns whether the choice is done.
@@ -455,10 +508,7 @@ fn apply(choice: &mut Choice, event: Event) -> bool {
     false
 }
 
-async fn collect(
-    mut rx: mpsc::UnboundedReceiver<(usize, Event)>,
-    count: usize,
-) -> Result<Vec<Choice>, ApiError> {
+async fn collect(mut rx: Choices, count: usize) -> Result<Vec<Choice>, ApiError> {
     let mut choices: Vec<Choice> = (0..count).map(|_| Choice::default()).collect();
     let mut done = 0;
     while done < count {
@@ -571,8 +621,11 @@ async fn completions_inner(state: AppState, request: Request) -> Result<Response
         (ids, text)
     };
     let prompts: Vec<(Vec<u32>, String)> = match req.prompt {
-        PromptInput::Text(t) => vec![with_text(tok.encode(&t))],
-        PromptInput::Texts(v) => v.iter().map(|t| with_text(tok.encode(t))).collect(),
+        PromptInput::Text(t) => vec![with_text(encode_prompt(&state, &t, "prompt")?)],
+        PromptInput::Texts(v) => v
+            .iter()
+            .map(|t| Ok(with_text(encode_prompt(&state, t, "prompt")?)))
+            .collect::<Result<_, ApiError>>()?,
         PromptInput::Tokens(ids) => vec![with_text(check_ids(&ids, vocab)?)],
         PromptInput::TokenLists(lists) => lists
             .iter()
@@ -757,13 +810,19 @@ enum StreamItem {
 }
 
 /// Turns engine events into server-sent events, ending with `data: [DONE]`.
-/// When the client goes away the receiver is dropped, which cancels the
-/// requests at the engine's next step.
+/// The body holds the request's cancellation: when the client goes away it is
+/// dropped, and the requests end at the engine's next step (the task would
+/// only notice at its next event, which a queued or prefilling request does
+/// not have).
 fn stream_response(
-    mut rx: mpsc::UnboundedReceiver<(usize, Event)>,
+    choices: Choices,
     count: usize,
     mut render: impl FnMut(StreamItem) -> Vec<Value> + Send + 'static,
 ) -> Response {
+    let Choices {
+        rx: mut events,
+        _cancel: cancel,
+    } = choices;
     let (tx, out) = mpsc::channel::<Result<SseEvent, Infallible>>(64);
     tokio::spawn(async move {
         let send = |tx: &mpsc::Sender<Result<SseEvent, Infallible>>, v: Value| {
@@ -785,7 +844,7 @@ fn stream_response(
         let mut completion_tokens = 0;
         let mut failed = None;
         while done < count {
-            let Some((index, event)) = rx.recv().await else {
+            let Some((index, event)) = events.recv().await else {
                 failed = Some("the engine stopped before the request finished".to_string());
                 break;
             };
@@ -819,9 +878,27 @@ fn stream_response(
         }
         let _ = tx.send(Ok(SseEvent::default().data("[DONE]"))).await;
     });
-    Sse::new(ReceiverStream::new(out))
+    let body = CancelOnEnd {
+        stream: ReceiverStream::new(out),
+        _cancel: cancel,
+    };
+    Sse::new(body)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// A response stream that cancels its request when dropped.
+struct CancelOnEnd<S> {
+    stream: S,
+    _cancel: CancelOnDrop,
+}
+
+impl<S: Stream + Unpin> Stream for CancelOnEnd<S> {
+    type Item = S::Item;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        Pin::new(&mut self.get_mut().stream).poll_next(cx)
+    }
 }
 
 pub async fn chat_completions(State(state): State<AppState>, request: Request) -> Response {
@@ -892,7 +969,7 @@ async fn chat_inner(state: AppState, request: Request) -> Result<Response, ApiEr
         turns.push((role, text));
     }
     let prompt_text = chat::render(&turns);
-    let prompt = state.tokenizer.encode(&prompt_text);
+    let prompt = encode_prompt(&state, &prompt_text, "messages")?;
     let room = state.engine.config().context.saturating_sub(prompt.len());
     let max_tokens = match req.max_completion_tokens.or(req.max_tokens) {
         None => room.max(1),

@@ -16,7 +16,9 @@ use grok1::progress::NoProgress;
 use grok1::sampling::SamplingParams;
 use grok1::weights::ckpt0;
 use grok1::{ForwardOptions, Grok1, ModelConfig, Precision};
-use grok1_server::{router, AppState};
+use grok1_server::{
+    serve_on, AppState, ConnectionLimits, DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
+};
 use grok1_tokenizer::Tokenizer;
 use serde_json::{json, Value};
 
@@ -72,7 +74,12 @@ fn start(config: EngineConfig, key: Option<&str>) -> Server {
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
-            axum::serve(listener, router(state)).await.unwrap();
+            let limits = ConnectionLimits {
+                header_timeout: DEFAULT_HEADER_TIMEOUT,
+                body_timeout: DEFAULT_BODY_TIMEOUT,
+                max_connections: 256,
+            };
+            serve_on(listener, state, &limits, std::future::pending()).await;
         });
     });
     let addr = rx.recv().unwrap();

@@ -21,7 +21,7 @@ use prost::Message;
 use rustc_hash::FxHashMap;
 
 pub use decode::{DecodeState, StreamDecoder};
-use normalizer::{CharsMap, Normalizer};
+use normalizer::{CharsMap, Normalizer, SPACE_SYMBOL};
 use prefix::PrefixMatcher;
 use proto::{model_type, piece_type};
 
@@ -77,11 +77,27 @@ pub struct Tokenizer {
     /// The byte each BYTE piece stands for.
     byte_of: FxHashMap<u32, u8>,
     user_defined: PrefixMatcher,
+    /// No mergeable piece has a `▁` after another character, so no merge spans
+    /// the start of a word: text can be merged in parts cut there.
+    splits_at_words: bool,
     normalizer: Normalizer,
     unk_surface: String,
     bos_id: Option<u32>,
     eos_id: Option<u32>,
     pad_id: Option<u32>,
+}
+
+/// The first byte offset at or after `from` where a word starts in normalised
+/// text: a `▁` after a character that is not one.
+fn word_start(text: &str, from: usize) -> Option<usize> {
+    let mut from = from.min(text.len());
+    while !text.is_char_boundary(from) {
+        from += 1;
+    }
+    text[from..]
+        .match_indices(SPACE_SYMBOL)
+        .map(|(i, _)| from + i)
+        .find(|&i| i > 0 && !text[..i].ends_with(SPACE_SYMBOL))
 }
 
 fn byte_piece(b: u8) -> String {
@@ -202,6 +218,7 @@ impl Tokenizer {
             byte_ids: None,
             byte_of: FxHashMap::default(),
             user_defined: PrefixMatcher::default(),
+            splits_at_words: false,
             normalizer: Normalizer {
                 charsmap: None,
                 add_dummy_prefix: true,
@@ -299,6 +316,7 @@ impl Tokenizer {
         t.eos_id = id_of(trainer.eos_id());
         t.pad_id = id_of(trainer.pad_id());
         t.user_defined = PrefixMatcher::new(user_symbols.iter().map(String::as_str));
+        t.splits_at_words = !t.mergeable.keys().any(|p| word_start(p, 1).is_some());
         t.normalizer = Normalizer {
             charsmap: match spec.precompiled_charsmap.as_deref() {
                 Some(blob) if !blob.is_empty() => Some(CharsMap::parse(blob)?),
@@ -382,24 +400,68 @@ impl Tokenizer {
         (ids, pieces)
     }
 
+    /// Token ids of `text` as [`encode`](Self::encode) gives them, or `None`
+    /// once they are known to number more than `max`: a text far longer than a
+    /// model's context costs its normalisation and about `max` tokens of
+    /// merging, not a full encoding. The text is merged in parts of about
+    /// 4 KiB cut at the start of a word, where no merge can reach across (see
+    /// `splits_at_words`; a vocabulary with such merges is encoded whole).
+    pub fn encode_capped(&self, text: &str, max: usize) -> Option<Vec<u32>> {
+        const PART: usize = 4096;
+        let normalized = self.normalize(text);
+        let mut ids = Vec::new();
+        let mut pending_unk = String::new();
+        let mut rest = normalized.as_str();
+        while !rest.is_empty() {
+            let cut = match self.splits_at_words {
+                true => word_start(rest, PART).unwrap_or(rest.len()),
+                false => rest.len(),
+            };
+            let (part, after) = rest.split_at(cut);
+            self.encode_part(part, &mut pending_unk, &mut |id, _| ids.push(id));
+            if ids.len() > max {
+                return None;
+            }
+            rest = after;
+        }
+        if !pending_unk.is_empty() {
+            ids.push(self.unk_id);
+        }
+        (ids.len() <= max).then_some(ids)
+    }
+
     /// Emits `(id, piece)` for each token; consecutive unknown pieces merge into one
     /// (its piece is their text), and with byte fallback an unknown piece becomes
     /// one `<0xXX>` token per byte (sentencepiece_processor.cc
     /// `PopulateSentencePieceText`).
     fn encode_into(&self, text: &str, emit: &mut dyn FnMut(u32, &str)) {
         let normalized = self.normalize(text);
+        let mut pending_unk = String::new();
+        self.encode_part(&normalized, &mut pending_unk, emit);
+        if !pending_unk.is_empty() {
+            emit(self.unk_id, &pending_unk);
+        }
+    }
+
+    /// `encode_into` for a part of normalised text; unknown text at its end
+    /// stays in `pending_unk`, to merge with unknown text that follows.
+    fn encode_part(
+        &self,
+        normalized: &str,
+        pending_unk: &mut String,
+        emit: &mut dyn FnMut(u32, &str),
+    ) {
         let vocab = bpe::BpeVocab {
             mergeable: &self.mergeable,
             scores: &self.scores,
             unused: &self.unused,
             user_defined: &self.user_defined,
         };
-        let mut pending_unk = String::new();
-        for piece in bpe::encode(&normalized, &vocab) {
+        for piece in bpe::encode(normalized, &vocab) {
             let id = self.piece_to_id(piece);
             if id != self.unk_id {
                 if !pending_unk.is_empty() {
-                    emit(self.unk_id, &pending_unk);
+                    emit(self.unk_id, pending_unk);
                     pending_unk.clear();
                 }
                 emit(id, piece);
@@ -414,9 +476,6 @@ impl Tokenizer {
                 }
                 None => pending_unk.push_str(piece),
             }
-        }
-        if !pending_unk.is_empty() {
-            emit(self.unk_id, &pending_unk);
         }
     }
 

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::Fixture;
-use grok1::engine::{EngineConfig, EngineHandle, Event, FinishReason, Request, SubmitError};
+use grok1::engine::{
+    CancelToken, EngineConfig, EngineHandle, Event, FinishReason, Request, SubmitError,
+};
 use grok1::generate::{generate, StopConditions};
 use grok1::sampling::SamplingParams;
 use grok1::{ForwardOptions, Grok1, LogitsRows, Precision, SequenceInput};
@@ -334,5 +336,212 @@ fn prompt_logprobs_score_the_prompt() {
         assert_eq!(entry.top.len(), 3);
         assert!(entry.top[0].1 >= entry.top[1].1);
     }
+    engine.shutdown(Duration::from_secs(1));
+}
+
+/// A value of the engine's /metrics text.
+fn metric(engine: &EngineHandle, name: &str) -> f64 {
+    let text = engine.metrics().render();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from {text}"))
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "waited for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Requests whose events arrive, tagged, on one channel: in the engine's order.
+fn tagged(
+    prompt: Vec<u32>,
+    max_tokens: usize,
+    tag: usize,
+    tx: &mpsc::Sender<(usize, Event)>,
+    per_event: Duration,
+) -> Request {
+    let tx = tx.clone();
+    let (mut req, _) = request(prompt, max_tokens);
+    req.sink = Box::new(move |e| {
+        std::thread::sleep(per_event);
+        tx.send((tag, e)).is_ok()
+    });
+    req
+}
+
+/// Submits a request that `cancel` ends.
+fn submit_cancellable(engine: &EngineHandle, request: Request, cancel: &CancelToken) {
+    engine.submit_all(vec![request], cancel).unwrap();
+}
+
+#[test]
+fn a_cancelled_request_is_dropped_while_prefilling_or_anywhere_in_the_queue() {
+    let fx = Fixture::open("tiny-vocab");
+    let engine = EngineHandle::start(
+        fx.load_model(),
+        tokenizer(),
+        EngineConfig {
+            max_batch: 2,
+            prefill_chunk: 2,
+            ..config()
+        },
+    );
+    let (tx, rx) = mpsc::channel();
+    // A decodes slowly (its sink takes 5 ms an event), B prefills 120 tokens two
+    // a step; C and D wait, D behind C.
+    let slow = Duration::from_millis(5);
+    let (cancel_b, cancel_d) = (CancelToken::new(), CancelToken::new());
+    engine
+        .submit(tagged(vec![5, 6, 7], 100, 0, &tx, slow))
+        .unwrap();
+    let b = tagged(vec![9; 120], 4, 1, &tx, Duration::ZERO);
+    submit_cancellable(&engine, b, &cancel_b);
+    engine
+        .submit(tagged(vec![11; 4], 3, 2, &tx, Duration::ZERO))
+        .unwrap();
+    let d = tagged(vec![13; 4], 3, 3, &tx, Duration::ZERO);
+    submit_cancellable(&engine, d, &cancel_d);
+    assert!(matches!(rx.recv().unwrap(), (0, Event::Token { .. })));
+    assert_eq!(metric(&engine, "grok1_running_sequences"), 2.0);
+    assert_eq!(metric(&engine, "grok1_queue_depth"), 2.0);
+    cancel_b.cancel();
+    cancel_d.cancel();
+    // B and D end, without a token, long before A's 100 tokens; C then runs.
+    let mut order = Vec::new();
+    for (tag, event) in rx.iter() {
+        match event {
+            Event::Done {
+                reason,
+                completion_tokens,
+                ..
+            } => {
+                order.push(tag);
+                if tag == 1 || tag == 3 {
+                    assert_eq!(reason, FinishReason::Cancelled, "request {tag}");
+                    assert_eq!(completion_tokens, 0, "request {tag}");
+                } else {
+                    assert_eq!(reason, FinishReason::Length, "request {tag}");
+                }
+                if order.len() == 4 {
+                    break;
+                }
+            }
+            Event::Token { .. } => assert!(tag == 0 || tag == 2, "request {tag} ran"),
+            _ => {}
+        }
+    }
+    let mut first = order[..2].to_vec();
+    first.sort();
+    assert_eq!(first, [1, 3], "cancelled requests end first: {order:?}");
+    wait_for("the pages to be released", || {
+        metric(&engine, "grok1_kv_cache_used_pages") == 0.0 && engine.in_flight() == 0
+    });
+    assert_eq!(
+        metric(
+            &engine,
+            "grok1_requests_finished_total{reason=\"cancelled\"}"
+        ),
+        2.0
+    );
+    // A request cancelled before it is queued never reaches a step.
+    let steps = metric(&engine, "grok1_step_seconds_count");
+    let cancel_e = CancelToken::new();
+    cancel_e.cancel();
+    let e = tagged(vec![15; 100], 4, 4, &tx, Duration::ZERO);
+    submit_cancellable(&engine, e, &cancel_e);
+    let (tag, event) = rx.recv().unwrap();
+    assert_eq!(tag, 4);
+    assert!(matches!(
+        event,
+        Event::Done {
+            reason: FinishReason::Cancelled,
+            ..
+        }
+    ));
+    assert_eq!(metric(&engine, "grok1_step_seconds_count"), steps);
+    engine.shutdown(Duration::from_secs(1));
+}
+
+#[test]
+fn a_group_of_requests_is_admitted_all_or_none() {
+    let fx = Fixture::open("tiny-vocab");
+    let engine = EngineHandle::start(
+        fx.load_model(),
+        tokenizer(),
+        EngineConfig {
+            max_batch: 1,
+            max_queue: 3,
+            ..config()
+        },
+    );
+    // A holds the engine at its first token until the gate opens.
+    let (gate_tx, gate) = mpsc::channel::<()>();
+    let (mut a, ra) = request(vec![5, 6, 7], 2);
+    let mut sink = a.sink;
+    a.sink = Box::new(move |e| {
+        let _ = gate.recv();
+        sink(e)
+    });
+    engine.submit(a).unwrap();
+    let group = |n: usize| {
+        let (tx, rx) = mpsc::channel();
+        let requests = (0..n)
+            .map(|i| {
+                let tx = tx.clone();
+                let (mut req, _) = request(vec![20 + i as u32; 8], 2);
+                req.sink = Box::new(move |e| tx.send(e).is_ok());
+                req
+            })
+            .collect::<Vec<_>>();
+        (requests, rx)
+    };
+    let (four, four_rx) = group(4);
+    assert_eq!(
+        engine.submit_all(four, &CancelToken::new()),
+        Err(SubmitError::QueueFull {
+            in_flight: 1,
+            limit: 4
+        })
+    );
+    let (five, _) = group(5);
+    let err = engine.submit_all(five, &CancelToken::new()).unwrap_err();
+    assert_eq!(
+        err,
+        SubmitError::TooManyRequests {
+            requests: 5,
+            limit: 4
+        }
+    );
+    // One bad request refuses the group before any slot is taken.
+    let (mut bad, _) = group(2);
+    bad[1].prompt = vec![];
+    assert_eq!(
+        engine.submit_all(bad, &CancelToken::new()),
+        Err(SubmitError::EmptyPrompt)
+    );
+    assert_eq!(engine.in_flight(), 1);
+    let (three, three_rx) = group(3);
+    engine.submit_all(three, &CancelToken::new()).unwrap();
+    assert_eq!(engine.in_flight(), 4);
+    drop(gate_tx);
+    assert_eq!(collect(ra).reason, FinishReason::Length);
+    let done = three_rx
+        .iter()
+        .filter(|e| matches!(e, Event::Done { .. }))
+        .take(3)
+        .count();
+    assert_eq!(done, 3);
+    assert!(
+        four_rx.try_recv().is_err(),
+        "a refused group must not run any of its requests"
+    );
+    assert_eq!(metric(&engine, "grok1_requests_total"), 4.0);
     engine.shutdown(Duration::from_secs(1));
 }

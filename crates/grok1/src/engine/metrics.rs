@@ -69,6 +69,7 @@ pub struct Metrics {
     preemptions: AtomicU64,
     queue: AtomicU64,
     running: AtomicU64,
+    kv_pages_used: AtomicU64,
     histograms: Mutex<Histograms>,
 }
 
@@ -82,6 +83,7 @@ impl Default for Metrics {
             preemptions: AtomicU64::new(0),
             queue: AtomicU64::new(0),
             running: AtomicU64::new(0),
+            kv_pages_used: AtomicU64::new(0),
             histograms: Mutex::new(Histograms {
                 ttft: Histogram::new(LATENCY),
                 per_token: Histogram::new(LATENCY),
@@ -117,9 +119,11 @@ impl Metrics {
         self.preemptions.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(super) fn set_queue(&self, waiting: usize, running: usize) {
+    pub(super) fn set_queue(&self, waiting: usize, running: usize, kv_pages_used: usize) {
         self.queue.store(waiting as u64, Ordering::Relaxed);
         self.running.store(running as u64, Ordering::Relaxed);
+        self.kv_pages_used
+            .store(kv_pages_used as u64, Ordering::Relaxed);
     }
 
     fn with(&self, f: impl FnOnce(&mut Histograms)) {
@@ -203,6 +207,12 @@ impl Metrics {
             "grok1_running_sequences",
             "Sequences in the batch.",
             self.running.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "grok1_kv_cache_used_pages",
+            "KV cache pages held by sequences.",
+            self.kv_pages_used.load(Ordering::Relaxed),
         );
         self.with(|h| {
             h.batch

@@ -7,7 +7,10 @@
 //! streams. KV pages are taken as sequences grow; when they run out, the most
 //! recently admitted sequence is preempted (its pages freed, its tokens kept and
 //! recomputed later), so memory is never reserved for the worst case. Requests
-//! beyond `max_batch + max_queue` are refused at submission.
+//! beyond `max_batch + max_queue` are refused at submission, a group of them
+//! (the choices of one HTTP request) all or none. A request whose
+//! [`CancelToken`] is set (its client is gone) is dropped, with its pages,
+//! before the next step, whether it is queued, prefilling or decoding.
 
 mod metrics;
 mod sequence;
@@ -65,6 +68,43 @@ pub struct Request {
     /// Receives the request's events; returning false (the client is gone)
     /// cancels the request at the next step.
     pub sink: Box<dyn FnMut(Event) -> bool + Send>,
+}
+
+/// Cancels a group of requests from outside ([`EngineHandle::submit_all`]),
+/// before they have any event to send: a client that leaves while its prompt is
+/// queued or prefilled. The engine reads it once per sequence per step: one
+/// atomic load.
+#[derive(Clone, Debug, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// A guard that cancels when dropped: held by whatever dies with the client
+    /// (a handler's future, a response body).
+    pub fn drop_guard(&self) -> CancelOnDrop {
+        CancelOnDrop(self.clone())
+    }
+}
+
+/// Cancels its token when dropped.
+#[derive(Debug)]
+pub struct CancelOnDrop(CancelToken);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
 }
 
 /// A token's log-probability under the model and its most likely alternatives.
@@ -129,6 +169,8 @@ pub enum SubmitError {
     KvCapacity { needed: usize, capacity: usize },
     #[error("the server is busy: {in_flight} requests are running or queued (limit {limit}); retry later")]
     QueueFull { in_flight: usize, limit: usize },
+    #[error("the request asks for {requests} completions at once but the server runs or queues at most {limit}; ask for fewer choices or prompts")]
+    TooManyRequests { requests: usize, limit: usize },
     #[error("the server is shutting down")]
     ShuttingDown,
     #[error(transparent)]
@@ -136,7 +178,8 @@ pub enum SubmitError {
 }
 
 enum Command {
-    Submit(Box<Sequence>),
+    /// A group admitted together (the choices of one request).
+    Submit(Vec<Sequence>),
     Shutdown(Duration),
 }
 
@@ -247,9 +290,63 @@ impl EngineHandle {
 
     /// Checks a request and queues it; its events arrive through its sink.
     pub fn submit(&self, request: Request) -> Result<(), SubmitError> {
+        self.submit_all(vec![request], &CancelToken::new())
+    }
+
+    /// Checks every request and queues them all, or none: no request of a
+    /// refused group runs. `cancel` ends them all at the next step.
+    pub fn submit_all(
+        &self,
+        requests: Vec<Request>,
+        cancel: &CancelToken,
+    ) -> Result<(), SubmitError> {
         if self.shared.shutting_down.load(Ordering::SeqCst) {
             return Err(SubmitError::ShuttingDown);
         }
+        for request in &requests {
+            self.check(request)?;
+        }
+        let limit = self.config.max_batch + self.config.max_queue;
+        if requests.len() > limit {
+            return Err(SubmitError::TooManyRequests {
+                requests: requests.len(),
+                limit,
+            });
+        }
+        let count = requests.len();
+        let reserved =
+            self.shared
+                .in_flight
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    (n + count <= limit).then_some(n + count)
+                });
+        if let Err(in_flight) = reserved {
+            return Err(SubmitError::QueueFull { in_flight, limit });
+        }
+        let release = || self.shared.in_flight.fetch_sub(count, Ordering::SeqCst);
+        let sequences = match requests
+            .into_iter()
+            .map(|r| Sequence::new(r, cancel.clone()))
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(sequences) => sequences,
+            Err(e) => {
+                release();
+                return Err(e);
+            }
+        };
+        for seq in &sequences {
+            self.shared.metrics.request_received(seq.tokens.len());
+        }
+        if self.tx.send(Command::Submit(sequences)).is_err() {
+            release();
+            return Err(SubmitError::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    /// Refusals that depend on the request alone.
+    fn check(&self, request: &Request) -> Result<(), SubmitError> {
         if request.prompt.is_empty() {
             return Err(SubmitError::EmptyPrompt);
         }
@@ -281,24 +378,6 @@ impl EngineHandle {
             });
         }
         request.sampling.validate()?;
-        let limit = self.config.max_batch + self.config.max_queue;
-        let in_flight = self.shared.in_flight.fetch_add(1, Ordering::SeqCst);
-        if in_flight >= limit {
-            self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
-            return Err(SubmitError::QueueFull { in_flight, limit });
-        }
-        let seq = match Sequence::new(request) {
-            Ok(seq) => seq,
-            Err(e) => {
-                self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
-                return Err(e);
-            }
-        };
-        self.shared.metrics.request_received(seq.tokens.len());
-        if self.tx.send(Command::Submit(Box::new(seq))).is_err() {
-            self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
-            return Err(SubmitError::ShuttingDown);
-        }
         Ok(())
     }
 
@@ -342,22 +421,23 @@ impl Worker {
                 }
             }
             self.admit();
-            if self.running.is_empty() {
-                continue;
-            }
-            // A bug in a step must not take the server down: fail the batch, go on.
-            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step()));
-            if step.is_err() {
-                for seq in std::mem::take(&mut self.running) {
-                    self.finish(
-                        seq,
-                        FinishReason::Error("internal error in the model step".into()),
-                    );
+            if !self.running.is_empty() {
+                // A bug in a step must not take the server down: fail the batch, go on.
+                let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step()));
+                if step.is_err() {
+                    for seq in std::mem::take(&mut self.running) {
+                        self.finish(
+                            seq,
+                            FinishReason::Error("internal error in the model step".into()),
+                        );
+                    }
                 }
             }
-            self.shared
-                .metrics
-                .set_queue(self.waiting.len(), self.running.len());
+            self.shared.metrics.set_queue(
+                self.waiting.len(),
+                self.running.len(),
+                self.cache.total_pages() - self.cache.free_pages(),
+            );
         }
     }
 
@@ -376,8 +456,12 @@ impl Worker {
         commands.extend(std::iter::from_fn(|| self.rx.try_recv().ok()));
         for command in commands {
             match command {
-                Command::Submit(seq) if self.accepting => self.waiting.push_back(*seq),
-                Command::Submit(seq) => self.finish(*seq, FinishReason::Cancelled),
+                Command::Submit(group) if self.accepting => self.waiting.extend(group),
+                Command::Submit(group) => {
+                    for seq in group {
+                        self.finish(seq, FinishReason::Cancelled);
+                    }
+                }
                 Command::Shutdown(grace) => {
                     self.accepting = false;
                     self.deadline = Some(Instant::now() + grace);
@@ -389,15 +473,11 @@ impl Worker {
 
     /// Moves waiting sequences into the batch while there is room and KV pages.
     fn admit(&mut self) {
+        self.drop_cancelled_waiting();
         while self.running.len() < self.config.max_batch {
             let Some(seq) = self.waiting.front() else {
                 break;
             };
-            if seq.cancelled() {
-                let seq = self.waiting.pop_front().expect("front exists");
-                self.finish(seq, FinishReason::Cancelled);
-                continue;
-            }
             // Its first chunk, plus a page of headroom for each running sequence.
             let chunk = seq.pending().min(self.config.prefill_chunk);
             let needed = chunk.div_ceil(self.cache.page_size()) + self.running.len();
@@ -407,6 +487,21 @@ impl Worker {
             let mut seq = self.waiting.pop_front().expect("front exists");
             seq.kv = Some(self.cache.add_sequence());
             self.running.push(seq);
+        }
+    }
+
+    /// Finishes every queued sequence whose client is gone, wherever it is in
+    /// the queue: it holds a slot that a new request would be refused for.
+    fn drop_cancelled_waiting(&mut self) {
+        if !self.waiting.iter().any(Sequence::cancelled) {
+            return;
+        }
+        let (gone, kept) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(Sequence::cancelled);
+        self.waiting = kept;
+        for seq in Vec::from(gone) {
+            self.finish(seq, FinishReason::Cancelled);
         }
     }
 

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use grok1_tokenizer::{DecodeState, Tokenizer};
 
-use super::{Event, FinishReason, Metrics, Request, SubmitError, TokenLogprob};
+use super::{CancelToken, Event, FinishReason, Metrics, Request, SubmitError, TokenLogprob};
 use crate::kv_cache::SeqId;
 use crate::model::RowLogits;
 use crate::sampling::Sampler;
@@ -31,7 +31,9 @@ pub(super) struct Sequence {
     /// A stop string ended the text: nothing after it is released.
     stopped_on_text: bool,
     sink: Box<dyn FnMut(Event) -> bool + Send>,
+    /// The sink refused an event.
     cancelled: bool,
+    cancel: CancelToken,
     submitted: Instant,
     last_token: Option<Instant>,
 }
@@ -80,7 +82,7 @@ fn pending_stop_prefix(text: &str, stops: &[String]) -> usize {
 }
 
 impl Sequence {
-    pub fn new(r: Request) -> Result<Self, SubmitError> {
+    pub fn new(r: Request, cancel: CancelToken) -> Result<Self, SubmitError> {
         let prompt_len = r.prompt.len();
         Ok(Sequence {
             kv: None,
@@ -103,6 +105,7 @@ impl Sequence {
             stopped_on_text: false,
             sink: r.sink,
             cancelled: false,
+            cancel,
             submitted: Instant::now(),
             last_token: None,
         })
@@ -114,7 +117,7 @@ impl Sequence {
     }
 
     pub fn cancelled(&self) -> bool {
-        self.cancelled
+        self.cancelled || self.cancel.is_cancelled()
     }
 
     fn send(&mut self, event: Event) {
