@@ -316,7 +316,14 @@ impl Tokenizer {
         t.eos_id = id_of(trainer.eos_id());
         t.pad_id = id_of(trainer.pad_id());
         t.user_defined = PrefixMatcher::new(user_symbols.iter().map(String::as_str));
-        t.splits_at_words = !t.mergeable.keys().any(|p| word_start(p, 1).is_some());
+        // A user-defined symbol is matched whole before merging, so one that
+        // spans a word start forbids the cut as a merge would.
+        t.splits_at_words = !t
+            .mergeable
+            .keys()
+            .map(|p| &**p)
+            .chain(user_symbols.iter().map(String::as_str))
+            .any(|p| word_start(p, 1).is_some());
         t.normalizer = Normalizer {
             charsmap: match spec.precompiled_charsmap.as_deref() {
                 Some(blob) if !blob.is_empty() => Some(CharsMap::parse(blob)?),

@@ -271,21 +271,24 @@ mod tests {
     fn forced_text(tok: &Tokenizer, prompt: &[u32], body: &[u32], stops: &[&str]) -> String {
         let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let sink_text = text.clone();
-        let mut seq = Sequence::new(Request {
-            prompt: prompt.to_vec(),
-            max_tokens: body.len(),
-            sampling: SamplingParams::default(),
-            stop_token_ids: vec![],
-            stop_strings: stops.iter().map(|s| s.to_string()).collect(),
-            logprobs: None,
-            prompt_logprobs: false,
-            sink: Box::new(move |e| {
-                if let Event::Token { text, .. } | Event::Text(text) = e {
-                    sink_text.lock().unwrap().push_str(&text);
-                }
-                true
-            }),
-        })
+        let mut seq = Sequence::new(
+            Request {
+                prompt: prompt.to_vec(),
+                max_tokens: body.len(),
+                sampling: SamplingParams::default(),
+                stop_token_ids: vec![],
+                stop_strings: stops.iter().map(|s| s.to_string()).collect(),
+                logprobs: None,
+                prompt_logprobs: false,
+                sink: Box::new(move |e| {
+                    if let Event::Token { text, .. } | Event::Text(text) = e {
+                        sink_text.lock().unwrap().push_str(&text);
+                    }
+                    true
+                }),
+            },
+            crate::engine::CancelToken::new(),
+        )
         .unwrap();
         let metrics = Metrics::default();
         let mut row = vec![0.0f32; tok.vocab_size()];
