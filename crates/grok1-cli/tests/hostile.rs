@@ -477,3 +477,36 @@ fn absurd_scales_and_nan_logits_are_errors() {
         "the model produced a non-finite logit (NaN for token 0)",
     );
 }
+
+/// The same class as item 13 in `grok1 eval`: a FIFO given as `--data`,
+/// `--samples` or `--out` blocked the run (the results file is read back
+/// before it is appended to); each is refused at once, naming the file.
+#[test]
+fn eval_refuses_a_fifo_for_its_data_samples_and_results() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = fixtures().join("eval/humaneval/HumanEval.jsonl");
+    let samples = tmp.path().join("samples.jsonl");
+    std::fs::write(
+        &samples,
+        "{\"task_id\": \"Fixture/0\", \"completion\": \"    return a + b\\n\"}\n",
+    )
+    .unwrap();
+    let fifo = tmp.path().join("fifo.jsonl");
+    mkfifo(&fifo);
+    let eval = |data: &Path, samples: &Path, out: Option<&Path>| {
+        let mut cmd = grok1();
+        cmd.args(["eval", "--task", "humaneval", "--limit", "1", "--data"])
+            .arg(data)
+            .arg("--samples")
+            .arg(samples);
+        if let Some(out) = out {
+            cmd.arg("--out").arg(out);
+        }
+        cmd
+    };
+    let needle = format!("{}: a FIFO, not a regular file", fifo.display());
+    expect_error(&mut eval(&fifo, &samples, None), &needle);
+    expect_error(&mut eval(&data, &fifo, None), &needle);
+    expect_error(&mut eval(&data, &samples, Some(&fifo)), &needle);
+    assert!(is_fifo(&fifo));
+}

@@ -38,8 +38,9 @@ pub(crate) fn line_error(path: &Path, line: usize, message: impl Into<String>) -
 
 /// The bytes of a file, gunzipped when its name ends in `.gz`.
 pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
-    let raw =
-        std::fs::read(path).map_err(|e| EvalError::io(format!("reading {}", path.display()), e))?;
+    // A FIFO or device in place of a data file would block or never end.
+    let raw = grok1::files::read_regular(path)
+        .map_err(|e| EvalError::io(format!("reading {}", path.display()), e))?;
     if path.extension().is_some_and(|e| e == "gz") {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&raw[..])

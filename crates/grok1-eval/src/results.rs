@@ -39,7 +39,7 @@ pub struct Record {
 /// for appending); any other bad line is an error naming it.
 pub fn load_existing(path: &Path, task: &str) -> Result<HashMap<String, Record>> {
     let mut out = HashMap::new();
-    let text = match std::fs::read(path) {
+    let text = match grok1::files::read_regular(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
         Err(e) => return Err(EvalError::io(format!("reading {}", path.display()), e)),
@@ -82,7 +82,19 @@ impl Writer {
     /// Opens `path` for appending, first dropping a trailing partial line.
     pub fn open(path: &Path) -> Result<Writer> {
         let io = |e| EvalError::io(format!("opening {}", path.display()), e);
-        if let Ok(bytes) = std::fs::read(path) {
+        // The file is read back and appended to: a FIFO or device would block
+        // or lose the results.
+        match std::fs::metadata(path) {
+            Ok(meta) if !meta.is_file() => {
+                return Err(EvalError::Results(format!(
+                    "{}: {}, not a regular file: --out takes a results file (.jsonl)",
+                    path.display(),
+                    grok1::files::kind_of(&meta)
+                )))
+            }
+            _ => {}
+        }
+        if let Ok(bytes) = grok1::files::read_regular(path) {
             let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
             if keep != bytes.len() {
                 let f = std::fs::OpenOptions::new()
