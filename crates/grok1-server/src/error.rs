@@ -82,6 +82,18 @@ impl ApiError {
         }
     }
 
+    /// The server is stopping; another may answer.
+    pub fn shutting_down(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.into(),
+            kind: "server_error",
+            param: None,
+            code: None,
+            retry_after: Some(5),
+        }
+    }
+
     /// The error a refused submission maps to.
     pub fn from_submit(e: SubmitError) -> Self {
         let message = e.to_string();

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -134,18 +134,33 @@ async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// The served model in OpenAI's `model` shape.
+fn model_object(state: &AppState) -> serde_json::Value {
+    json!({
+        "id": state.model_name,
+        "object": "model",
+        "created": state.created,
+        "owned_by": "grok1-rs",
+        // vLLM's field: clients (grok1 eval, lm-eval) fit prompts to it.
+        "max_model_len": state.engine.config().context,
+    })
+}
+
 async fn models(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({
-        "object": "list",
-        "data": [{
-            "id": state.model_name,
-            "object": "model",
-            "created": state.created,
-            "owned_by": "grok1-rs",
-            // vLLM's field: clients (grok1 eval, lm-eval) fit prompts to it.
-            "max_model_len": state.engine.config().context,
-        }]
-    }))
+    Json(json!({ "object": "list", "data": [model_object(&state)] }))
+}
+
+/// `GET /v1/models/{id}`; the id may hold slashes (`xai-org/grok-1`), which
+/// the SDKs send unescaped.
+async fn model(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if id == state.model_name {
+        Ok(Json(model_object(&state)))
+    } else {
+        Err(ApiError::model_not_found(&id))
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -179,6 +194,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/completions", post(openai::completions))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(models))
+        .route("/v1/models/{*id}", get(model))
         .route("/tokenize", post(tokenizer_api::tokenize))
         .route("/detokenize", post(tokenizer_api::detokenize))
         .route("/tokenizer_info", get(tokenizer_api::tokenizer_info))

@@ -52,16 +52,77 @@ pub(crate) async fn read_json(request: Request, accepted: &[&[&str]]) -> Result<
             None,
         ));
     };
-    if let Some(key) = object
-        .keys()
-        .find(|k| !accepted.iter().any(|list| list.contains(&k.as_str())))
-    {
-        return Err(ApiError::invalid(
-            format!("Unrecognized request argument supplied: {key}"),
-            Some(key),
-        ));
+    for (key, field) in object {
+        if accepted.iter().any(|list| list.contains(&key.as_str())) {
+            continue;
+        }
+        match IGNORED_FIELDS.iter().find(|(name, _)| name == key) {
+            Some((_, kind)) => ignore_field(key, field, *kind)?,
+            None => {
+                return Err(ApiError::invalid(
+                    format!("Unrecognized request argument supplied: {key}"),
+                    Some(key),
+                ))
+            }
+        }
     }
     Ok(value)
+}
+
+/// The JSON type a field must have.
+#[derive(Clone, Copy)]
+enum Kind {
+    Bool,
+    Str,
+    Object,
+}
+
+impl Kind {
+    fn holds(self, v: &Value) -> bool {
+        match self {
+            Kind::Bool => v.is_boolean(),
+            Kind::Str => v.is_string(),
+            Kind::Object => v.is_object(),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Bool => "a boolean",
+            Kind::Str => "a string",
+            Kind::Object => "an object",
+        }
+    }
+}
+
+/// Fields that OpenAI's SDKs and LangChain send and that cannot change the
+/// output of this server (bookkeeping, caching, routing, reasoning models'
+/// effort, predicted outputs): accepted and ignored, as vLLM does, once their
+/// type is right.
+const IGNORED_FIELDS: &[(&str, Kind)] = &[
+    ("user", Kind::Str),
+    ("store", Kind::Bool),
+    ("metadata", Kind::Object),
+    ("service_tier", Kind::Str),
+    ("safety_identifier", Kind::Str),
+    ("prompt_cache_key", Kind::Str),
+    ("reasoning_effort", Kind::Str),
+    ("prediction", Kind::Object),
+];
+
+/// Checks the type of a field the server does not use and logs that it was ignored.
+fn ignore_field(name: &str, value: &Value, kind: Kind) -> Result<(), ApiError> {
+    if !value.is_null() && !kind.holds(value) {
+        return Err(ApiError::invalid(
+            format!("Invalid value for `{name}`: expected {}", kind.name()),
+            Some(name),
+        ));
+    }
+    tracing::debug!(
+        field = name,
+        "ignored a request field this server does not use"
+    );
+    Ok(())
 }
 
 /// Why a body could not be read: too large, too slow or cut off.
@@ -138,7 +199,6 @@ const COMMON_FIELDS: &[&str] = &[
     "presence_penalty",
     "frequency_penalty",
     "logit_bias",
-    "user",
     "ignore_eos",
 ];
 const COMPLETION_FIELDS: &[&str] = &[
@@ -159,6 +219,10 @@ const CHAT_FIELDS: &[&str] = &[
     "tools",
     "tool_choice",
     "parallel_tool_calls",
+    "modalities",
+    "audio",
+    "functions",
+    "function_call",
 ];
 
 /// Fields completions and chat share.
@@ -178,9 +242,6 @@ struct Common {
     presence_penalty: Option<f64>,
     frequency_penalty: Option<f64>,
     logit_bias: Option<Map<String, Value>>,
-    /// Accepted for compatibility; not used.
-    #[allow(dead_code)]
-    user: Option<String>,
     ignore_eos: Option<bool>,
 }
 
@@ -208,14 +269,49 @@ struct ContentPart {
     text: Option<String>,
 }
 
+/// A message; the fields past `content` are what the SDKs send back of an
+/// earlier reply (or a participant's name), accepted when they cannot change
+/// the prompt.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ChatMessage {
     role: String,
     content: Option<MessageContent>,
-    /// Accepted for compatibility; not used.
-    #[allow(dead_code)]
     name: Option<String>,
+    refusal: Option<String>,
+    tool_calls: Option<Vec<Value>>,
+    function_call: Option<Value>,
+    audio: Option<Value>,
+    annotations: Option<Vec<Value>>,
+}
+
+impl ChatMessage {
+    /// Refuses what the template cannot render; logs what it leaves out.
+    fn check(&self, param: &str) -> Result<(), ApiError> {
+        if self.tool_calls.as_ref().is_some_and(|c| !c.is_empty())
+            || self.function_call.as_ref().is_some_and(|c| !c.is_null())
+        {
+            return Err(ApiError::unsupported(
+                &format!("{param}.tool_calls"),
+                "tool calls are not implemented",
+            ));
+        }
+        if self.audio.as_ref().is_some_and(|a| !a.is_null()) {
+            return Err(ApiError::unsupported(
+                &format!("{param}.audio"),
+                "audio is not implemented",
+            ));
+        }
+        let ignored = [
+            ("name", self.name.is_some()),
+            ("refusal", self.refusal.is_some()),
+            ("annotations", self.annotations.is_some()),
+        ];
+        for (field, _) in ignored.iter().filter(|(_, present)| *present) {
+            tracing::debug!(message = param, field, "ignored a message field");
+        }
+        Ok(())
+    }
 }
 
 #[derive(Deserialize)]
@@ -229,6 +325,61 @@ pub struct ChatRequest {
     tools: Option<Vec<Value>>,
     tool_choice: Option<Value>,
     parallel_tool_calls: Option<bool>,
+    modalities: Option<Vec<String>>,
+    audio: Option<Value>,
+    functions: Option<Vec<Value>>,
+    function_call: Option<Value>,
+}
+
+impl ChatRequest {
+    /// Refuses tools, audio and formats this server cannot honour; what only
+    /// matters with tools (`parallel_tool_calls`, a `tool_choice` of "none" or
+    /// "auto") is ignored when there are none.
+    fn check_unsupported(&self) -> Result<(), ApiError> {
+        let no_choice = |c: &Option<Value>| {
+            c.as_ref()
+                .is_none_or(|c| c.is_null() || c == "none" || c == "auto")
+        };
+        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) || !no_choice(&self.tool_choice) {
+            return Err(ApiError::unsupported(
+                "tools",
+                "tool calls are not implemented",
+            ));
+        }
+        if self.functions.as_ref().is_some_and(|f| !f.is_empty()) || !no_choice(&self.function_call)
+        {
+            return Err(ApiError::unsupported(
+                "functions",
+                "function calls are not implemented",
+            ));
+        }
+        if self
+            .modalities
+            .as_ref()
+            .is_some_and(|m| m.iter().any(|m| m != "text"))
+            || self.audio.as_ref().is_some_and(|a| !a.is_null())
+        {
+            return Err(ApiError::unsupported(
+                "modalities",
+                "only text output is implemented",
+            ));
+        }
+        if let Some(format) = &self.response_format {
+            if format.get("type").and_then(Value::as_str) != Some("text") {
+                return Err(ApiError::unsupported(
+                    "response_format",
+                    "only {\"type\": \"text\"} is implemented",
+                ));
+            }
+        }
+        if self.parallel_tool_calls.is_some() {
+            tracing::debug!(
+                field = "parallel_tool_calls",
+                "ignored a request field this server does not use"
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Checked sampling and stopping settings.
@@ -406,14 +557,21 @@ struct Choice {
     completion_tokens: usize,
 }
 
+/// OpenAI's name of a finish reason. A client that is still listening hears
+/// `Cancelled` only when the server shuts down: its completion was cut short
+/// by the server, not ended by the model, which OpenAI calls "length" (the
+/// stream then carries an error event saying why).
 fn finish_reason(r: &FinishReason) -> &'static str {
     match r {
         FinishReason::Stop => "stop",
-        FinishReason::Length => "length",
-        FinishReason::Cancelled => "cancelled",
+        FinishReason::Length | FinishReason::Cancelled => "length",
         FinishReason::Error(_) => "error",
     }
 }
+
+/// What a client whose request was cut short by shutdown is told.
+const SHUTDOWN_MESSAGE: &str =
+    "the server is shutting down: the completion was cut short; retry on another server or later";
 
 struct Job {
     prompt: Vec<u32>,
@@ -521,12 +679,14 @@ async fn collect(mut rx: Choices, count: usize) -> Result<Vec<Choice>, ApiError>
             done += 1;
         }
     }
-    if let Some(FinishReason::Error(e)) = choices.iter().find_map(|c| {
-        c.finish
-            .clone()
-            .filter(|f| matches!(f, FinishReason::Error(_)))
-    }) {
-        return Err(ApiError::internal(format!("generation failed: {e}")));
+    for c in &choices {
+        match &c.finish {
+            Some(FinishReason::Error(e)) => {
+                return Err(ApiError::internal(format!("generation failed: {e}")))
+            }
+            Some(FinishReason::Cancelled) => return Err(ApiError::shutting_down(SHUTDOWN_MESSAGE)),
+            _ => {}
+        }
     }
     Ok(choices)
 }
@@ -856,8 +1016,10 @@ fn stream_response(
             {
                 done += 1;
                 completion_tokens += c;
-                if let FinishReason::Error(e) = reason {
-                    failed = Some(e.clone());
+                match reason {
+                    FinishReason::Error(e) => failed = Some(e.clone()),
+                    FinishReason::Cancelled => failed = Some(SHUTDOWN_MESSAGE.to_string()),
+                    _ => {}
                 }
             }
             for v in render(StreamItem::Event(index, event)) {
@@ -912,23 +1074,7 @@ async fn chat_inner(state: AppState, request: Request) -> Result<Response, ApiEr
     let value = read_json(request, &[COMMON_FIELDS, CHAT_FIELDS]).await?;
     let req: ChatRequest = parse(&value)?;
     let settings = check_common(&state, &parse(&value)?)?;
-    if req.tools.as_ref().is_some_and(|t| !t.is_empty())
-        || req.tool_choice.is_some()
-        || req.parallel_tool_calls.is_some()
-    {
-        return Err(ApiError::unsupported(
-            "tools",
-            "tool calls are not implemented",
-        ));
-    }
-    if let Some(format) = &req.response_format {
-        if format.get("type").and_then(Value::as_str) != Some("text") {
-            return Err(ApiError::unsupported(
-                "response_format",
-                "only {\"type\": \"text\"} is implemented",
-            ));
-        }
-    }
+    req.check_unsupported()?;
     if req.messages.is_empty() {
         return Err(ApiError::invalid(
             "`messages` must not be empty",
@@ -938,6 +1084,7 @@ async fn chat_inner(state: AppState, request: Request) -> Result<Response, ApiEr
     let mut turns = Vec::new();
     for (i, m) in req.messages.iter().enumerate() {
         let param = format!("messages[{i}]");
+        m.check(&param)?;
         let role = Role::parse(&m.role).ok_or_else(|| {
             ApiError::invalid(
                 format!(
@@ -1100,4 +1247,80 @@ async fn chat_inner(state: AppState, request: Request) -> Result<Response, ApiEr
         "usage": usage(prompt_tokens, completion_tokens),
     }))
     .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The body of a streamed response, as its `data:` payloads.
+    async fn stream_payloads(response: Response) -> Vec<String> {
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        String::from_utf8(bytes.to_vec())
+            .unwrap()
+            .split("\n\n")
+            .filter_map(|b| b.strip_prefix("data: ").map(str::to_string))
+            .collect()
+    }
+
+    /// A stream cut short by shutdown ends with an OpenAI finish reason
+    /// ("length": the server, not the model, ended it), then an error event
+    /// saying why, then `[DONE]`.
+    #[tokio::test]
+    async fn shutdown_ends_a_stream_with_length_and_an_error_event() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let choices = Choices {
+            rx,
+            _cancel: CancelToken::new().drop_guard(),
+        };
+        let token = Event::Token {
+            token: 5,
+            text: "Hi".into(),
+            logprob: None,
+        };
+        tx.send((0, token)).unwrap();
+        let done = Event::Done {
+            reason: FinishReason::Cancelled,
+            prompt_tokens: 3,
+            completion_tokens: 1,
+        };
+        tx.send((0, done)).unwrap();
+        let response = stream_response(choices, 1, |item| match item {
+            StreamItem::Event(_, Event::Token { text, .. }) => vec![json!({ "text": text })],
+            StreamItem::Event(_, Event::Done { reason, .. }) => {
+                vec![json!({ "finish_reason": finish_reason(&reason) })]
+            }
+            _ => vec![],
+        });
+        let payloads = stream_payloads(response).await;
+        assert_eq!(payloads.len(), 4, "{payloads:?}");
+        assert_eq!(payloads[0], r#"{"text":"Hi"}"#);
+        assert_eq!(payloads[1], r#"{"finish_reason":"length"}"#);
+        let error: Value = serde_json::from_str(&payloads[2]).unwrap();
+        assert_eq!(error["error"]["type"], "server_error");
+        assert_eq!(error["error"]["message"], SHUTDOWN_MESSAGE);
+        assert_eq!(payloads[3], "[DONE]");
+    }
+
+    /// A request that is not streamed and is cut short by shutdown is a 503
+    /// the client may retry, not a truncated completion.
+    #[tokio::test]
+    async fn shutdown_fails_a_collected_request_with_503() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let choices = Choices {
+            rx,
+            _cancel: CancelToken::new().drop_guard(),
+        };
+        let done = Event::Done {
+            reason: FinishReason::Cancelled,
+            prompt_tokens: 3,
+            completion_tokens: 0,
+        };
+        tx.send((0, done)).unwrap();
+        let error = collect(choices, 1).await.err().unwrap();
+        assert_eq!(error.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(error.retry_after, Some(5));
+    }
 }
