@@ -130,6 +130,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // Every answer that is not a completion goes through here.
+        if self.status.is_server_error() {
+            tracing::error!(status = self.status.as_u16(), cause = %self.message, "request failed");
+        } else {
+            tracing::warn!(status = self.status.as_u16(), reason = %self.message, param = self.param.as_deref(), "request refused");
+        }
         let body = json!({
             "error": {
                 "message": self.message,

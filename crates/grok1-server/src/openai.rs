@@ -6,6 +6,7 @@ use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -666,7 +667,11 @@ fn apply(choice: &mut Choice, event: Event) -> bool {
     false
 }
 
-async fn collect(mut rx: Choices, count: usize) -> Result<Vec<Choice>, ApiError> {
+async fn collect(
+    mut rx: Choices,
+    count: usize,
+    log: &mut RequestLog,
+) -> Result<Vec<Choice>, ApiError> {
     let mut choices: Vec<Choice> = (0..count).map(|_| Choice::default()).collect();
     let mut done = 0;
     while done < count {
@@ -675,6 +680,9 @@ async fn collect(mut rx: Choices, count: usize) -> Result<Vec<Choice>, ApiError>
                 "the engine stopped before the request finished",
             ));
         };
+        if matches!(event, Event::Token { .. }) {
+            log.token();
+        }
         if apply(&mut choices[i], event) {
             done += 1;
         }
@@ -688,6 +696,12 @@ async fn collect(mut rx: Choices, count: usize) -> Result<Vec<Choice>, ApiError>
             _ => {}
         }
     }
+    let reasons: Vec<&str> = choices
+        .iter()
+        .filter_map(|c| c.finish.as_ref().map(finish_reason))
+        .collect();
+    let completion_tokens = choices.iter().map(|c| c.completion_tokens).sum();
+    log.finished(completion_tokens, &reasons);
     Ok(choices)
 }
 
@@ -731,13 +745,17 @@ impl StreamedLogprobs {
 }
 
 pub async fn completions(State(state): State<AppState>, request: Request) -> Response {
-    match completions_inner(state, request).await {
+    match completions_inner(state, request, Instant::now()).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn completions_inner(state: AppState, request: Request) -> Result<Response, ApiError> {
+async fn completions_inner(
+    state: AppState,
+    request: Request,
+    started: Instant,
+) -> Result<Response, ApiError> {
     let value = read_json(request, &[COMMON_FIELDS, COMPLETION_FIELDS]).await?;
     let req: CompletionRequest = parse(&value)?;
     let settings = check_common(&state, &parse(&value)?)?;
@@ -811,6 +829,7 @@ async fn completions_inner(state: AppState, request: Request) -> Result<Response
     let created = unix_time();
     let model = state.model_name.clone();
     let prompt_tokens: usize = prompts.iter().map(|(ids, _)| ids.len()).sum();
+    let mut log = RequestLog::new(&id, "/v1/completions", started, prompt_tokens);
     if settings.stream {
         let n = settings.n;
         let include_usage = settings.include_usage;
@@ -837,81 +856,88 @@ async fn completions_inner(state: AppState, request: Request) -> Result<Response
                 })
             })
             .collect();
-        return Ok(stream_response(rx, count, move |ev: StreamItem| match ev {
-            StreamItem::Start(index) if echo && logprobs.is_none() => {
-                vec![chunk(text_chunk(index, &prompts[index / n].1, None), None)]
-            }
-            StreamItem::Start(_) => vec![],
-            StreamItem::Event(index, Event::PromptLogprobs(lp)) => {
-                let (Some(s), true) = (streamed[index].as_mut(), echo) else {
-                    return vec![];
-                };
-                let (ids, text) = &prompts[index / n];
-                let entries: Vec<logprobs::Entry> = ids
-                    .iter()
-                    .zip(&lp)
-                    .map(|(&t, l)| s.texts.next(&tokenizer, t, l.as_ref()))
-                    .collect();
-                s.send(text);
-                let lp = logprobs::completion_object(&entries);
-                vec![chunk(text_chunk(index, text, Some(lp)), None)]
-            }
-            StreamItem::Event(
-                index,
-                Event::Token {
-                    token,
-                    text,
-                    logprob,
-                },
-            ) => {
-                let lp = streamed[index].as_mut().map(|s| {
-                    let entry = s.texts.next(&tokenizer, token, logprob.as_ref());
-                    s.waiting.push(entry);
-                    s.send(&text)
-                });
-                match lp {
-                    Some(ready) if !ready.is_empty() || !text.is_empty() => vec![chunk(
-                        text_chunk(index, &text, Some(logprobs::completion_object(&ready))),
-                        None,
-                    )],
-                    None if !text.is_empty() => vec![chunk(text_chunk(index, &text, None), None)],
-                    _ => vec![],
+        return Ok(stream_response(
+            rx,
+            count,
+            log,
+            move |ev: StreamItem| match ev {
+                StreamItem::Start(index) if echo && logprobs.is_none() => {
+                    vec![chunk(text_chunk(index, &prompts[index / n].1, None), None)]
                 }
-            }
-            StreamItem::Event(index, Event::Text(text)) => {
-                let lp = streamed[index]
-                    .as_mut()
-                    .map(|s| logprobs::completion_object(&s.send(&text)));
-                vec![chunk(text_chunk(index, &text, lp), None)]
-            }
-            StreamItem::Event(index, Event::Done { reason, .. }) => {
-                let mut out = Vec::new();
-                if let Some(s) = streamed[index].as_mut() {
-                    let rest = s.finish();
-                    if !rest.is_empty() {
-                        let lp = logprobs::completion_object(&rest);
-                        out.push(chunk(text_chunk(index, "", Some(lp)), None));
+                StreamItem::Start(_) => vec![],
+                StreamItem::Event(index, Event::PromptLogprobs(lp)) => {
+                    let (Some(s), true) = (streamed[index].as_mut(), echo) else {
+                        return vec![];
+                    };
+                    let (ids, text) = &prompts[index / n];
+                    let entries: Vec<logprobs::Entry> = ids
+                        .iter()
+                        .zip(&lp)
+                        .map(|(&t, l)| s.texts.next(&tokenizer, t, l.as_ref()))
+                        .collect();
+                    s.send(text);
+                    let lp = logprobs::completion_object(&entries);
+                    vec![chunk(text_chunk(index, text, Some(lp)), None)]
+                }
+                StreamItem::Event(
+                    index,
+                    Event::Token {
+                        token,
+                        text,
+                        logprob,
+                    },
+                ) => {
+                    let lp = streamed[index].as_mut().map(|s| {
+                        let entry = s.texts.next(&tokenizer, token, logprob.as_ref());
+                        s.waiting.push(entry);
+                        s.send(&text)
+                    });
+                    match lp {
+                        Some(ready) if !ready.is_empty() || !text.is_empty() => vec![chunk(
+                            text_chunk(index, &text, Some(logprobs::completion_object(&ready))),
+                            None,
+                        )],
+                        None if !text.is_empty() => {
+                            vec![chunk(text_chunk(index, &text, None), None)]
+                        }
+                        _ => vec![],
                     }
                 }
-                out.push(chunk(
+                StreamItem::Event(index, Event::Text(text)) => {
+                    let lp = streamed[index]
+                        .as_mut()
+                        .map(|s| logprobs::completion_object(&s.send(&text)));
+                    vec![chunk(text_chunk(index, &text, lp), None)]
+                }
+                StreamItem::Event(index, Event::Done { reason, .. }) => {
+                    let mut out = Vec::new();
+                    if let Some(s) = streamed[index].as_mut() {
+                        let rest = s.finish();
+                        if !rest.is_empty() {
+                            let lp = logprobs::completion_object(&rest);
+                            out.push(chunk(text_chunk(index, "", Some(lp)), None));
+                        }
+                    }
+                    out.push(chunk(
                     json!([{ "text": "", "index": index, "logprobs": Value::Null, "finish_reason": finish_reason(&reason) }]),
                     None,
                 ));
-                out
-            }
-            StreamItem::End { completion_tokens } => {
-                if include_usage {
-                    vec![chunk(
-                        json!([]),
-                        Some(usage(prompt_tokens, completion_tokens)),
-                    )]
-                } else {
-                    vec![]
+                    out
                 }
-            }
-        }));
+                StreamItem::End { completion_tokens } => {
+                    if include_usage {
+                        vec![chunk(
+                            json!([]),
+                            Some(usage(prompt_tokens, completion_tokens)),
+                        )]
+                    } else {
+                        vec![]
+                    }
+                }
+            },
+        ));
     }
-    let choices = collect(rx, count).await?;
+    let choices = collect(rx, count, &mut log).await?;
     let completion_tokens: usize = choices.iter().map(|c| c.completion_tokens).sum();
     let body: Vec<Value> = choices
         .iter()
@@ -958,6 +984,72 @@ async fn completions_inner(state: AppState, request: Request) -> Result<Response
     .into_response())
 }
 
+/// A request's line in the log, written when its last choice ends.
+struct RequestLog {
+    id: String,
+    endpoint: &'static str,
+    started: Instant,
+    prompt_tokens: usize,
+    first_token: Option<Duration>,
+}
+
+impl RequestLog {
+    fn new(id: &str, endpoint: &'static str, started: Instant, prompt_tokens: usize) -> Self {
+        RequestLog {
+            id: id.to_string(),
+            endpoint,
+            started,
+            prompt_tokens,
+            first_token: None,
+        }
+    }
+
+    /// A token arrived: the first sets the time to first token.
+    fn token(&mut self) {
+        if self.first_token.is_none() {
+            self.first_token = Some(self.started.elapsed());
+        }
+    }
+
+    fn ms(d: Duration) -> f64 {
+        (d.as_secs_f64() * 1e4).round() / 10.0
+    }
+
+    fn finished(&self, completion_tokens: usize, reasons: &[&str]) {
+        tracing::info!(
+            id = %self.id,
+            endpoint = self.endpoint,
+            status = 200,
+            prompt_tokens = self.prompt_tokens,
+            completion_tokens,
+            ttft_ms = self.first_token.map(Self::ms),
+            total_ms = Self::ms(self.started.elapsed()),
+            finish_reason = %reasons.join(","),
+            "request done"
+        );
+    }
+
+    /// A stream failed after its 200 status was sent.
+    fn failed(&self, cause: &str) {
+        tracing::error!(
+            id = %self.id,
+            endpoint = self.endpoint,
+            total_ms = Self::ms(self.started.elapsed()),
+            cause,
+            "stream failed"
+        );
+    }
+
+    fn departed(&self) {
+        tracing::info!(
+            id = %self.id,
+            endpoint = self.endpoint,
+            total_ms = Self::ms(self.started.elapsed()),
+            "client disconnected before the stream ended"
+        );
+    }
+}
+
 /// What a stream renderer is asked to turn into chunks.
 enum StreamItem {
     /// Before any event of a choice.
@@ -977,6 +1069,7 @@ enum StreamItem {
 fn stream_response(
     choices: Choices,
     count: usize,
+    mut log: RequestLog,
     mut render: impl FnMut(StreamItem) -> Vec<Value> + Send + 'static,
 ) -> Response {
     let Choices {
@@ -1003,11 +1096,15 @@ fn stream_response(
         let mut done = 0;
         let mut completion_tokens = 0;
         let mut failed = None;
+        let mut reasons = vec![""; count];
         while done < count {
             let Some((index, event)) = events.recv().await else {
                 failed = Some("the engine stopped before the request finished".to_string());
                 break;
             };
+            if matches!(event, Event::Token { .. }) {
+                log.token();
+            }
             if let Event::Done {
                 completion_tokens: c,
                 reason,
@@ -1016,6 +1113,7 @@ fn stream_response(
             {
                 done += 1;
                 completion_tokens += c;
+                reasons[index] = finish_reason(reason);
                 match reason {
                     FinishReason::Error(e) => failed = Some(e.clone()),
                     FinishReason::Cancelled => failed = Some(SHUTDOWN_MESSAGE.to_string()),
@@ -1024,14 +1122,17 @@ fn stream_response(
             }
             for v in render(StreamItem::Event(index, event)) {
                 if !send(&tx, v).await {
+                    log.departed();
                     return;
                 }
             }
         }
-        if let Some(message) = failed {
+        if let Some(message) = &failed {
+            log.failed(message);
             let error = json!({ "error": { "message": message, "type": "server_error", "param": Value::Null, "code": Value::Null } });
             let _ = send(&tx, error).await;
         } else {
+            log.finished(completion_tokens, &reasons);
             for v in render(StreamItem::End { completion_tokens }) {
                 if !send(&tx, v).await {
                     return;
@@ -1064,13 +1165,17 @@ impl<S: Stream + Unpin> Stream for CancelOnEnd<S> {
 }
 
 pub async fn chat_completions(State(state): State<AppState>, request: Request) -> Response {
-    match chat_inner(state, request).await {
+    match chat_inner(state, request, Instant::now()).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn chat_inner(state: AppState, request: Request) -> Result<Response, ApiError> {
+async fn chat_inner(
+    state: AppState,
+    request: Request,
+    started: Instant,
+) -> Result<Response, ApiError> {
     let value = read_json(request, &[COMMON_FIELDS, CHAT_FIELDS]).await?;
     let req: ChatRequest = parse(&value)?;
     let settings = check_common(&state, &parse(&value)?)?;
@@ -1154,6 +1259,7 @@ async fn chat_inner(state: AppState, request: Request) -> Result<Response, ApiEr
     let id = request_id("chatcmpl");
     let created = unix_time();
     let model = state.model_name.clone();
+    let mut log = RequestLog::new(&id, "/v1/chat/completions", started, prompt_tokens);
     if settings.stream {
         let include_usage = settings.include_usage;
         let tokenizer = state.tokenizer.clone();
@@ -1167,7 +1273,7 @@ async fn chat_inner(state: AppState, request: Request) -> Result<Response, ApiEr
             }
             v
         };
-        return Ok(stream_response(rx, count, move |ev| match ev {
+        return Ok(stream_response(rx, count, log, move |ev| match ev {
             StreamItem::Start(index) => vec![chunk(
                 json!([{ "index": index, "delta": { "role": "assistant", "content": "" }, "logprobs": Value::Null, "finish_reason": Value::Null }]),
                 None,
@@ -1219,7 +1325,7 @@ async fn chat_inner(state: AppState, request: Request) -> Result<Response, ApiEr
             }
         }));
     }
-    let choices = collect(rx, count).await?;
+    let choices = collect(rx, count, &mut log).await?;
     let completion_tokens: usize = choices.iter().map(|c| c.completion_tokens).sum();
     let body: Vec<Value> = choices
         .iter()
@@ -1287,7 +1393,8 @@ mod tests {
             completion_tokens: 1,
         };
         tx.send((0, done)).unwrap();
-        let response = stream_response(choices, 1, |item| match item {
+        let log = RequestLog::new("cmpl-test", "/v1/completions", Instant::now(), 3);
+        let response = stream_response(choices, 1, log, |item| match item {
             StreamItem::Event(_, Event::Token { text, .. }) => vec![json!({ "text": text })],
             StreamItem::Event(_, Event::Done { reason, .. }) => {
                 vec![json!({ "finish_reason": finish_reason(&reason) })]
@@ -1319,7 +1426,8 @@ mod tests {
             completion_tokens: 0,
         };
         tx.send((0, done)).unwrap();
-        let error = collect(choices, 1).await.err().unwrap();
+        let mut log = RequestLog::new("cmpl-test", "/v1/completions", Instant::now(), 3);
+        let error = collect(choices, 1, &mut log).await.err().unwrap();
         assert_eq!(error.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(error.retry_after, Some(5));
     }
