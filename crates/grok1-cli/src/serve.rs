@@ -119,6 +119,8 @@ fn connection_limits(args: &ServeArgs) -> anyhow::Result<ConnectionLimits> {
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    // Checked before the model takes its time to load.
+    let cors = cors_origins(&args.cors_origins)?;
     set_threads(args.engine.threads)?;
     let loaded = model_source::load_args(&args.model)?;
     let tokenizer = Arc::new(loaded.tokenizer(args.tokenizer.as_deref())?);
@@ -140,7 +142,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     );
     let engine = EngineHandle::start(model, tokenizer.clone(), engine_config);
     let mut state = AppState::new(engine, tokenizer, name, eos, args.api_key.clone());
-    state.cors_origins = cors_origins(&args.cors_origins)?;
+    state.cors_origins = cors;
     let limits = connection_limits(&args)?;
     eprintln!(
         "grok1: at most {} connections; {} s for a request head (or idle keep-alive), {} s for a body",

@@ -405,6 +405,14 @@ fn bad_input_gets_a_clear_error() {
     );
     expect_error(&["generate", "--bogus"], "unexpected argument '--bogus'");
     expect_error(
+        &["serve", "--cors-origin", "localhost:3000/app"],
+        "--cors-origin \"localhost:3000/app\": expected `*` or an origin",
+    );
+    expect_error(
+        &["generate", "--log-level", "info,[", "--prompt", "x"],
+        "--log-level \"info,[\"",
+    );
+    expect_error(
         &["inspect", "--model", "/nonexistent/model"],
         "/nonexistent/model: model directory not found",
     );
