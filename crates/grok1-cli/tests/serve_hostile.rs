@@ -418,3 +418,73 @@ fn requests_are_logged_preflights_answered_and_latency_metered() {
         );
     }
 }
+
+/// SIGTERM with no grace period while a stream's choices are still running or
+/// queued: every choice ends with an OpenAI finish reason ("length": the
+/// server cut it), an error event says why, `[DONE]` follows, the server exits 0.
+#[test]
+fn shutdown_ends_streams_with_length_and_an_error_event() {
+    let tiny = model("tiny-vocab");
+    let mut s = serve(
+        None,
+        &[
+            "--model",
+            tiny.to_str().unwrap(),
+            "--max-batch",
+            "1",
+            "--shutdown-grace",
+            "0",
+        ],
+    );
+    let body =
+        json!({"prompt": "Hello", "max_tokens": 100, "n": 16, "stream": true, "ignore_eos": true});
+    let mut c = s.connect();
+    c.write_all(
+        s.raw("POST", "/v1/completions", &body.to_string())
+            .as_bytes(),
+    )
+    .unwrap();
+    let mut reader = BufReader::new(c);
+    let mut line = String::new();
+    while !line.starts_with("data: {") {
+        line.clear();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "no first chunk");
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &s.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut rest = String::new();
+    reader.read_to_string(&mut rest).unwrap();
+    let data: Vec<&str> = rest
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(data.last(), Some(&"[DONE]"), "{rest}");
+    let error: Value = serde_json::from_str(data[data.len() - 2]).unwrap();
+    assert_eq!(error["error"]["type"], "server_error", "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("shutting down"),
+        "{error}"
+    );
+    let mut finished = vec![None; 16];
+    for d in &data[..data.len() - 2] {
+        let chunk: Value = serde_json::from_str(d).unwrap();
+        for choice in chunk["choices"].as_array().unwrap() {
+            if let Some(reason) = choice["finish_reason"].as_str() {
+                finished[choice["index"].as_u64().unwrap() as usize] = Some(reason.to_string());
+            }
+        }
+    }
+    assert!(
+        finished.iter().all(|r| r.as_deref() == Some("length")),
+        "{finished:?}"
+    );
+    assert!(!rest.contains("cancelled"), "{rest}");
+    let code = s.child.wait().unwrap();
+    assert!(code.success(), "{code:?}");
+}
