@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), "../.."))
@@ -87,6 +88,8 @@ def main():
     try:
         while "listening on" not in (server.stderr.readline() or "listening on"):
             pass
+        # The server logs a line per request: keep reading so it never blocks on a full pipe.
+        threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()
         url = f"http://127.0.0.1:{port}"
         info = json.load(__import__("urllib.request").request.urlopen(url + "/v1/models"))
         name = info["data"][0]["id"]

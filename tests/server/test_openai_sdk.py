@@ -69,6 +69,33 @@ def main():
         ids = [m.id for m in client.models.list()]
         assert ids == ["tiny-vocab"], ids
 
+    @check("models.retrieve: the served model, and NotFoundError for another")
+    def _():
+        m = client.models.retrieve("tiny-vocab")
+        assert m.id == "tiny-vocab" and m.object == "model", m
+        try:
+            client.models.retrieve("gpt-4o")
+            raise AssertionError("an unknown model must be a 404")
+        except openai.NotFoundError as e:
+            assert e.body["code"] == "model_not_found", e.body
+
+    @check("fields the SDK and LangChain send that change nothing are accepted")
+    def _():
+        messages = [{"role": "user", "content": "Say something.", "name": "ann"},
+                    {"role": "assistant", "content": "Hi.", "refusal": None, "tool_calls": None},
+                    {"role": "user", "content": "Again."}]
+        plain = [{k: v for k, v in m.items() if k in ("role", "content")} for m in messages]
+        want = client.chat.completions.create(model="tiny-vocab", messages=plain, max_tokens=6, temperature=0)
+        got = client.chat.completions.create(model="tiny-vocab", messages=messages, max_tokens=6, temperature=0,
+                                             store=False, metadata={"run": "sdk"}, service_tier="auto", user="u-1",
+                                             reasoning_effort="low", parallel_tool_calls=False)
+        assert got.choices[0].message.content == want.choices[0].message.content
+        try:
+            client.chat.completions.create(model="tiny-vocab", messages=plain, max_tokens=2, tool_choice="required")
+            raise AssertionError("tool_choice required must be refused")
+        except openai.BadRequestError as e:
+            assert e.body["param"] == "tools", e.body
+
     @check("completion equals grok1 generate and the reference")
     def _():
         r = client.completions.create(model="tiny-vocab", prompt=PROMPT, max_tokens=16, temperature=0)
@@ -189,8 +216,17 @@ def main():
         first = next(iter(stream))
         assert first.choices
         proc.send_signal(signal.SIGTERM)
-        for _ in stream:
-            pass
+        finish = None
+        try:
+            for chunk in stream:
+                for c in chunk.choices:
+                    finish = c.finish_reason or finish
+        except openai.APIError as e:
+            # Cut short by the shutdown: "length", then the error event saying why.
+            assert finish == "length" and "shutting down" in str(e), (finish, e)
+        else:
+            # The stream finished within the grace period.
+            assert finish in ("length", "stop"), finish
         code = proc.wait(timeout=30)
         assert code == 0, code
 

@@ -17,6 +17,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+
+    /// Log filter for stderr: error, warn, info, debug, trace, or RUST_LOG
+    /// syntax (`grok1_server=debug`); overrides RUST_LOG (default: RUST_LOG, else info)
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -551,6 +556,11 @@ pub struct ServeArgs {
     /// Seconds a request body may take to arrive
     #[arg(long, default_value_t = 60)]
     pub body_timeout: u64,
+
+    /// Let browser pages from ORIGIN (`http://localhost:3000`, or `*` for any)
+    /// call the API: answers CORS preflights and sets the headers; repeatable
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    pub cors_origins: Vec<String>,
 
     #[command(flatten)]
     pub engine: EngineArgs,

@@ -5,7 +5,8 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use grok1::bench::{self, summarize, BenchResult, BenchSpec};
+use clap::ValueEnum;
+use grok1::bench::{self, stddev, summarize, BenchResult, BenchSpec};
 use serde_json::json;
 
 use crate::args::BenchArgs;
@@ -33,13 +34,25 @@ impl Row<'_> {
     }
 }
 
+/// What a run is of, recorded in every JSON line as llama-bench does.
+struct RunInfo {
+    model: String,
+    /// The `--model` path; None for the built-in demo model.
+    model_path: Option<String>,
+    model_size_bytes: u64,
+    model_params: u64,
+    precision: String,
+    backend: String,
+    threads: usize,
+    /// When the run started, RFC 3339 in UTC.
+    timestamp: String,
+}
+
 fn summary_json(
     spec: &BenchSpec,
     r: &BenchResult,
     bandwidth: f64,
-    threads: usize,
-    backend: &str,
-    model: &str,
+    info: &RunInfo,
 ) -> serde_json::Value {
     let (pp, pp_min, pp_max) = summarize(&r.prompt_tokens_per_s);
     let (tg, tg_min, tg_max) = summarize(&r.gen_tokens_per_s);
@@ -50,9 +63,16 @@ fn summary_json(
         0.0
     };
     json!({
-        "model": model,
-        "backend": backend,
-        "threads": threads,
+        "model": info.model,
+        "model_path": info.model_path,
+        "model_size_bytes": info.model_size_bytes,
+        "model_params": info.model_params,
+        "precision": info.precision,
+        "backend": info.backend,
+        "threads": info.threads,
+        "version": env!("CARGO_PKG_VERSION"),
+        "commit": env!("GROK1_COMMIT"),
+        "timestamp": info.timestamp,
         "prompt_tokens": spec.prompt_tokens,
         "gen_tokens": spec.gen_tokens,
         "batch": spec.batch,
@@ -61,10 +81,12 @@ fn summary_json(
         "prompt_tokens_per_s": pp,
         "prompt_tokens_per_s_min": pp_min,
         "prompt_tokens_per_s_max": pp_max,
+        "prompt_tokens_per_s_stddev": stddev(&r.prompt_tokens_per_s),
         "prompt_gflops": pp * r.flops_per_prompt_token / 1e9,
         "gen_tokens_per_s": tg,
         "gen_tokens_per_s_min": tg_min,
         "gen_tokens_per_s_max": tg_max,
+        "gen_tokens_per_s_stddev": stddev(&r.gen_tokens_per_s),
         "weight_bytes_per_step": r.weight_bytes_per_step,
         "weight_bytes_per_token": per_token,
         "distinct_experts_per_step": r.experts_per_step,
@@ -85,6 +107,9 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.repeat > 0, "--repeat must be at least 1");
     anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
     let threads = rayon::current_num_threads();
+    let timestamp = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .context("formatting the start time")?;
     let loaded = model_source::load_args(&args.model)?;
     let model = &loaded.model;
     let cfg = model.config();
@@ -128,6 +153,20 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         backend: &backend,
         threads,
     };
+    let info = RunInfo {
+        model: cfg.name.clone(),
+        model_path: args.model.model.as_ref().map(|p| p.display().to_string()),
+        model_size_bytes: size,
+        model_params: params,
+        precision: args
+            .model
+            .precision
+            .and_then(|p| p.to_possible_value())
+            .map_or("fast".to_string(), |v| v.get_name().to_string()),
+        backend: backend.clone(),
+        threads,
+        timestamp,
+    };
     let mut report = |line: &str| eprintln!("grok1: bench {line}");
     let main_spec = BenchSpec {
         prompt_tokens: args.prompt_tokens,
@@ -156,9 +195,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             let r = bench::run(model, &spec, &mut report)?;
             bandwidth = bandwidth.max(probe());
             if args.json {
-                lines.push(summary_json(
-                    &spec, &r, bandwidth, threads, &backend, &cfg.name,
-                ));
+                lines.push(summary_json(&spec, &r, bandwidth, &info));
             } else {
                 row.print(&format!("pp{p}{at}"), &r.prompt_tokens_per_s);
             }
@@ -172,11 +209,9 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             let r = bench::run(model, &spec, &mut report)?;
             bandwidth = bandwidth.max(probe());
             if args.json {
-                lines.push(summary_json(
-                    &spec, &r, bandwidth, threads, &backend, &cfg.name,
-                ));
+                lines.push(summary_json(&spec, &r, bandwidth, &info));
             } else {
-                let j = summary_json(&spec, &r, bandwidth, threads, &backend, &cfg.name);
+                let j = summary_json(&spec, &r, bandwidth, &info);
                 row.print(
                     &format!("tg{} batch {b}{at}", spec.gen_tokens),
                     &r.gen_tokens_per_s,
@@ -195,7 +230,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let r = bench::run(model, &main_spec, &mut report)?;
     bandwidth = bandwidth.max(probe());
-    let summary = summary_json(&main_spec, &r, bandwidth, threads, &backend, &cfg.name);
+    let summary = summary_json(&main_spec, &r, bandwidth, &info);
     if args.json {
         println!("{summary}");
     } else {

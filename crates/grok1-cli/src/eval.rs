@@ -63,9 +63,12 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
         seed: args.seed,
         out: args.out.clone(),
     };
+    // What answered: the samples file, the server's model or the model loaded.
+    let model_label: String;
     let (records, engine) = match (&args.server, &args.samples) {
         (_, Some(samples)) => {
             let backend = ScriptedBackend::from_samples(samples, &known, &items)?;
+            model_label = format!("samples:{}", samples.display());
             eprintln!(
                 "grok1: scoring {task} samples from {} ({} items)",
                 samples.display(),
@@ -90,6 +93,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
                 http.model(),
                 args.concurrency
             );
+            model_label = http.model().to_string();
             let backend = TokenBackend::new(http, tokenizer);
             (
                 run(task, &items, &backend, sandbox.as_ref(), &options)?,
@@ -107,6 +111,11 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
             config.kv_tokens = config.kv_tokens.max(config.context * 2);
             let eos = Some(model.config().eos_token);
             let name = model.config().name.clone();
+            model_label = args
+                .model
+                .model
+                .as_ref()
+                .map_or_else(|| name.clone(), |p| p.display().to_string());
             let handle = EngineHandle::start(model, tokenizer.clone(), config);
             eprintln!(
                 "grok1: {task} on {} items with model `{name}`, {} in flight",
@@ -135,7 +144,10 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         let value = serde_json::json!({
             "task": task.name(),
+            "model": model_label,
+            "limit": args.limit,
             "shots": shots,
+            "seed": args.seed,
             "scores": scores,
         });
         println!("{value}");

@@ -51,9 +51,32 @@ fn report_peak_rss() {
     }
 }
 
+/// Logs go to stderr, whatever the level: scripts read `generate`'s last
+/// stdout line and `bench --json`'s JSON line. `--log-level` wins over
+/// RUST_LOG; without either the level is info.
+fn init_logging(flag: Option<&str>) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match flag {
+        Some(level) => {
+            EnvFilter::try_new(level).map_err(|e| anyhow::anyhow!("--log-level {level:?}: {e}"))?
+        }
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    Ok(())
+}
+
 fn main() -> ExitCode {
     grok1::runtime::keep_freed_buffers();
     let cli = Cli::parse();
+    if let Err(err) = init_logging(cli.log_level.as_deref()) {
+        eprintln!("grok1: error: {err}");
+        return ExitCode::from(2);
+    }
     let result = run(cli);
     report_peak_rss();
     match result {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use grok1::engine::{EngineConfig, EngineHandle};
 use grok1::Grok1;
-use grok1_server::{AppState, ConnectionLimits, ServerConfig};
+use grok1_server::{AppState, ConnectionLimits, HeaderValue, ServerConfig};
 
 use crate::args::{EngineArgs, ServeArgs};
 use crate::model_source;
@@ -84,6 +84,26 @@ fn max_connections(flag: Option<usize>) -> anyhow::Result<usize> {
     }
 }
 
+/// The `--cors-origin` values: `*`, or a scheme and host with an optional port
+/// and no path (what browsers send in `Origin`).
+fn cors_origins(flags: &[String]) -> anyhow::Result<Vec<HeaderValue>> {
+    flags
+        .iter()
+        .map(|origin| {
+            let shaped = origin == "*"
+                || origin.split_once("://").is_some_and(|(scheme, host)| {
+                    matches!(scheme, "http" | "https") && !host.is_empty() && !host.contains('/')
+                });
+            anyhow::ensure!(
+                shaped,
+                "--cors-origin {origin:?}: expected `*` or an origin such as http://localhost:3000 (scheme and host, no path)"
+            );
+            HeaderValue::from_str(origin)
+                .with_context(|| format!("--cors-origin {origin:?} is not a valid header value"))
+        })
+        .collect()
+}
+
 /// Timeouts and the connection cap from the flags.
 fn connection_limits(args: &ServeArgs) -> anyhow::Result<ConnectionLimits> {
     anyhow::ensure!(
@@ -99,6 +119,8 @@ fn connection_limits(args: &ServeArgs) -> anyhow::Result<ConnectionLimits> {
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    // Checked before the model takes its time to load.
+    let cors = cors_origins(&args.cors_origins)?;
     set_threads(args.engine.threads)?;
     let loaded = model_source::load_args(&args.model)?;
     let tokenizer = Arc::new(loaded.tokenizer(args.tokenizer.as_deref())?);
@@ -119,7 +141,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         kv_bytes as f64 / (1 << 20) as f64
     );
     let engine = EngineHandle::start(model, tokenizer.clone(), engine_config);
-    let state = AppState::new(engine, tokenizer, name, eos, args.api_key.clone());
+    let mut state = AppState::new(engine, tokenizer, name, eos, args.api_key.clone());
+    state.cors_origins = cors;
     let limits = connection_limits(&args)?;
     eprintln!(
         "grok1: at most {} connections; {} s for a request head (or idle keep-alive), {} s for a body",

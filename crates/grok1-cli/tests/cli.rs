@@ -405,6 +405,14 @@ fn bad_input_gets_a_clear_error() {
     );
     expect_error(&["generate", "--bogus"], "unexpected argument '--bogus'");
     expect_error(
+        &["serve", "--cors-origin", "localhost:3000/app"],
+        "--cors-origin \"localhost:3000/app\": expected `*` or an origin",
+    );
+    expect_error(
+        &["generate", "--log-level", "info,[", "--prompt", "x"],
+        "--log-level \"info,[\"",
+    );
+    expect_error(
         &["inspect", "--model", "/nonexistent/model"],
         "/nonexistent/model: model directory not found",
     );
@@ -884,4 +892,102 @@ fn bench_reports_speed_at_a_context_depth() {
         ],
         "--depth 128 leaves no room to generate",
     );
+}
+
+/// Scripts read `generate`'s last stdout line and `bench --json`'s JSON line:
+/// logs at any level go to stderr, and the JSON line records what the run was
+/// of (as llama-bench does) besides the speeds.
+#[test]
+fn logs_at_debug_level_leave_stdout_to_the_results() {
+    let tiny = model("tiny-vocab");
+    let generate = |env: (&str, &str), level: &[&str]| {
+        run(grok1()
+            .env(env.0, env.1)
+            .args(level)
+            .arg("generate")
+            .arg("--model")
+            .arg(&tiny)
+            .args([
+                "--prompt",
+                "The answer to life the universe and everything is of course",
+                "--max-tokens",
+                "16",
+                "--precision",
+                "f32",
+            ]))
+    };
+    for o in [
+        generate(("RUST_LOG", "debug"), &[]),
+        generate(("RUST_LOG", "off"), &["--log-level", "trace"]),
+    ] {
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(
+            stdout(&o),
+            "FACEFACEikasikasikasikasikasikas Big Big Big tiger rode maf Eenlonger\n"
+        );
+    }
+
+    let tiny_moe = model("tiny-moe");
+    let o = run(grok1()
+        .env("RUST_LOG", "debug")
+        .arg("bench")
+        .arg("--model")
+        .arg(&tiny_moe)
+        .args([
+            "--prompt-tokens",
+            "8",
+            "--gen-tokens",
+            "3",
+            "--repeat",
+            "3",
+            "--threads",
+            "1",
+            "--precision",
+            "f32",
+            "--bandwidth-mib",
+            "8",
+            "--json",
+        ]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.trim_end()).unwrap();
+    assert_eq!(v["model_path"], tiny_moe.display().to_string());
+    assert_eq!(v["precision"], "f32");
+    assert_eq!(v["threads"], 1);
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    let commit = v["commit"].as_str().unwrap();
+    assert!(
+        commit == "unknown" || commit.chars().all(|c| c.is_ascii_hexdigit()),
+        "{commit}"
+    );
+    let config = grok1::ModelConfig::load(&tiny_moe.join("config.json")).unwrap();
+    assert_eq!(v["model_params"], config.parameter_count());
+    assert!(v["model_size_bytes"].as_u64().unwrap() > 0, "{v}");
+    let stamp = v["timestamp"].as_str().unwrap();
+    assert!(
+        stamp.len() >= 20 && &stamp[4..5] == "-" && &stamp[10..11] == "T" && stamp.ends_with('Z'),
+        "{stamp}"
+    );
+    for key in ["prompt_tokens_per_s_stddev", "gen_tokens_per_s_stddev"] {
+        let s = v[key].as_f64().unwrap();
+        assert!(s.is_finite() && s >= 0.0, "{key}: {v}");
+    }
+    // Every field the JSON line had before is still there.
+    for key in [
+        "model",
+        "backend",
+        "prompt_tokens",
+        "gen_tokens",
+        "batch",
+        "depth",
+        "repeat",
+        "prompt_tokens_per_s_min",
+        "gen_tokens_per_s_max",
+        "prompt_gflops",
+        "weight_bytes_per_step",
+        "roofline_gen_tokens_per_s",
+    ] {
+        assert!(!v[key].is_null(), "{key} missing: {v}");
+    }
 }

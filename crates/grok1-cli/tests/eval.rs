@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn grok1() -> Command {
     Command::new(env!("CARGO_BIN_EXE_grok1"))
@@ -64,6 +64,18 @@ fn eval(task: &str, n: usize, how: &[&str], out: &Path) -> Vec<Value> {
     let summary: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(summary["task"], task);
     assert_eq!(summary["scores"][0]["n"], n, "{stdout}");
+    // The JSON line records what was run: the flags given, or their defaults.
+    let flag = |name: &str| how.windows(2).find(|w| w[0] == name).map(|w| w[1]);
+    let number = |name: &str| flag(name).map_or(Value::Null, |v| json!(v.parse::<u64>().unwrap()));
+    assert_eq!(summary["limit"], number("--limit"), "{stdout}");
+    assert_eq!(summary["seed"], number("--seed"), "{stdout}");
+    assert!(summary["shots"].is_u64(), "{stdout}");
+    match (flag("--model"), flag("--server"), flag("--samples")) {
+        (Some(model), _, _) => assert_eq!(summary["model"], model, "{stdout}"),
+        (_, Some(_), _) => assert!(summary["model"].is_string(), "{stdout}"),
+        (_, _, Some(samples)) => assert_eq!(summary["model"], format!("samples:{samples}")),
+        (None, None, None) => assert_eq!(summary["model"], "grok1-demo", "{stdout}"),
+    }
     let recs = records(out);
     assert_eq!(recs.len(), n);
     for r in &recs {
@@ -115,6 +127,12 @@ fn the_demo_model_runs_every_task_without_a_model_flag() {
     for (task, n) in ITEMS {
         eval(task, n, &[], &dir.path().join(format!("{task}.jsonl")));
     }
+    eval(
+        "gsm8k",
+        2,
+        &["--limit", "2", "--seed", "7"],
+        &dir.path().join("gsm8k-limit.jsonl"),
+    );
     // And through a server running the demo model.
     let server = serve(None);
     eval(

@@ -267,3 +267,224 @@ fn a_model_with_fewer_ids_than_the_tokenizer_is_warned_about() {
     let reply: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(reply["error"]["param"], "prompt", "{body}");
 }
+
+/// The stderr lines that contain `needle`, waiting up to 10 s for one.
+fn logged(s: &Served, needle: &str) -> Vec<String> {
+    let started = Instant::now();
+    loop {
+        let lines: Vec<String> = s
+            .stderr
+            .lock()
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_string)
+            .collect();
+        if !lines.is_empty() || started.elapsed() > Duration::from_secs(10) {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The head of a raw HTTP exchange: status and lower-cased header lines.
+fn exchange(s: &Served, request: &str) -> (u16, Vec<String>) {
+    let mut c = s.connect();
+    c.write_all(request.as_bytes()).unwrap();
+    let mut reply = String::new();
+    c.read_to_string(&mut reply).unwrap();
+    let head = reply.split("\r\n\r\n").next().unwrap_or_default();
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap();
+    let headers = head.lines().skip(1).map(str::to_ascii_lowercase).collect();
+    (status, headers)
+}
+
+/// At the default level a request gets one line (id, tokens, time to first
+/// token, total time, finish reason, status) and a refused one a warning;
+/// CORS preflights are answered for the allowed origin only, before the key
+/// is checked; /metrics has queue time, end-to-end latency and KV pages.
+#[test]
+fn requests_are_logged_preflights_answered_and_latency_metered() {
+    let tiny = model("tiny-vocab");
+    let s = serve(
+        None,
+        &[
+            "--model",
+            tiny.to_str().unwrap(),
+            "--kv-tokens",
+            "512",
+            "--cors-origin",
+            "http://app.example",
+            "--api-key",
+            "k",
+        ],
+    );
+    let post = |body: &str| {
+        format!(
+            "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer k\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let body = json!({"prompt": "Hello there", "max_tokens": 3, "temperature": 0}).to_string();
+    let mut c = s.connect();
+    c.write_all(post(&body).as_bytes()).unwrap();
+    let mut reply = String::new();
+    c.read_to_string(&mut reply).unwrap();
+    let reply: Value = serde_json::from_str(reply.split_once("\r\n\r\n").unwrap().1).unwrap();
+    let id = reply["id"].as_str().unwrap();
+    let lines = logged(&s, &format!("id={id}"));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line = &lines[0];
+    let prompt_tokens = format!("prompt_tokens={}", reply["usage"]["prompt_tokens"]);
+    for field in [
+        " INFO ",
+        "request done",
+        "endpoint=\"/v1/completions\"",
+        "status=200",
+        &prompt_tokens,
+        "completion_tokens=3",
+        "ttft_ms=",
+        "total_ms=",
+        "finish_reason=length",
+    ] {
+        assert!(line.contains(field), "{field} missing from {line}");
+    }
+
+    let (status, _) = exchange(&s, &post(r#"{"prompt": "hi", "frobnicate": 1}"#));
+    assert_eq!(status, 400);
+    let refused = logged(&s, "request refused");
+    assert!(
+        refused
+            .iter()
+            .any(|l| l.contains(" WARN ") && l.contains("status=400") && l.contains("frobnicate")),
+        "{refused:?}"
+    );
+
+    let preflight = |origin: &str| {
+        exchange(
+            &s,
+            &format!(
+                "OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nOrigin: {origin}\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: authorization, content-type\r\n\r\n"
+            ),
+        )
+    };
+    let (status, headers) = preflight("http://app.example");
+    assert_eq!(status, 200, "{headers:?}");
+    assert!(
+        headers.contains(&"access-control-allow-origin: http://app.example".to_string()),
+        "{headers:?}"
+    );
+    let methods = headers
+        .iter()
+        .find_map(|h| h.strip_prefix("access-control-allow-methods: "))
+        .unwrap_or_else(|| panic!("no allowed methods in {headers:?}"));
+    assert!(methods.contains("post"), "{methods}");
+    let allowed = headers
+        .iter()
+        .find_map(|h| h.strip_prefix("access-control-allow-headers: "))
+        .unwrap_or_else(|| panic!("no allowed headers in {headers:?}"));
+    assert!(allowed.contains("authorization") && allowed.contains("content-type"));
+    let (_, headers) = preflight("http://evil.example");
+    assert!(
+        !headers
+            .iter()
+            .any(|h| h.starts_with("access-control-allow-origin")),
+        "{headers:?}"
+    );
+    // An actual cross-origin request's answer, refused or not, is readable.
+    let (status, headers) = exchange(
+        &s,
+        "GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\nOrigin: http://app.example\r\n\r\n",
+    );
+    assert_eq!(status, 401);
+    assert!(headers.contains(&"access-control-allow-origin: http://app.example".to_string()));
+
+    let mut c = s.connect();
+    c.write_all(
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer k\r\n\r\n",
+    )
+    .unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).unwrap();
+    for line in [
+        "grok1_kv_cache_total_pages 32",
+        "grok1_kv_cache_used_pages 0",
+        "grok1_request_queue_seconds_count 1",
+        "grok1_e2e_request_latency_seconds_count 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line} missing from {text}"
+        );
+    }
+}
+
+/// SIGTERM with no grace period while a stream's choices are still running or
+/// queued: every choice ends with an OpenAI finish reason ("length": the
+/// server cut it), an error event says why, `[DONE]` follows, the server exits 0.
+#[test]
+fn shutdown_ends_streams_with_length_and_an_error_event() {
+    let tiny = model("tiny-vocab");
+    let mut s = serve(
+        None,
+        &[
+            "--model",
+            tiny.to_str().unwrap(),
+            "--max-batch",
+            "1",
+            "--shutdown-grace",
+            "0",
+        ],
+    );
+    let body =
+        json!({"prompt": "Hello", "max_tokens": 100, "n": 16, "stream": true, "ignore_eos": true});
+    let mut c = s.connect();
+    c.write_all(
+        s.raw("POST", "/v1/completions", &body.to_string())
+            .as_bytes(),
+    )
+    .unwrap();
+    let mut reader = BufReader::new(c);
+    let mut line = String::new();
+    while !line.starts_with("data: {") {
+        line.clear();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "no first chunk");
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &s.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut rest = String::new();
+    reader.read_to_string(&mut rest).unwrap();
+    let data: Vec<&str> = rest
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(data.last(), Some(&"[DONE]"), "{rest}");
+    let error: Value = serde_json::from_str(data[data.len() - 2]).unwrap();
+    assert_eq!(error["error"]["type"], "server_error", "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("shutting down"),
+        "{error}"
+    );
+    let mut finished = vec![None; 16];
+    for d in &data[..data.len() - 2] {
+        let chunk: Value = serde_json::from_str(d).unwrap();
+        for choice in chunk["choices"].as_array().unwrap() {
+            if let Some(reason) = choice["finish_reason"].as_str() {
+                finished[choice["index"].as_u64().unwrap() as usize] = Some(reason.to_string());
+            }
+        }
+    }
+    assert!(
+        finished.iter().all(|r| r.as_deref() == Some("length")),
+        "{finished:?}"
+    );
+    assert!(!rest.contains("cancelled"), "{rest}");
+    let code = s.child.wait().unwrap();
+    assert!(code.success(), "{code:?}");
+}

@@ -82,6 +82,18 @@ impl ApiError {
         }
     }
 
+    /// The server is stopping; another may answer.
+    pub fn shutting_down(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.into(),
+            kind: "server_error",
+            param: None,
+            code: None,
+            retry_after: Some(5),
+        }
+    }
+
     /// The error a refused submission maps to.
     pub fn from_submit(e: SubmitError) -> Self {
         let message = e.to_string();
@@ -118,6 +130,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // Every answer that is not a completion goes through here.
+        if self.status.is_server_error() {
+            tracing::error!(status = self.status.as_u16(), cause = %self.message, "request failed");
+        } else {
+            tracing::warn!(status = self.status.as_u16(), reason = %self.message, param = self.param.as_deref(), "request refused");
+        }
         let body = json!({
             "error": {
                 "message": self.message,

@@ -16,16 +16,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{Path, Request, State};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use grok1::engine::EngineHandle;
+use grok1::engine::{EngineHandle, Load};
 use grok1_tokenizer::Tokenizer;
 use serde_json::json;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
+pub use axum::http::HeaderValue;
 pub use connections::{descriptor_budget, ConnectionLimits, DescriptorBudget};
 pub use error::ApiError;
 
@@ -58,6 +60,8 @@ pub struct AppState {
     pub created: u64,
     /// How long a request body may take to arrive.
     pub body_timeout: Duration,
+    /// Origins whose browser pages may call the API (`*`: any); none: no CORS headers.
+    pub cors_origins: Vec<HeaderValue>,
 }
 
 impl AppState {
@@ -76,6 +80,7 @@ impl AppState {
             api_key,
             created: unix_time(),
             body_timeout: DEFAULT_BODY_TIMEOUT,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -134,18 +139,33 @@ async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// The served model in OpenAI's `model` shape.
+fn model_object(state: &AppState) -> serde_json::Value {
+    json!({
+        "id": state.model_name,
+        "object": "model",
+        "created": state.created,
+        "owned_by": "grok1-rs",
+        // vLLM's field: clients (grok1 eval, lm-eval) fit prompts to it.
+        "max_model_len": state.engine.config().context,
+    })
+}
+
 async fn models(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({
-        "object": "list",
-        "data": [{
-            "id": state.model_name,
-            "object": "model",
-            "created": state.created,
-            "owned_by": "grok1-rs",
-            // vLLM's field: clients (grok1 eval, lm-eval) fit prompts to it.
-            "max_model_len": state.engine.config().context,
-        }]
-    }))
+    Json(json!({ "object": "list", "data": [model_object(&state)] }))
+}
+
+/// `GET /v1/models/{id}`; the id may hold slashes (`xai-org/grok-1`), which
+/// the SDKs send unescaped.
+async fn model(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if id == state.model_name {
+        Ok(Json(model_object(&state)))
+    } else {
+        Err(ApiError::model_not_found(&id))
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -173,12 +193,29 @@ async fn method_not_allowed(request: Request) -> ApiError {
     e
 }
 
+/// Answers browsers' preflight requests and marks responses readable by the
+/// given origins. It wraps authentication: a preflight carries no key.
+fn cors(origins: &[HeaderValue]) -> CorsLayer {
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().cloned())
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .max_age(Duration::from_secs(600))
+}
+
 /// The application: routes, authentication and OpenAI-shaped fallbacks.
 pub fn router(state: AppState) -> Router {
+    let cors = (!state.cors_origins.is_empty()).then(|| cors(&state.cors_origins));
     Router::new()
         .route("/v1/completions", post(openai::completions))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(models))
+        .route("/v1/models/{*id}", get(model))
         .route("/tokenize", post(tokenizer_api::tokenize))
         .route("/detokenize", post(tokenizer_api::detokenize))
         .route("/tokenizer_info", get(tokenizer_api::tokenizer_info))
@@ -188,7 +225,40 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), require_key))
         .layer(middleware::from_fn_with_state(state.clone(), time_body))
+        .layer(tower::util::option_layer(cors))
         .with_state(state)
+}
+
+/// How often a busy server logs its throughput.
+const THROUGHPUT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Tokens per second sampled between two readings, when any were.
+fn throughput(before: &Load, now: &Load, elapsed: Duration) -> Option<f64> {
+    let tokens = now.sampled_tokens.saturating_sub(before.sampled_tokens);
+    (tokens > 0 && !elapsed.is_zero()).then(|| tokens as f64 / elapsed.as_secs_f64())
+}
+
+/// Logs the engine's throughput and load every interval in which it produced tokens.
+async fn report_throughput(engine: EngineHandle, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.tick().await;
+    let mut before = (engine.metrics().load(), std::time::Instant::now());
+    loop {
+        ticks.tick().await;
+        let now = (engine.metrics().load(), std::time::Instant::now());
+        if let Some(rate) = throughput(&before.0, &now.0, now.1 - before.1) {
+            let load = &now.0;
+            tracing::info!(
+                tokens_per_s = (rate * 10.0).round() / 10.0,
+                running = load.running,
+                waiting = load.waiting,
+                kv_pages_used = load.kv_pages_used,
+                kv_pages_total = load.kv_pages_total,
+                "throughput"
+            );
+        }
+        before = now;
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -229,9 +299,9 @@ pub async fn serve(
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
         shutdown_signal().await;
-        eprintln!(
-            "grok1: shutting down: finishing in-flight requests (up to {} s)",
-            grace.as_secs()
+        tracing::warn!(
+            grace_s = grace.as_secs(),
+            "shutting down: finishing in-flight requests within the grace period, then cutting them short"
         );
         // The engine finishes or cancels every stream within the grace period,
         // which lets their connections close.
@@ -265,5 +335,30 @@ pub async fn serve_on(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     state.body_timeout = limits.body_timeout;
-    connections::serve(listener, router(state), limits, shutdown).await
+    let reporter = tokio::spawn(report_throughput(state.engine.clone(), THROUGHPUT_INTERVAL));
+    connections::serve(listener, router(state), limits, shutdown).await;
+    reporter.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(sampled_tokens: u64) -> Load {
+        Load {
+            waiting: 0,
+            running: 1,
+            kv_pages_used: 3,
+            kv_pages_total: 8,
+            sampled_tokens,
+        }
+    }
+
+    #[test]
+    fn throughput_is_reported_only_when_tokens_were_produced() {
+        let ten = Duration::from_secs(10);
+        assert_eq!(throughput(&load(100), &load(350), ten), Some(25.0));
+        assert_eq!(throughput(&load(100), &load(100), ten), None);
+        assert_eq!(throughput(&load(100), &load(150), Duration::ZERO), None);
+    }
 }

@@ -6,6 +6,7 @@ use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -52,16 +53,77 @@ pub(crate) async fn read_json(request: Request, accepted: &[&[&str]]) -> Result<
             None,
         ));
     };
-    if let Some(key) = object
-        .keys()
-        .find(|k| !accepted.iter().any(|list| list.contains(&k.as_str())))
-    {
-        return Err(ApiError::invalid(
-            format!("Unrecognized request argument supplied: {key}"),
-            Some(key),
-        ));
+    for (key, field) in object {
+        if accepted.iter().any(|list| list.contains(&key.as_str())) {
+            continue;
+        }
+        match IGNORED_FIELDS.iter().find(|(name, _)| name == key) {
+            Some((_, kind)) => ignore_field(key, field, *kind)?,
+            None => {
+                return Err(ApiError::invalid(
+                    format!("Unrecognized request argument supplied: {key}"),
+                    Some(key),
+                ))
+            }
+        }
     }
     Ok(value)
+}
+
+/// The JSON type a field must have.
+#[derive(Clone, Copy)]
+enum Kind {
+    Bool,
+    Str,
+    Object,
+}
+
+impl Kind {
+    fn holds(self, v: &Value) -> bool {
+        match self {
+            Kind::Bool => v.is_boolean(),
+            Kind::Str => v.is_string(),
+            Kind::Object => v.is_object(),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Bool => "a boolean",
+            Kind::Str => "a string",
+            Kind::Object => "an object",
+        }
+    }
+}
+
+/// Fields that OpenAI's SDKs and LangChain send and that cannot change the
+/// output of this server (bookkeeping, caching, routing, reasoning models'
+/// effort, predicted outputs): accepted and ignored, as vLLM does, once their
+/// type is right.
+const IGNORED_FIELDS: &[(&str, Kind)] = &[
+    ("user", Kind::Str),
+    ("store", Kind::Bool),
+    ("metadata", Kind::Object),
+    ("service_tier", Kind::Str),
+    ("safety_identifier", Kind::Str),
+    ("prompt_cache_key", Kind::Str),
+    ("reasoning_effort", Kind::Str),
+    ("prediction", Kind::Object),
+];
+
+/// Checks the type of a field the server does not use and logs that it was ignored.
+fn ignore_field(name: &str, value: &Value, kind: Kind) -> Result<(), ApiError> {
+    if !value.is_null() && !kind.holds(value) {
+        return Err(ApiError::invalid(
+            format!("Invalid value for `{name}`: expected {}", kind.name()),
+            Some(name),
+        ));
+    }
+    tracing::debug!(
+        field = name,
+        "ignored a request field this server does not use"
+    );
+    Ok(())
 }
 
 /// Why a body could not be read: too large, too slow or cut off.
@@ -138,7 +200,6 @@ const COMMON_FIELDS: &[&str] = &[
     "presence_penalty",
     "frequency_penalty",
     "logit_bias",
-    "user",
     "ignore_eos",
 ];
 const COMPLETION_FIELDS: &[&str] = &[
@@ -159,6 +220,10 @@ const CHAT_FIELDS: &[&str] = &[
     "tools",
     "tool_choice",
     "parallel_tool_calls",
+    "modalities",
+    "audio",
+    "functions",
+    "function_call",
 ];
 
 /// Fields completions and chat share.
@@ -178,9 +243,6 @@ struct Common {
     presence_penalty: Option<f64>,
     frequency_penalty: Option<f64>,
     logit_bias: Option<Map<String, Value>>,
-    /// Accepted for compatibility; not used.
-    #[allow(dead_code)]
-    user: Option<String>,
     ignore_eos: Option<bool>,
 }
 
@@ -208,14 +270,49 @@ struct ContentPart {
     text: Option<String>,
 }
 
+/// A message; the fields past `content` are what the SDKs send back of an
+/// earlier reply (or a participant's name), accepted when they cannot change
+/// the prompt.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ChatMessage {
     role: String,
     content: Option<MessageContent>,
-    /// Accepted for compatibility; not used.
-    #[allow(dead_code)]
     name: Option<String>,
+    refusal: Option<String>,
+    tool_calls: Option<Vec<Value>>,
+    function_call: Option<Value>,
+    audio: Option<Value>,
+    annotations: Option<Vec<Value>>,
+}
+
+impl ChatMessage {
+    /// Refuses what the template cannot render; logs what it leaves out.
+    fn check(&self, param: &str) -> Result<(), ApiError> {
+        if self.tool_calls.as_ref().is_some_and(|c| !c.is_empty())
+            || self.function_call.as_ref().is_some_and(|c| !c.is_null())
+        {
+            return Err(ApiError::unsupported(
+                &format!("{param}.tool_calls"),
+                "tool calls are not implemented",
+            ));
+        }
+        if self.audio.as_ref().is_some_and(|a| !a.is_null()) {
+            return Err(ApiError::unsupported(
+                &format!("{param}.audio"),
+                "audio is not implemented",
+            ));
+        }
+        let ignored = [
+            ("name", self.name.is_some()),
+            ("refusal", self.refusal.is_some()),
+            ("annotations", self.annotations.is_some()),
+        ];
+        for (field, _) in ignored.iter().filter(|(_, present)| *present) {
+            tracing::debug!(message = param, field, "ignored a message field");
+        }
+        Ok(())
+    }
 }
 
 #[derive(Deserialize)]
@@ -229,6 +326,61 @@ pub struct ChatRequest {
     tools: Option<Vec<Value>>,
     tool_choice: Option<Value>,
     parallel_tool_calls: Option<bool>,
+    modalities: Option<Vec<String>>,
+    audio: Option<Value>,
+    functions: Option<Vec<Value>>,
+    function_call: Option<Value>,
+}
+
+impl ChatRequest {
+    /// Refuses tools, audio and formats this server cannot honour; what only
+    /// matters with tools (`parallel_tool_calls`, a `tool_choice` of "none" or
+    /// "auto") is ignored when there are none.
+    fn check_unsupported(&self) -> Result<(), ApiError> {
+        let no_choice = |c: &Option<Value>| {
+            c.as_ref()
+                .is_none_or(|c| c.is_null() || c == "none" || c == "auto")
+        };
+        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) || !no_choice(&self.tool_choice) {
+            return Err(ApiError::unsupported(
+                "tools",
+                "tool calls are not implemented",
+            ));
+        }
+        if self.functions.as_ref().is_some_and(|f| !f.is_empty()) || !no_choice(&self.function_call)
+        {
+            return Err(ApiError::unsupported(
+                "functions",
+                "function calls are not implemented",
+            ));
+        }
+        if self
+            .modalities
+            .as_ref()
+            .is_some_and(|m| m.iter().any(|m| m != "text"))
+            || self.audio.as_ref().is_some_and(|a| !a.is_null())
+        {
+            return Err(ApiError::unsupported(
+                "modalities",
+                "only text output is implemented",
+            ));
+        }
+        if let Some(format) = &self.response_format {
+            if format.get("type").and_then(Value::as_str) != Some("text") {
+                return Err(ApiError::unsupported(
+                    "response_format",
+                    "only {\"type\": \"text\"} is implemented",
+                ));
+            }
+        }
+        if self.parallel_tool_calls.is_some() {
+            tracing::debug!(
+                field = "parallel_tool_calls",
+                "ignored a request field this server does not use"
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Checked sampling and stopping settings.
@@ -406,14 +558,21 @@ struct Choice {
     completion_tokens: usize,
 }
 
+/// OpenAI's name of a finish reason. A client that is still listening hears
+/// `Cancelled` only when the server shuts down: its completion was cut short
+/// by the server, not ended by the model, which OpenAI calls "length" (the
+/// stream then carries an error event saying why).
 fn finish_reason(r: &FinishReason) -> &'static str {
     match r {
         FinishReason::Stop => "stop",
-        FinishReason::Length => "length",
-        FinishReason::Cancelled => "cancelled",
+        FinishReason::Length | FinishReason::Cancelled => "length",
         FinishReason::Error(_) => "error",
     }
 }
+
+/// What a client whose request was cut short by shutdown is told.
+const SHUTDOWN_MESSAGE: &str =
+    "the server is shutting down: the completion was cut short; retry on another server or later";
 
 struct Job {
     prompt: Vec<u32>,
@@ -508,7 +667,11 @@ fn apply(choice: &mut Choice, event: Event) -> bool {
     false
 }
 
-async fn collect(mut rx: Choices, count: usize) -> Result<Vec<Choice>, ApiError> {
+async fn collect(
+    mut rx: Choices,
+    count: usize,
+    log: &mut RequestLog,
+) -> Result<Vec<Choice>, ApiError> {
     let mut choices: Vec<Choice> = (0..count).map(|_| Choice::default()).collect();
     let mut done = 0;
     while done < count {
@@ -517,17 +680,28 @@ async fn collect(mut rx: Choices, count: usize) -> Result<Vec<Choice>, ApiError>
                 "the engine stopped before the request finished",
             ));
         };
+        if matches!(event, Event::Token { .. }) {
+            log.token();
+        }
         if apply(&mut choices[i], event) {
             done += 1;
         }
     }
-    if let Some(FinishReason::Error(e)) = choices.iter().find_map(|c| {
-        c.finish
-            .clone()
-            .filter(|f| matches!(f, FinishReason::Error(_)))
-    }) {
-        return Err(ApiError::internal(format!("generation failed: {e}")));
+    for c in &choices {
+        match &c.finish {
+            Some(FinishReason::Error(e)) => {
+                return Err(ApiError::internal(format!("generation failed: {e}")))
+            }
+            Some(FinishReason::Cancelled) => return Err(ApiError::shutting_down(SHUTDOWN_MESSAGE)),
+            _ => {}
+        }
     }
+    let reasons: Vec<&str> = choices
+        .iter()
+        .filter_map(|c| c.finish.as_ref().map(finish_reason))
+        .collect();
+    let completion_tokens = choices.iter().map(|c| c.completion_tokens).sum();
+    log.finished(completion_tokens, &reasons);
     Ok(choices)
 }
 
@@ -571,13 +745,17 @@ impl StreamedLogprobs {
 }
 
 pub async fn completions(State(state): State<AppState>, request: Request) -> Response {
-    match completions_inner(state, request).await {
+    match completions_inner(state, request, Instant::now()).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn completions_inner(state: AppState, request: Request) -> Result<Response, ApiError> {
+async fn completions_inner(
+    state: AppState,
+    request: Request,
+    started: Instant,
+) -> Result<Response, ApiError> {
     let value = read_json(request, &[COMMON_FIELDS, COMPLETION_FIELDS]).await?;
     let req: CompletionRequest = parse(&value)?;
     let settings = check_common(&state, &parse(&value)?)?;
@@ -651,6 +829,7 @@ async fn completions_inner(state: AppState, request: Request) -> Result<Response
     let created = unix_time();
     let model = state.model_name.clone();
     let prompt_tokens: usize = prompts.iter().map(|(ids, _)| ids.len()).sum();
+    let mut log = RequestLog::new(&id, "/v1/completions", started, prompt_tokens);
     if settings.stream {
         let n = settings.n;
         let include_usage = settings.include_usage;
@@ -677,81 +856,88 @@ async fn completions_inner(state: AppState, request: Request) -> Result<Response
                 })
             })
             .collect();
-        return Ok(stream_response(rx, count, move |ev: StreamItem| match ev {
-            StreamItem::Start(index) if echo && logprobs.is_none() => {
-                vec![chunk(text_chunk(index, &prompts[index / n].1, None), None)]
-            }
-            StreamItem::Start(_) => vec![],
-            StreamItem::Event(index, Event::PromptLogprobs(lp)) => {
-                let (Some(s), true) = (streamed[index].as_mut(), echo) else {
-                    return vec![];
-                };
-                let (ids, text) = &prompts[index / n];
-                let entries: Vec<logprobs::Entry> = ids
-                    .iter()
-                    .zip(&lp)
-                    .map(|(&t, l)| s.texts.next(&tokenizer, t, l.as_ref()))
-                    .collect();
-                s.send(text);
-                let lp = logprobs::completion_object(&entries);
-                vec![chunk(text_chunk(index, text, Some(lp)), None)]
-            }
-            StreamItem::Event(
-                index,
-                Event::Token {
-                    token,
-                    text,
-                    logprob,
-                },
-            ) => {
-                let lp = streamed[index].as_mut().map(|s| {
-                    let entry = s.texts.next(&tokenizer, token, logprob.as_ref());
-                    s.waiting.push(entry);
-                    s.send(&text)
-                });
-                match lp {
-                    Some(ready) if !ready.is_empty() || !text.is_empty() => vec![chunk(
-                        text_chunk(index, &text, Some(logprobs::completion_object(&ready))),
-                        None,
-                    )],
-                    None if !text.is_empty() => vec![chunk(text_chunk(index, &text, None), None)],
-                    _ => vec![],
+        return Ok(stream_response(
+            rx,
+            count,
+            log,
+            move |ev: StreamItem| match ev {
+                StreamItem::Start(index) if echo && logprobs.is_none() => {
+                    vec![chunk(text_chunk(index, &prompts[index / n].1, None), None)]
                 }
-            }
-            StreamItem::Event(index, Event::Text(text)) => {
-                let lp = streamed[index]
-                    .as_mut()
-                    .map(|s| logprobs::completion_object(&s.send(&text)));
-                vec![chunk(text_chunk(index, &text, lp), None)]
-            }
-            StreamItem::Event(index, Event::Done { reason, .. }) => {
-                let mut out = Vec::new();
-                if let Some(s) = streamed[index].as_mut() {
-                    let rest = s.finish();
-                    if !rest.is_empty() {
-                        let lp = logprobs::completion_object(&rest);
-                        out.push(chunk(text_chunk(index, "", Some(lp)), None));
+                StreamItem::Start(_) => vec![],
+                StreamItem::Event(index, Event::PromptLogprobs(lp)) => {
+                    let (Some(s), true) = (streamed[index].as_mut(), echo) else {
+                        return vec![];
+                    };
+                    let (ids, text) = &prompts[index / n];
+                    let entries: Vec<logprobs::Entry> = ids
+                        .iter()
+                        .zip(&lp)
+                        .map(|(&t, l)| s.texts.next(&tokenizer, t, l.as_ref()))
+                        .collect();
+                    s.send(text);
+                    let lp = logprobs::completion_object(&entries);
+                    vec![chunk(text_chunk(index, text, Some(lp)), None)]
+                }
+                StreamItem::Event(
+                    index,
+                    Event::Token {
+                        token,
+                        text,
+                        logprob,
+                    },
+                ) => {
+                    let lp = streamed[index].as_mut().map(|s| {
+                        let entry = s.texts.next(&tokenizer, token, logprob.as_ref());
+                        s.waiting.push(entry);
+                        s.send(&text)
+                    });
+                    match lp {
+                        Some(ready) if !ready.is_empty() || !text.is_empty() => vec![chunk(
+                            text_chunk(index, &text, Some(logprobs::completion_object(&ready))),
+                            None,
+                        )],
+                        None if !text.is_empty() => {
+                            vec![chunk(text_chunk(index, &text, None), None)]
+                        }
+                        _ => vec![],
                     }
                 }
-                out.push(chunk(
+                StreamItem::Event(index, Event::Text(text)) => {
+                    let lp = streamed[index]
+                        .as_mut()
+                        .map(|s| logprobs::completion_object(&s.send(&text)));
+                    vec![chunk(text_chunk(index, &text, lp), None)]
+                }
+                StreamItem::Event(index, Event::Done { reason, .. }) => {
+                    let mut out = Vec::new();
+                    if let Some(s) = streamed[index].as_mut() {
+                        let rest = s.finish();
+                        if !rest.is_empty() {
+                            let lp = logprobs::completion_object(&rest);
+                            out.push(chunk(text_chunk(index, "", Some(lp)), None));
+                        }
+                    }
+                    out.push(chunk(
                     json!([{ "text": "", "index": index, "logprobs": Value::Null, "finish_reason": finish_reason(&reason) }]),
                     None,
                 ));
-                out
-            }
-            StreamItem::End { completion_tokens } => {
-                if include_usage {
-                    vec![chunk(
-                        json!([]),
-                        Some(usage(prompt_tokens, completion_tokens)),
-                    )]
-                } else {
-                    vec![]
+                    out
                 }
-            }
-        }));
+                StreamItem::End { completion_tokens } => {
+                    if include_usage {
+                        vec![chunk(
+                            json!([]),
+                            Some(usage(prompt_tokens, completion_tokens)),
+                        )]
+                    } else {
+                        vec![]
+                    }
+                }
+            },
+        ));
     }
-    let choices = collect(rx, count).await?;
+    let choices = collect(rx, count, &mut log).await?;
     let completion_tokens: usize = choices.iter().map(|c| c.completion_tokens).sum();
     let body: Vec<Value> = choices
         .iter()
@@ -798,6 +984,72 @@ async fn completions_inner(state: AppState, request: Request) -> Result<Response
     .into_response())
 }
 
+/// A request's line in the log, written when its last choice ends.
+struct RequestLog {
+    id: String,
+    endpoint: &'static str,
+    started: Instant,
+    prompt_tokens: usize,
+    first_token: Option<Duration>,
+}
+
+impl RequestLog {
+    fn new(id: &str, endpoint: &'static str, started: Instant, prompt_tokens: usize) -> Self {
+        RequestLog {
+            id: id.to_string(),
+            endpoint,
+            started,
+            prompt_tokens,
+            first_token: None,
+        }
+    }
+
+    /// A token arrived: the first sets the time to first token.
+    fn token(&mut self) {
+        if self.first_token.is_none() {
+            self.first_token = Some(self.started.elapsed());
+        }
+    }
+
+    fn ms(d: Duration) -> f64 {
+        (d.as_secs_f64() * 1e4).round() / 10.0
+    }
+
+    fn finished(&self, completion_tokens: usize, reasons: &[&str]) {
+        tracing::info!(
+            id = %self.id,
+            endpoint = self.endpoint,
+            status = 200,
+            prompt_tokens = self.prompt_tokens,
+            completion_tokens,
+            ttft_ms = self.first_token.map(Self::ms),
+            total_ms = Self::ms(self.started.elapsed()),
+            finish_reason = %reasons.join(","),
+            "request done"
+        );
+    }
+
+    /// A stream failed after its 200 status was sent.
+    fn failed(&self, cause: &str) {
+        tracing::error!(
+            id = %self.id,
+            endpoint = self.endpoint,
+            total_ms = Self::ms(self.started.elapsed()),
+            cause,
+            "stream failed"
+        );
+    }
+
+    fn departed(&self) {
+        tracing::info!(
+            id = %self.id,
+            endpoint = self.endpoint,
+            total_ms = Self::ms(self.started.elapsed()),
+            "client disconnected before the stream ended"
+        );
+    }
+}
+
 /// What a stream renderer is asked to turn into chunks.
 enum StreamItem {
     /// Before any event of a choice.
@@ -817,6 +1069,7 @@ enum StreamItem {
 fn stream_response(
     choices: Choices,
     count: usize,
+    mut log: RequestLog,
     mut render: impl FnMut(StreamItem) -> Vec<Value> + Send + 'static,
 ) -> Response {
     let Choices {
@@ -843,11 +1096,15 @@ fn stream_response(
         let mut done = 0;
         let mut completion_tokens = 0;
         let mut failed = None;
+        let mut reasons = vec![""; count];
         while done < count {
             let Some((index, event)) = events.recv().await else {
                 failed = Some("the engine stopped before the request finished".to_string());
                 break;
             };
+            if matches!(event, Event::Token { .. }) {
+                log.token();
+            }
             if let Event::Done {
                 completion_tokens: c,
                 reason,
@@ -856,20 +1113,26 @@ fn stream_response(
             {
                 done += 1;
                 completion_tokens += c;
-                if let FinishReason::Error(e) = reason {
-                    failed = Some(e.clone());
+                reasons[index] = finish_reason(reason);
+                match reason {
+                    FinishReason::Error(e) => failed = Some(e.clone()),
+                    FinishReason::Cancelled => failed = Some(SHUTDOWN_MESSAGE.to_string()),
+                    _ => {}
                 }
             }
             for v in render(StreamItem::Event(index, event)) {
                 if !send(&tx, v).await {
+                    log.departed();
                     return;
                 }
             }
         }
-        if let Some(message) = failed {
+        if let Some(message) = &failed {
+            log.failed(message);
             let error = json!({ "error": { "message": message, "type": "server_error", "param": Value::Null, "code": Value::Null } });
             let _ = send(&tx, error).await;
         } else {
+            log.finished(completion_tokens, &reasons);
             for v in render(StreamItem::End { completion_tokens }) {
                 if !send(&tx, v).await {
                     return;
@@ -902,33 +1165,21 @@ impl<S: Stream + Unpin> Stream for CancelOnEnd<S> {
 }
 
 pub async fn chat_completions(State(state): State<AppState>, request: Request) -> Response {
-    match chat_inner(state, request).await {
+    match chat_inner(state, request, Instant::now()).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn chat_inner(state: AppState, request: Request) -> Result<Response, ApiError> {
+async fn chat_inner(
+    state: AppState,
+    request: Request,
+    started: Instant,
+) -> Result<Response, ApiError> {
     let value = read_json(request, &[COMMON_FIELDS, CHAT_FIELDS]).await?;
     let req: ChatRequest = parse(&value)?;
     let settings = check_common(&state, &parse(&value)?)?;
-    if req.tools.as_ref().is_some_and(|t| !t.is_empty())
-        || req.tool_choice.is_some()
-        || req.parallel_tool_calls.is_some()
-    {
-        return Err(ApiError::unsupported(
-            "tools",
-            "tool calls are not implemented",
-        ));
-    }
-    if let Some(format) = &req.response_format {
-        if format.get("type").and_then(Value::as_str) != Some("text") {
-            return Err(ApiError::unsupported(
-                "response_format",
-                "only {\"type\": \"text\"} is implemented",
-            ));
-        }
-    }
+    req.check_unsupported()?;
     if req.messages.is_empty() {
         return Err(ApiError::invalid(
             "`messages` must not be empty",
@@ -938,6 +1189,7 @@ async fn chat_inner(state: AppState, request: Request) -> Result<Response, ApiEr
     let mut turns = Vec::new();
     for (i, m) in req.messages.iter().enumerate() {
         let param = format!("messages[{i}]");
+        m.check(&param)?;
         let role = Role::parse(&m.role).ok_or_else(|| {
             ApiError::invalid(
                 format!(
@@ -1007,6 +1259,7 @@ async fn chat_inner(state: AppState, request: Request) -> Result<Response, ApiEr
     let id = request_id("chatcmpl");
     let created = unix_time();
     let model = state.model_name.clone();
+    let mut log = RequestLog::new(&id, "/v1/chat/completions", started, prompt_tokens);
     if settings.stream {
         let include_usage = settings.include_usage;
         let tokenizer = state.tokenizer.clone();
@@ -1020,7 +1273,7 @@ async fn chat_inner(state: AppState, request: Request) -> Result<Response, ApiEr
             }
             v
         };
-        return Ok(stream_response(rx, count, move |ev| match ev {
+        return Ok(stream_response(rx, count, log, move |ev| match ev {
             StreamItem::Start(index) => vec![chunk(
                 json!([{ "index": index, "delta": { "role": "assistant", "content": "" }, "logprobs": Value::Null, "finish_reason": Value::Null }]),
                 None,
@@ -1072,7 +1325,7 @@ async fn chat_inner(state: AppState, request: Request) -> Result<Response, ApiEr
             }
         }));
     }
-    let choices = collect(rx, count).await?;
+    let choices = collect(rx, count, &mut log).await?;
     let completion_tokens: usize = choices.iter().map(|c| c.completion_tokens).sum();
     let body: Vec<Value> = choices
         .iter()
@@ -1100,4 +1353,82 @@ async fn chat_inner(state: AppState, request: Request) -> Result<Response, ApiEr
         "usage": usage(prompt_tokens, completion_tokens),
     }))
     .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The body of a streamed response, as its `data:` payloads.
+    async fn stream_payloads(response: Response) -> Vec<String> {
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        String::from_utf8(bytes.to_vec())
+            .unwrap()
+            .split("\n\n")
+            .filter_map(|b| b.strip_prefix("data: ").map(str::to_string))
+            .collect()
+    }
+
+    /// A stream cut short by shutdown ends with an OpenAI finish reason
+    /// ("length": the server, not the model, ended it), then an error event
+    /// saying why, then `[DONE]`.
+    #[tokio::test]
+    async fn shutdown_ends_a_stream_with_length_and_an_error_event() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let choices = Choices {
+            rx,
+            _cancel: CancelToken::new().drop_guard(),
+        };
+        let token = Event::Token {
+            token: 5,
+            text: "Hi".into(),
+            logprob: None,
+        };
+        tx.send((0, token)).unwrap();
+        let done = Event::Done {
+            reason: FinishReason::Cancelled,
+            prompt_tokens: 3,
+            completion_tokens: 1,
+        };
+        tx.send((0, done)).unwrap();
+        let log = RequestLog::new("cmpl-test", "/v1/completions", Instant::now(), 3);
+        let response = stream_response(choices, 1, log, |item| match item {
+            StreamItem::Event(_, Event::Token { text, .. }) => vec![json!({ "text": text })],
+            StreamItem::Event(_, Event::Done { reason, .. }) => {
+                vec![json!({ "finish_reason": finish_reason(&reason) })]
+            }
+            _ => vec![],
+        });
+        let payloads = stream_payloads(response).await;
+        assert_eq!(payloads.len(), 4, "{payloads:?}");
+        assert_eq!(payloads[0], r#"{"text":"Hi"}"#);
+        assert_eq!(payloads[1], r#"{"finish_reason":"length"}"#);
+        let error: Value = serde_json::from_str(&payloads[2]).unwrap();
+        assert_eq!(error["error"]["type"], "server_error");
+        assert_eq!(error["error"]["message"], SHUTDOWN_MESSAGE);
+        assert_eq!(payloads[3], "[DONE]");
+    }
+
+    /// A request that is not streamed and is cut short by shutdown is a 503
+    /// the client may retry, not a truncated completion.
+    #[tokio::test]
+    async fn shutdown_fails_a_collected_request_with_503() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let choices = Choices {
+            rx,
+            _cancel: CancelToken::new().drop_guard(),
+        };
+        let done = Event::Done {
+            reason: FinishReason::Cancelled,
+            prompt_tokens: 3,
+            completion_tokens: 0,
+        };
+        tx.send((0, done)).unwrap();
+        let mut log = RequestLog::new("cmpl-test", "/v1/completions", Instant::now(), 3);
+        let error = collect(choices, 1, &mut log).await.err().unwrap();
+        assert_eq!(error.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(error.retry_after, Some(5));
+    }
 }

@@ -360,6 +360,62 @@ fn every_bad_request_gets_an_openai_error() {
             "`max_tokens` must be at least 1",
         ),
         (
+            "/v1/completions",
+            r#"{"prompt": "hi", "store": "yes"}"#,
+            400,
+            "invalid_request_error",
+            "Invalid value for `store`: expected a boolean",
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"messages": [{"role": "user", "content": "hi"}], "metadata": 3}"#,
+            400,
+            "invalid_request_error",
+            "Invalid value for `metadata`: expected an object",
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"messages": [{"role": "user", "content": "hi"}], "parallel_tool_calls": "yes"}"#,
+            400,
+            "invalid_request_error",
+            "Invalid value for `parallel_tool_calls`",
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"messages": [{"role": "user", "content": "hi"}], "tool_choice": "required"}"#,
+            400,
+            "invalid_request_error",
+            "`tools` is not supported",
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"messages": [{"role": "user", "content": "hi"}], "modalities": ["text", "audio"]}"#,
+            400,
+            "invalid_request_error",
+            "`modalities` is not supported",
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": null, "tool_calls": [{"id": "c1"}]}]}"#,
+            400,
+            "invalid_request_error",
+            "`messages[1].tool_calls` is not supported",
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"messages": [{"role": "user", "content": "hi", "refusal": 5}]}"#,
+            400,
+            "invalid_request_error",
+            "Invalid value for `messages[0].refusal`",
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"messages": [{"role": "user", "content": "hi", "colour": "red"}]}"#,
+            400,
+            "invalid_request_error",
+            "unknown field `colour`",
+        ),
+        (
             "/v1/nothing",
             "{}",
             404,
@@ -413,6 +469,83 @@ fn a_bearer_key_guards_everything_but_health() {
     s.key = None;
     let (status, _, _) = s.post("/v1/completions", r#"{"prompt": "hi", "max_tokens": 1}"#);
     assert_eq!(status, 401);
+}
+
+/// What the openai SDK and LangChain send beside the fields that matter is
+/// accepted and changes nothing; `GET /v1/models/{id}` answers for the served
+/// model and 404s in OpenAI's shape for others.
+#[test]
+fn fields_clients_send_and_we_do_not_use_change_nothing() {
+    let s = start(engine_config(), None);
+    let plain = json!({"prompt": "Hello there", "max_tokens": 6, "temperature": 0});
+    let mut lenient = plain.clone();
+    for (k, v) in [
+        ("user", json!("u-1")),
+        ("store", json!(false)),
+        ("metadata", json!({"run": "x"})),
+        ("service_tier", json!("auto")),
+        ("safety_identifier", json!("s")),
+        ("prompt_cache_key", json!("k")),
+        ("reasoning_effort", json!("low")),
+        ("prediction", json!({"type": "content", "content": "x"})),
+        ("seed", Value::Null),
+    ] {
+        lenient[k] = v;
+    }
+    let (status, want, _) = s.post("/v1/completions", &plain.to_string());
+    assert_eq!(status, 200, "{want}");
+    let (status, got, _) = s.post("/v1/completions", &lenient.to_string());
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got["choices"][0]["text"], want["choices"][0]["text"]);
+
+    let messages = json!([
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi", "name": "ann"},
+        {"role": "assistant", "content": "Hello", "refusal": null, "tool_calls": null, "function_call": null, "audio": null, "annotations": []},
+        {"role": "user", "content": "Again"}
+    ]);
+    let plain_messages = json!([
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "Again"}
+    ]);
+    let chat = |messages: &Value, extra: &[(&str, Value)]| {
+        let mut body = json!({"messages": messages, "max_tokens": 6, "temperature": 0});
+        for (k, v) in extra {
+            body[*k] = v.clone();
+        }
+        let (status, v, _) = s.post("/v1/chat/completions", &body.to_string());
+        assert_eq!(status, 200, "{body}: {v}");
+        v["choices"][0]["message"]["content"].clone()
+    };
+    let want = chat(&plain_messages, &[]);
+    let got = chat(
+        &messages,
+        &[
+            ("parallel_tool_calls", json!(true)),
+            ("tool_choice", json!("none")),
+            ("tools", json!([])),
+            ("modalities", json!(["text"])),
+            ("audio", Value::Null),
+            ("store", json!(true)),
+            ("user", json!("u-2")),
+        ],
+    );
+    assert_eq!(got, want);
+
+    let (status, body) = s.get("/v1/models/tiny-vocab", None);
+    assert_eq!(status, 200, "{body}");
+    let model: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(model["id"], "tiny-vocab");
+    assert_eq!(model["object"], "model");
+    for unknown in ["/v1/models/gpt-4", "/v1/models/xai-org/grok-1"] {
+        let (status, body) = s.get(unknown, None);
+        assert_eq!(status, 404, "{body}");
+        let error: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(error["error"]["code"], "model_not_found", "{body}");
+        assert_eq!(error["error"]["type"], "invalid_request_error", "{body}");
+    }
 }
 
 #[test]

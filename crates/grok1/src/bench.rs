@@ -48,6 +48,17 @@ pub struct BenchResult {
     pub flops_per_prompt_token: f64,
 }
 
+/// The sample standard deviation (n - 1 in the divisor, as llama-bench's
+/// `stddev_ts`); 0 for fewer than two values.
+pub fn stddev(v: &[f64]) -> f64 {
+    if v.len() < 2 {
+        return 0.0;
+    }
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    let squares: f64 = v.iter().map(|x| (x - mean).powi(2)).sum();
+    (squares / (v.len() - 1) as f64).sqrt()
+}
+
 /// Median and (min, max) of a sample.
 pub fn summarize(v: &[f64]) -> (f64, f64, f64) {
     if v.is_empty() {

@@ -28,7 +28,7 @@ use crate::kv_cache::{KvCache, DEFAULT_PAGE_SIZE};
 use crate::model::{ForwardOptions, Grok1, LogitsRows, RowLogits, SequenceInput};
 use crate::sampling::{SamplingError, SamplingParams};
 use crate::Precision;
-pub use metrics::Metrics;
+pub use metrics::{Load, Metrics};
 use sequence::Sequence;
 
 /// One sequence's share of a step's output: how many inputs it fed and the
@@ -220,7 +220,7 @@ impl EngineHandle {
         let shared = Arc::new(Shared {
             in_flight: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
-            metrics: Metrics::default(),
+            metrics: Metrics::new(total_pages),
         });
         let (tx, rx) = mpsc::channel();
         let config = Arc::new(config);
@@ -485,6 +485,7 @@ impl Worker {
                 break;
             }
             let mut seq = self.waiting.pop_front().expect("front exists");
+            seq.admitted(&self.shared.metrics);
             seq.kv = Some(self.cache.add_sequence());
             self.running.push(seq);
         }

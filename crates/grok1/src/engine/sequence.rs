@@ -35,6 +35,8 @@ pub(super) struct Sequence {
     cancelled: bool,
     cancel: CancelToken,
     submitted: Instant,
+    /// It has entered the batch once (a preempted sequence re-enters).
+    was_admitted: bool,
     last_token: Option<Instant>,
 }
 
@@ -107,6 +109,7 @@ impl Sequence {
             cancelled: false,
             cancel,
             submitted: Instant::now(),
+            was_admitted: false,
             last_token: None,
         })
     }
@@ -228,6 +231,14 @@ impl Sequence {
         None
     }
 
+    /// Records its time in the queue when it first enters the batch.
+    pub fn admitted(&mut self, metrics: &Metrics) {
+        if !self.was_admitted {
+            self.was_admitted = true;
+            metrics.admitted(self.submitted.elapsed());
+        }
+    }
+
     /// Sends the last text and `Done`.
     pub fn close(&mut self, reason: FinishReason, metrics: &Metrics) {
         if !self.stopped_on_text && matches!(reason, FinishReason::Stop | FinishReason::Length) {
@@ -240,7 +251,7 @@ impl Sequence {
                 self.send(Event::Text(text));
             }
         }
-        metrics.request_done(&reason, self.generated);
+        metrics.request_done(&reason, self.generated, self.submitted.elapsed());
         let done = Event::Done {
             reason,
             prompt_tokens: self.prompt_len,
