@@ -101,7 +101,10 @@ fn connection_limits(args: &ServeArgs) -> anyhow::Result<ConnectionLimits> {
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     set_threads(args.engine.threads)?;
     let loaded = model_source::load_args(&args.model)?;
-    let tokenizer = Arc::new(loaded.tokenizer(args.tokenizer.as_deref())?);
+    let tokenizer = Arc::new(model_source::model_tokenizer(
+        &loaded,
+        args.tokenizer.as_deref(),
+    )?);
     let model = loaded.model;
     let engine_config = engine_config(&args.engine, &model, args.model.precision())?;
     let name = args
