@@ -885,3 +885,80 @@ fn bench_reports_speed_at_a_context_depth() {
         "--depth 128 leaves no room to generate",
     );
 }
+
+#[test]
+fn completions_name_every_subcommand_for_each_shell() {
+    let o = run(grok1().args(["completions", "bash"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let script = stdout(&o);
+    assert!(script.contains("complete -F _grok1"), "{script}");
+    for sub in ["generate", "chat", "serve", "convert", "eval", "completions"] {
+        assert!(script.contains(sub), "bash script lacks {sub}");
+    }
+    for shell in ["zsh", "fish"] {
+        let o = run(grok1().args(["completions", shell]));
+        assert!(o.status.success(), "{shell}: {}", stderr(&o));
+        assert!(stdout(&o).contains("generate"), "{shell}");
+    }
+    expect_error(&["completions", "tcsh"], "tcsh");
+}
+
+/// `generate --threads N` runs on N workers with the same tokens as the
+/// default pool; 0 is refused by name.
+#[test]
+fn generate_takes_a_thread_count() {
+    let args = |threads: Option<&str>| {
+        let mut a = vec!["generate", "--prompt", "Hello, Grok", "--max-tokens", "4"];
+        a.push("--print-ids");
+        if let Some(t) = threads {
+            a.extend(["--threads", t]);
+        }
+        stdout(&run(grok1().args(a)))
+    };
+    let default = args(None);
+    assert!(!default.is_empty());
+    assert_eq!(args(Some("1")), default);
+    assert_eq!(args(Some("3")), default);
+    expect_error(
+        &["generate", "--prompt", "x", "--threads", "0"],
+        "--threads must be at least 1",
+    );
+}
+
+/// The reply `grok1 chat` prints for one piped message, with `flags`.
+fn chat_reply(flags: &[&str]) -> String {
+    let mut cmd = grok1();
+    cmd.args(["chat", "--max-tokens", "24"]).args(flags);
+    let o = run_with_stdin(&mut cmd, b"Tell me a story\n");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let reply = out.split("Assistant:").nth(1).expect("a reply");
+    reply.lines().next().unwrap_or("").trim().to_string()
+}
+
+/// chat takes generate's sampling flags: top-k 1 at any temperature is the
+/// greedy reply, and `--stop TEXT` ends the reply before that text.
+#[test]
+fn chat_takes_the_sampling_flags_and_stop_strings() {
+    let greedy = chat_reply(&["--temperature", "0"]);
+    assert!(greedy.chars().count() > 6, "reply: {greedy:?}");
+    assert_eq!(
+        chat_reply(&["--temperature", "1.5", "--top-k", "1", "--seed", "7"]),
+        greedy
+    );
+    // Filters that keep the best token leave a greedy reply as it is.
+    assert_eq!(chat_reply(&["--temperature", "0", "--min-p", "0.5", "--top-p", "0.5"]), greedy);
+    // A penalty on tokens already seen changes what a random model repeats.
+    let penalised = chat_reply(&["--temperature", "0", "--repetition-penalty", "100"]);
+    assert_ne!(penalised, greedy);
+    // Stop at text from the middle of the greedy reply (starting with a
+    // letter: the reply's leading space is not printed).
+    let middle = greedy.char_indices().nth(greedy.chars().count() / 2).unwrap().0;
+    let cut = middle + greedy[middle..].find(|c: char| !c.is_whitespace()).unwrap();
+    let stop: String = greedy[cut..].chars().take(3).collect();
+    let stopped = chat_reply(&["--temperature", "0", "--stop", &stop]);
+    let first = greedy.find(&stop).unwrap();
+    assert_eq!(stopped, greedy[..first].trim(), "stop {stop:?}");
+    expect_error(&["chat", "--stop", ""], "--stop needs some text");
+    expect_error(&["chat", "--top-k", "x"], "--top-k");
+}
