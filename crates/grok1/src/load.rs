@@ -12,6 +12,16 @@
 //! assert!(loaded.tokenizer_file.is_none());
 //! let tokenizer = loaded.tokenizer(None)?;
 //! assert_eq!(tokenizer.vocab_size(), 131072);
+//!
+//! // The same call reads llama.cpp's GGUF, here a conversion of that checkpoint.
+//! let gguf = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/gguf/tiny-moe-f32.gguf");
+//! let converted = grok1::load(gguf)?;
+//! assert_eq!(converted.format, grok1::ModelFormat::Gguf);
+//! assert_eq!(converted.model.config().vocab_size, 1024);
+//!
+//! // Errors name the path.
+//! let missing = grok1::load("/no/such/model").err().expect("no model there");
+//! assert!(missing.to_string().starts_with("/no/such/model"), "{missing}");
 //! # Ok(())
 //! # }
 //! ```
