@@ -892,7 +892,14 @@ fn completions_name_every_subcommand_for_each_shell() {
     assert!(o.status.success(), "{}", stderr(&o));
     let script = stdout(&o);
     assert!(script.contains("complete -F _grok1"), "{script}");
-    for sub in ["generate", "chat", "serve", "convert", "eval", "completions"] {
+    for sub in [
+        "generate",
+        "chat",
+        "serve",
+        "convert",
+        "eval",
+        "completions",
+    ] {
         assert!(script.contains(sub), "bash script lacks {sub}");
     }
     for shell in ["zsh", "fish"] {
@@ -947,13 +954,20 @@ fn chat_takes_the_sampling_flags_and_stop_strings() {
         greedy
     );
     // Filters that keep the best token leave a greedy reply as it is.
-    assert_eq!(chat_reply(&["--temperature", "0", "--min-p", "0.5", "--top-p", "0.5"]), greedy);
+    assert_eq!(
+        chat_reply(&["--temperature", "0", "--min-p", "0.5", "--top-p", "0.5"]),
+        greedy
+    );
     // A penalty on tokens already seen changes what a random model repeats.
     let penalised = chat_reply(&["--temperature", "0", "--repetition-penalty", "100"]);
     assert_ne!(penalised, greedy);
     // Stop at text from the middle of the greedy reply (starting with a
     // letter: the reply's leading space is not printed).
-    let middle = greedy.char_indices().nth(greedy.chars().count() / 2).unwrap().0;
+    let middle = greedy
+        .char_indices()
+        .nth(greedy.chars().count() / 2)
+        .unwrap()
+        .0;
     let cut = middle + greedy[middle..].find(|c: char| !c.is_whitespace()).unwrap();
     let stop: String = greedy[cut..].chars().take(3).collect();
     let stopped = chat_reply(&["--temperature", "0", "--stop", &stop]);
