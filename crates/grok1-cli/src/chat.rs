@@ -222,10 +222,7 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
         .map(|s| s.to_string())
         .collect();
     stop_strings.extend(args.stop.iter().cloned());
-    loop {
-        let Some(message) = read_message(&mut |continuation| input.line(continuation))? else {
-            break;
-        };
+    while let Some(message) = read_message(&mut |continuation| input.line(continuation))? {
         turns.push((Role::User, message));
         let prompt = tokenizer.encode(&chat::render(&turns));
         if prompt.len() >= context {
