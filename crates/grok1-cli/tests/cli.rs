@@ -976,3 +976,73 @@ fn chat_takes_the_sampling_flags_and_stop_strings() {
     expect_error(&["chat", "--stop", ""], "--stop needs some text");
     expect_error(&["chat", "--top-k", "x"], "--top-k");
 }
+
+/// On a terminal (`script` gives chat a pseudo-terminal) the prompt is a line
+/// editor: the up arrow recalls the last message, Ctrl-D quits, and the
+/// messages are kept in `$XDG_STATE_HOME/grok1/history`.
+#[test]
+fn chat_on_a_terminal_recalls_history_and_saves_it() {
+    use std::io::Read;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+    let state = tempfile::tempdir().unwrap();
+    let command = format!(
+        "{} chat --max-tokens 3 --temperature 0",
+        env!("CARGO_BIN_EXE_grok1")
+    );
+    let mut child = Command::new("script")
+        .args(["-qefc", &command, "/dev/null"])
+        .env("XDG_STATE_HOME", state.path())
+        .env("TERM", "xterm")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = stdout.read(&mut buf) {
+            if tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    // Waits for the prompt after `replies` replies (the editor redraws the
+    // prompt as keys arrive, so prompts alone are not counted).
+    let mut wait_for_prompt_after = |replies: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while seen.matches("Assistant:").count() < replies
+            || !seen.rsplit("Assistant:").next().unwrap().contains("User: ")
+        {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(bytes) => seen.push_str(&String::from_utf8_lossy(&bytes)),
+                Err(_) => panic!("no prompt after reply {replies} in {seen:?}"),
+            }
+        }
+        seen.clone()
+    };
+    wait_for_prompt_after(0);
+    stdin.write_all(b"hello there\r").unwrap();
+    stdin.flush().unwrap();
+    wait_for_prompt_after(1);
+    // Up arrow, then Enter: the last message again.
+    stdin.write_all(b"\x1b[A\r").unwrap();
+    stdin.flush().unwrap();
+    let out = wait_for_prompt_after(2);
+    stdin.write_all(b"\x04").unwrap();
+    stdin.flush().unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(out.matches("Assistant:").count(), 2, "{out:?}");
+    assert_eq!(out.matches("hello there").count(), 2, "{out:?}");
+    let history = std::fs::read_to_string(state.path().join("grok1/history")).unwrap();
+    assert_eq!(
+        history.lines().filter(|l| *l == "hello there").count(),
+        1,
+        "{history:?}"
+    );
+}
