@@ -49,6 +49,8 @@ pub enum Command {
     /// Score GSM8k, MMLU, HumanEval or MATH as xAI's Grok-1 table did, through the
     /// engine or an OpenAI-compatible server
     Eval(EvalArgs),
+    /// Print a shell completion script: `grok1 completions bash > ~/.local/share/bash-completion/completions/grok1`
+    Completions(CompletionsArgs),
     /// (internal) Run one Python program in the HumanEval sandbox, read from stdin
     #[command(hide = true)]
     SandboxExec(SandboxExecArgs),
@@ -151,6 +153,13 @@ pub struct EvalArgs {
 
     #[command(flatten)]
     pub engine: EngineArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to complete for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Args, Debug)]
@@ -374,6 +383,10 @@ pub struct GenerateArgs {
     /// Print the generated token ids, comma-separated, on the last line
     #[arg(long)]
     pub print_ids: bool,
+
+    /// Worker threads for the model (default: one per core)
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 #[derive(Args, Debug)]
@@ -587,9 +600,28 @@ pub struct ChatArgs {
     #[arg(long, default_value_t = 0.7)]
     pub temperature: f32,
 
+    /// Nucleus sampling: keep the most likely tokens holding this much probability
     #[arg(long, default_value_t = 0.95)]
     pub top_p: f32,
 
+    /// Keep only the K most likely tokens (0: off)
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+
+    /// Keep tokens at least this fraction as likely as the best (0: off)
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
+
+    /// Penalise tokens already in the context (1: off)
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+
+    /// End a reply where it would print this text (repeatable; the turn
+    /// separators always end one)
+    #[arg(long, value_name = "TEXT")]
+    pub stop: Vec<String>,
+
+    /// Random seed for sampling (each reply uses the next one)
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 

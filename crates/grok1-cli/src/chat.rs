@@ -5,7 +5,9 @@
 //! a block between lines of `"""` is sent whole. Ctrl-C stops a reply; at the
 //! prompt it (or Ctrl-D, or `/exit`) quits.
 
-use std::io::{BufRead, Write};
+use std::ffi::OsStr;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -15,21 +17,128 @@ use anyhow::Context;
 use grok1::engine::{EngineHandle, Event, Request};
 use grok1::sampling::SamplingParams;
 use grok1_server::chat::{self, Role};
+use rustyline::error::ReadlineError;
+use rustyline::DefaultEditor;
 
 use crate::args::ChatArgs;
 use crate::model_source;
 use crate::serve::{engine_config, set_threads};
 
-/// Reads one message; `None` at the end of input or on `/exit`.
-fn read_message(input: &mut dyn BufRead) -> std::io::Result<Option<String>> {
+/// Where chat reads its lines: a line editor with history on a terminal,
+/// plain lines from stdin otherwise (pipes and scripts).
+enum Input {
+    Editor {
+        editor: Box<DefaultEditor>,
+        history: Option<PathBuf>,
+    },
+    Plain(std::io::StdinLock<'static>),
+}
+
+impl Input {
+    fn open() -> anyhow::Result<Input> {
+        let stdin = std::io::stdin();
+        if !stdin.is_terminal() {
+            return Ok(Input::Plain(stdin.lock()));
+        }
+        let mut editor = DefaultEditor::new().context("starting the line editor")?;
+        let history = history_file(
+            std::env::var_os("XDG_STATE_HOME").as_deref(),
+            std::env::var_os("HOME").as_deref(),
+        );
+        // A missing or unreadable history only means starting without one.
+        if let Some(path) = &history {
+            let _ = editor.load_history(path);
+        }
+        Ok(Input::Editor {
+            editor: Box::new(editor),
+            history,
+        })
+    }
+
+    /// One line without its end; `None` at the end of input, on Ctrl-D, or
+    /// on Ctrl-C at the prompt.
+    fn line(&mut self, continuation: bool) -> std::io::Result<Option<String>> {
+        match self {
+            Input::Plain(stdin) => {
+                if !continuation {
+                    let mut out = std::io::stdout();
+                    write!(out, "\nUser: ")?;
+                    out.flush()?;
+                }
+                let mut line = String::new();
+                if stdin.read_line(&mut line)? == 0 {
+                    return Ok(None);
+                }
+                Ok(Some(line.trim_end_matches(['\n', '\r']).to_string()))
+            }
+            Input::Editor { editor, .. } => {
+                if !continuation {
+                    println!();
+                }
+                let prompt = if continuation { "... " } else { "User: " };
+                match editor.readline(prompt) {
+                    Ok(line) => {
+                        if !line.trim().is_empty() {
+                            // (A failure here loses only the history entry.)
+                            let _ = editor.add_history_entry(line.as_str());
+                        }
+                        Ok(Some(line))
+                    }
+                    Err(ReadlineError::Eof | ReadlineError::Interrupted) => Ok(None),
+                    Err(ReadlineError::Io(e)) => Err(e),
+                    Err(e) => Err(std::io::Error::other(e)),
+                }
+            }
+        }
+    }
+
+    /// Saves the editor's history; a place that cannot be written costs only
+    /// the history, with a warning.
+    fn save_history(&mut self) {
+        let Input::Editor {
+            editor,
+            history: Some(path),
+        } = self
+        else {
+            return;
+        };
+        let saved = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .map_err(ReadlineError::Io)
+            .and_then(|()| editor.save_history(path));
+        if let Err(e) = saved {
+            eprintln!(
+                "grok1: warning: could not save the chat history to {}: {e}",
+                path.display()
+            );
+        }
+    }
+}
+
+/// `$XDG_STATE_HOME/grok1/history`, else `~/.local/state/grok1/history` (the
+/// XDG base directory rule: a relative XDG path is ignored); `None` without
+/// either.
+fn history_file(xdg_state_home: Option<&OsStr>, home: Option<&OsStr>) -> Option<PathBuf> {
+    let state = match xdg_state_home.map(Path::new) {
+        Some(dir) if dir.is_absolute() => dir.to_path_buf(),
+        _ => Path::new(home.filter(|h| !h.is_empty())?).join(".local/state"),
+    };
+    Some(state.join("grok1").join("history"))
+}
+
+/// Reads one message from `next_line` (told whether the line continues a
+/// message); `None` at the end of input or on `/exit`.
+fn read_message(
+    next_line: &mut dyn FnMut(bool) -> std::io::Result<Option<String>>,
+) -> std::io::Result<Option<String>> {
     let mut message = String::new();
     let mut block = false;
     loop {
-        let mut line = String::new();
-        if input.read_line(&mut line)? == 0 {
+        let continuation = block || !message.is_empty();
+        let Some(line) = next_line(continuation)? else {
             return Ok((!message.trim().is_empty()).then_some(message));
-        }
-        let line = line.trim_end_matches(['\n', '\r']);
+        };
         if line.trim() == "\"\"\"" {
             if block {
                 return Ok(Some(message));
@@ -38,7 +147,7 @@ fn read_message(input: &mut dyn BufRead) -> std::io::Result<Option<String>> {
             continue;
         }
         if block {
-            message.push_str(line);
+            message.push_str(&line);
             message.push('\n');
             continue;
         }
@@ -50,7 +159,7 @@ fn read_message(input: &mut dyn BufRead) -> std::io::Result<Option<String>> {
             message.push('\n');
             continue;
         }
-        message.push_str(line);
+        message.push_str(&line);
         if !message.trim().is_empty() {
             return Ok(Some(message));
         }
@@ -61,12 +170,28 @@ fn read_message(input: &mut dyn BufRead) -> std::io::Result<Option<String>> {
 pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
     set_threads(args.engine.threads)?;
     let loaded = model_source::load_args(&args.model)?;
-    let tokenizer = Arc::new(loaded.tokenizer(args.tokenizer.as_deref())?);
+    let tokenizer = Arc::new(model_source::model_tokenizer(
+        &loaded,
+        args.tokenizer.as_deref(),
+    )?);
     let model = loaded.model;
     let eos = model.config().eos_token;
     let config = engine_config(&args.engine, &model, args.model.precision())?;
     let context = config.context;
     let engine = EngineHandle::start(model, tokenizer.clone(), config);
+    let sampling = SamplingParams {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        repetition_penalty: args.repetition_penalty,
+        seed: args.seed,
+    };
+    sampling.validate()?;
+    anyhow::ensure!(
+        args.stop.iter().all(|s| !s.is_empty()),
+        "--stop needs some text (an empty stop string would end every reply at once)"
+    );
 
     // Ctrl-C while a reply streams stops it; at the prompt it quits.
     let replying = Arc::new(AtomicBool::new(false));
@@ -89,16 +214,15 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
     if let Some(system) = &args.system {
         turns.push((Role::System, system.clone()));
     }
-    let stdin = std::io::stdin();
-    let mut input = stdin.lock();
+    let mut input = Input::open()?;
     let mut out = std::io::stdout();
     let mut seed = args.seed;
-    loop {
-        write!(out, "\nUser: ")?;
-        out.flush()?;
-        let Some(message) = read_message(&mut input)? else {
-            break;
-        };
+    let mut stop_strings: Vec<String> = chat::TURN_SEPARATORS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    stop_strings.extend(args.stop.iter().cloned());
+    while let Some(message) = read_message(&mut |continuation| input.line(continuation))? {
         turns.push((Role::User, message));
         let prompt = tokenizer.encode(&chat::render(&turns));
         if prompt.len() >= context {
@@ -109,17 +233,9 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
         let request = Request {
             max_tokens: args.max_tokens.min(context - prompt.len()),
             prompt,
-            sampling: SamplingParams {
-                temperature: args.temperature,
-                top_p: args.top_p,
-                seed,
-                ..Default::default()
-            },
+            sampling: SamplingParams { seed, ..sampling },
             stop_token_ids: vec![eos],
-            stop_strings: chat::TURN_SEPARATORS
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            stop_strings: stop_strings.clone(),
             logprobs: None,
             prompt_logprobs: false,
             sink: {
@@ -161,6 +277,7 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
         writeln!(out)?;
         turns.push((Role::Assistant, reply));
     }
+    input.save_history();
     engine.shutdown(Duration::from_secs(1));
     Ok(ExitCode::SUCCESS)
 }
@@ -171,7 +288,8 @@ mod tests {
 
     #[test]
     fn messages_continue_with_backslash_and_blocks() {
-        let mut input: &[u8] = b"hello\nfirst \\\nsecond\n\"\"\"\na\n\nb\n\"\"\"\n/exit\n";
+        let mut lines = "hello\nfirst \\\nsecond\n\"\"\"\na\n\nb\n\"\"\"\n/exit\n".lines();
+        let mut input = |_continuation: bool| Ok(lines.next().map(str::to_string));
         assert_eq!(read_message(&mut input).unwrap().as_deref(), Some("hello"));
         assert_eq!(
             read_message(&mut input).unwrap().as_deref(),
@@ -182,5 +300,40 @@ mod tests {
             Some("a\n\nb\n")
         );
         assert_eq!(read_message(&mut input).unwrap(), None);
+    }
+
+    #[test]
+    fn only_the_first_line_of_a_message_gets_the_user_prompt() {
+        let mut lines = "a \\\nb\n\"\"\"\nc\n\"\"\"\n\nd\n".lines();
+        let mut asked = Vec::new();
+        let mut input = |continuation: bool| {
+            asked.push(continuation);
+            Ok(lines.next().map(str::to_string))
+        };
+        assert_eq!(read_message(&mut input).unwrap().as_deref(), Some("a \nb"));
+        assert_eq!(read_message(&mut input).unwrap().as_deref(), Some("c\n"));
+        assert_eq!(read_message(&mut input).unwrap().as_deref(), Some("d"));
+        // An empty line asks again with the prompt.
+        assert_eq!(asked, [false, true, false, true, true, false, false]);
+    }
+
+    #[test]
+    fn history_lives_in_the_xdg_state_directory() {
+        let file = |xdg: Option<&str>, home: Option<&str>| {
+            history_file(xdg.map(OsStr::new), home.map(OsStr::new))
+        };
+        assert_eq!(
+            file(Some("/state"), Some("/home/u")),
+            Some(PathBuf::from("/state/grok1/history"))
+        );
+        // A relative XDG_STATE_HOME is invalid and ignored, as the spec says.
+        for xdg in [None, Some("relative"), Some("")] {
+            assert_eq!(
+                file(xdg, Some("/home/u")),
+                Some(PathBuf::from("/home/u/.local/state/grok1/history"))
+            );
+        }
+        assert_eq!(file(None, None), None);
+        assert_eq!(file(None, Some("")), None);
     }
 }

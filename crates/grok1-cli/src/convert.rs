@@ -44,7 +44,7 @@ pub fn convert(args: ConvertArgs) -> anyhow::Result<ExitCode> {
         .tokenizer
         .as_deref()
         .or(loaded.tokenizer_file.as_deref());
-    let tokenizer = model_source::tokenizer(tokenizer_path, None)?;
+    let tokenizer = model_source::tokenizer(tokenizer_path)?;
     let sources: Vec<&Path> = loaded
         .sources
         .iter()

@@ -80,7 +80,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
             )
         }
         (Some(url), None) => {
-            let tokenizer = Arc::new(model_source::tokenizer(args.tokenizer.as_deref(), None)?);
+            let tokenizer = Arc::new(model_source::tokenizer(args.tokenizer.as_deref())?);
             let http = HttpEngine::connect(
                 url,
                 args.api_key.clone(),
@@ -103,7 +103,10 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
         (None, None) => {
             serve::set_threads(args.engine.threads)?;
             let loaded = model_source::load_args(&args.model)?;
-            let tokenizer = Arc::new(loaded.tokenizer(args.tokenizer.as_deref())?);
+            let tokenizer = Arc::new(model_source::model_tokenizer(
+                &loaded,
+                args.tokenizer.as_deref(),
+            )?);
             let model = loaded.model;
             let mut config = serve::engine_config(&args.engine, &model, args.model.precision())?;
             // Every request in flight gets a batch slot.

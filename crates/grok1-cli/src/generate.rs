@@ -29,9 +29,10 @@ fn prompt_ids(prompt: &PromptArgs, tokenizer: &Tokenizer) -> anyhow::Result<Vec<
 }
 
 pub fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
+    crate::serve::set_threads(args.threads)?;
     let loaded = model_source::load_args(&args.model)?;
     let model = &loaded.model;
-    let tokenizer = loaded.tokenizer(args.tokenizer.as_deref())?;
+    let tokenizer = model_source::model_tokenizer(&loaded, args.tokenizer.as_deref())?;
     let prompt = prompt_ids(&args.prompt, &tokenizer)?;
     let sampling = SamplingParams {
         temperature: args.temperature,
@@ -122,7 +123,7 @@ pub fn logits(args: LogitsArgs) -> anyhow::Result<ExitCode> {
     let tokens = match &args.prompt.tokens {
         Some(t) => t.0.clone(),
         None => {
-            let tokenizer = loaded.tokenizer(args.tokenizer.as_deref())?;
+            let tokenizer = model_source::model_tokenizer(&loaded, args.tokenizer.as_deref())?;
             prompt_ids(&args.prompt, &tokenizer)?
         }
     };

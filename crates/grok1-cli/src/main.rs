@@ -34,7 +34,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Convert(a) => convert::convert(a),
         Command::Eval(a) => eval::eval(a),
         Command::SandboxExec(a) => eval::sandbox_exec(a),
+        Command::Completions(a) => completions(a),
     }
+}
+
+/// Writes the completion script of `a.shell` to stdout.
+fn completions(a: args::CompletionsArgs) -> anyhow::Result<ExitCode> {
+    use clap::CommandFactory;
+    clap_complete::generate(
+        a.shell,
+        &mut Cli::command(),
+        "grok1",
+        &mut std::io::stdout(),
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// With `GROK1_PEAK_RSS=1`, reports the process's peak resident memory on exit

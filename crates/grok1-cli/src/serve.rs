@@ -123,7 +123,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let cors = cors_origins(&args.cors_origins)?;
     set_threads(args.engine.threads)?;
     let loaded = model_source::load_args(&args.model)?;
-    let tokenizer = Arc::new(loaded.tokenizer(args.tokenizer.as_deref())?);
+    let tokenizer = Arc::new(model_source::model_tokenizer(
+        &loaded,
+        args.tokenizer.as_deref(),
+    )?);
     let model = loaded.model;
     let engine_config = engine_config(&args.engine, &model, args.model.precision())?;
     let name = args

@@ -67,7 +67,7 @@ fn each_line(
 }
 
 pub fn tokenize(args: TokenizerArgs) -> anyhow::Result<ExitCode> {
-    let tokenizer = model_source::tokenizer(args.tokenizer.as_deref(), None)?;
+    let tokenizer = model_source::tokenizer(args.tokenizer.as_deref())?;
     each_line(|line| {
         let input: TextLine = serde_json::from_str(line).map_err(|e| format!("bad JSON: {e}"))?;
         let (ids, pieces) = tokenizer.encode_with_pieces(&input.text);
@@ -76,7 +76,7 @@ pub fn tokenize(args: TokenizerArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn detokenize(args: TokenizerArgs) -> anyhow::Result<ExitCode> {
-    let tokenizer = model_source::tokenizer(args.tokenizer.as_deref(), None)?;
+    let tokenizer = model_source::tokenizer(args.tokenizer.as_deref())?;
     each_line(|line| {
         let input: IdsLine = serde_json::from_str(line).map_err(|e| format!("bad JSON: {e}"))?;
         let text = tokenizer.decode(&input.ids).map_err(|e| e.to_string())?;

@@ -991,3 +991,164 @@ fn logs_at_debug_level_leave_stdout_to_the_results() {
         assert!(!v[key].is_null(), "{key} missing: {v}");
     }
 }
+
+#[test]
+fn completions_name_every_subcommand_for_each_shell() {
+    let o = run(grok1().args(["completions", "bash"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let script = stdout(&o);
+    assert!(script.contains("complete -F _grok1"), "{script}");
+    for sub in [
+        "generate",
+        "chat",
+        "serve",
+        "convert",
+        "eval",
+        "completions",
+    ] {
+        assert!(script.contains(sub), "bash script lacks {sub}");
+    }
+    for shell in ["zsh", "fish"] {
+        let o = run(grok1().args(["completions", shell]));
+        assert!(o.status.success(), "{shell}: {}", stderr(&o));
+        assert!(stdout(&o).contains("generate"), "{shell}");
+    }
+    expect_error(&["completions", "tcsh"], "tcsh");
+}
+
+/// `generate --threads N` runs on N workers with the same tokens as the
+/// default pool; 0 is refused by name.
+#[test]
+fn generate_takes_a_thread_count() {
+    let args = |threads: Option<&str>| {
+        let mut a = vec!["generate", "--prompt", "Hello, Grok", "--max-tokens", "4"];
+        a.push("--print-ids");
+        if let Some(t) = threads {
+            a.extend(["--threads", t]);
+        }
+        stdout(&run(grok1().args(a)))
+    };
+    let default = args(None);
+    assert!(!default.is_empty());
+    assert_eq!(args(Some("1")), default);
+    assert_eq!(args(Some("3")), default);
+    expect_error(
+        &["generate", "--prompt", "x", "--threads", "0"],
+        "--threads must be at least 1",
+    );
+}
+
+/// The reply `grok1 chat` prints for one piped message, with `flags`.
+fn chat_reply(flags: &[&str]) -> String {
+    let mut cmd = grok1();
+    cmd.args(["chat", "--max-tokens", "24"]).args(flags);
+    let o = run_with_stdin(&mut cmd, b"Tell me a story\n");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let reply = out.split("Assistant:").nth(1).expect("a reply");
+    reply.lines().next().unwrap_or("").trim().to_string()
+}
+
+/// chat takes generate's sampling flags: top-k 1 at any temperature is the
+/// greedy reply, and `--stop TEXT` ends the reply before that text.
+#[test]
+fn chat_takes_the_sampling_flags_and_stop_strings() {
+    let greedy = chat_reply(&["--temperature", "0"]);
+    assert!(greedy.chars().count() > 6, "reply: {greedy:?}");
+    assert_eq!(
+        chat_reply(&["--temperature", "1.5", "--top-k", "1", "--seed", "7"]),
+        greedy
+    );
+    // Filters that keep the best token leave a greedy reply as it is.
+    assert_eq!(
+        chat_reply(&["--temperature", "0", "--min-p", "0.5", "--top-p", "0.5"]),
+        greedy
+    );
+    // A penalty on tokens already seen changes what a random model repeats.
+    let penalised = chat_reply(&["--temperature", "0", "--repetition-penalty", "100"]);
+    assert_ne!(penalised, greedy);
+    // Stop at text from the middle of the greedy reply (starting with a
+    // letter: the reply's leading space is not printed).
+    let middle = greedy
+        .char_indices()
+        .nth(greedy.chars().count() / 2)
+        .unwrap()
+        .0;
+    let cut = middle + greedy[middle..].find(|c: char| !c.is_whitespace()).unwrap();
+    let stop: String = greedy[cut..].chars().take(3).collect();
+    let stopped = chat_reply(&["--temperature", "0", "--stop", &stop]);
+    let first = greedy.find(&stop).unwrap();
+    assert_eq!(stopped, greedy[..first].trim(), "stop {stop:?}");
+    expect_error(&["chat", "--stop", ""], "--stop needs some text");
+    expect_error(&["chat", "--top-k", "x"], "--top-k");
+}
+
+/// On a terminal (`script` gives chat a pseudo-terminal) the prompt is a line
+/// editor: the up arrow recalls the last message, Ctrl-D quits, and the
+/// messages are kept in `$XDG_STATE_HOME/grok1/history`.
+#[test]
+fn chat_on_a_terminal_recalls_history_and_saves_it() {
+    use std::io::Read;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+    let state = tempfile::tempdir().unwrap();
+    let command = format!(
+        "{} chat --max-tokens 3 --temperature 0",
+        env!("CARGO_BIN_EXE_grok1")
+    );
+    let mut child = Command::new("script")
+        .args(["-qefc", &command, "/dev/null"])
+        .env("XDG_STATE_HOME", state.path())
+        .env("TERM", "xterm")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = stdout.read(&mut buf) {
+            if tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    // Waits for the prompt after `replies` replies (the editor redraws the
+    // prompt as keys arrive, so prompts alone are not counted).
+    let mut wait_for_prompt_after = |replies: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while seen.matches("Assistant:").count() < replies
+            || !seen.rsplit("Assistant:").next().unwrap().contains("User: ")
+        {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(bytes) => seen.push_str(&String::from_utf8_lossy(&bytes)),
+                Err(_) => panic!("no prompt after reply {replies} in {seen:?}"),
+            }
+        }
+        seen.clone()
+    };
+    wait_for_prompt_after(0);
+    stdin.write_all(b"hello there\r").unwrap();
+    stdin.flush().unwrap();
+    wait_for_prompt_after(1);
+    // Up arrow, then Enter: the last message again.
+    stdin.write_all(b"\x1b[A\r").unwrap();
+    stdin.flush().unwrap();
+    let out = wait_for_prompt_after(2);
+    stdin.write_all(b"\x04").unwrap();
+    stdin.flush().unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(out.matches("Assistant:").count(), 2, "{out:?}");
+    assert_eq!(out.matches("hello there").count(), 2, "{out:?}");
+    let history = std::fs::read_to_string(state.path().join("grok1/history")).unwrap();
+    assert_eq!(
+        history.lines().filter(|l| *l == "hello there").count(),
+        1,
+        "{history:?}"
+    );
+}

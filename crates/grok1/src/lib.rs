@@ -4,7 +4,17 @@
 //! [`weights::TensorStore`]; [`model::Grok1`] runs the forward pass of
 //! shared/docs/grok1-model.md against a [`backend::Backend`]; [`kv_cache`] holds
 //! keys and values between steps; [`sampling`] and [`generate`] turn logits into
-//! tokens.
+//! tokens. [`load`] reads any supported format in one call:
+//!
+//! ```
+//! # fn main() -> Result<(), grok1::LoadError> {
+//! let loaded = grok1::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/models/tiny-moe"))?;
+//! let tokenizer = loaded.tokenizer(None)?;
+//! # assert_eq!(loaded.model.config().name, "tiny-moe");
+//! # let _ = tokenizer;
+//! # Ok(())
+//! # }
+//! ```
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -20,6 +30,7 @@ pub mod engine;
 pub mod files;
 pub mod generate;
 pub mod kv_cache;
+pub mod load;
 pub mod model;
 pub mod npy;
 pub mod quant;
@@ -28,6 +39,7 @@ pub mod sampling;
 
 pub use backend::Precision;
 pub use kv_cache::{KvCache, SeqId};
+pub use load::{load, load_with, LoadError, LoadedModel, ModelFormat};
 pub use model::{
     ForwardOptions, ForwardOutput, Grok1, LogitsRows, ModelError, RowLogits, SequenceInput,
 };

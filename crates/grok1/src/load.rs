@@ -1,0 +1,218 @@
+//! One call from a path to a runnable model and its tokenizer, whatever the
+//! format: the official `ckpt-0` directory, a GGUF file (or a directory holding
+//! one), or a Hugging Face safetensors directory.
+//!
+//! ```
+//! # fn main() -> Result<(), grok1::LoadError> {
+//! let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/models/tiny-moe");
+//! let loaded = grok1::load(dir)?;
+//! assert_eq!(loaded.format, grok1::ModelFormat::Ckpt0);
+//! assert_eq!(loaded.model.config().vocab_size, 1024);
+//! // No tokenizer.model beside this checkpoint: the official one built in.
+//! assert!(loaded.tokenizer_file.is_none());
+//! let tokenizer = loaded.tokenizer(None)?;
+//! assert_eq!(tokenizer.vocab_size(), 131072);
+//!
+//! // The same call reads llama.cpp's GGUF, here a conversion of that checkpoint.
+//! let gguf = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/gguf/tiny-moe-f32.gguf");
+//! let converted = grok1::load(gguf)?;
+//! assert_eq!(converted.format, grok1::ModelFormat::Gguf);
+//! assert_eq!(converted.model.config().vocab_size, 1024);
+//!
+//! // Errors name the path.
+//! let missing = grok1::load("/no/such/model").err().expect("no model there");
+//! assert!(missing.to_string().starts_with("/no/such/model"), "{missing}");
+//! # Ok(())
+//! # }
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use grok1_tokenizer::{Tokenizer, TokenizerError};
+
+use crate::progress::{NoProgress, Progress};
+use crate::weights::{ckpt0, gguf, safetensors, TensorStore, WeightError};
+use crate::{ConfigError, Grok1, ModelConfig};
+
+/// The checkpoint formats [`load`] reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelFormat {
+    /// xAI's release: `ckpt-0/` with `tensor00000_000` ... (int8 weights, bf16 scales).
+    Ckpt0,
+    /// llama.cpp's GGUF (`grok` architecture), possibly split into parts.
+    Gguf,
+    /// Hugging Face safetensors (the keyfan/grok-1-hf layout).
+    Safetensors,
+}
+
+/// Why a model or its tokenizer could not be loaded; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Weights(#[from] WeightError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("building the model from {}: {source}", path.display())]
+    Build { path: PathBuf, source: WeightError },
+    #[error("loading tokenizer {}: {source}", path.display())]
+    TokenizerFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("loading tokenizer {}: {source}", path.display())]
+    Tokenizer {
+        path: PathBuf,
+        source: TokenizerError,
+    },
+}
+
+/// A model read by [`load`], and where its tokenizer is.
+pub struct LoadedModel {
+    pub model: Grok1,
+    pub format: ModelFormat,
+    /// `tokenizer.model` found beside the checkpoint, if any.
+    pub tokenizer_file: Option<PathBuf>,
+    /// The vocabulary stored in the model file itself (GGUF), if any.
+    pub embedded_tokenizer: Option<Tokenizer>,
+    /// The files and directories the model was read from (so that a converter
+    /// never writes over them).
+    pub sources: Vec<PathBuf>,
+    /// A `ckpt-0` directory without `config.json`: the grok-1 preset was used.
+    pub preset_config: bool,
+}
+
+impl LoadedModel {
+    /// The tokenizer: `file` if given, else a `tokenizer.model` beside the
+    /// model, else the vocabulary inside the model file, else the official
+    /// Grok-1 tokenizer built into the library.
+    pub fn tokenizer(&self, file: Option<&Path>) -> Result<Tokenizer, LoadError> {
+        match (
+            file.or(self.tokenizer_file.as_deref()),
+            &self.embedded_tokenizer,
+        ) {
+            (Some(path), _) => read_tokenizer(path),
+            (None, Some(embedded)) => Ok(embedded.clone()),
+            (None, None) => Ok(Tokenizer::grok1()),
+        }
+    }
+}
+
+/// Reads a SentencePiece `tokenizer.model`. Only a regular file is read (a
+/// FIFO is refused rather than waited on).
+pub fn read_tokenizer(path: &Path) -> Result<Tokenizer, LoadError> {
+    let bytes = crate::files::read_regular(path).map_err(|source| LoadError::TokenizerFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // (The path again: a corrupt file's error does not name it.)
+    Tokenizer::from_bytes(&bytes).map_err(|source| LoadError::Tokenizer {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Loads the model at `path` in whichever supported format it is, without
+/// reporting progress. See [`load_with`].
+pub fn load(path: impl AsRef<Path>) -> Result<LoadedModel, LoadError> {
+    load_with(path.as_ref(), &NoProgress)
+}
+
+/// Loads the model at `path`: a GGUF file or a directory holding one, a
+/// safetensors directory (`model.safetensors` or its index), or a directory
+/// holding `ckpt-0/` or the tensor files themselves (with `config.json` beside
+/// them or one level up; the grok-1 preset without one). Weights are
+/// memory-mapped, not read. `progress` hears about the checkpoint's files.
+///
+/// ```
+/// # fn main() -> Result<(), grok1::LoadError> {
+/// use std::ops::ControlFlow;
+/// use grok1::generate::{generate, StopConditions};
+/// use grok1::sampling::SamplingParams;
+///
+/// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/models/tiny-moe");
+/// let loaded = grok1::load_with(dir.as_ref(), &grok1::progress::NoProgress)?;
+/// let stop = StopConditions { eos: None, stop_sequences: Vec::new(), max_tokens: 4 };
+/// let out = generate(
+///     &loaded.model,
+///     &[5, 6, 7],
+///     &SamplingParams::default(),
+///     &stop,
+///     Default::default(),
+///     &mut |_new_tokens| ControlFlow::Continue(()),
+/// )
+/// .expect("the prompt fits the model");
+/// assert_eq!(out.tokens.len(), 4);
+/// # Ok(())
+/// # }
+/// ```
+pub fn load_with(path: &Path, progress: &dyn Progress) -> Result<LoadedModel, LoadError> {
+    if let Some(file) = gguf::find(path)? {
+        return load_gguf(&file);
+    }
+    if safetensors::is_safetensors_dir(path) {
+        return load_safetensors(path);
+    }
+    load_ckpt0(path, progress)
+}
+
+fn build(config: ModelConfig, store: &TensorStore, path: &Path) -> Result<Grok1, LoadError> {
+    Grok1::from_store(config, store).map_err(|source| LoadError::Build {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn load_gguf(file: &Path) -> Result<LoadedModel, LoadError> {
+    let gguf = gguf::GgufModel::open(file)?;
+    let model = build(gguf.config()?, &gguf.store, file)?;
+    let folder = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    Ok(LoadedModel {
+        model,
+        format: ModelFormat::Gguf,
+        // A tokenizer.model beside the file wins over the file's own vocabulary.
+        tokenizer_file: Some(folder.join("tokenizer.model")).filter(|p| p.exists()),
+        embedded_tokenizer: gguf.tokenizer()?,
+        sources: gguf.parts.iter().map(|p| p.path.clone()).collect(),
+        preset_config: false,
+    })
+}
+
+fn load_safetensors(dir: &Path) -> Result<LoadedModel, LoadError> {
+    let st = safetensors::SafetensorsModel::open(dir)?;
+    let model = build(st.config()?, &st.store, dir)?;
+    Ok(LoadedModel {
+        model,
+        format: ModelFormat::Safetensors,
+        tokenizer_file: Some(dir.join("tokenizer.model")).filter(|p| p.exists()),
+        embedded_tokenizer: None,
+        sources: vec![dir.to_path_buf()],
+        preset_config: false,
+    })
+}
+
+fn load_ckpt0(dir: &Path, progress: &dyn Progress) -> Result<LoadedModel, LoadError> {
+    let paths = ckpt0::locate(dir)?;
+    let config = match &paths.config {
+        Some(p) => ModelConfig::load(p)?,
+        None => ModelConfig::grok1(),
+    };
+    let store = ckpt0::read_checkpoint(&paths.tensors, &config, paths.config.as_deref(), progress)?;
+    let model = build(config, &store, dir)?;
+    let tokenizer_file = [dir.join("tokenizer.model"), dir.join("../tokenizer.model")]
+        .into_iter()
+        .find(|p| p.exists());
+    let preset_config = paths.config.is_none();
+    // The config may sit outside `dir` (`ckpt-0/../config.json`).
+    let sources = [Some(dir.to_path_buf()), Some(paths.tensors), paths.config]
+        .into_iter()
+        .flatten()
+        .collect();
+    Ok(LoadedModel {
+        model,
+        format: ModelFormat::Ckpt0,
+        tokenizer_file,
+        embedded_tokenizer: None,
+        sources,
+        preset_config,
+    })
+}
