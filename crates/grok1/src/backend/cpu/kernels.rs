@@ -5,7 +5,7 @@
 use std::ops::Range;
 
 #[cfg(target_arch = "x86_64")]
-use super::x86::Wide;
+use super::arch::x86::int8_ckpt_f32::Wide;
 
 /// The instruction set the kernels use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,7 +56,7 @@ impl Isa {
                 && is_x86_feature_detected!("avx512vnni")
             {
                 #[cfg(target_os = "linux")]
-                if super::x86_amx::available() {
+                if super::arch::x86::amx::available() {
                     return Isa::Amx;
                 }
                 return Isa::Avx512Vnni;
@@ -131,11 +131,13 @@ pub fn packed_index(m: usize, k: usize, i: usize, r: usize) -> usize {
 pub fn register_stream_rows(isa: Isa, int8: bool) -> usize {
     match (isa, int8) {
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, false) => super::x86_strips::STRIPS_AVX2_MAX_M,
+        (Isa::Avx2, false) => super::arch::x86::int8_ckpt_strips::STRIPS_AVX2_MAX_M,
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512Vnni | Isa::Amx, false) => super::x86_strips::STRIPS_MAX_M_HALF,
+        (Isa::Avx512Vnni | Isa::Amx, false) => {
+            super::arch::x86::int8_ckpt_strips::STRIPS_MAX_M_HALF
+        }
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512Vnni | Isa::Amx, true) => super::x86_strips::STRIPS_MAX_M,
+        (Isa::Avx512Vnni | Isa::Amx, true) => super::arch::x86::int8_ckpt_strips::STRIPS_MAX_M,
         _ => 0,
     }
 }
@@ -187,13 +189,15 @@ pub fn q8_block(isa: Isa, xp: &[f32], m: usize, wb: &Q8Rows, scales: &[f32], tot
             };
             // SAFETY: Avx2 is only chosen when the CPU has AVX2 and FMA
             // (Isa::best), and the bounds above hold for every index used.
-            unsafe { super::x86::q8_block_avx2(xp, m, wb, scales, total, wide) }
+            unsafe {
+                super::arch::x86::int8_ckpt_f32::q8_block_avx2(xp, m, wb, scales, total, wide)
+            }
         }
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => {
             // SAFETY: every aarch64 CPU this ISA is chosen on has NEON (Isa::best);
             // the shapes are checked above.
-            unsafe { super::neon::q8_block_neon(xp, m, wb, scales, total) }
+            unsafe { super::arch::arm::neon::q8_block_neon(xp, m, wb, scales, total) }
         }
         _ => q8_block_scalar(xp, m, wb, scales, total),
     }
@@ -271,7 +275,7 @@ pub fn dot_f32_bytes(isa: Isa, x: &[f32], m: usize, d: usize, e: &[u8], out_t: &
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
             // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
-            unsafe { super::x86::dot_f32_bytes_avx2(x, m, d, e, out_t) }
+            unsafe { super::arch::x86::int8_ckpt_f32::dot_f32_bytes_avx2(x, m, d, e, out_t) }
         }
         _ => dot_f32_bytes_scalar(x, m, d, e, out_t),
     }
@@ -297,7 +301,7 @@ pub fn dot_rows(isa: Isa, q: &[f32], keys: &[f32], scores: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
             // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
-            unsafe { super::x86::dot_rows_avx2(q, keys, scores) }
+            unsafe { super::arch::x86::int8_ckpt_f32::dot_rows_avx2(q, keys, scores) }
         }
         _ => {
             for (s, k) in scores.iter_mut().zip(keys.chunks_exact(hd)) {
@@ -329,13 +333,13 @@ pub fn page_scores(
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
             // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
-            unsafe { super::x86_attention::page_scores_avx2(q, g, keys_t, ps, n, s) }
+            unsafe { super::arch::x86::attention::page_scores_avx2(q, g, keys_t, ps, n, s) }
         }
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => {
             // SAFETY: every aarch64 CPU this ISA is chosen on has NEON (Isa::best);
             // the shapes are checked above.
-            unsafe { super::neon::page_scores_neon(q, g, keys_t, ps, n, s) }
+            unsafe { super::arch::arm::neon::page_scores_neon(q, g, keys_t, ps, n, s) }
         }
         _ => page_scores_part(q, hd, 0..g, keys_t, ps, 0..n, s),
     }
@@ -386,13 +390,13 @@ pub fn page_values(
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
             // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
-            unsafe { super::x86_attention::page_values_avx2(p, g, ps, n, values, o) }
+            unsafe { super::arch::x86::attention::page_values_avx2(p, g, ps, n, values, o) }
         }
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => {
             // SAFETY: every aarch64 CPU this ISA is chosen on has NEON (Isa::best);
             // the shapes are checked above.
-            unsafe { super::neon::page_values_neon(p, g, ps, n, values, o) }
+            unsafe { super::arch::arm::neon::page_values_neon(p, g, ps, n, values, o) }
         }
         _ => page_values_part(p, 0..g, ps, n, values, o, hd, 0..hd),
     }
@@ -457,13 +461,13 @@ pub fn softcap_scores(isa: Isa, s: &mut [f32], mult: f32, cap: f32, mask: &[bool
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
             // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
-            unsafe { super::x86::softcap_scores_avx2(s, mult, cap, mask) }
+            unsafe { super::arch::x86::int8_ckpt_f32::softcap_scores_avx2(s, mult, cap, mask) }
         }
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => {
             // SAFETY: every aarch64 CPU this ISA is chosen on has NEON (Isa::best);
             // the sizes are checked above.
-            unsafe { super::neon::softcap_scores_neon(s, mult, cap, mask) }
+            unsafe { super::arch::arm::neon::softcap_scores_neon(s, mult, cap, mask) }
         }
         _ => softcap_scores_scalar(s, mult, cap, mask),
     }
@@ -486,13 +490,13 @@ pub fn exp_shifted(isa: Isa, s: &mut [f32], max: f32) -> f32 {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
             // SAFETY: AVX2/FMA are present (Isa::best).
-            unsafe { super::x86::exp_shifted_avx2(s, max) }
+            unsafe { super::arch::x86::int8_ckpt_f32::exp_shifted_avx2(s, max) }
         }
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => {
             // SAFETY: every aarch64 CPU this ISA is chosen on has NEON (Isa::best);
             // the sizes are checked above.
-            unsafe { super::neon::exp_shifted_neon(s, max) }
+            unsafe { super::arch::arm::neon::exp_shifted_neon(s, max) }
         }
         _ => exp_shifted_scalar(s, max),
     }
@@ -514,13 +518,13 @@ pub fn gelu_mul(isa: Isa, h: &mut [f32], v: &[f32]) {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
             // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
-            unsafe { super::x86::gelu_mul_avx2(h, v) }
+            unsafe { super::arch::x86::int8_ckpt_f32::gelu_mul_avx2(h, v) }
         }
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => {
             // SAFETY: every aarch64 CPU this ISA is chosen on has NEON (Isa::best);
             // the sizes are checked above.
-            unsafe { super::neon::gelu_mul_neon(h, v) }
+            unsafe { super::arch::arm::neon::gelu_mul_neon(h, v) }
         }
         _ => {
             for (a, &b) in h.iter_mut().zip(v) {
@@ -548,7 +552,7 @@ pub fn dot_i8_rows(isa: Isa, xs: &[i8], g: usize, rows: &[i8], out_t: &mut [i32]
             let mut sums = vec![0i32; n];
             for (t, x) in xs.chunks_exact(k.max(1)).enumerate().take(g) {
                 // SAFETY: `Isa::Avx2` is only chosen when the CPU has AVX2 (Isa::best).
-                unsafe { super::x86::dot_i8_rows_avx2(x, rows, &mut sums) };
+                unsafe { super::arch::x86::int8_ckpt_f32::dot_i8_rows_avx2(x, rows, &mut sums) };
                 for (j, &v) in sums.iter().enumerate() {
                     out_t[j * g + t] = v;
                 }
@@ -562,16 +566,16 @@ pub fn dot_i8_rows(isa: Isa, xs: &[i8], g: usize, rows: &[i8], out_t: &mut [i32]
         // CPU has AVX-512 F/BW/VL/VNNI (Isa::best); the shapes are checked.
         Isa::Avx512Vnni | Isa::Amx => unsafe {
             if g == 1 {
-                super::x86_vnni::dot_i8_rows_vnni(xs, rows, out_t)
+                super::arch::x86::int8_ckpt_i8_vnni::dot_i8_rows_vnni(xs, rows, out_t)
             } else {
-                super::x86_vnni::dot_i8_rows_multi_vnni(xs, g, rows, out_t)
+                super::arch::x86::int8_ckpt_i8_vnni::dot_i8_rows_multi_vnni(xs, g, rows, out_t)
             }
         },
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => {
             // SAFETY: every aarch64 CPU this ISA is chosen on has NEON (Isa::best);
             // the shapes are checked above.
-            unsafe { super::neon::dot_i8_rows_neon(xs, g, rows, out_t) }
+            unsafe { super::arch::arm::neon::dot_i8_rows_neon(xs, g, rows, out_t) }
         }
         _ => dot_i8_rows_scalar(xs, g, rows, out_t),
     }
@@ -626,13 +630,13 @@ pub fn dot_q8_0_rows(isa: Isa, x: &[f32], m: usize, k: usize, rows: &[u8], out_t
         Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
             // SAFETY: AVX2/FMA are present (Isa::best), F16C with them on every
             // CPU that has both, and the sizes are checked above.
-            unsafe { super::x86::dot_q8_0_rows_avx2(x, m, k, rows, out_t) }
+            unsafe { super::arch::x86::int8_ckpt_f32::dot_q8_0_rows_avx2(x, m, k, rows, out_t) }
         }
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => {
             // SAFETY: every aarch64 CPU this ISA is chosen on has NEON (Isa::best);
             // the shapes are checked above.
-            unsafe { super::neon::dot_q8_0_rows_neon(x, m, k, rows, out_t) }
+            unsafe { super::arch::arm::neon::dot_q8_0_rows_neon(x, m, k, rows, out_t) }
         }
         _ => dot_q8_0_rows_scalar(x, m, k, rows, out_t),
     }
@@ -798,7 +802,9 @@ pub fn dot_q8_0_rows_paired(
         Isa::Avx512Vnni | Isa::Amx => {
             // SAFETY: both are only chosen when the CPU has AVX2, FMA, F16C
             // and AVX-512 F (Isa::best); the sizes are checked above.
-            unsafe { super::x86_q8_0::dot_q8_0_rows_paired_avx512(xp, m, k, rows, out_t) }
+            unsafe {
+                super::arch::x86::q8_0_f32::dot_q8_0_rows_paired_avx512(xp, m, k, rows, out_t)
+            }
         }
         _ => {
             // No tile kernel here: the row kernel on the rows unpacked.

@@ -10,25 +10,10 @@
 //! splits' sums are added in a fixed order, so results do not depend on the
 //! batch or the thread count.
 
+mod arch;
 mod attention;
 pub mod kernels;
-#[cfg(target_arch = "aarch64")]
-mod neon;
 pub mod q8_fast;
-#[cfg(target_arch = "x86_64")]
-mod x86;
-#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-mod x86_amx;
-#[cfg(target_arch = "x86_64")]
-mod x86_attention;
-#[cfg(target_arch = "x86_64")]
-mod x86_fast;
-#[cfg(target_arch = "x86_64")]
-mod x86_q8_0;
-#[cfg(target_arch = "x86_64")]
-mod x86_strips;
-#[cfg(target_arch = "x86_64")]
-mod x86_vnni;
 
 use rayon::prelude::*;
 

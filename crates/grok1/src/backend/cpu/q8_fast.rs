@@ -150,7 +150,7 @@ pub fn quantize_block(isa: Isa, src: &[f32], dst: &mut [i8]) -> f32 {
         // SAFETY: Avx2 and Avx512Vnni are only chosen when the CPU has AVX2
         // (Isa::best); the lengths are checked above.
         Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => unsafe {
-            super::x86_fast::quantize_block_avx2(src, dst)
+            super::arch::x86::int8_ckpt_i8_avx2::quantize_block_avx2(src, dst)
         },
         _ => crate::backend::quantize_row_i8(src, dst),
     }
@@ -197,20 +197,24 @@ pub fn q8_block_fast(
         Isa::Avx2 => {
             // SAFETY: Avx2 is only chosen when the CPU has AVX2 and FMA
             // (Isa::best), and the bounds above hold for every index used.
-            unsafe { super::x86_fast::q8_block_fast_avx2(&view, wb, scales, total) }
+            unsafe {
+                super::arch::x86::int8_ckpt_i8_avx2::q8_block_fast_avx2(&view, wb, scales, total)
+            }
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => {
             // SAFETY: Avx512Vnni is only chosen when the CPU has AVX2, FMA and
             // AVX-512 F/BW/VL/VNNI (Isa::best); the bounds above hold.
-            unsafe { super::x86_vnni::q8_block_fast_vnni(&view, wb, scales, total) }
+            unsafe {
+                super::arch::x86::int8_ckpt_i8_vnni::q8_block_fast_vnni(&view, wb, scales, total)
+            }
         }
         #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
         Isa::Amx => {
             // SAFETY: Amx is only chosen when the CPU has everything
             // Avx512Vnni needs plus AMX-TILE/INT8 and the kernel let this
             // process use the tile data (Isa::best); the bounds above hold.
-            unsafe { super::x86_amx::q8_block_fast_amx(&view, wb, scales, total) }
+            unsafe { super::arch::x86::amx::q8_block_fast_amx(&view, wb, scales, total) }
         }
         _ => q8_block_fast_scalar(&view, wb, scales, total),
     }
@@ -398,7 +402,7 @@ impl ActQ8_0 {
 fn q8_0_tiled(isa: Isa, m: usize) -> Q8_0Tiles {
     match isa {
         #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-        Isa::Amx if m >= super::x86_amx::AMX_MIN_M => Q8_0Tiles::Amx,
+        Isa::Amx if m >= super::arch::x86::amx::AMX_MIN_M => Q8_0Tiles::Amx,
         Isa::Avx512Vnni | Isa::Amx if m >= VNNI_MIN_M => Q8_0Tiles::Vnni,
         _ => Q8_0Tiles::None,
     }
@@ -446,20 +450,24 @@ pub fn dot_q8_0_rows_int8(isa: Isa, act: Q8_0Acts, rows: &[u8], out_t: &mut [f32
             // SAFETY: Amx is only chosen when the CPU has AVX2, FMA, F16C,
             // AVX-512 F/BW/VL and AMX-TILE/INT8 (Isa::best); sizes checked
             // above, the tiles laid out for it.
-            unsafe { super::x86_amx::dot_q8_0_rows_int8_amx(act, rows, out_t) }
+            unsafe { super::arch::x86::amx::dot_q8_0_rows_int8_amx(act, rows, out_t) }
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni | Isa::Amx if act.layout == Q8_0Tiles::Vnni => {
             // SAFETY: both are only chosen when the CPU has AVX2, FMA, F16C and
             // AVX-512 F/BW/VL/VNNI (Isa::best); sizes checked above, the tiles
             // laid out for it.
-            unsafe { super::x86_vnni::dot_q8_0_rows_int8_vnni(act, rows, out_t) }
+            unsafe {
+                super::arch::x86::int8_ckpt_i8_vnni::dot_q8_0_rows_int8_vnni(act, rows, out_t)
+            }
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
             // SAFETY: AVX2/FMA are present (Isa::best), F16C with them on every
             // CPU that has both, and the sizes are checked above.
-            unsafe { super::x86_fast::dot_q8_0_rows_int8_avx2(act, rows, out_t) }
+            unsafe {
+                super::arch::x86::int8_ckpt_i8_avx2::dot_q8_0_rows_int8_avx2(act, rows, out_t)
+            }
         }
         _ => dot_q8_0_rows_int8_scalar(act, rows, out_t),
     }

@@ -13,11 +13,9 @@
 //! KiB) while every weight row of the run passes, and the run of weight rows
 //! stays in L2 while every pair group passes.
 
-#![cfg(target_arch = "x86_64")]
-
 use std::arch::x86_64::*;
 
-use super::kernels::{pair_group_width, PAIR_GROUP, Q8_0_BLOCK_BYTES};
+use crate::backend::cpu::kernels::{pair_group_width, PAIR_GROUP, Q8_0_BLOCK_BYTES};
 
 /// Weight rows per register tile.
 const R: usize = 2;

@@ -17,8 +17,8 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::kernels::{self, Isa};
-use super::PARALLEL_MIN_MACS;
+use crate::backend::cpu::kernels::{self, Isa};
+use crate::backend::cpu::PARALLEL_MIN_MACS;
 use crate::backend::{AttentionParams, Precision, RowPosition};
 use crate::kv_cache::KvCache;
 

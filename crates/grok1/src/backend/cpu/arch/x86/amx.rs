@@ -22,23 +22,21 @@
 //! AVX-512 kernels). The tile configuration is loaded on entry and released on
 //! exit, so no thread is left holding tile state.
 
-#![cfg(all(target_arch = "x86_64", target_os = "linux"))]
-
 use std::arch::asm;
 use std::arch::x86_64::*;
 use std::cell::Cell;
 use std::sync::OnceLock;
 
-use super::kernels::{add_tail_columns, Q8Rows, Q8_0_BLOCK_BYTES};
-use super::q8_fast::{Q8_0Acts, Q8_0Tiles, SplitView, ACT_BLOCK, BLOCK_QUADS, QUAD};
-use super::x86_fast::{dot_q8_0_rows_int8_avx2, q8_block_fast_avx2, run_panels};
-use super::x86_vnni::{pack_panels_512, q8_block_fast_vnni, store_tile_rows};
+use super::int8_ckpt_i8_avx2::{dot_q8_0_rows_int8_avx2, q8_block_fast_avx2, run_panels};
+use super::int8_ckpt_i8_vnni::{pack_panels_512, q8_block_fast_vnni, store_tile_rows};
+use crate::backend::cpu::kernels::{add_tail_columns, Q8Rows, Q8_0_BLOCK_BYTES};
+use crate::backend::cpu::q8_fast::{Q8_0Acts, Q8_0Tiles, SplitView, ACT_BLOCK, BLOCK_QUADS, QUAD};
 
 /// Activation rows per tile (AMX's maximum).
 const TILE_M: usize = 16;
 /// Fewest activation rows the tiles take; fewer go to the AVX-512 kernels
 /// (a tile of 16 rows on a handful of rows multiplies mostly padding).
-pub(super) const AMX_MIN_M: usize = 16;
+pub(crate) const AMX_MIN_M: usize = 16;
 
 /// `arch_prctl` codes (`asm/prctl.h`) and the tile-data state component.
 const ARCH_REQ_XCOMP_PERM: libc::c_ulong = 0x1023;

@@ -8,12 +8,12 @@
 //! three instructions. The sign trick keeps every product within i16 (|w| <=
 //! 128, |x| <= 127, so a pair is at most 32512), including w = -128.
 
-#![cfg(target_arch = "x86_64")]
-
 use std::arch::x86_64::*;
 
-use super::kernels::{add_tail_columns, Q8Rows, Q8_0_BLOCK_BYTES};
-use super::q8_fast::{q8_block_fast_scalar, quad_lanes, Q8_0Acts, SplitView, BLOCK_QUADS, QUAD};
+use crate::backend::cpu::kernels::{add_tail_columns, Q8Rows, Q8_0_BLOCK_BYTES};
+use crate::backend::cpu::q8_fast::{
+    q8_block_fast_scalar, quad_lanes, Q8_0Acts, SplitView, BLOCK_QUADS, QUAD,
+};
 
 /// From this many activation rows on, a chunk of weight quads is interleaved
 /// once into panels and reused by every row from L1/L2; fewer rows interleave

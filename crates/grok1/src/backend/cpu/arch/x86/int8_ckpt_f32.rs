@@ -2,15 +2,15 @@
 //! whose callers there check every bound first and only call it when the CPU
 //! has the features (`Isa::best`).
 
-#![cfg(target_arch = "x86_64")]
-
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::kernels::{
+use super::int8_ckpt_strips::{
+    STRIPS_AVX2_MAX_M, STRIPS_AVX2_WIDE_M, STRIPS_MAX_M, STRIPS_MAX_M_HALF,
+};
+use crate::backend::cpu::kernels::{
     Q8Rows, EXP_LN2_PARTS, EXP_POLY, EXP_RANGE, Q8_0_BLOCK_BYTES, TANH_POLY, TANH_SMALL, XGROUP,
 };
-use super::x86_strips::{STRIPS_AVX2_MAX_M, STRIPS_AVX2_WIDE_M, STRIPS_MAX_M, STRIPS_MAX_M_HALF};
 
 /// AVX2 version of `kernels::q8_block_scalar` (same FMAs in the same order,
 /// the same scale multiply and add: bit-identical). A few activation rows
@@ -54,7 +54,7 @@ pub unsafe fn q8_block_avx2(
     // SAFETY: AVX-512 F is present for Wide::Avx512, AVX2 and FMA always
     // (this function's features); the same bounds, with `acc` `[m, full]`.
     unsafe {
-        use super::x86_strips::{q8_stream_f32_256 as s256, q8_stream_f32_512 as s512};
+        use super::int8_ckpt_strips::{q8_stream_f32_256 as s256, q8_stream_f32_512 as s512};
         let acc = &mut acc;
         match (wide, m) {
             (Wide::Avx512, 1) => s512::<1, 4>(xp, wb, full, acc),
@@ -80,11 +80,11 @@ pub unsafe fn q8_block_avx2(
     if full > 0 {
         // SAFETY: AVX2 (this function's features); `acc` is [m, full], full
         // is a multiple of 16 and at most nb, scales.len() >= nb.
-        unsafe { super::x86_fast::add_scaled(&acc, full, scales, total, nb) };
+        unsafe { super::int8_ckpt_i8_avx2::add_scaled(&acc, full, scales, total, nb) };
     }
     // The last columns (fewer than a strip), as the panels leave theirs.
-    super::kernels::add_tail_columns(m, full, wb, scales, total, |cols, s, t| {
-        super::kernels::q8_block_scalar(xp, m, cols, s, t)
+    crate::backend::cpu::kernels::add_tail_columns(m, full, wb, scales, total, |cols, s, t| {
+        crate::backend::cpu::kernels::q8_block_scalar(xp, m, cols, s, t)
     });
 }
 
@@ -163,8 +163,8 @@ unsafe fn q8_block_panels(
             }
         }
     }
-    super::kernels::add_tail_columns(m, full, wb, scales, total, |cols, s, t| {
-        super::kernels::q8_block_scalar(xp, m, cols, s, t)
+    crate::backend::cpu::kernels::add_tail_columns(m, full, wb, scales, total, |cols, s, t| {
+        crate::backend::cpu::kernels::q8_block_scalar(xp, m, cols, s, t)
     });
 }
 
@@ -852,7 +852,7 @@ pub unsafe fn gelu_mul_avx2(h: &mut [f32], v: &[f32]) {
     }
 }
 
-/// [`super::kernels::dot_i8_rows`] with AVX2: |x| times sign(w, x) with
+/// [`crate::backend::cpu::kernels::dot_i8_rows`] with AVX2: |x| times sign(w, x) with
 /// `maddubs` (pairs of products of at most 127 * 127 fit an i16), widened to
 /// i32 with `madd`. Rows are read one after another, each front to back with
 /// four independent accumulators: one sequential stream (interleaving several
@@ -915,7 +915,7 @@ pub unsafe fn dot_i8_rows_avx2(x: &[i8], rows: &[i8], out: &mut [i32]) {
             _mm256_add_epi32(acc[0], acc[1]),
             _mm256_add_epi32(acc[2], acc[3]),
         );
-        *o = sum8(total) + super::kernels::dot_i8(&x[full..], &row[full..]);
+        *o = sum8(total) + crate::backend::cpu::kernels::dot_i8(&x[full..], &row[full..]);
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::arch::x86_64::*;
 
-use super::kernels::{page_scores_part, page_values_part};
+use crate::backend::cpu::kernels::{page_scores_part, page_values_part};
 
 /// Lanes per vector.
 const L: usize = 8;

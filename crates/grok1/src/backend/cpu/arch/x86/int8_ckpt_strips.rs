@@ -15,14 +15,12 @@
 //! run), since that many streams at a page-crossing stride are more than the
 //! hardware prefetchers follow.
 
-#![cfg(target_arch = "x86_64")]
-
 use std::arch::x86_64::*;
 
-use super::kernels::{packed_index, Q8Rows};
-use super::q8_fast::{SplitView, BLOCK_QUADS, QUAD};
-use super::x86_fast::quad_rows;
-use super::x86_vnni::interleave_quad;
+use super::int8_ckpt_i8_avx2::quad_rows;
+use super::int8_ckpt_i8_vnni::interleave_quad;
+use crate::backend::cpu::kernels::{packed_index, Q8Rows};
+use crate::backend::cpu::q8_fast::{SplitView, BLOCK_QUADS, QUAD};
 
 /// Weight rows per block of the f32 stream: a strip's lines are in flight
 /// together, and the sums are stored once per block (measured at full width,
@@ -43,14 +41,14 @@ const F32_AHEAD: usize = 8;
 const I8_AHEAD: usize = 8;
 /// Most activation rows the streams take in strips of 64 columns: `4 M` sums
 /// plus four weight vectors and temporaries in 32 registers.
-pub(super) const STRIPS_MAX_M: usize = 6;
+pub(crate) const STRIPS_MAX_M: usize = 6;
 /// Most activation rows the f32 stream takes, in strips of 32 columns (`2 M`
 /// sums); above it, the panels.
-pub(super) const STRIPS_MAX_M_HALF: usize = 12;
+pub(crate) const STRIPS_MAX_M_HALF: usize = 12;
 /// On AVX2 (sixteen registers): 32-column strips up to this many rows, 16
 /// columns up to `STRIPS_AVX2_MAX_M`.
 pub(super) const STRIPS_AVX2_WIDE_M: usize = 2;
-pub(super) const STRIPS_AVX2_MAX_M: usize = 6;
+pub(crate) const STRIPS_AVX2_MAX_M: usize = 6;
 
 /// Prefetches the line `AHEAD` strips past column `j` of a row (`row`
 /// points at its first column) in a walk over `full` columns, or, past the

@@ -11,11 +11,9 @@
 //! Checked here by cross-compiling and running the tests under qemu
 //! (`scripts/test-aarch64.sh`); their speed on real hardware is not measured.
 
-#![cfg(target_arch = "aarch64")]
-
 use std::arch::aarch64::*;
 
-use super::kernels::{
+use crate::backend::cpu::kernels::{
     add_scaled, add_tail_columns, page_scores_part, page_values_part, q8_block_scalar, Q8Rows,
     EXP_LN2_PARTS, EXP_POLY, EXP_RANGE, Q8_0_BLOCK_BYTES, TANH_POLY, TANH_SMALL, XGROUP,
 };

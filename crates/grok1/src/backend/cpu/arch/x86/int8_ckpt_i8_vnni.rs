@@ -14,17 +14,15 @@
 //! activations are the unsigned side (stored plus 128) and the weights'
 //! block sums are taken off.
 
-#![cfg(target_arch = "x86_64")]
-
 use std::arch::x86_64::*;
 
-use super::kernels::{add_tail_columns, dot_i8, Q8Rows, Q8_0_BLOCK_BYTES};
-use super::q8_fast::{Q8_0Acts, Q8_0Tiles, SplitView, BLOCK_QUADS, QUAD, ROW_PAD};
-use super::x86::ROWS_AHEAD;
-use super::x86_fast::{
+use super::int8_ckpt_f32::ROWS_AHEAD;
+use super::int8_ckpt_i8_avx2::{
     pack_panels, prefetch_quad, q8_block_fast_avx2, quad_rows, run_panels, Tile,
 };
-use super::x86_strips::{q8_stream_i8, I8_HALF_PASS_MAX_M, STRIPS_MAX_M};
+use super::int8_ckpt_strips::{q8_stream_i8, I8_HALF_PASS_MAX_M, STRIPS_MAX_M};
+use crate::backend::cpu::kernels::{add_tail_columns, dot_i8, Q8Rows, Q8_0_BLOCK_BYTES};
+use crate::backend::cpu::q8_fast::{Q8_0Acts, Q8_0Tiles, SplitView, BLOCK_QUADS, QUAD, ROW_PAD};
 
 /// Activation rows per register tile: 8 i32 and 8 f32 accumulators, one
 /// weight vector, the activations broadcast from memory.
