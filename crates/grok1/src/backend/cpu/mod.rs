@@ -1,5 +1,21 @@
-//! The CPU backend: kernels chosen at run time from the CPU's features
-//! (`kernels.rs`, `x86.rs`), work split over all cores with rayon.
+//! The CPU backend: kernels chosen at run time from the CPU's features, work
+//! split over all cores with rayon.
+//!
+//! Its modules come in layers, each importing only from the layers before it
+//! (`common` <- `types` <- `arch` <- `kernels` <- this module), so there is
+//! no import cycle:
+//! - `common`: the instruction sets (`Isa`), aligned buffers, shared constants;
+//! - `types/`: one module per data type the kernels read (the checkpoint's
+//!   int8 matrices, GGUF Q8_0 rows, the int8 output projection, f32 rows, f32
+//!   KV pages): its layout, the activations its products pair with, and the
+//!   scalar reference of those products;
+//! - `arch/x86/`, `arch/arm/`: the SIMD versions, one directory per
+//!   instruction set architecture and files named by product, and which
+//!   instruction set this CPU runs (`Isa::detect`);
+//! - `kernels` and `attention::pages`: each kernel's entry point, which
+//!   checks its shapes and runs the instruction set's version or the scalar
+//!   one;
+//! - this module and `attention`: the products and attention, cut into tasks.
 //!
 //! Weights are `[k, n]` (the checkpoint computes `x @ W`) and read in place from
 //! the memory map. A product's weight rows are cut into splits (inside one
@@ -11,9 +27,10 @@
 //! batch or the thread count.
 
 mod arch;
-mod attention;
+pub mod attention;
+pub mod common;
 pub mod kernels;
-pub mod q8_fast;
+pub mod types;
 
 use rayon::prelude::*;
 
@@ -23,7 +40,10 @@ use super::{
 };
 use crate::kv_cache::KvCache;
 use crate::quant::GgmlType;
-pub use kernels::Isa;
+pub use common::Isa;
+use common::PARALLEL_MIN_MACS;
+use types::int8_ckpt::{pack_activations, ActI8, Q8Rows};
+use types::q8_0::{pair_rows, ActQ8_0};
 
 /// Row splits per scale group: enough tasks for the threads even when a
 /// product is one activation row by a narrow matrix (a small model's every
@@ -42,9 +62,6 @@ const MIN_BLOCK_COLS: usize = 256;
 const TILE_FLOATS: usize = 16384;
 /// Bound on the partial sums held at once.
 const WAVE_BYTES: usize = 16 << 20;
-/// Below this many multiply-adds a product runs on the calling thread: waking
-/// the pool costs more than the work (tiny models, small batches).
-const PARALLEL_MIN_MACS: usize = 1 << 18;
 
 #[derive(Debug, Clone, Copy)]
 pub struct CpuBackend {
@@ -74,15 +91,15 @@ impl CpuBackend {
 
 /// The activations of an int8 product, as its kernels read them.
 enum Activations {
-    /// f32, packed by `kernels::pack_activations` (exact mode).
+    /// f32, packed by `pack_activations` (exact mode).
     F32(Vec<f32>),
     /// Quantised to int8 per block (fast mode).
-    Int8(q8_fast::ActI8),
+    Int8(ActI8),
 }
 
 impl CpuBackend {
     /// `out = x @ w` for an int8 matrix with grouped scales; `int8` quantises
-    /// the activations (`q8_fast`), else they stay f32.
+    /// the activations (`types::int8_ckpt::ActI8`), else they stay f32.
     fn q8_product(&self, x: &[f32], w: &QuantMatrix, out: &mut [f32], int8: bool) {
         let (k, n) = (w.k, w.n);
         let m = x.len() / k;
@@ -96,9 +113,9 @@ impl CpuBackend {
         let splits = row_splits(k, w.groups);
         let acts = if int8 {
             let ranges: Vec<_> = splits.iter().map(|(_, rows)| rows.clone()).collect();
-            Activations::Int8(q8_fast::ActI8::quantize(self.isa, x, m, k, &ranges))
+            Activations::Int8(ActI8::quantize(self.isa, x, m, k, &ranges))
         } else {
-            Activations::F32(kernels::pack_activations(x, m, k))
+            Activations::F32(pack_activations(x, m, k))
         };
         // Column blocks change no sum, only the work per task: as wide as the
         // accumulator tile allows, narrower where the splits alone leave too few
@@ -164,7 +181,7 @@ impl CpuBackend {
                 for s in runs[t].clone() {
                     let (g, rows) = &splits[s];
                     w.scales_into(*g, n0..n0 + width, &mut scales);
-                    let block = kernels::Q8Rows {
+                    let block = Q8Rows {
                         w: weight,
                         n,
                         rows: rows.clone(),
@@ -175,7 +192,7 @@ impl CpuBackend {
                             kernels::q8_block(self.isa, xp, m, &block, &scales, &mut total)
                         }
                         Activations::Int8(a) => {
-                            q8_fast::q8_block_fast(self.isa, a, s, &block, &scales, &mut total)
+                            kernels::q8_block_fast(self.isa, a, s, &block, &scales, &mut total)
                         }
                     }
                 }
@@ -339,7 +356,7 @@ impl Backend for CpuBackend {
             if kernels::q8_0_paired(self.isa, m) {
                 // Many rows: the tile kernel, all activation rows against each
                 // run of weight rows (in L2), the activations packed once.
-                let xp = kernels::pair_rows(x, m, k);
+                let xp = pair_rows(x, m, k);
                 rows_in_runs(m, n, row_len, RUN_BYTES, m, out, |rows, _, _, dots| {
                     let wr = &bytes[rows.start * row_len..rows.end * row_len];
                     kernels::dot_q8_0_rows_paired(self.isa, &xp, m, k, wr, dots)
@@ -409,14 +426,14 @@ impl Backend for CpuBackend {
             return self.matmul_rows(x, w, out);
         }
         assert_eq!(out.len(), m * n, "matmul_rows: output is not [{m}, {n}]");
-        let act = q8_fast::ActQ8_0::quantize(self.isa, x, m, k);
+        let act = ActQ8_0::quantize(self.isa, x, m, k);
         // All rows in one pass: the int8 kernel keeps four weight rows in L1
         // while every activation row goes by (1 byte per value, so they stay
         // in L2), which measured 7% faster at full width than passes over runs.
         let (row_len, bytes) = (w.row_len(), w.data.bytes());
         rows_in_runs(m, n, row_len, usize::MAX, m, out, |rows, i0, g, dots| {
             let wr = &bytes[rows.start * row_len..rows.end * row_len];
-            q8_fast::dot_q8_0_rows_int8(self.isa, act.rows(i0..i0 + g), wr, dots)
+            kernels::dot_q8_0_rows_int8(self.isa, act.rows(i0..i0 + g), wr, dots)
         });
     }
 

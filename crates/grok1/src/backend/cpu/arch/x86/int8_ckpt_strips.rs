@@ -18,9 +18,8 @@
 use std::arch::x86_64::*;
 
 use super::int8_ckpt_i8_avx2::quad_rows;
-use super::int8_ckpt_i8_vnni::interleave_quad;
-use crate::backend::cpu::kernels::{packed_index, Q8Rows};
-use crate::backend::cpu::q8_fast::{SplitView, BLOCK_QUADS, QUAD};
+use crate::backend::cpu::common::QUAD;
+use crate::backend::cpu::types::int8_ckpt::{packed_index, Q8Rows, SplitView, BLOCK_QUADS};
 
 /// Weight rows per block of the f32 stream: a strip's lines are in flight
 /// together, and the sums are stored once per block (measured at full width,
@@ -141,8 +140,8 @@ macro_rules! q8_stream_f32 {
 q8_stream_f32!(
     /// `acc[i][j] += sum over rows of x[i][r] * w[r][n0 + j]` for columns
     /// `0..full` (`full % (16 V) == 0`), `xp` being the `M` activation rows
-    /// packed by `kernels::pack_activations`: the FMAs of
-    /// `kernels::q8_block_scalar` in the same order (one per row, rows in
+    /// packed by `int8_ckpt::pack_activations`: the FMAs of
+    /// `int8_ckpt::q8_block_scalar` in the same order (one per row, rows in
     /// order, for every column), so the sums are bit-identical. Strips of `V`
     /// vectors: 4 (a cache line) up to `STRIPS_MAX_M` rows, 2 up to
     /// `STRIPS_MAX_M_HALF`.
@@ -210,7 +209,7 @@ pub(super) const I8_HALF_PASS_MAX_M: usize = 4;
 /// once per block.
 ///
 /// # Safety
-/// AVX-512 F/BW/VNNI; the bounds `q8_fast::q8_block_fast` checks, with
+/// AVX-512 F/BW/VNNI; the bounds `kernels::q8_block_fast` checks, with
 /// `full <= nb`; `part` holds `M * full` floats.
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub(super) unsafe fn q8_stream_i8<const M: usize, const PQ: usize>(
@@ -313,4 +312,31 @@ pub(super) unsafe fn q8_stream_i8<const M: usize, const PQ: usize>(
             rows = next;
         }
     }
+}
+
+/// Columns `j .. j + 64` of a quad's four rows XOR `bias` (`0x80` bytes give
+/// `w + 128`, the unsigned operand of `vpdpbusd`; zeros keep `w`),
+/// interleaved: vector `u`, 128-bit lane `l` holds columns `16 l + 4 u .. + 4`,
+/// each 32-bit lane one column's four rows.
+///
+/// # Safety
+/// Each pointer has `j + 64` readable bytes.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn interleave_quad(
+    rows: [*const u8; QUAD],
+    j: usize,
+    bias: __m512i,
+) -> [__m512i; 4] {
+    // SAFETY: the caller's bound.
+    let [a, b, c, d] = rows
+        .map(|p| unsafe { _mm512_xor_si512(_mm512_loadu_si512(p.add(j) as *const __m512i), bias) });
+    let (ab_lo, ab_hi) = (_mm512_unpacklo_epi8(a, b), _mm512_unpackhi_epi8(a, b));
+    let (cd_lo, cd_hi) = (_mm512_unpacklo_epi8(c, d), _mm512_unpackhi_epi8(c, d));
+    [
+        _mm512_unpacklo_epi16(ab_lo, cd_lo),
+        _mm512_unpackhi_epi16(ab_lo, cd_lo),
+        _mm512_unpacklo_epi16(ab_hi, cd_hi),
+        _mm512_unpackhi_epi16(ab_hi, cd_hi),
+    ]
 }
