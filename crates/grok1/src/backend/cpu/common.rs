@@ -1,6 +1,6 @@
-//! The small types every layer of the CPU backend shares: the instruction
-//! sets the kernels come in and cache-line-aligned buffers. It imports
-//! nothing from the backend (the layers are in `cpu/mod.rs`).
+//! What every layer of the CPU backend shares: the instruction sets the
+//! kernels come in, cache-line-aligned buffers and a few constants. It
+//! imports nothing from the backend (the layers are in `cpu/mod.rs`).
 
 /// The instruction set the kernels use (which ones this CPU has:
 /// `Isa::detect` in `arch/mod.rs`, beside the code that asks the CPU).
@@ -15,10 +15,11 @@ pub enum Isa {
     Avx512Vnni,
     /// `Avx512Vnni` plus AMX-INT8 (Intel Sapphire Rapids and later): the int8
     /// mode's products over 16 activation rows or more (prefill) run on the
-    /// tile multiplier (`arch/x86/amx.rs`, 16 x 16 x 32 products per instruction).
+    /// tile multiplier (`arch/x86/amx.rs`, 16 x 16 x 32 products per
+    /// instruction).
     Amx,
-    /// aarch64 NEON (`arch/arm/neon.rs`): the checkpoint's int8 products, the int8
-    /// row dots, GGUF Q8_0 rows with f32 activations, attention and the
+    /// aarch64 NEON (`arch/arm/neon.rs`): the checkpoint's int8 products, the
+    /// int8 row dots, GGUF Q8_0 rows with f32 activations, attention and the
     /// GELU; the int8 mode's kernels run the scalar ones.
     Neon,
 }

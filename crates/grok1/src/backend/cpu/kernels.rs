@@ -257,9 +257,9 @@ pub fn dot_q8_0_rows(isa: Isa, x: &[f32], m: usize, k: usize, rows: &[u8], out_t
 }
 
 /// Activation rows from which the f32 Q8_0 product takes the AVX-512 tile
-/// kernel (`arch/x86/q8_0_f32.rs`); fewer take [`dot_q8_0_rows`], whose row-at-a-time
-/// passes are as fast when the weights' bytes, not the arithmetic, set the
-/// pace.
+/// kernel (`arch/x86/q8_0_f32.rs`); fewer take [`dot_q8_0_rows`], whose
+/// row-at-a-time passes are as fast when the weights' bytes, not the
+/// arithmetic, set the pace.
 pub const Q8_0_TILE_MIN_M: usize = 6;
 
 /// Whether the f32 Q8_0 product of `m` activation rows takes the tile kernel

@@ -119,8 +119,8 @@ impl TileConfig {
 /// kernels.
 ///
 /// # Safety
-/// As `int8_ckpt_i8_vnni::q8_block_fast_vnni`, and the CPU has AMX-TILE and AMX-INT8
-/// (`available`).
+/// As `int8_ckpt_i8_vnni::q8_block_fast_vnni`, and the CPU has AMX-TILE and
+/// AMX-INT8 (`available`).
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn q8_block_fast_amx(view: &SplitView, wb: &Q8Rows, scales: &[f32], total: &mut [f32]) {
     let m = view.act.m;

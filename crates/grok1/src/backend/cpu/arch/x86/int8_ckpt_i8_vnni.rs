@@ -122,10 +122,10 @@ unsafe fn stream<const M: usize>(
     }
 }
 
-/// `int8_ckpt_i8_avx2::pack_panels`, 64 columns at a time where the columns are whole
-/// multiples of 64 (else the AVX2 `pack_panels`): four full cache lines per
-/// quad interleaved in registers (as the decode stream does), the lanes put in
-/// column order, four panels written.
+/// `int8_ckpt_i8_avx2::pack_panels`, 64 columns at a time where the columns
+/// are whole multiples of 64 (else the AVX2 `pack_panels`): four full cache
+/// lines per quad interleaved in registers (as the decode stream does), the
+/// lanes put in column order, four panels written.
 ///
 /// # Safety
 /// As `pack_panels`, and AVX-512 F/BW.

@@ -11,9 +11,9 @@ use crate::backend::cpu::types::int8_rows::dot_i8;
 /// d1024 checkpoint's fast decode, whose int8 output projection is 45% of its
 /// bytes: 56-64 -> 69-70 tok/s; the f32 Q8_0 row kernel, then one row at a
 /// time, 42-44 -> 66-67 tok/s decoding the d1024 Q8_0 model).
-pub(super) const ROWS_AHEAD: usize = 2048;
+const ROWS_AHEAD: usize = 2048;
 
-/// [`crate::backend::cpu::kernels::dot_i8_rows`] with AVX2: |x| times sign(w, x) with
+/// `kernels::dot_i8_rows` with AVX2: |x| times sign(w, x) with
 /// `maddubs` (pairs of products of at most 127 * 127 fit an i16), widened to
 /// i32 with `madd`. Rows are read one after another, each front to back with
 /// four independent accumulators: one sequential stream (interleaving several
