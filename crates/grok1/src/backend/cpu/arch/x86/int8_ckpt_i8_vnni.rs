@@ -18,7 +18,8 @@ use std::arch::x86_64::*;
 use super::int8_ckpt_i8_avx2::{
     pack_panels, prefetch_quad, q8_block_fast_avx2, quad_rows, run_panels, Tile,
 };
-use super::int8_ckpt_strips::{interleave_quad, q8_stream_i8, I8_HALF_PASS_MAX_M, STRIPS_MAX_M};
+use super::int8_ckpt_i8_strips::{interleave_quad, q8_stream_i8, I8_HALF_PASS_MAX_M};
+use super::int8_ckpt_strips::STRIPS_MAX_M;
 use crate::backend::cpu::common::QUAD;
 use crate::backend::cpu::types::int8_ckpt::{add_tail_columns, Q8Rows, SplitView, BLOCK_QUADS};
 
@@ -81,7 +82,7 @@ fn lanes_to_columns(v: [__m512; 4]) -> [__m512; 4] {
 }
 
 /// `M <= STRIPS_MAX_M` activation rows (decoding): the f32 sums of the
-/// split (`int8_ckpt_strips::q8_stream_i8`, in the unpack order of
+/// split (`int8_ckpt_i8_strips::q8_stream_i8`, in the unpack order of
 /// `interleave_quad`), put in column order once at the end, times the
 /// column scales into `total`.
 ///

@@ -5,9 +5,9 @@
 //! the weight type (`types/`) and the activations it is multiplied with
 //! (`f32` or `i8`), or what the kernels compute.
 //!
-//! Dependencies among them run one way: `int8_ckpt_i8_avx2` <-
-//! `int8_ckpt_strips` <- `int8_ckpt_i8_vnni` <- `amx`; `int8_ckpt_f32` takes
-//! the strips and `add_scaled`; `q8_0_i8` <- `amx`; `math` <- `attention`;
+//! Dependencies among them run one way: `int8_ckpt_i8_avx2`, `int8_ckpt_strips`
+//! <- `int8_ckpt_i8_strips` <- `int8_ckpt_i8_vnni` <- `amx`; `int8_ckpt_f32`
+//! takes the strips and `add_scaled`; `q8_0_i8` <- `amx`; `math` <- `attention`;
 //! `hsum` (here) <- `f32_rows`, `q8_0_f32`, `attention`.
 
 #[cfg(target_os = "linux")]
@@ -16,6 +16,7 @@ pub mod attention;
 pub mod f32_rows;
 pub mod int8_ckpt_f32;
 pub mod int8_ckpt_i8_avx2;
+pub mod int8_ckpt_i8_strips;
 pub mod int8_ckpt_i8_vnni;
 pub mod int8_ckpt_strips;
 pub mod int8_rows;
