@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Cross-compiles grok1's tests for aarch64 and runs them under qemu's
 # user-mode emulator, so that the NEON kernels (crates/grok1/src/backend/cpu/
-# neon.rs) are checked against the scalar ones, bit for bit, and the model
+# arch/arm/neon.rs) are checked against the scalar ones, bit for bit, and the model
 # against the golden fixtures, on an x86-64 machine.
 #
 # Debian 12 only, as root (apt). rustup's toolchain here has no aarch64

@@ -4,8 +4,9 @@
 //! page sizes that do not divide the sequences; a prompt attended in one
 //! call and row by row give the same bits.
 
-use grok1::backend::cpu::kernels::{self, Isa};
+use grok1::backend::cpu::attention::pages;
 use grok1::backend::cpu::CpuBackend;
+use grok1::backend::cpu::Isa;
 use grok1::backend::{AttentionParams, Backend, Precision, RowPosition};
 use grok1::kv_cache::KvCache;
 use grok1::ModelConfig;
@@ -39,10 +40,10 @@ proptest! {
         let o0: Vec<f32> = (0..g * hd).map(|i| val(i, seed, 5)).collect();
         let run = |isa: Isa| {
             let mut s = vec![f32::NAN; g * ps];
-            kernels::page_scores(isa, &q, g, &keys, ps, n, &mut s);
+            pages::page_scores(isa, &q, g, &keys, ps, n, &mut s);
             let s: Vec<f32> = s.chunks(ps).flat_map(|r| r[..n].to_vec()).collect();
             let mut o = o0.clone();
-            kernels::page_values(isa, &p, g, ps, n, &values, &mut o);
+            pages::page_values(isa, &p, g, ps, n, &values, &mut o);
             (s, o)
         };
         let (s, o) = run(Isa::Scalar);
@@ -70,11 +71,11 @@ proptest! {
         let raw: Vec<f32> = (0..n).map(|i| val(i, seed, 6) * scale).collect();
         let mask: Vec<bool> = (0..n).map(|j| (j + seed as usize) % 4 >= masked).collect();
         let mut want = raw.clone();
-        let want_max = kernels::softcap_scores_scalar(&mut want, 0.125, 30.0, &mask);
+        let want_max = pages::softcap_scores_scalar(&mut want, 0.125, 30.0, &mask);
         prop_assert_eq!(want_max, want.iter().copied().fold(f32::NEG_INFINITY, f32::max));
         for isa in Isa::available() {
             let mut s = raw.clone();
-            let max = kernels::softcap_scores(isa, &mut s, 0.125, 30.0, &mask);
+            let max = pages::softcap_scores(isa, &mut s, 0.125, 30.0, &mask);
             prop_assert_eq!(max, s.iter().copied().fold(f32::NEG_INFINITY, f32::max), "{}", isa.name());
             for ((a, b), &keep) in s.iter().zip(&want).zip(&mask) {
                 prop_assert!(keep || *a == -1e30, "{}: a masked score is {}", isa.name(), a);

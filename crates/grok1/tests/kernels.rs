@@ -2,9 +2,12 @@
 //! driver against a plain f64 product, on random shapes including ragged ones
 //! (dimensions that are not multiples of the vector width or the task size).
 
-use grok1::backend::cpu::kernels::{self, Isa};
-use grok1::backend::cpu::q8_fast;
+use grok1::backend::cpu::attention::pages;
+use grok1::backend::cpu::common::Aligned;
+use grok1::backend::cpu::kernels;
+use grok1::backend::cpu::types::{int8_ckpt, q8_0};
 use grok1::backend::cpu::CpuBackend;
+use grok1::backend::cpu::Isa;
 use grok1::backend::{quantize_row_i8, Backend, F32Matrix, Int8Rows, QuantMatrix, RowMatrix};
 use grok1::quant::GgmlType;
 use grok1::weights::{DType, TensorData};
@@ -222,8 +225,8 @@ proptest! {
         let xt: Vec<f32> = (0..rows * m).map(|i| (i % 17) as f32 * 0.25 - 2.0).collect();
         let scales: Vec<f32> = (0..nb).map(|j| 0.01 + (j % 7) as f32 * 0.003).collect();
         let mut want = vec![0.5f32; m * nb];
-        let block = kernels::Q8Rows { w: &w, n, rows: 0..rows, n0 };
-        kernels::q8_block_scalar(&xt, m, &block, &scales, &mut want);
+        let block = int8_ckpt::Q8Rows { w: &w, n, rows: 0..rows, n0 };
+        int8_ckpt::q8_block_scalar(&xt, m, &block, &scales, &mut want);
         for isa in Isa::available() {
             let mut total = vec![0.5f32; m * nb];
             kernels::q8_block(isa, &xt, m, &block, &scales, &mut total);
@@ -266,7 +269,7 @@ proptest! {
         let (k, bytes, _, x) = q8_0_case(rows, blocks, m, seed, -128);
         let mut scalar = vec![0f32; rows * m];
         kernels::dot_q8_0_rows(Isa::Scalar, &x, m, k, &bytes, &mut scalar);
-        let xp = kernels::pair_rows(&x, m, k);
+        let xp = q8_0::pair_rows(&x, m, k);
         for isa in Isa::available() {
             let mut out = vec![0f32; rows * m];
             kernels::dot_q8_0_rows_paired(isa, &xp, m, k, &bytes, &mut out);
@@ -278,9 +281,9 @@ proptest! {
     fn q8_0_int8_row_dots_on_every_isa(blocks in 1usize..12, rows in 1usize..40, m in 1usize..40, seed in any::<u64>()) {
         // Values over the whole int8 range (-128 included).
         let (k, bytes, dense, x) = q8_0_case(rows, blocks, m, seed, -128);
-        let act = q8_fast::ActQ8_0::quantize(Isa::Scalar, &x, m, k);
+        let act = q8_0::ActQ8_0::quantize(Isa::Scalar, &x, m, k);
         let mut scalar = vec![0f32; rows * m];
-        q8_fast::dot_q8_0_rows_int8(Isa::Scalar, act.rows(0..m), &bytes, &mut scalar);
+        kernels::dot_q8_0_rows_int8(Isa::Scalar, act.rows(0..m), &bytes, &mut scalar);
         for r in 0..rows {
             for i in 0..m {
                 // The scalar kernel is the dot of the dequantised activations
@@ -300,17 +303,17 @@ proptest! {
             }
         }
         for isa in Isa::available() {
-            let other = q8_fast::ActQ8_0::quantize(isa, &x, m, k);
+            let other = q8_0::ActQ8_0::quantize(isa, &x, m, k);
             prop_assert!(other.q == act.q && other.s == act.s, "{} quantises differently", isa.name());
             let mut out = vec![0f32; rows * m];
             // (Quantised on the ISA: the AMX kernel reads its own layout.)
-            q8_fast::dot_q8_0_rows_int8(isa, other.rows(0..m), &bytes, &mut out);
+            kernels::dot_q8_0_rows_int8(isa, other.rows(0..m), &bytes, &mut out);
             // The same operations in the same order: bit-identical.
             prop_assert!(out == scalar, "{} differs from scalar", isa.name());
             for i in 0..m {
-                let alone = q8_fast::ActQ8_0::quantize(isa, &x[i * k..(i + 1) * k], 1, k);
+                let alone = q8_0::ActQ8_0::quantize(isa, &x[i * k..(i + 1) * k], 1, k);
                 let mut one = vec![0f32; rows];
-                q8_fast::dot_q8_0_rows_int8(isa, alone.rows(0..1), &bytes, &mut one);
+                kernels::dot_q8_0_rows_int8(isa, alone.rows(0..1), &bytes, &mut one);
                 for r in 0..rows {
                     prop_assert!(one[r] == out[r * m + i], "{}: row {} alone differs", isa.name(), i);
                 }
@@ -340,7 +343,7 @@ proptest! {
     }
 }
 
-/// `q8_fast::q8_block_fast` on every ISA against the scalar kernel, for
+/// `kernels::q8_block_fast` on every ISA against the scalar kernel, for
 /// splits of the given lengths (ragged quads and blocks), weights over the
 /// whole int8 range (-128 included), activations with outliers.
 fn fast_q8_block_case(
@@ -377,9 +380,9 @@ fn fast_q8_block_case(
         .collect();
     let scales: Vec<f32> = (0..nb).map(|j| 0.01 + (j % 7) as f32 * 0.003).collect();
     // Quantised on every path: the same values.
-    let act = q8_fast::ActI8::quantize(Isa::Scalar, &x, m, k, &splits);
+    let act = int8_ckpt::ActI8::quantize(Isa::Scalar, &x, m, k, &splits);
     for isa in Isa::available() {
-        let other = q8_fast::ActI8::quantize(isa, &x, m, k, &splits);
+        let other = int8_ckpt::ActI8::quantize(isa, &x, m, k, &splits);
         prop_assert!(
             other.q == act.q && other.sx == act.sx && other.xsum == act.xsum,
             "{} quantises differently",
@@ -387,17 +390,17 @@ fn fast_q8_block_case(
         );
     }
     for (s, rows) in splits.iter().enumerate() {
-        let block = kernels::Q8Rows {
+        let block = int8_ckpt::Q8Rows {
             w: &w,
             n,
             rows: rows.clone(),
             n0,
         };
         let mut want = vec![0.5f32; m * nb];
-        q8_fast::q8_block_fast(Isa::Scalar, &act, s, &block, &scales, &mut want);
+        kernels::q8_block_fast(Isa::Scalar, &act, s, &block, &scales, &mut want);
         for isa in Isa::available() {
             let mut total = vec![0.5f32; m * nb];
-            q8_fast::q8_block_fast(isa, &act, s, &block, &scales, &mut total);
+            kernels::q8_block_fast(isa, &act, s, &block, &scales, &mut total);
             // Integer sums, then the same f32 steps: bit-identical.
             prop_assert!(
                 total == want,
@@ -407,9 +410,9 @@ fn fast_q8_block_case(
             );
             // Each row alone (another kernel shape) gives the same values.
             let i = seed as usize % m;
-            let alone = q8_fast::ActI8::quantize(isa, &x[i * k..(i + 1) * k], 1, k, &splits);
+            let alone = int8_ckpt::ActI8::quantize(isa, &x[i * k..(i + 1) * k], 1, k, &splits);
             let mut one = vec![0.5f32; nb];
-            q8_fast::q8_block_fast(isa, &alone, s, &block, &scales, &mut one);
+            kernels::q8_block_fast(isa, &alone, s, &block, &scales, &mut one);
             prop_assert!(
                 one[..] == total[i * nb..(i + 1) * nb],
                 "{}: row {} alone differs",
@@ -612,11 +615,11 @@ proptest! {
             kernels::dot_rows(isa, &q, &keys, &mut scores);
             let raw = scores.clone();
             // The softmax as attention makes it: capped scores, exp, normalised.
-            let max = kernels::softcap_scores(isa, &mut scores, 0.25, 30.0, &mask);
-            let inv = 1.0 / kernels::exp_shifted(isa, &mut scores, max);
+            let max = pages::softcap_scores(isa, &mut scores, 0.25, 30.0, &mask);
+            let inv = 1.0 / pages::exp_shifted(isa, &mut scores, max);
             scores.iter_mut().for_each(|w| *w *= inv);
             let mut out = vec![0f32; hd];
-            kernels::page_values(isa, &scores, 1, n, n, &values, &mut out);
+            pages::page_values(isa, &scores, 1, n, n, &values, &mut out);
             (raw, scores, out)
         };
         let (raw, weights, out) = run(Isa::Scalar);
@@ -669,7 +672,7 @@ proptest! {
         let want: Vec<i8> = x.iter().map(|v| if v.is_nan() { 0 } else { (v * inv).round() as i8 }).collect();
         for isa in Isa::available() {
             let mut q = vec![0i8; len];
-            let s = q8_fast::quantize_block(isa, &x, &mut q);
+            let s = kernels::quantize_block(isa, &x, &mut q);
             prop_assert_eq!(&q, &want, "{}", isa.name());
             prop_assert_eq!(s, absmax / 127.0);
         }
@@ -700,7 +703,7 @@ fn int8_row_dots_of_empty_rows_are_zero() {
 #[test]
 fn aligned_buffers_start_on_a_cache_line() {
     for len in [0usize, 1, 15, 16, 17, 1000] {
-        let mut f = kernels::Aligned::<f32>::zeros(len);
+        let mut f = Aligned::<f32>::zeros(len);
         assert_eq!(f.len(), len);
         assert!(f.iter().all(|&v| v == 0.0));
         assert_eq!(f.as_ptr() as usize % 64, 0, "f32 x {len}");
@@ -709,13 +712,13 @@ fn aligned_buffers_start_on_a_cache_line() {
             .enumerate()
             .for_each(|(i, v)| *v = i as f32);
         assert!(f.iter().enumerate().all(|(i, &v)| v == i as f32));
-        let b = kernels::Aligned::<i8>::zeros(len * 3);
+        let b = Aligned::<i8>::zeros(len * 3);
         assert_eq!((b.len(), b.as_ptr() as usize % 64), (len * 3, 0));
     }
     // The packing puts a pair group's blocks on whole cache lines.
     let (m, k) = (21, 96);
     let x: Vec<f32> = (0..m * k).map(|i| i as f32).collect();
-    let xp = kernels::pair_rows(&x, m, k);
+    let xp = q8_0::pair_rows(&x, m, k);
     assert_eq!(xp.as_ptr() as usize % 64, 0);
     assert_eq!(xp.len(), m.div_ceil(2) * 2 * k);
 }

@@ -35,7 +35,7 @@ pub enum Precision {
     Fast,
     /// The fast mode, and the int8 weights' products (every layer's) read their
     /// activations quantised to int8 in blocks of 32 rows, multiplied as
-    /// integers (`cpu::q8_fast`): as llama.cpp runs its quantised types. So do
+    /// integers (`cpu::types::int8_ckpt`): as llama.cpp runs its quantised types. So do
     /// a GGUF's Q8_0 weights (activations in Q8_0 blocks along `k`, as
     /// llama.cpp's Q8_0 dot). Less arithmetic per weight byte; on the tiny
     /// fixture models it changes experts about twice as often as the
@@ -347,7 +347,7 @@ pub trait Backend: Send + Sync {
 
     /// [`Backend::matmul_q8`] in the int8 mode: a backend may quantise the
     /// activations to int8 for integer products (the CPU backend does, in
-    /// blocks of 32 rows: `cpu::q8_fast`); by default it is the exact product.
+    /// blocks of 32 rows: `cpu::types::int8_ckpt`); by default it is the exact product.
     fn matmul_q8_fast(&self, x: &[f32], w: &QuantMatrix, out: &mut [f32]) {
         self.matmul_q8(x, w, out)
     }

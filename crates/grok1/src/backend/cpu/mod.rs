@@ -1,5 +1,26 @@
-//! The CPU backend: kernels chosen at run time from the CPU's features
-//! (`kernels.rs`, `x86.rs`), work split over all cores with rayon.
+//! The CPU backend: kernels chosen at run time from the CPU's features, work
+//! split over all cores with rayon.
+//!
+//! Its modules come in layers, each importing only from the layers before it
+//! (`common` <- `types` <- `arch` <- `kernels` <- this module), so there is
+//! no import cycle:
+//! - `common`: the instruction sets (`Isa`), aligned buffers, shared constants;
+//! - `types/`: one module per data type the kernels read (the checkpoint's
+//!   int8 matrices, GGUF Q8_0 rows, the int8 output projection, f32 rows, f32
+//!   KV pages): its layout, the activations its products pair with, and the
+//!   scalar reference of those products;
+//! - `arch/x86/`, `arch/arm/`: the SIMD versions, one directory per
+//!   instruction set architecture and files named by product, and which
+//!   instruction set this CPU runs (`Isa::detect`);
+//! - `kernels` and `attention::pages`: each kernel's entry point, which
+//!   checks its shapes and runs the instruction set's version or the scalar
+//!   one;
+//! - this module and `attention`: the products and attention, cut into tasks;
+//!   the block types of row-stored (GGUF) weights map to their products in
+//!   one table, `row_kernels`.
+//!
+//! A new block type (IQ3_S, say) is a module in `types/`, its SIMD versions
+//! in `arch/`, their entry points in `kernels`, and a row in `row_kernels`.
 //!
 //! Weights are `[k, n]` (the checkpoint computes `x @ W`) and read in place from
 //! the memory map. A product's weight rows are cut into splits (inside one
@@ -10,25 +31,11 @@
 //! splits' sums are added in a fixed order, so results do not depend on the
 //! batch or the thread count.
 
-mod attention;
+mod arch;
+pub mod attention;
+pub mod common;
 pub mod kernels;
-#[cfg(target_arch = "aarch64")]
-mod neon;
-pub mod q8_fast;
-#[cfg(target_arch = "x86_64")]
-mod x86;
-#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-mod x86_amx;
-#[cfg(target_arch = "x86_64")]
-mod x86_attention;
-#[cfg(target_arch = "x86_64")]
-mod x86_fast;
-#[cfg(target_arch = "x86_64")]
-mod x86_q8_0;
-#[cfg(target_arch = "x86_64")]
-mod x86_strips;
-#[cfg(target_arch = "x86_64")]
-mod x86_vnni;
+pub mod types;
 
 use rayon::prelude::*;
 
@@ -38,7 +45,10 @@ use super::{
 };
 use crate::kv_cache::KvCache;
 use crate::quant::GgmlType;
-pub use kernels::Isa;
+pub use common::Isa;
+use common::PARALLEL_MIN_MACS;
+use types::int8_ckpt::{pack_activations, ActI8, Q8Rows};
+use types::q8_0::{pair_rows, ActQ8_0};
 
 /// Row splits per scale group: enough tasks for the threads even when a
 /// product is one activation row by a narrow matrix (a small model's every
@@ -57,9 +67,6 @@ const MIN_BLOCK_COLS: usize = 256;
 const TILE_FLOATS: usize = 16384;
 /// Bound on the partial sums held at once.
 const WAVE_BYTES: usize = 16 << 20;
-/// Below this many multiply-adds a product runs on the calling thread: waking
-/// the pool costs more than the work (tiny models, small batches).
-const PARALLEL_MIN_MACS: usize = 1 << 18;
 
 #[derive(Debug, Clone, Copy)]
 pub struct CpuBackend {
@@ -89,15 +96,15 @@ impl CpuBackend {
 
 /// The activations of an int8 product, as its kernels read them.
 enum Activations {
-    /// f32, packed by `kernels::pack_activations` (exact mode).
+    /// f32, packed by `pack_activations` (exact mode).
     F32(Vec<f32>),
     /// Quantised to int8 per block (fast mode).
-    Int8(q8_fast::ActI8),
+    Int8(ActI8),
 }
 
 impl CpuBackend {
     /// `out = x @ w` for an int8 matrix with grouped scales; `int8` quantises
-    /// the activations (`q8_fast`), else they stay f32.
+    /// the activations (`types::int8_ckpt::ActI8`), else they stay f32.
     fn q8_product(&self, x: &[f32], w: &QuantMatrix, out: &mut [f32], int8: bool) {
         let (k, n) = (w.k, w.n);
         let m = x.len() / k;
@@ -111,9 +118,9 @@ impl CpuBackend {
         let splits = row_splits(k, w.groups);
         let acts = if int8 {
             let ranges: Vec<_> = splits.iter().map(|(_, rows)| rows.clone()).collect();
-            Activations::Int8(q8_fast::ActI8::quantize(self.isa, x, m, k, &ranges))
+            Activations::Int8(ActI8::quantize(self.isa, x, m, k, &ranges))
         } else {
-            Activations::F32(kernels::pack_activations(x, m, k))
+            Activations::F32(pack_activations(x, m, k))
         };
         // Column blocks change no sum, only the work per task: as wide as the
         // accumulator tile allows, narrower where the splits alone leave too few
@@ -179,7 +186,7 @@ impl CpuBackend {
                 for s in runs[t].clone() {
                     let (g, rows) = &splits[s];
                     w.scales_into(*g, n0..n0 + width, &mut scales);
-                    let block = kernels::Q8Rows {
+                    let block = Q8Rows {
                         w: weight,
                         n,
                         rows: rows.clone(),
@@ -190,7 +197,7 @@ impl CpuBackend {
                             kernels::q8_block(self.isa, xp, m, &block, &scales, &mut total)
                         }
                         Activations::Int8(a) => {
-                            q8_fast::q8_block_fast(self.isa, a, s, &block, &scales, &mut total)
+                            kernels::q8_block_fast(self.isa, a, s, &block, &scales, &mut total)
                         }
                     }
                 }
@@ -348,91 +355,21 @@ impl Backend for CpuBackend {
         if m == 0 || n == 0 {
             return;
         }
-        if w.dtype == GgmlType::Q8_0 {
-            // Fused: the blocks are used where they lie, never decoded to memory.
-            let (row_len, bytes) = (w.row_len(), w.data.bytes());
-            if kernels::q8_0_paired(self.isa, m) {
-                // Many rows: the tile kernel, all activation rows against each
-                // run of weight rows (in L2), the activations packed once.
-                let xp = kernels::pair_rows(x, m, k);
-                rows_in_runs(m, n, row_len, RUN_BYTES, m, out, |rows, _, _, dots| {
-                    let wr = &bytes[rows.start * row_len..rows.end * row_len];
-                    kernels::dot_q8_0_rows_paired(self.isa, &xp, m, k, wr, dots)
-                });
-                return;
-            }
-            rows_in_runs(
-                m,
-                n,
-                row_len,
-                RUN_BYTES,
-                Q8_0_ACT_ROWS,
-                out,
-                |rows, i0, g, dots| {
-                    let wr = &bytes[rows.start * row_len..rows.end * row_len];
-                    kernels::dot_q8_0_rows(self.isa, &x[i0 * k..(i0 + g) * k], g, k, wr, dots)
-                },
-            );
-            return;
-        }
-        // Each task decodes a run of weight rows (a block small enough to stay
-        // in L1/L2) and dots every activation row with it: each weight byte is
-        // read and decoded once per call whatever `m`.
-        // At least 8 rows: the AVX2 dot runs 8 rows at a time (8 independent
-        // accumulators); fewer would leave it latency-bound on one.
-        let block = (TILE_FLOATS / k.max(1)).clamp(8, 64);
-        let rows_per_task = block * 4;
-        let task = |(t, chunk): (usize, &mut [f32])| {
-            let first = t * rows_per_task;
-            let rows = chunk.len() / m;
-            let mut decoded = vec![0f32; block * k];
-            let mut dots = vec![0f32; block];
-            for b0 in (0..rows).step_by(block) {
-                let count = block.min(rows - b0);
-                for (j, dst) in decoded.chunks_exact_mut(k).take(count).enumerate() {
-                    w.row_into(first + b0 + j, dst);
-                }
-                for (i, xi) in x.chunks_exact(k).enumerate() {
-                    kernels::dot_rows(self.isa, xi, &decoded[..count * k], &mut dots[..count]);
-                    for (j, &v) in dots[..count].iter().enumerate() {
-                        chunk[(b0 + j) * m + i] = v;
-                    }
-                }
-            }
-        };
-        let mut out_t = vec![0f32; n * m];
-        if m * k * n < PARALLEL_MIN_MACS {
-            out_t
-                .chunks_mut(rows_per_task * m)
-                .enumerate()
-                .for_each(task);
-        } else {
-            out_t
-                .par_chunks_mut(rows_per_task * m)
-                .enumerate()
-                .for_each(task);
-        }
-        transpose_into(&out_t, m, n, out);
+        (row_kernels(w.dtype).f32_acts)(self.isa, x, w, out)
     }
 
     fn matmul_rows_fast(&self, x: &[f32], w: &RowMatrix, out: &mut [f32]) {
         let (k, n) = (w.cols, w.rows);
         let m = x.len() / k.max(1);
-        if w.dtype != GgmlType::Q8_0 || m == 0 || n == 0 || x.len() != m * k {
+        match row_kernels(w.dtype).quantized_acts {
+            Some(product) if m > 0 && n > 0 && x.len() == m * k => {
+                assert_eq!(out.len(), m * n, "matmul_rows: output is not [{m}, {n}]");
+                product(self.isa, x, w, out)
+            }
             // No integer kernel for this type (or nothing to do, or a shape
             // error that matmul_rows reports).
-            return self.matmul_rows(x, w, out);
+            _ => self.matmul_rows(x, w, out),
         }
-        assert_eq!(out.len(), m * n, "matmul_rows: output is not [{m}, {n}]");
-        let act = q8_fast::ActQ8_0::quantize(self.isa, x, m, k);
-        // All rows in one pass: the int8 kernel keeps four weight rows in L1
-        // while every activation row goes by (1 byte per value, so they stay
-        // in L2), which measured 7% faster at full width than passes over runs.
-        let (row_len, bytes) = (w.row_len(), w.data.bytes());
-        rows_in_runs(m, n, row_len, usize::MAX, m, out, |rows, i0, g, dots| {
-            let wr = &bytes[rows.start * row_len..rows.end * row_len];
-            q8_fast::dot_q8_0_rows_int8(self.isa, act.rows(i0..i0 + g), wr, dots)
-        });
     }
 
     fn matmul_transposed_f32(
@@ -540,4 +477,122 @@ impl Backend for CpuBackend {
     fn gelu_mul(&self, h: &mut [f32], v: &[f32]) {
         kernels::gelu_mul(self.isa, h, v);
     }
+}
+
+/// A product of row-stored weights (GGUF's layout): `out[m, rows] = x[m,
+/// cols] . W^T`, its shapes checked and neither `m` nor `rows` zero.
+type RowProduct = fn(Isa, &[f32], &RowMatrix, &mut [f32]);
+
+/// The products of one block type of row-stored weights.
+struct RowKernels {
+    /// With f32 activations.
+    f32_acts: RowProduct,
+    /// With activations quantised per block (the fast and int8 modes);
+    /// `None`: the f32 one in every mode.
+    quantized_acts: Option<RowProduct>,
+}
+
+/// The block types of row-stored weights and their products: a type with
+/// fused kernels has its row here, every other type is decoded to f32 a few
+/// rows at a time.
+fn row_kernels(dtype: GgmlType) -> RowKernels {
+    match dtype {
+        GgmlType::Q8_0 => RowKernels {
+            f32_acts: q8_0_rows_f32,
+            quantized_acts: Some(q8_0_rows_int8),
+        },
+        _ => RowKernels {
+            f32_acts: decoded_rows_f32,
+            quantized_acts: None,
+        },
+    }
+}
+
+/// GGUF Q8_0 rows with f32 activations, fused: the blocks are used where
+/// they lie, never decoded to memory.
+fn q8_0_rows_f32(isa: Isa, x: &[f32], w: &RowMatrix, out: &mut [f32]) {
+    let (k, n) = (w.cols, w.rows);
+    let m = x.len() / k.max(1);
+    let (row_len, bytes) = (w.row_len(), w.data.bytes());
+    if kernels::q8_0_paired(isa, m) {
+        // Many rows: the tile kernel, all activation rows against each
+        // run of weight rows (in L2), the activations packed once.
+        let xp = pair_rows(x, m, k);
+        rows_in_runs(m, n, row_len, RUN_BYTES, m, out, |rows, _, _, dots| {
+            let wr = &bytes[rows.start * row_len..rows.end * row_len];
+            kernels::dot_q8_0_rows_paired(isa, &xp, m, k, wr, dots)
+        });
+        return;
+    }
+    rows_in_runs(
+        m,
+        n,
+        row_len,
+        RUN_BYTES,
+        Q8_0_ACT_ROWS,
+        out,
+        |rows, i0, g, dots| {
+            let wr = &bytes[rows.start * row_len..rows.end * row_len];
+            kernels::dot_q8_0_rows(isa, &x[i0 * k..(i0 + g) * k], g, k, wr, dots)
+        },
+    );
+}
+
+/// GGUF Q8_0 rows with activations quantised to Q8_0 blocks.
+fn q8_0_rows_int8(isa: Isa, x: &[f32], w: &RowMatrix, out: &mut [f32]) {
+    let (k, n) = (w.cols, w.rows);
+    let m = x.len() / k.max(1);
+    let act = ActQ8_0::quantize(isa, x, m, k);
+    // All rows in one pass: the int8 kernel keeps four weight rows in L1
+    // while every activation row goes by (1 byte per value, so they stay
+    // in L2), which measured 7% faster at full width than passes over runs.
+    let (row_len, bytes) = (w.row_len(), w.data.bytes());
+    rows_in_runs(m, n, row_len, usize::MAX, m, out, |rows, i0, g, dots| {
+        let wr = &bytes[rows.start * row_len..rows.end * row_len];
+        kernels::dot_q8_0_rows_int8(isa, act.rows(i0..i0 + g), wr, dots)
+    });
+}
+
+/// Any other block type, decoded to f32.
+fn decoded_rows_f32(isa: Isa, x: &[f32], w: &RowMatrix, out: &mut [f32]) {
+    let (k, n) = (w.cols, w.rows);
+    let m = x.len() / k.max(1);
+    // Each task decodes a run of weight rows (a block small enough to stay
+    // in L1/L2) and dots every activation row with it: each weight byte is
+    // read and decoded once per call whatever `m`.
+    // At least 8 rows: the AVX2 dot runs 8 rows at a time (8 independent
+    // accumulators); fewer would leave it latency-bound on one.
+    let block = (TILE_FLOATS / k.max(1)).clamp(8, 64);
+    let rows_per_task = block * 4;
+    let task = |(t, chunk): (usize, &mut [f32])| {
+        let first = t * rows_per_task;
+        let rows = chunk.len() / m;
+        let mut decoded = vec![0f32; block * k];
+        let mut dots = vec![0f32; block];
+        for b0 in (0..rows).step_by(block) {
+            let count = block.min(rows - b0);
+            for (j, dst) in decoded.chunks_exact_mut(k).take(count).enumerate() {
+                w.row_into(first + b0 + j, dst);
+            }
+            for (i, xi) in x.chunks_exact(k).enumerate() {
+                kernels::dot_rows(isa, xi, &decoded[..count * k], &mut dots[..count]);
+                for (j, &v) in dots[..count].iter().enumerate() {
+                    chunk[(b0 + j) * m + i] = v;
+                }
+            }
+        }
+    };
+    let mut out_t = vec![0f32; n * m];
+    if m * k * n < PARALLEL_MIN_MACS {
+        out_t
+            .chunks_mut(rows_per_task * m)
+            .enumerate()
+            .for_each(task);
+    } else {
+        out_t
+            .par_chunks_mut(rows_per_task * m)
+            .enumerate()
+            .for_each(task);
+    }
+    transpose_into(&out_t, m, n, out);
 }

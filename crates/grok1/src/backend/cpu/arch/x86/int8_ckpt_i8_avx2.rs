@@ -1,4 +1,5 @@
-//! AVX2 versions of the fast mode's integer products (`q8_fast.rs`).
+//! The checkpoint's int8 product with int8 activations (`kernels::q8_block_fast`,
+//! the fast mode's integer products) on AVX2.
 //!
 //! The weights are `[k, n]` int8, so the four rows a 32-bit lane needs for one
 //! column are `n` bytes apart: the kernels interleave four rows' bytes (two
@@ -8,12 +9,12 @@
 //! three instructions. The sign trick keeps every product within i16 (|w| <=
 //! 128, |x| <= 127, so a pair is at most 32512), including w = -128.
 
-#![cfg(target_arch = "x86_64")]
-
 use std::arch::x86_64::*;
 
-use super::kernels::{add_tail_columns, Q8Rows, Q8_0_BLOCK_BYTES};
-use super::q8_fast::{q8_block_fast_scalar, quad_lanes, Q8_0Acts, SplitView, BLOCK_QUADS, QUAD};
+use crate::backend::cpu::common::QUAD;
+use crate::backend::cpu::types::int8_ckpt::{
+    add_tail_columns, q8_block_fast_scalar, quad_lanes, Q8Rows, SplitView, BLOCK_QUADS,
+};
 
 /// From this many activation rows on, a chunk of weight quads is interleaved
 /// once into panels and reused by every row from L1/L2; fewer rows interleave
@@ -24,10 +25,10 @@ const PANEL_BYTES: usize = 96 << 10;
 /// Activation rows per register tile.
 const TILE_ROWS: usize = 4;
 
-/// AVX2 version of `q8_fast::q8_block_fast_scalar`, bit-identical to it.
+/// AVX2 version of `int8_ckpt::q8_block_fast_scalar`, bit-identical to it.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA, and the bounds `q8_fast::q8_block_fast`
+/// The CPU must support AVX2 and FMA, and the bounds `kernels::q8_block_fast`
 /// checks must hold.
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn q8_block_fast_avx2(view: &SplitView, wb: &Q8Rows, scales: &[f32], total: &mut [f32]) {
@@ -55,7 +56,7 @@ pub unsafe fn q8_block_fast_avx2(view: &SplitView, wb: &Q8Rows, scales: &[f32], 
     });
 }
 
-/// Pointers to the four weight rows of quad `qd` (`q8_fast::quad_lanes`) at
+/// Pointers to the four weight rows of quad `qd` (`int8_ckpt::quad_lanes`) at
 /// column `n0`, with padding lanes (in a ragged split's last block) read from
 /// `zeros` (their activations are zero, so any finite bytes would do; zeros
 /// keep them in bounds).
@@ -447,195 +448,4 @@ impl Tile<'_> {
             }
         }
     }
-}
-
-/// AVX2 version of `q8_fast::dot_q8_0_rows_int8_scalar`, bit-identical to
-/// it: eight weight rows at a time (one per f32 lane of the sums) against up
-/// to four activation rows (each group of rows stays in L1 or L2 while every
-/// activation row passes), `maddubs(|w|, sign(x, w))` + `madd` giving each
-/// row's eight partial sums of a block, added across into one exact sum per
-/// row (integers: the order does not matter).
-///
-/// # Safety
-/// AVX2, FMA and F16C; the bounds `q8_fast::dot_q8_0_rows_int8` checks.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q8_0_rows_int8_avx2(act: Q8_0Acts, rows: &[u8], out_t: &mut [f32]) {
-    let (m, k) = (act.m, act.k);
-    let row_bytes = k / 32 * Q8_0_BLOCK_BYTES;
-    let nrows = out_t.len() / m;
-    assert!(rows.len() >= nrows * row_bytes && act.q.len() >= m * k && act.s.len() >= m * (k / 32));
-    let mut c = 0;
-    while c < nrows {
-        let r = (nrows - c).min(8);
-        let group = &rows[c * row_bytes..(c + r) * row_bytes];
-        // The next group's rows, prefetched as one run while the first
-        // activation rows pass over this group: adjacent rows read side by
-        // side are a pattern the hardware prefetchers follow badly (measured:
-        // 34 -> 46 tok/s decoding the d1024 Q8_0 model on a Zen 1).
-        let next = &rows[(c + r) * row_bytes..(c + r + 8).min(nrows) * row_bytes];
-        let mut i = 0;
-        while i < m {
-            let g = (m - i).min(4);
-            let ahead = if i == 0 { next } else { &[] };
-            // SAFETY: rows c..c + r exist, activation rows i..i + g < m
-            // (asserted above).
-            let sums: [[f32; 8]; 4] = unsafe {
-                match g {
-                    4 => q8_0_int8_rows8::<4>(act, i, group, r, row_bytes, ahead),
-                    3 => q8_0_int8_rows8::<3>(act, i, group, r, row_bytes, ahead),
-                    2 => q8_0_int8_rows8::<2>(act, i, group, r, row_bytes, ahead),
-                    _ => q8_0_int8_rows8::<1>(act, i, group, r, row_bytes, ahead),
-                }
-            };
-            for (t, row) in sums[..g].iter().enumerate() {
-                for (u, &v) in row[..r].iter().enumerate() {
-                    out_t[(c + u) * m + i + t] = v;
-                }
-            }
-            i += g;
-        }
-        c += r;
-    }
-}
-
-/// Weight rows `0..r` (`r <= 8`, `row_bytes` apart in `rows`) against
-/// activation rows `i..i + G`, prefetching `ahead` front to back on the way:
-/// `[t][u]` is activation row `i + t` times weight row `u` (lanes from `r` on
-/// repeat the last row).
-///
-/// # Safety
-/// AVX2, FMA and F16C; `rows` holds `r` rows of `act.k / 32` blocks, `1 <= r
-/// <= 8`, `i + G <= act.m`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q8_0_int8_rows8<const G: usize>(
-    act: Q8_0Acts,
-    i: usize,
-    rows: &[u8],
-    r: usize,
-    row_bytes: usize,
-    ahead: &[u8],
-) -> [[f32; 8]; 4] {
-    let (k, blocks) = (act.k, act.k / 32);
-    assert!((1..=8).contains(&r) && rows.len() >= r * row_bytes);
-    assert!(row_bytes >= blocks * Q8_0_BLOCK_BYTES && (i + G) * k <= act.q.len());
-    assert!((i + G) * blocks <= act.s.len());
-    // Cache lines of `ahead` to prefetch per block, to cover it by the end.
-    let ahead_lines = ahead.len().div_ceil(64);
-    let lines = ahead_lines.div_ceil(blocks.max(1));
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); G];
-    let wp: [*const u8; 8] = std::array::from_fn(|u| rows[u.min(r - 1) * row_bytes..].as_ptr());
-    for b in 0..blocks {
-        // SAFETY: each weight row's block b is 34 bytes inside the row, the
-        // activation rows' block b is inside act.q and act.s (asserted above);
-        // the prefetched lines start inside `ahead`.
-        unsafe {
-            for l in b * lines..((b + 1) * lines).min(ahead_lines) {
-                _mm_prefetch(ahead.as_ptr().add(64 * l) as *const i8, _MM_HINT_T0);
-            }
-            let at = b * Q8_0_BLOCK_BYTES;
-            let d16 = |u: usize| i16::from_le_bytes([*wp[u].add(at), *wp[u].add(at + 1)]);
-            let dw = _mm256_cvtph_ps(_mm_setr_epi16(
-                d16(0),
-                d16(1),
-                d16(2),
-                d16(3),
-                d16(4),
-                d16(5),
-                d16(6),
-                d16(7),
-            ));
-            for (t, a) in acc.iter_mut().enumerate() {
-                let x =
-                    _mm256_loadu_si256(act.q.as_ptr().add((i + t) * k + 32 * b) as *const __m256i);
-                let p: [__m256i; 8] = std::array::from_fn(|u| {
-                    let w = _mm256_loadu_si256(wp[u].add(at + 2) as *const __m256i);
-                    _mm256_madd_epi16(
-                        _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w)),
-                        ones,
-                    )
-                });
-                // d_w * d_x rounded once per row, as the scalar kernel does.
-                let d = _mm256_mul_ps(dw, _mm256_set1_ps(act.s[(i + t) * blocks + b]));
-                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums8(p)), d, *a);
-            }
-        }
-    }
-    let mut out = [[0f32; 8]; 4];
-    for (o, a) in out.iter_mut().zip(acc) {
-        // SAFETY: 8 floats.
-        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), a) };
-    }
-    out
-}
-
-/// Lane `u` of the result is the sum of `p[u]`'s eight lanes (a transpose
-/// and add in three rounds of horizontal adds).
-#[inline(always)]
-fn sums8(p: [__m256i; 8]) -> __m256i {
-    // SAFETY: AVX2 is enabled in every caller (inlined into them).
-    unsafe {
-        let ab = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
-        let cd = _mm256_hadd_epi32(_mm256_hadd_epi32(p[4], p[5]), _mm256_hadd_epi32(p[6], p[7]));
-        // Each 128-bit half of ab holds rows 0..4's sums of lanes 0..4 (low)
-        // or 4..8 (high); cd the same for rows 4..8.
-        _mm256_add_epi32(
-            _mm256_permute2x128_si256::<0x20>(ab, cd),
-            _mm256_permute2x128_si256::<0x31>(ab, cd),
-        )
-    }
-}
-
-/// AVX2 version of `quantize_row_i8` for a block of up to `ACT_BLOCK` values
-/// (the same scale and the same integers: absmax is exact in any order, and
-/// `x * inv` is rounded half away from zero exactly as the scalar code does;
-/// NaN values give 0 there and here).
-///
-/// # Safety
-/// AVX2; `src.len() == dst.len()`.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn quantize_block_avx2(src: &[f32], dst: &mut [i8]) -> f32 {
-    let full = src.len() / 8 * 8;
-    let sign = _mm256_set1_ps(-0.0);
-    let mut mx = _mm256_setzero_ps();
-    for j in (0..full).step_by(8) {
-        // SAFETY: j + 8 <= full <= src.len().
-        let v = _mm256_andnot_ps(sign, unsafe { _mm256_loadu_ps(src.as_ptr().add(j)) });
-        // max(v, mx) returns mx when v is NaN: NaN skipped, as in the scalar fold.
-        mx = _mm256_max_ps(v, mx);
-    }
-    let mut lanes = [0f32; 8];
-    // SAFETY: 8 floats.
-    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), mx) };
-    let absmax = src[full..]
-        .iter()
-        .chain(&lanes)
-        .fold(0f32, |m, &x| if x.abs() > m { x.abs() } else { m });
-    if absmax == 0.0 || !absmax.is_finite() {
-        dst.fill(0);
-        return if absmax.is_finite() { 0.0 } else { f32::NAN };
-    }
-    let inv = 127.0 / absmax;
-    let vinv = _mm256_set1_ps(inv);
-    let (half, one) = (_mm256_set1_ps(0.5), _mm256_set1_ps(1.0));
-    for j in (0..full).step_by(8) {
-        // SAFETY: j + 8 <= full, for src and dst alike.
-        unsafe {
-            let v = _mm256_mul_ps(_mm256_loadu_ps(src.as_ptr().add(j)), vinv);
-            let v = _mm256_and_ps(v, _mm256_cmp_ps::<_CMP_ORD_Q>(v, v));
-            let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
-            let frac = _mm256_sub_ps(v, t);
-            let up = _mm256_and_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(frac, half), one);
-            let down = _mm256_and_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(frac, _mm256_set1_ps(-0.5)), one);
-            let q = _mm256_cvtps_epi32(_mm256_sub_ps(_mm256_add_ps(t, up), down));
-            let q16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q));
-            let q8 = _mm_packs_epi16(q16, q16);
-            _mm_storel_epi64(dst.as_mut_ptr().add(j) as *mut __m128i, q8);
-        }
-    }
-    for (o, &x) in dst[full..].iter_mut().zip(&src[full..]) {
-        *o = crate::backend::round_half_away(x * inv) as i8;
-    }
-    absmax / 127.0
 }

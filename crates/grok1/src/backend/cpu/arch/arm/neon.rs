@@ -11,14 +11,14 @@
 //! Checked here by cross-compiling and running the tests under qemu
 //! (`scripts/test-aarch64.sh`); their speed on real hardware is not measured.
 
-#![cfg(target_arch = "aarch64")]
-
 use std::arch::aarch64::*;
 
-use super::kernels::{
-    add_scaled, add_tail_columns, page_scores_part, page_values_part, q8_block_scalar, Q8Rows,
-    EXP_LN2_PARTS, EXP_POLY, EXP_RANGE, Q8_0_BLOCK_BYTES, TANH_POLY, TANH_SMALL, XGROUP,
+use crate::backend::cpu::arch::{EXP_LN2_PARTS, EXP_POLY, EXP_RANGE, TANH_POLY, TANH_SMALL};
+use crate::backend::cpu::types::f32_pages::{page_scores_part, page_values_part};
+use crate::backend::cpu::types::int8_ckpt::{
+    add_scaled, add_tail_columns, q8_block_scalar, Q8Rows, XGROUP,
 };
+use crate::backend::cpu::types::q8_0::Q8_0_BLOCK_BYTES;
 
 /// `kernels::q8_block` (same contract, same bits): per group of packed
 /// activation rows (up to `XGROUP`), strips of 16 or 8 columns whose sums
@@ -225,11 +225,11 @@ pub unsafe fn dot_q8_0_rows_neon(x: &[f32], m: usize, k: usize, rows: &[u8], out
 /// Queries per register block of the page kernels.
 const QB: usize = 4;
 
-/// `kernels::page_scores` (same bits): the page's slots in the lanes, up to
+/// `pages::page_scores` (same bits): the page's slots in the lanes, up to
 /// four queries sharing each load of the keys.
 ///
 /// # Safety
-/// NEON; the shapes `kernels::page_scores` asserts.
+/// NEON; the shapes `pages::page_scores` asserts.
 #[target_feature(enable = "neon")]
 pub unsafe fn page_scores_neon(
     q: &[f32],
@@ -262,11 +262,11 @@ pub unsafe fn page_scores_neon(
     }
 }
 
-/// `kernels::page_values` (same bits): the output's columns in the lanes, up
+/// `pages::page_values` (same bits): the output's columns in the lanes, up
 /// to four outputs sharing each load of a value row.
 ///
 /// # Safety
-/// NEON; the shapes `kernels::page_values` asserts.
+/// NEON; the shapes `pages::page_values` asserts.
 #[target_feature(enable = "neon")]
 pub unsafe fn page_values_neon(
     p: &[f32],
@@ -299,7 +299,7 @@ pub unsafe fn page_values_neon(
     }
 }
 
-/// e^x for four lanes: `x86::exp256`'s Cephes expf (range reduction by ln 2,
+/// e^x for four lanes: `math::exp256`'s Cephes expf (range reduction by ln 2,
 /// a degree-6 polynomial, about 1 ulp); lanes below -87.3 give 0.
 #[inline]
 #[target_feature(enable = "neon")]
@@ -322,7 +322,7 @@ fn exp4(x: float32x4_t) -> float32x4_t {
     vreinterpretq_f32_u32(vbicq_u32(vreinterpretq_u32_f32(r), underflow))
 }
 
-/// tanh for four lanes: `x86::tanh256`'s Cephes tanhf (an odd polynomial
+/// tanh for four lanes: `math::tanh256`'s Cephes tanhf (an odd polynomial
 /// below 0.625, else 1 - 2/(e^2|x| + 1) with the sign of x).
 #[inline]
 #[target_feature(enable = "neon")]
@@ -386,7 +386,7 @@ pub unsafe fn gelu_mul_neon(h: &mut [f32], v: &[f32]) {
     });
 }
 
-/// `kernels::softcap_scores` with `tanh4`: `s = cap * tanh(s * mult / cap)`,
+/// `pages::softcap_scores` with `tanh4`: `s = cap * tanh(s * mult / cap)`,
 /// masked positions -1e30; returns the largest.
 ///
 /// # Safety
@@ -406,7 +406,7 @@ pub unsafe fn softcap_scores_neon(s: &mut [f32], mult: f32, cap: f32, mask: &[bo
     max
 }
 
-/// `kernels::exp_shifted` with `exp4`: `s = exp(s - max)`; returns the sum.
+/// `pages::exp_shifted` with `exp4`: `s = exp(s - max)`; returns the sum.
 ///
 /// # Safety
 /// NEON.

@@ -14,15 +14,12 @@
 //! few strips ahead (and the next block's first strips while the last ones
 //! run), since that many streams at a page-crossing stride are more than the
 //! hardware prefetchers follow.
-
-#![cfg(target_arch = "x86_64")]
+//!
+//! The f32 streams are here; the int8 one is in `int8_ckpt_i8_strips`.
 
 use std::arch::x86_64::*;
 
-use super::kernels::{packed_index, Q8Rows};
-use super::q8_fast::{SplitView, BLOCK_QUADS, QUAD};
-use super::x86_fast::quad_rows;
-use super::x86_vnni::interleave_quad;
+use crate::backend::cpu::types::int8_ckpt::{packed_index, Q8Rows};
 
 /// Weight rows per block of the f32 stream: a strip's lines are in flight
 /// together, and the sums are stored once per block (measured at full width,
@@ -40,24 +37,24 @@ const SHORT_BLOCK_MIN_M: usize = 3;
 /// rows: 8 strips 2-4% faster than 4; with 32-row passes 2, 4 and 8 were
 /// alike).
 const F32_AHEAD: usize = 8;
-const I8_AHEAD: usize = 8;
+pub(super) const I8_AHEAD: usize = 8;
 /// Most activation rows the streams take in strips of 64 columns: `4 M` sums
 /// plus four weight vectors and temporaries in 32 registers.
-pub(super) const STRIPS_MAX_M: usize = 6;
+pub(crate) const STRIPS_MAX_M: usize = 6;
 /// Most activation rows the f32 stream takes, in strips of 32 columns (`2 M`
 /// sums); above it, the panels.
-pub(super) const STRIPS_MAX_M_HALF: usize = 12;
+pub(crate) const STRIPS_MAX_M_HALF: usize = 12;
 /// On AVX2 (sixteen registers): 32-column strips up to this many rows, 16
 /// columns up to `STRIPS_AVX2_MAX_M`.
 pub(super) const STRIPS_AVX2_WIDE_M: usize = 2;
-pub(super) const STRIPS_AVX2_MAX_M: usize = 6;
+pub(crate) const STRIPS_AVX2_MAX_M: usize = 6;
 
 /// Prefetches the line `AHEAD` strips past column `j` of a row (`row`
 /// points at its first column) in a walk over `full` columns, or, past the
 /// last strip, the matching line of `next` (the same row of the next block,
 /// whose first strips then arrive while the last ones run).
 #[inline(always)]
-fn prefetch_ahead<const AHEAD: usize>(
+pub(super) fn prefetch_ahead<const AHEAD: usize>(
     row: *const u8,
     next: Option<*const u8>,
     j: usize,
@@ -143,8 +140,8 @@ macro_rules! q8_stream_f32 {
 q8_stream_f32!(
     /// `acc[i][j] += sum over rows of x[i][r] * w[r][n0 + j]` for columns
     /// `0..full` (`full % (16 V) == 0`), `xp` being the `M` activation rows
-    /// packed by `kernels::pack_activations`: the FMAs of
-    /// `kernels::q8_block_scalar` in the same order (one per row, rows in
+    /// packed by `int8_ckpt::pack_activations`: the FMAs of
+    /// `int8_ckpt::q8_block_scalar` in the same order (one per row, rows in
     /// order, for every column), so the sums are bit-identical. Strips of `V`
     /// vectors: 4 (a cache line) up to `STRIPS_MAX_M` rows, 2 up to
     /// `STRIPS_MAX_M_HALF`.
@@ -193,126 +190,4 @@ unsafe fn widen8(p: *const u8) -> __m256 {
     _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(unsafe {
         _mm_loadl_epi64(p as *const __m128i)
     }))
-}
-
-/// Quads (of four weight rows) the int8 stream walks together: half an
-/// activation block (16 rows in flight) up to this many activation rows, a
-/// whole block above (measured at full width: halves 5-13% faster at 2 and 3
-/// rows, as fast at 4, 15% slower at 6, where the carried sums crowd the
-/// registers).
-pub(super) const I8_HALF_PASS_MAX_M: usize = 4;
-
-/// `part[i] += sum over the split's blocks b of f32(sum_b(w * x_i)) * sx[i][b]`
-/// for columns `0..full` (`full % 64 == 0`), `part` being `[M, full]` in the
-/// unpack order of `interleave_quad` (f32, one FMA per block in block order,
-/// the i32 block sums exact): the VNNI decode stream. A block's eight quads
-/// (32 weight rows) are walked in passes of `PQ` quads (8 or 4), each strip
-/// by strip with the `M x 64` i32 sums in registers (carried between the
-/// passes of a block in `carry`); each strip's f32 sums are loaded and stored
-/// once per block.
-///
-/// # Safety
-/// AVX-512 F/BW/VNNI; the bounds `q8_fast::q8_block_fast` checks, with
-/// `full <= nb`; `part` holds `M * full` floats.
-#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub(super) unsafe fn q8_stream_i8<const M: usize, const PQ: usize>(
-    view: &SplitView,
-    wb: &Q8Rows,
-    full: usize,
-    part: &mut [f32],
-) {
-    assert!(part.len() >= M * full);
-    assert!(BLOCK_QUADS.is_multiple_of(PQ));
-    let passes_per_block = BLOCK_QUADS / PQ;
-    let nq = view.rows.len().div_ceil(QUAD);
-    let zeros = vec![0u8; full];
-    let mut carry = vec![0i32; if passes_per_block > 1 { M * full } else { 0 }];
-    let (pp, cp) = (part.as_mut_ptr(), carry.as_mut_ptr());
-    let bias = _mm512_set1_epi8(-128);
-    let pass_rows = |p: usize| -> [[*const u8; QUAD]; PQ] {
-        std::array::from_fn(|t| {
-            let qd = p * PQ + t;
-            if qd < nq {
-                quad_rows(wb, qd, &zeros)
-            } else {
-                [zeros.as_ptr(); QUAD]
-            }
-        })
-    };
-    let passes = nq.div_ceil(PQ);
-    let mut rows = pass_rows(0);
-    for p in 0..passes {
-        let b = p / passes_per_block;
-        let q0 = p * PQ;
-        let quads = (nq - q0).min(PQ);
-        // The first pass of a block starts its sums at zero, the last one
-        // (the block's second, or the split's last) scales them into `part`;
-        // in between they wait in `carry`.
-        let first = p % passes_per_block == 0;
-        let last = p % passes_per_block == passes_per_block - 1 || p + 1 == passes;
-        // The next pass's rows (this pass's again after the last: their
-        // lines are then in cache, the prefetches cost nothing). Plain arrays,
-        // not an Option of one: with an `Option<[[ptr; 4]; 8]>` here one
-        // build kept the loop's values on the stack and the int8 decode ran
-        // 25% slower (batch 8 at full width: 17.9 -> 13.9 tok/s).
-        let has_next = p + 1 < passes;
-        let next = if has_next { pass_rows(p + 1) } else { rows };
-        let xs: [[i32; M]; PQ] = std::array::from_fn(|t| {
-            std::array::from_fn(|i| if t < quads { view.quad(i, q0 + t) } else { 0 })
-        });
-        let sx: [__m512; M] = std::array::from_fn(|i| _mm512_set1_ps(view.scale(i, b)));
-        let corr: [__m512i; M] = std::array::from_fn(|i| _mm512_set1_epi32(128 * view.sum(i, b)));
-        for j in (0..full).step_by(64) {
-            // SAFETY (block): i < M, j + 16 u + 16 <= full: inside `part`
-            // and `carry`, both [M, full].
-            let mut c: [[__m512i; 4]; M] = if first {
-                [[_mm512_setzero_si512(); 4]; M]
-            } else {
-                std::array::from_fn(|i| {
-                    std::array::from_fn(|u| unsafe {
-                        _mm512_loadu_si512(cp.add(i * full + j + 16 * u) as *const __m512i)
-                    })
-                })
-            };
-            for t in 0..quads {
-                for (u, &row) in rows[t].iter().enumerate() {
-                    prefetch_ahead::<I8_AHEAD>(row, Some(next[t][u]), j, full);
-                }
-                // SAFETY: every row pointer has `full` readable bytes (a row
-                // of the split from column n0, or `zeros`); j + 64 <= full.
-                let v = unsafe { interleave_quad(rows[t], j, bias) };
-                for (ci, &x) in c.iter_mut().zip(&xs[t]) {
-                    let x = _mm512_set1_epi32(x);
-                    for (cu, &vu) in ci.iter_mut().zip(&v) {
-                        *cu = _mm512_dpbusd_epi32(*cu, vu, x);
-                    }
-                }
-            }
-            for (i, ci) in c.iter_mut().enumerate() {
-                for (u, cu) in ci.iter_mut().enumerate() {
-                    let off = i * full + j + 16 * u;
-                    // SAFETY: as above.
-                    unsafe {
-                        if last {
-                            let p = pp.add(off);
-                            let exact = _mm512_sub_epi32(*cu, corr[i]);
-                            _mm512_storeu_ps(
-                                p,
-                                _mm512_fmadd_ps(
-                                    _mm512_cvtepi32_ps(exact),
-                                    sx[i],
-                                    _mm512_loadu_ps(p),
-                                ),
-                            );
-                        } else {
-                            _mm512_storeu_si512(cp.add(off) as *mut __m512i, *cu);
-                        }
-                    }
-                }
-            }
-        }
-        if has_next {
-            rows = next;
-        }
-    }
 }

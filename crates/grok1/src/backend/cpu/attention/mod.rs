@@ -13,12 +13,13 @@
 //! the values, as the reference does, which needs every score first; it keeps
 //! the two-pass form.
 
+pub mod pages;
+
 use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::kernels::{self, Isa};
-use super::PARALLEL_MIN_MACS;
+use super::common::{Isa, PARALLEL_MIN_MACS};
 use crate::backend::{AttentionParams, Precision, RowPosition};
 use crate::kv_cache::KvCache;
 
@@ -148,11 +149,11 @@ fn attend_unit(
             let n = (row.pos + 1 - start).min(ps);
             let mask = &mask[start..start + n];
             let at = (u.rows.start + r) * width + u.heads.start * hd;
-            kernels::page_scores(isa, &q[at..at + g * hd], g, keys, ps, n, &mut s);
+            pages::page_scores(isa, &q[at..at + g * hd], g, keys, ps, n, &mut s);
             let o_row = &mut o[r * g * hd..(r + 1) * g * hd];
             for (j, (sj, oi)) in s.chunks_mut(ps).zip(o_row.chunks_exact_mut(hd)).enumerate() {
                 let (sj, i) = (&mut sj[..n], r * g + j);
-                let page_max = kernels::softcap_scores(isa, sj, p.multiplier, p.softcap, mask);
+                let page_max = pages::softcap_scores(isa, sj, p.multiplier, p.softcap, mask);
                 if page_max > max[i] {
                     if max[i] > f32::NEG_INFINITY {
                         let scale = (max[i] - page_max).exp();
@@ -161,9 +162,9 @@ fn attend_unit(
                     }
                     max[i] = page_max;
                 }
-                sum[i] += kernels::exp_shifted(isa, sj, max[i]);
+                sum[i] += pages::exp_shifted(isa, sj, max[i]);
             }
-            kernels::page_values(isa, &s, g, ps, n, &values[..n * hd], o_row);
+            pages::page_values(isa, &s, g, ps, n, &values[..n * hd], o_row);
         }
     }
     for (oi, &total) in o.chunks_exact_mut(hd).zip(&sum) {
@@ -206,7 +207,7 @@ fn attend_bf16(
             for (j, (chunk, &page)) in scores.chunks_mut(page_size).zip(pages).enumerate() {
                 let n = (pos + 1 - j * page_size).min(page_size);
                 let keys = cache.keys(layer, page, kv_head);
-                kernels::page_scores(isa, qv, 1, keys, page_size, n, chunk);
+                pages::page_scores(isa, qv, 1, keys, page_size, n, chunk);
             }
             scores.truncate(pos + 1);
             for (s, &keep) in scores.iter_mut().zip(mask) {

@@ -1,4 +1,4 @@
-//! AMX-INT8 versions of the int8 mode's prefill products (`q8_fast.rs`, 16
+//! AMX-INT8 versions of the int8 mode's prefill products (`types/int8_ckpt.rs`, 16
 //! activation rows or more), bit-identical to the scalar reference: the
 //! checkpoint's int8 matrices (below) and GGUF Q8_0 rows
 //! ([`dot_q8_0_rows_int8_amx`], whose weight rows are the left tile as they
@@ -6,7 +6,7 @@
 //!
 //! The tile multiplier's `tdpbssd` takes a 16 x 32 byte tile of activations
 //! (16 rows, one block of 32 values each), an 8 x 64 byte tile of weights
-//! (eight quads of the interleaved 16-column panels `x86_fast::run_panels`
+//! (eight quads of the interleaved 16-column panels `int8_ckpt_i8_avx2::run_panels`
 //! packs, the layout AMX calls "VNNI") and adds the 16 x 16 exact i32 sums of
 //! that block into an accumulator tile: 8192 products per instruction, both
 //! operands signed (no `+ 128` to take back off as in `vpdpbusd`), the
@@ -22,23 +22,25 @@
 //! AVX-512 kernels). The tile configuration is loaded on entry and released on
 //! exit, so no thread is left holding tile state.
 
-#![cfg(all(target_arch = "x86_64", target_os = "linux"))]
-
 use std::arch::asm;
 use std::arch::x86_64::*;
 use std::cell::Cell;
 use std::sync::OnceLock;
 
-use super::kernels::{add_tail_columns, Q8Rows, Q8_0_BLOCK_BYTES};
-use super::q8_fast::{Q8_0Acts, Q8_0Tiles, SplitView, ACT_BLOCK, BLOCK_QUADS, QUAD};
-use super::x86_fast::{dot_q8_0_rows_int8_avx2, q8_block_fast_avx2, run_panels};
-use super::x86_vnni::{pack_panels_512, q8_block_fast_vnni, store_tile_rows};
+use super::int8_ckpt_i8_avx2::{q8_block_fast_avx2, run_panels};
+use super::int8_ckpt_i8_vnni::{pack_panels_512, q8_block_fast_vnni};
+use super::q8_0_i8::{dot_q8_0_rows_int8_avx2, store_tile_rows};
+use crate::backend::cpu::common::QUAD;
+use crate::backend::cpu::types::int8_ckpt::{
+    add_tail_columns, Q8Rows, SplitView, ACT_BLOCK, BLOCK_QUADS,
+};
+use crate::backend::cpu::types::q8_0::{Q8_0Acts, Q8_0Tiles, Q8_0_BLOCK_BYTES};
 
 /// Activation rows per tile (AMX's maximum).
 const TILE_M: usize = 16;
 /// Fewest activation rows the tiles take; fewer go to the AVX-512 kernels
 /// (a tile of 16 rows on a handful of rows multiplies mostly padding).
-pub(super) const AMX_MIN_M: usize = 16;
+pub(crate) const AMX_MIN_M: usize = 16;
 
 /// `arch_prctl` codes (`asm/prctl.h`) and the tile-data state component.
 const ARCH_REQ_XCOMP_PERM: libc::c_ulong = 0x1023;
@@ -112,13 +114,13 @@ impl TileConfig {
     }
 }
 
-/// AMX version of `q8_fast::q8_block_fast_scalar`, bit-identical to it; fewer
+/// AMX version of `int8_ckpt::q8_block_fast_scalar`, bit-identical to it; fewer
 /// than `AMX_MIN_M` rows, or a thread refused the tile data, take the AVX-512
 /// kernels.
 ///
 /// # Safety
-/// As `x86_vnni::q8_block_fast_vnni`, and the CPU has AMX-TILE and AMX-INT8
-/// (`available`).
+/// As `int8_ckpt_i8_vnni::q8_block_fast_vnni`, and the CPU has AMX-TILE and
+/// AMX-INT8 (`available`).
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn q8_block_fast_amx(view: &SplitView, wb: &Q8Rows, scales: &[f32], total: &mut [f32]) {
     let m = view.act.m;
@@ -220,7 +222,7 @@ unsafe fn multiply(
     }
 }
 
-/// AMX version of `q8_fast::dot_q8_0_rows_int8_scalar` (Q8_0 weight rows of a
+/// AMX version of `q8_0::dot_q8_0_rows_int8_scalar` (Q8_0 weight rows of a
 /// GGUF against activations in Q8_0 blocks), bit-identical to it. The weight
 /// rows are the tiles' left operand as they lie in the file (16 rows, one
 /// block's 32 values each, the row length apart), the activations the right
@@ -232,7 +234,7 @@ unsafe fn multiply(
 ///
 /// # Safety
 /// AVX2, FMA, F16C, AVX-512 F/BW/VL and AMX-TILE/INT8 (`available`); the
-/// bounds `q8_fast::dot_q8_0_rows_int8` checks, and `act.tiles` laid out by
+/// bounds `kernels::dot_q8_0_rows_int8` checks, and `act.tiles` laid out by
 /// `ActQ8_0::quantize` for `act.m` rows.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
 pub unsafe fn dot_q8_0_rows_int8_amx(act: Q8_0Acts, rows: &[u8], out_t: &mut [f32]) {

@@ -1,10 +1,14 @@
+//! GGUF Q8_0 rows against f32 activations (`kernels::dot_q8_0_rows`): AVX2
+//! groups of up to four weight rows ([`dot_q8_0_rows_avx2`]), and for many
+//! activation rows the AVX-512 pair tiles below.
+//!
 //! AVX-512 version of the f32 Q8_0 product (`kernels::dot_q8_0_rows`, GGUF
 //! Q8_0 weights against f32 activations) for many activation rows (prefill),
 //! bit-identical to the scalar reference.
 //!
 //! The reference's arithmetic keeps eight lanes per (weight row, activation
 //! row); a 512-bit vector holds two such pairs: one weight row against two
-//! activation rows, the activations packed in pairs (`kernels::pair_rows`:
+//! activation rows, the activations packed in pairs (`q8_0::pair_rows`:
 //! per group of pairs, block, pair and eighth of a block, 16 floats, eight of
 //! each row) and each weight eighth dequantised once into both halves, so
 //! each product is one FMA. A register tile is `R` weight rows by up to `P`
@@ -13,11 +17,108 @@
 //! KiB) while every weight row of the run passes, and the run of weight rows
 //! stays in L2 while every pair group passes.
 
-#![cfg(target_arch = "x86_64")]
-
 use std::arch::x86_64::*;
 
-use super::kernels::{pair_group_width, PAIR_GROUP, Q8_0_BLOCK_BYTES};
+use super::hsum;
+use crate::backend::cpu::types::q8_0::{pair_group_width, PAIR_GROUP, Q8_0_BLOCK_BYTES};
+
+/// AVX2 version of `q8_0::dot_q8_0_rows_scalar`: up to four weight rows
+/// at a time against up to two activation rows (each sum is a chain of four
+/// FMAs per block, so one row alone would wait on them), each block
+/// converted once for all of them.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `m > 0`, `k % 32 == 0`,
+/// `x.len() >= m * k` and `rows` holds `out_t.len() / m` rows of `k / 32` blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q8_0_rows_avx2(x: &[f32], m: usize, k: usize, rows: &[u8], out_t: &mut [f32]) {
+    let row_bytes = k / 32 * Q8_0_BLOCK_BYTES;
+    let nrows = out_t.len() / m;
+    assert!(x.len() >= m * k && rows.len() >= nrows * row_bytes);
+    let mut c = 0;
+    while c < nrows {
+        let w = (nrows - c).min(4);
+        let group = &rows[c * row_bytes..(c + w) * row_bytes];
+        let mut i = 0;
+        while i < m {
+            let g = (m - i).min(2);
+            // SAFETY: rows i..i + g of x exist; the group holds w rows of k / 32 blocks.
+            let sums = unsafe {
+                match (w, g) {
+                    (4, 2) => q8_0_rows_group::<4, 2>(x, k, i, group),
+                    (4, _) => q8_0_rows_group::<4, 1>(x, k, i, group),
+                    (3, 2) => q8_0_rows_group::<3, 2>(x, k, i, group),
+                    (3, _) => q8_0_rows_group::<3, 1>(x, k, i, group),
+                    (2, 2) => q8_0_rows_group::<2, 2>(x, k, i, group),
+                    (2, _) => q8_0_rows_group::<2, 1>(x, k, i, group),
+                    (_, 2) => q8_0_rows_group::<1, 2>(x, k, i, group),
+                    _ => q8_0_rows_group::<1, 1>(x, k, i, group),
+                }
+            };
+            for (r, row) in sums[..w].iter().enumerate() {
+                out_t[(c + r) * m + i..(c + r) * m + i + g].copy_from_slice(&row[..g]);
+            }
+            i += g;
+        }
+        c += w;
+    }
+}
+
+/// `W` Q8_0 weight rows (`rows`) against activation rows `i0..i0 + G`:
+/// `[r][t]` is weight row `r` times activation row `i0 + t`. Each row
+/// prefetches the same block of the next group's row: the group is one
+/// stream `W` rows wide, which the hardware prefetchers follow badly.
+///
+/// # Safety
+/// AVX2, FMA and F16C; `x` holds rows `i0..i0 + G` of `k`, `rows` `W` rows of
+/// `k / 32` blocks.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_0_rows_group<const W: usize, const G: usize>(
+    x: &[f32],
+    k: usize,
+    i0: usize,
+    rows: &[u8],
+) -> [[f32; 2]; 4] {
+    let row_bytes = k / 32 * Q8_0_BLOCK_BYTES;
+    assert!(x.len() >= (i0 + G) * k && rows.len() >= W * row_bytes);
+    let mut acc = [[_mm256_setzero_ps(); G]; W];
+    for b in 0..k / 32 {
+        // SAFETY: each row's block b is 34 bytes inside `rows`; x rows i0 + t
+        // hold 32 values from 32 b (asserted above).
+        unsafe {
+            let at: [*const u8; W] =
+                std::array::from_fn(|r| rows.as_ptr().add(r * row_bytes + b * Q8_0_BLOCK_BYTES));
+            let d: [__m256; W] = std::array::from_fn(|r| {
+                // A prefetch reads nothing and cannot fault (wrapping address).
+                _mm_prefetch(at[r].wrapping_add(W * row_bytes) as *const i8, _MM_HINT_T0);
+                let bits = u16::from_le_bytes([*at[r], *at[r].add(1)]);
+                _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+            });
+            for u in 0..4 {
+                for r in 0..W {
+                    let q = _mm256_mul_ps(
+                        d[r],
+                        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                            at[r].add(2 + 8 * u) as *const __m128i,
+                        ))),
+                    );
+                    for (t, a) in acc[r].iter_mut().enumerate() {
+                        let xv = _mm256_loadu_ps(x.as_ptr().add((i0 + t) * k + 32 * b + 8 * u));
+                        *a = _mm256_fmadd_ps(xv, q, *a);
+                    }
+                }
+            }
+        }
+    }
+    let mut out = [[0f32; 2]; 4];
+    for (o, a) in out.iter_mut().zip(&acc) {
+        for (v, &at) in o.iter_mut().zip(a) {
+            *v = hsum(at);
+        }
+    }
+    out
+}
 
 /// Weight rows per register tile.
 const R: usize = 2;
@@ -29,8 +130,8 @@ const KC: usize = 8;
 /// Floats per pair per block (two rows of 32).
 const PAIR_BLOCK: usize = 64;
 
-/// `out_t[c][i] = x[i] . row_c` as `kernels::dot_q8_0_rows_scalar` computes
-/// it, for `m` activation rows packed by `kernels::pair_rows` and the Q8_0
+/// `out_t[c][i] = x[i] . row_c` as `q8_0::dot_q8_0_rows_scalar` computes
+/// it, for `m` activation rows packed by `q8_0::pair_rows` and the Q8_0
 /// weight rows in `rows` (`out_t.len() / m` of them).
 ///
 /// # Safety

@@ -1,12 +1,15 @@
-//! AVX2 kernels for one page of attention (`kernels::page_scores`,
-//! `kernels::page_values`): a page's slots in the lanes, up to four queries
+//! AVX2 kernels for one page of attention (`pages::page_scores`,
+//! `pages::page_values`): a page's slots in the lanes, up to four queries
 //! of one row at a time sharing every load of the page. Each output element
 //! is one chain of FMAs in the scalar kernels' order, so the results are
-//! theirs bit for bit.
+//! theirs bit for bit. Also the capped scores and their exponentials
+//! (`pages::softcap_scores`, `pages::exp_shifted`), on `math`'s tanh and exp.
 
 use std::arch::x86_64::*;
 
-use super::kernels::{page_scores_part, page_values_part};
+use super::hsum;
+use super::math::{exp256, tanh256};
+use crate::backend::cpu::types::f32_pages::{page_scores_part, page_values_part};
 
 /// Lanes per vector.
 const L: usize = 8;
@@ -172,4 +175,103 @@ unsafe fn values_block<const R: usize, const W: usize>(
             unsafe { _mm256_storeu_ps(op.add((i + r) * hd + c + w * L), *a) };
         }
     }
+}
+
+/// AVX2 version of `pages::softcap_scores_scalar`, with `tanh256` for libm's
+/// tanh: `s = cap * tanh(s * mult / cap)`, masked positions -1e30; returns
+/// the largest.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA and `mask.len() >= s.len()`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn softcap_scores_avx2(s: &mut [f32], mult: f32, cap: f32, mask: &[bool]) -> f32 {
+    let n = s.len();
+    let full = n / 8 * 8;
+    let (vm, vcap, vinv, masked) = (
+        _mm256_set1_ps(mult),
+        _mm256_set1_ps(cap),
+        _mm256_set1_ps(1.0 / cap),
+        _mm256_set1_ps(-1e30),
+    );
+    // Eight lanes of scores and their eight mask bytes (bool is one byte,
+    // 0 or 1), capped, masked, and the running maximum.
+    let capped = |x: __m256, keep: &[bool], max: &mut __m256| {
+        debug_assert_eq!(keep.len(), 8);
+        // SAFETY: keep holds eight bytes; AVX2 is enabled for this function.
+        let keep =
+            unsafe { _mm256_cvtepu8_epi32(_mm_loadl_epi64(keep.as_ptr() as *const __m128i)) };
+        let drop = _mm256_castsi256_ps(_mm256_cmpeq_epi32(keep, _mm256_setzero_si256()));
+        let y = _mm256_mul_ps(vcap, tanh256(_mm256_mul_ps(_mm256_mul_ps(x, vm), vinv)));
+        let y = _mm256_blendv_ps(y, masked, drop);
+        *max = _mm256_max_ps(*max, y);
+        y
+    };
+    let mut max = masked;
+    let mut i = 0;
+    while i < full {
+        // SAFETY: lanes i..i+8 are inside s (i + 8 <= full <= n).
+        unsafe {
+            let y = capped(
+                _mm256_loadu_ps(s.as_ptr().add(i)),
+                &mask[i..i + 8],
+                &mut max,
+            );
+            _mm256_storeu_ps(s.as_mut_ptr().add(i), y);
+        }
+        i += 8;
+    }
+    if full < n {
+        // The tail through padded vectors (padding masked), so it gets the
+        // same tanh as the rest.
+        let (mut lanes, mut keep) = ([0f32; 8], [false; 8]);
+        lanes[..n - full].copy_from_slice(&s[full..]);
+        keep[..n - full].copy_from_slice(&mask[full..n]);
+        let y = capped(unsafe { _mm256_loadu_ps(lanes.as_ptr()) }, &keep, &mut max);
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), y) };
+        s[full..].copy_from_slice(&lanes[..n - full]);
+    }
+    let mut lanes = [0f32; 8];
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), max) };
+    if n == 0 {
+        return f32::NEG_INFINITY;
+    }
+    lanes.into_iter().fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// AVX2 version of `pages::exp_shifted_scalar` with `exp256` for libm's exp:
+/// `s = exp(s - max)`; returns the sum.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn exp_shifted_avx2(s: &mut [f32], max: f32) -> f32 {
+    let n = s.len();
+    let full = n / 8 * 8;
+    let p = s.as_mut_ptr();
+    let vmax = _mm256_set1_ps(max);
+    let mut acc = _mm256_setzero_ps();
+    let mut i = 0;
+    while i < full {
+        // SAFETY: lanes i..i+8 are inside s (i + 8 <= full <= n).
+        unsafe {
+            let e = exp256(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), vmax));
+            _mm256_storeu_ps(p.add(i), e);
+            acc = _mm256_add_ps(acc, e);
+        }
+        i += 8;
+    }
+    if full < n {
+        // Padding lanes at -inf come out of exp as 0 and add nothing (-1e30,
+        // a masked score, would not where every score is masked).
+        let mut lanes = [f32::NEG_INFINITY; 8];
+        lanes[..n - full].copy_from_slice(&s[full..]);
+        let e = exp256(_mm256_sub_ps(
+            unsafe { _mm256_loadu_ps(lanes.as_ptr()) },
+            vmax,
+        ));
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), e) };
+        s[full..].copy_from_slice(&lanes[..n - full]);
+        acc = _mm256_add_ps(acc, e);
+    }
+    hsum(acc)
 }

@@ -1,0 +1,141 @@
+//! The page kernels of attention, for the KV cache's f32 pages (their layout
+//! and scalar chains are in `types::f32_pages`): the scores of a row's
+//! queries against a page's keys, their capping and exponentials, and the
+//! weighted sum of a page's values. Each checks its shapes and runs the
+//! version for the instruction set it is given (`arch/`) or the scalar one.
+
+#[cfg(target_arch = "aarch64")]
+use crate::backend::cpu::arch::arm::neon;
+#[cfg(target_arch = "x86_64")]
+use crate::backend::cpu::arch::x86;
+use crate::backend::cpu::common::Isa;
+use crate::backend::cpu::types::f32_pages::{page_scores_part, page_values_part};
+
+/// Attention scores of `g` queries (`q`, `[g, hd]`, one row's heads) against
+/// the first `n` keys of one page (`keys_t`, `[hd, ps]`, the cache's
+/// transposed layout): `s[i * ps + j] = q_i . k_j` for `j < n`, each one
+/// chain of FMAs in `t` order, so every path gives the same bits. The
+/// entries `n..ps` of each row of `s` may be overwritten.
+pub fn page_scores(
+    isa: Isa,
+    q: &[f32],
+    g: usize,
+    keys_t: &[f32],
+    ps: usize,
+    n: usize,
+    s: &mut [f32],
+) {
+    assert!(g > 0 && q.len().is_multiple_of(g), "page_scores: queries");
+    let hd = q.len() / g;
+    assert!(n <= ps && keys_t.len() >= hd * ps, "page_scores: keys");
+    assert!(s.len() >= g * ps, "page_scores: scores");
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
+            // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
+            unsafe { x86::attention::page_scores_avx2(q, g, keys_t, ps, n, s) }
+        }
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => {
+            // SAFETY: every aarch64 CPU this ISA is chosen on has NEON (Isa::best);
+            // the shapes are checked above.
+            unsafe { neon::page_scores_neon(q, g, keys_t, ps, n, s) }
+        }
+        _ => page_scores_part(q, hd, 0..g, keys_t, ps, 0..n, s),
+    }
+}
+
+/// `o_i += sum_{j < n} p[i * ps + j] * values[j]` for `g` outputs (`o`,
+/// `[g, hd]`) and one page's values (`[n, hd]`), each element one chain of
+/// FMAs in `j` order (the same bits on every path).
+pub fn page_values(
+    isa: Isa,
+    p: &[f32],
+    g: usize,
+    ps: usize,
+    n: usize,
+    values: &[f32],
+    o: &mut [f32],
+) {
+    assert!(g > 0 && o.len().is_multiple_of(g), "page_values: outputs");
+    let hd = o.len() / g;
+    assert!(
+        n <= ps && p.len() >= (g - 1) * ps + n,
+        "page_values: weights"
+    );
+    assert!(values.len() >= n * hd, "page_values: values");
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
+            // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
+            unsafe { x86::attention::page_values_avx2(p, g, ps, n, values, o) }
+        }
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => {
+            // SAFETY: every aarch64 CPU this ISA is chosen on has NEON (Isa::best);
+            // the shapes are checked above.
+            unsafe { neon::page_values_neon(p, g, ps, n, values, o) }
+        }
+        _ => page_values_part(p, 0..g, ps, n, values, o, hd, 0..hd),
+    }
+}
+
+/// Capped attention scores from raw ones, in place: `s = cap * tanh(s * mult /
+/// cap)`, masked positions (`mask[j]` false) set to -1e30 (so a row whose
+/// keys are all masked gets uniform weights, as the reference's mask does).
+/// Returns the largest.
+pub fn softcap_scores(isa: Isa, s: &mut [f32], mult: f32, cap: f32, mask: &[bool]) -> f32 {
+    assert!(mask.len() >= s.len(), "softcap_scores: mask too short");
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
+            // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
+            unsafe { x86::attention::softcap_scores_avx2(s, mult, cap, mask) }
+        }
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => {
+            // SAFETY: every aarch64 CPU this ISA is chosen on has NEON (Isa::best);
+            // the sizes are checked above.
+            unsafe { neon::softcap_scores_neon(s, mult, cap, mask) }
+        }
+        _ => softcap_scores_scalar(s, mult, cap, mask),
+    }
+}
+
+pub fn softcap_scores_scalar(s: &mut [f32], mult: f32, cap: f32, mask: &[bool]) -> f32 {
+    let mut max = f32::NEG_INFINITY;
+    for (v, &keep) in s.iter_mut().zip(mask) {
+        let x = *v * mult;
+        *v = if keep { cap * (x / cap).tanh() } else { -1e30 };
+        max = max.max(*v);
+    }
+    max
+}
+
+/// `s = exp(s - max)` in place; returns the sum (the softmax's denominator,
+/// or one page's share of it).
+pub fn exp_shifted(isa: Isa, s: &mut [f32], max: f32) -> f32 {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
+            // SAFETY: AVX2/FMA are present (Isa::best).
+            unsafe { x86::attention::exp_shifted_avx2(s, max) }
+        }
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => {
+            // SAFETY: every aarch64 CPU this ISA is chosen on has NEON (Isa::best);
+            // the sizes are checked above.
+            unsafe { neon::exp_shifted_neon(s, max) }
+        }
+        _ => exp_shifted_scalar(s, max),
+    }
+}
+
+pub fn exp_shifted_scalar(s: &mut [f32], max: f32) -> f32 {
+    let mut sum = 0f32;
+    for v in s.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    sum
+}

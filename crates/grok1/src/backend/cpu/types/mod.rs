@@ -1,0 +1,10 @@
+//! One module per data type the kernels read: its layout, the activations
+//! its products pair with, and the scalar reference of those products. They
+//! import only `common`; the SIMD versions (`arch/`) import them, and
+//! `kernels` (with `attention::pages`) chooses between the two.
+
+pub mod f32_pages;
+pub mod f32_rows;
+pub mod int8_ckpt;
+pub mod int8_rows;
+pub mod q8_0;
