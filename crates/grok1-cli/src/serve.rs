@@ -25,6 +25,20 @@ pub fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Bytes of physical memory, where the system says (Linux's /proc/meminfo).
+fn physical_memory() -> Option<usize> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: usize = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    kib.checked_mul(1024)
+}
+
 /// The engine's limits from the flags and the model.
 pub fn engine_config(
     args: &EngineArgs,
@@ -42,11 +56,29 @@ pub fn engine_config(
     );
     let kv_tokens = args
         .kv_tokens
-        .unwrap_or((context * args.max_batch / 4).max(context));
+        .unwrap_or((context.saturating_mul(args.max_batch) / 4).max(context));
     anyhow::ensure!(
         kv_tokens >= context,
         "--kv-tokens {kv_tokens} cannot hold one request of --ctx {context} tokens"
     );
+    // The cache is allocated whole at start: a size past the machine's memory
+    // (or past what an allocation can express) would abort, not fail.
+    let kv_bytes = grok1::KvCache::bytes_per_token(model.config()).checked_mul(kv_tokens);
+    let memory = physical_memory();
+    if kv_bytes.is_none_or(|b| b > isize::MAX as usize || memory.is_some_and(|m| b > m)) {
+        let needs = kv_bytes.map_or("more bytes than a 64-bit size holds".to_string(), |b| {
+            format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+        });
+        let has = memory.map_or(String::new(), |m| {
+            format!(
+                " (this machine has {:.1} GiB)",
+                m as f64 / (1u64 << 30) as f64
+            )
+        });
+        anyhow::bail!(
+            "a KV cache of {kv_tokens} tokens needs {needs}{has}; lower --kv-tokens (or --max-batch, which sets its default)"
+        );
+    }
     Ok(EngineConfig {
         max_batch: args.max_batch,
         max_queue: args.max_queue,
@@ -134,6 +166,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| model.config().name.clone());
     let eos = model.config().eos_token;
+    // Checked against memory in `engine_config`.
     let kv_bytes = grok1::KvCache::bytes_per_token(model.config()) * engine_config.kv_tokens;
     eprintln!(
         "grok1: model `{name}`; batch {} + queue {}; context {}; KV cache {} tokens ({:.1} MiB, taken as used)",

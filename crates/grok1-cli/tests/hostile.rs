@@ -510,3 +510,19 @@ fn eval_refuses_a_fifo_for_its_data_samples_and_results() {
     expect_error(&mut eval(&data, &samples, Some(&fifo)), &needle);
     assert!(is_fifo(&fifo));
 }
+
+/// `serve --max-batch` or `--kv-tokens` near `u64::MAX` overflowed the KV
+/// cache's size (a panic) or asked for more memory than the machine has (an
+/// abort); both are refused with the size needed.
+#[test]
+fn kv_cache_sizes_past_memory_are_refused() {
+    for flags in [
+        ["--max-batch", "18446744073709551615"],
+        ["--kv-tokens", "18446744073709551615"],
+        ["--kv-tokens", "4000000000000"],
+    ] {
+        let mut cmd = grok1();
+        cmd.args(["serve", "--port", "0"]).args(flags);
+        expect_error(&mut cmd, "lower --kv-tokens");
+    }
+}

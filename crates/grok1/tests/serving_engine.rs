@@ -545,3 +545,18 @@ fn a_group_of_requests_is_admitted_all_or_none() {
     assert_eq!(metric(&engine, "grok1_requests_total"), 4.0);
     engine.shutdown(Duration::from_secs(1));
 }
+
+/// `prompt + max_tokens` overflowed for a library caller asking for
+/// `usize::MAX` tokens (a panic in debug builds, a wrapped sum let through in
+/// release); it is refused for the context like any other large value.
+#[test]
+fn max_tokens_of_usize_max_is_refused_for_the_context() {
+    let fx = Fixture::open("tiny-vocab");
+    let engine = EngineHandle::start(fx.load_model(), tokenizer(), config());
+    let (req, _rx) = request(vec![5, 6, 7], usize::MAX);
+    match engine.submit(req) {
+        Err(e) => assert!(e.to_string().contains("maximum context length"), "{e}"),
+        Ok(()) => panic!("a request of usize::MAX tokens was admitted"),
+    }
+    engine.shutdown(Duration::from_secs(1));
+}

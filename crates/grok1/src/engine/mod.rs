@@ -361,7 +361,8 @@ impl EngineHandle {
                 vocab: self.vocab,
             });
         }
-        let total = request.prompt.len() + request.max_tokens;
+        // Saturating: a library caller may ask for usize::MAX tokens.
+        let total = request.prompt.len().saturating_add(request.max_tokens);
         if total > self.config.context {
             return Err(SubmitError::ContextLength {
                 prompt: request.prompt.len(),
