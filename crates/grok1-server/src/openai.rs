@@ -484,8 +484,9 @@ fn check_common(state: &AppState, c: &Common) -> Result<Settings, ApiError> {
         }
         None => None,
     };
-    // top_p 0 keeps only the most likely token: greedy.
-    let greedy = temperature == 0.0 || top_p == 0.0;
+    // top_p 0 keeps only the most likely token: greedy. So does a top_p or a
+    // temperature too small for an f32 (it rounds to 0 there).
+    let greedy = temperature as f32 == 0.0 || top_p as f32 == 0.0;
     Ok(Settings {
         sampling: SamplingParams {
             temperature: if greedy { 0.0 } else { temperature as f32 },

@@ -911,3 +911,28 @@ fn joined_len(tokens: &[Value]) -> usize {
         .map(|t| t.as_str().unwrap().chars().count())
         .sum()
 }
+
+/// A `top_p` in (0, 1e-45] is accepted by the range check but rounds to 0 as
+/// an f32, which the sampler refused ("top_p must be in (0, 1]"): like top_p 0
+/// it keeps only the most likely token.
+#[test]
+fn a_top_p_below_f32_range_is_greedy() {
+    let s = start(engine_config(), None);
+    let body = |extra: Value| {
+        let mut b = json!({"prompt": "Once upon a time", "max_tokens": 6, "seed": 3});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b.to_string()
+    };
+    let (status, greedy, _) = s.post("/v1/completions", &body(json!({"temperature": 0})));
+    assert_eq!(status, 200, "{greedy}");
+    for top_p in [1e-46, 1e-300, 5e-324] {
+        let (status, v, _) = s.post("/v1/completions", &body(json!({"top_p": top_p})));
+        assert_eq!(status, 200, "top_p {top_p}: {v}");
+        assert_eq!(
+            v["choices"][0]["text"], greedy["choices"][0]["text"],
+            "top_p {top_p}"
+        );
+    }
+}
