@@ -795,8 +795,13 @@ async fn completions_inner(
     let echo = req.echo.unwrap_or(false);
     let vocab = state.engine.vocab();
     let tok = &state.tokenizer;
+    // Only `echo` returns the prompt's text: others skip decoding it.
     let with_text = |ids: Vec<u32>| {
-        let text = prompt_text(tok, &ids);
+        let text = if echo {
+            prompt_text(tok, &ids)
+        } else {
+            String::new()
+        };
         (ids, text)
     };
     let prompts: Vec<(Vec<u32>, String)> = match req.prompt {
