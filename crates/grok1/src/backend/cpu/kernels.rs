@@ -536,3 +536,30 @@ pub fn gelu_mul(isa: Isa, h: &mut [f32], v: &[f32]) {
         }
     }
 }
+
+// The memory probe of `grok1 bench`.
+
+/// The wrapping sum of `words`: the read loop of the memory bandwidth probe,
+/// as fast as `isa` reads memory.
+pub fn read_sum(isa: Isa, words: &[u64]) -> u64 {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
+            // SAFETY: these ISAs are only chosen where the CPU has AVX2.
+            unsafe { x86::read::sum_words_avx2(words) }
+        }
+        // NEON is aarch64's baseline: this loop is vectorised there, eight
+        // independent accumulators.
+        _ => {
+            let mut acc = [0u64; 8];
+            let blocks = words.chunks_exact(8);
+            let tail = blocks.remainder();
+            for b in blocks {
+                for (a, &v) in acc.iter_mut().zip(b) {
+                    *a = a.wrapping_add(v);
+                }
+            }
+            acc.iter().chain(tail).fold(0u64, |a, &b| a.wrapping_add(b))
+        }
+    }
+}

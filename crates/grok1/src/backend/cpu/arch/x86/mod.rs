@@ -24,6 +24,7 @@ pub mod math;
 pub mod q8_0_f32;
 pub mod q8_0_i8;
 pub mod quantize;
+pub mod read;
 
 use std::arch::x86_64::*;
 
