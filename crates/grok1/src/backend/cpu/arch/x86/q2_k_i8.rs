@@ -25,14 +25,14 @@ impl Avx2Block for Q2K {
             ];
             let m3 = _mm256_set1_epi8(0x03);
             let mut a = [_mm256_setzero_si256(); G];
-            for h in 0..2 {
+            for (h, &half) in halves.iter().enumerate() {
                 // Bits 0-1 of the code bytes shifted right by 2 (g % 4)
                 // (16-bit shifts: crossings reach bits 2-3 at most).
                 let mut qs = _mm256_loadu_si256(w.add(16 + 32 * h) as *const __m256i);
                 for gg in 0..4 {
                     let q = _mm256_and_si256(qs, m3);
                     qs = _mm256_srli_epi16::<2>(qs);
-                    let s = pick_i16(halves[h], 2 * gg as i32, 2 * gg as i32 + 1);
+                    let s = pick_i16(half, 2 * gg as i32, 2 * gg as i32 + 1);
                     for (t, a) in a.iter_mut().enumerate() {
                         let p = scaled_dot(q, x[t].add(32 * (4 * h + gg)), s);
                         *a = _mm256_add_epi32(*a, p);

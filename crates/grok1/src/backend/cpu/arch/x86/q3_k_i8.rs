@@ -37,7 +37,7 @@ impl Avx2Block for Q3K {
             // by 2 (g % 4) (crossings reach bits 2-3 at most).
             let mut hm = _mm256_loadu_si256(w as *const __m256i);
             let mut a = [_mm256_setzero_si256(); G];
-            for h in 0..2 {
+            for (h, &half) in halves.iter().enumerate() {
                 let mut qs = _mm256_loadu_si256(w.add(32 + 32 * h) as *const __m256i);
                 for gg in 0..4 {
                     let g = 4 * h + gg;
@@ -47,7 +47,7 @@ impl Avx2Block for Q3K {
                     );
                     qs = _mm256_srli_epi16::<2>(qs);
                     hm = _mm256_srli_epi16::<1>(hm);
-                    let s = pick_i16(halves[h], 2 * gg as i32, 2 * gg as i32 + 1);
+                    let s = pick_i16(half, 2 * gg as i32, 2 * gg as i32 + 1);
                     for (t, a) in a.iter_mut().enumerate() {
                         *a = _mm256_add_epi32(*a, scaled_dot(q, x[t].add(32 * g), s));
                     }

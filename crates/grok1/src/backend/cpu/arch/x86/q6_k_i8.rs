@@ -41,7 +41,7 @@ impl Avx2Block for Q6K {
             let m30 = _mm256_set1_epi8(0x30);
             let (all, halves) = i8_scale_vectors(_mm_loadu_si128(w.add(192) as *const __m128i));
             let mut a = [_mm256_setzero_si256(); G];
-            for h in 0..2 {
+            for (h, &half) in halves.iter().enumerate() {
                 let ql0 = _mm256_loadu_si256(w.add(64 * h) as *const __m256i);
                 let ql1 = _mm256_loadu_si256(w.add(64 * h + 32) as *const __m256i);
                 let qh = _mm256_loadu_si256(w.add(128 + 32 * h) as *const __m256i);
@@ -65,7 +65,7 @@ impl Avx2Block for Q6K {
                     ),
                 ];
                 for (g, &q) in codes.iter().enumerate() {
-                    let s = pick_i16(halves[h], 2 * g as i32, 2 * g as i32 + 1);
+                    let s = pick_i16(half, 2 * g as i32, 2 * g as i32 + 1);
                     for (t, a) in a.iter_mut().enumerate() {
                         let p = scaled_dot(q, x[t].add(128 * h + 32 * g), s);
                         *a = _mm256_add_epi32(*a, p);
