@@ -248,8 +248,10 @@ pub enum PrecisionArg {
     /// the reference's own bf16 casts (as released)
     Bf16,
     /// f32, but the output projection read as an int8 copy (a quarter of its
-    /// bytes; a Q8_0 one as stored) against int8 activations (logits within
-    /// the bounds the fast-mode tests state)
+    /// bytes; a Q8_0 one as stored) against int8 activations, and a GGUF's
+    /// K-quant and Q4_0..Q5_1 weights against activations quantised per
+    /// block, as llama.cpp runs them (logits within the bounds the fast-mode
+    /// tests state)
     Fast,
     /// fast, and the int8 and Q8_0 weights' products read int8 activations
     /// (blocks of 32, integer dot products, as llama.cpp does): less

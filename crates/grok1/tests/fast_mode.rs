@@ -26,6 +26,10 @@
 //!   in the same test) plus a tenth of the rows, and leaves at least a quarter
 //!   of the rows and steps to the first rule.
 //!
+//! A GGUF's K-quant and legacy weights (read with activations quantised per
+//! block in both modes) are held to the int8 mode's rules against the same
+//! file's f32 mode (its exact dequantisation): `check_gguf_blocks`.
+//!
 //! Measured (printed by `cargo test --test fast_mode -- --nocapture`): see
 //! README "Correctness".
 
@@ -315,4 +319,146 @@ fn what_each_mode_quantises() {
         .expect("an f32 embedding gets an int8 copy");
     assert_eq!(q.rows, model.config().vocab_size);
     assert_eq!(q.byte_len(), q.rows * q.cols + 4 * q.rows);
+}
+
+/// A GGUF's K-quant and legacy weights in the fast and int8 modes (their
+/// products read activations quantised per block, as llama.cpp's) against
+/// the same file in the f32 mode (its own exact dequantisation), with the
+/// int8 mode's rules: rows routed as in f32 within `INT8_REL` of the largest
+/// logit, routes changed at most twice as often as the bf16 mode on the same
+/// file plus a tenth of the rows, at least a quarter of the rows checked.
+/// The file's logits must move (the quantised kernels ran).
+fn check_gguf_blocks(path: &std::path::Path) {
+    let open = |isa: Isa| {
+        let model = grok1::weights::gguf::GgufModel::open(path).expect("open gguf");
+        let config = model.config().expect("gguf config");
+        let weights = grok1::model::Weights::from_store(&config, &model.store).expect("weights");
+        Grok1::new(
+            config,
+            weights,
+            Box::new(grok1::backend::cpu::CpuBackend::with_isa(isa)),
+        )
+    };
+    let name = path.file_name().unwrap().to_string_lossy().to_string();
+    // Sixteen short prompts of pseudo-random tokens (the same on every run):
+    // a route changed early in a prompt exempts the rest of it, so many
+    // short prompts count route changes more finely than a few long ones.
+    let vocab = open(Isa::Scalar).config().vocab_size as u64;
+    let prompts: Vec<Vec<u32>> = (0..16u64)
+        .map(|s| {
+            (0..4u64 + s % 5)
+                .map(|t| ((t * 2_654_435_761 + s * 97 + 13) % vocab) as u32)
+                .collect()
+        })
+        .collect();
+    let run = |model: &Grok1, tokens: &[u32], precision| {
+        let mut cache = model.new_cache(tokens.len(), 1);
+        let seq = cache.add_sequence();
+        forward_traced(
+            model,
+            &mut cache,
+            &[SequenceInput { seq, tokens }],
+            precision,
+            LogitsRows::All,
+        )
+    };
+    // Rows routed as in f32, their largest deviation, and the rows exempted.
+    let compare = |isa: Isa, precision: Precision| -> (f32, usize, usize, bool) {
+        let model = open(isa);
+        let k = model.config().num_selected_experts;
+        let (mut worst, mut exempt, mut total, mut moved) = (0f32, 0, 0, false);
+        // The bound is a fraction of the largest logit of all prompts (as
+        // the fixtures' `max_abs_logit`).
+        let mut max_logit = 0f32;
+        for tokens in &prompts {
+            let (want, exact) = run(&model, tokens, Precision::F32);
+            let (got, other) = run(&model, tokens, precision);
+            max_logit = want.logits.iter().fold(max_logit, |m, v| m.max(v.abs()));
+            let mut routed_alike = true;
+            for t in 0..tokens.len() {
+                total += 1;
+                routed_alike &= same_route(&exact, &other, t, k);
+                if !routed_alike {
+                    exempt += 1;
+                    continue;
+                }
+                let (d, _) = max_abs_diff(got.row(t), want.row(t));
+                worst = worst.max(d);
+                moved |= d > 0.0;
+            }
+        }
+        (worst / max_logit, exempt, total, moved)
+    };
+    let (_, bf16_exempt, _, _) = compare(Isa::Scalar, Precision::Bf16);
+    for isa in Isa::available() {
+        for precision in [Precision::Fast, Precision::Int8] {
+            let (worst, exempt, total, moved) = compare(isa, precision);
+            eprintln!(
+                "{name} {} {precision:?}: worst {:.2}% of the largest logit, {exempt} of {total} rows routed otherwise (bf16 mode: {bf16_exempt})",
+                isa.name(),
+                worst * 100.0
+            );
+            assert!(moved, "{name} {precision:?}: no product changed");
+            assert!(
+                worst <= INT8_REL,
+                "{name} {} {precision:?}: {worst}",
+                isa.name()
+            );
+            assert!(
+                exempt <= 2 * bf16_exempt + total / 10,
+                "{name} {precision:?}: {exempt} of {total} rows changed experts"
+            );
+            assert!(
+                4 * (total - exempt) >= total,
+                "{name}: fewer than a quarter of the rows checked"
+            );
+        }
+    }
+}
+
+#[test]
+fn gguf_q4_0_fast_and_int8_modes_within_the_int8_bounds() {
+    check_gguf_blocks(&common::fixtures().join("gguf").join("tiny-moe-q4_0.gguf"));
+}
+
+/// The K-quants need rows of 256: a random model of `d = 256` (a few
+/// layers), converted to each K-quant type `convert` writes.
+#[test]
+fn gguf_k_quants_fast_and_int8_modes_within_the_int8_bounds() {
+    use grok1::config::{ffn_size, ModelConfig};
+    use grok1::quant::GgmlType;
+    let tiny = ModelConfig::tiny();
+    let cfg = ModelConfig {
+        name: "tiny-256".into(),
+        vocab_size: 512,
+        emb_size: 256,
+        key_size: 64,
+        num_q_heads: 4,
+        num_kv_heads: 2,
+        widening_factor: 3.0,
+        ffn_size: ffn_size(256, 3.0),
+        attn_output_multiplier: 0.125,
+        ..tiny
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    grok1::weights::ckpt0::write_random_checkpoint(&dir, &cfg, 7, &grok1::progress::NoProgress)
+        .unwrap();
+    let model = grok1::load::load(&dir)
+        .expect("load the random model")
+        .model;
+    for dtype in [GgmlType::Q4K, GgmlType::Q6K] {
+        let out = tmp.path().join(format!("tiny-256-{}.gguf", dtype.name()));
+        grok1::convert::convert(
+            model.config(),
+            model.weights(),
+            None,
+            grok1::convert::OutFormat::Gguf,
+            dtype,
+            &out,
+            &grok1::progress::NoProgress,
+        )
+        .unwrap();
+        check_gguf_blocks(&out);
+    }
 }

@@ -32,6 +32,9 @@ pub enum Precision {
     /// logits move by the bounds `tests/fast_mode.rs` states. A projection
     /// stored in 8 bits or fewer (a quantised GGUF) is read as stored; a Q8_0
     /// one against activations quantised to Q8_0 blocks, as in the int8 mode.
+    /// A GGUF's K-quant and legacy (Q4_0 .. Q5_1) weights are multiplied as
+    /// llama.cpp does, against activations quantised per block (q8_K, q8_0):
+    /// `Precision::quantizes_rows`.
     Fast,
     /// The fast mode, and the int8 weights' products (every layer's) read their
     /// activations quantised to int8 in blocks of 32 rows, multiplied as
@@ -47,6 +50,19 @@ impl Precision {
     /// Whether the output projection is read as its int8 copy.
     pub fn int8_output(self) -> bool {
         matches!(self, Precision::Fast | Precision::Int8)
+    }
+
+    /// Whether products with row-stored weights of type `dtype` read their
+    /// activations quantised per block ([`Backend::matmul_rows_fast`]): in
+    /// the int8 mode every type with an integer kernel; in the fast mode the
+    /// K-quant and legacy block types (which llama.cpp, and every user of
+    /// such a file, runs so), not Q8_0, whose fast mode stays as it was.
+    pub fn quantizes_rows(self, dtype: crate::quant::GgmlType) -> bool {
+        match self {
+            Precision::Int8 => true,
+            Precision::Fast => !dtype.is_float() && dtype != crate::quant::GgmlType::Q8_0,
+            Precision::F32 | Precision::Bf16 => false,
+        }
     }
 
     /// Rounds `x` to the activation dtype in place (a no-op in f32 mode).
@@ -356,16 +372,20 @@ pub trait Backend: Send + Sync {
     /// each row dequantised exactly to f32.
     fn matmul_rows(&self, x: &[f32], w: &RowMatrix, out: &mut [f32]);
 
-    /// [`Backend::matmul_rows`] in the int8 mode: a backend may quantise the
-    /// activations to int8 where the weight's type has an integer kernel (the
-    /// CPU backend does for Q8_0: blocks of 32 along `k`, as llama.cpp's Q8_0
-    /// dot); by default, and for the other types, it is the exact product.
+    /// [`Backend::matmul_rows`] where the precision quantises the activations
+    /// ([`Precision::quantizes_rows`]): a backend may quantise them to int8
+    /// where the weight's type has an integer kernel (the CPU backend does for
+    /// Q8_0, the K-quants and the legacy types, in the weights' blocks along
+    /// `k`, as llama.cpp's dot products); by default, and for the other
+    /// types, it is the exact product.
     fn matmul_rows_fast(&self, x: &[f32], w: &RowMatrix, out: &mut [f32]) {
         self.matmul_rows(x, w, out)
     }
 
     /// `out = x @ W` whatever the weight's layout, in the given precision
-    /// (only the int8 mode changes a product: [`Backend::matmul_q8_fast`],
+    /// (the int8 mode changes the int8 checkpoint's products,
+    /// [`Backend::matmul_q8_fast`], and the fast and int8 modes the rows'
+    /// products as [`Precision::quantizes_rows`] says,
     /// [`Backend::matmul_rows_fast`]).
     fn matmul(&self, x: &[f32], w: &Matrix, out: &mut [f32], precision: Precision) {
         match w {
@@ -373,7 +393,9 @@ pub trait Backend: Send + Sync {
                 self.matmul_q8_fast(x, q, out)
             }
             Matrix::Int8Grouped(q) => self.matmul_q8(x, q, out),
-            Matrix::Rows(r) if precision == Precision::Int8 => self.matmul_rows_fast(x, r, out),
+            Matrix::Rows(r) if precision.quantizes_rows(r.dtype) => {
+                self.matmul_rows_fast(x, r, out)
+            }
             Matrix::Rows(r) => self.matmul_rows(x, r, out),
         }
     }

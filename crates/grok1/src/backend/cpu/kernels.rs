@@ -22,6 +22,9 @@ use super::types::q8_0::{
     dot_q8_0_rows_int8_scalar, dot_q8_0_rows_scalar, paired_index, ActQ8_0, Q8_0Acts, Q8_0Tiles,
     Q8_0_BLOCK_BYTES, Q8_0_VALUES,
 };
+#[cfg(not(target_arch = "x86_64"))]
+use super::types::q8_blocks::QuantBlock;
+use super::types::q8_blocks::{dot_rows_q8_scalar, ActQ8, ActQ8Rows, BSUM_VALUES};
 
 // The checkpoint's int8 matrices (`types::int8_ckpt`), with f32 or int8
 // activations.
@@ -563,3 +566,92 @@ pub fn read_sum(isa: Isa, words: &[u64]) -> u64 {
         }
     }
 }
+
+// GGUF's K-quant and legacy rows (`types::q8_blocks` and one module per
+// block type), with activations quantised per block.
+
+impl ActQ8 {
+    /// Quantises `x` (`[m, k]`) in blocks of `block` values (`k` a multiple
+    /// of it, and `block` of 16) on the given instruction set (the same
+    /// result on each: `quantize_block`).
+    pub fn quantize(isa: Isa, x: &[f32], m: usize, k: usize, block: usize) -> ActQ8 {
+        assert!(
+            block.is_multiple_of(BSUM_VALUES) && k.is_multiple_of(block) && x.len() == m * k,
+            "ActQ8::quantize: x is not [m, k] with k a multiple of {block}"
+        );
+        let mut q = vec![0i8; m * k];
+        let mut bsums = vec![0i16; m * k / BSUM_VALUES];
+        let mut xsum = vec![0i32; m * k / block];
+        let d: Vec<f32> = x
+            .chunks_exact(block)
+            .zip(q.chunks_exact_mut(block))
+            .map(|(src, dst)| quantize_block(isa, src, dst))
+            .collect();
+        for ((q, s), xs) in q
+            .chunks_exact(block)
+            .zip(bsums.chunks_exact_mut(block / BSUM_VALUES))
+            .zip(&mut xsum)
+        {
+            // |sum| <= 16 * 127 fits an i16.
+            for (s, q) in s.iter_mut().zip(q.chunks_exact(BSUM_VALUES)) {
+                *s = q.iter().map(|&v| i16::from(v)).sum();
+            }
+            *xs = s.iter().map(|&v| i32::from(v)).sum();
+        }
+        ActQ8 {
+            m,
+            k,
+            block,
+            q,
+            d,
+            bsums,
+            xsum,
+        }
+    }
+}
+
+/// `out_t[c][i] = x[i] . row_c` for weight rows of block type `T` (`rows`
+/// holds `out_t.len() / m` rows of `k / T::VALUES` blocks) and activations
+/// quantised in `T`'s blocks: per block in order, the block's exact integers
+/// `a` and `b`, then `acc = fma(f32(a), sa * dx, acc)` and `acc = fma(f32(b),
+/// sb * dx, acc)` (`types::q8_blocks`). Every path does these operations, so
+/// results are the same on every ISA and for every batch.
+pub fn dot_rows_q8<T: RowBlock>(isa: Isa, act: ActQ8Rows, rows: &[u8], out_t: &mut [f32]) {
+    let (m, k) = (act.m, act.k);
+    assert!(m > 0, "dot_rows_q8: no activation rows");
+    assert!(
+        act.block == T::VALUES
+            && k.is_multiple_of(T::VALUES)
+            && act.q.len() == m * k
+            && act.d.len() == m * (k / T::VALUES)
+            && act.xsum.len() == m * (k / T::VALUES)
+            && act.bsums.len() == m * (k / BSUM_VALUES),
+        "dot_rows_q8: activations are not [m, k] in the weights' blocks"
+    );
+    assert_eq!(
+        rows.len(),
+        out_t.len() / m * (k / T::VALUES) * T::BYTES,
+        "dot_rows_q8: rows do not match the output"
+    );
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
+            // SAFETY: AVX2/FMA are present (Isa::best), F16C with them on every
+            // CPU that has both, and the sizes are checked above.
+            unsafe { x86::q8_blocks_i8::dot_rows_q8_avx2::<T>(act, rows, out_t) }
+        }
+        _ => dot_rows_q8_scalar::<T>(act, rows, out_t),
+    }
+}
+
+/// A block type with a fused product: its scalar reference (`types/`) and,
+/// on x86-64, its AVX2 integers (`arch/x86/`).
+#[cfg(target_arch = "x86_64")]
+pub trait RowBlock: x86::q8_blocks_i8::Avx2Block {}
+#[cfg(target_arch = "x86_64")]
+impl<T: x86::q8_blocks_i8::Avx2Block> RowBlock for T {}
+/// A block type with a fused product: its scalar reference (`types/`).
+#[cfg(not(target_arch = "x86_64"))]
+pub trait RowBlock: QuantBlock {}
+#[cfg(not(target_arch = "x86_64"))]
+impl<T: QuantBlock> RowBlock for T {}

@@ -48,7 +48,17 @@ use crate::quant::GgmlType;
 pub use common::Isa;
 use common::PARALLEL_MIN_MACS;
 use types::int8_ckpt::{pack_activations, ActI8, Q8Rows};
+use types::q2_k::Q2K;
+use types::q3_k::Q3K;
+use types::q4_0::Q4_0;
+use types::q4_1::Q4_1;
+use types::q4_k::Q4K;
+use types::q5_0::Q5_0;
+use types::q5_1::Q5_1;
+use types::q5_k::Q5K;
+use types::q6_k::Q6K;
 use types::q8_0::{pair_rows, ActQ8_0};
+use types::q8_blocks::ActQ8;
 
 /// Row splits per scale group: enough tasks for the threads even when a
 /// product is one activation row by a narrow matrix (a small model's every
@@ -501,6 +511,15 @@ fn row_kernels(dtype: GgmlType) -> RowKernels {
             f32_acts: q8_0_rows_f32,
             quantized_acts: Some(q8_0_rows_int8),
         },
+        GgmlType::Q4K => quantized::<Q4K>(),
+        GgmlType::Q6K => quantized::<Q6K>(),
+        GgmlType::Q2K => quantized::<Q2K>(),
+        GgmlType::Q3K => quantized::<Q3K>(),
+        GgmlType::Q5K => quantized::<Q5K>(),
+        GgmlType::Q4_0 => quantized::<Q4_0>(),
+        GgmlType::Q4_1 => quantized::<Q4_1>(),
+        GgmlType::Q5_0 => quantized::<Q5_0>(),
+        GgmlType::Q5_1 => quantized::<Q5_1>(),
         _ => RowKernels {
             f32_acts: decoded_rows_f32,
             quantized_acts: None,
@@ -550,6 +569,30 @@ fn q8_0_rows_int8(isa: Isa, x: &[f32], w: &RowMatrix, out: &mut [f32]) {
     rows_in_runs(m, n, row_len, usize::MAX, m, out, |rows, i0, g, dots| {
         let wr = &bytes[rows.start * row_len..rows.end * row_len];
         kernels::dot_q8_0_rows_int8(isa, act.rows(i0..i0 + g), wr, dots)
+    });
+}
+
+/// A block type with a fused product against activations quantised in its
+/// blocks; with f32 activations it is decoded exactly (the golden mode).
+fn quantized<T: kernels::RowBlock>() -> RowKernels {
+    RowKernels {
+        f32_acts: decoded_rows_f32,
+        quantized_acts: Some(q8_blocks_rows_int8::<T>),
+    }
+}
+
+/// GGUF rows of block type `T` with activations quantised in `T`'s blocks
+/// (`types::q8_blocks`).
+fn q8_blocks_rows_int8<T: kernels::RowBlock>(isa: Isa, x: &[f32], w: &RowMatrix, out: &mut [f32]) {
+    let (k, n) = (w.cols, w.rows);
+    let m = x.len() / k.max(1);
+    let act = ActQ8::quantize(isa, x, m, k, T::VALUES);
+    // All rows in one pass, as the Q8_0 kernel: eight weight rows stay in
+    // L1 while every activation row goes by.
+    let (row_len, bytes) = (w.row_len(), w.data.bytes());
+    rows_in_runs(m, n, row_len, usize::MAX, m, out, |rows, i0, g, dots| {
+        let wr = &bytes[rows.start * row_len..rows.end * row_len];
+        kernels::dot_rows_q8::<T>(isa, act.rows(i0..i0 + g), wr, dots)
     });
 }
 

@@ -20,9 +20,16 @@ pub mod int8_ckpt_i8_strips;
 pub mod int8_ckpt_i8_vnni;
 pub mod int8_ckpt_strips;
 pub mod int8_rows;
+pub mod legacy_i8;
 pub mod math;
+pub mod q2_k_i8;
+pub mod q3_k_i8;
+pub mod q4_k_i8;
+pub mod q5_k_i8;
+pub mod q6_k_i8;
 pub mod q8_0_f32;
 pub mod q8_0_i8;
+pub mod q8_blocks_i8;
 pub mod quantize;
 pub mod read;
 

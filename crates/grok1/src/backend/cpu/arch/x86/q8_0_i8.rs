@@ -133,7 +133,7 @@ unsafe fn q8_0_int8_rows8<const G: usize>(
 /// Lane `u` of the result is the sum of `p[u]`'s eight lanes (a transpose
 /// and add in three rounds of horizontal adds).
 #[inline(always)]
-fn sums8(p: [__m256i; 8]) -> __m256i {
+pub(super) fn sums8(p: [__m256i; 8]) -> __m256i {
     // SAFETY: AVX2 is enabled in every caller (inlined into them).
     unsafe {
         let ab = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));

@@ -1,0 +1,87 @@
+//! The legacy blocks' integers on AVX2 (`types::q4_0`, `q4_1`, `q5_0`,
+//! `q5_1`: 32 values, 4-bit codes and an optional fifth bit, so one
+//! unpacking for the four), for `q8_blocks_i8`.
+
+use std::arch::x86_64::*;
+
+use super::q8_blocks_i8::Avx2Block;
+use crate::backend::cpu::types::q4_0::Q4_0;
+use crate::backend::cpu::types::q4_1::Q4_1;
+use crate::backend::cpu::types::q5_0::Q5_0;
+use crate::backend::cpu::types::q5_1::Q5_1;
+
+/// The 32 codes of a legacy block: the nibbles of the 16 bytes at `qs` (low
+/// nibbles first), with the fifth bits of the little-endian u32 at `qh`.
+///
+/// # Safety
+/// AVX2 (inlined into an AVX2 function); 16 readable bytes at `qs`, 4 at
+/// `qh`.
+#[inline(always)]
+unsafe fn codes(qs: *const u8, qh: Option<*const u8>) -> __m256i {
+    // SAFETY: the caller's.
+    unsafe {
+        let q = _mm_loadu_si128(qs as *const __m128i);
+        let nibbles = _mm256_and_si256(
+            _mm256_set_m128i(_mm_srli_epi16::<4>(q), q),
+            _mm256_set1_epi8(0x0F),
+        );
+        let Some(qh) = qh else {
+            return nibbles;
+        };
+        // Byte j gets byte j / 8 of the bits, then its own bit of it.
+        let bits = _mm256_shuffle_epi8(
+            _mm256_set1_epi32((qh as *const i32).read_unaligned()),
+            _mm256_setr_epi8(
+                0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3,
+                3, 3, 3, 3,
+            ),
+        );
+        let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+        let set = _mm256_cmpeq_epi8(_mm256_and_si256(bits, mask), mask);
+        _mm256_or_si256(nibbles, _mm256_and_si256(set, _mm256_set1_epi8(0x10)))
+    }
+}
+
+/// `sum(code * x)` over a block against each activation row, in the lanes
+/// of one vector per row.
+///
+/// # Safety
+/// AVX2 (inlined into an AVX2 function); 32 readable values at each `x[t]`.
+#[inline(always)]
+unsafe fn dots<const G: usize>(codes: __m256i, x: [*const i8; G]) -> [__m256i; G] {
+    // SAFETY: the caller's.
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        std::array::from_fn(|t| {
+            let x = _mm256_loadu_si256(x[t] as *const __m256i);
+            _mm256_madd_epi16(_mm256_maddubs_epi16(codes, x), ones)
+        })
+    }
+}
+
+macro_rules! legacy_block {
+    ($t:ty, $qs:expr, $qh:expr) => {
+        impl Avx2Block for $t {
+            #[inline(always)]
+            unsafe fn ints_avx2<const G: usize>(
+                w: *const u8,
+                x: [*const i8; G],
+                _bs: [*const i16; G],
+            ) -> ([__m256i; G], [__m256i; G]) {
+                // SAFETY: the trait's contract: a whole block at w, 32
+                // values per activation row. The offset and the block sums
+                // are the driver's.
+                unsafe {
+                    let qh: Option<usize> = $qh;
+                    let c = codes(w.add($qs), qh.map(|at| w.add(at)));
+                    (dots(c, x), [_mm256_setzero_si256(); G])
+                }
+            }
+        }
+    };
+}
+
+legacy_block!(Q4_0, 2, None);
+legacy_block!(Q4_1, 4, None);
+legacy_block!(Q5_0, 6, Some(2));
+legacy_block!(Q5_1, 8, Some(4));

@@ -1,0 +1,64 @@
+//! Q3_K blocks' integers on AVX2 (`types::q3_k`), for `q8_blocks_i8`.
+
+use std::arch::x86_64::*;
+
+use super::q6_k_i8::i8_scale_vectors;
+use super::q8_blocks_i8::{pick_i16, scaled_dot, Avx2Block};
+use crate::backend::cpu::types::q3_k::Q3K;
+
+impl Avx2Block for Q3K {
+    #[inline(always)]
+    unsafe fn ints_avx2<const G: usize>(
+        w: *const u8,
+        x: [*const i8; G],
+        bs: [*const i16; G],
+    ) -> ([__m256i; G], [__m256i; G]) {
+        // SAFETY: the trait's contract: a whole block at w, 256 values and
+        // 16 sums per activation row.
+        unsafe {
+            // The 16 six-bit scales (`types::q3_k::q3_k_scales`) on 32-bit
+            // words: low nibbles from words 0 and 1, top bit pairs from word 2.
+            let word = |o: usize| (w.add(96 + o) as *const u32).read_unaligned();
+            let (a0, a1, hi) = (word(0), word(4), word(8));
+            let m = 0x0f0f_0f0f;
+            let top = |s: u32| ((hi >> s) & 0x0303_0303) << 4;
+            let packed = _mm_setr_epi32(
+                ((a0 & m) | top(0)) as i32,
+                ((a1 & m) | top(2)) as i32,
+                (((a0 >> 4) & m) | top(4)) as i32,
+                (((a1 >> 4) & m) | top(6)) as i32,
+            );
+            let (all, halves) = i8_scale_vectors(_mm_sub_epi8(packed, _mm_set1_epi8(32)));
+            let m3 = _mm256_set1_epi8(0x03);
+            let bit2 = _mm256_set1_epi8(0x04);
+            // Group g reads bit 0 of hmask shifted right by g (16-bit
+            // shifts: what crosses into a byte lands in bit 7 and reaches
+            // bit 1 at most), and bits 0-1 of its code bytes shifted right
+            // by 2 (g % 4) (crossings reach bits 2-3 at most).
+            let mut hm = _mm256_loadu_si256(w as *const __m256i);
+            let mut a = [_mm256_setzero_si256(); G];
+            for (h, &half) in halves.iter().enumerate() {
+                let mut qs = _mm256_loadu_si256(w.add(32 + 32 * h) as *const __m256i);
+                for gg in 0..4 {
+                    let g = 4 * h + gg;
+                    let q = _mm256_or_si256(
+                        _mm256_and_si256(qs, m3),
+                        _mm256_and_si256(_mm256_slli_epi16::<2>(hm), bit2),
+                    );
+                    qs = _mm256_srli_epi16::<2>(qs);
+                    hm = _mm256_srli_epi16::<1>(hm);
+                    let s = pick_i16(half, 2 * gg as i32, 2 * gg as i32 + 1);
+                    for (t, a) in a.iter_mut().enumerate() {
+                        *a = _mm256_add_epi32(*a, scaled_dot(q, x[t].add(32 * g), s));
+                    }
+                }
+            }
+            // The codes' offset of 4: sum_s sc_s * 4 * sum(x).
+            for (t, a) in a.iter_mut().enumerate() {
+                let off = _mm256_madd_epi16(_mm256_loadu_si256(bs[t] as *const __m256i), all);
+                *a = _mm256_sub_epi32(*a, _mm256_slli_epi32::<2>(off));
+            }
+            (a, [_mm256_setzero_si256(); G])
+        }
+    }
+}

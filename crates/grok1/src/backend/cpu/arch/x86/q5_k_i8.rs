@@ -1,0 +1,52 @@
+//! Q5_K blocks' integers on AVX2 (`types::q5_k`), for `q8_blocks_i8`.
+
+use std::arch::x86_64::*;
+
+use super::q4_k_i8::k4_scale_vectors;
+use super::q8_blocks_i8::{pick_i16, scaled_dot, Avx2Block};
+use crate::backend::cpu::types::q5_k::Q5K;
+
+impl Avx2Block for Q5K {
+    #[inline(always)]
+    unsafe fn ints_avx2<const G: usize>(
+        w: *const u8,
+        x: [*const i8; G],
+        bs: [*const i16; G],
+    ) -> ([__m256i; G], [__m256i; G]) {
+        // SAFETY: the trait's contract: a whole block at w, 256 values and
+        // 16 sums per activation row.
+        unsafe {
+            let m4 = _mm256_set1_epi8(0x0F);
+            let bit4 = _mm256_set1_epi8(0x10);
+            let (scales, mins) = k4_scale_vectors(w.add(4));
+            // Chunk c reads bits 0 and 1 of each byte of qh shifted right
+            // by 2c (16-bit shifts: what crosses into a byte lands in bits
+            // 6 and 7, and at most in bits 2 and 3 by the last chunk).
+            let mut qh = _mm256_loadu_si256(w.add(16) as *const __m256i);
+            let mut a = [_mm256_setzero_si256(); G];
+            for c in 0..4 {
+                let q = _mm256_loadu_si256(w.add(48 + 32 * c) as *const __m256i);
+                let lo = _mm256_or_si256(
+                    _mm256_and_si256(q, m4),
+                    _mm256_and_si256(_mm256_slli_epi16::<4>(qh), bit4),
+                );
+                let hi = _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4),
+                    _mm256_and_si256(_mm256_slli_epi16::<3>(qh), bit4),
+                );
+                qh = _mm256_srli_epi16::<2>(qh);
+                let s_lo = pick_i16(scales, 2 * c as i32, 2 * c as i32);
+                let s_hi = pick_i16(scales, 2 * c as i32 + 1, 2 * c as i32 + 1);
+                for (t, a) in a.iter_mut().enumerate() {
+                    let p_lo = scaled_dot(lo, x[t].add(64 * c), s_lo);
+                    let p_hi = scaled_dot(hi, x[t].add(64 * c + 32), s_hi);
+                    *a = _mm256_add_epi32(*a, _mm256_add_epi32(p_lo, p_hi));
+                }
+            }
+            let b = std::array::from_fn(|t| {
+                _mm256_madd_epi16(_mm256_loadu_si256(bs[t] as *const __m256i), mins)
+            });
+            (a, b)
+        }
+    }
+}

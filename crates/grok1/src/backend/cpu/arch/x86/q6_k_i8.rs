@@ -1,0 +1,83 @@
+//! Q6_K blocks' integers on AVX2 (`types::q6_k`), for `q8_blocks_i8`.
+
+use std::arch::x86_64::*;
+
+use super::q8_blocks_i8::{pick_i16, scaled_dot, Avx2Block};
+use crate::backend::cpu::types::q6_k::Q6K;
+
+/// The sixteen i8 scales `sc8` as i16: all of them (for `madd` with the
+/// activation sums), and scales 0..8 and 8..16 each in both 128-bit halves
+/// (for [`pick_i16`]).
+///
+/// # Safety
+/// AVX2 (inlined into an AVX2 function).
+#[inline(always)]
+pub(super) unsafe fn i8_scale_vectors(sc8: __m128i) -> (__m256i, [__m256i; 2]) {
+    // SAFETY: the caller's.
+    unsafe {
+        let all = _mm256_cvtepi8_epi16(sc8);
+        (
+            all,
+            [
+                _mm256_broadcastsi128_si256(_mm256_castsi256_si128(all)),
+                _mm256_broadcastsi128_si256(_mm256_extracti128_si256::<1>(all)),
+            ],
+        )
+    }
+}
+
+impl Avx2Block for Q6K {
+    #[inline(always)]
+    unsafe fn ints_avx2<const G: usize>(
+        w: *const u8,
+        x: [*const i8; G],
+        bs: [*const i16; G],
+    ) -> ([__m256i; G], [__m256i; G]) {
+        // SAFETY: the trait's contract: a whole block at w, 256 values and
+        // 16 sums per activation row.
+        unsafe {
+            let m4 = _mm256_set1_epi8(0x0F);
+            let m3 = _mm256_set1_epi8(0x03);
+            let m30 = _mm256_set1_epi8(0x30);
+            let (all, halves) = i8_scale_vectors(_mm_loadu_si128(w.add(192) as *const __m128i));
+            let mut a = [_mm256_setzero_si256(); G];
+            for (h, &half) in halves.iter().enumerate() {
+                let ql0 = _mm256_loadu_si256(w.add(64 * h) as *const __m256i);
+                let ql1 = _mm256_loadu_si256(w.add(64 * h + 32) as *const __m256i);
+                let qh = _mm256_loadu_si256(w.add(128 + 32 * h) as *const __m256i);
+                // 16-bit shifts: the bits that cross bytes are masked off.
+                let codes = [
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql0, m4),
+                        _mm256_slli_epi16::<4>(_mm256_and_si256(qh, m3)),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql1, m4),
+                        _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
+                        _mm256_and_si256(qh, m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                        _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m30),
+                    ),
+                ];
+                for (g, &q) in codes.iter().enumerate() {
+                    let s = pick_i16(half, 2 * g as i32, 2 * g as i32 + 1);
+                    for (t, a) in a.iter_mut().enumerate() {
+                        let p = scaled_dot(q, x[t].add(128 * h + 32 * g), s);
+                        *a = _mm256_add_epi32(*a, p);
+                    }
+                }
+            }
+            // The codes' offset of 32: sum_s sc_s * 32 * sum(x).
+            for (t, a) in a.iter_mut().enumerate() {
+                let off = _mm256_madd_epi16(_mm256_loadu_si256(bs[t] as *const __m256i), all);
+                *a = _mm256_sub_epi32(*a, _mm256_slli_epi32::<5>(off));
+            }
+            (a, [_mm256_setzero_si256(); G])
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! GGUF's K-quant and legacy rows against activations quantised per block
+//! (`types::q8_blocks`), AVX2, bit-identical to
+//! `q8_blocks::dot_rows_q8_scalar`: eight weight rows at a time, each block
+//! type giving per weight row vectors whose i32 lanes add up to its exact
+//! integers `a` and `b` ([`Avx2Block`], one file per type), which one
+//! transpose-and-add puts in the lanes of the eight rows, so that each
+//! block's f32 work is one FMA per integer for the eight rows, in the
+//! scalar order. Up to four activation rows share each weight block's
+//! unpacking (the batches of prompt processing).
+
+use std::arch::x86_64::*;
+
+use super::q8_0_i8::sums8;
+use crate::backend::cpu::types::q8_blocks::{ActQ8Rows, QuantBlock, BSUM_VALUES};
+
+/// The AVX2 side of a block type.
+pub trait Avx2Block: QuantBlock {
+    /// Against `G` activation rows: vectors whose eight i32 lanes add up to
+    /// the block's `a` (and `b`, where the type has a `b` that is not the
+    /// activations' block sum, else anything) for each row, the offset
+    /// `OFFSET * xsum` not yet taken off.
+    ///
+    /// # Safety
+    /// Inlined into an AVX2 function; `w` points at a whole block, `x[t]` at
+    /// the block's `VALUES` activations, `bs[t]` at their `VALUES / 16` sums.
+    unsafe fn ints_avx2<const G: usize>(
+        w: *const u8,
+        x: [*const i8; G],
+        bs: [*const i16; G],
+    ) -> ([__m256i; G], [__m256i; G]);
+}
+
+/// AVX2 version of `q8_blocks::dot_rows_q8_scalar`, bit-identical to it.
+///
+/// # Safety
+/// AVX2, FMA and F16C; the bounds `kernels::dot_rows_q8` checks.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_rows_q8_avx2<T: Avx2Block>(act: ActQ8Rows, rows: &[u8], out_t: &mut [f32]) {
+    let (m, k) = (act.m, act.k);
+    let blocks = k / T::VALUES;
+    let row_bytes = blocks * T::BYTES;
+    let nrows = out_t.len() / m;
+    assert!(rows.len() >= nrows * row_bytes && act.q.len() >= m * k);
+    assert!(act.d.len() >= m * blocks && act.xsum.len() >= m * blocks);
+    assert!(act.bsums.len() >= m * k / BSUM_VALUES && act.block == T::VALUES);
+    let mut c = 0;
+    while c < nrows {
+        let r = (nrows - c).min(8);
+        let group = &rows[c * row_bytes..(c + r) * row_bytes];
+        // The next group, prefetched while the first activation rows pass
+        // over this one (as the Q8_0 kernel does).
+        let next = &rows[(c + r) * row_bytes..(c + r + 8).min(nrows) * row_bytes];
+        let mut i = 0;
+        while i < m {
+            let g = (m - i).min(4);
+            let ahead = if i == 0 { next } else { &[] };
+            // SAFETY: rows c..c + r exist, activation rows i..i + g < m
+            // (asserted above).
+            let sums: [[f32; 8]; 4] = unsafe {
+                match g {
+                    4 => rows8::<T, 4>(act, i, group, r, row_bytes, ahead),
+                    3 => rows8::<T, 3>(act, i, group, r, row_bytes, ahead),
+                    2 => rows8::<T, 2>(act, i, group, r, row_bytes, ahead),
+                    _ => rows8::<T, 1>(act, i, group, r, row_bytes, ahead),
+                }
+            };
+            for (t, row) in sums[..g].iter().enumerate() {
+                for (u, &v) in row[..r].iter().enumerate() {
+                    out_t[(c + u) * m + i + t] = v;
+                }
+            }
+            i += g;
+        }
+        c += r;
+    }
+}
+
+/// Weight rows `0..r` (`r <= 8`, `row_bytes` apart in `rows`) against
+/// activation rows `i..i + G`, prefetching `ahead` on the way: `[t][u]` is
+/// activation row `i + t` times weight row `u` (lanes from `r` on repeat
+/// the last row).
+///
+/// # Safety
+/// AVX2, FMA and F16C; `rows` holds `r` rows of `act.k / T::VALUES` blocks,
+/// `1 <= r <= 8`, `i + G <= act.m`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows8<T: Avx2Block, const G: usize>(
+    act: ActQ8Rows,
+    i: usize,
+    rows: &[u8],
+    r: usize,
+    row_bytes: usize,
+    ahead: &[u8],
+) -> [[f32; 8]; 4] {
+    let blocks = act.k / T::VALUES;
+    let per_block_sums = T::VALUES / BSUM_VALUES;
+    assert!((1..=8).contains(&r) && rows.len() >= r * row_bytes);
+    assert!(row_bytes >= blocks * T::BYTES && (i + G) * act.k <= act.q.len());
+    assert!((i + G) * blocks <= act.d.len() && (i + G) * blocks <= act.xsum.len());
+    assert!((i + G) * blocks * per_block_sums <= act.bsums.len());
+    let ahead_lines = ahead.len().div_ceil(64);
+    let lines = ahead_lines.div_ceil(blocks.max(1));
+    let sign = _mm256_set1_ps(-0.0);
+    let mut acc = [_mm256_setzero_ps(); G];
+    let wp: [*const u8; 8] = std::array::from_fn(|u| rows[u.min(r - 1) * row_bytes..].as_ptr());
+    for b in 0..blocks {
+        // SAFETY: each weight row's block b is inside its row, the
+        // activation rows' block b inside act's slices (asserted above); the
+        // prefetched lines start inside `ahead`.
+        unsafe {
+            for l in b * lines..((b + 1) * lines).min(ahead_lines) {
+                _mm_prefetch(ahead.as_ptr().add(64 * l) as *const i8, _MM_HINT_T0);
+            }
+            let at = b * T::BYTES;
+            let x: [*const i8; G] =
+                std::array::from_fn(|t| act.q.as_ptr().add(((i + t) * blocks + b) * T::VALUES));
+            let bs: [*const i16; G] = std::array::from_fn(|t| {
+                act.bsums
+                    .as_ptr()
+                    .add(((i + t) * blocks + b) * per_block_sums)
+            });
+            let mut a = [[_mm256_setzero_si256(); 8]; G];
+            let mut bb = [[_mm256_setzero_si256(); 8]; G];
+            for (u, &w) in wp.iter().enumerate() {
+                let (au, bu) = T::ints_avx2::<G>(w.add(at), x, bs);
+                for t in 0..G {
+                    a[t][u] = au[t];
+                    bb[t][u] = bu[t];
+                }
+            }
+            let f16s = |off: usize| {
+                let h =
+                    |u: usize| i16::from_le_bytes([*wp[u].add(at + off), *wp[u].add(at + off + 1)]);
+                _mm256_cvtph_ps(_mm_setr_epi16(
+                    h(0),
+                    h(1),
+                    h(2),
+                    h(3),
+                    h(4),
+                    h(5),
+                    h(6),
+                    h(7),
+                ))
+            };
+            let sa = f16s(T::SA_AT);
+            let sb = if !T::HAS_B {
+                _mm256_setzero_ps()
+            } else if T::NEGATE_SB {
+                _mm256_xor_ps(f16s(T::SB_AT), sign)
+            } else {
+                f16s(T::SB_AT)
+            };
+            for (t, acc) in acc.iter_mut().enumerate() {
+                let xa = (i + t) * blocks + b;
+                let dx = _mm256_set1_ps(act.d[xa]);
+                let mut ai = sums8(a[t]);
+                if T::OFFSET != 0 {
+                    ai = _mm256_sub_epi32(ai, _mm256_set1_epi32(T::OFFSET * act.xsum[xa]));
+                }
+                // sa * dx rounded once per row, as the scalar kernel does.
+                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ai), _mm256_mul_ps(sa, dx), *acc);
+                if T::HAS_B {
+                    let bi = if T::B_IS_XSUM {
+                        _mm256_set1_epi32(act.xsum[xa])
+                    } else {
+                        sums8(bb[t])
+                    };
+                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(bi), _mm256_mul_ps(sb, dx), *acc);
+                }
+            }
+        }
+    }
+    let mut out = [[0f32; 8]; 4];
+    for (o, a) in out.iter_mut().zip(acc) {
+        // SAFETY: 8 floats.
+        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), a) };
+    }
+    out
+}
+
+/// Lanes `0..8` of the result hold i16 `j` of the low half of `v`'s 128-bit
+/// halves, lanes `8..16` i16 `j'` of its high half: with `v` holding the same
+/// eight scales in both halves, a pair of sub-block scales for `madd`.
+#[inline(always)]
+pub(super) fn pick_i16(v: __m256i, j: i32, j_hi: i32) -> __m256i {
+    let at = |j: i32| (2 * j) | ((2 * j + 1) << 8);
+    // SAFETY: AVX2 is enabled in every caller (inlined into them).
+    unsafe {
+        _mm256_shuffle_epi8(
+            v,
+            _mm256_set_m128i(
+                _mm_set1_epi16(at(j_hi) as i16),
+                _mm_set1_epi16(at(j) as i16),
+            ),
+        )
+    }
+}
+
+/// `maddubs(codes, x)` (unsigned codes times int8, pairs added in i16: no
+/// saturation for codes below 128 against |x| <= 127), then `madd` with
+/// `scales` (i16 pairs into i32).
+#[inline(always)]
+pub(super) fn scaled_dot(codes: __m256i, x: *const i8, scales: __m256i) -> __m256i {
+    // SAFETY: AVX2 is enabled in every caller (inlined into them), which
+    // hands 32 readable bytes at `x`.
+    unsafe {
+        let x = _mm256_loadu_si256(x as *const __m256i);
+        _mm256_madd_epi16(_mm256_maddubs_epi16(codes, x), scales)
+    }
+}

@@ -1,0 +1,24 @@
+//! GGUF's Q4_1 blocks `{ f16 d; f16 m; u8 qs[16] }` (32 weights `d * code +
+//! m`, codes as Q4_0's) against activations in blocks of 32
+//! (`q8_blocks::ActQ8`, llama.cpp's q8_1: the min takes the block's sum).
+
+use super::q4_0::legacy_codes;
+use super::q8_blocks::{dot_codes, QuantBlock};
+
+pub struct Q4_1;
+
+impl QuantBlock for Q4_1 {
+    const VALUES: usize = 32;
+    const BYTES: usize = 20;
+    const HAS_B: bool = true;
+    const OFFSET: i32 = 0;
+    const B_IS_XSUM: bool = true;
+    const SA_AT: usize = 0;
+    const SB_AT: usize = 2;
+    const NEGATE_SB: bool = false;
+
+    fn ints(block: &[u8], x: &[i8], _bsums: &[i16], xsum: i32) -> (i32, i32) {
+        let codes = legacy_codes(&block[4..20], None);
+        (dot_codes(&codes, x), xsum)
+    }
+}

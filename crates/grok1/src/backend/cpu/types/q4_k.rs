@@ -1,0 +1,59 @@
+//! GGUF's Q4_K blocks (256 weights: f16 `d` and `dmin`, 12 bytes of 6-bit
+//! scales and mins for 8 sub-blocks of 32, 128 bytes of 4-bit codes: per 64
+//! values, the low nibbles of 32 bytes then their high nibbles), weight
+//! `d * sc_j * code - dmin * min_j`, against q8_K activations
+//! (`q8_blocks::ActQ8`, 256 per block).
+
+use super::q8_blocks::{dot_codes, QuantBlock};
+
+pub struct Q4K;
+
+/// Bytes of a Q4_K block.
+pub const Q4_K_BYTES: usize = 144;
+
+/// The 8 scales and 8 mins of a Q4_K or Q5_K block from their 12 packed
+/// bytes: sub-blocks 0..4 in the low 6 bits of bytes 0..4 (scales) and 4..8
+/// (mins); 4..8 in the nibbles of bytes 8..12 with their top 2 bits in the
+/// top bits of bytes 0..8.
+#[inline(always)]
+pub fn k4_scales_mins(p: &[u8]) -> ([u8; 8], [u8; 8]) {
+    let mut sc = [0u8; 8];
+    let mut mn = [0u8; 8];
+    for j in 0..4 {
+        sc[j] = p[j] & 63;
+        mn[j] = p[j + 4] & 63;
+        sc[j + 4] = (p[j + 8] & 0x0F) | ((p[j] >> 6) << 4);
+        mn[j + 4] = (p[j + 8] >> 4) | ((p[j + 4] >> 6) << 4);
+    }
+    (sc, mn)
+}
+
+impl QuantBlock for Q4K {
+    const VALUES: usize = 256;
+    const BYTES: usize = Q4_K_BYTES;
+    const HAS_B: bool = true;
+    const OFFSET: i32 = 0;
+    const B_IS_XSUM: bool = false;
+    const SA_AT: usize = 0;
+    const SB_AT: usize = 2;
+    const NEGATE_SB: bool = true;
+
+    /// `a = sum_j sc_j * sum(code * x)` over the 8 sub-blocks of 32, `b =
+    /// sum_j min_j * sum(x)`.
+    fn ints(block: &[u8], x: &[i8], bsums: &[i16], _xsum: i32) -> (i32, i32) {
+        let (sc, mn) = k4_scales_mins(&block[4..16]);
+        let (mut a, mut b) = (0i32, 0i32);
+        for chunk in 0..4 {
+            let q = &block[16 + 32 * chunk..16 + 32 * chunk + 32];
+            let lo: [u8; 32] = std::array::from_fn(|l| q[l] & 0x0F);
+            let hi: [u8; 32] = std::array::from_fn(|l| q[l] >> 4);
+            let xs = &x[64 * chunk..64 * chunk + 64];
+            a += i32::from(sc[2 * chunk]) * dot_codes(&lo, &xs[..32]);
+            a += i32::from(sc[2 * chunk + 1]) * dot_codes(&hi, &xs[32..]);
+        }
+        for (j, &m) in mn.iter().enumerate() {
+            b += i32::from(m) * (i32::from(bsums[2 * j]) + i32::from(bsums[2 * j + 1]));
+        }
+        (a, b)
+    }
+}

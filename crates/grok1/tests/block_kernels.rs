@@ -1,0 +1,281 @@
+//! The fused products of GGUF's K-quant and legacy block types
+//! (`backend::cpu::types::{q2_k, .., q5_1}`) against activations quantised
+//! per block (`types::q8_blocks`), on every instruction set this machine has:
+//!
+//! - each SIMD version bit-identical to the scalar reference, over random
+//!   blocks (random bytes, sane f16 scales) and random activations, for
+//!   several `k`, weight row counts not a multiple of 8 and activation row
+//!   counts not a multiple of 4, and a product of many rows equal to each row
+//!   alone (the batch width changes nothing);
+//! - the scalar fused dot against the exact dequantisation of the weights
+//!   (`GgmlType::dequantize_row`, which matches gguf-py) times the
+//!   dequantised activations, in f64, within float rounding (the bound is
+//!   stated with `rounding_bound`).
+
+use grok1::backend::cpu::kernels::{self, RowBlock};
+use grok1::backend::cpu::types::q2_k::Q2K;
+use grok1::backend::cpu::types::q3_k::Q3K;
+use grok1::backend::cpu::types::q4_0::Q4_0;
+use grok1::backend::cpu::types::q4_1::Q4_1;
+use grok1::backend::cpu::types::q4_k::Q4K;
+use grok1::backend::cpu::types::q5_0::Q5_0;
+use grok1::backend::cpu::types::q5_1::Q5_1;
+use grok1::backend::cpu::types::q5_k::Q5K;
+use grok1::backend::cpu::types::q6_k::Q6K;
+use grok1::backend::cpu::types::q8_blocks::{ActQ8, QuantBlock, BSUM_VALUES};
+use grok1::backend::cpu::{CpuBackend, Isa};
+use grok1::backend::{Backend, RowMatrix};
+use grok1::quant::GgmlType;
+use grok1::weights::TensorData;
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
+
+/// Each block type: its ggml type, and the bytes of its codes (zeroed to
+/// read the min part of each weight, for the types with mins).
+fn code_bytes(t: GgmlType) -> Option<std::ops::Range<usize>> {
+    match t {
+        GgmlType::Q4K => Some(16..144),
+        GgmlType::Q5K => Some(16..176),
+        GgmlType::Q2K => Some(16..80),
+        GgmlType::Q4_1 => Some(4..20),
+        GgmlType::Q5_1 => Some(4..24),
+        _ => None,
+    }
+}
+
+/// `rows` random weight rows of `blocks` blocks of `T`: random bytes, the
+/// f16 scales set to random values of either sign and moderate size (a
+/// random f16 could be infinite or NaN).
+fn random_rows<T: QuantBlock>(rows: usize, blocks: usize, rng: &mut impl Rng) -> Vec<u8> {
+    let mut bytes: Vec<u8> = (0..rows * blocks * T::BYTES)
+        .map(|_| rng.random())
+        .collect();
+    for block in bytes.chunks_exact_mut(T::BYTES) {
+        for at in [T::SA_AT, T::SB_AT] {
+            let v: f32 = rng.random_range(-1.0f32..1.0) * 2f32.powi(rng.random_range(-12..2));
+            block[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
+        }
+    }
+    bytes
+}
+
+fn random_acts(m: usize, k: usize, rng: &mut impl Rng) -> Vec<f32> {
+    let scale = 2f32.powi(rng.random_range(-6..6));
+    (0..m * k)
+        .map(|_| rng.random_range(-1.0f32..1.0) * scale)
+        .collect()
+}
+
+fn matrix(t: GgmlType, rows: usize, k: usize, bytes: Vec<u8>) -> RowMatrix {
+    RowMatrix {
+        rows,
+        cols: k,
+        dtype: t,
+        data: TensorData::owned(bytes),
+    }
+}
+
+/// The bound on |fused - exact| for one weight row against one activation
+/// row: with `mag = sum_i (|w_i| + 2 |min_i|) |x_i|` (in f64; `min_i` the
+/// part of weight `i` its codes do not carry, so `|w_i| + 2 |min_i|` bounds
+/// the size of both parts of it), each dequantised weight is within 3
+/// roundings of its two parts (`d * sc` times the code, minus `dmin *
+/// min`), and the fused sum's terms within 3 roundings each (the integer to
+/// f32, `sa * dx`, the FMA) with at most one rounding of the running sum per
+/// term added: `(2 * terms + 6) * eps * mag`, `terms` the FMAs of the row.
+fn rounding_bound(terms: usize, mag: f64) -> f64 {
+    (2 * terms + 6) as f64 * f64::from(f32::EPSILON) * mag
+}
+
+/// Scalar fused dot vs exact dequantisation in f64, and every ISA's kernel
+/// (and the backend's batched product) vs the scalar one, bit for bit.
+fn check_type<T: RowBlock>(t: GgmlType, blocks: usize, rows: usize, m: usize, seed: u64) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let k = blocks * T::VALUES;
+    let bytes = random_rows::<T>(rows, blocks, &mut rng);
+    let x = random_acts(m, k, &mut rng);
+    let act = ActQ8::quantize(Isa::Scalar, &x, m, k, T::VALUES);
+    // The activations: the same on every ISA, their sums exact.
+    for isa in Isa::available() {
+        let other = ActQ8::quantize(isa, &x, m, k, T::VALUES);
+        assert_eq!(other.q, act.q, "{t} {}: activation codes", isa.name());
+        assert!(
+            other
+                .d
+                .iter()
+                .zip(&act.d)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{t} {}: activation scales",
+            isa.name()
+        );
+    }
+    for (i, s) in act.bsums.iter().enumerate() {
+        let want: i32 = act.q[i * BSUM_VALUES..(i + 1) * BSUM_VALUES]
+            .iter()
+            .map(|&v| i32::from(v))
+            .sum();
+        assert_eq!(i32::from(*s), want, "{t}: bsum {i}");
+    }
+    let mut scalar = vec![0f32; rows * m];
+    kernels::dot_rows_q8::<T>(Isa::Scalar, act.rows(0..m), &bytes, &mut scalar);
+
+    // Against the exact dequantisation.
+    let row_len = blocks * T::BYTES;
+    let mut w = vec![0f32; k];
+    let mut mins = vec![0f32; k];
+    for c in 0..rows {
+        let row = &bytes[c * row_len..(c + 1) * row_len];
+        t.dequantize_row(row, &mut w);
+        if let Some(codes) = code_bytes(t) {
+            let mut zeroed = row.to_vec();
+            for block in zeroed.chunks_exact_mut(T::BYTES) {
+                block[codes.clone()].fill(0);
+            }
+            t.dequantize_row(&zeroed, &mut mins);
+        }
+        for i in 0..m {
+            let xd = act.dequantize_row(i);
+            let (mut exact, mut mag) = (0f64, 0f64);
+            for r in 0..k {
+                let (wv, xv) = (f64::from(w[r]), f64::from(xd[r]));
+                exact += wv * xv;
+                mag += (wv.abs() + 2.0 * f64::from(mins[r]).abs()) * xv.abs();
+            }
+            let terms = blocks * if T::HAS_B { 2 } else { 1 };
+            let got = f64::from(scalar[c * m + i]);
+            assert!(
+                (got - exact).abs() <= rounding_bound(terms, mag),
+                "{t}: row {c} x act {i}: fused {got}, exact {exact} (magnitude {mag})"
+            );
+        }
+    }
+
+    // Every ISA's kernel, on all rows at once and on each activation row
+    // alone; and the backend's product (tasks, runs) on all rows.
+    for isa in Isa::available() {
+        let mut out = vec![f32::NAN; rows * m];
+        kernels::dot_rows_q8::<T>(isa, act.rows(0..m), &bytes, &mut out);
+        assert!(
+            out.iter()
+                .zip(&scalar)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{t} {}: kernel differs from scalar",
+            isa.name()
+        );
+        for i in 0..m {
+            let mut one = vec![f32::NAN; rows];
+            kernels::dot_rows_q8::<T>(isa, act.rows(i..i + 1), &bytes, &mut one);
+            for c in 0..rows {
+                assert_eq!(
+                    one[c].to_bits(),
+                    scalar[c * m + i].to_bits(),
+                    "{t} {}: activation row {i} alone differs",
+                    isa.name()
+                );
+            }
+        }
+        let w = matrix(t, rows, k, bytes.clone());
+        let mut full = vec![f32::NAN; m * rows];
+        CpuBackend::with_isa(isa).matmul_rows_fast(&x, &w, &mut full);
+        for i in 0..m {
+            for c in 0..rows {
+                assert_eq!(
+                    full[i * rows + c].to_bits(),
+                    scalar[c * m + i].to_bits(),
+                    "{t} {}: backend product differs",
+                    isa.name()
+                );
+            }
+        }
+    }
+}
+
+macro_rules! block_type_tests {
+    ($($name:ident: $t:ty, $g:expr;)*) => {
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+            $(
+                #[test]
+                fn $name(blocks in 1usize..5, rows in 1usize..20, m in 1usize..10, seed in any::<u64>()) {
+                    check_type::<$t>($g, blocks, rows, m, seed);
+                }
+            )*
+        }
+    };
+}
+
+block_type_tests! {
+    q4_k_products_on_every_isa: Q4K, GgmlType::Q4K;
+    q6_k_products_on_every_isa: Q6K, GgmlType::Q6K;
+    q2_k_products_on_every_isa: Q2K, GgmlType::Q2K;
+    q3_k_products_on_every_isa: Q3K, GgmlType::Q3K;
+    q5_k_products_on_every_isa: Q5K, GgmlType::Q5K;
+    q4_0_products_on_every_isa: Q4_0, GgmlType::Q4_0;
+    q4_1_products_on_every_isa: Q4_1, GgmlType::Q4_1;
+    q5_0_products_on_every_isa: Q5_0, GgmlType::Q5_0;
+    q5_1_products_on_every_isa: Q5_1, GgmlType::Q5_1;
+}
+
+/// The legacy types' blocks hold 32 values: longer rows (more blocks than a
+/// proptest case takes) and more activation rows than one pass of the AVX2
+/// kernel, and weight rows past one task, through the backend.
+#[test]
+fn long_rows_and_many_activation_rows() {
+    check_type::<Q4_0>(GgmlType::Q4_0, 96, 37, 13, 1);
+    check_type::<Q4K>(GgmlType::Q4K, 11, 150, 6, 2);
+    check_type::<Q6K>(GgmlType::Q6K, 4, 300, 3, 3);
+}
+
+/// Extreme codes and activations: every code at its largest with scales at
+/// their largest and activations at +-127 (the integer sums' worst case for
+/// i16 pairs and i32 totals), on every ISA.
+#[test]
+fn extreme_blocks_match_the_scalar_kernel() {
+    fn extreme<T: RowBlock>(t: GgmlType) {
+        let blocks = 2;
+        let k = blocks * T::VALUES;
+        for fill in [0xFFu8, 0x00, 0x80, 0x7F] {
+            let mut bytes = vec![fill; 3 * blocks * T::BYTES];
+            for block in bytes.chunks_exact_mut(T::BYTES) {
+                for at in [T::SA_AT, T::SB_AT] {
+                    block[at..at + 2].copy_from_slice(&half::f16::from_f32(0.5).to_le_bytes());
+                }
+            }
+            for sign in [1f32, -1.0] {
+                let x = vec![sign; 2 * k];
+                let act = ActQ8::quantize(Isa::Scalar, &x, 2, k, T::VALUES);
+                let mut scalar = vec![0f32; 6];
+                kernels::dot_rows_q8::<T>(Isa::Scalar, act.rows(0..2), &bytes, &mut scalar);
+                let mut w = vec![0f32; k];
+                t.dequantize_row(&bytes[..blocks * T::BYTES], &mut w);
+                let exact: f64 = w.iter().map(|&w| f64::from(w) * f64::from(sign)).sum();
+                let mag: f64 = w.iter().map(|&w| f64::from(w.abs())).sum::<f64>() * 4.0;
+                assert!(
+                    (f64::from(scalar[0]) - exact).abs() <= rounding_bound(4 * blocks, mag),
+                    "{t} fill {fill:#x}: fused {}, exact {exact}",
+                    scalar[0]
+                );
+                for isa in Isa::available() {
+                    let mut out = vec![0f32; 6];
+                    kernels::dot_rows_q8::<T>(isa, act.rows(0..2), &bytes, &mut out);
+                    assert!(
+                        out.iter()
+                            .zip(&scalar)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{t} {} fill {fill:#x}: differs from scalar",
+                        isa.name()
+                    );
+                }
+            }
+        }
+    }
+    extreme::<Q4K>(GgmlType::Q4K);
+    extreme::<Q6K>(GgmlType::Q6K);
+    extreme::<Q2K>(GgmlType::Q2K);
+    extreme::<Q3K>(GgmlType::Q3K);
+    extreme::<Q5K>(GgmlType::Q5K);
+    extreme::<Q4_0>(GgmlType::Q4_0);
+    extreme::<Q4_1>(GgmlType::Q4_1);
+    extreme::<Q5_0>(GgmlType::Q5_0);
+    extreme::<Q5_1>(GgmlType::Q5_1);
+}
