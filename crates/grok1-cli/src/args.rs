@@ -524,6 +524,11 @@ pub struct EngineArgs {
     /// Worker threads for the model (default: one per core)
     #[arg(long)]
     pub threads: Option<usize>,
+
+    /// Compute every prompt in full instead of reusing the KV cache pages of
+    /// a prefix an earlier request (or turn) shared
+    #[arg(long)]
+    pub no_prefix_cache: bool,
 }
 
 #[derive(Args, Debug)]

@@ -11,6 +11,13 @@
 //! (the choices of one HTTP request) all or none. A request whose
 //! [`CancelToken`] is set (its client is gone) is dropped, with its pages,
 //! before the next step, whether it is queued, prefilling or decoding.
+//!
+//! With the prefix cache on, every sequence publishes its full KV pages as it
+//! fills them and leaves them (its partly filled last page too) when it ends;
+//! a sequence entering the batch takes the pages of the longest prefix of its
+//! tokens the cache holds and computes only the rest, always at least its last
+//! token (whose logits it needs). Cached pages no sequence holds are evicted,
+//! least recently used first, only when a sequence needs a page and none is free.
 
 mod metrics;
 mod sequence;
@@ -49,6 +56,8 @@ pub struct EngineConfig {
     /// Prompt tokens processed per step, over all prefilling sequences.
     pub prefill_chunk: usize,
     pub precision: Precision,
+    /// Reuse the KV pages of earlier sequences' shared prefixes.
+    pub prefix_cache: bool,
 }
 
 /// One completion to run.
@@ -144,6 +153,9 @@ pub enum Event {
         reason: FinishReason,
         prompt_tokens: usize,
         completion_tokens: usize,
+        /// Prompt tokens whose keys and values came from the prefix cache
+        /// when the request entered the batch (not computed for it).
+        cached_tokens: usize,
     },
 }
 
@@ -437,8 +449,11 @@ impl Worker {
             self.shared.metrics.set_queue(
                 self.waiting.len(),
                 self.running.len(),
-                self.cache.total_pages() - self.cache.free_pages(),
+                self.cache.pages_in_use(),
             );
+            self.shared
+                .metrics
+                .set_prefix_cache(self.cache.cached_pages(), self.cache.evictions());
         }
     }
 
@@ -487,7 +502,19 @@ impl Worker {
             }
             let mut seq = self.waiting.pop_front().expect("front exists");
             seq.admitted(&self.shared.metrics);
-            seq.kv = Some(self.cache.add_sequence());
+            let kv = self.cache.add_sequence();
+            seq.kv = Some(kv);
+            if self.config.prefix_cache && !seq.needs_prompt_rows() {
+                // The last token is always computed: its logits are the next token's.
+                let reusable = &seq.tokens[..seq.tokens.len() - 1];
+                let pad = self.model.config().pad_token;
+                let reused = self
+                    .cache
+                    .attach_prefix(kv, reusable, pad)
+                    .expect("a sequence just added");
+                seq.cached = reused;
+                seq.reused(reused, &self.shared.metrics);
+            }
             self.running.push(seq);
         }
     }
@@ -515,7 +542,7 @@ impl Worker {
         }
         let mut seq = self.running.pop().expect("more than one");
         if let Some(kv) = seq.kv.take() {
-            let _ = self.cache.remove_sequence(kv);
+            self.release(kv, true);
         }
         seq.cached = 0;
         self.shared.metrics.preempted();
@@ -598,6 +625,12 @@ impl Worker {
             }
         };
         self.shared.metrics.step(plan.len(), started.elapsed());
+        if self.config.prefix_cache {
+            for &(i, _) in &plan {
+                let kv = self.running[i].kv.expect("running sequences hold KV");
+                let _ = self.cache.publish(kv);
+            }
+        }
         // Hand each sequence its rows; sequences sample and detokenize in parallel.
         let mut work: Vec<Option<StepRows>> = (0..self.running.len()).map(|_| None).collect();
         let mut row = 0;
@@ -631,9 +664,21 @@ impl Worker {
         }
     }
 
+    /// Lets go of a sequence's pages; with the prefix cache on, those it
+    /// computed stay cached for later sequences where `keep` (not after a
+    /// failed step, which may have left them half written).
+    fn release(&mut self, kv: crate::kv_cache::SeqId, keep: bool) {
+        let _ = if keep && self.config.prefix_cache {
+            self.cache.remove_sequence_keeping_prefix(kv)
+        } else {
+            self.cache.remove_sequence(kv)
+        };
+    }
+
     fn finish(&mut self, mut seq: Sequence, reason: FinishReason) {
         if let Some(kv) = seq.kv.take() {
-            let _ = self.cache.remove_sequence(kv);
+            let keep = !matches!(reason, FinishReason::Error(_));
+            self.release(kv, keep);
         }
         // The slot is free before the client hears `Done`, so a client that
         // submits again at once is not refused for its own finished request.
