@@ -630,6 +630,11 @@ pub struct ChatArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 
+    /// After each reply, print to stderr its prompt tokens, how many came
+    /// from the cache, the time to its first token and its token rate
+    #[arg(long)]
+    pub timings: bool,
+
     #[command(flatten)]
     pub engine: EngineArgs,
 }

@@ -1049,6 +1049,49 @@ fn chat_reply(flags: &[&str]) -> String {
     reply.lines().next().unwrap_or("").trim().to_string()
 }
 
+/// `grok1 chat --timings` over four piped turns: each turn's prompt extends
+/// the last (the prefix cache gives at least all of the last prompt, never
+/// the new message), and the replies are the same without the cache.
+#[test]
+fn chat_reuses_the_conversation_between_turns() {
+    let input = b"Tell me a story\nAnd then?\nWhy?\nThe end\n";
+    let turns = |flags: &[&str]| {
+        let mut cmd = grok1();
+        cmd.args([
+            "chat",
+            "--max-tokens",
+            "12",
+            "--temperature",
+            "0",
+            "--timings",
+        ])
+        .args(flags);
+        let o = run_with_stdin(&mut cmd, input);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let err = stderr(&o);
+        let counts: Vec<(usize, usize)> = err
+            .lines()
+            .filter_map(|l| l.strip_prefix("[prompt "))
+            .map(|l| {
+                let (prompt, rest) = l.split_once(" tokens, ").unwrap();
+                let (cached, _) = rest.split_once(" from the cache").unwrap();
+                (prompt.parse().unwrap(), cached.parse().unwrap())
+            })
+            .collect();
+        assert_eq!(counts.len(), 4, "{err}");
+        (stdout(&o), counts)
+    };
+    let (replies, counts) = turns(&[]);
+    assert_eq!(counts[0].1, 0);
+    for t in 1..4 {
+        let ((last, _), (prompt, cached)) = (counts[t - 1], counts[t]);
+        assert!(cached >= last && cached < prompt, "turn {t}: {counts:?}");
+    }
+    let (plain, counts) = turns(&["--no-prefix-cache"]);
+    assert_eq!(plain, replies);
+    assert!(counts.iter().all(|&(_, cached)| cached == 0), "{counts:?}");
+}
+
 /// chat takes generate's sampling flags: top-k 1 at any temperature is the
 /// greedy reply, and `--stop TEXT` ends the reply before that text.
 #[test]
