@@ -630,6 +630,12 @@ pub struct ChatArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 
+    /// Keep the conversation in FILE: resume it (its keys and values too, so
+    /// nothing is recomputed) if FILE exists, and save it after every reply.
+    /// A file saved by another model or precision is refused
+    #[arg(long, value_name = "FILE")]
+    pub session: Option<PathBuf>,
+
     /// After each reply, print to stderr its prompt tokens, how many came
     /// from the cache, the time to its first token and its token rate
     #[arg(long)]

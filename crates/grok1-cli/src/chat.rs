@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use grok1::engine::{EngineHandle, Event, Request};
 use grok1::sampling::SamplingParams;
+use grok1::session::{self, Session, SessionModel};
 use grok1_server::chat::{self, Role};
 use grok1_tokenizer::Tokenizer;
 use rustyline::error::ReadlineError;
@@ -200,6 +201,28 @@ impl Conversation {
         ids
     }
 
+    /// The conversation a session file holds.
+    fn resume(saved: &Session, path: &Path, context: usize) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            saved.tokens.len() < context,
+            "the conversation in {} ({} tokens) fills the context ({context}); start a new session",
+            path.display(),
+            saved.tokens.len()
+        );
+        let pending = match &saved.extra["pending"] {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => String::new(),
+            other => anyhow::bail!(
+                "session {}: its pending text is {other}, not a string",
+                path.display()
+            ),
+        };
+        Ok(Conversation {
+            ids: saved.tokens.clone(),
+            pending,
+        })
+    }
+
     /// Records the reply to `prompt`: its `generated` ids and the text they
     /// released. The reply keeps its text up to its trailing whitespace (as
     /// the template does) and the longest run of its ids whose text is a
@@ -228,9 +251,47 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
     )?);
     let model = loaded.model;
     let eos = model.config().eos_token;
-    let config = engine_config(&args.engine, &model, args.model.precision())?;
+    let precision = args.model.precision();
+    let config = engine_config(&args.engine, &model, precision)?;
     let context = config.context;
+    // The session is read and checked whole before the engine starts.
+    let mut session = match &args.session {
+        None => None,
+        Some(path) => {
+            anyhow::ensure!(
+                config.prefix_cache,
+                "--session keeps the conversation in the prefix cache; drop --no-prefix-cache"
+            );
+            let identity = SessionModel::of(&model, precision);
+            let saved = match path.exists() {
+                true => Some(session::load(path, &identity)?),
+                false => None,
+            };
+            Some((path.clone(), identity, saved))
+        }
+    };
     let engine = EngineHandle::start(model, tokenizer.clone(), config);
+    let mut conversation = Conversation::default();
+    let mut seed = args.seed;
+    if let Some((path, _, saved)) = &mut session {
+        if let Some(saved) = saved.take() {
+            conversation = Conversation::resume(&saved, path, context)?;
+            if let Some(next) = saved.extra["next_seed"].as_u64() {
+                seed = next;
+            }
+            let kv_tokens = engine
+                .import_prefix(saved.kv)
+                .with_context(|| format!("resuming {}", path.display()))?;
+            if args.system.is_some() {
+                eprintln!("grok1: warning: --system is ignored: the resumed conversation has its own start");
+            }
+            eprintln!(
+                "grok1 chat: resumed {} tokens of conversation from {} ({kv_tokens} with their keys and values)",
+                conversation.ids.len(),
+                path.display()
+            );
+        }
+    }
     let sampling = SamplingParams {
         temperature: args.temperature,
         top_k: args.top_k,
@@ -264,13 +325,11 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
     eprintln!("Ctrl-C stops a reply; Ctrl-C at the prompt, Ctrl-D or /exit quits.");
     let mut input = Input::open()?;
     let mut out = std::io::stdout();
-    let mut seed = args.seed;
     let mut stop_strings: Vec<String> = chat::TURN_SEPARATORS
         .iter()
         .map(|s| s.to_string())
         .collect();
     stop_strings.extend(args.stop.iter().cloned());
-    let mut conversation = Conversation::default();
     while let Some(message) = read_message(&mut |continuation| input.line(continuation))? {
         let prompt = conversation.prompt(&tokenizer, args.system.as_deref(), &message);
         if prompt.len() >= context {
@@ -352,6 +411,11 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
             );
         }
         conversation.replied(&tokenizer, prompt, &generated, &reply);
+        if let Some((path, identity, _)) = &session {
+            let kv = engine.export_prefix(conversation.ids.clone())?;
+            let extra = serde_json::json!({"pending": conversation.pending, "next_seed": seed});
+            session::save(path, identity, &conversation.ids, &kv, extra)?;
+        }
     }
     input.save_history();
     engine.shutdown(Duration::from_secs(1));

@@ -308,6 +308,24 @@ impl KvCache {
         }
     }
 
+    /// Reads the keys and values (`[kv_heads * head_dim]` each) of position
+    /// `pos` of a sequence: what [`write`](Self::write) stored.
+    pub fn read(&self, layer: usize, id: SeqId, pos: usize, k: &mut [f32], v: &mut [f32]) {
+        let state = self.seqs[id.0].as_ref().expect("live sequence");
+        let page = state.pages[pos / self.page_size];
+        let slot = pos % self.page_size;
+        let hd = self.head_dim;
+        for h in 0..self.kv_heads {
+            let block = self.block(layer, page, h);
+            let keys = &self.k[block..block + self.page_size * hd];
+            for (t, x) in k[h * hd..(h + 1) * hd].iter_mut().enumerate() {
+                *x = keys[t * self.page_size + slot];
+            }
+            let at = block + slot * hd;
+            v[h * hd..(h + 1) * hd].copy_from_slice(&self.v[at..at + hd]);
+        }
+    }
+
     /// Marks `tokens` as cached after the sequence's current end; `pad` keys are masked.
     pub fn commit(&mut self, id: SeqId, tokens: &[u32], pad: u32) {
         let state = self.seqs[id.0].as_mut().expect("live sequence");

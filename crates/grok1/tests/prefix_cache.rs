@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use grok1::engine::{
-    CancelToken, EngineConfig, EngineHandle, Event, FinishReason, Request, TokenLogprob,
+    CancelToken, EngineConfig, EngineHandle, Event, FinishReason, Request, SnapshotError,
+    TokenLogprob,
 };
 use grok1::sampling::SamplingParams;
 use grok1::weights::random::random_store;
@@ -431,4 +432,47 @@ fn admission_waits_when_the_cache_is_full() {
     );
     cached.shutdown(Duration::from_secs(1));
     plain.shutdown(Duration::from_secs(1));
+}
+
+/// Keys and values exported from one engine and imported into another (a
+/// saved conversation resumed) serve the next request there exactly as the
+/// first engine's own cache would; a snapshot of the wrong size, or an engine
+/// without the prefix cache, is refused.
+#[test]
+fn exported_keys_and_values_resume_exactly_in_another_engine() {
+    let first_engine = engine(config(true));
+    let base = ids(45, 60);
+    let first = run(&first_engine, &base, 6);
+    // 6 generated, 5 fed back: 50 positions cached.
+    let conversation = [&base[..], &first.tokens[..5]].concat();
+    let mut longer = conversation.clone();
+    longer.push(first.tokens[5]);
+    let snapshot = first_engine.export_prefix(longer).unwrap();
+    assert_eq!(snapshot.tokens, conversation);
+    let width = 2 * ModelConfig::tiny().num_layers * ModelConfig::tiny().kv_width();
+    assert_eq!(snapshot.kv.len(), 50 * width);
+    let resumed = engine(config(true));
+    assert_eq!(resumed.import_prefix(snapshot.clone()).unwrap(), 50);
+    let next = [&conversation[..], &ids(7, 61)[..]].concat();
+    let got = run(&resumed, &next, 8);
+    assert_eq!(got.cached_tokens, 50);
+    let plain = engine(config(false));
+    assert_same(&got, &run(&plain, &next, 8), "the resumed request");
+    assert_same(&got, &run(&first_engine, &next, 8), "the first engine's");
+    let mut short = snapshot.clone();
+    short.kv.pop();
+    assert!(matches!(
+        resumed.import_prefix(short),
+        Err(SnapshotError::Shape { tokens: 50, .. })
+    ));
+    assert_eq!(
+        plain.import_prefix(snapshot),
+        Err(SnapshotError::PrefixCacheOff)
+    );
+    wait_for("every page to be let go", || {
+        metric(&resumed, "grok1_kv_cache_used_pages") == 0.0
+    });
+    for e in [first_engine, resumed, plain] {
+        e.shutdown(Duration::from_secs(1));
+    }
 }

@@ -189,10 +189,46 @@ pub enum SubmitError {
     Sampling(#[from] SamplingError),
 }
 
+/// The keys and values of a run of tokens as the KV cache holds them: for
+/// each position, for each layer, its keys then its values
+/// (`[kv_heads * head_dim]` each). What a saved conversation keeps.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KvSnapshot {
+    pub tokens: Vec<u32>,
+    pub kv: Vec<f32>,
+}
+
+/// Why keys and values could not be put into the cache.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SnapshotError {
+    #[error("the prefix cache is off, so the cache cannot keep saved keys and values for a later request")]
+    PrefixCacheOff,
+    #[error("{floats} saved values for {tokens} positions, but this model keeps {per_token} values a position")]
+    Shape {
+        tokens: usize,
+        floats: usize,
+        per_token: usize,
+    },
+    #[error("{tokens} saved positions do not fit this engine's context of {context}")]
+    TooLong { tokens: usize, context: usize },
+    #[error("token id {token} at position {position} is outside the vocabulary (ids 0..{vocab})")]
+    TokenOutOfRange {
+        token: u32,
+        position: usize,
+        vocab: usize,
+    },
+    #[error(transparent)]
+    Cache(#[from] crate::kv_cache::CacheError),
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
 enum Command {
     /// A group admitted together (the choices of one request).
     Submit(Vec<Sequence>),
     Shutdown(Duration),
+    Export(Vec<u32>, mpsc::Sender<KvSnapshot>),
+    Import(KvSnapshot, mpsc::Sender<Result<usize, SnapshotError>>),
 }
 
 struct Shared {
@@ -394,6 +430,30 @@ impl EngineHandle {
         Ok(())
     }
 
+    /// The keys and values of the longest prefix of `tokens` the prefix cache
+    /// holds (empty when it holds none, or is off). Runs between steps.
+    pub fn export_prefix(&self, tokens: Vec<u32>) -> Result<KvSnapshot, SnapshotError> {
+        let (tx, rx) = mpsc::channel();
+        self.tx
+            .send(Command::Export(tokens, tx))
+            .map_err(|_| SnapshotError::Stopped)?;
+        rx.recv().map_err(|_| SnapshotError::Stopped)
+    }
+
+    /// Puts saved keys and values into the prefix cache, as if a request had
+    /// computed them: a later request that starts with their tokens reuses
+    /// them. Returns the positions put in. Runs between steps.
+    pub fn import_prefix(&self, snapshot: KvSnapshot) -> Result<usize, SnapshotError> {
+        if !self.config.prefix_cache {
+            return Err(SnapshotError::PrefixCacheOff);
+        }
+        let (tx, rx) = mpsc::channel();
+        self.tx
+            .send(Command::Import(snapshot, tx))
+            .map_err(|_| SnapshotError::Stopped)?;
+        rx.recv().map_err(|_| SnapshotError::Stopped)?
+    }
+
     /// Stops accepting requests, lets running ones finish for up to `grace`,
     /// cancels the rest, and waits for the engine thread to end.
     pub fn shutdown(&self, grace: Duration) {
@@ -482,9 +542,81 @@ impl Worker {
                     self.accepting = false;
                     self.deadline = Some(Instant::now() + grace);
                 }
+                Command::Export(tokens, reply) => {
+                    let _ = reply.send(self.export(&tokens));
+                }
+                Command::Import(snapshot, reply) => {
+                    let _ = reply.send(self.import(snapshot));
+                }
             }
         }
         true
+    }
+
+    /// Values a position keeps in a [`KvSnapshot`].
+    fn snapshot_width(&self) -> usize {
+        2 * self.cache.layers() * self.model.config().kv_width()
+    }
+
+    fn export(&mut self, tokens: &[u32]) -> KvSnapshot {
+        let kv_width = self.model.config().kv_width();
+        let width = self.snapshot_width();
+        let pad = self.model.config().pad_token;
+        let id = self.cache.add_sequence();
+        let held = self.cache.attach_prefix(id, tokens, pad).unwrap_or(0);
+        let mut kv = vec![0f32; held * width];
+        for (pos, entry) in kv.chunks_exact_mut(width).enumerate() {
+            for (layer, both) in entry.chunks_exact_mut(2 * kv_width).enumerate() {
+                let (k, v) = both.split_at_mut(kv_width);
+                self.cache.read(layer, id, pos, k, v);
+            }
+        }
+        let _ = self.cache.remove_sequence(id);
+        KvSnapshot {
+            tokens: tokens[..held].to_vec(),
+            kv,
+        }
+    }
+
+    fn import(&mut self, snapshot: KvSnapshot) -> Result<usize, SnapshotError> {
+        let cfg = self.model.config();
+        let (kv_width, pad, vocab) = (cfg.kv_width(), cfg.pad_token, cfg.vocab_size);
+        let width = self.snapshot_width();
+        let tokens = snapshot.tokens.len();
+        if Some(snapshot.kv.len()) != tokens.checked_mul(width) {
+            return Err(SnapshotError::Shape {
+                tokens,
+                floats: snapshot.kv.len(),
+                per_token: width,
+            });
+        }
+        if tokens > self.config.context {
+            return Err(SnapshotError::TooLong {
+                tokens,
+                context: self.config.context,
+            });
+        }
+        if let Some(p) = snapshot.tokens.iter().position(|&t| t as usize >= vocab) {
+            return Err(SnapshotError::TokenOutOfRange {
+                token: snapshot.tokens[p],
+                position: p,
+                vocab,
+            });
+        }
+        let id = self.cache.add_sequence();
+        if let Err(e) = self.cache.reserve(id, tokens) {
+            let _ = self.cache.remove_sequence(id);
+            return Err(e.into());
+        }
+        for (pos, entry) in snapshot.kv.chunks_exact(width).enumerate() {
+            for (layer, both) in entry.chunks_exact(2 * kv_width).enumerate() {
+                let (k, v) = both.split_at(kv_width);
+                self.cache.write(layer, id, pos, k, v);
+            }
+        }
+        self.cache.commit(id, &snapshot.tokens, pad);
+        let _ = self.cache.remove_sequence_keeping_prefix(id);
+        Ok(tokens)
     }
 
     /// Moves waiting sequences into the batch while there is room and KV pages.
