@@ -20,6 +20,13 @@ prompts as long as the context allows and either wait for the answer or hang
 up as soon as the request is sent; the engine time the server reports
 (/metrics `grok1_step_seconds_sum`) for the departing clients must stay under 5%
 of that for the clients that stay.
+Then the shared-prefix scenario (the prefix cache): `--clients` clients for
+`--prefix-seconds` send greedy streamed completions that start with one of 4
+shared "system prompts" (half the context) and end with a random suffix, one
+in five hung up after its first chunks; once the server is idle no KV page
+may be held (/metrics `grok1_kv_cache_used_pages` 0), and every completed
+response is replayed on a second server started with `--no-prefix-cache`:
+its text must be the same.
 Uses only the Python standard library; talks to 127.0.0.1 only.
 """
 import argparse
@@ -234,18 +241,9 @@ def departing(port, clients, rounds, length, seed, stay):
     return metric(port, "grok1_step_seconds_sum") - before
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("binary")
-    ap.add_argument("--model", default="tiny-moe")
-    ap.add_argument("--clients", type=int, default=64)
-    ap.add_argument("--seconds", type=float, default=60)
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--gain-seconds", type=float, default=15, help="duration of each batching-gain run")
-    ap.add_argument("--rounds", type=int, default=8, help="long prompts each client sends in the departing-clients scenario")
-    args = ap.parse_args()
-    server = subprocess.Popen([args.binary, "serve", "--model", os.path.join(MODELS, args.model), "--port", "0", "--max-batch", "64",
-                               "--max-queue", "64", "--kv-tokens", "8192"],
+def start_server(binary, model, extra=()):
+    server = subprocess.Popen([binary, "serve", "--model", os.path.join(MODELS, model), "--port", "0", "--max-batch", "64",
+                               "--max-queue", "64", "--kv-tokens", "8192", *extra],
                               stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     port = None
     for line in server.stderr:
@@ -256,6 +254,97 @@ def main():
     threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()
     if port is None:
         sys.exit("the server did not start")
+    return server, port
+
+
+def greedy_stream(port, prompt, max_tokens, cancel):
+    """(text, cached_tokens) of a greedy streamed completion; None when
+    cancelled (the connection closed after the first chunks) or refused (429);
+    {"status": code} for any other status."""
+    body = json.dumps({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+                       "stream_options": {"include_usage": True}})
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    try:
+        conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        if resp.status != 200:
+            resp.read()
+            return None if resp.status == 429 else {"status": resp.status}
+        text, cached, chunks = "", None, 0
+        for line in resp:
+            line = line.strip()
+            if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            for c in chunk.get("choices", []):
+                text += c["text"]
+                chunks += 1
+            if chunk.get("usage"):
+                cached = chunk["usage"]["prompt_tokens_details"]["cached_tokens"]
+            if cancel and chunks >= 2:
+                return None
+        return text, cached
+    finally:
+        conn.close()
+
+
+def shared_prefixes(port, twin_port, clients, seconds, seed):
+    """Requests sharing system prompts, with hang-ups; returns (completed,
+    cancelled, reused prompt tokens, prompt tokens, mismatches and errors,
+    pages held when idle)."""
+    context = json.loads(get(port, "/v1/models"))["data"][0]["max_model_len"]
+    rng = random.Random(seed)
+    systems = [[rng.randrange(3, 1000) for _ in range(context // 2)] for _ in range(4)]
+    done, errors, lock = [], [], threading.Lock()
+    cancelled = [0]
+    stop_at = time.time() + seconds
+
+    def client(i):
+        rng = random.Random(seed * 1000 + i)
+        while time.time() < stop_at:
+            prompt = rng.choice(systems) + [rng.randrange(3, 1000) for _ in range(rng.randint(1, context // 8))]
+            max_tokens = rng.randint(4, context // 4)
+            cancel = rng.random() < 0.2
+            got = greedy_stream(port, prompt, max_tokens, cancel)
+            with lock:
+                if got is None:
+                    cancelled[0] += cancel
+                elif isinstance(got, dict):
+                    errors.append(got)
+                else:
+                    done.append((prompt, max_tokens, got))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    time.sleep(0.5)
+    wait_idle(port)
+    held = metric(port, "grok1_kv_cache_used_pages")
+    mismatches = []
+    for prompt, max_tokens, got in done:
+        twin = greedy_stream(twin_port, prompt, max_tokens, False)
+        if not isinstance(twin, tuple) or twin[0] != got[0]:
+            mismatches.append((len(prompt), got, twin))
+    reused = sum(g[1] or 0 for _, _, g in done if isinstance(g[1], int))
+    prompt_tokens = sum(len(p) for p, _, _ in done)
+    return len(done), cancelled[0], reused, prompt_tokens, mismatches + errors, held
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("binary")
+    ap.add_argument("--model", default="tiny-moe")
+    ap.add_argument("--clients", type=int, default=64)
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--gain-seconds", type=float, default=15, help="duration of each batching-gain run")
+    ap.add_argument("--rounds", type=int, default=8, help="long prompts each client sends in the departing-clients scenario")
+    ap.add_argument("--prefix-seconds", type=float, default=20, help="duration of the shared-prefix scenario")
+    args = ap.parse_args()
+    server, port = start_server(args.binary, args.model)
+    twin, twin_port = start_server(args.binary, args.model, ["--no-prefix-cache"])
     try:
         load(port, args.clients, min(10, args.seconds), args.seed + 1)  # full load, to the working size
         rss_before = rss_kib(server.pid)
@@ -267,9 +356,12 @@ def main():
         context = json.loads(get(port, "/v1/models"))["data"][0]["max_model_len"]
         stayed = departing(port, args.clients, args.rounds, context - 1, args.seed + 2, stay=True)
         departed = departing(port, args.clients, args.rounds, context - 1, args.seed + 3, stay=False)
+        shared = shared_prefixes(port, twin_port, args.clients, args.prefix_seconds, args.seed + 4)
     finally:
+        twin.terminate()
         server.terminate()
         code = server.wait(timeout=30)
+        twin.wait(timeout=30)
     ttft = sorted(stats.ttft)
     p = lambda q: ttft[min(len(ttft) - 1, int(q * len(ttft)))] if ttft else float("nan")
     print(f"model {args.model}; clients {args.clients}, {args.seconds:.0f} s: {stats.completed} completed, {stats.cancelled} cancelled, "
@@ -280,11 +372,17 @@ def main():
     print(f"batching gain: 1 stream {one:.0f} tokens/s, 16 streams {sixteen:.0f} tokens/s: {sixteen / one:.1f}x")
     print(f"departing clients: {args.clients} x {args.rounds} prompts of {context - 1} tokens: engine time {stayed:.3f} s "
           f"when clients stay, {departed:.3f} s when they hang up at once ({100 * departed / stayed:.1f}%)")
+    completed, cancelled, reused, prompt_tokens, mismatches, held = shared
+    print(f"shared prefixes: {completed} completed, {cancelled} hung up; {reused} of {prompt_tokens} prompt tokens "
+          f"({100 * reused / max(prompt_tokens, 1):.0f}%) from the prefix cache; {len(mismatches)} differ from the "
+          f"--no-prefix-cache server; {held:.0f} KV pages held when idle")
+    for m in mismatches[:5]:
+        print("differs:", m)
     print(f"server exit code after SIGTERM: {code}")
     for m in stats.malformed[:5]:
         print("malformed:", m)
     ok = (stats.server_errors == 0 and not stats.malformed and code == 0 and rss_after < rss_before * 1.2 + 8192
-          and departed < 0.05 * stayed)
+          and departed < 0.05 * stayed and not mismatches and held == 0 and completed > 0 and reused > 0)
     sys.exit(0 if ok else 1)
 
 

@@ -526,6 +526,11 @@ pub struct EngineArgs {
     /// Worker threads for the model (default: one per core)
     #[arg(long)]
     pub threads: Option<usize>,
+
+    /// Compute every prompt in full instead of reusing the KV cache pages of
+    /// a prefix an earlier request (or turn) shared
+    #[arg(long)]
+    pub no_prefix_cache: bool,
 }
 
 #[derive(Args, Debug)]
@@ -626,6 +631,17 @@ pub struct ChatArgs {
     /// Random seed for sampling (each reply uses the next one)
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+
+    /// Keep the conversation in FILE: resume it (its keys and values too, so
+    /// nothing is recomputed) if FILE exists, and save it after every reply.
+    /// A file saved by another model or precision is refused
+    #[arg(long, value_name = "FILE")]
+    pub session: Option<PathBuf>,
+
+    /// After each reply, print to stderr its prompt tokens, how many came
+    /// from the cache, the time to its first token and its token rate
+    #[arg(long)]
+    pub timings: bool,
 
     #[command(flatten)]
     pub engine: EngineArgs,

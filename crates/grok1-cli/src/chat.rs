@@ -11,12 +11,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use grok1::engine::{EngineHandle, Event, Request};
 use grok1::sampling::SamplingParams;
+use grok1::session::{self, Session, SessionModel};
 use grok1_server::chat::{self, Role};
+use grok1_tokenizer::Tokenizer;
 use rustyline::error::ReadlineError;
 use rustyline::DefaultEditor;
 
@@ -167,6 +169,79 @@ fn read_message(
     }
 }
 
+/// The conversation as the token ids the model has read and written, so each
+/// turn's prompt extends the last one's and the engine's prefix cache serves
+/// all of it but the new message (re-encoding the transcript as text would
+/// tokenise the replies differently from how they were generated).
+#[derive(Default)]
+struct Conversation {
+    /// Ids up to the end of the last reply (of the part of it kept).
+    ids: Vec<u32>,
+    /// Text of the last reply that its kept ids do not hold (the end of a
+    /// token that ran past the reply), to encode with the next message.
+    pending: String,
+}
+
+impl Conversation {
+    /// The prompt for `message`: the template's first turn (with the system
+    /// message) for a new conversation, else the ids so far followed by the
+    /// next turn encoded as their continuation.
+    fn prompt(&self, tokenizer: &Tokenizer, system: Option<&str>, message: &str) -> Vec<u32> {
+        if self.ids.is_empty() {
+            let mut turns = Vec::new();
+            if let Some(system) = system {
+                turns.push((Role::System, system.to_string()));
+            }
+            turns.push((Role::User, message.to_string()));
+            return tokenizer.encode(&chat::render(&turns));
+        }
+        let next = format!("{}{}", self.pending, chat::next_turn(message));
+        let mut ids = self.ids.clone();
+        ids.extend(tokenizer.encode_continuation(&next));
+        ids
+    }
+
+    /// The conversation a session file holds.
+    fn resume(saved: &Session, path: &Path, context: usize) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            saved.tokens.len() < context,
+            "the conversation in {} ({} tokens) fills the context ({context}); start a new session",
+            path.display(),
+            saved.tokens.len()
+        );
+        let pending = match &saved.extra["pending"] {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => String::new(),
+            other => anyhow::bail!(
+                "session {}: its pending text is {other}, not a string",
+                path.display()
+            ),
+        };
+        Ok(Conversation {
+            ids: saved.tokens.clone(),
+            pending,
+        })
+    }
+
+    /// Records the reply to `prompt`: its `generated` ids and the text they
+    /// released. The reply keeps its text up to its trailing whitespace (as
+    /// the template does) and the longest run of its ids whose text is a
+    /// prefix of that; a stop string's ids are dropped.
+    fn replied(&mut self, tokenizer: &Tokenizer, prompt: Vec<u32>, generated: &[u32], reply: &str) {
+        let text = reply.trim_end();
+        let (kept, decoded) = (0..=generated.len())
+            .rev()
+            .find_map(|k| {
+                let decoded = tokenizer.decode_after(&prompt, &generated[..k]).ok()?;
+                text.starts_with(&decoded).then_some((k, decoded.len()))
+            })
+            .unwrap_or((0, 0));
+        self.ids = prompt;
+        self.ids.extend_from_slice(&generated[..kept]);
+        self.pending = text[decoded..].to_string();
+    }
+}
+
 pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
     set_threads(args.engine.threads)?;
     let loaded = model_source::load_args(&args.model)?;
@@ -176,9 +251,47 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
     )?);
     let model = loaded.model;
     let eos = model.config().eos_token;
-    let config = engine_config(&args.engine, &model, args.model.precision())?;
+    let precision = args.model.precision();
+    let config = engine_config(&args.engine, &model, precision)?;
     let context = config.context;
+    // The session is read and checked whole before the engine starts.
+    let mut session = match &args.session {
+        None => None,
+        Some(path) => {
+            anyhow::ensure!(
+                config.prefix_cache,
+                "--session keeps the conversation in the prefix cache; drop --no-prefix-cache"
+            );
+            let identity = SessionModel::of(&model, precision);
+            let saved = match path.exists() {
+                true => Some(session::load(path, &identity)?),
+                false => None,
+            };
+            Some((path.clone(), identity, saved))
+        }
+    };
     let engine = EngineHandle::start(model, tokenizer.clone(), config);
+    let mut conversation = Conversation::default();
+    let mut seed = args.seed;
+    if let Some((path, _, saved)) = &mut session {
+        if let Some(saved) = saved.take() {
+            conversation = Conversation::resume(&saved, path, context)?;
+            if let Some(next) = saved.extra["next_seed"].as_u64() {
+                seed = next;
+            }
+            let kv_tokens = engine
+                .import_prefix(saved.kv)
+                .with_context(|| format!("resuming {}", path.display()))?;
+            if args.system.is_some() {
+                eprintln!("grok1: warning: --system is ignored: the resumed conversation has its own start");
+            }
+            eprintln!(
+                "grok1 chat: resumed {} tokens of conversation from {} ({kv_tokens} with their keys and values)",
+                conversation.ids.len(),
+                path.display()
+            );
+        }
+    }
     let sampling = SamplingParams {
         temperature: args.temperature,
         top_k: args.top_k,
@@ -210,21 +323,15 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
     }
     eprintln!("grok1 chat: Enter sends; end a line with \\ to continue it, or wrap a block in \"\"\" lines.");
     eprintln!("Ctrl-C stops a reply; Ctrl-C at the prompt, Ctrl-D or /exit quits.");
-    let mut turns: Vec<(Role, String)> = Vec::new();
-    if let Some(system) = &args.system {
-        turns.push((Role::System, system.clone()));
-    }
     let mut input = Input::open()?;
     let mut out = std::io::stdout();
-    let mut seed = args.seed;
     let mut stop_strings: Vec<String> = chat::TURN_SEPARATORS
         .iter()
         .map(|s| s.to_string())
         .collect();
     stop_strings.extend(args.stop.iter().cloned());
     while let Some(message) = read_message(&mut |continuation| input.line(continuation))? {
-        turns.push((Role::User, message));
-        let prompt = tokenizer.encode(&chat::render(&turns));
+        let prompt = conversation.prompt(&tokenizer, args.system.as_deref(), &message);
         if prompt.len() >= context {
             eprintln!("grok1: the conversation ({} tokens) fills the context ({context}); start a new chat", prompt.len());
             break;
@@ -232,7 +339,7 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
         let (tx, rx) = mpsc::channel();
         let request = Request {
             max_tokens: args.max_tokens.min(context - prompt.len()),
-            prompt,
+            prompt: prompt.clone(),
             sampling: SamplingParams { seed, ..sampling },
             stop_token_ids: vec![eos],
             stop_strings: stop_strings.clone(),
@@ -246,26 +353,37 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
         seed = seed.wrapping_add(1);
         interrupted.store(false, Ordering::SeqCst);
         replying.store(true, Ordering::SeqCst);
+        let sent = Instant::now();
         engine.submit(request)?;
         write!(out, "\nAssistant:")?;
         out.flush()?;
         let mut reply = String::new();
+        let mut generated = Vec::new();
+        let mut first_token = None;
+        let mut cached = 0;
         for event in rx.iter() {
             let text = match event {
-                Event::Token { text, .. } | Event::Text(text) => text,
-                Event::Done { .. } => break,
+                Event::Token { token, text, .. } => {
+                    first_token.get_or_insert_with(|| sent.elapsed());
+                    generated.push(token);
+                    text
+                }
+                Event::Text(text) => text,
+                Event::Done { cached_tokens, .. } => {
+                    cached = cached_tokens;
+                    break;
+                }
                 Event::PromptLogprobs(_) => continue,
             };
-            let text = if reply.trim().is_empty() {
-                text.trim_start().to_string()
-            } else {
-                text
-            };
+            // The raw reply, as the model wrote it: the next turn follows it.
+            reply.push_str(&text);
+            let shown = reply.trim_start();
+            // Shown without its leading whitespace (the label's space is printed).
+            let text = &text[text.len().saturating_sub(shown.len())..];
             if !text.is_empty() {
-                if reply.is_empty() {
+                if shown.len() == text.len() {
                     write!(out, " ")?;
                 }
-                reply.push_str(&text);
                 write!(out, "{text}")?;
                 out.flush()?;
             }
@@ -275,7 +393,29 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
             write!(out, " [stopped]")?;
         }
         writeln!(out)?;
-        turns.push((Role::Assistant, reply));
+        if args.timings {
+            let total = sent.elapsed();
+            let ttft = first_token.unwrap_or(total);
+            let rate = match generated.len() {
+                0 | 1 => String::new(),
+                n => format!(
+                    ", {:.1} tokens/s after it",
+                    (n - 1) as f64 / (total - ttft).as_secs_f64().max(1e-9)
+                ),
+            };
+            eprintln!(
+                "[prompt {} tokens, {cached} from the cache; first token after {:.1} ms; {} tokens{rate}]",
+                prompt.len(),
+                ttft.as_secs_f64() * 1000.0,
+                generated.len(),
+            );
+        }
+        conversation.replied(&tokenizer, prompt, &generated, &reply);
+        if let Some((path, identity, _)) = &session {
+            let kv = engine.export_prefix(conversation.ids.clone())?;
+            let extra = serde_json::json!({"pending": conversation.pending, "next_seed": seed});
+            session::save(path, identity, &conversation.ids, &kv, extra)?;
+        }
     }
     input.save_history();
     engine.shutdown(Duration::from_secs(1));
@@ -285,6 +425,44 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The conversation's ids are the last prompt, the reply's ids as
+    /// generated, then the next turn; the text is the template's transcript.
+    #[test]
+    fn each_turn_extends_the_last_prompt_and_its_reply() {
+        let tok = Tokenizer::grok1();
+        let mut c = Conversation::default();
+        let first = c.prompt(&tok, Some("Be brief."), "Hi!");
+        assert_eq!(first, tok.encode("Be brief.\n\nUser: Hi!\n\nAssistant:"));
+        // A reply that ended on the turn separator (a stop string): its ids
+        // are dropped, the reply's are kept as generated.
+        let generated = tok.encode_continuation(" Hello.\n\nUser:");
+        c.replied(&tok, first.clone(), &generated, " Hello.\n");
+        let second = c.prompt(&tok, Some("Be brief."), "2+2?");
+        assert_eq!(&second[..first.len()], &first[..]);
+        assert_eq!(
+            &second[first.len()..first.len() + 2],
+            &tok.encode_continuation(" Hello.")[..]
+        );
+        assert_eq!(
+            tok.decode(&second).unwrap(),
+            "Be brief.\n\nUser: Hi!\n\nAssistant: Hello.\n\nUser: 2+2?\n\nAssistant:"
+        );
+        // A reply cut inside a token (interrupted): the token is dropped and
+        // its released text goes with the next message.
+        let generated = tok.encode_continuation(" Four apples");
+        c.replied(&tok, second.clone(), &generated, " Four app");
+        assert_eq!(c.pending, " app");
+        let third = c.prompt(&tok, None, "Thanks");
+        assert_eq!(
+            &third[..second.len() + 1],
+            &[&second[..], &generated[..1]].concat()[..]
+        );
+        assert!(tok
+            .decode(&third)
+            .unwrap()
+            .ends_with("2+2?\n\nAssistant: Four app\n\nUser: Thanks\n\nAssistant:"));
+    }
 
     #[test]
     fn messages_continue_with_backslash_and_blocks() {

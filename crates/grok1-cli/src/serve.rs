@@ -86,6 +86,7 @@ pub fn engine_config(
         kv_tokens,
         prefill_chunk: args.prefill_chunk,
         precision,
+        prefix_cache: !args.no_prefix_cache,
     })
 }
 

@@ -1049,6 +1049,149 @@ fn chat_reply(flags: &[&str]) -> String {
     reply.lines().next().unwrap_or("").trim().to_string()
 }
 
+/// `grok1 chat --timings` over four piped turns: each turn's prompt extends
+/// the last (the prefix cache gives at least all of the last prompt, never
+/// the new message), and the replies are the same without the cache.
+#[test]
+fn chat_reuses_the_conversation_between_turns() {
+    let input = b"Tell me a story\nAnd then?\nWhy?\nThe end\n";
+    let turns = |flags: &[&str]| {
+        let mut cmd = grok1();
+        cmd.args([
+            "chat",
+            "--max-tokens",
+            "12",
+            "--temperature",
+            "0",
+            "--timings",
+        ])
+        .args(flags);
+        let o = run_with_stdin(&mut cmd, input);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let err = stderr(&o);
+        let counts: Vec<(usize, usize)> = err
+            .lines()
+            .filter_map(|l| l.strip_prefix("[prompt "))
+            .map(|l| {
+                let (prompt, rest) = l.split_once(" tokens, ").unwrap();
+                let (cached, _) = rest.split_once(" from the cache").unwrap();
+                (prompt.parse().unwrap(), cached.parse().unwrap())
+            })
+            .collect();
+        assert_eq!(counts.len(), 4, "{err}");
+        (stdout(&o), counts)
+    };
+    let (replies, counts) = turns(&[]);
+    assert_eq!(counts[0].1, 0);
+    for t in 1..4 {
+        let ((last, _), (prompt, cached)) = (counts[t - 1], counts[t]);
+        assert!(cached >= last && cached < prompt, "turn {t}: {counts:?}");
+    }
+    let (plain, counts) = turns(&["--no-prefix-cache"]);
+    assert_eq!(plain, replies);
+    assert!(counts.iter().all(|&(_, cached)| cached == 0), "{counts:?}");
+}
+
+/// `(prompt tokens, cached tokens)` of each reply in `chat --timings`' stderr.
+fn chat_timings(err: &str) -> Vec<(usize, usize)> {
+    err.lines()
+        .filter_map(|l| l.strip_prefix("[prompt "))
+        .map(|l| {
+            let (prompt, rest) = l.split_once(" tokens, ").unwrap();
+            let (cached, _) = rest.split_once(" from the cache").unwrap();
+            (prompt.parse().unwrap(), cached.parse().unwrap())
+        })
+        .collect()
+}
+
+/// `grok1 chat --session FILE`: a conversation saved after two turns resumes
+/// with its keys and values (the third turn computes only its new message)
+/// and replies as the uninterrupted conversation does; a truncated file,
+/// another precision or --no-prefix-cache are refused with a clear error.
+#[test]
+fn chat_sessions_resume_without_recomputation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("talk.session");
+    let chat = |input: &[u8], flags: &[&str]| {
+        let mut cmd = grok1();
+        cmd.args([
+            "chat",
+            "--max-tokens",
+            "10",
+            "--temperature",
+            "0.9",
+            "--timings",
+        ])
+        .args(flags);
+        run_with_stdin(&mut cmd, input)
+    };
+    let session = ["--session", file.to_str().unwrap()];
+    let whole = chat(b"Tell me a story\nAnd then?\nWhy?\n", &[]);
+    assert!(whole.status.success(), "{}", stderr(&whole));
+    let first = chat(b"Tell me a story\nAnd then?\n", &session);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(file.exists());
+    let second = chat(b"Why?\n", &session);
+    let err = stderr(&second);
+    assert!(second.status.success(), "{err}");
+    let resumed = err
+        .lines()
+        .find_map(|l| l.strip_prefix("grok1 chat: resumed "))
+        .unwrap_or_else(|| panic!("no resume line in {err}"));
+    let (saved_ids, rest) = resumed.split_once(" tokens of conversation").unwrap();
+    let saved_ids: usize = saved_ids.parse().unwrap();
+    let kv: usize = rest
+        .split_once('(')
+        .and_then(|(_, r)| r.split_once(' '))
+        .map(|(n, _)| n.parse().unwrap())
+        .unwrap();
+    assert!(kv + 1 >= saved_ids && kv <= saved_ids, "{resumed}");
+    let turns = chat_timings(&err);
+    let whole_turns = chat_timings(&stderr(&whole));
+    assert_eq!(turns.len(), 1, "{err}");
+    // The resumed turn reuses every saved key and value: what the third turn
+    // of the whole conversation reused.
+    assert_eq!(turns[0], whole_turns[2], "{err}");
+    assert_eq!(turns[0].1, kv);
+    // The same replies (sampled: the seed carries over) as without the break.
+    let replies = |o: &Output| -> Vec<String> {
+        stdout(o)
+            .split("Assistant:")
+            .skip(1)
+            .map(|r| r.lines().next().unwrap_or("").to_string())
+            .collect()
+    };
+    let mut both = replies(&first);
+    both.extend(replies(&second));
+    assert_eq!(both, replies(&whole));
+    // Refusals, each before any reply.
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() - 10]).unwrap();
+    let o = chat(b"Hi\n", &session);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("damaged or truncated"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::write(&file, &bytes).unwrap();
+    let o = chat(b"Hi\n", &[&session[..], &["--precision", "bf16"]].concat());
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("its precision is fast, this run's is bf16"),
+        "{}",
+        stderr(&o)
+    );
+    let o = chat(b"Hi\n", &[&session[..], &["--no-prefix-cache"]].concat());
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("drop --no-prefix-cache"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stdout(&o).contains("Assistant:"));
+}
+
 /// chat takes generate's sampling flags: top-k 1 at any temperature is the
 /// greedy reply, and `--stop TEXT` ends the reply before that text.
 #[test]

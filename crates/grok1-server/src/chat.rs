@@ -38,6 +38,13 @@ impl Role {
     }
 }
 
+/// What follows an assistant reply in [`render`]'s transcript up to the
+/// assistant's next turn: a user message and the assistant's label. A
+/// conversation kept as tokens appends this to the reply as generated.
+pub fn next_turn(message: &str) -> String {
+    format!("\n\nUser: {}\n\nAssistant:", message.trim())
+}
+
 /// Renders a conversation as the prompt of the assistant's next turn.
 pub fn render(messages: &[(Role, String)]) -> String {
     let mut out = String::new();
@@ -67,6 +74,17 @@ pub fn render(messages: &[(Role, String)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_next_turn_continues_the_transcript_after_a_reply() {
+        let before = render(&[(Role::User, "Hi!".into())]);
+        let after = render(&[
+            (Role::User, "Hi!".into()),
+            (Role::Assistant, "Hello.".into()),
+            (Role::User, " 2+2? ".into()),
+        ]);
+        assert_eq!(format!("{before} Hello.{}", next_turn(" 2+2? ")), after);
+    }
 
     #[test]
     fn renders_labelled_turns_ending_with_the_assistant_label() {

@@ -557,6 +557,7 @@ struct Choice {
     finish: Option<FinishReason>,
     prompt_tokens: usize,
     completion_tokens: usize,
+    cached_tokens: usize,
 }
 
 /// OpenAI's name of a finish reason. A client that is still listening hears
@@ -658,10 +659,12 @@ fn apply(choice: &mut Choice, event: Event) -> bool {
             reason,
             prompt_tokens,
             completion_tokens,
+            cached_tokens,
         } => {
             choice.finish = Some(reason);
             choice.prompt_tokens = prompt_tokens;
             choice.completion_tokens = completion_tokens;
+            choice.cached_tokens = cached_tokens;
             return true;
         }
     }
@@ -706,12 +709,24 @@ async fn collect(
     Ok(choices)
 }
 
-fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
+/// `cached_tokens`: prompt tokens taken from the prefix cache (OpenAI's
+/// `prompt_tokens_details.cached_tokens`).
+fn usage(prompt_tokens: usize, completion_tokens: usize, cached_tokens: usize) -> Value {
     json!({
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": { "cached_tokens": cached_tokens },
     })
+}
+
+/// The cached prompt tokens of a request whose choices come `n` to a prompt
+/// (a prompt is counted once in `prompt_tokens`): each prompt's fewest.
+fn prompt_cached_tokens(cached_by_choice: &[usize], n: usize) -> usize {
+    cached_by_choice
+        .chunks(n.max(1))
+        .map(|c| c.iter().copied().min().unwrap_or(0))
+        .sum()
 }
 
 /// A streamed completion choice's logprobs: a token's entry is sent once its
@@ -865,6 +880,7 @@ async fn completions_inner(
         return Ok(stream_response(
             rx,
             count,
+            settings.n,
             log,
             move |ev: StreamItem| match ev {
                 StreamItem::Start(index) if echo && logprobs.is_none() => {
@@ -930,11 +946,14 @@ async fn completions_inner(
                 ));
                     out
                 }
-                StreamItem::End { completion_tokens } => {
+                StreamItem::End {
+                    completion_tokens,
+                    cached_tokens,
+                } => {
                     if include_usage {
                         vec![chunk(
                             json!([]),
-                            Some(usage(prompt_tokens, completion_tokens)),
+                            Some(usage(prompt_tokens, completion_tokens, cached_tokens)),
                         )]
                     } else {
                         vec![]
@@ -944,6 +963,8 @@ async fn completions_inner(
         ));
     }
     let choices = collect(rx, count, &mut log).await?;
+    let cached: Vec<usize> = choices.iter().map(|c| c.cached_tokens).collect();
+    let cached_tokens = prompt_cached_tokens(&cached, settings.n);
     let completion_tokens: usize = choices.iter().map(|c| c.completion_tokens).sum();
     let body: Vec<Value> = choices
         .iter()
@@ -985,7 +1006,7 @@ async fn completions_inner(
         "created": created,
         "model": model,
         "choices": body,
-        "usage": usage(prompt_tokens, completion_tokens),
+        "usage": usage(prompt_tokens, completion_tokens, cached_tokens),
     }))
     .into_response())
 }
@@ -1064,6 +1085,8 @@ enum StreamItem {
     /// Every choice is done.
     End {
         completion_tokens: usize,
+        /// Prompt tokens taken from the prefix cache (see [`prompt_cached_tokens`]).
+        cached_tokens: usize,
     },
 }
 
@@ -1075,6 +1098,7 @@ enum StreamItem {
 fn stream_response(
     choices: Choices,
     count: usize,
+    choices_per_prompt: usize,
     mut log: RequestLog,
     mut render: impl FnMut(StreamItem) -> Vec<Value> + Send + 'static,
 ) -> Response {
@@ -1101,6 +1125,7 @@ fn stream_response(
         }
         let mut done = 0;
         let mut completion_tokens = 0;
+        let mut cached = vec![0; count];
         let mut failed = None;
         let mut reasons = vec![""; count];
         while done < count {
@@ -1113,12 +1138,14 @@ fn stream_response(
             }
             if let Event::Done {
                 completion_tokens: c,
+                cached_tokens,
                 reason,
                 ..
             } = &event
             {
                 done += 1;
                 completion_tokens += c;
+                cached[index] = *cached_tokens;
                 reasons[index] = finish_reason(reason);
                 match reason {
                     FinishReason::Error(e) => failed = Some(e.clone()),
@@ -1139,7 +1166,11 @@ fn stream_response(
             let _ = send(&tx, error).await;
         } else {
             log.finished(completion_tokens, &reasons);
-            for v in render(StreamItem::End { completion_tokens }) {
+            let cached_tokens = prompt_cached_tokens(&cached, choices_per_prompt);
+            for v in render(StreamItem::End {
+                completion_tokens,
+                cached_tokens,
+            }) {
                 if !send(&tx, v).await {
                     return;
                 }
@@ -1279,7 +1310,7 @@ async fn chat_inner(
             }
             v
         };
-        return Ok(stream_response(rx, count, log, move |ev| match ev {
+        return Ok(stream_response(rx, count, count, log, move |ev| match ev {
             StreamItem::Start(index) => vec![chunk(
                 json!([{ "index": index, "delta": { "role": "assistant", "content": "" }, "logprobs": Value::Null, "finish_reason": Value::Null }]),
                 None,
@@ -1319,11 +1350,14 @@ async fn chat_inner(
                 None,
             )],
             StreamItem::Event(_, Event::PromptLogprobs(_)) => vec![],
-            StreamItem::End { completion_tokens } => {
+            StreamItem::End {
+                completion_tokens,
+                cached_tokens,
+            } => {
                 if include_usage {
                     vec![chunk(
                         json!([]),
-                        Some(usage(prompt_tokens, completion_tokens)),
+                        Some(usage(prompt_tokens, completion_tokens, cached_tokens)),
                     )]
                 } else {
                     vec![]
@@ -1332,6 +1366,8 @@ async fn chat_inner(
         }));
     }
     let choices = collect(rx, count, &mut log).await?;
+    let cached: Vec<usize> = choices.iter().map(|c| c.cached_tokens).collect();
+    let cached_tokens = prompt_cached_tokens(&cached, count);
     let completion_tokens: usize = choices.iter().map(|c| c.completion_tokens).sum();
     let body: Vec<Value> = choices
         .iter()
@@ -1356,7 +1392,7 @@ async fn chat_inner(
         "created": created,
         "model": model,
         "choices": body,
-        "usage": usage(prompt_tokens, completion_tokens),
+        "usage": usage(prompt_tokens, completion_tokens, cached_tokens),
     }))
     .into_response())
 }
@@ -1397,10 +1433,11 @@ mod tests {
             reason: FinishReason::Cancelled,
             prompt_tokens: 3,
             completion_tokens: 1,
+            cached_tokens: 0,
         };
         tx.send((0, done)).unwrap();
         let log = RequestLog::new("cmpl-test", "/v1/completions", Instant::now(), 3);
-        let response = stream_response(choices, 1, log, |item| match item {
+        let response = stream_response(choices, 1, 1, log, |item| match item {
             StreamItem::Event(_, Event::Token { text, .. }) => vec![json!({ "text": text })],
             StreamItem::Event(_, Event::Done { reason, .. }) => {
                 vec![json!({ "finish_reason": finish_reason(&reason) })]
@@ -1430,6 +1467,7 @@ mod tests {
             reason: FinishReason::Cancelled,
             prompt_tokens: 3,
             completion_tokens: 0,
+            cached_tokens: 0,
         };
         tx.send((0, done)).unwrap();
         let mut log = RequestLog::new("cmpl-test", "/v1/completions", Instant::now(), 3);

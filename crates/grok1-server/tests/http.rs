@@ -46,6 +46,7 @@ fn engine_config() -> EngineConfig {
         kv_tokens: 16 * 128,
         prefill_chunk: 64,
         precision: Precision::F32,
+        prefix_cache: true,
     }
 }
 
@@ -639,6 +640,61 @@ fn streams_are_openai_server_sent_events() {
         streamed.trim()
     );
     assert_eq!(whole["object"], "chat.completion");
+}
+
+/// `usage.prompt_tokens_details.cached_tokens` says how many prompt tokens
+/// the prefix cache gave, in whole responses and in the streamed usage chunk;
+/// a repeated prompt computes only its last token, and its text is unchanged.
+#[test]
+fn usage_reports_cached_prompt_tokens() {
+    let s = start(engine_config(), None);
+    let prompt = "The answer to life the universe and everything is of course ".repeat(4);
+    let body = json!({"prompt": prompt, "max_tokens": 8, "temperature": 0});
+    let (status, first, _) = s.post("/v1/completions", &body.to_string());
+    assert_eq!(status, 200, "{first}");
+    let prompt_tokens = first["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt_tokens > 32, "{first}");
+    assert_eq!(first["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    let (_, again, _) = s.post("/v1/completions", &body.to_string());
+    assert_eq!(again["choices"], first["choices"]);
+    assert_eq!(
+        again["usage"]["prompt_tokens_details"]["cached_tokens"],
+        prompt_tokens - 1
+    );
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let chunks = s.stream("/v1/completions", streamed);
+    let usage = &chunks.last().unwrap()["usage"];
+    assert_eq!(usage["prompt_tokens"], prompt_tokens);
+    assert_eq!(
+        usage["prompt_tokens_details"]["cached_tokens"],
+        prompt_tokens - 1
+    );
+    // A chat's second turn reuses the first turn's prompt.
+    let turn = |messages: Value| {
+        let body = json!({"messages": messages, "max_tokens": 4, "temperature": 0});
+        let (status, v, _) = s.post("/v1/chat/completions", &body.to_string());
+        assert_eq!(status, 200, "{v}");
+        v
+    };
+    let system = json!({"role": "system", "content": "You are a helpful assistant. ".repeat(6)});
+    let one = turn(json!([system, {"role": "user", "content": "Hi"}]));
+    let reply = one["choices"][0]["message"]["content"].clone();
+    let two = turn(
+        json!([system, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": reply}, {"role": "user", "content": "And then?"}]),
+    );
+    let cached = two["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    assert!(cached >= 32, "{two}");
+    let metrics = s.get("/metrics", None).1;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "grok1_prefix_cache_hits_total 3"),
+        "{metrics}"
+    );
 }
 
 #[test]

@@ -41,6 +41,7 @@ fn engine_config() -> EngineConfig {
         kv_tokens: 8 * 128,
         prefill_chunk: 64,
         precision: Precision::F32,
+        prefix_cache: true,
     }
 }
 

@@ -396,6 +396,23 @@ impl Tokenizer {
         ids
     }
 
+    /// Token ids of `text` where it continues a text already encoded (the
+    /// next turn of a conversation): as [`encode`](Self::encode) without the
+    /// dummy prefix, the space SentencePiece puts before a document's first
+    /// word, which would appear as a stray space between the two texts.
+    pub fn encode_continuation(&self, text: &str) -> Vec<u32> {
+        let normalized = self
+            .normalizer
+            .normalize_with(text, &self.user_defined, false);
+        let mut ids = Vec::new();
+        let mut pending_unk = String::new();
+        self.encode_part(&normalized, &mut pending_unk, &mut |id, _| ids.push(id));
+        if !pending_unk.is_empty() {
+            ids.push(self.unk_id);
+        }
+        ids
+    }
+
     /// Ids and pieces, as `encode(text)` and `encode(text, out_type=str)`.
     pub fn encode_with_pieces(&self, text: &str) -> (Vec<u32>, Vec<String>) {
         let mut ids = Vec::new();

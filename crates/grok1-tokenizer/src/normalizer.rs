@@ -98,6 +98,13 @@ impl Normalizer {
 
     /// Normalises `input` for the BPE model (normalizer.cc `Normalize`).
     pub fn normalize(&self, input: &str, user: &PrefixMatcher) -> String {
+        self.normalize_with(input, user, self.add_dummy_prefix)
+    }
+
+    /// [`normalize`](Self::normalize) with the dummy prefix (the space put
+    /// before a text's first word) on or off: off for a text that continues
+    /// another.
+    pub fn normalize_with(&self, input: &str, user: &PrefixMatcher, dummy_prefix: bool) -> String {
         let mut input = input.as_bytes();
         let mut out: Vec<u8> = Vec::with_capacity(input.len() + input.len() / 2 + 3);
         if input.is_empty() {
@@ -120,7 +127,7 @@ impl Normalizer {
         } else {
             b" "
         };
-        if !self.treat_whitespace_as_suffix && self.add_dummy_prefix {
+        if !self.treat_whitespace_as_suffix && dummy_prefix {
             out.extend_from_slice(space);
         }
         let mut is_prev_space = self.remove_extra_whitespaces;
@@ -151,7 +158,7 @@ impl Normalizer {
                 out.truncate(out.len() - space.len());
             }
         }
-        if self.treat_whitespace_as_suffix && self.add_dummy_prefix {
+        if self.treat_whitespace_as_suffix && dummy_prefix {
             out.extend_from_slice(space);
         }
         // Rules may map to any bytes; keep what is valid UTF-8 (a charsmap from a

@@ -88,6 +88,34 @@ fn official_model_every_split_of_the_fixture_texts() {
     );
 }
 
+/// A text encoded as it continues another (a conversation's next turn) adds
+/// exactly its own text: `decode(encode(a) ++ encode_continuation(b))` is the
+/// text `a + b` encodes to, at every character boundary of the fixture texts,
+/// with no stray space where `encode(b)` would put its dummy prefix.
+#[test]
+fn a_continuation_encodes_without_the_dummy_prefix() {
+    let tok = Tokenizer::grok1();
+    let mut checked = 0;
+    for text in texts("cases.jsonl") {
+        let whole = tok.decode(&tok.encode(&text)).unwrap();
+        for (at, _) in text.char_indices().skip(1) {
+            let (a, b) = text.split_at(at);
+            let mut ids = tok.encode(a);
+            ids.extend(tok.encode_continuation(b));
+            assert_eq!(tok.decode(&ids).unwrap(), whole, "{a:?} + {b:?}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 1000, "{checked}");
+    // The pieces of a turn separator: no lone "▁" before the newlines.
+    let ids = tok.encode_continuation("\n\nUser: hi");
+    assert_eq!(ids, tok.encode("\n\nUser: hi")[1..]);
+    assert_eq!(
+        tok.decode_after(&tok.encode("Hello."), &ids).unwrap(),
+        "\n\nUser: hi"
+    );
+}
+
 #[test]
 fn other_normalisers_every_split() {
     for (model, cases) in [

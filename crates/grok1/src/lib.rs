@@ -36,6 +36,7 @@ pub mod npy;
 pub mod quant;
 pub mod runtime;
 pub mod sampling;
+pub mod session;
 
 pub use backend::Precision;
 pub use kv_cache::{KvCache, SeqId};

@@ -89,6 +89,7 @@ fn the_engine_fails_a_request_with_nan_logits() {
             kv_tokens: 128,
             prefill_chunk: 16,
             precision: Precision::Fast,
+            prefix_cache: true,
         },
     );
     let (tx, rx) = mpsc::channel();

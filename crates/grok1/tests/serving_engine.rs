@@ -26,6 +26,7 @@ fn config() -> EngineConfig {
         kv_tokens: 16 * 128,
         prefill_chunk: 64,
         precision: Precision::F32,
+        prefix_cache: true,
     }
 }
 

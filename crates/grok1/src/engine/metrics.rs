@@ -89,6 +89,11 @@ pub struct Metrics {
     kv_pages_used: AtomicU64,
     kv_pages_total: u64,
     sampled_tokens: AtomicU64,
+    prefix_lookups: AtomicU64,
+    prefix_hits: AtomicU64,
+    prefix_hit_tokens: AtomicU64,
+    prefix_cached_pages: AtomicU64,
+    prefix_evictions: AtomicU64,
     histograms: Mutex<Histograms>,
 }
 
@@ -112,6 +117,11 @@ impl Metrics {
             kv_pages_used: AtomicU64::new(0),
             kv_pages_total: kv_pages_total as u64,
             sampled_tokens: AtomicU64::new(0),
+            prefix_lookups: AtomicU64::new(0),
+            prefix_hits: AtomicU64::new(0),
+            prefix_hit_tokens: AtomicU64::new(0),
+            prefix_cached_pages: AtomicU64::new(0),
+            prefix_evictions: AtomicU64::new(0),
             histograms: Mutex::new(Histograms {
                 ttft: Histogram::new(LATENCY),
                 per_token: Histogram::new(LATENCY),
@@ -161,6 +171,23 @@ impl Metrics {
         self.running.store(running as u64, Ordering::Relaxed);
         self.kv_pages_used
             .store(kv_pages_used as u64, Ordering::Relaxed);
+    }
+
+    /// A sequence entering the batch looked up its prefix and took `tokens`.
+    pub(super) fn prefix_lookup(&self, tokens: usize) {
+        self.prefix_lookups.fetch_add(1, Ordering::Relaxed);
+        if tokens > 0 {
+            self.prefix_hits.fetch_add(1, Ordering::Relaxed);
+            self.prefix_hit_tokens
+                .fetch_add(tokens as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// The prefix cache now: idle cached pages and evictions so far.
+    pub(super) fn set_prefix_cache(&self, cached_pages: usize, evictions: u64) {
+        self.prefix_cached_pages
+            .store(cached_pages as u64, Ordering::Relaxed);
+        self.prefix_evictions.store(evictions, Ordering::Relaxed);
     }
 
     fn with(&self, f: impl FnOnce(&mut Histograms)) {
@@ -270,6 +297,36 @@ impl Metrics {
             "KV cache pages the engine holds in all.",
             self.kv_pages_total,
         );
+        gauge(
+            &mut out,
+            "grok1_kv_cache_cached_pages",
+            "KV cache pages no sequence holds, kept by the prefix cache for reuse.",
+            self.prefix_cached_pages.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "grok1_prefix_cache_queries_total",
+            "Sequences that looked up their prefix on entering the batch (a preempted one again on re-entering).",
+            self.prefix_lookups.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "grok1_prefix_cache_hits_total",
+            "Lookups that reused at least one cached token.",
+            self.prefix_hits.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "grok1_prefix_cache_hit_tokens_total",
+            "Tokens whose keys and values were reused instead of computed.",
+            self.prefix_hit_tokens.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "grok1_prefix_cache_evicted_pages_total",
+            "Cached pages evicted to make room.",
+            self.prefix_evictions.load(Ordering::Relaxed),
+        );
         self.with(|h| {
             h.batch
                 .render(&mut out, "grok1_batch_size", "Sequences per forward step.");
@@ -315,6 +372,9 @@ mod tests {
         m.first_token(Duration::from_millis(300));
         m.next_token(Duration::from_millis(10));
         m.request_done(&FinishReason::Stop, 2, Duration::from_secs(2));
+        m.prefix_lookup(0);
+        m.prefix_lookup(32);
+        m.set_prefix_cache(3, 4);
         let load = m.load();
         assert_eq!(
             load,
@@ -336,6 +396,11 @@ mod tests {
             "grok1_e2e_request_latency_seconds_sum 2",
             "grok1_e2e_request_latency_seconds_bucket{le=\"1\"} 0",
             "grok1_e2e_request_latency_seconds_bucket{le=\"2.5\"} 1",
+            "grok1_kv_cache_cached_pages 3",
+            "grok1_prefix_cache_queries_total 2",
+            "grok1_prefix_cache_hits_total 1",
+            "grok1_prefix_cache_hit_tokens_total 32",
+            "grok1_prefix_cache_evicted_pages_total 4",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -11,6 +11,13 @@
 //! (the choices of one HTTP request) all or none. A request whose
 //! [`CancelToken`] is set (its client is gone) is dropped, with its pages,
 //! before the next step, whether it is queued, prefilling or decoding.
+//!
+//! With the prefix cache on, every sequence publishes its full KV pages as it
+//! fills them and leaves them (its partly filled last page too) when it ends;
+//! a sequence entering the batch takes the pages of the longest prefix of its
+//! tokens the cache holds and computes only the rest, always at least its last
+//! token (whose logits it needs). Cached pages no sequence holds are evicted,
+//! least recently used first, only when a sequence needs a page and none is free.
 
 mod metrics;
 mod sequence;
@@ -49,6 +56,8 @@ pub struct EngineConfig {
     /// Prompt tokens processed per step, over all prefilling sequences.
     pub prefill_chunk: usize,
     pub precision: Precision,
+    /// Reuse the KV pages of earlier sequences' shared prefixes.
+    pub prefix_cache: bool,
 }
 
 /// One completion to run.
@@ -144,6 +153,9 @@ pub enum Event {
         reason: FinishReason,
         prompt_tokens: usize,
         completion_tokens: usize,
+        /// Prompt tokens whose keys and values came from the prefix cache
+        /// when the request entered the batch (not computed for it).
+        cached_tokens: usize,
     },
 }
 
@@ -177,10 +189,46 @@ pub enum SubmitError {
     Sampling(#[from] SamplingError),
 }
 
+/// The keys and values of a run of tokens as the KV cache holds them: for
+/// each position, for each layer, its keys then its values
+/// (`[kv_heads * head_dim]` each). What a saved conversation keeps.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KvSnapshot {
+    pub tokens: Vec<u32>,
+    pub kv: Vec<f32>,
+}
+
+/// Why keys and values could not be put into the cache.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SnapshotError {
+    #[error("the prefix cache is off, so the cache cannot keep saved keys and values for a later request")]
+    PrefixCacheOff,
+    #[error("{floats} saved values for {tokens} positions, but this model keeps {per_token} values a position")]
+    Shape {
+        tokens: usize,
+        floats: usize,
+        per_token: usize,
+    },
+    #[error("{tokens} saved positions do not fit this engine's context of {context}")]
+    TooLong { tokens: usize, context: usize },
+    #[error("token id {token} at position {position} is outside the vocabulary (ids 0..{vocab})")]
+    TokenOutOfRange {
+        token: u32,
+        position: usize,
+        vocab: usize,
+    },
+    #[error(transparent)]
+    Cache(#[from] crate::kv_cache::CacheError),
+    #[error("the engine has stopped")]
+    Stopped,
+}
+
 enum Command {
     /// A group admitted together (the choices of one request).
     Submit(Vec<Sequence>),
     Shutdown(Duration),
+    Export(Vec<u32>, mpsc::Sender<KvSnapshot>),
+    Import(KvSnapshot, mpsc::Sender<Result<usize, SnapshotError>>),
 }
 
 struct Shared {
@@ -382,6 +430,30 @@ impl EngineHandle {
         Ok(())
     }
 
+    /// The keys and values of the longest prefix of `tokens` the prefix cache
+    /// holds (empty when it holds none, or is off). Runs between steps.
+    pub fn export_prefix(&self, tokens: Vec<u32>) -> Result<KvSnapshot, SnapshotError> {
+        let (tx, rx) = mpsc::channel();
+        self.tx
+            .send(Command::Export(tokens, tx))
+            .map_err(|_| SnapshotError::Stopped)?;
+        rx.recv().map_err(|_| SnapshotError::Stopped)
+    }
+
+    /// Puts saved keys and values into the prefix cache, as if a request had
+    /// computed them: a later request that starts with their tokens reuses
+    /// them. Returns the positions put in. Runs between steps.
+    pub fn import_prefix(&self, snapshot: KvSnapshot) -> Result<usize, SnapshotError> {
+        if !self.config.prefix_cache {
+            return Err(SnapshotError::PrefixCacheOff);
+        }
+        let (tx, rx) = mpsc::channel();
+        self.tx
+            .send(Command::Import(snapshot, tx))
+            .map_err(|_| SnapshotError::Stopped)?;
+        rx.recv().map_err(|_| SnapshotError::Stopped)?
+    }
+
     /// Stops accepting requests, lets running ones finish for up to `grace`,
     /// cancels the rest, and waits for the engine thread to end.
     pub fn shutdown(&self, grace: Duration) {
@@ -437,8 +509,11 @@ impl Worker {
             self.shared.metrics.set_queue(
                 self.waiting.len(),
                 self.running.len(),
-                self.cache.total_pages() - self.cache.free_pages(),
+                self.cache.pages_in_use(),
             );
+            self.shared
+                .metrics
+                .set_prefix_cache(self.cache.cached_pages(), self.cache.evictions());
         }
     }
 
@@ -467,9 +542,81 @@ impl Worker {
                     self.accepting = false;
                     self.deadline = Some(Instant::now() + grace);
                 }
+                Command::Export(tokens, reply) => {
+                    let _ = reply.send(self.export(&tokens));
+                }
+                Command::Import(snapshot, reply) => {
+                    let _ = reply.send(self.import(snapshot));
+                }
             }
         }
         true
+    }
+
+    /// Values a position keeps in a [`KvSnapshot`].
+    fn snapshot_width(&self) -> usize {
+        2 * self.cache.layers() * self.model.config().kv_width()
+    }
+
+    fn export(&mut self, tokens: &[u32]) -> KvSnapshot {
+        let kv_width = self.model.config().kv_width();
+        let width = self.snapshot_width();
+        let pad = self.model.config().pad_token;
+        let id = self.cache.add_sequence();
+        let held = self.cache.attach_prefix(id, tokens, pad).unwrap_or(0);
+        let mut kv = vec![0f32; held * width];
+        for (pos, entry) in kv.chunks_exact_mut(width).enumerate() {
+            for (layer, both) in entry.chunks_exact_mut(2 * kv_width).enumerate() {
+                let (k, v) = both.split_at_mut(kv_width);
+                self.cache.read(layer, id, pos, k, v);
+            }
+        }
+        let _ = self.cache.remove_sequence(id);
+        KvSnapshot {
+            tokens: tokens[..held].to_vec(),
+            kv,
+        }
+    }
+
+    fn import(&mut self, snapshot: KvSnapshot) -> Result<usize, SnapshotError> {
+        let cfg = self.model.config();
+        let (kv_width, pad, vocab) = (cfg.kv_width(), cfg.pad_token, cfg.vocab_size);
+        let width = self.snapshot_width();
+        let tokens = snapshot.tokens.len();
+        if Some(snapshot.kv.len()) != tokens.checked_mul(width) {
+            return Err(SnapshotError::Shape {
+                tokens,
+                floats: snapshot.kv.len(),
+                per_token: width,
+            });
+        }
+        if tokens > self.config.context {
+            return Err(SnapshotError::TooLong {
+                tokens,
+                context: self.config.context,
+            });
+        }
+        if let Some(p) = snapshot.tokens.iter().position(|&t| t as usize >= vocab) {
+            return Err(SnapshotError::TokenOutOfRange {
+                token: snapshot.tokens[p],
+                position: p,
+                vocab,
+            });
+        }
+        let id = self.cache.add_sequence();
+        if let Err(e) = self.cache.reserve(id, tokens) {
+            let _ = self.cache.remove_sequence(id);
+            return Err(e.into());
+        }
+        for (pos, entry) in snapshot.kv.chunks_exact(width).enumerate() {
+            for (layer, both) in entry.chunks_exact(2 * kv_width).enumerate() {
+                let (k, v) = both.split_at(kv_width);
+                self.cache.write(layer, id, pos, k, v);
+            }
+        }
+        self.cache.commit(id, &snapshot.tokens, pad);
+        let _ = self.cache.remove_sequence_keeping_prefix(id);
+        Ok(tokens)
     }
 
     /// Moves waiting sequences into the batch while there is room and KV pages.
@@ -487,7 +634,19 @@ impl Worker {
             }
             let mut seq = self.waiting.pop_front().expect("front exists");
             seq.admitted(&self.shared.metrics);
-            seq.kv = Some(self.cache.add_sequence());
+            let kv = self.cache.add_sequence();
+            seq.kv = Some(kv);
+            if self.config.prefix_cache && !seq.needs_prompt_rows() {
+                // The last token is always computed: its logits are the next token's.
+                let reusable = &seq.tokens[..seq.tokens.len() - 1];
+                let pad = self.model.config().pad_token;
+                let reused = self
+                    .cache
+                    .attach_prefix(kv, reusable, pad)
+                    .expect("a sequence just added");
+                seq.cached = reused;
+                seq.reused(reused, &self.shared.metrics);
+            }
             self.running.push(seq);
         }
     }
@@ -515,7 +674,7 @@ impl Worker {
         }
         let mut seq = self.running.pop().expect("more than one");
         if let Some(kv) = seq.kv.take() {
-            let _ = self.cache.remove_sequence(kv);
+            self.release(kv, true);
         }
         seq.cached = 0;
         self.shared.metrics.preempted();
@@ -598,6 +757,12 @@ impl Worker {
             }
         };
         self.shared.metrics.step(plan.len(), started.elapsed());
+        if self.config.prefix_cache {
+            for &(i, _) in &plan {
+                let kv = self.running[i].kv.expect("running sequences hold KV");
+                let _ = self.cache.publish(kv);
+            }
+        }
         // Hand each sequence its rows; sequences sample and detokenize in parallel.
         let mut work: Vec<Option<StepRows>> = (0..self.running.len()).map(|_| None).collect();
         let mut row = 0;
@@ -631,9 +796,21 @@ impl Worker {
         }
     }
 
+    /// Lets go of a sequence's pages; with the prefix cache on, those it
+    /// computed stay cached for later sequences where `keep` (not after a
+    /// failed step, which may have left them half written).
+    fn release(&mut self, kv: crate::kv_cache::SeqId, keep: bool) {
+        let _ = if keep && self.config.prefix_cache {
+            self.cache.remove_sequence_keeping_prefix(kv)
+        } else {
+            self.cache.remove_sequence(kv)
+        };
+    }
+
     fn finish(&mut self, mut seq: Sequence, reason: FinishReason) {
         if let Some(kv) = seq.kv.take() {
-            let _ = self.cache.remove_sequence(kv);
+            let keep = !matches!(reason, FinishReason::Error(_));
+            self.release(kv, keep);
         }
         // The slot is free before the client hears `Done`, so a client that
         // submits again at once is not refused for its own finished request.

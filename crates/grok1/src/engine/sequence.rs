@@ -37,6 +37,8 @@ pub(super) struct Sequence {
     submitted: Instant,
     /// It has entered the batch once (a preempted sequence re-enters).
     was_admitted: bool,
+    /// Prompt tokens taken from the prefix cache when it first entered the batch.
+    cached_tokens: Option<usize>,
     last_token: Option<Instant>,
 }
 
@@ -110,6 +112,7 @@ impl Sequence {
             cancel,
             submitted: Instant::now(),
             was_admitted: false,
+            cached_tokens: None,
             last_token: None,
         })
     }
@@ -126,6 +129,21 @@ impl Sequence {
     fn send(&mut self, event: Event) {
         if !self.cancelled && !(self.sink)(event) {
             self.cancelled = true;
+        }
+    }
+
+    /// Whether it still needs the logits of prompt positions (for their
+    /// log-probabilities), so it cannot take them from the prefix cache.
+    pub fn needs_prompt_rows(&self) -> bool {
+        self.prompt_logprobs.is_some()
+    }
+
+    /// Records `tokens` taken from the prefix cache on entering the batch; the
+    /// first entry's prompt tokens are what the response reports.
+    pub fn reused(&mut self, tokens: usize, metrics: &Metrics) {
+        metrics.prefix_lookup(tokens);
+        if self.cached_tokens.is_none() {
+            self.cached_tokens = Some(tokens.min(self.prompt_len));
         }
     }
 
@@ -256,6 +274,7 @@ impl Sequence {
             reason,
             prompt_tokens: self.prompt_len,
             completion_tokens: self.generated,
+            cached_tokens: self.cached_tokens.unwrap_or(0),
         };
         // The sink may be gone; Done is sent regardless of `cancelled`.
         let _ = (self.sink)(done);

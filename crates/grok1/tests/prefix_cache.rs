@@ -1,0 +1,478 @@
+//! The prefix cache: a request served from cached KV pages gets exactly what it
+//! gets computed from scratch (f32 precision: bit-identical logits and ids),
+//! whether its cached prefix ends inside a page, on a page boundary, or covers
+//! the whole prompt; pages are never leaked, idle cached pages are evicted when
+//! room is needed, and a full cache makes admission wait instead of failing.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use grok1::engine::{
+    CancelToken, EngineConfig, EngineHandle, Event, FinishReason, Request, SnapshotError,
+    TokenLogprob,
+};
+use grok1::sampling::SamplingParams;
+use grok1::weights::random::random_store;
+use grok1::{ForwardOptions, Grok1, LogitsRows, ModelConfig, Precision, SequenceInput};
+use grok1_tokenizer::Tokenizer;
+
+const PAGE: usize = grok1::kv_cache::DEFAULT_PAGE_SIZE;
+
+fn model() -> Grok1 {
+    let cfg = ModelConfig::tiny();
+    let store = random_store(&cfg, 11);
+    Grok1::from_store(cfg, &store).unwrap()
+}
+
+/// Deterministic "text" of `n` ids (salted so prompts can differ).
+fn ids(n: usize, salt: u32) -> Vec<u32> {
+    (0..n as u32)
+        .map(|i| 3 + (i * 37 + salt * 101) % 1000)
+        .collect()
+}
+
+fn config(prefix_cache: bool) -> EngineConfig {
+    EngineConfig {
+        max_batch: 8,
+        max_queue: 64,
+        context: 128,
+        kv_tokens: 8 * 128,
+        prefill_chunk: 24,
+        precision: Precision::F32,
+        prefix_cache,
+    }
+}
+
+fn engine(config: EngineConfig) -> EngineHandle {
+    EngineHandle::start(model(), Arc::new(Tokenizer::grok1()), config)
+}
+
+/// What a request returned: ids, each token's logprob with its 5 best
+/// alternatives, finish reason, and the prompt tokens served from the cache.
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    tokens: Vec<u32>,
+    logprobs: Vec<TokenLogprob>,
+    reason: FinishReason,
+    cached_tokens: usize,
+}
+
+fn request(prompt: Vec<u32>, max_tokens: usize) -> (Request, mpsc::Receiver<Event>) {
+    let (tx, rx) = mpsc::channel();
+    let req = Request {
+        prompt,
+        max_tokens,
+        sampling: SamplingParams::default(),
+        stop_token_ids: vec![],
+        stop_strings: vec![],
+        logprobs: Some(5),
+        prompt_logprobs: false,
+        sink: Box::new(move |e| tx.send(e).is_ok()),
+    };
+    (req, rx)
+}
+
+fn collect(rx: mpsc::Receiver<Event>) -> Outcome {
+    let mut out = Outcome {
+        tokens: vec![],
+        logprobs: vec![],
+        reason: FinishReason::Error("no Done".into()),
+        cached_tokens: usize::MAX,
+    };
+    for e in rx.iter() {
+        match e {
+            Event::Token { token, logprob, .. } => {
+                out.tokens.push(token);
+                out.logprobs.extend(logprob);
+            }
+            Event::Done {
+                reason,
+                cached_tokens,
+                ..
+            } => {
+                out.reason = reason;
+                out.cached_tokens = cached_tokens;
+                break;
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn run(engine: &EngineHandle, prompt: &[u32], max_tokens: usize) -> Outcome {
+    let (req, rx) = request(prompt.to_vec(), max_tokens);
+    engine.submit(req).unwrap();
+    collect(rx)
+}
+
+/// Bitwise equality of what two runs returned (f32 logprobs compared as bits).
+fn assert_same(got: &Outcome, want: &Outcome, what: &str) {
+    assert_eq!(got.tokens, want.tokens, "{what}: ids");
+    assert_eq!(got.reason, want.reason, "{what}: finish reason");
+    assert_eq!(got.logprobs.len(), want.logprobs.len(), "{what}");
+    for (i, (a, b)) in got.logprobs.iter().zip(&want.logprobs).enumerate() {
+        let bits = |l: &TokenLogprob| {
+            let mut v = vec![(l.token, l.logprob.to_bits())];
+            v.extend(l.top.iter().map(|&(t, p)| (t, p.to_bits())));
+            v
+        };
+        assert_eq!(bits(a), bits(b), "{what}: logprobs of token {i}");
+    }
+}
+
+fn metric(engine: &EngineHandle, name: &str) -> f64 {
+    let text = engine.metrics().render();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from {text}"))
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "waited for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The model's logits for `tokens` computed from scratch, one row per position.
+fn logits_from_scratch(m: &Grok1, tokens: &[u32]) -> Vec<Vec<f32>> {
+    let mut cache = m.new_cache(tokens.len(), 1);
+    let seq = cache.add_sequence();
+    let out = m
+        .forward(
+            &mut cache,
+            &[SequenceInput { seq, tokens }],
+            &ForwardOptions {
+                logits: LogitsRows::All,
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
+    (0..out.rows.len()).map(|r| out.row(r).to_vec()).collect()
+}
+
+/// At the level of the cache and the model: a sequence that takes a cached
+/// prefix and computes the rest gets bit-identical logits for the rest.
+#[test]
+fn logits_after_a_cached_prefix_are_bit_identical() {
+    let m = model();
+    let first = ids(50, 0);
+    let mut cache = m.new_cache(8 * 128, 8);
+    let pad = m.config().pad_token;
+    // The first sequence, computed in uneven chunks and published.
+    let a = cache.add_sequence();
+    for chunk in first.chunks(13) {
+        m.forward(
+            &mut cache,
+            &[SequenceInput {
+                seq: a,
+                tokens: chunk,
+            }],
+            &ForwardOptions::default(),
+            None,
+        )
+        .unwrap();
+    }
+    cache.publish(a).unwrap();
+    cache.remove_sequence_keeping_prefix(a).unwrap();
+    let cases: [(&str, Vec<u32>, usize); 4] = [
+        // (what, prompt, tokens the cache gives)
+        (
+            "prefix ending mid-page",
+            [&first[..37], &ids(9, 1)[..]].concat(),
+            37,
+        ),
+        (
+            "prefix on a page boundary",
+            [&first[..32], &ids(9, 2)[..]].concat(),
+            32,
+        ),
+        ("a prompt entirely cached", first.clone(), 49),
+        (
+            "a prompt entirely cached, page-aligned",
+            first[..48].to_vec(),
+            47,
+        ),
+    ];
+    for (what, prompt, reused) in cases {
+        let want = logits_from_scratch(&m, &prompt);
+        let b = cache.add_sequence();
+        let got = cache
+            .attach_prefix(b, &prompt[..prompt.len() - 1], pad)
+            .unwrap();
+        assert_eq!(got, reused, "{what}: tokens reused");
+        let out = m
+            .forward(
+                &mut cache,
+                &[SequenceInput {
+                    seq: b,
+                    tokens: &prompt[reused..],
+                }],
+                &ForwardOptions {
+                    logits: LogitsRows::All,
+                    ..Default::default()
+                },
+                None,
+            )
+            .unwrap();
+        for r in 0..out.rows.len() {
+            let (pos, row) = (reused + r, out.row(r));
+            assert!(
+                row.iter()
+                    .zip(&want[pos])
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{what}: logits at position {pos} differ"
+            );
+        }
+        cache.remove_sequence(b).unwrap();
+    }
+    assert_eq!(cache.pages_in_use(), 0);
+}
+
+/// Through the engine: requests served from a prefix a finished request left
+/// get the same ids and logprobs (bit for bit) as an engine without the cache,
+/// and report how many prompt tokens they reused.
+#[test]
+fn requests_from_a_cached_prefix_match_their_uncached_twins() {
+    let cached = engine(config(true));
+    let plain = engine(config(false));
+    let base = ids(40, 0);
+    let first = run(&cached, &base, 8);
+    assert_same(&first, &run(&plain, &base, 8), "the first request");
+    assert_eq!(first.cached_tokens, 0);
+    // 8 generated, 7 of them fed back: 47 tokens cached, the last page partly.
+    let cases: [(&str, Vec<u32>, usize); 6] = [
+        (
+            "prefix ending mid-page",
+            [&base[..37], &ids(9, 1)[..]].concat(),
+            37,
+        ),
+        (
+            "prefix on a page boundary",
+            [&base[..32], &ids(9, 2)[..]].concat(),
+            32,
+        ),
+        ("a prompt entirely cached", base.clone(), 39),
+        (
+            "a prompt entirely cached, page-aligned",
+            base[..32].to_vec(),
+            31,
+        ),
+        (
+            "the prompt and the reply (a conversation's next turn)",
+            [&base[..], &first.tokens[..7], &ids(5, 3)[..]].concat(),
+            47,
+        ),
+        ("nothing shared", ids(30, 4), 0),
+    ];
+    for (what, prompt, reused) in cases {
+        let got = run(&cached, &prompt, 10);
+        let want = run(&plain, &prompt, 10);
+        assert_same(&got, &want, what);
+        assert_eq!(got.cached_tokens, reused, "{what}: cached_tokens");
+        assert_eq!(want.cached_tokens, 0, "{what}: without the cache");
+    }
+    assert_eq!(metric(&cached, "grok1_prefix_cache_queries_total"), 7.0);
+    assert_eq!(metric(&cached, "grok1_prefix_cache_hits_total"), 5.0);
+    assert_eq!(
+        metric(&cached, "grok1_prefix_cache_hit_tokens_total"),
+        (37 + 32 + 39 + 31 + 47) as f64
+    );
+    assert_eq!(metric(&plain, "grok1_prefix_cache_queries_total"), 0.0);
+    assert_eq!(metric(&plain, "grok1_kv_cache_cached_pages"), 0.0);
+    assert!(metric(&cached, "grok1_kv_cache_cached_pages") > 0.0);
+    cached.shutdown(Duration::from_secs(1));
+    plain.shutdown(Duration::from_secs(1));
+}
+
+/// Many requests at once sharing system prompts, a third of them cancelled at
+/// random points: every one that finishes matches its uncached twin, and once
+/// the engine is idle no page is held.
+#[test]
+fn concurrent_requests_with_cancellations_match_and_leak_no_page() {
+    let cached = engine(EngineConfig {
+        kv_tokens: 24 * PAGE,
+        ..config(true)
+    });
+    let plain = engine(config(false));
+    let systems = [ids(35, 10), ids(50, 11)];
+    let prompts: Vec<Vec<u32>> = (0..24)
+        .map(|i| [&systems[i % 2][..], &ids(1 + i % 7, 20 + i as u32)[..]].concat())
+        .collect();
+    let (tx, rx) = mpsc::channel();
+    let mut cancels = Vec::new();
+    for (i, prompt) in prompts.iter().enumerate() {
+        let (mut req, _) = request(prompt.clone(), 12);
+        let tx = tx.clone();
+        // Every third request hangs up after a few tokens (0 to 4).
+        let hang_up = (i % 3 == 0).then_some(i % 5);
+        let mut seen = 0;
+        req.sink = Box::new(move |e| {
+            if matches!(e, Event::Token { .. }) {
+                seen += 1;
+            }
+            let _ = tx.send((i, e));
+            hang_up.is_none_or(|n| seen <= n)
+        });
+        let cancel = CancelToken::new();
+        cached.submit_all(vec![req], &cancel).unwrap();
+        cancels.push(cancel);
+    }
+    drop(tx);
+    // One more is cancelled from outside while it may still be queued.
+    cancels[7].cancel();
+    let mut outcomes: Vec<Vec<Event>> = (0..prompts.len()).map(|_| Vec::new()).collect();
+    for (i, e) in rx.iter() {
+        outcomes[i].push(e);
+    }
+    let mut finished = 0;
+    for (i, events) in outcomes.into_iter().enumerate() {
+        let (etx, erx) = mpsc::channel();
+        for e in events {
+            etx.send(e).unwrap();
+        }
+        drop(etx);
+        let got = collect(erx);
+        if got.reason == FinishReason::Cancelled {
+            assert!(i % 3 == 0 || i == 7, "request {i} was not cancelled");
+            continue;
+        }
+        assert!(i % 3 != 0, "request {i} should have been cancelled");
+        assert_same(&got, &run(&plain, &prompts[i], 12), &format!("request {i}"));
+        finished += 1;
+    }
+    assert!(finished >= 14, "{finished} finished");
+    wait_for("every page to be let go", || {
+        cached.in_flight() == 0 && metric(&cached, "grok1_kv_cache_used_pages") == 0.0
+    });
+    assert!(metric(&cached, "grok1_prefix_cache_hits_total") > 0.0);
+    // What the idle engine keeps is cached pages, all of them reusable.
+    let kept = metric(&cached, "grok1_kv_cache_cached_pages");
+    assert!(kept > 0.0 && kept <= 24.0, "{kept}");
+    cached.shutdown(Duration::from_secs(1));
+    plain.shutdown(Duration::from_secs(1));
+}
+
+/// A cache of 8 pages filled with idle cached pages: new requests evict the
+/// least recently used ones and still get exact results; a prefix used since
+/// survives.
+#[test]
+fn eviction_under_pressure_keeps_results_exact() {
+    let cached = engine(EngineConfig {
+        max_batch: 2,
+        kv_tokens: 8 * PAGE,
+        ..config(true)
+    });
+    let plain = engine(config(false));
+    let prompts: Vec<Vec<u32>> = (0..6).map(|i| ids(40, 30 + i)).collect();
+    for (i, p) in prompts.iter().enumerate() {
+        let got = run(&cached, p, 6);
+        assert_same(&got, &run(&plain, p, 6), &format!("request {i}"));
+        assert_eq!(got.cached_tokens, 0);
+        // The most recent prompt stays in use: it is never the one evicted.
+        if i > 0 {
+            let again = run(&cached, &prompts[0], 6);
+            assert_eq!(again.cached_tokens, 39, "prompt 0 after request {i}");
+        }
+    }
+    assert!(metric(&cached, "grok1_prefix_cache_evicted_pages_total") > 0.0);
+    // (The gauges are set after the step that sent the last `Done`.)
+    wait_for("every page to be let go", || {
+        metric(&cached, "grok1_kv_cache_used_pages") == 0.0
+    });
+    assert!(metric(&cached, "grok1_kv_cache_cached_pages") <= 8.0);
+    // The two most recently used prompts are still whole.
+    assert_eq!(run(&cached, &prompts[5], 6).cached_tokens, 39);
+    assert_eq!(run(&cached, &prompts[0], 6).cached_tokens, 39);
+    cached.shutdown(Duration::from_secs(1));
+    plain.shutdown(Duration::from_secs(1));
+}
+
+/// Requests that each need most of the cache, sent together into a cache
+/// already full of cached pages: they wait for room, one after another, and
+/// all finish exactly; none is refused or fails.
+#[test]
+fn admission_waits_when_the_cache_is_full() {
+    let cached = engine(EngineConfig {
+        max_batch: 4,
+        kv_tokens: 5 * PAGE,
+        ..config(true)
+    });
+    let plain = engine(config(false));
+    // Fill the cache with idle cached pages.
+    run(&cached, &ids(70, 40), 5);
+    assert_eq!(metric(&cached, "grok1_kv_cache_cached_pages"), 5.0);
+    let prompts: Vec<Vec<u32>> = (0..4).map(|i| ids(50, 50 + i)).collect();
+    let receivers: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let (req, rx) = request(p.clone(), 20);
+            cached.submit(req).unwrap();
+            rx
+        })
+        .collect();
+    for (i, rx) in receivers.into_iter().enumerate() {
+        let got = collect(rx);
+        assert_eq!(got.reason, FinishReason::Length, "request {i}");
+        assert_same(&got, &run(&plain, &prompts[i], 20), &format!("request {i}"));
+    }
+    // 70 prompt tokens need 5 pages: the first request's leftovers were evicted.
+    assert!(metric(&cached, "grok1_prefix_cache_evicted_pages_total") >= 5.0);
+    assert_eq!(
+        metric(&cached, "grok1_requests_finished_total{reason=\"length\"}"),
+        5.0
+    );
+    cached.shutdown(Duration::from_secs(1));
+    plain.shutdown(Duration::from_secs(1));
+}
+
+/// Keys and values exported from one engine and imported into another (a
+/// saved conversation resumed) serve the next request there exactly as the
+/// first engine's own cache would; a snapshot of the wrong size, or an engine
+/// without the prefix cache, is refused.
+#[test]
+fn exported_keys_and_values_resume_exactly_in_another_engine() {
+    let first_engine = engine(config(true));
+    let base = ids(45, 60);
+    let first = run(&first_engine, &base, 6);
+    // 6 generated, 5 fed back: 50 positions cached.
+    let conversation = [&base[..], &first.tokens[..5]].concat();
+    let mut longer = conversation.clone();
+    longer.push(first.tokens[5]);
+    let snapshot = first_engine.export_prefix(longer).unwrap();
+    assert_eq!(snapshot.tokens, conversation);
+    let width = 2 * ModelConfig::tiny().num_layers * ModelConfig::tiny().kv_width();
+    assert_eq!(snapshot.kv.len(), 50 * width);
+    let resumed = engine(config(true));
+    assert_eq!(resumed.import_prefix(snapshot.clone()).unwrap(), 50);
+    let next = [&conversation[..], &ids(7, 61)[..]].concat();
+    let got = run(&resumed, &next, 8);
+    assert_eq!(got.cached_tokens, 50);
+    let plain = engine(config(false));
+    assert_same(&got, &run(&plain, &next, 8), "the resumed request");
+    assert_same(&got, &run(&first_engine, &next, 8), "the first engine's");
+    let mut short = snapshot.clone();
+    short.kv.pop();
+    assert!(matches!(
+        resumed.import_prefix(short),
+        Err(SnapshotError::Shape { tokens: 50, .. })
+    ));
+    assert_eq!(
+        plain.import_prefix(snapshot),
+        Err(SnapshotError::PrefixCacheOff)
+    );
+    wait_for("every page to be let go", || {
+        metric(&resumed, "grok1_kv_cache_used_pages") == 0.0
+    });
+    for e in [first_engine, resumed, plain] {
+        e.shutdown(Duration::from_secs(1));
+    }
+}
