@@ -1,0 +1,268 @@
+//! Tensor parallel without MPI: every rank of an N-way split runs as a thread
+//! of this process (`parallel::threads`), through the same loading, forward
+//! and generation code the MPI ranks run. Parity with the golden files and
+//! with the single process; refusals of models that cannot be split or that
+//! differ between ranks.
+
+mod common;
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use common::{assert_close, fixtures, max_abs_diff, model_dir, prefill, Fixture};
+use grok1::generate::{generate, StopConditions};
+use grok1::parallel::{threads, Collective, ParallelError};
+use grok1::progress::NoProgress;
+use grok1::sampling::SamplingParams;
+use grok1::{ForwardOptions, Grok1, LoadError, Precision};
+
+/// Runs `f` on each of `n` ranks, each on its own thread with its own
+/// one-thread rayon pool (a rank blocked in a collective holds no worker
+/// another rank needs); results in rank order.
+fn on_ranks<T: Send>(n: usize, f: impl Fn(Arc<dyn Collective>) -> T + Sync) -> Vec<T> {
+    let ranks = threads::group(n);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = ranks
+            .into_iter()
+            .map(|c| {
+                let f = &f;
+                s.spawn(move || {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(1)
+                        .build()
+                        .expect("rayon pool");
+                    pool.install(|| f(c))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("rank thread"))
+            .collect()
+    })
+}
+
+fn load(path: &Path, c: Arc<dyn Collective>) -> Result<Grok1, LoadError> {
+    grok1::load_parallel(path, &NoProgress, c).map(|l| l.model)
+}
+
+/// Greedy ids of `prompt` through `generate` (rank 0 samples, the others follow).
+fn greedy(model: &Grok1, prompt: &[u32], steps: usize) -> Vec<u32> {
+    let stop = StopConditions {
+        eos: None,
+        stop_sequences: Vec::new(),
+        max_tokens: steps,
+    };
+    let sampling = SamplingParams {
+        temperature: 0.0,
+        ..Default::default()
+    };
+    let mut streamed = Vec::new();
+    let out = generate(
+        model,
+        prompt,
+        &sampling,
+        &stop,
+        ForwardOptions::default(),
+        &mut |t| {
+            streamed.extend_from_slice(t);
+            ControlFlow::Continue(())
+        },
+    )
+    .expect("generate");
+    if model.collective().rank() == 0 {
+        assert_eq!(streamed, out.tokens, "streamed tokens");
+    } else {
+        assert!(streamed.is_empty(), "only rank 0 streams");
+    }
+    out.tokens
+}
+
+/// What one rank computed for a fixture: prefill logits of the three
+/// prompts and greedy ids of the two decode prompts.
+struct RankRun {
+    prefill: Vec<Vec<f32>>,
+    greedy: Vec<Vec<u32>>,
+    kv_heads_cached: usize,
+}
+
+fn run_fixture(model: &Grok1, fx: &Fixture) -> RankRun {
+    let prefill_logits = (0..3)
+        .map(|s| {
+            let tokens = fx.tokens(&format!("prefill_seq{s}_tokens.npy"));
+            prefill(model, &tokens, Precision::F32, None).logits
+        })
+        .collect();
+    let greedy_ids = (0..2)
+        .map(|j| {
+            greedy(
+                model,
+                &fx.tokens(&format!("decode_prompt{j}_tokens.npy")),
+                16,
+            )
+        })
+        .collect();
+    let cache = model.new_cache(16, 1);
+    RankRun {
+        prefill: prefill_logits,
+        greedy: greedy_ids,
+        kv_heads_cached: cache.kv_heads(),
+    }
+}
+
+/// The f32 parity checks of fixture `name` split over `n` ranks.
+fn check_split(name: &str, n: usize) {
+    let fx = Fixture::open(name);
+    let runs = on_ranks(n, |c| {
+        run_fixture(&load(&model_dir(name), c).expect("load"), &fx)
+    });
+    let tol = fx.tol("tol_f32_logits_abs");
+    let cols = fx.logit_cols();
+    let vocab = fx.config.vocab_size;
+    let mut worst = 0f32;
+    for (s, logits) in runs[0].prefill.iter().enumerate() {
+        let want = fx.f32(&format!("prefill_seq{s}_logits_f32.npy"));
+        let rows = logits.len() / vocab;
+        for t in 0..rows {
+            let got: Vec<f32> = cols.iter().map(|&c| logits[t * vocab + c]).collect();
+            let what = format!("{name} N={n} prefill seq{s} row {t}");
+            let want_row = &want.data[t * cols.len()..(t + 1) * cols.len()];
+            worst = worst.max(assert_close(&what, &got, want_row, tol));
+        }
+        let last = fx.f32(&format!("prefill_seq{s}_last_logits_f32.npy"));
+        let what = format!("{name} N={n} prefill seq{s} last row");
+        worst = worst.max(assert_close(
+            &what,
+            &logits[(rows - 1) * vocab..],
+            &last.data,
+            tol,
+        ));
+    }
+    eprintln!("{name} N={n}: prefill logits max abs error {worst:.3e} (tolerance {tol:.0e})");
+    for j in 0..2 {
+        let want = fx.i32(&format!("decode_prompt{j}_ids_f32.npy")).data;
+        let exact = fx.tolerances["greedy_f32"][j]["steps_exact"]
+            .as_u64()
+            .unwrap() as usize;
+        let got: Vec<i32> = runs[0].greedy[j].iter().map(|&t| t as i32).collect();
+        assert_eq!(
+            got[..exact],
+            want[..exact],
+            "{name} N={n} greedy ids of prompt {j}"
+        );
+    }
+    // Every rank ends with rank 0's tokens and logits, and caches only its heads.
+    let whole = fx.load_model().new_cache(16, 1).kv_heads();
+    for (rank, run) in runs.iter().enumerate() {
+        assert_eq!(
+            run.greedy, runs[0].greedy,
+            "{name} N={n} rank {rank} tokens"
+        );
+        assert_eq!(
+            run.prefill, runs[0].prefill,
+            "{name} N={n} rank {rank} logits"
+        );
+        assert_eq!(
+            run.kv_heads_cached * n,
+            whole,
+            "{name} N={n} rank {rank} cache"
+        );
+    }
+}
+
+#[test]
+fn tiny_moe_split_2_4_8_matches_the_reference() {
+    for n in [2, 4, 8] {
+        check_split("tiny-moe", n);
+    }
+}
+
+#[test]
+fn tiny_vocab_split_2_4_8_matches_the_reference() {
+    for n in [2, 4, 8] {
+        check_split("tiny-vocab", n);
+    }
+}
+
+/// An N-way split of a model file against the same file in one process:
+/// every prefill logit within `tol`, greedy ids identical.
+fn check_against_single_process(path: &Path, n: usize, tol: f32) {
+    let fx = Fixture::open("tiny-moe");
+    let single = load(path, grok1::parallel::single_process()).expect("load whole");
+    let want = run_fixture(&single, &fx);
+    let runs = on_ranks(n, |c| run_fixture(&load(path, c).expect("load"), &fx));
+    let mut worst = 0f32;
+    for (got, want) in runs[0].prefill.iter().zip(&want.prefill) {
+        worst = worst.max(max_abs_diff(got, want).0);
+    }
+    eprintln!(
+        "{} N={n}: max abs logit difference from one process {worst:.3e}",
+        path.display()
+    );
+    assert!(worst <= tol, "{}: {worst:e} > {tol:e}", path.display());
+    assert_eq!(runs[0].greedy, want.greedy, "{} greedy ids", path.display());
+}
+
+#[test]
+fn gguf_q8_0_and_safetensors_split_match_one_process() {
+    let tol = Fixture::open("tiny-moe").tol("tol_f32_logits_abs");
+    let gguf: PathBuf = fixtures().join("gguf/tiny-moe-q8_0.gguf");
+    let st: PathBuf = fixtures().join("safetensors/keyfan");
+    for n in [2, 4, 8] {
+        check_against_single_process(&gguf, n, tol);
+        check_against_single_process(&st, n, tol);
+    }
+}
+
+/// The errors of every rank loading tiny-moe split over `n`.
+fn split_errors(n: usize) -> Vec<String> {
+    on_ranks(n, |c| match load(&model_dir("tiny-moe"), c) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("tiny-moe cannot be split over {n}"),
+    })
+}
+
+#[test]
+fn a_split_that_cuts_rows_or_heads_is_refused_naming_the_tensor() {
+    for e in split_errors(3) {
+        assert!(
+            e.contains("`language_model/in_out_embed/embeddings`: cannot be split over 3 ranks: its 1024 vocabulary rows do not divide by 3"),
+            "{e}"
+        );
+    }
+    // 16 divides the vocabulary but not the 8 key/value heads.
+    for e in split_errors(16) {
+        assert!(
+            e.contains("`transformer/decoder_layer_0/multi_head_attention/query/w`: cannot be split over 16 ranks: its 8 key/value head groups"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn ranks_holding_different_models_are_refused_naming_rank_and_difference() {
+    let errors = on_ranks(3, |c| {
+        let name = if c.rank() == 2 {
+            "tiny-vocab"
+        } else {
+            "tiny-moe"
+        };
+        match load(&model_dir(name), c) {
+            Err(LoadError::Parallel(e)) => e,
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("rank 2's model differs"),
+        }
+    });
+    for e in &errors {
+        let ParallelError::DifferentModels { rank, difference } = e else {
+            panic!("{e}")
+        };
+        assert_eq!(*rank, 2);
+        assert!(difference.starts_with("config field `"), "{difference}");
+    }
+    assert!(errors[0]
+        .to_string()
+        .starts_with("rank 2 holds a different model than rank 0"));
+    assert_eq!(errors[0], errors[1]);
+}
