@@ -10,6 +10,7 @@ mod eval;
 mod generate;
 mod inspect;
 mod model_source;
+mod parallel;
 mod progress;
 mod serve;
 mod tokenize;
@@ -20,7 +21,27 @@ use clap::Parser;
 
 use args::{Cli, Command};
 
+/// The subcommand's name, as typed.
+fn command_name(command: &Command) -> &'static str {
+    match command {
+        Command::Generate(_) => "generate",
+        Command::Logits(_) => "logits",
+        Command::Inspect(_) => "inspect",
+        Command::Init(_) => "init",
+        Command::Tokenize(_) => "tokenize",
+        Command::Detokenize(_) => "detokenize",
+        Command::Bench(_) => "bench",
+        Command::Serve(_) => "serve",
+        Command::Chat(_) => "chat",
+        Command::Convert(_) => "convert",
+        Command::Eval(_) => "eval",
+        Command::SandboxExec(_) => "sandbox-exec",
+        Command::Completions(_) => "completions",
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    parallel::check_command(command_name(&cli.command))?;
     match cli.command {
         Command::Generate(a) => generate::generate(a),
         Command::Logits(a) => generate::logits(a),
@@ -58,9 +79,14 @@ fn report_peak_rss() {
         return;
     }
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    // Under mpirun every rank reports its own, labelled.
+    let rank = match parallel::size() {
+        1 => String::new(),
+        _ => format!(" (rank {})", parallel::collective().rank()),
+    };
     match status.lines().find(|l| l.starts_with("VmHWM:")) {
-        Some(line) => eprintln!("grok1: peak RSS {}", line["VmHWM:".len()..].trim()),
-        None => eprintln!("grok1: peak RSS unavailable on this platform"),
+        Some(line) => eprintln!("grok1: peak RSS {}{rank}", line["VmHWM:".len()..].trim()),
+        None => eprintln!("grok1: peak RSS unavailable on this platform{rank}"),
     }
 }
 
@@ -90,10 +116,32 @@ fn main() -> ExitCode {
         eprintln!("grok1: error: {err}");
         return ExitCode::from(2);
     }
+    let runtime = match parallel::start() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("grok1: error: {}", error_text(&err));
+            return ExitCode::from(2);
+        }
+    };
     let result = run(cli);
     report_peak_rss();
     match result {
         Ok(code) => code,
+        Err(err) if parallel::size() > 1 => {
+            // An error every rank reached together (ranks holding different
+            // models): rank 0 says it and all end normally. Any other: the
+            // rank says it and ends the whole job, whose other ranks may be
+            // waiting for it.
+            let agreed = err.chain().any(is_agreed);
+            let rank = parallel::collective().rank();
+            if !agreed {
+                eprintln!("grok1: error (rank {rank}): {}", error_text(&err));
+                runtime.abort(2);
+            } else if rank == 0 {
+                eprintln!("grok1: error: {}", error_text(&err));
+            }
+            ExitCode::from(2)
+        }
         Err(err) => {
             // A closed pipe (`grok1 generate ... | head`) is not an error.
             let broken_pipe = err.chain().any(|e| {
@@ -107,6 +155,14 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// An error every rank of a job reaches at the same point.
+fn is_agreed(e: &(dyn std::error::Error + 'static)) -> bool {
+    use grok1::parallel::ParallelError;
+    let different = |p: &ParallelError| matches!(p, ParallelError::DifferentModels { .. });
+    e.downcast_ref::<ParallelError>().is_some_and(different)
+        || matches!(e.downcast_ref::<grok1::LoadError>(), Some(grok1::LoadError::Parallel(p)) if different(p))
 }
 
 /// The error and its causes joined by ": ", as `{:#}` writes them, leaving
