@@ -115,6 +115,10 @@ fn summary_json(
         "mem_bandwidth_gbs": bandwidth,
         "roofline_gen_tokens_per_s": roofline,
         "roofline_fraction": if roofline > 0.0 { tg / roofline } else { 0.0 },
+        "ranks": crate::parallel::size(),
+        "prompt_comm_fraction": r.prompt_comm_fraction,
+        "gen_comm_fraction": r.gen_comm_fraction,
+        "gen_comm_bytes_per_token": r.gen_comm_bytes_per_token,
     })
 }
 
@@ -286,6 +290,15 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             summary["roofline_gen_tokens_per_s"].as_f64().unwrap_or(0.0),
             100.0 * summary["roofline_fraction"].as_f64().unwrap_or(0.0)
         );
+        let ranks = crate::parallel::size();
+        if ranks > 1 {
+            say!(
+                "tensor parallel over {ranks} ranks (rank 0's figures): communication {:.1}% of prompt processing, {:.1}% of generation; {:.1} KiB sent per generated token",
+                100.0 * r.prompt_comm_fraction,
+                100.0 * r.gen_comm_fraction,
+                r.gen_comm_bytes_per_token / 1024.0
+            );
+        }
         say!("(times exclude tokenization and sampling; tokens are random ids)");
     }
     Ok(ExitCode::SUCCESS)

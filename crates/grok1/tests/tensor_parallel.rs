@@ -266,3 +266,85 @@ fn ranks_holding_different_models_are_refused_naming_rank_and_difference() {
         .starts_with("rank 2 holds a different model than rank 0"));
     assert_eq!(errors[0], errors[1]);
 }
+
+/// Every prefill logit of tiny-moe's three prompts in `precision`, on rank 0
+/// of an `n`-way split (one process for `n` = 1).
+fn prefill_in(n: usize, precision: Precision) -> Vec<f32> {
+    let fx = Fixture::open("tiny-moe");
+    let runs = on_ranks(n, |c| {
+        let model = load(&model_dir("tiny-moe"), c).expect("load");
+        (0..3)
+            .flat_map(|s| {
+                let tokens = fx.tokens(&format!("prefill_seq{s}_tokens.npy"));
+                prefill(&model, &tokens, precision, None).logits
+            })
+            .collect::<Vec<f32>>()
+    });
+    runs.into_iter().next().expect("rank 0")
+}
+
+#[test]
+fn every_precision_split_stays_near_one_process() {
+    // bf16 rounds the summed parts once where one process rounds the whole
+    // sum; the int8 mode quantises each rank's part of the activations in
+    // its own blocks: the reference's bf16 tolerance bounds both. The fast
+    // mode is the f32 maths with the vocabulary rows' int8 copies, the same
+    // rows on whichever rank: the f32 tolerance.
+    let fx = Fixture::open("tiny-moe");
+    let (bf16, f32) = (fx.tol("tol_bf16_logits_abs"), fx.tol("tol_f32_logits_abs"));
+    for (precision, tol) in [
+        (Precision::Bf16, bf16),
+        (Precision::Fast, f32),
+        (Precision::Int8, bf16),
+    ] {
+        let one = prefill_in(1, precision);
+        for n in [2, 8] {
+            let (err, _) = max_abs_diff(&prefill_in(n, precision), &one);
+            eprintln!("{precision:?} N={n}: max abs logit difference from one process {err:.3e}");
+            assert!(err <= tol, "{precision:?} N={n}: {err:e} > {tol:e}");
+        }
+    }
+}
+
+#[test]
+fn row_slices_stay_mapped_and_slices_inside_rows_are_copied() {
+    let check = |path: PathBuf, copied_q: bool| {
+        let models = on_ranks(2, |c| load(&path, c).expect("load"));
+        let w = models[1].weights();
+        let mapped = |m: &grok1::backend::Matrix| match m {
+            grok1::backend::Matrix::Int8Grouped(q) => q.weight.is_mapped(),
+            grok1::backend::Matrix::Rows(r) => r.data.is_mapped(),
+        };
+        let l = &w.layers[0];
+        assert!(
+            w.embedding.data.is_mapped(),
+            "{}: embedding rows",
+            path.display()
+        );
+        assert_eq!(w.embedding.rows * 2, 1024);
+        assert_eq!(w.vocab_rows, 512..1024);
+        // ckpt-0 stores [in, out]: q/k/v and w1/v are split inside rows.
+        // Row-stored files hold [out, in]: o and w2 are.
+        assert_eq!(mapped(&l.wq), !copied_q, "{}: q", path.display());
+        assert_eq!(
+            mapped(&l.experts.linear[3]),
+            !copied_q,
+            "{}: w1",
+            path.display()
+        );
+        assert_eq!(mapped(&l.wo), copied_q, "{}: o", path.display());
+        assert_eq!(
+            mapped(&l.experts.linear_1[3]),
+            copied_q,
+            "{}: w2",
+            path.display()
+        );
+        assert_eq!((l.wq.n(), l.wk.n(), l.wo.k()), (128, 64, 128));
+        assert_eq!(
+            (l.experts.linear[0].n(), l.experts.linear_1[0].k()),
+            (44, 44)
+        );
+    };
+    check(model_dir("tiny-moe"), true);
+    check(fixtures().join("gguf/tiny-moe-q8_0.gguf"), false);
+}
