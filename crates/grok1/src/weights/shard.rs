@@ -34,6 +34,32 @@ impl SliceOf<'_> {
     }
 }
 
+/// Source bytes read between two releases of their pages: a copy's resident
+/// transient stays this small whatever the tensor's size.
+const RELEASE_EVERY: usize = 8 << 20;
+
+/// `len` bytes at `start` of each of the `rows` rows (`stride` bytes apart)
+/// of `src`, copied; the source pages are released every few MiB as the copy
+/// goes, so a rank never holds more of a tensor than its part.
+fn copy_columns(src: &TensorData, rows: usize, stride: usize, start: usize, len: usize) -> Vec<u8> {
+    let bytes = src.bytes();
+    let mut out = Vec::with_capacity(rows * len);
+    let mut released = 0;
+    for r in 0..rows {
+        out.extend_from_slice(&bytes[r * stride + start..r * stride + start + len]);
+        let read = (r + 1) * stride;
+        if read - released >= RELEASE_EVERY {
+            src.slice(released, read.min(src.len()) - released)
+                .release();
+            released = read.min(src.len());
+        }
+    }
+    if released < src.len() {
+        src.slice(released, src.len() - released).release();
+    }
+    out
+}
+
 /// Rows `rows` of a row-stored matrix: a view, never a copy.
 pub fn rows_of(m: &RowMatrix, rows: Range<usize>) -> RowMatrix {
     let len = m.row_len();
@@ -56,13 +82,7 @@ fn columns_of(m: &RowMatrix, cols: Range<usize>, of: SliceOf) -> Result<RowMatri
             cols.start, cols.end, m.dtype
         )));
     };
-    let row_len = m.row_len();
-    let mut out = Vec::with_capacity(m.rows * len);
-    let bytes = m.data.bytes();
-    for r in 0..m.rows {
-        out.extend_from_slice(&bytes[r * row_len + start..r * row_len + start + len]);
-    }
-    m.data.release();
+    let out = copy_columns(&m.data, m.rows, m.row_len(), start, len);
     Ok(RowMatrix {
         rows: m.rows,
         cols: cols.len(),
@@ -76,14 +96,13 @@ fn columns_of(m: &RowMatrix, cols: Range<usize>, of: SliceOf) -> Result<RowMatri
 fn int8_columns(q: &QuantMatrix, cols: Range<usize>) -> QuantMatrix {
     let n = cols.len();
     let copy = |data: &TensorData, rows: usize, elem: usize| {
-        let bytes = data.bytes();
-        let mut out = Vec::with_capacity(rows * n * elem);
-        for r in 0..rows {
-            let at = (r * q.n + cols.start) * elem;
-            out.extend_from_slice(&bytes[at..at + n * elem]);
-        }
-        data.release();
-        TensorData::owned(out)
+        TensorData::owned(copy_columns(
+            data,
+            rows,
+            q.n * elem,
+            cols.start * elem,
+            n * elem,
+        ))
     };
     QuantMatrix {
         k: q.k,
