@@ -146,6 +146,21 @@ def check_different_models_refused(r):
     print("ok: ranks holding different models refused, naming the rank and the difference")
 
 
+def check_refusals(r):
+    """Refusals every rank reaches alike are reported once, by rank 0."""
+    moe = os.path.join(MODELS, "tiny-moe")
+    cases = [
+        (3, ["logits", "--model", moe, "--tokens", "1,2", "--out", os.path.join(SCRATCH, "never.npy")],
+         "`language_model/in_out_embed/embeddings`: cannot be split over 3 ranks: its 1024 vocabulary rows do not divide by 3"),
+        (2, ["serve", "--model", moe], "`grok1 serve` does not run under mpirun yet (2 processes)"),
+    ]
+    for np_, args, want in cases:
+        p = r.run(np_, args, check=False)
+        if p.returncode == 0 or p.stderr.count(want) != 1 or "grok1: error: " not in p.stderr:
+            sys.exit(f"FAIL: {args[0]} -np {np_}: exit {p.returncode}, stderr:\n{p.stderr}")
+    print("ok: a model that cannot be split and a command not split yet are refused once, by rank 0")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("binary")
@@ -163,6 +178,7 @@ def main():
     check_against_one_process(r, os.path.join(ROOT, "tests/fixtures/gguf/tiny-moe-q8_0.gguf"), 2, tol)
     check_against_one_process(r, os.path.join(ROOT, "tests/fixtures/safetensors/keyfan"), 2, tol)
     check_different_models_refused(r)
+    check_refusals(r)
     print(f"mpi parity: {r.launches} launches in {time.time() - start:.0f} s")
 
 

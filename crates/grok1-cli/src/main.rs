@@ -157,12 +157,20 @@ fn main() -> ExitCode {
     }
 }
 
-/// An error every rank of a job reaches at the same point.
+/// An error every rank of a job reaches at the same point: a command not
+/// split yet, ranks holding different models, or a model that cannot be split
+/// (found once every rank holds the same config and tensor table).
 fn is_agreed(e: &(dyn std::error::Error + 'static)) -> bool {
     use grok1::parallel::ParallelError;
+    use grok1::LoadError;
     let different = |p: &ParallelError| matches!(p, ParallelError::DifferentModels { .. });
-    e.downcast_ref::<ParallelError>().is_some_and(different)
-        || matches!(e.downcast_ref::<grok1::LoadError>(), Some(grok1::LoadError::Parallel(p)) if different(p))
+    e.downcast_ref::<parallel::NotSplit>().is_some()
+        || e.downcast_ref::<ParallelError>().is_some_and(different)
+        || match e.downcast_ref::<LoadError>() {
+            Some(LoadError::Parallel(p)) => different(p),
+            Some(LoadError::Build { .. }) => true,
+            _ => false,
+        }
 }
 
 /// The error and its causes joined by ": ", as `{:#}` writes them, leaving

@@ -76,15 +76,21 @@ pub fn start() -> anyhow::Result<Runtime> {
     }
 }
 
+/// A command that does not run split over several processes yet; every rank
+/// refuses it alike.
+#[derive(Debug, thiserror::Error)]
+#[error("`grok1 {command}` does not run under mpirun yet ({ranks} processes); generate, logits and bench do")]
+pub struct NotSplit {
+    command: &'static str,
+    ranks: usize,
+}
+
 /// Whether a command runs split over several processes; the others are
 /// refused under mpirun rather than run N times side by side.
-pub fn check_command(name: &str) -> anyhow::Result<()> {
-    let n = size();
-    if n > 1 && !matches!(name, "generate" | "logits" | "bench") {
-        anyhow::bail!(
-            "`grok1 {name}` does not run under mpirun yet ({n} processes); \
-             generate, logits and bench do"
-        );
+pub fn check_command(command: &'static str) -> Result<(), NotSplit> {
+    let ranks = size();
+    if ranks > 1 && !matches!(command, "generate" | "logits" | "bench") {
+        return Err(NotSplit { command, ranks });
     }
     Ok(())
 }
