@@ -37,6 +37,8 @@ fn time(c: &dyn Collective, reps: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
+    // As the grok1 binary does: large freed buffers are reused, not unmapped.
+    grok1::runtime::keep_freed_buffers();
     let runtime = match MpiRuntime::init() {
         Ok(Some(r)) => r,
         Ok(None) => {
