@@ -348,3 +348,68 @@ fn row_slices_stay_mapped_and_slices_inside_rows_are_copied() {
     check(model_dir("tiny-moe"), true);
     check(fixtures().join("gguf/tiny-moe-q8_0.gguf"), false);
 }
+
+#[test]
+fn every_rank_ends_a_generation_as_rank_0_does() {
+    use grok1::generate::{GenerateError, StopReason};
+    let fx = Fixture::open("tiny-moe");
+    let prompt = fx.tokens("decode_prompt0_tokens.npy");
+    // The reference continues 261, 160, 757, 204, 204, ...
+    let cases = [
+        (
+            None,
+            vec![vec![204, 204]],
+            StopReason::StopSequence(0),
+            vec![261, 160, 757],
+        ),
+        (Some(757), vec![], StopReason::Eos, vec![261, 160]),
+        (
+            None,
+            vec![],
+            StopReason::MaxTokens,
+            vec![261, 160, 757, 204, 204, 204],
+        ),
+    ];
+    let sampling = SamplingParams {
+        temperature: 0.0,
+        ..Default::default()
+    };
+    let runs = on_ranks(2, |c| {
+        let model = load(&model_dir("tiny-moe"), c).expect("load");
+        let mut results = Vec::new();
+        for (eos, stops, _, _) in &cases {
+            let stop = StopConditions {
+                eos: *eos,
+                stop_sequences: stops.clone(),
+                max_tokens: 6,
+            };
+            let options = ForwardOptions::default();
+            let out = generate(&model, &prompt, &sampling, &stop, options, &mut |_| {
+                ControlFlow::Continue(())
+            })
+            .expect("generate");
+            results.push((out.stop_reason, out.tokens));
+        }
+        // Rank 0 refuses a bad request before anything runs; the others hear it.
+        let bad = StopConditions {
+            eos: None,
+            stop_sequences: vec![vec![]],
+            max_tokens: 4,
+        };
+        let options = ForwardOptions::default();
+        let refused = generate(&model, &prompt, &sampling, &bad, options, &mut |_| {
+            ControlFlow::Continue(())
+        });
+        (results, refused.unwrap_err())
+    });
+    for (rank, (results, refused)) in runs.iter().enumerate() {
+        for ((_, _, reason, tokens), got) in cases.iter().zip(results) {
+            assert_eq!(got, &(reason.clone(), tokens.clone()), "rank {rank}");
+        }
+        let want = match rank {
+            0 => GenerateError::EmptyStopSequence(0),
+            _ => GenerateError::RefusedByRank0,
+        };
+        assert_eq!(refused, &want, "rank {rank}");
+    }
+}
