@@ -127,11 +127,13 @@ fn main() -> ExitCode {
     report_peak_rss();
     match result {
         Ok(code) => code,
+        // A closed pipe (`grok1 generate ... | head`) is not an error (under
+        // mpirun rank 0 told the others to stop before it returned).
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) if parallel::size() > 1 => {
-            // An error every rank reached together (ranks holding different
-            // models): rank 0 says it and all end normally. Any other: the
-            // rank says it and ends the whole job, whose other ranks may be
-            // waiting for it.
+            // An error every rank reached together: rank 0 says it and all
+            // end normally. Any other: the rank says it and ends the whole
+            // job, whose other ranks may be waiting for it.
             let agreed = err.chain().any(is_agreed);
             let rank = parallel::collective().rank();
             if !agreed {
@@ -143,18 +145,17 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Err(err) => {
-            // A closed pipe (`grok1 generate ... | head`) is not an error.
-            let broken_pipe = err.chain().any(|e| {
-                e.downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-            });
-            if broken_pipe {
-                return ExitCode::SUCCESS;
-            }
             eprintln!("grok1: error: {}", error_text(&err));
             ExitCode::from(2)
         }
     }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// An error every rank of a job reaches at the same point: a command not
