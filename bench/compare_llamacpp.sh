@@ -15,10 +15,20 @@
 #     grok1 bench on the same GGUF file,
 # and prints the medians and the ratios. Nothing of llama.cpp is committed.
 #
+# With --types, the files are llama.cpp's own instead: the model is converted
+# once to a BF16 GGUF with `grok1 convert`, llama-quantize makes one file of
+# each type from it (with --imatrix FILE when given, which the i-quants
+# below 4 bits need), and each round runs llama-bench and grok1 bench on each
+# file (pp and tg, and their ratios, per type).
+#
 # Usage: bench/compare_llamacpp.sh [--threads N] [--repeat R] [--prompt-tokens P]
 #        [--gen-tokens G] [--depth D] [--config FILE] [--precision LIST]
+#        [--types TYPES] [--imatrix FILE]
 #   D: tokens of context cached before each test (llama-bench's -d; default 0)
-#   LIST: comma-separated precisions (fast, int8, f32, bf16; default fast,int8)
+#   LIST: comma-separated precisions (fast, int8, f32, bf16; default fast,int8;
+#         with --types, default fast)
+#   TYPES: comma-separated llama-quantize types, e.g. q8_0,q6_k,q5_k_m,q4_k_m,
+#         q4_0,q3_k_m,q2_k,iq4_xs
 # Environment: GROK1_BENCH_CACHE (default target/llamacpp-bench) holds the
 # llama.cpp build and the models; LLAMA_CPP_DIR uses an existing llama.cpp
 # tree (with build/bin/llama-bench or buildable) instead of downloading one.
@@ -31,7 +41,9 @@ prompt=128
 gen=64
 depth=0
 config=bench/grok-shape-d1024.json
-precisions=fast,int8
+precisions=
+types=
+imatrix=
 while [ $# -gt 0 ]; do
     case "$1" in
         --threads) threads=$2; shift 2 ;;
@@ -41,10 +53,17 @@ while [ $# -gt 0 ]; do
         --depth) depth=$2; shift 2 ;;
         --config) config=$2; shift 2 ;;
         --precision) precisions=$2; shift 2 ;;
+        --types) types=$2; shift 2 ;;
+        --imatrix) imatrix=$2; shift 2 ;;
         *) echo "compare_llamacpp: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
     esac
 done
 [ -f "$config" ] || { echo "compare_llamacpp: no config file $config" >&2; exit 2; }
+[ -z "$imatrix" ] || [ -f "$imatrix" ] || { echo "compare_llamacpp: no imatrix file $imatrix" >&2; exit 2; }
+if [ -z "$precisions" ]; then
+    precisions=fast,int8
+    [ -n "$types" ] && precisions=fast
+fi
 
 cache=${GROK1_BENCH_CACHE:-target/llamacpp-bench}
 mkdir -p "$cache"
@@ -80,13 +99,14 @@ if grep -qw amx_int8 /proc/cpuinfo 2>/dev/null; then
     cflags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 fi
 llama_bench=$src/$build/bin/llama-bench
-if [ ! -x "$llama_bench" ]; then
-    echo "== building llama-bench (once; a few minutes)${cflags:+; without AMX}"
+llama_quantize=$src/$build/bin/llama-quantize
+if [ ! -x "$llama_bench" ] || { [ -n "$types" ] && [ ! -x "$llama_quantize" ]; }; then
+    echo "== building llama-bench and llama-quantize (once; a few minutes)${cflags:+; without AMX}"
     PATH=$venv/bin:$PATH cmake -S "$src" -B "$src/$build" -DCMAKE_BUILD_TYPE=Release \
         -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF \
         -DGGML_NATIVE=ON "-DCMAKE_C_FLAGS=$cflags" "-DCMAKE_CXX_FLAGS=$cflags" \
         > "$cache/cmake-configure.log" 2>&1
-    PATH=$venv/bin:$PATH cmake --build "$src/$build" -j "$(nproc)" --target llama-bench \
+    PATH=$venv/bin:$PATH cmake --build "$src/$build" -j "$(nproc)" --target llama-bench llama-quantize \
         > "$cache/cmake-build.log" 2>&1
 fi
 llama_commit=$(cd "$src" && (git rev-parse --short HEAD 2>/dev/null || echo "0.3.36 sdist"))
@@ -107,34 +127,72 @@ if [ ! -f "$model/$name-q8_0.gguf" ]; then
     $grok1 convert --model "$model/ckpt" --format gguf --type q8_0 --out "$model/$name-q8_0.gguf" --force
 fi
 gguf=$model/$name-q8_0.gguf
+# llama-quantize's files, from one BF16 GGUF.
+files=()
+if [ -n "$types" ]; then
+    if [ ! -f "$model/$name-bf16.gguf" ]; then
+        echo "== converting it to a BF16 GGUF"
+        $grok1 convert --model "$model/ckpt" --format gguf --type bf16 --out "$model/$name-bf16.gguf" --force
+    fi
+    tag=
+    [ -n "$imatrix" ] && tag=-imatrix
+    for t in ${types//,/ }; do
+        upper=$(echo "$t" | tr '[:lower:]' '[:upper:]')
+        f=$model/$name-llama-$t$tag.gguf
+        if [ ! -f "$f" ]; then
+            echo "== llama-quantize $upper${imatrix:+ (imatrix $imatrix)}"
+            "$llama_quantize" ${imatrix:+--imatrix "$imatrix"} "$model/$name-bf16.gguf" "$f" "$upper" \
+                > "$cache/llama-quantize-$t.log" 2>&1 \
+                || { echo "compare_llamacpp: llama-quantize $upper failed; see $cache/llama-quantize-$t.log" >&2; exit 1; }
+        fi
+        files+=("$upper=$f")
+    done
+fi
 
 # 3. Alternate rounds, one repetition each, so drifts of the machine hit both.
 results=$cache/results-$(date +%Y%m%d-%H%M%S).jsonl
 echo "== $repeat rounds, $threads threads, pp$prompt / tg$gen at depth $depth; raw results in $results"
-for r in $(seq 1 "$repeat"); do
-    echo "-- round $r/$repeat"
-    if ! lb=$("$llama_bench" -m "$gguf" -t "$threads" -p "$prompt" -n "$gen" -d "$depth" -r 1 -o json \
+# llama-bench on FILE, its rows labelled LABEL.
+llama_row() {
+    local file=$1 label=$2 lb
+    if ! lb=$("$llama_bench" -m "$file" -t "$threads" -p "$prompt" -n "$gen" -d "$depth" -r 1 -o json \
         2>"$cache/llama-bench.err"); then
-        echo "compare_llamacpp: llama-bench failed on $gguf; its messages: $cache/llama-bench.err" >&2
+        echo "compare_llamacpp: llama-bench failed on $file; its messages: $cache/llama-bench.err" >&2
         exit 1
     fi
-    echo "$lb" | python3 -c 'import json,sys
+    echo "$lb" | LABEL=$label python3 -c 'import json,os,sys
 for row in json.load(sys.stdin):
     kind = "pp" if row["n_gen"] == 0 else "tg"
-    print(json.dumps({"engine": "llama.cpp Q8_0", "kind": kind, "tps": row["avg_ts"]}))' >> "$results"
-    for precision in ${precisions//,/ }; do
-        for target in "$model/ckpt" "$gguf"; do
-            label="grok1 int8 ckpt, $precision"
-            [ "$target" = "$gguf" ] && label="grok1 Q8_0 GGUF, $precision"
-            $grok1 bench --model "$target" --precision "$precision" --threads "$threads" \
-                --prompt-tokens "$prompt" --gen-tokens "$gen" --depth "$depth" --repeat 1 --json 2>/dev/null | tail -1 \
-                | LABEL=$label python3 -c 'import json,os,sys
+    print(json.dumps({"engine": os.environ["LABEL"], "kind": kind, "tps": row["avg_ts"]}))' >> "$results"
+}
+# grok1 bench on FILE at PRECISION, its rows labelled LABEL.
+grok1_row() {
+    local file=$1 precision=$2 label=$3
+    $grok1 bench --model "$file" --precision "$precision" --threads "$threads" \
+        --prompt-tokens "$prompt" --gen-tokens "$gen" --depth "$depth" --repeat 1 --json 2>/dev/null | tail -1 \
+        | LABEL=$label python3 -c 'import json,os,sys
 o = json.load(sys.stdin)
 for kind, key in (("pp", "prompt_tokens_per_s"), ("tg", "gen_tokens_per_s")):
     print(json.dumps({"engine": os.environ["LABEL"], "kind": kind, "tps": o[key],
                       "bytes_per_token": o["weight_bytes_per_token"], "bw": o["mem_bandwidth_gbs"],
                       "roofline": o["roofline_fraction"]}))' >> "$results"
+}
+for r in $(seq 1 "$repeat"); do
+    echo "-- round $r/$repeat"
+    if [ -n "$types" ]; then
+        for entry in "${files[@]}"; do
+            t=${entry%%=*} f=${entry#*=}
+            llama_row "$f" "llama.cpp $t"
+            for precision in ${precisions//,/ }; do
+                grok1_row "$f" "$precision" "grok1 $t, $precision"
+            done
         done
+        continue
+    fi
+    llama_row "$gguf" "llama.cpp Q8_0"
+    for precision in ${precisions//,/ }; do
+        grok1_row "$model/ckpt" "$precision" "grok1 int8 ckpt, $precision"
+        grok1_row "$gguf" "$precision" "grok1 Q8_0 GGUF, $precision"
     done
 done
 
@@ -155,12 +213,18 @@ if os.environ["DEPTH"] != "0":
 print(f"\nmodel {os.environ['CONFIG']}, {os.environ['THREADS']} threads, llama.cpp {os.environ['COMMIT']}")
 print(f"| engine | pp{p} tok/s | tg{g} tok/s | pp ratio | tg ratio |")
 print("| --- | --- | --- | --- | --- |")
-base = med["llama.cpp Q8_0", "pp"][0], med["llama.cpp Q8_0", "tg"][0]
+# Each engine against llama.cpp on the same file: the llama.cpp row printed
+# last before it (with --types, one per type; else the Q8_0 one).
+base = None
 for e in engines:
     pp, tg = med[e, "pp"], med[e, "tg"]
+    if e.startswith("llama.cpp"):
+        base = pp[0], tg[0]
     print(f"| {e} | {pp[0]:.1f} ({pp[1]:.1f} - {pp[2]:.1f}) | {tg[0]:.1f} ({tg[1]:.1f} - {tg[2]:.1f}) "
           f"| {pp[0] / base[0]:.2f}x | {tg[0] / base[1]:.2f}x |")
-for e in engines[1:]:
+for e in engines:
+    if e.startswith("llama.cpp"):
+        continue
     r = [x for x in rows if x["engine"] == e and x["kind"] == "tg"]
     print(f"{e}: {r[-1]['bytes_per_token'] / 1e6:.0f} MB of weights per token, "
           f"{statistics.median(x['roofline'] for x in r):.0%} of the {statistics.median(x['bw'] for x in r):.1f} GB/s roofline")

@@ -12,6 +12,24 @@ use serde_json::json;
 use crate::args::BenchArgs;
 use crate::model_source;
 
+/// Under mpirun only rank 0 prints (every rank runs the same measurements).
+macro_rules! say {
+    ($($t:tt)*) => {
+        if crate::parallel::is_root() {
+            println!($($t)*)
+        }
+    };
+}
+
+/// [`say`] for stderr.
+macro_rules! note {
+    ($($t:tt)*) => {
+        if crate::parallel::is_root() {
+            eprintln!($($t)*)
+        }
+    };
+}
+
 fn gib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 30) as f64
 }
@@ -27,9 +45,13 @@ struct Row<'a> {
 impl Row<'_> {
     fn print(&self, test: &str, rates: &[f64]) {
         let (median, min, max) = summarize(rates);
-        println!(
+        say!(
             "| {} | {:.2} GiB | {:.2} B | {} | {} | {test} | {median:.2} ({min:.2} - {max:.2}) |",
-            self.model, self.size_gib, self.params_b, self.backend, self.threads
+            self.model,
+            self.size_gib,
+            self.params_b,
+            self.backend,
+            self.threads
         );
     }
 }
@@ -93,6 +115,10 @@ fn summary_json(
         "mem_bandwidth_gbs": bandwidth,
         "roofline_gen_tokens_per_s": roofline,
         "roofline_fraction": if roofline > 0.0 { tg / roofline } else { 0.0 },
+        "ranks": crate::parallel::size(),
+        "prompt_comm_fraction": r.prompt_comm_fraction,
+        "gen_comm_fraction": r.gen_comm_fraction,
+        "gen_comm_bytes_per_token": r.gen_comm_bytes_per_token,
     })
 }
 
@@ -132,7 +158,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         String::new()
     };
-    eprintln!(
+    note!(
         "grok1: measuring memory read bandwidth on {} MiB...",
         args.bandwidth_mib
     );
@@ -167,7 +193,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         threads,
         timestamp,
     };
-    let mut report = |line: &str| eprintln!("grok1: bench {line}");
+    let mut report = |line: &str| note!("grok1: bench {line}");
     let main_spec = BenchSpec {
         prompt_tokens: args.prompt_tokens,
         gen_tokens: args.gen_tokens,
@@ -178,8 +204,8 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         precision: args.model.precision(),
     };
     if !args.json {
-        println!("| model | size | params | backend | threads | test | t/s (median, min - max) |");
-        println!("| --- | ---: | ---: | --- | ---: | --- | ---: |");
+        say!("| model | size | params | backend | threads | test | t/s (median, min - max) |");
+        say!("| --- | ---: | ---: | --- | ---: | --- | ---: |");
     }
     if args.sweep {
         let mut lines = Vec::new();
@@ -216,7 +242,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     &format!("tg{} batch {b}{at}", spec.gen_tokens),
                     &r.gen_tokens_per_s,
                 );
-                println!(
+                say!(
                     "|  |  |  |  |  | (batch {b}: {:.2} GB read per step, {:.2} experts per layer, {:.0}% of the roofline) |  |",
                     r.weight_bytes_per_step / 1e9,
                     r.experts_per_step,
@@ -225,14 +251,14 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             }
         }
         for l in lines {
-            println!("{l}");
+            say!("{l}");
         }
     }
     let r = bench::run(model, &main_spec, &mut report)?;
     bandwidth = bandwidth.max(probe());
     let summary = summary_json(&main_spec, &r, bandwidth, &info);
     if args.json {
-        println!("{summary}");
+        say!("{summary}");
     } else {
         if main_spec.prompt_tokens > 0 {
             row.print(
@@ -246,25 +272,34 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 &r.gen_tokens_per_s,
             );
         }
-        println!();
-        println!(
+        say!();
+        say!(
             "prompt processing: {:.1} GFLOP/s ({:.2} GFLOP per token in the matrix products)",
             summary["prompt_gflops"].as_f64().unwrap_or(0.0),
             r.flops_per_prompt_token / 1e9
         );
-        println!(
+        say!(
             "generation: {:.3} GB of weights read per step ({:.3} GB per token; {:.2} of {} experts per layer per step)",
             r.weight_bytes_per_step / 1e9,
             summary["weight_bytes_per_token"].as_f64().unwrap_or(0.0) / 1e9,
             r.experts_per_step,
             cfg.num_experts
         );
-        println!(
+        say!(
             "memory read bandwidth (best of the probes in this run): {bandwidth:.1} GB/s; roofline {:.2} tokens/s; reached {:.0}%",
             summary["roofline_gen_tokens_per_s"].as_f64().unwrap_or(0.0),
             100.0 * summary["roofline_fraction"].as_f64().unwrap_or(0.0)
         );
-        println!("(times exclude tokenization and sampling; tokens are random ids)");
+        let ranks = crate::parallel::size();
+        if ranks > 1 {
+            say!(
+                "tensor parallel over {ranks} ranks (rank 0's figures): communication {:.1}% of prompt processing, {:.1}% of generation; {:.1} KiB sent per generated token",
+                100.0 * r.prompt_comm_fraction,
+                100.0 * r.gen_comm_fraction,
+                r.gen_comm_bytes_per_token / 1024.0
+            );
+        }
+        say!("(times exclude tokenization and sampling; tokens are random ids)");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -83,6 +83,10 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     if let Some(e) = write_error {
         return Err(e).context("writing to stdout");
     }
+    // Under mpirun the other ranks ran the same steps; rank 0 alone writes.
+    if !crate::parallel::is_root() {
+        return Ok(ExitCode::SUCCESS);
+    }
     emit(&decoder.finish(), &mut out)?;
     if args.print_ids {
         if !ends_with_newline {
@@ -127,6 +131,8 @@ pub fn logits(args: LogitsArgs) -> anyhow::Result<ExitCode> {
             prompt_ids(&args.prompt, &tokenizer)?
         }
     };
+    // Under mpirun every rank runs rank 0's tokens.
+    let tokens = grok1::parallel::broadcast_u32s(model.collective(), &tokens);
     model.validate_prompt(&tokens)?;
     let mut cache = model.new_cache(tokens.len(), 1);
     let seq = cache.add_sequence();
@@ -146,6 +152,9 @@ pub fn logits(args: LogitsArgs) -> anyhow::Result<ExitCode> {
         &options,
         None,
     )?;
+    if !crate::parallel::is_root() {
+        return Ok(ExitCode::SUCCESS);
+    }
     // A regular file is replaced whole (an interrupted run never leaves a
     // truncated .npy under the requested name); a FIFO or device is written
     // through, never replaced.

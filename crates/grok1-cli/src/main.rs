@@ -10,6 +10,7 @@ mod eval;
 mod generate;
 mod inspect;
 mod model_source;
+mod parallel;
 mod progress;
 mod serve;
 mod tokenize;
@@ -20,7 +21,27 @@ use clap::Parser;
 
 use args::{Cli, Command};
 
+/// The subcommand's name, as typed.
+fn command_name(command: &Command) -> &'static str {
+    match command {
+        Command::Generate(_) => "generate",
+        Command::Logits(_) => "logits",
+        Command::Inspect(_) => "inspect",
+        Command::Init(_) => "init",
+        Command::Tokenize(_) => "tokenize",
+        Command::Detokenize(_) => "detokenize",
+        Command::Bench(_) => "bench",
+        Command::Serve(_) => "serve",
+        Command::Chat(_) => "chat",
+        Command::Convert(_) => "convert",
+        Command::Eval(_) => "eval",
+        Command::SandboxExec(_) => "sandbox-exec",
+        Command::Completions(_) => "completions",
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    parallel::check_command(command_name(&cli.command))?;
     match cli.command {
         Command::Generate(a) => generate::generate(a),
         Command::Logits(a) => generate::logits(a),
@@ -58,9 +79,14 @@ fn report_peak_rss() {
         return;
     }
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    // Under mpirun every rank reports its own, labelled.
+    let rank = match parallel::size() {
+        1 => String::new(),
+        _ => format!(" (rank {})", parallel::collective().rank()),
+    };
     match status.lines().find(|l| l.starts_with("VmHWM:")) {
-        Some(line) => eprintln!("grok1: peak RSS {}", line["VmHWM:".len()..].trim()),
-        None => eprintln!("grok1: peak RSS unavailable on this platform"),
+        Some(line) => eprintln!("grok1: peak RSS {}{rank}", line["VmHWM:".len()..].trim()),
+        None => eprintln!("grok1: peak RSS unavailable on this platform{rank}"),
     }
 }
 
@@ -90,23 +116,62 @@ fn main() -> ExitCode {
         eprintln!("grok1: error: {err}");
         return ExitCode::from(2);
     }
+    let runtime = match parallel::start() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("grok1: error: {}", error_text(&err));
+            return ExitCode::from(2);
+        }
+    };
     let result = run(cli);
     report_peak_rss();
     match result {
         Ok(code) => code,
-        Err(err) => {
-            // A closed pipe (`grok1 generate ... | head`) is not an error.
-            let broken_pipe = err.chain().any(|e| {
-                e.downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-            });
-            if broken_pipe {
-                return ExitCode::SUCCESS;
+        // A closed pipe (`grok1 generate ... | head`) is not an error (under
+        // mpirun rank 0 told the others to stop before it returned).
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) if parallel::size() > 1 => {
+            // An error every rank reached together: rank 0 says it and all
+            // end normally. Any other: the rank says it and ends the whole
+            // job, whose other ranks may be waiting for it.
+            let agreed = err.chain().any(is_agreed);
+            let rank = parallel::collective().rank();
+            if !agreed {
+                eprintln!("grok1: error (rank {rank}): {}", error_text(&err));
+                runtime.abort(2);
+            } else if rank == 0 {
+                eprintln!("grok1: error: {}", error_text(&err));
             }
+            ExitCode::from(2)
+        }
+        Err(err) => {
             eprintln!("grok1: error: {}", error_text(&err));
             ExitCode::from(2)
         }
     }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// An error every rank of a job reaches at the same point: a command not
+/// split yet, ranks holding different models, or a model that cannot be split
+/// (found once every rank holds the same config and tensor table).
+fn is_agreed(e: &(dyn std::error::Error + 'static)) -> bool {
+    use grok1::parallel::ParallelError;
+    use grok1::LoadError;
+    let different = |p: &ParallelError| matches!(p, ParallelError::DifferentModels { .. });
+    e.downcast_ref::<parallel::NotSplit>().is_some()
+        || e.downcast_ref::<ParallelError>().is_some_and(different)
+        || match e.downcast_ref::<LoadError>() {
+            Some(LoadError::Parallel(p)) => different(p),
+            Some(LoadError::Build { .. }) => true,
+            _ => false,
+        }
 }
 
 /// The error and its causes joined by ": ", as `{:#}` writes them, leaving

@@ -37,6 +37,9 @@ pub fn model_tokenizer(loaded: &LoadedModel, flag: Option<&Path>) -> anyhow::Res
 /// The tokenizer and the model must agree on the ids; where they do not, say
 /// what will fail before it does.
 fn warn_on_vocab_mismatch(tokenizer: &Tokenizer, model: &Grok1) {
+    if !crate::parallel::is_root() {
+        return;
+    }
     let (pieces, ids) = (tokenizer.vocab_size(), model.config().vocab_size);
     let consequence = match pieces.cmp(&ids) {
         std::cmp::Ordering::Equal => return,
@@ -64,8 +67,16 @@ pub fn load(path: Option<&Path>) -> anyhow::Result<LoadedModel> {
     let Some(path) = path else {
         return load_demo();
     };
-    let loaded = grok1::load_with(path, &Bar::new(false))?;
-    if loaded.preset_config {
+    let collective = crate::parallel::collective();
+    let root = collective.rank() == 0;
+    // One progress bar, rank 0's.
+    let bar = Bar::new(false);
+    let progress: &dyn grok1::progress::Progress = match root {
+        true => &bar,
+        false => &grok1::progress::NoProgress,
+    };
+    let loaded = grok1::load_parallel(path, progress, collective)?;
+    if loaded.preset_config && root {
         eprintln!(
             "grok1: {} has no config.json: using the grok-1 preset",
             path.display()
@@ -75,14 +86,17 @@ pub fn load(path: Option<&Path>) -> anyhow::Result<LoadedModel> {
 }
 
 fn load_demo() -> anyhow::Result<LoadedModel> {
-    eprintln!(
+    let collective = crate::parallel::collective();
+    if collective.rank() == 0 {
+        eprintln!(
         "grok1: no --model given: running the built-in demo model (Grok-1 architecture, \
          2 small layers, random weights), so the text is meaningless. Pass --model DIR to run Grok-1."
-    );
+        );
+    }
     let cfg = demo_config();
     let store = random_store(&cfg, DEMO_SEED);
     Ok(LoadedModel {
-        model: Grok1::from_store(cfg, &store)?,
+        model: Grok1::from_store_parallel(cfg, &store, collective)?,
         format: ModelFormat::Ckpt0,
         tokenizer_file: None,
         embedded_tokenizer: None,

@@ -45,6 +45,13 @@ pub struct BenchResult {
     pub experts_per_step: f64,
     /// Multiply-adds x 2 of one prompt token (matrix products only).
     pub flops_per_prompt_token: f64,
+    /// Tensor parallel: the share of the timed prompt-processing time this
+    /// process spent in collectives (waiting for slower ranks included).
+    pub prompt_comm_fraction: f64,
+    /// The same for the decode steps.
+    pub gen_comm_fraction: f64,
+    /// Bytes this process sent in collectives per generated token.
+    pub gen_comm_bytes_per_token: f64,
 }
 
 /// The sample standard deviation (n - 1 in the divisor, as llama-bench's
@@ -167,6 +174,7 @@ pub fn run(
     // Prompt processing: one sequence, all tokens in one call, last row's
     // logits, after `depth` tokens of context (filled once, untimed; each
     // repetition cuts the cache back to them).
+    let (mut prompt_time, mut prompt_comm) = (0f64, 0f64);
     if spec.prompt_tokens > 0 {
         let mut cache = model.new_cache(spec.depth + spec.prompt_tokens, 1);
         let seq = cache.add_sequence();
@@ -187,6 +195,7 @@ pub fn run(
             let tokens = random_tokens(&mut rng, spec.prompt_tokens, vocab);
             cache.truncate(seq, spec.depth)?;
             let start = Instant::now();
+            let comm = model.collective().traffic();
             model.forward(
                 &mut cache,
                 &[SequenceInput {
@@ -199,6 +208,8 @@ pub fn run(
             let secs = start.elapsed().as_secs_f64();
             if rep > 0 {
                 result.prompt_tokens_per_s.push(tokens.len() as f64 / secs);
+                prompt_time += secs;
+                prompt_comm += model.collective().traffic().seconds - comm.seconds;
             }
         }
     }
@@ -211,6 +222,7 @@ pub fn run(
             .gen_tokens
             .min(cfg.sequence_len.saturating_sub(context));
         let (mut bytes, mut experts, mut counted) = (0f64, 0f64, 0usize);
+        let (mut gen_time, mut comm_time, mut comm_bytes) = (0f64, 0f64, 0f64);
         let mut cache = model.new_cache(spec.batch * (context + steps), spec.batch);
         let seqs: Vec<_> = (0..spec.batch).map(|_| cache.add_sequence()).collect();
         fill_context(
@@ -233,9 +245,15 @@ pub fn run(
                     .map(|(&seq, tokens)| SequenceInput { seq, tokens })
                     .collect();
                 let start = Instant::now();
+                let comm = model.collective().traffic();
                 let out = model.forward(&mut cache, &inputs, &options, None)?;
-                elapsed += start.elapsed().as_secs_f64();
+                let secs = start.elapsed().as_secs_f64();
+                elapsed += secs;
                 if rep > 0 {
+                    let after = model.collective().traffic();
+                    gen_time += secs;
+                    comm_time += after.seconds - comm.seconds;
+                    comm_bytes += (after.bytes_sent - comm.bytes_sent) as f64;
                     bytes += out.stats.weight_bytes as f64;
                     let layers = out.stats.experts_read.len().max(1);
                     experts += out.stats.experts_read.iter().sum::<usize>() as f64 / layers as f64;
@@ -251,7 +269,14 @@ pub fn run(
         if counted > 0 {
             result.weight_bytes_per_step = bytes / counted as f64;
             result.experts_per_step = experts / counted as f64;
+            result.gen_comm_bytes_per_token = comm_bytes / (counted * spec.batch) as f64;
         }
+        if gen_time > 0.0 {
+            result.gen_comm_fraction = comm_time / gen_time;
+        }
+    }
+    if prompt_time > 0.0 {
+        result.prompt_comm_fraction = prompt_comm / prompt_time;
     }
     Ok(result)
 }

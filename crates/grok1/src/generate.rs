@@ -6,6 +6,7 @@ use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use crate::model::{ForwardOptions, Grok1, LogitsRows, ModelError, SequenceInput};
+use crate::parallel::{broadcast_u32s, Collective};
 use crate::sampling::{Sampler, SamplingError, SamplingParams};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -18,6 +19,9 @@ pub enum GenerateError {
     Sampling(#[from] SamplingError),
     #[error("stop sequence {0} is empty")]
     EmptyStopSequence(usize),
+    /// Tensor parallel: rank 0 refused the request (it reports why).
+    #[error("rank 0 refused the generation")]
+    RefusedByRank0,
 }
 
 /// When generation ends.
@@ -68,8 +72,43 @@ fn pending_stop_prefix(tokens: &[u32], stops: &[Vec<u32>]) -> usize {
     held
 }
 
+/// Tensor parallel: what rank 0 tells the others after each sampled token.
+/// `[CONTINUE, token]`: run `token`; `[STOP, reason, index, tokens...]`:
+/// generation ended with rank 0's output `tokens`.
+const CONTINUE: u32 = 0;
+const STOP: u32 = 1;
+
+fn stop_message(reason: &StopReason, tokens: &[u32]) -> Vec<u32> {
+    let code = match reason {
+        StopReason::Eos => [STOP, 0, 0],
+        StopReason::StopSequence(i) => [STOP, 1, *i as u32],
+        StopReason::MaxTokens => [STOP, 2, 0],
+        StopReason::ContextFull => [STOP, 3, 0],
+        StopReason::Cancelled => [STOP, 4, 0],
+    };
+    code.iter().chain(tokens).copied().collect()
+}
+
+/// The reason and tokens of a stop message.
+fn stop_reason(message: &[u32]) -> (StopReason, Vec<u32>) {
+    let tokens = message.get(3..).unwrap_or_default().to_vec();
+    let reason = match message {
+        [_, 0, _, ..] => StopReason::Eos,
+        [_, 1, i, ..] => StopReason::StopSequence(*i as usize),
+        [_, 2, _, ..] => StopReason::MaxTokens,
+        [_, 3, _, ..] => StopReason::ContextFull,
+        _ => StopReason::Cancelled,
+    };
+    (reason, tokens)
+}
+
 /// Generates a continuation of `prompt`. `on_tokens` receives tokens as they
 /// become final (never eos or a stop match); returning `Break` stops generation.
+///
+/// Tensor parallel (a model split over several ranks), every rank calls this:
+/// rank 0's prompt and stop conditions count, rank 0 samples each token and
+/// tells the others, which run the same forward passes (`on_tokens` is only
+/// called on rank 0).
 pub fn generate(
     model: &Grok1,
     prompt: &[u32],
@@ -78,13 +117,29 @@ pub fn generate(
     options: ForwardOptions,
     on_tokens: &mut dyn FnMut(&[u32]) -> ControlFlow<()>,
 ) -> Result<Generation, GenerateError> {
-    if prompt.is_empty() {
-        return Err(GenerateError::EmptyPrompt);
+    let collective = model.collective();
+    if collective.rank() != 0 {
+        return follow(model, options);
     }
-    if let Some(i) = stop.stop_sequences.iter().position(Vec::is_empty) {
-        return Err(GenerateError::EmptyStopSequence(i));
+    let checked = check_request(prompt, sampling, stop);
+    if collective.size() > 1 {
+        // [max_tokens (2 words), prompt...], or nothing for a refusal.
+        let max = stop.max_tokens as u64;
+        let header: Vec<u32> = match &checked {
+            Ok(_) => [max as u32, (max >> 32) as u32]
+                .into_iter()
+                .chain(prompt.iter().copied())
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        broadcast_u32s(collective, &header);
     }
-    let mut sampler = Sampler::new(sampling.clone())?;
+    let mut sampler = checked?;
+    let announce = |step: &[u32]| {
+        if collective.size() > 1 {
+            broadcast_u32s(collective, step);
+        }
+    };
     let context = model.config().sequence_len;
     // Saturating: `--max-tokens` of u64::MAX means "until the context is full",
     // not a sum that wraps to a cache too small for the prompt.
@@ -122,7 +177,13 @@ pub fn generate(
         .logits;
     let prefill_time = started.elapsed();
     let reason = loop {
-        let next = sampler.sample(&logits, &history)?;
+        let next = match sampler.sample(&logits, &history) {
+            Ok(next) => next,
+            Err(e) => {
+                announce(&stop_message(&StopReason::Cancelled, &out));
+                return Err(e.into());
+            }
+        };
         if Some(next) == stop.eos {
             break StopReason::Eos;
         }
@@ -146,6 +207,7 @@ pub fn generate(
         if history.len() >= context {
             break StopReason::ContextFull;
         }
+        announce(&[CONTINUE, next]);
         logits = model
             .forward(
                 &mut cache,
@@ -159,6 +221,7 @@ pub fn generate(
             .logits;
         decode_steps += 1;
     };
+    announce(&stop_message(&reason, &out));
     if emitted < out.len() && reason != StopReason::Cancelled {
         let _ = on_tokens(&out[emitted..]);
     }
@@ -169,6 +232,72 @@ pub fn generate(
         decode_time: started.elapsed() - prefill_time,
         decode_steps,
     })
+}
+
+/// Rank 0's checks of a request, before anything runs: the sampler to use.
+fn check_request(
+    prompt: &[u32],
+    sampling: &SamplingParams,
+    stop: &StopConditions,
+) -> Result<Sampler, GenerateError> {
+    if prompt.is_empty() {
+        return Err(GenerateError::EmptyPrompt);
+    }
+    if let Some(i) = stop.stop_sequences.iter().position(Vec::is_empty) {
+        return Err(GenerateError::EmptyStopSequence(i));
+    }
+    Ok(Sampler::new(sampling.clone())?)
+}
+
+/// A rank other than 0 of a split model: the same forward passes as rank 0,
+/// on the prompt and tokens rank 0 sends.
+fn follow(model: &Grok1, options: ForwardOptions) -> Result<Generation, GenerateError> {
+    let collective: &dyn Collective = model.collective();
+    let header = broadcast_u32s(collective, &[]);
+    if header.len() < 3 {
+        return Err(GenerateError::RefusedByRank0);
+    }
+    let max_tokens = (u64::from(header[0]) | (u64::from(header[1]) << 32)) as usize;
+    let prompt = &header[2..];
+    let context = model.config().sequence_len;
+    let started = Instant::now();
+    let done = |tokens, stop_reason, prefill_time, decode_steps| Generation {
+        tokens,
+        stop_reason,
+        prefill_time,
+        decode_time: started.elapsed().saturating_sub(prefill_time),
+        decode_steps,
+    };
+    if max_tokens == 0 {
+        model.validate_prompt(prompt)?;
+        return Ok(done(Vec::new(), StopReason::MaxTokens, Duration::ZERO, 0));
+    }
+    // The cache rank 0 makes, so that both fill up at the same step.
+    let mut cache = model.new_cache(prompt.len().saturating_add(max_tokens).min(context), 1);
+    let seq = cache.add_sequence();
+    let options = ForwardOptions {
+        logits: LogitsRows::Last,
+        ..options
+    };
+    let run = |cache: &mut crate::KvCache, tokens: &[u32]| {
+        model.forward(cache, &[SequenceInput { seq, tokens }], &options, None)
+    };
+    run(&mut cache, prompt)?;
+    let prefill_time = started.elapsed();
+    let mut steps = 0;
+    loop {
+        let step = broadcast_u32s(collective, &[]);
+        match step.as_slice() {
+            [CONTINUE, token] => {
+                run(&mut cache, &[*token])?;
+                steps += 1;
+            }
+            message => {
+                let (reason, tokens) = stop_reason(message);
+                return Ok(done(tokens, reason, prefill_time, steps));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

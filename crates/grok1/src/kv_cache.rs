@@ -488,6 +488,11 @@ impl KvCache {
     pub fn layers(&self) -> usize {
         self.layers
     }
+
+    /// Key/value heads cached (a tensor-parallel rank's share of them).
+    pub fn kv_heads(&self) -> usize {
+        self.kv_heads
+    }
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ pub mod kv_cache;
 pub mod load;
 pub mod model;
 pub mod npy;
+pub mod parallel;
 pub mod quant;
 pub mod runtime;
 pub mod sampling;
@@ -40,7 +41,7 @@ pub mod session;
 
 pub use backend::Precision;
 pub use kv_cache::{KvCache, SeqId};
-pub use load::{load, load_with, LoadError, LoadedModel, ModelFormat};
+pub use load::{load, load_parallel, load_with, LoadError, LoadedModel, ModelFormat};
 pub use model::{
     ForwardOptions, ForwardOutput, Grok1, LogitsRows, ModelError, RowLogits, SequenceInput,
 };

@@ -27,9 +27,11 @@
 //! ```
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use grok1_tokenizer::{Tokenizer, TokenizerError};
 
+use crate::parallel::{check_same_model, model_description, Collective, ParallelError};
 use crate::progress::{NoProgress, Progress};
 use crate::weights::{ckpt0, gguf, safetensors, TensorStore, WeightError};
 use crate::{ConfigError, Grok1, ModelConfig};
@@ -54,6 +56,8 @@ pub enum LoadError {
     Config(#[from] ConfigError),
     #[error("building the model from {}: {source}", path.display())]
     Build { path: PathBuf, source: WeightError },
+    #[error(transparent)]
+    Parallel(#[from] ParallelError),
     #[error("loading tokenizer {}: {source}", path.display())]
     TokenizerFile {
         path: PathBuf,
@@ -146,25 +150,44 @@ pub fn load(path: impl AsRef<Path>) -> Result<LoadedModel, LoadError> {
 /// # }
 /// ```
 pub fn load_with(path: &Path, progress: &dyn Progress) -> Result<LoadedModel, LoadError> {
-    if let Some(file) = gguf::find(path)? {
-        return load_gguf(&file);
-    }
-    if safetensors::is_safetensors_dir(path) {
-        return load_safetensors(path);
-    }
-    load_ckpt0(path, progress)
+    load_parallel(path, progress, crate::parallel::single_process())
 }
 
-fn build(config: ModelConfig, store: &TensorStore, path: &Path) -> Result<Grok1, LoadError> {
-    Grok1::from_store(config, store).map_err(|source| LoadError::Build {
+/// [`load_with`] for one rank of a model split over `collective`'s processes
+/// (tensor parallel): the file is opened whole (mapped, not read) and this
+/// rank keeps its part of each split tensor. Every rank must call it; a rank
+/// whose model differs from rank 0's (config or tensor table) is refused on
+/// every rank with [`ParallelError::DifferentModels`].
+pub fn load_parallel(
+    path: &Path,
+    progress: &dyn Progress,
+    collective: Arc<dyn Collective>,
+) -> Result<LoadedModel, LoadError> {
+    if let Some(file) = gguf::find(path)? {
+        return load_gguf(&file, collective);
+    }
+    if safetensors::is_safetensors_dir(path) {
+        return load_safetensors(path, collective);
+    }
+    load_ckpt0(path, progress, collective)
+}
+
+fn build(
+    config: ModelConfig,
+    store: &TensorStore,
+    path: &Path,
+    collective: Arc<dyn Collective>,
+) -> Result<Grok1, LoadError> {
+    check_same_model(&*collective, &model_description(&config, store))?;
+    Grok1::from_store_parallel(config, store, collective).map_err(|source| LoadError::Build {
         path: path.to_path_buf(),
         source,
     })
 }
 
-fn load_gguf(file: &Path) -> Result<LoadedModel, LoadError> {
+fn load_gguf(file: &Path, collective: Arc<dyn Collective>) -> Result<LoadedModel, LoadError> {
     let gguf = gguf::GgufModel::open(file)?;
-    let model = build(gguf.config()?, &gguf.store, file)?;
+    let model = build(gguf.config()?, &gguf.store, file, collective)?;
     let folder = file.parent().map(Path::to_path_buf).unwrap_or_default();
     Ok(LoadedModel {
         model,
@@ -177,9 +200,9 @@ fn load_gguf(file: &Path) -> Result<LoadedModel, LoadError> {
     })
 }
 
-fn load_safetensors(dir: &Path) -> Result<LoadedModel, LoadError> {
+fn load_safetensors(dir: &Path, collective: Arc<dyn Collective>) -> Result<LoadedModel, LoadError> {
     let st = safetensors::SafetensorsModel::open(dir)?;
-    let model = build(st.config()?, &st.store, dir)?;
+    let model = build(st.config()?, &st.store, dir, collective)?;
     Ok(LoadedModel {
         model,
         format: ModelFormat::Safetensors,
@@ -190,14 +213,18 @@ fn load_safetensors(dir: &Path) -> Result<LoadedModel, LoadError> {
     })
 }
 
-fn load_ckpt0(dir: &Path, progress: &dyn Progress) -> Result<LoadedModel, LoadError> {
+fn load_ckpt0(
+    dir: &Path,
+    progress: &dyn Progress,
+    collective: Arc<dyn Collective>,
+) -> Result<LoadedModel, LoadError> {
     let paths = ckpt0::locate(dir)?;
     let config = match &paths.config {
         Some(p) => ModelConfig::load(p)?,
         None => ModelConfig::grok1(),
     };
     let store = ckpt0::read_checkpoint(&paths.tensors, &config, paths.config.as_deref(), progress)?;
-    let model = build(config, &store, dir)?;
+    let model = build(config, &store, dir, collective)?;
     let tokenizer_file = [dir.join("tokenizer.model"), dir.join("../tokenizer.model")]
         .into_iter()
         .find(|p| p.exists());

@@ -8,7 +8,10 @@ use crate::kv_cache::KvCache;
 use crate::model::weights::LayerWeights;
 
 /// Self-attention of `a` (`[rows, d]`, already normed) for layer `layer`;
-/// writes the rows' keys and values into `cache` and returns `[rows, d]`.
+/// writes the rows' keys and values into `cache` and returns `[rows, d]`,
+/// not yet rounded to the activation dtype (a tensor-parallel rank's result
+/// is its heads' share, summed across ranks first). `cfg` holds this
+/// process's heads.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_block(
     backend: &dyn Backend,
@@ -80,6 +83,5 @@ pub fn attention_block(
     // heads concatenated [rows, Hq*hd], then o @ Wo back to d
     let mut out = vec![0f32; n * cfg.emb_size];
     backend.matmul(&o, &w.wo, &mut out, precision);
-    precision.cast(&mut out);
     out
 }

@@ -8,10 +8,12 @@ pub mod rope;
 pub mod weights;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use crate::backend::{cpu::CpuBackend, Backend, Precision, RowPosition};
 use crate::config::ModelConfig;
 use crate::kv_cache::{CacheError, KvCache, SeqId};
+use crate::parallel::{Collective, SingleProcess};
 use crate::weights::{TensorStore, WeightError};
 use moe::RouterDecisions;
 use rope::Rope;
@@ -120,6 +122,10 @@ pub struct Trace {
 /// A loaded model: config, weights and the backend that runs it.
 pub struct Grok1 {
     config: ModelConfig,
+    /// The shapes this process computes: `config` with the heads and expert
+    /// width of its shard (the same as `config` for the whole model).
+    local: ModelConfig,
+    collective: Arc<dyn Collective>,
     weights: Weights,
     backend: Box<dyn Backend>,
     rope: Rope,
@@ -147,10 +153,51 @@ impl Grok1 {
         Ok(Self::new(config, weights, Box::new(CpuBackend::new())))
     }
 
+    /// One rank's part of the model (tensor parallel over `collective`):
+    /// its slice of each split weight, from a store holding the whole model.
+    pub fn from_store_parallel(
+        config: ModelConfig,
+        store: &TensorStore,
+        collective: Arc<dyn Collective>,
+    ) -> Result<Self, WeightError> {
+        let weights = Weights::from_store_shard(&config, store, collective.shard())?;
+        Ok(Self::new_parallel(
+            config,
+            weights,
+            Box::new(CpuBackend::new()),
+            collective,
+        ))
+    }
+
     pub fn new(config: ModelConfig, weights: Weights, backend: Box<dyn Backend>) -> Self {
+        Self::new_parallel(config, weights, backend, Arc::new(SingleProcess))
+    }
+
+    /// A model whose `weights` are the part `collective.shard()` of the whole
+    /// (panics if they are another part: a caller's mistake, not bad input).
+    pub fn new_parallel(
+        config: ModelConfig,
+        weights: Weights,
+        backend: Box<dyn Backend>,
+        collective: Arc<dyn Collective>,
+    ) -> Self {
+        assert_eq!(
+            weights.shard,
+            collective.shard(),
+            "weights of another shard than the collective's rank"
+        );
         let rope = Rope::new(config.key_size, config.rope_base);
+        let n = weights.shard.count;
+        let local = ModelConfig {
+            num_q_heads: config.num_q_heads / n,
+            num_kv_heads: config.num_kv_heads / n,
+            ffn_size: config.ffn_size / n,
+            ..config.clone()
+        };
         Grok1 {
             config,
+            local,
+            collective,
             weights,
             backend,
             rope,
@@ -193,6 +240,11 @@ impl Grok1 {
         &self.config
     }
 
+    /// The processes this model is split over (one for the whole model).
+    pub fn collective(&self) -> &dyn Collective {
+        &*self.collective
+    }
+
     pub fn backend(&self) -> &dyn Backend {
         &*self.backend
     }
@@ -210,7 +262,8 @@ impl Grok1 {
 
     /// A KV cache able to hold `tokens` positions over at most `sequences` sequences.
     pub fn new_cache(&self, tokens: usize, sequences: usize) -> KvCache {
-        KvCache::with_capacity(&self.config, tokens, sequences)
+        // This process's key/value heads only.
+        KvCache::with_capacity(&self.local, tokens, sequences)
     }
 
     /// Checks a prompt for a fresh sequence (ids in range, fits the context)
@@ -328,16 +381,25 @@ impl Grok1 {
             cache.commit(input.seq, input.tokens, cfg.pad_token);
         }
 
-        // x = E[tokens] * embedding_multiplier_scale
+        // x = E[tokens] * embedding_multiplier_scale; split by vocabulary, the
+        // rank holding a token's row fills it and the others add zeros.
         let mut x = vec![0f32; tokens.len() * d];
         let emb_mult = p.cast_one(cfg.embedding_multiplier_scale as f32);
+        let vocab_rows = &self.weights.vocab_rows;
         for (row, &t) in x.chunks_exact_mut(d).zip(&tokens) {
-            self.weights.embedding.row_into(t as usize, row);
+            if !vocab_rows.contains(&(t as usize)) {
+                continue;
+            }
+            self.weights
+                .embedding
+                .row_into(t as usize - vocab_rows.start, row);
             p.cast(row);
             for v in row.iter_mut() {
                 *v *= emb_mult;
             }
         }
+        let collective = &*self.collective;
+        collective.all_reduce_sum(&mut x);
         p.cast(&mut x);
         if let Some(t) = trace.as_deref_mut() {
             t.hidden.push(x.clone());
@@ -353,12 +415,20 @@ impl Grok1 {
         for (l, w) in self.weights.layers.iter().enumerate() {
             // a = rms_norm(x); a = attention(a); a = rms_norm_1(a); x = x + a
             let a = norm::rms_norm(&x, &w.attn_norm, eps, p);
-            let a = attention::attention_block(backend, cfg, &self.rope, w, l, &a, &rows, cache, p);
+            let local = &self.local;
+            let mut a =
+                attention::attention_block(backend, local, &self.rope, w, l, &a, &rows, cache, p);
+            // Each rank's heads' share of the output projection, summed.
+            collective.all_reduce_sum(&mut a);
+            p.cast(&mut a);
             let a = norm::rms_norm(&a, &w.attn_out_norm, eps, p);
             add_into(&mut x, &a, p);
             // m = rms_norm_2(x); m = moe(m); m = rms_norm_3(m); x = x + m
             let m = norm::rms_norm(&x, &w.moe_norm, eps, p);
-            let (m, router) = moe::moe_block(backend, cfg, w, &m, p, self.gates);
+            let (mut m, router) = moe::moe_block(backend, local, w, &m, p, self.gates);
+            // Each rank's share of every expert's hidden width, summed.
+            collective.all_reduce_sum(&mut m);
+            p.cast(&mut m);
             let m = norm::rms_norm(&m, &w.moe_out_norm, eps, p);
             add_into(&mut x, &m, p);
             let experts: std::collections::BTreeSet<usize> =
@@ -398,7 +468,8 @@ impl Grok1 {
             }
             r += n;
         }
-        let vocab = cfg.vocab_size;
+        // This rank's vocabulary columns of the logits; gathered below.
+        let vocab = self.weights.vocab_rows.len();
         let output = &self.weights.output;
         let mut logits = vec![0f32; out_rows.len() * vocab];
         let fast = p.int8_output().then(|| self.fast_output()).flatten();
@@ -429,6 +500,7 @@ impl Grok1 {
             *v *= out_mult;
         }
         p.cast(&mut logits);
+        let (mut logits, vocab) = gather_vocabulary(collective, logits, vocab, out_rows.len());
         // The int8 output projection quantises a NaN hidden row to zeros, and
         // all-zero logits decode as id 0: such a row's logits are NaN instead,
         // for the sampler to refuse.
@@ -444,6 +516,30 @@ impl Grok1 {
             stats,
         })
     }
+}
+
+/// Every rank's `[rows, part]` logits (its vocabulary slice, in rank order) as
+/// `[rows, parts * part]`, on every rank.
+fn gather_vocabulary(
+    collective: &dyn Collective,
+    local: Vec<f32>,
+    part: usize,
+    rows: usize,
+) -> (Vec<f32>, usize) {
+    let n = collective.size();
+    if n == 1 {
+        return (local, part);
+    }
+    let mut all = vec![0f32; n * local.len()];
+    collective.all_gather_f32(&local, &mut all);
+    let vocab = n * part;
+    let mut logits = vec![0f32; rows * vocab];
+    for (rank, shard) in all.chunks_exact(local.len().max(1)).enumerate() {
+        for (r, src) in shard.chunks_exact(part.max(1)).enumerate() {
+            logits[r * vocab + rank * part..r * vocab + (rank + 1) * part].copy_from_slice(src);
+        }
+    }
+    (logits, vocab)
 }
 
 /// `x += a` (the residual add, in the activation dtype).

@@ -59,6 +59,9 @@ pub fn route(
 
 /// `sum over selected experts of gate * expert(m)` with
 /// `expert(m) = (gelu(m @ W_linear) * (m @ W_linear_v)) @ W_linear_1`.
+/// Not yet rounded to the activation dtype: a tensor-parallel rank's result is
+/// its share of the hidden width, summed across ranks first. `cfg.ffn_size`
+/// is this process's width.
 pub fn moe_block(
     backend: &dyn Backend,
     cfg: &ModelConfig,
@@ -148,6 +151,5 @@ pub fn moe_block(
             }
         }
     }
-    precision.cast(&mut out);
     (out, router)
 }

@@ -1,7 +1,11 @@
 //! The model's weights, found by name in a `TensorStore` and checked for shape.
 
+use std::ops::Range;
+
 use crate::backend::{F32Matrix, Matrix, QuantMatrix, RowMatrix};
 use crate::config::ModelConfig;
+use crate::parallel::Shard;
+use crate::weights::shard::{inputs_of, outputs_of, rows_of, SliceOf};
 use crate::weights::{DType, StoredTensor, TensorKind, TensorStore, WeightError};
 
 /// The three weights of the 8 experts of one layer.
@@ -73,6 +77,12 @@ pub struct Weights {
     /// `[d]`. ckpt-0 `language_model/rms_norm/scale`
     pub final_norm: Vec<f32>,
     pub layers: Vec<LayerWeights>,
+    /// The part of the model these weights are (tensor parallel): the
+    /// attention heads, expert columns and vocabulary rows of one rank.
+    pub shard: Shard,
+    /// The token ids whose rows `embedding` and `output` hold (all of them
+    /// for the whole model).
+    pub vocab_rows: Range<usize>,
 }
 
 impl Weights {
@@ -280,60 +290,187 @@ fn linear(store: &TensorStore, name: &str, k: usize, n: usize) -> Result<Matrix,
     Ok(Matrix::Rows(row_matrix(store, name, n, k)?))
 }
 
+/// Cuts one rank's part out of each split weight as it is found (tensor
+/// parallel): whole key/value head groups of attention (q, k, v outputs and
+/// o inputs), 1/N of every expert's hidden width (w1 and v outputs, w2
+/// inputs), 1/N of the vocabulary rows. Norms and router stay whole.
+struct Splitter<'a> {
+    store: &'a TensorStore,
+    shard: Shard,
+}
+
+/// How a weight's split axis divides: `units` pieces that must stay whole
+/// (heads, head groups, vocabulary rows), each `width` columns or rows wide.
+#[derive(Clone, Copy)]
+struct Units {
+    count: usize,
+    width: usize,
+    what: &'static str,
+}
+
+impl Splitter<'_> {
+    fn slice_of<'n>(&self, t: &'n StoredTensor) -> SliceOf<'n> {
+        SliceOf {
+            file: &t.file,
+            tensor: &t.name,
+            ranks: self.shard.count,
+        }
+    }
+
+    /// This rank's range along the split axis of tensor `name`.
+    fn range(&self, name: &str, units: Units) -> Result<Range<usize>, WeightError> {
+        let t = self.store.get(name)?;
+        match self.shard.range(units.count) {
+            Some(r) => Ok(r.start * units.width..r.end * units.width),
+            None => Err(WeightError::Invalid {
+                file: t.file.clone(),
+                tensor: t.name.clone(),
+                reason: format!(
+                    "cannot be split over {} ranks: its {} {} do not divide by {}",
+                    self.shard.count, units.count, units.what, self.shard.count
+                ),
+            }),
+        }
+    }
+
+    fn outputs(&self, m: Matrix, name: &str, units: Units) -> Result<Matrix, WeightError> {
+        if self.shard.is_whole() {
+            return Ok(m);
+        }
+        Ok(outputs_of(&m, self.range(name, units)?))
+    }
+
+    fn inputs(&self, m: Matrix, name: &str, units: Units) -> Result<Matrix, WeightError> {
+        if self.shard.is_whole() {
+            return Ok(m);
+        }
+        let range = self.range(name, units)?;
+        inputs_of(&m, range, self.slice_of(self.store.get(name)?))
+    }
+
+    fn vocab(&self, m: RowMatrix, name: &str) -> Result<RowMatrix, WeightError> {
+        if self.shard.is_whole() {
+            return Ok(m);
+        }
+        let units = Units {
+            count: m.rows,
+            width: 1,
+            what: "vocabulary rows",
+        };
+        Ok(rows_of(&m, self.range(name, units)?))
+    }
+
+    fn vocab_rows(&self, vocab: usize) -> Range<usize> {
+        self.shard.range(vocab).unwrap_or(0..vocab)
+    }
+}
+
+/// The split units of a config's weights.
+struct SplitUnits {
+    /// q columns and o rows: one key/value head's group of query heads.
+    q_groups: Units,
+    /// k and v columns: one key/value head.
+    kv_heads: Units,
+    /// Expert hidden columns.
+    ffn: Units,
+}
+
+impl SplitUnits {
+    fn of(cfg: &ModelConfig) -> Self {
+        let kv = cfg.num_kv_heads;
+        SplitUnits {
+            q_groups: Units {
+                count: kv,
+                width: cfg.q_width() / kv.max(1),
+                what: "key/value head groups",
+            },
+            kv_heads: Units {
+                count: kv,
+                width: cfg.key_size,
+                what: "key/value heads",
+            },
+            ffn: Units {
+                count: cfg.ffn_size,
+                width: 1,
+                what: "expert hidden columns",
+            },
+        }
+    }
+}
+
 impl Weights {
     /// Finds every parameter of `cfg` in `store`: by official path (ckpt-0), or
     /// by the names of whichever row-stored layout the store holds (GGUF, the
     /// Hugging Face conversions).
     pub fn from_store(cfg: &ModelConfig, store: &TensorStore) -> Result<Self, WeightError> {
+        Self::from_store_shard(cfg, store, Shard::WHOLE)
+    }
+
+    /// [`Weights::from_store`] for one rank of a tensor-parallel model: only
+    /// its part of each split weight (see `Splitter`); the error of a model
+    /// that cannot be split so names the tensor.
+    pub fn from_store_shard(
+        cfg: &ModelConfig,
+        store: &TensorStore,
+        shard: Shard,
+    ) -> Result<Self, WeightError> {
+        let split = Splitter { store, shard };
         match RowLayout::detect(store) {
-            Some(layout) => Self::from_row_layout(cfg, store, layout),
-            None => Self::from_official_names(cfg, store),
+            Some(layout) => Self::from_row_layout(cfg, store, layout, &split),
+            None => Self::from_official_names(cfg, store, &split),
         }
     }
 
-    fn from_official_names(cfg: &ModelConfig, store: &TensorStore) -> Result<Self, WeightError> {
+    fn from_official_names(
+        cfg: &ModelConfig,
+        store: &TensorStore,
+        split: &Splitter,
+    ) -> Result<Self, WeightError> {
         let d = cfg.emb_size;
         let (e, ff) = (cfg.num_experts, cfg.ffn_size);
-        let embedding = row_matrix(
-            store,
-            "language_model/in_out_embed/embeddings",
-            cfg.vocab_size,
-            d,
+        let units = SplitUnits::of(cfg);
+        let embedding_name = "language_model/in_out_embed/embeddings";
+        let embedding = split.vocab(
+            row_matrix(store, embedding_name, cfg.vocab_size, d)?,
+            embedding_name,
         )?;
         let final_norm = small_f32(store, "language_model/rms_norm/scale", &[d])?;
         let layers = (0..cfg.num_layers)
             .map(|i| {
                 let p = |suffix: &str| format!("transformer/decoder_layer_{i}/{suffix}");
+                let attention = |suffix: &str, k: usize, n: usize, outputs: Option<Units>| {
+                    let name = p(suffix);
+                    let m = one(quantized(store, &name, &[k, n])?);
+                    match outputs {
+                        Some(u) => split.outputs(m, &name, u),
+                        None => split.inputs(m, &name, units.q_groups),
+                    }
+                };
+                let experts = |suffix: &str, k: usize, n: usize, outputs: bool| {
+                    let name = p(suffix);
+                    quantized(store, &name, &[e, k, n])?
+                        .into_iter()
+                        .map(|m| match outputs {
+                            true => split.outputs(m, &name, units.ffn),
+                            false => split.inputs(m, &name, units.ffn),
+                        })
+                        .collect::<Result<Vec<_>, WeightError>>()
+                };
+                let (q, kv) = (Some(units.q_groups), Some(units.kv_heads));
                 Ok(LayerWeights {
                     attn_norm: small_f32(store, &p("rms_norm/scale"), &[d])?,
                     attn_out_norm: small_f32(store, &p("rms_norm_1/scale"), &[d])?,
                     moe_norm: small_f32(store, &p("rms_norm_2/scale"), &[d])?,
                     moe_out_norm: small_f32(store, &p("rms_norm_3/scale"), &[d])?,
-                    wq: one(quantized(
-                        store,
-                        &p("multi_head_attention/query/w"),
-                        &[d, cfg.q_width()],
-                    )?),
-                    wk: one(quantized(
-                        store,
-                        &p("multi_head_attention/key/w"),
-                        &[d, cfg.kv_width()],
-                    )?),
-                    wv: one(quantized(
-                        store,
-                        &p("multi_head_attention/value/w"),
-                        &[d, cfg.kv_width()],
-                    )?),
-                    wo: one(quantized(
-                        store,
-                        &p("multi_head_attention/linear/w"),
-                        &[cfg.q_width(), d],
-                    )?),
+                    wq: attention("multi_head_attention/query/w", d, cfg.q_width(), q)?,
+                    wk: attention("multi_head_attention/key/w", d, cfg.kv_width(), kv)?,
+                    wv: attention("multi_head_attention/value/w", d, cfg.kv_width(), kv)?,
+                    wo: attention("multi_head_attention/linear/w", cfg.q_width(), d, None)?,
                     router: small_f32(store, &p("router/w"), &[d, e])?,
                     experts: ExpertWeights {
-                        linear: quantized(store, &p("moe/linear/w"), &[e, d, ff])?,
-                        linear_v: quantized(store, &p("moe/linear_v/w"), &[e, d, ff])?,
-                        linear_1: quantized(store, &p("moe/linear_1/w"), &[e, ff, d])?,
+                        linear: experts("moe/linear/w", d, ff, true)?,
+                        linear_v: experts("moe/linear_v/w", d, ff, true)?,
+                        linear_1: experts("moe/linear_1/w", ff, d, false)?,
                     },
                 })
             })
@@ -343,6 +480,8 @@ impl Weights {
             embedding,
             final_norm,
             layers,
+            shard: split.shard,
+            vocab_rows: split.vocab_rows(cfg.vocab_size),
         })
     }
 
@@ -353,33 +492,48 @@ impl Weights {
         cfg: &ModelConfig,
         store: &TensorStore,
         layout: RowLayout,
+        split: &Splitter,
     ) -> Result<Self, WeightError> {
         let d = cfg.emb_size;
         let (e, ff) = (cfg.num_experts, cfg.ffn_size);
+        let units = SplitUnits::of(cfg);
         let name = |part: Part, layer: usize| layout.name(part, layer, None);
-        let embedding = row_matrix(store, &name(Part::Embedding, 0), cfg.vocab_size, d)?;
+        let embedding_name = name(Part::Embedding, 0);
+        let embedding = split.vocab(
+            row_matrix(store, &embedding_name, cfg.vocab_size, d)?,
+            &embedding_name,
+        )?;
         let output_name = name(Part::Output, 0);
         let output = match store.get(&output_name) {
-            Ok(_) => row_matrix(store, &output_name, cfg.vocab_size, d)?,
+            Ok(_) => split.vocab(
+                row_matrix(store, &output_name, cfg.vocab_size, d)?,
+                &output_name,
+            )?,
             Err(_) => embedding.clone(),
         };
         let final_norm = decoded(store, &name(Part::FinalNorm, 0), &[d])?;
         let layers = (0..cfg.num_layers)
             .map(|i| {
                 let p = |part: Part| name(part, i);
+                // Gate and up are split by their outputs, down by its inputs.
+                let cut = |m: Matrix, name: &str, part: Part| match part {
+                    Part::Down => split.inputs(m, name, units.ffn),
+                    _ => split.outputs(m, name, units.ffn),
+                };
                 let experts = |part: Part, rows: usize, cols: usize| {
                     if let Some(merged) = layout.merged_experts(part, i) {
                         if let Ok(t) = store.get(&merged) {
-                            return Ok(row_matrices(t, &[e, rows, cols])?
+                            return row_matrices(t, &[e, rows, cols])?
                                 .into_iter()
-                                .map(Matrix::Rows)
-                                .collect());
+                                .map(|m| cut(Matrix::Rows(m), &merged, part))
+                                .collect();
                         }
                     }
                     (0..e)
                         .map(|x| {
                             let single = layout.name(part, i, Some(x));
-                            Ok(Matrix::Rows(row_matrix(store, &single, rows, cols)?))
+                            let m = Matrix::Rows(row_matrix(store, &single, rows, cols)?);
+                            cut(m, &single, part)
                         })
                         .collect::<Result<Vec<_>, WeightError>>()
                 };
@@ -391,15 +545,24 @@ impl Weights {
                 let router = decoded(store, &p(Part::Router), &[e, d])?;
                 // Stored [E, d]; the router multiplies x @ Wr with Wr [d, E].
                 let router = (0..d * e).map(|j| router[(j % e) * d + j / e]).collect();
+                let attention = |part: Part, k: usize, n: usize, outputs: Option<Units>| {
+                    let name = p(part);
+                    let m = linear(store, &name, k, n)?;
+                    match outputs {
+                        Some(u) => split.outputs(m, &name, u),
+                        None => split.inputs(m, &name, units.q_groups),
+                    }
+                };
+                let (q, kv) = (Some(units.q_groups), Some(units.kv_heads));
                 Ok(LayerWeights {
                     attn_norm: decoded(store, &p(Part::AttnNorm), &[d])?,
                     attn_out_norm: decoded(store, &p(Part::AttnOutNorm), &[d])?,
                     moe_norm: decoded(store, &p(Part::MoeNorm), &[d])?,
                     moe_out_norm: decoded(store, &post_moe, &[d])?,
-                    wq: linear(store, &p(Part::Query), d, cfg.q_width())?,
-                    wk: linear(store, &p(Part::Key), d, cfg.kv_width())?,
-                    wv: linear(store, &p(Part::Value), d, cfg.kv_width())?,
-                    wo: linear(store, &p(Part::AttnOut), cfg.q_width(), d)?,
+                    wq: attention(Part::Query, d, cfg.q_width(), q)?,
+                    wk: attention(Part::Key, d, cfg.kv_width(), kv)?,
+                    wv: attention(Part::Value, d, cfg.kv_width(), kv)?,
+                    wo: attention(Part::AttnOut, cfg.q_width(), d, None)?,
                     router,
                     experts: ExpertWeights {
                         linear: experts(Part::Gate, ff, d)?,
@@ -414,6 +577,8 @@ impl Weights {
             output,
             final_norm,
             layers,
+            shard: split.shard,
+            vocab_rows: split.vocab_rows(cfg.vocab_size),
         })
     }
 }

@@ -9,6 +9,7 @@ pub mod pickle;
 pub mod pickle_writer;
 pub mod random;
 pub mod safetensors;
+pub mod shard;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -1,0 +1,164 @@
+//! The MPI collective (rsmpi over the system's OpenMPI or MPICH): one rank per
+//! process of `mpirun -np N`, shared memory between ranks of one machine,
+//! TCP or InfiniBand between machines.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use mpi::datatype::PartitionMut;
+use mpi::environment::Universe;
+use mpi::topology::{Communicator, SimpleCommunicator};
+use mpi::traits::*;
+use mpi::Threading;
+
+use super::{Collective, ParallelError, Traffic, TrafficCounter};
+
+/// True when this process was started by an MPI launcher (mpirun/mpiexec of
+/// OpenMPI or MPICH, Slurm's srun with PMI/PMIx): only then is MPI started,
+/// so that a plain `grok1 ...` never needs an MPI daemon.
+pub fn launched_by_mpi() -> bool {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some())
+}
+
+/// MPI itself, started; dropping it finalises MPI (after the last collective).
+pub struct MpiRuntime {
+    _universe: Universe,
+    collective: Arc<MpiCollective>,
+}
+
+impl MpiRuntime {
+    /// Starts MPI when launched by an MPI launcher; `None` otherwise.
+    pub fn init() -> Result<Option<MpiRuntime>, ParallelError> {
+        if !launched_by_mpi() {
+            return Ok(None);
+        }
+        // The forward pass runs on a rayon worker and the drivers on the main
+        // thread, never at once: calls are serialised, not funnelled.
+        let (universe, provided) = mpi::initialize_with_threading(Threading::Serialized)
+            .ok_or_else(|| ParallelError::Mpi("MPI was already initialised".into()))?;
+        if matches!(provided, Threading::Single | Threading::Funneled) {
+            return Err(ParallelError::Mpi(format!(
+                "the MPI library offers thread level {provided:?}; grok1 needs Serialized"
+            )));
+        }
+        let world = universe.world();
+        let collective = Arc::new(MpiCollective {
+            rank: world.rank() as usize,
+            size: world.size() as usize,
+            world: Mutex::new(World(world)),
+            traffic: TrafficCounter::default(),
+        });
+        Ok(Some(MpiRuntime {
+            _universe: universe,
+            collective,
+        }))
+    }
+
+    pub fn collective(&self) -> Arc<MpiCollective> {
+        self.collective.clone()
+    }
+}
+
+/// `MPI_COMM_WORLD`. rsmpi's handle is a raw pointer, so neither `Send` nor
+/// `Sync`; the mutex around it serialises every call, which is what the
+/// thread level `Serialized` asks of us.
+struct World(SimpleCommunicator);
+
+// SAFETY: MPI was initialised at MPI_THREAD_SERIALIZED (checked in `init`),
+// which allows calls from any thread as long as no two run at once; every use
+// of the communicator goes through `MpiCollective::world`'s mutex.
+unsafe impl Send for World {}
+
+/// The collective over `MPI_COMM_WORLD`.
+pub struct MpiCollective {
+    rank: usize,
+    size: usize,
+    world: Mutex<World>,
+    traffic: TrafficCounter,
+}
+
+impl MpiCollective {
+    fn with_world<T>(&self, sent: usize, f: impl FnOnce(&SimpleCommunicator) -> T) -> T {
+        let world = self.world.lock().unwrap_or_else(|e| e.into_inner());
+        let start = Instant::now();
+        let out = f(&world.0);
+        self.traffic.add(sent, start);
+        out
+    }
+
+    /// Ends every rank's process at once (after a rank's own error, so that
+    /// the others do not wait for it in a collective).
+    pub fn abort(&self, code: i32) -> ! {
+        let world = self.world.lock().unwrap_or_else(|e| e.into_inner());
+        world.0.abort(code)
+    }
+}
+
+/// `counts` as MPI's `int` counts and displacements, refused past 2^31 - 1.
+fn counts_and_displacements(counts: &[usize]) -> (Vec<i32>, Vec<i32>) {
+    let mut displs = Vec::with_capacity(counts.len());
+    let mut at = 0usize;
+    for &c in counts {
+        displs.push(i32::try_from(at).expect("collective message over 2 GiB"));
+        at += c;
+    }
+    let counts = counts
+        .iter()
+        .map(|&c| i32::try_from(c).expect("collective message over 2 GiB"))
+        .collect();
+    (counts, displs)
+}
+
+impl Collective for MpiCollective {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn size(&self) -> usize {
+        self.size
+    }
+
+    fn all_gather_f32(&self, local: &[f32], out: &mut [f32]) {
+        assert_eq!(out.len(), local.len() * self.size, "all_gather_f32 sizes");
+        self.with_world(4 * local.len(), |w| w.all_gather_into(local, out));
+    }
+
+    fn all_gather_bytes(&self, local: &[u8]) -> Vec<Vec<u8>> {
+        self.with_world(local.len(), |w| {
+            let mut lens = vec![0u64; self.size];
+            w.all_gather_into(&(local.len() as u64), &mut lens[..]);
+            let counts: Vec<usize> = lens.iter().map(|&l| l as usize).collect();
+            let mut all = vec![0u8; counts.iter().sum()];
+            let (c, d) = counts_and_displacements(&counts);
+            {
+                let mut parts = PartitionMut::new(&mut all[..], &c[..], &d[..]);
+                w.all_gather_varcount_into(local, &mut parts);
+            }
+            let mut at = 0;
+            counts
+                .iter()
+                .map(|&n| {
+                    at += n;
+                    all[at - n..at].to_vec()
+                })
+                .collect()
+        })
+    }
+
+    fn broadcast_bytes(&self, bytes: &mut Vec<u8>) {
+        let sent = if self.rank == 0 { bytes.len() } else { 0 };
+        self.with_world(sent, |w| {
+            let root = w.process_at_rank(0);
+            let mut len = bytes.len() as u64;
+            root.broadcast_into(&mut len);
+            bytes.resize(len as usize, 0);
+            root.broadcast_into(&mut bytes[..]);
+        });
+    }
+
+    fn traffic(&self) -> Traffic {
+        self.traffic.get()
+    }
+}

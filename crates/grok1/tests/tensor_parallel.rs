@@ -1,0 +1,415 @@
+//! Tensor parallel without MPI: every rank of an N-way split runs as a thread
+//! of this process (`parallel::threads`), through the same loading, forward
+//! and generation code the MPI ranks run. Parity with the golden files and
+//! with the single process; refusals of models that cannot be split or that
+//! differ between ranks.
+
+mod common;
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use common::{assert_close, fixtures, max_abs_diff, model_dir, prefill, Fixture};
+use grok1::generate::{generate, StopConditions};
+use grok1::parallel::{threads, Collective, ParallelError};
+use grok1::progress::NoProgress;
+use grok1::sampling::SamplingParams;
+use grok1::{ForwardOptions, Grok1, LoadError, Precision};
+
+/// Runs `f` on each of `n` ranks, each on its own thread with its own
+/// one-thread rayon pool (a rank blocked in a collective holds no worker
+/// another rank needs); results in rank order.
+fn on_ranks<T: Send>(n: usize, f: impl Fn(Arc<dyn Collective>) -> T + Sync) -> Vec<T> {
+    let ranks = threads::group(n);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = ranks
+            .into_iter()
+            .map(|c| {
+                let f = &f;
+                s.spawn(move || {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(1)
+                        .build()
+                        .expect("rayon pool");
+                    pool.install(|| f(c))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("rank thread"))
+            .collect()
+    })
+}
+
+fn load(path: &Path, c: Arc<dyn Collective>) -> Result<Grok1, LoadError> {
+    grok1::load_parallel(path, &NoProgress, c).map(|l| l.model)
+}
+
+/// Greedy ids of `prompt` through `generate` (rank 0 samples, the others follow).
+fn greedy(model: &Grok1, prompt: &[u32], steps: usize) -> Vec<u32> {
+    let stop = StopConditions {
+        eos: None,
+        stop_sequences: Vec::new(),
+        max_tokens: steps,
+    };
+    let sampling = SamplingParams {
+        temperature: 0.0,
+        ..Default::default()
+    };
+    let mut streamed = Vec::new();
+    let out = generate(
+        model,
+        prompt,
+        &sampling,
+        &stop,
+        ForwardOptions::default(),
+        &mut |t| {
+            streamed.extend_from_slice(t);
+            ControlFlow::Continue(())
+        },
+    )
+    .expect("generate");
+    if model.collective().rank() == 0 {
+        assert_eq!(streamed, out.tokens, "streamed tokens");
+    } else {
+        assert!(streamed.is_empty(), "only rank 0 streams");
+    }
+    out.tokens
+}
+
+/// What one rank computed for a fixture: prefill logits of the three
+/// prompts and greedy ids of the two decode prompts.
+struct RankRun {
+    prefill: Vec<Vec<f32>>,
+    greedy: Vec<Vec<u32>>,
+    kv_heads_cached: usize,
+}
+
+fn run_fixture(model: &Grok1, fx: &Fixture) -> RankRun {
+    let prefill_logits = (0..3)
+        .map(|s| {
+            let tokens = fx.tokens(&format!("prefill_seq{s}_tokens.npy"));
+            prefill(model, &tokens, Precision::F32, None).logits
+        })
+        .collect();
+    let greedy_ids = (0..2)
+        .map(|j| {
+            greedy(
+                model,
+                &fx.tokens(&format!("decode_prompt{j}_tokens.npy")),
+                16,
+            )
+        })
+        .collect();
+    let cache = model.new_cache(16, 1);
+    RankRun {
+        prefill: prefill_logits,
+        greedy: greedy_ids,
+        kv_heads_cached: cache.kv_heads(),
+    }
+}
+
+/// The f32 parity checks of fixture `name` split over `n` ranks.
+fn check_split(name: &str, n: usize) {
+    let fx = Fixture::open(name);
+    let runs = on_ranks(n, |c| {
+        run_fixture(&load(&model_dir(name), c).expect("load"), &fx)
+    });
+    let tol = fx.tol("tol_f32_logits_abs");
+    let cols = fx.logit_cols();
+    let vocab = fx.config.vocab_size;
+    let mut worst = 0f32;
+    for (s, logits) in runs[0].prefill.iter().enumerate() {
+        let want = fx.f32(&format!("prefill_seq{s}_logits_f32.npy"));
+        let rows = logits.len() / vocab;
+        for t in 0..rows {
+            let got: Vec<f32> = cols.iter().map(|&c| logits[t * vocab + c]).collect();
+            let what = format!("{name} N={n} prefill seq{s} row {t}");
+            let want_row = &want.data[t * cols.len()..(t + 1) * cols.len()];
+            worst = worst.max(assert_close(&what, &got, want_row, tol));
+        }
+        let last = fx.f32(&format!("prefill_seq{s}_last_logits_f32.npy"));
+        let what = format!("{name} N={n} prefill seq{s} last row");
+        worst = worst.max(assert_close(
+            &what,
+            &logits[(rows - 1) * vocab..],
+            &last.data,
+            tol,
+        ));
+    }
+    eprintln!("{name} N={n}: prefill logits max abs error {worst:.3e} (tolerance {tol:.0e})");
+    for j in 0..2 {
+        let want = fx.i32(&format!("decode_prompt{j}_ids_f32.npy")).data;
+        let exact = fx.tolerances["greedy_f32"][j]["steps_exact"]
+            .as_u64()
+            .unwrap() as usize;
+        let got: Vec<i32> = runs[0].greedy[j].iter().map(|&t| t as i32).collect();
+        assert_eq!(
+            got[..exact],
+            want[..exact],
+            "{name} N={n} greedy ids of prompt {j}"
+        );
+    }
+    // Every rank ends with rank 0's tokens and logits, and caches only its heads.
+    let whole = fx.load_model().new_cache(16, 1).kv_heads();
+    for (rank, run) in runs.iter().enumerate() {
+        assert_eq!(
+            run.greedy, runs[0].greedy,
+            "{name} N={n} rank {rank} tokens"
+        );
+        assert_eq!(
+            run.prefill, runs[0].prefill,
+            "{name} N={n} rank {rank} logits"
+        );
+        assert_eq!(
+            run.kv_heads_cached * n,
+            whole,
+            "{name} N={n} rank {rank} cache"
+        );
+    }
+}
+
+#[test]
+fn tiny_moe_split_2_4_8_matches_the_reference() {
+    for n in [2, 4, 8] {
+        check_split("tiny-moe", n);
+    }
+}
+
+#[test]
+fn tiny_vocab_split_2_4_8_matches_the_reference() {
+    for n in [2, 4, 8] {
+        check_split("tiny-vocab", n);
+    }
+}
+
+/// An N-way split of a model file against the same file in one process:
+/// every prefill logit within `tol`, greedy ids identical.
+fn check_against_single_process(path: &Path, n: usize, tol: f32) {
+    let fx = Fixture::open("tiny-moe");
+    let single = load(path, grok1::parallel::single_process()).expect("load whole");
+    let want = run_fixture(&single, &fx);
+    let runs = on_ranks(n, |c| run_fixture(&load(path, c).expect("load"), &fx));
+    let mut worst = 0f32;
+    for (got, want) in runs[0].prefill.iter().zip(&want.prefill) {
+        worst = worst.max(max_abs_diff(got, want).0);
+    }
+    eprintln!(
+        "{} N={n}: max abs logit difference from one process {worst:.3e}",
+        path.display()
+    );
+    assert!(worst <= tol, "{}: {worst:e} > {tol:e}", path.display());
+    assert_eq!(runs[0].greedy, want.greedy, "{} greedy ids", path.display());
+}
+
+#[test]
+fn gguf_q8_0_and_safetensors_split_match_one_process() {
+    let tol = Fixture::open("tiny-moe").tol("tol_f32_logits_abs");
+    let gguf: PathBuf = fixtures().join("gguf/tiny-moe-q8_0.gguf");
+    let st: PathBuf = fixtures().join("safetensors/keyfan");
+    for n in [2, 4, 8] {
+        check_against_single_process(&gguf, n, tol);
+        check_against_single_process(&st, n, tol);
+    }
+}
+
+/// The errors of every rank loading tiny-moe split over `n`.
+fn split_errors(n: usize) -> Vec<String> {
+    on_ranks(n, |c| match load(&model_dir("tiny-moe"), c) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("tiny-moe cannot be split over {n}"),
+    })
+}
+
+#[test]
+fn a_split_that_cuts_rows_or_heads_is_refused_naming_the_tensor() {
+    for e in split_errors(3) {
+        assert!(
+            e.contains("`language_model/in_out_embed/embeddings`: cannot be split over 3 ranks: its 1024 vocabulary rows do not divide by 3"),
+            "{e}"
+        );
+    }
+    // 16 divides the vocabulary but not the 8 key/value heads.
+    for e in split_errors(16) {
+        assert!(
+            e.contains("`transformer/decoder_layer_0/multi_head_attention/query/w`: cannot be split over 16 ranks: its 8 key/value head groups"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn ranks_holding_different_models_are_refused_naming_rank_and_difference() {
+    let errors = on_ranks(3, |c| {
+        let name = if c.rank() == 2 {
+            "tiny-vocab"
+        } else {
+            "tiny-moe"
+        };
+        match load(&model_dir(name), c) {
+            Err(LoadError::Parallel(e)) => e,
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("rank 2's model differs"),
+        }
+    });
+    for e in &errors {
+        let ParallelError::DifferentModels { rank, difference } = e else {
+            panic!("{e}")
+        };
+        assert_eq!(*rank, 2);
+        assert!(difference.starts_with("config field `"), "{difference}");
+    }
+    assert!(errors[0]
+        .to_string()
+        .starts_with("rank 2 holds a different model than rank 0"));
+    assert_eq!(errors[0], errors[1]);
+}
+
+/// Every prefill logit of tiny-moe's three prompts in `precision`, on rank 0
+/// of an `n`-way split (one process for `n` = 1).
+fn prefill_in(n: usize, precision: Precision) -> Vec<f32> {
+    let fx = Fixture::open("tiny-moe");
+    let runs = on_ranks(n, |c| {
+        let model = load(&model_dir("tiny-moe"), c).expect("load");
+        (0..3)
+            .flat_map(|s| {
+                let tokens = fx.tokens(&format!("prefill_seq{s}_tokens.npy"));
+                prefill(&model, &tokens, precision, None).logits
+            })
+            .collect::<Vec<f32>>()
+    });
+    runs.into_iter().next().expect("rank 0")
+}
+
+#[test]
+fn every_precision_split_stays_near_one_process() {
+    // bf16 rounds the summed parts once where one process rounds the whole
+    // sum; the int8 mode quantises each rank's part of the activations in
+    // its own blocks: the reference's bf16 tolerance bounds both. The fast
+    // mode is the f32 maths with the vocabulary rows' int8 copies, the same
+    // rows on whichever rank: the f32 tolerance.
+    let fx = Fixture::open("tiny-moe");
+    let (bf16, f32) = (fx.tol("tol_bf16_logits_abs"), fx.tol("tol_f32_logits_abs"));
+    for (precision, tol) in [
+        (Precision::Bf16, bf16),
+        (Precision::Fast, f32),
+        (Precision::Int8, bf16),
+    ] {
+        let one = prefill_in(1, precision);
+        for n in [2, 8] {
+            let (err, _) = max_abs_diff(&prefill_in(n, precision), &one);
+            eprintln!("{precision:?} N={n}: max abs logit difference from one process {err:.3e}");
+            assert!(err <= tol, "{precision:?} N={n}: {err:e} > {tol:e}");
+        }
+    }
+}
+
+#[test]
+fn row_slices_stay_mapped_and_slices_inside_rows_are_copied() {
+    let check = |path: PathBuf, copied_q: bool| {
+        let models = on_ranks(2, |c| load(&path, c).expect("load"));
+        let w = models[1].weights();
+        let mapped = |m: &grok1::backend::Matrix| match m {
+            grok1::backend::Matrix::Int8Grouped(q) => q.weight.is_mapped(),
+            grok1::backend::Matrix::Rows(r) => r.data.is_mapped(),
+        };
+        let l = &w.layers[0];
+        assert!(
+            w.embedding.data.is_mapped(),
+            "{}: embedding rows",
+            path.display()
+        );
+        assert_eq!(w.embedding.rows * 2, 1024);
+        assert_eq!(w.vocab_rows, 512..1024);
+        // ckpt-0 stores [in, out]: q/k/v and w1/v are split inside rows.
+        // Row-stored files hold [out, in]: o and w2 are.
+        assert_eq!(mapped(&l.wq), !copied_q, "{}: q", path.display());
+        assert_eq!(
+            mapped(&l.experts.linear[3]),
+            !copied_q,
+            "{}: w1",
+            path.display()
+        );
+        assert_eq!(mapped(&l.wo), copied_q, "{}: o", path.display());
+        assert_eq!(
+            mapped(&l.experts.linear_1[3]),
+            copied_q,
+            "{}: w2",
+            path.display()
+        );
+        assert_eq!((l.wq.n(), l.wk.n(), l.wo.k()), (128, 64, 128));
+        assert_eq!(
+            (l.experts.linear[0].n(), l.experts.linear_1[0].k()),
+            (44, 44)
+        );
+    };
+    check(model_dir("tiny-moe"), true);
+    check(fixtures().join("gguf/tiny-moe-q8_0.gguf"), false);
+}
+
+#[test]
+fn every_rank_ends_a_generation_as_rank_0_does() {
+    use grok1::generate::{GenerateError, StopReason};
+    let fx = Fixture::open("tiny-moe");
+    let prompt = fx.tokens("decode_prompt0_tokens.npy");
+    // The reference continues 261, 160, 757, 204, 204, ...
+    let cases = [
+        (
+            None,
+            vec![vec![204, 204]],
+            StopReason::StopSequence(0),
+            vec![261, 160, 757],
+        ),
+        (Some(757), vec![], StopReason::Eos, vec![261, 160]),
+        (
+            None,
+            vec![],
+            StopReason::MaxTokens,
+            vec![261, 160, 757, 204, 204, 204],
+        ),
+    ];
+    let sampling = SamplingParams {
+        temperature: 0.0,
+        ..Default::default()
+    };
+    let runs = on_ranks(2, |c| {
+        let model = load(&model_dir("tiny-moe"), c).expect("load");
+        let mut results = Vec::new();
+        for (eos, stops, _, _) in &cases {
+            let stop = StopConditions {
+                eos: *eos,
+                stop_sequences: stops.clone(),
+                max_tokens: 6,
+            };
+            let options = ForwardOptions::default();
+            let out = generate(&model, &prompt, &sampling, &stop, options, &mut |_| {
+                ControlFlow::Continue(())
+            })
+            .expect("generate");
+            results.push((out.stop_reason, out.tokens));
+        }
+        // Rank 0 refuses a bad request before anything runs; the others hear it.
+        let bad = StopConditions {
+            eos: None,
+            stop_sequences: vec![vec![]],
+            max_tokens: 4,
+        };
+        let options = ForwardOptions::default();
+        let refused = generate(&model, &prompt, &sampling, &bad, options, &mut |_| {
+            ControlFlow::Continue(())
+        });
+        (results, refused.unwrap_err())
+    });
+    for (rank, (results, refused)) in runs.iter().enumerate() {
+        for ((_, _, reason, tokens), got) in cases.iter().zip(results) {
+            assert_eq!(got, &(reason.clone(), tokens.clone()), "rank {rank}");
+        }
+        let want = match rank {
+            0 => GenerateError::EmptyStopSequence(0),
+            _ => GenerateError::RefusedByRank0,
+        };
+        assert_eq!(refused, &want, "rank {rank}");
+    }
+}
