@@ -289,11 +289,11 @@ fn malformed_files_are_clear_errors() {
     b[ne0..ne0 + 8].copy_from_slice(&48u64.to_le_bytes());
     cases.push(("rows not whole blocks", b, "not whole Q8_0 blocks"));
     let mut b = l.bytes.clone();
-    b[ty..ty + 4].copy_from_slice(&16u32.to_le_bytes());
+    b[ty..ty + 4].copy_from_slice(&15u32.to_le_bytes());
     cases.push((
         "unsupported type",
         b,
-        "`blk.1.attn_q.weight` has type IQ2_XXS",
+        "`blk.1.attn_q.weight` has type Q8_K (ggml type 15)",
     ));
     let mut b = l.bytes.clone();
     b[off..off + 8].copy_from_slice(&(1u64 << 50).to_le_bytes());
