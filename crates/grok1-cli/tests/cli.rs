@@ -739,6 +739,54 @@ fn gguf_models_generate_and_inspect() {
     );
 }
 
+/// A GGUF whose matrices are i-quant, ternary and FP4 blocks generates, and
+/// greedily the same ids as its F32 conversion (`convert` decodes them);
+/// `inspect` names the types.
+#[test]
+fn iquant_gguf_generates_like_its_f32_conversion() {
+    let iq = fixtures().join("gguf/tiny-iquants.gguf");
+    let tmp = tempfile::tempdir().unwrap();
+    let f32_file = tmp.path().join("f32.gguf");
+    let o = run(grok1()
+        .arg("convert")
+        .arg("--model")
+        .arg(&iq)
+        .arg("--out")
+        .arg(&f32_file)
+        .args(["--format", "gguf", "--type", "f32"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ids = |model: &Path| {
+        let o = run(grok1().arg("generate").arg("--model").arg(model).args([
+            "--tokens",
+            "5,77,300,12,9",
+            "--max-tokens",
+            "12",
+            "--print-ids",
+            "--precision",
+            "f32",
+        ]));
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o).lines().last().unwrap().to_string()
+    };
+    let got = ids(&iq);
+    assert_eq!(got.split(',').count(), 12, "{got}");
+    assert_eq!(got, ids(&f32_file));
+    let o = run(grok1().arg("inspect").arg("--model").arg(&iq));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for (tensor, dtype) in [
+        ("blk.0.attn_q.weight", "IQ2_XXS"),
+        ("blk.0.ffn_down_exps.weight", "IQ1_M"),
+        ("blk.1.attn_k.weight", "IQ4_XS"),
+        ("blk.1.ffn_up_exps.weight", "NVFP4"),
+    ] {
+        assert!(
+            out.lines().any(|l| l.contains(tensor) && l.contains(dtype)),
+            "{tensor} {dtype}: {out}"
+        );
+    }
+}
+
 /// `convert --format ckpt`: the official checkpoint converted to itself is
 /// byte-identical, file by file (same int8 values, same bf16 scales, same
 /// pickles); a GGUF converted to ckpt loads and generates.
