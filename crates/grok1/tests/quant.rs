@@ -36,6 +36,8 @@ fn bound(t: GgmlType) -> f64 {
         GgmlType::Q5K => 0.1,
         GgmlType::Q4K => 0.2,
         GgmlType::Q4_0 => 0.25,
+        GgmlType::Q5_0 | GgmlType::Q5_1 => 0.12,
+        GgmlType::IQ4_NL => 0.25,
         GgmlType::IQ4_XS => 0.25,
         GgmlType::Q3K => 0.4,
         GgmlType::Q2K => 0.8,
@@ -96,8 +98,10 @@ proptest! {
                     let tol = match t {
                         GgmlType::Q2K => amax / 1.5,
                         GgmlType::Q3K => amax / 3.0,
-                        GgmlType::Q4K | GgmlType::Q4_0 | GgmlType::IQ4_XS => amax / 7.0,
-                        GgmlType::Q5K => amax / 14.0,
+                        GgmlType::Q4K | GgmlType::Q4_0 | GgmlType::IQ4_XS | GgmlType::IQ4_NL => {
+                            amax / 7.0
+                        }
+                        GgmlType::Q5K | GgmlType::Q5_0 | GgmlType::Q5_1 => amax / 14.0,
                         GgmlType::Q6K => amax / 20.0,
                         GgmlType::Q8_0 => amax / 100.0,
                         _ => amax * 1e-2,
@@ -155,6 +159,9 @@ fn importance_lowers_the_weighted_error() {
         GgmlType::Q5K,
         GgmlType::Q6K,
         GgmlType::Q4_0,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::IQ4_NL,
         GgmlType::IQ4_XS,
     ] {
         let without = weighted_error(t, &x, &importance, false);

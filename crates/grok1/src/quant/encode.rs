@@ -55,6 +55,12 @@ pub fn quantize_row_weighted(
             let sigma2 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
             blocks.for_each(|(i, b)| q4_0(b, block_w(i), sigma2, out))
         }
+        GgmlType::Q5_0 | GgmlType::Q5_1 => {
+            let sigma2 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+            let with_min = t == GgmlType::Q5_1;
+            blocks.for_each(|(i, b)| q5(b, block_w(i), sigma2, with_min, out))
+        }
+        GgmlType::IQ4_NL => blocks.for_each(|(i, b)| iq4_nl(b, block_w(i), out)),
         GgmlType::Q2K => blocks.for_each(|(i, b)| q2_k(b, block_w(i), out)),
         GgmlType::Q3K => blocks.for_each(|(i, b)| q3_k(b, block_w(i), out)),
         GgmlType::Q4K => blocks.for_each(|(i, b)| q45_k(b, block_w(i), 15, out)),
@@ -67,12 +73,15 @@ pub fn quantize_row_weighted(
 
 impl GgmlType {
     /// The types `quantize_row` writes.
-    pub const ENCODABLE: [GgmlType; 11] = [
+    pub const ENCODABLE: [GgmlType; 14] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::BF16,
         GgmlType::Q8_0,
         GgmlType::Q4_0,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::IQ4_NL,
         GgmlType::Q2K,
         GgmlType::Q3K,
         GgmlType::Q4K,
@@ -118,6 +127,56 @@ fn q4_0(x: &[f32], importance: Option<&[f32]>, sigma2: f32, out: &mut Vec<u8>) {
     let d = symmetric(x, 8, &w, &mut levels);
     out.extend(f16::from_f32(d).to_le_bytes());
     out.extend((0..16).map(|j| levels[j] | (levels[j + 16] << 4)));
+}
+
+/// Q5_0 `{ f16 d; u8 qh[4]; u8 qs[16] }`, `x ~ d (q - 16)`, or with
+/// `with_min` Q5_1 `{ f16 d; f16 m; u8 qh[4]; u8 qs[16] }`, `x ~ d q + m`:
+/// 5-bit `q`, the fifth bit of value `j` in bit `j` of `qh`. Weighted as
+/// Q4_0.
+fn q5(x: &[f32], importance: Option<&[f32]>, sigma2: f32, with_min: bool, out: &mut Vec<u8>) {
+    let mut w = [0f32; 32];
+    imatrix_weights(x, importance.unwrap_or(&[1.0; 32]), sigma2, &mut w);
+    let mut levels = [0u8; 32];
+    if with_min {
+        let c = Candidates {
+            rmin: -0.9,
+            rdelta: 0.05,
+            steps: 36,
+            absolute: false,
+        };
+        let (d, min) = super::search::with_min(x, 31, &w, &mut levels, c);
+        out.extend(f16::from_f32(d).to_le_bytes());
+        out.extend(f16::from_f32(-min).to_le_bytes());
+    } else {
+        let d = symmetric(x, 16, &w, &mut levels);
+        out.extend(f16::from_f32(d).to_le_bytes());
+    }
+    let qh = levels
+        .iter()
+        .enumerate()
+        .fold(0u32, |qh, (j, &l)| qh | (((l >> 4) as u32) << j));
+    out.extend(qh.to_le_bytes());
+    out.extend((0..16).map(|j| (levels[j] & 0x0F) | ((levels[j + 16] & 0x0F) << 4)));
+}
+
+/// IQ4_NL: `{ f16 d; u8 qs[16] }`, `x ~ d v[q]` on the non-linear levels,
+/// low nibbles for values 0..16, high for 16..32.
+fn iq4_nl(x: &[f32], importance: Option<&[f32]>, out: &mut Vec<u8>) {
+    let mut w = [0f32; 32];
+    match importance {
+        Some(q) => imatrix_weights(x, q, 2.0 * mean_square(x), &mut w),
+        None => {
+            for (w, &v) in w.iter_mut().zip(x) {
+                *w = v * v;
+            }
+        }
+    }
+    let d = f16::from_f32(non_linear(x, &w, &KVALUES_IQ4NL));
+    let df = d.to_f32();
+    let id = if df != 0.0 { 1.0 / df } else { 0.0 };
+    let level = |v: f32| nearest_level(&KVALUES_IQ4NL, id * v) as u8;
+    out.extend(d.to_le_bytes());
+    out.extend((0..16).map(|j| level(x[j]) | (level(x[j + 16]) << 4)));
 }
 
 /// The 2-bit quants of Q2_K and Q3_K: elements `32 s + l` of each 128 in
