@@ -14,8 +14,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::model::{InputSquares, Trace};
+use crate::progress::Progress;
 use crate::quant::GgmlType;
 use crate::weights::gguf::{GgufFile, MetaValue};
+use crate::{ForwardOptions, Grok1, LogitsRows, ModelError, Precision, RowLogits, SequenceInput};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImatrixError {
@@ -115,6 +118,59 @@ impl Reader<'_> {
             }),
         }
     }
+}
+
+/// Runs each chunk of `chunks` through `model` as a fresh sequence and
+/// collects the squared inputs of every layer's matrix products (the
+/// attention projections and each expert's three; not the output
+/// projection, as llama-imatrix leaves it out by default).
+pub fn collect(
+    model: &Grok1,
+    chunks: &[&[u32]],
+    precision: Precision,
+    dataset: &str,
+    progress: &dyn Progress,
+) -> Result<Imatrix, ModelError> {
+    let mut trace = Trace {
+        input_squares: Some(InputSquares::default()),
+        ..Trace::default()
+    };
+    progress.start("imatrix", chunks.len() as u64);
+    for (i, chunk) in chunks.iter().enumerate() {
+        let mut cache = model.new_cache(chunk.len(), 1);
+        let seq = cache.add_sequence();
+        trace.hidden.clear();
+        trace.router.clear();
+        model.forward(
+            &mut cache,
+            &[SequenceInput { seq, tokens: chunk }],
+            &ForwardOptions {
+                precision,
+                logits: LogitsRows::PerInput(vec![RowLogits::None]),
+            },
+            Some(&mut trace),
+        )?;
+        progress.set(i as u64 + 1);
+    }
+    progress.finish();
+    let squares = trace.input_squares.unwrap_or_default();
+    Ok(Imatrix {
+        entries: squares
+            .entries
+            .into_iter()
+            .map(|(name, s)| {
+                let entry = ImatrixEntry {
+                    cols: s.cols,
+                    sums: s.sums.iter().map(|&v| v as f32).collect(),
+                    counts: s.rows.iter().map(|&r| r as f32).collect(),
+                };
+                (name, entry)
+            })
+            .collect(),
+        datasets: vec![dataset.to_string()],
+        chunk_count: chunks.len() as u32,
+        chunk_size: chunks.iter().map(|c| c.len()).max().unwrap_or(0) as u32,
+    })
 }
 
 impl Imatrix {

@@ -5,7 +5,8 @@ use super::norm::softmax;
 use super::GateMode;
 use crate::backend::{Backend, MatmulJob, Precision};
 use crate::config::ModelConfig;
-use crate::model::weights::LayerWeights;
+use crate::model::weights::{LayerWeights, Part, RowLayout};
+use crate::model::InputSquares;
 
 /// What the router decided for a batch of rows (for tests and tracing).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -58,14 +59,18 @@ pub fn route(
 }
 
 /// `sum over selected experts of gate * expert(m)` with
-/// `expert(m) = (gelu(m @ W_linear) * (m @ W_linear_v)) @ W_linear_1`.
+/// `expert(m) = (gelu(m @ W_linear) * (m @ W_linear_v)) @ W_linear_1`, for
+/// layer `layer`. With `squares`, adds each expert's inputs to it.
+#[allow(clippy::too_many_arguments)]
 pub fn moe_block(
     backend: &dyn Backend,
     cfg: &ModelConfig,
     w: &LayerWeights,
+    layer: usize,
     m: &[f32],
     precision: Precision,
     mode: GateMode,
+    mut squares: Option<&mut InputSquares>,
 ) -> (Vec<f32>, RouterDecisions) {
     let (d, ff, k) = (cfg.emb_size, cfg.ffn_size, cfg.num_selected_experts);
     let rows = m.len() / d;
@@ -121,6 +126,19 @@ pub fn moe_block(
         precision.cast(h);
         precision.cast(hv);
         backend.gelu_mul(h, hv);
+    }
+    if let Some(s) = squares.as_deref_mut() {
+        let e_all = cfg.num_experts;
+        let name = |part| {
+            RowLayout::Gguf
+                .merged_experts(part, layer)
+                .unwrap_or_default()
+        };
+        for ((&e, x), h) in active.iter().zip(&inputs).zip(&h) {
+            s.add(name(Part::Gate), e, e_all, d, x);
+            s.add(name(Part::Up), e, e_all, d, x);
+            s.add(name(Part::Down), e, e_all, ff, h);
+        }
     }
     let mut ys: Vec<Vec<f32>> = active
         .iter()
