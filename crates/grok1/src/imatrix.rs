@@ -29,6 +29,9 @@ pub enum ImatrixError {
     },
     #[error("{}: {reason}", path.display())]
     Format { path: PathBuf, reason: String },
+    /// A GGUF imatrix that the GGUF reader refuses (it names the file).
+    #[error(transparent)]
+    Gguf(#[from] crate::weights::WeightError),
 }
 
 /// One weight tensor's statistics.
@@ -195,7 +198,7 @@ impl Imatrix {
             path: path.to_path_buf(),
             reason,
         };
-        let file = GgufFile::open(path).map_err(|e| format(e.to_string()))?;
+        let file = GgufFile::open(path)?;
         match file.get("general.type").and_then(MetaValue::as_str) {
             Some("imatrix") => {}
             other => {

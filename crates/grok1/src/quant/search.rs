@@ -73,12 +73,13 @@ pub(super) fn symmetric_refined(x: &[f32], nmax: i32, levels: &mut [u8]) -> f32 
         return 0.0;
     }
     let iscale = -(nmax as f32) / max;
-    let mut l: Vec<i32> = x
-        .iter()
-        .map(|&v| nearest(iscale * v).clamp(-nmax, nmax - 1))
-        .collect();
+    let mut l_buf = [0i32; 32];
+    let l = &mut l_buf[..x.len()];
+    for (q, &v) in l.iter_mut().zip(x) {
+        *q = nearest(iscale * v).clamp(-nmax, nmax - 1);
+    }
     let (mut sumlx, mut suml2) = (0f32, 0f32);
-    for (&v, &q) in x.iter().zip(&l) {
+    for (&v, &q) in x.iter().zip(l.iter()) {
         let w = v * v;
         sumlx += w * v * q as f32;
         suml2 += w * (q * q) as f32;
@@ -108,7 +109,7 @@ pub(super) fn symmetric_refined(x: &[f32], nmax: i32, levels: &mut [u8]) -> f32 
             break;
         }
     }
-    for (q, &v) in levels.iter_mut().zip(&l) {
+    for (q, &v) in levels.iter_mut().zip(l.iter()) {
         *q = (v + nmax) as u8;
     }
     if suml2 > 0.0 {
@@ -170,12 +171,14 @@ pub(super) fn with_min(
     let mut scale = 1.0 / iscale;
     quantize(iscale, min, levels);
     let mut best = error(scale, min, levels);
-    let mut trial = vec![0u8; x.len()];
+    // Groups are at most 32 values (K-quant sub-blocks, 32-value blocks).
+    let mut trial_buf = [0u8; 32];
+    let trial = &mut trial_buf[..x.len()];
     for i in 0..=c.steps {
         let iscale = (c.rmin + c.rdelta * i as f32 + nmax as f32) / (max - min);
-        quantize(iscale, min, &mut trial);
+        quantize(iscale, min, trial);
         let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
-        for ((&v, &w), &l) in x.iter().zip(w).zip(&trial) {
+        for ((&v, &w), &l) in x.iter().zip(w).zip(trial.iter()) {
             let l = l as f32;
             sum_l += w * l;
             sum_l2 += w * l * l;
@@ -192,9 +195,9 @@ pub(super) fn with_min(
             this_min = 0.0;
             this_scale = sum_xl / sum_l2;
         }
-        let e = error(this_scale, this_min, &trial);
+        let e = error(this_scale, this_min, trial);
         if e < best {
-            levels.copy_from_slice(&trial);
+            levels.copy_from_slice(trial);
             best = e;
             scale = this_scale;
             min = this_min;
@@ -233,9 +236,14 @@ pub(super) fn non_negative(x: &[f32], nmax: i32, w: &[f32], levels: &mut [u8]) -
             iscale = candidate;
         }
     }
-    let mut l: Vec<i32> = x.iter().map(|&v| level(iscale, v)).collect();
+    // At most 16 sub-block scales or mins.
+    let mut l_buf = [0i32; 16];
+    let l = &mut l_buf[..x.len()];
+    for (q, &v) in l.iter_mut().zip(x) {
+        *q = level(iscale, v);
+    }
     let (mut sumlx, mut suml2) = (0f32, 0f32);
-    for ((&v, &w), &q) in x.iter().zip(w).zip(&l) {
+    for ((&v, &w), &q) in x.iter().zip(w).zip(l.iter()) {
         sumlx += w * v * q as f32;
         suml2 += w * (q * q) as f32;
     }
@@ -262,7 +270,7 @@ pub(super) fn non_negative(x: &[f32], nmax: i32, w: &[f32], levels: &mut [u8]) -
             break;
         }
     }
-    for (q, &v) in levels.iter_mut().zip(&l) {
+    for (q, &v) in levels.iter_mut().zip(l.iter()) {
         *q = v as u8;
     }
     if suml2 > 0.0 {
