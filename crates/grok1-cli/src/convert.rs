@@ -87,9 +87,13 @@ pub fn convert(args: ConvertArgs) -> anyhow::Result<ExitCode> {
             };
             let report = convert_with(&cfg, weights, Some(&tokenizer), &options, &args.out, &bar)
                 .with_context(|| match &args.imatrix {
-                    Some(path) => format!("{} with the importance matrix {}", context(), path.display()),
-                    None => context(),
-                })?;
+                Some(path) => format!(
+                    "{} with the importance matrix {}",
+                    context(),
+                    path.display()
+                ),
+                None => context(),
+            })?;
             if let Some(path) = &args.imatrix {
                 eprintln!(
                     "grok1: {} matrices quantised with importance from {}",

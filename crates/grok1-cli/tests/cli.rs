@@ -832,11 +832,13 @@ fn imatrix_then_a_weighted_mix() {
         "{}",
         stderr(&o)
     );
-    let o = run(grok1()
-        .arg("generate")
-        .arg("--model")
-        .arg(&out)
-        .args(["--tokens", "5,6,7", "--max-tokens", "3", "--print-ids"]));
+    let o = run(grok1().arg("generate").arg("--model").arg(&out).args([
+        "--tokens",
+        "5,6,7",
+        "--max-tokens",
+        "3",
+        "--print-ids",
+    ]));
     assert!(o.status.success(), "{}", stderr(&o));
     let convert_with = |model: &Path, imatrix: &Path, dtype: &str| {
         run(grok1()

@@ -70,7 +70,7 @@ pub fn moe_block(
     m: &[f32],
     precision: Precision,
     mode: GateMode,
-    mut squares: Option<&mut InputSquares>,
+    squares: Option<&mut InputSquares>,
 ) -> (Vec<f32>, RouterDecisions) {
     let (d, ff, k) = (cfg.emb_size, cfg.ffn_size, cfg.num_selected_experts);
     let rows = m.len() / d;
@@ -127,7 +127,7 @@ pub fn moe_block(
         precision.cast(hv);
         backend.gelu_mul(h, hv);
     }
-    if let Some(s) = squares.as_deref_mut() {
+    if let Some(s) = squares {
         let e_all = cfg.num_experts;
         let name = |part| {
             RowLayout::Gguf

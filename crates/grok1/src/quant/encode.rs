@@ -415,11 +415,11 @@ fn q45_k(x: &[f32], importance: Option<&[f32]>, nmax: i32, out: &mut Vec<u8>) {
         // The fifth bit of element 64 c + l (+ 32) is bit 2 c (+ 1) of qh[l].
         let mut qh = [0u8; 32];
         for (c, chunk) in levels.chunks_exact_mut(64).enumerate() {
-            for l in 0..32 {
-                for (half, q) in [(0, l), (1, l + 32)] {
-                    if chunk[q] > 15 {
-                        qh[l] |= 1 << (2 * c + half);
-                        chunk[q] -= 16;
+            for (half, values) in chunk.chunks_exact_mut(32).enumerate() {
+                for (h, q) in qh.iter_mut().zip(values) {
+                    if *q > 15 {
+                        *h |= 1 << (2 * c + half);
+                        *q -= 16;
                     }
                 }
             }
