@@ -178,6 +178,7 @@ pub fn collect(
 
 impl Imatrix {
     /// Reads a GGUF or legacy `.dat` imatrix (told apart by the GGUF magic).
+    /// Every value must be finite and not negative (sums of squares).
     pub fn open(path: &Path) -> Result<Imatrix, ImatrixError> {
         let io = |source| ImatrixError::Io {
             path: path.to_path_buf(),
@@ -186,11 +187,27 @@ impl Imatrix {
         let mut magic = [0u8; 4];
         let n = std::io::Read::read(&mut std::fs::File::open(path).map_err(io)?, &mut magic)
             .map_err(io)?;
-        if n == 4 && &magic == b"GGUF" {
-            Self::open_gguf(path)
+        let imatrix = if n == 4 && &magic == b"GGUF" {
+            Self::open_gguf(path)?
         } else {
-            Self::read_legacy(path, &std::fs::read(path).map_err(io)?)
+            Self::read_legacy(path, &std::fs::read(path).map_err(io)?)?
+        };
+        for (name, e) in &imatrix.entries {
+            let bad = e
+                .sums
+                .iter()
+                .chain(&e.counts)
+                .find(|v| !(v.is_finite() && **v >= 0.0));
+            if let Some(v) = bad {
+                return Err(ImatrixError::Format {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "`{name}` holds {v}: importance must be finite and not negative"
+                    ),
+                });
+            }
         }
+        Ok(imatrix)
     }
 
     fn open_gguf(path: &Path) -> Result<Imatrix, ImatrixError> {
@@ -530,6 +547,16 @@ mod tests {
             assert!(err.contains(want), "{err} lacks {want}");
             assert!(err.contains("bad.dat"), "{err}");
         }
+        let mut nan = legacy_bytes();
+        let at = nan.len() - 4 * 4 - 13;
+        nan[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+        let path = dir.path().join("nan.dat");
+        std::fs::write(&path, &nan).unwrap();
+        let err = Imatrix::open(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("`blk.0.ffn_up_exps.weight` holds NaN: importance must be finite"),
+            "{err}"
+        );
         // A GGUF that is not an imatrix, and a truncated GGUF imatrix.
         let model = concat!(
             env!("CARGO_MANIFEST_DIR"),

@@ -173,3 +173,22 @@ fn importance_lowers_the_weighted_error() {
         assert!(with < 0.95 * without, "{t}: {with} against {without}");
     }
 }
+
+proptest! {
+    /// Any importance (zeros, huge, tiny) gives a valid block of finite
+    /// values for every encoder.
+    #[test]
+    fn any_importance_encodes_finite_blocks(
+        values in proptest::collection::vec(-1e3f32..1e3, 256),
+        importance in proptest::collection::vec(prop_oneof![Just(0.0f32), 0.0f32..1e6, 1e-30f32..1e-20], 256),
+    ) {
+        for t in GgmlType::ENCODABLE {
+            let mut bytes = Vec::new();
+            quantize_row_weighted(t, &values, Some(&importance), &mut bytes);
+            prop_assert_eq!(Some(bytes.len()), t.row_bytes(values.len()));
+            let mut y = vec![0f32; values.len()];
+            t.dequantize_row(&bytes, &mut y);
+            prop_assert!(y.iter().all(|v| v.is_finite()), "{}", t);
+        }
+    }
+}
