@@ -509,14 +509,16 @@ fn iq4_xs(x: &[f32], importance: Option<&[f32]>, out: &mut Vec<u8>) {
     let max = scales
         .iter()
         .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
-    let d = f16::from_f32(-max / 32.0);
-    let df = d.to_f32();
+    // As llama.cpp, the values are requantised against the f32 super-block
+    // scale, not the f16 one stored, so that the bytes are llama-quantize's
+    // (bench/quant_kl.sh).
+    let df = -max / 32.0;
+    let d = f16::from_f32(df);
     let id = if df != 0.0 { 1.0 / df } else { 0.0 };
     let (mut scales_h, mut scales_l) = (0u16, [0u8; 4]);
     let mut levels = [0u8; QK_K];
     for (ib, sub) in x.chunks_exact(32).enumerate() {
         let l = nearest(id * scales[ib]).clamp(-32, 31);
-        // Requantised against the scale as stored (llama.cpp uses the f32 one).
         let dl = df * l as f32;
         let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
         for (q, &v) in levels[32 * ib..32 * ib + 32].iter_mut().zip(sub) {
