@@ -8,7 +8,10 @@ our encoders write the same bytes:
         > tests/fixtures/gguf/llama_quantize_digests.json
 
 FNV-1a (64-bit) of the data of each tensor of layer 0, by type and tensor
-name, with the ggml type llama-quantize chose for it.
+name, with the ggml type llama-quantize chose for it; and under "types", the
+type of every tensor of the q2_k_s (made with the imatrix, which
+llama-quantize requires for it) and q3_k_m files, whose bytes differ from
+ours in a few places.
 """
 import json
 import os
@@ -38,6 +41,10 @@ def main():
             for tensor in reader.tensors
             if tensor.name.startswith("blk.0.")
         }
+    out["types"] = {
+        mix: {t.name: t.tensor_type.name for t in GGUFReader(os.path.join(folder, f)).tensors}
+        for mix, f in [("q2_k_s", "llama-im-q2_k_s.gguf"), ("q3_k_m", "llama-q3_k_m.gguf")]
+    }
     json.dump(out, sys.stdout, indent=1, sort_keys=True)
     print()
 

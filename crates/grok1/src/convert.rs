@@ -1,6 +1,7 @@
 //! `grok1 convert`: a loaded model (any format) written out as GGUF (llama.cpp's
 //! `grok` layout) or safetensors (the keyfan/grok-1-hf layout), tensor by
-//! tensor, re-encoded into a chosen ggml type.
+//! tensor, re-encoded into a chosen ggml type or llama-quantize mix
+//! (`mix.rs`), the quantisers optionally weighted by an importance matrix.
 //!
 //! Memory stays bounded whatever the model size: the source is read through
 //! its memory map and each output tensor is produced a block of rows at a time
@@ -604,8 +605,9 @@ fn foreign_checkpoint_file(dir: &Path) -> std::io::Result<Option<PathBuf>> {
     Ok(None)
 }
 
-/// Converts `weights` (of `cfg`) into `out`: a `.gguf` file, or a directory
-/// for safetensors (`model.safetensors` and `config.json`). Files are written
+/// Converts `weights` (of `cfg`) into `out`, its matrices as `scheme` says
+/// (a type, or a llama-quantize mix): a `.gguf` file, or a directory for
+/// safetensors (`model.safetensors` and `config.json`). Files are written
 /// by [`crate::files::write_output`]: replaced whole, special files written
 /// through.
 pub fn convert(

@@ -396,7 +396,8 @@ fn fnv1a64(bytes: &[u8]) -> String {
 /// they are; no imatrix); tests/fixtures/gguf/llama_quantize_digests.json
 /// holds the type it chose and a digest of every tensor of layer 0. Here
 /// each of those tensors gets the same type from our scheme and the same
-/// bytes from our encoder. (Q4_0 is left out: without an imatrix
+/// bytes from our encoder, and every tensor of the q2_k_s and q3_k_m files
+/// the type llama-quantize gave it. (Q4_0 is left out: without an imatrix
 /// llama-quantize uses a closed form that our search improves on; Q3_K
 /// matched on 47 of 50 tensors, a few bytes apart on the others where
 /// llama.cpp's C build fuses multiply-adds.)
@@ -434,22 +435,47 @@ fn encoders_write_llama_quantizes_bytes() {
         gqa: cfg.num_q_heads / cfg.num_kv_heads,
         has_output: false,
     };
+    let part_of = |name: &str| match name.split('.').nth(2).unwrap_or(name) {
+        "attn_q" => Some(Part::Query),
+        "attn_k" => Some(Part::Key),
+        "attn_v" => Some(Part::Value),
+        "attn_output" => Some(Part::AttnOut),
+        "ffn_gate_exps" => Some(Part::Gate),
+        "ffn_up_exps" => Some(Part::Up),
+        "ffn_down_exps" => Some(Part::Down),
+        "token_embd.weight" => Some(Part::Embedding),
+        _ => None, // norms and the router stay f32
+    };
+    // The q2_k_s and q3_k_m files' types, every tensor of every layer.
+    for (mix, tensors) in digests["types"].as_object().unwrap() {
+        let scheme = Scheme::from_name(mix).unwrap();
+        for (name, want) in tensors.as_object().unwrap() {
+            let (_, dims, _) = f32_model.store.get(name).unwrap().as_ggml().unwrap();
+            let layer = name
+                .strip_prefix("blk.")
+                .and_then(|n| n.split('.').next())
+                .map_or(0, |l| l.parse().unwrap());
+            let dtype = part_of(name).map_or(GgmlType::F32, |part| {
+                let cols = *dims.last().unwrap();
+                scheme.matrix_type(MatrixRole { part, layer, cols }, shape)
+            });
+            assert_eq!(
+                dtype.name().to_uppercase(),
+                want.as_str().unwrap(),
+                "{mix} {name}"
+            );
+        }
+    }
     let mut checked = 0;
     for (scheme_name, tensors) in digests.as_object().unwrap() {
+        if scheme_name == "types" {
+            continue;
+        }
         let scheme = Scheme::from_name(scheme_name).unwrap();
         for (name, entry) in tensors.as_object().unwrap() {
             let (want_type, want_digest) = (entry[0].as_str().unwrap(), entry[1].as_str().unwrap());
             let (_, dims, data) = f32_model.store.get(name).unwrap().as_ggml().unwrap();
-            let part = match name.split('.').nth(2).unwrap() {
-                "attn_q" => Some(Part::Query),
-                "attn_k" => Some(Part::Key),
-                "attn_v" => Some(Part::Value),
-                "attn_output" => Some(Part::AttnOut),
-                "ffn_gate_exps" => Some(Part::Gate),
-                "ffn_up_exps" => Some(Part::Up),
-                "ffn_down_exps" => Some(Part::Down),
-                _ => None, // norms and the router stay f32
-            };
+            let part = part_of(name);
             let cols = *dims.last().unwrap();
             let dtype = match part {
                 Some(part) => scheme.matrix_type(
