@@ -24,9 +24,9 @@ fn round_trip(t: GgmlType, x: &[f32]) -> f64 {
 /// Gaussian data (and exact for the float types up to their rounding). The
 /// searched encoders measure (this row): Q4_0 7.18e-2, Q2_K 2.76e-1, Q3_K
 /// 1.40e-1, Q4_K 6.50e-2, Q5_K 3.27e-2, Q6_K 1.60e-2, IQ4_XS 7.02e-2, Q5_0
-/// 3.50e-2, Q5_1 3.06e-2, IQ4_NL 6.95e-2; the
-/// closed-form Q4_K and Q6_K encoders they replace measured 7.22e-2 and
-/// 1.69e-2, which `searched_scales_beat_the_closed_form_ones` holds them to.
+/// 3.50e-2, Q5_1 3.06e-2, IQ4_NL 6.95e-2. The closed-form Q4_K and Q6_K
+/// encoders they replace measured 7.22e-2 and 1.69e-2; the test below holds
+/// the searched ones under those.
 fn bound(t: GgmlType) -> f64 {
     match t {
         GgmlType::F32 => 0.0,
