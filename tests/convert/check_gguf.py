@@ -22,7 +22,9 @@ KEYS = ["general.architecture", "grok.embedding_length", "grok.feed_forward_leng
         "grok.attention.layer_norm_rms_epsilon", "grok.attn_logit_softcapping",
         "grok.attention.output_scale", "grok.embedding_scale", "grok.logit_scale"]
 # Relative RMS error allowed per type (of the tensor's RMS).
-TOL = {T.F32: 0.0, T.F16: 1e-3, T.BF16: 5e-3, T.Q8_0: 0.02, T.Q6_K: 0.06, T.Q4_K: 0.2}
+TOL = {T.F32: 0.0, T.F16: 1e-3, T.BF16: 5e-3, T.Q8_0: 0.02, T.Q6_K: 0.06, T.Q5_K: 0.1, T.Q4_K: 0.2,
+       T.Q3_K: 0.4, T.Q2_K: 0.8, T.Q5_0: 0.12, T.Q5_1: 0.12, T.Q4_0: 0.25, T.IQ4_NL: 0.25,
+       T.IQ4_XS: 0.25}
 
 
 def field(reader, key):

@@ -46,6 +46,9 @@ pub enum Command {
     Chat(ChatArgs),
     /// Convert a model (any format) to GGUF, safetensors or the official ckpt-0 layout
     Convert(ConvertArgs),
+    /// Compute an importance matrix (llama.cpp's imatrix GGUF) from calibration text,
+    /// for `convert --imatrix`
+    Imatrix(ImatrixArgs),
     /// Score GSM8k, MMLU, HumanEval or MATH as xAI's Grok-1 table did, through the
     /// engine or an OpenAI-compatible server
     Eval(EvalArgs),
@@ -193,20 +196,26 @@ pub enum ConvertFormat {
     Ckpt,
 }
 
-/// Tensor type of `convert`'s matrices.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+/// Tensor type of `convert`'s matrices: int8 (the official checkpoint's
+/// encoding), or a ggml type or llama-quantize mix by llama.cpp's name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvertType {
-    F32,
-    F16,
-    Bf16,
-    #[value(name = "q8_0")]
-    Q8_0,
-    #[value(name = "q6_k")]
-    Q6K,
-    #[value(name = "q4_k")]
-    Q4K,
-    /// int8 with per-column scales (the official checkpoint's encoding; --format ckpt)
     Int8,
+    Scheme(grok1::convert::Scheme),
+}
+
+fn parse_convert_type(s: &str) -> Result<ConvertType, String> {
+    if s.eq_ignore_ascii_case("int8") {
+        return Ok(ConvertType::Int8);
+    }
+    grok1::convert::Scheme::from_name(s)
+        .map(ConvertType::Scheme)
+        .ok_or_else(|| {
+            format!(
+                "`{s}` is not a type this converter writes; choose one of int8, {}",
+                grok1::convert::Scheme::names().join(", ")
+            )
+        })
 }
 
 #[derive(Args, Debug)]
@@ -223,10 +232,20 @@ pub struct ConvertArgs {
     #[arg(long, value_enum)]
     pub format: ConvertFormat,
 
-    /// Type of the weight matrices (norms and router stay f32; matrices whose
-    /// rows are not whole blocks of the type fall back to q8_0 or f16)
-    #[arg(long = "type", value_enum)]
+    /// Type of the weight matrices, as llama.cpp names it: f32, f16, bf16,
+    /// q8_0, q6_k, q5_k, q4_k, q3_k, q2_k, q5_1, q5_0, q4_0, iq4_nl, iq4_xs
+    /// (every matrix in that type, as llama-quantize --pure), a
+    /// llama-quantize mix (q2_k_s, q3_k_m, q4_k_m, q5_k_m: its per-tensor
+    /// choices), or int8 (--format ckpt). Norms and the router stay f32;
+    /// rows that are not whole blocks fall back as llama-quantize does
+    /// (iq4_nl, q5_0, q5_1, q8_0, else f16)
+    #[arg(long = "type", value_name = "TYPE", value_parser = parse_convert_type)]
     pub dtype: ConvertType,
+
+    /// Importance matrix (llama.cpp's imatrix, GGUF or legacy .dat; `grok1
+    /// imatrix` writes one): the quantisers weigh each column's error by it
+    #[arg(long, value_name = "FILE")]
+    pub imatrix: Option<PathBuf>,
 
     /// SentencePiece tokenizer.model whose vocabulary goes into a GGUF
     /// (default: beside the model, else the official Grok-1 one when the
@@ -236,6 +255,37 @@ pub struct ConvertArgs {
 
     /// Replace an existing output: a file, or a directory holding only a
     /// previous conversion's output (never anything the model is read from)
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ImatrixArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Calibration text (UTF-8), tokenized and cut into chunks
+    #[arg(long, value_name = "FILE")]
+    pub data: PathBuf,
+
+    /// Where to write the importance matrix (llama.cpp's imatrix GGUF)
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+
+    /// Tokens per chunk; each chunk is run as its own sequence
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub chunk_size: u32,
+
+    /// Use at most this many chunks (default: all of the text)
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub chunks: Option<u32>,
+
+    /// SentencePiece tokenizer.model (default: the model's, else the
+    /// official Grok-1 tokenizer)
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+
+    /// Replace an existing --out file
     #[arg(long)]
     pub force: bool,
 }

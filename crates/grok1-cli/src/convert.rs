@@ -5,8 +5,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use grok1::convert::{convert as run_convert, OutFormat};
-use grok1::quant::GgmlType;
+use grok1::convert::{convert_with, ConvertOptions, OutFormat};
 
 use crate::args::{ConvertArgs, ConvertFormat, ConvertType};
 use crate::model_source;
@@ -19,21 +18,27 @@ fn peak_rss_kib() -> Option<u64> {
 }
 
 pub fn convert(args: ConvertArgs) -> anyhow::Result<ExitCode> {
-    let dtype = match (args.format, args.dtype) {
+    let scheme = match (args.format, args.dtype) {
         (ConvertFormat::Ckpt, ConvertType::Int8) => None,
-        (ConvertFormat::Ckpt, other) => bail!(
-            "--format ckpt holds int8 weights with bf16 scales: use --type int8, not {other:?}"
+        (ConvertFormat::Ckpt, ConvertType::Scheme(other)) => bail!(
+            "--format ckpt holds int8 weights with bf16 scales: use --type int8, not {}",
+            other.name()
         ),
         (_, ConvertType::Int8) => {
             bail!("--type int8 is the official checkpoint's encoding: it goes with --format ckpt")
         }
-        (_, ConvertType::F32) => Some(GgmlType::F32),
-        (_, ConvertType::F16) => Some(GgmlType::F16),
-        (_, ConvertType::Bf16) => Some(GgmlType::BF16),
-        (_, ConvertType::Q8_0) => Some(GgmlType::Q8_0),
-        (_, ConvertType::Q6K) => Some(GgmlType::Q6K),
-        (_, ConvertType::Q4K) => Some(GgmlType::Q4K),
+        (_, ConvertType::Scheme(s)) => Some(s),
     };
+    if args.imatrix.is_some() && args.format != ConvertFormat::Gguf {
+        bail!("--imatrix guides the quantised types of --format gguf");
+    }
+    // Read before the model, so that a bad file fails fast.
+    let imatrix = args
+        .imatrix
+        .as_deref()
+        .map(grok1::imatrix::Imatrix::open)
+        .transpose()
+        .context("reading --imatrix")?;
     // (Not `exists()`: a dangling symlink is there too.)
     if args.out.symlink_metadata().is_ok() && !args.force {
         bail!("{} exists; pass --force to replace it", args.out.display());
@@ -66,25 +71,37 @@ pub fn convert(args: ConvertArgs) -> anyhow::Result<ExitCode> {
     };
     let bar = Bar::new(true);
     let weights = loaded.model.weights();
-    let report = match (args.format, dtype) {
+    let report = match (args.format, scheme) {
         (ConvertFormat::Ckpt, _) | (_, None) => {
             grok1::convert::convert_to_ckpt(&cfg, weights, &args.out, &bar).with_context(context)?
         }
-        (format, Some(dtype)) => {
+        (format, Some(scheme)) => {
             let format = match format {
                 ConvertFormat::Safetensors => OutFormat::Safetensors,
                 _ => OutFormat::Gguf,
             };
-            run_convert(
-                &cfg,
-                weights,
-                Some(&tokenizer),
+            let options = ConvertOptions {
                 format,
-                dtype,
-                &args.out,
-                &bar,
-            )
-            .with_context(context)?
+                scheme,
+                imatrix: imatrix.as_ref(),
+            };
+            let report = convert_with(&cfg, weights, Some(&tokenizer), &options, &args.out, &bar)
+                .with_context(|| match &args.imatrix {
+                Some(path) => format!(
+                    "{} with the importance matrix {}",
+                    context(),
+                    path.display()
+                ),
+                None => context(),
+            })?;
+            if let Some(path) = &args.imatrix {
+                eprintln!(
+                    "grok1: {} matrices quantised with importance from {}",
+                    report.weighted_matrices,
+                    path.display()
+                );
+            }
+            report
         }
     };
     let secs = started.elapsed().as_secs_f64();

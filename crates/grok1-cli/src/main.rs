@@ -8,6 +8,7 @@ mod chat;
 mod convert;
 mod eval;
 mod generate;
+mod imatrix;
 mod inspect;
 mod model_source;
 mod parallel;
@@ -53,6 +54,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(a) => serve::serve(a),
         Command::Chat(a) => chat::chat(a),
         Command::Convert(a) => convert::convert(a),
+        Command::Imatrix(a) => imatrix::imatrix(a),
         Command::Eval(a) => eval::eval(a),
         Command::SandboxExec(a) => eval::sandbox_exec(a),
         Command::Completions(a) => completions(a),

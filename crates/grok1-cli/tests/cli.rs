@@ -739,6 +739,156 @@ fn gguf_models_generate_and_inspect() {
     );
 }
 
+/// A GGUF whose matrices are i-quant, ternary and FP4 blocks generates, and
+/// greedily the same ids as its F32 conversion (`convert` decodes them);
+/// `inspect` names the types.
+#[test]
+fn iquant_gguf_generates_like_its_f32_conversion() {
+    let iq = fixtures().join("gguf/tiny-iquants.gguf");
+    let tmp = tempfile::tempdir().unwrap();
+    let f32_file = tmp.path().join("f32.gguf");
+    let o = run(grok1()
+        .arg("convert")
+        .arg("--model")
+        .arg(&iq)
+        .arg("--out")
+        .arg(&f32_file)
+        .args(["--format", "gguf", "--type", "f32"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ids = |model: &Path| {
+        let o = run(grok1().arg("generate").arg("--model").arg(model).args([
+            "--tokens",
+            "5,77,300,12,9",
+            "--max-tokens",
+            "12",
+            "--print-ids",
+            "--precision",
+            "f32",
+        ]));
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o).lines().last().unwrap().to_string()
+    };
+    let got = ids(&iq);
+    assert_eq!(got.split(',').count(), 12, "{got}");
+    assert_eq!(got, ids(&f32_file));
+    let o = run(grok1().arg("inspect").arg("--model").arg(&iq));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for (tensor, dtype) in [
+        ("blk.0.attn_q.weight", "IQ2_XXS"),
+        ("blk.0.ffn_down_exps.weight", "IQ1_M"),
+        ("blk.1.attn_k.weight", "IQ4_XS"),
+        ("blk.1.ffn_up_exps.weight", "NVFP4"),
+    ] {
+        assert!(
+            out.lines().any(|l| l.contains(tensor) && l.contains(dtype)),
+            "{tensor} {dtype}: {out}"
+        );
+    }
+}
+
+/// `grok1 imatrix` on calibration text writes llama.cpp's imatrix GGUF;
+/// `convert --imatrix` with a llama-quantize mix uses it and the result
+/// generates. A truncated imatrix, one of another model, an unknown --type
+/// and a chunk longer than the context are errors saying so.
+#[test]
+fn imatrix_then_a_weighted_mix() {
+    let tv = model("tiny-vocab");
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("calibration.txt");
+    std::fs::write(
+        &data,
+        "The quick brown fox jumps over the lazy dog. ".repeat(40)
+            + "Grok-1 is a mixture of experts with eight experts, two of them per token.",
+    )
+    .unwrap();
+    let imatrix = tmp.path().join("tv.imatrix.gguf");
+    let o = run(grok1()
+        .arg("imatrix")
+        .arg("--model")
+        .arg(&tv)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&imatrix)
+        .args(["--chunk-size", "32"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    // q, k, v, attention output and the three expert tensors of 2 layers.
+    assert!(stderr(&o).contains("14 entries from"), "{}", stderr(&o));
+    let out = tmp.path().join("tv-q4_k_m.gguf");
+    let o = run(grok1()
+        .arg("convert")
+        .arg("--model")
+        .arg(&tv)
+        .arg("--out")
+        .arg(&out)
+        .arg("--imatrix")
+        .arg(&imatrix)
+        .args(["--format", "gguf", "--type", "q4_k_m"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    // ffn_down's rows of 48 values are F16 (not whole 32-value blocks).
+    assert!(
+        stderr(&o).contains("12 matrices quantised with importance"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(grok1().arg("generate").arg("--model").arg(&out).args([
+        "--tokens",
+        "5,6,7",
+        "--max-tokens",
+        "3",
+        "--print-ids",
+    ]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let convert_with = |model: &Path, imatrix: &Path, dtype: &str| {
+        run(grok1()
+            .arg("convert")
+            .arg("--model")
+            .arg(model)
+            .arg("--out")
+            .arg(tmp.path().join("x.gguf"))
+            .arg("--imatrix")
+            .arg(imatrix)
+            .args(["--format", "gguf", "--type", dtype, "--force"]))
+    };
+    let bytes = std::fs::read(&imatrix).unwrap();
+    let cut = tmp.path().join("cut.imatrix.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let o = convert_with(&tv, &cut, "q4_k");
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("cut.imatrix.gguf"), "{}", stderr(&o));
+    let o = convert_with(&model("tiny-moe"), &imatrix, "q4_k");
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("`blk.0.attn_q.weight` has 32 columns; the model's rows have 64"),
+        "{}",
+        stderr(&o)
+    );
+    let o = convert_with(&tv, &imatrix, "q4_k_l");
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("`q4_k_l` is not a type this converter writes")
+            && stderr(&o).contains("q4_k_m"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(grok1()
+        .arg("imatrix")
+        .arg("--model")
+        .arg(&tv)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(tmp.path().join("y.gguf"))
+        .args(["--chunk-size", "4096"]));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("longer than the model's context of 128 tokens"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 /// `convert --format ckpt`: the official checkpoint converted to itself is
 /// byte-identical, file by file (same int8 values, same bf16 scales, same
 /// pickles); a GGUF converted to ckpt loads and generates.

@@ -1,6 +1,7 @@
 //! `grok1 convert`: a loaded model (any format) written out as GGUF (llama.cpp's
 //! `grok` layout) or safetensors (the keyfan/grok-1-hf layout), tensor by
-//! tensor, re-encoded into a chosen ggml type.
+//! tensor, re-encoded into a chosen ggml type or llama-quantize mix
+//! (`mix.rs`), the quantisers optionally weighted by an importance matrix.
 //!
 //! Memory stays bounded whatever the model size: the source is read through
 //! its memory map and each output tensor is produced a block of rows at a time
@@ -16,10 +17,14 @@ use rayon::prelude::*;
 
 use crate::backend::Matrix;
 use crate::config::ModelConfig;
+use crate::imatrix::Imatrix;
 use crate::model::weights::{Part, RowLayout};
 use crate::model::Weights;
 use crate::progress::Progress;
-use crate::quant::{quantize_row, GgmlType};
+use crate::quant::{quantize_row_weighted, GgmlType};
+
+mod mix;
+pub use mix::{fallback, MatrixRole, Mix, ModelShape, Scheme};
 
 /// Output container.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +42,18 @@ pub enum ConvertError {
     },
     #[error("{0}")]
     Unsupported(String),
+    /// The importance matrix does not fit the model.
+    #[error("{0}")]
+    Imatrix(String),
+}
+
+/// How `convert_with` writes the model.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvertOptions<'a> {
+    pub format: OutFormat,
+    pub scheme: Scheme,
+    /// Column importance for the quantisers' scale searches.
+    pub imatrix: Option<&'a Imatrix>,
 }
 
 /// What a conversion wrote.
@@ -47,6 +64,8 @@ pub struct ConvertReport {
     pub bytes_written: u64,
     /// Elements of the source model read.
     pub parameters: u64,
+    /// Matrices encoded with importance from the imatrix.
+    pub weighted_matrices: usize,
 }
 
 /// Where the values of one output tensor come from.
@@ -70,6 +89,9 @@ struct Planned<'a> {
     shape: Vec<usize>,
     dtype: GgmlType,
     source: Source<'a>,
+    /// Column importance of each matrix (one per expert of an expert
+    /// tensor), where an imatrix gives it.
+    importance: Vec<Option<Vec<f32>>>,
 }
 
 impl Planned<'_> {
@@ -79,24 +101,23 @@ impl Planned<'_> {
     }
 }
 
-/// The type a matrix with rows of `cols` values gets: the requested one when
-/// its rows are whole blocks, else the best smaller-block type (as
-/// llama-quantize does for tensors that do not fit its blocks).
-fn matrix_type(want: GgmlType, cols: usize) -> GgmlType {
-    [want, GgmlType::Q8_0, GgmlType::F16]
-        .into_iter()
-        .find(|t| cols.is_multiple_of(t.block_size()) && (t.is_float() || !want.is_float()))
-        .unwrap_or(GgmlType::F16)
-}
-
 fn plan<'a>(
     cfg: &ModelConfig,
     w: &'a Weights,
     layout: RowLayout,
-    dtype: GgmlType,
+    scheme: Scheme,
 ) -> Vec<Planned<'a>> {
     let d = cfg.emb_size;
     let e = cfg.num_experts;
+    let shape = ModelShape {
+        layers: cfg.num_layers,
+        experts: e,
+        gqa: cfg.num_q_heads / cfg.num_kv_heads.max(1),
+        has_output: !w.output_is_tied(),
+    };
+    let type_of = |part: Part, layer: usize, cols: usize| {
+        scheme.matrix_type(MatrixRole { part, layer, cols }, shape)
+    };
     let name = |part: Part, layer: usize| layout.name(part, layer, None);
     let mut out = Vec::new();
     let vector = |name: String, v: &'a [f32]| Planned {
@@ -104,25 +125,29 @@ fn plan<'a>(
         shape: vec![v.len()],
         dtype: GgmlType::F32,
         source: Source::Values(v),
+        importance: Vec::new(),
     };
-    let linear = |name: String, m: &'a Matrix| Planned {
+    let linear = |name: String, part: Part, layer: usize, m: &'a Matrix| Planned {
         name,
         shape: vec![m.n(), m.k()],
-        dtype: matrix_type(dtype, m.k()),
+        dtype: type_of(part, layer, m.k()),
         source: Source::Linear(m),
+        importance: Vec::new(),
     };
     out.push(Planned {
         name: name(Part::Embedding, 0),
         shape: vec![w.embedding.rows, w.embedding.cols],
-        dtype: matrix_type(dtype, d),
+        dtype: type_of(Part::Embedding, 0, d),
         source: Source::Rows(&w.embedding),
+        importance: Vec::new(),
     });
-    if !w.output_is_tied() {
+    if shape.has_output {
         out.push(Planned {
             name: name(Part::Output, 0),
             shape: vec![w.output.rows, w.output.cols],
-            dtype: matrix_type(dtype, d),
+            dtype: type_of(Part::Output, 0, d),
             source: Source::Rows(&w.output),
+            importance: Vec::new(),
         });
     }
     for (i, l) in w.layers.iter().enumerate() {
@@ -131,15 +156,16 @@ fn plan<'a>(
         out.push(vector(p(Part::AttnOutNorm), &l.attn_out_norm));
         out.push(vector(p(Part::MoeNorm), &l.moe_norm));
         out.push(vector(p(Part::MoeOutNorm), &l.moe_out_norm));
-        out.push(linear(p(Part::Query), &l.wq));
-        out.push(linear(p(Part::Key), &l.wk));
-        out.push(linear(p(Part::Value), &l.wv));
-        out.push(linear(p(Part::AttnOut), &l.wo));
+        out.push(linear(p(Part::Query), Part::Query, i, &l.wq));
+        out.push(linear(p(Part::Key), Part::Key, i, &l.wk));
+        out.push(linear(p(Part::Value), Part::Value, i, &l.wv));
+        out.push(linear(p(Part::AttnOut), Part::AttnOut, i, &l.wo));
         out.push(Planned {
             name: p(Part::Router),
             shape: vec![e, d],
             dtype: GgmlType::F32,
             source: Source::Router(&l.router, d, e),
+            importance: Vec::new(),
         });
         for (part, mats) in [
             (Part::Gate, &l.experts.linear),
@@ -150,12 +176,13 @@ fn plan<'a>(
                 Some(merged) => out.push(Planned {
                     name: merged,
                     shape: vec![mats.len(), mats[0].n(), mats[0].k()],
-                    dtype: matrix_type(dtype, mats[0].k()),
+                    dtype: type_of(part, i, mats[0].k()),
                     source: Source::Experts(mats),
+                    importance: Vec::new(),
                 }),
                 None => {
                     for (x, m) in mats.iter().enumerate() {
-                        out.push(linear(layout.name(part, i, Some(x)), m));
+                        out.push(linear(layout.name(part, i, Some(x)), part, i, m));
                     }
                 }
             }
@@ -163,6 +190,38 @@ fn plan<'a>(
     }
     out.push(vector(name(Part::FinalNorm, 0), &w.final_norm));
     out
+}
+
+/// Fills each quantised matrix's column importance from `imatrix`; returns
+/// how many matrices got one. An entry whose shape differs from the
+/// model's, or an imatrix that names none of the model's matrices, is an
+/// error.
+fn attach_importance(tensors: &mut [Planned], imatrix: &Imatrix) -> Result<usize, ConvertError> {
+    let mut weighted = 0;
+    for t in tensors.iter_mut() {
+        let quantised = !t.dtype.is_float() && t.shape.len() >= 2;
+        if !quantised {
+            continue;
+        }
+        let cols = *t.shape.last().unwrap();
+        let matrices = if t.shape.len() == 3 { t.shape[0] } else { 1 };
+        t.importance = (0..matrices)
+            .map(|m| imatrix.importance(&t.name, m, matrices, cols))
+            .collect::<Result<_, _>>()
+            .map_err(ConvertError::Imatrix)?;
+        if t.importance.iter().any(Option::is_some) {
+            weighted += 1;
+        }
+    }
+    if weighted == 0 {
+        let some: Vec<&str> = imatrix.entries.keys().take(3).map(String::as_str).collect();
+        return Err(ConvertError::Imatrix(format!(
+            "the importance matrix names none of this model's quantised matrices (it holds {} entries, such as {})",
+            imatrix.entries.len(),
+            some.join(", ")
+        )));
+    }
+    Ok(weighted)
 }
 
 /// Rows `first..first + count` of `m` decoded into `out`, in parallel.
@@ -209,8 +268,9 @@ fn block_rows(cols: usize) -> usize {
     ((8 << 20) / 4 / cols.max(1)).clamp(1, 4096)
 }
 
-/// Encodes a block of rows and writes it.
-type Emit<'a> = dyn FnMut(&[f32], &mut dyn Write) -> std::io::Result<()> + 'a;
+/// Encodes a block of rows (with their columns' importance, if any) and
+/// writes it.
+type Emit<'a> = dyn FnMut(&[f32], Option<&[f32]>, &mut dyn Write) -> std::io::Result<()> + 'a;
 
 /// Writes `t`'s bytes to `out`, a block of rows at a time.
 fn write_tensor(
@@ -219,32 +279,34 @@ fn write_tensor(
     progress: &mut dyn FnMut(u64),
 ) -> std::io::Result<()> {
     let cols = *t.shape.last().unwrap();
-    let mut emit = |rows: &[f32], out: &mut dyn Write| -> std::io::Result<()> {
-        // Rows are encoded in parallel, then written in order.
-        let per_task = (1 << 16) / cols.max(1) + 1;
-        let encoded: Vec<Vec<u8>> = rows
-            .par_chunks(per_task * cols)
-            .map(|chunk| {
-                let mut all = Vec::new();
-                let mut row_bytes = Vec::new();
-                for row in chunk.chunks_exact(cols) {
-                    quantize_row(t.dtype, row, &mut row_bytes);
-                    all.extend_from_slice(&row_bytes);
-                }
-                all
-            })
-            .collect();
-        for e in &encoded {
-            out.write_all(e)?;
-        }
-        progress((rows.len() / cols) as u64 * t.dtype.row_bytes(cols).unwrap() as u64);
-        Ok(())
-    };
+    let mut emit =
+        |rows: &[f32], importance: Option<&[f32]>, out: &mut dyn Write| -> std::io::Result<()> {
+            // Rows are encoded in parallel, then written in order.
+            let per_task = (1 << 16) / cols.max(1) + 1;
+            let encoded: Vec<Vec<u8>> = rows
+                .par_chunks(per_task * cols)
+                .map(|chunk| {
+                    let mut all = Vec::new();
+                    let mut row_bytes = Vec::new();
+                    for row in chunk.chunks_exact(cols) {
+                        quantize_row_weighted(t.dtype, row, importance, &mut row_bytes);
+                        all.extend_from_slice(&row_bytes);
+                    }
+                    all
+                })
+                .collect();
+            for e in &encoded {
+                out.write_all(e)?;
+            }
+            progress((rows.len() / cols) as u64 * t.dtype.row_bytes(cols).unwrap() as u64);
+            Ok(())
+        };
+    let importance = |m: usize| t.importance.get(m).and_then(|v| v.as_deref());
     match t.source {
-        Source::Values(v) => emit(v, out)?,
+        Source::Values(v) => emit(v, None, out)?,
         Source::Router(r, d, e) => {
             let transposed: Vec<f32> = (0..e * d).map(|j| r[(j % d) * e + j / d]).collect();
-            emit(&transposed, out)?;
+            emit(&transposed, None, out)?;
         }
         Source::Rows(m) => {
             // Pages are released a block at a time: the embedding is the
@@ -254,15 +316,16 @@ fn write_tensor(
                 m.rows,
                 cols,
                 &mut emit,
+                importance(0),
                 out,
                 |first, count, buf| decode_rows(m, first, count, buf),
                 |first, count| m.data.slice(first * len, count * len).release(),
             )?;
         }
-        Source::Linear(m) => write_linear(m, cols, &mut emit, out)?,
+        Source::Linear(m) => write_linear(m, cols, &mut emit, importance(0), out)?,
         Source::Experts(ms) => {
-            for m in ms {
-                write_linear(m, cols, &mut emit, out)?;
+            for (x, m) in ms.iter().enumerate() {
+                write_linear(m, cols, &mut emit, importance(x), out)?;
             }
         }
     }
@@ -273,12 +336,14 @@ fn write_linear(
     m: &Matrix,
     cols: usize,
     emit: &mut Emit,
+    importance: Option<&[f32]>,
     out: &mut dyn Write,
 ) -> std::io::Result<()> {
     write_blocks(
         m.n(),
         cols,
         emit,
+        importance,
         out,
         |first, count, buf| linear_rows(m, first, count, buf),
         |_, _| {},
@@ -294,6 +359,7 @@ fn write_blocks(
     rows: usize,
     cols: usize,
     emit: &mut Emit,
+    importance: Option<&[f32]>,
     out: &mut dyn Write,
     mut fill: impl FnMut(usize, usize, &mut [f32]),
     mut done: impl FnMut(usize, usize),
@@ -303,21 +369,21 @@ fn write_blocks(
     for first in (0..rows).step_by(block) {
         let count = block.min(rows - first);
         fill(first, count, &mut buf);
-        emit(&buf[..count * cols], out)?;
+        emit(&buf[..count * cols], importance, out)?;
         done(first, count);
     }
     Ok(())
 }
 
-const ALIGN: u64 = 32;
+pub(crate) const ALIGN: u64 = 32;
 
-fn gguf_string(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn gguf_string(out: &mut Vec<u8>, s: &str) {
     out.extend((s.len() as u64).to_le_bytes());
     out.extend(s.as_bytes());
 }
 
 /// GGUF metadata values this writer emits.
-enum Kv {
+pub(crate) enum Kv {
     Bool(bool),
     U32(u32),
     F32(f32),
@@ -327,7 +393,7 @@ enum Kv {
     I32s(Vec<i32>),
 }
 
-fn gguf_kv(out: &mut Vec<u8>, key: &str, v: &Kv) {
+pub(crate) fn gguf_kv(out: &mut Vec<u8>, key: &str, v: &Kv) {
     use crate::weights::gguf::value_type as vt;
     let array_header = |out: &mut Vec<u8>, item: u32, len: usize| {
         out.extend(vt::ARRAY.to_le_bytes());
@@ -367,28 +433,16 @@ fn gguf_kv(out: &mut Vec<u8>, key: &str, v: &Kv) {
     }
 }
 
-/// llama.cpp's `general.file_type` for a conversion to `t`.
-fn file_type(t: GgmlType) -> u32 {
-    match t {
-        GgmlType::F32 => 0,
-        GgmlType::F16 => 1,
-        GgmlType::Q8_0 => 7,
-        GgmlType::Q4K => 15, // Q4_K_M's id; the closest llama.cpp name
-        GgmlType::Q6K => 18,
-        GgmlType::BF16 => 32,
-        _ => 0,
-    }
-}
-
 fn gguf_metadata(
     cfg: &ModelConfig,
     tokenizer: Option<&Tokenizer>,
-    dtype: GgmlType,
+    scheme: Scheme,
 ) -> Vec<(String, Kv)> {
     let mut kv = vec![
         ("general.architecture".to_string(), Kv::Str("grok".into())),
         ("general.name".into(), Kv::Str(cfg.name.clone())),
-        ("general.file_type".into(), Kv::U32(file_type(dtype))),
+        ("general.file_type".into(), Kv::U32(scheme.file_type())),
+        ("general.quantization_version".into(), Kv::U32(2)),
         (
             "grok.context_length".into(),
             Kv::U32(cfg.sequence_len as u32),
@@ -551,8 +605,9 @@ fn foreign_checkpoint_file(dir: &Path) -> std::io::Result<Option<PathBuf>> {
     Ok(None)
 }
 
-/// Converts `weights` (of `cfg`) into `out`: a `.gguf` file, or a directory
-/// for safetensors (`model.safetensors` and `config.json`). Files are written
+/// Converts `weights` (of `cfg`) into `out`, its matrices as `scheme` says
+/// (a type, or a llama-quantize mix): a `.gguf` file, or a directory for
+/// safetensors (`model.safetensors` and `config.json`). Files are written
 /// by [`crate::files::write_output`]: replaced whole, special files written
 /// through.
 pub fn convert(
@@ -560,33 +615,64 @@ pub fn convert(
     weights: &Weights,
     tokenizer: Option<&Tokenizer>,
     format: OutFormat,
-    dtype: GgmlType,
+    scheme: impl Into<Scheme>,
     out: &Path,
     progress: &dyn Progress,
 ) -> Result<ConvertReport, ConvertError> {
-    if !GgmlType::ENCODABLE.contains(&dtype) {
+    let options = ConvertOptions {
+        format,
+        scheme: scheme.into(),
+        imatrix: None,
+    };
+    convert_with(cfg, weights, tokenizer, &options, out, progress)
+}
+
+/// [`convert`] with a mix or an importance matrix.
+pub fn convert_with(
+    cfg: &ModelConfig,
+    weights: &Weights,
+    tokenizer: Option<&Tokenizer>,
+    options: &ConvertOptions,
+    out: &Path,
+    progress: &dyn Progress,
+) -> Result<ConvertReport, ConvertError> {
+    let (format, scheme) = (options.format, options.scheme);
+    if let Scheme::Uniform(dtype) = scheme {
+        if !GgmlType::ENCODABLE.contains(&dtype) {
+            return Err(ConvertError::Unsupported(format!(
+                "cannot write {dtype}; choose one of {}",
+                Scheme::names().join(", ")
+            )));
+        }
+    }
+    if format == OutFormat::Safetensors && !scheme.base().is_float() {
         return Err(ConvertError::Unsupported(format!(
-            "cannot write {dtype}; choose one of {}",
-            GgmlType::ENCODABLE.map(|t| t.name()).join(", ")
+            "safetensors holds plain floats: use --type f32, f16 or bf16, not {}",
+            scheme.name()
         )));
     }
-    if format == OutFormat::Safetensors && !dtype.is_float() {
+    if options.imatrix.is_some() && scheme.base().is_float() {
         return Err(ConvertError::Unsupported(format!(
-            "safetensors holds plain floats: use --type f32, f16 or bf16, not {dtype}"
+            "an importance matrix guides quantisation; {} is not quantised",
+            scheme.name()
         )));
     }
     let layout = match format {
         OutFormat::Gguf => RowLayout::Gguf,
         OutFormat::Safetensors => RowLayout::Keyfan,
     };
-    let tensors = plan(cfg, weights, layout, dtype);
+    let mut tensors = plan(cfg, weights, layout, scheme);
+    let weighted_matrices = match options.imatrix {
+        Some(imatrix) => attach_importance(&mut tensors, imatrix)?,
+        None => 0,
+    };
     let total: u64 = tensors.iter().map(Planned::bytes).sum();
     let parameters: u64 = tensors
         .iter()
         .map(|t| t.shape.iter().product::<usize>() as u64)
         .sum();
     match format {
-        OutFormat::Gguf => write_gguf(cfg, tokenizer, dtype, &tensors, out, total, progress)?,
+        OutFormat::Gguf => write_gguf(cfg, tokenizer, scheme, &tensors, out, total, progress)?,
         OutFormat::Safetensors => write_safetensors(cfg, &tensors, out, total, progress)?,
     }
     let files = match format {
@@ -603,19 +689,20 @@ pub fn convert(
         tensors: tensors.len(),
         bytes_written,
         parameters,
+        weighted_matrices,
     })
 }
 
 fn write_gguf(
     cfg: &ModelConfig,
     tokenizer: Option<&Tokenizer>,
-    dtype: GgmlType,
+    scheme: Scheme,
     tensors: &[Planned],
     out: &Path,
     total: u64,
     progress: &dyn Progress,
 ) -> Result<(), ConvertError> {
-    let kv = gguf_metadata(cfg, tokenizer, dtype);
+    let kv = gguf_metadata(cfg, tokenizer, scheme);
     let mut header = Vec::new();
     header.extend(b"GGUF");
     header.extend(3u32.to_le_bytes());
@@ -886,6 +973,7 @@ pub fn convert_to_ckpt(
         files,
         bytes_written,
         parameters: layout.iter().map(|s| s.element_count() as u64).sum(),
+        weighted_matrices: 0,
     })
 }
 

@@ -29,6 +29,7 @@ pub mod convert;
 pub mod engine;
 pub mod files;
 pub mod generate;
+pub mod imatrix;
 pub mod kv_cache;
 pub mod load;
 pub mod model;

@@ -289,11 +289,11 @@ fn malformed_files_are_clear_errors() {
     b[ne0..ne0 + 8].copy_from_slice(&48u64.to_le_bytes());
     cases.push(("rows not whole blocks", b, "not whole Q8_0 blocks"));
     let mut b = l.bytes.clone();
-    b[ty..ty + 4].copy_from_slice(&16u32.to_le_bytes());
+    b[ty..ty + 4].copy_from_slice(&15u32.to_le_bytes());
     cases.push((
         "unsupported type",
         b,
-        "`blk.1.attn_q.weight` has type IQ2_XXS",
+        "`blk.1.attn_q.weight` has type Q8_K (ggml type 15)",
     ));
     let mut b = l.bytes.clone();
     b[off..off + 8].copy_from_slice(&(1u64 << 50).to_le_bytes());
@@ -417,4 +417,84 @@ fn version_2_files_load() {
     let m = GgufModel::open(&path).expect("a version 2 file");
     assert_eq!(m.parts[0].version, 2);
     Weights::from_store(&m.config().unwrap(), &m.store).expect("weights");
+}
+
+/// A model whose matrices are every i-quant, ternary and FP4 type
+/// (tiny-iquants.gguf, made by gguf-py from random blocks) loads and runs,
+/// and in f32 mode its logits equal those of its F32 conversion (the decoded
+/// rows, written by `convert`) to 1e-5 of the largest logit, in every ISA.
+#[test]
+fn iquant_model_runs_like_its_f32_conversion() {
+    let source = GgufModel::open(&gguf_file("tiny-iquants.gguf")).expect("open");
+    let mut types: Vec<GgmlType> = source
+        .store
+        .iter()
+        .filter_map(|t| t.as_ggml().map(|(dtype, _, _)| dtype))
+        .collect();
+    types.sort_by_key(|t| t.id());
+    types.dedup();
+    for t in [
+        GgmlType::IQ2_XXS,
+        GgmlType::IQ2_XS,
+        GgmlType::IQ2_S,
+        GgmlType::IQ3_XXS,
+        GgmlType::IQ3_S,
+        GgmlType::IQ1_S,
+        GgmlType::IQ1_M,
+        GgmlType::IQ4_NL,
+        GgmlType::IQ4_XS,
+        GgmlType::TQ1_0,
+        GgmlType::TQ2_0,
+        GgmlType::MXFP4,
+        GgmlType::NVFP4,
+    ] {
+        assert!(types.contains(&t), "{t} is not in the fixture: {types:?}");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let f32_path = tmp.path().join("tiny-iquants-f32.gguf");
+    let config = source.config().unwrap();
+    let weights = Weights::from_store(&config, &source.store).unwrap();
+    grok1::convert::convert(
+        &config,
+        &weights,
+        None,
+        grok1::convert::OutFormat::Gguf,
+        GgmlType::F32,
+        &f32_path,
+        &grok1::progress::NoProgress,
+    )
+    .unwrap();
+    let load = |path: &Path, isa: Isa| {
+        let m = GgufModel::open(path).unwrap();
+        let c = m.config().unwrap();
+        let w = Weights::from_store(&c, &m.store).unwrap();
+        grok1::Grok1::new(
+            c,
+            w,
+            Box::new(grok1::backend::cpu::CpuBackend::with_isa(isa)),
+        )
+    };
+    let tokens: Vec<u32> = (0..24).map(|i| (i * 37 + 5) % 512).collect();
+    for isa in Isa::available() {
+        let want = common::prefill(&load(&f32_path, isa), &tokens, Precision::F32, None);
+        let model = load(&gguf_file("tiny-iquants.gguf"), isa);
+        let got = common::prefill(&model, &tokens, Precision::F32, None);
+        let (mut largest, mut worst) = (0f32, 0f32);
+        for t in 0..tokens.len() {
+            for (a, b) in got.row(t).iter().zip(want.row(t)) {
+                assert!(a.is_finite(), "{}: row {t}: {a}", isa.name());
+                largest = largest.max(b.abs());
+                worst = worst.max((a - b).abs());
+            }
+        }
+        eprintln!(
+            "{}: largest logit {largest:.4}, largest difference {worst:.3e}",
+            isa.name()
+        );
+        assert!(largest > 0.0);
+        assert!(worst <= 1e-5 * largest, "{}: {worst:e}", isa.name());
+        // The default mode runs these types too (decoded to f32 rows).
+        let fast = common::prefill(&model, &tokens, Precision::Fast, None);
+        assert!(fast.row(tokens.len() - 1).iter().all(|v| v.is_finite()));
+    }
 }

@@ -5,13 +5,15 @@ use super::rope::Rope;
 use crate::backend::{AttentionParams, Backend, MatmulJob, Precision, RowPosition};
 use crate::config::ModelConfig;
 use crate::kv_cache::KvCache;
-use crate::model::weights::LayerWeights;
+use crate::model::weights::{LayerWeights, Part, RowLayout};
+use crate::model::InputSquares;
 
 /// Self-attention of `a` (`[rows, d]`, already normed) for layer `layer`;
 /// writes the rows' keys and values into `cache` and returns `[rows, d]`,
 /// not yet rounded to the activation dtype (a tensor-parallel rank's result
 /// is its heads' share, summed across ranks first). `cfg` holds this
 /// process's heads.
+/// With `squares`, adds the projections' inputs to it.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_block(
     backend: &dyn Backend,
@@ -23,8 +25,20 @@ pub fn attention_block(
     rows: &[RowPosition],
     cache: &mut KvCache,
     precision: Precision,
+    mut squares: Option<&mut InputSquares>,
 ) -> Vec<f32> {
     let n = rows.len();
+    if let Some(s) = squares.as_deref_mut() {
+        for part in [Part::Query, Part::Key, Part::Value] {
+            s.add(
+                RowLayout::Gguf.name(part, layer, None),
+                0,
+                1,
+                cfg.emb_size,
+                a,
+            );
+        }
+    }
     let (qw, kvw) = (cfg.q_width(), cfg.kv_width());
     // q = a @ Wq; k = a @ Wk; v = a @ Wv (outputs in the activation dtype)
     let mut q = vec![0f32; n * qw];
@@ -80,6 +94,15 @@ pub fn attention_block(
     };
     let mut o = vec![0f32; n * qw];
     backend.attention(&q, rows, cache, layer, &params, &mut o);
+    if let Some(s) = squares {
+        s.add(
+            RowLayout::Gguf.name(Part::AttnOut, layer, None),
+            0,
+            1,
+            qw,
+            &o,
+        );
+    }
     // heads concatenated [rows, Hq*hd], then o @ Wo back to d
     let mut out = vec![0f32; n * cfg.emb_size];
     backend.matmul(&o, &w.wo, &mut out, precision);

@@ -117,6 +117,51 @@ pub struct Trace {
     pub hidden: Vec<Vec<f32>>,
     /// Per layer, the router's decisions for every row.
     pub router: Vec<RouterDecisions>,
+    /// When set, the squared inputs of every layer's matrix products are
+    /// added to it (an importance matrix's statistics).
+    pub input_squares: Option<InputSquares>,
+}
+
+/// Per weight matrix (by its GGUF tensor name), the sum over rows of each
+/// input column's square and the rows summed, per expert for the merged
+/// expert tensors: what llama.cpp's imatrix collects.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InputSquares {
+    pub entries: std::collections::BTreeMap<String, SquareSums>,
+}
+
+/// One tensor's sums: `matrices` runs of `cols` sums, and rows per matrix.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SquareSums {
+    pub cols: usize,
+    pub sums: Vec<f64>,
+    pub rows: Vec<u64>,
+}
+
+impl InputSquares {
+    /// Adds the rows of `x` (`[rows, cols]`) as inputs of matrix `matrix` of
+    /// `matrices` of tensor `name`.
+    pub(crate) fn add(
+        &mut self,
+        name: String,
+        matrix: usize,
+        matrices: usize,
+        cols: usize,
+        x: &[f32],
+    ) {
+        let e = self.entries.entry(name).or_insert_with(|| SquareSums {
+            cols,
+            sums: vec![0.0; matrices * cols],
+            rows: vec![0; matrices],
+        });
+        let sums = &mut e.sums[matrix * cols..(matrix + 1) * cols];
+        for row in x.chunks_exact(cols) {
+            for (s, &v) in sums.iter_mut().zip(row) {
+                *s += (v as f64) * (v as f64);
+            }
+        }
+        e.rows[matrix] += (x.len() / cols) as u64;
+    }
 }
 
 /// A loaded model: config, weights and the backend that runs it.
@@ -404,6 +449,7 @@ impl Grok1 {
         if let Some(t) = trace.as_deref_mut() {
             t.hidden.push(x.clone());
         }
+        let mut squares = trace.as_deref_mut().and_then(|t| t.input_squares.take());
 
         let eps = cfg.rms_norm_eps as f32;
         let backend = &*self.backend;
@@ -416,8 +462,18 @@ impl Grok1 {
             // a = rms_norm(x); a = attention(a); a = rms_norm_1(a); x = x + a
             let a = norm::rms_norm(&x, &w.attn_norm, eps, p);
             let local = &self.local;
-            let mut a =
-                attention::attention_block(backend, local, &self.rope, w, l, &a, &rows, cache, p);
+            let mut a = attention::attention_block(
+                backend,
+                local,
+                &self.rope,
+                w,
+                l,
+                &a,
+                &rows,
+                cache,
+                p,
+                squares.as_mut(),
+            );
             // Each rank's heads' share of the output projection, summed.
             collective.all_reduce_sum(&mut a);
             p.cast(&mut a);
@@ -425,7 +481,8 @@ impl Grok1 {
             add_into(&mut x, &a, p);
             // m = rms_norm_2(x); m = moe(m); m = rms_norm_3(m); x = x + m
             let m = norm::rms_norm(&x, &w.moe_norm, eps, p);
-            let (mut m, router) = moe::moe_block(backend, local, w, &m, p, self.gates);
+            let (mut m, router) =
+                moe::moe_block(backend, local, w, l, &m, p, self.gates, squares.as_mut());
             // Each rank's share of every expert's hidden width, summed.
             collective.all_reduce_sum(&mut m);
             p.cast(&mut m);
@@ -444,6 +501,7 @@ impl Grok1 {
         let x = norm::rms_norm(&x, &self.weights.final_norm, eps, p);
         if let Some(t) = trace {
             t.hidden.push(x.clone());
+            t.input_squares = squares;
         }
 
         // logits = (x @ E^T) * output_multiplier_scale, for the selected rows

@@ -5,7 +5,8 @@ use super::norm::softmax;
 use super::GateMode;
 use crate::backend::{Backend, MatmulJob, Precision};
 use crate::config::ModelConfig;
-use crate::model::weights::LayerWeights;
+use crate::model::weights::{LayerWeights, Part, RowLayout};
+use crate::model::InputSquares;
 
 /// What the router decided for a batch of rows (for tests and tracing).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -61,14 +62,18 @@ pub fn route(
 /// `expert(m) = (gelu(m @ W_linear) * (m @ W_linear_v)) @ W_linear_1`.
 /// Not yet rounded to the activation dtype: a tensor-parallel rank's result is
 /// its share of the hidden width, summed across ranks first. `cfg.ffn_size`
-/// is this process's width.
+/// is this process's width. With `squares`, adds each expert's inputs to
+/// it (`layer` names the tensors).
+#[allow(clippy::too_many_arguments)]
 pub fn moe_block(
     backend: &dyn Backend,
     cfg: &ModelConfig,
     w: &LayerWeights,
+    layer: usize,
     m: &[f32],
     precision: Precision,
     mode: GateMode,
+    squares: Option<&mut InputSquares>,
 ) -> (Vec<f32>, RouterDecisions) {
     let (d, ff, k) = (cfg.emb_size, cfg.ffn_size, cfg.num_selected_experts);
     let rows = m.len() / d;
@@ -124,6 +129,19 @@ pub fn moe_block(
         precision.cast(h);
         precision.cast(hv);
         backend.gelu_mul(h, hv);
+    }
+    if let Some(s) = squares {
+        let e_all = cfg.num_experts;
+        let name = |part| {
+            RowLayout::Gguf
+                .merged_experts(part, layer)
+                .unwrap_or_default()
+        };
+        for ((&e, x), h) in active.iter().zip(&inputs).zip(&h) {
+            s.add(name(Part::Gate), e, e_all, d, x);
+            s.add(name(Part::Up), e, e_all, d, x);
+            s.add(name(Part::Down), e, e_all, ff, h);
+        }
     }
     let mut ys: Vec<Vec<f32>> = active
         .iter()
