@@ -5,6 +5,7 @@
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
+use crate::kv_cache::KvType;
 use crate::model::{ForwardOptions, Grok1, LogitsRows, ModelError, SequenceInput};
 use crate::sampling::{Sampler, SamplingError, SamplingParams};
 
@@ -70,12 +71,27 @@ fn pending_stop_prefix(tokens: &[u32], stops: &[Vec<u32>]) -> usize {
 
 /// Generates a continuation of `prompt`. `on_tokens` receives tokens as they
 /// become final (never eos or a stop match); returning `Break` stops generation.
+/// The KV cache is of the precision's default type ([`KvType::default_for`]).
 pub fn generate(
     model: &Grok1,
     prompt: &[u32],
     sampling: &SamplingParams,
     stop: &StopConditions,
     options: ForwardOptions,
+    on_tokens: &mut dyn FnMut(&[u32]) -> ControlFlow<()>,
+) -> Result<Generation, GenerateError> {
+    let kv_type = KvType::default_for(options.precision);
+    generate_with(model, prompt, sampling, stop, options, kv_type, on_tokens)
+}
+
+/// [`generate`] with a KV cache of `kv_type`.
+pub fn generate_with(
+    model: &Grok1,
+    prompt: &[u32],
+    sampling: &SamplingParams,
+    stop: &StopConditions,
+    options: ForwardOptions,
+    kv_type: KvType,
     on_tokens: &mut dyn FnMut(&[u32]) -> ControlFlow<()>,
 ) -> Result<Generation, GenerateError> {
     if prompt.is_empty() {
@@ -88,7 +104,8 @@ pub fn generate(
     let context = model.config().sequence_len;
     // Saturating: `--max-tokens` of u64::MAX means "until the context is full",
     // not a sum that wraps to a cache too small for the prompt.
-    let mut cache = model.new_cache(prompt.len().saturating_add(stop.max_tokens).min(context), 1);
+    let tokens = prompt.len().saturating_add(stop.max_tokens).min(context);
+    let mut cache = model.new_cache_of(tokens, 1, kv_type);
     let seq = cache.add_sequence();
     let options = ForwardOptions {
         logits: LogitsRows::Last,

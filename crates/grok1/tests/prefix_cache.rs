@@ -14,7 +14,7 @@ use grok1::engine::{
 };
 use grok1::sampling::SamplingParams;
 use grok1::weights::random::random_store;
-use grok1::{ForwardOptions, Grok1, LogitsRows, ModelConfig, Precision, SequenceInput};
+use grok1::{ForwardOptions, Grok1, KvType, LogitsRows, ModelConfig, Precision, SequenceInput};
 use grok1_tokenizer::Tokenizer;
 
 const PAGE: usize = grok1::kv_cache::DEFAULT_PAGE_SIZE;
@@ -41,6 +41,7 @@ fn config(prefix_cache: bool) -> EngineConfig {
         prefill_chunk: 24,
         precision: Precision::F32,
         prefix_cache,
+        kv_type: KvType::F32,
     }
 }
 
@@ -142,8 +143,8 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 /// The model's logits for `tokens` computed from scratch, one row per position.
-fn logits_from_scratch(m: &Grok1, tokens: &[u32]) -> Vec<Vec<f32>> {
-    let mut cache = m.new_cache(tokens.len(), 1);
+fn logits_from_scratch(m: &Grok1, tokens: &[u32], kv_type: KvType) -> Vec<Vec<f32>> {
+    let mut cache = m.new_cache_of(tokens.len(), 1, kv_type);
     let seq = cache.add_sequence();
     let out = m
         .forward(
@@ -160,12 +161,19 @@ fn logits_from_scratch(m: &Grok1, tokens: &[u32]) -> Vec<Vec<f32>> {
 }
 
 /// At the level of the cache and the model: a sequence that takes a cached
-/// prefix and computes the rest gets bit-identical logits for the rest.
+/// prefix and computes the rest gets bit-identical logits for the rest, in
+/// every KV type (against the uncached run in the same type).
 #[test]
 fn logits_after_a_cached_prefix_are_bit_identical() {
+    for kv_type in KvType::ALL {
+        logits_after_a_cached_prefix_in(kv_type);
+    }
+}
+
+fn logits_after_a_cached_prefix_in(kv_type: KvType) {
     let m = model();
     let first = ids(50, 0);
-    let mut cache = m.new_cache(8 * 128, 8);
+    let mut cache = m.new_cache_of(8 * 128, 8, kv_type);
     let pad = m.config().pad_token;
     // The first sequence, computed in uneven chunks and published.
     let a = cache.add_sequence();
@@ -203,7 +211,7 @@ fn logits_after_a_cached_prefix_are_bit_identical() {
         ),
     ];
     for (what, prompt, reused) in cases {
-        let want = logits_from_scratch(&m, &prompt);
+        let want = logits_from_scratch(&m, &prompt, kv_type);
         let b = cache.add_sequence();
         let got = cache
             .attach_prefix(b, &prompt[..prompt.len() - 1], pad)
@@ -229,7 +237,7 @@ fn logits_after_a_cached_prefix_are_bit_identical() {
                 row.iter()
                     .zip(&want[pos])
                     .all(|(x, y)| x.to_bits() == y.to_bits()),
-                "{what}: logits at position {pos} differ"
+                "{kv_type} {what}: logits at position {pos} differ"
             );
         }
         cache.remove_sequence(b).unwrap();
@@ -474,5 +482,34 @@ fn exported_keys_and_values_resume_exactly_in_another_engine() {
     });
     for e in [first_engine, resumed, plain] {
         e.shutdown(Duration::from_secs(1));
+    }
+}
+
+/// bf16 and q8_0 caches export their decoded keys and values and a fresh
+/// engine of the same type re-encodes them to the same pages: the resumed
+/// request matches the first engine's, which read its own pages.
+#[test]
+fn compact_caches_export_and_resume_exactly() {
+    for kv_type in [KvType::Bf16, KvType::Q8_0] {
+        let cfg = EngineConfig {
+            kv_type,
+            ..config(true)
+        };
+        let first = engine(cfg.clone());
+        let base = ids(45, 70);
+        let out = run(&first, &base, 6);
+        let conversation = [&base[..], &out.tokens[..5]].concat();
+        let mut longer = conversation.clone();
+        longer.push(out.tokens[5]);
+        let snapshot = first.export_prefix(longer).unwrap();
+        let resumed = engine(cfg);
+        assert_eq!(resumed.import_prefix(snapshot).unwrap(), 50);
+        let next = [&conversation[..], &ids(7, 71)[..]].concat();
+        let got = run(&resumed, &next, 8);
+        assert_eq!(got.cached_tokens, 50);
+        assert_same(&got, &run(&first, &next, 8), &format!("{kv_type} resumed"));
+        for e in [first, resumed] {
+            e.shutdown(Duration::from_secs(1));
+        }
     }
 }

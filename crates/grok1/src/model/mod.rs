@@ -11,7 +11,7 @@ use std::collections::HashSet;
 
 use crate::backend::{cpu::CpuBackend, Backend, Precision, RowPosition};
 use crate::config::ModelConfig;
-use crate::kv_cache::{CacheError, KvCache, SeqId};
+use crate::kv_cache::{CacheError, KvCache, KvType, SeqId};
 use crate::weights::{TensorStore, WeightError};
 use moe::RouterDecisions;
 use rope::Rope;
@@ -208,9 +208,16 @@ impl Grok1 {
         2.0 * c.num_layers as f64 * (attention + experts)
     }
 
-    /// A KV cache able to hold `tokens` positions over at most `sequences` sequences.
+    /// An f32 KV cache able to hold `tokens` positions over at most
+    /// `sequences` sequences.
     pub fn new_cache(&self, tokens: usize, sequences: usize) -> KvCache {
-        KvCache::with_capacity(&self.config, tokens, sequences)
+        self.new_cache_of(tokens, sequences, KvType::F32)
+    }
+
+    /// A KV cache of `kv_type` able to hold `tokens` positions over at most
+    /// `sequences` sequences.
+    pub fn new_cache_of(&self, tokens: usize, sequences: usize, kv_type: KvType) -> KvCache {
+        KvCache::with_capacity(&self.config, tokens, sequences, kv_type)
     }
 
     /// Checks a prompt for a fresh sequence (ids in range, fits the context)
