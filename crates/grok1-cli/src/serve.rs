@@ -59,7 +59,8 @@ pub fn engine_config(
     let kv_tokens = match (args.kv_tokens, args.kv_memory) {
         (Some(tokens), _) => tokens,
         (None, Some(mib)) => {
-            let tokens = mib.saturating_mul(1 << 20) / per_token.max(1);
+            let tokens =
+                grok1::KvCache::tokens_in(model.config(), mib.saturating_mul(1 << 20), kv_type);
             anyhow::ensure!(
                 tokens >= context,
                 "--kv-memory {mib} MiB holds {tokens} tokens at --kv-type {kv_type} ({per_token} bytes each), not one request of --ctx {context} tokens"

@@ -295,6 +295,13 @@ impl KvCache {
         2 * cfg.num_layers * cfg.num_kv_heads * kv_type.row_bytes(cfg.key_size)
     }
 
+    /// Tokens a cache of `bytes` holds in `kv_type` in whole pages of
+    /// [`DEFAULT_PAGE_SIZE`] (what `--kv-memory` sizes).
+    pub fn tokens_in(cfg: &ModelConfig, bytes: usize, kv_type: KvType) -> usize {
+        let page = Self::bytes_per_token(cfg, kv_type).max(1) * DEFAULT_PAGE_SIZE;
+        bytes / page * DEFAULT_PAGE_SIZE
+    }
+
     /// The element type of the pages.
     pub fn kv_type(&self) -> KvType {
         self.kv_type
