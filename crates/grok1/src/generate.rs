@@ -71,7 +71,7 @@ fn pending_stop_prefix(tokens: &[u32], stops: &[Vec<u32>]) -> usize {
 
 /// Generates a continuation of `prompt`. `on_tokens` receives tokens as they
 /// become final (never eos or a stop match); returning `Break` stops generation.
-/// The KV cache is of the precision's default type ([`KvType::default_for`]).
+/// The KV cache is f32 ([`generate_with`] takes another type).
 pub fn generate(
     model: &Grok1,
     prompt: &[u32],
@@ -80,8 +80,15 @@ pub fn generate(
     options: ForwardOptions,
     on_tokens: &mut dyn FnMut(&[u32]) -> ControlFlow<()>,
 ) -> Result<Generation, GenerateError> {
-    let kv_type = KvType::default_for(options.precision);
-    generate_with(model, prompt, sampling, stop, options, kv_type, on_tokens)
+    generate_with(
+        model,
+        prompt,
+        sampling,
+        stop,
+        options,
+        KvType::F32,
+        on_tokens,
+    )
 }
 
 /// [`generate`] with a KV cache of `kv_type`.
