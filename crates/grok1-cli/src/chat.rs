@@ -265,7 +265,16 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
             );
             let identity = SessionModel::of(&model, precision, kv_type);
             let saved = match path.exists() {
-                true => Some(session::load(path, &identity)?),
+                // Sessions saved before the fast and int8 modes cached bf16
+                // hold f32: say how to resume them.
+                true => Some(session::load(path, &identity).map_err(|e| match &e {
+                    session::SessionError::Mismatch {
+                        field: "KV type",
+                        saved,
+                        ..
+                    } => anyhow::anyhow!("{e}; resume it with --kv-type {saved}"),
+                    _ => anyhow::Error::from(e),
+                })?),
                 false => None,
             };
             Some((path.clone(), identity, saved))

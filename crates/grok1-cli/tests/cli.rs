@@ -1136,7 +1136,8 @@ fn chat_timings(err: &str) -> Vec<(usize, usize)> {
 /// `grok1 chat --session FILE`: a conversation saved after two turns resumes
 /// with its keys and values (the third turn computes only its new message)
 /// and replies as the uninterrupted conversation does; a truncated file,
-/// another precision or --no-prefix-cache are refused with a clear error.
+/// another precision or KV type, or --no-prefix-cache are refused with a
+/// clear error.
 #[test]
 fn chat_sessions_resume_without_recomputation() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1208,6 +1209,16 @@ fn chat_sessions_resume_without_recomputation() {
     assert!(!o.status.success());
     assert!(
         stderr(&o).contains("its precision is fast, this run's is bf16"),
+        "{}",
+        stderr(&o)
+    );
+    // The fast mode caches bf16 by default; another KV type is refused, with
+    // the flag that resumes it.
+    let o = chat(b"Hi\n", &[&session[..], &["--kv-type", "q8_0"]].concat());
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o)
+            .contains("its KV type is bf16, this run's is q8_0; resume it with --kv-type bf16"),
         "{}",
         stderr(&o)
     );
