@@ -309,6 +309,28 @@ pub enum PrecisionArg {
     Int8,
 }
 
+/// The element type of the KV cache's pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KvTypeArg {
+    /// 4 bytes a value (exact)
+    F32,
+    /// 2 bytes a value, rounded to nearest even
+    Bf16,
+    /// blocks of 32 values with an f16 scale, 34 bytes per 32
+    #[value(name = "q8_0")]
+    Q8_0,
+}
+
+impl From<KvTypeArg> for grok1::KvType {
+    fn from(t: KvTypeArg) -> Self {
+        match t {
+            KvTypeArg::F32 => grok1::KvType::F32,
+            KvTypeArg::Bf16 => grok1::KvType::Bf16,
+            KvTypeArg::Q8_0 => grok1::KvType::Q8_0,
+        }
+    }
+}
+
 impl From<PrecisionArg> for grok1::Precision {
     fn from(p: PrecisionArg) -> Self {
         match p {
@@ -340,12 +362,25 @@ pub struct ModelArgs {
     /// maths is used whatever the file format
     #[arg(long)]
     pub llama_cpp_gates: bool,
+
+    /// Element type of the KV cache (default: f32 in the f32 mode and for
+    /// `logits`; bf16 in the bf16 mode, whose keys and values are bf16
+    /// already, and in the fast and int8 modes, where it moves the next-token
+    /// distributions by a mean KL divergence under 1e-4)
+    #[arg(long, value_enum)]
+    pub kv_type: Option<KvTypeArg>,
 }
 
 impl ModelArgs {
     /// The precision asked for, else the fast mode.
     pub fn precision(&self) -> grok1::Precision {
         self.precision.map_or(grok1::Precision::Fast, Into::into)
+    }
+
+    /// The KV type asked for, else the default for `precision`.
+    pub fn kv_type(&self, precision: grok1::Precision) -> grok1::KvType {
+        self.kv_type
+            .map_or(grok1::KvType::default_for(precision), Into::into)
     }
 }
 
@@ -566,8 +601,13 @@ pub struct EngineArgs {
 
     /// KV cache capacity in tokens over all requests, allocated in pages of 16
     /// as sequences grow (default: ctx x max_batch / 4, at least ctx)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "kv_memory")]
     pub kv_tokens: Option<usize>,
+
+    /// KV cache capacity in MiB: as many tokens as fit at --kv-type (bf16
+    /// holds twice f32's, q8_0 about 3.8 times)
+    #[arg(long, value_name = "MIB")]
+    pub kv_memory: Option<usize>,
 
     /// Prompt tokens processed per step, so long prompts do not stall running streams
     #[arg(long, default_value_t = 256)]

@@ -99,6 +99,7 @@ fn summary_json(
         "gen_tokens": spec.gen_tokens,
         "batch": spec.batch,
         "depth": spec.depth,
+        "kv_type": spec.kv_type.name(),
         "repeat": spec.repeat,
         "prompt_tokens_per_s": pp,
         "prompt_tokens_per_s_min": pp_min,
@@ -202,6 +203,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         repeat: args.repeat,
         seed: args.seed,
         precision: args.model.precision(),
+        kv_type: args.model.kv_type(args.model.precision()),
     };
     if !args.json {
         say!("| model | size | params | backend | threads | test | t/s (median, min - max) |");

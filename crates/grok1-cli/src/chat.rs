@@ -252,7 +252,8 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
     let model = loaded.model;
     let eos = model.config().eos_token;
     let precision = args.model.precision();
-    let config = engine_config(&args.engine, &model, precision)?;
+    let kv_type = args.model.kv_type(precision);
+    let config = engine_config(&args.engine, &model, precision, kv_type)?;
     let context = config.context;
     // The session is read and checked whole before the engine starts.
     let mut session = match &args.session {
@@ -262,9 +263,18 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
                 config.prefix_cache,
                 "--session keeps the conversation in the prefix cache; drop --no-prefix-cache"
             );
-            let identity = SessionModel::of(&model, precision);
+            let identity = SessionModel::of(&model, precision, kv_type);
             let saved = match path.exists() {
-                true => Some(session::load(path, &identity)?),
+                // Sessions saved before the fast and int8 modes cached bf16
+                // hold f32: say how to resume them.
+                true => Some(session::load(path, &identity).map_err(|e| match &e {
+                    session::SessionError::Mismatch {
+                        field: "KV type",
+                        saved,
+                        ..
+                    } => anyhow::anyhow!("{e}; resume it with --kv-type {saved}"),
+                    _ => anyhow::Error::from(e),
+                })?),
                 false => None,
             };
             Some((path.clone(), identity, saved))

@@ -108,7 +108,9 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
                 args.tokenizer.as_deref(),
             )?);
             let model = loaded.model;
-            let mut config = serve::engine_config(&args.engine, &model, args.model.precision())?;
+            let precision = args.model.precision();
+            let kv_type = args.model.kv_type(precision);
+            let mut config = serve::engine_config(&args.engine, &model, precision, kv_type)?;
             // Every request in flight gets a batch slot.
             config.max_batch = config.max_batch.max(args.concurrency.min(64));
             config.kv_tokens = config.kv_tokens.max(config.context * 2);

@@ -65,8 +65,15 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         precision: args.model.precision(),
         ..Default::default()
     };
-    let result =
-        grok1::generate::generate(model, &prompt, &sampling, &stop, options, &mut |tokens| {
+    let kv_type = args.model.kv_type(options.precision);
+    let result = grok1::generate::generate_with(
+        model,
+        &prompt,
+        &sampling,
+        &stop,
+        options,
+        kv_type,
+        &mut |tokens| {
             let text = match decoder.push(tokens) {
                 Ok(text) => text,
                 // An id the tokenizer lacks (a model with a larger vocabulary).
@@ -79,7 +86,8 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
                     ControlFlow::Break(())
                 }
             }
-        })?;
+        },
+    )?;
     if let Some(e) = write_error {
         return Err(e).context("writing to stdout");
     }
@@ -134,8 +142,6 @@ pub fn logits(args: LogitsArgs) -> anyhow::Result<ExitCode> {
     // Under mpirun every rank runs rank 0's tokens.
     let tokens = grok1::parallel::broadcast_u32s(model.collective(), &tokens);
     model.validate_prompt(&tokens)?;
-    let mut cache = model.new_cache(tokens.len(), 1);
-    let seq = cache.add_sequence();
     let options = ForwardOptions {
         precision: args
             .model
@@ -143,6 +149,13 @@ pub fn logits(args: LogitsArgs) -> anyhow::Result<ExitCode> {
             .map_or(grok1::Precision::F32, Into::into),
         logits: LogitsRows::All,
     };
+    // f32 unless asked: the logits are compared with the reference's.
+    let kv_type = args
+        .model
+        .kv_type
+        .map_or(grok1::KvType::default_for(options.precision), Into::into);
+    let mut cache = model.new_cache_of(tokens.len(), 1, kv_type);
+    let seq = cache.add_sequence();
     let out = model.forward(
         &mut cache,
         &[SequenceInput {

@@ -35,6 +35,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::Serve(_) => "serve",
         Command::Chat(_) => "chat",
         Command::Convert(_) => "convert",
+        Command::Imatrix(_) => "imatrix",
         Command::Eval(_) => "eval",
         Command::SandboxExec(_) => "sandbox-exec",
         Command::Completions(_) => "completions",

@@ -13,16 +13,10 @@ use crate::progress::Bar;
 /// The demo model: Grok-1's architecture at toy width with the real vocabulary,
 /// so the built-in tokenizer applies. Its weights are random.
 pub fn demo_config() -> ModelConfig {
-    ModelConfig {
-        name: "grok1-demo".into(),
-        vocab_size: 131072,
-        sequence_len: 1024,
-        emb_std: Some(0.01),
-        ..ModelConfig::tiny()
-    }
+    ModelConfig::demo()
 }
 
-const DEMO_SEED: u64 = 1;
+const DEMO_SEED: u64 = grok1::config::DEMO_SEED;
 
 /// The tokenizer: `--tokenizer`, else a `tokenizer.model` beside the model,
 /// else the vocabulary inside the model file, else the official Grok-1

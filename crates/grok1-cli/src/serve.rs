@@ -44,6 +44,7 @@ pub fn engine_config(
     args: &EngineArgs,
     model: &Grok1,
     precision: grok1::Precision,
+    kv_type: grok1::KvType,
 ) -> anyhow::Result<EngineConfig> {
     anyhow::ensure!(args.max_batch > 0, "--max-batch must be at least 1");
     anyhow::ensure!(args.prefill_chunk > 0, "--prefill-chunk must be at least 1");
@@ -54,16 +55,27 @@ pub fn engine_config(
         "--ctx {context} is longer than the model's context ({})",
         model.config().sequence_len
     );
-    let kv_tokens = args
-        .kv_tokens
-        .unwrap_or((context.saturating_mul(args.max_batch) / 4).max(context));
+    let per_token = grok1::KvCache::bytes_per_token(model.config(), kv_type);
+    let kv_tokens = match (args.kv_tokens, args.kv_memory) {
+        (Some(tokens), _) => tokens,
+        (None, Some(mib)) => {
+            let tokens =
+                grok1::KvCache::tokens_in(model.config(), mib.saturating_mul(1 << 20), kv_type);
+            anyhow::ensure!(
+                tokens >= context,
+                "--kv-memory {mib} MiB holds {tokens} tokens at --kv-type {kv_type} ({per_token} bytes each), not one request of --ctx {context} tokens"
+            );
+            tokens
+        }
+        (None, None) => (context.saturating_mul(args.max_batch) / 4).max(context),
+    };
     anyhow::ensure!(
         kv_tokens >= context,
         "--kv-tokens {kv_tokens} cannot hold one request of --ctx {context} tokens"
     );
     // The cache is allocated whole at start: a size past the machine's memory
     // (or past what an allocation can express) would abort, not fail.
-    let kv_bytes = grok1::KvCache::bytes_per_token(model.config()).checked_mul(kv_tokens);
+    let kv_bytes = per_token.checked_mul(kv_tokens);
     let memory = physical_memory();
     if kv_bytes.is_none_or(|b| b > isize::MAX as usize || memory.is_some_and(|m| b > m)) {
         let needs = kv_bytes.map_or("more bytes than a 64-bit size holds".to_string(), |b| {
@@ -76,7 +88,7 @@ pub fn engine_config(
             )
         });
         anyhow::bail!(
-            "a KV cache of {kv_tokens} tokens needs {needs}{has}; lower --kv-tokens (or --max-batch, which sets its default)"
+            "a KV cache of {kv_tokens} tokens needs {needs}{has}; lower --kv-tokens or --kv-memory (or --max-batch, which sets the default)"
         );
     }
     Ok(EngineConfig {
@@ -87,6 +99,7 @@ pub fn engine_config(
         prefill_chunk: args.prefill_chunk,
         precision,
         prefix_cache: !args.no_prefix_cache,
+        kv_type,
     })
 }
 
@@ -161,16 +174,19 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         args.tokenizer.as_deref(),
     )?);
     let model = loaded.model;
-    let engine_config = engine_config(&args.engine, &model, args.model.precision())?;
+    let precision = args.model.precision();
+    let kv_type = args.model.kv_type(precision);
+    let engine_config = engine_config(&args.engine, &model, precision, kv_type)?;
     let name = args
         .served_model_name
         .clone()
         .unwrap_or_else(|| model.config().name.clone());
     let eos = model.config().eos_token;
     // Checked against memory in `engine_config`.
-    let kv_bytes = grok1::KvCache::bytes_per_token(model.config()) * engine_config.kv_tokens;
+    let kv_bytes =
+        grok1::KvCache::bytes_per_token(model.config(), kv_type) * engine_config.kv_tokens;
     eprintln!(
-        "grok1: model `{name}`; batch {} + queue {}; context {}; KV cache {} tokens ({:.1} MiB, taken as used)",
+        "grok1: model `{name}`; batch {} + queue {}; context {}; KV cache {} tokens of {kv_type} ({:.1} MiB, taken as used)",
         engine_config.max_batch,
         engine_config.max_queue,
         engine_config.context,

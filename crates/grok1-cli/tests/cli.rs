@@ -114,6 +114,35 @@ fn generation_reproduces_the_reference_greedy_continuations() {
     );
 }
 
+/// Every KV type generates through the CLI; a bf16 cache in the f32 mode
+/// on this model still gives the reference's greedy ids for this prompt
+/// (checked here, not promised in general: bf16 rounds the keys and values).
+#[test]
+fn generate_runs_with_each_kv_type() {
+    let dir = model("tiny-vocab");
+    let prompt = npy_i32(&dir.join("decode_prompt0_tokens.npy"));
+    let want = npy_i32(&dir.join("decode_prompt0_ids_f32.npy"));
+    for kv_type in ["f32", "bf16", "q8_0"] {
+        let o = run(grok1().arg("generate").arg("--model").arg(&dir).args([
+            "--tokens",
+            &ids_csv(&prompt),
+            "--max-tokens",
+            "16",
+            "--print-ids",
+            "--precision",
+            "f32",
+            "--kv-type",
+            kv_type,
+        ]));
+        assert!(o.status.success(), "{kv_type}: {}", stderr(&o));
+        let last = stdout(&o).lines().last().unwrap().to_string();
+        assert_eq!(last.split(',').count(), 16, "{kv_type}");
+        if kv_type != "q8_0" {
+            assert_eq!(last, ids_csv(&want), "{kv_type}");
+        }
+    }
+}
+
 /// The text-fidelity issue's leading-space defect: the continuation is printed
 /// as it reads after the prompt. On this model "Once upon a time" continues
 /// with `▁Apocalypse`, whose space was dropped as if it began a document.
@@ -1257,7 +1286,8 @@ fn chat_timings(err: &str) -> Vec<(usize, usize)> {
 /// `grok1 chat --session FILE`: a conversation saved after two turns resumes
 /// with its keys and values (the third turn computes only its new message)
 /// and replies as the uninterrupted conversation does; a truncated file,
-/// another precision or --no-prefix-cache are refused with a clear error.
+/// another precision or KV type, or --no-prefix-cache are refused with a
+/// clear error.
 #[test]
 fn chat_sessions_resume_without_recomputation() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1329,6 +1359,16 @@ fn chat_sessions_resume_without_recomputation() {
     assert!(!o.status.success());
     assert!(
         stderr(&o).contains("its precision is fast, this run's is bf16"),
+        "{}",
+        stderr(&o)
+    );
+    // The fast mode caches bf16 by default; another KV type is refused, with
+    // the flag that resumes it.
+    let o = chat(b"Hi\n", &[&session[..], &["--kv-type", "q8_0"]].concat());
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o)
+            .contains("its KV type is bf16, this run's is q8_0; resume it with --kv-type bf16"),
         "{}",
         stderr(&o)
     );

@@ -525,4 +525,34 @@ fn kv_cache_sizes_past_memory_are_refused() {
         cmd.args(["serve", "--port", "0"]).args(flags);
         expect_error(&mut cmd, "lower --kv-tokens");
     }
+    // In bytes: past memory, too small for one request, or both ways at once.
+    let mut cmd = grok1();
+    cmd.args([
+        "serve",
+        "--port",
+        "0",
+        "--kv-memory",
+        "18446744073709551615",
+    ]);
+    expect_error(&mut cmd, "lower --kv-tokens or --kv-memory");
+    let mut cmd = grok1();
+    cmd.args([
+        "serve",
+        "--port",
+        "0",
+        "--kv-type",
+        "q8_0",
+        "--kv-memory",
+        "0",
+    ]);
+    expect_error(
+        &mut cmd,
+        "--kv-memory 0 MiB holds 0 tokens at --kv-type q8_0 (576 bytes each)",
+    );
+    let mut cmd = grok1();
+    cmd.args(["serve", "--kv-memory", "8", "--kv-tokens", "4096"]);
+    expect_error(&mut cmd, "cannot be used with");
+    let mut cmd = grok1();
+    cmd.args(["generate", "--tokens", "5", "--kv-type", "q4_0"]);
+    expect_error(&mut cmd, "possible values: f32, bf16, q8_0");
 }

@@ -47,6 +47,7 @@ fn engine_config() -> EngineConfig {
         prefill_chunk: 64,
         precision: Precision::F32,
         prefix_cache: true,
+        kv_type: grok1::KvType::F32,
     }
 }
 

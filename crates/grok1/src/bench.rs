@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::model::{ForwardOptions, Grok1, LogitsRows, ModelError, SequenceInput};
-use crate::Precision;
+use crate::{KvType, Precision};
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -31,6 +31,8 @@ pub struct BenchSpec {
     pub repeat: usize,
     pub seed: u64,
     pub precision: Precision,
+    /// The element type of the KV cache.
+    pub kv_type: KvType,
 }
 
 /// Results of one configuration; rates are per repetition.
@@ -176,7 +178,7 @@ pub fn run(
     // repetition cuts the cache back to them).
     let (mut prompt_time, mut prompt_comm) = (0f64, 0f64);
     if spec.prompt_tokens > 0 {
-        let mut cache = model.new_cache(spec.depth + spec.prompt_tokens, 1);
+        let mut cache = model.new_cache_of(spec.depth + spec.prompt_tokens, 1, spec.kv_type);
         let seq = cache.add_sequence();
         fill_context(
             model,
@@ -223,7 +225,8 @@ pub fn run(
             .min(cfg.sequence_len.saturating_sub(context));
         let (mut bytes, mut experts, mut counted) = (0f64, 0f64, 0usize);
         let (mut gen_time, mut comm_time, mut comm_bytes) = (0f64, 0f64, 0f64);
-        let mut cache = model.new_cache(spec.batch * (context + steps), spec.batch);
+        let mut cache =
+            model.new_cache_of(spec.batch * (context + steps), spec.batch, spec.kv_type);
         let seqs: Vec<_> = (0..spec.batch).map(|_| cache.add_sequence()).collect();
         fill_context(
             model, &mut cache, &seqs, context, &options, &mut rng, report,

@@ -121,6 +121,9 @@ pub fn widening_factor_for(ffn: usize, emb_size: usize) -> f64 {
     (ffn as f64 * 1.5 + 0.5) / emb_size.max(1) as f64
 }
 
+/// The seed of the demo model's random weights (see [`ModelConfig::demo`]).
+pub const DEMO_SEED: u64 = 1;
+
 impl ModelConfig {
     /// The official Grok-1 release (shared/docs/grok1-model.md).
     pub fn grok1() -> Self {
@@ -171,6 +174,20 @@ impl ModelConfig {
             attn_output_multiplier: 1.0 / (key_size as f64).sqrt(),
             emb_std: Some(0.006),
             ..Self::grok1()
+        }
+    }
+
+    /// The CLI's built-in demo model (its weights are
+    /// `random_store(&ModelConfig::demo(), DEMO_SEED)`): Grok-1's
+    /// architecture at the tiny width with the real vocabulary and a context
+    /// of 1024.
+    pub fn demo() -> Self {
+        ModelConfig {
+            name: "grok1-demo".into(),
+            vocab_size: 131072,
+            sequence_len: 1024,
+            emb_std: Some(0.01),
+            ..Self::tiny()
         }
     }
 

@@ -5,6 +5,7 @@
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
+use crate::kv_cache::KvType;
 use crate::model::{ForwardOptions, Grok1, LogitsRows, ModelError, SequenceInput};
 use crate::parallel::{broadcast_u32s, Collective};
 use crate::sampling::{Sampler, SamplingError, SamplingParams};
@@ -109,6 +110,7 @@ fn stop_reason(message: &[u32]) -> (StopReason, Vec<u32>) {
 /// rank 0's prompt and stop conditions count, rank 0 samples each token and
 /// tells the others, which run the same forward passes (`on_tokens` is only
 /// called on rank 0).
+/// The KV cache is f32 ([`generate_with`] takes another type).
 pub fn generate(
     model: &Grok1,
     prompt: &[u32],
@@ -117,9 +119,30 @@ pub fn generate(
     options: ForwardOptions,
     on_tokens: &mut dyn FnMut(&[u32]) -> ControlFlow<()>,
 ) -> Result<Generation, GenerateError> {
+    generate_with(
+        model,
+        prompt,
+        sampling,
+        stop,
+        options,
+        KvType::F32,
+        on_tokens,
+    )
+}
+
+/// [`generate`] with a KV cache of `kv_type` (the same on every rank).
+pub fn generate_with(
+    model: &Grok1,
+    prompt: &[u32],
+    sampling: &SamplingParams,
+    stop: &StopConditions,
+    options: ForwardOptions,
+    kv_type: KvType,
+    on_tokens: &mut dyn FnMut(&[u32]) -> ControlFlow<()>,
+) -> Result<Generation, GenerateError> {
     let collective = model.collective();
     if collective.rank() != 0 {
-        return follow(model, options);
+        return follow(model, options, kv_type);
     }
     let checked = check_request(prompt, sampling, stop);
     if collective.size() > 1 {
@@ -143,7 +166,8 @@ pub fn generate(
     let context = model.config().sequence_len;
     // Saturating: `--max-tokens` of u64::MAX means "until the context is full",
     // not a sum that wraps to a cache too small for the prompt.
-    let mut cache = model.new_cache(prompt.len().saturating_add(stop.max_tokens).min(context), 1);
+    let tokens = prompt.len().saturating_add(stop.max_tokens).min(context);
+    let mut cache = model.new_cache_of(tokens, 1, kv_type);
     let seq = cache.add_sequence();
     let options = ForwardOptions {
         logits: LogitsRows::Last,
@@ -251,7 +275,11 @@ fn check_request(
 
 /// A rank other than 0 of a split model: the same forward passes as rank 0,
 /// on the prompt and tokens rank 0 sends.
-fn follow(model: &Grok1, options: ForwardOptions) -> Result<Generation, GenerateError> {
+fn follow(
+    model: &Grok1,
+    options: ForwardOptions,
+    kv_type: KvType,
+) -> Result<Generation, GenerateError> {
     let collective: &dyn Collective = model.collective();
     let header = broadcast_u32s(collective, &[]);
     if header.len() < 3 {
@@ -273,7 +301,11 @@ fn follow(model: &Grok1, options: ForwardOptions) -> Result<Generation, Generate
         return Ok(done(Vec::new(), StopReason::MaxTokens, Duration::ZERO, 0));
     }
     // The cache rank 0 makes, so that both fill up at the same step.
-    let mut cache = model.new_cache(prompt.len().saturating_add(max_tokens).min(context), 1);
+    let mut cache = model.new_cache_of(
+        prompt.len().saturating_add(max_tokens).min(context),
+        1,
+        kv_type,
+    );
     let seq = cache.add_sequence();
     let options = ForwardOptions {
         logits: LogitsRows::Last,

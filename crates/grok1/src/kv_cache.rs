@@ -7,8 +7,10 @@
 //! a block the values are `[slot][head_dim]` and the keys transposed,
 //! `[head_dim][slot]`: attention multiplies a query by all of a page's keys at
 //! once with the slots in a vector's lanes (and each value row by one weight).
-//! Entries are f32 (rounded to bf16 in the bf16 mode, as the reference's bf16
-//! cache holds them).
+//! Entries are of the cache's [`KvType`]: f32 (rounded to bf16 in the bf16
+//! mode, as the reference's bf16 cache holds them), bf16, or q8_0 blocks
+//! along each row of `head_dim` (layouts in `backend::cpu::types::*_pages`);
+//! attention reads them where they are ([`KeysPage`], [`ValuesPage`]).
 //!
 //! Pages are shared. A sequence's full pages can be published in a prefix
 //! index ([`prefix`]) keyed by the tokens they hold; a new sequence whose
@@ -23,8 +25,158 @@
 
 mod prefix;
 
+use crate::backend::cpu::types::{bf16_pages, q8_0_pages};
 use crate::config::ModelConfig;
 use prefix::PrefixIndex;
+
+/// The element type of the cache's pages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum KvType {
+    #[default]
+    F32,
+    /// bfloat16, rounded to nearest even: 2 bytes a value.
+    Bf16,
+    /// Blocks of 32 values along a row with an f16 scale: 34 bytes per 32.
+    Q8_0,
+}
+
+impl KvType {
+    pub const ALL: [KvType; 3] = [KvType::F32, KvType::Bf16, KvType::Q8_0];
+
+    /// The name the command line and session files use.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F32 => "f32",
+            KvType::Bf16 => "bf16",
+            KvType::Q8_0 => "q8_0",
+        }
+    }
+
+    /// The type a run at `precision` caches in unless told otherwise: f32
+    /// for the f32 mode (exact); bf16 for the bf16 mode (its keys and values
+    /// are bf16 already, so the same bits in half the memory) and for the
+    /// fast and int8 modes, where the mean KL divergence of the next-token
+    /// distributions from an f32 cache's stays below 1e-4 (measured over
+    /// 1,000 generated tokens on the demo model by `examples/kv_divergence`:
+    /// 9.4e-7 fast, 1.5e-6 int8).
+    pub fn default_for(precision: crate::backend::Precision) -> KvType {
+        match precision {
+            crate::backend::Precision::F32 => KvType::F32,
+            _ => KvType::Bf16,
+        }
+    }
+
+    /// Bytes one row of `hd` keys (or values) takes.
+    pub fn row_bytes(self, hd: usize) -> usize {
+        match self {
+            KvType::F32 => 4 * hd,
+            KvType::Bf16 => 2 * hd,
+            KvType::Q8_0 => hd + 2 * q8_0_pages::blocks(hd),
+        }
+    }
+}
+
+impl std::fmt::Display for KvType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for KvType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        KvType::ALL
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| format!("unknown KV type {s:?} (expected f32, bf16 or q8_0)"))
+    }
+}
+
+/// One head's keys in one page, transposed (key `j`'s element `t` at
+/// `t * page_size + j`; q8_0 scales `[blocks, page_size]`).
+#[derive(Clone, Copy, Debug)]
+pub enum KeysPage<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [u16]),
+    Q8_0 { q: &'a [i8], scales: &'a [u16] },
+}
+
+/// One head's values in one page, `[page_size, head_dim]` (q8_0 scales
+/// `[page_size, blocks]`).
+#[derive(Clone, Copy, Debug)]
+pub enum ValuesPage<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [u16]),
+    Q8_0 { q: &'a [i8], scales: &'a [u16] },
+}
+
+impl KeysPage<'_> {
+    /// Element `t` of key `j` (`ps` slots a page).
+    pub fn get(&self, ps: usize, t: usize, j: usize) -> f32 {
+        match *self {
+            KeysPage::F32(k) => k[t * ps + j],
+            KeysPage::Bf16(k) => bf16_pages::decode(k[t * ps + j]),
+            KeysPage::Q8_0 { q, scales } => {
+                q8_0_pages::decode(scales[t / q8_0_pages::BLOCK * ps + j], q[t * ps + j])
+            }
+        }
+    }
+
+    /// Whether the page holds `hd` elements of `ps` keys.
+    pub fn fits(&self, hd: usize, ps: usize) -> bool {
+        match *self {
+            KeysPage::F32(k) => k.len() >= hd * ps,
+            KeysPage::Bf16(k) => k.len() >= hd * ps,
+            KeysPage::Q8_0 { q, scales } => {
+                q.len() >= hd * ps && scales.len() >= q8_0_pages::blocks(hd) * ps
+            }
+        }
+    }
+}
+
+impl ValuesPage<'_> {
+    /// Element `c` of value row `j` (rows of `hd`).
+    pub fn get(&self, hd: usize, j: usize, c: usize) -> f32 {
+        match *self {
+            ValuesPage::F32(v) => v[j * hd + c],
+            ValuesPage::Bf16(v) => bf16_pages::decode(v[j * hd + c]),
+            ValuesPage::Q8_0 { q, scales } => q8_0_pages::decode(
+                scales[j * q8_0_pages::blocks(hd) + c / q8_0_pages::BLOCK],
+                q[j * hd + c],
+            ),
+        }
+    }
+
+    /// Whether the page holds `n` rows of `hd`.
+    pub fn fits(&self, hd: usize, n: usize) -> bool {
+        match *self {
+            ValuesPage::F32(v) => v.len() >= n * hd,
+            ValuesPage::Bf16(v) => v.len() >= n * hd,
+            ValuesPage::Q8_0 { q, scales } => {
+                q.len() >= n * hd && scales.len() >= n * q8_0_pages::blocks(hd)
+            }
+        }
+    }
+}
+
+/// The pages' memory, `[layer][page][kv_head]` blocks of `page_size *
+/// head_dim` elements (and, for q8_0, `page_size * blocks` scales).
+enum Store {
+    F32 {
+        k: Vec<f32>,
+        v: Vec<f32>,
+    },
+    Bf16 {
+        k: Vec<u16>,
+        v: Vec<u16>,
+    },
+    Q8_0 {
+        k: Vec<i8>,
+        v: Vec<i8>,
+        k_scales: Vec<u16>,
+        v_scales: Vec<u16>,
+    },
+}
 
 /// Tokens per page.
 pub const DEFAULT_PAGE_SIZE: usize = 16;
@@ -63,8 +215,8 @@ pub struct KvCache {
     head_dim: usize,
     page_size: usize,
     num_pages: usize,
-    k: Vec<f32>,
-    v: Vec<f32>,
+    kv_type: KvType,
+    store: Store,
     /// Pages neither held nor indexed.
     free: Vec<usize>,
     seqs: Vec<Option<SeqState>>,
@@ -77,19 +229,48 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// A cache of `num_pages` pages of `page_size` tokens each. The memory is
-    /// zero-initialised lazily by the OS, so untouched pages cost nothing.
+    /// An f32 cache of `num_pages` pages of `page_size` tokens each.
     pub fn new(cfg: &ModelConfig, num_pages: usize, page_size: usize) -> Self {
+        Self::with_type(cfg, num_pages, page_size, KvType::F32)
+    }
+
+    /// A cache of `num_pages` pages of `page_size` tokens each, of `kv_type`
+    /// elements. The memory is zero-initialised lazily by the OS, so
+    /// untouched pages cost nothing.
+    pub fn with_type(
+        cfg: &ModelConfig,
+        num_pages: usize,
+        page_size: usize,
+        kv_type: KvType,
+    ) -> Self {
         assert!(page_size > 0, "page size must be positive");
-        let per_layer = num_pages * cfg.num_kv_heads * page_size * cfg.key_size;
+        let blocks = cfg.num_layers * num_pages * cfg.num_kv_heads;
+        let elements = blocks * page_size * cfg.key_size;
+        let scales = blocks * page_size * q8_0_pages::blocks(cfg.key_size);
+        let store = match kv_type {
+            KvType::F32 => Store::F32 {
+                k: vec![0.0; elements],
+                v: vec![0.0; elements],
+            },
+            KvType::Bf16 => Store::Bf16 {
+                k: vec![0; elements],
+                v: vec![0; elements],
+            },
+            KvType::Q8_0 => Store::Q8_0 {
+                k: vec![0; elements],
+                v: vec![0; elements],
+                k_scales: vec![0; scales],
+                v_scales: vec![0; scales],
+            },
+        };
         KvCache {
             layers: cfg.num_layers,
             kv_heads: cfg.num_kv_heads,
             head_dim: cfg.key_size,
             page_size,
             num_pages,
-            k: vec![0.0; per_layer * cfg.num_layers],
-            v: vec![0.0; per_layer * cfg.num_layers],
+            kv_type,
+            store,
             free: (0..num_pages).rev().collect(),
             seqs: Vec::new(),
             holders: vec![0; num_pages],
@@ -101,14 +282,32 @@ impl KvCache {
 
     /// A cache large enough for `tokens` positions in total over at most
     /// `sequences` sequences (each may leave its last page partly empty).
-    pub fn with_capacity(cfg: &ModelConfig, tokens: usize, sequences: usize) -> Self {
+    pub fn with_capacity(
+        cfg: &ModelConfig,
+        tokens: usize,
+        sequences: usize,
+        kv_type: KvType,
+    ) -> Self {
         let pages = tokens.div_ceil(DEFAULT_PAGE_SIZE) + sequences;
-        Self::new(cfg, pages.max(1), DEFAULT_PAGE_SIZE)
+        Self::with_type(cfg, pages.max(1), DEFAULT_PAGE_SIZE, kv_type)
     }
 
-    /// Bytes one cached token takes (keys and values of every layer).
-    pub fn bytes_per_token(cfg: &ModelConfig) -> usize {
-        2 * cfg.num_layers * cfg.kv_width() * std::mem::size_of::<f32>()
+    /// Bytes one cached token takes (keys and values of every layer) in
+    /// `kv_type`.
+    pub fn bytes_per_token(cfg: &ModelConfig, kv_type: KvType) -> usize {
+        2 * cfg.num_layers * cfg.num_kv_heads * kv_type.row_bytes(cfg.key_size)
+    }
+
+    /// Tokens a cache of `bytes` holds in `kv_type` in whole pages of
+    /// [`DEFAULT_PAGE_SIZE`] (what `--kv-memory` sizes).
+    pub fn tokens_in(cfg: &ModelConfig, bytes: usize, kv_type: KvType) -> usize {
+        let page = Self::bytes_per_token(cfg, kv_type).max(1) * DEFAULT_PAGE_SIZE;
+        bytes / page * DEFAULT_PAGE_SIZE
+    }
+
+    /// The element type of the pages.
+    pub fn kv_type(&self) -> KvType {
+        self.kv_type
     }
 
     pub fn page_size(&self) -> usize {
@@ -247,10 +446,31 @@ impl KvCache {
     /// Copies every layer's keys and values of page `from` into page `to`.
     fn copy_page(&mut self, from: usize, to: usize) {
         let len = self.kv_heads * self.page_size * self.head_dim;
+        let scale_len = self.kv_heads * self.page_size * q8_0_pages::blocks(self.head_dim);
         for layer in 0..self.layers {
             let (src, dst) = (self.block(layer, from, 0), self.block(layer, to, 0));
-            self.k.copy_within(src..src + len, dst);
-            self.v.copy_within(src..src + len, dst);
+            let (s_src, s_dst) = (self.scales_at(layer, from, 0), self.scales_at(layer, to, 0));
+            match &mut self.store {
+                Store::F32 { k, v } => {
+                    k.copy_within(src..src + len, dst);
+                    v.copy_within(src..src + len, dst);
+                }
+                Store::Bf16 { k, v } => {
+                    k.copy_within(src..src + len, dst);
+                    v.copy_within(src..src + len, dst);
+                }
+                Store::Q8_0 {
+                    k,
+                    v,
+                    k_scales,
+                    v_scales,
+                } => {
+                    k.copy_within(src..src + len, dst);
+                    v.copy_within(src..src + len, dst);
+                    k_scales.copy_within(s_src..s_src + scale_len, s_dst);
+                    v_scales.copy_within(s_src..s_src + scale_len, s_dst);
+                }
+            }
         }
     }
 
@@ -286,6 +506,13 @@ impl KvCache {
         ((layer * self.num_pages + page) * self.kv_heads + head) * self.page_size * self.head_dim
     }
 
+    /// Where a block's q8_0 scales start.
+    fn scales_at(&self, layer: usize, page: usize, head: usize) -> usize {
+        ((layer * self.num_pages + page) * self.kv_heads + head)
+            * self.page_size
+            * q8_0_pages::blocks(self.head_dim)
+    }
+
     /// Stores the keys and values (`[kv_heads * head_dim]` each) of position `pos`.
     /// The position must have been reserved.
     pub fn write(&mut self, layer: usize, id: SeqId, pos: usize, k: &[f32], v: &[f32]) {
@@ -295,34 +522,69 @@ impl KvCache {
             self.holders[page] == 1 && !self.index.contains(page),
             "a write into a shared page"
         );
-        let slot = pos % self.page_size;
-        let hd = self.head_dim;
+        let (ps, slot, hd) = (self.page_size, pos % self.page_size, self.head_dim);
+        let nb = q8_0_pages::blocks(hd);
         for h in 0..self.kv_heads {
             let block = self.block(layer, page, h);
-            let keys = &mut self.k[block..block + self.page_size * hd];
-            for (t, &x) in k[h * hd..(h + 1) * hd].iter().enumerate() {
-                keys[t * self.page_size + slot] = x;
+            let scales = self.scales_at(layer, page, h);
+            let (kh, vh) = (&k[h * hd..(h + 1) * hd], &v[h * hd..(h + 1) * hd]);
+            let (keys, at) = (block..block + ps * hd, block + slot * hd);
+            match &mut self.store {
+                Store::F32 { k, v } => {
+                    for (t, &x) in kh.iter().enumerate() {
+                        k[keys.start + t * ps + slot] = x;
+                    }
+                    v[at..at + hd].copy_from_slice(vh);
+                }
+                Store::Bf16 { k, v } => {
+                    for (t, &x) in kh.iter().enumerate() {
+                        k[keys.start + t * ps + slot] = bf16_pages::encode(x);
+                    }
+                    for (o, &x) in v[at..at + hd].iter_mut().zip(vh) {
+                        *o = bf16_pages::encode(x);
+                    }
+                }
+                Store::Q8_0 {
+                    k,
+                    v,
+                    k_scales,
+                    v_scales,
+                } => {
+                    for (b, chunk) in kh.chunks(q8_0_pages::BLOCK).enumerate() {
+                        let (bits, d) = q8_0_pages::block_scale(chunk);
+                        k_scales[scales + b * ps + slot] = bits;
+                        for (i, &x) in chunk.iter().enumerate() {
+                            let t = b * q8_0_pages::BLOCK + i;
+                            k[keys.start + t * ps + slot] = q8_0_pages::quantize(x, d);
+                        }
+                    }
+                    for (b, chunk) in vh.chunks(q8_0_pages::BLOCK).enumerate() {
+                        let (bits, d) = q8_0_pages::block_scale(chunk);
+                        v_scales[scales + slot * nb + b] = bits;
+                        let out = &mut v[at + b * q8_0_pages::BLOCK..][..chunk.len()];
+                        for (o, &x) in out.iter_mut().zip(chunk) {
+                            *o = q8_0_pages::quantize(x, d);
+                        }
+                    }
+                }
             }
-            let at = block + slot * hd;
-            self.v[at..at + hd].copy_from_slice(&v[h * hd..(h + 1) * hd]);
         }
     }
 
     /// Reads the keys and values (`[kv_heads * head_dim]` each) of position
-    /// `pos` of a sequence: what [`write`](Self::write) stored.
+    /// `pos` of a sequence: what [`write`](Self::write) stored, decoded.
     pub fn read(&self, layer: usize, id: SeqId, pos: usize, k: &mut [f32], v: &mut [f32]) {
         let state = self.seqs[id.0].as_ref().expect("live sequence");
         let page = state.pages[pos / self.page_size];
-        let slot = pos % self.page_size;
-        let hd = self.head_dim;
+        let (ps, slot, hd) = (self.page_size, pos % self.page_size, self.head_dim);
         for h in 0..self.kv_heads {
-            let block = self.block(layer, page, h);
-            let keys = &self.k[block..block + self.page_size * hd];
+            let (keys, values) = (self.keys(layer, page, h), self.values(layer, page, h));
             for (t, x) in k[h * hd..(h + 1) * hd].iter_mut().enumerate() {
-                *x = keys[t * self.page_size + slot];
+                *x = keys.get(ps, t, slot);
             }
-            let at = block + slot * hd;
-            v[h * hd..(h + 1) * hd].copy_from_slice(&self.v[at..at + hd]);
+            for (c, x) in v[h * hd..(h + 1) * hd].iter_mut().enumerate() {
+                *x = values.get(hd, slot, c);
+            }
         }
     }
 
@@ -474,15 +736,39 @@ impl KvCache {
 
     /// Keys of one head in one page, transposed: `[head_dim, page_size]` (key
     /// `j`'s element `t` at `t * page_size + j`).
-    pub fn keys(&self, layer: usize, page: usize, head: usize) -> &[f32] {
+    pub fn keys(&self, layer: usize, page: usize, head: usize) -> KeysPage<'_> {
         let at = self.block(layer, page, head);
-        &self.k[at..at + self.page_size * self.head_dim]
+        let range = at..at + self.page_size * self.head_dim;
+        match &self.store {
+            Store::F32 { k, .. } => KeysPage::F32(&k[range]),
+            Store::Bf16 { k, .. } => KeysPage::Bf16(&k[range]),
+            Store::Q8_0 { k, k_scales, .. } => {
+                let s = self.scales_at(layer, page, head);
+                let n = self.page_size * q8_0_pages::blocks(self.head_dim);
+                KeysPage::Q8_0 {
+                    q: &k[range],
+                    scales: &k_scales[s..s + n],
+                }
+            }
+        }
     }
 
     /// Values of one head in one page: `[page_size, head_dim]`.
-    pub fn values(&self, layer: usize, page: usize, head: usize) -> &[f32] {
+    pub fn values(&self, layer: usize, page: usize, head: usize) -> ValuesPage<'_> {
         let at = self.block(layer, page, head);
-        &self.v[at..at + self.page_size * self.head_dim]
+        let range = at..at + self.page_size * self.head_dim;
+        match &self.store {
+            Store::F32 { v, .. } => ValuesPage::F32(&v[range]),
+            Store::Bf16 { v, .. } => ValuesPage::Bf16(&v[range]),
+            Store::Q8_0 { v, v_scales, .. } => {
+                let s = self.scales_at(layer, page, head);
+                let n = self.page_size * q8_0_pages::blocks(self.head_dim);
+                ValuesPage::Q8_0 {
+                    q: &v[range],
+                    scales: &v_scales[s..s + n],
+                }
+            }
+        }
     }
 
     pub fn layers(&self) -> usize {
@@ -532,11 +818,11 @@ mod tests {
         c.write(1, s, 5, &k, &v);
         let page = c.pages(s)[1];
         let hd = cfg.key_size;
-        let keys = c.keys(1, page, 2);
+        let (keys, values) = (c.keys(1, page, 2), c.values(1, page, 2));
         for t in 0..hd {
-            assert_eq!(keys[t * 4 + 1], k[2 * hd + t]);
+            assert_eq!(keys.get(4, t, 1), k[2 * hd + t]);
+            assert_eq!(values.get(hd, 1, t), v[2 * hd + t]);
         }
-        assert_eq!(&c.values(1, page, 2)[hd..2 * hd], &v[2 * hd..3 * hd]);
     }
 
     /// A sequence of `tokens` whose keys and values are a function of
@@ -576,10 +862,11 @@ mod tests {
                 let (k, v) = entry(cfg, t, pos, layer);
                 let page = c.pages(s)[pos / ps];
                 (0..cfg.num_kv_heads).all(|h| {
-                    let keys = c.keys(layer, page, h);
-                    let values = &c.values(layer, page, h)[(pos % ps) * hd..][..hd];
-                    (0..hd).all(|e| keys[e * ps + pos % ps] == k[h * hd + e])
-                        && values == &v[h * hd..(h + 1) * hd]
+                    let (keys, values) = (c.keys(layer, page, h), c.values(layer, page, h));
+                    (0..hd).all(|e| {
+                        keys.get(ps, e, pos % ps) == k[h * hd + e]
+                            && values.get(hd, pos % ps, e) == v[h * hd + e]
+                    })
                 })
             })
         })

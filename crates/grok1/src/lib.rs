@@ -41,7 +41,7 @@ pub mod sampling;
 pub mod session;
 
 pub use backend::Precision;
-pub use kv_cache::{KvCache, SeqId};
+pub use kv_cache::{KvCache, KvType, SeqId};
 pub use load::{load, load_parallel, load_with, LoadError, LoadedModel, ModelFormat};
 pub use model::{
     ForwardOptions, ForwardOutput, Grok1, LogitsRows, ModelError, RowLogits, SequenceInput,

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::KvSnapshot;
-use crate::{Grok1, Precision};
+use crate::{Grok1, KvType, Precision};
 
 const MAGIC: &[u8; 8] = b"GROK1SES";
 const VERSION: u32 = 1;
@@ -53,8 +53,10 @@ pub struct SessionModel {
 }
 
 impl SessionModel {
-    /// The identity of `model` running at `precision`.
-    pub fn of(model: &Grok1, precision: Precision) -> Self {
+    /// The identity of `model` running at `precision` with a KV cache of
+    /// `kv_type` (keys and values rounded to another type would not resume
+    /// as the same conversation).
+    pub fn of(model: &Grok1, precision: Precision, kv_type: KvType) -> Self {
         let cfg = model.config();
         let w = model.weights();
         let mut crc = crc32fast::Hasher::new();
@@ -102,7 +104,7 @@ impl SessionModel {
             fingerprint: format!("{:08x}", crc.finalize()),
             // The variant's name: "f32", "bf16", "fast", "int8".
             precision: format!("{precision:?}").to_lowercase(),
-            kv_type: "f32".into(),
+            kv_type: kv_type.name().into(),
             layers: cfg.num_layers,
             kv_heads: cfg.num_kv_heads,
             head_dim: cfg.key_size,
@@ -469,7 +471,7 @@ mod tests {
     #[test]
     fn a_session_reads_back_as_written() {
         let dir = tempfile::tempdir().unwrap();
-        let who = SessionModel::of(&model(1), Precision::F32);
+        let who = SessionModel::of(&model(1), Precision::F32, KvType::F32);
         let (path, tokens, kv) = saved(dir.path(), &who);
         let back = load(&path, &who).unwrap();
         assert_eq!(back.tokens, tokens);
@@ -481,9 +483,9 @@ mod tests {
     #[test]
     fn another_model_or_precision_is_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
-        let who = SessionModel::of(&model(1), Precision::F32);
+        let who = SessionModel::of(&model(1), Precision::F32, KvType::F32);
         let (path, _, _) = saved(dir.path(), &who);
-        let other_weights = SessionModel::of(&model(2), Precision::F32);
+        let other_weights = SessionModel::of(&model(2), Precision::F32, KvType::F32);
         assert_eq!(other_weights.name, who.name);
         let err = load(&path, &other_weights).unwrap_err();
         assert!(
@@ -496,18 +498,21 @@ mod tests {
             ),
             "{err}"
         );
-        let bf16 = SessionModel::of(&model(1), Precision::Bf16);
+        let bf16 = SessionModel::of(&model(1), Precision::Bf16, KvType::F32);
         let err = load(&path, &bf16).unwrap_err().to_string();
         assert!(
             err.contains("its precision is f32, this run's is bf16"),
             "{err}"
         );
+        let q8 = SessionModel::of(&model(1), Precision::F32, KvType::Q8_0);
+        let err = load(&path, &q8).unwrap_err().to_string();
+        assert!(err.contains("KV type") && err.contains("q8_0"), "{err}");
     }
 
     #[test]
     fn truncated_or_damaged_files_are_rejected() {
         let dir = tempfile::tempdir().unwrap();
-        let who = SessionModel::of(&model(1), Precision::F32);
+        let who = SessionModel::of(&model(1), Precision::F32, KvType::F32);
         let (path, _, _) = saved(dir.path(), &who);
         let bytes = std::fs::read(&path).unwrap();
         let damaged = dir.path().join("damaged.session");

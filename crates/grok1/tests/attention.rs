@@ -8,7 +8,7 @@ use grok1::backend::cpu::attention::pages;
 use grok1::backend::cpu::CpuBackend;
 use grok1::backend::cpu::Isa;
 use grok1::backend::{AttentionParams, Backend, Precision, RowPosition};
-use grok1::kv_cache::KvCache;
+use grok1::kv_cache::{KeysPage, KvCache, KvType, ValuesPage};
 use grok1::ModelConfig;
 use proptest::prelude::*;
 
@@ -40,10 +40,10 @@ proptest! {
         let o0: Vec<f32> = (0..g * hd).map(|i| val(i, seed, 5)).collect();
         let run = |isa: Isa| {
             let mut s = vec![f32::NAN; g * ps];
-            pages::page_scores(isa, &q, g, &keys, ps, n, &mut s);
+            pages::page_scores(isa, &q, g, KeysPage::F32(&keys), ps, n, &mut s);
             let s: Vec<f32> = s.chunks(ps).flat_map(|r| r[..n].to_vec()).collect();
             let mut o = o0.clone();
-            pages::page_values(isa, &p, g, ps, n, &values, &mut o);
+            pages::page_values(isa, &p, g, ps, n, ValuesPage::F32(&values), &mut o);
             (s, o)
         };
         let (s, o) = run(Isa::Scalar);
@@ -103,12 +103,25 @@ fn case(
     pad_every: usize,
     seed: u64,
 ) -> Case {
+    case_of(lens, tail, heads, ps, pad_every, seed, KvType::F32)
+}
+
+/// [`case`] with a cache of `kv_type`.
+fn case_of(
+    lens: &[usize],
+    tail: usize,
+    heads: (usize, usize, usize),
+    ps: usize,
+    pad_every: usize,
+    seed: u64,
+    kv_type: KvType,
+) -> Case {
     let (q_heads, kv_heads, hd) = heads;
     let mut cfg = ModelConfig::tiny();
     cfg.num_layers = 2;
     (cfg.num_q_heads, cfg.num_kv_heads, cfg.key_size) = (q_heads, kv_heads, hd);
     let pages: usize = lens.iter().map(|l| l.div_ceil(ps)).sum();
-    let mut cache = KvCache::new(&cfg, pages, ps);
+    let mut cache = KvCache::with_type(&cfg, pages, ps, kv_type);
     let kvw = kv_heads * hd;
     let mut rows = Vec::new();
     for (si, &len) in lens.iter().enumerate() {
@@ -169,7 +182,7 @@ fn reference(c: &Case, layer: usize) -> Vec<f64> {
                 .map(|j| {
                     let keys = c.cache.keys(layer, pages[j / ps], kvh);
                     let dot: f64 = (0..hd)
-                        .map(|t| q[t] as f64 * keys[t * ps + j % ps] as f64)
+                        .map(|t| q[t] as f64 * keys.get(ps, t, j % ps) as f64)
                         .sum();
                     let x = dot * c.params.multiplier as f64;
                     if mask[j] {
@@ -187,7 +200,7 @@ fn reference(c: &Case, layer: usize) -> Vec<f64> {
                     (0..=row.pos)
                         .map(|j| {
                             let values = c.cache.values(layer, pages[j / ps], kvh);
-                            w[j] / sum * values[(j % ps) * hd + t] as f64
+                            w[j] / sum * values.get(hd, j % ps, t) as f64
                         })
                         .sum(),
                 );
@@ -268,4 +281,116 @@ fn a_row_whose_keys_are_all_pads_attends_uniformly() {
     // Every token a pad: the reference's mask gives all keys equal weights
     // (the -1e30 scores tie), as here.
     check(&case(&[2, 5], 5, (2, 1, 16), 4, 1, 6));
+}
+
+/// A page of `kind` holding `keys` (`[hd, ps]`, transposed) and `values`
+/// (`[ps, hd]`), written through a cache as attention's are.
+fn typed_page(kind: KvType, hd: usize, ps: usize, keys: &[f32], values: &[f32]) -> KvCache {
+    let mut cfg = ModelConfig::tiny();
+    (cfg.num_layers, cfg.num_kv_heads, cfg.key_size) = (1, 1, hd);
+    let mut cache = KvCache::with_type(&cfg, 1, ps, kind);
+    let seq = cache.add_sequence();
+    cache.reserve(seq, ps).unwrap();
+    for j in 0..ps {
+        let k: Vec<f32> = (0..hd).map(|t| keys[t * ps + j]).collect();
+        cache.write(0, seq, j, &k, &values[j * hd..(j + 1) * hd]);
+    }
+    cache
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// bf16 and q8_0 pages: every ISA gives the scalar kernels' bits, and
+    /// the scalar kernels give the f32 kernels' bits on the decoded page
+    /// (their elements decode exactly), which is within the type's rounding
+    /// of the f32 values written.
+    #[test]
+    fn compact_page_kernels_on_every_isa(
+        g in 1usize..9,
+        hd in prop_oneof![Just(5usize), Just(8), Just(16), Just(40), Just(56), Just(128)],
+        ps in prop_oneof![Just(4usize), Just(8), Just(12), Just(16), Just(32)],
+        fill in 0.0f64..1.0,
+        seed in any::<u64>(),
+        q8 in any::<bool>(),
+    ) {
+        let kind = if q8 { KvType::Q8_0 } else { KvType::Bf16 };
+        let n = 1 + ((ps - 1) as f64 * fill) as usize;
+        let q: Vec<f32> = (0..g * hd).map(|i| val(i, seed, 1) * 3.0).collect();
+        let keys: Vec<f32> = (0..hd * ps).map(|i| val(i, seed, 2)).collect();
+        let values: Vec<f32> = (0..ps * hd).map(|i| val(i, seed, 3)).collect();
+        let p: Vec<f32> = (0..g * ps).map(|i| val(i, seed, 4).abs()).collect();
+        let o0: Vec<f32> = (0..g * hd).map(|i| val(i, seed, 5)).collect();
+        let cache = typed_page(kind, hd, ps, &keys, &values);
+        let (kp, vp) = (cache.keys(0, 0, 0), cache.values(0, 0, 0));
+        let dk: Vec<f32> = (0..hd * ps).map(|i| kp.get(ps, i / ps, i % ps)).collect();
+        let dv: Vec<f32> = (0..ps * hd).map(|i| vp.get(hd, i / hd, i % hd)).collect();
+        // The type's rounding: bf16 half an ulp (at most 2^-8 relative); q8_0 half a
+        // step of its block's largest magnitude (at most 1) over 127, plus
+        // the f16 scale's rounding.
+        let bound = |x: f32| if q8 { (0.5 + 127.0 / 2048.0) / 127.0 } else { x.abs() / 256.0 };
+        for (a, b) in dk.iter().zip(&keys).chain(dv.iter().zip(&values)) {
+            prop_assert!((a - b).abs() <= bound(*b), "{:?}: {} decodes to {}", kind, b, a);
+        }
+        let run = |isa: Isa, keys: KeysPage, values: ValuesPage| {
+            let mut s = vec![f32::NAN; g * ps];
+            pages::page_scores(isa, &q, g, keys, ps, n, &mut s);
+            let s: Vec<f32> = s.chunks(ps).flat_map(|r| r[..n].to_vec()).collect();
+            let mut o = o0.clone();
+            pages::page_values(isa, &p, g, ps, n, values, &mut o);
+            (s, o)
+        };
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let (s, o) = run(Isa::Scalar, kp, vp);
+        let (fs, fo) = run(Isa::Scalar, KeysPage::F32(&dk), ValuesPage::F32(&dv));
+        prop_assert_eq!(bits(&s), bits(&fs));
+        prop_assert_eq!(bits(&o), bits(&fo));
+        for isa in Isa::available() {
+            let (s2, o2) = run(isa, kp, vp);
+            prop_assert_eq!(bits(&s2), bits(&s), "{}: scores", isa.name());
+            prop_assert_eq!(bits(&o2), bits(&o), "{}: values", isa.name());
+        }
+    }
+}
+
+/// Sequence lengths, query rows per sequence, (query heads, key heads, head
+/// dimension), page size, pad period.
+type Shape = (&'static [usize], usize, (usize, usize, usize), usize, usize);
+
+/// Attention over bf16 and q8_0 caches: against the f64 softmax of the
+/// values they decode to (as tight as f32's), and against the same case on
+/// an f32 cache within a stated bound of the types' rounding.
+#[test]
+fn attention_over_each_kv_type() {
+    for kind in KvType::ALL {
+        let shapes: [Shape; 3] = [
+            (&[70], 70, (8, 2, 24), 16, 0),
+            (&[1, 19, 40], 1, (6, 2, 40), 5, 4),
+            (&[37, 9], 9, (4, 4, 64), 16, 3),
+        ];
+        for (i, &(lens, tail, heads, ps, pad)) in shapes.iter().enumerate() {
+            let typed = case_of(lens, tail, heads, ps, pad, i as u64 + 11, kind);
+            check(&typed);
+            let exact = case_of(lens, tail, heads, ps, pad, i as u64 + 11, KvType::F32);
+            let a = attend(Isa::best(), &typed, &typed.rows, &typed.q, 1);
+            let b = attend(Isa::best(), &exact, &exact.rows, &exact.q, 1);
+            // Values lie in [-1, 1), keys in [-2, 2): outputs move by about
+            // the values' rounding plus the weights' (scores times 0.3 move by
+            // hd * |q| * the keys' rounding).
+            let bound = match kind {
+                KvType::F32 => 0.0,
+                KvType::Bf16 => 0.02,
+                KvType::Q8_0 => 0.05,
+            };
+            let worst = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst <= bound,
+                "{kind}: {worst} from the f32 cache's attention (bound {bound})"
+            );
+        }
+    }
 }

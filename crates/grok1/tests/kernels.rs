@@ -9,6 +9,7 @@ use grok1::backend::cpu::types::{int8_ckpt, q8_0};
 use grok1::backend::cpu::CpuBackend;
 use grok1::backend::cpu::Isa;
 use grok1::backend::{quantize_row_i8, Backend, F32Matrix, Int8Rows, QuantMatrix, RowMatrix};
+use grok1::kv_cache::ValuesPage;
 use grok1::quant::GgmlType;
 use grok1::weights::{DType, TensorData};
 use proptest::prelude::*;
@@ -619,7 +620,7 @@ proptest! {
             let inv = 1.0 / pages::exp_shifted(isa, &mut scores, max);
             scores.iter_mut().for_each(|w| *w *= inv);
             let mut out = vec![0f32; hd];
-            pages::page_values(isa, &scores, 1, n, n, &values, &mut out);
+            pages::page_values(isa, &scores, 1, n, n, ValuesPage::F32(&values), &mut out);
             (raw, scores, out)
         };
         let (raw, weights, out) = run(Isa::Scalar);

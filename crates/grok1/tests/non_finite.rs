@@ -90,6 +90,7 @@ fn the_engine_fails_a_request_with_nan_logits() {
             prefill_chunk: 16,
             precision: Precision::Fast,
             prefix_cache: true,
+            kv_type: grok1::KvType::F32,
         },
     );
     let (tx, rx) = mpsc::channel();

@@ -14,7 +14,7 @@ use grok1::engine::{
 };
 use grok1::sampling::SamplingParams;
 use grok1::weights::random::random_store;
-use grok1::{ForwardOptions, Grok1, LogitsRows, ModelConfig, Precision, SequenceInput};
+use grok1::{ForwardOptions, Grok1, KvType, LogitsRows, ModelConfig, Precision, SequenceInput};
 use grok1_tokenizer::Tokenizer;
 
 const PAGE: usize = grok1::kv_cache::DEFAULT_PAGE_SIZE;
@@ -41,6 +41,7 @@ fn config(prefix_cache: bool) -> EngineConfig {
         prefill_chunk: 24,
         precision: Precision::F32,
         prefix_cache,
+        kv_type: KvType::F32,
     }
 }
 
@@ -142,8 +143,8 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 /// The model's logits for `tokens` computed from scratch, one row per position.
-fn logits_from_scratch(m: &Grok1, tokens: &[u32]) -> Vec<Vec<f32>> {
-    let mut cache = m.new_cache(tokens.len(), 1);
+fn logits_from_scratch(m: &Grok1, tokens: &[u32], kv_type: KvType) -> Vec<Vec<f32>> {
+    let mut cache = m.new_cache_of(tokens.len(), 1, kv_type);
     let seq = cache.add_sequence();
     let out = m
         .forward(
@@ -160,12 +161,19 @@ fn logits_from_scratch(m: &Grok1, tokens: &[u32]) -> Vec<Vec<f32>> {
 }
 
 /// At the level of the cache and the model: a sequence that takes a cached
-/// prefix and computes the rest gets bit-identical logits for the rest.
+/// prefix and computes the rest gets bit-identical logits for the rest, in
+/// every KV type (against the uncached run in the same type).
 #[test]
 fn logits_after_a_cached_prefix_are_bit_identical() {
+    for kv_type in KvType::ALL {
+        logits_after_a_cached_prefix_in(kv_type);
+    }
+}
+
+fn logits_after_a_cached_prefix_in(kv_type: KvType) {
     let m = model();
     let first = ids(50, 0);
-    let mut cache = m.new_cache(8 * 128, 8);
+    let mut cache = m.new_cache_of(8 * 128, 8, kv_type);
     let pad = m.config().pad_token;
     // The first sequence, computed in uneven chunks and published.
     let a = cache.add_sequence();
@@ -203,7 +211,7 @@ fn logits_after_a_cached_prefix_are_bit_identical() {
         ),
     ];
     for (what, prompt, reused) in cases {
-        let want = logits_from_scratch(&m, &prompt);
+        let want = logits_from_scratch(&m, &prompt, kv_type);
         let b = cache.add_sequence();
         let got = cache
             .attach_prefix(b, &prompt[..prompt.len() - 1], pad)
@@ -229,7 +237,7 @@ fn logits_after_a_cached_prefix_are_bit_identical() {
                 row.iter()
                     .zip(&want[pos])
                     .all(|(x, y)| x.to_bits() == y.to_bits()),
-                "{what}: logits at position {pos} differ"
+                "{kv_type} {what}: logits at position {pos} differ"
             );
         }
         cache.remove_sequence(b).unwrap();
@@ -475,4 +483,121 @@ fn exported_keys_and_values_resume_exactly_in_another_engine() {
     for e in [first_engine, resumed, plain] {
         e.shutdown(Duration::from_secs(1));
     }
+}
+
+/// bf16 and q8_0 caches export their decoded keys and values and a fresh
+/// engine of the same type re-encodes them to the same pages: the resumed
+/// request matches the first engine's, which read its own pages.
+#[test]
+fn compact_caches_export_and_resume_exactly() {
+    for kv_type in [KvType::Bf16, KvType::Q8_0] {
+        let cfg = EngineConfig {
+            kv_type,
+            ..config(true)
+        };
+        let first = engine(cfg.clone());
+        let base = ids(45, 70);
+        let out = run(&first, &base, 6);
+        let conversation = [&base[..], &out.tokens[..5]].concat();
+        let mut longer = conversation.clone();
+        longer.push(out.tokens[5]);
+        let snapshot = first.export_prefix(longer).unwrap();
+        let resumed = engine(cfg);
+        assert_eq!(resumed.import_prefix(snapshot).unwrap(), 50);
+        let next = [&conversation[..], &ids(7, 71)[..]].concat();
+        let got = run(&resumed, &next, 8);
+        assert_eq!(got.cached_tokens, 50);
+        assert_same(&got, &run(&first, &next, 8), &format!("{kv_type} resumed"));
+        for e in [first, resumed] {
+            e.shutdown(Duration::from_secs(1));
+        }
+    }
+}
+
+/// The same cache memory holds twice f32's tokens in bf16 and about 3.5
+/// times in q8_0 (18 bytes per 16 values at this model's head size of 16,
+/// one short block a row, so 3.56, less the part of a page; 3.76 at Grok-1's
+/// 128); requests needing four times the f32 cache's
+/// pages, sent together, fill each cache to its limit and wait for room in
+/// turn: all finish, as their twins in a cache large enough for all do.
+#[test]
+fn compact_types_hold_more_tokens_in_the_same_memory_and_admission_waits() {
+    let cfg = ModelConfig::tiny();
+    let memory = 16 * PAGE * grok1::KvCache::bytes_per_token(&cfg, KvType::F32);
+    let tokens = |t| grok1::KvCache::tokens_in(&cfg, memory, t);
+    assert_eq!(tokens(KvType::F32), 16 * PAGE);
+    assert_eq!(tokens(KvType::Bf16), 2 * tokens(KvType::F32));
+    // 16 pages of f32 (64 bytes a row) are 56.9 pages of q8_0 (18): 56 whole.
+    assert_eq!(tokens(KvType::Q8_0), 56 * PAGE);
+    // 20-token prompts and 44 tokens each: 4 pages a request, 64 in all.
+    let prompts: Vec<Vec<u32>> = (0..16).map(|i| ids(20, 200 + i)).collect();
+    for kv_type in KvType::ALL {
+        let kv_tokens = tokens(kv_type);
+        let small = engine(EngineConfig {
+            max_batch: 16,
+            kv_tokens,
+            kv_type,
+            ..config(true)
+        });
+        assert_eq!(
+            metric(&small, "grok1_kv_cache_total_pages"),
+            (kv_tokens / PAGE) as f64
+        );
+        let large = engine(EngineConfig {
+            max_batch: 16,
+            kv_tokens: 128 * PAGE,
+            kv_type,
+            ..config(false)
+        });
+        let receivers: Vec<_> = prompts
+            .iter()
+            .map(|p| {
+                let (req, rx) = request(p.clone(), 44);
+                small.submit(req).unwrap();
+                rx
+            })
+            .collect();
+        // Polled while the requests run: the cache fills to its limit.
+        let mut peak = 0f64;
+        wait_for("a full cache", || {
+            peak = peak.max(metric(&small, "grok1_kv_cache_used_pages"));
+            peak >= (kv_tokens / PAGE) as f64 - 1.0
+        });
+        for (i, rx) in receivers.into_iter().enumerate() {
+            let got = collect(rx);
+            assert_eq!(got.reason, FinishReason::Length, "{kv_type} request {i}");
+            let want = run(&large, &prompts[i], 44);
+            assert_same(&got, &want, &format!("{kv_type} request {i}"));
+        }
+        wait_for("every page to be let go", || {
+            metric(&small, "grok1_kv_cache_used_pages") == 0.0
+        });
+        for e in [small, large] {
+            e.shutdown(Duration::from_secs(1));
+        }
+    }
+}
+
+/// The bf16 mode's keys and values are bf16 already, so its default bf16
+/// cache gives the bits its f32 cache gave, in half the memory.
+#[test]
+fn the_bf16_mode_gives_the_same_bits_from_a_bf16_cache() {
+    let m = model();
+    let tokens = ids(40, 9);
+    let logits = |kv_type| {
+        let mut cache = m.new_cache_of(tokens.len(), 1, kv_type);
+        let seq = cache.add_sequence();
+        let options = ForwardOptions {
+            precision: Precision::Bf16,
+            logits: LogitsRows::All,
+        };
+        let input = [SequenceInput {
+            seq,
+            tokens: &tokens,
+        }];
+        let out = m.forward(&mut cache, &input, &options, None).unwrap();
+        out.logits.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+    };
+    assert_eq!(KvType::default_for(Precision::Bf16), KvType::Bf16);
+    assert_eq!(logits(KvType::Bf16), logits(KvType::F32));
 }

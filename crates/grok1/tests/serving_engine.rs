@@ -27,6 +27,7 @@ fn config() -> EngineConfig {
         prefill_chunk: 64,
         precision: Precision::F32,
         prefix_cache: true,
+        kv_type: grok1::KvType::F32,
     }
 }
 

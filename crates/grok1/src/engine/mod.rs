@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use grok1_tokenizer::Tokenizer;
 use rayon::prelude::*;
 
-use crate::kv_cache::{KvCache, DEFAULT_PAGE_SIZE};
+use crate::kv_cache::{KvCache, KvType, DEFAULT_PAGE_SIZE};
 use crate::model::{ForwardOptions, Grok1, LogitsRows, RowLogits, SequenceInput};
 use crate::sampling::{SamplingError, SamplingParams};
 use crate::Precision;
@@ -58,6 +58,8 @@ pub struct EngineConfig {
     pub precision: Precision,
     /// Reuse the KV pages of earlier sequences' shared prefixes.
     pub prefix_cache: bool,
+    /// The element type of the KV cache's pages.
+    pub kv_type: KvType,
 }
 
 /// One completion to run.
@@ -274,7 +276,7 @@ impl EngineHandle {
         let config = Arc::new(config);
         let vocab = model.config().vocab_size;
         let worker = Worker {
-            cache: KvCache::new(model.config(), total_pages, page_size),
+            cache: KvCache::with_type(model.config(), total_pages, page_size, config.kv_type),
             model,
             tokenizer,
             config: config.clone(),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::backend::{cpu::CpuBackend, Backend, Precision, RowPosition};
 use crate::config::ModelConfig;
-use crate::kv_cache::{CacheError, KvCache, SeqId};
+use crate::kv_cache::{CacheError, KvCache, KvType, SeqId};
 use crate::parallel::{Collective, SingleProcess};
 use crate::weights::{TensorStore, WeightError};
 use moe::RouterDecisions;
@@ -305,10 +305,17 @@ impl Grok1 {
         2.0 * c.num_layers as f64 * (attention + experts)
     }
 
-    /// A KV cache able to hold `tokens` positions over at most `sequences` sequences.
+    /// An f32 KV cache able to hold `tokens` positions over at most
+    /// `sequences` sequences.
     pub fn new_cache(&self, tokens: usize, sequences: usize) -> KvCache {
+        self.new_cache_of(tokens, sequences, KvType::F32)
+    }
+
+    /// A KV cache of `kv_type` able to hold `tokens` positions over at most
+    /// `sequences` sequences.
+    pub fn new_cache_of(&self, tokens: usize, sequences: usize, kv_type: KvType) -> KvCache {
         // This process's key/value heads only.
-        KvCache::with_capacity(&self.local, tokens, sequences)
+        KvCache::with_capacity(&self.local, tokens, sequences, kv_type)
     }
 
     /// Checks a prompt for a fresh sequence (ids in range, fits the context)

@@ -164,7 +164,7 @@ fn attend_unit(
                 }
                 sum[i] += pages::exp_shifted(isa, sj, max[i]);
             }
-            pages::page_values(isa, &s, g, ps, n, &values[..n * hd], o_row);
+            pages::page_values(isa, &s, g, ps, n, values, o_row);
         }
     }
     for (oi, &total) in o.chunks_exact_mut(hd).zip(&sum) {
@@ -228,9 +228,8 @@ fn attend_bf16(
             for (j, s) in scores.iter().enumerate() {
                 let w = p.precision.cast_one(s / sum);
                 let values = cache.values(layer, pages[j / page_size], kv_head);
-                let vv = &values[(j % page_size) * hd..(j % page_size + 1) * hd];
-                for (o, &v) in o.iter_mut().zip(vv) {
-                    *o += w * v;
+                for (c, o) in o.iter_mut().enumerate() {
+                    *o += w * values.get(hd, j % page_size, c);
                 }
             }
             p.precision.cast(o);

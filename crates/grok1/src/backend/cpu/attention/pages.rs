@@ -1,15 +1,19 @@
-//! The page kernels of attention, for the KV cache's f32 pages (their layout
-//! and scalar chains are in `types::f32_pages`): the scores of a row's
-//! queries against a page's keys, their capping and exponentials, and the
-//! weighted sum of a page's values. Each checks its shapes and runs the
-//! version for the instruction set it is given (`arch/`) or the scalar one.
+//! The page kernels of attention, for the KV cache's pages of each type
+//! (their layouts and scalar chains are in `types::{f32,bf16,q8_0}_pages`):
+//! the scores of a row's queries against a page's keys, their capping and
+//! exponentials, and the weighted sum of a page's values. Each checks its
+//! shapes and runs the version for the instruction set it is given (`arch/`)
+//! or the scalar one. The compact types are decoded in registers, never
+//! copied out as f32, and give the f32 kernels' bits on the values they
+//! decode to.
 
 #[cfg(target_arch = "aarch64")]
 use crate::backend::cpu::arch::arm::neon;
 #[cfg(target_arch = "x86_64")]
 use crate::backend::cpu::arch::x86;
 use crate::backend::cpu::common::Isa;
-use crate::backend::cpu::types::f32_pages::{page_scores_part, page_values_part};
+use crate::backend::cpu::types::{bf16_pages, f32_pages, q8_0_pages};
+use crate::kv_cache::{KeysPage, ValuesPage};
 
 /// Attention scores of `g` queries (`q`, `[g, hd]`, one row's heads) against
 /// the first `n` keys of one page (`keys_t`, `[hd, ps]`, the cache's
@@ -20,41 +24,83 @@ pub fn page_scores(
     isa: Isa,
     q: &[f32],
     g: usize,
-    keys_t: &[f32],
+    keys: KeysPage,
     ps: usize,
     n: usize,
     s: &mut [f32],
 ) {
     assert!(g > 0 && q.len().is_multiple_of(g), "page_scores: queries");
     let hd = q.len() / g;
-    assert!(n <= ps && keys_t.len() >= hd * ps, "page_scores: keys");
+    assert!(n <= ps && keys.fits(hd, ps), "page_scores: keys");
     assert!(s.len() >= g * ps, "page_scores: scores");
-    match isa {
+    match (isa, keys) {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
-            // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
-            unsafe { x86::attention::page_scores_avx2(q, g, keys_t, ps, n, s) }
+        (Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx, _) => {
+            // SAFETY: AVX2/FMA/F16C are present (Isa::best) and the sizes are checked above.
+            unsafe { x86::attention::page_scores_avx2(q, g, keys, ps, n, s) }
         }
         #[cfg(target_arch = "aarch64")]
-        Isa::Neon => {
+        (Isa::Neon, KeysPage::F32(keys_t)) => {
             // SAFETY: every aarch64 CPU this ISA is chosen on has NEON (Isa::best);
             // the shapes are checked above.
             unsafe { neon::page_scores_neon(q, g, keys_t, ps, n, s) }
         }
-        _ => page_scores_part(q, hd, 0..g, keys_t, ps, 0..n, s),
+        _ => page_scores_scalar(q, hd, 0..g, keys, ps, 0..n, s),
+    }
+}
+
+/// The scalar chains of [`page_scores`] for queries `rows` and slots
+/// `slots`, on a page of any type (also the SIMD kernels' last slots).
+pub(crate) fn page_scores_scalar(
+    q: &[f32],
+    hd: usize,
+    rows: std::ops::Range<usize>,
+    keys: KeysPage,
+    ps: usize,
+    slots: std::ops::Range<usize>,
+    s: &mut [f32],
+) {
+    match keys {
+        KeysPage::F32(k) => f32_pages::page_scores_part(q, hd, rows, k, ps, slots, s),
+        KeysPage::Bf16(k) => bf16_pages::page_scores_part(q, hd, rows, k, ps, slots, s),
+        KeysPage::Q8_0 { q: k, scales } => {
+            q8_0_pages::page_scores_part(q, hd, rows, k, scales, ps, slots, s)
+        }
+    }
+}
+
+/// The scalar chains of [`page_values`] for outputs `rows` and columns
+/// `cols`, on a page of any type (also the SIMD kernels' last columns).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn page_values_scalar(
+    p: &[f32],
+    rows: std::ops::Range<usize>,
+    ps: usize,
+    n: usize,
+    values: ValuesPage,
+    o: &mut [f32],
+    hd: usize,
+    cols: std::ops::Range<usize>,
+) {
+    match values {
+        ValuesPage::F32(v) => f32_pages::page_values_part(p, rows, ps, n, v, o, hd, cols),
+        ValuesPage::Bf16(v) => bf16_pages::page_values_part(p, rows, ps, n, v, o, hd, cols),
+        ValuesPage::Q8_0 { q, scales } => {
+            q8_0_pages::page_values_part(p, rows, ps, n, q, scales, o, hd, cols)
+        }
     }
 }
 
 /// `o_i += sum_{j < n} p[i * ps + j] * values[j]` for `g` outputs (`o`,
-/// `[g, hd]`) and one page's values (`[n, hd]`), each element one chain of
-/// FMAs in `j` order (the same bits on every path).
+/// `[g, hd]`) and the first `n` rows of one page's values (`[n, hd]`), each
+/// element one chain of FMAs in `j` order (the same bits on every path).
 pub fn page_values(
     isa: Isa,
     p: &[f32],
     g: usize,
     ps: usize,
     n: usize,
-    values: &[f32],
+    values: ValuesPage,
     o: &mut [f32],
 ) {
     assert!(g > 0 && o.len().is_multiple_of(g), "page_values: outputs");
@@ -63,20 +109,20 @@ pub fn page_values(
         n <= ps && p.len() >= (g - 1) * ps + n,
         "page_values: weights"
     );
-    assert!(values.len() >= n * hd, "page_values: values");
-    match isa {
+    assert!(values.fits(hd, n), "page_values: values");
+    match (isa, values) {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
-            // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
+        (Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx, _) => {
+            // SAFETY: AVX2/FMA/F16C are present (Isa::best) and the sizes are checked above.
             unsafe { x86::attention::page_values_avx2(p, g, ps, n, values, o) }
         }
         #[cfg(target_arch = "aarch64")]
-        Isa::Neon => {
+        (Isa::Neon, ValuesPage::F32(values)) => {
             // SAFETY: every aarch64 CPU this ISA is chosen on has NEON (Isa::best);
             // the shapes are checked above.
             unsafe { neon::page_values_neon(p, g, ps, n, values, o) }
         }
-        _ => page_values_part(p, 0..g, ps, n, values, o, hd, 0..hd),
+        _ => page_values_scalar(p, 0..g, ps, n, values, o, hd, 0..hd),
     }
 }
 

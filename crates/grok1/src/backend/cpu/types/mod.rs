@@ -3,6 +3,7 @@
 //! import only `common`; the SIMD versions (`arch/`) import them, and
 //! `kernels` (with `attention::pages`) chooses between the two.
 
+pub mod bf16_pages;
 pub mod f32_pages;
 pub mod f32_rows;
 pub mod int8_ckpt;
@@ -17,4 +18,5 @@ pub mod q5_1;
 pub mod q5_k;
 pub mod q6_k;
 pub mod q8_0;
+pub mod q8_0_pages;
 pub mod q8_blocks;

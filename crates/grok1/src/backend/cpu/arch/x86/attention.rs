@@ -1,6 +1,7 @@
 //! AVX2 kernels for one page of attention (`pages::page_scores`,
-//! `pages::page_values`): a page's slots in the lanes, up to four queries
-//! of one row at a time sharing every load of the page. Each output element
+//! `pages::page_values`) on pages of every KV type (decoded in registers):
+//! a page's slots in the lanes, up to four queries of one row at a time
+//! sharing every load and decode of the page. Each output element
 //! is one chain of FMAs in the scalar kernels' order, so the results are
 //! theirs bit for bit. Also the capped scores and their exponentials
 //! (`pages::softcap_scores`, `pages::exp_shifted`), on `math`'s tanh and exp.
@@ -9,33 +10,118 @@ use std::arch::x86_64::*;
 
 use super::hsum;
 use super::math::{exp256, tanh256};
-use crate::backend::cpu::types::f32_pages::{page_scores_part, page_values_part};
+use crate::backend::cpu::attention::pages::{page_scores_scalar, page_values_scalar};
+use crate::backend::cpu::types::q8_0_pages::{blocks, BLOCK};
+use crate::kv_cache::{KeysPage, ValuesPage};
 
 /// Lanes per vector.
 const L: usize = 8;
 /// Queries per register block.
 const QB: usize = 4;
 
-/// `s[i * ps + j] = q_i . k_j` for the `g` queries of `q` (`[g, hd]`) and
-/// the first `n` keys of `keys_t` (`[hd, ps]`). Lanes `n..` of the last
-/// vector of slots are computed too where the page has room (their results
-/// land in `s[i * ps + n..]`, which the caller ignores).
+/// Page element types, as the const parameter of the blocks.
+const F32: u8 = 0;
+const BF16: u8 = 1;
+const Q8_0: u8 = 2;
+
+/// A page's memory as raw pointers: `e` the elements (f32, bf16 bits or
+/// i8 by the type), `scales` the q8_0 scales (f16 bits).
+#[derive(Clone, Copy)]
+struct Page {
+    e: *const u8,
+    scales: *const u16,
+}
+
+impl Page {
+    fn keys(k: KeysPage) -> (u8, Page) {
+        match k {
+            KeysPage::F32(k) => (F32, Page::of(k.as_ptr().cast(), std::ptr::null())),
+            KeysPage::Bf16(k) => (BF16, Page::of(k.as_ptr().cast(), std::ptr::null())),
+            KeysPage::Q8_0 { q, scales } => (Q8_0, Page::of(q.as_ptr().cast(), scales.as_ptr())),
+        }
+    }
+
+    fn values(v: ValuesPage) -> (u8, Page) {
+        match v {
+            ValuesPage::F32(v) => (F32, Page::of(v.as_ptr().cast(), std::ptr::null())),
+            ValuesPage::Bf16(v) => (BF16, Page::of(v.as_ptr().cast(), std::ptr::null())),
+            ValuesPage::Q8_0 { q, scales } => (Q8_0, Page::of(q.as_ptr().cast(), scales.as_ptr())),
+        }
+    }
+
+    fn of(e: *const u8, scales: *const u16) -> Page {
+        Page { e, scales }
+    }
+}
+
+/// Eight consecutive elements of type `K` from element index `at`, decoded
+/// to f32 (exactly: bf16 by a shift, q8_0 as i8 times the scale vector
+/// `d`, an f16 times an i8 being exact in f32).
 ///
 /// # Safety
-/// AVX2 and FMA; `n <= ps`, `q.len() == g * hd`, `keys_t.len() >= hd * ps`,
-/// `s.len() >= g * ps`.
-#[target_feature(enable = "avx2,fma")]
+/// AVX2/FMA/F16C; elements `at..at + 8` inside the page.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn load8<const K: u8>(page: Page, at: usize, d: __m256) -> __m256 {
+    unsafe {
+        match K {
+            F32 => _mm256_loadu_ps(page.e.cast::<f32>().add(at)),
+            BF16 => {
+                let h = _mm_loadu_si128(page.e.cast::<u16>().add(at).cast());
+                _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+            }
+            _ => {
+                let b = _mm_loadl_epi64(page.e.cast::<i8>().add(at).cast());
+                _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)), d)
+            }
+        }
+    }
+}
+
+/// `s[i * ps + j] = q_i . k_j` for the `g` queries of `q` (`[g, hd]`) and
+/// the first `n` keys of the page `keys` (`[hd, ps]`). Lanes `n..` of the
+/// last vector of slots are computed too where the page has room (their
+/// results land in `s[i * ps + n..]`, which the caller ignores).
+///
+/// # Safety
+/// AVX2, FMA and F16C; `n <= ps`, `q.len() == g * hd`, `keys` holds `hd`
+/// rows of `ps` (`KeysPage::fits`), `s.len() >= g * ps`.
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn page_scores_avx2(
     q: &[f32],
     g: usize,
-    keys_t: &[f32],
+    keys: KeysPage,
+    ps: usize,
+    n: usize,
+    s: &mut [f32],
+) {
+    // SAFETY: the contract, passed on.
+    match Page::keys(keys) {
+        (F32, page) => unsafe { scores_typed::<F32>(q, g, page, ps, n, s) },
+        (BF16, page) => unsafe { scores_typed::<BF16>(q, g, page, ps, n, s) },
+        (_, page) => unsafe { scores_typed::<Q8_0>(q, g, page, ps, n, s) },
+    }
+    // Slots after the vectors that fit in the page's rows (pages not a
+    // multiple of 8 long), one at a time.
+    let hd = q.len() / g;
+    let vectors = n.div_ceil(L).min(ps / L);
+    page_scores_scalar(q, hd, 0..g, keys, ps, vectors * L..n, s);
+}
+
+/// `page_scores_avx2` on keys of type `K`, all but the scalar tail.
+///
+/// # Safety
+/// As `page_scores_avx2`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scores_typed<const K: u8>(
+    q: &[f32],
+    g: usize,
+    keys: Page,
     ps: usize,
     n: usize,
     s: &mut [f32],
 ) {
     let hd = q.len() / g;
-    // Vectors of slots that fit in the page's rows; the slots after them
-    // (pages not a multiple of 8 long) one at a time.
     let vectors = n.div_ceil(L).min(ps / L);
     let mut i = 0;
     while i < g {
@@ -44,18 +130,17 @@ pub unsafe fn page_scores_avx2(
         while v < vectors {
             // SAFETY (all): queries i..i+rows, slots 8v..8(v+w) < ps, in bounds by the contract.
             match ((vectors - v).min(2), rows) {
-                (2, 4) => unsafe { scores_block::<4, 2>(q, hd, i, keys_t, ps, v * L, s) },
-                (2, 3) => unsafe { scores_block::<3, 2>(q, hd, i, keys_t, ps, v * L, s) },
-                (2, 2) => unsafe { scores_block::<2, 2>(q, hd, i, keys_t, ps, v * L, s) },
-                (2, _) => unsafe { scores_block::<1, 2>(q, hd, i, keys_t, ps, v * L, s) },
-                (_, 4) => unsafe { scores_block::<4, 1>(q, hd, i, keys_t, ps, v * L, s) },
-                (_, 3) => unsafe { scores_block::<3, 1>(q, hd, i, keys_t, ps, v * L, s) },
-                (_, 2) => unsafe { scores_block::<2, 1>(q, hd, i, keys_t, ps, v * L, s) },
-                _ => unsafe { scores_block::<1, 1>(q, hd, i, keys_t, ps, v * L, s) },
+                (2, 4) => unsafe { scores_block::<4, 2, K>(q, hd, i, keys, ps, v * L, s) },
+                (2, 3) => unsafe { scores_block::<3, 2, K>(q, hd, i, keys, ps, v * L, s) },
+                (2, 2) => unsafe { scores_block::<2, 2, K>(q, hd, i, keys, ps, v * L, s) },
+                (2, _) => unsafe { scores_block::<1, 2, K>(q, hd, i, keys, ps, v * L, s) },
+                (_, 4) => unsafe { scores_block::<4, 1, K>(q, hd, i, keys, ps, v * L, s) },
+                (_, 3) => unsafe { scores_block::<3, 1, K>(q, hd, i, keys, ps, v * L, s) },
+                (_, 2) => unsafe { scores_block::<2, 1, K>(q, hd, i, keys, ps, v * L, s) },
+                _ => unsafe { scores_block::<1, 1, K>(q, hd, i, keys, ps, v * L, s) },
             }
             v += 2;
         }
-        page_scores_part(q, hd, i..i + rows, keys_t, ps, vectors * L..n, s);
         i += rows;
     }
 }
@@ -63,23 +148,31 @@ pub unsafe fn page_scores_avx2(
 /// Queries `i..i+R` by slots `j0..j0+8W`.
 ///
 /// # Safety
-/// AVX2 and FMA; the ranges inside the slices (see `page_scores_avx2`).
-#[target_feature(enable = "avx2,fma")]
-unsafe fn scores_block<const R: usize, const W: usize>(
+/// AVX2, FMA and F16C; the ranges inside the slices (see `page_scores_avx2`).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scores_block<const R: usize, const W: usize, const K: u8>(
     q: &[f32],
     hd: usize,
     i: usize,
-    keys_t: &[f32],
+    keys: Page,
     ps: usize,
     j0: usize,
     s: &mut [f32],
 ) {
-    let (qp, kp) = (q.as_ptr(), keys_t.as_ptr());
+    let qp = q.as_ptr();
     let mut acc = [[_mm256_setzero_ps(); W]; R];
+    let mut d = [_mm256_setzero_ps(); W];
     for t in 0..hd {
+        if K == Q8_0 && t % BLOCK == 0 {
+            // The scales of these slots' block of elements t..t+32.
+            for (w, d) in d.iter_mut().enumerate() {
+                let at = (t / BLOCK) * ps + j0 + w * L;
+                *d = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(keys.scales.add(at).cast()) });
+            }
+        }
         let mut k = [_mm256_setzero_ps(); W];
         for (w, k) in k.iter_mut().enumerate() {
-            *k = unsafe { _mm256_loadu_ps(kp.add(t * ps + j0 + w * L)) };
+            *k = unsafe { load8::<K>(keys, t * ps + j0 + w * L, d[w]) };
         }
         for (r, acc) in acc.iter_mut().enumerate() {
             let x = _mm256_set1_ps(unsafe { *qp.add((i + r) * hd + t) });
@@ -99,15 +192,38 @@ unsafe fn scores_block<const R: usize, const W: usize>(
 /// (`[g, hd]`), the rows of `values` (`[n, hd]`) in order.
 ///
 /// # Safety
-/// AVX2 and FMA; `p.len() >= (g - 1) * ps + n`, `values.len() >= n * hd`,
-/// `o.len() == g * hd`.
-#[target_feature(enable = "avx2,fma")]
+/// AVX2, FMA and F16C; `p.len() >= (g - 1) * ps + n`, `values` holds `n`
+/// rows of `hd` (`ValuesPage::fits`), `o.len() == g * hd`.
+#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn page_values_avx2(
     p: &[f32],
     g: usize,
     ps: usize,
     n: usize,
-    values: &[f32],
+    values: ValuesPage,
+    o: &mut [f32],
+) {
+    // SAFETY: the contract, passed on.
+    match Page::values(values) {
+        (F32, page) => unsafe { values_typed::<F32>(p, g, ps, n, page, o) },
+        (BF16, page) => unsafe { values_typed::<BF16>(p, g, ps, n, page, o) },
+        (_, page) => unsafe { values_typed::<Q8_0>(p, g, ps, n, page, o) },
+    }
+    let hd = o.len() / g;
+    page_values_scalar(p, 0..g, ps, n, values, o, hd, hd / L * L..hd);
+}
+
+/// `page_values_avx2` on values of type `K`, all but the scalar tail.
+///
+/// # Safety
+/// As `page_values_avx2`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn values_typed<const K: u8>(
+    p: &[f32],
+    g: usize,
+    ps: usize,
+    n: usize,
+    values: Page,
     o: &mut [f32],
 ) {
     let hd = o.len() / g;
@@ -117,20 +233,20 @@ pub unsafe fn page_values_avx2(
         let rows = (g - i).min(QB);
         let mut c = 0;
         while c < full {
+            let two = (full - c) / L >= 2;
             // SAFETY (all): outputs i..i+rows, columns c..c+8W < hd, by the contract.
-            match ((full - c) / L >= 2, rows) {
-                (true, 4) => unsafe { values_block::<4, 2>(p, i, ps, n, values, o, hd, c) },
-                (true, 3) => unsafe { values_block::<3, 2>(p, i, ps, n, values, o, hd, c) },
-                (true, 2) => unsafe { values_block::<2, 2>(p, i, ps, n, values, o, hd, c) },
-                (true, _) => unsafe { values_block::<1, 2>(p, i, ps, n, values, o, hd, c) },
-                (false, 4) => unsafe { values_block::<4, 1>(p, i, ps, n, values, o, hd, c) },
-                (false, 3) => unsafe { values_block::<3, 1>(p, i, ps, n, values, o, hd, c) },
-                (false, 2) => unsafe { values_block::<2, 1>(p, i, ps, n, values, o, hd, c) },
-                (false, _) => unsafe { values_block::<1, 1>(p, i, ps, n, values, o, hd, c) },
+            match (two, rows) {
+                (true, 4) => unsafe { values_block::<4, 2, K>(p, i, ps, n, values, o, hd, c) },
+                (true, 3) => unsafe { values_block::<3, 2, K>(p, i, ps, n, values, o, hd, c) },
+                (true, 2) => unsafe { values_block::<2, 2, K>(p, i, ps, n, values, o, hd, c) },
+                (true, _) => unsafe { values_block::<1, 2, K>(p, i, ps, n, values, o, hd, c) },
+                (false, 4) => unsafe { values_block::<4, 1, K>(p, i, ps, n, values, o, hd, c) },
+                (false, 3) => unsafe { values_block::<3, 1, K>(p, i, ps, n, values, o, hd, c) },
+                (false, 2) => unsafe { values_block::<2, 1, K>(p, i, ps, n, values, o, hd, c) },
+                (false, _) => unsafe { values_block::<1, 1, K>(p, i, ps, n, values, o, hd, c) },
             }
-            c += if (full - c) / L >= 2 { 2 * L } else { L };
+            c += if two { 2 * L } else { L };
         }
-        page_values_part(p, i..i + rows, ps, n, values, o, hd, full..hd);
         i += rows;
     }
 }
@@ -138,20 +254,21 @@ pub unsafe fn page_values_avx2(
 /// Outputs `i..i+R`, columns `c..c+8W`.
 ///
 /// # Safety
-/// AVX2 and FMA; the ranges inside the slices (see `page_values_avx2`).
-#[target_feature(enable = "avx2,fma")]
+/// AVX2, FMA and F16C; the ranges inside the slices (see `page_values_avx2`).
+#[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn values_block<const R: usize, const W: usize>(
+unsafe fn values_block<const R: usize, const W: usize, const K: u8>(
     p: &[f32],
     i: usize,
     ps: usize,
     n: usize,
-    values: &[f32],
+    values: Page,
     o: &mut [f32],
     hd: usize,
     c: usize,
 ) {
-    let (pp, vp, op) = (p.as_ptr(), values.as_ptr(), o.as_mut_ptr());
+    let (pp, op) = (p.as_ptr(), o.as_mut_ptr());
+    let nb = blocks(hd);
     let mut acc = [[_mm256_setzero_ps(); W]; R];
     for (r, acc) in acc.iter_mut().enumerate() {
         for (w, a) in acc.iter_mut().enumerate() {
@@ -161,7 +278,15 @@ unsafe fn values_block<const R: usize, const W: usize>(
     for j in 0..n {
         let mut v = [_mm256_setzero_ps(); W];
         for (w, v) in v.iter_mut().enumerate() {
-            *v = unsafe { _mm256_loadu_ps(vp.add(j * hd + c + w * L)) };
+            let col = c + w * L;
+            // Eight columns never straddle a block (8 divides 32).
+            let d = if K == Q8_0 {
+                let bits = unsafe { *values.scales.add(j * nb + col / BLOCK) };
+                _mm256_cvtph_ps(_mm_set1_epi16(bits as i16))
+            } else {
+                _mm256_setzero_ps()
+            };
+            *v = unsafe { load8::<K>(values, j * hd + col, d) };
         }
         for (r, acc) in acc.iter_mut().enumerate() {
             let x = _mm256_set1_ps(unsafe { *pp.add((i + r) * ps + j) });
