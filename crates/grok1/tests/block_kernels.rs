@@ -196,7 +196,7 @@ macro_rules! block_type_tests {
             #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
             $(
                 #[test]
-                fn $name(blocks in 1usize..5, rows in 1usize..20, m in 1usize..10, seed in any::<u64>()) {
+                fn $name(blocks in 1usize..10, rows in 1usize..20, m in 1usize..10, seed in any::<u64>()) {
                     check_type::<$t>($g, blocks, rows, m, seed);
                 }
             )*
