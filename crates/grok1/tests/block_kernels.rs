@@ -22,7 +22,7 @@ use grok1::backend::cpu::types::q5_0::Q5_0;
 use grok1::backend::cpu::types::q5_1::Q5_1;
 use grok1::backend::cpu::types::q5_k::Q5K;
 use grok1::backend::cpu::types::q6_k::Q6K;
-use grok1::backend::cpu::types::q8_blocks::{ActQ8, QuantBlock, BSUM_VALUES};
+use grok1::backend::cpu::types::q8_blocks::{tile_ints, ActQ8, QuantBlock, BSUM_VALUES};
 use grok1::backend::cpu::{CpuBackend, Isa};
 use grok1::backend::{Backend, RowMatrix};
 use grok1::quant::GgmlType;
@@ -154,7 +154,10 @@ fn check_type<T: RowBlock>(t: GgmlType, blocks: usize, rows: usize, m: usize, se
     // alone; and the backend's product (tasks, runs) on all rows.
     for isa in Isa::available() {
         let mut out = vec![f32::NAN; rows * m];
-        kernels::dot_rows_q8::<T>(isa, act.rows(0..m), &bytes, &mut out);
+        // Quantised on this ISA: with the tiles of its tile kernel, where it
+        // has one and there are enough rows.
+        let own = ActQ8::quantize(isa, &x, m, k, T::VALUES);
+        kernels::dot_rows_q8::<T>(isa, own.rows(0..m), &bytes, &mut out);
         assert!(
             out.iter()
                 .zip(&scalar)
@@ -196,7 +199,7 @@ macro_rules! block_type_tests {
             #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
             $(
                 #[test]
-                fn $name(blocks in 1usize..10, rows in 1usize..20, m in 1usize..10, seed in any::<u64>()) {
+                fn $name(blocks in 1usize..10, rows in 1usize..20, m in 1usize..40, seed in any::<u64>()) {
                     check_type::<$t>($g, blocks, rows, m, seed);
                 }
             )*
@@ -242,10 +245,13 @@ fn extreme_blocks_match_the_scalar_kernel() {
                 }
             }
             for sign in [1f32, -1.0] {
-                let x = vec![sign; 2 * k];
-                let act = ActQ8::quantize(Isa::Scalar, &x, 2, k, T::VALUES);
-                let mut scalar = vec![0f32; 6];
-                kernels::dot_rows_q8::<T>(Isa::Scalar, act.rows(0..2), &bytes, &mut scalar);
+                // 17 activation rows: the tile kernels' two tiles, one of
+                // them a single row.
+                let m = 17;
+                let x = vec![sign; m * k];
+                let act = ActQ8::quantize(Isa::Scalar, &x, m, k, T::VALUES);
+                let mut scalar = vec![0f32; 3 * m];
+                kernels::dot_rows_q8::<T>(Isa::Scalar, act.rows(0..m), &bytes, &mut scalar);
                 let mut w = vec![0f32; k];
                 t.dequantize_row(&bytes[..blocks * T::BYTES], &mut w);
                 let exact: f64 = w.iter().map(|&w| f64::from(w) * f64::from(sign)).sum();
@@ -256,8 +262,9 @@ fn extreme_blocks_match_the_scalar_kernel() {
                     scalar[0]
                 );
                 for isa in Isa::available() {
-                    let mut out = vec![0f32; 6];
-                    kernels::dot_rows_q8::<T>(isa, act.rows(0..2), &bytes, &mut out);
+                    let own = ActQ8::quantize(isa, &x, m, k, T::VALUES);
+                    let mut out = vec![0f32; 3 * m];
+                    kernels::dot_rows_q8::<T>(isa, own.rows(0..m), &bytes, &mut out);
                     assert!(
                         out.iter()
                             .zip(&scalar)
@@ -278,4 +285,35 @@ fn extreme_blocks_match_the_scalar_kernel() {
     extreme::<Q4_1>(GgmlType::Q4_1);
     extreme::<Q5_0>(GgmlType::Q5_0);
     extreme::<Q5_1>(GgmlType::Q5_1);
+}
+
+/// The tile form of each block type (`TileBlock`: codes in value order,
+/// sub-block scales, coefficients of the sums of 16), which the tile kernels
+/// multiply, gives the same integers as its `ints`, on random blocks and
+/// activations.
+#[test]
+fn tile_form_gives_the_block_integers() {
+    fn check<T: RowBlock>(t: GgmlType) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..200 {
+            let bytes = random_rows::<T>(1, 1, &mut rng);
+            let x = random_acts(1, T::VALUES, &mut rng);
+            let act = ActQ8::quantize(Isa::Scalar, &x, 1, T::VALUES, T::VALUES);
+            let want = T::ints(&bytes, &act.q, &act.bsums, act.xsum[0]);
+            let got = tile_ints::<T>(&bytes, &act.q, &act.bsums);
+            assert_eq!(got.0, want.0, "{t}: a");
+            if T::HAS_B {
+                assert_eq!(got.1, want.1, "{t}: b");
+            }
+        }
+    }
+    check::<Q4K>(GgmlType::Q4K);
+    check::<Q6K>(GgmlType::Q6K);
+    check::<Q2K>(GgmlType::Q2K);
+    check::<Q3K>(GgmlType::Q3K);
+    check::<Q5K>(GgmlType::Q5K);
+    check::<Q4_0>(GgmlType::Q4_0);
+    check::<Q4_1>(GgmlType::Q4_1);
+    check::<Q5_0>(GgmlType::Q5_0);
+    check::<Q5_1>(GgmlType::Q5_1);
 }

@@ -22,9 +22,9 @@ use super::types::q8_0::{
     dot_q8_0_rows_int8_scalar, dot_q8_0_rows_scalar, paired_index, ActQ8_0, Q8_0Acts, Q8_0Tiles,
     Q8_0_BLOCK_BYTES, Q8_0_VALUES,
 };
+use super::types::q8_blocks::{dot_rows_q8_scalar, ActQ8, ActQ8Rows, ActTiles, BSUM_VALUES};
 #[cfg(not(target_arch = "x86_64"))]
-use super::types::q8_blocks::QuantBlock;
-use super::types::q8_blocks::{dot_rows_q8_scalar, ActQ8, ActQ8Rows, BSUM_VALUES};
+use super::types::q8_blocks::{QuantBlock, TileBlock};
 
 // The checkpoint's int8 matrices (`types::int8_ckpt`), with f32 or int8
 // activations.
@@ -598,7 +598,7 @@ impl ActQ8 {
             }
             *xs = s.iter().map(|&v| i32::from(v)).sum();
         }
-        ActQ8 {
+        let mut act = ActQ8 {
             m,
             k,
             block,
@@ -606,8 +606,24 @@ impl ActQ8 {
             d,
             bsums,
             xsum,
+            tiles: ActTiles::default(),
+        };
+        if q8_blocks_tiled(isa, m) {
+            act.tiles = ActTiles::new(&act);
         }
+        act
     }
+}
+
+/// Fewest activation rows the tile kernel of the K-quant and legacy types
+/// takes (`arch/x86/q8_blocks_vnni.rs`): it multiplies 16 rows (padding
+/// included) per instruction, and unpacks each weight block once for all
+/// of them; below, the AVX2 kernel's four rows per unpacking do less.
+pub const Q8_BLOCKS_TILE_MIN_M: usize = 8;
+
+/// Whether [`ActQ8::quantize`] lays out `m` rows for the tile kernel on `isa`.
+fn q8_blocks_tiled(isa: Isa, m: usize) -> bool {
+    matches!(isa, Isa::Avx512Vnni | Isa::Amx) && m >= Q8_BLOCKS_TILE_MIN_M
 }
 
 /// `out_t[c][i] = x[i] . row_c` for weight rows of block type `T` (`rows`
@@ -635,6 +651,13 @@ pub fn dot_rows_q8<T: RowBlock>(isa: Isa, act: ActQ8Rows, rows: &[u8], out_t: &m
     );
     match isa {
         #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni | Isa::Amx if act.tiles.is_some() => {
+            // SAFETY: both are only chosen when the CPU has AVX2, FMA, F16C
+            // and AVX-512 F/BW/VL/VNNI (Isa::best); the sizes are checked
+            // above, the tiles made by ActQ8::quantize for these rows.
+            unsafe { x86::q8_blocks_vnni::dot_rows_q8_vnni::<T>(act, rows, out_t) }
+        }
+        #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
             // SAFETY: AVX2/FMA are present (Isa::best), F16C with them on every
             // CPU that has both, and the sizes are checked above.
@@ -644,14 +667,16 @@ pub fn dot_rows_q8<T: RowBlock>(isa: Isa, act: ActQ8Rows, rows: &[u8], out_t: &m
     }
 }
 
-/// A block type with a fused product: its scalar reference (`types/`) and,
-/// on x86-64, its AVX2 integers (`arch/x86/`).
+/// A block type with a fused product: its scalar reference and tile form
+/// (`types/`) and, on x86-64, its AVX2 integers and VNNI unpacking
+/// (`arch/x86/`).
 #[cfg(target_arch = "x86_64")]
-pub trait RowBlock: x86::q8_blocks_i8::Avx2Block {}
+pub trait RowBlock: x86::q8_blocks_i8::Avx2Block + x86::q8_blocks_vnni::VnniBlock {}
 #[cfg(target_arch = "x86_64")]
-impl<T: x86::q8_blocks_i8::Avx2Block> RowBlock for T {}
-/// A block type with a fused product: its scalar reference (`types/`).
+impl<T: x86::q8_blocks_i8::Avx2Block + x86::q8_blocks_vnni::VnniBlock> RowBlock for T {}
+/// A block type with a fused product: its scalar reference and tile form
+/// (`types/`).
 #[cfg(not(target_arch = "x86_64"))]
-pub trait RowBlock: QuantBlock {}
+pub trait RowBlock: QuantBlock + TileBlock {}
 #[cfg(not(target_arch = "x86_64"))]
-impl<T: QuantBlock> RowBlock for T {}
+impl<T: QuantBlock + TileBlock> RowBlock for T {}
