@@ -41,32 +41,6 @@ pub trait VnniBlock: TileBlock {
     }
 }
 
-impl VnniBlock for crate::backend::cpu::types::q4_k::Q4K {
-    #[inline(always)]
-    unsafe fn codes_simd(block: *const u8, out: *mut u8) {
-        // SAFETY: the caller's: 128 code bytes 16 bytes into the block, 256
-        // bytes at out.
-        unsafe {
-            let m4 = _mm256_set1_epi8(0x0F);
-            for c in 0..4 {
-                let q = _mm256_loadu_si256(block.add(16 + 32 * c) as *const __m256i);
-                let lo = _mm256_and_si256(q, m4);
-                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
-                _mm256_storeu_si256(out.add(64 * c) as *mut __m256i, lo);
-                _mm256_storeu_si256(out.add(64 * c + 32) as *mut __m256i, hi);
-            }
-        }
-    }
-}
-impl VnniBlock for crate::backend::cpu::types::q5_k::Q5K {}
-impl VnniBlock for crate::backend::cpu::types::q6_k::Q6K {}
-impl VnniBlock for crate::backend::cpu::types::q3_k::Q3K {}
-impl VnniBlock for crate::backend::cpu::types::q2_k::Q2K {}
-impl VnniBlock for crate::backend::cpu::types::q4_0::Q4_0 {}
-impl VnniBlock for crate::backend::cpu::types::q4_1::Q4_1 {}
-impl VnniBlock for crate::backend::cpu::types::q5_0::Q5_0 {}
-impl VnniBlock for crate::backend::cpu::types::q5_1::Q5_1 {}
-
 /// Weight rows per group: their sums for a tile stay in registers.
 const GROUP: usize = 8;
 
