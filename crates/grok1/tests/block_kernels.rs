@@ -254,7 +254,14 @@ fn extreme_blocks_match_the_scalar_kernel() {
                 kernels::dot_rows_q8::<T>(Isa::Scalar, act.rows(0..m), &bytes, &mut scalar);
                 let mut w = vec![0f32; k];
                 t.dequantize_row(&bytes[..blocks * T::BYTES], &mut w);
-                let exact: f64 = w.iter().map(|&w| f64::from(w) * f64::from(sign)).sum();
+                // Against the activations as quantised (the legacy types'
+                // q8_0 scale is rounded to f16, as llama.cpp's).
+                let xd = act.dequantize_row(0);
+                let exact: f64 = w
+                    .iter()
+                    .zip(&xd)
+                    .map(|(&w, &x)| f64::from(w) * f64::from(x))
+                    .sum();
                 let mag: f64 = w.iter().map(|&w| f64::from(w.abs())).sum::<f64>() * 4.0;
                 assert!(
                     (f64::from(scalar[0]) - exact).abs() <= rounding_bound(4 * blocks, mag),
@@ -316,4 +323,90 @@ fn tile_form_gives_the_block_integers() {
     check::<Q4_1>(GgmlType::Q4_1);
     check::<Q5_0>(GgmlType::Q5_0);
     check::<Q5_1>(GgmlType::Q5_1);
+}
+
+/// The activation test vector of [`activations_quantised_as_llama_cpp`]:
+/// four blocks of 256 (an irregular ramp; halves of integers, whose codes
+/// are ties, with the first largest magnitude negative; a quadratic ramp;
+/// zeros), exact in f32 and the same in `bench/llama_q8_acts.c`.
+fn llama_test_vector() -> Vec<f32> {
+    let mut x = vec![0f32; 1024];
+    for i in 0..256 {
+        x[i] = ((i * 7919) % 2001) as f32 - 1000.0;
+        x[i] /= 997.0;
+        x[256 + i] = (i % 254) as f32 - 127.0 + 0.5;
+        x[512 + i] = (i * i % 97) as f32 * 0.013 - 0.6;
+    }
+    x[256 + 10] = -127.0;
+    x[256 + 200] = 127.0;
+    x
+}
+
+/// Activations are quantised as llama.cpp's CPU backend quantises them (q8_K
+/// for the K-quants, q8_0 for the legacy types), on every ISA: per block,
+/// the scale's bits and `sum((i + 1) * q[i])`, as printed by
+/// `bench/llama_q8_acts.c` built against llama.cpp 0.3.36's ggml.
+#[test]
+fn activations_quantised_as_llama_cpp() {
+    const Q8_K: [(u32, i64); 4] = [
+        (0x3c016565, -25409),
+        (0x3f800000, 1311650),
+        (0xbba731b7, -224503),
+        (0x00000000, 0),
+    ];
+    const Q8_0: [(u32, i64); 32] = [
+        (0x3c016000, 7016),
+        (0x3c008000, 736),
+        (0x3bff2000, -12047),
+        (0x3bfca000, 9024),
+        (0x3bfd6000, -1996),
+        (0x3bfe6000, -3734),
+        (0x3c002000, 9310),
+        (0x3bf9c000, -5638),
+        (0x3f800000, -56009),
+        (0x3f3e8000, -52367),
+        (0x3efc0000, -44840),
+        (0x3e75e000, -21628),
+        (0x3e830000, 45713),
+        (0x3f020000, 56264),
+        (0x3f800000, 45965),
+        (0x3f7f0000, 46591),
+        (0x3ba74000, 7757),
+        (0x3b9d2000, 15536),
+        (0x3ba74000, -7322),
+        (0x3ba74000, 3901),
+        (0x3b9d2000, 12671),
+        (0x3ba74000, -3701),
+        (0x3ba74000, 4979),
+        (0x3b9d2000, 12146),
+        (0x00000000, 0),
+        (0x00000000, 0),
+        (0x00000000, 0),
+        (0x00000000, 0),
+        (0x00000000, 0),
+        (0x00000000, 0),
+        (0x00000000, 0),
+        (0x00000000, 0),
+    ];
+    let x = llama_test_vector();
+    for isa in Isa::available() {
+        for (block, want) in [(256, &Q8_K[..]), (32, &Q8_0[..])] {
+            let act = ActQ8::quantize(isa, &x, 1, x.len(), block);
+            for (b, &(d, sum)) in want.iter().enumerate() {
+                let q = &act.q[b * block..(b + 1) * block];
+                let got: i64 = q
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| (i as i64 + 1) * i64::from(v))
+                    .sum();
+                assert_eq!(
+                    act.d[b].to_bits(),
+                    d,
+                    "{} block {b} of {block}: scale",
+                    isa.name()
+                );
+                assert_eq!(got, sum, "{} block {b} of {block}: codes", isa.name());
+            }
+        }
+    }
 }

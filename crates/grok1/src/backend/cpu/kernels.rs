@@ -22,7 +22,9 @@ use super::types::q8_0::{
     dot_q8_0_rows_int8_scalar, dot_q8_0_rows_scalar, paired_index, ActQ8_0, Q8_0Acts, Q8_0Tiles,
     Q8_0_BLOCK_BYTES, Q8_0_VALUES,
 };
-use super::types::q8_blocks::{dot_rows_q8_scalar, ActQ8, ActQ8Rows, ActTiles, BSUM_VALUES};
+use super::types::q8_blocks::{
+    dot_rows_q8_scalar, quantize_q8_0, quantize_q8_k, ActQ8, ActQ8Rows, ActTiles, BSUM_VALUES,
+};
 #[cfg(not(target_arch = "x86_64"))]
 use super::types::q8_blocks::{QuantBlock, TileBlock};
 
@@ -572,8 +574,9 @@ pub fn read_sum(isa: Isa, words: &[u64]) -> u64 {
 
 impl ActQ8 {
     /// Quantises `x` (`[m, k]`) in blocks of `block` values (`k` a multiple
-    /// of it, and `block` of 16) on the given instruction set (the same
-    /// result on each: `quantize_block`).
+    /// of it, and `block` of 16) as llama.cpp does (`q8_blocks::quantize_q8_k`
+    /// for blocks of 256, else `quantize_q8_0`), on the given instruction set
+    /// (the same result on each).
     pub fn quantize(isa: Isa, x: &[f32], m: usize, k: usize, block: usize) -> ActQ8 {
         assert!(
             block.is_multiple_of(BSUM_VALUES) && k.is_multiple_of(block) && x.len() == m * k,
@@ -585,7 +588,7 @@ impl ActQ8 {
         let d: Vec<f32> = x
             .chunks_exact(block)
             .zip(q.chunks_exact_mut(block))
-            .map(|(src, dst)| quantize_block(isa, src, dst))
+            .map(|(src, dst)| quantize_act_block(isa, src, dst))
             .collect();
         for ((q, s), xs) in q
             .chunks_exact(block)
@@ -612,6 +615,27 @@ impl ActQ8 {
             act.tiles = ActTiles::new(&act);
         }
         act
+    }
+}
+
+/// One block of [`ActQ8`]: llama.cpp's q8_K for 256 values, its q8_0 for
+/// others.
+fn quantize_act_block(isa: Isa, src: &[f32], dst: &mut [i8]) -> f32 {
+    assert_eq!(src.len(), dst.len(), "quantize_act_block: lengths differ");
+    let q8_k = src.len() == 256;
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: these ISAs are only chosen when the CPU has AVX2 and FMA
+        // (Isa::best); the lengths are checked above.
+        Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => unsafe {
+            if q8_k {
+                x86::quantize::quantize_q8_k_avx2(src, dst)
+            } else {
+                x86::quantize::quantize_q8_0_avx2(src, dst)
+            }
+        },
+        _ if q8_k => quantize_q8_k(src, dst),
+        _ => quantize_q8_0(src, dst),
     }
 }
 

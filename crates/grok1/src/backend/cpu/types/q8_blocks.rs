@@ -23,12 +23,11 @@ use crate::backend::cpu::common::{Aligned, ROW_PAD};
 pub const BSUM_VALUES: usize = 16;
 
 /// Activations `[m, k]` quantised per block of `block` values along `k` (the
-/// weights' own block): per block `q = round(x / s)` with `s = absmax / 127`
-/// (rounding half away from zero, as `quantize_row_i8`), with the exact sums
-/// of each 16 values (`bsums`, used for the weights' mins and offsets) and of
-/// each block (`xsum`). llama.cpp's q8_K uses `-128 / max` and q8_1 keeps
-/// `d * sum` in f16; these keep llama.cpp's blocks, and the integer sums
-/// exact.
+/// weights' own block) as llama.cpp quantises them for these products
+/// ([`quantize_q8_k`] for 256-value blocks, [`quantize_q8_0`] for 32), so
+/// that a file gives the same integers here as there, with the exact sums
+/// of each 16 values (`bsums`, used for the weights' mins and offsets) and
+/// of each block (`xsum`; llama.cpp's q8_1 keeps `d * sum` in f16 instead).
 pub struct ActQ8 {
     pub m: usize,
     pub k: usize,
@@ -281,4 +280,61 @@ pub fn legacy_tile_scales<T: QuantBlock>(sc: &mut [i32], ca: &mut [i16], cb: &mu
     sc.fill(1);
     ca.fill(-(T::OFFSET as i16));
     cb.fill(i16::from(T::B_IS_XSUM));
+}
+
+/// llama.cpp's q8_K quantisation of one block (`quantize_row_q8_K_ref`, the
+/// one its CPU backend runs): `max` is the first value of the largest
+/// magnitude, sign kept, `iscale = -127 / max`, `q = min(127,
+/// round_half_even(iscale * x))`, and the scale is `1 / iscale` (negative
+/// for a positive `max`: the codes carry the opposite sign). An all-zero
+/// block is zeros with scale 0; a block whose magnitudes are not all finite
+/// is zeros with a NaN scale, as `quantize_row_i8` (NaN values are skipped
+/// in the search and give 0).
+pub fn quantize_q8_k(src: &[f32], dst: &mut [i8]) -> f32 {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &x in src {
+        if x.abs() > amax {
+            amax = x.abs();
+            max = x;
+        }
+    }
+    if amax == 0.0 || !amax.is_finite() {
+        dst.fill(0);
+        return if amax.is_finite() { 0.0 } else { f32::NAN };
+    }
+    let iscale = -127.0 / max;
+    for (o, &x) in dst.iter_mut().zip(src) {
+        *o = round_code(iscale * x);
+    }
+    1.0 / iscale
+}
+
+/// llama.cpp's q8_0 quantisation of one block of 32 as its x86 backend runs
+/// it (`quantize_row_q8_0`, AVX): `d = absmax / 127` rounded to f16 (the
+/// block's stored scale), `q = round_half_even(x * (127 / absmax))`. The
+/// same non-finite rules as [`quantize_q8_k`].
+pub fn quantize_q8_0(src: &[f32], dst: &mut [i8]) -> f32 {
+    let amax = src
+        .iter()
+        .fold(0f32, |m, &x| if x.abs() > m { x.abs() } else { m });
+    if amax == 0.0 || !amax.is_finite() {
+        dst.fill(0);
+        return if amax.is_finite() { 0.0 } else { f32::NAN };
+    }
+    let id = 127.0 / amax;
+    for (o, &x) in dst.iter_mut().zip(src) {
+        *o = round_code(x * id);
+    }
+    half::f16::from_f32(amax / 127.0).to_f32()
+}
+
+/// `min(127, round_half_even(v))` as a code, NaN to 0 (`|v| <= 127` but for
+/// rounding: `v` is a value times 127 over the block's largest magnitude).
+#[inline(always)]
+pub fn round_code(v: f32) -> i8 {
+    if v.is_nan() {
+        0
+    } else {
+        v.round_ties_even().min(127.0) as i8
+    }
 }
