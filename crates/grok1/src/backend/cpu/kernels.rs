@@ -643,7 +643,7 @@ fn quantize_act_block(isa: Isa, src: &[f32], dst: &mut [i8]) -> f32 {
 /// takes (`arch/x86/q8_blocks_vnni.rs`): it multiplies 16 rows (padding
 /// included) per instruction, and unpacks each weight block once for all
 /// of them; below, the AVX2 kernel's four rows per unpacking do less.
-pub const Q8_BLOCKS_TILE_MIN_M: usize = 8;
+pub const Q8_BLOCKS_TILE_MIN_M: usize = 10;
 
 /// Whether [`ActQ8::quantize`] lays out `m` rows for the tile kernel on `isa`.
 fn q8_blocks_tiled(isa: Isa, m: usize) -> bool {
