@@ -3,11 +3,21 @@
 //! in the exact mode and with int8 activations, cycling through enough copies
 //! of the matrix to exceed the caches; with no arguments also the f32 row dot
 //! of the output projection. `KERNEL_BENCH_FORMAT=q8_0` times the same shapes
-//! as GGUF Q8_0 rows (`n` rows of `k`) instead.
+//! as GGUF Q8_0 rows (`n` rows of `k`) instead; `KERNEL_BENCH_FORMAT=q4_k`
+//! (or any K-quant or legacy block type's name) times that type's fused
+//! product: first its kernel alone on one thread over 1 MiB of rows (in
+//! cache: the arithmetic's speed) at `m` and at 4 activation rows, then the
+//! whole product on the pool over matrices that exceed the caches.
 
 use std::time::Instant;
 
-use grok1::backend::{cpu::CpuBackend, Backend, F32Matrix, QuantMatrix, RowMatrix};
+use grok1::backend::cpu::types::q8_blocks::{ActQ8, QuantBlock};
+use grok1::backend::cpu::types::{
+    q2_k::Q2K, q3_k::Q3K, q4_0::Q4_0, q4_1::Q4_1, q4_k::Q4K, q5_0::Q5_0, q5_1::Q5_1, q5_k::Q5K,
+    q6_k::Q6K,
+};
+use grok1::backend::cpu::{kernels, CpuBackend};
+use grok1::backend::{Backend, F32Matrix, QuantMatrix, RowMatrix};
 use grok1::quant::GgmlType;
 use grok1::weights::{DType, TensorData};
 
@@ -27,8 +37,19 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(512);
     let copies = (mib << 20).div_ceil(k * n).max(1);
-    if std::env::var("KERNEL_BENCH_FORMAT").as_deref() == Ok("q8_0") {
-        return q8_0(k, n, m, reps, copies);
+    match std::env::var("KERNEL_BENCH_FORMAT").as_deref() {
+        Ok("q8_0") => return q8_0(k, n, m, reps, copies),
+        Ok("q2_k") => return blocks::<Q2K>(GgmlType::Q2K, k, n, m, reps, copies),
+        Ok("q3_k") => return blocks::<Q3K>(GgmlType::Q3K, k, n, m, reps, copies),
+        Ok("q4_k") => return blocks::<Q4K>(GgmlType::Q4K, k, n, m, reps, copies),
+        Ok("q5_k") => return blocks::<Q5K>(GgmlType::Q5K, k, n, m, reps, copies),
+        Ok("q6_k") => return blocks::<Q6K>(GgmlType::Q6K, k, n, m, reps, copies),
+        Ok("q4_0") => return blocks::<Q4_0>(GgmlType::Q4_0, k, n, m, reps, copies),
+        Ok("q4_1") => return blocks::<Q4_1>(GgmlType::Q4_1, k, n, m, reps, copies),
+        Ok("q5_0") => return blocks::<Q5_0>(GgmlType::Q5_0, k, n, m, reps, copies),
+        Ok("q5_1") => return blocks::<Q5_1>(GgmlType::Q5_1, k, n, m, reps, copies),
+        Ok(other) if !other.is_empty() => panic!("KERNEL_BENCH_FORMAT={other}: no such type"),
+        _ => {}
     }
     let ws: Vec<QuantMatrix> = (0..copies)
         .map(|c| {
@@ -122,6 +143,83 @@ fn q8_0(k: usize, n: usize, m: usize, reps: usize, copies: usize) {
         let secs = time_products(&ws, reps, &mut out, product);
         report(&name, n * k / 32 * 34, 2 * m * k * n, reps, secs, &backend);
     }
+}
+
+/// `rows` rows of `k` values of block type `T`: random codes, the f16
+/// scales set to small finite values.
+fn random_rows<T: QuantBlock>(rows: usize, k: usize, seed: usize) -> Vec<u8> {
+    let blocks = rows * k / T::VALUES;
+    let mut data: Vec<u8> = (0..blocks * T::BYTES)
+        .map(|i| (((i + seed) * 2_654_435_761) >> 13) as u8)
+        .collect();
+    for (b, block) in data.chunks_exact_mut(T::BYTES).enumerate() {
+        let d = half::f16::from_f32(0.01 + (b % 7) as f32 * 0.001).to_le_bytes();
+        block[T::SA_AT..T::SA_AT + 2].copy_from_slice(&d);
+        if T::HAS_B {
+            block[T::SB_AT..T::SB_AT + 2].copy_from_slice(&d);
+        }
+    }
+    data
+}
+
+/// A block type's fused product: its kernel alone on one thread, in cache,
+/// then the whole product (`matmul_rows_fast`) on `copies` matrices.
+fn blocks<T: kernels::RowBlock>(
+    dtype: GgmlType,
+    k: usize,
+    n: usize,
+    m: usize,
+    reps: usize,
+    copies: usize,
+) {
+    let backend = CpuBackend::new();
+    let isa = backend.isa();
+    let row_bytes = k / T::VALUES * T::BYTES;
+    let x: Vec<f32> = (0..4 * k)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01)
+        .collect();
+    // In cache: 1 MiB of rows, best of many passes.
+    let rows = ((1 << 20) / row_bytes).max(8) / 8 * 8;
+    let w = random_rows::<T>(rows, k, 0);
+    for g in [m.min(4), 4] {
+        let act = ActQ8::quantize(isa, &x[..g * k], g, k, T::VALUES);
+        let mut out = vec![0f32; rows * g];
+        let mut best = f64::MAX;
+        for _ in 0..200 {
+            let start = Instant::now();
+            kernels::dot_rows_q8::<T>(isa, act.rows(0..g), &w, &mut out);
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+        println!(
+            "{dtype} kernel in cache [{rows} x {k}] m={g}: {:.2} GB/s of weights ({:.1} us) on one thread, {}",
+            (rows * row_bytes) as f64 / best / 1e9,
+            best * 1e6,
+            isa.name()
+        );
+    }
+    let ws: Vec<RowMatrix> = (0..copies)
+        .map(|c| RowMatrix {
+            rows: n,
+            cols: k,
+            dtype,
+            data: TensorData::owned(random_rows::<T>(n, k, c)),
+        })
+        .collect();
+    let x: Vec<f32> = (0..m * k)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01)
+        .collect();
+    let mut out = vec![0f32; m * n];
+    // The best of `reps` products: the machine may be shared.
+    let mut best = f64::MAX;
+    for r in 0..reps + ws.len() {
+        let start = Instant::now();
+        backend.matmul_rows_fast(&x, &ws[r % ws.len()], &mut out);
+        if r >= ws.len() {
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+    }
+    let name = format!("{dtype} fast [{n} x {k}] m={m}, best of {reps}");
+    report(&name, n * row_bytes, 2 * m * k * n, 1, best, &backend);
 }
 
 /// Seconds for `reps` products cycling through `ws`, after one of each.

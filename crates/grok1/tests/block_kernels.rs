@@ -22,7 +22,7 @@ use grok1::backend::cpu::types::q5_0::Q5_0;
 use grok1::backend::cpu::types::q5_1::Q5_1;
 use grok1::backend::cpu::types::q5_k::Q5K;
 use grok1::backend::cpu::types::q6_k::Q6K;
-use grok1::backend::cpu::types::q8_blocks::{ActQ8, QuantBlock, BSUM_VALUES};
+use grok1::backend::cpu::types::q8_blocks::{tile_ints, ActQ8, QuantBlock, BSUM_VALUES};
 use grok1::backend::cpu::{CpuBackend, Isa};
 use grok1::backend::{Backend, RowMatrix};
 use grok1::quant::GgmlType;
@@ -154,7 +154,10 @@ fn check_type<T: RowBlock>(t: GgmlType, blocks: usize, rows: usize, m: usize, se
     // alone; and the backend's product (tasks, runs) on all rows.
     for isa in Isa::available() {
         let mut out = vec![f32::NAN; rows * m];
-        kernels::dot_rows_q8::<T>(isa, act.rows(0..m), &bytes, &mut out);
+        // Quantised on this ISA: with the tiles of its tile kernel, where it
+        // has one and there are enough rows.
+        let own = ActQ8::quantize(isa, &x, m, k, T::VALUES);
+        kernels::dot_rows_q8::<T>(isa, own.rows(0..m), &bytes, &mut out);
         assert!(
             out.iter()
                 .zip(&scalar)
@@ -196,7 +199,7 @@ macro_rules! block_type_tests {
             #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
             $(
                 #[test]
-                fn $name(blocks in 1usize..5, rows in 1usize..20, m in 1usize..10, seed in any::<u64>()) {
+                fn $name(blocks in 1usize..10, rows in 1usize..20, m in 1usize..40, seed in any::<u64>()) {
                     check_type::<$t>($g, blocks, rows, m, seed);
                 }
             )*
@@ -242,13 +245,23 @@ fn extreme_blocks_match_the_scalar_kernel() {
                 }
             }
             for sign in [1f32, -1.0] {
-                let x = vec![sign; 2 * k];
-                let act = ActQ8::quantize(Isa::Scalar, &x, 2, k, T::VALUES);
-                let mut scalar = vec![0f32; 6];
-                kernels::dot_rows_q8::<T>(Isa::Scalar, act.rows(0..2), &bytes, &mut scalar);
+                // 17 activation rows: the tile kernels' two tiles, one of
+                // them a single row.
+                let m = 17;
+                let x = vec![sign; m * k];
+                let act = ActQ8::quantize(Isa::Scalar, &x, m, k, T::VALUES);
+                let mut scalar = vec![0f32; 3 * m];
+                kernels::dot_rows_q8::<T>(Isa::Scalar, act.rows(0..m), &bytes, &mut scalar);
                 let mut w = vec![0f32; k];
                 t.dequantize_row(&bytes[..blocks * T::BYTES], &mut w);
-                let exact: f64 = w.iter().map(|&w| f64::from(w) * f64::from(sign)).sum();
+                // Against the activations as quantised (the legacy types'
+                // q8_0 scale is rounded to f16, as llama.cpp's).
+                let xd = act.dequantize_row(0);
+                let exact: f64 = w
+                    .iter()
+                    .zip(&xd)
+                    .map(|(&w, &x)| f64::from(w) * f64::from(x))
+                    .sum();
                 let mag: f64 = w.iter().map(|&w| f64::from(w.abs())).sum::<f64>() * 4.0;
                 assert!(
                     (f64::from(scalar[0]) - exact).abs() <= rounding_bound(4 * blocks, mag),
@@ -256,8 +269,9 @@ fn extreme_blocks_match_the_scalar_kernel() {
                     scalar[0]
                 );
                 for isa in Isa::available() {
-                    let mut out = vec![0f32; 6];
-                    kernels::dot_rows_q8::<T>(isa, act.rows(0..2), &bytes, &mut out);
+                    let own = ActQ8::quantize(isa, &x, m, k, T::VALUES);
+                    let mut out = vec![0f32; 3 * m];
+                    kernels::dot_rows_q8::<T>(isa, own.rows(0..m), &bytes, &mut out);
                     assert!(
                         out.iter()
                             .zip(&scalar)
@@ -278,4 +292,121 @@ fn extreme_blocks_match_the_scalar_kernel() {
     extreme::<Q4_1>(GgmlType::Q4_1);
     extreme::<Q5_0>(GgmlType::Q5_0);
     extreme::<Q5_1>(GgmlType::Q5_1);
+}
+
+/// The tile form of each block type (`TileBlock`: codes in value order,
+/// sub-block scales, coefficients of the sums of 16), which the tile kernels
+/// multiply, gives the same integers as its `ints`, on random blocks and
+/// activations.
+#[test]
+fn tile_form_gives_the_block_integers() {
+    fn check<T: RowBlock>(t: GgmlType) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..200 {
+            let bytes = random_rows::<T>(1, 1, &mut rng);
+            let x = random_acts(1, T::VALUES, &mut rng);
+            let act = ActQ8::quantize(Isa::Scalar, &x, 1, T::VALUES, T::VALUES);
+            let want = T::ints(&bytes, &act.q, &act.bsums, act.xsum[0]);
+            let got = tile_ints::<T>(&bytes, &act.q, &act.bsums);
+            assert_eq!(got.0, want.0, "{t}: a");
+            if T::HAS_B {
+                assert_eq!(got.1, want.1, "{t}: b");
+            }
+        }
+    }
+    check::<Q4K>(GgmlType::Q4K);
+    check::<Q6K>(GgmlType::Q6K);
+    check::<Q2K>(GgmlType::Q2K);
+    check::<Q3K>(GgmlType::Q3K);
+    check::<Q5K>(GgmlType::Q5K);
+    check::<Q4_0>(GgmlType::Q4_0);
+    check::<Q4_1>(GgmlType::Q4_1);
+    check::<Q5_0>(GgmlType::Q5_0);
+    check::<Q5_1>(GgmlType::Q5_1);
+}
+
+/// The activation test vector of [`activations_quantised_as_llama_cpp`]:
+/// four blocks of 256 (an irregular ramp; halves of integers, whose codes
+/// are ties, with the first largest magnitude negative; a quadratic ramp;
+/// zeros), exact in f32 and the same in `bench/llama_q8_acts.c`.
+fn llama_test_vector() -> Vec<f32> {
+    let mut x = vec![0f32; 1024];
+    for i in 0..256 {
+        x[i] = ((i * 7919) % 2001) as f32 - 1000.0;
+        x[i] /= 997.0;
+        x[256 + i] = (i % 254) as f32 - 127.0 + 0.5;
+        x[512 + i] = (i * i % 97) as f32 * 0.013 - 0.6;
+    }
+    x[256 + 10] = -127.0;
+    x[256 + 200] = 127.0;
+    x
+}
+
+/// Activations are quantised as llama.cpp's CPU backend quantises them (q8_K
+/// for the K-quants, q8_0 for the legacy types), on every ISA: per block,
+/// the scale's bits and `sum((i + 1) * q[i])`, as printed by
+/// `bench/llama_q8_acts.c` built against llama.cpp 0.3.36's ggml.
+#[test]
+fn activations_quantised_as_llama_cpp() {
+    const Q8_K: [(u32, i64); 4] = [
+        (0x3c016565, -25409),
+        (0x3f800000, 1311650),
+        (0xbba731b7, -224503),
+        (0x00000000, 0),
+    ];
+    const Q8_0: [(u32, i64); 32] = [
+        (0x3c016000, 7016),
+        (0x3c008000, 736),
+        (0x3bff2000, -12047),
+        (0x3bfca000, 9024),
+        (0x3bfd6000, -1996),
+        (0x3bfe6000, -3734),
+        (0x3c002000, 9310),
+        (0x3bf9c000, -5638),
+        (0x3f800000, -56009),
+        (0x3f3e8000, -52367),
+        (0x3efc0000, -44840),
+        (0x3e75e000, -21628),
+        (0x3e830000, 45713),
+        (0x3f020000, 56264),
+        (0x3f800000, 45965),
+        (0x3f7f0000, 46591),
+        (0x3ba74000, 7757),
+        (0x3b9d2000, 15536),
+        (0x3ba74000, -7322),
+        (0x3ba74000, 3901),
+        (0x3b9d2000, 12671),
+        (0x3ba74000, -3701),
+        (0x3ba74000, 4979),
+        (0x3b9d2000, 12146),
+        (0x00000000, 0),
+        (0x00000000, 0),
+        (0x00000000, 0),
+        (0x00000000, 0),
+        (0x00000000, 0),
+        (0x00000000, 0),
+        (0x00000000, 0),
+        (0x00000000, 0),
+    ];
+    let x = llama_test_vector();
+    for isa in Isa::available() {
+        for (block, want) in [(256, &Q8_K[..]), (32, &Q8_0[..])] {
+            let act = ActQ8::quantize(isa, &x, 1, x.len(), block);
+            for (b, &(d, sum)) in want.iter().enumerate() {
+                let q = &act.q[b * block..(b + 1) * block];
+                let got: i64 = q
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| (i as i64 + 1) * i64::from(v))
+                    .sum();
+                assert_eq!(
+                    act.d[b].to_bits(),
+                    d,
+                    "{} block {b} of {block}: scale",
+                    isa.name()
+                );
+                assert_eq!(got, sum, "{} block {b} of {block}: codes", isa.name());
+            }
+        }
+    }
 }

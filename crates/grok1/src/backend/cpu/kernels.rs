@@ -22,9 +22,11 @@ use super::types::q8_0::{
     dot_q8_0_rows_int8_scalar, dot_q8_0_rows_scalar, paired_index, ActQ8_0, Q8_0Acts, Q8_0Tiles,
     Q8_0_BLOCK_BYTES, Q8_0_VALUES,
 };
+use super::types::q8_blocks::{
+    dot_rows_q8_scalar, quantize_q8_0, quantize_q8_k, ActQ8, ActQ8Rows, ActTiles, BSUM_VALUES,
+};
 #[cfg(not(target_arch = "x86_64"))]
-use super::types::q8_blocks::QuantBlock;
-use super::types::q8_blocks::{dot_rows_q8_scalar, ActQ8, ActQ8Rows, BSUM_VALUES};
+use super::types::q8_blocks::{QuantBlock, TileBlock};
 
 // The checkpoint's int8 matrices (`types::int8_ckpt`), with f32 or int8
 // activations.
@@ -572,8 +574,9 @@ pub fn read_sum(isa: Isa, words: &[u64]) -> u64 {
 
 impl ActQ8 {
     /// Quantises `x` (`[m, k]`) in blocks of `block` values (`k` a multiple
-    /// of it, and `block` of 16) on the given instruction set (the same
-    /// result on each: `quantize_block`).
+    /// of it, and `block` of 16) as llama.cpp does (`q8_blocks::quantize_q8_k`
+    /// for blocks of 256, else `quantize_q8_0`), on the given instruction set
+    /// (the same result on each).
     pub fn quantize(isa: Isa, x: &[f32], m: usize, k: usize, block: usize) -> ActQ8 {
         assert!(
             block.is_multiple_of(BSUM_VALUES) && k.is_multiple_of(block) && x.len() == m * k,
@@ -585,7 +588,7 @@ impl ActQ8 {
         let d: Vec<f32> = x
             .chunks_exact(block)
             .zip(q.chunks_exact_mut(block))
-            .map(|(src, dst)| quantize_block(isa, src, dst))
+            .map(|(src, dst)| quantize_act_block(isa, src, dst))
             .collect();
         for ((q, s), xs) in q
             .chunks_exact(block)
@@ -598,7 +601,7 @@ impl ActQ8 {
             }
             *xs = s.iter().map(|&v| i32::from(v)).sum();
         }
-        ActQ8 {
+        let mut act = ActQ8 {
             m,
             k,
             block,
@@ -606,8 +609,45 @@ impl ActQ8 {
             d,
             bsums,
             xsum,
+            tiles: ActTiles::default(),
+        };
+        if q8_blocks_tiled(isa, m) {
+            act.tiles = ActTiles::new(&act);
         }
+        act
     }
+}
+
+/// One block of [`ActQ8`]: llama.cpp's q8_K for 256 values, its q8_0 for
+/// others.
+fn quantize_act_block(isa: Isa, src: &[f32], dst: &mut [i8]) -> f32 {
+    assert_eq!(src.len(), dst.len(), "quantize_act_block: lengths differ");
+    let q8_k = src.len() == 256;
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: these ISAs are only chosen when the CPU has AVX2 and FMA
+        // (Isa::best); the lengths are checked above.
+        Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => unsafe {
+            if q8_k {
+                x86::quantize::quantize_q8_k_avx2(src, dst)
+            } else {
+                x86::quantize::quantize_q8_0_avx2(src, dst)
+            }
+        },
+        _ if q8_k => quantize_q8_k(src, dst),
+        _ => quantize_q8_0(src, dst),
+    }
+}
+
+/// Fewest activation rows the tile kernel of the K-quant and legacy types
+/// takes (`arch/x86/q8_blocks_vnni.rs`): it multiplies 16 rows (padding
+/// included) per instruction, and unpacks each weight block once for all
+/// of them; below, the AVX2 kernel's four rows per unpacking do less.
+pub const Q8_BLOCKS_TILE_MIN_M: usize = 10;
+
+/// Whether [`ActQ8::quantize`] lays out `m` rows for the tile kernel on `isa`.
+fn q8_blocks_tiled(isa: Isa, m: usize) -> bool {
+    matches!(isa, Isa::Avx512Vnni | Isa::Amx) && m >= Q8_BLOCKS_TILE_MIN_M
 }
 
 /// `out_t[c][i] = x[i] . row_c` for weight rows of block type `T` (`rows`
@@ -635,6 +675,13 @@ pub fn dot_rows_q8<T: RowBlock>(isa: Isa, act: ActQ8Rows, rows: &[u8], out_t: &m
     );
     match isa {
         #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni | Isa::Amx if act.tiles.is_some() => {
+            // SAFETY: both are only chosen when the CPU has AVX2, FMA, F16C
+            // and AVX-512 F/BW/VL/VNNI (Isa::best); the sizes are checked
+            // above, the tiles made by ActQ8::quantize for these rows.
+            unsafe { x86::q8_blocks_vnni::dot_rows_q8_vnni::<T>(act, rows, out_t) }
+        }
+        #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
             // SAFETY: AVX2/FMA are present (Isa::best), F16C with them on every
             // CPU that has both, and the sizes are checked above.
@@ -644,14 +691,16 @@ pub fn dot_rows_q8<T: RowBlock>(isa: Isa, act: ActQ8Rows, rows: &[u8], out_t: &m
     }
 }
 
-/// A block type with a fused product: its scalar reference (`types/`) and,
-/// on x86-64, its AVX2 integers (`arch/x86/`).
+/// A block type with a fused product: its scalar reference and tile form
+/// (`types/`) and, on x86-64, its AVX2 integers and VNNI unpacking
+/// (`arch/x86/`).
 #[cfg(target_arch = "x86_64")]
-pub trait RowBlock: x86::q8_blocks_i8::Avx2Block {}
+pub trait RowBlock: x86::q8_blocks_i8::Avx2Block + x86::q8_blocks_vnni::VnniBlock {}
 #[cfg(target_arch = "x86_64")]
-impl<T: x86::q8_blocks_i8::Avx2Block> RowBlock for T {}
-/// A block type with a fused product: its scalar reference (`types/`).
+impl<T: x86::q8_blocks_i8::Avx2Block + x86::q8_blocks_vnni::VnniBlock> RowBlock for T {}
+/// A block type with a fused product: its scalar reference and tile form
+/// (`types/`).
 #[cfg(not(target_arch = "x86_64"))]
-pub trait RowBlock: QuantBlock {}
+pub trait RowBlock: QuantBlock + TileBlock {}
 #[cfg(not(target_arch = "x86_64"))]
-impl<T: QuantBlock> RowBlock for T {}
+impl<T: QuantBlock + TileBlock> RowBlock for T {}

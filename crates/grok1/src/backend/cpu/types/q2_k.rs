@@ -43,3 +43,21 @@ impl QuantBlock for Q2K {
         (a, b)
     }
 }
+
+impl super::q8_blocks::TileBlock for Q2K {
+    const SUB: usize = 16;
+    const SCALED: bool = true;
+    const HAS_CA: bool = false;
+
+    fn tile_codes(block: &[u8], out: &mut [u8]) {
+        out.copy_from_slice(&q2_k_codes(block));
+    }
+
+    fn tile_scales(block: &[u8], sc: &mut [i32], ca: &mut [i16], cb: &mut [i16]) {
+        for j in 0..16 {
+            sc[j] = i32::from(block[j] & 0x0F);
+            cb[j] = i16::from(block[j] >> 4);
+        }
+        ca.fill(0);
+    }
+}

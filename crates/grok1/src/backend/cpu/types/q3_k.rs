@@ -60,3 +60,22 @@ impl QuantBlock for Q3K {
         (a, 0)
     }
 }
+
+impl super::q8_blocks::TileBlock for Q3K {
+    const SUB: usize = 16;
+    const SCALED: bool = true;
+    const HAS_CA: bool = true;
+
+    fn tile_codes(block: &[u8], out: &mut [u8]) {
+        out.copy_from_slice(&q3_k_codes(block));
+    }
+
+    /// `ca = -4 * sc`: the codes' offset.
+    fn tile_scales(block: &[u8], sc: &mut [i32], ca: &mut [i16], cb: &mut [i16]) {
+        for (j, &s) in q3_k_scales(&block[96..108]).iter().enumerate() {
+            sc[j] = i32::from(s);
+            ca[j] = -4 * i16::from(s);
+        }
+        cb.fill(0);
+    }
+}

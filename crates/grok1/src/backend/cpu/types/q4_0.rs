@@ -42,3 +42,17 @@ impl QuantBlock for Q4_0 {
         (dot_codes(&codes, x) - Self::OFFSET * xsum, 0)
     }
 }
+
+impl super::q8_blocks::TileBlock for Q4_0 {
+    const SUB: usize = 32;
+    const SCALED: bool = false;
+    const HAS_CA: bool = true;
+
+    fn tile_codes(block: &[u8], out: &mut [u8]) {
+        out.copy_from_slice(&legacy_codes(&block[2..18], None));
+    }
+
+    fn tile_scales(_block: &[u8], sc: &mut [i32], ca: &mut [i16], cb: &mut [i16]) {
+        super::q8_blocks::legacy_tile_scales::<Self>(sc, ca, cb);
+    }
+}

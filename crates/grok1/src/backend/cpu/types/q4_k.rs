@@ -57,3 +57,29 @@ impl QuantBlock for Q4K {
         (a, b)
     }
 }
+
+impl super::q8_blocks::TileBlock for Q4K {
+    const SUB: usize = 32;
+    const SCALED: bool = true;
+    const HAS_CA: bool = false;
+
+    fn tile_codes(block: &[u8], out: &mut [u8]) {
+        for (chunk, o) in out.chunks_exact_mut(64).enumerate() {
+            let q = &block[16 + 32 * chunk..16 + 32 * chunk + 32];
+            for l in 0..32 {
+                o[l] = q[l] & 0x0F;
+                o[32 + l] = q[l] >> 4;
+            }
+        }
+    }
+
+    fn tile_scales(block: &[u8], sc: &mut [i32], ca: &mut [i16], cb: &mut [i16]) {
+        let (s, mn) = k4_scales_mins(&block[4..16]);
+        for j in 0..8 {
+            sc[j] = i32::from(s[j]);
+            cb[2 * j] = i16::from(mn[j]);
+            cb[2 * j + 1] = i16::from(mn[j]);
+        }
+        ca.fill(0);
+    }
+}

@@ -22,3 +22,17 @@ impl QuantBlock for Q5_1 {
         (dot_codes(&codes, x), xsum)
     }
 }
+
+impl super::q8_blocks::TileBlock for Q5_1 {
+    const SUB: usize = 32;
+    const SCALED: bool = false;
+    const HAS_CA: bool = false;
+
+    fn tile_codes(block: &[u8], out: &mut [u8]) {
+        out.copy_from_slice(&legacy_codes(&block[8..24], Some(qh_at(block, 4))));
+    }
+
+    fn tile_scales(_block: &[u8], sc: &mut [i32], ca: &mut [i16], cb: &mut [i16]) {
+        super::q8_blocks::legacy_tile_scales::<Self>(sc, ca, cb);
+    }
+}

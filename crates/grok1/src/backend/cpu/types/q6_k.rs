@@ -53,3 +53,23 @@ impl QuantBlock for Q6K {
         (a, 0)
     }
 }
+
+impl super::q8_blocks::TileBlock for Q6K {
+    const SUB: usize = 16;
+    const SCALED: bool = true;
+    const HAS_CA: bool = true;
+
+    fn tile_codes(block: &[u8], out: &mut [u8]) {
+        out.copy_from_slice(&q6_k_codes(block));
+    }
+
+    /// `ca = -32 * sc`: the codes' offset.
+    fn tile_scales(block: &[u8], sc: &mut [i32], ca: &mut [i16], cb: &mut [i16]) {
+        for j in 0..16 {
+            let s = block[192 + j] as i8;
+            sc[j] = i32::from(s);
+            ca[j] = -32 * i16::from(s);
+        }
+        cb.fill(0);
+    }
+}

@@ -17,16 +17,17 @@
 
 use std::ops::Range;
 
+use crate::backend::cpu::common::{Aligned, ROW_PAD};
+
 /// Values per sub-block sum of the activations (q8_K's `bsums`).
 pub const BSUM_VALUES: usize = 16;
 
 /// Activations `[m, k]` quantised per block of `block` values along `k` (the
-/// weights' own block): per block `q = round(x / s)` with `s = absmax / 127`
-/// (rounding half away from zero, as `quantize_row_i8`), with the exact sums
-/// of each 16 values (`bsums`, used for the weights' mins and offsets) and of
-/// each block (`xsum`). llama.cpp's q8_K uses `-128 / max` and q8_1 keeps
-/// `d * sum` in f16; these keep llama.cpp's blocks, and the integer sums
-/// exact.
+/// weights' own block) as llama.cpp quantises them for these products
+/// ([`quantize_q8_k`] for 256-value blocks, [`quantize_q8_0`] for 32), so
+/// that a file gives the same integers here as there, with the exact sums
+/// of each 16 values (`bsums`, used for the weights' mins and offsets) and
+/// of each block (`xsum`; llama.cpp's q8_1 keeps `d * sum` in f16 instead).
 pub struct ActQ8 {
     pub m: usize,
     pub k: usize,
@@ -40,6 +41,76 @@ pub struct ActQ8 {
     pub bsums: Vec<i16>,
     /// `[m, k / block]` sums of each block's values.
     pub xsum: Vec<i32>,
+    /// The same activations laid out for the tile kernels, where the
+    /// instruction set has them and there are enough rows (else empty).
+    pub tiles: ActTiles,
+}
+
+/// Activations in tiles of [`ROW_PAD`] rows (zero rows past `m`), for the
+/// tile kernels, which multiply sixteen activation rows (one per i32 lane)
+/// by a weight row's four codes broadcast: per tile and block, `VALUES / 4`
+/// vectors of 64 bytes, row `r`'s four values of each quad at `4 * r`, each
+/// plus 128 (`vpdpbusd`'s unsigned side; the weights' code sums take the 128
+/// back off); the block's scales of the 16 rows; and per pair of sums of 16
+/// (`bsums[2p]`, `bsums[2p + 1]`), the 16 rows' pairs as i16 halves of an
+/// i32.
+pub struct ActTiles {
+    pub q: Aligned<i8>,
+    /// `[tile][block][ROW_PAD]`.
+    pub d: Vec<f32>,
+    /// `[tile][block][VALUES / 32][ROW_PAD]`.
+    pub bs: Vec<i32>,
+}
+
+impl Default for ActTiles {
+    /// No tiles.
+    fn default() -> Self {
+        ActTiles {
+            q: Aligned::zeros(0),
+            d: Vec::new(),
+            bs: Vec::new(),
+        }
+    }
+}
+
+impl ActTiles {
+    /// The tiles of `act` (its `m` rows).
+    pub fn new(act: &ActQ8) -> ActTiles {
+        let (m, k, values) = (act.m, act.k, act.block);
+        let (blocks, pairs, quads) = (k / values, values / 32, values / 4);
+        let tiles = m.div_ceil(ROW_PAD);
+        let mut q = Aligned::zeros(tiles * k * ROW_PAD);
+        let qs = q.as_mut_slice();
+        let mut d = vec![0f32; tiles * blocks * ROW_PAD];
+        let mut bs = vec![0i32; tiles * blocks * pairs * ROW_PAD];
+        // Padding rows: zero activations, stored plus 128 as every other.
+        qs.fill(-128);
+        for i in 0..m {
+            let (t, r) = (i / ROW_PAD, i % ROW_PAD);
+            for b in 0..blocks {
+                let tb = t * blocks + b;
+                d[tb * ROW_PAD + r] = act.d[i * blocks + b];
+                for p in 0..pairs {
+                    let at = (i * k + b * values) / BSUM_VALUES + 2 * p;
+                    let pair = u32::from(act.bsums[at] as u16)
+                        | (u32::from(act.bsums[at + 1] as u16) << 16);
+                    bs[(tb * pairs + p) * ROW_PAD + r] = pair as i32;
+                }
+                for qd in 0..quads {
+                    let dst = ((tb * quads + qd) * ROW_PAD + r) * 4;
+                    let src = i * k + b * values + 4 * qd;
+                    for (o, &v) in qs[dst..dst + 4].iter_mut().zip(&act.q[src..src + 4]) {
+                        *o = (v as u8 ^ 0x80) as i8;
+                    }
+                }
+            }
+        }
+        ActTiles { q, d, bs }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.q.is_empty()
+    }
 }
 
 impl ActQ8 {
@@ -54,6 +125,9 @@ impl ActQ8 {
             d: &self.d[rows.start * blocks..rows.end * blocks],
             bsums: &self.bsums[rows.start * k / BSUM_VALUES..rows.end * k / BSUM_VALUES],
             xsum: &self.xsum[rows.start * blocks..rows.end * blocks],
+            // The tiles hold all the rows, so only a view of all of them
+            // has them.
+            tiles: (rows == (0..self.m) && !self.tiles.is_empty()).then_some(&self.tiles),
         }
     }
 
@@ -78,6 +152,8 @@ pub struct ActQ8Rows<'a> {
     pub d: &'a [f32],
     pub bsums: &'a [i16],
     pub xsum: &'a [i32],
+    /// The rows' tiles, where the activations have them.
+    pub tiles: Option<&'a ActTiles>,
 }
 
 /// A GGUF block type whose rows are multiplied with [`ActQ8`] activations.
@@ -150,4 +226,115 @@ pub fn dot_codes(w: &[u8], x: &[i8]) -> i32 {
         .zip(x)
         .map(|(&w, &x)| i32::from(w) * i32::from(x))
         .sum()
+}
+
+/// A block type in the form the tile kernels (`arch/x86/q8_blocks_vnni.rs`)
+/// multiply: its unsigned codes in value order, an integer scale per
+/// sub-block of [`TileBlock::SUB`] values, and i16 coefficients of the
+/// activations' sums of 16, such that the block's integers are
+/// `a = sum_j sc_j * sum(code * x over sub-block j) + sum_i ca_i * bsums_i`
+/// and `b = sum_i cb_i * bsums_i` ([`tile_ints`], the same integers as
+/// [`QuantBlock::ints`]).
+pub trait TileBlock: QuantBlock {
+    /// Values per sub-block scale.
+    const SUB: usize;
+    /// Whether the sub-block scales are other than 1 (the K-quants).
+    const SCALED: bool;
+    /// Whether any `ca_i` is other than 0.
+    const HAS_CA: bool;
+
+    /// The block's `VALUES` codes (each below 128), in value order.
+    fn tile_codes(block: &[u8], out: &mut [u8]);
+
+    /// The block's `sc` (`VALUES / SUB`), `ca` and `cb` (`VALUES / 16` each).
+    fn tile_scales(block: &[u8], sc: &mut [i32], ca: &mut [i16], cb: &mut [i16]);
+}
+
+/// A block's integers `(a, b)` computed in the tile form of [`TileBlock`]
+/// (the tests hold them equal to [`QuantBlock::ints`]).
+pub fn tile_ints<T: TileBlock>(block: &[u8], x: &[i8], bsums: &[i16]) -> (i32, i32) {
+    let mut codes = vec![0u8; T::VALUES];
+    let mut sc = vec![0i32; T::VALUES / T::SUB];
+    let mut ca = vec![0i16; T::VALUES / BSUM_VALUES];
+    let mut cb = vec![0i16; T::VALUES / BSUM_VALUES];
+    T::tile_codes(block, &mut codes);
+    T::tile_scales(block, &mut sc, &mut ca, &mut cb);
+    let mut a: i32 = codes
+        .chunks_exact(T::SUB)
+        .zip(x.chunks_exact(T::SUB))
+        .zip(&sc)
+        .map(|((c, x), &s)| s * dot_codes(c, x))
+        .sum();
+    let mut b = 0i32;
+    for ((&s, &ca), &cb) in bsums.iter().zip(&ca).zip(&cb) {
+        a += i32::from(ca) * i32::from(s);
+        b += i32::from(cb) * i32::from(s);
+    }
+    (a, b)
+}
+
+/// [`TileBlock::tile_scales`] of the legacy types: one sub-block of scale 1,
+/// the offset taken off with the two sums of 16 (`ca = -OFFSET`), and `b`
+/// their sum where it is the activations' block sum.
+pub fn legacy_tile_scales<T: QuantBlock>(sc: &mut [i32], ca: &mut [i16], cb: &mut [i16]) {
+    sc.fill(1);
+    ca.fill(-(T::OFFSET as i16));
+    cb.fill(i16::from(T::B_IS_XSUM));
+}
+
+/// llama.cpp's q8_K quantisation of one block (`quantize_row_q8_K_ref`, the
+/// one its CPU backend runs): `max` is the first value of the largest
+/// magnitude, sign kept, `iscale = -127 / max`, `q = min(127,
+/// round_half_even(iscale * x))`, and the scale is `1 / iscale` (negative
+/// for a positive `max`: the codes carry the opposite sign). An all-zero
+/// block is zeros with scale 0; a block whose magnitudes are not all finite
+/// is zeros with a NaN scale, as `quantize_row_i8` (NaN values are skipped
+/// in the search and give 0).
+pub fn quantize_q8_k(src: &[f32], dst: &mut [i8]) -> f32 {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &x in src {
+        if x.abs() > amax {
+            amax = x.abs();
+            max = x;
+        }
+    }
+    if amax == 0.0 || !amax.is_finite() {
+        dst.fill(0);
+        return if amax.is_finite() { 0.0 } else { f32::NAN };
+    }
+    let iscale = -127.0 / max;
+    for (o, &x) in dst.iter_mut().zip(src) {
+        *o = round_code(iscale * x);
+    }
+    1.0 / iscale
+}
+
+/// llama.cpp's q8_0 quantisation of one block of 32 as its x86 backend runs
+/// it (`quantize_row_q8_0`, AVX): `d = absmax / 127` rounded to f16 (the
+/// block's stored scale), `q = round_half_even(x * (127 / absmax))`. The
+/// same non-finite rules as [`quantize_q8_k`].
+pub fn quantize_q8_0(src: &[f32], dst: &mut [i8]) -> f32 {
+    let amax = src
+        .iter()
+        .fold(0f32, |m, &x| if x.abs() > m { x.abs() } else { m });
+    if amax == 0.0 || !amax.is_finite() {
+        dst.fill(0);
+        return if amax.is_finite() { 0.0 } else { f32::NAN };
+    }
+    let id = 127.0 / amax;
+    for (o, &x) in dst.iter_mut().zip(src) {
+        *o = round_code(x * id);
+    }
+    half::f16::from_f32(amax / 127.0).to_f32()
+}
+
+/// `min(127, round_half_even(v))` as a code, NaN to 0 (`|v| <= 127` but for
+/// rounding: `v` is a value times 127 over the block's largest magnitude).
+#[inline(always)]
+pub fn round_code(v: f32) -> i8 {
+    if v.is_nan() {
+        0
+    } else {
+        v.round_ties_even().min(127.0) as i8
+    }
 }

@@ -5,6 +5,7 @@
 use std::arch::x86_64::*;
 
 use super::q8_blocks_i8::Avx2Block;
+use super::q8_blocks_vnni::VnniBlock;
 use crate::backend::cpu::types::q4_0::Q4_0;
 use crate::backend::cpu::types::q4_1::Q4_1;
 use crate::backend::cpu::types::q5_0::Q5_0;
@@ -75,6 +76,19 @@ macro_rules! legacy_block {
                     let qh: Option<usize> = $qh;
                     let c = codes(w.add($qs), qh.map(|at| w.add(at)));
                     (dots(c, x), [_mm256_setzero_si256(); G])
+                }
+            }
+        }
+
+        impl VnniBlock for $t {
+            #[inline(always)]
+            unsafe fn codes_simd(block: *const u8, out: *mut u8) {
+                // SAFETY: the trait's contract: a whole block at `block`,
+                // 32 bytes at `out`.
+                unsafe {
+                    let qh: Option<usize> = $qh;
+                    let c = codes(block.add($qs), qh.map(|at| block.add(at)));
+                    _mm256_storeu_si256(out as *mut __m256i, c);
                 }
             }
         }

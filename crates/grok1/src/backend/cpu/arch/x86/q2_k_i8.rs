@@ -3,6 +3,7 @@
 use std::arch::x86_64::*;
 
 use super::q8_blocks_i8::{pick_i16, scaled_dot, Avx2Block};
+use super::q8_blocks_vnni::VnniBlock;
 use crate::backend::cpu::types::q2_k::Q2K;
 
 impl Avx2Block for Q2K {
@@ -43,6 +44,25 @@ impl Avx2Block for Q2K {
                 _mm256_madd_epi16(_mm256_loadu_si256(bs[t] as *const __m256i), mins)
             });
             (a, b)
+        }
+    }
+}
+
+impl VnniBlock for Q2K {
+    #[inline(always)]
+    unsafe fn codes_simd(block: *const u8, out: *mut u8) {
+        // SAFETY: the trait's contract: a whole block at `block`, 256 bytes
+        // at `out`.
+        unsafe {
+            let m3 = _mm256_set1_epi8(0x03);
+            for h in 0..2 {
+                let mut qs = _mm256_loadu_si256(block.add(16 + 32 * h) as *const __m256i);
+                for gg in 0..4 {
+                    let q = _mm256_and_si256(qs, m3);
+                    qs = _mm256_srli_epi16::<2>(qs);
+                    _mm256_storeu_si256(out.add(32 * (4 * h + gg)) as *mut __m256i, q);
+                }
+            }
         }
     }
 }

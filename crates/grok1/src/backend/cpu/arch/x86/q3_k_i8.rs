@@ -4,6 +4,7 @@ use std::arch::x86_64::*;
 
 use super::q6_k_i8::i8_scale_vectors;
 use super::q8_blocks_i8::{pick_i16, scaled_dot, Avx2Block};
+use super::q8_blocks_vnni::VnniBlock;
 use crate::backend::cpu::types::q3_k::Q3K;
 
 impl Avx2Block for Q3K {
@@ -59,6 +60,32 @@ impl Avx2Block for Q3K {
                 *a = _mm256_sub_epi32(*a, _mm256_slli_epi32::<2>(off));
             }
             (a, [_mm256_setzero_si256(); G])
+        }
+    }
+}
+
+impl VnniBlock for Q3K {
+    #[inline(always)]
+    unsafe fn codes_simd(block: *const u8, out: *mut u8) {
+        // SAFETY: the trait's contract: a whole block at `block`, 256 bytes
+        // at `out`.
+        unsafe {
+            let m3 = _mm256_set1_epi8(0x03);
+            let bit2 = _mm256_set1_epi8(0x04);
+            // As `ints_avx2`: group g's third bit is bit g of hmask.
+            let mut hm = _mm256_loadu_si256(block as *const __m256i);
+            for h in 0..2 {
+                let mut qs = _mm256_loadu_si256(block.add(32 + 32 * h) as *const __m256i);
+                for gg in 0..4 {
+                    let q = _mm256_or_si256(
+                        _mm256_and_si256(qs, m3),
+                        _mm256_and_si256(_mm256_slli_epi16::<2>(hm), bit2),
+                    );
+                    qs = _mm256_srli_epi16::<2>(qs);
+                    hm = _mm256_srli_epi16::<1>(hm);
+                    _mm256_storeu_si256(out.add(32 * (4 * h + gg)) as *mut __m256i, q);
+                }
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 use std::arch::x86_64::*;
 
 use super::q8_blocks_i8::{pick_i16, scaled_dot, Avx2Block};
+use super::q8_blocks_vnni::VnniBlock;
 use crate::backend::cpu::types::q4_k::Q4K;
 
 /// The 12 packed bytes of Q4_K/Q5_K scales and mins at `p` as two u64 of
@@ -72,6 +73,24 @@ impl Avx2Block for Q4K {
                 _mm256_madd_epi16(_mm256_loadu_si256(bs[t] as *const __m256i), mins)
             });
             (a, b)
+        }
+    }
+}
+
+impl VnniBlock for Q4K {
+    #[inline(always)]
+    unsafe fn codes_simd(block: *const u8, out: *mut u8) {
+        // SAFETY: the trait's contract: a whole block at `block`, 256 bytes
+        // at `out`.
+        unsafe {
+            let m4 = _mm256_set1_epi8(0x0F);
+            for c in 0..4 {
+                let q = _mm256_loadu_si256(block.add(16 + 32 * c) as *const __m256i);
+                let lo = _mm256_and_si256(q, m4);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+                _mm256_storeu_si256(out.add(64 * c) as *mut __m256i, lo);
+                _mm256_storeu_si256(out.add(64 * c + 32) as *mut __m256i, hi);
+            }
         }
     }
 }

@@ -4,6 +4,7 @@ use std::arch::x86_64::*;
 
 use super::q4_k_i8::k4_scale_vectors;
 use super::q8_blocks_i8::{pick_i16, scaled_dot, Avx2Block};
+use super::q8_blocks_vnni::VnniBlock;
 use crate::backend::cpu::types::q5_k::Q5K;
 
 impl Avx2Block for Q5K {
@@ -47,6 +48,34 @@ impl Avx2Block for Q5K {
                 _mm256_madd_epi16(_mm256_loadu_si256(bs[t] as *const __m256i), mins)
             });
             (a, b)
+        }
+    }
+}
+
+impl VnniBlock for Q5K {
+    #[inline(always)]
+    unsafe fn codes_simd(block: *const u8, out: *mut u8) {
+        // SAFETY: the trait's contract: a whole block at `block`, 256 bytes
+        // at `out`.
+        unsafe {
+            let m4 = _mm256_set1_epi8(0x0F);
+            let bit4 = _mm256_set1_epi8(0x10);
+            // As `ints_avx2`: chunk c's fifth bits are bits 2c and 2c + 1.
+            let mut qh = _mm256_loadu_si256(block.add(16) as *const __m256i);
+            for c in 0..4 {
+                let q = _mm256_loadu_si256(block.add(48 + 32 * c) as *const __m256i);
+                let lo = _mm256_or_si256(
+                    _mm256_and_si256(q, m4),
+                    _mm256_and_si256(_mm256_slli_epi16::<4>(qh), bit4),
+                );
+                let hi = _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4),
+                    _mm256_and_si256(_mm256_slli_epi16::<3>(qh), bit4),
+                );
+                qh = _mm256_srli_epi16::<2>(qh);
+                _mm256_storeu_si256(out.add(64 * c) as *mut __m256i, lo);
+                _mm256_storeu_si256(out.add(64 * c + 32) as *mut __m256i, hi);
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 use std::arch::x86_64::*;
 
 use super::q8_blocks_i8::{pick_i16, scaled_dot, Avx2Block};
+use super::q8_blocks_vnni::VnniBlock;
 use crate::backend::cpu::types::q6_k::Q6K;
 
 /// The sixteen i8 scales `sc8` as i16: all of them (for `madd` with the
@@ -78,6 +79,46 @@ impl Avx2Block for Q6K {
                 *a = _mm256_sub_epi32(*a, _mm256_slli_epi32::<5>(off));
             }
             (a, [_mm256_setzero_si256(); G])
+        }
+    }
+}
+
+impl VnniBlock for Q6K {
+    #[inline(always)]
+    unsafe fn codes_simd(block: *const u8, out: *mut u8) {
+        // SAFETY: the trait's contract: a whole block at `block`, 256 bytes
+        // at `out`.
+        unsafe {
+            let m4 = _mm256_set1_epi8(0x0F);
+            let m3 = _mm256_set1_epi8(0x03);
+            let m30 = _mm256_set1_epi8(0x30);
+            for h in 0..2 {
+                let ql0 = _mm256_loadu_si256(block.add(64 * h) as *const __m256i);
+                let ql1 = _mm256_loadu_si256(block.add(64 * h + 32) as *const __m256i);
+                let qh = _mm256_loadu_si256(block.add(128 + 32 * h) as *const __m256i);
+                // As `ints_avx2`.
+                let codes = [
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql0, m4),
+                        _mm256_slli_epi16::<4>(_mm256_and_si256(qh, m3)),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql1, m4),
+                        _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
+                        _mm256_and_si256(qh, m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                        _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m30),
+                    ),
+                ];
+                for (g, &q) in codes.iter().enumerate() {
+                    _mm256_storeu_si256(out.add(128 * h + 32 * g) as *mut __m256i, q);
+                }
+            }
         }
     }
 }

@@ -5,8 +5,9 @@
 //! integers `a` and `b` ([`Avx2Block`], one file per type), which one
 //! transpose-and-add puts in the lanes of the eight rows, so that each
 //! block's f32 work is one FMA per integer for the eight rows, in the
-//! scalar order. Up to four activation rows share each weight block's
-//! unpacking (the batches of prompt processing).
+//! scalar order, the rows read in memory order (`rows8`). Up to four
+//! activation rows share each weight block's unpacking (the batches of
+//! prompt processing).
 
 use std::arch::x86_64::*;
 
@@ -43,12 +44,15 @@ pub unsafe fn dot_rows_q8_avx2<T: Avx2Block>(act: ActQ8Rows, rows: &[u8], out_t:
     assert!(rows.len() >= nrows * row_bytes && act.q.len() >= m * k);
     assert!(act.d.len() >= m * blocks && act.xsum.len() >= m * blocks);
     assert!(act.bsums.len() >= m * k / BSUM_VALUES && act.block == T::VALUES);
+    // One activation row (decode) reads each weight row whole before the
+    // next: its blocks' integers wait here for the transpose.
+    let mut scratch = vec![[[_mm256_setzero_si256(); 8]; 2]; if m == 1 { blocks } else { 0 }];
     let mut c = 0;
     while c < nrows {
         let r = (nrows - c).min(8);
         let group = &rows[c * row_bytes..(c + r) * row_bytes];
-        // The next group, prefetched while the first activation rows pass
-        // over this one (as the Q8_0 kernel does).
+        // The legacy types' kernel prefetches the next group while the
+        // first activation rows pass over this one (as the Q8_0 kernel does).
         let next = &rows[(c + r) * row_bytes..(c + r + 8).min(nrows) * row_bytes];
         let mut i = 0;
         while i < m {
@@ -57,11 +61,16 @@ pub unsafe fn dot_rows_q8_avx2<T: Avx2Block>(act: ActQ8Rows, rows: &[u8], out_t:
             // SAFETY: rows c..c + r exist, activation rows i..i + g < m
             // (asserted above).
             let sums: [[f32; 8]; 4] = unsafe {
-                match g {
-                    4 => rows8::<T, 4>(act, i, group, r, row_bytes, ahead),
-                    3 => rows8::<T, 3>(act, i, group, r, row_bytes, ahead),
-                    2 => rows8::<T, 2>(act, i, group, r, row_bytes, ahead),
-                    _ => rows8::<T, 1>(act, i, group, r, row_bytes, ahead),
+                match (g, T::VALUES >= SEQUENTIAL_MIN_VALUES) {
+                    (4, true) => rows8::<T, 4>(act, i, group, r, row_bytes),
+                    (3, true) => rows8::<T, 3>(act, i, group, r, row_bytes),
+                    (2, true) => rows8::<T, 2>(act, i, group, r, row_bytes),
+                    (_, true) if m == 1 => rows8_whole::<T>(act, group, r, row_bytes, &mut scratch),
+                    (_, true) => rows8::<T, 1>(act, i, group, r, row_bytes),
+                    (4, false) => rows8_interleaved::<T, 4>(act, i, group, r, row_bytes, ahead),
+                    (3, false) => rows8_interleaved::<T, 3>(act, i, group, r, row_bytes, ahead),
+                    (2, false) => rows8_interleaved::<T, 2>(act, i, group, r, row_bytes, ahead),
+                    _ => rows8_interleaved::<T, 1>(act, i, group, r, row_bytes, ahead),
                 }
             };
             for (t, row) in sums[..g].iter().enumerate() {
@@ -75,10 +84,20 @@ pub unsafe fn dot_rows_q8_avx2<T: Avx2Block>(act: ActQ8Rows, rows: &[u8], out_t:
     }
 }
 
+/// Blocks of a weight row read in one run by [`rows8`] before the next row's.
+const RUN_BLOCKS: usize = 4;
+/// Block sizes (values) read in memory order by [`rows8`]: the K-quants'.
+const SEQUENTIAL_MIN_VALUES: usize = 256;
+
 /// Weight rows `0..r` (`r <= 8`, `row_bytes` apart in `rows`) against
-/// activation rows `i..i + G`, prefetching `ahead` on the way: `[t][u]` is
-/// activation row `i + t` times weight row `u` (lanes from `r` on repeat
-/// the last row).
+/// activation rows `i..i + G`: `[t][u]` is activation row `i + t` times
+/// weight row `u` (lanes from `r` on repeat the last row). The rows are read
+/// in memory order, up to [`RUN_BLOCKS`] blocks of one row, then the same
+/// blocks of the next, their integers kept until the eight rows' are
+/// there: a sequential stream the hardware prefetchers follow (reading block
+/// `b` of the eight rows side by side, with software prefetches of the next
+/// rows, streamed Q6_K rows at half the speed: 8 against 17 GB/s on one
+/// thread, `kernel_bench`).
 ///
 /// # Safety
 /// AVX2, FMA and F16C; `rows` holds `r` rows of `act.k / T::VALUES` blocks,
@@ -86,6 +105,200 @@ pub unsafe fn dot_rows_q8_avx2<T: Avx2Block>(act: ActQ8Rows, rows: &[u8], out_t:
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn rows8<T: Avx2Block, const G: usize>(
+    act: ActQ8Rows,
+    i: usize,
+    rows: &[u8],
+    r: usize,
+    row_bytes: usize,
+) -> [[f32; 8]; 4] {
+    let blocks = act.k / T::VALUES;
+    let per_block_sums = T::VALUES / BSUM_VALUES;
+    assert!((1..=8).contains(&r) && rows.len() >= r * row_bytes);
+    assert!(row_bytes >= blocks * T::BYTES && (i + G) * act.k <= act.q.len());
+    assert!((i + G) * blocks <= act.d.len() && (i + G) * blocks <= act.xsum.len());
+    assert!((i + G) * blocks * per_block_sums <= act.bsums.len());
+    let sign = _mm256_set1_ps(-0.0);
+    let mut acc = [_mm256_setzero_ps(); G];
+    let wp: [*const u8; 8] = std::array::from_fn(|u| rows[u.min(r - 1) * row_bytes..].as_ptr());
+    for b0 in (0..blocks).step_by(RUN_BLOCKS) {
+        let run = RUN_BLOCKS.min(blocks - b0);
+        let mut a = [[[_mm256_setzero_si256(); 8]; G]; RUN_BLOCKS];
+        let mut bb = [[[_mm256_setzero_si256(); 8]; G]; RUN_BLOCKS];
+        for (u, &w) in wp.iter().enumerate() {
+            for (c, (a, bb)) in a.iter_mut().zip(&mut bb).take(run).enumerate() {
+                let b = b0 + c;
+                // SAFETY: each weight row's block b is inside its row, the
+                // activation rows' block b inside act's slices (asserted
+                // above).
+                let (au, bu) = unsafe {
+                    let x: [*const i8; G] = std::array::from_fn(|t| {
+                        act.q.as_ptr().add(((i + t) * blocks + b) * T::VALUES)
+                    });
+                    let bs: [*const i16; G] = std::array::from_fn(|t| {
+                        act.bsums
+                            .as_ptr()
+                            .add(((i + t) * blocks + b) * per_block_sums)
+                    });
+                    T::ints_avx2::<G>(w.add(b * T::BYTES), x, bs)
+                };
+                for t in 0..G {
+                    a[t][u] = au[t];
+                    bb[t][u] = bu[t];
+                }
+            }
+        }
+        for (c, (a, bb)) in a.iter().zip(&bb).take(run).enumerate() {
+            let b = b0 + c;
+            let at = b * T::BYTES;
+            // SAFETY: the f16 scales are inside each row's block b.
+            let f16s = |off: usize| unsafe {
+                let h =
+                    |u: usize| i16::from_le_bytes([*wp[u].add(at + off), *wp[u].add(at + off + 1)]);
+                _mm256_cvtph_ps(_mm_setr_epi16(
+                    h(0),
+                    h(1),
+                    h(2),
+                    h(3),
+                    h(4),
+                    h(5),
+                    h(6),
+                    h(7),
+                ))
+            };
+            let sa = f16s(T::SA_AT);
+            let sb = if !T::HAS_B {
+                _mm256_setzero_ps()
+            } else if T::NEGATE_SB {
+                _mm256_xor_ps(f16s(T::SB_AT), sign)
+            } else {
+                f16s(T::SB_AT)
+            };
+            for (t, acc) in acc.iter_mut().enumerate() {
+                let xa = (i + t) * blocks + b;
+                let dx = _mm256_set1_ps(act.d[xa]);
+                let mut ai = sums8(a[t]);
+                if T::OFFSET != 0 {
+                    ai = _mm256_sub_epi32(ai, _mm256_set1_epi32(T::OFFSET * act.xsum[xa]));
+                }
+                // sa * dx rounded once per row, as the scalar kernel does.
+                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ai), _mm256_mul_ps(sa, dx), *acc);
+                if T::HAS_B {
+                    let bi = if T::B_IS_XSUM {
+                        _mm256_set1_epi32(act.xsum[xa])
+                    } else {
+                        sums8(bb[t])
+                    };
+                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(bi), _mm256_mul_ps(sb, dx), *acc);
+                }
+            }
+        }
+    }
+    let mut out = [[0f32; 8]; 4];
+    for (o, a) in out.iter_mut().zip(acc) {
+        // SAFETY: 8 floats.
+        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), a) };
+    }
+    out
+}
+
+/// [`rows8`] for one activation row, each weight row read whole before the
+/// next (a purely sequential stream however long the rows: runs of four
+/// blocks of Q6_K rows of 2816 values, 840 of their 2310 bytes, streamed
+/// at a fifth of the speed of whole rows), every block's integers kept in
+/// `scratch` (one entry per block) until the eight rows' are there.
+///
+/// # Safety
+/// AVX2, FMA and F16C; `rows` holds `r` rows of `act.k / T::VALUES` blocks,
+/// `1 <= r <= 8`, `act.m >= 1`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows8_whole<T: Avx2Block>(
+    act: ActQ8Rows,
+    rows: &[u8],
+    r: usize,
+    row_bytes: usize,
+    scratch: &mut [[[__m256i; 8]; 2]],
+) -> [[f32; 8]; 4] {
+    let blocks = act.k / T::VALUES;
+    let per_block_sums = T::VALUES / BSUM_VALUES;
+    assert!((1..=8).contains(&r) && rows.len() >= r * row_bytes);
+    assert!(row_bytes >= blocks * T::BYTES && act.k <= act.q.len());
+    assert!(blocks <= act.d.len() && blocks <= act.xsum.len() && scratch.len() >= blocks);
+    assert!(blocks * per_block_sums <= act.bsums.len());
+    let sign = _mm256_set1_ps(-0.0);
+    let mut acc = _mm256_setzero_ps();
+    let wp: [*const u8; 8] = std::array::from_fn(|u| rows[u.min(r - 1) * row_bytes..].as_ptr());
+    for (u, &w) in wp.iter().enumerate() {
+        for (b, ab) in scratch[..blocks].iter_mut().enumerate() {
+            // SAFETY: each weight row's block b is inside its row, the
+            // activation row's block b inside act's slices (asserted above).
+            let ([au], [bu]) = unsafe {
+                let x = act.q.as_ptr().add(b * T::VALUES);
+                let bs = act.bsums.as_ptr().add(b * per_block_sums);
+                T::ints_avx2::<1>(w.add(b * T::BYTES), [x], [bs])
+            };
+            ab[0][u] = au;
+            ab[1][u] = bu;
+        }
+    }
+    for (b, ab) in scratch[..blocks].iter().enumerate() {
+        let at = b * T::BYTES;
+        // SAFETY: the f16 scales are inside each row's block b.
+        let f16s = |off: usize| unsafe {
+            let h = |u: usize| i16::from_le_bytes([*wp[u].add(at + off), *wp[u].add(at + off + 1)]);
+            _mm256_cvtph_ps(_mm_setr_epi16(
+                h(0),
+                h(1),
+                h(2),
+                h(3),
+                h(4),
+                h(5),
+                h(6),
+                h(7),
+            ))
+        };
+        let sa = f16s(T::SA_AT);
+        let dx = _mm256_set1_ps(act.d[b]);
+        let mut ai = sums8(ab[0]);
+        if T::OFFSET != 0 {
+            ai = _mm256_sub_epi32(ai, _mm256_set1_epi32(T::OFFSET * act.xsum[b]));
+        }
+        // sa * dx rounded once per row, as the scalar kernel does.
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ai), _mm256_mul_ps(sa, dx), acc);
+        if T::HAS_B {
+            let sb = if T::NEGATE_SB {
+                _mm256_xor_ps(f16s(T::SB_AT), sign)
+            } else {
+                f16s(T::SB_AT)
+            };
+            let bi = if T::B_IS_XSUM {
+                _mm256_set1_epi32(act.xsum[b])
+            } else {
+                sums8(ab[1])
+            };
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(bi), _mm256_mul_ps(sb, dx), acc);
+        }
+    }
+    let mut out = [[0f32; 8]; 4];
+    // SAFETY: 8 floats.
+    unsafe { _mm256_storeu_ps(out[0].as_mut_ptr(), acc) };
+    out
+}
+
+/// Weight rows `0..r` (`r <= 8`, `row_bytes` apart in `rows`) against
+/// activation rows `i..i + G`, prefetching `ahead` on the way: `[t][u]` is
+/// activation row `i + t` times weight row `u` (lanes from `r` on repeat
+/// the last row). Block `b` of the eight rows is read side by side, for
+/// the small blocks of the legacy types (read in memory order as
+/// [`rows8`] does, a run of their blocks holds too few products to pay for
+/// keeping its integers).
+///
+/// # Safety
+/// AVX2, FMA and F16C; `rows` holds `r` rows of `act.k / T::VALUES` blocks,
+/// `1 <= r <= 8`, `i + G <= act.m`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows8_interleaved<T: Avx2Block, const G: usize>(
     act: ActQ8Rows,
     i: usize,
     rows: &[u8],

@@ -1,0 +1,252 @@
+//! GGUF's K-quant and legacy rows against activations quantised per block,
+//! AVX-512 VNNI tiles for many activation rows (prompt processing),
+//! bit-identical to `q8_blocks::dot_rows_q8_scalar`.
+//!
+//! Each group of eight weight rows is unpacked once into their codes in
+//! value order (`TileBlock`, signed bytes: every code is below 128) and
+//! their integer scales; then every tile of sixteen activation rows
+//! (`ActTiles`: one row per i32 lane, values plus 128) passes over it, a
+//! quad of four codes broadcast per `vpdpbusd`, so a block of one weight row
+//! against sixteen activation rows is `VALUES / 4` instructions. A
+//! sub-block's sum starts from `-128` times its codes' sum (taking the 128
+//! back off exactly) and is multiplied by its scale; the activations' sums
+//! of 16 take the offsets and mins (`vpdpwssd`). The integers are exact, and
+//! each block's f32 work is the scalar kernel's: `acc = fma(f32(a), sa * dx,
+//! acc)`, then `acc = fma(f32(b), sb * dx, acc)`.
+
+use std::arch::x86_64::*;
+
+use super::q8_0_i8::store_tile_rows;
+use crate::backend::cpu::common::{Aligned, ROW_PAD};
+use crate::backend::cpu::types::q8_blocks::{ActQ8Rows, TileBlock, BSUM_VALUES};
+
+/// The VNNI side of a block type: its codes unpacked with vector
+/// instructions where that is written, else by its scalar `tile_codes`.
+pub trait VnniBlock: TileBlock {
+    /// The block's codes in value order into `out` (`TileBlock::tile_codes`).
+    ///
+    /// # Safety
+    /// AVX2 (inlined into an AVX2 function); a whole block at `block`,
+    /// `VALUES` writable bytes at `out`.
+    #[inline(always)]
+    unsafe fn codes_simd(block: *const u8, out: *mut u8) {
+        // SAFETY: the caller's.
+        let (block, out) = unsafe {
+            (
+                std::slice::from_raw_parts(block, Self::BYTES),
+                std::slice::from_raw_parts_mut(out, Self::VALUES),
+            )
+        };
+        Self::tile_codes(block, out);
+    }
+}
+
+/// Weight rows per group: their sums for a tile stay in registers.
+const GROUP: usize = 8;
+
+/// A group's weights as the tiles read them.
+struct Unpacked {
+    /// `[GROUP][k]` codes.
+    codes: Aligned<i8>,
+    /// `[block][sub-block][GROUP]`: scales, and `-128` times the codes' sums.
+    sc: Vec<i32>,
+    start: Vec<i32>,
+    /// `[block][pair of sums of 16][GROUP]`: `ca` and `cb` pairs as i16
+    /// halves of an i32.
+    ca: Vec<i32>,
+    cb: Vec<i32>,
+    /// `[block][GROUP]`: the f32 scales.
+    sa: Vec<f32>,
+    sb: Vec<f32>,
+}
+
+/// The sum of the `n` (a multiple of 16) codes at `p`.
+///
+/// # Safety
+/// AVX2; `n` readable bytes at `p`.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn code_sum(p: *const i8, n: usize) -> i32 {
+    let mut s = _mm_setzero_si128();
+    for o in (0..n).step_by(16) {
+        // SAFETY: the caller's.
+        let v = unsafe { _mm_loadu_si128(p.add(o) as *const __m128i) };
+        s = _mm_add_epi64(s, _mm_sad_epu8(v, _mm_setzero_si128()));
+    }
+    (_mm_cvtsi128_si64(s) + _mm_extract_epi64::<1>(s)) as i32
+}
+
+impl Unpacked {
+    fn new<T: TileBlock>(k: usize) -> Self {
+        let blocks = k / T::VALUES;
+        let per = |n: usize| vec![0i32; blocks * n * GROUP];
+        Unpacked {
+            codes: Aligned::zeros(GROUP * k),
+            sc: per(T::VALUES / T::SUB),
+            start: per(T::VALUES / T::SUB),
+            ca: per(T::VALUES / 32),
+            cb: per(T::VALUES / 32),
+            sa: vec![0f32; blocks * GROUP],
+            sb: vec![0f32; blocks * GROUP],
+        }
+    }
+
+    /// Unpacks weight rows `0..r` of `rows` (`row_bytes` apart; lanes from
+    /// `r` on repeat the last row).
+    ///
+    /// # Safety
+    /// AVX2; `rows` holds `r` rows of `k / VALUES` blocks, `1 <= r <= 8`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn fill<T: VnniBlock>(&mut self, rows: &[u8], r: usize, row_bytes: usize, k: usize) {
+        let blocks = k / T::VALUES;
+        let (nsub, pairs) = (T::VALUES / T::SUB, T::VALUES / 32);
+        assert!((1..=GROUP).contains(&r) && rows.len() >= r * row_bytes);
+        assert!(row_bytes >= blocks * T::BYTES && self.codes.len() >= GROUP * k);
+        let codes = self.codes.as_mut_slice();
+        let mut sc = [0i32; 16];
+        let (mut ca, mut cb) = ([0i16; 16], [0i16; 16]);
+        for u in 0..GROUP {
+            let row = &rows[u.min(r - 1) * row_bytes..][..blocks * T::BYTES];
+            for (b, block) in row.chunks_exact(T::BYTES).enumerate() {
+                let dst = &mut codes[u * k + b * T::VALUES..][..T::VALUES];
+                // SAFETY: a whole block in, VALUES bytes out.
+                unsafe { T::codes_simd(block.as_ptr(), dst.as_mut_ptr() as *mut u8) };
+                T::tile_scales(
+                    block,
+                    &mut sc[..nsub],
+                    &mut ca[..T::VALUES / BSUM_VALUES],
+                    &mut cb[..T::VALUES / BSUM_VALUES],
+                );
+                for (j, &scale) in sc[..nsub].iter().enumerate() {
+                    let at = (b * nsub + j) * GROUP + u;
+                    self.sc[at] = scale;
+                    // SAFETY: sub-block j's SUB codes are inside dst.
+                    self.start[at] =
+                        -128 * unsafe { code_sum(dst.as_ptr().add(j * T::SUB), T::SUB) };
+                }
+                for p in 0..pairs {
+                    let pair = |c: &[i16]| {
+                        (c[2 * p] as u16 as u32 | ((c[2 * p + 1] as u16 as u32) << 16)) as i32
+                    };
+                    self.ca[(b * pairs + p) * GROUP + u] = pair(&ca);
+                    self.cb[(b * pairs + p) * GROUP + u] = pair(&cb);
+                }
+                let (sa, sb) = T::scales(block);
+                self.sa[b * GROUP + u] = sa;
+                self.sb[b * GROUP + u] = sb;
+            }
+        }
+    }
+}
+
+/// VNNI tile version of `q8_blocks::dot_rows_q8_scalar`, bit-identical to
+/// it (the module's description), for activations with tiles.
+///
+/// # Safety
+/// AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI; the bounds
+/// `kernels::dot_rows_q8` checks, and `act.tiles` made by `ActQ8::quantize`
+/// for these `act.m` rows.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn dot_rows_q8_vnni<T: VnniBlock>(act: ActQ8Rows, rows: &[u8], out_t: &mut [f32]) {
+    let (m, k) = (act.m, act.k);
+    let tiles = act
+        .tiles
+        .expect("dot_rows_q8_vnni: activations without tiles");
+    let blocks = k / T::VALUES;
+    let (nsub, pairs, quads) = (T::VALUES / T::SUB, T::VALUES / 32, T::VALUES / 4);
+    let row_bytes = blocks * T::BYTES;
+    let nrows = out_t.len() / m;
+    let ntiles = m.div_ceil(ROW_PAD);
+    assert!(rows.len() >= nrows * row_bytes && act.block == T::VALUES);
+    assert!(tiles.q.len() >= ntiles * k * ROW_PAD && tiles.d.len() >= ntiles * blocks * ROW_PAD);
+    assert!(tiles.bs.len() >= ntiles * blocks * pairs * ROW_PAD);
+    let mut w = Unpacked::new::<T>(k);
+    let mut c = 0;
+    while c < nrows {
+        let r = (nrows - c).min(GROUP);
+        // SAFETY: rows c..c + r exist (asserted above).
+        unsafe { w.fill::<T>(&rows[c * row_bytes..(c + r) * row_bytes], r, row_bytes, k) };
+        let codes = w.codes.as_ptr();
+        // The next group's rows, prefetched while the tiles pass over this
+        // one: the unpacking reads them next, and nothing else would fetch
+        // them ahead (measured: the unpacking then waited on memory for
+        // half the time of a 16-row product).
+        let next = &rows[(c + r) * row_bytes..(c + r + GROUP).min(nrows) * row_bytes];
+        let lines = next.len().div_ceil(64);
+        let per_step = lines.div_ceil(ntiles * blocks);
+        for t in 0..ntiles {
+            let mut f = [_mm512_setzero_ps(); GROUP];
+            for b in 0..blocks {
+                let tb = t * blocks + b;
+                for l in tb * per_step..((tb + 1) * per_step).min(lines) {
+                    // SAFETY: the line starts inside `next`.
+                    unsafe { _mm_prefetch(next.as_ptr().add(64 * l) as *const i8, _MM_HINT_T0) };
+                }
+                // SAFETY: tile t's block b is `quads` vectors inside
+                // tiles.q, its scales and sums inside tiles.d and tiles.bs
+                // (asserted above); each row's codes of block b are inside
+                // w.codes and its scales inside w's vectors (made for k).
+                unsafe {
+                    let xt = tiles.q.as_ptr().add(tb * quads * 64) as *const __m512i;
+                    let dx = _mm512_loadu_ps(tiles.d.as_ptr().add(tb * ROW_PAD));
+                    let mut a = [_mm512_setzero_si512(); GROUP];
+                    for j in 0..nsub {
+                        let at = (b * nsub + j) * GROUP;
+                        let mut s: [__m512i; GROUP] =
+                            std::array::from_fn(|u| _mm512_set1_epi32(w.start[at + u]));
+                        for g in 0..T::SUB / 4 {
+                            let x = _mm512_load_si512(xt.add(j * T::SUB / 4 + g));
+                            for (u, s) in s.iter_mut().enumerate() {
+                                let q = codes.add(u * k + b * T::VALUES + j * T::SUB + 4 * g);
+                                let q = (q as *const i32).read_unaligned();
+                                *s = _mm512_dpbusd_epi32(*s, x, _mm512_set1_epi32(q));
+                            }
+                        }
+                        for (u, (a, s)) in a.iter_mut().zip(s).enumerate() {
+                            *a = if T::SCALED {
+                                _mm512_add_epi32(
+                                    *a,
+                                    _mm512_mullo_epi32(s, _mm512_set1_epi32(w.sc[at + u])),
+                                )
+                            } else {
+                                _mm512_add_epi32(*a, s)
+                            };
+                        }
+                    }
+                    let bs = tiles.bs.as_ptr().add(tb * pairs * ROW_PAD);
+                    if T::HAS_CA {
+                        for p in 0..pairs {
+                            let v = _mm512_loadu_si512(bs.add(p * ROW_PAD) as *const __m512i);
+                            for (u, a) in a.iter_mut().enumerate() {
+                                let ca = _mm512_set1_epi32(w.ca[(b * pairs + p) * GROUP + u]);
+                                *a = _mm512_dpwssd_epi32(*a, v, ca);
+                            }
+                        }
+                    }
+                    for (u, (f, a)) in f.iter_mut().zip(a).enumerate() {
+                        // sa * dx rounded once per row, as the scalar kernel does.
+                        let d = _mm512_mul_ps(_mm512_set1_ps(w.sa[b * GROUP + u]), dx);
+                        *f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), d, *f);
+                    }
+                    if T::HAS_B {
+                        let mut bb = [_mm512_setzero_si512(); GROUP];
+                        for p in 0..pairs {
+                            let v = _mm512_loadu_si512(bs.add(p * ROW_PAD) as *const __m512i);
+                            for (u, bb) in bb.iter_mut().enumerate() {
+                                let cb = _mm512_set1_epi32(w.cb[(b * pairs + p) * GROUP + u]);
+                                *bb = _mm512_dpwssd_epi32(*bb, v, cb);
+                            }
+                        }
+                        for (u, (f, bb)) in f.iter_mut().zip(bb).enumerate() {
+                            let d = _mm512_mul_ps(_mm512_set1_ps(w.sb[b * GROUP + u]), dx);
+                            *f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(bb), d, *f);
+                        }
+                    }
+                }
+            }
+            store_tile_rows(&f[..r], out_t, c, m, t * ROW_PAD);
+        }
+        c += r;
+    }
+}
