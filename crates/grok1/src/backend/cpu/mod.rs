@@ -19,8 +19,9 @@
 //!   the block types of row-stored (GGUF) weights map to their products in
 //!   one table, `row_kernels`.
 //!
-//! A new block type (IQ3_S, say) is a module in `types/`, its SIMD versions
-//! in `arch/`, their entry points in `kernels`, and a row in `row_kernels`.
+//! A new block type (IQ3_S, say) is a module in `types/` (its layout, its
+//! `QuantBlock` integers and `TileBlock` form), its SIMD versions in `arch/`
+//! (`Avx2Block`, `VnniBlock`), and a row in `row_kernels`.
 //!
 //! Weights are `[k, n]` (the checkpoint computes `x @ W`) and read in place from
 //! the memory map. A product's weight rows are cut into splits (inside one
