@@ -506,6 +506,10 @@ fn loading_tiny_vocab_keeps_peak_rss_under_three_times_its_size() {
         .unwrap()
         .map(|e| e.unwrap().metadata().unwrap().len())
         .sum();
+    // The binary's own pages (its code and tables) count in every peak RSS
+    // and grow with the program: inspect is measured against a command that
+    // reads no model.
+    let baseline_rss = peak_rss(grok1().args(["completions", "bash"]));
     let inspect_rss = peak_rss(grok1().arg("inspect").arg("--model").arg(&dir));
     let tmp = tempfile::tempdir().unwrap();
     let logits_rss = peak_rss(
@@ -516,10 +520,10 @@ fn loading_tiny_vocab_keeps_peak_rss_under_three_times_its_size() {
             .args(["--tokens", "422,3033,356", "--out"])
             .arg(tmp.path().join("l.npy")),
     );
-    eprintln!("tiny-vocab: {on_disk} bytes on disk; peak RSS inspect {inspect_rss}, load + 3-token forward {logits_rss}");
+    eprintln!("tiny-vocab: {on_disk} bytes on disk; peak RSS without a model {baseline_rss}, inspect {inspect_rss}, load + 3-token forward {logits_rss}");
     assert!(
-        inspect_rss < on_disk / 2,
-        "inspect must not read the payloads: {inspect_rss} bytes"
+        inspect_rss.saturating_sub(baseline_rss) < on_disk / 4,
+        "inspect must not read the payloads: {inspect_rss} bytes against {baseline_rss} without a model"
     );
     assert!(
         logits_rss < 3 * on_disk,
