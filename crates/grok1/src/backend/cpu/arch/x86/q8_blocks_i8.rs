@@ -117,7 +117,6 @@ unsafe fn rows8<T: Avx2Block, const G: usize>(
     assert!(row_bytes >= blocks * T::BYTES && (i + G) * act.k <= act.q.len());
     assert!((i + G) * blocks <= act.d.len() && (i + G) * blocks <= act.xsum.len());
     assert!((i + G) * blocks * per_block_sums <= act.bsums.len());
-    let sign = _mm256_set1_ps(-0.0);
     let mut acc = [_mm256_setzero_ps(); G];
     let wp: [*const u8; 8] = std::array::from_fn(|u| rows[u.min(r - 1) * row_bytes..].as_ptr());
     for b0 in (0..blocks).step_by(RUN_BLOCKS) {
@@ -149,47 +148,11 @@ unsafe fn rows8<T: Avx2Block, const G: usize>(
         }
         for (c, (a, bb)) in a.iter().zip(&bb).take(run).enumerate() {
             let b = b0 + c;
-            let at = b * T::BYTES;
-            // SAFETY: the f16 scales are inside each row's block b.
-            let f16s = |off: usize| unsafe {
-                let h =
-                    |u: usize| i16::from_le_bytes([*wp[u].add(at + off), *wp[u].add(at + off + 1)]);
-                _mm256_cvtph_ps(_mm_setr_epi16(
-                    h(0),
-                    h(1),
-                    h(2),
-                    h(3),
-                    h(4),
-                    h(5),
-                    h(6),
-                    h(7),
-                ))
-            };
-            let sa = f16s(T::SA_AT);
-            let sb = if !T::HAS_B {
-                _mm256_setzero_ps()
-            } else if T::NEGATE_SB {
-                _mm256_xor_ps(f16s(T::SB_AT), sign)
-            } else {
-                f16s(T::SB_AT)
-            };
+            // SAFETY: block b lies inside each of the eight rows.
+            let (sa, sb) = unsafe { block_scales::<T>(&wp, b * T::BYTES) };
             for (t, acc) in acc.iter_mut().enumerate() {
                 let xa = (i + t) * blocks + b;
-                let dx = _mm256_set1_ps(act.d[xa]);
-                let mut ai = sums8(a[t]);
-                if T::OFFSET != 0 {
-                    ai = _mm256_sub_epi32(ai, _mm256_set1_epi32(T::OFFSET * act.xsum[xa]));
-                }
-                // sa * dx rounded once per row, as the scalar kernel does.
-                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ai), _mm256_mul_ps(sa, dx), *acc);
-                if T::HAS_B {
-                    let bi = if T::B_IS_XSUM {
-                        _mm256_set1_epi32(act.xsum[xa])
-                    } else {
-                        sums8(bb[t])
-                    };
-                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(bi), _mm256_mul_ps(sb, dx), *acc);
-                }
+                *acc = add_block::<T>(*acc, a[t], bb[t], sa, sb, act.d[xa], act.xsum[xa]);
             }
         }
     }
@@ -225,7 +188,6 @@ unsafe fn rows8_whole<T: Avx2Block>(
     assert!(row_bytes >= blocks * T::BYTES && act.k <= act.q.len());
     assert!(blocks <= act.d.len() && blocks <= act.xsum.len() && scratch.len() >= blocks);
     assert!(blocks * per_block_sums <= act.bsums.len());
-    let sign = _mm256_set1_ps(-0.0);
     let mut acc = _mm256_setzero_ps();
     let wp: [*const u8; 8] = std::array::from_fn(|u| rows[u.min(r - 1) * row_bytes..].as_ptr());
     for (u, &w) in wp.iter().enumerate() {
@@ -242,42 +204,9 @@ unsafe fn rows8_whole<T: Avx2Block>(
         }
     }
     for (b, ab) in scratch[..blocks].iter().enumerate() {
-        let at = b * T::BYTES;
-        // SAFETY: the f16 scales are inside each row's block b.
-        let f16s = |off: usize| unsafe {
-            let h = |u: usize| i16::from_le_bytes([*wp[u].add(at + off), *wp[u].add(at + off + 1)]);
-            _mm256_cvtph_ps(_mm_setr_epi16(
-                h(0),
-                h(1),
-                h(2),
-                h(3),
-                h(4),
-                h(5),
-                h(6),
-                h(7),
-            ))
-        };
-        let sa = f16s(T::SA_AT);
-        let dx = _mm256_set1_ps(act.d[b]);
-        let mut ai = sums8(ab[0]);
-        if T::OFFSET != 0 {
-            ai = _mm256_sub_epi32(ai, _mm256_set1_epi32(T::OFFSET * act.xsum[b]));
-        }
-        // sa * dx rounded once per row, as the scalar kernel does.
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ai), _mm256_mul_ps(sa, dx), acc);
-        if T::HAS_B {
-            let sb = if T::NEGATE_SB {
-                _mm256_xor_ps(f16s(T::SB_AT), sign)
-            } else {
-                f16s(T::SB_AT)
-            };
-            let bi = if T::B_IS_XSUM {
-                _mm256_set1_epi32(act.xsum[b])
-            } else {
-                sums8(ab[1])
-            };
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(bi), _mm256_mul_ps(sb, dx), acc);
-        }
+        // SAFETY: block b lies inside each of the eight rows.
+        let (sa, sb) = unsafe { block_scales::<T>(&wp, b * T::BYTES) };
+        acc = add_block::<T>(acc, ab[0], ab[1], sa, sb, act.d[b], act.xsum[b]);
     }
     let mut out = [[0f32; 8]; 4];
     // SAFETY: 8 floats.
@@ -314,7 +243,6 @@ unsafe fn rows8_interleaved<T: Avx2Block, const G: usize>(
     assert!((i + G) * blocks * per_block_sums <= act.bsums.len());
     let ahead_lines = ahead.len().div_ceil(64);
     let lines = ahead_lines.div_ceil(blocks.max(1));
-    let sign = _mm256_set1_ps(-0.0);
     let mut acc = [_mm256_setzero_ps(); G];
     let wp: [*const u8; 8] = std::array::from_fn(|u| rows[u.min(r - 1) * row_bytes..].as_ptr());
     for b in 0..blocks {
@@ -342,45 +270,10 @@ unsafe fn rows8_interleaved<T: Avx2Block, const G: usize>(
                     bb[t][u] = bu[t];
                 }
             }
-            let f16s = |off: usize| {
-                let h =
-                    |u: usize| i16::from_le_bytes([*wp[u].add(at + off), *wp[u].add(at + off + 1)]);
-                _mm256_cvtph_ps(_mm_setr_epi16(
-                    h(0),
-                    h(1),
-                    h(2),
-                    h(3),
-                    h(4),
-                    h(5),
-                    h(6),
-                    h(7),
-                ))
-            };
-            let sa = f16s(T::SA_AT);
-            let sb = if !T::HAS_B {
-                _mm256_setzero_ps()
-            } else if T::NEGATE_SB {
-                _mm256_xor_ps(f16s(T::SB_AT), sign)
-            } else {
-                f16s(T::SB_AT)
-            };
+            let (sa, sb) = block_scales::<T>(&wp, at);
             for (t, acc) in acc.iter_mut().enumerate() {
                 let xa = (i + t) * blocks + b;
-                let dx = _mm256_set1_ps(act.d[xa]);
-                let mut ai = sums8(a[t]);
-                if T::OFFSET != 0 {
-                    ai = _mm256_sub_epi32(ai, _mm256_set1_epi32(T::OFFSET * act.xsum[xa]));
-                }
-                // sa * dx rounded once per row, as the scalar kernel does.
-                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ai), _mm256_mul_ps(sa, dx), *acc);
-                if T::HAS_B {
-                    let bi = if T::B_IS_XSUM {
-                        _mm256_set1_epi32(act.xsum[xa])
-                    } else {
-                        sums8(bb[t])
-                    };
-                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(bi), _mm256_mul_ps(sb, dx), *acc);
-                }
+                *acc = add_block::<T>(*acc, a[t], bb[t], sa, sb, act.d[xa], act.xsum[xa]);
             }
         }
     }
@@ -390,6 +283,74 @@ unsafe fn rows8_interleaved<T: Avx2Block, const G: usize>(
         unsafe { _mm256_storeu_ps(o.as_mut_ptr(), a) };
     }
     out
+}
+
+/// The f16 scale fields of block `at` (bytes) of the eight rows `wp`, as f32
+/// lanes: `sa` (at `T::SA_AT`) and `sb` (at `T::SB_AT`, negated where the
+/// type subtracts it; zero for a type without it).
+///
+/// # Safety
+/// AVX2, FMA and F16C; each row holds the block's bytes at `at`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn block_scales<T: Avx2Block>(wp: &[*const u8; 8], at: usize) -> (__m256, __m256) {
+    // SAFETY: the f16 fields are inside each row's block (the caller's
+    // contract).
+    let f16s = |off: usize| unsafe {
+        let h = |u: usize| i16::from_le_bytes([*wp[u].add(at + off), *wp[u].add(at + off + 1)]);
+        _mm256_cvtph_ps(_mm_setr_epi16(
+            h(0),
+            h(1),
+            h(2),
+            h(3),
+            h(4),
+            h(5),
+            h(6),
+            h(7),
+        ))
+    };
+    let sa = f16s(T::SA_AT);
+    let sb = if !T::HAS_B {
+        _mm256_setzero_ps()
+    } else if T::NEGATE_SB {
+        _mm256_xor_ps(f16s(T::SB_AT), _mm256_set1_ps(-0.0))
+    } else {
+        f16s(T::SB_AT)
+    };
+    (sa, sb)
+}
+
+/// `acc` plus one block's products of one activation row with the eight
+/// weight rows: their integers `a` (and `bb`, the second sum of types that
+/// have one) against the rows' scales `sa`, `sb` and the activation block's
+/// scale `dx` and sum `xsum`, in the scalar kernel's order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn add_block<T: Avx2Block>(
+    acc: __m256,
+    a: [__m256i; 8],
+    bb: [__m256i; 8],
+    sa: __m256,
+    sb: __m256,
+    dx: f32,
+    xsum: i32,
+) -> __m256 {
+    let dx = _mm256_set1_ps(dx);
+    let mut ai = sums8(a);
+    if T::OFFSET != 0 {
+        ai = _mm256_sub_epi32(ai, _mm256_set1_epi32(T::OFFSET * xsum));
+    }
+    // sa * dx rounded once per row, as the scalar kernel does.
+    let acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ai), _mm256_mul_ps(sa, dx), acc);
+    if !T::HAS_B {
+        return acc;
+    }
+    let bi = if T::B_IS_XSUM {
+        _mm256_set1_epi32(xsum)
+    } else {
+        sums8(bb)
+    };
+    _mm256_fmadd_ps(_mm256_cvtepi32_ps(bi), _mm256_mul_ps(sb, dx), acc)
 }
 
 /// Lanes `0..8` of the result hold i16 `j` of the low half of `v`'s 128-bit
