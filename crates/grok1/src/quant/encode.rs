@@ -223,33 +223,70 @@ fn q2_k(x: &[f32], importance: Option<&[f32]>, out: &mut Vec<u8>) {
         group_w[j] = w.iter().sum();
         (scales[j], mins[j]) = with_min(sub, 3, &w, &mut levels[16 * j..16 * j + 16], c);
     }
-    let (mut ls, mut lm) = ([0u8; 16], [0u8; 16]);
-    let (d, dmin) = match importance {
-        Some(_) => (
-            non_negative(&scales, 15, &group_w, &mut ls),
-            non_negative(&mins, 15, &group_w, &mut lm),
-        ),
-        None => (
-            max_scaled(&scales, 15, &mut ls),
-            max_scaled(&mins, 15, &mut lm),
-        ),
+    let (d, dmin, ls, lm) = requantize_with_mins(
+        x,
+        &scales,
+        &mins,
+        &group_w,
+        importance.is_some(),
+        15,
+        3,
+        &mut levels,
+    );
+    out.extend((0..16).map(|j| ls[j] | (lm[j] << 4)));
+    pack_2bit(&levels, out);
+    out.extend(d.to_le_bytes());
+    out.extend(dmin.to_le_bytes());
+}
+
+/// The super-block step of the K-quants with a scale and a min per group
+/// (Q2_K, Q4_K, Q5_K): the `G` groups' `scales` and `mins` as levels
+/// `0..=scale_max` of one f16 scale each (weighted by the groups'
+/// importance `group_w` when `weighted`, else the closed form), then each
+/// group's values of `x` requantised into `levels` (`0..=nmax`) against its
+/// rounded scale and min. Returns `d`, `dmin` and the scales' and mins'
+/// levels.
+#[allow(clippy::too_many_arguments)]
+fn requantize_with_mins<const G: usize>(
+    x: &[f32],
+    scales: &[f32; G],
+    mins: &[f32; G],
+    group_w: &[f32; G],
+    weighted: bool,
+    scale_max: i32,
+    nmax: i32,
+    levels: &mut [u8; QK_K],
+) -> (f16, f16, [u8; G], [u8; G]) {
+    let (mut ls, mut lm) = ([0u8; G], [0u8; G]);
+    let (d, dmin) = if weighted {
+        (
+            non_negative(scales, scale_max, group_w, &mut ls),
+            non_negative(mins, scale_max, group_w, &mut lm),
+        )
+    } else {
+        (
+            max_scaled(scales, scale_max, &mut ls),
+            max_scaled(mins, scale_max, &mut lm),
+        )
     };
     let (d, dmin) = (f16::from_f32(d), f16::from_f32(dmin));
     let (df, dminf) = (d.to_f32(), dmin.to_f32());
-    for (j, sub) in x.chunks_exact(16).enumerate() {
+    let len = QK_K / G;
+    for (j, (sub, group)) in x
+        .chunks_exact(len)
+        .zip(levels.chunks_exact_mut(len))
+        .enumerate()
+    {
         let step = df * ls[j] as f32;
         if step == 0.0 {
             continue;
         }
         let m = dminf * lm[j] as f32;
-        for (q, &v) in levels[16 * j..16 * j + 16].iter_mut().zip(sub) {
-            *q = nearest((v + m) / step).clamp(0, 3) as u8;
+        for (q, &v) in group.iter_mut().zip(sub) {
+            *q = nearest((v + m) / step).clamp(0, nmax) as u8;
         }
     }
-    out.extend((0..16).map(|j| ls[j] | (lm[j] << 4)));
-    pack_2bit(&levels, out);
-    out.extend(d.to_le_bytes());
-    out.extend(dmin.to_le_bytes());
+    (d, dmin, ls, lm)
 }
 
 /// Non-negative `x` as levels `0..=nmax` of `max / nmax` (the closed form
@@ -374,29 +411,16 @@ fn q45_k(x: &[f32], importance: Option<&[f32]>, nmax: i32, out: &mut Vec<u8>) {
         group_w[j] = w.iter().sum();
         (scales[j], mins[j]) = with_min(sub, nmax, &w, &mut levels[32 * j..32 * j + 32], c);
     }
-    let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
-    let (d, dmin) = match importance {
-        Some(_) => (
-            non_negative(&scales, 63, &group_w, &mut ls),
-            non_negative(&mins, 63, &group_w, &mut lm),
-        ),
-        None => (
-            max_scaled(&scales, 63, &mut ls),
-            max_scaled(&mins, 63, &mut lm),
-        ),
-    };
-    let (d, dmin) = (f16::from_f32(d), f16::from_f32(dmin));
-    let (df, dminf) = (d.to_f32(), dmin.to_f32());
-    for (j, sub) in x.chunks_exact(32).enumerate() {
-        let step = df * ls[j] as f32;
-        if step == 0.0 {
-            continue;
-        }
-        let m = dminf * lm[j] as f32;
-        for (q, &v) in levels[32 * j..32 * j + 32].iter_mut().zip(sub) {
-            *q = nearest((v + m) / step).clamp(0, nmax) as u8;
-        }
-    }
+    let (d, dmin, ls, lm) = requantize_with_mins(
+        x,
+        &scales,
+        &mins,
+        &group_w,
+        importance.is_some(),
+        63,
+        nmax,
+        &mut levels,
+    );
     out.extend(d.to_le_bytes());
     out.extend(dmin.to_le_bytes());
     let mut packed = [0u8; 12];
