@@ -28,6 +28,28 @@ pub fn k4_scales_mins(p: &[u8]) -> ([u8; 8], [u8; 8]) {
     (sc, mn)
 }
 
+/// `sum_j min_j * sum(x of sub-block j)` from the activations' sums per 16
+/// (two per sub-block of 32): the `b` integer of Q4_K and Q5_K.
+#[inline(always)]
+pub fn k4_min_sums(mn: &[u8; 8], bsums: &[i16]) -> i32 {
+    mn.iter()
+        .enumerate()
+        .map(|(j, &m)| i32::from(m) * (i32::from(bsums[2 * j]) + i32::from(bsums[2 * j + 1])))
+        .sum()
+}
+
+/// The tile kernel's scales of a Q4_K or Q5_K block: one per sub-block of
+/// 32, its min for each of the two sums of 16 it covers, no `ca`.
+pub fn k4_tile_scales(block: &[u8], sc: &mut [i32], ca: &mut [i16], cb: &mut [i16]) {
+    let (s, mn) = k4_scales_mins(&block[4..16]);
+    for j in 0..8 {
+        sc[j] = i32::from(s[j]);
+        cb[2 * j] = i16::from(mn[j]);
+        cb[2 * j + 1] = i16::from(mn[j]);
+    }
+    ca.fill(0);
+}
+
 impl QuantBlock for Q4K {
     const VALUES: usize = 256;
     const BYTES: usize = Q4_K_BYTES;
@@ -42,7 +64,7 @@ impl QuantBlock for Q4K {
     /// sum_j min_j * sum(x)`.
     fn ints(block: &[u8], x: &[i8], bsums: &[i16], _xsum: i32) -> (i32, i32) {
         let (sc, mn) = k4_scales_mins(&block[4..16]);
-        let (mut a, mut b) = (0i32, 0i32);
+        let mut a = 0i32;
         for chunk in 0..4 {
             let q = &block[16 + 32 * chunk..16 + 32 * chunk + 32];
             let lo: [u8; 32] = std::array::from_fn(|l| q[l] & 0x0F);
@@ -51,10 +73,7 @@ impl QuantBlock for Q4K {
             a += i32::from(sc[2 * chunk]) * dot_codes(&lo, &xs[..32]);
             a += i32::from(sc[2 * chunk + 1]) * dot_codes(&hi, &xs[32..]);
         }
-        for (j, &m) in mn.iter().enumerate() {
-            b += i32::from(m) * (i32::from(bsums[2 * j]) + i32::from(bsums[2 * j + 1]));
-        }
-        (a, b)
+        (a, k4_min_sums(&mn, bsums))
     }
 }
 
@@ -74,12 +93,6 @@ impl super::q8_blocks::TileBlock for Q4K {
     }
 
     fn tile_scales(block: &[u8], sc: &mut [i32], ca: &mut [i16], cb: &mut [i16]) {
-        let (s, mn) = k4_scales_mins(&block[4..16]);
-        for j in 0..8 {
-            sc[j] = i32::from(s[j]);
-            cb[2 * j] = i16::from(mn[j]);
-            cb[2 * j + 1] = i16::from(mn[j]);
-        }
-        ca.fill(0);
+        k4_tile_scales(block, sc, ca, cb)
     }
 }

@@ -3,7 +3,7 @@
 //! nibbles as Q4_K's), weight `d * sc_j * code - dmin * min_j` with 5-bit
 //! codes, against q8_K activations (`q8_blocks::ActQ8`, 256 per block).
 
-use super::q4_k::k4_scales_mins;
+use super::q4_k::{k4_min_sums, k4_scales_mins, k4_tile_scales};
 use super::q8_blocks::{dot_codes, QuantBlock};
 
 pub struct Q5K;
@@ -26,7 +26,7 @@ impl QuantBlock for Q5K {
     fn ints(block: &[u8], x: &[i8], bsums: &[i16], _xsum: i32) -> (i32, i32) {
         let (sc, mn) = k4_scales_mins(&block[4..16]);
         let qh = &block[16..48];
-        let (mut a, mut b) = (0i32, 0i32);
+        let mut a = 0i32;
         for chunk in 0..4 {
             let q = &block[48 + 32 * chunk..48 + 32 * chunk + 32];
             let lo: [u8; 32] =
@@ -37,10 +37,7 @@ impl QuantBlock for Q5K {
             a += i32::from(sc[2 * chunk]) * dot_codes(&lo, &xs[..32]);
             a += i32::from(sc[2 * chunk + 1]) * dot_codes(&hi, &xs[32..]);
         }
-        for (j, &m) in mn.iter().enumerate() {
-            b += i32::from(m) * (i32::from(bsums[2 * j]) + i32::from(bsums[2 * j + 1]));
-        }
-        (a, b)
+        (a, k4_min_sums(&mn, bsums))
     }
 }
 
@@ -61,12 +58,6 @@ impl super::q8_blocks::TileBlock for Q5K {
     }
 
     fn tile_scales(block: &[u8], sc: &mut [i32], ca: &mut [i16], cb: &mut [i16]) {
-        let (s, mn) = k4_scales_mins(&block[4..16]);
-        for j in 0..8 {
-            sc[j] = i32::from(s[j]);
-            cb[2 * j] = i16::from(mn[j]);
-            cb[2 * j + 1] = i16::from(mn[j]);
-        }
-        ca.fill(0);
+        k4_tile_scales(block, sc, ca, cb)
     }
 }

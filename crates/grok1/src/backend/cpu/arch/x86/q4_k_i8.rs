@@ -44,6 +44,49 @@ pub(super) unsafe fn k4_scale_vectors(p: *const u8) -> (__m256i, __m256i) {
     }
 }
 
+/// Adds chunk `c` of a Q4_K/Q5_K block to each activation row's `a`: the
+/// codes `lo` (sub-block `2c`) and `hi` (`2c + 1`) against the row's values
+/// `64c..64c + 64`, times their scales from `scales` (`k4_scale_vectors`).
+///
+/// # Safety
+/// AVX2 (inlined into an AVX2 function); 64 values from `64c` at each `x`.
+#[inline(always)]
+pub(super) unsafe fn k4_add_chunk<const G: usize>(
+    a: &mut [__m256i; G],
+    lo: __m256i,
+    hi: __m256i,
+    scales: __m256i,
+    c: usize,
+    x: &[*const i8; G],
+) {
+    let s_lo = pick_i16(scales, 2 * c as i32, 2 * c as i32);
+    let s_hi = pick_i16(scales, 2 * c as i32 + 1, 2 * c as i32 + 1);
+    for (t, a) in a.iter_mut().enumerate() {
+        // SAFETY: the caller's.
+        unsafe {
+            let p_lo = scaled_dot(lo, x[t].add(64 * c), s_lo);
+            let p_hi = scaled_dot(hi, x[t].add(64 * c + 32), s_hi);
+            *a = _mm256_add_epi32(*a, _mm256_add_epi32(p_lo, p_hi));
+        }
+    }
+}
+
+/// Each activation row's `b` of a Q4_K/Q5_K block: its sixteen sums of 16
+/// at `bs` times the mins (`k4_scale_vectors`), pairs added.
+///
+/// # Safety
+/// AVX2 (inlined into an AVX2 function); 16 readable i16 at each `bs`.
+#[inline(always)]
+pub(super) unsafe fn k4_min_products<const G: usize>(
+    bs: &[*const i16; G],
+    mins: __m256i,
+) -> [__m256i; G] {
+    // SAFETY: the caller's.
+    std::array::from_fn(|t| unsafe {
+        _mm256_madd_epi16(_mm256_loadu_si256(bs[t] as *const __m256i), mins)
+    })
+}
+
 impl Avx2Block for Q4K {
     #[inline(always)]
     unsafe fn ints_avx2<const G: usize>(
@@ -61,18 +104,9 @@ impl Avx2Block for Q4K {
                 let q = _mm256_loadu_si256(w.add(16 + 32 * c) as *const __m256i);
                 let lo = _mm256_and_si256(q, m4);
                 let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
-                let s_lo = pick_i16(scales, 2 * c as i32, 2 * c as i32);
-                let s_hi = pick_i16(scales, 2 * c as i32 + 1, 2 * c as i32 + 1);
-                for (t, a) in a.iter_mut().enumerate() {
-                    let p_lo = scaled_dot(lo, x[t].add(64 * c), s_lo);
-                    let p_hi = scaled_dot(hi, x[t].add(64 * c + 32), s_hi);
-                    *a = _mm256_add_epi32(*a, _mm256_add_epi32(p_lo, p_hi));
-                }
+                k4_add_chunk(&mut a, lo, hi, scales, c, &x);
             }
-            let b = std::array::from_fn(|t| {
-                _mm256_madd_epi16(_mm256_loadu_si256(bs[t] as *const __m256i), mins)
-            });
-            (a, b)
+            (a, k4_min_products(&bs, mins))
         }
     }
 }

@@ -2,8 +2,8 @@
 
 use std::arch::x86_64::*;
 
-use super::q4_k_i8::k4_scale_vectors;
-use super::q8_blocks_i8::{pick_i16, scaled_dot, Avx2Block};
+use super::q4_k_i8::{k4_add_chunk, k4_min_products, k4_scale_vectors};
+use super::q8_blocks_i8::Avx2Block;
 use super::q8_blocks_vnni::VnniBlock;
 use crate::backend::cpu::types::q5_k::Q5K;
 
@@ -36,18 +36,9 @@ impl Avx2Block for Q5K {
                     _mm256_and_si256(_mm256_slli_epi16::<3>(qh), bit4),
                 );
                 qh = _mm256_srli_epi16::<2>(qh);
-                let s_lo = pick_i16(scales, 2 * c as i32, 2 * c as i32);
-                let s_hi = pick_i16(scales, 2 * c as i32 + 1, 2 * c as i32 + 1);
-                for (t, a) in a.iter_mut().enumerate() {
-                    let p_lo = scaled_dot(lo, x[t].add(64 * c), s_lo);
-                    let p_hi = scaled_dot(hi, x[t].add(64 * c + 32), s_hi);
-                    *a = _mm256_add_epi32(*a, _mm256_add_epi32(p_lo, p_hi));
-                }
+                k4_add_chunk(&mut a, lo, hi, scales, c, &x);
             }
-            let b = std::array::from_fn(|t| {
-                _mm256_madd_epi16(_mm256_loadu_si256(bs[t] as *const __m256i), mins)
-            });
-            (a, b)
+            (a, k4_min_products(&bs, mins))
         }
     }
 }
