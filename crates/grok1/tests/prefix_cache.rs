@@ -4,10 +4,13 @@
 //! the whole prompt; pages are never leaked, idle cached pages are evicted when
 //! room is needed, and a full cache makes admission wait instead of failing.
 
+mod common;
+
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{metric, wait_for};
 use grok1::engine::{
     CancelToken, EngineConfig, EngineHandle, Event, FinishReason, Request, SnapshotError,
     TokenLogprob,
@@ -16,6 +19,9 @@ use grok1::sampling::SamplingParams;
 use grok1::weights::random::random_store;
 use grok1::{ForwardOptions, Grok1, KvType, LogitsRows, ModelConfig, Precision, SequenceInput};
 use grok1_tokenizer::Tokenizer;
+
+/// How long a test waits for the engine to let its pages go.
+const WAIT: Duration = Duration::from_secs(60);
 
 const PAGE: usize = grok1::kv_cache::DEFAULT_PAGE_SIZE;
 
@@ -120,25 +126,6 @@ fn assert_same(got: &Outcome, want: &Outcome, what: &str) {
             v
         };
         assert_eq!(bits(a), bits(b), "{what}: logprobs of token {i}");
-    }
-}
-
-fn metric(engine: &EngineHandle, name: &str) -> f64 {
-    let text = engine.metrics().render();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing from {text}"))
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let start = std::time::Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "waited for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
@@ -358,7 +345,7 @@ fn concurrent_requests_with_cancellations_match_and_leak_no_page() {
         finished += 1;
     }
     assert!(finished >= 14, "{finished} finished");
-    wait_for("every page to be let go", || {
+    wait_for("every page to be let go", WAIT, || {
         cached.in_flight() == 0 && metric(&cached, "grok1_kv_cache_used_pages") == 0.0
     });
     assert!(metric(&cached, "grok1_prefix_cache_hits_total") > 0.0);
@@ -393,7 +380,7 @@ fn eviction_under_pressure_keeps_results_exact() {
     }
     assert!(metric(&cached, "grok1_prefix_cache_evicted_pages_total") > 0.0);
     // (The gauges are set after the step that sent the last `Done`.)
-    wait_for("every page to be let go", || {
+    wait_for("every page to be let go", WAIT, || {
         metric(&cached, "grok1_kv_cache_used_pages") == 0.0
     });
     assert!(metric(&cached, "grok1_kv_cache_cached_pages") <= 8.0);
@@ -417,7 +404,11 @@ fn admission_waits_when_the_cache_is_full() {
     let plain = engine(config(false));
     // Fill the cache with idle cached pages.
     run(&cached, &ids(70, 40), 5);
-    assert_eq!(metric(&cached, "grok1_kv_cache_cached_pages"), 5.0);
+    // The engine files a finished sequence's pages and counts it after its
+    // last event reaches the client.
+    wait_for("the first request's pages to be cached", WAIT, || {
+        metric(&cached, "grok1_kv_cache_cached_pages") == 5.0
+    });
     let prompts: Vec<Vec<u32>> = (0..4).map(|i| ids(50, 50 + i)).collect();
     let receivers: Vec<_> = prompts
         .iter()
@@ -434,10 +425,9 @@ fn admission_waits_when_the_cache_is_full() {
     }
     // 70 prompt tokens need 5 pages: the first request's leftovers were evicted.
     assert!(metric(&cached, "grok1_prefix_cache_evicted_pages_total") >= 5.0);
-    assert_eq!(
-        metric(&cached, "grok1_requests_finished_total{reason=\"length\"}"),
-        5.0
-    );
+    wait_for("five requests counted as finished", WAIT, || {
+        metric(&cached, "grok1_requests_finished_total{reason=\"length\"}") == 5.0
+    });
     cached.shutdown(Duration::from_secs(1));
     plain.shutdown(Duration::from_secs(1));
 }
@@ -477,7 +467,7 @@ fn exported_keys_and_values_resume_exactly_in_another_engine() {
         plain.import_prefix(snapshot),
         Err(SnapshotError::PrefixCacheOff)
     );
-    wait_for("every page to be let go", || {
+    wait_for("every page to be let go", WAIT, || {
         metric(&resumed, "grok1_kv_cache_used_pages") == 0.0
     });
     for e in [first_engine, resumed, plain] {
@@ -559,7 +549,7 @@ fn compact_types_hold_more_tokens_in_the_same_memory_and_admission_waits() {
             .collect();
         // Polled while the requests run: the cache fills to its limit.
         let mut peak = 0f64;
-        wait_for("a full cache", || {
+        wait_for("a full cache", WAIT, || {
             peak = peak.max(metric(&small, "grok1_kv_cache_used_pages"));
             peak >= (kv_tokens / PAGE) as f64 - 1.0
         });
@@ -569,7 +559,7 @@ fn compact_types_hold_more_tokens_in_the_same_memory_and_admission_waits() {
             let want = run(&large, &prompts[i], 44);
             assert_same(&got, &want, &format!("{kv_type} request {i}"));
         }
-        wait_for("every page to be let go", || {
+        wait_for("every page to be let go", WAIT, || {
             metric(&small, "grok1_kv_cache_used_pages") == 0.0
         });
         for e in [small, large] {

@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::Fixture;
+use common::{metric, wait_for, Fixture};
 use grok1::engine::{
     CancelToken, EngineConfig, EngineHandle, Event, FinishReason, Request, SubmitError,
 };
@@ -17,6 +17,9 @@ use grok1::generate::{generate, StopConditions};
 use grok1::sampling::SamplingParams;
 use grok1::{ForwardOptions, Grok1, LogitsRows, Precision, SequenceInput};
 use grok1_tokenizer::Tokenizer;
+
+/// How long a test waits for the engine to let its pages go.
+const WAIT: Duration = Duration::from_secs(30);
 
 fn config() -> EngineConfig {
     EngineConfig {
@@ -341,26 +344,6 @@ fn prompt_logprobs_score_the_prompt() {
     engine.shutdown(Duration::from_secs(1));
 }
 
-/// A value of the engine's /metrics text.
-fn metric(engine: &EngineHandle, name: &str) -> f64 {
-    let text = engine.metrics().render();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing from {text}"))
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let start = std::time::Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "waited for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
 /// Requests whose events arrive, tagged, on one channel: in the engine's order.
 fn tagged(
     prompt: Vec<u32>,
@@ -442,7 +425,7 @@ fn a_cancelled_request_is_dropped_while_prefilling_or_anywhere_in_the_queue() {
     let mut first = order[..2].to_vec();
     first.sort();
     assert_eq!(first, [1, 3], "cancelled requests end first: {order:?}");
-    wait_for("the pages to be released", || {
+    wait_for("the pages to be released", WAIT, || {
         metric(&engine, "grok1_kv_cache_used_pages") == 0.0 && engine.in_flight() == 0
     });
     assert_eq!(

@@ -224,3 +224,21 @@ pub fn try_one_step(
         None,
     );
 }
+
+/// A value of an engine's /metrics text (panics naming it when absent).
+pub fn metric(engine: &grok1::engine::EngineHandle, name: &str) -> f64 {
+    let text = engine.metrics().render();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from {text}"))
+}
+
+/// Polls `done` every 2 ms until it holds, failing after `limit`.
+pub fn wait_for(what: &str, limit: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "waited for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
