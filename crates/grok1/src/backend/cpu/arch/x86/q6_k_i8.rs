@@ -27,6 +27,43 @@ pub(super) unsafe fn i8_scale_vectors(sc8: __m128i) -> (__m256i, [__m256i; 2]) {
     }
 }
 
+/// The 6-bit codes of half `h` of the Q6_K block at `w` (values `128h ..
+/// 128h + 128`) as four vectors of 32, in value order.
+///
+/// # Safety
+/// AVX2 (inlined into an AVX2 function); a whole block at `w`.
+#[inline(always)]
+unsafe fn q6_k_half_codes(w: *const u8, h: usize) -> [__m256i; 4] {
+    // SAFETY: the caller's.
+    unsafe {
+        let m4 = _mm256_set1_epi8(0x0F);
+        let m3 = _mm256_set1_epi8(0x03);
+        let m30 = _mm256_set1_epi8(0x30);
+        let ql0 = _mm256_loadu_si256(w.add(64 * h) as *const __m256i);
+        let ql1 = _mm256_loadu_si256(w.add(64 * h + 32) as *const __m256i);
+        let qh = _mm256_loadu_si256(w.add(128 + 32 * h) as *const __m256i);
+        // 16-bit shifts: the bits that cross bytes are masked off.
+        [
+            _mm256_or_si256(
+                _mm256_and_si256(ql0, m4),
+                _mm256_slli_epi16::<4>(_mm256_and_si256(qh, m3)),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(ql1, m4),
+                _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m30),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
+                _mm256_and_si256(qh, m30),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m30),
+            ),
+        ]
+    }
+}
+
 impl Avx2Block for Q6K {
     #[inline(always)]
     unsafe fn ints_avx2<const G: usize>(
@@ -37,34 +74,10 @@ impl Avx2Block for Q6K {
         // SAFETY: the trait's contract: a whole block at w, 256 values and
         // 16 sums per activation row.
         unsafe {
-            let m4 = _mm256_set1_epi8(0x0F);
-            let m3 = _mm256_set1_epi8(0x03);
-            let m30 = _mm256_set1_epi8(0x30);
             let (all, halves) = i8_scale_vectors(_mm_loadu_si128(w.add(192) as *const __m128i));
             let mut a = [_mm256_setzero_si256(); G];
             for (h, &half) in halves.iter().enumerate() {
-                let ql0 = _mm256_loadu_si256(w.add(64 * h) as *const __m256i);
-                let ql1 = _mm256_loadu_si256(w.add(64 * h + 32) as *const __m256i);
-                let qh = _mm256_loadu_si256(w.add(128 + 32 * h) as *const __m256i);
-                // 16-bit shifts: the bits that cross bytes are masked off.
-                let codes = [
-                    _mm256_or_si256(
-                        _mm256_and_si256(ql0, m4),
-                        _mm256_slli_epi16::<4>(_mm256_and_si256(qh, m3)),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(ql1, m4),
-                        _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m30),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
-                        _mm256_and_si256(qh, m30),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
-                        _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m30),
-                    ),
-                ];
+                let codes = q6_k_half_codes(w, h);
                 for (g, &q) in codes.iter().enumerate() {
                     let s = pick_i16(half, 2 * g as i32, 2 * g as i32 + 1);
                     for (t, a) in a.iter_mut().enumerate() {
@@ -89,32 +102,8 @@ impl VnniBlock for Q6K {
         // SAFETY: the trait's contract: a whole block at `block`, 256 bytes
         // at `out`.
         unsafe {
-            let m4 = _mm256_set1_epi8(0x0F);
-            let m3 = _mm256_set1_epi8(0x03);
-            let m30 = _mm256_set1_epi8(0x30);
             for h in 0..2 {
-                let ql0 = _mm256_loadu_si256(block.add(64 * h) as *const __m256i);
-                let ql1 = _mm256_loadu_si256(block.add(64 * h + 32) as *const __m256i);
-                let qh = _mm256_loadu_si256(block.add(128 + 32 * h) as *const __m256i);
-                // As `ints_avx2`.
-                let codes = [
-                    _mm256_or_si256(
-                        _mm256_and_si256(ql0, m4),
-                        _mm256_slli_epi16::<4>(_mm256_and_si256(qh, m3)),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(ql1, m4),
-                        _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m30),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4),
-                        _mm256_and_si256(qh, m30),
-                    ),
-                    _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
-                        _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m30),
-                    ),
-                ];
+                let codes = q6_k_half_codes(block, h);
                 for (g, &q) in codes.iter().enumerate() {
                     _mm256_storeu_si256(out.add(128 * h + 32 * g) as *mut __m256i, q);
                 }
