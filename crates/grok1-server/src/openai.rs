@@ -720,6 +720,17 @@ fn usage(prompt_tokens: usize, completion_tokens: usize, cached_tokens: usize) -
     })
 }
 
+/// The usage of a request's finished `choices`, `n` to a prompt.
+fn choices_usage(prompt_tokens: usize, choices: &[Choice], n: usize) -> Value {
+    let cached: Vec<usize> = choices.iter().map(|c| c.cached_tokens).collect();
+    let completion_tokens = choices.iter().map(|c| c.completion_tokens).sum();
+    usage(
+        prompt_tokens,
+        completion_tokens,
+        prompt_cached_tokens(&cached, n),
+    )
+}
+
 /// The cached prompt tokens of a request whose choices come `n` to a prompt
 /// (a prompt is counted once in `prompt_tokens`): each prompt's fewest.
 fn prompt_cached_tokens(cached_by_choice: &[usize], n: usize) -> usize {
@@ -963,9 +974,7 @@ async fn completions_inner(
         ));
     }
     let choices = collect(rx, count, &mut log).await?;
-    let cached: Vec<usize> = choices.iter().map(|c| c.cached_tokens).collect();
-    let cached_tokens = prompt_cached_tokens(&cached, settings.n);
-    let completion_tokens: usize = choices.iter().map(|c| c.completion_tokens).sum();
+    let request_usage = choices_usage(prompt_tokens, &choices, settings.n);
     let body: Vec<Value> = choices
         .iter()
         .enumerate()
@@ -1006,7 +1015,7 @@ async fn completions_inner(
         "created": created,
         "model": model,
         "choices": body,
-        "usage": usage(prompt_tokens, completion_tokens, cached_tokens),
+        "usage": request_usage,
     }))
     .into_response())
 }
@@ -1366,9 +1375,7 @@ async fn chat_inner(
         }));
     }
     let choices = collect(rx, count, &mut log).await?;
-    let cached: Vec<usize> = choices.iter().map(|c| c.cached_tokens).collect();
-    let cached_tokens = prompt_cached_tokens(&cached, count);
-    let completion_tokens: usize = choices.iter().map(|c| c.completion_tokens).sum();
+    let request_usage = choices_usage(prompt_tokens, &choices, count);
     let body: Vec<Value> = choices
         .iter()
         .enumerate()
@@ -1392,7 +1399,7 @@ async fn chat_inner(
         "created": created,
         "model": model,
         "choices": body,
-        "usage": usage(prompt_tokens, completion_tokens, cached_tokens),
+        "usage": request_usage,
     }))
     .into_response())
 }
