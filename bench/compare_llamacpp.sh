@@ -23,8 +23,11 @@
 #
 # Usage: bench/compare_llamacpp.sh [--threads N] [--repeat R] [--prompt-tokens P]
 #        [--gen-tokens G] [--depth D] [--config FILE] [--precision LIST]
-#        [--types TYPES] [--imatrix FILE]
+#        [--types TYPES] [--imatrix FILE] [--kv-types KV]
 #   D: tokens of context cached before each test (llama-bench's -d; default 0)
+#   KV: comma-separated KV-cache types, each run on both sides: f16 (llama.cpp's
+#       default; grok1's bf16, the same 2 bytes a value), q8_0 (both), f32
+#       (grok1; llama.cpp's f32 cache). Default: each engine's default cache.
 #   LIST: comma-separated precisions (fast, int8, f32, bf16; default fast,int8;
 #         with --types, default fast)
 #   TYPES: comma-separated llama-quantize types, e.g. q8_0,q6_k,q5_k_m,q4_k_m,
@@ -44,6 +47,7 @@ config=bench/grok-shape-d1024.json
 precisions=
 types=
 imatrix=
+kv_types=
 while [ $# -gt 0 ]; do
     case "$1" in
         --threads) threads=$2; shift 2 ;;
@@ -55,6 +59,7 @@ while [ $# -gt 0 ]; do
         --precision) precisions=$2; shift 2 ;;
         --types) types=$2; shift 2 ;;
         --imatrix) imatrix=$2; shift 2 ;;
+        --kv-types) kv_types=$2; shift 2 ;;
         *) echo "compare_llamacpp: unknown argument $1 (see the header of $0)" >&2; exit 2 ;;
     esac
 done
@@ -153,10 +158,12 @@ fi
 results=$cache/results-$(date +%Y%m%d-%H%M%S).jsonl
 echo "== $repeat rounds, $threads threads, pp$prompt / tg$gen at depth $depth; raw results in $results"
 # llama-bench on FILE, its rows labelled LABEL.
+# With KV, its cache holds that type (a quantised V cache needs flash attention).
 llama_row() {
-    local file=$1 label=$2 lb
+    local file=$1 label=$2 kv=${3:-} lb kv_flags=()
+    [ -z "$kv" ] || kv_flags=(-ctk "$kv" -ctv "$kv" -fa on)
     if ! lb=$("$llama_bench" -m "$file" -t "$threads" -p "$prompt" -n "$gen" -d "$depth" -r 1 -o json \
-        2>"$cache/llama-bench.err"); then
+        "${kv_flags[@]}" 2>"$cache/llama-bench.err"); then
         echo "compare_llamacpp: llama-bench failed on $file; its messages: $cache/llama-bench.err" >&2
         exit 1
     fi
@@ -166,9 +173,15 @@ for row in json.load(sys.stdin):
     print(json.dumps({"engine": os.environ["LABEL"], "kind": kind, "tps": row["avg_ts"]}))' >> "$results"
 }
 # grok1 bench on FILE at PRECISION, its rows labelled LABEL.
+# With KV (llama.cpp's name), grok1's cache of the same size a value.
 grok1_row() {
-    local file=$1 precision=$2 label=$3
-    $grok1 bench --model "$file" --precision "$precision" --threads "$threads" \
+    local file=$1 precision=$2 label=$3 kv=${4:-} kv_flags=()
+    case "$kv" in
+        "") ;;
+        f16) kv_flags=(--kv-type bf16) ;;
+        *) kv_flags=(--kv-type "$kv") ;;
+    esac
+    $grok1 bench --model "$file" --precision "$precision" --threads "$threads" "${kv_flags[@]}" \
         --prompt-tokens "$prompt" --gen-tokens "$gen" --depth "$depth" --repeat 1 --json 2>/dev/null | tail -1 \
         | LABEL=$label python3 -c 'import json,os,sys
 o = json.load(sys.stdin)
@@ -179,20 +192,25 @@ for kind, key in (("pp", "prompt_tokens_per_s"), ("tg", "gen_tokens_per_s")):
 }
 for r in $(seq 1 "$repeat"); do
     echo "-- round $r/$repeat"
-    if [ -n "$types" ]; then
-        for entry in "${files[@]}"; do
-            t=${entry%%=*} f=${entry#*=}
-            llama_row "$f" "llama.cpp $t"
-            for precision in ${precisions//,/ }; do
-                grok1_row "$f" "$precision" "grok1 $t, $precision"
+    for kv in ${kv_types//,/ } ""; do
+        # "" alone when no --kv-types: each engine's default cache.
+        [ -z "$kv" ] && [ -n "$kv_types" ] && continue
+        on=${kv:+, kv $kv}
+        if [ -n "$types" ]; then
+            for entry in "${files[@]}"; do
+                t=${entry%%=*} f=${entry#*=}
+                llama_row "$f" "llama.cpp $t$on" "$kv"
+                for precision in ${precisions//,/ }; do
+                    grok1_row "$f" "$precision" "grok1 $t, $precision$on" "$kv"
+                done
             done
+            continue
+        fi
+        llama_row "$gguf" "llama.cpp Q8_0$on" "$kv"
+        for precision in ${precisions//,/ }; do
+            grok1_row "$model/ckpt" "$precision" "grok1 int8 ckpt, $precision$on" "$kv"
+            grok1_row "$gguf" "$precision" "grok1 Q8_0 GGUF, $precision$on" "$kv"
         done
-        continue
-    fi
-    llama_row "$gguf" "llama.cpp Q8_0"
-    for precision in ${precisions//,/ }; do
-        grok1_row "$model/ckpt" "$precision" "grok1 int8 ckpt, $precision"
-        grok1_row "$gguf" "$precision" "grok1 Q8_0 GGUF, $precision"
     done
 done
 
