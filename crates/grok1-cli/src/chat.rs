@@ -244,16 +244,23 @@ impl Conversation {
 
 pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
     set_threads(args.engine.threads)?;
+    // A saved session holds every key/value head, which no rank holds.
+    crate::parallel::refuse_split(args.session.is_some(), "`grok1 chat --session`")?;
     let loaded = model_source::load_args(&args.model)?;
+    crate::parallel::arm_wait_limit();
+    let precision = args.model.precision();
+    let kv_type = args.model.kv_type(precision);
+    let config = engine_config(&args.engine, &loaded.model, precision, kv_type)?;
+    // Under mpirun rank 0 talks to the user; the others run the steps it plans.
+    if let Some(done) = crate::parallel::follow_engine(&loaded.model, &config)? {
+        return Ok(done);
+    }
     let tokenizer = Arc::new(model_source::model_tokenizer(
         &loaded,
         args.tokenizer.as_deref(),
     )?);
     let model = loaded.model;
     let eos = model.config().eos_token;
-    let precision = args.model.precision();
-    let kv_type = args.model.kv_type(precision);
-    let config = engine_config(&args.engine, &model, precision, kv_type)?;
     let context = config.context;
     // The session is read and checked whole before the engine starts.
     let mut session = match &args.session {

@@ -318,6 +318,12 @@ impl Grok1 {
         KvCache::with_capacity(&self.local, tokens, sequences, kv_type)
     }
 
+    /// A KV cache of `num_pages` pages of `page_size` tokens of `kv_type`,
+    /// for this process's key/value heads (a serving engine's).
+    pub fn new_paged_cache(&self, num_pages: usize, page_size: usize, kv_type: KvType) -> KvCache {
+        KvCache::with_type(&self.local, num_pages, page_size, kv_type)
+    }
+
     /// Checks a prompt for a fresh sequence (ids in range, fits the context)
     /// without running it.
     pub fn validate_prompt(&self, tokens: &[u32]) -> Result<(), ModelError> {
