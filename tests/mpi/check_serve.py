@@ -70,6 +70,10 @@ class Server:
         return "".join(self.lines)
 
     def rank_pid(self, rank):
+        return Server.rank_of(self.proc, rank)
+
+    @staticmethod
+    def rank_of(mpirun, rank):
         """The pid of rank `rank`: mpirun's child with that OMPI_COMM_WORLD_RANK."""
         for pid in os.listdir("/proc"):
             if not pid.isdigit():
@@ -77,14 +81,14 @@ class Server:
             try:
                 with open(f"/proc/{pid}/stat") as f:
                     ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-                if ppid != self.proc.pid:
+                if ppid != mpirun.pid:
                     continue
                 with open(f"/proc/{pid}/environ", "rb") as f:
                     if f"OMPI_COMM_WORLD_RANK={rank}".encode() in f.read().split(b"\0"):
                         return int(pid)
             except (OSError, ValueError, IndexError):
                 continue
-        fail(f"no rank {rank} under mpirun {self.proc.pid}")
+        fail(f"no rank {rank} under mpirun {mpirun.pid}")
 
     def complete(self, body, timeout=120):
         req = urllib.request.Request(self.base + "/v1/completions", data=json.dumps(body).encode(),
@@ -220,8 +224,23 @@ def check_chat(r):
     want = "grok1: error: `grok1 chat --session` does not run under mpirun yet (2 processes)"
     if refused.returncode == 0 or refused.stderr.count(want) != 1:
         fail(f"chat --session under mpirun: exit {refused.returncode}\n{refused.stderr}")
+    # SIGTERM to rank 0 at the prompt: every rank ends with exit 0.
+    cmd = ["mpirun", "-np", "2"] + r.mpirun_args + [r.binary] + args
+    chat = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env=mpi_env())
+    for line in chat.stderr:
+        if "quits" in line:
+            break
+    os.kill(Server.rank_of(chat, 0), signal.SIGTERM)
+    try:
+        code = chat.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        chat.kill()
+        fail("chat N=2 did not end within 30 s of SIGTERM to rank 0")
+    if code != 0:
+        fail(f"chat N=2: SIGTERM to rank 0 at the prompt: exit {code}\n{chat.stderr.read()}")
     print(f"ok: chat N=2: two turns equal one process's (second turn {cached[1]} tokens from the cache); "
-          "--session refused")
+          "SIGTERM to rank 0 at the prompt: exit 0; --session refused")
 
 
 def check_eval(r):

@@ -143,10 +143,11 @@ impl MpiCollective {
                 );
                 world.abort(3);
             }
-            // Spin first (a step's collectives take microseconds to
-            // milliseconds), then leave the core to the ranks still computing.
-            if waited > Duration::from_millis(20) {
-                std::thread::sleep(Duration::from_micros(500));
+            // Spin first (a collective takes microseconds), then offer the
+            // core to threads still computing; past a second the wait is
+            // idle or stuck, and a millisecond more per poll costs nothing.
+            if waited > Duration::from_secs(1) {
+                std::thread::sleep(Duration::from_millis(1));
             } else if waited > Duration::from_millis(1) {
                 std::thread::yield_now();
             }
