@@ -431,24 +431,33 @@ fn serve_requests(engine: &grok1::engine::EngineHandle) -> Vec<Served> {
         p.extend((0..9).map(|i| 5 + (i * 13 + tail * 101) % 1000));
         p
     };
-    let submit = |prompt: Vec<u32>| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        engine
-            .submit(Request {
-                prompt,
-                max_tokens: 10,
-                sampling: SamplingParams {
-                    temperature: 0.0,
-                    ..Default::default()
-                },
-                stop_token_ids: vec![],
-                stop_strings: vec![],
-                logprobs: Some(0),
-                prompt_logprobs: false,
-                sink: Box::new(move |e| tx.send(e).is_ok()),
+    // A group is admitted together, so what it finds cached does not
+    // depend on when the engine thread takes each request.
+    let submit = |prompts: Vec<Vec<u32>>| {
+        let (requests, receivers): (Vec<_>, Vec<_>) = prompts
+            .into_iter()
+            .map(|prompt| {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let request = Request {
+                    prompt,
+                    max_tokens: 10,
+                    sampling: SamplingParams {
+                        temperature: 0.0,
+                        ..Default::default()
+                    },
+                    stop_token_ids: vec![],
+                    stop_strings: vec![],
+                    logprobs: Some(0),
+                    prompt_logprobs: false,
+                    sink: Box::new(move |e| tx.send(e).is_ok()),
+                };
+                (request, rx)
             })
+            .unzip();
+        engine
+            .submit_all(requests, &grok1::engine::CancelToken::new())
             .expect("submit");
-        rx
+        receivers
     };
     let collect = |rx: std::sync::mpsc::Receiver<Event>| {
         let mut out: Served = (vec![], vec![], 0);
@@ -467,13 +476,25 @@ fn serve_requests(engine: &grok1::engine::EngineHandle) -> Vec<Served> {
         }
         out
     };
-    let first: Vec<_> = (0..3).map(|t| submit(prompt(t))).collect();
+    let first = submit((0..3).map(prompt).collect());
     let mut served: Vec<Served> = first.into_iter().map(collect).collect();
     let mut turn = prompt(0);
     turn.extend(&served[0].0);
     turn.extend([7, 8, 9]);
-    served.push(collect(submit(turn)));
-    served.push(collect(submit(shared[..32].to_vec())));
+    served.push(
+        submit(vec![turn])
+            .into_iter()
+            .map(collect)
+            .next()
+            .expect("one"),
+    );
+    served.push(
+        submit(vec![shared[..32].to_vec()])
+            .into_iter()
+            .map(collect)
+            .next()
+            .expect("one"),
+    );
     served
 }
 
@@ -546,4 +567,27 @@ fn a_split_engine_serves_what_one_process_serves_and_reuses_prefixes_alike() {
             assert_eq!(b.2, 0);
         }
     }
+}
+
+#[test]
+fn ranks_started_with_different_settings_are_refused_naming_rank_and_setting() {
+    use grok1::parallel::check_same_settings;
+    let answers = on_ranks(3, |c| {
+        let kv_type = if c.rank() == 2 { "bf16" } else { "f32" };
+        let description =
+            format!("setting `--kv-type`: {kv_type}\nsetting `--no-prefix-cache`: false");
+        check_same_settings(&*c, &description)
+    });
+    for (rank, answer) in answers.into_iter().enumerate() {
+        assert_eq!(
+            answer,
+            Err(ParallelError::DifferentSettings {
+                rank: 2,
+                difference: "setting `--kv-type` is bf16 (rank 0: f32)".into()
+            }),
+            "rank {rank}"
+        );
+    }
+    let same = on_ranks(2, |c| check_same_settings(&*c, "setting `--kv-type`: f32"));
+    assert!(same.iter().all(Result::is_ok));
 }
