@@ -270,7 +270,9 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
-    /// Starts the engine thread, which owns `model` from now on.
+    /// Starts the engine thread, which owns `model` from now on. A model
+    /// split over processes runs its engine on rank 0 and [`follow`] on the
+    /// others.
     pub fn start(
         model: Grok1,
         tokenizer: Arc<Tokenizer>,
@@ -507,8 +509,29 @@ struct Worker {
     deadline: Option<Instant>,
 }
 
+/// Ends a split model's followers when rank 0's engine loop ends: with the
+/// last plan (stop) when it returns; when it panics, with the whole job, as
+/// the followers may be inside a step's collectives.
+struct StopFollowers(Option<Arc<dyn crate::parallel::Collective>>);
+
+impl Drop for StopFollowers {
+    fn drop(&mut self) {
+        let Some(collective) = &self.0 else {
+            return;
+        };
+        if std::thread::panicking() {
+            eprintln!(
+                "grok1: error (rank 0): internal error in the serving engine; ending the job"
+            );
+            collective.abort(4);
+        }
+        collective.broadcast_bytes(&mut Plan::Stop.encode());
+    }
+}
+
 impl Worker {
     fn run(mut self) {
+        let _followers = StopFollowers(self.split.then(|| self.model.shared_collective()));
         loop {
             if !self.receive() {
                 break;
@@ -549,11 +572,6 @@ impl Worker {
             self.shared
                 .metrics
                 .set_prefix_cache(self.cache.cached_pages(), self.cache.evictions());
-        }
-        if self.split {
-            self.model
-                .collective()
-                .broadcast_bytes(&mut Plan::Stop.encode());
         }
     }
 

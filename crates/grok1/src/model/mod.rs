@@ -290,6 +290,11 @@ impl Grok1 {
         &*self.collective
     }
 
+    /// [`collective`](Self::collective), shared.
+    pub fn shared_collective(&self) -> Arc<dyn Collective> {
+        self.collective.clone()
+    }
+
     pub fn backend(&self) -> &dyn Backend {
         &*self.backend
     }
