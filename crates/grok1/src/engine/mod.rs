@@ -983,8 +983,14 @@ pub fn follow(model: &Grok1, config: &EngineConfig) -> Result<u64, FollowError> 
         };
         // A step rank 0's forward pass refused before its collectives (a bad
         // input) is refused here alike, and rank 0 reports it to the request;
-        // a step refused here alone leaves rank 0 waiting, up to its limit.
-        let _ = model.forward(&mut cache, &inputs, &options, None);
+        // a step refused here alone leaves rank 0 waiting, up to its limit,
+        // and this line says why.
+        if let Err(e) = model.forward(&mut cache, &inputs, &options, None) {
+            eprintln!(
+                "grok1: rank {}: step {steps} refused (rank 0 should have refused it too): {e}",
+                collective.rank()
+            );
+        }
         steps += 1;
     }
 }
