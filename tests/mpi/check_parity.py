@@ -152,7 +152,7 @@ def check_refusals(r):
     cases = [
         (3, ["logits", "--model", moe, "--tokens", "1,2", "--out", os.path.join(SCRATCH, "never.npy")],
          "`language_model/in_out_embed/embeddings`: cannot be split over 3 ranks: its 1024 vocabulary rows do not divide by 3"),
-        (2, ["serve", "--model", moe], "`grok1 serve` does not run under mpirun yet (2 processes)"),
+        (2, ["inspect", "--model", moe], "`grok1 inspect` does not run under mpirun yet (2 processes)"),
     ]
     for np_, args, want in cases:
         p = r.run(np_, args, check=False)

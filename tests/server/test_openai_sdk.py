@@ -7,10 +7,14 @@ Starts the server on a free loopback port with the tiny-vocab fixture model and
 an API key, runs every check, stops the server with SIGTERM while a stream is in
 flight (it must exit 0 within its grace period), and prints
 `N passed, M failed`. Exits non-zero if anything failed.
+
+With GROK1_SERVE_LAUNCHER set (e.g. "mpirun -np 2 --oversubscribe"), the
+server runs under that launcher and SIGTERM goes to its rank 0.
 """
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -28,12 +32,30 @@ KEY = "sdk-test-key"
 PROMPT = "The answer to life the universe and everything is of course"
 # The official reference's greedy continuation (fixture README, f32 run).
 REFERENCE = "FACEFACEikasikasikasikasikasikas Big Big Big tiger rode maf Eenlonger"
+LAUNCHER = shlex.split(os.environ.get("GROK1_SERVE_LAUNCHER", ""))
+
+
+def rank_0(proc):
+    """The server process: the launcher's child of MPI rank 0, or proc itself."""
+    if not LAUNCHER:
+        return proc.pid
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                rank0 = b"OMPI_COMM_WORLD_RANK=0" in f.read().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == proc.pid and rank0:
+            return int(pid)
+    raise RuntimeError("no rank 0 under the launcher")
 
 
 def start(binary):
     proc = subprocess.Popen(
         # f32: the reference continuations are the f32 run's.
-        [binary, "serve", "--model", MODEL_DIR, "--precision", "f32", "--port", "0", "--api-key", KEY,
+        LAUNCHER + [binary, "serve", "--model", MODEL_DIR, "--precision", "f32", "--port", "0", "--api-key", KEY,
          "--max-batch", "8", "--shutdown-grace", "3"],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     deadline = time.time() + 60
@@ -215,7 +237,7 @@ def main():
         stream = client.completions.create(model="tiny-vocab", prompt="Hello", max_tokens=110, temperature=0, stream=True)
         first = next(iter(stream))
         assert first.choices
-        proc.send_signal(signal.SIGTERM)
+        os.kill(rank_0(proc), signal.SIGTERM)
         finish = None
         try:
             for chunk in stream:

@@ -138,6 +138,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .format(&time::format_description::well_known::Rfc3339)
         .context("formatting the start time")?;
     let loaded = model_source::load_args(&args.model)?;
+    crate::parallel::arm_wait_limit();
     let model = &loaded.model;
     let cfg = model.config();
     anyhow::ensure!(

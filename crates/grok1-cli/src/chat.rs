@@ -33,14 +33,32 @@ enum Input {
         editor: Box<DefaultEditor>,
         history: Option<PathBuf>,
     },
-    Plain(std::io::StdinLock<'static>),
+    /// Lines read by a thread of their own, so that a Ctrl-C or SIGTERM at
+    /// the prompt (`quit`) ends the chat through its normal exit: under
+    /// mpirun that stops the other ranks and finalises MPI.
+    Plain {
+        lines: mpsc::Receiver<std::io::Result<String>>,
+        quit: Arc<AtomicBool>,
+    },
 }
 
 impl Input {
-    fn open() -> anyhow::Result<Input> {
+    fn open(quit: Arc<AtomicBool>) -> anyhow::Result<Input> {
         let stdin = std::io::stdin();
         if !stdin.is_terminal() {
-            return Ok(Input::Plain(stdin.lock()));
+            let (tx, lines) = mpsc::channel();
+            std::thread::Builder::new()
+                .name("grok1-chat-stdin".into())
+                .spawn(move || {
+                    for line in std::io::stdin().lock().lines() {
+                        let failed = line.is_err();
+                        if tx.send(line).is_err() || failed {
+                            break;
+                        }
+                    }
+                })
+                .context("starting the stdin reader")?;
+            return Ok(Input::Plain { lines, quit });
         }
         let mut editor = DefaultEditor::new().context("starting the line editor")?;
         let history = history_file(
@@ -61,17 +79,22 @@ impl Input {
     /// on Ctrl-C at the prompt.
     fn line(&mut self, continuation: bool) -> std::io::Result<Option<String>> {
         match self {
-            Input::Plain(stdin) => {
+            Input::Plain { lines, quit } => {
                 if !continuation {
                     let mut out = std::io::stdout();
                     write!(out, "\nUser: ")?;
                     out.flush()?;
                 }
-                let mut line = String::new();
-                if stdin.read_line(&mut line)? == 0 {
-                    return Ok(None);
+                loop {
+                    match lines.recv_timeout(Duration::from_millis(50)) {
+                        Ok(line) => return Ok(Some(line?)),
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(None),
+                        Err(mpsc::RecvTimeoutError::Timeout) if quit.load(Ordering::SeqCst) => {
+                            return Ok(None)
+                        }
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    }
                 }
-                Ok(Some(line.trim_end_matches(['\n', '\r']).to_string()))
             }
             Input::Editor { editor, .. } => {
                 if !continuation {
@@ -244,16 +267,23 @@ impl Conversation {
 
 pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
     set_threads(args.engine.threads)?;
+    // A saved session holds every key/value head, which no rank holds.
+    crate::parallel::refuse_split(args.session.is_some(), "`grok1 chat --session`")?;
     let loaded = model_source::load_args(&args.model)?;
+    crate::parallel::arm_wait_limit();
+    let precision = args.model.precision();
+    let kv_type = args.model.kv_type(precision);
+    let config = engine_config(&args.engine, &loaded.model, precision, kv_type)?;
+    // Under mpirun rank 0 talks to the user; the others run the steps it plans.
+    if let Some(done) = crate::parallel::follow_engine(&loaded.model, &config)? {
+        return Ok(done);
+    }
     let tokenizer = Arc::new(model_source::model_tokenizer(
         &loaded,
         args.tokenizer.as_deref(),
     )?);
     let model = loaded.model;
     let eos = model.config().eos_token;
-    let precision = args.model.precision();
-    let kv_type = args.model.kv_type(precision);
-    let config = engine_config(&args.engine, &model, precision, kv_type)?;
     let context = config.context;
     // The session is read and checked whole before the engine starts.
     let mut session = match &args.session {
@@ -319,21 +349,22 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
     // Ctrl-C while a reply streams stops it; at the prompt it quits.
     let replying = Arc::new(AtomicBool::new(false));
     let interrupted = Arc::new(AtomicBool::new(false));
+    let quit = Arc::new(AtomicBool::new(false));
     {
-        let (replying, interrupted) = (replying.clone(), interrupted.clone());
+        let (replying, interrupted, quit) = (replying.clone(), interrupted.clone(), quit.clone());
         ctrlc::set_handler(move || {
             if replying.load(Ordering::SeqCst) {
                 interrupted.store(true, Ordering::SeqCst);
             } else {
                 eprintln!();
-                std::process::exit(0);
+                quit.store(true, Ordering::SeqCst);
             }
         })
         .context("installing the Ctrl-C handler")?;
     }
     eprintln!("grok1 chat: Enter sends; end a line with \\ to continue it, or wrap a block in \"\"\" lines.");
     eprintln!("Ctrl-C stops a reply; Ctrl-C at the prompt, Ctrl-D or /exit quits.");
-    let mut input = Input::open()?;
+    let mut input = Input::open(quit)?;
     let mut out = std::io::stdout();
     let mut stop_strings: Vec<String> = chat::TURN_SEPARATORS
         .iter()

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use grok1::engine::EngineHandle;
+use grok1::engine::{EngineConfig, EngineHandle};
 use grok1_eval::backend::{DirectEngine, HttpEngine, TokenBackend};
 use grok1_eval::runner::{self, Progress, RunOptions};
 use grok1_eval::sandbox::{self, Limits, Sandbox};
@@ -18,6 +18,13 @@ use crate::args::{EvalArgs, SandboxExecArgs};
 use crate::{model_source, serve};
 
 pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
+    crate::parallel::refuse_split(
+        args.server.is_some() || args.samples.is_some(),
+        "`grok1 eval --server` or `--samples` (no model to split)",
+    )?;
+    if !crate::parallel::is_root() {
+        return follow(&args);
+    }
     let task: Task = args.task.into();
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     anyhow::ensure!(
@@ -103,17 +110,15 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
         (None, None) => {
             serve::set_threads(args.engine.threads)?;
             let loaded = model_source::load_args(&args.model)?;
+            crate::parallel::arm_wait_limit();
+            let config = engine_config(&args, &loaded.model)?;
+            // Under mpirun, checks that the other ranks' settings agree.
+            crate::parallel::follow_engine(&loaded.model, &config)?;
             let tokenizer = Arc::new(model_source::model_tokenizer(
                 &loaded,
                 args.tokenizer.as_deref(),
             )?);
             let model = loaded.model;
-            let precision = args.model.precision();
-            let kv_type = args.model.kv_type(precision);
-            let mut config = serve::engine_config(&args.engine, &model, precision, kv_type)?;
-            // Every request in flight gets a batch slot.
-            config.max_batch = config.max_batch.max(args.concurrency.min(64));
-            config.kv_tokens = config.kv_tokens.max(config.context * 2);
             let eos = Some(model.config().eos_token);
             let name = model.config().name.clone();
             model_label = args
@@ -158,6 +163,27 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
         println!("{value}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The engine's settings for a local model.
+fn engine_config(args: &EvalArgs, model: &grok1::Grok1) -> anyhow::Result<EngineConfig> {
+    let precision = args.model.precision();
+    let kv_type = args.model.kv_type(precision);
+    let mut config = serve::engine_config(&args.engine, model, precision, kv_type)?;
+    // Every request in flight gets a batch slot.
+    config.max_batch = config.max_batch.max(args.concurrency.min(64));
+    config.kv_tokens = config.kv_tokens.max(config.context * 2);
+    Ok(config)
+}
+
+/// A rank other than 0 under mpirun: loads its part of the model and runs
+/// the steps rank 0's engine plans (rank 0 reads the data and scores).
+fn follow(args: &EvalArgs) -> anyhow::Result<ExitCode> {
+    serve::set_threads(args.engine.threads)?;
+    let loaded = model_source::load_args(&args.model)?;
+    crate::parallel::arm_wait_limit();
+    let config = engine_config(args, &loaded.model)?;
+    Ok(crate::parallel::follow_engine(&loaded.model, &config)?.unwrap_or(ExitCode::SUCCESS))
 }
 
 fn run(

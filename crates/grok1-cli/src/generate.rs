@@ -31,6 +31,7 @@ fn prompt_ids(prompt: &PromptArgs, tokenizer: &Tokenizer) -> anyhow::Result<Vec<
 pub fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     crate::serve::set_threads(args.threads)?;
     let loaded = model_source::load_args(&args.model)?;
+    crate::parallel::arm_wait_limit();
     let model = &loaded.model;
     let tokenizer = model_source::model_tokenizer(&loaded, args.tokenizer.as_deref())?;
     let prompt = prompt_ids(&args.prompt, &tokenizer)?;
@@ -131,6 +132,7 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
 
 pub fn logits(args: LogitsArgs) -> anyhow::Result<ExitCode> {
     let loaded = model_source::load_args(&args.model)?;
+    crate::parallel::arm_wait_limit();
     let model = &loaded.model;
     let tokens = match &args.prompt.tokens {
         Some(t) => t.0.clone(),

@@ -161,13 +161,19 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
     })
 }
 
-/// An error every rank of a job reaches at the same point: a command not
-/// split yet, ranks holding different models, or a model that cannot be split
+/// An error every rank of a job reaches at the same point: a command or
+/// option not split yet, ranks holding different models or started with
+/// different engine settings, or a model that cannot be split
 /// (found once every rank holds the same config and tensor table).
 fn is_agreed(e: &(dyn std::error::Error + 'static)) -> bool {
     use grok1::parallel::ParallelError;
     use grok1::LoadError;
-    let different = |p: &ParallelError| matches!(p, ParallelError::DifferentModels { .. });
+    let different = |p: &ParallelError| {
+        matches!(
+            p,
+            ParallelError::DifferentModels { .. } | ParallelError::DifferentSettings { .. }
+        )
+    };
     e.downcast_ref::<parallel::NotSplit>().is_some()
         || e.downcast_ref::<ParallelError>().is_some_and(different)
         || match e.downcast_ref::<LoadError>() {

@@ -4,10 +4,51 @@
 //! process, as without MPI.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
 
 use grok1::parallel::Collective;
 
 static COLLECTIVE: OnceLock<Arc<dyn Collective>> = OnceLock::new();
+
+/// The environment variable that sets how long a rank waits in a collective
+/// for the others before it ends the job (seconds; 0: forever).
+pub const WAIT_LIMIT_VAR: &str = "GROK1_MPI_TIMEOUT";
+
+/// The wait limit when [`WAIT_LIMIT_VAR`] is not set.
+const DEFAULT_WAIT_LIMIT: Duration = Duration::from_secs(30);
+
+static WAIT_LIMIT: OnceLock<Option<Duration>> = OnceLock::new();
+
+/// [`WAIT_LIMIT_VAR`] read: `None` for no limit.
+fn wait_limit_from(value: Option<&str>) -> anyhow::Result<Option<Duration>> {
+    let Some(value) = value else {
+        return Ok(Some(DEFAULT_WAIT_LIMIT));
+    };
+    let seconds: f64 = value
+        .trim()
+        .parse()
+        .ok()
+        .filter(|s: &f64| s.is_finite() && *s >= 0.0 && *s < 1e9)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{WAIT_LIMIT_VAR}={value:?}: expected seconds (a number >= 0; 0 waits forever)"
+            )
+        })?;
+    Ok((seconds > 0.0).then(|| Duration::from_secs_f64(seconds)))
+}
+
+/// From now on a collective that waits longer than the wait limit for the
+/// other ranks (one died or hangs) ends the job with an error. Called once
+/// the model is loaded: ranks may take very different times to load it.
+pub fn arm_wait_limit() {
+    let limit = WAIT_LIMIT
+        .get()
+        .copied()
+        .unwrap_or(Some(DEFAULT_WAIT_LIMIT));
+    collective().set_wait_limit(limit);
+}
 
 /// The processes the model is split over (this one alone without mpirun).
 pub fn collective() -> Arc<dyn Collective> {
@@ -55,6 +96,8 @@ fn launcher_size() -> Option<usize> {
 
 /// Starts MPI when launched by mpirun (with the `mpi` feature).
 pub fn start() -> anyhow::Result<Runtime> {
+    let limit = wait_limit_from(std::env::var(WAIT_LIMIT_VAR).ok().as_deref())?;
+    let _ = WAIT_LIMIT.set(limit);
     #[cfg(feature = "mpi")]
     {
         let mpi = grok1::parallel::mpi::MpiRuntime::init()?;
@@ -76,23 +119,79 @@ pub fn start() -> anyhow::Result<Runtime> {
     }
 }
 
-/// A command that does not run split over several processes yet; every rank
-/// refuses it alike.
+/// A command or option that does not run split over several processes yet;
+/// every rank refuses it alike.
 #[derive(Debug, thiserror::Error)]
-#[error("`grok1 {command}` does not run under mpirun yet ({ranks} processes); generate, logits and bench do")]
-pub struct NotSplit {
-    command: &'static str,
-    ranks: usize,
+pub enum NotSplit {
+    #[error("`grok1 {command}` does not run under mpirun yet ({ranks} processes); generate, logits, bench, serve, chat and eval do")]
+    Command { command: &'static str, ranks: usize },
+    #[error("{what} does not run under mpirun yet ({ranks} processes)")]
+    Option { what: &'static str, ranks: usize },
 }
 
 /// Whether a command runs split over several processes; the others are
 /// refused under mpirun rather than run N times side by side.
 pub fn check_command(command: &'static str) -> Result<(), NotSplit> {
     let ranks = size();
-    if ranks > 1 && !matches!(command, "generate" | "logits" | "bench") {
-        return Err(NotSplit { command, ranks });
+    let split = matches!(
+        command,
+        "generate" | "logits" | "bench" | "serve" | "chat" | "eval"
+    );
+    if ranks > 1 && !split {
+        return Err(NotSplit::Command { command, ranks });
     }
     Ok(())
+}
+
+/// Refuses an option (`what`, as the user would read it) under mpirun
+/// when `used`; every rank refuses it alike.
+pub fn refuse_split(used: bool, what: &'static str) -> Result<(), NotSplit> {
+    let ranks = size();
+    if used && ranks > 1 {
+        return Err(NotSplit::Option { what, ranks });
+    }
+    Ok(())
+}
+
+/// The serving engine's settings that every rank must share, checked across
+/// the ranks: an error (on every rank alike) names the first rank that
+/// differs from rank 0 and how.
+pub fn check_same_engine(config: &grok1::engine::EngineConfig) -> anyhow::Result<()> {
+    let description = [
+        format!("setting `--kv-type`: {}", config.kv_type),
+        format!("setting `--no-prefix-cache`: {}", !config.prefix_cache),
+        format!("setting `--precision`: {:?}", config.precision),
+        format!("setting `KV cache tokens`: {}", config.kv_tokens),
+    ]
+    .join("\n");
+    grok1::parallel::check_same_settings(&*collective(), &description)?;
+    Ok(())
+}
+
+/// On a rank other than 0, runs the steps rank 0's engine sends until it
+/// stops (`Some`: the command is done on this rank); on rank 0, `None`.
+pub fn follow_engine(
+    model: &grok1::Grok1,
+    config: &grok1::engine::EngineConfig,
+) -> anyhow::Result<Option<std::process::ExitCode>> {
+    check_same_engine(config)?;
+    if is_root() {
+        return Ok(None);
+    }
+    // Rank 0 decides when the job stops and says so in its plan: SIGINT and
+    // SIGTERM, which mpirun sends to every rank, are left to rank 0 to act on.
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .context("starting the signal listener")?;
+    let _listening = {
+        let _in_runtime = signals.enter();
+        use tokio::signal::unix::{signal, SignalKind};
+        [SignalKind::interrupt(), SignalKind::terminate()]
+            .map(|kind| signal(kind).context("listening for SIGINT and SIGTERM"))
+    };
+    grok1::engine::follow(model, config)?;
+    Ok(Some(std::process::ExitCode::SUCCESS))
 }
 
 #[cfg(test)]
@@ -104,7 +203,22 @@ mod tests {
         assert_eq!(size(), 1);
         assert!(is_root());
         assert!(check_command("serve").is_ok());
+        assert!(refuse_split(true, "--session").is_ok());
         // No launcher in the test environment (cargo test is not run by mpirun).
         assert_eq!(launcher_size(), None);
+    }
+
+    #[test]
+    fn the_wait_limit_is_seconds_or_zero_for_none() {
+        assert_eq!(wait_limit_from(None).unwrap(), Some(DEFAULT_WAIT_LIMIT));
+        assert_eq!(
+            wait_limit_from(Some("2.5")).unwrap(),
+            Some(Duration::from_millis(2500))
+        );
+        assert_eq!(wait_limit_from(Some("0")).unwrap(), None);
+        for bad in ["", "-1", "nan", "inf", "5s"] {
+            let e = wait_limit_from(Some(bad)).unwrap_err().to_string();
+            assert!(e.starts_with("GROK1_MPI_TIMEOUT="), "{e}");
+        }
     }
 }

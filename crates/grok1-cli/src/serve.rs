@@ -169,14 +169,19 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let cors = cors_origins(&args.cors_origins)?;
     set_threads(args.engine.threads)?;
     let loaded = model_source::load_args(&args.model)?;
+    crate::parallel::arm_wait_limit();
+    let precision = args.model.precision();
+    let kv_type = args.model.kv_type(precision);
+    let engine_config = engine_config(&args.engine, &loaded.model, precision, kv_type)?;
+    // Under mpirun rank 0 serves; the others run the steps it plans.
+    if let Some(done) = crate::parallel::follow_engine(&loaded.model, &engine_config)? {
+        return Ok(done);
+    }
     let tokenizer = Arc::new(model_source::model_tokenizer(
         &loaded,
         args.tokenizer.as_deref(),
     )?);
     let model = loaded.model;
-    let precision = args.model.precision();
-    let kv_type = args.model.kv_type(precision);
-    let engine_config = engine_config(&args.engine, &model, precision, kv_type)?;
     let name = args
         .served_model_name
         .clone()

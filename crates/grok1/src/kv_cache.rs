@@ -198,6 +198,20 @@ pub enum CacheError {
     UnknownSequence(SeqId),
 }
 
+/// A step rank 0 planned that this rank's cache cannot follow (a bug or a
+/// corrupted message: the job cannot go on).
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum FollowError {
+    #[error("page {page} is outside the cache's {pages} pages")]
+    Page { page: usize, pages: usize },
+    #[error("sequence {sequence} of the step holds {len} positions in {pages} pages")]
+    Length {
+        sequence: usize,
+        len: usize,
+        pages: usize,
+    },
+}
+
 #[derive(Debug, Default)]
 struct SeqState {
     pages: Vec<usize>,
@@ -227,6 +241,20 @@ pub struct KvCache {
     /// Indexed pages no sequence holds (evictable, leaves first).
     idle: usize,
     evictions: u64,
+    /// Page copies made since the last [`take_copies`](Self::take_copies),
+    /// in order, while recording (rank 0 of a split model sends them to the
+    /// other ranks, whose caches hold other heads of the same pages).
+    copies: Option<Vec<(usize, usize)>>,
+}
+
+/// One sequence of a step as rank 0's cache holds it, for a follower rank's
+/// cache ([`KvCache::follow`]): its page table and how many positions are
+/// cached, with the cached positions whose keys are masked (pad tokens).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FollowedSequence {
+    pub pages: Vec<usize>,
+    pub len: usize,
+    pub masked: Vec<usize>,
 }
 
 impl KvCache {
@@ -278,6 +306,7 @@ impl KvCache {
             index: PrefixIndex::new(num_pages),
             idle: 0,
             evictions: 0,
+            copies: None,
         }
     }
 
@@ -446,6 +475,13 @@ impl KvCache {
 
     /// Copies every layer's keys and values of page `from` into page `to`.
     fn copy_page(&mut self, from: usize, to: usize) {
+        if let Some(copies) = &mut self.copies {
+            copies.push((from, to));
+        }
+        self.copy_page_data(from, to);
+    }
+
+    fn copy_page_data(&mut self, from: usize, to: usize) {
         let len = self.kv_heads * self.page_size * self.head_dim;
         let scale_len = self.kv_heads * self.page_size * q8_0_pages::blocks(self.head_dim);
         for layer in 0..self.layers {
@@ -776,6 +812,85 @@ impl KvCache {
         self.layers
     }
 
+    /// Starts recording page copies (see [`take_copies`](Self::take_copies)).
+    pub fn record_copies(&mut self) {
+        self.copies.get_or_insert_with(Vec::new);
+    }
+
+    /// The page copies `(from, to)` made since the last call, in order.
+    pub fn take_copies(&mut self) -> Vec<(usize, usize)> {
+        self.copies.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// A follower rank's cache for one step: makes the page copies rank 0
+    /// made since its last step, in order, then holds exactly `sequences`
+    /// (their ids returned, in order) with rank 0's page tables. It decides
+    /// nothing: it keeps no prefix index and no free page, so a step that
+    /// needs a page rank 0 did not give fails instead of taking one.
+    pub fn follow(
+        &mut self,
+        copies: &[(usize, usize)],
+        sequences: &[FollowedSequence],
+    ) -> Result<Vec<SeqId>, FollowError> {
+        let pages = self.num_pages;
+        let bad_page = |page: usize| (page >= pages).then_some(FollowError::Page { page, pages });
+        for &(from, to) in copies {
+            if let Some(e) = bad_page(from).or_else(|| bad_page(to)) {
+                return Err(e);
+            }
+            self.copy_page_data(from, to);
+        }
+        self.free.clear();
+        self.index = PrefixIndex::new(pages);
+        self.idle = 0;
+        self.holders.fill(0);
+        self.seqs.clear();
+        for (i, s) in sequences.iter().enumerate() {
+            if let Some(e) = s.pages.iter().find_map(|&p| bad_page(p)) {
+                return Err(e);
+            }
+            if s.len > s.pages.len() * self.page_size {
+                return Err(FollowError::Length {
+                    sequence: i,
+                    len: s.len,
+                    pages: s.pages.len(),
+                });
+            }
+            let mut attendable = vec![true; s.len];
+            for &m in &s.masked {
+                *attendable.get_mut(m).ok_or(FollowError::Length {
+                    sequence: i,
+                    len: m + 1,
+                    pages: s.pages.len(),
+                })? = false;
+            }
+            // Counted so that a write into a page two sequences share is
+            // caught as it is on rank 0.
+            for &p in &s.pages {
+                self.holders[p] += 1;
+            }
+            self.seqs.push(Some(SeqState {
+                pages: s.pages.clone(),
+                len: s.len,
+                attendable,
+                // Never published: a follower keeps no prefix index.
+                tokens: vec![0; s.len],
+                published: 0,
+            }));
+        }
+        Ok((0..sequences.len()).map(SeqId).collect())
+    }
+
+    /// What [`follow`](Self::follow) needs of a sequence of this cache.
+    pub fn followed(&self, id: SeqId) -> Result<FollowedSequence, CacheError> {
+        let state = self.state(id)?;
+        Ok(FollowedSequence {
+            pages: state.pages.clone(),
+            len: state.len,
+            masked: (0..state.len).filter(|&p| !state.attendable[p]).collect(),
+        })
+    }
+
     /// Key/value heads cached (a tensor-parallel rank's share of them).
     pub fn kv_heads(&self) -> usize {
         self.kv_heads
@@ -1021,5 +1136,75 @@ mod tests {
         c.remove_sequence(a).unwrap();
         c.remove_sequence(b).unwrap();
         assert_eq!((c.pages_in_use(), c.cached_pages()), (0, 2));
+    }
+
+    /// One step of a follower: rank 0's copies and page table for `seq`,
+    /// then both caches write the same entries for `tokens[from..]`.
+    fn step_both(
+        leader: &mut KvCache,
+        follower: &mut KvCache,
+        cfg: &ModelConfig,
+        seq: SeqId,
+        tokens: &[u32],
+    ) -> SeqId {
+        let from = leader.len(seq).unwrap();
+        leader.reserve(seq, tokens.len()).unwrap();
+        let copies = leader.take_copies();
+        let table = leader.followed(seq).unwrap();
+        let ids = follower.follow(&copies, &[table]).unwrap();
+        for c in [(&mut *leader, seq), (&mut *follower, ids[0])] {
+            let (cache, s) = c;
+            for (pos, &t) in tokens.iter().enumerate().skip(from) {
+                for layer in 0..cfg.num_layers {
+                    let (k, v) = entry(cfg, t, pos, layer);
+                    cache.write(layer, s, pos, &k, &v);
+                }
+            }
+            cache.commit(s, &tokens[from..], u32::MAX);
+        }
+        ids[0]
+    }
+
+    #[test]
+    fn a_follower_replays_copies_and_page_tables_and_decides_nothing() {
+        let cfg = ModelConfig::tiny();
+        let mut leader = KvCache::new(&cfg, 6, 8);
+        leader.record_copies();
+        let mut follower = KvCache::new(&cfg, 6, 8);
+        let a_tokens = seq(20, 1);
+        let a = leader.add_sequence();
+        step_both(&mut leader, &mut follower, &cfg, a, &a_tokens);
+        leader.remove_sequence_keeping_prefix(a).unwrap();
+        // B shares 11 tokens with A: one shared page and a copy of 3 tokens.
+        let mut b_tokens = a_tokens[..11].to_vec();
+        b_tokens.extend(seq(9, 2));
+        let b = leader.add_sequence();
+        assert_eq!(leader.attach_prefix(b, &b_tokens, u32::MAX), Ok(11));
+        let fb = step_both(&mut leader, &mut follower, &cfg, b, &b_tokens);
+        assert!(holds(&leader, &cfg, b, &b_tokens));
+        assert!(holds(&follower, &cfg, fb, &b_tokens));
+        assert_eq!(follower.pages(fb), leader.pages(b));
+        // No page of its own to take, and none outside the cache accepted.
+        assert_eq!(
+            follower.reserve(fb, 40),
+            Err(CacheError::Full {
+                needed: 2,
+                free: 0,
+                total: 6
+            })
+        );
+        let outside = FollowedSequence {
+            pages: vec![6],
+            len: 0,
+            masked: vec![],
+        };
+        assert_eq!(
+            follower.follow(&[], &[outside]),
+            Err(FollowError::Page { page: 6, pages: 6 })
+        );
+        assert_eq!(
+            follower.follow(&[(0, 9)], &[]),
+            Err(FollowError::Page { page: 9, pages: 6 })
+        );
     }
 }

@@ -413,3 +413,181 @@ fn every_rank_ends_a_generation_as_rank_0_does() {
         assert_eq!(refused, &want, "rank {rank}");
     }
 }
+
+/// What a served request returned: ids, each token's logprob, and the
+/// prompt tokens served from the prefix cache.
+type Served = (Vec<u32>, Vec<f32>, usize);
+
+/// Requests through an engine: three at once sharing a 37-token prefix (it
+/// ends inside a page), then a later turn extending the first prompt and its
+/// reply, then a prompt that is wholly a cached prefix. The cache holds 12
+/// pages, fewer than the three need together: admission waits and idle
+/// cached pages are evicted.
+fn serve_requests(engine: &grok1::engine::EngineHandle) -> Vec<Served> {
+    use grok1::engine::{Event, Request};
+    let shared: Vec<u32> = (0..37).map(|i| 3 + (i * 37) % 1000).collect();
+    let prompt = |tail: u32| {
+        let mut p = shared.clone();
+        p.extend((0..9).map(|i| 5 + (i * 13 + tail * 101) % 1000));
+        p
+    };
+    // A group is admitted together, so what it finds cached does not
+    // depend on when the engine thread takes each request.
+    let submit = |prompts: Vec<Vec<u32>>| {
+        let (requests, receivers): (Vec<_>, Vec<_>) = prompts
+            .into_iter()
+            .map(|prompt| {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let request = Request {
+                    prompt,
+                    max_tokens: 10,
+                    sampling: SamplingParams {
+                        temperature: 0.0,
+                        ..Default::default()
+                    },
+                    stop_token_ids: vec![],
+                    stop_strings: vec![],
+                    logprobs: Some(0),
+                    prompt_logprobs: false,
+                    sink: Box::new(move |e| tx.send(e).is_ok()),
+                };
+                (request, rx)
+            })
+            .unzip();
+        engine
+            .submit_all(requests, &grok1::engine::CancelToken::new())
+            .expect("submit");
+        receivers
+    };
+    let collect = |rx: std::sync::mpsc::Receiver<Event>| {
+        let mut out: Served = (vec![], vec![], 0);
+        for e in rx.iter() {
+            match e {
+                Event::Token { token, logprob, .. } => {
+                    out.0.push(token);
+                    out.1.extend(logprob.map(|l| l.logprob));
+                }
+                Event::Done { cached_tokens, .. } => {
+                    out.2 = cached_tokens;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        out
+    };
+    let first = submit((0..3).map(prompt).collect());
+    let mut served: Vec<Served> = first.into_iter().map(collect).collect();
+    let mut turn = prompt(0);
+    turn.extend(&served[0].0);
+    turn.extend([7, 8, 9]);
+    served.push(
+        submit(vec![turn])
+            .into_iter()
+            .map(collect)
+            .next()
+            .expect("one"),
+    );
+    served.push(
+        submit(vec![shared[..32].to_vec()])
+            .into_iter()
+            .map(collect)
+            .next()
+            .expect("one"),
+    );
+    served
+}
+
+fn engine_config(prefix_cache: bool) -> grok1::engine::EngineConfig {
+    grok1::engine::EngineConfig {
+        max_batch: 4,
+        max_queue: 16,
+        context: 128,
+        kv_tokens: 12 * grok1::kv_cache::DEFAULT_PAGE_SIZE,
+        prefill_chunk: 20,
+        precision: Precision::F32,
+        prefix_cache,
+        kv_type: grok1::KvType::F32,
+    }
+}
+
+/// The serving engine on rank 0 of a split model, the others following its
+/// steps: what rank 0 serves, and the steps each other rank ran.
+fn serve_split(n: usize, prefix_cache: bool) -> (Vec<Served>, Vec<u64>) {
+    let runs = on_ranks(n, |c| {
+        let model = load(&model_dir("tiny-moe"), c.clone()).expect("load");
+        let config = engine_config(prefix_cache);
+        if c.rank() != 0 {
+            let steps = grok1::engine::follow(&model, &config).expect("follow");
+            return (Vec::new(), steps);
+        }
+        let tokenizer = Arc::new(grok1_tokenizer::Tokenizer::grok1());
+        let engine = grok1::engine::EngineHandle::start(model, tokenizer, config);
+        let served = serve_requests(&engine);
+        engine.shutdown(std::time::Duration::from_secs(1));
+        (served, 0)
+    });
+    let mut runs = runs.into_iter();
+    let (served, _) = runs.next().expect("rank 0");
+    (served, runs.map(|(_, steps)| steps).collect())
+}
+
+fn serve_one() -> Vec<Served> {
+    let model = load(&model_dir("tiny-moe"), grok1::parallel::single_process()).unwrap();
+    let tokenizer = Arc::new(grok1_tokenizer::Tokenizer::grok1());
+    let engine = grok1::engine::EngineHandle::start(model, tokenizer, engine_config(true));
+    let served = serve_requests(&engine);
+    engine.shutdown(std::time::Duration::from_secs(1));
+    served
+}
+
+#[test]
+fn a_split_engine_serves_what_one_process_serves_and_reuses_prefixes_alike() {
+    let one = serve_one();
+
+    // The prefix cache served something: a mid-page prefix and a whole prompt.
+    assert!(one[3].2 >= 37 && one[4].2 == 31, "cached tokens {one:?}");
+    for n in [2, 4] {
+        let (split, steps) = serve_split(n, true);
+        assert!(steps.iter().all(|&s| s > 0 && s == steps[0]), "{steps:?}");
+        for (i, (a, b)) in split.iter().zip(&one).enumerate() {
+            assert_eq!(a.0, b.0, "N={n} request {i}: greedy ids");
+            assert_eq!(a.2, b.2, "N={n} request {i}: cached tokens");
+        }
+        // Reused pages hold what computing the prompt from scratch on the
+        // same ranks gives. Within rounding, not bit for bit: a split
+        // model's forward pass is not bitwise the same over different
+        // chunkings of a prompt (one process's is), and reuse changes the
+        // chunking. A page replayed wrong would be far off.
+        let (uncached, _) = serve_split(n, false);
+        for (i, (a, b)) in split.iter().zip(&uncached).enumerate() {
+            assert_eq!(a.0, b.0, "N={n} request {i}: cached vs not");
+            let (worst, _) = max_abs_diff(&a.1, &b.1);
+            assert!(worst < 1e-4, "N={n} request {i}: logprobs {worst:e} apart");
+            assert_eq!(b.2, 0);
+        }
+    }
+}
+
+#[test]
+fn ranks_started_with_different_settings_are_refused_naming_rank_and_setting() {
+    use grok1::parallel::check_same_settings;
+    let answers = on_ranks(3, |c| {
+        let kv_type = if c.rank() == 2 { "bf16" } else { "f32" };
+        let description =
+            format!("setting `--kv-type`: {kv_type}\nsetting `--no-prefix-cache`: false");
+        check_same_settings(&*c, &description)
+    });
+    for (rank, answer) in answers.into_iter().enumerate() {
+        assert_eq!(
+            answer,
+            Err(ParallelError::DifferentSettings {
+                rank: 2,
+                difference: "setting `--kv-type` is bf16 (rank 0: f32)".into()
+            }),
+            "rank {rank}"
+        );
+    }
+    let same = on_ranks(2, |c| check_same_settings(&*c, "setting `--kv-type`: f32"));
+    assert!(same.iter().all(Result::is_ok));
+}

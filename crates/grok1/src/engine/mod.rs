@@ -18,8 +18,14 @@
 //! tokens the cache holds and computes only the rest, always at least its last
 //! token (whose logits it needs). Cached pages no sequence holds are evicted,
 //! least recently used first, only when a sequence needs a page and none is free.
+//!
+//! A model split over several processes (tensor parallel) runs the engine on
+//! rank 0 alone: it decides each step, every cache decision included, and
+//! sends it ([`plan`]) before the forward pass; the other ranks run
+//! [`follow`], which replays each step on their share of the KV cache.
 
 mod metrics;
+pub mod plan;
 mod sequence;
 
 use std::collections::VecDeque;
@@ -36,6 +42,7 @@ use crate::model::{ForwardOptions, Grok1, LogitsRows, RowLogits, SequenceInput};
 use crate::sampling::{SamplingError, SamplingParams};
 use crate::Precision;
 pub use metrics::{Load, Metrics};
+use plan::{Plan, PlannedInput, StepPlan};
 use sequence::Sequence;
 
 /// One sequence's share of a step's output: how many inputs it fed and the
@@ -223,13 +230,24 @@ pub enum SnapshotError {
     Cache(#[from] crate::kv_cache::CacheError),
     #[error("the engine has stopped")]
     Stopped,
+    #[error("saving and restoring keys and values needs the whole model in one process; this one is split over {0}")]
+    Split(usize),
+}
+
+/// Why a follower rank stopped following rank 0's engine.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum FollowError {
+    #[error(transparent)]
+    Plan(#[from] plan::PlanError),
+    #[error("rank 0's step plan does not fit this rank's KV cache: {0}")]
+    Cache(#[from] crate::kv_cache::FollowError),
 }
 
 enum Command {
     /// A group admitted together (the choices of one request).
     Submit(Vec<Sequence>),
     Shutdown(Duration),
-    Export(Vec<u32>, mpsc::Sender<KvSnapshot>),
+    Export(Vec<u32>, mpsc::Sender<Result<KvSnapshot, SnapshotError>>),
     Import(KvSnapshot, mpsc::Sender<Result<usize, SnapshotError>>),
 }
 
@@ -252,7 +270,9 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
-    /// Starts the engine thread, which owns `model` from now on.
+    /// Starts the engine thread, which owns `model` from now on. A model
+    /// split over processes runs its engine on rank 0 and [`follow`] on the
+    /// others.
     pub fn start(
         model: Grok1,
         tokenizer: Arc<Tokenizer>,
@@ -266,7 +286,7 @@ impl EngineHandle {
         config.max_batch = config.max_batch.max(1);
         config.prefill_chunk = config.prefill_chunk.max(1);
         let page_size = DEFAULT_PAGE_SIZE;
-        let total_pages = config.kv_tokens.div_ceil(page_size).max(1);
+        let total_pages = total_pages(&config);
         let shared = Arc::new(Shared {
             in_flight: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
@@ -275,8 +295,14 @@ impl EngineHandle {
         let (tx, rx) = mpsc::channel();
         let config = Arc::new(config);
         let vocab = model.config().vocab_size;
+        let mut cache = model.new_paged_cache(total_pages, page_size, config.kv_type);
+        let split = model.collective().size() > 1;
+        if split {
+            cache.record_copies();
+        }
         let worker = Worker {
-            cache: KvCache::with_type(model.config(), total_pages, page_size, config.kv_type),
+            cache,
+            split,
             model,
             tokenizer,
             config: config.clone(),
@@ -439,7 +465,7 @@ impl EngineHandle {
         self.tx
             .send(Command::Export(tokens, tx))
             .map_err(|_| SnapshotError::Stopped)?;
-        rx.recv().map_err(|_| SnapshotError::Stopped)
+        rx.recv().map_err(|_| SnapshotError::Stopped)?
     }
 
     /// Puts saved keys and values into the prefix cache, as if a request had
@@ -470,6 +496,8 @@ impl EngineHandle {
 
 struct Worker {
     model: Grok1,
+    /// The model is split over processes: each step is sent to the others.
+    split: bool,
     tokenizer: Arc<Tokenizer>,
     config: Arc<EngineConfig>,
     shared: Arc<Shared>,
@@ -481,8 +509,29 @@ struct Worker {
     deadline: Option<Instant>,
 }
 
+/// Ends a split model's followers when rank 0's engine loop ends: with the
+/// last plan (stop) when it returns; when it panics, with the whole job, as
+/// the followers may be inside a step's collectives.
+struct StopFollowers(Option<Arc<dyn crate::parallel::Collective>>);
+
+impl Drop for StopFollowers {
+    fn drop(&mut self) {
+        let Some(collective) = &self.0 else {
+            return;
+        };
+        if std::thread::panicking() {
+            eprintln!(
+                "grok1: error (rank 0): internal error in the serving engine; ending the job"
+            );
+            collective.abort(4);
+        }
+        collective.broadcast_bytes(&mut Plan::Stop.encode());
+    }
+}
+
 impl Worker {
     fn run(mut self) {
+        let _followers = StopFollowers(self.split.then(|| self.model.shared_collective()));
         loop {
             if !self.receive() {
                 break;
@@ -499,6 +548,13 @@ impl Worker {
             if !self.running.is_empty() {
                 // A bug in a step must not take the server down: fail the batch, go on.
                 let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step()));
+                if step.is_err() && self.split {
+                    // The other ranks may be inside the step's collectives.
+                    eprintln!(
+                        "grok1: error (rank 0): internal error in a model step; ending the job"
+                    );
+                    self.model.collective().abort(4);
+                }
                 if step.is_err() {
                     for seq in std::mem::take(&mut self.running) {
                         self.finish(
@@ -560,7 +616,10 @@ impl Worker {
         2 * self.cache.layers() * self.model.config().kv_width()
     }
 
-    fn export(&mut self, tokens: &[u32]) -> KvSnapshot {
+    fn export(&mut self, tokens: &[u32]) -> Result<KvSnapshot, SnapshotError> {
+        if self.split {
+            return Err(SnapshotError::Split(self.model.collective().size()));
+        }
         let kv_width = self.model.config().kv_width();
         let width = self.snapshot_width();
         let pad = self.model.config().pad_token;
@@ -574,13 +633,16 @@ impl Worker {
             }
         }
         let _ = self.cache.remove_sequence(id);
-        KvSnapshot {
+        Ok(KvSnapshot {
             tokens: tokens[..held].to_vec(),
             kv,
-        }
+        })
     }
 
     fn import(&mut self, snapshot: KvSnapshot) -> Result<usize, SnapshotError> {
+        if self.split {
+            return Err(SnapshotError::Split(self.model.collective().size()));
+        }
         let cfg = self.model.config();
         let (kv_width, pad, vocab) = (cfg.kv_width(), cfg.pad_token, cfg.vocab_size);
         let width = self.snapshot_width();
@@ -727,10 +789,22 @@ impl Worker {
         if plan.is_empty() {
             return;
         }
+        // Pages are taken here rather than inside the forward pass, so that
+        // the page tables sent to the other ranks are the ones it writes.
+        if let Err(e) = self.reserve(&plan) {
+            let message = e.to_string();
+            for seq in std::mem::take(&mut self.running) {
+                self.finish(seq, FinishReason::Error(message.clone()));
+            }
+            return;
+        }
         let logits: Vec<RowLogits> = plan
             .iter()
             .map(|&(i, take)| self.running[i].row_logits(take))
             .collect();
+        if self.split {
+            self.send_step(&plan, &logits);
+        }
         let inputs: Vec<SequenceInput> = plan
             .iter()
             .map(|&(i, take)| {
@@ -798,6 +872,48 @@ impl Worker {
         }
     }
 
+    /// Gives every sequence of the step its pages for the tokens it takes, or
+    /// none of them any (a full cache: rank 0's planning counted them).
+    fn reserve(&mut self, plan: &[(usize, usize)]) -> Result<(), crate::kv_cache::CacheError> {
+        let mut done = Vec::new();
+        for &(i, take) in plan {
+            let seq = &self.running[i];
+            let kv = seq.kv.expect("running sequences hold KV");
+            if let Err(e) = self.cache.reserve(kv, seq.cached + take) {
+                for (kv, len) in done {
+                    let _ = self.cache.truncate(kv, len);
+                }
+                return Err(e);
+            }
+            done.push((kv, seq.cached));
+        }
+        Ok(())
+    }
+
+    /// Sends the step about to run to the other ranks: the page copies made
+    /// since the last one, and each sequence's page table and new tokens.
+    fn send_step(&mut self, plan: &[(usize, usize)], logits: &[RowLogits]) {
+        let mut step = StepPlan {
+            copies: self.cache.take_copies(),
+            inputs: Vec::with_capacity(plan.len()),
+        };
+        for (&(i, take), &logits) in plan.iter().zip(logits) {
+            let seq = &self.running[i];
+            let kv = seq.kv.expect("running sequences hold KV");
+            step.inputs.push(PlannedInput {
+                cache: self
+                    .cache
+                    .followed(kv)
+                    .expect("running sequences are in the cache"),
+                tokens: seq.tokens[seq.cached..seq.cached + take].to_vec(),
+                logits,
+            });
+        }
+        self.model
+            .collective()
+            .broadcast_bytes(&mut Plan::Step(step).encode());
+    }
+
     /// Lets go of a sequence's pages; with the prefix cache on, those it
     /// computed stay cached for later sequences where `keep` (not after a
     /// failed step, which may have left them half written).
@@ -827,5 +943,54 @@ impl Worker {
         while let Some(seq) = self.waiting.pop_front() {
             self.finish(seq, FinishReason::Cancelled);
         }
+    }
+}
+
+/// Pages of an engine's KV cache (the same on every rank of a split model).
+fn total_pages(config: &EngineConfig) -> usize {
+    config.kv_tokens.div_ceil(DEFAULT_PAGE_SIZE).max(1)
+}
+
+/// A rank other than 0 of a model split over processes, while rank 0 runs an
+/// engine with the same `config`: runs every step rank 0 sends on this
+/// rank's share of the KV cache, until rank 0's engine stops. Returns the
+/// steps run.
+pub fn follow(model: &Grok1, config: &EngineConfig) -> Result<u64, FollowError> {
+    let collective = model.collective();
+    let mut cache = model.new_paged_cache(total_pages(config), DEFAULT_PAGE_SIZE, config.kv_type);
+    let mut steps = 0;
+    loop {
+        let mut message = Vec::new();
+        // Rank 0 may wait for requests for as long as it likes.
+        collective.wait_for_broadcast(&mut message);
+        let step = match Plan::decode(&message)? {
+            Plan::Stop => return Ok(steps),
+            Plan::Step(step) => step,
+        };
+        let tables: Vec<_> = step.inputs.iter().map(|i| i.cache.clone()).collect();
+        let ids = cache.follow(&step.copies, &tables)?;
+        let inputs: Vec<SequenceInput> = ids
+            .iter()
+            .zip(&step.inputs)
+            .map(|(&seq, i)| SequenceInput {
+                seq,
+                tokens: &i.tokens,
+            })
+            .collect();
+        let options = ForwardOptions {
+            precision: config.precision,
+            logits: LogitsRows::PerInput(step.inputs.iter().map(|i| i.logits).collect()),
+        };
+        // A step rank 0's forward pass refused before its collectives (a bad
+        // input) is refused here alike, and rank 0 reports it to the request;
+        // a step refused here alone leaves rank 0 waiting, up to its limit,
+        // and this line says why.
+        if let Err(e) = model.forward(&mut cache, &inputs, &options, None) {
+            eprintln!(
+                "grok1: rank {}: step {steps} refused (rank 0 should have refused it too): {e}",
+                collective.rank()
+            );
+        }
+        steps += 1;
     }
 }

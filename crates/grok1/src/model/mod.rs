@@ -290,6 +290,11 @@ impl Grok1 {
         &*self.collective
     }
 
+    /// [`collective`](Self::collective), shared.
+    pub fn shared_collective(&self) -> Arc<dyn Collective> {
+        self.collective.clone()
+    }
+
     pub fn backend(&self) -> &dyn Backend {
         &*self.backend
     }
@@ -316,6 +321,12 @@ impl Grok1 {
     pub fn new_cache_of(&self, tokens: usize, sequences: usize, kv_type: KvType) -> KvCache {
         // This process's key/value heads only.
         KvCache::with_capacity(&self.local, tokens, sequences, kv_type)
+    }
+
+    /// A KV cache of `num_pages` pages of `page_size` tokens of `kv_type`,
+    /// for this process's key/value heads (a serving engine's).
+    pub fn new_paged_cache(&self, num_pages: usize, page_size: usize, kv_type: KvType) -> KvCache {
+        KvCache::with_type(&self.local, num_pages, page_size, kv_type)
     }
 
     /// Checks a prompt for a fresh sequence (ids in range, fits the context)

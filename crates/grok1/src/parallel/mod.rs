@@ -94,6 +94,27 @@ pub trait Collective: Send + Sync {
     /// Rank 0's `bytes` replace every other rank's (of any length).
     fn broadcast_bytes(&self, bytes: &mut Vec<u8>);
 
+    /// [`broadcast_bytes`](Self::broadcast_bytes) for a rank that waits for
+    /// rank 0's next order with nothing else to do (a serving engine's
+    /// follower while rank 0 waits for requests): no wait limit applies
+    /// until rank 0 has sent (see [`set_wait_limit`](Self::set_wait_limit)).
+    fn wait_for_broadcast(&self, bytes: &mut Vec<u8>) {
+        self.broadcast_bytes(bytes);
+    }
+
+    /// From now on, a collective that waits longer than `limit` for the
+    /// other ranks ends the job with an error naming it (a rank that died or
+    /// hangs), instead of waiting forever. `None`: wait without limit.
+    fn set_wait_limit(&self, limit: Option<std::time::Duration>) {
+        let _ = limit;
+    }
+
+    /// Ends this process and, where the transport can, every other rank's
+    /// (after an error on one rank that the others would wait for).
+    fn abort(&self, code: i32) -> ! {
+        std::process::exit(code)
+    }
+
     /// Time and bytes spent in collectives so far.
     fn traffic(&self) -> Traffic {
         Traffic::default()
@@ -171,6 +192,9 @@ pub enum ParallelError {
     /// Every rank reaches this error together (rank 0 reports it).
     #[error("rank {rank} holds a different model than rank 0: {difference}")]
     DifferentModels { rank: usize, difference: String },
+    /// Every rank reaches this error together (rank 0 reports it).
+    #[error("rank {rank} was started with other settings than rank 0: {difference}")]
+    DifferentSettings { rank: usize, difference: String },
     #[error("MPI: {0}")]
     Mpi(String),
 }
@@ -228,20 +252,34 @@ fn first_difference(root: &str, other: &str) -> Option<String> {
         .map(|k| format!("{k} is not in rank 0's model"))
 }
 
-/// Checks that every rank holds the same model; every rank gets the same
-/// answer, naming the lowest rank that differs and how.
-pub fn check_same_model(c: &dyn Collective, description: &str) -> Result<(), ParallelError> {
+/// The lowest rank whose description differs from rank 0's, and how; every
+/// rank gets the same answer.
+fn first_rank_differing(c: &dyn Collective, description: &str) -> Option<(usize, String)> {
     if c.size() == 1 {
-        return Ok(());
+        return None;
     }
     let all = c.all_gather_bytes(description.as_bytes());
     let root = String::from_utf8_lossy(&all[0]);
-    for (rank, other) in all.iter().enumerate().skip(1) {
-        if let Some(difference) = first_difference(&root, &String::from_utf8_lossy(other)) {
-            return Err(ParallelError::DifferentModels { rank, difference });
-        }
+    all.iter().enumerate().skip(1).find_map(|(rank, other)| {
+        first_difference(&root, &String::from_utf8_lossy(other)).map(|d| (rank, d))
+    })
+}
+
+/// Checks that every rank holds the same model ([`model_description`]).
+pub fn check_same_model(c: &dyn Collective, description: &str) -> Result<(), ParallelError> {
+    match first_rank_differing(c, description) {
+        Some((rank, difference)) => Err(ParallelError::DifferentModels { rank, difference }),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// Checks that every rank runs with the same settings, `description` being
+/// one "setting `<name>`: <value>" line each.
+pub fn check_same_settings(c: &dyn Collective, description: &str) -> Result<(), ParallelError> {
+    match first_rank_differing(c, description) {
+        Some((rank, difference)) => Err(ParallelError::DifferentSettings { rank, difference }),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

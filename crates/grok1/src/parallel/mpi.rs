@@ -2,11 +2,13 @@
 //! process of `mpirun -np N`, shared memory between ranks of one machine,
 //! TCP or InfiniBand between machines.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mpi::datatype::PartitionMut;
 use mpi::environment::Universe;
+use mpi::request::{Request, Scope};
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
 use mpi::Threading;
@@ -49,6 +51,7 @@ impl MpiRuntime {
             size: world.size() as usize,
             world: Mutex::new(World(world)),
             traffic: TrafficCounter::default(),
+            wait_limit_nanos: AtomicU64::new(0),
         });
         Ok(Some(MpiRuntime {
             _universe: universe,
@@ -77,6 +80,17 @@ pub struct MpiCollective {
     size: usize,
     world: Mutex<World>,
     traffic: TrafficCounter,
+    /// See [`Collective::set_wait_limit`]; 0: none.
+    wait_limit_nanos: AtomicU64,
+}
+
+/// How a collective waits for the other ranks.
+#[derive(Clone, Copy)]
+enum Wait {
+    /// Up to the wait limit, if one is set.
+    Limited,
+    /// Without limit (a follower waiting for rank 0's next order).
+    Idle,
 }
 
 impl MpiCollective {
@@ -93,6 +107,75 @@ impl MpiCollective {
     pub fn abort(&self, code: i32) -> ! {
         let world = self.world.lock().unwrap_or_else(|e| e.into_inner());
         world.0.abort(code)
+    }
+
+    fn limit(&self, wait: Wait) -> Option<Duration> {
+        match (wait, self.wait_limit_nanos.load(Ordering::Relaxed)) {
+            (Wait::Idle, _) | (_, 0) => None,
+            (Wait::Limited, nanos) => Some(Duration::from_nanos(nanos)),
+        }
+    }
+
+    /// Polls a nonblocking collective until it completes. Past the wait
+    /// limit it says which collective waited and ends the job: a blocking
+    /// call would wait forever for a rank that hangs.
+    fn complete<'a, D: ?Sized, S: Scope<'a>>(
+        &self,
+        world: &SimpleCommunicator,
+        mut request: Request<'a, D, S>,
+        wait: Wait,
+        what: &dyn Fn() -> String,
+    ) {
+        let limit = self.limit(wait);
+        let start = Instant::now();
+        loop {
+            request = match request.test() {
+                Ok(_) => return,
+                Err(pending) => pending,
+            };
+            let waited = start.elapsed();
+            if limit.is_some_and(|l| waited > l) {
+                eprintln!(
+                    "grok1: error (rank {}): {} waited {:.1} s for the other ranks (the wait limit): a rank has died or hangs; ending the job",
+                    self.rank,
+                    what(),
+                    waited.as_secs_f64()
+                );
+                world.abort(3);
+            }
+            // Spin first (a collective takes microseconds), then offer the
+            // core to threads still computing; past a second the wait is
+            // idle or stuck, and a millisecond more per poll costs nothing.
+            if waited > Duration::from_secs(1) {
+                std::thread::sleep(Duration::from_millis(1));
+            } else if waited > Duration::from_millis(1) {
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    fn broadcast(&self, bytes: &mut Vec<u8>, first: Wait) {
+        let sent = if self.rank == 0 { bytes.len() } else { 0 };
+        self.with_world(sent, |w| {
+            let mut len = bytes.len() as u64;
+            mpi::request::scope(|scope| {
+                let r = w
+                    .process_at_rank(0)
+                    .immediate_broadcast_into(scope, &mut len);
+                self.complete(w, r, first, &|| {
+                    "the broadcast of rank 0's message length".into()
+                });
+            });
+            bytes.resize(len as usize, 0);
+            mpi::request::scope(|scope| {
+                let r = w
+                    .process_at_rank(0)
+                    .immediate_broadcast_into(scope, &mut bytes[..]);
+                self.complete(w, r, Wait::Limited, &|| {
+                    format!("the broadcast of rank 0's {len}-byte message")
+                });
+            });
+        });
     }
 }
 
@@ -122,19 +205,40 @@ impl Collective for MpiCollective {
 
     fn all_gather_f32(&self, local: &[f32], out: &mut [f32]) {
         assert_eq!(out.len(), local.len() * self.size, "all_gather_f32 sizes");
-        self.with_world(4 * local.len(), |w| w.all_gather_into(local, out));
+        self.with_world(4 * local.len(), |w| {
+            mpi::request::scope(|scope| {
+                let r = w.immediate_all_gather_into(scope, local, out);
+                self.complete(w, r, Wait::Limited, &|| {
+                    format!("an all-gather of {} f32 a rank", local.len())
+                });
+            })
+        });
     }
 
     fn all_gather_bytes(&self, local: &[u8]) -> Vec<Vec<u8>> {
         self.with_world(local.len(), |w| {
             let mut lens = vec![0u64; self.size];
-            w.all_gather_into(&(local.len() as u64), &mut lens[..]);
+            let own = local.len() as u64;
+            mpi::request::scope(|scope| {
+                let r = w.immediate_all_gather_into(scope, &own, &mut lens[..]);
+                self.complete(w, r, Wait::Limited, &|| {
+                    "an all-gather of message lengths".into()
+                });
+            });
             let counts: Vec<usize> = lens.iter().map(|&l| l as usize).collect();
             let mut all = vec![0u8; counts.iter().sum()];
             let (c, d) = counts_and_displacements(&counts);
             {
                 let mut parts = PartitionMut::new(&mut all[..], &c[..], &d[..]);
-                w.all_gather_varcount_into(local, &mut parts);
+                mpi::request::scope(|scope| {
+                    let r = w.immediate_all_gather_varcount_into(scope, local, &mut parts);
+                    self.complete(w, r, Wait::Limited, &|| {
+                        format!(
+                            "an all-gather of {} bytes in all",
+                            counts.iter().sum::<usize>()
+                        )
+                    });
+                });
             }
             let mut at = 0;
             counts
@@ -148,14 +252,20 @@ impl Collective for MpiCollective {
     }
 
     fn broadcast_bytes(&self, bytes: &mut Vec<u8>) {
-        let sent = if self.rank == 0 { bytes.len() } else { 0 };
-        self.with_world(sent, |w| {
-            let root = w.process_at_rank(0);
-            let mut len = bytes.len() as u64;
-            root.broadcast_into(&mut len);
-            bytes.resize(len as usize, 0);
-            root.broadcast_into(&mut bytes[..]);
-        });
+        self.broadcast(bytes, Wait::Limited);
+    }
+
+    fn wait_for_broadcast(&self, bytes: &mut Vec<u8>) {
+        self.broadcast(bytes, Wait::Idle);
+    }
+
+    fn set_wait_limit(&self, limit: Option<Duration>) {
+        let nanos = limit.map_or(0, |l| l.as_nanos().clamp(1, u64::MAX as u128) as u64);
+        self.wait_limit_nanos.store(nanos, Ordering::Relaxed);
+    }
+
+    fn abort(&self, code: i32) -> ! {
+        MpiCollective::abort(self, code)
     }
 
     fn traffic(&self) -> Traffic {
