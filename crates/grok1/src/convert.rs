@@ -24,6 +24,7 @@ use crate::progress::Progress;
 use crate::quant::{quantize_row_weighted, GgmlType};
 
 mod mix;
+pub mod shards;
 pub use mix::{fallback, MatrixRole, Mix, ModelShape, Scheme};
 
 /// Output container.
@@ -636,6 +637,116 @@ pub fn convert_with(
     out: &Path,
     progress: &dyn Progress,
 ) -> Result<ConvertReport, ConvertError> {
+    check_options(options)?;
+    let (format, scheme) = (options.format, options.scheme);
+    let mut tensors = plan(cfg, weights, layout_of(format), scheme);
+    let weighted_matrices = match options.imatrix {
+        Some(imatrix) => attach_importance(&mut tensors, imatrix)?,
+        None => 0,
+    };
+    write_planned(
+        cfg,
+        tokenizer,
+        options,
+        &tensors,
+        weighted_matrices,
+        out,
+        progress,
+    )
+}
+
+fn layout_of(format: OutFormat) -> RowLayout {
+    match format {
+        OutFormat::Gguf => RowLayout::Gguf,
+        OutFormat::Safetensors => RowLayout::Keyfan,
+    }
+}
+
+/// The tensors a conversion of `weights` writes: name, type and shape (numpy
+/// order), in file order.
+pub fn planned_tensors(
+    cfg: &ModelConfig,
+    weights: &Weights,
+    options: &ConvertOptions,
+) -> Vec<(String, GgmlType, Vec<usize>)> {
+    plan(cfg, weights, layout_of(options.format), options.scheme)
+        .into_iter()
+        .map(|t| (t.name, t.dtype, t.shape))
+        .collect()
+}
+
+/// [`convert_with`] for one rank's part `part` (its weights cut from
+/// `whole`, tensor parallel): every tensor gets the type the whole model's
+/// conversion gives it, and a tensor split inside its rows is refused unless
+/// the rank's columns are whole blocks of that type. Encoding is per block,
+/// so each rank's bytes are exactly its slice of the whole conversion's.
+pub fn convert_part_with(
+    cfg: &ModelConfig,
+    whole: &Weights,
+    part: &Weights,
+    tokenizer: Option<&Tokenizer>,
+    options: &ConvertOptions,
+    out: &Path,
+    progress: &dyn Progress,
+) -> Result<ConvertReport, ConvertError> {
+    check_options(options)?;
+    let layout = layout_of(options.format);
+    let mut reference = plan(cfg, whole, layout, options.scheme);
+    let weighted_matrices = match options.imatrix {
+        Some(imatrix) => attach_importance(&mut reference, imatrix)?,
+        None => 0,
+    };
+    let mut tensors = plan(cfg, part, layout, options.scheme);
+    let (rank, ranks) = (part.shard.rank, part.shard.count);
+    if tensors.len() != reference.len() {
+        return Err(ConvertError::Unsupported(format!(
+            "rank {rank}'s part has {} tensors, the whole model {}",
+            tensors.len(),
+            reference.len()
+        )));
+    }
+    for (t, w) in tensors.iter_mut().zip(&reference) {
+        let (cols, whole_cols) = (*t.shape.last().unwrap(), *w.shape.last().unwrap());
+        if t.name != w.name || (cols != whole_cols && cols * ranks != whole_cols) {
+            return Err(ConvertError::Unsupported(format!(
+                "tensor `{}` {:?} of rank {rank} does not match the whole model's `{}` {:?}",
+                t.name, t.shape, w.name, w.shape
+            )));
+        }
+        t.dtype = w.dtype;
+        if t.dtype.row_bytes(cols).is_none() {
+            return Err(ConvertError::Unsupported(format!(
+                "tensor `{}` cannot be split over {ranks} ranks in {}: its rows of {whole_cols} values are {} blocks of {}, and a rank's {cols} columns are not whole blocks",
+                t.name,
+                options.scheme.name(),
+                t.dtype,
+                t.dtype.block_size()
+            )));
+        }
+        // Importance is per input column: a rank's columns take their part.
+        let columns = if cols == whole_cols {
+            0..cols
+        } else {
+            rank * cols..(rank + 1) * cols
+        };
+        t.importance = w
+            .importance
+            .iter()
+            .map(|v| v.as_ref().map(|v| v[columns.clone()].to_vec()))
+            .collect();
+    }
+    write_planned(
+        cfg,
+        tokenizer,
+        options,
+        &tensors,
+        weighted_matrices,
+        out,
+        progress,
+    )
+}
+
+fn check_options(options: &ConvertOptions) -> Result<(), ConvertError> {
     let (format, scheme) = (options.format, options.scheme);
     if let Scheme::Uniform(dtype) = scheme {
         if !GgmlType::ENCODABLE.contains(&dtype) {
@@ -657,23 +768,27 @@ pub fn convert_with(
             scheme.name()
         )));
     }
-    let layout = match format {
-        OutFormat::Gguf => RowLayout::Gguf,
-        OutFormat::Safetensors => RowLayout::Keyfan,
-    };
-    let mut tensors = plan(cfg, weights, layout, scheme);
-    let weighted_matrices = match options.imatrix {
-        Some(imatrix) => attach_importance(&mut tensors, imatrix)?,
-        None => 0,
-    };
+    Ok(())
+}
+
+fn write_planned(
+    cfg: &ModelConfig,
+    tokenizer: Option<&Tokenizer>,
+    options: &ConvertOptions,
+    tensors: &[Planned],
+    weighted_matrices: usize,
+    out: &Path,
+    progress: &dyn Progress,
+) -> Result<ConvertReport, ConvertError> {
+    let (format, scheme) = (options.format, options.scheme);
     let total: u64 = tensors.iter().map(Planned::bytes).sum();
     let parameters: u64 = tensors
         .iter()
         .map(|t| t.shape.iter().product::<usize>() as u64)
         .sum();
     match format {
-        OutFormat::Gguf => write_gguf(cfg, tokenizer, scheme, &tensors, out, total, progress)?,
-        OutFormat::Safetensors => write_safetensors(cfg, &tensors, out, total, progress)?,
+        OutFormat::Gguf => write_gguf(cfg, tokenizer, scheme, tensors, out, total, progress)?,
+        OutFormat::Safetensors => write_safetensors(cfg, tensors, out, total, progress)?,
     }
     let files = match format {
         OutFormat::Gguf => vec![out.to_path_buf()],
