@@ -93,9 +93,22 @@ struct Planned<'a> {
     /// Column importance of each matrix (one per expert of an expert
     /// tensor), where an imatrix gives it.
     importance: Vec<Option<Vec<f32>>>,
+    /// One rank's columns of a tensor split inside its rows (a shard set):
+    /// `source` is the whole tensor, whose rows of `.1` values are each
+    /// encoded whole (some encoders weigh a block by its row's mean square)
+    /// and only the bytes `.0` of each written.
+    keep: Option<(std::ops::Range<usize>, usize)>,
 }
 
 impl Planned<'_> {
+    /// Values of each row read from the source.
+    fn source_cols(&self) -> usize {
+        match &self.keep {
+            Some((_, whole)) => *whole,
+            None => *self.shape.last().unwrap(),
+        }
+    }
+
     fn bytes(&self) -> u64 {
         let row = self.dtype.row_bytes(*self.shape.last().unwrap()).unwrap() as u64;
         row * self.shape[..self.shape.len() - 1].iter().product::<usize>() as u64
@@ -127,6 +140,7 @@ fn plan<'a>(
         dtype: GgmlType::F32,
         source: Source::Values(v),
         importance: Vec::new(),
+        keep: None,
     };
     let linear = |name: String, part: Part, layer: usize, m: &'a Matrix| Planned {
         name,
@@ -134,6 +148,7 @@ fn plan<'a>(
         dtype: type_of(part, layer, m.k()),
         source: Source::Linear(m),
         importance: Vec::new(),
+        keep: None,
     };
     out.push(Planned {
         name: name(Part::Embedding, 0),
@@ -141,6 +156,7 @@ fn plan<'a>(
         dtype: type_of(Part::Embedding, 0, d),
         source: Source::Rows(&w.embedding),
         importance: Vec::new(),
+        keep: None,
     });
     if shape.has_output {
         out.push(Planned {
@@ -149,6 +165,7 @@ fn plan<'a>(
             dtype: type_of(Part::Output, 0, d),
             source: Source::Rows(&w.output),
             importance: Vec::new(),
+            keep: None,
         });
     }
     for (i, l) in w.layers.iter().enumerate() {
@@ -167,6 +184,7 @@ fn plan<'a>(
             dtype: GgmlType::F32,
             source: Source::Router(&l.router, d, e),
             importance: Vec::new(),
+            keep: None,
         });
         for (part, mats) in [
             (Part::Gate, &l.experts.linear),
@@ -180,6 +198,7 @@ fn plan<'a>(
                     dtype: type_of(part, i, mats[0].k()),
                     source: Source::Experts(mats),
                     importance: Vec::new(),
+                    keep: None,
                 }),
                 None => {
                     for (x, m) in mats.iter().enumerate() {
@@ -279,7 +298,12 @@ fn write_tensor(
     out: &mut dyn Write,
     progress: &mut dyn FnMut(u64),
 ) -> std::io::Result<()> {
-    let cols = *t.shape.last().unwrap();
+    let cols = t.source_cols();
+    let kept = t.keep.as_ref().map(|(bytes, _)| bytes.clone());
+    let out_row = match &kept {
+        Some(bytes) => bytes.len(),
+        None => t.dtype.row_bytes(cols).unwrap(),
+    } as u64;
     let mut emit =
         |rows: &[f32], importance: Option<&[f32]>, out: &mut dyn Write| -> std::io::Result<()> {
             // Rows are encoded in parallel, then written in order.
@@ -291,7 +315,10 @@ fn write_tensor(
                     let mut row_bytes = Vec::new();
                     for row in chunk.chunks_exact(cols) {
                         quantize_row_weighted(t.dtype, row, importance, &mut row_bytes);
-                        all.extend_from_slice(&row_bytes);
+                        match &kept {
+                            Some(bytes) => all.extend_from_slice(&row_bytes[bytes.clone()]),
+                            None => all.extend_from_slice(&row_bytes),
+                        }
                     }
                     all
                 })
@@ -299,7 +326,7 @@ fn write_tensor(
             for e in &encoded {
                 out.write_all(e)?;
             }
-            progress((rows.len() / cols) as u64 * t.dtype.row_bytes(cols).unwrap() as u64);
+            progress((rows.len() / cols) as u64 * out_row);
             Ok(())
         };
     let importance = |m: usize| t.importance.get(m).and_then(|v| v.as_deref());
@@ -677,9 +704,10 @@ pub fn planned_tensors(
 
 /// [`convert_with`] for one rank's part `part` (its weights cut from
 /// `whole`, tensor parallel): every tensor gets the type the whole model's
-/// conversion gives it, and a tensor split inside its rows is refused unless
-/// the rank's columns are whole blocks of that type. Encoding is per block,
-/// so each rank's bytes are exactly its slice of the whole conversion's.
+/// conversion gives it; a tensor cut along its rows is encoded from the
+/// rank's rows, and one cut inside its rows from the whole rows, keeping the
+/// rank's bytes (refused unless they are whole blocks of the type). Each
+/// rank's bytes are exactly its slice of the whole conversion's.
 pub fn convert_part_with(
     cfg: &ModelConfig,
     whole: &Weights,
@@ -723,17 +751,15 @@ pub fn convert_part_with(
                 t.dtype.block_size()
             )));
         }
-        // Importance is per input column: a rank's columns take their part.
-        let columns = if cols == whole_cols {
-            0..cols
-        } else {
-            rank * cols..(rank + 1) * cols
-        };
-        t.importance = w
-            .importance
-            .iter()
-            .map(|v| v.as_ref().map(|v| v[columns.clone()].to_vec()))
-            .collect();
+        t.importance = w.importance.clone();
+        if cols != whole_cols {
+            // Cut inside its rows: each whole row is encoded (some encoders
+            // weigh a block by its row's mean square) and this rank's bytes
+            // of it kept.
+            let byte = |c: usize| t.dtype.row_bytes(c).expect("whole blocks, checked above");
+            t.keep = Some((byte(rank * cols)..byte((rank + 1) * cols), whole_cols));
+            t.source = w.source;
+        }
     }
     write_planned(
         cfg,

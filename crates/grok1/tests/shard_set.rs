@@ -118,6 +118,9 @@ fn shard_sets_run_bit_identical_to_the_whole_file_split_at_load() {
         (OutFormat::Gguf, GgmlType::Q8_0, "gguf", 2),
         (OutFormat::Gguf, GgmlType::Q8_0, "gguf", 8),
         (OutFormat::Gguf, GgmlType::Q5K, "gguf", 1),
+        // These weigh each block by its whole row's mean square.
+        (OutFormat::Gguf, GgmlType::Q4_0, "gguf", 2),
+        (OutFormat::Gguf, GgmlType::Q5_1, "gguf", 4),
         (OutFormat::Safetensors, GgmlType::BF16, "st", 4),
     ];
     for (format, dtype, ext, n) in cases {
@@ -419,4 +422,60 @@ fn only_a_previous_shard_set_counts_as_ours() {
     let other = set.join("data");
     std::fs::create_dir(&other).unwrap();
     assert_eq!(foreign_entry(&set).unwrap(), Some(other));
+}
+
+#[test]
+fn an_importance_matrix_weighs_each_rank_with_its_own_columns() {
+    use grok1::imatrix::{Imatrix, ImatrixEntry};
+    let tmp = tempfile::tempdir().unwrap();
+    // Importance for the attention output (256 input columns, split over
+    // the ranks): uneven, so that a rank given another rank's columns would
+    // quantise differently.
+    let mut entries = std::collections::BTreeMap::new();
+    for layer in 0..2 {
+        let sums: Vec<f32> = (0..256)
+            .map(|c| 1.0 + ((c * 37 + layer * 11) % 97) as f32)
+            .collect();
+        entries.insert(
+            format!("blk.{layer}.attn_output.weight"),
+            ImatrixEntry {
+                cols: 256,
+                sums,
+                counts: vec![4.0],
+            },
+        );
+    }
+    let imatrix = Imatrix {
+        entries,
+        datasets: vec!["test".into()],
+        chunk_count: 1,
+        chunk_size: 4,
+    };
+    let weighted = ConvertOptions {
+        format: OutFormat::Gguf,
+        scheme: Scheme::Uniform(GgmlType::Q4_0),
+        imatrix: Some(&imatrix),
+    };
+    let plain = options(OutFormat::Gguf, GgmlType::Q4_0);
+    let (whole, unweighted, set) = (
+        tmp.path().join("whole.gguf"),
+        tmp.path().join("plain.gguf"),
+        tmp.path().join("set"),
+    );
+    convert_whole("tiny-moe", &weighted, &whole);
+    convert_whole("tiny-moe", &plain, &unweighted);
+    write_set("tiny-moe", &weighted, 2, &set).unwrap();
+    let runs = on_ranks(2, |c| {
+        (
+            logits_bits(&load(&whole, c.clone()).unwrap()),
+            logits_bits(&load(&unweighted, c.clone()).unwrap()),
+            logits_bits(&load(&set, c).unwrap()),
+        )
+    });
+    let (whole_bits, plain_bits, set_bits) = &runs[0];
+    assert!(whole_bits != plain_bits, "the importance changed nothing");
+    assert!(
+        whole_bits == set_bits,
+        "the set differs from the weighted whole file"
+    );
 }
