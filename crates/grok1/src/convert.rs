@@ -98,6 +98,11 @@ struct Planned<'a> {
     /// encoded whole (some encoders weigh a block by its row's mean square)
     /// and only the bytes `.0` of each written.
     keep: Option<(std::ops::Range<usize>, usize)>,
+    /// The matrices' role, where they are split over ranks by it.
+    part: Option<Part>,
+    /// One rank's rows of each matrix of a tensor split along its rows (a
+    /// shard set); all of them when `None`.
+    rows: Option<std::ops::Range<usize>>,
 }
 
 impl Planned<'_> {
@@ -141,6 +146,8 @@ fn plan<'a>(
         source: Source::Values(v),
         importance: Vec::new(),
         keep: None,
+        part: None,
+        rows: None,
     };
     let linear = |name: String, part: Part, layer: usize, m: &'a Matrix| Planned {
         name,
@@ -149,6 +156,8 @@ fn plan<'a>(
         source: Source::Linear(m),
         importance: Vec::new(),
         keep: None,
+        part: Some(part),
+        rows: None,
     };
     out.push(Planned {
         name: name(Part::Embedding, 0),
@@ -157,6 +166,8 @@ fn plan<'a>(
         source: Source::Rows(&w.embedding),
         importance: Vec::new(),
         keep: None,
+        part: Some(Part::Embedding),
+        rows: None,
     });
     if shape.has_output {
         out.push(Planned {
@@ -166,6 +177,8 @@ fn plan<'a>(
             source: Source::Rows(&w.output),
             importance: Vec::new(),
             keep: None,
+            part: Some(Part::Output),
+            rows: None,
         });
     }
     for (i, l) in w.layers.iter().enumerate() {
@@ -185,6 +198,8 @@ fn plan<'a>(
             source: Source::Router(&l.router, d, e),
             importance: Vec::new(),
             keep: None,
+            part: None,
+            rows: None,
         });
         for (part, mats) in [
             (Part::Gate, &l.experts.linear),
@@ -199,6 +214,8 @@ fn plan<'a>(
                     source: Source::Experts(mats),
                     importance: Vec::new(),
                     keep: None,
+                    part: Some(part),
+                    rows: None,
                 }),
                 None => {
                     for (x, m) in mats.iter().enumerate() {
@@ -340,40 +357,51 @@ fn write_tensor(
             // Pages are released a block at a time: the embedding is the
             // largest tensor (3 GiB of f32 in Grok-1).
             let len = m.row_len();
+            let rows = t.rows.clone().unwrap_or(0..m.rows);
             write_blocks(
-                m.rows,
+                rows.len(),
                 cols,
                 &mut emit,
                 importance(0),
                 out,
-                |first, count, buf| decode_rows(m, first, count, buf),
-                |first, count| m.data.slice(first * len, count * len).release(),
+                |first, count, buf| decode_rows(m, rows.start + first, count, buf),
+                |first, count| {
+                    m.data
+                        .slice((rows.start + first) * len, count * len)
+                        .release()
+                },
             )?;
         }
-        Source::Linear(m) => write_linear(m, cols, &mut emit, importance(0), out)?,
+        Source::Linear(m) => {
+            let rows = t.rows.clone().unwrap_or(0..m.n());
+            write_linear(m, rows, cols, &mut emit, importance(0), out)?
+        }
         Source::Experts(ms) => {
             for (x, m) in ms.iter().enumerate() {
-                write_linear(m, cols, &mut emit, importance(x), out)?;
+                let rows = t.rows.clone().unwrap_or(0..m.n());
+                write_linear(m, rows, cols, &mut emit, importance(x), out)?;
             }
         }
     }
     Ok(())
 }
 
+/// Rows `rows` of `[out, in]` (all of them but in a shard set's part).
 fn write_linear(
     m: &Matrix,
+    rows: std::ops::Range<usize>,
     cols: usize,
     emit: &mut Emit,
     importance: Option<&[f32]>,
     out: &mut dyn Write,
 ) -> std::io::Result<()> {
     write_blocks(
-        m.n(),
+        rows.len(),
         cols,
         emit,
         importance,
         out,
-        |first, count, buf| linear_rows(m, first, count, buf),
+        |first, count, buf| linear_rows(m, rows.start + first, count, buf),
         |_, _| {},
     )?;
     // Done with this matrix: its pages may leave the resident set.
@@ -702,65 +730,111 @@ pub fn planned_tensors(
         .collect()
 }
 
-/// [`convert_with`] for one rank's part `part` (its weights cut from
-/// `whole`, tensor parallel): every tensor gets the type the whole model's
-/// conversion gives it; a tensor cut along its rows is encoded from the
-/// rank's rows, and one cut inside its rows from the whole rows, keeping the
-/// rank's bytes (refused unless they are whole blocks of the type). Each
-/// rank's bytes are exactly its slice of the whole conversion's.
+/// How a role's matrices are cut over ranks (tensor parallel, the split
+/// `model::weights` reads back): along their stored rows (outputs, vocabulary
+/// rows) or inside them (inputs), in `count` equal units of `what`.
+fn split_of(cfg: &ModelConfig, part: Part) -> Option<(bool, usize, &'static str)> {
+    let (kv, ff) = (cfg.num_kv_heads, cfg.ffn_size);
+    Some(match part {
+        Part::Embedding | Part::Output => (true, cfg.vocab_size, "vocabulary rows"),
+        Part::Query => (true, kv, "key/value head groups"),
+        Part::Key | Part::Value => (true, kv, "key/value heads"),
+        Part::AttnOut => (false, kv, "key/value head groups"),
+        Part::Gate | Part::Up => (true, ff, "expert hidden columns"),
+        Part::Down => (false, ff, "expert hidden columns"),
+        _ => return None,
+    })
+}
+
+/// The tensors of rank `shard`'s part of the whole conversion of `whole`:
+/// each in the type the whole conversion gives it, its rows or its columns
+/// cut as the model splits it, read from the whole source a block of rows at
+/// a time (so memory stays bounded: nothing of the part is held). A tensor
+/// that cannot be split so is refused, naming it.
+fn plan_part<'a>(
+    cfg: &ModelConfig,
+    whole: &'a Weights,
+    shard: crate::parallel::Shard,
+    options: &ConvertOptions,
+) -> Result<(Vec<Planned<'a>>, usize), ConvertError> {
+    check_options(options)?;
+    let mut tensors = plan(cfg, whole, layout_of(options.format), options.scheme);
+    let weighted_matrices = match options.imatrix {
+        Some(imatrix) => attach_importance(&mut tensors, imatrix)?,
+        None => 0,
+    };
+    let ranks = shard.count;
+    for t in tensors.iter_mut() {
+        let Some((along_rows, count, what)) = t.part.and_then(|p| split_of(cfg, p)) else {
+            continue;
+        };
+        let Some(units) = shard.range(count) else {
+            return Err(ConvertError::Unsupported(format!(
+                "tensor `{}` cannot be split over {ranks} ranks: its {count} {what} do not divide by {ranks}",
+                t.name
+            )));
+        };
+        let axis = t.shape.len() - if along_rows { 2 } else { 1 };
+        let width = t.shape[axis] / count;
+        let range = units.start * width..units.end * width;
+        if along_rows {
+            t.shape[axis] = range.len();
+            t.rows = Some(range);
+            continue;
+        }
+        // Cut inside its rows: each whole row is encoded (some encoders weigh
+        // a block by its row's mean square) and this rank's bytes kept.
+        let whole_cols = t.shape[axis];
+        let (Some(start), Some(end)) =
+            (t.dtype.row_bytes(range.start), t.dtype.row_bytes(range.end))
+        else {
+            return Err(ConvertError::Unsupported(format!(
+                "tensor `{}` cannot be split over {ranks} ranks in {}: its rows of {whole_cols} values are {} blocks of {}, and a rank's {} columns are not whole blocks",
+                t.name,
+                options.scheme.name(),
+                t.dtype,
+                t.dtype.block_size(),
+                range.len()
+            )));
+        };
+        t.shape[axis] = range.len();
+        t.keep = Some((start..end, whole_cols));
+    }
+    Ok((tensors, weighted_matrices))
+}
+
+/// Checks that the whole conversion of `whole` can be split over `ranks`
+/// ranks, without writing anything.
+pub fn check_part_split(
+    cfg: &ModelConfig,
+    whole: &Weights,
+    ranks: usize,
+    options: &ConvertOptions,
+) -> Result<(), ConvertError> {
+    plan_part(
+        cfg,
+        whole,
+        crate::parallel::Shard {
+            rank: 0,
+            count: ranks,
+        },
+        options,
+    )
+    .map(|_| ())
+}
+
+/// [`convert_with`] for rank `shard`'s part of the model (a shard set): its
+/// bytes are exactly its slice of the whole conversion's.
 pub fn convert_part_with(
     cfg: &ModelConfig,
     whole: &Weights,
-    part: &Weights,
+    shard: crate::parallel::Shard,
     tokenizer: Option<&Tokenizer>,
     options: &ConvertOptions,
     out: &Path,
     progress: &dyn Progress,
 ) -> Result<ConvertReport, ConvertError> {
-    check_options(options)?;
-    let layout = layout_of(options.format);
-    let mut reference = plan(cfg, whole, layout, options.scheme);
-    let weighted_matrices = match options.imatrix {
-        Some(imatrix) => attach_importance(&mut reference, imatrix)?,
-        None => 0,
-    };
-    let mut tensors = plan(cfg, part, layout, options.scheme);
-    let (rank, ranks) = (part.shard.rank, part.shard.count);
-    if tensors.len() != reference.len() {
-        return Err(ConvertError::Unsupported(format!(
-            "rank {rank}'s part has {} tensors, the whole model {}",
-            tensors.len(),
-            reference.len()
-        )));
-    }
-    for (t, w) in tensors.iter_mut().zip(&reference) {
-        let (cols, whole_cols) = (*t.shape.last().unwrap(), *w.shape.last().unwrap());
-        if t.name != w.name || (cols != whole_cols && cols * ranks != whole_cols) {
-            return Err(ConvertError::Unsupported(format!(
-                "tensor `{}` {:?} of rank {rank} does not match the whole model's `{}` {:?}",
-                t.name, t.shape, w.name, w.shape
-            )));
-        }
-        t.dtype = w.dtype;
-        if t.dtype.row_bytes(cols).is_none() {
-            return Err(ConvertError::Unsupported(format!(
-                "tensor `{}` cannot be split over {ranks} ranks in {}: its rows of {whole_cols} values are {} blocks of {}, and a rank's {cols} columns are not whole blocks",
-                t.name,
-                options.scheme.name(),
-                t.dtype,
-                t.dtype.block_size()
-            )));
-        }
-        t.importance = w.importance.clone();
-        if cols != whole_cols {
-            // Cut inside its rows: each whole row is encoded (some encoders
-            // weigh a block by its row's mean square) and this rank's bytes
-            // of it kept.
-            let byte = |c: usize| t.dtype.row_bytes(c).expect("whole blocks, checked above");
-            t.keep = Some((byte(rank * cols)..byte((rank + 1) * cols), whole_cols));
-            t.source = w.source;
-        }
-    }
+    let (tensors, weighted_matrices) = plan_part(cfg, whole, shard, options)?;
     write_planned(
         cfg,
         tokenizer,

@@ -95,9 +95,11 @@ fn read_back(format: ShardFormat, dir: &Path) -> Result<(ModelConfig, Vec<String
 
 /// Writes the model in `store` as a set of `ranks` rank directories under
 /// `out` (which must not exist, or be empty): `out/rank-R-of-N/` with the
-/// rank's file(s) and `shard.json`, then `out/shard-set.json`. A tensor that
-/// cannot be split over `ranks` (in the source's blocks or the output
-/// type's) is refused, naming it.
+/// rank's file(s) and `shard.json`, then `out/shard-set.json`. Each rank's
+/// tensors are read from the whole source a block of rows at a time, so
+/// memory stays bounded whatever the model's size. A tensor that cannot be
+/// split over `ranks` (its heads, hidden columns or vocabulary rows, or the
+/// output type's blocks) is refused, naming it, before anything is written.
 pub fn write_shard_set(
     cfg: &ModelConfig,
     store: &TensorStore,
@@ -115,12 +117,12 @@ pub fn write_shard_set(
         OutFormat::Safetensors => ShardFormat::Safetensors,
     };
     let whole = Weights::from_store(cfg, store)?;
-    // Every rank's part is cut alike (equal parts), so a refusal comes at
-    // rank 0, before anything is written; what was made is removed then.
+    super::check_part_split(cfg, &whole, ranks, options)?;
+    // An error while writing removes what was made.
     let created = !out.exists();
     std::fs::create_dir_all(out).map_err(io(out))?;
     let written = write_ranks(
-        cfg, store, tokenizer, options, ranks, out, progress, &whole, format,
+        cfg, tokenizer, options, ranks, out, progress, &whole, format,
     );
     if written.is_err() && created {
         let _ = std::fs::remove_dir_all(out);
@@ -131,7 +133,6 @@ pub fn write_shard_set(
 #[allow(clippy::too_many_arguments)]
 fn write_ranks(
     cfg: &ModelConfig,
-    store: &TensorStore,
     tokenizer: Option<&Tokenizer>,
     options: &ConvertOptions,
     ranks: usize,
@@ -154,7 +155,6 @@ fn write_ranks(
     for rank in 0..ranks {
         let dir = out.join(rank_dir_name(rank, ranks));
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let part = Weights::from_store_shard(cfg, store, Shard { rank, count: ranks })?;
         let target = match format {
             ShardFormat::Gguf => dir.join("model.gguf"),
             ShardFormat::Safetensors => dir.clone(),
@@ -164,8 +164,15 @@ fn write_ranks(
             rank,
             ranks,
         };
-        let report = convert_part_with(cfg, whole, &part, tokenizer, options, &target, &labelled)?;
-        drop(part);
+        let report = convert_part_with(
+            cfg,
+            whole,
+            Shard { rank, count: ranks },
+            tokenizer,
+            options,
+            &target,
+            &labelled,
+        )?;
         let (mut read_config, table) = read_back(format, &dir)?;
         // A GGUF's vocabulary size reads back as its embedding's rows: the rank's.
         read_config.vocab_size = cfg.vocab_size;
