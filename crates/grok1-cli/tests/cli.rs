@@ -1530,6 +1530,13 @@ fn convert_shards_writes_a_set_and_force_replaces_only_a_set() {
     let o = convert(&set, "4", &["--force"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!set.join("rank-0-of-2").exists() && set.join("rank-3-of-4").exists());
+    let o = run(grok1().arg("inspect").arg("--model").arg(&set));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let shown = stdout(&o);
+    assert!(
+        shown.contains("(4 ranks, fingerprint ") && shown.contains("rank 3 of 4: "),
+        "{shown}"
+    );
     let o = run(grok1()
         .args([
             "generate",

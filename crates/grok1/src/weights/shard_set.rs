@@ -442,6 +442,18 @@ pub fn foreign_entry(dir: &Path) -> std::io::Result<Option<PathBuf>> {
     Ok(None)
 }
 
+/// A set's manifest and each of its rank directories present in `dir` with
+/// its manifest (for `grok1 inspect`).
+pub fn describe(dir: &Path) -> Result<(SetManifest, Vec<(PathBuf, RankManifest)>), ShardSetError> {
+    let set: SetManifest = read_json(0, &dir.join(SET_MANIFEST))?;
+    let mut ranks = Vec::new();
+    for (rank, _, path) in rank_dirs(dir) {
+        let manifest = read_json(rank, &path.join(RANK_MANIFEST))?;
+        ranks.push((path, manifest));
+    }
+    Ok((set, ranks))
+}
+
 /// True when `dir` is a shard set: its set manifest is there.
 pub fn is_shard_set(dir: &Path) -> bool {
     dir.join(SET_MANIFEST).is_file()
