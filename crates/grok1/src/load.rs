@@ -129,6 +129,8 @@ pub fn load(path: impl AsRef<Path>) -> Result<LoadedModel, LoadError> {
 /// holding `ckpt-0/` or the tensor files themselves (with `config.json` beside
 /// them or one level up; the grok-1 preset without one). Weights are
 /// memory-mapped, not read. `progress` hears about the checkpoint's files.
+/// A shard set of one rank (`convert --shards 1`) loads too; one of several
+/// ranks needs [`load_parallel`] with as many processes.
 ///
 /// ```
 /// # fn main() -> Result<(), grok1::LoadError> {
@@ -158,7 +160,9 @@ pub fn load_with(path: &Path, progress: &dyn Progress) -> Result<LoadedModel, Lo
 
 /// [`load_with`] for one rank of a model split over `collective`'s processes
 /// (tensor parallel): the file is opened whole (mapped, not read) and this
-/// rank keeps its part of each split tensor. Every rank must call it; a rank
+/// rank keeps its part of each split tensor; from a shard set
+/// (`weights::shard_set`), the rank maps its own directory, whose tensors
+/// are its part already. Every rank must call it; a rank
 /// whose model differs from rank 0's (config or tensor table) is refused on
 /// every rank with [`ParallelError::DifferentModels`].
 pub fn load_parallel(
