@@ -3,7 +3,9 @@
 logits|generate` for N = 2, 4, 8 on both fixture models in f32 (logits within
 the fixture's tolerance, greedy ids identical to the reference, stdout written
 once), a Q8_0 GGUF and a safetensors model against one process, and ranks
-holding different models refused. Standard library only.
+holding different models refused; shard sets (`convert --shards N`) against
+the whole converted file at N = 2 and 4, and their refusals. Standard library
+only.
 
 usage: check_parity.py GROK1_BINARY [--np 2,4,8] [--mpirun-args "..."]
 """
@@ -161,6 +163,54 @@ def check_refusals(r):
     print("ok: a model that cannot be split and a command not split yet are refused once, by rank 0")
 
 
+def check_shard_sets(r, sizes):
+    """`grok1 convert --shards N` sets against the whole converted file split
+    at load: logits bit-identical in f32 and greedy ids identical at each N;
+    a set refused without mpirun, under another N, and when its ranks hold
+    parts of different models (each once, by rank 0)."""
+    moe = os.path.join(MODELS, "tiny-moe")
+    whole = os.path.join(SCRATCH, "tiny-moe-shards-whole.gguf")
+    r.run(0, ["convert", "--model", moe, "--format", "gguf", "--type", "f32", "--out", whole, "--force"])
+    _, tokens = fixture("tiny-moe", "prefill_seq2_tokens.npy")
+    _, prompt = fixture("tiny-moe", "decode_prompt0_tokens.npy")
+    for n in sizes:
+        dest = os.path.join(SCRATCH, f"tiny-moe-shards-{n}")
+        r.run(0, ["convert", "--model", moe, "--format", "gguf", "--type", "f32", "--shards", str(n),
+                  "--out", dest, "--force"])
+        _, from_whole = r.logits(n, whole, tokens, f"shards-whole-np{n}")
+        _, from_set = r.logits(n, dest, tokens, f"shards-set-np{n}")
+        if from_whole.tobytes() != from_set.tobytes():
+            sys.exit(f"FAIL: shard set N={n}: logits differ from the whole file's at N={n} "
+                     f"(max abs {max_abs(from_whole, from_set):.3e})")
+        if r.greedy(n, whole, prompt, 16) != r.greedy(n, dest, prompt, 16):
+            sys.exit(f"FAIL: shard set N={n}: greedy ids differ from the whole file's")
+        print(f"ok: shard set of {n} ranks: logits bit-identical to the whole file at N={n}, greedy ids identical")
+    two = os.path.join(SCRATCH, "tiny-moe-shards-2")
+    if 2 not in sizes:
+        r.run(0, ["convert", "--model", moe, "--format", "gguf", "--type", "f32", "--shards", "2",
+                  "--out", two, "--force"])
+    gen = ["generate", "--model", two, "--tokens", "1,2,3", "--max-tokens", "2"]
+    p = r.run(0, gen, check=False)
+    want = f"grok1: error: {two}: this is a shard set of 2 ranks; run it under mpirun -np 2"
+    if p.returncode == 0 or want not in p.stderr:
+        sys.exit(f"FAIL: a set of 2 without mpirun: exit {p.returncode}, stderr:\n{p.stderr}")
+    p = r.run(4, gen, check=False)
+    want = "is a shard set of 2 ranks, but this job runs 4 processes"
+    if p.returncode == 0 or p.stderr.count(want) != 1:
+        sys.exit(f"FAIL: a set of 2 under -np 4: exit {p.returncode}, stderr:\n{p.stderr}")
+    vocab = os.path.join(SCRATCH, "tiny-vocab-shards-2")
+    r.run(0, ["convert", "--model", os.path.join(MODELS, "tiny-vocab"), "--format", "gguf", "--type", "f32",
+              "--shards", "2", "--out", vocab, "--force"])
+    args = ["generate", "--tokens", "1,2,3", "--max-tokens", "2", "--model"]
+    cmd = (["mpirun"] + r.mpirun_args + ["-np", "1", r.binary] + args + [os.path.join(two, "rank-0-of-2")]
+           + [":", "-np", "1", r.binary] + args + [os.path.join(vocab, "rank-1-of-2")])
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=mpi_env())
+    want = "grok1: error: rank 1 holds a different model than rank 0: config field `attn_output_multiplier`"
+    if p.returncode == 0 or p.stderr.count(want) != 1:
+        sys.exit(f"FAIL: shard sets of different models: exit {p.returncode}, stderr:\n{p.stderr}")
+    print("ok: a set refused without mpirun, under another N, and with parts of different models (once, by rank 0)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("binary")
@@ -179,6 +229,7 @@ def main():
     check_against_one_process(r, os.path.join(ROOT, "tests/fixtures/safetensors/keyfan"), 2, tol)
     check_different_models_refused(r)
     check_refusals(r)
+    check_shard_sets(r, [n for n in sizes if n in (2, 4)])
     print(f"mpi parity: {r.launches} launches in {time.time() - start:.0f} s")
 
 

@@ -22,6 +22,12 @@ pub struct Cli {
     /// syntax (`grok1_server=debug`); overrides RUST_LOG (default: RUST_LOG, else info)
     #[arg(long, global = true)]
     pub log_level: Option<String>,
+
+    /// Parse the command line and exit (0 when accepted, 2 with clap's
+    /// message when not) without running anything: checks the command lines
+    /// of deploy/ (Dockerfile, Kubernetes manifests) in CI
+    #[arg(long, global = true, hide = true)]
+    pub check_args: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -253,8 +259,15 @@ pub struct ConvertArgs {
     #[arg(long, value_name = "FILE")]
     pub tokenizer: Option<PathBuf>,
 
+    /// Write a shard set for `mpirun -np N`: one directory per rank under
+    /// --out (rank-R-of-N/), each holding only that rank's part of the model
+    /// (GGUF or safetensors) and a shard.json saying which part it is
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub shards: Option<u32>,
+
     /// Replace an existing output: a file, or a directory holding only a
-    /// previous conversion's output (never anything the model is read from)
+    /// previous conversion's output (with --shards: only a previous shard
+    /// set; never anything the model is read from)
     #[arg(long)]
     pub force: bool,
 }

@@ -43,6 +43,12 @@ pub fn convert(args: ConvertArgs) -> anyhow::Result<ExitCode> {
     if args.out.symlink_metadata().is_ok() && !args.force {
         bail!("{} exists; pass --force to replace it", args.out.display());
     }
+    if let Some(ranks) = args.shards {
+        let scheme = scheme.context(
+            "--shards writes GGUF or safetensors rank files; --format ckpt cannot be split",
+        )?;
+        return convert_shards(&args, scheme, ranks as usize, imatrix.as_ref());
+    }
     let loaded = model_source::load(Some(&args.model))?;
     let cfg = loaded.model.config().clone();
     let tokenizer_path = args
@@ -118,6 +124,103 @@ pub fn convert(args: ConvertArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_default()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `grok1 convert --shards N`: a shard set under `--out`.
+fn convert_shards(
+    args: &ConvertArgs,
+    scheme: grok1::convert::Scheme,
+    ranks: usize,
+    imatrix: Option<&grok1::imatrix::Imatrix>,
+) -> anyhow::Result<ExitCode> {
+    let bar = Bar::new(true);
+    let opened = grok1::load::open_model(&args.model, &bar)?;
+    let tokenizer_path = args
+        .tokenizer
+        .as_deref()
+        .or(opened.tokenizer_file.as_deref());
+    let tokenizer = model_source::tokenizer(tokenizer_path)?;
+    let sources: Vec<&Path> = opened
+        .sources
+        .iter()
+        .map(PathBuf::as_path)
+        .chain([args.model.as_path()])
+        .chain(tokenizer_path)
+        .collect();
+    refuse_overlap(&args.out, &sources)?;
+    if args.force {
+        clear_previous_shard_set(&args.out)?;
+    }
+    let format = match args.format {
+        ConvertFormat::Safetensors => OutFormat::Safetensors,
+        _ => OutFormat::Gguf,
+    };
+    let options = ConvertOptions {
+        format,
+        scheme,
+        imatrix,
+    };
+    let started = Instant::now();
+    let report = grok1::convert::shards::write_shard_set(
+        &opened.config,
+        &opened.store,
+        Some(&tokenizer),
+        &options,
+        ranks,
+        &args.out,
+        &bar,
+    )
+    .with_context(|| {
+        format!(
+            "converting {} to a shard set of {ranks} ranks in {}",
+            args.model.display(),
+            args.out.display()
+        )
+    })?;
+    let secs = started.elapsed().as_secs_f64();
+    let mb = |b: u64| b as f64 / 1e6;
+    let largest = report
+        .ranks
+        .iter()
+        .map(|r| r.bytes_written)
+        .max()
+        .unwrap_or(0);
+    eprintln!(
+        "grok1: wrote a shard set of {ranks} ranks to {}: {:.1} MB in all, {:.1} MB the largest rank, in {secs:.1} s{}",
+        args.out.display(),
+        mb(report.bytes_written()),
+        mb(largest),
+        peak_rss_kib()
+            .map(|k| format!(", peak RSS {:.1} MiB", k as f64 / 1024.0))
+            .unwrap_or_default()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// With `--force --shards`: removes a previous shard set at `out` (an empty
+/// directory too); refuses anything else, naming what is not a set's.
+fn clear_previous_shard_set(out: &Path) -> anyhow::Result<()> {
+    let meta = match out.symlink_metadata() {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", out.display())),
+    };
+    if !meta.is_dir() {
+        bail!(
+            "--force replaces only a previous shard set, and {} is {}, not a directory",
+            out.display(),
+            grok1::files::kind_of(&meta)
+        );
+    }
+    let removing = || format!("removing {}", out.display());
+    if let Some(entry) = grok1::weights::shard_set::foreign_entry(out).with_context(removing)? {
+        bail!(
+            "--force replaces only a previous shard set, and {} holds {}, which is not part of one; remove it yourself or choose another --out",
+            out.display(),
+            entry.display()
+        );
+    }
+    std::fs::remove_dir_all(out).with_context(removing)
 }
 
 /// `path` absolute, with symlinks and `..` resolved as far as it exists (the

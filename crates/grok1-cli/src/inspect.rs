@@ -109,6 +109,9 @@ fn print_tensor_table(store: &grok1::weights::TensorStore) {
 }
 
 pub fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
+    if grok1::weights::shard_set::is_shard_set(&args.model) {
+        return inspect_shard_set(&args.model);
+    }
     if let Some(file) = gguf::find(&args.model)? {
         return inspect_gguf(&file);
     }
@@ -180,6 +183,44 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
         human_bytes(scale_bytes),
         human_bytes(f32_bytes),
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A shard set (`convert --shards N`): its ranks and their files; each
+/// rank's directory is inspected as the model file it holds.
+fn inspect_shard_set(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let (set, ranks) = grok1::weights::shard_set::describe(dir)?;
+    println!(
+        "shard set: {} ({} ranks, fingerprint {})",
+        dir.display(),
+        set.ranks,
+        set.fingerprint
+    );
+    println!("split: {}", set.split);
+    for (path, m) in &ranks {
+        let files: Vec<String> = m
+            .files
+            .iter()
+            .map(|f| format!("{} ({} bytes)", f.name, f.bytes))
+            .collect();
+        println!(
+            "rank {} of {}: {} ({:?}, {} tensors): {}",
+            m.rank,
+            m.ranks,
+            path.display(),
+            m.format,
+            m.tensors.len(),
+            files.join(", ")
+        );
+    }
+    if ranks.len() < set.ranks {
+        println!(
+            "{} of {} rank directories are here (each machine needs only its own)",
+            ranks.len(),
+            set.ranks
+        );
+    }
+    println!("(inspect a rank's directory for its tensors)");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -115,6 +115,11 @@ fn init_logging(flag: Option<&str>) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     grok1::runtime::keep_freed_buffers();
     let cli = Cli::parse();
+    if cli.check_args {
+        // Nothing runs, MPI included: the parse above has accepted the line.
+        eprintln!("grok1: arguments accepted: {}", command_name(&cli.command));
+        return ExitCode::SUCCESS;
+    }
     if let Err(err) = init_logging(cli.log_level.as_deref()) {
         eprintln!("grok1: error: {err}");
         return ExitCode::from(2);
@@ -179,6 +184,9 @@ fn is_agreed(e: &(dyn std::error::Error + 'static)) -> bool {
         || match e.downcast_ref::<LoadError>() {
             Some(LoadError::Parallel(p)) => different(p),
             Some(LoadError::Build { .. }) => true,
+            Some(LoadError::Shards(grok1::weights::shard_set::ShardSetError::Agreed {
+                ..
+            })) => true,
             _ => false,
         }
 }

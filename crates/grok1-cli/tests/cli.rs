@@ -1489,3 +1489,142 @@ fn chat_on_a_terminal_recalls_history_and_saves_it() {
         "{history:?}"
     );
 }
+
+/// `convert --shards N`: a set of rank directories; `--force` replaces only a
+/// previous set (never a foreign directory or another conversion's output);
+/// the set refuses to run without mpirun, saying how to run it.
+#[test]
+fn convert_shards_writes_a_set_and_force_replaces_only_a_set() {
+    let tmp = tempfile::tempdir().unwrap();
+    let set = tmp.path().join("set");
+    let convert = |out: &Path, n: &str, extra: &[&str]| {
+        run(grok1()
+            .arg("convert")
+            .arg("--model")
+            .arg(model("tiny-moe"))
+            .args(["--format", "gguf", "--type", "q8_0", "--shards", n, "--out"])
+            .arg(out)
+            .args(extra))
+    };
+    let o = convert(&set, "2", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("wrote a shard set of 2 ranks"),
+        "{}",
+        stderr(&o)
+    );
+    let mut names: Vec<String> = std::fs::read_dir(&set)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["rank-0-of-2", "rank-1-of-2", "shard-set.json"]);
+    let o = convert(&set, "2", &[]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("exists; pass --force to replace it"),
+        "{}",
+        stderr(&o)
+    );
+    // --force replaces a previous set, of any size.
+    let o = convert(&set, "4", &["--force"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!set.join("rank-0-of-2").exists() && set.join("rank-3-of-4").exists());
+    let o = run(grok1().arg("inspect").arg("--model").arg(&set));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let shown = stdout(&o);
+    assert!(
+        shown.contains("(4 ranks, fingerprint ") && shown.contains("rank 3 of 4: "),
+        "{shown}"
+    );
+    let o = run(grok1()
+        .args([
+            "generate",
+            "--tokens",
+            "1,2,3",
+            "--max-tokens",
+            "2",
+            "--model",
+        ])
+        .arg(&set));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("this is a shard set of 4 ranks; run it under mpirun -np 4"),
+        "{}",
+        stderr(&o)
+    );
+    // A set with something of the user's in it is not replaced.
+    let notes = set.join("notes.txt");
+    std::fs::write(&notes, "mine").unwrap();
+    let o = convert(&set, "2", &["--force"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains(&format!(
+            "--force replaces only a previous shard set, and {} holds {}, which is not part of one",
+            set.display(),
+            notes.display()
+        )),
+        "{}",
+        stderr(&o)
+    );
+    assert!(notes.exists() && set.join("rank-3-of-4").exists());
+    // Nor is another conversion's output.
+    let st = tmp.path().join("st");
+    let o = run(grok1()
+        .arg("convert")
+        .arg("--model")
+        .arg(model("tiny-moe"))
+        .args(["--format", "safetensors", "--type", "f32", "--out"])
+        .arg(&st));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = convert(&st, "2", &["--force"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("which is not part of one"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(st.join("model.safetensors").exists());
+    // The official layout is not split.
+    let o = run(grok1()
+        .arg("convert")
+        .arg("--model")
+        .arg(model("tiny-moe"))
+        .args([
+            "--format", "ckpt", "--type", "int8", "--shards", "2", "--out",
+        ])
+        .arg(tmp.path().join("ckpt")));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("--format ckpt cannot be split"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// `--check-args` parses a command line and runs nothing; a misspelled flag
+/// fails as it would in a real run.
+#[test]
+fn check_args_accepts_a_valid_line_and_refuses_a_misspelled_flag() {
+    let line = [
+        "serve",
+        "--model",
+        "/nonexistent/model",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8000",
+    ];
+    let o = run(grok1().arg("--check-args").args(line));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("arguments accepted: serve"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(grok1()
+        .arg("--check-args")
+        .args(["serve", "--model", "/m", "--prot", "8000"]));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--prot"), "{}", stderr(&o));
+}

@@ -24,6 +24,7 @@ use crate::progress::Progress;
 use crate::quant::{quantize_row_weighted, GgmlType};
 
 mod mix;
+pub mod shards;
 pub use mix::{fallback, MatrixRole, Mix, ModelShape, Scheme};
 
 /// Output container.
@@ -92,9 +93,27 @@ struct Planned<'a> {
     /// Column importance of each matrix (one per expert of an expert
     /// tensor), where an imatrix gives it.
     importance: Vec<Option<Vec<f32>>>,
+    /// One rank's columns of a tensor split inside its rows (a shard set):
+    /// `source` is the whole tensor, whose rows of `.1` values are each
+    /// encoded whole (some encoders weigh a block by its row's mean square)
+    /// and only the bytes `.0` of each written.
+    keep: Option<(std::ops::Range<usize>, usize)>,
+    /// The matrices' role, where they are split over ranks by it.
+    part: Option<Part>,
+    /// One rank's rows of each matrix of a tensor split along its rows (a
+    /// shard set); all of them when `None`.
+    rows: Option<std::ops::Range<usize>>,
 }
 
 impl Planned<'_> {
+    /// Values of each row read from the source.
+    fn source_cols(&self) -> usize {
+        match &self.keep {
+            Some((_, whole)) => *whole,
+            None => *self.shape.last().unwrap(),
+        }
+    }
+
     fn bytes(&self) -> u64 {
         let row = self.dtype.row_bytes(*self.shape.last().unwrap()).unwrap() as u64;
         row * self.shape[..self.shape.len() - 1].iter().product::<usize>() as u64
@@ -126,6 +145,9 @@ fn plan<'a>(
         dtype: GgmlType::F32,
         source: Source::Values(v),
         importance: Vec::new(),
+        keep: None,
+        part: None,
+        rows: None,
     };
     let linear = |name: String, part: Part, layer: usize, m: &'a Matrix| Planned {
         name,
@@ -133,6 +155,9 @@ fn plan<'a>(
         dtype: type_of(part, layer, m.k()),
         source: Source::Linear(m),
         importance: Vec::new(),
+        keep: None,
+        part: Some(part),
+        rows: None,
     };
     out.push(Planned {
         name: name(Part::Embedding, 0),
@@ -140,6 +165,9 @@ fn plan<'a>(
         dtype: type_of(Part::Embedding, 0, d),
         source: Source::Rows(&w.embedding),
         importance: Vec::new(),
+        keep: None,
+        part: Some(Part::Embedding),
+        rows: None,
     });
     if shape.has_output {
         out.push(Planned {
@@ -148,6 +176,9 @@ fn plan<'a>(
             dtype: type_of(Part::Output, 0, d),
             source: Source::Rows(&w.output),
             importance: Vec::new(),
+            keep: None,
+            part: Some(Part::Output),
+            rows: None,
         });
     }
     for (i, l) in w.layers.iter().enumerate() {
@@ -166,6 +197,9 @@ fn plan<'a>(
             dtype: GgmlType::F32,
             source: Source::Router(&l.router, d, e),
             importance: Vec::new(),
+            keep: None,
+            part: None,
+            rows: None,
         });
         for (part, mats) in [
             (Part::Gate, &l.experts.linear),
@@ -179,6 +213,9 @@ fn plan<'a>(
                     dtype: type_of(part, i, mats[0].k()),
                     source: Source::Experts(mats),
                     importance: Vec::new(),
+                    keep: None,
+                    part: Some(part),
+                    rows: None,
                 }),
                 None => {
                     for (x, m) in mats.iter().enumerate() {
@@ -278,7 +315,12 @@ fn write_tensor(
     out: &mut dyn Write,
     progress: &mut dyn FnMut(u64),
 ) -> std::io::Result<()> {
-    let cols = *t.shape.last().unwrap();
+    let cols = t.source_cols();
+    let kept = t.keep.as_ref().map(|(bytes, _)| bytes.clone());
+    let out_row = match &kept {
+        Some(bytes) => bytes.len(),
+        None => t.dtype.row_bytes(cols).unwrap(),
+    } as u64;
     let mut emit =
         |rows: &[f32], importance: Option<&[f32]>, out: &mut dyn Write| -> std::io::Result<()> {
             // Rows are encoded in parallel, then written in order.
@@ -290,7 +332,10 @@ fn write_tensor(
                     let mut row_bytes = Vec::new();
                     for row in chunk.chunks_exact(cols) {
                         quantize_row_weighted(t.dtype, row, importance, &mut row_bytes);
-                        all.extend_from_slice(&row_bytes);
+                        match &kept {
+                            Some(bytes) => all.extend_from_slice(&row_bytes[bytes.clone()]),
+                            None => all.extend_from_slice(&row_bytes),
+                        }
                     }
                     all
                 })
@@ -298,7 +343,7 @@ fn write_tensor(
             for e in &encoded {
                 out.write_all(e)?;
             }
-            progress((rows.len() / cols) as u64 * t.dtype.row_bytes(cols).unwrap() as u64);
+            progress((rows.len() / cols) as u64 * out_row);
             Ok(())
         };
     let importance = |m: usize| t.importance.get(m).and_then(|v| v.as_deref());
@@ -312,40 +357,51 @@ fn write_tensor(
             // Pages are released a block at a time: the embedding is the
             // largest tensor (3 GiB of f32 in Grok-1).
             let len = m.row_len();
+            let rows = t.rows.clone().unwrap_or(0..m.rows);
             write_blocks(
-                m.rows,
+                rows.len(),
                 cols,
                 &mut emit,
                 importance(0),
                 out,
-                |first, count, buf| decode_rows(m, first, count, buf),
-                |first, count| m.data.slice(first * len, count * len).release(),
+                |first, count, buf| decode_rows(m, rows.start + first, count, buf),
+                |first, count| {
+                    m.data
+                        .slice((rows.start + first) * len, count * len)
+                        .release()
+                },
             )?;
         }
-        Source::Linear(m) => write_linear(m, cols, &mut emit, importance(0), out)?,
+        Source::Linear(m) => {
+            let rows = t.rows.clone().unwrap_or(0..m.n());
+            write_linear(m, rows, cols, &mut emit, importance(0), out)?
+        }
         Source::Experts(ms) => {
             for (x, m) in ms.iter().enumerate() {
-                write_linear(m, cols, &mut emit, importance(x), out)?;
+                let rows = t.rows.clone().unwrap_or(0..m.n());
+                write_linear(m, rows, cols, &mut emit, importance(x), out)?;
             }
         }
     }
     Ok(())
 }
 
+/// Rows `rows` of `[out, in]` (all of them but in a shard set's part).
 fn write_linear(
     m: &Matrix,
+    rows: std::ops::Range<usize>,
     cols: usize,
     emit: &mut Emit,
     importance: Option<&[f32]>,
     out: &mut dyn Write,
 ) -> std::io::Result<()> {
     write_blocks(
-        m.n(),
+        rows.len(),
         cols,
         emit,
         importance,
         out,
-        |first, count, buf| linear_rows(m, first, count, buf),
+        |first, count, buf| linear_rows(m, rows.start + first, count, buf),
         |_, _| {},
     )?;
     // Done with this matrix: its pages may leave the resident set.
@@ -636,6 +692,161 @@ pub fn convert_with(
     out: &Path,
     progress: &dyn Progress,
 ) -> Result<ConvertReport, ConvertError> {
+    check_options(options)?;
+    let (format, scheme) = (options.format, options.scheme);
+    let mut tensors = plan(cfg, weights, layout_of(format), scheme);
+    let weighted_matrices = match options.imatrix {
+        Some(imatrix) => attach_importance(&mut tensors, imatrix)?,
+        None => 0,
+    };
+    write_planned(
+        cfg,
+        tokenizer,
+        options,
+        &tensors,
+        weighted_matrices,
+        out,
+        progress,
+    )
+}
+
+fn layout_of(format: OutFormat) -> RowLayout {
+    match format {
+        OutFormat::Gguf => RowLayout::Gguf,
+        OutFormat::Safetensors => RowLayout::Keyfan,
+    }
+}
+
+/// The tensors a conversion of `weights` writes: name, type and shape (numpy
+/// order), in file order.
+pub fn planned_tensors(
+    cfg: &ModelConfig,
+    weights: &Weights,
+    options: &ConvertOptions,
+) -> Vec<(String, GgmlType, Vec<usize>)> {
+    plan(cfg, weights, layout_of(options.format), options.scheme)
+        .into_iter()
+        .map(|t| (t.name, t.dtype, t.shape))
+        .collect()
+}
+
+/// How a role's matrices are cut over ranks (tensor parallel, the split
+/// `model::weights` reads back): along their stored rows (outputs, vocabulary
+/// rows) or inside them (inputs), in `count` equal units of `what`.
+fn split_of(cfg: &ModelConfig, part: Part) -> Option<(bool, usize, &'static str)> {
+    let (kv, ff) = (cfg.num_kv_heads, cfg.ffn_size);
+    Some(match part {
+        Part::Embedding | Part::Output => (true, cfg.vocab_size, "vocabulary rows"),
+        Part::Query => (true, kv, "key/value head groups"),
+        Part::Key | Part::Value => (true, kv, "key/value heads"),
+        Part::AttnOut => (false, kv, "key/value head groups"),
+        Part::Gate | Part::Up => (true, ff, "expert hidden columns"),
+        Part::Down => (false, ff, "expert hidden columns"),
+        _ => return None,
+    })
+}
+
+/// The tensors of rank `shard`'s part of the whole conversion of `whole`:
+/// each in the type the whole conversion gives it, its rows or its columns
+/// cut as the model splits it, read from the whole source a block of rows at
+/// a time (so memory stays bounded: nothing of the part is held). A tensor
+/// that cannot be split so is refused, naming it.
+fn plan_part<'a>(
+    cfg: &ModelConfig,
+    whole: &'a Weights,
+    shard: crate::parallel::Shard,
+    options: &ConvertOptions,
+) -> Result<(Vec<Planned<'a>>, usize), ConvertError> {
+    check_options(options)?;
+    let mut tensors = plan(cfg, whole, layout_of(options.format), options.scheme);
+    let weighted_matrices = match options.imatrix {
+        Some(imatrix) => attach_importance(&mut tensors, imatrix)?,
+        None => 0,
+    };
+    let ranks = shard.count;
+    for t in tensors.iter_mut() {
+        let Some((along_rows, count, what)) = t.part.and_then(|p| split_of(cfg, p)) else {
+            continue;
+        };
+        let Some(units) = shard.range(count) else {
+            return Err(ConvertError::Unsupported(format!(
+                "tensor `{}` cannot be split over {ranks} ranks: its {count} {what} do not divide by {ranks}",
+                t.name
+            )));
+        };
+        let axis = t.shape.len() - if along_rows { 2 } else { 1 };
+        let width = t.shape[axis] / count;
+        let range = units.start * width..units.end * width;
+        if along_rows {
+            t.shape[axis] = range.len();
+            t.rows = Some(range);
+            continue;
+        }
+        // Cut inside its rows: each whole row is encoded (some encoders weigh
+        // a block by its row's mean square) and this rank's bytes kept.
+        let whole_cols = t.shape[axis];
+        let (Some(start), Some(end)) =
+            (t.dtype.row_bytes(range.start), t.dtype.row_bytes(range.end))
+        else {
+            return Err(ConvertError::Unsupported(format!(
+                "tensor `{}` cannot be split over {ranks} ranks in {}: its rows of {whole_cols} values are {} blocks of {}, and a rank's {} columns are not whole blocks",
+                t.name,
+                options.scheme.name(),
+                t.dtype,
+                t.dtype.block_size(),
+                range.len()
+            )));
+        };
+        t.shape[axis] = range.len();
+        t.keep = Some((start..end, whole_cols));
+    }
+    Ok((tensors, weighted_matrices))
+}
+
+/// Checks that the whole conversion of `whole` can be split over `ranks`
+/// ranks, without writing anything.
+pub fn check_part_split(
+    cfg: &ModelConfig,
+    whole: &Weights,
+    ranks: usize,
+    options: &ConvertOptions,
+) -> Result<(), ConvertError> {
+    plan_part(
+        cfg,
+        whole,
+        crate::parallel::Shard {
+            rank: 0,
+            count: ranks,
+        },
+        options,
+    )
+    .map(|_| ())
+}
+
+/// [`convert_with`] for rank `shard`'s part of the model (a shard set): its
+/// bytes are exactly its slice of the whole conversion's.
+pub fn convert_part_with(
+    cfg: &ModelConfig,
+    whole: &Weights,
+    shard: crate::parallel::Shard,
+    tokenizer: Option<&Tokenizer>,
+    options: &ConvertOptions,
+    out: &Path,
+    progress: &dyn Progress,
+) -> Result<ConvertReport, ConvertError> {
+    let (tensors, weighted_matrices) = plan_part(cfg, whole, shard, options)?;
+    write_planned(
+        cfg,
+        tokenizer,
+        options,
+        &tensors,
+        weighted_matrices,
+        out,
+        progress,
+    )
+}
+
+fn check_options(options: &ConvertOptions) -> Result<(), ConvertError> {
     let (format, scheme) = (options.format, options.scheme);
     if let Scheme::Uniform(dtype) = scheme {
         if !GgmlType::ENCODABLE.contains(&dtype) {
@@ -657,23 +868,27 @@ pub fn convert_with(
             scheme.name()
         )));
     }
-    let layout = match format {
-        OutFormat::Gguf => RowLayout::Gguf,
-        OutFormat::Safetensors => RowLayout::Keyfan,
-    };
-    let mut tensors = plan(cfg, weights, layout, scheme);
-    let weighted_matrices = match options.imatrix {
-        Some(imatrix) => attach_importance(&mut tensors, imatrix)?,
-        None => 0,
-    };
+    Ok(())
+}
+
+fn write_planned(
+    cfg: &ModelConfig,
+    tokenizer: Option<&Tokenizer>,
+    options: &ConvertOptions,
+    tensors: &[Planned],
+    weighted_matrices: usize,
+    out: &Path,
+    progress: &dyn Progress,
+) -> Result<ConvertReport, ConvertError> {
+    let (format, scheme) = (options.format, options.scheme);
     let total: u64 = tensors.iter().map(Planned::bytes).sum();
     let parameters: u64 = tensors
         .iter()
         .map(|t| t.shape.iter().product::<usize>() as u64)
         .sum();
     match format {
-        OutFormat::Gguf => write_gguf(cfg, tokenizer, scheme, &tensors, out, total, progress)?,
-        OutFormat::Safetensors => write_safetensors(cfg, &tensors, out, total, progress)?,
+        OutFormat::Gguf => write_gguf(cfg, tokenizer, scheme, tensors, out, total, progress)?,
+        OutFormat::Safetensors => write_safetensors(cfg, tensors, out, total, progress)?,
     }
     let files = match format {
         OutFormat::Gguf => vec![out.to_path_buf()],

@@ -33,6 +33,7 @@ use grok1_tokenizer::{Tokenizer, TokenizerError};
 
 use crate::parallel::{check_same_model, model_description, Collective, ParallelError};
 use crate::progress::{NoProgress, Progress};
+use crate::weights::shard_set::{self, RankDir, ShardFormat, ShardSetError};
 use crate::weights::{ckpt0, gguf, safetensors, TensorStore, WeightError};
 use crate::{ConfigError, Grok1, ModelConfig};
 
@@ -58,6 +59,8 @@ pub enum LoadError {
     Build { path: PathBuf, source: WeightError },
     #[error(transparent)]
     Parallel(#[from] ParallelError),
+    #[error(transparent)]
+    Shards(#[from] ShardSetError),
     #[error("loading tokenizer {}: {source}", path.display())]
     TokenizerFile {
         path: PathBuf,
@@ -126,6 +129,8 @@ pub fn load(path: impl AsRef<Path>) -> Result<LoadedModel, LoadError> {
 /// holding `ckpt-0/` or the tensor files themselves (with `config.json` beside
 /// them or one level up; the grok-1 preset without one). Weights are
 /// memory-mapped, not read. `progress` hears about the checkpoint's files.
+/// A shard set of one rank (`convert --shards 1`) loads too; one of several
+/// ranks needs [`load_parallel`] with as many processes.
 ///
 /// ```
 /// # fn main() -> Result<(), grok1::LoadError> {
@@ -155,7 +160,9 @@ pub fn load_with(path: &Path, progress: &dyn Progress) -> Result<LoadedModel, Lo
 
 /// [`load_with`] for one rank of a model split over `collective`'s processes
 /// (tensor parallel): the file is opened whole (mapped, not read) and this
-/// rank keeps its part of each split tensor. Every rank must call it; a rank
+/// rank keeps its part of each split tensor; from a shard set
+/// (`weights::shard_set`), the rank maps its own directory, whose tensors
+/// are its part already. Every rank must call it; a rank
 /// whose model differs from rank 0's (config or tensor table) is refused on
 /// every rank with [`ParallelError::DifferentModels`].
 pub fn load_parallel(
@@ -163,6 +170,11 @@ pub fn load_parallel(
     progress: &dyn Progress,
     collective: Arc<dyn Collective>,
 ) -> Result<LoadedModel, LoadError> {
+    // A shard set (`grok1 convert --shards N`): each rank maps its own part.
+    let opened = shard_set::agree(&*collective, open_shard(path, collective.shard()))??;
+    if let Some(part) = opened {
+        return build_shard(part, collective);
+    }
     if let Some(file) = gguf::find(path)? {
         return load_gguf(&file, collective);
     }
@@ -170,6 +182,100 @@ pub fn load_parallel(
         return load_safetensors(path, collective);
     }
     load_ckpt0(path, progress, collective)
+}
+
+/// One rank's part of a shard set, opened and checked against its manifest.
+struct OpenedShard {
+    rank_dir: RankDir,
+    config: ModelConfig,
+    store: TensorStore,
+    embedded_tokenizer: Option<Tokenizer>,
+}
+
+/// The part of the shard set at `path` that `shard` runs, if `path` is one.
+fn open_shard(
+    path: &Path,
+    shard: crate::parallel::Shard,
+) -> Result<Option<OpenedShard>, LoadError> {
+    let Some(rank_dir) = shard_set::locate(path, shard)? else {
+        return Ok(None);
+    };
+    let (mut config, store, embedded_tokenizer) = match rank_dir.manifest.format {
+        ShardFormat::Gguf => {
+            let g = gguf::GgufModel::open(&rank_dir.file("model.gguf"))?;
+            let (config, tokenizer) = (g.config()?, g.tokenizer()?);
+            (config, g.store, tokenizer)
+        }
+        ShardFormat::Safetensors => {
+            let st = safetensors::SafetensorsModel::open(&rank_dir.dir)?;
+            (st.config()?, st.store, None)
+        }
+    };
+    // A GGUF's vocabulary size is its embedding's rows: this rank's part.
+    config.vocab_size = rank_dir.manifest.config.vocab_size;
+    let (ours, recorded) = (
+        crate::parallel::config_lines(&config),
+        crate::parallel::config_lines(&rank_dir.manifest.config),
+    );
+    if let Some((have, want)) = ours.iter().zip(&recorded).find(|(a, b)| a != b) {
+        return Err(ShardSetError::Refused {
+            rank: shard.rank,
+            file: rank_dir.file(shard_set::RANK_MANIFEST),
+            reason: format!("records {want}, but the rank's files give {have}"),
+        }
+        .into());
+    }
+    shard_set::check_tensors(
+        &rank_dir,
+        shard.rank,
+        &crate::parallel::tensor_lines(&store),
+    )?;
+    Ok(Some(OpenedShard {
+        rank_dir,
+        config,
+        store,
+        embedded_tokenizer,
+    }))
+}
+
+fn build_shard(
+    part: OpenedShard,
+    collective: Arc<dyn Collective>,
+) -> Result<LoadedModel, LoadError> {
+    let OpenedShard {
+        rank_dir,
+        config,
+        store,
+        embedded_tokenizer,
+    } = part;
+    // The whole model's description: ranks of one set agree, of two differ.
+    check_same_model(&*collective, &rank_dir.manifest.model)?;
+    let model = Grok1::from_presliced_store(config, &store, collective).map_err(|source| {
+        LoadError::Build {
+            path: rank_dir.dir.clone(),
+            source,
+        }
+    })?;
+    let folders: Vec<PathBuf> = [Some(rank_dir.dir.clone()), rank_dir.set.clone()]
+        .into_iter()
+        .flatten()
+        .collect();
+    let tokenizer_file = folders
+        .iter()
+        .map(|d| d.join("tokenizer.model"))
+        .find(|p| p.exists());
+    let format = match rank_dir.manifest.format {
+        ShardFormat::Gguf => ModelFormat::Gguf,
+        ShardFormat::Safetensors => ModelFormat::Safetensors,
+    };
+    Ok(LoadedModel {
+        model,
+        format,
+        tokenizer_file,
+        embedded_tokenizer,
+        sources: folders,
+        preset_config: false,
+    })
 }
 
 fn build(
@@ -185,32 +291,54 @@ fn build(
     })
 }
 
-fn load_gguf(file: &Path, collective: Arc<dyn Collective>) -> Result<LoadedModel, LoadError> {
-    let gguf = gguf::GgufModel::open(file)?;
-    let model = build(gguf.config()?, &gguf.store, file, collective)?;
-    let folder = file.parent().map(Path::to_path_buf).unwrap_or_default();
+/// A model's files opened (mapped, not read) and not yet built: its config,
+/// its tensors and where its tokenizer is.
+pub struct OpenedModel {
+    pub config: ModelConfig,
+    pub store: TensorStore,
+    pub format: ModelFormat,
+    pub tokenizer_file: Option<PathBuf>,
+    pub embedded_tokenizer: Option<Tokenizer>,
+    /// The files and directories the model is read from.
+    pub sources: Vec<PathBuf>,
+    /// A `ckpt-0` directory without `config.json`: the grok-1 preset is used.
+    pub preset_config: bool,
+}
+
+/// Opens the whole model at `path` (any format but a shard set) without
+/// building it: for a converter that cuts it itself.
+pub fn open_model(path: &Path, progress: &dyn Progress) -> Result<OpenedModel, LoadError> {
+    if let Some(file) = gguf::find(path)? {
+        return open_gguf(&file);
+    }
+    if safetensors::is_safetensors_dir(path) {
+        return open_safetensors(path);
+    }
+    open_ckpt0(path, progress)
+}
+
+fn load_opened(
+    opened: OpenedModel,
+    path: &Path,
+    collective: Arc<dyn Collective>,
+) -> Result<LoadedModel, LoadError> {
+    let model = build(opened.config, &opened.store, path, collective)?;
     Ok(LoadedModel {
         model,
-        format: ModelFormat::Gguf,
-        // A tokenizer.model beside the file wins over the file's own vocabulary.
-        tokenizer_file: Some(folder.join("tokenizer.model")).filter(|p| p.exists()),
-        embedded_tokenizer: gguf.tokenizer()?,
-        sources: gguf.parts.iter().map(|p| p.path.clone()).collect(),
-        preset_config: false,
+        format: opened.format,
+        tokenizer_file: opened.tokenizer_file,
+        embedded_tokenizer: opened.embedded_tokenizer,
+        sources: opened.sources,
+        preset_config: opened.preset_config,
     })
 }
 
+fn load_gguf(file: &Path, collective: Arc<dyn Collective>) -> Result<LoadedModel, LoadError> {
+    load_opened(open_gguf(file)?, file, collective)
+}
+
 fn load_safetensors(dir: &Path, collective: Arc<dyn Collective>) -> Result<LoadedModel, LoadError> {
-    let st = safetensors::SafetensorsModel::open(dir)?;
-    let model = build(st.config()?, &st.store, dir, collective)?;
-    Ok(LoadedModel {
-        model,
-        format: ModelFormat::Safetensors,
-        tokenizer_file: Some(dir.join("tokenizer.model")).filter(|p| p.exists()),
-        embedded_tokenizer: None,
-        sources: vec![dir.to_path_buf()],
-        preset_config: false,
-    })
+    load_opened(open_safetensors(dir)?, dir, collective)
 }
 
 fn load_ckpt0(
@@ -218,13 +346,44 @@ fn load_ckpt0(
     progress: &dyn Progress,
     collective: Arc<dyn Collective>,
 ) -> Result<LoadedModel, LoadError> {
+    load_opened(open_ckpt0(dir, progress)?, dir, collective)
+}
+
+fn open_gguf(file: &Path) -> Result<OpenedModel, LoadError> {
+    let gguf = gguf::GgufModel::open(file)?;
+    let folder = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    Ok(OpenedModel {
+        config: gguf.config()?,
+        format: ModelFormat::Gguf,
+        // A tokenizer.model beside the file wins over the file's own vocabulary.
+        tokenizer_file: Some(folder.join("tokenizer.model")).filter(|p| p.exists()),
+        embedded_tokenizer: gguf.tokenizer()?,
+        sources: gguf.parts.iter().map(|p| p.path.clone()).collect(),
+        preset_config: false,
+        store: gguf.store,
+    })
+}
+
+fn open_safetensors(dir: &Path) -> Result<OpenedModel, LoadError> {
+    let st = safetensors::SafetensorsModel::open(dir)?;
+    Ok(OpenedModel {
+        config: st.config()?,
+        format: ModelFormat::Safetensors,
+        tokenizer_file: Some(dir.join("tokenizer.model")).filter(|p| p.exists()),
+        embedded_tokenizer: None,
+        sources: vec![dir.to_path_buf()],
+        preset_config: false,
+        store: st.store,
+    })
+}
+
+fn open_ckpt0(dir: &Path, progress: &dyn Progress) -> Result<OpenedModel, LoadError> {
     let paths = ckpt0::locate(dir)?;
     let config = match &paths.config {
         Some(p) => ModelConfig::load(p)?,
         None => ModelConfig::grok1(),
     };
     let store = ckpt0::read_checkpoint(&paths.tensors, &config, paths.config.as_deref(), progress)?;
-    let model = build(config, &store, dir, collective)?;
     let tokenizer_file = [dir.join("tokenizer.model"), dir.join("../tokenizer.model")]
         .into_iter()
         .find(|p| p.exists());
@@ -234,8 +393,9 @@ fn load_ckpt0(
         .into_iter()
         .flatten()
         .collect();
-    Ok(LoadedModel {
-        model,
+    Ok(OpenedModel {
+        config,
+        store,
         format: ModelFormat::Ckpt0,
         tokenizer_file,
         embedded_tokenizer: None,

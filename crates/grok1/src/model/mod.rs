@@ -214,6 +214,22 @@ impl Grok1 {
         ))
     }
 
+    /// One rank's part of the model from a store holding only that part,
+    /// already cut (a rank of a shard set): mapped as it is, nothing copied.
+    pub fn from_presliced_store(
+        config: ModelConfig,
+        store: &TensorStore,
+        collective: Arc<dyn Collective>,
+    ) -> Result<Self, WeightError> {
+        let weights = Weights::from_presliced_store(&config, store, collective.shard())?;
+        Ok(Self::new_parallel(
+            config,
+            weights,
+            Box::new(CpuBackend::new()),
+            collective,
+        ))
+    }
+
     pub fn new(config: ModelConfig, weights: Weights, backend: Box<dyn Backend>) -> Self {
         Self::new_parallel(config, weights, backend, Arc::new(SingleProcess))
     }

@@ -297,6 +297,10 @@ fn linear(store: &TensorStore, name: &str, k: usize, n: usize) -> Result<Matrix,
 struct Splitter<'a> {
     store: &'a TensorStore,
     shard: Shard,
+    /// The store holds this rank's parts already cut (a rank of a shard set,
+    /// `weights::shard_set`): each split tensor is read whole at its part's
+    /// shape.
+    presliced: bool,
 }
 
 /// How a weight's split axis divides: `units` pieces that must stay whole
@@ -333,15 +337,29 @@ impl Splitter<'_> {
         }
     }
 
+    /// The length a tensor's split axis of `full` is stored at: `full`, or
+    /// this rank's part of it in a presliced store.
+    fn stored(&self, name: &str, full: usize, units: Units) -> Result<usize, WeightError> {
+        if !self.presliced || self.shard.is_whole() {
+            return Ok(full);
+        }
+        Ok(self.range(name, units)?.len())
+    }
+
+    /// True when the tensors read are this rank's as they are.
+    fn as_read(&self) -> bool {
+        self.shard.is_whole() || self.presliced
+    }
+
     fn outputs(&self, m: Matrix, name: &str, units: Units) -> Result<Matrix, WeightError> {
-        if self.shard.is_whole() {
+        if self.as_read() {
             return Ok(m);
         }
         Ok(outputs_of(&m, self.range(name, units)?))
     }
 
     fn inputs(&self, m: Matrix, name: &str, units: Units) -> Result<Matrix, WeightError> {
-        if self.shard.is_whole() {
+        if self.as_read() {
             return Ok(m);
         }
         let range = self.range(name, units)?;
@@ -349,7 +367,7 @@ impl Splitter<'_> {
     }
 
     fn vocab(&self, m: RowMatrix, name: &str) -> Result<RowMatrix, WeightError> {
-        if self.shard.is_whole() {
+        if self.as_read() {
             return Ok(m);
         }
         let units = Units {
@@ -358,6 +376,16 @@ impl Splitter<'_> {
             what: "vocabulary rows",
         };
         Ok(rows_of(&m, self.range(name, units)?))
+    }
+
+    /// Rows of the embedding or output projection as stored.
+    fn vocab_stored(&self, name: &str, vocab: usize) -> Result<usize, WeightError> {
+        let units = Units {
+            count: vocab,
+            width: 1,
+            what: "vocabulary rows",
+        };
+        self.stored(name, vocab, units)
     }
 
     fn vocab_rows(&self, vocab: usize) -> Range<usize> {
@@ -414,10 +442,45 @@ impl Weights {
         store: &TensorStore,
         shard: Shard,
     ) -> Result<Self, WeightError> {
-        let split = Splitter { store, shard };
+        Self::from_split(
+            cfg,
+            store,
+            Splitter {
+                store,
+                shard,
+                presliced: false,
+            },
+        )
+    }
+
+    /// One rank's weights from a store that holds only its part, already
+    /// cut (a rank of a shard set): each split tensor must have its part's
+    /// shape, and is used as it is, mapped.
+    pub fn from_presliced_store(
+        cfg: &ModelConfig,
+        store: &TensorStore,
+        shard: Shard,
+    ) -> Result<Self, WeightError> {
+        Self::from_split(
+            cfg,
+            store,
+            Splitter {
+                store,
+                shard,
+                presliced: true,
+            },
+        )
+    }
+
+    fn from_split(
+        cfg: &ModelConfig,
+        store: &TensorStore,
+        split: Splitter,
+    ) -> Result<Self, WeightError> {
+        let split = &split;
         match RowLayout::detect(store) {
-            Some(layout) => Self::from_row_layout(cfg, store, layout, &split),
-            None => Self::from_official_names(cfg, store, &split),
+            Some(layout) => Self::from_row_layout(cfg, store, layout, split),
+            None => Self::from_official_names(cfg, store, split),
         }
     }
 
@@ -430,16 +493,19 @@ impl Weights {
         let (e, ff) = (cfg.num_experts, cfg.ffn_size);
         let units = SplitUnits::of(cfg);
         let embedding_name = "language_model/in_out_embed/embeddings";
-        let embedding = split.vocab(
-            row_matrix(store, embedding_name, cfg.vocab_size, d)?,
-            embedding_name,
-        )?;
+        let vocab = split.vocab_stored(embedding_name, cfg.vocab_size)?;
+        let embedding =
+            split.vocab(row_matrix(store, embedding_name, vocab, d)?, embedding_name)?;
         let final_norm = small_f32(store, "language_model/rms_norm/scale", &[d])?;
         let layers = (0..cfg.num_layers)
             .map(|i| {
                 let p = |suffix: &str| format!("transformer/decoder_layer_{i}/{suffix}");
                 let attention = |suffix: &str, k: usize, n: usize, outputs: Option<Units>| {
                     let name = p(suffix);
+                    let (k, n) = match outputs {
+                        Some(u) => (k, split.stored(&name, n, u)?),
+                        None => (split.stored(&name, k, units.q_groups)?, n),
+                    };
                     let m = one(quantized(store, &name, &[k, n])?);
                     match outputs {
                         Some(u) => split.outputs(m, &name, u),
@@ -448,6 +514,10 @@ impl Weights {
                 };
                 let experts = |suffix: &str, k: usize, n: usize, outputs: bool| {
                     let name = p(suffix);
+                    let (k, n) = match outputs {
+                        true => (k, split.stored(&name, n, units.ffn)?),
+                        false => (split.stored(&name, k, units.ffn)?, n),
+                    };
                     quantized(store, &name, &[e, k, n])?
                         .into_iter()
                         .map(|m| match outputs {
@@ -499,16 +569,14 @@ impl Weights {
         let units = SplitUnits::of(cfg);
         let name = |part: Part, layer: usize| layout.name(part, layer, None);
         let embedding_name = name(Part::Embedding, 0);
+        let vocab = split.vocab_stored(&embedding_name, cfg.vocab_size)?;
         let embedding = split.vocab(
-            row_matrix(store, &embedding_name, cfg.vocab_size, d)?,
+            row_matrix(store, &embedding_name, vocab, d)?,
             &embedding_name,
         )?;
         let output_name = name(Part::Output, 0);
         let output = match store.get(&output_name) {
-            Ok(_) => split.vocab(
-                row_matrix(store, &output_name, cfg.vocab_size, d)?,
-                &output_name,
-            )?,
+            Ok(_) => split.vocab(row_matrix(store, &output_name, vocab, d)?, &output_name)?,
             Err(_) => embedding.clone(),
         };
         let final_norm = decoded(store, &name(Part::FinalNorm, 0), &[d])?;
@@ -521,8 +589,16 @@ impl Weights {
                     _ => split.outputs(m, name, units.ffn),
                 };
                 let experts = |part: Part, rows: usize, cols: usize| {
+                    // Gate and up are stored [ff, d] (outputs as rows), down [d, ff].
+                    let stored = |name: &str| match part {
+                        Part::Down => {
+                            Ok::<_, WeightError>((rows, split.stored(name, cols, units.ffn)?))
+                        }
+                        _ => Ok((split.stored(name, rows, units.ffn)?, cols)),
+                    };
                     if let Some(merged) = layout.merged_experts(part, i) {
                         if let Ok(t) = store.get(&merged) {
+                            let (rows, cols) = stored(&merged)?;
                             return row_matrices(t, &[e, rows, cols])?
                                 .into_iter()
                                 .map(|m| cut(Matrix::Rows(m), &merged, part))
@@ -532,6 +608,7 @@ impl Weights {
                     (0..e)
                         .map(|x| {
                             let single = layout.name(part, i, Some(x));
+                            let (rows, cols) = stored(&single)?;
                             let m = Matrix::Rows(row_matrix(store, &single, rows, cols)?);
                             cut(m, &single, part)
                         })
@@ -547,6 +624,10 @@ impl Weights {
                 let router = (0..d * e).map(|j| router[(j % e) * d + j / e]).collect();
                 let attention = |part: Part, k: usize, n: usize, outputs: Option<Units>| {
                     let name = p(part);
+                    let (k, n) = match outputs {
+                        Some(u) => (k, split.stored(&name, n, u)?),
+                        None => (split.stored(&name, k, units.q_groups)?, n),
+                    };
                     let m = linear(store, &name, k, n)?;
                     match outputs {
                         Some(u) => split.outputs(m, &name, u),

@@ -205,6 +205,13 @@ pub fn model_description(
     config: &crate::ModelConfig,
     store: &crate::weights::TensorStore,
 ) -> String {
+    let mut lines = config_lines(config);
+    lines.extend(tensor_lines(store));
+    lines.join("\n")
+}
+
+/// The config part of [`model_description`].
+pub fn config_lines(config: &crate::ModelConfig) -> Vec<String> {
     let mut lines = Vec::new();
     let mut config = config.clone();
     // Derived, or metadata that does not change the maths.
@@ -216,13 +223,22 @@ pub fn model_description(
             lines.push(format!("config field `{k}`: {v}"));
         }
     }
+    lines
+}
+
+/// The tensor table part of [`model_description`], sorted.
+pub fn tensor_lines(store: &crate::weights::TensorStore) -> Vec<String> {
     let mut tensors: Vec<String> = store
         .iter()
-        .map(|t| format!("tensor `{}`: {} {:?}", t.name, t.dtype_label(), t.shape()))
+        .map(|t| tensor_line(&t.name, &t.dtype_label(), t.shape()))
         .collect();
     tensors.sort();
-    lines.extend(tensors);
-    lines.join("\n")
+    tensors
+}
+
+/// One line of a tensor table.
+pub fn tensor_line(name: &str, dtype: &str, shape: &[usize]) -> String {
+    format!("tensor `{name}`: {dtype} {shape:?}")
 }
 
 /// The first difference between rank 0's description and another's.

@@ -10,6 +10,7 @@ pub mod pickle_writer;
 pub mod random;
 pub mod safetensors;
 pub mod shard;
+pub mod shard_set;
 
 use std::collections::HashMap;
 use std::fmt;
