@@ -355,6 +355,7 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
             stop_strings: stop_strings.clone(),
             logprobs: None,
             prompt_logprobs: false,
+            constraint: None,
             sink: {
                 let interrupted = interrupted.clone();
                 Box::new(move |e| tx.send(e).is_ok() && !interrupted.load(Ordering::SeqCst))

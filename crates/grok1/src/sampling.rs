@@ -2,8 +2,9 @@
 //! reference's nucleus semantics), min-p and a repetition penalty, drawn from a
 //! seeded generator so runs are reproducible.
 //!
-//! Order of operations: repetition penalty, temperature, top-k, top-p, min-p,
-//! then one categorical draw. Temperature 0 is greedy (the lowest id wins ties);
+//! Order of operations: logit bias, repetition penalty, presence and frequency
+//! penalties, the allowed-token mask (a grammar's), temperature, top-k, top-p,
+//! min-p, then one categorical draw. Temperature 0 is greedy (the lowest id wins ties);
 //! a temperature so small that it underflows the logits' scale (down to the
 //! smallest subnormal) draws the greedy token too, or one tied with it.
 //! A row holding a NaN or infinite logit is an error, never a token.
@@ -21,6 +22,14 @@ pub enum SamplingError {
     MinP(f32),
     #[error("repetition_penalty must be a finite number > 0, got {0}")]
     RepetitionPenalty(f32),
+    #[error("presence_penalty must be in [-2, 2], got {0}")]
+    PresencePenalty(f32),
+    #[error("frequency_penalty must be in [-2, 2], got {0}")]
+    FrequencyPenalty(f32),
+    #[error("logit_bias for token {token} must be in [-100, 100], got {bias}")]
+    LogitBias { token: u32, bias: f32 },
+    #[error("the grammar allows no token here")]
+    NothingAllowed,
     #[error("the model produced a non-finite logit ({value} for token {token}): its weights or its config's scales are broken")]
     NonFiniteLogit { token: usize, value: f32 },
 }
@@ -38,6 +47,15 @@ pub struct SamplingParams {
     /// Divides positive (multiplies negative) logits of tokens already in the
     /// context; 1 = off.
     pub repetition_penalty: f32,
+    /// Subtracted once from the logit of every token already generated
+    /// (OpenAI's `presence_penalty`; prompt tokens do not count); 0 = off.
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per time it was generated
+    /// (OpenAI's `frequency_penalty`); 0 = off.
+    pub frequency_penalty: f32,
+    /// Added to the logits of these tokens before anything else (OpenAI's
+    /// `logit_bias`).
+    pub logit_bias: Vec<(u32, f32)>,
     pub seed: u64,
 }
 
@@ -49,6 +67,9 @@ impl Default for SamplingParams {
             top_p: 1.0,
             min_p: 0.0,
             repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
             seed: 0,
         }
     }
@@ -68,8 +89,40 @@ impl SamplingParams {
         if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
             return Err(SamplingError::RepetitionPenalty(self.repetition_penalty));
         }
+        if !(-2.0..=2.0).contains(&self.presence_penalty) {
+            return Err(SamplingError::PresencePenalty(self.presence_penalty));
+        }
+        if !(-2.0..=2.0).contains(&self.frequency_penalty) {
+            return Err(SamplingError::FrequencyPenalty(self.frequency_penalty));
+        }
+        if let Some(&(token, bias)) = self
+            .logit_bias
+            .iter()
+            .find(|(_, b)| !(-100.0..=100.0).contains(b))
+        {
+            return Err(SamplingError::LogitBias { token, bias });
+        }
         Ok(())
     }
+}
+
+/// A grammar that decides which tokens a sequence may draw next (structured
+/// output). The engine asks for the mask before each draw and reports the
+/// drawn token; an implementation may compute the next mask in the
+/// background meanwhile (while the next forward pass runs).
+pub trait TokenConstraint: Send {
+    /// The tokens allowed next, as a bitset in [`mask_allows`]' layout.
+    fn allowed(&mut self) -> Result<&[u32], String>;
+    /// Records the drawn token; true when the grammar is complete (only the
+    /// end of the sequence may follow).
+    fn accept(&mut self, token: u32) -> Result<bool, String>;
+}
+
+/// Whether a token mask allows `token`: bit `token % 32` of word `token / 32`
+/// (toktrie's layout); ids past the mask's words are not allowed.
+pub fn mask_allows(mask: &[u32], token: u32) -> bool {
+    mask.get(token as usize / 32)
+        .is_some_and(|w| w >> (token % 32) & 1 == 1)
 }
 
 /// Index of the largest value; the lowest index wins ties.
@@ -96,8 +149,22 @@ impl Sampler {
     }
 
     /// Picks the next token from `logits` given the tokens already in the
-    /// context; a NaN or infinite logit is an error.
+    /// context (all of them count as generated for the presence and frequency
+    /// penalties); a NaN or infinite logit is an error.
     pub fn sample(&mut self, logits: &[f32], context: &[u32]) -> Result<u32, SamplingError> {
+        self.sample_masked(logits, context, 0, None)
+    }
+
+    /// [`Sampler::sample`] where `context[generated_from..]` are the generated
+    /// tokens (those the presence and frequency penalties count) and, with a
+    /// `mask`, only the tokens it allows can be drawn (see [`mask_allows`]).
+    pub fn sample_masked(
+        &mut self,
+        logits: &[f32],
+        context: &[u32],
+        generated_from: usize,
+        mask: Option<&[u32]>,
+    ) -> Result<u32, SamplingError> {
         if let Some(token) = logits.iter().position(|l| !l.is_finite()) {
             return Err(SamplingError::NonFiniteLogit {
                 token,
@@ -106,6 +173,11 @@ impl Sampler {
         }
         let p = &self.params;
         let mut logits = logits.to_vec();
+        for &(t, bias) in &p.logit_bias {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l = (*l + bias).clamp(-f32::MAX, f32::MAX);
+            }
+        }
         if p.repetition_penalty != 1.0 {
             let mut seen = std::collections::HashSet::new();
             for &t in context {
@@ -120,6 +192,40 @@ impl Sampler {
                         *l = penalised.clamp(-f32::MAX, f32::MAX);
                     }
                 }
+            }
+        }
+        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+            let mut counts = std::collections::HashMap::new();
+            for &t in context.get(generated_from..).unwrap_or(&[]) {
+                *counts.entry(t).or_insert(0u32) += 1;
+            }
+            for (t, n) in counts {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    let penalty = p.presence_penalty + p.frequency_penalty * n as f32;
+                    *l = (*l - penalty).clamp(-f32::MAX, f32::MAX);
+                }
+            }
+        }
+        // Disallowed tokens get -inf: probability 0 in every path below, and
+        // last in every ordering.
+        if let Some(mask) = mask {
+            let mut allowed = 0;
+            for (i, chunk) in logits.chunks_mut(32).enumerate() {
+                let word = mask.get(i).copied().unwrap_or(0);
+                if word == u32::MAX && chunk.len() == 32 {
+                    allowed += 32;
+                    continue;
+                }
+                for (bit, l) in chunk.iter_mut().enumerate() {
+                    if word >> bit & 1 == 1 {
+                        allowed += 1;
+                    } else {
+                        *l = f32::NEG_INFINITY;
+                    }
+                }
+            }
+            if allowed == 0 {
+                return Err(SamplingError::NothingAllowed);
             }
         }
         if p.temperature == 0.0 {
@@ -156,6 +262,9 @@ impl Sampler {
         }
         // Candidates by descending logit, lower id first on ties.
         let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+        if let Some(mask) = mask {
+            order.retain(|&t| mask_allows(mask, t));
+        }
         let by_logit = |a: &u32, b: &u32| {
             logits[*b as usize]
                 .total_cmp(&logits[*a as usize])

@@ -8,7 +8,7 @@ use grok1_tokenizer::{DecodeState, Tokenizer};
 use super::{CancelToken, Event, FinishReason, Metrics, Request, SubmitError, TokenLogprob};
 use crate::kv_cache::SeqId;
 use crate::model::RowLogits;
-use crate::sampling::Sampler;
+use crate::sampling::{Sampler, TokenConstraint};
 
 pub(super) struct Sequence {
     pub kv: Option<SeqId>,
@@ -20,6 +20,7 @@ pub(super) struct Sequence {
     max_tokens: usize,
     generated: usize,
     sampler: Sampler,
+    constraint: Option<Box<dyn TokenConstraint>>,
     stop_token_ids: Vec<u32>,
     stop_strings: Vec<String>,
     logprobs: Option<usize>,
@@ -96,6 +97,7 @@ impl Sequence {
             max_tokens: r.max_tokens,
             generated: 0,
             sampler: Sampler::new(r.sampling)?,
+            constraint: r.constraint,
             stop_token_ids: r.stop_token_ids,
             stop_strings: r
                 .stop_strings
@@ -190,7 +192,14 @@ impl Sequence {
             return Some(FinishReason::Length);
         }
         let &(_, row) = rows.last()?;
-        let next = match self.sampler.sample(row, &self.tokens) {
+        let mask = match self.constraint.as_mut().map(|c| c.allowed()).transpose() {
+            Ok(mask) => mask,
+            Err(e) => return Some(FinishReason::Error(format!("the grammar failed: {e}"))),
+        };
+        let next = match self
+            .sampler
+            .sample_masked(row, &self.tokens, self.prompt_len, mask)
+        {
             Ok(next) => next,
             // A NaN or infinite logit: the request fails instead of drawing garbage.
             Err(e) => return Some(FinishReason::Error(e.to_string())),
@@ -206,6 +215,13 @@ impl Sequence {
             self.generated += 1;
             return Some(FinishReason::Stop);
         }
+        // A grammar allows the end token only where it is complete (then it is
+        // a stop token, above); any other token moves it on.
+        let complete = match self.constraint.as_mut().map(|c| c.accept(next)) {
+            None => false,
+            Some(Ok(complete)) => complete,
+            Some(Err(e)) => return Some(FinishReason::Error(format!("the grammar failed: {e}"))),
+        };
         self.tokens.push(next);
         self.generated += 1;
         // The completion is decoded as the continuation of its prompt, so its
@@ -243,6 +259,9 @@ impl Sequence {
             text,
             logprob,
         });
+        if complete {
+            return Some(FinishReason::Stop);
+        }
         if self.generated >= self.max_tokens || self.tokens.len() >= context {
             return Some(FinishReason::Length);
         }
@@ -310,6 +329,7 @@ mod tests {
                 stop_strings: stops.iter().map(|s| s.to_string()).collect(),
                 logprobs: None,
                 prompt_logprobs: false,
+                constraint: None,
                 sink: Box::new(move |e| {
                     if let Event::Token { text, .. } | Event::Text(text) = e {
                         sink_text.lock().unwrap().push_str(&text);
