@@ -6,7 +6,8 @@
 //! A tool call is written `<tool_call>{"name":NAME,"arguments":{...}}`: with
 //! `tool_choice` "required" or a named function the grammar forces it; with
 //! "auto" the reply is either text that does not start with the marker or a
-//! call. JSON is compact (no optional whitespace).
+//! call. JSON is compact (no optional whitespace), and numbers have at most
+//! [`NUMBER_FRACTION_DIGITS`] fraction digits.
 
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
@@ -88,10 +89,15 @@ impl Grammars {
         }));
         match compiled {
             Ok(Ok(parser)) => Ok(parser),
-            Ok(Err(e)) => Err(ApiError::invalid(
-                format!("Invalid schema for `{param}`: {e}"),
-                Some(param),
-            )),
+            Ok(Err(e)) => {
+                // The first lines say what is wrong; a backtrace may follow.
+                let e = e.to_string();
+                let why = e.split("\n<backtrace>").next().unwrap_or_default();
+                Err(ApiError::invalid(
+                    format!("Invalid schema for `{param}`: {}", why.trim_end()),
+                    Some(param),
+                ))
+            }
             Err(_) => Err(ApiError::invalid(
                 format!("Invalid schema for `{param}`: the grammar compiler failed on it"),
                 Some(param),
@@ -122,10 +128,42 @@ impl Grammars {
     }
 }
 
+/// Fraction digits a constrained number may have: an f64 holds about 16
+/// significant digits, and without a cap a model can write digits forever
+/// (the random demo model does). llguidance bounds them through `multipleOf`
+/// (its remainder arithmetic is u32: 10^-8 is the finest that cannot overflow).
+pub const NUMBER_FRACTION_DIGITS: u32 = 8;
+
+/// Caps the fraction digits of every `number` in `schema` that has no
+/// `multipleOf` of its own (values, as in `const` or `enum`, are left alone).
+fn cap_number_precision(schema: &mut Value) {
+    match schema {
+        Value::Object(object) => {
+            let is_number = match object.get("type") {
+                Some(Value::String(t)) => t == "number",
+                Some(Value::Array(types)) => types.iter().any(|t| t == "number"),
+                _ => false,
+            };
+            if is_number && !object.contains_key("multipleOf") {
+                let step = 10f64.powi(-(NUMBER_FRACTION_DIGITS as i32));
+                object.insert("multipleOf".into(), json!(step));
+            }
+            for (key, value) in object.iter_mut() {
+                if !["const", "enum", "default", "examples"].contains(&key.as_str()) {
+                    cap_number_precision(value);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(cap_number_precision),
+        _ => {}
+    }
+}
+
 /// `schema` with llguidance's options for compact JSON: no whitespace
 /// between tokens, `,` and `:` alone as separators; unsupported keywords are
-/// errors, not ignored.
+/// errors, not ignored. Numbers get at most [`NUMBER_FRACTION_DIGITS`].
 fn compact(mut schema: Value) -> Value {
+    cap_number_precision(&mut schema);
     if let Some(object) = schema.as_object_mut() {
         object.insert(
             "x-guidance".into(),
@@ -331,7 +369,7 @@ pub fn plan(
     if choice != "none" && tools.is_empty() {
         return Err(ApiError::invalid(
             "`tool_choice` asks for a tool call but `tools` is empty",
-            Some("tool_choice"),
+            Some("tools"),
         ));
     }
     let marker = serde_json::to_string(TOOL_CALL_MARKER).expect("a string");
@@ -741,6 +779,34 @@ mod tests {
             let n = v["n"].as_i64().unwrap();
             assert!((3..=7).contains(&n), "{text}");
         }
+    }
+
+    #[test]
+    fn numbers_stop_after_eight_fraction_digits() {
+        let g = grammars();
+        let schema = json!({"type": "object", "properties": {"x": {"type": "number", "minimum": 6, "maximum": 21}}, "required": ["x"], "additionalProperties": false});
+        let plan = plan(
+            Some(&json!({"type": "json_schema", "json_schema": {"name": "n", "schema": schema}})),
+            None,
+            None,
+        )
+        .unwrap();
+        // Always the digit 8 while one is allowed: what the demo model did
+        // before the cap (400 tokens of 7.888...).
+        let eight = g.tokenizer.piece_to_id("8");
+        let text = walk(&g, &plan, |m| {
+            if grok1::sampling::mask_allows(m, eight) {
+                eight
+            } else {
+                allowed_ids(m)[0]
+            }
+        });
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        let x = v["x"].as_f64().unwrap();
+        assert!((6.0..=21.0).contains(&x), "{text}");
+        let fraction = text.split('.').nth(1).unwrap_or("");
+        let digits = fraction.chars().take_while(char::is_ascii_digit).count();
+        assert_eq!(digits, NUMBER_FRACTION_DIGITS as usize, "{text}");
     }
 
     #[test]

@@ -506,6 +506,95 @@ mod tests {
         }
     }
 
+    /// A mask allowing `ids` over `n` tokens.
+    fn mask_of(ids: &[u32], n: usize) -> Vec<u32> {
+        let mut mask = vec![0u32; n.div_ceil(32)];
+        for &t in ids {
+            mask[t as usize / 32] |= 1 << (t % 32);
+        }
+        mask
+    }
+
+    #[test]
+    fn a_mask_limits_every_draw_to_its_tokens() {
+        let logits = peaked_logits();
+        let allowed = [3u32, 40, 41, 999];
+        let mask = mask_of(&allowed, logits.len());
+        let best = *allowed
+            .iter()
+            .max_by(|a, b| logits[**a as usize].total_cmp(&logits[**b as usize]))
+            .unwrap();
+        // Greedy: the best allowed token, not the best token (7).
+        let mut s = Sampler::new(params(0.0)).unwrap();
+        assert_eq!(s.sample_masked(&logits, &[], 0, Some(&mask)).unwrap(), best);
+        // Every sampling path: the unfiltered draw and each filter.
+        for (top_k, top_p, min_p) in [(0, 1.0, 0.0), (2, 1.0, 0.0), (0, 0.9, 0.0), (0, 1.0, 0.01)] {
+            let mut s = Sampler::new(SamplingParams {
+                temperature: 5.0,
+                top_k,
+                top_p,
+                min_p,
+                seed: 11,
+                ..Default::default()
+            })
+            .unwrap();
+            let drawn: std::collections::HashSet<u32> = (0..300)
+                .map(|_| s.sample_masked(&logits, &[], 0, Some(&mask)).unwrap())
+                .collect();
+            assert!(drawn.iter().all(|t| allowed.contains(t)), "{drawn:?}");
+            if top_k == 0 && top_p == 1.0 {
+                // At temperature 5 the four are close enough that all come up.
+                assert_eq!(drawn.len(), 4, "{drawn:?}");
+            }
+        }
+        assert!(!mask_allows(&mask, 7) && mask_allows(&mask, 999));
+        // Ids past the mask's words are not allowed.
+        assert!(!mask_allows(&mask, 5000));
+        let err = Sampler::new(params(1.0))
+            .unwrap()
+            .sample_masked(&logits, &[], 0, Some(&mask_of(&[], logits.len())))
+            .unwrap_err();
+        assert_eq!(err, SamplingError::NothingAllowed);
+    }
+
+    #[test]
+    fn logit_bias_and_presence_and_frequency_penalties_follow_openai() {
+        let logits = [1.0f32, 0.5, 0.0, -1.0];
+        let greedy = |p: SamplingParams, context: &[u32], from: usize| {
+            Sampler::new(p)
+                .unwrap()
+                .sample_masked(&logits, context, from, None)
+                .unwrap()
+        };
+        let bias = |b: Vec<(u32, f32)>| SamplingParams {
+            logit_bias: b,
+            ..params(0.0)
+        };
+        assert_eq!(greedy(bias(vec![(3, 2.5)]), &[], 0), 3);
+        assert_eq!(greedy(bias(vec![(0, -100.0)]), &[], 0), 1);
+        // Presence: 0.6 once for token 0 (generated twice) -> 0.4 < 0.5.
+        let presence = SamplingParams {
+            presence_penalty: 0.6,
+            ..params(0.0)
+        };
+        assert_eq!(greedy(presence.clone(), &[0, 0], 0), 1);
+        // Prompt tokens (before `generated_from`) do not count.
+        assert_eq!(greedy(presence, &[0, 0], 2), 0);
+        // Frequency: 0.3 per time -> 1.0 - 0.3 = 0.7 stays best, twice 0.4 does not.
+        let frequency = SamplingParams {
+            frequency_penalty: 0.3,
+            ..params(0.0)
+        };
+        assert_eq!(greedy(frequency.clone(), &[0], 0), 0);
+        assert_eq!(greedy(frequency, &[0, 0], 0), 1);
+        // Negative penalties favour repeats.
+        let negative = SamplingParams {
+            frequency_penalty: -1.5,
+            ..params(0.0)
+        };
+        assert_eq!(greedy(negative, &[2], 0), 2);
+    }
+
     #[test]
     fn invalid_parameters_are_rejected() {
         assert_eq!(
@@ -527,5 +616,33 @@ mod tests {
             ..params(1.0)
         })
         .is_err());
+        assert_eq!(
+            Sampler::new(SamplingParams {
+                presence_penalty: 2.5,
+                ..params(1.0)
+            })
+            .err(),
+            Some(SamplingError::PresencePenalty(2.5))
+        );
+        assert_eq!(
+            Sampler::new(SamplingParams {
+                frequency_penalty: f32::NAN,
+                ..params(1.0)
+            })
+            .err()
+            .map(|e| e.to_string()),
+            Some("frequency_penalty must be in [-2, 2], got NaN".into())
+        );
+        assert_eq!(
+            Sampler::new(SamplingParams {
+                logit_bias: vec![(4, 150.0)],
+                ..params(1.0)
+            })
+            .err(),
+            Some(SamplingError::LogitBias {
+                token: 4,
+                bias: 150.0
+            })
+        );
     }
 }
