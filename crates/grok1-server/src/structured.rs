@@ -6,8 +6,9 @@
 //! A tool call is written `<tool_call>{"name":NAME,"arguments":{...}}`: with
 //! `tool_choice` "required" or a named function the grammar forces it; with
 //! "auto" the reply is either text that does not start with the marker or a
-//! call. JSON is compact (no optional whitespace), and numbers have at most
-//! [`NUMBER_FRACTION_DIGITS`] fraction digits.
+//! call. JSON is compact (no optional whitespace), numbers have at most
+//! [`NUMBER_FRACTION_DIGITS`] fraction digits, and objects that list their
+//! properties have no others unless the schema allows them.
 
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
@@ -134,36 +135,66 @@ impl Grammars {
 /// (its remainder arithmetic is u32: 10^-8 is the finest that cannot overflow).
 pub const NUMBER_FRACTION_DIGITS: u32 = 8;
 
-/// Caps the fraction digits of every `number` in `schema` that has no
-/// `multipleOf` of its own (values, as in `const` or `enum`, are left alone).
-fn cap_number_precision(schema: &mut Value) {
-    match schema {
-        Value::Object(object) => {
-            let is_number = match object.get("type") {
-                Some(Value::String(t)) => t == "number",
-                Some(Value::Array(types)) => types.iter().any(|t| t == "number"),
-                _ => false,
-            };
-            if is_number && !object.contains_key("multipleOf") {
-                let step = 10f64.powi(-(NUMBER_FRACTION_DIGITS as i32));
-                object.insert("multipleOf".into(), json!(step));
-            }
-            for (key, value) in object.iter_mut() {
-                if !["const", "enum", "default", "examples"].contains(&key.as_str()) {
-                    cap_number_precision(value);
+/// Tightens `schema` for generation: every `number` without a `multipleOf`
+/// of its own gets at most [`NUMBER_FRACTION_DIGITS`], and every object that
+/// lists `properties` but says nothing of others gets no others (as OpenAI's
+/// strict mode requires and XGrammar's strict mode assumes: otherwise a model
+/// may invent keys forever). Only subschemas are visited: values (`const`,
+/// `enum`, ...) are left alone.
+fn tighten(schema: &mut Value) {
+    let Value::Object(object) = schema else {
+        return;
+    };
+    let open = [
+        "additionalProperties",
+        "patternProperties",
+        "unevaluatedProperties",
+    ];
+    if object.contains_key("properties") && !open.iter().any(|k| object.contains_key(*k)) {
+        object.insert("additionalProperties".into(), Value::Bool(false));
+    }
+    let is_number = match object.get("type") {
+        Some(Value::String(t)) => t == "number",
+        Some(Value::Array(types)) => types.iter().any(|t| t == "number"),
+        _ => false,
+    };
+    if is_number && !object.contains_key("multipleOf") {
+        let step = 10f64.powi(-(NUMBER_FRACTION_DIGITS as i32));
+        object.insert("multipleOf".into(), json!(step));
+    }
+    // Only the keywords whose values are schemas, maps of them or lists of them.
+    for (key, value) in object.iter_mut() {
+        match key.as_str() {
+            "items"
+            | "additionalProperties"
+            | "contains"
+            | "not"
+            | "if"
+            | "then"
+            | "else"
+            | "propertyNames"
+            | "unevaluatedProperties"
+            | "additionalItems" => tighten(value),
+            "properties" | "patternProperties" | "$defs" | "definitions" | "dependentSchemas" => {
+                if let Value::Object(map) = value {
+                    map.values_mut().for_each(tighten);
                 }
             }
+            "anyOf" | "oneOf" | "allOf" | "prefixItems" => {
+                if let Value::Array(list) = value {
+                    list.iter_mut().for_each(tighten);
+                }
+            }
+            _ => {}
         }
-        Value::Array(items) => items.iter_mut().for_each(cap_number_precision),
-        _ => {}
     }
 }
 
 /// `schema` with llguidance's options for compact JSON: no whitespace
 /// between tokens, `,` and `:` alone as separators; unsupported keywords are
-/// errors, not ignored. Numbers get at most [`NUMBER_FRACTION_DIGITS`].
+/// errors, not ignored. See [`tighten`] for what else it is held to.
 fn compact(mut schema: Value) -> Value {
-    cap_number_precision(&mut schema);
+    tighten(&mut schema);
     if let Some(object) = schema.as_object_mut() {
         object.insert(
             "x-guidance".into(),
@@ -807,6 +838,36 @@ mod tests {
         let fraction = text.split('.').nth(1).unwrap_or("");
         let digits = fraction.chars().take_while(char::is_ascii_digit).count();
         assert_eq!(digits, NUMBER_FRACTION_DIGITS as usize, "{text}");
+    }
+
+    #[test]
+    fn listed_properties_are_the_only_ones_unless_others_are_allowed() {
+        let mut schema = json!({"type": "object", "properties": {
+            "a": {"type": "object", "properties": {"b": {"type": "number"}}},
+            "c": {"type": "object", "properties": {}, "additionalProperties": {"type": "integer"}},
+            "d": {"const": {"properties": {}}},
+            "properties": {"anyOf": [{"type": "object", "properties": {}}, {"type": "number"}]},
+        }});
+        tighten(&mut schema);
+        assert_eq!(schema["additionalProperties"], false);
+        assert_eq!(schema["properties"]["a"]["additionalProperties"], false);
+        assert_eq!(
+            schema["properties"]["a"]["properties"]["b"]["multipleOf"],
+            1e-8
+        );
+        assert_eq!(
+            schema["properties"]["c"]["additionalProperties"],
+            json!({"type": "integer"})
+        );
+        assert_eq!(
+            schema["properties"]["d"],
+            json!({"const": {"properties": {}}})
+        );
+        // A property named "properties" is a schema, not a map of them.
+        let named = &schema["properties"]["properties"];
+        assert_eq!(named.as_object().unwrap().len(), 1, "{named}");
+        assert_eq!(named["anyOf"][0]["additionalProperties"], false);
+        assert_eq!(named["anyOf"][1]["multipleOf"], 1e-8);
     }
 
     #[test]
