@@ -11,7 +11,8 @@
 //! properties have no others unless the schema allows them.
 
 use std::sync::mpsc;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use grok1::sampling::TokenConstraint;
 use grok1_tokenizer::{PieceKind, Tokenizer};
@@ -623,80 +624,98 @@ impl CallStream {
     }
 }
 
-/// What the grammar's thread answers.
-enum Reply {
-    /// The next tokens' mask.
-    Mask(Result<Vec<u32>, String>),
-    /// A token was taken: whether the grammar is complete.
-    Consumed(Result<bool, String>),
+/// A mask from the grammar's thread, and how long it took to compute.
+type MaskReply = (Result<Vec<u32>, String>, Duration);
+
+/// One choice's grammar. Taking a token is quick and runs on the engine's
+/// thread; the next mask (the costly part) is computed on a thread of the
+/// grammar's own as soon as the token is taken: while the engine runs the
+/// next forward pass, not after it.
+pub struct Guided {
+    matcher: Arc<Mutex<Matcher>>,
+    /// Asks the grammar's thread for the next mask.
+    compute: mpsc::Sender<()>,
+    masks_rx: mpsc::Receiver<MaskReply>,
+    mask: Option<Vec<u32>>,
+    /// A mask is being computed (not yet received).
+    pending: bool,
+    /// Masks computed and their time on the grammar's thread.
+    masks: u32,
+    computing: Duration,
+    /// Time the engine spent waiting for masks (their cost on the decoding
+    /// path: what the overlap with the forward pass did not hide).
+    waiting: Duration,
 }
 
-/// One choice's grammar. Its matcher lives on a thread of its own, which
-/// computes the next mask as soon as a token is taken: while the engine runs
-/// the next forward pass, not after it.
-pub struct Guided {
-    tokens: mpsc::Sender<u32>,
-    replies: mpsc::Receiver<Reply>,
-    mask: Option<Vec<u32>>,
-    /// A mask is on its way (not yet received).
-    pending: bool,
+impl Drop for Guided {
+    fn drop(&mut self) {
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        tracing::debug!(
+            masks = self.masks,
+            mask_us_mean = us(self.computing) / self.masks.max(1) as f64,
+            wait_us_mean = us(self.waiting) / self.masks.max(1) as f64,
+            "grammar done"
+        );
+    }
 }
 
 impl Guided {
     fn start(parser: TokenParser) -> Self {
-        let (tokens, token_rx) = mpsc::channel::<u32>();
-        let (reply_tx, replies) = mpsc::channel();
+        let matcher = Arc::new(Mutex::new(Matcher::new(Ok(parser))));
+        let (compute, compute_rx) = mpsc::channel::<()>();
+        let (masks_tx, masks_rx) = mpsc::channel();
+        let shared = matcher.clone();
         std::thread::Builder::new()
             .name("grok1-grammar".into())
             .spawn(move || {
-                let mut matcher = Matcher::new(Ok(parser));
-                let mask = |m: &mut Matcher| {
-                    m.compute_mask()
-                        .map(|v| v.as_slice().to_vec())
-                        .map_err(|e| e.to_string())
-                };
-                if reply_tx.send(Reply::Mask(mask(&mut matcher))).is_err() {
-                    return;
-                }
                 // Ends when the sequence (the sender) is dropped.
-                while let Ok(token) = token_rx.recv() {
-                    let taken = matcher
-                        .consume_token(token)
-                        .map(|()| matcher.is_stopped())
-                        .map_err(|e| e.to_string());
-                    let go_on = matches!(taken, Ok(false));
-                    if reply_tx.send(Reply::Consumed(taken)).is_err() || !go_on {
-                        return;
-                    }
-                    if reply_tx.send(Reply::Mask(mask(&mut matcher))).is_err() {
+                while compute_rx.recv().is_ok() {
+                    let started = Instant::now();
+                    let mask = match shared.lock() {
+                        Ok(mut m) => m
+                            .compute_mask()
+                            .map(|v| v.as_slice().to_vec())
+                            .map_err(|e| e.to_string()),
+                        Err(_) => Err("the grammar's lock is poisoned".to_string()),
+                    };
+                    if masks_tx.send((mask, started.elapsed())).is_err() {
                         return;
                     }
                 }
             })
             .expect("spawning a grammar thread");
+        // The first mask is computed while the request waits and its prompt runs.
+        let _ = compute.send(());
         Guided {
-            tokens,
-            replies,
+            matcher,
+            compute,
+            masks_rx,
             mask: None,
             pending: true,
+            masks: 0,
+            computing: Duration::ZERO,
+            waiting: Duration::ZERO,
         }
     }
 
-    fn receive(&mut self) -> Result<Reply, String> {
-        self.replies
-            .recv()
-            .map_err(|_| "the grammar's thread stopped".to_string())
+    /// Waits for the mask being computed.
+    fn receive(&mut self) -> Result<Vec<u32>, String> {
+        self.pending = false;
+        let started = Instant::now();
+        let reply = self.masks_rx.recv();
+        self.waiting += started.elapsed();
+        let (mask, took) = reply.map_err(|_| "the grammar's thread stopped".to_string())?;
+        self.masks += 1;
+        self.computing += took;
+        mask
     }
 }
 
 impl TokenConstraint for Guided {
     fn allowed(&mut self) -> Result<&[u32], String> {
         if self.pending {
-            self.pending = false;
-            match self.receive()? {
-                Reply::Mask(mask) => self.mask = Some(mask?),
-                Reply::Consumed(_) => return Err("the grammar answered out of order".into()),
-            }
+            let mask = self.receive()?;
+            self.mask = Some(mask);
         }
         self.mask
             .as_deref()
@@ -705,24 +724,26 @@ impl TokenConstraint for Guided {
 
     fn accept(&mut self, token: u32) -> Result<bool, String> {
         if self.pending {
-            // A mask nobody asked for is stale once a token is taken.
-            self.pending = false;
-            if let Reply::Consumed(_) = self.receive()? {
-                return Err("the grammar answered out of order".into());
-            }
+            // The thread holds the matcher until its mask is done; that mask
+            // is stale once the token is taken.
+            let _ = self.receive();
         }
         self.mask = None;
-        self.tokens
-            .send(token)
-            .map_err(|_| "the grammar's thread stopped".to_string())?;
-        match self.receive()? {
-            Reply::Consumed(taken) => {
-                let complete = taken?;
-                self.pending = !complete;
-                Ok(complete)
-            }
-            Reply::Mask(_) => Err("the grammar answered out of order".into()),
+        let complete = {
+            let mut m = self
+                .matcher
+                .lock()
+                .map_err(|_| "the grammar's lock is poisoned".to_string())?;
+            m.consume_token(token).map_err(|e| e.to_string())?;
+            m.is_stopped()
+        };
+        if !complete {
+            self.compute
+                .send(())
+                .map_err(|_| "the grammar's thread stopped".to_string())?;
+            self.pending = true;
         }
+        Ok(complete)
     }
 }
 
