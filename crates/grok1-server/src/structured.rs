@@ -932,6 +932,42 @@ mod tests {
     }
 
     #[test]
+    fn a_streamed_text_reply_is_held_only_while_it_may_be_a_call() {
+        let tools = parse_tools(&[json!({"type": "function", "function": {"name": "f"}})]).unwrap();
+        let content = |p: Vec<StreamPiece>| -> Vec<String> {
+            p.into_iter()
+                .map(|p| match p {
+                    StreamPiece::Content(c) => c,
+                    other => panic!("{other:?}"),
+                })
+                .collect()
+        };
+        let mut s = CallStream::new(&tools);
+        assert_eq!(content(s.push("Hi")), ["Hi"]);
+        assert_eq!(content(s.push(" <tool_call>")), [" <tool_call>"]);
+        // A prefix of the marker is held until the text leaves it.
+        let mut s = CallStream::new(&tools);
+        assert!(s.push("<tool").is_empty());
+        assert_eq!(content(s.push("box")), ["<toolbox"]);
+        assert!(!s.is_call());
+        // Held text comes out at the end.
+        let mut s = CallStream::new(&tools);
+        assert!(s.push("<tool_c").is_empty());
+        assert_eq!(content(s.finish(false)), ["<tool_c"]);
+        // A call cut at the token limit keeps its last characters.
+        let mut s = CallStream::new(&tools);
+        assert_eq!(
+            s.push("<tool_call>{\"name\":\"f\",\"arguments\":{\"a"),
+            [
+                StreamPiece::CallStart { name: "f".into() },
+                StreamPiece::Arguments("{\"".into())
+            ]
+        );
+        assert_eq!(s.finish(false), [StreamPiece::Arguments("a".into())]);
+        assert!(s.is_call());
+    }
+
+    #[test]
     fn auto_allows_text_but_not_a_malformed_call() {
         let g = grammars();
         let tools = vec![json!({"type": "function", "function": {"name": "f"}})];
