@@ -986,6 +986,18 @@ mod tests {
         assert!(!grok1::sampling::mask_allows(mask, hello));
         assert!(grok1::sampling::mask_allows(mask, tok.piece_to_id("{")));
         assert!(c.accept(hello).is_ok());
+        // With a JSON format, the reply is that JSON or a call.
+        let plan = super::plan(
+            Some(&json!({"type": "json_object"})),
+            Some(&tools),
+            Some(&json!("auto")),
+        )
+        .unwrap();
+        let mut c = g.constraint(&plan).unwrap().unwrap();
+        let mask = c.allowed().unwrap();
+        assert!(grok1::sampling::mask_allows(mask, tok.piece_to_id("{")));
+        assert!(grok1::sampling::mask_allows(mask, tok.piece_to_id("<")));
+        assert!(!grok1::sampling::mask_allows(mask, hello));
     }
 
     #[test]
