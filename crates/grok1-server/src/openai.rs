@@ -1301,6 +1301,16 @@ async fn chat_inner(
     if plan.tools_active() {
         turns.insert(0, (Role::System, structured::tools_preamble(&plan.tools)));
     }
+    if plan.grammar.is_some() {
+        // The first structured request builds the grammar compiler: not on a
+        // runtime thread that serves other connections meanwhile.
+        let grammars = state.grammars.clone();
+        tokio::task::spawn_blocking(move || grammars.ready())
+            .await
+            .map_err(|e| {
+                ApiError::internal(format!("building the grammar compiler failed: {e}"))
+            })??;
+    }
     let prompt_text = chat::render(&turns);
     let prompt = encode_prompt(&state, &prompt_text, "messages")?;
     let room = state.engine.config().context.saturating_sub(prompt.len());
