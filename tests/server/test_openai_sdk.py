@@ -206,7 +206,7 @@ def main():
             (dict(model="nope", prompt="x"), openai.NotFoundError),
             (dict(model="tiny-vocab", prompt="x", max_tokens=10_000), openai.BadRequestError),
             (dict(model="tiny-vocab", prompt=[5, 10**9]), openai.BadRequestError),
-            (dict(model="tiny-vocab", prompt="x", frequency_penalty=1.0), openai.BadRequestError),
+            (dict(model="tiny-vocab", prompt="x", frequency_penalty=3.0), openai.BadRequestError),
         ]:
             try:
                 client.completions.create(**kwargs)

@@ -339,6 +339,7 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
         min_p: args.min_p,
         repetition_penalty: args.repetition_penalty,
         seed: args.seed,
+        ..SamplingParams::default()
     };
     sampling.validate()?;
     anyhow::ensure!(
@@ -381,11 +382,15 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
         let request = Request {
             max_tokens: args.max_tokens.min(context - prompt.len()),
             prompt: prompt.clone(),
-            sampling: SamplingParams { seed, ..sampling },
+            sampling: SamplingParams {
+                seed,
+                ..sampling.clone()
+            },
             stop_token_ids: vec![eos],
             stop_strings: stop_strings.clone(),
             logprobs: None,
             prompt_logprobs: false,
+            constraint: None,
             sink: {
                 let interrupted = interrupted.clone();
                 Box::new(move |e| tx.send(e).is_ok() && !interrupted.load(Ordering::SeqCst))

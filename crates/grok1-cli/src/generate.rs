@@ -42,6 +42,7 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         min_p: args.min_p,
         repetition_penalty: args.repetition_penalty,
         seed: args.seed,
+        ..SamplingParams::default()
     };
     sampling.validate()?;
     let stop = StopConditions {

@@ -175,6 +175,7 @@ impl DirectEngine {
                 stop_strings: stop.to_vec(),
                 logprobs: prompt_logprobs.then_some(0),
                 prompt_logprobs,
+                constraint: None,
                 sink: Box::new(move |e| tx.send(e).is_ok()),
             };
             match self.handle.submit(request) {

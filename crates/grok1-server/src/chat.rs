@@ -6,6 +6,7 @@
 //! ```text
 //! {system}\n\n                 (only when there is a system message)
 //! User: {message}\n\n
+//! Tool result: {message}\n\n   (a tool's answer to a call)
 //! Assistant: {message}\n\n     (earlier assistant turns)
 //! User: {message}\n\n
 //! Assistant:
@@ -25,6 +26,8 @@ pub enum Role {
     System,
     User,
     Assistant,
+    /// A tool's result, answering the assistant's call before it.
+    Tool,
 }
 
 impl Role {
@@ -33,6 +36,7 @@ impl Role {
             "system" | "developer" => Some(Role::System),
             "user" => Some(Role::User),
             "assistant" => Some(Role::Assistant),
+            "tool" => Some(Role::Tool),
             _ => None,
         }
     }
@@ -62,6 +66,11 @@ pub fn render(messages: &[(Role, String)]) -> String {
             }
             Role::Assistant => {
                 out.push_str("Assistant: ");
+                out.push_str(text);
+                out.push_str("\n\n");
+            }
+            Role::Tool => {
+                out.push_str("Tool result: ");
                 out.push_str(text);
                 out.push_str("\n\n");
             }

@@ -10,6 +10,7 @@ mod connections;
 mod error;
 mod logprobs;
 mod openai;
+pub mod structured;
 mod tokenizer_api;
 
 use std::net::SocketAddr;
@@ -62,6 +63,8 @@ pub struct AppState {
     pub body_timeout: Duration,
     /// Origins whose browser pages may call the API (`*`: any); none: no CORS headers.
     pub cors_origins: Vec<HeaderValue>,
+    /// The grammar compiler of structured output (built on first use).
+    pub grammars: Arc<structured::Grammars>,
 }
 
 impl AppState {
@@ -74,6 +77,7 @@ impl AppState {
     ) -> Self {
         AppState {
             engine,
+            grammars: Arc::new(structured::Grammars::new(tokenizer.clone(), eos)),
             tokenizer,
             model_name,
             eos,

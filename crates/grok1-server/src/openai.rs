@@ -16,7 +16,7 @@ use axum::Json;
 use grok1::engine::{
     CancelOnDrop, CancelToken, Event, FinishReason, Request as EngineRequest, TokenLogprob,
 };
-use grok1::sampling::SamplingParams;
+use grok1::sampling::{SamplingParams, TokenConstraint};
 use grok1_tokenizer::Tokenizer;
 use http_body_util::LengthLimitError;
 use serde::de::DeserializeOwned;
@@ -29,6 +29,7 @@ use tokio_stream::Stream;
 use crate::chat::{self, Role};
 use crate::connections::BodyTimedOut;
 use crate::logprobs::{self, TokenTexts};
+use crate::structured::{self, CallStream, Plan, StreamPiece};
 use crate::{unix_time, ApiError, AppState};
 
 const MAX_BODY: usize = 16 << 20;
@@ -281,20 +282,38 @@ struct ChatMessage {
     name: Option<String>,
     refusal: Option<String>,
     tool_calls: Option<Vec<Value>>,
+    tool_call_id: Option<String>,
     function_call: Option<Value>,
     audio: Option<Value>,
     annotations: Option<Vec<Value>>,
 }
 
 impl ChatMessage {
+    /// An assistant turn's earlier calls as the model writes them.
+    fn rendered_calls(&self, param: &str) -> Result<String, ApiError> {
+        let mut out = String::new();
+        for (i, call) in self.tool_calls.iter().flatten().enumerate() {
+            let field = format!("{param}.tool_calls[{i}].function");
+            let f = call.get("function");
+            let name = f.and_then(|f| f.get("name")).and_then(Value::as_str);
+            let arguments = f.and_then(|f| f.get("arguments")).and_then(Value::as_str);
+            let (Some(name), Some(arguments)) = (name, arguments) else {
+                return Err(ApiError::invalid(
+                    format!("`{field}` must have a string `name` and `arguments`"),
+                    Some(&field),
+                ));
+            };
+            out.push_str(&structured::render_call(name, arguments));
+        }
+        Ok(out)
+    }
+
     /// Refuses what the template cannot render; logs what it leaves out.
     fn check(&self, param: &str) -> Result<(), ApiError> {
-        if self.tool_calls.as_ref().is_some_and(|c| !c.is_empty())
-            || self.function_call.as_ref().is_some_and(|c| !c.is_null())
-        {
+        if self.function_call.as_ref().is_some_and(|c| !c.is_null()) {
             return Err(ApiError::unsupported(
-                &format!("{param}.tool_calls"),
-                "tool calls are not implemented",
+                &format!("{param}.function_call"),
+                "the deprecated function calls are not implemented; use `tools`",
             ));
         }
         if self.audio.as_ref().is_some_and(|a| !a.is_null()) {
@@ -305,6 +324,7 @@ impl ChatMessage {
         }
         let ignored = [
             ("name", self.name.is_some()),
+            ("tool_call_id", self.tool_call_id.is_some()),
             ("refusal", self.refusal.is_some()),
             ("annotations", self.annotations.is_some()),
         ];
@@ -333,20 +353,13 @@ pub struct ChatRequest {
 }
 
 impl ChatRequest {
-    /// Refuses tools, audio and formats this server cannot honour; what only
-    /// matters with tools (`parallel_tool_calls`, a `tool_choice` of "none" or
-    /// "auto") is ignored when there are none.
+    /// Refuses the deprecated functions and audio, which this server cannot
+    /// honour (tools and formats are [`structured::plan`]'s).
     fn check_unsupported(&self) -> Result<(), ApiError> {
         let no_choice = |c: &Option<Value>| {
             c.as_ref()
                 .is_none_or(|c| c.is_null() || c == "none" || c == "auto")
         };
-        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) || !no_choice(&self.tool_choice) {
-            return Err(ApiError::unsupported(
-                "tools",
-                "tool calls are not implemented",
-            ));
-        }
         if self.functions.as_ref().is_some_and(|f| !f.is_empty()) || !no_choice(&self.function_call)
         {
             return Err(ApiError::unsupported(
@@ -364,14 +377,6 @@ impl ChatRequest {
                 "modalities",
                 "only text output is implemented",
             ));
-        }
-        if let Some(format) = &self.response_format {
-            if format.get("type").and_then(Value::as_str) != Some("text") {
-                return Err(ApiError::unsupported(
-                    "response_format",
-                    "only {\"type\": \"text\"} is implemented",
-                ));
-            }
         }
         if self.parallel_tool_calls.is_some() {
             tracing::debug!(
@@ -446,22 +451,24 @@ fn check_common(state: &AppState, c: &Common) -> Result<Settings, ApiError> {
             Some("n"),
         ));
     }
-    for (name, v) in [
-        ("presence_penalty", c.presence_penalty),
-        ("frequency_penalty", c.frequency_penalty),
-    ] {
-        if v.is_some_and(|v| v != 0.0) {
-            return Err(ApiError::unsupported(
-                name,
-                "use `repetition_penalty` instead",
-            ));
-        }
-    }
-    if c.logit_bias.as_ref().is_some_and(|m| !m.is_empty()) {
-        return Err(ApiError::unsupported(
-            "logit_bias",
-            "token biases are not implemented",
-        ));
+    let presence_penalty = range("presence_penalty", c.presence_penalty, -2.0, 2.0, 0.0)?;
+    let frequency_penalty = range("frequency_penalty", c.frequency_penalty, -2.0, 2.0, 0.0)?;
+    let mut logit_bias = Vec::new();
+    for (key, bias) in c.logit_bias.iter().flatten() {
+        let param = format!("logit_bias.{key}");
+        let vocab = state.engine.vocab();
+        let token = key
+            .parse::<u32>()
+            .ok()
+            .filter(|&t| (t as usize) < vocab)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    format!("`logit_bias` keys must be token ids below {vocab}, got `{key}`"),
+                    Some(&param),
+                )
+            })?;
+        let bias = range(&param, bias.as_f64(), -100.0, 100.0, f64::NAN)?;
+        logit_bias.push((token, bias as f32));
     }
     let stop = match &c.stop {
         None => vec![],
@@ -494,6 +501,9 @@ fn check_common(state: &AppState, c: &Common) -> Result<Settings, ApiError> {
             top_p: if greedy { 1.0 } else { top_p as f32 },
             min_p: min_p as f32,
             repetition_penalty: repetition_penalty as f32,
+            presence_penalty: presence_penalty as f32,
+            frequency_penalty: frequency_penalty as f32,
+            logit_bias,
             seed: seed.unwrap_or_else(random_seed),
         },
         seed_given: seed.is_some(),
@@ -598,8 +608,14 @@ impl Choices {
     }
 }
 
-/// Submits one engine request per choice, all or none.
-fn submit(state: &AppState, jobs: &[Job], settings: &Settings) -> Result<Choices, ApiError> {
+/// Submits one engine request per choice, all or none; with a `plan`, each
+/// follows its grammar.
+fn submit(
+    state: &AppState,
+    jobs: &[Job],
+    settings: &Settings,
+    plan: Option<&Plan>,
+) -> Result<Choices, ApiError> {
     let (tx, rx) = mpsc::unbounded_channel();
     let cancel = CancelToken::new();
     let mut requests = Vec::with_capacity(jobs.len() * settings.n);
@@ -613,6 +629,10 @@ fn submit(state: &AppState, jobs: &[Job], settings: &Settings) -> Result<Choices
                 random_seed()
             };
             let tx = tx.clone();
+            let constraint = match plan {
+                Some(plan) => state.grammars.constraint(plan)?,
+                None => None,
+            };
             requests.push(EngineRequest {
                 prompt: job.prompt.clone(),
                 max_tokens: job.max_tokens,
@@ -625,6 +645,7 @@ fn submit(state: &AppState, jobs: &[Job], settings: &Settings) -> Result<Choices
                 stop_strings: job.stop.clone(),
                 logprobs: job.logprobs,
                 prompt_logprobs: job.prompt_logprobs,
+                constraint: constraint.map(|c| Box::new(c) as Box<dyn TokenConstraint>),
                 sink: Box::new(move |e| tx.send((index, e)).is_ok()),
             });
         }
@@ -856,7 +877,7 @@ async fn completions_inner(
         })
         .collect();
     let count = jobs.len() * settings.n;
-    let rx = submit(&state, &jobs, &settings)?;
+    let rx = submit(&state, &jobs, &settings, None)?;
     let id = request_id("cmpl");
     let created = unix_time();
     let model = state.model_name.clone();
@@ -1239,7 +1260,7 @@ async fn chat_inner(
         let role = Role::parse(&m.role).ok_or_else(|| {
             ApiError::invalid(
                 format!(
-                    "{param}: unsupported role `{}` (system, user or assistant)",
+                    "{param}: unsupported role `{}` (system, developer, user, assistant or tool)",
                     m.role
                 ),
                 Some(&param),
@@ -1264,7 +1285,31 @@ async fn chat_inner(
                 text
             }
         };
+        let calls = m.rendered_calls(&param)?;
+        let text = match (text.trim().is_empty(), calls.is_empty()) {
+            (_, true) => text,
+            (true, false) => calls,
+            (false, false) => format!("{} {calls}", text.trim()),
+        };
         turns.push((role, text));
+    }
+    let plan = structured::plan(
+        req.response_format.as_ref(),
+        req.tools.as_deref(),
+        req.tool_choice.as_ref(),
+    )?;
+    if plan.tools_active() {
+        turns.insert(0, (Role::System, structured::tools_preamble(&plan.tools)));
+    }
+    if plan.grammar.is_some() {
+        // The first structured request builds the grammar compiler: not on a
+        // runtime thread that serves other connections meanwhile.
+        let grammars = state.grammars.clone();
+        tokio::task::spawn_blocking(move || grammars.ready())
+            .await
+            .map_err(|e| {
+                ApiError::internal(format!("building the grammar compiler failed: {e}"))
+            })??;
     }
     let prompt_text = chat::render(&turns);
     let prompt = encode_prompt(&state, &prompt_text, "messages")?;
@@ -1301,7 +1346,7 @@ async fn chat_inner(
     }];
     let count = settings.n;
     let prompt_tokens = jobs[0].prompt.len();
-    let rx = submit(&state, &jobs, &settings)?;
+    let rx = submit(&state, &jobs, &settings, Some(&plan))?;
     let id = request_id("chatcmpl");
     let created = unix_time();
     let model = state.model_name.clone();
@@ -1319,6 +1364,26 @@ async fn chat_inner(
             }
             v
         };
+        // Replies that may be tool calls go through a call parser each.
+        let mut calls: Vec<Option<CallStream>> = (0..count)
+            .map(|_| plan.tools_active().then(|| CallStream::new(&plan.tools)))
+            .collect();
+        let call_ids: Vec<String> = (0..count).map(|_| request_id("call")).collect();
+        let piece_choices = move |index: usize, piece: StreamPiece| {
+            let delta = match piece {
+                StreamPiece::Content(text) => json!({ "content": text }),
+                StreamPiece::CallStart { name } => json!({ "tool_calls": [{
+                    "index": 0,
+                    "id": call_ids[index],
+                    "type": "function",
+                    "function": { "name": name, "arguments": "" },
+                }] }),
+                StreamPiece::Arguments(a) => {
+                    json!({ "tool_calls": [{ "index": 0, "function": { "arguments": a } }] })
+                }
+            };
+            json!([{ "index": index, "delta": delta, "logprobs": Value::Null, "finish_reason": Value::Null }])
+        };
         return Ok(stream_response(rx, count, count, log, move |ev| match ev {
             StreamItem::Start(index) => vec![chunk(
                 json!([{ "index": index, "delta": { "role": "assistant", "content": "" }, "logprobs": Value::Null, "finish_reason": Value::Null }]),
@@ -1329,6 +1394,13 @@ async fn chat_inner(
                 if !started[index] {
                     text = text.trim_start();
                     started[index] = !text.is_empty();
+                }
+                if let Some(calls) = calls[index].as_mut() {
+                    return calls
+                        .push(text)
+                        .into_iter()
+                        .map(|p| chunk(piece_choices(index, p), None))
+                        .collect();
                 }
                 if text.is_empty() && logprob.is_none() {
                     return vec![];
@@ -1346,6 +1418,13 @@ async fn chat_inner(
                 if !started[index] {
                     text = text.trim_start();
                 }
+                if let Some(calls) = calls[index].as_mut() {
+                    return calls
+                        .push(text)
+                        .into_iter()
+                        .map(|p| chunk(piece_choices(index, p), None))
+                        .collect();
+                }
                 if text.is_empty() {
                     return vec![];
                 }
@@ -1354,10 +1433,27 @@ async fn chat_inner(
                     None,
                 )]
             }
-            StreamItem::Event(index, Event::Done { reason, .. }) => vec![chunk(
-                json!([{ "index": index, "delta": {}, "logprobs": Value::Null, "finish_reason": finish_reason(&reason) }]),
-                None,
-            )],
+            StreamItem::Event(index, Event::Done { reason, .. }) => {
+                let mut finish = finish_reason(&reason);
+                let mut out = Vec::new();
+                if let Some(calls) = calls[index].as_mut() {
+                    let complete = reason == FinishReason::Stop;
+                    out.extend(
+                        calls
+                            .finish(complete)
+                            .into_iter()
+                            .map(|p| chunk(piece_choices(index, p), None)),
+                    );
+                    if complete && calls.is_call() {
+                        finish = "tool_calls";
+                    }
+                }
+                out.push(chunk(
+                    json!([{ "index": index, "delta": {}, "logprobs": Value::Null, "finish_reason": finish }]),
+                    None,
+                ));
+                out
+            }
             StreamItem::Event(_, Event::PromptLogprobs(_)) => vec![],
             StreamItem::End {
                 completion_tokens,
@@ -1380,16 +1476,35 @@ async fn chat_inner(
         .iter()
         .enumerate()
         .map(|(index, c)| {
+            let text = c.text.trim();
+            let call = plan
+                .tools_active()
+                .then(|| structured::parse_call(text, &plan.tools))
+                .flatten();
+            let (message, finish) = match call {
+                Some(call) => (
+                    json!({ "role": "assistant", "content": Value::Null, "tool_calls": [{
+                        "id": request_id("call"),
+                        "type": "function",
+                        "function": { "name": call.name, "arguments": call.arguments },
+                    }] }),
+                    Some("tool_calls"),
+                ),
+                None => (
+                    json!({ "role": "assistant", "content": text }),
+                    c.finish.as_ref().map(finish_reason),
+                ),
+            };
             json!({
                 "index": index,
-                "message": { "role": "assistant", "content": c.text.trim() },
+                "message": message,
                 "logprobs": logprobs.map(|_| {
                     let tokens: Vec<(u32, Option<&TokenLogprob>)> =
                         c.logprobs.iter().map(|l| (l.token, Some(l))).collect();
                     let entries = logprobs::entries(&state.tokenizer, &jobs[0].prompt, &tokens, usize::MAX);
                     logprobs::chat_object(&entries)
                 }),
-                "finish_reason": c.finish.as_ref().map(finish_reason),
+                "finish_reason": finish,
             })
         })
         .collect();

@@ -279,17 +279,17 @@ fn every_bad_request_gets_an_openai_error() {
         ),
         (
             "/v1/completions",
-            r#"{"prompt": "hi", "presence_penalty": 0.5}"#,
+            r#"{"prompt": "hi", "presence_penalty": 2.5}"#,
             400,
             "invalid_request_error",
-            "`presence_penalty` is not supported",
+            "`presence_penalty` must be between -2 and 2",
         ),
         (
             "/v1/completions",
-            r#"{"prompt": "hi", "logit_bias": {"5": 1}}"#,
+            r#"{"prompt": "hi", "logit_bias": {"x": 1}}"#,
             400,
             "invalid_request_error",
-            "`logit_bias` is not supported",
+            "`logit_bias` keys must be token ids",
         ),
         (
             "/v1/completions",
@@ -345,7 +345,7 @@ fn every_bad_request_gets_an_openai_error() {
             r#"{"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}"#,
             400,
             "invalid_request_error",
-            "`tools` is not supported",
+            "`tools[0].function` must be an object",
         ),
         (
             "/v1/chat/completions",
@@ -387,7 +387,7 @@ fn every_bad_request_gets_an_openai_error() {
             r#"{"messages": [{"role": "user", "content": "hi"}], "tool_choice": "required"}"#,
             400,
             "invalid_request_error",
-            "`tools` is not supported",
+            "`tool_choice` asks for a tool call but `tools` is empty",
         ),
         (
             "/v1/chat/completions",
@@ -401,7 +401,7 @@ fn every_bad_request_gets_an_openai_error() {
             r#"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": null, "tool_calls": [{"id": "c1"}]}]}"#,
             400,
             "invalid_request_error",
-            "`messages[1].tool_calls` is not supported",
+            "`messages[1].tool_calls[0].function` must have a string `name` and `arguments`",
         ),
         (
             "/v1/chat/completions",

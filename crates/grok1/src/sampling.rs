@@ -2,8 +2,9 @@
 //! reference's nucleus semantics), min-p and a repetition penalty, drawn from a
 //! seeded generator so runs are reproducible.
 //!
-//! Order of operations: repetition penalty, temperature, top-k, top-p, min-p,
-//! then one categorical draw. Temperature 0 is greedy (the lowest id wins ties);
+//! Order of operations: logit bias, repetition penalty, presence and frequency
+//! penalties, the allowed-token mask (a grammar's), temperature, top-k, top-p,
+//! min-p, then one categorical draw. Temperature 0 is greedy (the lowest id wins ties);
 //! a temperature so small that it underflows the logits' scale (down to the
 //! smallest subnormal) draws the greedy token too, or one tied with it.
 //! A row holding a NaN or infinite logit is an error, never a token.
@@ -21,6 +22,14 @@ pub enum SamplingError {
     MinP(f32),
     #[error("repetition_penalty must be a finite number > 0, got {0}")]
     RepetitionPenalty(f32),
+    #[error("presence_penalty must be in [-2, 2], got {0}")]
+    PresencePenalty(f32),
+    #[error("frequency_penalty must be in [-2, 2], got {0}")]
+    FrequencyPenalty(f32),
+    #[error("logit_bias for token {token} must be in [-100, 100], got {bias}")]
+    LogitBias { token: u32, bias: f32 },
+    #[error("the grammar allows no token here")]
+    NothingAllowed,
     #[error("the model produced a non-finite logit ({value} for token {token}): its weights or its config's scales are broken")]
     NonFiniteLogit { token: usize, value: f32 },
 }
@@ -38,6 +47,15 @@ pub struct SamplingParams {
     /// Divides positive (multiplies negative) logits of tokens already in the
     /// context; 1 = off.
     pub repetition_penalty: f32,
+    /// Subtracted once from the logit of every token already generated
+    /// (OpenAI's `presence_penalty`; prompt tokens do not count); 0 = off.
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit once per time it was generated
+    /// (OpenAI's `frequency_penalty`); 0 = off.
+    pub frequency_penalty: f32,
+    /// Added to the logits of these tokens before anything else (OpenAI's
+    /// `logit_bias`).
+    pub logit_bias: Vec<(u32, f32)>,
     pub seed: u64,
 }
 
@@ -49,6 +67,9 @@ impl Default for SamplingParams {
             top_p: 1.0,
             min_p: 0.0,
             repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
             seed: 0,
         }
     }
@@ -68,8 +89,40 @@ impl SamplingParams {
         if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
             return Err(SamplingError::RepetitionPenalty(self.repetition_penalty));
         }
+        if !(-2.0..=2.0).contains(&self.presence_penalty) {
+            return Err(SamplingError::PresencePenalty(self.presence_penalty));
+        }
+        if !(-2.0..=2.0).contains(&self.frequency_penalty) {
+            return Err(SamplingError::FrequencyPenalty(self.frequency_penalty));
+        }
+        if let Some(&(token, bias)) = self
+            .logit_bias
+            .iter()
+            .find(|(_, b)| !(-100.0..=100.0).contains(b))
+        {
+            return Err(SamplingError::LogitBias { token, bias });
+        }
         Ok(())
     }
+}
+
+/// A grammar that decides which tokens a sequence may draw next (structured
+/// output). The engine asks for the mask before each draw and reports the
+/// drawn token; an implementation may compute the next mask in the
+/// background meanwhile (while the next forward pass runs).
+pub trait TokenConstraint: Send {
+    /// The tokens allowed next, as a bitset in [`mask_allows`]' layout.
+    fn allowed(&mut self) -> Result<&[u32], String>;
+    /// Records the drawn token; true when the grammar is complete (only the
+    /// end of the sequence may follow).
+    fn accept(&mut self, token: u32) -> Result<bool, String>;
+}
+
+/// Whether a token mask allows `token`: bit `token % 32` of word `token / 32`
+/// (toktrie's layout); ids past the mask's words are not allowed.
+pub fn mask_allows(mask: &[u32], token: u32) -> bool {
+    mask.get(token as usize / 32)
+        .is_some_and(|w| w >> (token % 32) & 1 == 1)
 }
 
 /// Index of the largest value; the lowest index wins ties.
@@ -96,8 +149,22 @@ impl Sampler {
     }
 
     /// Picks the next token from `logits` given the tokens already in the
-    /// context; a NaN or infinite logit is an error.
+    /// context (all of them count as generated for the presence and frequency
+    /// penalties); a NaN or infinite logit is an error.
     pub fn sample(&mut self, logits: &[f32], context: &[u32]) -> Result<u32, SamplingError> {
+        self.sample_masked(logits, context, 0, None)
+    }
+
+    /// [`Sampler::sample`] where `context[generated_from..]` are the generated
+    /// tokens (those the presence and frequency penalties count) and, with a
+    /// `mask`, only the tokens it allows can be drawn (see [`mask_allows`]).
+    pub fn sample_masked(
+        &mut self,
+        logits: &[f32],
+        context: &[u32],
+        generated_from: usize,
+        mask: Option<&[u32]>,
+    ) -> Result<u32, SamplingError> {
         if let Some(token) = logits.iter().position(|l| !l.is_finite()) {
             return Err(SamplingError::NonFiniteLogit {
                 token,
@@ -106,6 +173,11 @@ impl Sampler {
         }
         let p = &self.params;
         let mut logits = logits.to_vec();
+        for &(t, bias) in &p.logit_bias {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l = (*l + bias).clamp(-f32::MAX, f32::MAX);
+            }
+        }
         if p.repetition_penalty != 1.0 {
             let mut seen = std::collections::HashSet::new();
             for &t in context {
@@ -120,6 +192,40 @@ impl Sampler {
                         *l = penalised.clamp(-f32::MAX, f32::MAX);
                     }
                 }
+            }
+        }
+        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+            let mut counts = std::collections::HashMap::new();
+            for &t in context.get(generated_from..).unwrap_or(&[]) {
+                *counts.entry(t).or_insert(0u32) += 1;
+            }
+            for (t, n) in counts {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    let penalty = p.presence_penalty + p.frequency_penalty * n as f32;
+                    *l = (*l - penalty).clamp(-f32::MAX, f32::MAX);
+                }
+            }
+        }
+        // Disallowed tokens get -inf: probability 0 in every path below, and
+        // last in every ordering.
+        if let Some(mask) = mask {
+            let mut allowed = 0;
+            for (i, chunk) in logits.chunks_mut(32).enumerate() {
+                let word = mask.get(i).copied().unwrap_or(0);
+                if word == u32::MAX && chunk.len() == 32 {
+                    allowed += 32;
+                    continue;
+                }
+                for (bit, l) in chunk.iter_mut().enumerate() {
+                    if word >> bit & 1 == 1 {
+                        allowed += 1;
+                    } else {
+                        *l = f32::NEG_INFINITY;
+                    }
+                }
+            }
+            if allowed == 0 {
+                return Err(SamplingError::NothingAllowed);
             }
         }
         if p.temperature == 0.0 {
@@ -156,6 +262,9 @@ impl Sampler {
         }
         // Candidates by descending logit, lower id first on ties.
         let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+        if let Some(mask) = mask {
+            order.retain(|&t| mask_allows(mask, t));
+        }
         let by_logit = |a: &u32, b: &u32| {
             logits[*b as usize]
                 .total_cmp(&logits[*a as usize])
@@ -397,6 +506,95 @@ mod tests {
         }
     }
 
+    /// A mask allowing `ids` over `n` tokens.
+    fn mask_of(ids: &[u32], n: usize) -> Vec<u32> {
+        let mut mask = vec![0u32; n.div_ceil(32)];
+        for &t in ids {
+            mask[t as usize / 32] |= 1 << (t % 32);
+        }
+        mask
+    }
+
+    #[test]
+    fn a_mask_limits_every_draw_to_its_tokens() {
+        let logits = peaked_logits();
+        let allowed = [3u32, 40, 41, 999];
+        let mask = mask_of(&allowed, logits.len());
+        let best = *allowed
+            .iter()
+            .max_by(|a, b| logits[**a as usize].total_cmp(&logits[**b as usize]))
+            .unwrap();
+        // Greedy: the best allowed token, not the best token (7).
+        let mut s = Sampler::new(params(0.0)).unwrap();
+        assert_eq!(s.sample_masked(&logits, &[], 0, Some(&mask)).unwrap(), best);
+        // Every sampling path: the unfiltered draw and each filter.
+        for (top_k, top_p, min_p) in [(0, 1.0, 0.0), (2, 1.0, 0.0), (0, 0.9, 0.0), (0, 1.0, 0.01)] {
+            let mut s = Sampler::new(SamplingParams {
+                temperature: 5.0,
+                top_k,
+                top_p,
+                min_p,
+                seed: 11,
+                ..Default::default()
+            })
+            .unwrap();
+            let drawn: std::collections::HashSet<u32> = (0..300)
+                .map(|_| s.sample_masked(&logits, &[], 0, Some(&mask)).unwrap())
+                .collect();
+            assert!(drawn.iter().all(|t| allowed.contains(t)), "{drawn:?}");
+            if top_k == 0 && top_p == 1.0 {
+                // At temperature 5 the four are close enough that all come up.
+                assert_eq!(drawn.len(), 4, "{drawn:?}");
+            }
+        }
+        assert!(!mask_allows(&mask, 7) && mask_allows(&mask, 999));
+        // Ids past the mask's words are not allowed.
+        assert!(!mask_allows(&mask, 5000));
+        let err = Sampler::new(params(1.0))
+            .unwrap()
+            .sample_masked(&logits, &[], 0, Some(&mask_of(&[], logits.len())))
+            .unwrap_err();
+        assert_eq!(err, SamplingError::NothingAllowed);
+    }
+
+    #[test]
+    fn logit_bias_and_presence_and_frequency_penalties_follow_openai() {
+        let logits = [1.0f32, 0.5, 0.0, -1.0];
+        let greedy = |p: SamplingParams, context: &[u32], from: usize| {
+            Sampler::new(p)
+                .unwrap()
+                .sample_masked(&logits, context, from, None)
+                .unwrap()
+        };
+        let bias = |b: Vec<(u32, f32)>| SamplingParams {
+            logit_bias: b,
+            ..params(0.0)
+        };
+        assert_eq!(greedy(bias(vec![(3, 2.5)]), &[], 0), 3);
+        assert_eq!(greedy(bias(vec![(0, -100.0)]), &[], 0), 1);
+        // Presence: 0.6 once for token 0 (generated twice) -> 0.4 < 0.5.
+        let presence = SamplingParams {
+            presence_penalty: 0.6,
+            ..params(0.0)
+        };
+        assert_eq!(greedy(presence.clone(), &[0, 0], 0), 1);
+        // Prompt tokens (before `generated_from`) do not count.
+        assert_eq!(greedy(presence, &[0, 0], 2), 0);
+        // Frequency: 0.3 per time -> 1.0 - 0.3 = 0.7 stays best, twice 0.4 does not.
+        let frequency = SamplingParams {
+            frequency_penalty: 0.3,
+            ..params(0.0)
+        };
+        assert_eq!(greedy(frequency.clone(), &[0], 0), 0);
+        assert_eq!(greedy(frequency, &[0, 0], 0), 1);
+        // Negative penalties favour repeats.
+        let negative = SamplingParams {
+            frequency_penalty: -1.5,
+            ..params(0.0)
+        };
+        assert_eq!(greedy(negative, &[2], 0), 2);
+    }
+
     #[test]
     fn invalid_parameters_are_rejected() {
         assert_eq!(
@@ -418,5 +616,33 @@ mod tests {
             ..params(1.0)
         })
         .is_err());
+        assert_eq!(
+            Sampler::new(SamplingParams {
+                presence_penalty: 2.5,
+                ..params(1.0)
+            })
+            .err(),
+            Some(SamplingError::PresencePenalty(2.5))
+        );
+        assert_eq!(
+            Sampler::new(SamplingParams {
+                frequency_penalty: f32::NAN,
+                ..params(1.0)
+            })
+            .err()
+            .map(|e| e.to_string()),
+            Some("frequency_penalty must be in [-2, 2], got NaN".into())
+        );
+        assert_eq!(
+            Sampler::new(SamplingParams {
+                logit_bias: vec![(4, 150.0)],
+                ..params(1.0)
+            })
+            .err(),
+            Some(SamplingError::LogitBias {
+                token: 4,
+                bias: 150.0
+            })
+        );
     }
 }

@@ -103,6 +103,7 @@ fn the_engine_fails_a_request_with_nan_logits() {
             stop_strings: vec![],
             logprobs: None,
             prompt_logprobs: false,
+            constraint: None,
             sink: Box::new(move |e| tx.send(e).is_ok()),
         })
         .unwrap();

@@ -56,6 +56,7 @@ fn request(prompt: Vec<u32>, max_tokens: usize) -> (Request, mpsc::Receiver<Even
         stop_strings: vec![],
         logprobs: None,
         prompt_logprobs: false,
+        constraint: None,
         sink: Box::new(move |e| tx.send(e).is_ok()),
     };
     (req, rx)

@@ -39,7 +39,7 @@ use rayon::prelude::*;
 
 use crate::kv_cache::{KvCache, KvType, DEFAULT_PAGE_SIZE};
 use crate::model::{ForwardOptions, Grok1, LogitsRows, RowLogits, SequenceInput};
-use crate::sampling::{SamplingError, SamplingParams};
+use crate::sampling::{SamplingError, SamplingParams, TokenConstraint};
 use crate::Precision;
 pub use metrics::{Load, Metrics};
 use plan::{Plan, PlannedInput, StepPlan};
@@ -83,6 +83,9 @@ pub struct Request {
     pub logprobs: Option<usize>,
     /// Return the log-probabilities of the prompt tokens.
     pub prompt_logprobs: bool,
+    /// A grammar the generated tokens must follow: only the tokens it allows
+    /// are drawn, and the request stops when it is complete.
+    pub constraint: Option<Box<dyn TokenConstraint>>,
     /// Receives the request's events; returning false (the client is gone)
     /// cancels the request at the next step.
     pub sink: Box<dyn FnMut(Event) -> bool + Send>,

@@ -8,7 +8,7 @@ use grok1_tokenizer::{DecodeState, Tokenizer};
 use super::{CancelToken, Event, FinishReason, Metrics, Request, SubmitError, TokenLogprob};
 use crate::kv_cache::SeqId;
 use crate::model::RowLogits;
-use crate::sampling::Sampler;
+use crate::sampling::{Sampler, TokenConstraint};
 
 pub(super) struct Sequence {
     pub kv: Option<SeqId>,
@@ -20,6 +20,7 @@ pub(super) struct Sequence {
     max_tokens: usize,
     generated: usize,
     sampler: Sampler,
+    constraint: Option<Box<dyn TokenConstraint>>,
     stop_token_ids: Vec<u32>,
     stop_strings: Vec<String>,
     logprobs: Option<usize>,
@@ -96,6 +97,7 @@ impl Sequence {
             max_tokens: r.max_tokens,
             generated: 0,
             sampler: Sampler::new(r.sampling)?,
+            constraint: r.constraint,
             stop_token_ids: r.stop_token_ids,
             stop_strings: r
                 .stop_strings
@@ -190,7 +192,14 @@ impl Sequence {
             return Some(FinishReason::Length);
         }
         let &(_, row) = rows.last()?;
-        let next = match self.sampler.sample(row, &self.tokens) {
+        let mask = match self.constraint.as_mut().map(|c| c.allowed()).transpose() {
+            Ok(mask) => mask,
+            Err(e) => return Some(FinishReason::Error(format!("the grammar failed: {e}"))),
+        };
+        let next = match self
+            .sampler
+            .sample_masked(row, &self.tokens, self.prompt_len, mask)
+        {
             Ok(next) => next,
             // A NaN or infinite logit: the request fails instead of drawing garbage.
             Err(e) => return Some(FinishReason::Error(e.to_string())),
@@ -206,6 +215,13 @@ impl Sequence {
             self.generated += 1;
             return Some(FinishReason::Stop);
         }
+        // A grammar allows the end token only where it is complete (then it is
+        // a stop token, above); any other token moves it on.
+        let complete = match self.constraint.as_mut().map(|c| c.accept(next)) {
+            None => false,
+            Some(Ok(complete)) => complete,
+            Some(Err(e)) => return Some(FinishReason::Error(format!("the grammar failed: {e}"))),
+        };
         self.tokens.push(next);
         self.generated += 1;
         // The completion is decoded as the continuation of its prompt, so its
@@ -243,6 +259,9 @@ impl Sequence {
             text,
             logprob,
         });
+        if complete {
+            return Some(FinishReason::Stop);
+        }
         if self.generated >= self.max_tokens || self.tokens.len() >= context {
             return Some(FinishReason::Length);
         }
@@ -310,6 +329,7 @@ mod tests {
                 stop_strings: stops.iter().map(|s| s.to_string()).collect(),
                 logprobs: None,
                 prompt_logprobs: false,
+                constraint: None,
                 sink: Box::new(move |e| {
                     if let Event::Token { text, .. } | Event::Text(text) = e {
                         sink_text.lock().unwrap().push_str(&text);
@@ -382,6 +402,100 @@ mod tests {
             checked += 1;
         }
         assert_eq!(checked, 164);
+    }
+
+    /// Allows only `script[i]` at step i, complete after the last; fails
+    /// when asked past `fail_at`.
+    struct Script {
+        script: Vec<u32>,
+        step: usize,
+        mask: Vec<u32>,
+        fail_at: Option<usize>,
+    }
+
+    impl TokenConstraint for Script {
+        fn allowed(&mut self) -> Result<&[u32], String> {
+            if self.fail_at == Some(self.step) {
+                return Err("scripted failure".into());
+            }
+            self.mask.iter_mut().for_each(|w| *w = 0);
+            let t = self.script[self.step];
+            self.mask[t as usize / 32] |= 1 << (t % 32);
+            Ok(&self.mask)
+        }
+
+        fn accept(&mut self, token: u32) -> Result<bool, String> {
+            assert_eq!(token, self.script[self.step]);
+            self.step += 1;
+            Ok(self.step == self.script.len())
+        }
+    }
+
+    /// Runs a constrained sequence over rows whose best token is always 7;
+    /// returns its tokens and why it ended.
+    fn constrained(script: &[u32], fail_at: Option<usize>) -> (Vec<u32>, FinishReason) {
+        let vocab = 300;
+        let tokens = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink_tokens = tokens.clone();
+        let mut seq = Sequence::new(
+            Request {
+                prompt: vec![5, 6],
+                max_tokens: 50,
+                sampling: SamplingParams::default(),
+                stop_token_ids: vec![2],
+                stop_strings: vec![],
+                logprobs: None,
+                prompt_logprobs: false,
+                constraint: Some(Box::new(Script {
+                    script: script.to_vec(),
+                    step: 0,
+                    mask: vec![0; vocab / 32 + 1],
+                    fail_at,
+                })),
+                sink: Box::new(move |e| {
+                    if let Event::Token { token, .. } = e {
+                        sink_tokens.lock().unwrap().push(token);
+                    }
+                    true
+                }),
+            },
+            crate::engine::CancelToken::new(),
+        )
+        .unwrap();
+        let tok = Tokenizer::grok1();
+        let metrics = Metrics::default();
+        let mut row: Vec<f32> = (0..vocab).map(|i| -(i as f32)).collect();
+        row[7] = 50.0;
+        let mut take = 2;
+        let reason = loop {
+            if let Some(r) = seq.advance(take, &[(take - 1, &row)], &tok, usize::MAX, &metrics) {
+                break r;
+            }
+            take = 1;
+        };
+        let out = tokens.lock().unwrap().clone();
+        (out, reason)
+    }
+
+    #[test]
+    fn a_constraint_picks_every_token_and_ends_the_sequence() {
+        // The model's favourite (7) is never allowed; the script is followed
+        // and the sequence stops when the grammar is complete, without a
+        // step for the end token.
+        let (tokens, reason) = constrained(&[40, 41, 299], None);
+        assert_eq!(tokens, vec![40, 41, 299]);
+        assert_eq!(reason, FinishReason::Stop);
+        // Where the grammar allows the end token, drawing it stops the sequence.
+        let (tokens, reason) = constrained(&[40, 2, 41], None);
+        assert_eq!(tokens, vec![40]);
+        assert_eq!(reason, FinishReason::Stop);
+        // A failing grammar fails the request.
+        let (tokens, reason) = constrained(&[40, 41, 42], Some(1));
+        assert_eq!(tokens, vec![40]);
+        assert!(
+            matches!(&reason, FinishReason::Error(e) if e.contains("scripted failure")),
+            "{reason:?}"
+        );
     }
 
     #[test]
