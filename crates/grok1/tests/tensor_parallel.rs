@@ -449,6 +449,7 @@ fn serve_requests(engine: &grok1::engine::EngineHandle) -> Vec<Served> {
                     stop_strings: vec![],
                     logprobs: Some(0),
                     prompt_logprobs: false,
+                    constraint: None,
                     sink: Box::new(move |e| tx.send(e).is_ok()),
                 };
                 (request, rx)
