@@ -13,6 +13,14 @@
 //!   stated with `rounding_bound`).
 
 use grok1::backend::cpu::kernels::{self, RowBlock};
+use grok1::backend::cpu::types::iq1_s::IQ1S;
+use grok1::backend::cpu::types::iq2_s::IQ2S;
+use grok1::backend::cpu::types::iq2_xs::IQ2XS;
+use grok1::backend::cpu::types::iq2_xxs::IQ2XXS;
+use grok1::backend::cpu::types::iq3_s::IQ3S;
+use grok1::backend::cpu::types::iq3_xxs::IQ3XXS;
+use grok1::backend::cpu::types::iq4_nl::IQ4NL;
+use grok1::backend::cpu::types::iq4_xs::IQ4XS;
 use grok1::backend::cpu::types::q2_k::Q2K;
 use grok1::backend::cpu::types::q3_k::Q3K;
 use grok1::backend::cpu::types::q4_0::Q4_0;
@@ -217,6 +225,14 @@ block_type_tests! {
     q4_1_products_on_every_isa: Q4_1, GgmlType::Q4_1;
     q5_0_products_on_every_isa: Q5_0, GgmlType::Q5_0;
     q5_1_products_on_every_isa: Q5_1, GgmlType::Q5_1;
+    iq4_nl_products_on_every_isa: IQ4NL, GgmlType::IQ4_NL;
+    iq4_xs_products_on_every_isa: IQ4XS, GgmlType::IQ4_XS;
+    iq3_xxs_products_on_every_isa: IQ3XXS, GgmlType::IQ3_XXS;
+    iq3_s_products_on_every_isa: IQ3S, GgmlType::IQ3_S;
+    iq2_xxs_products_on_every_isa: IQ2XXS, GgmlType::IQ2_XXS;
+    iq2_xs_products_on_every_isa: IQ2XS, GgmlType::IQ2_XS;
+    iq2_s_products_on_every_isa: IQ2S, GgmlType::IQ2_S;
+    iq1_s_products_on_every_isa: IQ1S, GgmlType::IQ1_S;
 }
 
 /// The legacy types' blocks hold 32 values: longer rows (more blocks than a
@@ -227,6 +243,8 @@ fn long_rows_and_many_activation_rows() {
     check_type::<Q4_0>(GgmlType::Q4_0, 96, 37, 13, 1);
     check_type::<Q4K>(GgmlType::Q4K, 11, 150, 6, 2);
     check_type::<Q6K>(GgmlType::Q6K, 4, 300, 3, 3);
+    check_type::<IQ4NL>(GgmlType::IQ4_NL, 96, 37, 13, 4);
+    check_type::<IQ2XXS>(GgmlType::IQ2_XXS, 11, 150, 6, 5);
 }
 
 /// Extreme codes and activations: every code at its largest with scales at
@@ -292,6 +310,14 @@ fn extreme_blocks_match_the_scalar_kernel() {
     extreme::<Q4_1>(GgmlType::Q4_1);
     extreme::<Q5_0>(GgmlType::Q5_0);
     extreme::<Q5_1>(GgmlType::Q5_1);
+    extreme::<IQ4NL>(GgmlType::IQ4_NL);
+    extreme::<IQ4XS>(GgmlType::IQ4_XS);
+    extreme::<IQ3XXS>(GgmlType::IQ3_XXS);
+    extreme::<IQ3S>(GgmlType::IQ3_S);
+    extreme::<IQ2XXS>(GgmlType::IQ2_XXS);
+    extreme::<IQ2XS>(GgmlType::IQ2_XS);
+    extreme::<IQ2S>(GgmlType::IQ2_S);
+    extreme::<IQ1S>(GgmlType::IQ1_S);
 }
 
 /// The tile form of each block type (`TileBlock`: codes in value order,
@@ -323,6 +349,14 @@ fn tile_form_gives_the_block_integers() {
     check::<Q4_1>(GgmlType::Q4_1);
     check::<Q5_0>(GgmlType::Q5_0);
     check::<Q5_1>(GgmlType::Q5_1);
+    check::<IQ4NL>(GgmlType::IQ4_NL);
+    check::<IQ4XS>(GgmlType::IQ4_XS);
+    check::<IQ3XXS>(GgmlType::IQ3_XXS);
+    check::<IQ3S>(GgmlType::IQ3_S);
+    check::<IQ2XXS>(GgmlType::IQ2_XXS);
+    check::<IQ2XS>(GgmlType::IQ2_XS);
+    check::<IQ2S>(GgmlType::IQ2_S);
+    check::<IQ1S>(GgmlType::IQ1_S);
 }
 
 /// The activation test vector of [`activations_quantised_as_llama_cpp`]:

@@ -309,7 +309,11 @@ unsafe fn block_scales<T: Avx2Block>(wp: &[*const u8; 8], at: usize) -> (__m256,
             h(7),
         ))
     };
-    let sa = f16s(T::SA_AT);
+    let sa = if T::SA_MUL == 1.0 {
+        f16s(T::SA_AT)
+    } else {
+        _mm256_mul_ps(f16s(T::SA_AT), _mm256_set1_ps(T::SA_MUL))
+    };
     let sb = if !T::HAS_B {
         _mm256_setzero_ps()
     } else if T::NEGATE_SB {
