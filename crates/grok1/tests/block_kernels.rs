@@ -13,6 +13,7 @@
 //!   stated with `rounding_bound`).
 
 use grok1::backend::cpu::kernels::{self, RowBlock};
+use grok1::backend::cpu::types::iq1_m::IQ1M;
 use grok1::backend::cpu::types::iq1_s::IQ1S;
 use grok1::backend::cpu::types::iq2_s::IQ2S;
 use grok1::backend::cpu::types::iq2_xs::IQ2XS;
@@ -59,12 +60,28 @@ fn random_rows<T: QuantBlock>(rows: usize, blocks: usize, rng: &mut impl Rng) ->
         .map(|_| rng.random())
         .collect();
     for block in bytes.chunks_exact_mut(T::BYTES) {
-        for at in [T::SA_AT, T::SB_AT] {
-            let v: f32 = rng.random_range(-1.0f32..1.0) * 2f32.powi(rng.random_range(-12..2));
-            block[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
-        }
+        let mut v = || rng.random_range(-1.0f32..1.0) * 2f32.powi(rng.random_range(-12..2));
+        let sb = v();
+        block[T::SB_AT..T::SB_AT + 2].copy_from_slice(&half::f16::from_f32(sb).to_le_bytes());
+        set_sa::<T>(block, v());
     }
     bytes
+}
+
+/// Sets a block's f16 scale `sa` to `v`: at `T::SA_AT`, or for IQ1_M, whose
+/// `sa` is spread over the top nibbles of its four u16 scales, there.
+fn set_sa<T: QuantBlock>(block: &mut [u8], v: f32) {
+    let bits = half::f16::from_f32(v).to_bits();
+    block[T::SA_AT..T::SA_AT + 2].copy_from_slice(&bits.to_le_bytes());
+    if T::sa_bits(block) != bits {
+        for j in 0..4 {
+            let at = 48 + 2 * j;
+            let s = u16::from_le_bytes([block[at], block[at + 1]]);
+            let s = (s & 0x0FFF) | (bits >> (4 * j) & 0x0F) << 12;
+            block[at..at + 2].copy_from_slice(&s.to_le_bytes());
+        }
+    }
+    assert_eq!(T::sa_bits(block), bits, "set_sa: the scale is elsewhere");
 }
 
 fn random_acts(m: usize, k: usize, rng: &mut impl Rng) -> Vec<f32> {
@@ -233,6 +250,7 @@ block_type_tests! {
     iq2_xs_products_on_every_isa: IQ2XS, GgmlType::IQ2_XS;
     iq2_s_products_on_every_isa: IQ2S, GgmlType::IQ2_S;
     iq1_s_products_on_every_isa: IQ1S, GgmlType::IQ1_S;
+    iq1_m_products_on_every_isa: IQ1M, GgmlType::IQ1_M;
 }
 
 /// The legacy types' blocks hold 32 values: longer rows (more blocks than a
@@ -258,9 +276,9 @@ fn extreme_blocks_match_the_scalar_kernel() {
         for fill in [0xFFu8, 0x00, 0x80, 0x7F] {
             let mut bytes = vec![fill; 3 * blocks * T::BYTES];
             for block in bytes.chunks_exact_mut(T::BYTES) {
-                for at in [T::SA_AT, T::SB_AT] {
-                    block[at..at + 2].copy_from_slice(&half::f16::from_f32(0.5).to_le_bytes());
-                }
+                let half_f16 = half::f16::from_f32(0.5).to_le_bytes();
+                block[T::SB_AT..T::SB_AT + 2].copy_from_slice(&half_f16);
+                set_sa::<T>(block, 0.5);
             }
             for sign in [1f32, -1.0] {
                 // 17 activation rows: the tile kernels' two tiles, one of
@@ -318,6 +336,7 @@ fn extreme_blocks_match_the_scalar_kernel() {
     extreme::<IQ2XS>(GgmlType::IQ2_XS);
     extreme::<IQ2S>(GgmlType::IQ2_S);
     extreme::<IQ1S>(GgmlType::IQ1_S);
+    extreme::<IQ1M>(GgmlType::IQ1_M);
 }
 
 /// The tile form of each block type (`TileBlock`: codes in value order,
@@ -357,6 +376,7 @@ fn tile_form_gives_the_block_integers() {
     check::<IQ2XS>(GgmlType::IQ2_XS);
     check::<IQ2S>(GgmlType::IQ2_S);
     check::<IQ1S>(GgmlType::IQ1_S);
+    check::<IQ1M>(GgmlType::IQ1_M);
 }
 
 /// The activation test vector of [`activations_quantised_as_llama_cpp`]:

@@ -417,9 +417,10 @@ fn check_gguf_blocks(path: &std::path::Path) {
     }
 }
 
-/// The grid i-quants (IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S; with
-/// IQ4_NL, IQ4_XS and types without a fused product) in the fixture whose
-/// matrices are random blocks of each (`make_fixtures.py`).
+/// The grid i-quants (IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M;
+/// with IQ4_NL, IQ4_XS, and the ternary and FP4 types, which have no fused
+/// product) in the fixture whose matrices are random blocks of each
+/// (`make_fixtures.py`).
 #[test]
 fn gguf_i_quants_fast_and_int8_modes_within_the_int8_bounds() {
     check_gguf_blocks(&common::fixtures().join("gguf").join("tiny-iquants.gguf"));

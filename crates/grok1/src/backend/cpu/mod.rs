@@ -49,6 +49,7 @@ use crate::quant::GgmlType;
 pub use common::Isa;
 use common::PARALLEL_MIN_MACS;
 use types::int8_ckpt::{pack_activations, ActI8, Q8Rows};
+use types::iq1_m::IQ1M;
 use types::iq1_s::IQ1S;
 use types::iq2_s::IQ2S;
 use types::iq2_xs::IQ2XS;
@@ -537,6 +538,7 @@ fn row_kernels(dtype: GgmlType) -> RowKernels {
         GgmlType::IQ2_XS => quantized::<IQ2XS>(),
         GgmlType::IQ2_S => quantized::<IQ2S>(),
         GgmlType::IQ1_S => quantized::<IQ1S>(),
+        GgmlType::IQ1_M => quantized::<IQ1M>(),
         _ => RowKernels {
             f32_acts: decoded_rows_f32,
             quantized_acts: None,

@@ -55,9 +55,17 @@ pub fn u32_at(b: &[u8], at: usize) -> u32 {
 
 /// `QuantBlock` and `TileBlock` of an i-quant type from its
 /// `fn levels(block) -> [i8; VALUES]` and `fn scales(block) -> [i32;
-/// VALUES / SUB]`: `a = scaled_level_dot(levels, scales)`, no `b`.
+/// VALUES / SUB]`: `a = scaled_level_dot(levels, scales)`, no `b`; the f16
+/// `d` at byte 0 unless `sa_bits` says where it is.
 macro_rules! iq_block {
     ($t:ty, values: $values:expr, bytes: $bytes:expr, sub: $sub:expr, sa_mul: $mul:expr) => {
+        $crate::backend::cpu::types::iq_levels::iq_block!(
+            $t, values: $values, bytes: $bytes, sub: $sub, sa_mul: $mul,
+            sa_bits: |block: &[u8]| u16::from_le_bytes([block[0], block[1]])
+        );
+    };
+    ($t:ty, values: $values:expr, bytes: $bytes:expr, sub: $sub:expr, sa_mul: $mul:expr,
+     sa_bits: $sa_bits:expr) => {
         impl $crate::backend::cpu::types::q8_blocks::QuantBlock for $t {
             const VALUES: usize = $values;
             const BYTES: usize = $bytes;
@@ -68,6 +76,12 @@ macro_rules! iq_block {
             const SB_AT: usize = 0;
             const NEGATE_SB: bool = false;
             const SA_MUL: f32 = $mul;
+
+            #[inline(always)]
+            fn sa_bits(block: &[u8]) -> u16 {
+                let f: fn(&[u8]) -> u16 = $sa_bits;
+                f(block)
+            }
 
             fn ints(block: &[u8], x: &[i8], _bsums: &[i16], _xsum: i32) -> (i32, i32) {
                 let a = $crate::backend::cpu::types::iq_levels::scaled_level_dot(

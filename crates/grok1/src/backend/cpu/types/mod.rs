@@ -8,6 +8,7 @@ pub mod f32_pages;
 pub mod f32_rows;
 pub mod int8_ckpt;
 pub mod int8_rows;
+pub mod iq1_m;
 pub mod iq1_s;
 pub mod iq2_s;
 pub mod iq2_xs;

@@ -186,13 +186,20 @@ pub trait QuantBlock {
     /// activations) and `bsums` (their sums per 16), `xsum` their sum.
     fn ints(block: &[u8], x: &[i8], bsums: &[i16], xsum: i32) -> (i32, i32);
 
+    /// The bits of the block's f16 `sa`: at `SA_AT`, but where a type
+    /// spreads it over other fields (IQ1_M).
+    #[inline(always)]
+    fn sa_bits(block: &[u8]) -> u16 {
+        u16::from_le_bytes([block[Self::SA_AT], block[Self::SA_AT + 1]])
+    }
+
     /// The block's f32 scales `(sa, sb)`.
     #[inline(always)]
     fn scales(block: &[u8]) -> (f32, f32) {
         let f = |at: usize| half::f16::from_le_bytes([block[at], block[at + 1]]).to_f32();
         let sb = if Self::HAS_B { f(Self::SB_AT) } else { 0.0 };
         (
-            f(Self::SA_AT) * Self::SA_MUL,
+            half::f16::from_bits(Self::sa_bits(block)).to_f32() * Self::SA_MUL,
             if Self::NEGATE_SB { -sb } else { sb },
         )
     }

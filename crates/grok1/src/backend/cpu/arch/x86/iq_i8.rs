@@ -15,6 +15,7 @@ use std::arch::x86_64::*;
 
 use super::q8_blocks_i8::Avx2Block;
 use super::q8_blocks_vnni::VnniBlock;
+use crate::backend::cpu::types::iq1_m::{iq1_m_scales, IQ1M};
 use crate::backend::cpu::types::iq1_s::IQ1S;
 use crate::backend::cpu::types::iq2_s::IQ2S;
 use crate::backend::cpu::types::iq2_xs::IQ2XS;
@@ -384,6 +385,45 @@ impl IqParts for IQ1S {
     }
 }
 
+impl IqParts for IQ1M {
+    #[inline(always)]
+    unsafe fn part(w: *const u8, p: usize) -> (__m256i, __m256i) {
+        // SAFETY: the trait's contract: part p's 4 index bytes and its 2
+        // bytes of nibbles.
+        unsafe {
+            let qh = u16_at(w, 32 + 2 * p);
+            let nibble = |l: usize| qh >> (4 * l) & 0x0F;
+            let g = |l: usize| {
+                let index = usize::from(*w.add(4 * p + l)) | usize::from(nibble(l) & 7) << 8;
+                IQ1S_GRID[index] as i64
+            };
+            // Each group of 8 its own shift: bytes 0x01 or 0xFF.
+            let shift = |l: usize| {
+                if nibble(l) & 8 == 0 {
+                    0x0101_0101_0101_0101i64
+                } else {
+                    -1i64
+                }
+            };
+            let grid = _mm256_set_epi64x(g(3), g(2), g(1), g(0));
+            let shifts = _mm256_set_epi64x(shift(3), shift(2), shift(1), shift(0));
+            // 8 grid + shift: odd, never 0.
+            let v = _mm256_add_epi8(_mm256_sign_epi8(_mm256_set1_epi8(8), grid), shifts);
+            (_mm256_abs_epi8(v), v)
+        }
+    }
+    #[inline(always)]
+    unsafe fn scale(sc: &[i16; 16], p: usize) -> __m256i {
+        scale16(sc, p)
+    }
+    #[inline(always)]
+    unsafe fn block_scales(w: *const u8) -> [i16; 16] {
+        // SAFETY: the trait's contract.
+        let s = iq1_m_scales(unsafe { block::<Self>(w) });
+        std::array::from_fn(|j| s[j] as i16)
+    }
+}
+
 macro_rules! iq_avx2 {
     ($($t:ty),*) => {$(
         impl Avx2Block for $t {
@@ -429,4 +469,4 @@ macro_rules! iq_avx2 {
     )*};
 }
 
-iq_avx2!(IQ4NL, IQ4XS, IQ2XXS, IQ2XS, IQ2S, IQ3XXS, IQ3S, IQ1S);
+iq_avx2!(IQ4NL, IQ4XS, IQ2XXS, IQ2XS, IQ2S, IQ3XXS, IQ3S, IQ1S, IQ1M);
