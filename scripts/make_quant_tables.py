@@ -33,7 +33,7 @@ def grid_rows(cls):
 
 
 def table(name, rust_type, values, fmt, per_line, doc):
-    lines = [f"/// {doc}", f"pub(super) static {name}: [{rust_type}; {len(values)}] = ["]
+    lines = [f"/// {doc}", f"pub(crate) static {name}: [{rust_type}; {len(values)}] = ["]
     for i in range(0, len(values), per_line):
         lines.append("    " + " ".join(fmt(v) + "," for v in values[i:i + per_line]))
     lines.append("];")

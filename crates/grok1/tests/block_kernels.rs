@@ -13,6 +13,15 @@
 //!   stated with `rounding_bound`).
 
 use grok1::backend::cpu::kernels::{self, RowBlock};
+use grok1::backend::cpu::types::iq1_m::IQ1M;
+use grok1::backend::cpu::types::iq1_s::IQ1S;
+use grok1::backend::cpu::types::iq2_s::IQ2S;
+use grok1::backend::cpu::types::iq2_xs::IQ2XS;
+use grok1::backend::cpu::types::iq2_xxs::IQ2XXS;
+use grok1::backend::cpu::types::iq3_s::IQ3S;
+use grok1::backend::cpu::types::iq3_xxs::IQ3XXS;
+use grok1::backend::cpu::types::iq4_nl::IQ4NL;
+use grok1::backend::cpu::types::iq4_xs::IQ4XS;
 use grok1::backend::cpu::types::q2_k::Q2K;
 use grok1::backend::cpu::types::q3_k::Q3K;
 use grok1::backend::cpu::types::q4_0::Q4_0;
@@ -51,12 +60,28 @@ fn random_rows<T: QuantBlock>(rows: usize, blocks: usize, rng: &mut impl Rng) ->
         .map(|_| rng.random())
         .collect();
     for block in bytes.chunks_exact_mut(T::BYTES) {
-        for at in [T::SA_AT, T::SB_AT] {
-            let v: f32 = rng.random_range(-1.0f32..1.0) * 2f32.powi(rng.random_range(-12..2));
-            block[at..at + 2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
-        }
+        let mut v = || rng.random_range(-1.0f32..1.0) * 2f32.powi(rng.random_range(-12..2));
+        let sb = v();
+        block[T::SB_AT..T::SB_AT + 2].copy_from_slice(&half::f16::from_f32(sb).to_le_bytes());
+        set_sa::<T>(block, v());
     }
     bytes
+}
+
+/// Sets a block's f16 scale `sa` to `v`: at `T::SA_AT`, or for IQ1_M, whose
+/// `sa` is spread over the top nibbles of its four u16 scales, there.
+fn set_sa<T: QuantBlock>(block: &mut [u8], v: f32) {
+    let bits = half::f16::from_f32(v).to_bits();
+    block[T::SA_AT..T::SA_AT + 2].copy_from_slice(&bits.to_le_bytes());
+    if T::sa_bits(block) != bits {
+        for j in 0..4 {
+            let at = 48 + 2 * j;
+            let s = u16::from_le_bytes([block[at], block[at + 1]]);
+            let s = (s & 0x0FFF) | (bits >> (4 * j) & 0x0F) << 12;
+            block[at..at + 2].copy_from_slice(&s.to_le_bytes());
+        }
+    }
+    assert_eq!(T::sa_bits(block), bits, "set_sa: the scale is elsewhere");
 }
 
 fn random_acts(m: usize, k: usize, rng: &mut impl Rng) -> Vec<f32> {
@@ -217,6 +242,15 @@ block_type_tests! {
     q4_1_products_on_every_isa: Q4_1, GgmlType::Q4_1;
     q5_0_products_on_every_isa: Q5_0, GgmlType::Q5_0;
     q5_1_products_on_every_isa: Q5_1, GgmlType::Q5_1;
+    iq4_nl_products_on_every_isa: IQ4NL, GgmlType::IQ4_NL;
+    iq4_xs_products_on_every_isa: IQ4XS, GgmlType::IQ4_XS;
+    iq3_xxs_products_on_every_isa: IQ3XXS, GgmlType::IQ3_XXS;
+    iq3_s_products_on_every_isa: IQ3S, GgmlType::IQ3_S;
+    iq2_xxs_products_on_every_isa: IQ2XXS, GgmlType::IQ2_XXS;
+    iq2_xs_products_on_every_isa: IQ2XS, GgmlType::IQ2_XS;
+    iq2_s_products_on_every_isa: IQ2S, GgmlType::IQ2_S;
+    iq1_s_products_on_every_isa: IQ1S, GgmlType::IQ1_S;
+    iq1_m_products_on_every_isa: IQ1M, GgmlType::IQ1_M;
 }
 
 /// The legacy types' blocks hold 32 values: longer rows (more blocks than a
@@ -227,6 +261,8 @@ fn long_rows_and_many_activation_rows() {
     check_type::<Q4_0>(GgmlType::Q4_0, 96, 37, 13, 1);
     check_type::<Q4K>(GgmlType::Q4K, 11, 150, 6, 2);
     check_type::<Q6K>(GgmlType::Q6K, 4, 300, 3, 3);
+    check_type::<IQ4NL>(GgmlType::IQ4_NL, 96, 37, 13, 4);
+    check_type::<IQ2XXS>(GgmlType::IQ2_XXS, 11, 150, 6, 5);
 }
 
 /// Extreme codes and activations: every code at its largest with scales at
@@ -240,9 +276,9 @@ fn extreme_blocks_match_the_scalar_kernel() {
         for fill in [0xFFu8, 0x00, 0x80, 0x7F] {
             let mut bytes = vec![fill; 3 * blocks * T::BYTES];
             for block in bytes.chunks_exact_mut(T::BYTES) {
-                for at in [T::SA_AT, T::SB_AT] {
-                    block[at..at + 2].copy_from_slice(&half::f16::from_f32(0.5).to_le_bytes());
-                }
+                let half_f16 = half::f16::from_f32(0.5).to_le_bytes();
+                block[T::SB_AT..T::SB_AT + 2].copy_from_slice(&half_f16);
+                set_sa::<T>(block, 0.5);
             }
             for sign in [1f32, -1.0] {
                 // 17 activation rows: the tile kernels' two tiles, one of
@@ -292,6 +328,15 @@ fn extreme_blocks_match_the_scalar_kernel() {
     extreme::<Q4_1>(GgmlType::Q4_1);
     extreme::<Q5_0>(GgmlType::Q5_0);
     extreme::<Q5_1>(GgmlType::Q5_1);
+    extreme::<IQ4NL>(GgmlType::IQ4_NL);
+    extreme::<IQ4XS>(GgmlType::IQ4_XS);
+    extreme::<IQ3XXS>(GgmlType::IQ3_XXS);
+    extreme::<IQ3S>(GgmlType::IQ3_S);
+    extreme::<IQ2XXS>(GgmlType::IQ2_XXS);
+    extreme::<IQ2XS>(GgmlType::IQ2_XS);
+    extreme::<IQ2S>(GgmlType::IQ2_S);
+    extreme::<IQ1S>(GgmlType::IQ1_S);
+    extreme::<IQ1M>(GgmlType::IQ1_M);
 }
 
 /// The tile form of each block type (`TileBlock`: codes in value order,
@@ -323,6 +368,15 @@ fn tile_form_gives_the_block_integers() {
     check::<Q4_1>(GgmlType::Q4_1);
     check::<Q5_0>(GgmlType::Q5_0);
     check::<Q5_1>(GgmlType::Q5_1);
+    check::<IQ4NL>(GgmlType::IQ4_NL);
+    check::<IQ4XS>(GgmlType::IQ4_XS);
+    check::<IQ3XXS>(GgmlType::IQ3_XXS);
+    check::<IQ3S>(GgmlType::IQ3_S);
+    check::<IQ2XXS>(GgmlType::IQ2_XXS);
+    check::<IQ2XS>(GgmlType::IQ2_XS);
+    check::<IQ2S>(GgmlType::IQ2_S);
+    check::<IQ1S>(GgmlType::IQ1_S);
+    check::<IQ1M>(GgmlType::IQ1_M);
 }
 
 /// The activation test vector of [`activations_quantised_as_llama_cpp`]:

@@ -26,8 +26,8 @@
 //!   in the same test) plus a tenth of the rows, and leaves at least a quarter
 //!   of the rows and steps to the first rule.
 //!
-//! A GGUF's K-quant and legacy weights (read with activations quantised per
-//! block in both modes) are held to the int8 mode's rules against the same
+//! A GGUF's K-quant, legacy and i-quant weights (read with activations
+//! quantised per block in both modes) are held to the int8 mode's rules against the same
 //! file's f32 mode (its exact dequantisation): `check_gguf_blocks`.
 //!
 //! Measured (printed by `cargo test --test fast_mode -- --nocapture`): see
@@ -321,7 +321,7 @@ fn what_each_mode_quantises() {
     assert_eq!(q.byte_len(), q.rows * q.cols + 4 * q.rows);
 }
 
-/// A GGUF's K-quant and legacy weights in the fast and int8 modes (their
+/// A GGUF's K-quant, legacy and i-quant weights in the fast and int8 modes (their
 /// products read activations quantised per block, as llama.cpp's) against
 /// the same file in the f32 mode (its own exact dequantisation), with the
 /// int8 mode's rules: rows routed as in f32 within `INT8_REL` of the largest
@@ -417,13 +417,23 @@ fn check_gguf_blocks(path: &std::path::Path) {
     }
 }
 
+/// The grid i-quants (IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M;
+/// with IQ4_NL, IQ4_XS, and the ternary and FP4 types, which have no fused
+/// product) in the fixture whose matrices are random blocks of each
+/// (`make_fixtures.py`).
+#[test]
+fn gguf_i_quants_fast_and_int8_modes_within_the_int8_bounds() {
+    check_gguf_blocks(&common::fixtures().join("gguf").join("tiny-iquants.gguf"));
+}
+
 #[test]
 fn gguf_q4_0_fast_and_int8_modes_within_the_int8_bounds() {
     check_gguf_blocks(&common::fixtures().join("gguf").join("tiny-moe-q4_0.gguf"));
 }
 
-/// The K-quants need rows of 256: a random model of `d = 256` (a few
-/// layers), converted to each K-quant type `convert` writes.
+/// The K-quants (and IQ4_XS) need rows of 256: a random model of `d = 256`
+/// (a few layers), converted to each K-quant type `convert` writes and to
+/// IQ4_XS.
 #[test]
 fn gguf_k_quants_fast_and_int8_modes_within_the_int8_bounds() {
     use grok1::config::{ffn_size, ModelConfig};
@@ -448,7 +458,7 @@ fn gguf_k_quants_fast_and_int8_modes_within_the_int8_bounds() {
     let model = grok1::load::load(&dir)
         .expect("load the random model")
         .model;
-    for dtype in [GgmlType::Q4K, GgmlType::Q6K] {
+    for dtype in [GgmlType::Q4K, GgmlType::Q6K, GgmlType::IQ4_XS] {
         let out = tmp.path().join(format!("tiny-256-{}.gguf", dtype.name()));
         grok1::convert::convert(
             model.config(),

@@ -2,7 +2,7 @@
 //! gguf-py 0.19.0 by scripts/make_quant_tables.py: do not edit.
 
 /// Sign patterns of the 2- and 3-bit i-quants: 7 stored bits, the eighth makes the count of minus signs even.
-pub(super) static KSIGNS: [u8; 128] = [
+pub(crate) static KSIGNS: [u8; 128] = [
     0, 129, 130, 3, 132, 5, 6, 135, 136, 9, 10, 139, 12, 141, 142, 15,
     144, 17, 18, 147, 20, 149, 150, 23, 24, 153, 154, 27, 156, 29, 30, 159,
     160, 33, 34, 163, 36, 165, 166, 39, 40, 169, 170, 43, 172, 45, 46, 175,
@@ -14,17 +14,17 @@ pub(super) static KSIGNS: [u8; 128] = [
 ];
 
 /// The 16 non-linear levels of IQ4_NL and IQ4_XS.
-pub(super) static KVALUES_IQ4NL: [i8; 16] = [
+pub(crate) static KVALUES_IQ4NL: [i8; 16] = [
     -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
 ];
 
 /// E2M1 values, doubled (the block scale is halved to match), of MXFP4 and NVFP4.
-pub(super) static KVALUES_MXFP4: [i8; 16] = [
+pub(crate) static KVALUES_MXFP4: [i8; 16] = [
     0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12,
 ];
 
 /// IQ2_XXS: 256 rows of 8 magnitudes, one per byte.
-pub(super) static IQ2XXS_GRID: [u64; 256] = [
+pub(crate) static IQ2XXS_GRID: [u64; 256] = [
     0x0808080808080808, 0x080808080808082b, 0x0808080808081919, 0x0808080808082b08,
     0x0808080808082b2b, 0x0808080808190819, 0x0808080808191908, 0x08080808082b0808,
     0x08080808082b082b, 0x08080808082b2b08, 0x08080808082b2b2b, 0x0808080819080819,
@@ -92,7 +92,7 @@ pub(super) static IQ2XXS_GRID: [u64; 256] = [
 ];
 
 /// IQ2_XS: 512 rows of 8 magnitudes, one per byte.
-pub(super) static IQ2XS_GRID: [u64; 512] = [
+pub(crate) static IQ2XS_GRID: [u64; 512] = [
     0x0808080808080808, 0x080808080808082b, 0x0808080808081919, 0x0808080808082b08,
     0x0808080808082b2b, 0x0808080808190819, 0x0808080808191908, 0x080808080819192b,
     0x0808080808192b19, 0x08080808082b0808, 0x08080808082b082b, 0x08080808082b1919,
@@ -224,7 +224,7 @@ pub(super) static IQ2XS_GRID: [u64; 512] = [
 ];
 
 /// IQ2_S: 1024 rows of 8 magnitudes, one per byte.
-pub(super) static IQ2S_GRID: [u64; 1024] = [
+pub(crate) static IQ2S_GRID: [u64; 1024] = [
     0x0808080808080808, 0x080808080808082b, 0x0808080808081919, 0x0808080808082b08,
     0x0808080808082b2b, 0x0808080808190819, 0x0808080808191908, 0x080808080819192b,
     0x0808080808192b19, 0x08080808082b0808, 0x08080808082b082b, 0x08080808082b1919,
@@ -484,7 +484,7 @@ pub(super) static IQ2S_GRID: [u64; 1024] = [
 ];
 
 /// IQ3_XXS: 256 rows of 4 magnitudes, one per byte.
-pub(super) static IQ3XXS_GRID: [u32; 256] = [
+pub(crate) static IQ3XXS_GRID: [u32; 256] = [
     0x04040404, 0x04040414, 0x04040424, 0x04040c0c, 0x04040c1c, 0x04040c3e, 0x04041404, 0x04041414,
     0x04041c0c, 0x04042414, 0x04043e1c, 0x04043e2c, 0x040c040c, 0x040c041c, 0x040c0c04, 0x040c0c14,
     0x040c140c, 0x040c142c, 0x040c1c04, 0x040c1c14, 0x040c240c, 0x040c2c24, 0x040c3e04, 0x04140404,
@@ -520,7 +520,7 @@ pub(super) static IQ3XXS_GRID: [u32; 256] = [
 ];
 
 /// IQ3_S: 512 rows of 4 magnitudes, one per byte.
-pub(super) static IQ3S_GRID: [u32; 512] = [
+pub(crate) static IQ3S_GRID: [u32; 512] = [
     0x01010101, 0x01010103, 0x01010105, 0x0101010b, 0x0101010f, 0x01010301, 0x01010303, 0x01010305,
     0x01010309, 0x0101030d, 0x01010501, 0x01010503, 0x0101050b, 0x01010707, 0x01010901, 0x01010905,
     0x0101090b, 0x0101090f, 0x01010b03, 0x01010b07, 0x01010d01, 0x01010d05, 0x01010f03, 0x01010f09,
@@ -588,7 +588,7 @@ pub(super) static IQ3S_GRID: [u32; 512] = [
 ];
 
 /// IQ1_S and IQ1_M: 2048 rows of 8 values in {-1, 0, 1}, one i8 per byte.
-pub(super) static IQ1S_GRID: [u64; 2048] = [
+pub(crate) static IQ1S_GRID: [u64; 2048] = [
     0xffffffffffffffff, 0xffffffffffffff01, 0xffffffffffff0000, 0xffffffffffff01ff,
     0xffffffffffff0101, 0xffffffffff00ff00, 0xffffffffff000000, 0xffffffffff01ffff,
     0xffffffffff01ff01, 0xffffffffff0101ff, 0xffffffffff010101, 0xffffffff00ff0000,

@@ -49,6 +49,15 @@ use crate::quant::GgmlType;
 pub use common::Isa;
 use common::PARALLEL_MIN_MACS;
 use types::int8_ckpt::{pack_activations, ActI8, Q8Rows};
+use types::iq1_m::IQ1M;
+use types::iq1_s::IQ1S;
+use types::iq2_s::IQ2S;
+use types::iq2_xs::IQ2XS;
+use types::iq2_xxs::IQ2XXS;
+use types::iq3_s::IQ3S;
+use types::iq3_xxs::IQ3XXS;
+use types::iq4_nl::IQ4NL;
+use types::iq4_xs::IQ4XS;
 use types::q2_k::Q2K;
 use types::q3_k::Q3K;
 use types::q4_0::Q4_0;
@@ -521,6 +530,15 @@ fn row_kernels(dtype: GgmlType) -> RowKernels {
         GgmlType::Q4_1 => quantized::<Q4_1>(),
         GgmlType::Q5_0 => quantized::<Q5_0>(),
         GgmlType::Q5_1 => quantized::<Q5_1>(),
+        GgmlType::IQ4_NL => quantized::<IQ4NL>(),
+        GgmlType::IQ4_XS => quantized::<IQ4XS>(),
+        GgmlType::IQ3_XXS => quantized::<IQ3XXS>(),
+        GgmlType::IQ3_S => quantized::<IQ3S>(),
+        GgmlType::IQ2_XXS => quantized::<IQ2XXS>(),
+        GgmlType::IQ2_XS => quantized::<IQ2XS>(),
+        GgmlType::IQ2_S => quantized::<IQ2S>(),
+        GgmlType::IQ1_S => quantized::<IQ1S>(),
+        GgmlType::IQ1_M => quantized::<IQ1M>(),
         _ => RowKernels {
             f32_acts: decoded_rows_f32,
             quantized_acts: None,

@@ -177,17 +177,31 @@ pub trait QuantBlock {
     const SA_AT: usize;
     const SB_AT: usize;
     const NEGATE_SB: bool;
+    /// A power of two the f16 `sa` is multiplied by (exactly) before use:
+    /// the i-quants' fixed factors (IQ2's `1/8`, IQ3_XXS's `1/4`), which
+    /// keeps their integer scales `2 s + 1` whole.
+    const SA_MUL: f32 = 1.0;
 
     /// The block's exact integers `(a, b)` against `x` (its `VALUES`
     /// activations) and `bsums` (their sums per 16), `xsum` their sum.
     fn ints(block: &[u8], x: &[i8], bsums: &[i16], xsum: i32) -> (i32, i32);
+
+    /// The bits of the block's f16 `sa`: at `SA_AT`, but where a type
+    /// spreads it over other fields (IQ1_M).
+    #[inline(always)]
+    fn sa_bits(block: &[u8]) -> u16 {
+        u16::from_le_bytes([block[Self::SA_AT], block[Self::SA_AT + 1]])
+    }
 
     /// The block's f32 scales `(sa, sb)`.
     #[inline(always)]
     fn scales(block: &[u8]) -> (f32, f32) {
         let f = |at: usize| half::f16::from_le_bytes([block[at], block[at + 1]]).to_f32();
         let sb = if Self::HAS_B { f(Self::SB_AT) } else { 0.0 };
-        (f(Self::SA_AT), if Self::NEGATE_SB { -sb } else { sb })
+        (
+            half::f16::from_bits(Self::sa_bits(block)).to_f32() * Self::SA_MUL,
+            if Self::NEGATE_SB { -sb } else { sb },
+        )
     }
 }
 
@@ -228,6 +242,16 @@ pub fn dot_codes(w: &[u8], x: &[i8]) -> i32 {
         .sum()
 }
 
+/// `sum(w[l] * x[l])` of codes stored as signed bytes and int8 activations,
+/// in i32.
+#[inline(always)]
+pub fn dot_signed(w: &[u8], x: &[i8]) -> i32 {
+    w.iter()
+        .zip(x)
+        .map(|(&w, &x)| i32::from(w as i8) * i32::from(x))
+        .sum()
+}
+
 /// A block type in the form the tile kernels (`arch/x86/q8_blocks_vnni.rs`)
 /// multiply: its unsigned codes in value order, an integer scale per
 /// sub-block of [`TileBlock::SUB`] values, and i16 coefficients of the
@@ -242,8 +266,12 @@ pub trait TileBlock: QuantBlock {
     const SCALED: bool;
     /// Whether any `ca_i` is other than 0.
     const HAS_CA: bool;
+    /// Whether the codes are signed bytes (the i-quants' signed levels,
+    /// each within -127..=127) rather than unsigned ones below 128.
+    const SIGNED_CODES: bool = false;
 
-    /// The block's `VALUES` codes (each below 128), in value order.
+    /// The block's `VALUES` codes (each below 128, or signed bytes where
+    /// [`TileBlock::SIGNED_CODES`]), in value order.
     fn tile_codes(block: &[u8], out: &mut [u8]);
 
     /// The block's `sc` (`VALUES / SUB`), `ca` and `cb` (`VALUES / 16` each).
@@ -263,7 +291,13 @@ pub fn tile_ints<T: TileBlock>(block: &[u8], x: &[i8], bsums: &[i16]) -> (i32, i
         .chunks_exact(T::SUB)
         .zip(x.chunks_exact(T::SUB))
         .zip(&sc)
-        .map(|((c, x), &s)| s * dot_codes(c, x))
+        .map(|((c, x), &s)| {
+            s * if T::SIGNED_CODES {
+                dot_signed(c, x)
+            } else {
+                dot_codes(c, x)
+            }
+        })
         .sum();
     let mut b = 0i32;
     for ((&s, &ca), &cb) in bsums.iter().zip(&ca).zip(&cb) {

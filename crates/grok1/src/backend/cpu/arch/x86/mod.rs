@@ -20,6 +20,7 @@ pub mod int8_ckpt_i8_strips;
 pub mod int8_ckpt_i8_vnni;
 pub mod int8_ckpt_strips;
 pub mod int8_rows;
+pub mod iq_i8;
 pub mod legacy_i8;
 pub mod math;
 pub mod q2_k_i8;

@@ -309,7 +309,25 @@ unsafe fn block_scales<T: Avx2Block>(wp: &[*const u8; 8], at: usize) -> (__m256,
             h(7),
         ))
     };
-    let sa = f16s(T::SA_AT);
+    // SAFETY: each row holds the whole block at `at` (the caller's contract).
+    let sa_bits = |u: usize| unsafe {
+        T::sa_bits(std::slice::from_raw_parts(wp[u].add(at), T::BYTES)) as i16
+    };
+    let sa = _mm256_cvtph_ps(_mm_setr_epi16(
+        sa_bits(0),
+        sa_bits(1),
+        sa_bits(2),
+        sa_bits(3),
+        sa_bits(4),
+        sa_bits(5),
+        sa_bits(6),
+        sa_bits(7),
+    ));
+    let sa = if T::SA_MUL == 1.0 {
+        sa
+    } else {
+        _mm256_mul_ps(sa, _mm256_set1_ps(T::SA_MUL))
+    };
     let sb = if !T::HAS_B {
         _mm256_setzero_ps()
     } else if T::NEGATE_SB {

@@ -3,7 +3,8 @@
 //! bit-identical to `q8_blocks::dot_rows_q8_scalar`.
 //!
 //! Each group of eight weight rows is unpacked once into their codes in
-//! value order (`TileBlock`, signed bytes: every code is below 128) and
+//! value order (`TileBlock`, signed bytes: every code is below 128, or is
+//! a signed level of the i-quants, `TileBlock::SIGNED_CODES`) and
 //! their integer scales; then every tile of sixteen activation rows
 //! (`ActTiles`: one row per i32 lane, values plus 128) passes over it, a
 //! quad of four codes broadcast per `vpdpbusd`, so a block of one weight row
@@ -76,6 +77,24 @@ unsafe fn code_sum(p: *const i8, n: usize) -> i32 {
     (_mm_cvtsi128_si64(s) + _mm_extract_epi64::<1>(s)) as i32
 }
 
+/// The sum of the `n` (a multiple of 16) codes at `p` read as signed bytes:
+/// the unsigned sum of each plus 128 (bit 7 flipped), less `128 n`.
+///
+/// # Safety
+/// AVX2; `n` readable bytes at `p`.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn signed_code_sum(p: *const i8, n: usize) -> i32 {
+    let flip = _mm_set1_epi8(-128);
+    let mut s = _mm_setzero_si128();
+    for o in (0..n).step_by(16) {
+        // SAFETY: the caller's.
+        let v = unsafe { _mm_loadu_si128(p.add(o) as *const __m128i) };
+        s = _mm_add_epi64(s, _mm_sad_epu8(_mm_xor_si128(v, flip), _mm_setzero_si128()));
+    }
+    (_mm_cvtsi128_si64(s) + _mm_extract_epi64::<1>(s)) as i32 - 128 * n as i32
+}
+
 impl Unpacked {
     fn new<T: TileBlock>(k: usize) -> Self {
         let blocks = k / T::VALUES;
@@ -122,8 +141,14 @@ impl Unpacked {
                     let at = (b * nsub + j) * GROUP + u;
                     self.sc[at] = scale;
                     // SAFETY: sub-block j's SUB codes are inside dst.
-                    self.start[at] =
-                        -128 * unsafe { code_sum(dst.as_ptr().add(j * T::SUB), T::SUB) };
+                    self.start[at] = -128
+                        * unsafe {
+                            if T::SIGNED_CODES {
+                                signed_code_sum(dst.as_ptr().add(j * T::SUB), T::SUB)
+                            } else {
+                                code_sum(dst.as_ptr().add(j * T::SUB), T::SUB)
+                            }
+                        };
                 }
                 for p in 0..pairs {
                     let pair = |c: &[i16]| {

@@ -1,0 +1,472 @@
+//! The i-quant blocks' integers on AVX2 (`types::iq4_nl` .. `types::iq1_s`),
+//! for `q8_blocks_i8`, and their levels for the tile kernel
+//! (`q8_blocks_vnni`).
+//!
+//! Every i-quant block is, per 32 values, signed levels times integer
+//! sub-block scales ([`IqParts`]): each type gives the 32 levels as
+//! magnitudes `u` (unsigned bytes) and a sign vector `s` (a level is
+//! `sign(u, s)`): IQ4's levels come from a 16-entry `pshufb` lookup, the
+//! grid types' magnitudes from their grid tables (one u64 or u32 row per 8
+//! or 4 values) with sign masks, IQ1_S's levels from its grid of -1, 0, 1.
+//! The dot against int8 activations is then `maddubs(u, sign(x, s))` (pairs
+//! within i16: `|u| <= 127`, `|x| <= 127`) and `madd` with the scales.
+
+use std::arch::x86_64::*;
+
+use super::q8_blocks_i8::Avx2Block;
+use super::q8_blocks_vnni::VnniBlock;
+use crate::backend::cpu::types::iq1_m::{iq1_m_scales, IQ1M};
+use crate::backend::cpu::types::iq1_s::IQ1S;
+use crate::backend::cpu::types::iq2_s::IQ2S;
+use crate::backend::cpu::types::iq2_xs::IQ2XS;
+use crate::backend::cpu::types::iq2_xxs::IQ2XXS;
+use crate::backend::cpu::types::iq3_s::IQ3S;
+use crate::backend::cpu::types::iq3_xxs::IQ3XXS;
+use crate::backend::cpu::types::iq4_nl::IQ4NL;
+use crate::backend::cpu::types::iq4_xs::{iq4_xs_scales, IQ4XS};
+use crate::backend::cpu::types::iq_levels::even_signs;
+use crate::backend::cpu::types::q8_blocks::QuantBlock;
+use crate::quant::tables::{
+    IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KVALUES_IQ4NL,
+};
+
+/// Per 7-bit sign index (`even_signs`), eight bytes `0xFF` (negate) or
+/// `0x01` (keep), for `_mm256_sign_epi8`.
+static SIGN_MASKS: [u64; 128] = {
+    let mut t = [0u64; 128];
+    let mut i = 0;
+    while i < 128 {
+        let s = even_signs(i as u8);
+        let mut j = 0;
+        while j < 8 {
+            let byte: u64 = if s >> j & 1 != 0 { 0xFF } else { 0x01 };
+            t[i] |= byte << (8 * j);
+            j += 1;
+        }
+        i += 1;
+    }
+    t
+};
+
+/// An i-quant type in parts of 32 values.
+trait IqParts: QuantBlock {
+    /// Part `p`'s 32 levels as magnitudes and signs `(u, s)`.
+    ///
+    /// # Safety
+    /// AVX2 (inlined into an AVX2 function); a whole block at `w`,
+    /// `p < VALUES / 32`.
+    unsafe fn part(w: *const u8, p: usize) -> (__m256i, __m256i);
+
+    /// The i16 scales of part `p`'s 16 pairs of values (its sub-block
+    /// scales, each repeated over its values' pairs), given the block's
+    /// scales from [`IqParts::block_scales`].
+    ///
+    /// # Safety
+    /// As [`IqParts::part`].
+    unsafe fn scale(sc: &[i16; 16], p: usize) -> __m256i;
+
+    /// The block's sub-block scales, once per block.
+    ///
+    /// # Safety
+    /// A whole block at `w`.
+    unsafe fn block_scales(w: *const u8) -> [i16; 16];
+}
+
+/// The block at `w` as a slice.
+///
+/// # Safety
+/// `T::BYTES` readable bytes at `w`.
+#[inline(always)]
+unsafe fn block<'a, T: QuantBlock>(w: *const u8) -> &'a [u8] {
+    // SAFETY: the caller's.
+    unsafe { std::slice::from_raw_parts(w, T::BYTES) }
+}
+
+/// One scale for all 32 values of part `p`.
+#[inline(always)]
+fn scale32(sc: &[i16; 16], p: usize) -> __m256i {
+    // SAFETY: AVX2 is enabled in every caller (inlined into them).
+    unsafe { _mm256_set1_epi16(sc[p]) }
+}
+
+/// Scales `2p` (values 0..16 of the part, the low 128 bits) and `2p + 1`.
+#[inline(always)]
+fn scale16(sc: &[i16; 16], p: usize) -> __m256i {
+    // SAFETY: AVX2 is enabled in every caller (inlined into them).
+    unsafe { _mm256_set_m128i(_mm_set1_epi16(sc[2 * p + 1]), _mm_set1_epi16(sc[2 * p])) }
+}
+
+/// IQ4's 32 levels from 16 bytes of nibbles at `qs` (low nibbles first),
+/// as `(|level|, level)`.
+///
+/// # Safety
+/// AVX2 (inlined); 16 readable bytes at `qs`.
+#[inline(always)]
+unsafe fn iq4_part(qs: *const u8) -> (__m256i, __m256i) {
+    // SAFETY: the caller's; the table has 16 bytes.
+    unsafe {
+        let table =
+            _mm256_broadcastsi128_si256(_mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i));
+        let q = _mm_loadu_si128(qs as *const __m128i);
+        let nibbles = _mm256_and_si256(
+            _mm256_set_m128i(_mm_srli_epi16::<4>(q), q),
+            _mm256_set1_epi8(0x0F),
+        );
+        let v = _mm256_shuffle_epi8(table, nibbles);
+        (_mm256_abs_epi8(v), v)
+    }
+}
+
+/// The sign vector of four sign bytes (bit `j` of byte `i` negates value
+/// `8 i + j`): bytes `0xFF` or `0x01`.
+///
+/// # Safety
+/// AVX2 (inlined).
+#[inline(always)]
+unsafe fn byte_signs(bits: u32) -> __m256i {
+    // SAFETY: the caller's.
+    unsafe {
+        let spread = _mm256_shuffle_epi8(
+            _mm256_set1_epi32(bits as i32),
+            _mm256_setr_epi8(
+                0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3,
+                3, 3, 3, 3,
+            ),
+        );
+        let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+        let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, mask), mask);
+        _mm256_or_si256(set, _mm256_set1_epi8(1))
+    }
+}
+
+/// The sign vector of four 7-bit sign indices in the low 28 bits of `aux`.
+#[inline(always)]
+fn even_sign_masks(aux: u32) -> __m256i {
+    let m = |l: u32| SIGN_MASKS[(aux >> (7 * l) & 127) as usize] as i64;
+    // SAFETY: AVX2 is enabled in every caller (inlined into them).
+    unsafe { _mm256_set_epi64x(m(3), m(2), m(1), m(0)) }
+}
+
+#[inline(always)]
+unsafe fn u16_at(w: *const u8, at: usize) -> u16 {
+    // SAFETY: the caller's (inside the block).
+    unsafe { (w.add(at) as *const u16).read_unaligned() }
+}
+
+#[inline(always)]
+unsafe fn u32_at(w: *const u8, at: usize) -> u32 {
+    // SAFETY: the caller's (inside the block).
+    unsafe { (w.add(at) as *const u32).read_unaligned() }
+}
+
+impl IqParts for IQ4NL {
+    #[inline(always)]
+    unsafe fn part(w: *const u8, _p: usize) -> (__m256i, __m256i) {
+        // SAFETY: the trait's contract.
+        unsafe { iq4_part(w.add(2)) }
+    }
+    #[inline(always)]
+    unsafe fn scale(sc: &[i16; 16], p: usize) -> __m256i {
+        scale32(sc, p)
+    }
+    #[inline(always)]
+    unsafe fn block_scales(_w: *const u8) -> [i16; 16] {
+        [1; 16]
+    }
+}
+
+impl IqParts for IQ4XS {
+    #[inline(always)]
+    unsafe fn part(w: *const u8, p: usize) -> (__m256i, __m256i) {
+        // SAFETY: the trait's contract: sub-block p's 16 bytes.
+        unsafe { iq4_part(w.add(8 + 16 * p)) }
+    }
+    #[inline(always)]
+    unsafe fn scale(sc: &[i16; 16], p: usize) -> __m256i {
+        scale32(sc, p)
+    }
+    #[inline(always)]
+    unsafe fn block_scales(w: *const u8) -> [i16; 16] {
+        // SAFETY: the trait's contract.
+        let s = iq4_xs_scales(unsafe { block::<Self>(w) });
+        std::array::from_fn(|j| if j < 8 { s[j] as i16 } else { 0 })
+    }
+}
+
+impl IqParts for IQ2XXS {
+    #[inline(always)]
+    unsafe fn part(w: *const u8, p: usize) -> (__m256i, __m256i) {
+        // SAFETY: the trait's contract: part p's two u32.
+        unsafe {
+            let (grid, aux) = (u32_at(w, 2 + 8 * p), u32_at(w, 6 + 8 * p));
+            let g = |l: u32| IQ2XXS_GRID[(grid >> (8 * l)) as u8 as usize] as i64;
+            (
+                _mm256_set_epi64x(g(3), g(2), g(1), g(0)),
+                even_sign_masks(aux),
+            )
+        }
+    }
+    #[inline(always)]
+    unsafe fn scale(sc: &[i16; 16], p: usize) -> __m256i {
+        scale32(sc, p)
+    }
+    #[inline(always)]
+    unsafe fn block_scales(w: *const u8) -> [i16; 16] {
+        // SAFETY: the trait's contract.
+        std::array::from_fn(|p| {
+            if p < 8 {
+                2 * (unsafe { u32_at(w, 6 + 8 * p) } >> 28) as i16 + 1
+            } else {
+                0
+            }
+        })
+    }
+}
+
+/// `2 s + 1` of the 16 nibbles at `at` (low nibble first), IQ2_XS and IQ2_S.
+#[inline(always)]
+unsafe fn nibble_scales(w: *const u8, at: usize) -> [i16; 16] {
+    // SAFETY: the caller's: 8 bytes at `at` inside the block.
+    std::array::from_fn(|j| {
+        2 * i16::from(unsafe { *w.add(at + j / 2) } >> (4 * (j % 2)) & 0x0F) + 1
+    })
+}
+
+impl IqParts for IQ2XS {
+    #[inline(always)]
+    unsafe fn part(w: *const u8, p: usize) -> (__m256i, __m256i) {
+        // SAFETY: the trait's contract: part p's four u16.
+        unsafe {
+            let q = |l: usize| u16_at(w, 2 + 2 * (4 * p + l));
+            let (q0, q1, q2, q3) = (q(0), q(1), q(2), q(3));
+            let g = |q: u16| IQ2XS_GRID[usize::from(q & 511)] as i64;
+            let s = |q: u16| SIGN_MASKS[usize::from(q >> 9)] as i64;
+            (
+                _mm256_set_epi64x(g(q3), g(q2), g(q1), g(q0)),
+                _mm256_set_epi64x(s(q3), s(q2), s(q1), s(q0)),
+            )
+        }
+    }
+    #[inline(always)]
+    unsafe fn scale(sc: &[i16; 16], p: usize) -> __m256i {
+        scale16(sc, p)
+    }
+    #[inline(always)]
+    unsafe fn block_scales(w: *const u8) -> [i16; 16] {
+        // SAFETY: the trait's contract.
+        unsafe { nibble_scales(w, 66) }
+    }
+}
+
+impl IqParts for IQ2S {
+    #[inline(always)]
+    unsafe fn part(w: *const u8, p: usize) -> (__m256i, __m256i) {
+        // SAFETY: the trait's contract: part p's 4 index bytes, its byte of
+        // high bits and its 4 sign bytes.
+        unsafe {
+            let qh = *w.add(66 + p);
+            let g = |l: usize| {
+                let index =
+                    usize::from(*w.add(2 + 4 * p + l)) | usize::from(qh >> (2 * l) & 3) << 8;
+                IQ2S_GRID[index] as i64
+            };
+            (
+                _mm256_set_epi64x(g(3), g(2), g(1), g(0)),
+                byte_signs(u32_at(w, 34 + 4 * p)),
+            )
+        }
+    }
+    #[inline(always)]
+    unsafe fn scale(sc: &[i16; 16], p: usize) -> __m256i {
+        scale16(sc, p)
+    }
+    #[inline(always)]
+    unsafe fn block_scales(w: *const u8) -> [i16; 16] {
+        // SAFETY: the trait's contract.
+        unsafe { nibble_scales(w, 74) }
+    }
+}
+
+impl IqParts for IQ3XXS {
+    #[inline(always)]
+    unsafe fn part(w: *const u8, p: usize) -> (__m256i, __m256i) {
+        // SAFETY: the trait's contract: part p's 8 index bytes and its u32.
+        unsafe {
+            let g = |l: usize| IQ3XXS_GRID[usize::from(*w.add(2 + 8 * p + l))] as i32;
+            (
+                _mm256_setr_epi32(g(0), g(1), g(2), g(3), g(4), g(5), g(6), g(7)),
+                even_sign_masks(u32_at(w, 66 + 4 * p)),
+            )
+        }
+    }
+    #[inline(always)]
+    unsafe fn scale(sc: &[i16; 16], p: usize) -> __m256i {
+        scale32(sc, p)
+    }
+    #[inline(always)]
+    unsafe fn block_scales(w: *const u8) -> [i16; 16] {
+        // SAFETY: the trait's contract.
+        std::array::from_fn(|p| {
+            if p < 8 {
+                2 * (unsafe { u32_at(w, 66 + 4 * p) } >> 28) as i16 + 1
+            } else {
+                0
+            }
+        })
+    }
+}
+
+impl IqParts for IQ3S {
+    #[inline(always)]
+    unsafe fn part(w: *const u8, p: usize) -> (__m256i, __m256i) {
+        // SAFETY: the trait's contract: part p's 8 index bytes, its byte of
+        // ninth bits and its 4 sign bytes.
+        unsafe {
+            let qh = *w.add(66 + p);
+            let g = |l: usize| {
+                let index = usize::from(*w.add(2 + 8 * p + l)) | usize::from(qh >> l & 1) << 8;
+                IQ3S_GRID[index] as i32
+            };
+            (
+                _mm256_setr_epi32(g(0), g(1), g(2), g(3), g(4), g(5), g(6), g(7)),
+                byte_signs(u32_at(w, 74 + 4 * p)),
+            )
+        }
+    }
+    #[inline(always)]
+    unsafe fn scale(sc: &[i16; 16], p: usize) -> __m256i {
+        scale32(sc, p)
+    }
+    #[inline(always)]
+    unsafe fn block_scales(w: *const u8) -> [i16; 16] {
+        // SAFETY: the trait's contract: 4 scale bytes at 106.
+        std::array::from_fn(|p| {
+            if p < 8 {
+                2 * i16::from(unsafe { *w.add(106 + p / 2) } >> (4 * (p % 2)) & 0x0F) + 1
+            } else {
+                0
+            }
+        })
+    }
+}
+
+impl IqParts for IQ1S {
+    #[inline(always)]
+    unsafe fn part(w: *const u8, p: usize) -> (__m256i, __m256i) {
+        // SAFETY: the trait's contract: part p's 4 index bytes and its u16.
+        unsafe {
+            let qh = u16_at(w, 34 + 2 * p);
+            let g = |l: usize| {
+                let index =
+                    usize::from(*w.add(2 + 4 * p + l)) | usize::from(qh >> (3 * l) & 7) << 8;
+                IQ1S_GRID[index] as i64
+            };
+            let grid = _mm256_set_epi64x(g(3), g(2), g(1), g(0));
+            let shift = _mm256_set1_epi8(if qh & 0x8000 == 0 { 1 } else { -1 });
+            // 8 grid + shift: odd, never 0.
+            let v = _mm256_add_epi8(_mm256_sign_epi8(_mm256_set1_epi8(8), grid), shift);
+            (_mm256_abs_epi8(v), v)
+        }
+    }
+    #[inline(always)]
+    unsafe fn scale(sc: &[i16; 16], p: usize) -> __m256i {
+        scale32(sc, p)
+    }
+    #[inline(always)]
+    unsafe fn block_scales(w: *const u8) -> [i16; 16] {
+        // SAFETY: the trait's contract.
+        std::array::from_fn(|p| {
+            if p < 8 {
+                2 * (unsafe { u16_at(w, 34 + 2 * p) } >> 12 & 7) as i16 + 1
+            } else {
+                0
+            }
+        })
+    }
+}
+
+impl IqParts for IQ1M {
+    #[inline(always)]
+    unsafe fn part(w: *const u8, p: usize) -> (__m256i, __m256i) {
+        // SAFETY: the trait's contract: part p's 4 index bytes and its 2
+        // bytes of nibbles.
+        unsafe {
+            let qh = u16_at(w, 32 + 2 * p);
+            let nibble = |l: usize| qh >> (4 * l) & 0x0F;
+            let g = |l: usize| {
+                let index = usize::from(*w.add(4 * p + l)) | usize::from(nibble(l) & 7) << 8;
+                IQ1S_GRID[index] as i64
+            };
+            // Each group of 8 its own shift: bytes 0x01 or 0xFF.
+            let shift = |l: usize| {
+                if nibble(l) & 8 == 0 {
+                    0x0101_0101_0101_0101i64
+                } else {
+                    -1i64
+                }
+            };
+            let grid = _mm256_set_epi64x(g(3), g(2), g(1), g(0));
+            let shifts = _mm256_set_epi64x(shift(3), shift(2), shift(1), shift(0));
+            // 8 grid + shift: odd, never 0.
+            let v = _mm256_add_epi8(_mm256_sign_epi8(_mm256_set1_epi8(8), grid), shifts);
+            (_mm256_abs_epi8(v), v)
+        }
+    }
+    #[inline(always)]
+    unsafe fn scale(sc: &[i16; 16], p: usize) -> __m256i {
+        scale16(sc, p)
+    }
+    #[inline(always)]
+    unsafe fn block_scales(w: *const u8) -> [i16; 16] {
+        // SAFETY: the trait's contract.
+        let s = iq1_m_scales(unsafe { block::<Self>(w) });
+        std::array::from_fn(|j| s[j] as i16)
+    }
+}
+
+macro_rules! iq_avx2 {
+    ($($t:ty),*) => {$(
+        impl Avx2Block for $t {
+            #[inline(always)]
+            unsafe fn ints_avx2<const G: usize>(
+                w: *const u8,
+                x: [*const i8; G],
+                _bs: [*const i16; G],
+            ) -> ([__m256i; G], [__m256i; G]) {
+                // SAFETY: the trait's contract: a whole block at w, VALUES
+                // values per activation row.
+                unsafe {
+                    let sc = <$t as IqParts>::block_scales(w);
+                    let mut a = [_mm256_setzero_si256(); G];
+                    for p in 0..<$t>::VALUES / 32 {
+                        let (u, s) = <$t as IqParts>::part(w, p);
+                        let scale = <$t as IqParts>::scale(&sc, p);
+                        for (t, a) in a.iter_mut().enumerate() {
+                            let xv = _mm256_loadu_si256(x[t].add(32 * p) as *const __m256i);
+                            let pairs = _mm256_maddubs_epi16(u, _mm256_sign_epi8(xv, s));
+                            *a = _mm256_add_epi32(*a, _mm256_madd_epi16(pairs, scale));
+                        }
+                    }
+                    (a, [_mm256_setzero_si256(); G])
+                }
+            }
+        }
+
+        impl VnniBlock for $t {
+            #[inline(always)]
+            unsafe fn codes_simd(block: *const u8, out: *mut u8) {
+                // SAFETY: the trait's contract: a whole block at `block`,
+                // VALUES bytes at `out`.
+                unsafe {
+                    for p in 0..<$t>::VALUES / 32 {
+                        let (u, s) = <$t as IqParts>::part(block, p);
+                        let levels = _mm256_sign_epi8(u, s);
+                        _mm256_storeu_si256(out.add(32 * p) as *mut __m256i, levels);
+                    }
+                }
+            }
+        }
+    )*};
+}
+
+iq_avx2!(IQ4NL, IQ4XS, IQ2XXS, IQ2XS, IQ2S, IQ3XXS, IQ3S, IQ1S, IQ1M);
