@@ -32,8 +32,9 @@ pub enum Precision {
     /// logits move by the bounds `tests/fast_mode.rs` states. A projection
     /// stored in 8 bits or fewer (a quantised GGUF) is read as stored; a Q8_0
     /// one against activations quantised to Q8_0 blocks, as in the int8 mode.
-    /// A GGUF's K-quant and legacy (Q4_0 .. Q5_1) weights are multiplied as
-    /// llama.cpp does, against activations quantised per block (q8_K, q8_0):
+    /// A GGUF's K-quant, legacy (Q4_0 .. Q5_1) and i-quant weights are
+    /// multiplied as llama.cpp does, against activations quantised per block
+    /// (q8_K, q8_0):
     /// `Precision::quantizes_rows`.
     Fast,
     /// The fast mode, and the int8 weights' products (every layer's) read their
@@ -55,8 +56,9 @@ impl Precision {
     /// Whether products with row-stored weights of type `dtype` read their
     /// activations quantised per block ([`Backend::matmul_rows_fast`]): in
     /// the int8 mode every type with an integer kernel; in the fast mode the
-    /// K-quant and legacy block types (which llama.cpp, and every user of
-    /// such a file, runs so), not Q8_0, whose fast mode stays as it was.
+    /// K-quant, legacy and i-quant block types (which llama.cpp, and every
+    /// user of such a file, runs so), not Q8_0, whose fast mode stays as it
+    /// was.
     pub fn quantizes_rows(self, dtype: crate::quant::GgmlType) -> bool {
         match self {
             Precision::Int8 => true,
@@ -375,7 +377,7 @@ pub trait Backend: Send + Sync {
     /// [`Backend::matmul_rows`] where the precision quantises the activations
     /// ([`Precision::quantizes_rows`]): a backend may quantise them to int8
     /// where the weight's type has an integer kernel (the CPU backend does for
-    /// Q8_0, the K-quants and the legacy types, in the weights' blocks along
+    /// Q8_0, the K-quants, the legacy types and the i-quants, in the weights' blocks along
     /// `k`, as llama.cpp's dot products); by default, and for the other
     /// types, it is the exact product.
     fn matmul_rows_fast(&self, x: &[f32], w: &RowMatrix, out: &mut [f32]) {
