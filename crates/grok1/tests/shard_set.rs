@@ -13,34 +13,12 @@ use common::{model_dir, prefill};
 use grok1::backend::Matrix;
 use grok1::convert::shards::write_shard_set;
 use grok1::convert::{convert_with, ConvertOptions, OutFormat, Scheme};
-use grok1::parallel::{threads, Collective};
+use grok1::parallel::threads::on_ranks;
+use grok1::parallel::Collective;
 use grok1::progress::NoProgress;
 use grok1::quant::GgmlType;
 use grok1::weights::shard_set::{self, foreign_entry, RankManifest};
 use grok1::{Grok1, LoadError, Precision};
-
-fn on_ranks<T: Send>(n: usize, f: impl Fn(Arc<dyn Collective>) -> T + Sync) -> Vec<T> {
-    let ranks = threads::group(n);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = ranks
-            .into_iter()
-            .map(|c| {
-                let f = &f;
-                s.spawn(move || {
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(1)
-                        .build()
-                        .expect("rayon pool");
-                    pool.install(|| f(c))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("rank thread"))
-            .collect()
-    })
-}
 
 fn load(path: &Path, c: Arc<dyn Collective>) -> Result<Grok1, LoadError> {
     grok1::load_parallel(path, &NoProgress, c).map(|l| l.model)

@@ -12,36 +12,11 @@ use std::sync::Arc;
 
 use common::{assert_close, fixtures, max_abs_diff, model_dir, prefill, Fixture};
 use grok1::generate::{generate, StopConditions};
-use grok1::parallel::{threads, Collective, ParallelError};
+use grok1::parallel::threads::on_ranks;
+use grok1::parallel::{Collective, ParallelError};
 use grok1::progress::NoProgress;
 use grok1::sampling::SamplingParams;
 use grok1::{ForwardOptions, Grok1, LoadError, Precision};
-
-/// Runs `f` on each of `n` ranks, each on its own thread with its own
-/// one-thread rayon pool (a rank blocked in a collective holds no worker
-/// another rank needs); results in rank order.
-fn on_ranks<T: Send>(n: usize, f: impl Fn(Arc<dyn Collective>) -> T + Sync) -> Vec<T> {
-    let ranks = threads::group(n);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = ranks
-            .into_iter()
-            .map(|c| {
-                let f = &f;
-                s.spawn(move || {
-                    let pool = rayon::ThreadPoolBuilder::new()
-                        .num_threads(1)
-                        .build()
-                        .expect("rayon pool");
-                    pool.install(|| f(c))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("rank thread"))
-            .collect()
-    })
-}
 
 fn load(path: &Path, c: Arc<dyn Collective>) -> Result<Grok1, LoadError> {
     grok1::load_parallel(path, &NoProgress, c).map(|l| l.model)

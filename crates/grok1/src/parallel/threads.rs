@@ -23,6 +23,32 @@ pub struct ThreadRank {
     traffic: TrafficCounter,
 }
 
+/// Runs `f` on each of `size` ranks, each on its own thread with its own
+/// one-thread rayon pool (a rank blocked in a collective holds no worker
+/// another rank needs); the results in rank order.
+pub fn on_ranks<T: Send>(size: usize, f: impl Fn(Arc<dyn Collective>) -> T + Sync) -> Vec<T> {
+    let ranks = group(size);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = ranks
+            .into_iter()
+            .map(|c| {
+                let f = &f;
+                s.spawn(move || {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(1)
+                        .build()
+                        .expect("rayon pool");
+                    pool.install(|| f(c))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("rank thread"))
+            .collect()
+    })
+}
+
 /// `size` ranks that exchange data through shared memory; hand one to each thread.
 pub fn group(size: usize) -> Vec<Arc<ThreadRank>> {
     let shared = Arc::new(Shared {
