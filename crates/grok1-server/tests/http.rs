@@ -3,6 +3,8 @@
 //! streaming format, n > 1, stop strings, scoring with echo, admission limits
 //! and cancellation when a client disconnects.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::ops::ControlFlow;
@@ -16,9 +18,7 @@ use grok1::progress::NoProgress;
 use grok1::sampling::SamplingParams;
 use grok1::weights::ckpt0;
 use grok1::{ForwardOptions, Grok1, ModelConfig, Precision};
-use grok1_server::{
-    serve_on, AppState, ConnectionLimits, DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
-};
+use grok1_server::AppState;
 use grok1_tokenizer::Tokenizer;
 use serde_json::{json, Value};
 
@@ -66,25 +66,7 @@ fn start(config: EngineConfig, key: Option<&str>) -> Server {
         2,
         key.map(str::to_string),
     );
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            let limits = ConnectionLimits {
-                header_timeout: DEFAULT_HEADER_TIMEOUT,
-                body_timeout: DEFAULT_BODY_TIMEOUT,
-                max_connections: 256,
-            };
-            serve_on(listener, state, &limits, std::future::pending()).await;
-        });
-    });
-    let addr = rx.recv().unwrap();
+    let addr = common::serve_in_background(state, common::default_limits());
     Server {
         base: format!("http://{addr}"),
         engine,

@@ -5,6 +5,8 @@
 //! refused before it is encoded; a refused request runs none of its choices;
 //! the Bearer scheme is case-insensitive.
 
+mod common;
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -15,7 +17,7 @@ use grok1::engine::{EngineConfig, EngineHandle};
 use grok1::progress::NoProgress;
 use grok1::weights::ckpt0;
 use grok1::{Grok1, ModelConfig, Precision};
-use grok1_server::{serve_on, AppState, ConnectionLimits};
+use grok1_server::{AppState, ConnectionLimits};
 use grok1_tokenizer::Tokenizer;
 use serde_json::json;
 
@@ -69,23 +71,8 @@ fn start(config: EngineConfig, limits: ConnectionLimits, key: Option<&str>) -> S
         2,
         key.map(str::to_string),
     );
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            serve_on(listener, state, &limits, std::future::pending()).await;
-        });
-    });
-    Server {
-        addr: rx.recv().unwrap(),
-        engine,
-    }
+    let addr = common::serve_in_background(state, limits);
+    Server { addr, engine }
 }
 
 impl Server {

@@ -5,6 +5,8 @@
 //! streamed), and bad schemas are 400s naming their field while the server
 //! stays up.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,9 +14,7 @@ use grok1::config::DEMO_SEED;
 use grok1::engine::{EngineConfig, EngineHandle};
 use grok1::weights::random::random_store;
 use grok1::{Grok1, ModelConfig, Precision};
-use grok1_server::{
-    serve_on, AppState, ConnectionLimits, DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT,
-};
+use grok1_server::AppState;
 use grok1_tokenizer::Tokenizer;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -41,25 +41,8 @@ fn start() -> String {
         },
     );
     let state = AppState::new(engine, tokenizer, "grok1-demo".into(), eos, None);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            let limits = ConnectionLimits {
-                header_timeout: DEFAULT_HEADER_TIMEOUT,
-                body_timeout: DEFAULT_BODY_TIMEOUT,
-                max_connections: 256,
-            };
-            serve_on(listener, state, &limits, std::future::pending()).await;
-        });
-    });
-    format!("http://{}", rx.recv().unwrap())
+    let addr = common::serve_in_background(state, common::default_limits());
+    format!("http://{addr}")
 }
 
 fn post(base: &str, body: &Value) -> (u16, Value) {
