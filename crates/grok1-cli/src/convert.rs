@@ -10,6 +10,7 @@ use grok1::convert::{convert_with, ConvertOptions, OutFormat};
 use crate::args::{ConvertArgs, ConvertFormat, ConvertType};
 use crate::model_source;
 use crate::progress::Bar;
+use grok1_tokenizer::Tokenizer;
 
 fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -51,19 +52,7 @@ pub fn convert(args: ConvertArgs) -> anyhow::Result<ExitCode> {
     }
     let loaded = model_source::load(Some(&args.model))?;
     let cfg = loaded.model.config().clone();
-    let tokenizer_path = args
-        .tokenizer
-        .as_deref()
-        .or(loaded.tokenizer_file.as_deref());
-    let tokenizer = model_source::tokenizer(tokenizer_path)?;
-    let sources: Vec<&Path> = loaded
-        .sources
-        .iter()
-        .map(PathBuf::as_path)
-        .chain([args.model.as_path()])
-        .chain(tokenizer_path)
-        .collect();
-    refuse_overlap(&args.out, &sources)?;
+    let tokenizer = tokenizer_beside(&args, &loaded.sources, loaded.tokenizer_file.as_deref())?;
     if args.force {
         clear_previous_output(&args.out, args.format)?;
     }
@@ -126,6 +115,26 @@ pub fn convert(args: ConvertArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The tokenizer a conversion writes (`--tokenizer`, else the one found
+/// beside the model), after checking that `--out` overlaps none of the files
+/// read: the model's `sources`, `--model` itself and that tokenizer.
+fn tokenizer_beside(
+    args: &ConvertArgs,
+    sources: &[PathBuf],
+    found: Option<&Path>,
+) -> anyhow::Result<Tokenizer> {
+    let tokenizer_path = args.tokenizer.as_deref().or(found);
+    let tokenizer = model_source::tokenizer(tokenizer_path)?;
+    let read: Vec<&Path> = sources
+        .iter()
+        .map(PathBuf::as_path)
+        .chain([args.model.as_path()])
+        .chain(tokenizer_path)
+        .collect();
+    refuse_overlap(&args.out, &read)?;
+    Ok(tokenizer)
+}
+
 /// `grok1 convert --shards N`: a shard set under `--out`.
 fn convert_shards(
     args: &ConvertArgs,
@@ -135,19 +144,7 @@ fn convert_shards(
 ) -> anyhow::Result<ExitCode> {
     let bar = Bar::new(true);
     let opened = grok1::load::open_model(&args.model, &bar)?;
-    let tokenizer_path = args
-        .tokenizer
-        .as_deref()
-        .or(opened.tokenizer_file.as_deref());
-    let tokenizer = model_source::tokenizer(tokenizer_path)?;
-    let sources: Vec<&Path> = opened
-        .sources
-        .iter()
-        .map(PathBuf::as_path)
-        .chain([args.model.as_path()])
-        .chain(tokenizer_path)
-        .collect();
-    refuse_overlap(&args.out, &sources)?;
+    let tokenizer = tokenizer_beside(args, &opened.sources, opened.tokenizer_file.as_deref())?;
     if args.force {
         clear_previous_shard_set(&args.out)?;
     }
