@@ -73,4 +73,4 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64-static -L /us
 if [ $# -eq 0 ]; then
     set -- -p grok1 --test kernels --test attention --test golden
 fi
-cargo test --release --locked --target aarch64-unknown-linux-gnu "$@"
+cargo test --profile cross-test --locked --target aarch64-unknown-linux-gnu "$@"

@@ -203,12 +203,15 @@ proptest! {
         // sum over r of |w[r][j] s| * max|x| over r's 32-row window / 254.
         for i in 0..m {
             let xi = &x[i * k..(i + 1) * k];
+            // max|x| over each r's 32-row window, once per activation row.
+            let ax: Vec<f64> = (0..k).map(|r| {
+                let lo = r.saturating_sub(31);
+                let hi = (r + 32).min(k);
+                xi[lo..hi].iter().fold(0f32, |a, v| a.max(v.abs())) as f64
+            }).collect();
             for j in 0..n {
                 let bound: f64 = (0..k).map(|r| {
-                    let lo = r.saturating_sub(31);
-                    let hi = (r + 32).min(k);
-                    let ax = xi[lo..hi].iter().fold(0f32, |a, v| a.max(v.abs())) as f64;
-                    (wq[r * n + j] as f64 * s[(r / (k / groups)) * n + j] as f64).abs() * ax / 254.0
+                    (wq[r * n + j] as f64 * s[(r / (k / groups)) * n + j] as f64).abs() * ax[r] / 254.0
                 }).sum::<f64>() * 1.001 + 1e-5 * (1.0 + exact[i * n + j].abs());
                 let got = scalar[i * n + j] as f64;
                 prop_assert!((got - exact[i * n + j]).abs() <= bound, "[{}, {}]: {} vs {} (bound {})", i, j, got, exact[i * n + j], bound);
