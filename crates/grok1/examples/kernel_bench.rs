@@ -4,7 +4,7 @@
 //! of the matrix to exceed the caches; with no arguments also the f32 row dot
 //! of the output projection. `KERNEL_BENCH_FORMAT=q8_0` times the same shapes
 //! as GGUF Q8_0 rows (`n` rows of `k`) instead; `KERNEL_BENCH_FORMAT=q4_k`
-//! (or any K-quant or legacy block type's name) times that type's fused
+//! (or any K-quant, legacy or i-quant block type's name) times that type's fused
 //! product: first its kernel alone on one thread over 1 MiB of rows (in
 //! cache: the arithmetic's speed) at `m` and at 4 activation rows, then the
 //! whole product on the pool over matrices that exceed the caches.
@@ -13,8 +13,9 @@ use std::time::Instant;
 
 use grok1::backend::cpu::types::q8_blocks::{ActQ8, QuantBlock};
 use grok1::backend::cpu::types::{
-    q2_k::Q2K, q3_k::Q3K, q4_0::Q4_0, q4_1::Q4_1, q4_k::Q4K, q5_0::Q5_0, q5_1::Q5_1, q5_k::Q5K,
-    q6_k::Q6K,
+    iq1_m::IQ1M, iq1_s::IQ1S, iq2_s::IQ2S, iq2_xs::IQ2XS, iq2_xxs::IQ2XXS, iq3_s::IQ3S,
+    iq3_xxs::IQ3XXS, iq4_nl::IQ4NL, iq4_xs::IQ4XS, q2_k::Q2K, q3_k::Q3K, q4_0::Q4_0, q4_1::Q4_1,
+    q4_k::Q4K, q5_0::Q5_0, q5_1::Q5_1, q5_k::Q5K, q6_k::Q6K,
 };
 use grok1::backend::cpu::{kernels, CpuBackend};
 use grok1::backend::{Backend, F32Matrix, QuantMatrix, RowMatrix};
@@ -48,6 +49,15 @@ fn main() {
         Ok("q4_1") => return blocks::<Q4_1>(GgmlType::Q4_1, k, n, m, reps, copies),
         Ok("q5_0") => return blocks::<Q5_0>(GgmlType::Q5_0, k, n, m, reps, copies),
         Ok("q5_1") => return blocks::<Q5_1>(GgmlType::Q5_1, k, n, m, reps, copies),
+        Ok("iq4_nl") => return blocks::<IQ4NL>(GgmlType::IQ4_NL, k, n, m, reps, copies),
+        Ok("iq4_xs") => return blocks::<IQ4XS>(GgmlType::IQ4_XS, k, n, m, reps, copies),
+        Ok("iq3_s") => return blocks::<IQ3S>(GgmlType::IQ3_S, k, n, m, reps, copies),
+        Ok("iq3_xxs") => return blocks::<IQ3XXS>(GgmlType::IQ3_XXS, k, n, m, reps, copies),
+        Ok("iq2_s") => return blocks::<IQ2S>(GgmlType::IQ2_S, k, n, m, reps, copies),
+        Ok("iq2_xs") => return blocks::<IQ2XS>(GgmlType::IQ2_XS, k, n, m, reps, copies),
+        Ok("iq2_xxs") => return blocks::<IQ2XXS>(GgmlType::IQ2_XXS, k, n, m, reps, copies),
+        Ok("iq1_s") => return blocks::<IQ1S>(GgmlType::IQ1_S, k, n, m, reps, copies),
+        Ok("iq1_m") => return blocks::<IQ1M>(GgmlType::IQ1_M, k, n, m, reps, copies),
         Ok(other) if !other.is_empty() => panic!("KERNEL_BENCH_FORMAT={other}: no such type"),
         _ => {}
     }
