@@ -4,7 +4,8 @@ completions (f32) and prefix-cache reuse equal one process's at N = 2 and 4;
 two chat turns and a small eval equal one process's; an idle server longer
 than the wait limit stays up; SIGTERM to rank 0 ends every rank with exit 0;
 a hung rank (SIGSTOP) makes rank 0 say so and the job end within the wait
-limit (GROK1_MPI_TIMEOUT); kill -9 of a rank during a stream ends the job
+limit (GROK1_MPI_TIMEOUT); Ctrl-C at a terminal (SIGINT to mpirun) stops
+the server on rank 0 gracefully and leaves no rank running; kill -9 of a rank during a stream ends the job
 with an error; different engine settings and `chat --session` are refused.
 Standard library only.
 
@@ -192,6 +193,33 @@ def check_hung_rank(r):
     print(f"ok: a hung rank (SIGSTOP) ended the job {took:.1f} s after (wait limit {limit} s): {want.group(0)}")
 
 
+def check_interrupt(r):
+    """Ctrl-C at a terminal: SIGINT to mpirun, which passes it on to the ranks."""
+    server = Server(r, 2, ["--model", MOE, "--precision", "f32"])
+    server.complete({"model": "tiny-moe", "prompt": [1, 2, 3], "max_tokens": 2})
+    ranks = [server.rank_pid(i) for i in range(2)]
+    server.proc.send_signal(signal.SIGINT)
+    code, took = server.wait(30)
+
+    def running(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.time() + 5
+    while any(running(p) for p in ranks) and time.time() < deadline:
+        time.sleep(0.1)
+    left = [p for p in ranks if running(p)]
+    if left or "grok1: stopped" not in server.stderr():
+        fail(f"SIGINT to mpirun: ranks {left} still running, exit {code} after {took:.1f} s\n{server.stderr()}")
+    # mpirun itself returns 1 for a job it was signalled to end, whatever the
+    # ranks' own exit codes.
+    print(f"ok: Ctrl-C (SIGINT to mpirun): rank 0 stopped the server gracefully, every rank gone "
+          f"{took:.1f} s after (mpirun exit {code})")
+
+
 def check_killed_rank(r):
     server = Server(r, 2, ["--model", MOE, "--precision", "f32"])
     req = urllib.request.Request(server.base + "/v1/completions", headers={"Content-Type": "application/json"},
@@ -284,6 +312,7 @@ def main():
     start = time.time()
     check_greedy_and_reuse(r)
     check_hung_rank(r)
+    check_interrupt(r)
     check_killed_rank(r)
     check_chat(r)
     check_eval(r)
