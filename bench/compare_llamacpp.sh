@@ -26,8 +26,10 @@
 #        [--types TYPES] [--imatrix FILE] [--kv-types KV]
 #   D: tokens of context cached before each test (llama-bench's -d; default 0)
 #   KV: comma-separated KV-cache types, each run on both sides: f16 (llama.cpp's
-#       default; grok1's bf16, the same 2 bytes a value), q8_0 (both), f32
-#       (grok1; llama.cpp's f32 cache). Default: each engine's default cache.
+#       default; grok1's bf16, the same 2 bytes a value), q8_0 (grok1's keys and
+#       values; llama.cpp's keys, its values f16: it cannot quantise Grok's V
+#       cache), f32 (grok1's; llama-bench takes no f32 cache, so its f16 beside
+#       it). Default: each engine's default cache.
 #   LIST: comma-separated precisions (fast, int8, f32, bf16; default fast,int8;
 #         with --types, default fast)
 #   TYPES: comma-separated llama-quantize types, e.g. q8_0,q6_k,q5_k_m,q4_k_m,
@@ -158,10 +160,18 @@ fi
 results=$cache/results-$(date +%Y%m%d-%H%M%S).jsonl
 echo "== $repeat rounds, $threads threads, pp$prompt / tg$gen at depth $depth; raw results in $results"
 # llama-bench on FILE, its rows labelled LABEL.
-# With KV, its cache holds that type (a quantised V cache needs flash attention).
+# With KV, its cache holds that type; for q8_0 the keys only: llama.cpp turns
+# flash attention off for Grok ("flash_attn is not compatible with Grok -
+# forcing off") and a quantised V cache needs it, so its closest cache to
+# grok1's q8_0 is q8_0 keys with f16 values.
 llama_row() {
     local file=$1 label=$2 kv=${3:-} lb kv_flags=()
-    [ -z "$kv" ] || kv_flags=(-ctk "$kv" -ctv "$kv" -fa on)
+    case "$kv" in
+        "") ;;
+        q8_0) kv_flags=(-ctk q8_0 -ctv f16) ;;
+        f32) kv_flags=(-ctk f16 -ctv f16) ;;
+        *) kv_flags=(-ctk "$kv" -ctv "$kv") ;;
+    esac
     if ! lb=$("$llama_bench" -m "$file" -t "$threads" -p "$prompt" -n "$gen" -d "$depth" -r 1 -o json \
         "${kv_flags[@]}" 2>"$cache/llama-bench.err"); then
         echo "compare_llamacpp: llama-bench failed on $file; its messages: $cache/llama-bench.err" >&2
@@ -196,17 +206,20 @@ for r in $(seq 1 "$repeat"); do
         # "" alone when no --kv-types: each engine's default cache.
         [ -z "$kv" ] && [ -n "$kv_types" ] && continue
         on=${kv:+, kv $kv}
+        llama_on=$on
+        [ "$kv" = q8_0 ] && llama_on=", kv q8_0 keys, f16 values"
+        [ "$kv" = f32 ] && llama_on=", kv f16 (llama-bench takes no f32 cache)"
         if [ -n "$types" ]; then
             for entry in "${files[@]}"; do
                 t=${entry%%=*} f=${entry#*=}
-                llama_row "$f" "llama.cpp $t$on" "$kv"
+                llama_row "$f" "llama.cpp $t$llama_on" "$kv"
                 for precision in ${precisions//,/ }; do
                     grok1_row "$f" "$precision" "grok1 $t, $precision$on" "$kv"
                 done
             done
             continue
         fi
-        llama_row "$gguf" "llama.cpp Q8_0$on" "$kv"
+        llama_row "$gguf" "llama.cpp Q8_0$llama_on" "$kv"
         for precision in ${precisions//,/ }; do
             grok1_row "$model/ckpt" "$precision" "grok1 int8 ckpt, $precision$on" "$kv"
             grok1_row "$gguf" "$precision" "grok1 Q8_0 GGUF, $precision$on" "$kv"
