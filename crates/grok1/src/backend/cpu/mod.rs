@@ -739,7 +739,46 @@ fn decoded_rows_f32(isa: Isa, x: &[f32], w: &RowMatrix, out: &mut [f32]) {
 
 #[cfg(test)]
 mod tests {
-    use super::transpose_into;
+    use super::{by_row_runs, transpose_into};
+
+    /// Each task's `[rows][m]` block lands in its own columns of the
+    /// `[m][rows]` output, for shapes around the band height and the task
+    /// width, and nothing past `m * rows` is written.
+    #[test]
+    fn by_row_runs_places_every_task_block() {
+        for (m, rows) in [
+            (1, 5),
+            (1, 700),
+            (3, 16),
+            (16, 17),
+            (17, 300),
+            (40, 1000),
+            (130, 33),
+        ] {
+            let mut out = vec![-1f32; m * rows + 2];
+            by_row_runs(m, rows, &mut out, |first, chunk| {
+                for (r, row) in chunk.chunks_exact_mut(m).enumerate() {
+                    for (i, v) in row.iter_mut().enumerate() {
+                        *v = ((first + r) * 1000 + i) as f32;
+                    }
+                }
+            });
+            for i in 0..m {
+                for j in 0..rows {
+                    assert_eq!(
+                        out[i * rows + j],
+                        (j * 1000 + i) as f32,
+                        "m {m} rows {rows} [{i}, {j}]"
+                    );
+                }
+            }
+            assert_eq!(
+                out[m * rows..],
+                [-1.0; 2],
+                "m {m} rows {rows}: written past the end"
+            );
+        }
+    }
 
     /// Every shape around the band height and the parallel threshold: each
     /// value lands at its place, nothing past `m * n` is written.
