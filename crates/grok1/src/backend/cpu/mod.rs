@@ -244,43 +244,8 @@ impl CpuBackend {
     }
 }
 
-/// Output rows per band of [`transpose_into`].
-const TRANSPOSE_BAND: usize = 16;
-/// Values below which [`transpose_into`] stays on the calling thread.
-const TRANSPOSE_PARALLEL_MIN: usize = 1 << 16;
-
-/// Writes the column-major blocks `out_t[n][m]` into row-major `out[m][n]`.
-///
-/// In bands of 16 output rows, the bands side by side on the pool: a band
-/// reads 64 contiguous bytes of each column and writes its 16 rows in
-/// order, so the cache lines written stay in L1 until full. Writing one
-/// column of `out` at a time instead (a store `4 n` bytes from the last for
-/// every value) took a tenth of a prompt's time at 128 rows.
-fn transpose_into(out_t: &[f32], m: usize, n: usize, out: &mut [f32]) {
-    let out = &mut out[..m * n];
-    if m == 1 {
-        out.copy_from_slice(&out_t[..n]);
-        return;
-    }
-    let band = |(b, rows): (usize, &mut [f32])| {
-        let i0 = b * TRANSPOSE_BAND;
-        let h = rows.len() / n;
-        for (j, col) in out_t.chunks_exact(m).take(n).enumerate() {
-            for (r, &v) in col[i0..i0 + h].iter().enumerate() {
-                rows[r * n + j] = v;
-            }
-        }
-    };
-    if m * n < TRANSPOSE_PARALLEL_MIN {
-        out.chunks_mut(TRANSPOSE_BAND * n)
-            .enumerate()
-            .for_each(band);
-    } else {
-        out.par_chunks_mut(TRANSPOSE_BAND * n)
-            .enumerate()
-            .for_each(band);
-    }
-}
+/// Output rows a task of [`row_runs`] writes at a time.
+const OUT_BAND: usize = 16;
 
 /// `out[m, rows]` from a product computed in tasks of up to 256 weight rows
 /// (fewer for a small matrix, so every thread gets work): `task` gets the
@@ -291,29 +256,42 @@ fn transpose_into(out_t: &[f32], m: usize, n: usize, out: &mut [f32]) {
 /// `[rows][m]` product after the tasks, on one thread, took a tenth of a
 /// 128-token prompt's time).
 fn by_row_runs(m: usize, rows: usize, out: &mut [f32], task: impl Fn(usize, &mut [f32]) + Sync) {
-    assert!(
-        out.len() >= m * rows,
-        "by_row_runs: output of {} for [{m}, {rows}]",
-        out.len()
-    );
     let per_task = rows
         .div_ceil(4 * rayon::current_num_threads())
         .clamp(16, 256);
+    row_runs(m, rows, per_task, out, task);
+}
+
+/// [`by_row_runs`] in tasks of `per_task` weight rows (the last may have
+/// fewer), side by side on the pool.
+fn row_runs(
+    m: usize,
+    rows: usize,
+    per_task: usize,
+    out: &mut [f32],
+    task: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    assert!(
+        out.len() >= m * rows && per_task > 0,
+        "row_runs: output of {} for [{m}, {rows}] in tasks of {per_task}",
+        out.len()
+    );
     let dst = OutColumns(out.as_mut_ptr());
     (0..rows.div_ceil(per_task)).into_par_iter().for_each(|b| {
         let first = b * per_task;
         let count = per_task.min(rows - first);
         let mut chunk = vec![0f32; count * m];
         task(first, &mut chunk);
-        for i0 in (0..m).step_by(TRANSPOSE_BAND) {
-            let h = TRANSPOSE_BAND.min(m - i0);
+        for i0 in (0..m).step_by(OUT_BAND) {
+            let h = OUT_BAND.min(m - i0);
             // SAFETY: the `h` runs `out[i * rows + first..][..count]`, `i` in
-            // `i0..i0 + h < m`, lie inside `out` (asserted above) and are
+            // `i0..i0 + h <= m`, lie inside `out` (asserted above) and are
             // this task's alone: tasks hold disjoint `first..first + count`.
-            let mut runs: [&mut [f32]; TRANSPOSE_BAND] = std::array::from_fn(|t| unsafe {
-                let i = (i0 + t).min(m - 1);
+            let mut runs: [&mut [f32]; OUT_BAND] = std::array::from_fn(|t| {
                 if t < h {
-                    std::slice::from_raw_parts_mut(dst.at(i * rows + first), count)
+                    unsafe {
+                        std::slice::from_raw_parts_mut(dst.at((i0 + t) * rows + first), count)
+                    }
                 } else {
                     &mut []
                 }
@@ -331,7 +309,7 @@ fn by_row_runs(m: usize, rows: usize, out: &mut [f32], task: impl Fn(usize, &mut
 #[derive(Clone, Copy)]
 struct OutColumns(*mut f32);
 
-// SAFETY: only `by_row_runs` uses it, whose tasks write disjoint elements
+// SAFETY: only `row_runs` uses it, whose tasks write disjoint elements
 // while it holds `out` mutably borrowed.
 unsafe impl Send for OutColumns {}
 // SAFETY: as above.
@@ -703,9 +681,7 @@ fn decoded_rows_f32(isa: Isa, x: &[f32], w: &RowMatrix, out: &mut [f32]) {
     // At least 8 rows: the AVX2 dot runs 8 rows at a time (8 independent
     // accumulators); fewer would leave it latency-bound on one.
     let block = (TILE_FLOATS / k.max(1)).clamp(8, 64);
-    let rows_per_task = block * 4;
-    let task = |(t, chunk): (usize, &mut [f32])| {
-        let first = t * rows_per_task;
+    row_runs(m, n, block * 4, out, |first, chunk| {
         let rows = chunk.len() / m;
         let mut decoded = vec![0f32; block * k];
         let mut dots = vec![0f32; block];
@@ -721,31 +697,19 @@ fn decoded_rows_f32(isa: Isa, x: &[f32], w: &RowMatrix, out: &mut [f32]) {
                 }
             }
         }
-    };
-    let mut out_t = vec![0f32; n * m];
-    if m * k * n < PARALLEL_MIN_MACS {
-        out_t
-            .chunks_mut(rows_per_task * m)
-            .enumerate()
-            .for_each(task);
-    } else {
-        out_t
-            .par_chunks_mut(rows_per_task * m)
-            .enumerate()
-            .for_each(task);
-    }
-    transpose_into(&out_t, m, n, out);
+    });
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{by_row_runs, transpose_into};
+    use super::{by_row_runs, row_runs};
 
     /// Each task's `[rows][m]` block lands in its own columns of the
     /// `[m][rows]` output, for shapes around the band height and the task
-    /// width, and nothing past `m * rows` is written.
+    /// width (by_row_runs' own and an odd one), and nothing past `m * rows`
+    /// is written.
     #[test]
-    fn by_row_runs_places_every_task_block() {
+    fn row_runs_place_every_task_block() {
         for (m, rows) in [
             (1, 5),
             (1, 700),
@@ -755,53 +719,34 @@ mod tests {
             (40, 1000),
             (130, 33),
         ] {
-            let mut out = vec![-1f32; m * rows + 2];
-            by_row_runs(m, rows, &mut out, |first, chunk| {
+            let fill = |first: usize, chunk: &mut [f32]| {
                 for (r, row) in chunk.chunks_exact_mut(m).enumerate() {
                     for (i, v) in row.iter_mut().enumerate() {
                         *v = ((first + r) * 1000 + i) as f32;
                     }
                 }
-            });
-            for i in 0..m {
-                for j in 0..rows {
-                    assert_eq!(
-                        out[i * rows + j],
-                        (j * 1000 + i) as f32,
-                        "m {m} rows {rows} [{i}, {j}]"
-                    );
+            };
+            for per_task in [None, Some(7)] {
+                let mut out = vec![-1f32; m * rows + 2];
+                match per_task {
+                    None => by_row_runs(m, rows, &mut out, fill),
+                    Some(p) => row_runs(m, rows, p, &mut out, fill),
                 }
-            }
-            assert_eq!(
-                out[m * rows..],
-                [-1.0; 2],
-                "m {m} rows {rows}: written past the end"
-            );
-        }
-    }
-
-    /// Every shape around the band height and the parallel threshold: each
-    /// value lands at its place, nothing past `m * n` is written.
-    #[test]
-    fn transpose_into_places_every_value() {
-        for (m, n) in [
-            (1, 7),
-            (2, 3),
-            (15, 9),
-            (16, 1),
-            (17, 33),
-            (40, 100),
-            (130, 600),
-        ] {
-            let out_t: Vec<f32> = (0..m * n).map(|v| v as f32).collect();
-            let mut out = vec![-1f32; m * n + 3];
-            transpose_into(&out_t, m, n, &mut out);
-            for i in 0..m {
-                for j in 0..n {
-                    assert_eq!(out[i * n + j], (j * m + i) as f32, "m {m} n {n} [{i}, {j}]");
+                for i in 0..m {
+                    for j in 0..rows {
+                        assert_eq!(
+                            out[i * rows + j],
+                            (j * 1000 + i) as f32,
+                            "m {m} rows {rows} tasks {per_task:?} [{i}, {j}]"
+                        );
+                    }
                 }
+                assert_eq!(
+                    out[m * rows..],
+                    [-1.0; 2],
+                    "m {m} rows {rows}: written past the end"
+                );
             }
-            assert_eq!(out[m * n..], [-1.0; 3], "m {m} n {n}: written past the end");
         }
     }
 }
