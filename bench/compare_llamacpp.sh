@@ -159,7 +159,7 @@ fi
 # 3. Alternate rounds, one repetition each, so drifts of the machine hit both.
 results=$cache/results-$(date +%Y%m%d-%H%M%S).jsonl
 echo "== $repeat rounds, $threads threads, pp$prompt / tg$gen at depth $depth; raw results in $results"
-# llama-bench on FILE, its rows labelled LABEL.
+# llama-bench on FILE, its rows labelled LABEL and the cache it ran.
 # With KV, its cache holds that type; for q8_0 the keys only: llama.cpp turns
 # flash attention off for Grok ("flash_attn is not compatible with Grok -
 # forcing off") and a quantised V cache needs it, so its closest cache to
@@ -168,9 +168,9 @@ llama_row() {
     local file=$1 label=$2 kv=${3:-} lb kv_flags=()
     case "$kv" in
         "") ;;
-        q8_0) kv_flags=(-ctk q8_0 -ctv f16) ;;
-        f32) kv_flags=(-ctk f16 -ctv f16) ;;
-        *) kv_flags=(-ctk "$kv" -ctv "$kv") ;;
+        q8_0) kv_flags=(-ctk q8_0 -ctv f16) label+=", kv q8_0 keys, f16 values" ;;
+        f32) kv_flags=(-ctk f16 -ctv f16) label+=", kv f16 (llama-bench takes no f32 cache)" ;;
+        *) kv_flags=(-ctk "$kv" -ctv "$kv") label+=", kv $kv" ;;
     esac
     if ! lb=$("$llama_bench" -m "$file" -t "$threads" -p "$prompt" -n "$gen" -d "$depth" -r 1 -o json \
         "${kv_flags[@]}" 2>"$cache/llama-bench.err"); then
@@ -206,20 +206,17 @@ for r in $(seq 1 "$repeat"); do
         # "" alone when no --kv-types: each engine's default cache.
         [ -z "$kv" ] && [ -n "$kv_types" ] && continue
         on=${kv:+, kv $kv}
-        llama_on=$on
-        [ "$kv" = q8_0 ] && llama_on=", kv q8_0 keys, f16 values"
-        [ "$kv" = f32 ] && llama_on=", kv f16 (llama-bench takes no f32 cache)"
         if [ -n "$types" ]; then
             for entry in "${files[@]}"; do
                 t=${entry%%=*} f=${entry#*=}
-                llama_row "$f" "llama.cpp $t$llama_on" "$kv"
+                llama_row "$f" "llama.cpp $t" "$kv"
                 for precision in ${precisions//,/ }; do
                     grok1_row "$f" "$precision" "grok1 $t, $precision$on" "$kv"
                 done
             done
             continue
         fi
-        llama_row "$gguf" "llama.cpp Q8_0$llama_on" "$kv"
+        llama_row "$gguf" "llama.cpp Q8_0" "$kv"
         for precision in ${precisions//,/ }; do
             grok1_row "$model/ckpt" "$precision" "grok1 int8 ckpt, $precision$on" "$kv"
             grok1_row "$gguf" "$precision" "grok1 Q8_0 GGUF, $precision$on" "$kv"

@@ -5,8 +5,8 @@ two chat turns and a small eval equal one process's; an idle server longer
 than the wait limit stays up; SIGTERM to rank 0 ends every rank with exit 0;
 a hung rank (SIGSTOP) makes rank 0 say so and the job end within the wait
 limit (GROK1_MPI_TIMEOUT); Ctrl-C at a terminal (SIGINT to mpirun) stops
-the server on rank 0 gracefully and leaves no rank running; kill -9 of a rank during a stream ends the job
-with an error; different engine settings and `chat --session` are refused.
+the server on rank 0 gracefully and leaves no rank running; kill -9 of a
+rank during a stream ends the job with an error; different engine settings and `chat --session` are refused.
 Standard library only.
 
 usage: check_serve.py GROK1_BINARY [--mpirun-args "..."]
