@@ -139,7 +139,34 @@ fn q8_0(k: usize, n: usize, m: usize, reps: usize, copies: usize) {
         })
         .collect();
     let backend = CpuBackend::new();
+    let isa = backend.isa();
     let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.01).collect();
+    // The kernels alone on one thread over 1 MiB of rows (in cache: the
+    // arithmetic's speed), best of many passes.
+    let row_bytes = k / 32 * 34;
+    let rows = ((1 << 20) / row_bytes).max(8) / 8 * 8;
+    let w = &ws[0].data.bytes()[..rows * row_bytes];
+    let act = grok1::backend::cpu::types::q8_0::ActQ8_0::quantize(isa, &x, m, k);
+    let mut out = vec![0f32; rows * m];
+    for int8 in [false, true] {
+        let mut best = f64::MAX;
+        for _ in 0..200 {
+            let start = Instant::now();
+            if int8 {
+                kernels::dot_q8_0_rows_int8(isa, act.rows(0..m), w, &mut out);
+            } else {
+                kernels::dot_q8_0_rows(isa, &x, m, k, w, &mut out);
+            }
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+        println!(
+            "q8_0{} kernel in cache [{rows} x {k}] m={m}: {:.2} GB/s of weights ({:.1} us) on one thread, {}",
+            if int8 { " int8" } else { "" },
+            (rows * row_bytes) as f64 / best / 1e9,
+            best * 1e6,
+            isa.name()
+        );
+    }
     let mut out = vec![0f32; m * n];
     for fast in [false, true] {
         let product = |w: &RowMatrix, out: &mut [f32]| {

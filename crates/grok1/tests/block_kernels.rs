@@ -263,6 +263,15 @@ fn long_rows_and_many_activation_rows() {
     check_type::<Q6K>(GgmlType::Q6K, 4, 300, 3, 3);
     check_type::<IQ4NL>(GgmlType::IQ4_NL, 96, 37, 13, 4);
     check_type::<IQ2XXS>(GgmlType::IQ2_XXS, 11, 150, 6, 5);
+    // One activation row longer than 8192 values (Grok-1's expert down
+    // projections take 32768): the decode kernel reads a block of each of
+    // eight weight rows at a time instead of whole rows.
+    check_type::<Q4K>(GgmlType::Q4K, 36, 19, 1, 6);
+    check_type::<Q6K>(GgmlType::Q6K, 36, 9, 1, 7);
+    check_type::<Q2K>(GgmlType::Q2K, 36, 9, 1, 8);
+    check_type::<Q3K>(GgmlType::Q3K, 36, 9, 1, 9);
+    check_type::<Q5K>(GgmlType::Q5K, 36, 9, 1, 10);
+    check_type::<IQ4XS>(GgmlType::IQ4_XS, 36, 9, 1, 11);
 }
 
 /// Extreme codes and activations: every code at its largest with scales at

@@ -46,7 +46,7 @@ pub unsafe fn dot_rows_q8_avx2<T: Avx2Block>(act: ActQ8Rows, rows: &[u8], out_t:
     assert!(act.bsums.len() >= m * k / BSUM_VALUES && act.block == T::VALUES);
     // One activation row (decode) reads each weight row whole before the
     // next: its blocks' integers wait here for the transpose.
-    let mut scratch = vec![[[_mm256_setzero_si256(); 8]; 2]; if m == 1 { blocks } else { 0 }];
+    let mut scratch = vec![[[0i32; 8]; 2]; if m == 1 { blocks } else { 0 }];
     let mut c = 0;
     while c < nrows {
         let r = (nrows - c).min(8);
@@ -164,11 +164,24 @@ unsafe fn rows8<T: Avx2Block, const G: usize>(
     out
 }
 
+/// Longest activation rows (values, so bytes of int8) that [`rows8_whole`]
+/// reads whole weight rows against; past them, block `b` of the eight rows
+/// side by side. Measured on the Zen 4 (`kernel_bench`, two threads, Q4_K /
+/// Q6_K, GB/s of weights, whole rows against side by side): k = 2816: 33 /
+/// 35 against 10 / 8; 6144: 25 / 29 against 20 / 17; 8192: 27 / 30 against
+/// 22 / 20; 12288: 22 / 21 against 24 / 21; 16384: 17 / 17 against 26 / 23;
+/// 32768 (Grok-1's expert down projections): 15 / 15 against 30 / 26. The
+/// activation row then no longer stays in L1 beside the stream.
+const WHOLE_MAX_VALUES: usize = 8192;
+
 /// [`rows8`] for one activation row, each weight row read whole before the
 /// next (a purely sequential stream however long the rows: runs of four
 /// blocks of Q6_K rows of 2816 values, 840 of their 2310 bytes, streamed
-/// at a fifth of the speed of whole rows), every block's integers kept in
-/// `scratch` (one entry per block) until the eight rows' are there.
+/// at a fifth of the speed of whole rows), up to [`WHOLE_MAX_VALUES`];
+/// longer rows a block of each at a time. Each block's two integer vectors
+/// are added up as soon as they are made and kept in `scratch` as two i32
+/// per row (64 bytes a block for the eight rows) until the eight rows' are
+/// there (the vectors themselves were 512 bytes a block).
 ///
 /// # Safety
 /// AVX2, FMA and F16C; `rows` holds `r` rows of `act.k / T::VALUES` blocks,
@@ -180,7 +193,7 @@ unsafe fn rows8_whole<T: Avx2Block>(
     rows: &[u8],
     r: usize,
     row_bytes: usize,
-    scratch: &mut [[[__m256i; 8]; 2]],
+    scratch: &mut [[[i32; 8]; 2]],
 ) -> [[f32; 8]; 4] {
     let blocks = act.k / T::VALUES;
     let per_block_sums = T::VALUES / BSUM_VALUES;
@@ -190,23 +203,39 @@ unsafe fn rows8_whole<T: Avx2Block>(
     assert!(blocks * per_block_sums <= act.bsums.len());
     let mut acc = _mm256_setzero_ps();
     let wp: [*const u8; 8] = std::array::from_fn(|u| rows[u.min(r - 1) * row_bytes..].as_ptr());
-    for (u, &w) in wp.iter().enumerate() {
-        for (b, ab) in scratch[..blocks].iter_mut().enumerate() {
-            // SAFETY: each weight row's block b is inside its row, the
-            // activation row's block b inside act's slices (asserted above).
-            let ([au], [bu]) = unsafe {
-                let x = act.q.as_ptr().add(b * T::VALUES);
-                let bs = act.bsums.as_ptr().add(b * per_block_sums);
-                T::ints_avx2::<1>(w.add(b * T::BYTES), [x], [bs])
-            };
-            ab[0][u] = au;
-            ab[1][u] = bu;
+    let run = if act.k <= WHOLE_MAX_VALUES { blocks } else { 1 };
+    for b0 in (0..blocks).step_by(run) {
+        for (u, &w) in wp.iter().enumerate() {
+            for (b, ab) in scratch[b0..b0 + run].iter_mut().enumerate() {
+                let b = b0 + b;
+                // SAFETY: each weight row's block b is inside its row, the
+                // activation row's block b inside act's slices (asserted above).
+                let ([au], [bu]) = unsafe {
+                    let x = act.q.as_ptr().add(b * T::VALUES);
+                    let bs = act.bsums.as_ptr().add(b * per_block_sums);
+                    T::ints_avx2::<1>(w.add(b * T::BYTES), [x], [bs])
+                };
+                // [a01 a23 b01 b23 | a45 a67 b45 b67], then the halves added,
+                // then pairs: [a b a b].
+                let h = _mm256_hadd_epi32(au, bu);
+                let h = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+                let h = _mm_hadd_epi32(h, h);
+                ab[0][u] = _mm_cvtsi128_si32(h);
+                ab[1][u] = _mm_extract_epi32::<1>(h);
+            }
         }
     }
     for (b, ab) in scratch[..blocks].iter().enumerate() {
-        // SAFETY: block b lies inside each of the eight rows.
+        // SAFETY: block b lies inside each of the eight rows; `ab` holds
+        // 2 x 8 i32.
         let (sa, sb) = unsafe { block_scales::<T>(&wp, b * T::BYTES) };
-        acc = add_block::<T>(acc, ab[0], ab[1], sa, sb, act.d[b], act.xsum[b]);
+        let (ai, bi) = unsafe {
+            (
+                _mm256_loadu_si256(ab[0].as_ptr() as *const __m256i),
+                _mm256_loadu_si256(ab[1].as_ptr() as *const __m256i),
+            )
+        };
+        acc = add_sums::<T>(acc, ai, bi, sa, sb, act.d[b], act.xsum[b]);
     }
     let mut out = [[0f32; 8]; 4];
     // SAFETY: 8 floats.
@@ -353,8 +382,23 @@ fn add_block<T: Avx2Block>(
     dx: f32,
     xsum: i32,
 ) -> __m256 {
+    add_sums::<T>(acc, sums8(a), sums8(bb), sa, sb, dx, xsum)
+}
+
+/// [`add_block`] with each row's integers already added up: lane `u` of
+/// `ai` (and `bi`) holds row `u`'s `a` (and `b`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn add_sums<T: Avx2Block>(
+    acc: __m256,
+    mut ai: __m256i,
+    bi: __m256i,
+    sa: __m256,
+    sb: __m256,
+    dx: f32,
+    xsum: i32,
+) -> __m256 {
     let dx = _mm256_set1_ps(dx);
-    let mut ai = sums8(a);
     if T::OFFSET != 0 {
         ai = _mm256_sub_epi32(ai, _mm256_set1_epi32(T::OFFSET * xsum));
     }
@@ -366,7 +410,7 @@ fn add_block<T: Avx2Block>(
     let bi = if T::B_IS_XSUM {
         _mm256_set1_epi32(xsum)
     } else {
-        sums8(bb)
+        bi
     };
     _mm256_fmadd_ps(_mm256_cvtepi32_ps(bi), _mm256_mul_ps(sb, dx), acc)
 }
