@@ -272,6 +272,13 @@ fn long_rows_and_many_activation_rows() {
     check_type::<Q3K>(GgmlType::Q3K, 36, 9, 1, 9);
     check_type::<Q5K>(GgmlType::Q5K, 36, 9, 1, 10);
     check_type::<IQ4XS>(GgmlType::IQ4_XS, 36, 9, 1, 11);
+    // One activation row against 16 or more rows of a legacy type: the rows
+    // are read in eight parts side by side (37 rows: parts of 4, 5 left).
+    check_type::<Q4_0>(GgmlType::Q4_0, 12, 37, 1, 12);
+    check_type::<Q4_1>(GgmlType::Q4_1, 12, 37, 1, 13);
+    check_type::<Q5_0>(GgmlType::Q5_0, 12, 16, 1, 14);
+    check_type::<Q5_1>(GgmlType::Q5_1, 12, 37, 1, 15);
+    check_type::<IQ4NL>(GgmlType::IQ4_NL, 12, 37, 1, 16);
 }
 
 /// Extreme codes and activations: every code at its largest with scales at

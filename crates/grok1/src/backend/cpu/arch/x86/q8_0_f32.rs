@@ -36,6 +36,24 @@ pub unsafe fn dot_q8_0_rows_avx2(x: &[f32], m: usize, k: usize, rows: &[u8], out
     let nrows = out_t.len() / m;
     assert!(x.len() >= m * k && rows.len() >= nrows * row_bytes);
     let mut c = 0;
+    if m == 1 && nrows >= 2 * STREAMS {
+        // One activation row (decode): the rows in STREAMS parts, a row of
+        // each read side by side, so that each part is one sequential
+        // stream (four adjacent rows side by side are four short streams,
+        // which the hardware prefetchers follow badly).
+        let part = nrows / STREAMS;
+        for j in 0..part {
+            let at: [*const u8; STREAMS] =
+                std::array::from_fn(|s| rows[(j + s * part) * row_bytes..].as_ptr());
+            // SAFETY: rows j + s * part < nrows hold k / 32 blocks each
+            // (asserted above); x holds k values.
+            let sums = unsafe { q8_0_row_streams(x, k, at) };
+            for (s, v) in sums.into_iter().enumerate() {
+                out_t[j + s * part] = v;
+            }
+        }
+        c = part * STREAMS;
+    }
     while c < nrows {
         let w = (nrows - c).min(4);
         let group = &rows[c * row_bytes..(c + w) * row_bytes];
@@ -62,6 +80,47 @@ pub unsafe fn dot_q8_0_rows_avx2(x: &[f32], m: usize, k: usize, rows: &[u8], out
         }
         c += w;
     }
+}
+
+/// Rows read side by side by [`q8_0_row_streams`].
+const STREAMS: usize = 4;
+
+/// One activation row against `STREAMS` weight rows at `at`, each from its
+/// own part of the task's rows.
+///
+/// # Safety
+/// AVX2, FMA and F16C; `x` holds `k` values, each `at[s]` a row of `k / 32`
+/// blocks.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_0_row_streams(x: &[f32], k: usize, at: [*const u8; STREAMS]) -> [f32; STREAMS] {
+    assert!(x.len() >= k);
+    let mut acc = [_mm256_setzero_ps(); STREAMS];
+    for b in 0..k / 32 {
+        // SAFETY: each row's block b is 34 bytes at at[s] + 34 b; x holds 32
+        // values from 32 b.
+        unsafe {
+            let blk: [*const u8; STREAMS] =
+                std::array::from_fn(|s| at[s].add(b * Q8_0_BLOCK_BYTES));
+            let d: [__m256; STREAMS] = std::array::from_fn(|s| {
+                let bits = u16::from_le_bytes([*blk[s], *blk[s].add(1)]);
+                _mm256_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+            });
+            for u in 0..4 {
+                let xv = _mm256_loadu_ps(x.as_ptr().add(32 * b + 8 * u));
+                for s in 0..STREAMS {
+                    let q = _mm256_mul_ps(
+                        d[s],
+                        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                            blk[s].add(2 + 8 * u) as *const __m128i,
+                        ))),
+                    );
+                    acc[s] = _mm256_fmadd_ps(xv, q, acc[s]);
+                }
+            }
+        }
+    }
+    acc.map(|a| hsum(a))
 }
 
 /// `W` Q8_0 weight rows (`rows`) against activation rows `i0..i0 + G`:

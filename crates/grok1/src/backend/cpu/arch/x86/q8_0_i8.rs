@@ -25,9 +25,29 @@ pub unsafe fn dot_q8_0_rows_int8_avx2(act: Q8_0Acts, rows: &[u8], out_t: &mut [f
     let nrows = out_t.len() / m;
     assert!(rows.len() >= nrows * row_bytes && act.q.len() >= m * k && act.s.len() >= m * (k / 32));
     let mut c = 0;
+    if m == 1 && nrows >= 16 {
+        // One activation row (decode): the rows in eight parts, a row of
+        // each read side by side, so that each part is one sequential
+        // stream (eight adjacent rows side by side are eight short streams,
+        // which the hardware prefetchers follow badly).
+        let part = nrows / 8;
+        for j in 0..part {
+            let wp: [*const u8; 8] =
+                std::array::from_fn(|u| rows[(j + u * part) * row_bytes..].as_ptr());
+            // SAFETY: rows j + u * part < nrows hold k / 32 blocks each, the
+            // activation row is inside act (asserted above).
+            let sums = unsafe { q8_0_int8_rows8::<1>(act, 0, wp, &[]) };
+            for (u, &v) in sums[0].iter().enumerate() {
+                out_t[j + u * part] = v;
+            }
+        }
+        c = part * 8;
+    }
     while c < nrows {
         let r = (nrows - c).min(8);
         let group = &rows[c * row_bytes..(c + r) * row_bytes];
+        let wp: [*const u8; 8] =
+            std::array::from_fn(|u| group[u.min(r - 1) * row_bytes..].as_ptr());
         // The next group's rows, prefetched as one run while the first
         // activation rows pass over this group: adjacent rows read side by
         // side are a pattern the hardware prefetchers follow badly (measured:
@@ -41,10 +61,10 @@ pub unsafe fn dot_q8_0_rows_int8_avx2(act: Q8_0Acts, rows: &[u8], out_t: &mut [f
             // (asserted above).
             let sums: [[f32; 8]; 4] = unsafe {
                 match g {
-                    4 => q8_0_int8_rows8::<4>(act, i, group, r, row_bytes, ahead),
-                    3 => q8_0_int8_rows8::<3>(act, i, group, r, row_bytes, ahead),
-                    2 => q8_0_int8_rows8::<2>(act, i, group, r, row_bytes, ahead),
-                    _ => q8_0_int8_rows8::<1>(act, i, group, r, row_bytes, ahead),
+                    4 => q8_0_int8_rows8::<4>(act, i, wp, ahead),
+                    3 => q8_0_int8_rows8::<3>(act, i, wp, ahead),
+                    2 => q8_0_int8_rows8::<2>(act, i, wp, ahead),
+                    _ => q8_0_int8_rows8::<1>(act, i, wp, ahead),
                 }
             };
             for (t, row) in sums[..g].iter().enumerate() {
@@ -58,34 +78,28 @@ pub unsafe fn dot_q8_0_rows_int8_avx2(act: Q8_0Acts, rows: &[u8], out_t: &mut [f
     }
 }
 
-/// Weight rows `0..r` (`r <= 8`, `row_bytes` apart in `rows`) against
-/// activation rows `i..i + G`, prefetching `ahead` front to back on the way:
-/// `[t][u]` is activation row `i + t` times weight row `u` (lanes from `r` on
-/// repeat the last row).
+/// The eight weight rows at `wp` against activation rows `i..i + G`,
+/// prefetching `ahead` front to back on the way: `[t][u]` is activation row
+/// `i + t` times weight row `u`.
 ///
 /// # Safety
-/// AVX2, FMA and F16C; `rows` holds `r` rows of `act.k / 32` blocks, `1 <= r
-/// <= 8`, `i + G <= act.m`.
+/// AVX2, FMA and F16C; each `wp[u]` points at a row of `act.k / 32` blocks,
+/// `i + G <= act.m`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q8_0_int8_rows8<const G: usize>(
     act: Q8_0Acts,
     i: usize,
-    rows: &[u8],
-    r: usize,
-    row_bytes: usize,
+    wp: [*const u8; 8],
     ahead: &[u8],
 ) -> [[f32; 8]; 4] {
     let (k, blocks) = (act.k, act.k / 32);
-    assert!((1..=8).contains(&r) && rows.len() >= r * row_bytes);
-    assert!(row_bytes >= blocks * Q8_0_BLOCK_BYTES && (i + G) * k <= act.q.len());
-    assert!((i + G) * blocks <= act.s.len());
+    assert!((i + G) * k <= act.q.len() && (i + G) * blocks <= act.s.len());
     // Cache lines of `ahead` to prefetch per block, to cover it by the end.
     let ahead_lines = ahead.len().div_ceil(64);
     let lines = ahead_lines.div_ceil(blocks.max(1));
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); G];
-    let wp: [*const u8; 8] = std::array::from_fn(|u| rows[u.min(r - 1) * row_bytes..].as_ptr());
     for b in 0..blocks {
         // SAFETY: each weight row's block b is 34 bytes inside the row, the
         // activation rows' block b is inside act.q and act.s (asserted above);

@@ -48,6 +48,25 @@ pub unsafe fn dot_rows_q8_avx2<T: Avx2Block>(act: ActQ8Rows, rows: &[u8], out_t:
     // next: its blocks' integers wait here for the transpose.
     let mut scratch = vec![[[0i32; 8]; 2]; if m == 1 { blocks } else { 0 }];
     let mut c = 0;
+    if m == 1 && T::VALUES < SEQUENTIAL_MIN_VALUES && nrows >= 16 {
+        // One activation row (decode) against the legacy types' rows: the
+        // rows in eight parts, a row of each read side by side, so that each
+        // part is one sequential stream (eight adjacent rows side by side
+        // are eight short streams, which the hardware prefetchers follow
+        // badly; the K-quants read whole rows in order instead).
+        let part = nrows / 8;
+        for j in 0..part {
+            let wp: [*const u8; 8] =
+                std::array::from_fn(|u| rows[(j + u * part) * row_bytes..].as_ptr());
+            // SAFETY: rows j + u * part < nrows hold `blocks` blocks each, the
+            // activation row is inside act (asserted above).
+            let sums = unsafe { rows8_interleaved::<T, 1>(act, 0, wp, &[]) };
+            for (u, &v) in sums[0].iter().enumerate() {
+                out_t[j + u * part] = v;
+            }
+        }
+        c = part * 8;
+    }
     while c < nrows {
         let r = (nrows - c).min(8);
         let group = &rows[c * row_bytes..(c + r) * row_bytes];
@@ -67,10 +86,16 @@ pub unsafe fn dot_rows_q8_avx2<T: Avx2Block>(act: ActQ8Rows, rows: &[u8], out_t:
                     (2, true) => rows8::<T, 2>(act, i, group, r, row_bytes),
                     (_, true) if m == 1 => rows8_whole::<T>(act, group, r, row_bytes, &mut scratch),
                     (_, true) => rows8::<T, 1>(act, i, group, r, row_bytes),
-                    (4, false) => rows8_interleaved::<T, 4>(act, i, group, r, row_bytes, ahead),
-                    (3, false) => rows8_interleaved::<T, 3>(act, i, group, r, row_bytes, ahead),
-                    (2, false) => rows8_interleaved::<T, 2>(act, i, group, r, row_bytes, ahead),
-                    _ => rows8_interleaved::<T, 1>(act, i, group, r, row_bytes, ahead),
+                    (4, false) => {
+                        rows8_interleaved::<T, 4>(act, i, rows8_at(group, r, row_bytes), ahead)
+                    }
+                    (3, false) => {
+                        rows8_interleaved::<T, 3>(act, i, rows8_at(group, r, row_bytes), ahead)
+                    }
+                    (2, false) => {
+                        rows8_interleaved::<T, 2>(act, i, rows8_at(group, r, row_bytes), ahead)
+                    }
+                    _ => rows8_interleaved::<T, 1>(act, i, rows8_at(group, r, row_bytes), ahead),
                 }
             };
             for (t, row) in sums[..g].iter().enumerate() {
@@ -82,6 +107,13 @@ pub unsafe fn dot_rows_q8_avx2<T: Avx2Block>(act: ActQ8Rows, rows: &[u8], out_t:
         }
         c += r;
     }
+}
+
+/// The eight rows of a group at `rows` (`row_bytes` apart; from `r` on, the
+/// last repeated).
+fn rows8_at(rows: &[u8], r: usize, row_bytes: usize) -> [*const u8; 8] {
+    assert!((1..=8).contains(&r) && rows.len() >= r * row_bytes);
+    std::array::from_fn(|u| rows[u.min(r - 1) * row_bytes..].as_ptr())
 }
 
 /// Blocks of a weight row read in one run by [`rows8`] before the next row's.
@@ -243,10 +275,9 @@ unsafe fn rows8_whole<T: Avx2Block>(
     out
 }
 
-/// Weight rows `0..r` (`r <= 8`, `row_bytes` apart in `rows`) against
-/// activation rows `i..i + G`, prefetching `ahead` on the way: `[t][u]` is
-/// activation row `i + t` times weight row `u` (lanes from `r` on repeat
-/// the last row). Block `b` of the eight rows is read side by side, for
+/// The eight weight rows at `wp` against activation rows `i..i + G`,
+/// prefetching `ahead` on the way: `[t][u]` is activation row `i + t` times
+/// weight row `u`. Block `b` of the eight rows is read side by side, for
 /// the small blocks of the legacy types (read in memory order as
 /// [`rows8`] does, a run of their blocks holds too few products to pay for
 /// keeping its integers).
@@ -259,21 +290,17 @@ unsafe fn rows8_whole<T: Avx2Block>(
 unsafe fn rows8_interleaved<T: Avx2Block, const G: usize>(
     act: ActQ8Rows,
     i: usize,
-    rows: &[u8],
-    r: usize,
-    row_bytes: usize,
+    wp: [*const u8; 8],
     ahead: &[u8],
 ) -> [[f32; 8]; 4] {
     let blocks = act.k / T::VALUES;
     let per_block_sums = T::VALUES / BSUM_VALUES;
-    assert!((1..=8).contains(&r) && rows.len() >= r * row_bytes);
-    assert!(row_bytes >= blocks * T::BYTES && (i + G) * act.k <= act.q.len());
+    assert!((i + G) * act.k <= act.q.len());
     assert!((i + G) * blocks <= act.d.len() && (i + G) * blocks <= act.xsum.len());
     assert!((i + G) * blocks * per_block_sums <= act.bsums.len());
     let ahead_lines = ahead.len().div_ceil(64);
     let lines = ahead_lines.div_ceil(blocks.max(1));
     let mut acc = [_mm256_setzero_ps(); G];
-    let wp: [*const u8; 8] = std::array::from_fn(|u| rows[u.min(r - 1) * row_bytes..].as_ptr());
     for b in 0..blocks {
         // SAFETY: each weight row's block b is inside its row, the
         // activation rows' block b inside act's slices (asserted above); the
