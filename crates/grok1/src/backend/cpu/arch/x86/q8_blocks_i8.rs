@@ -53,7 +53,8 @@ pub unsafe fn dot_rows_q8_avx2<T: Avx2Block>(act: ActQ8Rows, rows: &[u8], out_t:
         // rows in eight parts, a row of each read side by side, so that each
         // part is one sequential stream (eight adjacent rows side by side
         // are eight short streams, which the hardware prefetchers follow
-        // badly; the K-quants read whole rows in order instead).
+        // badly; the K-quants read whole adjacent rows in order instead, one
+        // stream, which measured faster than whole rows in parts).
         let part = nrows / 8;
         for j in 0..part {
             let wp: [*const u8; 8] =
@@ -84,7 +85,9 @@ pub unsafe fn dot_rows_q8_avx2<T: Avx2Block>(act: ActQ8Rows, rows: &[u8], out_t:
                     (4, true) => rows8::<T, 4>(act, i, group, r, row_bytes),
                     (3, true) => rows8::<T, 3>(act, i, group, r, row_bytes),
                     (2, true) => rows8::<T, 2>(act, i, group, r, row_bytes),
-                    (_, true) if m == 1 => rows8_whole::<T>(act, group, r, row_bytes, &mut scratch),
+                    (_, true) if m == 1 => {
+                        rows8_whole::<T>(act, rows8_at(group, r, row_bytes), &mut scratch)
+                    }
                     (_, true) => rows8::<T, 1>(act, i, group, r, row_bytes),
                     (4, false) => {
                         rows8_interleaved::<T, 4>(act, i, rows8_at(group, r, row_bytes), ahead)
@@ -216,25 +219,21 @@ const WHOLE_MAX_VALUES: usize = 8192;
 /// there (the vectors themselves were 512 bytes a block).
 ///
 /// # Safety
-/// AVX2, FMA and F16C; `rows` holds `r` rows of `act.k / T::VALUES` blocks,
-/// `1 <= r <= 8`, `act.m >= 1`.
+/// AVX2, FMA and F16C; each `wp[u]` points at a row of `act.k / T::VALUES`
+/// blocks, `act.m >= 1`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn rows8_whole<T: Avx2Block>(
     act: ActQ8Rows,
-    rows: &[u8],
-    r: usize,
-    row_bytes: usize,
+    wp: [*const u8; 8],
     scratch: &mut [[[i32; 8]; 2]],
 ) -> [[f32; 8]; 4] {
     let blocks = act.k / T::VALUES;
     let per_block_sums = T::VALUES / BSUM_VALUES;
-    assert!((1..=8).contains(&r) && rows.len() >= r * row_bytes);
-    assert!(row_bytes >= blocks * T::BYTES && act.k <= act.q.len());
+    assert!(act.k <= act.q.len());
     assert!(blocks <= act.d.len() && blocks <= act.xsum.len() && scratch.len() >= blocks);
     assert!(blocks * per_block_sums <= act.bsums.len());
     let mut acc = _mm256_setzero_ps();
-    let wp: [*const u8; 8] = std::array::from_fn(|u| rows[u.min(r - 1) * row_bytes..].as_ptr());
     let run = if act.k <= WHOLE_MAX_VALUES { blocks } else { 1 };
     for b0 in (0..blocks).step_by(run) {
         for (u, &w) in wp.iter().enumerate() {
@@ -283,8 +282,8 @@ unsafe fn rows8_whole<T: Avx2Block>(
 /// keeping its integers).
 ///
 /// # Safety
-/// AVX2, FMA and F16C; `rows` holds `r` rows of `act.k / T::VALUES` blocks,
-/// `1 <= r <= 8`, `i + G <= act.m`.
+/// AVX2, FMA and F16C; each `wp[u]` points at a row of `act.k / T::VALUES`
+/// blocks, `i + G <= act.m`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn rows8_interleaved<T: Avx2Block, const G: usize>(
