@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Cross-compiles grok1's tests for aarch64 and runs them under qemu's
 # user-mode emulator, so that the NEON kernels (crates/grok1/src/backend/cpu/
-# arch/arm/neon.rs) are checked against the scalar ones, bit for bit, and the model
+# arch/arm/) are checked against the scalar ones, bit for bit, and the model
 # against the golden fixtures, on an x86-64 machine.
 #
 # Debian 12 only, as root (apt). rustup's toolchain here has no aarch64
@@ -71,6 +71,6 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="--sysroot $sysroot -D w
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64-static -L /usr/aarch64-linux-gnu"
 "$RUSTC" --version
 if [ $# -eq 0 ]; then
-    set -- -p grok1 --test kernels --test attention --test golden
+    set -- -p grok1 --test kernels --test block_kernels --test attention --test golden
 fi
 cargo test --profile cross-test --locked --target aarch64-unknown-linux-gnu "$@"

@@ -687,6 +687,12 @@ pub fn dot_rows_q8<T: RowBlock>(isa: Isa, act: ActQ8Rows, rows: &[u8], out_t: &m
             // CPU that has both, and the sizes are checked above.
             unsafe { x86::q8_blocks_i8::dot_rows_q8_avx2::<T>(act, rows, out_t) }
         }
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => {
+            // SAFETY: every aarch64 CPU this ISA is chosen on has NEON (Isa::best);
+            // the sizes are checked above.
+            unsafe { super::arch::arm::q8_blocks_i8::dot_rows_q8_neon::<T>(act, rows, out_t) }
+        }
         _ => dot_rows_q8_scalar::<T>(act, rows, out_t),
     }
 }
@@ -699,8 +705,14 @@ pub trait RowBlock: x86::q8_blocks_i8::Avx2Block + x86::q8_blocks_vnni::VnniBloc
 #[cfg(target_arch = "x86_64")]
 impl<T: x86::q8_blocks_i8::Avx2Block + x86::q8_blocks_vnni::VnniBlock> RowBlock for T {}
 /// A block type with a fused product: its scalar reference and tile form
+/// (`types/`) and, on aarch64, its NEON unpacking (`arch/arm/`).
+#[cfg(target_arch = "aarch64")]
+pub trait RowBlock: QuantBlock + TileBlock + super::arch::arm::q8_blocks_i8::NeonBlock {}
+#[cfg(target_arch = "aarch64")]
+impl<T: QuantBlock + TileBlock + super::arch::arm::q8_blocks_i8::NeonBlock> RowBlock for T {}
+/// A block type with a fused product: its scalar reference and tile form
 /// (`types/`).
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 pub trait RowBlock: QuantBlock + TileBlock {}
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 impl<T: QuantBlock + TileBlock> RowBlock for T {}

@@ -5,8 +5,9 @@
 //! chains of FMAs (or its exact integer sums) in the same order, so the
 //! results are the scalar ones bit for bit. The capped scores, their
 //! exponentials and the GELU use the x86 kernels' polynomial exp and tanh
-//! (within 1e-5 of libm's). The int8 mode's kernels run the scalar code on
-//! this ISA.
+//! (within 1e-5 of libm's). The products of the other GGUF block types
+//! (K-quants, legacy, i-quants) are in `q8_blocks_i8`; the int8 mode's
+//! kernels run the scalar code on this ISA.
 //!
 //! Checked here by cross-compiling and running the tests under qemu
 //! (`scripts/test-aarch64.sh`); their speed on real hardware is not measured.
