@@ -6,10 +6,20 @@
 //! set of levels. The weights are the importance of each value (from an
 //! imatrix) or a stand-in derived from the values themselves.
 
-/// Round half to even, as ggml's `nearest_int` (a float-add trick) does.
+/// Round half to even, as ggml's `nearest_int` does, with its float-add
+/// trick: for |x| < 2^22 - 1, `x + 1.5 * 2^23` lands where floats are one apart,
+/// so the addition itself rounds (to nearest, ties to even) and the integer
+/// is in the low mantissa bits. `round_ties_even` is a libm call (`rintf`)
+/// on the baseline x86-64 target, and took a quarter of a q2_k conversion's
+/// time; outside that range (and for NaN) it is still used.
 #[inline]
 pub(super) fn nearest(x: f32) -> i32 {
-    x.round_ties_even() as i32
+    const MAGIC: f32 = 12_582_912.0;
+    if x.abs() < 4_194_303.0 {
+        ((x + MAGIC).to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
+    } else {
+        x.round_ties_even() as i32
+    }
 }
 
 /// Below this the group is treated as zero (ggml's GROUP_MAX_EPS).
@@ -340,6 +350,44 @@ pub(super) fn non_linear(x: &[f32], w: &[f32], values: &[i8; 16]) -> f32 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn nearest_rounds_half_to_even_as_rint_does() {
+        let mut cases = vec![0.0f32, -0.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49999997];
+        cases.extend([
+            4_194_303.5,
+            -4_194_303.5,
+            4_194_304.0,
+            -4_194_305.0,
+            1e9,
+            -1e9,
+        ]);
+        cases.extend([
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MIN_POSITIVE,
+        ]);
+        // A spread of magnitudes and fractions around every half.
+        let mut v = 1e-3f32;
+        while v < 1e7 {
+            for x in [
+                v,
+                -v,
+                v + 0.5,
+                -v - 0.5,
+                v.floor() + 0.5,
+                -(v.floor() + 0.5),
+            ] {
+                cases.push(x);
+            }
+            v *= 1.013;
+        }
+        for x in cases {
+            assert_eq!(nearest(x), x.round_ties_even() as i32, "{x:?}");
+        }
+    }
+
     use super::*;
 
     fn weighted_error(x: &[f32], w: &[f32], y: impl Fn(usize) -> f32) -> f32 {
