@@ -17,7 +17,7 @@ use grok1::backend::cpu::types::{
     iq3_xxs::IQ3XXS, iq4_nl::IQ4NL, iq4_xs::IQ4XS, q2_k::Q2K, q3_k::Q3K, q4_0::Q4_0, q4_1::Q4_1,
     q4_k::Q4K, q5_0::Q5_0, q5_1::Q5_1, q5_k::Q5K, q6_k::Q6K,
 };
-use grok1::backend::cpu::{kernels, CpuBackend};
+use grok1::backend::cpu::{kernels, CpuBackend, Isa};
 use grok1::backend::{Backend, F32Matrix, QuantMatrix, RowMatrix};
 use grok1::quant::GgmlType;
 use grok1::weights::{DType, TensorData};
@@ -149,23 +149,15 @@ fn q8_0(k: usize, n: usize, m: usize, reps: usize, copies: usize) {
     let act = grok1::backend::cpu::types::q8_0::ActQ8_0::quantize(isa, &x, m, k);
     let mut out = vec![0f32; rows * m];
     for int8 in [false, true] {
-        let mut best = f64::MAX;
-        for _ in 0..200 {
-            let start = Instant::now();
+        let kernel = if int8 { "q8_0 int8" } else { "q8_0" };
+        let shape = format!("[{rows} x {k}] m={m}");
+        in_cache(kernel, &shape, rows * row_bytes, isa, || {
             if int8 {
                 kernels::dot_q8_0_rows_int8(isa, act.rows(0..m), w, &mut out);
             } else {
                 kernels::dot_q8_0_rows(isa, &x, m, k, w, &mut out);
             }
-            best = best.min(start.elapsed().as_secs_f64());
-        }
-        println!(
-            "q8_0{} kernel in cache [{rows} x {k}] m={m}: {:.2} GB/s of weights ({:.1} us) on one thread, {}",
-            if int8 { " int8" } else { "" },
-            (rows * row_bytes) as f64 / best / 1e9,
-            best * 1e6,
-            isa.name()
-        );
+        });
     }
     let mut out = vec![0f32; m * n];
     for fast in [false, true] {
@@ -221,18 +213,10 @@ fn blocks<T: kernels::RowBlock>(
     for g in [m.min(4), 4] {
         let act = ActQ8::quantize(isa, &x[..g * k], g, k, T::VALUES);
         let mut out = vec![0f32; rows * g];
-        let mut best = f64::MAX;
-        for _ in 0..200 {
-            let start = Instant::now();
-            kernels::dot_rows_q8::<T>(isa, act.rows(0..g), &w, &mut out);
-            best = best.min(start.elapsed().as_secs_f64());
-        }
-        println!(
-            "{dtype} kernel in cache [{rows} x {k}] m={g}: {:.2} GB/s of weights ({:.1} us) on one thread, {}",
-            (rows * row_bytes) as f64 / best / 1e9,
-            best * 1e6,
-            isa.name()
-        );
+        let shape = format!("[{rows} x {k}] m={g}");
+        in_cache(&dtype.to_string(), &shape, rows * row_bytes, isa, || {
+            kernels::dot_rows_q8::<T>(isa, act.rows(0..g), &w, &mut out)
+        });
     }
     let ws: Vec<RowMatrix> = (0..copies)
         .map(|c| RowMatrix {
@@ -257,6 +241,23 @@ fn blocks<T: kernels::RowBlock>(
     }
     let name = format!("{dtype} fast [{n} x {k}] m={m}, best of {reps}");
     report(&name, n * row_bytes, 2 * m * k * n, 1, best, &backend);
+}
+
+/// A kernel alone on this thread over rows in cache (`bytes` of them): the
+/// best of 200 passes, printed as GB/s of weights.
+fn in_cache(kernel: &str, shape: &str, bytes: usize, isa: Isa, mut pass: impl FnMut()) {
+    let mut best = f64::MAX;
+    for _ in 0..200 {
+        let start = Instant::now();
+        pass();
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    println!(
+        "{kernel} kernel in cache {shape}: {:.2} GB/s of weights ({:.1} us) on one thread, {}",
+        bytes as f64 / best / 1e9,
+        best * 1e6,
+        isa.name()
+    );
 }
 
 /// Seconds for `reps` products cycling through `ws`, after one of each.

@@ -350,6 +350,7 @@ pub(super) fn non_linear(x: &[f32], w: &[f32], values: &[i8; 16]) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn nearest_rounds_half_to_even_as_rint_does() {
@@ -387,8 +388,6 @@ mod tests {
             assert_eq!(nearest(x), x.round_ties_even() as i32, "{x:?}");
         }
     }
-
-    use super::*;
 
     fn weighted_error(x: &[f32], w: &[f32], y: impl Fn(usize) -> f32) -> f32 {
         x.iter()

@@ -8,7 +8,8 @@
 //! Dependencies among them run one way: `int8_ckpt_i8_avx2`, `int8_ckpt_strips`
 //! <- `int8_ckpt_i8_strips` <- `int8_ckpt_i8_vnni` <- `amx`; `int8_ckpt_f32`
 //! takes the strips and `add_scaled`; `q8_0_i8` <- `amx`; `math` <- `attention`;
-//! `hsum` (here) <- `f32_rows`, `q8_0_f32`, `attention`.
+//! `hsum` (here) <- `f32_rows`, `q8_0_f32`, `attention`; `group_rows` and
+//! `rows_in_parts` (here) <- `q8_0_f32`, `q8_0_i8`, `q8_blocks_i8`.
 
 #[cfg(target_os = "linux")]
 pub mod amx;
@@ -46,4 +47,44 @@ pub(super) fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
     _mm_cvtss_f32(s)
+}
+
+/// The `N` rows of a group of `r` rows (`1 <= r <= N`, `row_bytes` apart)
+/// at `rows`, the last repeated from `r` on (their sums are dropped).
+pub(super) fn group_rows<const N: usize>(
+    rows: &[u8],
+    r: usize,
+    row_bytes: usize,
+) -> [*const u8; N] {
+    assert!((1..=N).contains(&r) && rows.len() >= r * row_bytes);
+    std::array::from_fn(|u| rows[u.min(r - 1) * row_bytes..].as_ptr())
+}
+
+/// One activation row against `nrows` weight rows (`row_bytes` apart at
+/// `rows`), read in `N` parts: `rows_of(p)` gets row `j` of each part and
+/// returns their sums, which land in `out[j + s * part]`. Each part is then
+/// one sequential stream, where `N` adjacent rows read side by side are `N`
+/// short streams, which the hardware prefetchers follow badly. Returns the
+/// rows done (none when there are fewer than `2 N`); the rest are the
+/// caller's.
+pub(super) fn rows_in_parts<const N: usize>(
+    rows: &[u8],
+    row_bytes: usize,
+    out: &mut [f32],
+    mut rows_of: impl FnMut([*const u8; N]) -> [f32; N],
+) -> usize {
+    let nrows = out.len();
+    assert!(rows.len() >= nrows * row_bytes);
+    if nrows < 2 * N {
+        return 0;
+    }
+    let part = nrows / N;
+    for j in 0..part {
+        let at: [*const u8; N] =
+            std::array::from_fn(|s| rows[(j + s * part) * row_bytes..].as_ptr());
+        for (s, v) in rows_of(at).into_iter().enumerate() {
+            out[j + s * part] = v;
+        }
+    }
+    part * N
 }

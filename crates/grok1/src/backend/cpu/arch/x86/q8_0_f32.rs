@@ -19,7 +19,7 @@
 
 use std::arch::x86_64::*;
 
-use super::hsum;
+use super::{hsum, rows_in_parts};
 use crate::backend::cpu::types::q8_0::{pair_group_width, PAIR_GROUP, Q8_0_BLOCK_BYTES};
 
 /// AVX2 version of `q8_0::dot_q8_0_rows_scalar`: up to four weight rows
@@ -36,23 +36,13 @@ pub unsafe fn dot_q8_0_rows_avx2(x: &[f32], m: usize, k: usize, rows: &[u8], out
     let nrows = out_t.len() / m;
     assert!(x.len() >= m * k && rows.len() >= nrows * row_bytes);
     let mut c = 0;
-    if m == 1 && nrows >= 2 * STREAMS {
-        // One activation row (decode): the rows in STREAMS parts, a row of
-        // each read side by side, so that each part is one sequential
-        // stream (four adjacent rows side by side are four short streams,
-        // which the hardware prefetchers follow badly).
-        let part = nrows / STREAMS;
-        for j in 0..part {
-            let at: [*const u8; STREAMS] =
-                std::array::from_fn(|s| rows[(j + s * part) * row_bytes..].as_ptr());
-            // SAFETY: rows j + s * part < nrows hold k / 32 blocks each
-            // (asserted above); x holds k values.
-            let sums = unsafe { q8_0_row_streams(x, k, at) };
-            for (s, v) in sums.into_iter().enumerate() {
-                out_t[j + s * part] = v;
-            }
-        }
-        c = part * STREAMS;
+    if m == 1 {
+        // One activation row (decode): the rows in parts, each one stream.
+        // SAFETY: every row handed over holds k / 32 blocks (asserted
+        // above); x holds k values.
+        c = rows_in_parts::<STREAMS>(rows, row_bytes, out_t, |at| unsafe {
+            q8_0_row_streams(x, k, at)
+        });
     }
     while c < nrows {
         let w = (nrows - c).min(4);

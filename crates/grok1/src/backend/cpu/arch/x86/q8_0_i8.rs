@@ -6,6 +6,7 @@
 
 use std::arch::x86_64::*;
 
+use super::{group_rows, rows_in_parts};
 use crate::backend::cpu::common::ROW_PAD;
 use crate::backend::cpu::types::q8_0::{Q8_0Acts, Q8_0Tiles, Q8_0_BLOCK_BYTES};
 
@@ -25,29 +26,18 @@ pub unsafe fn dot_q8_0_rows_int8_avx2(act: Q8_0Acts, rows: &[u8], out_t: &mut [f
     let nrows = out_t.len() / m;
     assert!(rows.len() >= nrows * row_bytes && act.q.len() >= m * k && act.s.len() >= m * (k / 32));
     let mut c = 0;
-    if m == 1 && nrows >= 16 {
-        // One activation row (decode): the rows in eight parts, a row of
-        // each read side by side, so that each part is one sequential
-        // stream (eight adjacent rows side by side are eight short streams,
-        // which the hardware prefetchers follow badly).
-        let part = nrows / 8;
-        for j in 0..part {
-            let wp: [*const u8; 8] =
-                std::array::from_fn(|u| rows[(j + u * part) * row_bytes..].as_ptr());
-            // SAFETY: rows j + u * part < nrows hold k / 32 blocks each, the
-            // activation row is inside act (asserted above).
-            let sums = unsafe { q8_0_int8_rows8::<1>(act, 0, wp, &[]) };
-            for (u, &v) in sums[0].iter().enumerate() {
-                out_t[j + u * part] = v;
-            }
-        }
-        c = part * 8;
+    if m == 1 {
+        // One activation row (decode): the rows in parts, each one stream.
+        // SAFETY: every row handed over holds k / 32 blocks, the activation
+        // row is inside act (asserted above).
+        c = rows_in_parts::<8>(rows, row_bytes, out_t, |wp| unsafe {
+            q8_0_int8_rows8::<1>(act, 0, wp, &[])[0]
+        });
     }
     while c < nrows {
         let r = (nrows - c).min(8);
         let group = &rows[c * row_bytes..(c + r) * row_bytes];
-        let wp: [*const u8; 8] =
-            std::array::from_fn(|u| group[u.min(r - 1) * row_bytes..].as_ptr());
+        let wp = group_rows::<8>(group, r, row_bytes);
         // The next group's rows, prefetched as one run while the first
         // activation rows pass over this group: adjacent rows read side by
         // side are a pattern the hardware prefetchers follow badly (measured:
@@ -198,8 +188,7 @@ pub unsafe fn dot_q8_0_rows_int8_vnni(act: Q8_0Acts, rows: &[u8], out_t: &mut [f
     while c < nrows {
         let r = (nrows - c).min(8);
         let group = &rows[c * row_bytes..(c + r) * row_bytes];
-        let wp: [*const u8; 8] =
-            std::array::from_fn(|u| group[u.min(r - 1) * row_bytes..].as_ptr());
+        let wp = group_rows::<8>(group, r, row_bytes);
         for (u, row) in group.chunks_exact(row_bytes).enumerate() {
             for (b, block) in row.chunks_exact(Q8_0_BLOCK_BYTES).enumerate() {
                 dw[b * 8 + u] = half::f16::from_le_bytes([block[0], block[1]]).to_f32();

@@ -12,6 +12,7 @@
 use std::arch::x86_64::*;
 
 use super::q8_0_i8::sums8;
+use super::{group_rows, rows_in_parts};
 use crate::backend::cpu::types::q8_blocks::{ActQ8Rows, QuantBlock, BSUM_VALUES};
 
 /// The AVX2 side of a block type.
@@ -48,29 +49,21 @@ pub unsafe fn dot_rows_q8_avx2<T: Avx2Block>(act: ActQ8Rows, rows: &[u8], out_t:
     // next: its blocks' integers wait here for the transpose.
     let mut scratch = vec![[[0i32; 8]; 2]; if m == 1 { blocks } else { 0 }];
     let mut c = 0;
-    if m == 1 && T::VALUES < SEQUENTIAL_MIN_VALUES && nrows >= 16 {
+    if m == 1 && T::VALUES < SEQUENTIAL_MIN_VALUES {
         // One activation row (decode) against the legacy types' rows: the
-        // rows in eight parts, a row of each read side by side, so that each
-        // part is one sequential stream (eight adjacent rows side by side
-        // are eight short streams, which the hardware prefetchers follow
-        // badly; the K-quants read whole adjacent rows in order instead, one
-        // stream, which measured faster than whole rows in parts).
-        let part = nrows / 8;
-        for j in 0..part {
-            let wp: [*const u8; 8] =
-                std::array::from_fn(|u| rows[(j + u * part) * row_bytes..].as_ptr());
-            // SAFETY: rows j + u * part < nrows hold `blocks` blocks each, the
-            // activation row is inside act (asserted above).
-            let sums = unsafe { rows8_interleaved::<T, 1>(act, 0, wp, &[]) };
-            for (u, &v) in sums[0].iter().enumerate() {
-                out_t[j + u * part] = v;
-            }
-        }
-        c = part * 8;
+        // rows in parts, each one stream (the K-quants read whole adjacent
+        // rows in order instead, one stream, which measured faster than
+        // whole rows in parts).
+        // SAFETY: every row handed over holds `blocks` blocks, the
+        // activation row is inside act (asserted above).
+        c = rows_in_parts::<8>(rows, row_bytes, out_t, |wp| unsafe {
+            rows8_interleaved::<T, 1>(act, 0, wp, &[])[0]
+        });
     }
     while c < nrows {
         let r = (nrows - c).min(8);
         let group = &rows[c * row_bytes..(c + r) * row_bytes];
+        let wp = group_rows::<8>(group, r, row_bytes);
         // The legacy types' kernel prefetches the next group while the
         // first activation rows pass over this one (as the Q8_0 kernel does).
         let next = &rows[(c + r) * row_bytes..(c + r + 8).min(nrows) * row_bytes];
@@ -85,20 +78,12 @@ pub unsafe fn dot_rows_q8_avx2<T: Avx2Block>(act: ActQ8Rows, rows: &[u8], out_t:
                     (4, true) => rows8::<T, 4>(act, i, group, r, row_bytes),
                     (3, true) => rows8::<T, 3>(act, i, group, r, row_bytes),
                     (2, true) => rows8::<T, 2>(act, i, group, r, row_bytes),
-                    (_, true) if m == 1 => {
-                        rows8_whole::<T>(act, rows8_at(group, r, row_bytes), &mut scratch)
-                    }
+                    (_, true) if m == 1 => rows8_whole::<T>(act, wp, &mut scratch),
                     (_, true) => rows8::<T, 1>(act, i, group, r, row_bytes),
-                    (4, false) => {
-                        rows8_interleaved::<T, 4>(act, i, rows8_at(group, r, row_bytes), ahead)
-                    }
-                    (3, false) => {
-                        rows8_interleaved::<T, 3>(act, i, rows8_at(group, r, row_bytes), ahead)
-                    }
-                    (2, false) => {
-                        rows8_interleaved::<T, 2>(act, i, rows8_at(group, r, row_bytes), ahead)
-                    }
-                    _ => rows8_interleaved::<T, 1>(act, i, rows8_at(group, r, row_bytes), ahead),
+                    (4, false) => rows8_interleaved::<T, 4>(act, i, wp, ahead),
+                    (3, false) => rows8_interleaved::<T, 3>(act, i, wp, ahead),
+                    (2, false) => rows8_interleaved::<T, 2>(act, i, wp, ahead),
+                    _ => rows8_interleaved::<T, 1>(act, i, wp, ahead),
                 }
             };
             for (t, row) in sums[..g].iter().enumerate() {
@@ -110,13 +95,6 @@ pub unsafe fn dot_rows_q8_avx2<T: Avx2Block>(act: ActQ8Rows, rows: &[u8], out_t:
         }
         c += r;
     }
-}
-
-/// The eight rows of a group at `rows` (`row_bytes` apart; from `r` on, the
-/// last repeated).
-fn rows8_at(rows: &[u8], r: usize, row_bytes: usize) -> [*const u8; 8] {
-    assert!((1..=8).contains(&r) && rows.len() >= r * row_bytes);
-    std::array::from_fn(|u| rows[u.min(r - 1) * row_bytes..].as_ptr())
 }
 
 /// Blocks of a weight row read in one run by [`rows8`] before the next row's.
@@ -153,7 +131,7 @@ unsafe fn rows8<T: Avx2Block, const G: usize>(
     assert!((i + G) * blocks <= act.d.len() && (i + G) * blocks <= act.xsum.len());
     assert!((i + G) * blocks * per_block_sums <= act.bsums.len());
     let mut acc = [_mm256_setzero_ps(); G];
-    let wp: [*const u8; 8] = std::array::from_fn(|u| rows[u.min(r - 1) * row_bytes..].as_ptr());
+    let wp = group_rows::<8>(rows, r, row_bytes);
     for b0 in (0..blocks).step_by(RUN_BLOCKS) {
         let run = RUN_BLOCKS.min(blocks - b0);
         let mut a = [[[_mm256_setzero_si256(); 8]; G]; RUN_BLOCKS];
