@@ -144,7 +144,8 @@ fn q8_0(k: usize, n: usize, m: usize, reps: usize, copies: usize) {
     // The kernels alone on one thread over 1 MiB of rows (in cache: the
     // arithmetic's speed), best of many passes.
     let row_bytes = k / 32 * 34;
-    let rows = ((1 << 20) / row_bytes).max(8) / 8 * 8;
+    // (No more than the matrix has.)
+    let rows = (((1 << 20) / row_bytes).max(8) / 8 * 8).min(n);
     let w = &ws[0].data.bytes()[..rows * row_bytes];
     let act = grok1::backend::cpu::types::q8_0::ActQ8_0::quantize(isa, &x, m, k);
     let mut out = vec![0f32; rows * m];
