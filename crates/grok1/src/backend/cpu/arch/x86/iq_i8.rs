@@ -13,6 +13,7 @@
 
 use std::arch::x86_64::*;
 
+use super::iq_i8_vbmi;
 use super::q8_blocks_i8::Avx2Block;
 use super::q8_blocks_vnni::VnniBlock;
 use crate::backend::cpu::types::iq1_m::{iq1_m_scales, IQ1M};
@@ -425,8 +426,23 @@ impl IqParts for IQ1M {
 }
 
 macro_rules! iq_avx2 {
-    ($($t:ty),*) => {$(
+    ($($t:ty $(=> $wide:ident)?),*) => {$(
         impl Avx2Block for $t {
+            $(
+            const WIDE: bool = true;
+
+            #[inline(always)]
+            unsafe fn ints_wide<const G: usize>(
+                w: *const u8,
+                x: [*const i8; G],
+                _bs: [*const i16; G],
+            ) -> ([__m256i; G], [__m256i; G]) {
+                // SAFETY: the trait's contract: a whole block at w, VALUES
+                // values per activation row, AVX-512 F/BW/VL/VBMI.
+                unsafe { (iq_i8_vbmi::$wide::<G>(w, x), [_mm256_setzero_si256(); G]) }
+            }
+            )?
+
             #[inline(always)]
             unsafe fn ints_avx2<const G: usize>(
                 w: *const u8,
@@ -469,4 +485,4 @@ macro_rules! iq_avx2 {
     )*};
 }
 
-iq_avx2!(IQ4NL, IQ4XS, IQ2XXS, IQ2XS, IQ2S, IQ3XXS, IQ3S, IQ1S, IQ1M);
+iq_avx2!(IQ4NL, IQ4XS, IQ2XXS, IQ2XS, IQ2S, IQ3XXS => iq3_xxs, IQ3S => iq3_s, IQ1S, IQ1M);

@@ -22,6 +22,7 @@ pub mod int8_ckpt_i8_vnni;
 pub mod int8_ckpt_strips;
 pub mod int8_rows;
 pub mod iq_i8;
+pub mod iq_i8_vbmi;
 pub mod legacy_i8;
 pub mod math;
 pub mod q2_k_i8;

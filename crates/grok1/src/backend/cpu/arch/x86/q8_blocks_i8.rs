@@ -30,14 +30,64 @@ pub trait Avx2Block: QuantBlock {
         x: [*const i8; G],
         bs: [*const i16; G],
     ) -> ([__m256i; G], [__m256i; G]);
+
+    /// Whether the type has its own [`Avx2Block::ints_wide`], which
+    /// `dot_rows_q8_wide` then runs.
+    const WIDE: bool = false;
+
+    /// [`Avx2Block::ints_avx2`]'s integers, made with AVX-512 F/BW/VL/VBMI
+    /// where the type has such a form (`WIDE`).
+    ///
+    /// # Safety
+    /// As [`Avx2Block::ints_avx2`], inlined into a function with those
+    /// features too.
+    #[inline(always)]
+    unsafe fn ints_wide<const G: usize>(
+        w: *const u8,
+        x: [*const i8; G],
+        bs: [*const i16; G],
+    ) -> ([__m256i; G], [__m256i; G]) {
+        // SAFETY: the caller's.
+        unsafe { Self::ints_avx2::<G>(w, x, bs) }
+    }
 }
 
-/// AVX2 version of `q8_blocks::dot_rows_q8_scalar`, bit-identical to it.
+/// Whether this CPU runs [`dot_rows_q8_wide`]: AVX-512 VBMI (with the
+/// AVX-512 F/BW/VL that `Isa::Avx512Vnni` has checked).
+pub fn wide_available() -> bool {
+    is_x86_feature_detected!("avx512vbmi")
+}
+
+/// The block integers of `T` from its wide form or its AVX2 one.
 ///
 /// # Safety
-/// AVX2, FMA and F16C; the bounds `kernels::dot_rows_q8` checks.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_rows_q8_avx2<T: Avx2Block>(act: ActQ8Rows, rows: &[u8], out_t: &mut [f32]) {
+/// As [`Avx2Block::ints_wide`] when `WIDE`, else as
+/// [`Avx2Block::ints_avx2`].
+#[inline(always)]
+unsafe fn ints<T: Avx2Block, const WIDE: bool, const G: usize>(
+    w: *const u8,
+    x: [*const i8; G],
+    bs: [*const i16; G],
+) -> ([__m256i; G], [__m256i; G]) {
+    // SAFETY: the caller's.
+    unsafe {
+        if WIDE {
+            T::ints_wide::<G>(w, x, bs)
+        } else {
+            T::ints_avx2::<G>(w, x, bs)
+        }
+    }
+}
+
+/// The driver of both entry points, [`dot_rows_q8_avx2`] and
+/// [`dot_rows_q8_wide`] (a macro, so that the closure inside it has its
+/// entry point's target features).
+macro_rules! driver {
+    ($(#[$doc:meta])* $name:ident, $features:literal, $wide:literal) => {
+$(#[$doc])*
+#[target_feature(enable = $features)]
+pub unsafe fn $name<T: Avx2Block>(act: ActQ8Rows, rows: &[u8], out_t: &mut [f32]) {
+    const WIDE: bool = $wide;
     let (m, k) = (act.m, act.k);
     let blocks = k / T::VALUES;
     let row_bytes = blocks * T::BYTES;
@@ -57,7 +107,7 @@ pub unsafe fn dot_rows_q8_avx2<T: Avx2Block>(act: ActQ8Rows, rows: &[u8], out_t:
         // SAFETY: every row handed over holds `blocks` blocks, the
         // activation row is inside act (asserted above).
         c = rows_in_parts::<8>(rows, row_bytes, out_t, |wp| unsafe {
-            rows8_interleaved::<T, 1>(act, 0, wp, &[])[0]
+            rows8_interleaved::<T, WIDE, 1>(act, 0, wp, &[])[0]
         });
     }
     while c < nrows {
@@ -75,15 +125,15 @@ pub unsafe fn dot_rows_q8_avx2<T: Avx2Block>(act: ActQ8Rows, rows: &[u8], out_t:
             // (asserted above).
             let sums: [[f32; 8]; 4] = unsafe {
                 match (g, T::VALUES >= SEQUENTIAL_MIN_VALUES) {
-                    (4, true) => rows8::<T, 4>(act, i, group, r, row_bytes),
-                    (3, true) => rows8::<T, 3>(act, i, group, r, row_bytes),
-                    (2, true) => rows8::<T, 2>(act, i, group, r, row_bytes),
-                    (_, true) if m == 1 => rows8_whole::<T>(act, wp, &mut scratch),
-                    (_, true) => rows8::<T, 1>(act, i, group, r, row_bytes),
-                    (4, false) => rows8_interleaved::<T, 4>(act, i, wp, ahead),
-                    (3, false) => rows8_interleaved::<T, 3>(act, i, wp, ahead),
-                    (2, false) => rows8_interleaved::<T, 2>(act, i, wp, ahead),
-                    _ => rows8_interleaved::<T, 1>(act, i, wp, ahead),
+                    (4, true) => rows8::<T, WIDE, 4>(act, i, group, r, row_bytes),
+                    (3, true) => rows8::<T, WIDE, 3>(act, i, group, r, row_bytes),
+                    (2, true) => rows8::<T, WIDE, 2>(act, i, group, r, row_bytes),
+                    (_, true) if m == 1 => rows8_whole::<T, WIDE>(act, wp, &mut scratch),
+                    (_, true) => rows8::<T, WIDE, 1>(act, i, group, r, row_bytes),
+                    (4, false) => rows8_interleaved::<T, WIDE, 4>(act, i, wp, ahead),
+                    (3, false) => rows8_interleaved::<T, WIDE, 3>(act, i, wp, ahead),
+                    (2, false) => rows8_interleaved::<T, WIDE, 2>(act, i, wp, ahead),
+                    _ => rows8_interleaved::<T, WIDE, 1>(act, i, wp, ahead),
                 }
             };
             for (t, row) in sums[..g].iter().enumerate() {
@@ -96,6 +146,30 @@ pub unsafe fn dot_rows_q8_avx2<T: Avx2Block>(act: ActQ8Rows, rows: &[u8], out_t:
         c += r;
     }
 }
+    };
+}
+
+driver!(
+    /// AVX2 version of `q8_blocks::dot_rows_q8_scalar`, bit-identical to it.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C; the bounds `kernels::dot_rows_q8` checks.
+    dot_rows_q8_avx2,
+    "avx2,fma,f16c",
+    false
+);
+
+driver!(
+    /// [`dot_rows_q8_avx2`] with the block types' wide integers
+    /// (`Avx2Block::ints_wide`), bit-identical to it.
+    ///
+    /// # Safety
+    /// AVX2, FMA, F16C and AVX-512 F/BW/VL/VBMI; the bounds
+    /// `kernels::dot_rows_q8` checks.
+    dot_rows_q8_wide,
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vbmi",
+    true
+);
 
 /// Blocks of a weight row read in one run by [`rows8`] before the next row's.
 const RUN_BLOCKS: usize = 4;
@@ -115,66 +189,69 @@ const SEQUENTIAL_MIN_VALUES: usize = 256;
 /// # Safety
 /// AVX2, FMA and F16C; `rows` holds `r` rows of `act.k / T::VALUES` blocks,
 /// `1 <= r <= 8`, `i + G <= act.m`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows8<T: Avx2Block, const G: usize>(
+#[inline(always)]
+unsafe fn rows8<T: Avx2Block, const WIDE: bool, const G: usize>(
     act: ActQ8Rows,
     i: usize,
     rows: &[u8],
     r: usize,
     row_bytes: usize,
 ) -> [[f32; 8]; 4] {
-    let blocks = act.k / T::VALUES;
-    let per_block_sums = T::VALUES / BSUM_VALUES;
-    assert!((1..=8).contains(&r) && rows.len() >= r * row_bytes);
-    assert!(row_bytes >= blocks * T::BYTES && (i + G) * act.k <= act.q.len());
-    assert!((i + G) * blocks <= act.d.len() && (i + G) * blocks <= act.xsum.len());
-    assert!((i + G) * blocks * per_block_sums <= act.bsums.len());
-    let mut acc = [_mm256_setzero_ps(); G];
-    let wp = group_rows::<8>(rows, r, row_bytes);
-    for b0 in (0..blocks).step_by(RUN_BLOCKS) {
-        let run = RUN_BLOCKS.min(blocks - b0);
-        let mut a = [[[_mm256_setzero_si256(); 8]; G]; RUN_BLOCKS];
-        let mut bb = [[[_mm256_setzero_si256(); 8]; G]; RUN_BLOCKS];
-        for (u, &w) in wp.iter().enumerate() {
-            for (c, (a, bb)) in a.iter_mut().zip(&mut bb).take(run).enumerate() {
+    // SAFETY: the caller's (the function's contract), as noted
+    // at each access below.
+    unsafe {
+        let blocks = act.k / T::VALUES;
+        let per_block_sums = T::VALUES / BSUM_VALUES;
+        assert!((1..=8).contains(&r) && rows.len() >= r * row_bytes);
+        assert!(row_bytes >= blocks * T::BYTES && (i + G) * act.k <= act.q.len());
+        assert!((i + G) * blocks <= act.d.len() && (i + G) * blocks <= act.xsum.len());
+        assert!((i + G) * blocks * per_block_sums <= act.bsums.len());
+        let mut acc = [_mm256_setzero_ps(); G];
+        let wp = group_rows::<8>(rows, r, row_bytes);
+        for b0 in (0..blocks).step_by(RUN_BLOCKS) {
+            let run = RUN_BLOCKS.min(blocks - b0);
+            let mut a = [[[_mm256_setzero_si256(); 8]; G]; RUN_BLOCKS];
+            let mut bb = [[[_mm256_setzero_si256(); 8]; G]; RUN_BLOCKS];
+            for (u, &w) in wp.iter().enumerate() {
+                for (c, (a, bb)) in a.iter_mut().zip(&mut bb).take(run).enumerate() {
+                    let b = b0 + c;
+                    // SAFETY: each weight row's block b is inside its row, the
+                    // activation rows' block b inside act's slices (asserted
+                    // above).
+                    let (au, bu) = {
+                        let x: [*const i8; G] = std::array::from_fn(|t| {
+                            act.q.as_ptr().add(((i + t) * blocks + b) * T::VALUES)
+                        });
+                        let bs: [*const i16; G] = std::array::from_fn(|t| {
+                            act.bsums
+                                .as_ptr()
+                                .add(((i + t) * blocks + b) * per_block_sums)
+                        });
+                        ints::<T, WIDE, G>(w.add(b * T::BYTES), x, bs)
+                    };
+                    for t in 0..G {
+                        a[t][u] = au[t];
+                        bb[t][u] = bu[t];
+                    }
+                }
+            }
+            for (c, (a, bb)) in a.iter().zip(&bb).take(run).enumerate() {
                 let b = b0 + c;
-                // SAFETY: each weight row's block b is inside its row, the
-                // activation rows' block b inside act's slices (asserted
-                // above).
-                let (au, bu) = unsafe {
-                    let x: [*const i8; G] = std::array::from_fn(|t| {
-                        act.q.as_ptr().add(((i + t) * blocks + b) * T::VALUES)
-                    });
-                    let bs: [*const i16; G] = std::array::from_fn(|t| {
-                        act.bsums
-                            .as_ptr()
-                            .add(((i + t) * blocks + b) * per_block_sums)
-                    });
-                    T::ints_avx2::<G>(w.add(b * T::BYTES), x, bs)
-                };
-                for t in 0..G {
-                    a[t][u] = au[t];
-                    bb[t][u] = bu[t];
+                // SAFETY: block b lies inside each of the eight rows.
+                let (sa, sb) = block_scales::<T>(&wp, b * T::BYTES);
+                for (t, acc) in acc.iter_mut().enumerate() {
+                    let xa = (i + t) * blocks + b;
+                    *acc = add_block::<T>(*acc, a[t], bb[t], sa, sb, act.d[xa], act.xsum[xa]);
                 }
             }
         }
-        for (c, (a, bb)) in a.iter().zip(&bb).take(run).enumerate() {
-            let b = b0 + c;
-            // SAFETY: block b lies inside each of the eight rows.
-            let (sa, sb) = unsafe { block_scales::<T>(&wp, b * T::BYTES) };
-            for (t, acc) in acc.iter_mut().enumerate() {
-                let xa = (i + t) * blocks + b;
-                *acc = add_block::<T>(*acc, a[t], bb[t], sa, sb, act.d[xa], act.xsum[xa]);
-            }
+        let mut out = [[0f32; 8]; 4];
+        for (o, a) in out.iter_mut().zip(acc) {
+            // SAFETY: 8 floats.
+            _mm256_storeu_ps(o.as_mut_ptr(), a);
         }
+        out
     }
-    let mut out = [[0f32; 8]; 4];
-    for (o, a) in out.iter_mut().zip(acc) {
-        // SAFETY: 8 floats.
-        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), a) };
-    }
-    out
 }
 
 /// Longest activation rows (values, so bytes of int8) that [`rows8_whole`]
@@ -199,57 +276,61 @@ const WHOLE_MAX_VALUES: usize = 8192;
 /// # Safety
 /// AVX2, FMA and F16C; each `wp[u]` points at a row of `act.k / T::VALUES`
 /// blocks, `act.m >= 1`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows8_whole<T: Avx2Block>(
+#[inline(always)]
+unsafe fn rows8_whole<T: Avx2Block, const WIDE: bool>(
     act: ActQ8Rows,
     wp: [*const u8; 8],
     scratch: &mut [[[i32; 8]; 2]],
 ) -> [[f32; 8]; 4] {
-    let blocks = act.k / T::VALUES;
-    let per_block_sums = T::VALUES / BSUM_VALUES;
-    assert!(act.k <= act.q.len());
-    assert!(blocks <= act.d.len() && blocks <= act.xsum.len() && scratch.len() >= blocks);
-    assert!(blocks * per_block_sums <= act.bsums.len());
-    let mut acc = _mm256_setzero_ps();
-    let run = if act.k <= WHOLE_MAX_VALUES { blocks } else { 1 };
-    for b0 in (0..blocks).step_by(run) {
-        for (u, &w) in wp.iter().enumerate() {
-            for (b, ab) in scratch[b0..b0 + run].iter_mut().enumerate() {
-                let b = b0 + b;
-                // SAFETY: each weight row's block b is inside its row, the
-                // activation row's block b inside act's slices (asserted above).
-                let ([au], [bu]) = unsafe {
-                    let x = act.q.as_ptr().add(b * T::VALUES);
-                    let bs = act.bsums.as_ptr().add(b * per_block_sums);
-                    T::ints_avx2::<1>(w.add(b * T::BYTES), [x], [bs])
-                };
-                // [a01 a23 b01 b23 | a45 a67 b45 b67], then the halves added,
-                // then pairs: [a b a b].
-                let h = _mm256_hadd_epi32(au, bu);
-                let h = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
-                let h = _mm_hadd_epi32(h, h);
-                ab[0][u] = _mm_cvtsi128_si32(h);
-                ab[1][u] = _mm_extract_epi32::<1>(h);
+    // SAFETY: the caller's (the function's contract), as noted
+    // at each access below.
+    unsafe {
+        let blocks = act.k / T::VALUES;
+        let per_block_sums = T::VALUES / BSUM_VALUES;
+        assert!(act.k <= act.q.len());
+        assert!(blocks <= act.d.len() && blocks <= act.xsum.len() && scratch.len() >= blocks);
+        assert!(blocks * per_block_sums <= act.bsums.len());
+        let mut acc = _mm256_setzero_ps();
+        let run = if act.k <= WHOLE_MAX_VALUES { blocks } else { 1 };
+        for b0 in (0..blocks).step_by(run) {
+            for (u, &w) in wp.iter().enumerate() {
+                for (b, ab) in scratch[b0..b0 + run].iter_mut().enumerate() {
+                    let b = b0 + b;
+                    // SAFETY: each weight row's block b is inside its row, the
+                    // activation row's block b inside act's slices (asserted above).
+                    let ([au], [bu]) = {
+                        let x = act.q.as_ptr().add(b * T::VALUES);
+                        let bs = act.bsums.as_ptr().add(b * per_block_sums);
+                        ints::<T, WIDE, 1>(w.add(b * T::BYTES), [x], [bs])
+                    };
+                    // [a01 a23 b01 b23 | a45 a67 b45 b67], then the halves added,
+                    // then pairs: [a b a b].
+                    let h = _mm256_hadd_epi32(au, bu);
+                    let h =
+                        _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+                    let h = _mm_hadd_epi32(h, h);
+                    ab[0][u] = _mm_cvtsi128_si32(h);
+                    ab[1][u] = _mm_extract_epi32::<1>(h);
+                }
             }
         }
+        for (b, ab) in scratch[..blocks].iter().enumerate() {
+            // SAFETY: block b lies inside each of the eight rows; `ab` holds
+            // 2 x 8 i32.
+            let (sa, sb) = block_scales::<T>(&wp, b * T::BYTES);
+            let (ai, bi) = {
+                (
+                    _mm256_loadu_si256(ab[0].as_ptr() as *const __m256i),
+                    _mm256_loadu_si256(ab[1].as_ptr() as *const __m256i),
+                )
+            };
+            acc = add_sums::<T>(acc, ai, bi, sa, sb, act.d[b], act.xsum[b]);
+        }
+        let mut out = [[0f32; 8]; 4];
+        // SAFETY: 8 floats.
+        _mm256_storeu_ps(out[0].as_mut_ptr(), acc);
+        out
     }
-    for (b, ab) in scratch[..blocks].iter().enumerate() {
-        // SAFETY: block b lies inside each of the eight rows; `ab` holds
-        // 2 x 8 i32.
-        let (sa, sb) = unsafe { block_scales::<T>(&wp, b * T::BYTES) };
-        let (ai, bi) = unsafe {
-            (
-                _mm256_loadu_si256(ab[0].as_ptr() as *const __m256i),
-                _mm256_loadu_si256(ab[1].as_ptr() as *const __m256i),
-            )
-        };
-        acc = add_sums::<T>(acc, ai, bi, sa, sb, act.d[b], act.xsum[b]);
-    }
-    let mut out = [[0f32; 8]; 4];
-    // SAFETY: 8 floats.
-    unsafe { _mm256_storeu_ps(out[0].as_mut_ptr(), acc) };
-    out
 }
 
 /// The eight weight rows at `wp` against activation rows `i..i + G`,
@@ -262,60 +343,63 @@ unsafe fn rows8_whole<T: Avx2Block>(
 /// # Safety
 /// AVX2, FMA and F16C; each `wp[u]` points at a row of `act.k / T::VALUES`
 /// blocks, `i + G <= act.m`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows8_interleaved<T: Avx2Block, const G: usize>(
+#[inline(always)]
+unsafe fn rows8_interleaved<T: Avx2Block, const WIDE: bool, const G: usize>(
     act: ActQ8Rows,
     i: usize,
     wp: [*const u8; 8],
     ahead: &[u8],
 ) -> [[f32; 8]; 4] {
-    let blocks = act.k / T::VALUES;
-    let per_block_sums = T::VALUES / BSUM_VALUES;
-    assert!((i + G) * act.k <= act.q.len());
-    assert!((i + G) * blocks <= act.d.len() && (i + G) * blocks <= act.xsum.len());
-    assert!((i + G) * blocks * per_block_sums <= act.bsums.len());
-    let ahead_lines = ahead.len().div_ceil(64);
-    let lines = ahead_lines.div_ceil(blocks.max(1));
-    let mut acc = [_mm256_setzero_ps(); G];
-    for b in 0..blocks {
-        // SAFETY: each weight row's block b is inside its row, the
-        // activation rows' block b inside act's slices (asserted above); the
-        // prefetched lines start inside `ahead`.
-        unsafe {
-            for l in b * lines..((b + 1) * lines).min(ahead_lines) {
-                _mm_prefetch(ahead.as_ptr().add(64 * l) as *const i8, _MM_HINT_T0);
-            }
-            let at = b * T::BYTES;
-            let x: [*const i8; G] =
-                std::array::from_fn(|t| act.q.as_ptr().add(((i + t) * blocks + b) * T::VALUES));
-            let bs: [*const i16; G] = std::array::from_fn(|t| {
-                act.bsums
-                    .as_ptr()
-                    .add(((i + t) * blocks + b) * per_block_sums)
-            });
-            let mut a = [[_mm256_setzero_si256(); 8]; G];
-            let mut bb = [[_mm256_setzero_si256(); 8]; G];
-            for (u, &w) in wp.iter().enumerate() {
-                let (au, bu) = T::ints_avx2::<G>(w.add(at), x, bs);
-                for t in 0..G {
-                    a[t][u] = au[t];
-                    bb[t][u] = bu[t];
+    // SAFETY: the caller's (the function's contract), as noted
+    // at each access below.
+    unsafe {
+        let blocks = act.k / T::VALUES;
+        let per_block_sums = T::VALUES / BSUM_VALUES;
+        assert!((i + G) * act.k <= act.q.len());
+        assert!((i + G) * blocks <= act.d.len() && (i + G) * blocks <= act.xsum.len());
+        assert!((i + G) * blocks * per_block_sums <= act.bsums.len());
+        let ahead_lines = ahead.len().div_ceil(64);
+        let lines = ahead_lines.div_ceil(blocks.max(1));
+        let mut acc = [_mm256_setzero_ps(); G];
+        for b in 0..blocks {
+            // SAFETY: each weight row's block b is inside its row, the
+            // activation rows' block b inside act's slices (asserted above); the
+            // prefetched lines start inside `ahead`.
+            {
+                for l in b * lines..((b + 1) * lines).min(ahead_lines) {
+                    _mm_prefetch(ahead.as_ptr().add(64 * l) as *const i8, _MM_HINT_T0);
+                }
+                let at = b * T::BYTES;
+                let x: [*const i8; G] =
+                    std::array::from_fn(|t| act.q.as_ptr().add(((i + t) * blocks + b) * T::VALUES));
+                let bs: [*const i16; G] = std::array::from_fn(|t| {
+                    act.bsums
+                        .as_ptr()
+                        .add(((i + t) * blocks + b) * per_block_sums)
+                });
+                let mut a = [[_mm256_setzero_si256(); 8]; G];
+                let mut bb = [[_mm256_setzero_si256(); 8]; G];
+                for (u, &w) in wp.iter().enumerate() {
+                    let (au, bu) = ints::<T, WIDE, G>(w.add(at), x, bs);
+                    for t in 0..G {
+                        a[t][u] = au[t];
+                        bb[t][u] = bu[t];
+                    }
+                }
+                let (sa, sb) = block_scales::<T>(&wp, at);
+                for (t, acc) in acc.iter_mut().enumerate() {
+                    let xa = (i + t) * blocks + b;
+                    *acc = add_block::<T>(*acc, a[t], bb[t], sa, sb, act.d[xa], act.xsum[xa]);
                 }
             }
-            let (sa, sb) = block_scales::<T>(&wp, at);
-            for (t, acc) in acc.iter_mut().enumerate() {
-                let xa = (i + t) * blocks + b;
-                *acc = add_block::<T>(*acc, a[t], bb[t], sa, sb, act.d[xa], act.xsum[xa]);
-            }
         }
+        let mut out = [[0f32; 8]; 4];
+        for (o, a) in out.iter_mut().zip(acc) {
+            // SAFETY: 8 floats.
+            _mm256_storeu_ps(o.as_mut_ptr(), a);
+        }
+        out
     }
-    let mut out = [[0f32; 8]; 4];
-    for (o, a) in out.iter_mut().zip(acc) {
-        // SAFETY: 8 floats.
-        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), a) };
-    }
-    out
 }
 
 /// The f16 scale fields of block `at` (bytes) of the eight rows `wp`, as f32
