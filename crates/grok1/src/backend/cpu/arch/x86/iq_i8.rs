@@ -485,4 +485,4 @@ macro_rules! iq_avx2 {
     )*};
 }
 
-iq_avx2!(IQ4NL, IQ4XS, IQ2XXS, IQ2XS, IQ2S, IQ3XXS => iq3_xxs, IQ3S => iq3_s, IQ1S, IQ1M);
+iq_avx2!(IQ4NL, IQ4XS => iq4_xs, IQ2XXS, IQ2XS, IQ2S, IQ3XXS => iq3_xxs, IQ3S => iq3_s, IQ1S, IQ1M);

@@ -17,7 +17,7 @@
 use std::arch::x86_64::*;
 
 use crate::backend::cpu::types::iq_levels::even_signs;
-use crate::quant::tables::{IQ3S_GRID, IQ3XXS_GRID};
+use crate::quant::tables::{IQ3S_GRID, IQ3XXS_GRID, KVALUES_IQ4NL};
 
 /// 64-byte vectors, aligned for `vmovdqa64`.
 #[repr(C, align(64))]
@@ -103,6 +103,29 @@ unsafe fn scale_words(s: __m512i, at: [u8; 8]) -> [__m512i; 4] {
     }
 }
 
+/// [`scale_words`] from eight signed scales as the i16 lanes of `s` (part
+/// `p`'s in lane `p`).
+///
+/// # Safety
+/// AVX-512 F/BW (inlined into a function with them).
+#[inline(always)]
+unsafe fn scale_words_i16(s: __m128i) -> [__m512i; 4] {
+    // SAFETY: the caller's.
+    unsafe {
+        let s = _mm512_castsi128_si512(s);
+        let mut out = [_mm512_setzero_si512(); 4];
+        for (m, o) in out.iter_mut().enumerate() {
+            let (lo, hi) = (2 * m as i16, 2 * m as i16 + 1);
+            let idx = _mm512_inserti64x4::<1>(
+                _mm512_castsi256_si512(_mm256_set1_epi16(lo)),
+                _mm256_set1_epi16(hi),
+            );
+            *o = _mm512_permutexvar_epi16(idx, s);
+        }
+        out
+    }
+}
+
 /// The four byte planes' vectors interleaved into u32 entries: entry `i` of
 /// 128-bit lane `l` of result `m` is position `16 l + 4 m + i` of the
 /// planes.
@@ -161,7 +184,7 @@ unsafe fn indices(qs: *const u8) -> __m512i {
 #[inline(always)]
 unsafe fn dots<const G: usize>(
     u: [__m512i; 4],
-    signs: [u64; 4],
+    signs: [__mmask64; 4],
     scales: [__m512i; 4],
     x: [*const i8; G],
 ) -> [__m256i; G] {
@@ -274,5 +297,63 @@ pub(super) unsafe fn iq3_s<const G: usize>(w: *const u8, x: [*const i8; G]) -> [
         let s = _mm_add_epi8(_mm_add_epi8(s, s), _mm_set1_epi8(1));
         let scales = scale_words(_mm512_castsi128_si512(s), [0, 1, 2, 3, 4, 5, 6, 7]);
         dots(u, signs, scales, x)
+    }
+}
+
+/// IQ4_XS (`{ f16 d; u16 scales_h; u8 scales_l[4]; u8 qs[128] }`): [`dots`]
+/// of a block, its levels from the 16-entry table by `vpshufb`, their
+/// magnitudes and signs split for `maddubs`.
+///
+/// # Safety
+/// AVX-512 F/BW/VL/VBMI (inlined); a whole block at `w`, 256 values at each
+/// `x[t]`.
+#[inline(always)]
+pub(super) unsafe fn iq4_xs<const G: usize>(w: *const u8, x: [*const i8; G]) -> [__m256i; G] {
+    // SAFETY: the caller's: scales_h at 2..4, scales_l at 4..8, qs at
+    // 8..136.
+    unsafe {
+        let levels =
+            _mm512_broadcast_i32x4(_mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i));
+        // Part p's 16 bytes in 128-bit lanes 0 and 1 of vector p / 2 (low
+        // nibbles, then high), part p + 1's in lanes 2 and 3.
+        let spread = _mm512_setr_epi64(0, 1, 0, 1, 2, 3, 2, 3);
+        let shifts = _mm512_inserti64x4::<1>(
+            _mm512_castsi256_si512(_mm256_setr_epi16(
+                0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 4, 4, 4, 4, 4, 4,
+            )),
+            _mm256_setr_epi16(0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 4, 4, 4, 4, 4, 4),
+        );
+        let mut u = [_mm512_setzero_si512(); 4];
+        let mut signs = [0; 4];
+        for m in 0..4 {
+            let q = _mm256_loadu_si256(w.add(8 + 32 * m) as *const __m256i);
+            let q = _mm512_permutexvar_epi64(spread, _mm512_castsi256_si512(q));
+            let nibbles = _mm512_and_si512(_mm512_srlv_epi16(q, shifts), _mm512_set1_epi8(0x0F));
+            let v = _mm512_shuffle_epi8(levels, nibbles);
+            u[m] = _mm512_abs_epi8(v);
+            signs[m] = _mm512_movepi8_mask(v);
+        }
+        // Scale p: nibble p of scales_l, with bits 2 p, 2 p + 1 of scales_h
+        // above it, less 32.
+        let nibble_at = _mm_set1_epi64x(i64::from_le_bytes([0, 4, 8, 12, 16, 20, 24, 28]));
+        let pair_at = _mm_set1_epi64x(i64::from_le_bytes([32, 34, 36, 38, 40, 42, 44, 46]));
+        // scales_h in bits 32..48, scales_l in bits 0..32.
+        let bits = _mm_cvtsi64_si128(
+            i64::from((w.add(4) as *const u32).read_unaligned())
+                | i64::from((w.add(2) as *const u16).read_unaligned()) << 32,
+        );
+        let low = _mm_and_si128(
+            _mm_multishift_epi64_epi8(nibble_at, bits),
+            _mm_set1_epi8(0x0F),
+        );
+        let high = _mm_and_si128(
+            _mm_multishift_epi64_epi8(pair_at, bits),
+            _mm_set1_epi8(0x03),
+        );
+        let s = _mm_sub_epi8(
+            _mm_or_si128(low, _mm_slli_epi16::<4>(high)),
+            _mm_set1_epi8(32),
+        );
+        dots(u, signs, scale_words_i16(_mm_cvtepi8_epi16(s)), x)
     }
 }
