@@ -425,10 +425,82 @@ impl IqParts for IQ1M {
     }
 }
 
+/// The AVX2 integers of an i-quant block (`Avx2Block::ints_avx2`).
+///
+/// # Safety
+/// AVX2 (inlined into an AVX2 function); a whole block at `w`, `VALUES`
+/// values at each `x[t]`.
+#[inline(always)]
+unsafe fn avx2_ints<T: IqParts, const G: usize>(w: *const u8, x: [*const i8; G]) -> [__m256i; G] {
+    // SAFETY: the caller's.
+    unsafe {
+        let sc = T::block_scales(w);
+        let mut a = [_mm256_setzero_si256(); G];
+        for p in 0..T::VALUES / 32 {
+            let (u, s) = T::part(w, p);
+            let scale = T::scale(&sc, p);
+            for (t, a) in a.iter_mut().enumerate() {
+                let xv = _mm256_loadu_si256(x[t].add(32 * p) as *const __m256i);
+                let pairs = _mm256_maddubs_epi16(u, _mm256_sign_epi8(xv, s));
+                *a = _mm256_add_epi32(*a, _mm256_madd_epi16(pairs, scale));
+            }
+        }
+        a
+    }
+}
+
+/// The signed levels of an i-quant block into `out` (`VnniBlock::codes_simd`).
+///
+/// # Safety
+/// AVX2 (inlined into an AVX2 function); a whole block at `block`, `VALUES`
+/// writable bytes at `out`.
+#[inline(always)]
+unsafe fn avx2_levels<T: IqParts>(block: *const u8, out: *mut u8) {
+    // SAFETY: the caller's.
+    unsafe {
+        for p in 0..T::VALUES / 32 {
+            let (u, s) = T::part(block, p);
+            let levels = _mm256_sign_epi8(u, s);
+            _mm256_storeu_si256(out.add(32 * p) as *mut __m256i, levels);
+        }
+    }
+}
+
 macro_rules! iq_avx2 {
-    ($($t:ty $(=> $wide:ident)?),*) => {$(
+    ($($t:ty),* ; wide: $($w:ty),*) => {
+        $(
         impl Avx2Block for $t {
-            $(
+            #[inline(always)]
+            unsafe fn ints_avx2<const G: usize>(
+                w: *const u8,
+                x: [*const i8; G],
+                _bs: [*const i16; G],
+            ) -> ([__m256i; G], [__m256i; G]) {
+                // SAFETY: the trait's contract.
+                unsafe { (avx2_ints::<$t, G>(w, x), [_mm256_setzero_si256(); G]) }
+            }
+        }
+
+        impl VnniBlock for $t {
+            #[inline(always)]
+            unsafe fn codes_simd(block: *const u8, out: *mut u8) {
+                // SAFETY: the trait's contract.
+                unsafe { avx2_levels::<$t>(block, out) }
+            }
+        }
+        )*
+        $(
+        impl Avx2Block for $w {
+            #[inline(always)]
+            unsafe fn ints_avx2<const G: usize>(
+                w: *const u8,
+                x: [*const i8; G],
+                _bs: [*const i16; G],
+            ) -> ([__m256i; G], [__m256i; G]) {
+                // SAFETY: the trait's contract.
+                unsafe { (avx2_ints::<$w, G>(w, x), [_mm256_setzero_si256(); G]) }
+            }
+
             const WIDE: bool = true;
 
             #[inline(always)]
@@ -437,52 +509,27 @@ macro_rules! iq_avx2 {
                 x: [*const i8; G],
                 _bs: [*const i16; G],
             ) -> ([__m256i; G], [__m256i; G]) {
-                // SAFETY: the trait's contract: a whole block at w, VALUES
-                // values per activation row, AVX-512 F/BW/VL/VBMI.
-                unsafe { (iq_i8_vbmi::$wide::<G>(w, x), [_mm256_setzero_si256(); G]) }
-            }
-            )?
-
-            #[inline(always)]
-            unsafe fn ints_avx2<const G: usize>(
-                w: *const u8,
-                x: [*const i8; G],
-                _bs: [*const i16; G],
-            ) -> ([__m256i; G], [__m256i; G]) {
-                // SAFETY: the trait's contract: a whole block at w, VALUES
-                // values per activation row.
-                unsafe {
-                    let sc = <$t as IqParts>::block_scales(w);
-                    let mut a = [_mm256_setzero_si256(); G];
-                    for p in 0..<$t>::VALUES / 32 {
-                        let (u, s) = <$t as IqParts>::part(w, p);
-                        let scale = <$t as IqParts>::scale(&sc, p);
-                        for (t, a) in a.iter_mut().enumerate() {
-                            let xv = _mm256_loadu_si256(x[t].add(32 * p) as *const __m256i);
-                            let pairs = _mm256_maddubs_epi16(u, _mm256_sign_epi8(xv, s));
-                            *a = _mm256_add_epi32(*a, _mm256_madd_epi16(pairs, scale));
-                        }
-                    }
-                    (a, [_mm256_setzero_si256(); G])
-                }
+                // SAFETY: the trait's contract, with AVX-512 F/BW/VL/VBMI.
+                unsafe { (iq_i8_vbmi::ints::<$w, G>(w, x), [_mm256_setzero_si256(); G]) }
             }
         }
 
-        impl VnniBlock for $t {
+        impl VnniBlock for $w {
             #[inline(always)]
             unsafe fn codes_simd(block: *const u8, out: *mut u8) {
-                // SAFETY: the trait's contract: a whole block at `block`,
-                // VALUES bytes at `out`.
+                // SAFETY: the trait's contract; the wide form only where
+                // the CPU has its features.
                 unsafe {
-                    for p in 0..<$t>::VALUES / 32 {
-                        let (u, s) = <$t as IqParts>::part(block, p);
-                        let levels = _mm256_sign_epi8(u, s);
-                        _mm256_storeu_si256(out.add(32 * p) as *mut __m256i, levels);
+                    if iq_i8_vbmi::available() {
+                        iq_i8_vbmi::store_levels::<$w>(block, out)
+                    } else {
+                        avx2_levels::<$w>(block, out)
                     }
                 }
             }
         }
-    )*};
+        )*
+    };
 }
 
-iq_avx2!(IQ4NL, IQ4XS => iq4_xs, IQ2XXS, IQ2XS, IQ2S, IQ3XXS => iq3_xxs, IQ3S => iq3_s, IQ1S, IQ1M);
+iq_avx2!(IQ4NL, IQ2XXS, IQ2XS, IQ2S, IQ1S, IQ1M; wide: IQ4XS, IQ3XXS, IQ3S);

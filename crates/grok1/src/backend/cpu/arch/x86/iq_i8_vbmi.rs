@@ -16,6 +16,9 @@
 
 use std::arch::x86_64::*;
 
+use crate::backend::cpu::types::iq3_s::IQ3S;
+use crate::backend::cpu::types::iq3_xxs::IQ3XXS;
+use crate::backend::cpu::types::iq4_xs::IQ4XS;
 use crate::backend::cpu::types::iq_levels::even_signs;
 use crate::quant::tables::{IQ3S_GRID, IQ3XXS_GRID, KVALUES_IQ4NL};
 
@@ -174,22 +177,75 @@ unsafe fn indices(qs: *const u8) -> __m512i {
     }
 }
 
-/// `sum(scale * level * x)` over a 256-value block against each activation
-/// row, from the magnitudes `u` (vector `m`: values `64 m..64 m + 64`),
-/// the sign bits `signs` (bit `i` of word `m` negates value `64 m + i`) and
-/// the scale words of [`scale_words`], in the lanes of one vector per row.
+/// A 256-value block taken apart for [`dots`]: magnitudes `u` (vector
+/// `m`: values `64 m..64 m + 64`), sign bits (bit `i` of `signs[m]`
+/// negates value `64 m + i`) and the scale words of [`scale_words`].
+pub(super) struct Parts {
+    u: [__m512i; 4],
+    signs: [__mmask64; 4],
+    scales: [__m512i; 4],
+}
+
+/// An i-quant of 256-value blocks with a wide form.
+pub(super) trait WideIq {
+    /// The block at `w` taken apart.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VL/VBMI (inlined into a function with them); a whole
+    /// block at `w`.
+    unsafe fn parts(w: *const u8) -> Parts;
+}
+
+/// The block integers of `T` against `G` activation rows (`dots`).
+///
+/// # Safety
+/// AVX-512 F/BW/VL/VBMI (inlined); a whole block at `w`, 256 values at each
+/// `x[t]`.
+#[inline(always)]
+pub(super) unsafe fn ints<T: WideIq, const G: usize>(
+    w: *const u8,
+    x: [*const i8; G],
+) -> [__m256i; G] {
+    // SAFETY: the caller's.
+    unsafe { dots(T::parts(w), x) }
+}
+
+/// Whether this CPU runs the wide forms: AVX-512 F/BW/VL/VBMI.
+pub fn available() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vbmi")
+}
+
+/// The block's 256 signed levels into `out`, for the tile kernel
+/// (`VnniBlock::codes_simd`, which calls it where [`available`]).
+///
+/// # Safety
+/// AVX-512 F/BW/VL/VBMI; a whole block at `w`, 256 writable bytes at `out`.
+#[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vbmi")]
+pub(super) unsafe fn store_levels<T: WideIq>(w: *const u8, out: *mut u8) {
+    // SAFETY: the caller's.
+    unsafe {
+        let p = T::parts(w);
+        let zero = _mm512_setzero_si512();
+        for m in 0..4 {
+            let levels = _mm512_mask_sub_epi8(p.u[m], p.signs[m], zero, p.u[m]);
+            _mm512_storeu_si512(out.add(64 * m) as *mut __m512i, levels);
+        }
+    }
+}
+
+/// `sum(scale * level * x)` over a 256-value block taken apart against
+/// each activation row, in the lanes of one vector per row.
 ///
 /// # Safety
 /// AVX-512 F/BW (inlined); 256 readable values at each `x[t]`.
 #[inline(always)]
-unsafe fn dots<const G: usize>(
-    u: [__m512i; 4],
-    signs: [__mmask64; 4],
-    scales: [__m512i; 4],
-    x: [*const i8; G],
-) -> [__m256i; G] {
+unsafe fn dots<const G: usize>(p: Parts, x: [*const i8; G]) -> [__m256i; G] {
     // SAFETY: the caller's.
     unsafe {
+        let Parts { u, signs, scales } = p;
         let zero = _mm512_setzero_si512();
         let mut out = [_mm256_setzero_si256(); G];
         for (t, o) in out.iter_mut().enumerate() {
@@ -209,151 +265,155 @@ unsafe fn dots<const G: usize>(
     }
 }
 
-/// IQ3_XXS (`{ f16 d; u8 qs[64]; u32 aux[8] }`): [`dots`] of a block.
-///
-/// # Safety
-/// AVX-512 F/BW/VL/VBMI (inlined); a whole block at `w`, 256 values at each
-/// `x[t]`.
-#[inline(always)]
-pub(super) unsafe fn iq3_xxs<const G: usize>(w: *const u8, x: [*const i8; G]) -> [__m256i; G] {
-    // SAFETY: the caller's: qs at 2..66, aux at 66..98.
-    unsafe {
-        let idx = indices(w.add(2));
-        let high = _mm512_movepi8_mask(idx);
-        let t = &IQ3XXS_PLANES.0;
-        let mut p = [idx; 4];
-        for (j, p) in p.iter_mut().enumerate() {
-            let lo = _mm512_permutex2var_epi8(table(t, 4 * j), idx, table(t, 4 * j + 1));
-            let hi = _mm512_permutex2var_epi8(table(t, 4 * j + 2), idx, table(t, 4 * j + 3));
-            *p = _mm512_mask_blend_epi8(high, lo, hi);
-        }
-        let u = interleave(p);
-        let aux = _mm256_loadu_si256(w.add(66) as *const __m256i);
-        // Bytes 8 q..8 q + 8: the four 7-bit sign indices of aux[2 q], then
-        // of aux[2 q + 1]; bytes 8 q + 8.. of the second control: the scales.
-        let sign_at = _mm256_set1_epi64x(i64::from_le_bytes([0, 7, 14, 21, 32, 39, 46, 53]));
-        let sign_idx = _mm256_multishift_epi64_epi8(sign_at, aux);
-        let sign_bytes = _mm512_permutex2var_epi8(
-            table(&EVEN_SIGNS.0, 0),
-            _mm512_castsi256_si512(sign_idx),
-            table(&EVEN_SIGNS.0, 1),
-        );
-        let mut signs = [0u64; 8];
-        _mm512_storeu_si512(signs.as_mut_ptr() as *mut __m512i, sign_bytes);
-        let scale_at = _mm256_set1_epi64x(i64::from_le_bytes([28, 60, 0, 0, 0, 0, 0, 0]));
-        let s = _mm256_and_si256(
-            _mm256_multishift_epi64_epi8(scale_at, aux),
-            _mm256_set1_epi8(0x0F),
-        );
-        let s = _mm256_add_epi8(_mm256_add_epi8(s, s), _mm256_set1_epi8(1));
-        let scales = scale_words(_mm512_castsi256_si512(s), [0, 1, 8, 9, 16, 17, 24, 25]);
-        dots(u, [signs[0], signs[1], signs[2], signs[3]], scales, x)
-    }
-}
-
-/// IQ3_S (`{ f16 d; u8 qs[64]; u8 qh[8]; u8 signs[32]; u8 scales[4] }`):
-/// [`dots`] of a block.
-///
-/// # Safety
-/// AVX-512 F/BW/VL/VBMI (inlined); a whole block at `w`, 256 values at each
-/// `x[t]`.
-#[inline(always)]
-pub(super) unsafe fn iq3_s<const G: usize>(w: *const u8, x: [*const i8; G]) -> [__m256i; G] {
-    // SAFETY: the caller's: qs at 2..66, qh at 66..74, signs at 74..106,
-    // scales at 106..110.
-    unsafe {
-        let idx = indices(w.add(2));
-        let bit7 = _mm512_movepi8_mask(idx);
-        // Bit e of qh is index e's ninth bit: as bytes, reordered as the
-        // indices were.
-        let qh = (w.add(66) as *const u64).read_unaligned();
-        let bit8 = _mm512_movepi8_mask(_mm512_permutexvar_epi8(
-            table(&LANE_TRANSPOSE.0, 0),
-            _mm512_movm_epi8(qh),
-        ));
-        let t = &IQ3S_PLANES.0;
-        let mut p = [idx; 4];
-        for (j, p) in p.iter_mut().enumerate() {
-            let mut quarter = [idx; 4];
-            for (c, q) in quarter.iter_mut().enumerate() {
-                let at = 8 * j + 2 * c;
-                *q = _mm512_permutex2var_epi8(table(t, at), idx, table(t, at + 1));
+/// IQ3_XXS (`{ f16 d; u8 qs[64]; u32 aux[8] }`), its grid from
+/// byte planes.
+impl WideIq for IQ3XXS {
+    #[inline(always)]
+    unsafe fn parts(w: *const u8) -> Parts {
+        // SAFETY: the caller's: qs at 2..66, aux at 66..98.
+        unsafe {
+            let idx = indices(w.add(2));
+            let high = _mm512_movepi8_mask(idx);
+            let t = &IQ3XXS_PLANES.0;
+            let mut p = [idx; 4];
+            for (j, p) in p.iter_mut().enumerate() {
+                let lo = _mm512_permutex2var_epi8(table(t, 4 * j), idx, table(t, 4 * j + 1));
+                let hi = _mm512_permutex2var_epi8(table(t, 4 * j + 2), idx, table(t, 4 * j + 3));
+                *p = _mm512_mask_blend_epi8(high, lo, hi);
             }
-            let low = _mm512_mask_blend_epi8(bit7, quarter[0], quarter[1]);
-            let high = _mm512_mask_blend_epi8(bit7, quarter[2], quarter[3]);
-            *p = _mm512_mask_blend_epi8(bit8, low, high);
+            let u = interleave(p);
+            let aux = _mm256_loadu_si256(w.add(66) as *const __m256i);
+            // Bytes 8 q..8 q + 8: the four 7-bit sign indices of aux[2 q], then
+            // of aux[2 q + 1]; bytes 8 q + 8.. of the second control: the scales.
+            let sign_at = _mm256_set1_epi64x(i64::from_le_bytes([0, 7, 14, 21, 32, 39, 46, 53]));
+            let sign_idx = _mm256_multishift_epi64_epi8(sign_at, aux);
+            let sign_bytes = _mm512_permutex2var_epi8(
+                table(&EVEN_SIGNS.0, 0),
+                _mm512_castsi256_si512(sign_idx),
+                table(&EVEN_SIGNS.0, 1),
+            );
+            let mut signs = [0u64; 8];
+            _mm512_storeu_si512(signs.as_mut_ptr() as *mut __m512i, sign_bytes);
+            let scale_at = _mm256_set1_epi64x(i64::from_le_bytes([28, 60, 0, 0, 0, 0, 0, 0]));
+            let s = _mm256_and_si256(
+                _mm256_multishift_epi64_epi8(scale_at, aux),
+                _mm256_set1_epi8(0x0F),
+            );
+            let s = _mm256_add_epi8(_mm256_add_epi8(s, s), _mm256_set1_epi8(1));
+            let scales = scale_words(_mm512_castsi256_si512(s), [0, 1, 8, 9, 16, 17, 24, 25]);
+            Parts {
+                u,
+                signs: [signs[0], signs[1], signs[2], signs[3]],
+                scales,
+            }
         }
-        let u = interleave(p);
-        let signs = (w.add(74) as *const [u64; 4]).read_unaligned();
-        // Nibble p of the scale bytes is part p's.
-        let nibble_at = _mm_set1_epi64x(i64::from_le_bytes([0, 4, 8, 12, 16, 20, 24, 28]));
-        let s = _mm_and_si128(
-            _mm_multishift_epi64_epi8(
-                nibble_at,
-                _mm_cvtsi32_si128((w.add(106) as *const i32).read_unaligned()),
-            ),
-            _mm_set1_epi8(0x0F),
-        );
-        let s = _mm_add_epi8(_mm_add_epi8(s, s), _mm_set1_epi8(1));
-        let scales = scale_words(_mm512_castsi128_si512(s), [0, 1, 2, 3, 4, 5, 6, 7]);
-        dots(u, signs, scales, x)
     }
 }
 
-/// IQ4_XS (`{ f16 d; u16 scales_h; u8 scales_l[4]; u8 qs[128] }`): [`dots`]
-/// of a block, its levels from the 16-entry table by `vpshufb`, their
-/// magnitudes and signs split for `maddubs`.
-///
-/// # Safety
-/// AVX-512 F/BW/VL/VBMI (inlined); a whole block at `w`, 256 values at each
-/// `x[t]`.
-#[inline(always)]
-pub(super) unsafe fn iq4_xs<const G: usize>(w: *const u8, x: [*const i8; G]) -> [__m256i; G] {
-    // SAFETY: the caller's: scales_h at 2..4, scales_l at 4..8, qs at
-    // 8..136.
-    unsafe {
-        let levels =
-            _mm512_broadcast_i32x4(_mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i));
-        // Part p's 16 bytes in 128-bit lanes 0 and 1 of vector p / 2 (low
-        // nibbles, then high), part p + 1's in lanes 2 and 3.
-        let spread = _mm512_setr_epi64(0, 1, 0, 1, 2, 3, 2, 3);
-        let shifts = _mm512_inserti64x4::<1>(
-            _mm512_castsi256_si512(_mm256_setr_epi16(
-                0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 4, 4, 4, 4, 4, 4,
-            )),
-            _mm256_setr_epi16(0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 4, 4, 4, 4, 4, 4),
-        );
-        let mut u = [_mm512_setzero_si512(); 4];
-        let mut signs = [0; 4];
-        for m in 0..4 {
-            let q = _mm256_loadu_si256(w.add(8 + 32 * m) as *const __m256i);
-            let q = _mm512_permutexvar_epi64(spread, _mm512_castsi256_si512(q));
-            let nibbles = _mm512_and_si512(_mm512_srlv_epi16(q, shifts), _mm512_set1_epi8(0x0F));
-            let v = _mm512_shuffle_epi8(levels, nibbles);
-            u[m] = _mm512_abs_epi8(v);
-            signs[m] = _mm512_movepi8_mask(v);
+/// IQ3_S (`{ f16 d; u8 qs[64]; u8 qh[8]; u8 signs[32]; u8 scales[4] }`),
+/// its grid of 512 from byte planes, the ninth index bit choosing the half.
+impl WideIq for IQ3S {
+    #[inline(always)]
+    unsafe fn parts(w: *const u8) -> Parts {
+        // SAFETY: the caller's: qs at 2..66, qh at 66..74, signs at 74..106,
+        // scales at 106..110.
+        unsafe {
+            let idx = indices(w.add(2));
+            let bit7 = _mm512_movepi8_mask(idx);
+            // Bit e of qh is index e's ninth bit: as bytes, reordered as the
+            // indices were.
+            let qh = (w.add(66) as *const u64).read_unaligned();
+            let bit8 = _mm512_movepi8_mask(_mm512_permutexvar_epi8(
+                table(&LANE_TRANSPOSE.0, 0),
+                _mm512_movm_epi8(qh),
+            ));
+            let t = &IQ3S_PLANES.0;
+            let mut p = [idx; 4];
+            for (j, p) in p.iter_mut().enumerate() {
+                let mut quarter = [idx; 4];
+                for (c, q) in quarter.iter_mut().enumerate() {
+                    let at = 8 * j + 2 * c;
+                    *q = _mm512_permutex2var_epi8(table(t, at), idx, table(t, at + 1));
+                }
+                let low = _mm512_mask_blend_epi8(bit7, quarter[0], quarter[1]);
+                let high = _mm512_mask_blend_epi8(bit7, quarter[2], quarter[3]);
+                *p = _mm512_mask_blend_epi8(bit8, low, high);
+            }
+            let u = interleave(p);
+            let signs = (w.add(74) as *const [u64; 4]).read_unaligned();
+            // Nibble p of the scale bytes is part p's.
+            let nibble_at = _mm_set1_epi64x(i64::from_le_bytes([0, 4, 8, 12, 16, 20, 24, 28]));
+            let s = _mm_and_si128(
+                _mm_multishift_epi64_epi8(
+                    nibble_at,
+                    _mm_cvtsi32_si128((w.add(106) as *const i32).read_unaligned()),
+                ),
+                _mm_set1_epi8(0x0F),
+            );
+            let s = _mm_add_epi8(_mm_add_epi8(s, s), _mm_set1_epi8(1));
+            let scales = scale_words(_mm512_castsi128_si512(s), [0, 1, 2, 3, 4, 5, 6, 7]);
+            Parts { u, signs, scales }
         }
-        // Scale p: nibble p of scales_l, with bits 2 p, 2 p + 1 of scales_h
-        // above it, less 32.
-        let nibble_at = _mm_set1_epi64x(i64::from_le_bytes([0, 4, 8, 12, 16, 20, 24, 28]));
-        let pair_at = _mm_set1_epi64x(i64::from_le_bytes([32, 34, 36, 38, 40, 42, 44, 46]));
-        // scales_h in bits 32..48, scales_l in bits 0..32.
-        let bits = _mm_cvtsi64_si128(
-            i64::from((w.add(4) as *const u32).read_unaligned())
-                | i64::from((w.add(2) as *const u16).read_unaligned()) << 32,
-        );
-        let low = _mm_and_si128(
-            _mm_multishift_epi64_epi8(nibble_at, bits),
-            _mm_set1_epi8(0x0F),
-        );
-        let high = _mm_and_si128(
-            _mm_multishift_epi64_epi8(pair_at, bits),
-            _mm_set1_epi8(0x03),
-        );
-        let s = _mm_sub_epi8(
-            _mm_or_si128(low, _mm_slli_epi16::<4>(high)),
-            _mm_set1_epi8(32),
-        );
-        dots(u, signs, scale_words_i16(_mm_cvtepi8_epi16(s)), x)
+    }
+}
+
+/// IQ4_XS (`{ f16 d; u16 scales_h; u8 scales_l[4]; u8 qs[128] }`), its
+/// levels from the 16-entry table by `vpshufb`, their magnitudes and signs
+/// split for `maddubs`.
+impl WideIq for IQ4XS {
+    #[inline(always)]
+    unsafe fn parts(w: *const u8) -> Parts {
+        // SAFETY: the caller's: scales_h at 2..4, scales_l at 4..8, qs at
+        // 8..136.
+        unsafe {
+            let levels =
+                _mm512_broadcast_i32x4(_mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i));
+            // Part p's 16 bytes in 128-bit lanes 0 and 1 of vector p / 2 (low
+            // nibbles, then high), part p + 1's in lanes 2 and 3.
+            let spread = _mm512_setr_epi64(0, 1, 0, 1, 2, 3, 2, 3);
+            let shifts = _mm512_inserti64x4::<1>(
+                _mm512_castsi256_si512(_mm256_setr_epi16(
+                    0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 4, 4, 4, 4, 4, 4,
+                )),
+                _mm256_setr_epi16(0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 4, 4, 4, 4, 4, 4),
+            );
+            let mut u = [_mm512_setzero_si512(); 4];
+            let mut signs = [0; 4];
+            for m in 0..4 {
+                let q = _mm256_loadu_si256(w.add(8 + 32 * m) as *const __m256i);
+                let q = _mm512_permutexvar_epi64(spread, _mm512_castsi256_si512(q));
+                let nibbles =
+                    _mm512_and_si512(_mm512_srlv_epi16(q, shifts), _mm512_set1_epi8(0x0F));
+                let v = _mm512_shuffle_epi8(levels, nibbles);
+                u[m] = _mm512_abs_epi8(v);
+                signs[m] = _mm512_movepi8_mask(v);
+            }
+            // Scale p: nibble p of scales_l, with bits 2 p, 2 p + 1 of scales_h
+            // above it, less 32.
+            let nibble_at = _mm_set1_epi64x(i64::from_le_bytes([0, 4, 8, 12, 16, 20, 24, 28]));
+            let pair_at = _mm_set1_epi64x(i64::from_le_bytes([32, 34, 36, 38, 40, 42, 44, 46]));
+            // scales_h in bits 32..48, scales_l in bits 0..32.
+            let bits = _mm_cvtsi64_si128(
+                i64::from((w.add(4) as *const u32).read_unaligned())
+                    | i64::from((w.add(2) as *const u16).read_unaligned()) << 32,
+            );
+            let low = _mm_and_si128(
+                _mm_multishift_epi64_epi8(nibble_at, bits),
+                _mm_set1_epi8(0x0F),
+            );
+            let high = _mm_and_si128(
+                _mm_multishift_epi64_epi8(pair_at, bits),
+                _mm_set1_epi8(0x03),
+            );
+            let s = _mm_sub_epi8(
+                _mm_or_si128(low, _mm_slli_epi16::<4>(high)),
+                _mm_set1_epi8(32),
+            );
+            Parts {
+                u,
+                signs,
+                scales: scale_words_i16(_mm_cvtepi8_epi16(s)),
+            }
+        }
     }
 }

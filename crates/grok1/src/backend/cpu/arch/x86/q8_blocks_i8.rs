@@ -55,7 +55,7 @@ pub trait Avx2Block: QuantBlock {
 /// Whether this CPU runs [`dot_rows_q8_wide`]: AVX-512 VBMI (with the
 /// AVX-512 F/BW/VL that `Isa::Avx512Vnni` has checked).
 pub fn wide_available() -> bool {
-    is_x86_feature_detected!("avx512vbmi")
+    super::iq_i8_vbmi::available()
 }
 
 /// The block integers of `T` from its wide form or its AVX2 one.
