@@ -94,6 +94,112 @@ impl Avx2Block for Q6K {
             (a, [_mm256_setzero_si256(); G])
         }
     }
+
+    const WIDE: bool = true;
+
+    /// 64 values per vector: a half's two vectors of codes from one load
+    /// of its 64 low-bit bytes and its 32 high-bit bytes in both halves of
+    /// a vector, per-word variable shifts putting each group's high bits in
+    /// place; the sixteen scales picked by `vpermw`.
+    #[inline(always)]
+    unsafe fn ints_wide<const G: usize>(
+        w: *const u8,
+        x: [*const i8; G],
+        bs: [*const i16; G],
+    ) -> ([__m256i; G], [__m256i; G]) {
+        // SAFETY: the trait's contract: a whole block at w (ql at 0..128,
+        // qh at 128..192, scales at 192..208), 256 values and 16 sums per
+        // activation row, AVX-512 F/BW/VL.
+        unsafe {
+            let all = _mm256_cvtepi8_epi16(_mm_loadu_si128(w.add(192) as *const __m128i));
+            let all512 = _mm512_castsi256_si512(all);
+            let m4 = _mm512_set1_epi8(0x0F);
+            let m30 = _mm512_set1_epi8(0x30);
+            let halves = |lo: i16, hi: i16| {
+                _mm512_inserti64x4::<1>(
+                    _mm512_castsi256_si512(_mm256_set1_epi16(lo)),
+                    _mm256_set1_epi16(hi),
+                )
+            };
+            let (shl, shr) = (halves(4, 2), halves(0, 2));
+            let mut acc = [_mm512_setzero_si512(); G];
+            for h in 0..2 {
+                let ql = _mm512_loadu_si512(w.add(64 * h) as *const __m512i);
+                let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                    w.add(128 + 32 * h) as *const __m256i
+                ));
+                let codes = [
+                    _mm512_or_si512(
+                        _mm512_and_si512(ql, m4),
+                        _mm512_and_si512(_mm512_sllv_epi16(qh, shl), m30),
+                    ),
+                    _mm512_or_si512(
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4),
+                        _mm512_and_si512(_mm512_srlv_epi16(qh, shr), m30),
+                    ),
+                ];
+                for (c, &q) in codes.iter().enumerate() {
+                    // Scales 4 j..4 j + 4, each over 8 pairs of values.
+                    let j = (4 * h + 2 * c) as i16 * 2;
+                    let pick = _mm512_inserti64x4::<1>(
+                        _mm512_castsi256_si512(_mm256_setr_epi16(
+                            j,
+                            j,
+                            j,
+                            j,
+                            j,
+                            j,
+                            j,
+                            j,
+                            j + 1,
+                            j + 1,
+                            j + 1,
+                            j + 1,
+                            j + 1,
+                            j + 1,
+                            j + 1,
+                            j + 1,
+                        )),
+                        _mm256_setr_epi16(
+                            j + 2,
+                            j + 2,
+                            j + 2,
+                            j + 2,
+                            j + 2,
+                            j + 2,
+                            j + 2,
+                            j + 2,
+                            j + 3,
+                            j + 3,
+                            j + 3,
+                            j + 3,
+                            j + 3,
+                            j + 3,
+                            j + 3,
+                            j + 3,
+                        ),
+                    );
+                    let sc = _mm512_permutexvar_epi16(pick, all512);
+                    for (t, acc) in acc.iter_mut().enumerate() {
+                        let xv = _mm512_loadu_si512(x[t].add(128 * h + 64 * c) as *const __m512i);
+                        let p = _mm512_madd_epi16(_mm512_maddubs_epi16(q, xv), sc);
+                        *acc = _mm512_add_epi32(*acc, p);
+                    }
+                }
+            }
+            let mut a = [_mm256_setzero_si256(); G];
+            for (t, a) in a.iter_mut().enumerate() {
+                let sum = _mm256_add_epi32(
+                    _mm512_castsi512_si256(acc[t]),
+                    _mm512_extracti64x4_epi64::<1>(acc[t]),
+                );
+                // The codes' offset of 32: sum_s sc_s * 32 * sum(x).
+                let off = _mm256_madd_epi16(_mm256_loadu_si256(bs[t] as *const __m256i), all);
+                *a = _mm256_sub_epi32(sum, _mm256_slli_epi32::<5>(off));
+            }
+            (a, [_mm256_setzero_si256(); G])
+        }
+    }
 }
 
 impl VnniBlock for Q6K {
