@@ -470,15 +470,7 @@ macro_rules! iq_avx2 {
     ($($t:ty),* ; wide: $($w:ty),*) => {
         $(
         impl Avx2Block for $t {
-            #[inline(always)]
-            unsafe fn ints_avx2<const G: usize>(
-                w: *const u8,
-                x: [*const i8; G],
-                _bs: [*const i16; G],
-            ) -> ([__m256i; G], [__m256i; G]) {
-                // SAFETY: the trait's contract.
-                unsafe { (avx2_ints::<$t, G>(w, x), [_mm256_setzero_si256(); G]) }
-            }
+            iq_avx2!(@ints $t);
         }
 
         impl VnniBlock for $t {
@@ -491,15 +483,7 @@ macro_rules! iq_avx2 {
         )*
         $(
         impl Avx2Block for $w {
-            #[inline(always)]
-            unsafe fn ints_avx2<const G: usize>(
-                w: *const u8,
-                x: [*const i8; G],
-                _bs: [*const i16; G],
-            ) -> ([__m256i; G], [__m256i; G]) {
-                // SAFETY: the trait's contract.
-                unsafe { (avx2_ints::<$w, G>(w, x), [_mm256_setzero_si256(); G]) }
-            }
+            iq_avx2!(@ints $w);
 
             const WIDE: bool = true;
 
@@ -529,6 +513,17 @@ macro_rules! iq_avx2 {
             }
         }
         )*
+    };
+    (@ints $t:ty) => {
+        #[inline(always)]
+        unsafe fn ints_avx2<const G: usize>(
+            w: *const u8,
+            x: [*const i8; G],
+            _bs: [*const i16; G],
+        ) -> ([__m256i; G], [__m256i; G]) {
+            // SAFETY: the trait's contract.
+            unsafe { (avx2_ints::<$t, G>(w, x), [_mm256_setzero_si256(); G]) }
+        }
     };
 }
 

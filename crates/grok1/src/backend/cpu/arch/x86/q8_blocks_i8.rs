@@ -245,12 +245,7 @@ unsafe fn rows8<T: Avx2Block, const WIDE: bool, const G: usize>(
                 }
             }
         }
-        let mut out = [[0f32; 8]; 4];
-        for (o, a) in out.iter_mut().zip(acc) {
-            // SAFETY: 8 floats.
-            _mm256_storeu_ps(o.as_mut_ptr(), a);
-        }
-        out
+        lanes(acc)
     }
 }
 
@@ -393,13 +388,20 @@ unsafe fn rows8_interleaved<T: Avx2Block, const WIDE: bool, const G: usize>(
                 }
             }
         }
-        let mut out = [[0f32; 8]; 4];
-        for (o, a) in out.iter_mut().zip(acc) {
-            // SAFETY: 8 floats.
-            _mm256_storeu_ps(o.as_mut_ptr(), a);
-        }
-        out
+        lanes(acc)
     }
+}
+
+/// The lanes of up to four accumulators, as the drivers return them.
+#[inline]
+#[target_feature(enable = "avx")]
+fn lanes<const G: usize>(acc: [__m256; G]) -> [[f32; 8]; 4] {
+    let mut out = [[0f32; 8]; 4];
+    for (o, a) in out.iter_mut().zip(acc) {
+        // SAFETY: 8 floats.
+        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), a) };
+    }
+    out
 }
 
 /// The f16 scale fields of block `at` (bytes) of the eight rows `wp`, as f32
