@@ -100,11 +100,16 @@ proptest! {
                     // same bytes) may shrink a sub-block's scale to fit the
                     // rest and clip its largest value: 14.8% of amax in the
                     // saved case (quant.proptest-regressions), so amax/4.
+                    // Q4_0's search alike (candidate scales from max / 8.9
+                    // to max / 7.1, then the levels' least-squares scale):
+                    // a value of the other sign than the largest is clipped
+                    // at 7 steps, 15% of amax in the second saved case (the
+                    // old rounding gave the same bytes).
                     let tol = match t {
                         GgmlType::Q2K => amax / 1.5,
                         GgmlType::Q3K => amax / 3.0,
-                        GgmlType::Q4K | GgmlType::Q4_0 => amax / 7.0,
-                        GgmlType::IQ4_XS | GgmlType::IQ4_NL => amax / 4.0,
+                        GgmlType::Q4K => amax / 7.0,
+                        GgmlType::IQ4_XS | GgmlType::IQ4_NL | GgmlType::Q4_0 => amax / 4.0,
                         GgmlType::Q5K | GgmlType::Q5_0 | GgmlType::Q5_1 => amax / 14.0,
                         GgmlType::Q6K => amax / 20.0,
                         GgmlType::Q8_0 => amax / 100.0,
