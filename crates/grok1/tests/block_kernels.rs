@@ -281,6 +281,31 @@ fn long_rows_and_many_activation_rows() {
     check_type::<IQ4NL>(GgmlType::IQ4_NL, 12, 37, 1, 16);
 }
 
+/// Rows of no values (k = 0) are empty sums: every ISA writes 0 to each
+/// output (the scalar kernel wrote nothing and left what was there).
+#[test]
+fn empty_rows_give_zeros_on_every_isa() {
+    fn empty<T: RowBlock>(t: GgmlType) {
+        for m in [1, 3, 17] {
+            for isa in Isa::available() {
+                let act = ActQ8::quantize(isa, &[], m, 0, T::VALUES);
+                let mut out = vec![f32::NAN; 5 * m];
+                kernels::dot_rows_q8::<T>(isa, act.rows(0..m), &[], &mut out);
+                assert!(
+                    out.iter().all(|&v| v == 0.0),
+                    "{t} {} m={m}: {out:?}",
+                    isa.name()
+                );
+            }
+        }
+    }
+    empty::<Q4K>(GgmlType::Q4K);
+    empty::<Q6K>(GgmlType::Q6K);
+    empty::<Q4_0>(GgmlType::Q4_0);
+    empty::<IQ3XXS>(GgmlType::IQ3_XXS);
+    empty::<IQ4XS>(GgmlType::IQ4_XS);
+}
+
 /// Extreme codes and activations: every code at its largest with scales at
 /// their largest and activations at +-127 (the integer sums' worst case for
 /// i16 pairs and i32 totals), on every ISA.

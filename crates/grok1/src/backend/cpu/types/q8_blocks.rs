@@ -213,7 +213,10 @@ pub fn dot_rows_q8_scalar<T: QuantBlock>(act: ActQ8Rows, rows: &[u8], out_t: &mu
     let (m, k) = (act.m, act.k);
     let blocks = k / T::VALUES;
     let sums = T::VALUES / BSUM_VALUES;
-    for (c, row) in rows.chunks_exact((blocks * T::BYTES).max(1)).enumerate() {
+    let row_bytes = blocks * T::BYTES;
+    // By output row, so that rows of no values still get their empty sum.
+    for c in 0..out_t.len() / m.max(1) {
+        let row = &rows[c * row_bytes..(c + 1) * row_bytes];
         for i in 0..m {
             let mut acc = 0f32;
             for (b, block) in row.chunks_exact(T::BYTES).enumerate() {

@@ -286,7 +286,12 @@ unsafe fn rows8_whole<T: Avx2Block, const WIDE: bool>(
         assert!(blocks <= act.d.len() && blocks <= act.xsum.len() && scratch.len() >= blocks);
         assert!(blocks * per_block_sums <= act.bsums.len());
         let mut acc = _mm256_setzero_ps();
-        let run = if act.k <= WHOLE_MAX_VALUES { blocks } else { 1 };
+        // At least 1: rows of no values (k = 0) have no blocks to step over.
+        let run = if act.k <= WHOLE_MAX_VALUES {
+            blocks.max(1)
+        } else {
+            1
+        };
         for b0 in (0..blocks).step_by(run) {
             for (u, &w) in wp.iter().enumerate() {
                 for (b, ab) in scratch[b0..b0 + run].iter_mut().enumerate() {
