@@ -76,54 +76,23 @@ static EVEN_SIGNS: Vectors<2> = {
     Vectors(t)
 };
 
-/// The i16 scale vectors of [`dots`] from the scale bytes `s` (one per 32
-/// values, byte `at[p]` for part `p`): vector `m` holds part `2 m`'s scale
+/// The i16 scale vectors of [`dots`] from the scales among the i16 lanes of
+/// `words` (part `p`'s in lane `at[p]`): vector `m` holds part `2 m`'s scale
 /// in its first 16 words, part `2 m + 1`'s in the others.
-///
-/// # Safety
-/// AVX-512 F/BW/VBMI (inlined into a function with them).
-#[inline(always)]
-unsafe fn scale_words(s: __m512i, at: [u8; 8]) -> [__m512i; 4] {
-    // SAFETY: the caller's.
-    unsafe {
-        let mut out = [_mm512_setzero_si512(); 4];
-        for (m, o) in out.iter_mut().enumerate() {
-            let (lo, hi) = (at[2 * m], at[2 * m + 1]);
-            let idx = _mm512_set_epi64(
-                i64::from_le_bytes([hi; 8]),
-                i64::from_le_bytes([hi; 8]),
-                i64::from_le_bytes([hi; 8]),
-                i64::from_le_bytes([hi; 8]),
-                i64::from_le_bytes([lo; 8]),
-                i64::from_le_bytes([lo; 8]),
-                i64::from_le_bytes([lo; 8]),
-                i64::from_le_bytes([lo; 8]),
-            );
-            // The high byte of every word zero.
-            *o = _mm512_maskz_permutexvar_epi8(0x5555_5555_5555_5555, idx, s);
-        }
-        out
-    }
-}
-
-/// [`scale_words`] from eight signed scales as the i16 lanes of `s` (part
-/// `p`'s in lane `p`).
 ///
 /// # Safety
 /// AVX-512 F/BW (inlined into a function with them).
 #[inline(always)]
-unsafe fn scale_words_i16(s: __m128i) -> [__m512i; 4] {
+unsafe fn scale_words(words: __m512i, at: [i16; 8]) -> [__m512i; 4] {
     // SAFETY: the caller's.
     unsafe {
-        let s = _mm512_castsi128_si512(s);
         let mut out = [_mm512_setzero_si512(); 4];
         for (m, o) in out.iter_mut().enumerate() {
-            let (lo, hi) = (2 * m as i16, 2 * m as i16 + 1);
             let idx = _mm512_inserti64x4::<1>(
-                _mm512_castsi256_si512(_mm256_set1_epi16(lo)),
-                _mm256_set1_epi16(hi),
+                _mm512_castsi256_si512(_mm256_set1_epi16(at[2 * m])),
+                _mm256_set1_epi16(at[2 * m + 1]),
             );
-            *o = _mm512_permutexvar_epi16(idx, s);
+            *o = _mm512_permutexvar_epi16(idx, words);
         }
         out
     }
@@ -284,7 +253,8 @@ impl WideIq for IQ3XXS {
             let u = interleave(p);
             let aux = _mm256_loadu_si256(w.add(66) as *const __m256i);
             // Bytes 8 q..8 q + 8: the four 7-bit sign indices of aux[2 q], then
-            // of aux[2 q + 1]; bytes 8 q + 8.. of the second control: the scales.
+            // of aux[2 q + 1]; with the second control, bytes 8 q and 8 q + 1:
+            // the scales of parts 2 q and 2 q + 1 (bits 28 and 60).
             let sign_at = _mm256_set1_epi64x(i64::from_le_bytes([0, 7, 14, 21, 32, 39, 46, 53]));
             let sign_idx = _mm256_multishift_epi64_epi8(sign_at, aux);
             let sign_bytes = _mm512_permutex2var_epi8(
@@ -300,7 +270,7 @@ impl WideIq for IQ3XXS {
                 _mm256_set1_epi8(0x0F),
             );
             let s = _mm256_add_epi8(_mm256_add_epi8(s, s), _mm256_set1_epi8(1));
-            let scales = scale_words(_mm512_castsi256_si512(s), [0, 1, 8, 9, 16, 17, 24, 25]);
+            let scales = scale_words(_mm512_cvtepu8_epi16(s), [0, 1, 8, 9, 16, 17, 24, 25]);
             Parts {
                 u,
                 signs: [signs[0], signs[1], signs[2], signs[3]],
@@ -351,7 +321,9 @@ impl WideIq for IQ3S {
                 _mm_set1_epi8(0x0F),
             );
             let s = _mm_add_epi8(_mm_add_epi8(s, s), _mm_set1_epi8(1));
-            let scales = scale_words(_mm512_castsi128_si512(s), [0, 1, 2, 3, 4, 5, 6, 7]);
+            // Words 0..8 only are read: the upper half may be anything.
+            let s = _mm512_cvtepu8_epi16(_mm256_castsi128_si256(s));
+            let scales = scale_words(s, [0, 1, 2, 3, 4, 5, 6, 7]);
             Parts { u, signs, scales }
         }
     }
@@ -412,7 +384,10 @@ impl WideIq for IQ4XS {
             Parts {
                 u,
                 signs,
-                scales: scale_words_i16(_mm_cvtepi8_epi16(s)),
+                scales: scale_words(
+                    _mm512_castsi128_si512(_mm_cvtepi8_epi16(s)),
+                    [0, 1, 2, 3, 4, 5, 6, 7],
+                ),
             }
         }
     }
