@@ -399,6 +399,22 @@ fn tile_form_gives_the_block_integers() {
                 assert_eq!(got.1, want.1, "{t}: b");
             }
         }
+        // The AVX2 tiles add CODE_MAX-bounded products up in i16 lanes: no
+        // code may pass it (random blocks and every byte set).
+        if !T::SIGNED_CODES {
+            let mut codes = vec![0u8; T::VALUES];
+            let mut blocks = vec![vec![0xFFu8; T::BYTES]];
+            blocks.extend((0..200).map(|_| random_rows::<T>(1, 1, &mut rng)));
+            for block in &blocks {
+                T::tile_codes(block, &mut codes);
+                let top = codes.iter().copied().max().unwrap_or(0);
+                assert!(
+                    top <= T::CODE_MAX,
+                    "{t}: code {top} over CODE_MAX {}",
+                    T::CODE_MAX
+                );
+            }
+        }
     }
     check::<Q4K>(GgmlType::Q4K);
     check::<Q6K>(GgmlType::Q6K);

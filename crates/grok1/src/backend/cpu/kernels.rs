@@ -612,7 +612,10 @@ impl ActQ8 {
             tiles: ActTiles::default(),
         };
         if q8_blocks_tiled(isa, m) {
-            act.tiles = ActTiles::new(&act);
+            // The VNNI tiles multiply the activations as vpdpbusd's unsigned
+            // side, the AVX2 ones as maddubs's signed side.
+            let plus_128 = matches!(isa, Isa::Avx512Vnni | Isa::Amx);
+            act.tiles = ActTiles::new(&act, plus_128);
         }
         act
     }
@@ -645,9 +648,17 @@ fn quantize_act_block(isa: Isa, src: &[f32], dst: &mut [i8]) -> f32 {
 /// of them; below, the AVX2 kernel's four rows per unpacking do less.
 pub const Q8_BLOCKS_TILE_MIN_M: usize = 10;
 
+/// The same for the AVX2 tiles (`arch/x86/q8_blocks_tiles_avx2.rs`, eight
+/// rows per instruction).
+pub const Q8_BLOCKS_AVX2_TILE_MIN_M: usize = 8;
+
 /// Whether [`ActQ8::quantize`] lays out `m` rows for the tile kernel on `isa`.
 fn q8_blocks_tiled(isa: Isa, m: usize) -> bool {
-    matches!(isa, Isa::Avx512Vnni | Isa::Amx) && m >= Q8_BLOCKS_TILE_MIN_M
+    match isa {
+        Isa::Avx512Vnni | Isa::Amx => m >= Q8_BLOCKS_TILE_MIN_M,
+        Isa::Avx2 => m >= Q8_BLOCKS_AVX2_TILE_MIN_M,
+        _ => false,
+    }
 }
 
 /// `out_t[c][i] = x[i] . row_c` for weight rows of block type `T` (`rows`
@@ -680,6 +691,14 @@ pub fn dot_rows_q8<T: RowBlock>(isa: Isa, act: ActQ8Rows, rows: &[u8], out_t: &m
             // and AVX-512 F/BW/VL/VNNI (Isa::best); the sizes are checked
             // above, the tiles made by ActQ8::quantize for these rows.
             unsafe { x86::q8_blocks_vnni::dot_rows_q8_vnni::<T>(act, rows, out_t) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if act.tiles.is_some() && !T::SIGNED_CODES => {
+            // SAFETY: AVX2/FMA are present (Isa::best), F16C with them on
+            // every CPU that has both; the sizes are checked above, the
+            // tiles made by ActQ8::quantize for these rows, without the 128
+            // on this ISA.
+            unsafe { x86::q8_blocks_tiles_avx2::dot_rows_q8_tiles_avx2::<T>(act, rows, out_t) }
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni | Isa::Amx if T::WIDE && x86::q8_blocks_i8::wide_available() => {

@@ -48,6 +48,7 @@ impl super::q8_blocks::TileBlock for Q2K {
     const SUB: usize = 16;
     const SCALED: bool = true;
     const HAS_CA: bool = false;
+    const CODE_MAX: u8 = 3;
 
     fn tile_codes(block: &[u8], out: &mut [u8]) {
         out.copy_from_slice(&q2_k_codes(block));

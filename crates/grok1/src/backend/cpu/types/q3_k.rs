@@ -65,6 +65,7 @@ impl super::q8_blocks::TileBlock for Q3K {
     const SUB: usize = 16;
     const SCALED: bool = true;
     const HAS_CA: bool = true;
+    const CODE_MAX: u8 = 7;
 
     fn tile_codes(block: &[u8], out: &mut [u8]) {
         out.copy_from_slice(&q3_k_codes(block));

@@ -47,6 +47,7 @@ impl super::q8_blocks::TileBlock for Q4_0 {
     const SUB: usize = 32;
     const SCALED: bool = false;
     const HAS_CA: bool = true;
+    const CODE_MAX: u8 = 15;
 
     fn tile_codes(block: &[u8], out: &mut [u8]) {
         out.copy_from_slice(&legacy_codes(&block[2..18], None));

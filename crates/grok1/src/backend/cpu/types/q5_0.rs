@@ -27,6 +27,7 @@ impl super::q8_blocks::TileBlock for Q5_0 {
     const SUB: usize = 32;
     const SCALED: bool = false;
     const HAS_CA: bool = true;
+    const CODE_MAX: u8 = 31;
 
     fn tile_codes(block: &[u8], out: &mut [u8]) {
         out.copy_from_slice(&legacy_codes(&block[6..22], Some(qh_at(block, 2))));

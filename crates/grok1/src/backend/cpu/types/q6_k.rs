@@ -58,6 +58,7 @@ impl super::q8_blocks::TileBlock for Q6K {
     const SUB: usize = 16;
     const SCALED: bool = true;
     const HAS_CA: bool = true;
+    const CODE_MAX: u8 = 63;
 
     fn tile_codes(block: &[u8], out: &mut [u8]) {
         out.copy_from_slice(&q6_k_codes(block));

@@ -49,13 +49,16 @@ pub struct ActQ8 {
 /// Activations in tiles of [`ROW_PAD`] rows (zero rows past `m`), for the
 /// tile kernels, which multiply sixteen activation rows (one per i32 lane)
 /// by a weight row's four codes broadcast: per tile and block, `VALUES / 4`
-/// vectors of 64 bytes, row `r`'s four values of each quad at `4 * r`, each
-/// plus 128 (`vpdpbusd`'s unsigned side; the weights' code sums take the 128
-/// back off); the block's scales of the 16 rows; and per pair of sums of 16
-/// (`bsums[2p]`, `bsums[2p + 1]`), the 16 rows' pairs as i16 halves of an
-/// i32.
+/// vectors of 64 bytes, row `r`'s four values of each quad at `4 * r`, as
+/// they are or, where `plus_128`, each plus 128 (`vpdpbusd`'s unsigned side;
+/// the weights' code sums take the 128 back off; the AVX2 tiles multiply
+/// them as the signed side of `maddubs` instead); the block's scales of the
+/// 16 rows; and per pair of sums of 16 (`bsums[2p]`, `bsums[2p + 1]`), the
+/// 16 rows' pairs as i16 halves of an i32.
 pub struct ActTiles {
     pub q: Aligned<i8>,
+    /// Whether `q` holds the values plus 128.
+    pub plus_128: bool,
     /// `[tile][block][ROW_PAD]`.
     pub d: Vec<f32>,
     /// `[tile][block][VALUES / 32][ROW_PAD]`.
@@ -67,6 +70,7 @@ impl Default for ActTiles {
     fn default() -> Self {
         ActTiles {
             q: Aligned::zeros(0),
+            plus_128: false,
             d: Vec::new(),
             bs: Vec::new(),
         }
@@ -74,8 +78,9 @@ impl Default for ActTiles {
 }
 
 impl ActTiles {
-    /// The tiles of `act` (its `m` rows).
-    pub fn new(act: &ActQ8) -> ActTiles {
+    /// The tiles of `act` (its `m` rows), the values plus 128 where
+    /// `plus_128`.
+    pub fn new(act: &ActQ8, plus_128: bool) -> ActTiles {
         let (m, k, values) = (act.m, act.k, act.block);
         let (blocks, pairs, quads) = (k / values, values / 32, values / 4);
         let tiles = m.div_ceil(ROW_PAD);
@@ -83,8 +88,9 @@ impl ActTiles {
         let qs = q.as_mut_slice();
         let mut d = vec![0f32; tiles * blocks * ROW_PAD];
         let mut bs = vec![0i32; tiles * blocks * pairs * ROW_PAD];
-        // Padding rows: zero activations, stored plus 128 as every other.
-        qs.fill(-128);
+        // Padding rows: zero activations, stored as every other.
+        let flip: u8 = if plus_128 { 0x80 } else { 0 };
+        qs.fill(flip as i8);
         for i in 0..m {
             let (t, r) = (i / ROW_PAD, i % ROW_PAD);
             for b in 0..blocks {
@@ -100,12 +106,12 @@ impl ActTiles {
                     let dst = ((tb * quads + qd) * ROW_PAD + r) * 4;
                     let src = i * k + b * values + 4 * qd;
                     for (o, &v) in qs[dst..dst + 4].iter_mut().zip(&act.q[src..src + 4]) {
-                        *o = (v as u8 ^ 0x80) as i8;
+                        *o = (v as u8 ^ flip) as i8;
                     }
                 }
             }
         }
-        ActTiles { q, d, bs }
+        ActTiles { q, plus_128, d, bs }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -272,6 +278,10 @@ pub trait TileBlock: QuantBlock {
     /// Whether the codes are signed bytes (the i-quants' signed levels,
     /// each within -127..=127) rather than unsigned ones below 128.
     const SIGNED_CODES: bool = false;
+    /// The largest code `tile_codes` gives (unsigned codes): how many
+    /// `maddubs` of codes against int8 activations the AVX2 tiles add up
+    /// in i16 lanes before they widen them (`tests/quant.rs` checks it).
+    const CODE_MAX: u8 = 127;
 
     /// The block's `VALUES` codes (each below 128, or signed bytes where
     /// [`TileBlock::SIGNED_CODES`]), in value order.

@@ -33,6 +33,7 @@ pub mod q6_k_i8;
 pub mod q8_0_f32;
 pub mod q8_0_i8;
 pub mod q8_blocks_i8;
+pub mod q8_blocks_tiles_avx2;
 pub mod q8_blocks_vnni;
 pub mod quantize;
 pub mod read;

@@ -134,19 +134,25 @@ unsafe fn q8_0_int8_rows8<const G: usize>(
     out
 }
 
-/// Lane `u` of the result is the sum of `p[u]`'s eight lanes (a transpose
-/// and add in three rounds of horizontal adds).
+/// Lane `u` of the result is the sum of `p[u]`'s eight lanes: a transpose
+/// and add in three rounds of unpacks (one-uop shuffles; `hadd` is three
+/// uops on AMD's cores and was the decode kernels' bottleneck on a Zen 3:
+/// six of them a block of eight rows).
 #[inline(always)]
 pub(super) fn sums8(p: [__m256i; 8]) -> __m256i {
     // SAFETY: AVX2 is enabled in every caller (inlined into them).
     unsafe {
-        let ab = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
-        let cd = _mm256_hadd_epi32(_mm256_hadd_epi32(p[4], p[5]), _mm256_hadd_epi32(p[6], p[7]));
-        // Each 128-bit half of ab holds rows 0..4's sums of lanes 0..4 (low)
-        // or 4..8 (high); cd the same for rows 4..8.
+        // Per 128-bit half: [a0 + a2, b0 + b2, a1 + a3, b1 + b3].
+        let pair =
+            |a, b| _mm256_add_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b));
+        // Per 128-bit half: the four rows' sums of that half's lanes.
+        let quad =
+            |ab, cd| _mm256_add_epi32(_mm256_unpacklo_epi64(ab, cd), _mm256_unpackhi_epi64(ab, cd));
+        let lo = quad(pair(p[0], p[1]), pair(p[2], p[3]));
+        let hi = quad(pair(p[4], p[5]), pair(p[6], p[7]));
         _mm256_add_epi32(
-            _mm256_permute2x128_si256::<0x20>(ab, cd),
-            _mm256_permute2x128_si256::<0x31>(ab, cd),
+            _mm256_permute2x128_si256::<0x20>(lo, hi),
+            _mm256_permute2x128_si256::<0x31>(lo, hi),
         )
     }
 }

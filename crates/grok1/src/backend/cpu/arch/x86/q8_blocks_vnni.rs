@@ -43,22 +43,24 @@ pub trait VnniBlock: TileBlock {
 }
 
 /// Weight rows per group: their sums for a tile stay in registers.
-const GROUP: usize = 8;
+pub(super) const GROUP: usize = 8;
 
-/// A group's weights as the tiles read them.
-struct Unpacked {
+/// A group's weights as the tiles read them (here and in
+/// `q8_blocks_tiles_avx2`).
+pub(super) struct Unpacked {
     /// `[GROUP][k]` codes.
-    codes: Aligned<i8>,
-    /// `[block][sub-block][GROUP]`: scales, and `-128` times the codes' sums.
-    sc: Vec<i32>,
-    start: Vec<i32>,
+    pub(super) codes: Aligned<i8>,
+    /// `[block][sub-block][GROUP]`: scales, and `-128` times the codes' sums
+    /// (made only where `fill` is asked for them).
+    pub(super) sc: Vec<i32>,
+    pub(super) start: Vec<i32>,
     /// `[block][pair of sums of 16][GROUP]`: `ca` and `cb` pairs as i16
     /// halves of an i32.
-    ca: Vec<i32>,
-    cb: Vec<i32>,
+    pub(super) ca: Vec<i32>,
+    pub(super) cb: Vec<i32>,
     /// `[block][GROUP]`: the f32 scales.
-    sa: Vec<f32>,
-    sb: Vec<f32>,
+    pub(super) sa: Vec<f32>,
+    pub(super) sb: Vec<f32>,
 }
 
 /// The sum of the `n` (a multiple of 16) codes at `p`.
@@ -96,7 +98,7 @@ unsafe fn signed_code_sum(p: *const i8, n: usize) -> i32 {
 }
 
 impl Unpacked {
-    fn new<T: TileBlock>(k: usize) -> Self {
+    pub(super) fn new<T: TileBlock>(k: usize) -> Self {
         let blocks = k / T::VALUES;
         let per = |n: usize| vec![0i32; blocks * n * GROUP];
         Unpacked {
@@ -111,13 +113,20 @@ impl Unpacked {
     }
 
     /// Unpacks weight rows `0..r` of `rows` (`row_bytes` apart; lanes from
-    /// `r` on repeat the last row).
+    /// `r` on repeat the last row), with the codes' sums (`start`) where
+    /// `START`.
     ///
     /// # Safety
     /// AVX2; `rows` holds `r` rows of `k / VALUES` blocks, `1 <= r <= 8`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn fill<T: VnniBlock>(&mut self, rows: &[u8], r: usize, row_bytes: usize, k: usize) {
+    pub(super) unsafe fn fill<T: VnniBlock, const START: bool>(
+        &mut self,
+        rows: &[u8],
+        r: usize,
+        row_bytes: usize,
+        k: usize,
+    ) {
         let blocks = k / T::VALUES;
         let (nsub, pairs) = (T::VALUES / T::SUB, T::VALUES / 32);
         assert!((1..=GROUP).contains(&r) && rows.len() >= r * row_bytes);
@@ -140,6 +149,9 @@ impl Unpacked {
                 for (j, &scale) in sc[..nsub].iter().enumerate() {
                     let at = (b * nsub + j) * GROUP + u;
                     self.sc[at] = scale;
+                    if !START {
+                        continue;
+                    }
                     // SAFETY: sub-block j's SUB codes are inside dst.
                     self.start[at] = -128
                         * unsafe {
@@ -178,6 +190,10 @@ pub unsafe fn dot_rows_q8_vnni<T: VnniBlock>(act: ActQ8Rows, rows: &[u8], out_t:
     let tiles = act
         .tiles
         .expect("dot_rows_q8_vnni: activations without tiles");
+    assert!(
+        tiles.plus_128,
+        "dot_rows_q8_vnni: activations not stored plus 128"
+    );
     let blocks = k / T::VALUES;
     let (nsub, pairs, quads) = (T::VALUES / T::SUB, T::VALUES / 32, T::VALUES / 4);
     let row_bytes = blocks * T::BYTES;
@@ -191,7 +207,7 @@ pub unsafe fn dot_rows_q8_vnni<T: VnniBlock>(act: ActQ8Rows, rows: &[u8], out_t:
     while c < nrows {
         let r = (nrows - c).min(GROUP);
         // SAFETY: rows c..c + r exist (asserted above).
-        unsafe { w.fill::<T>(&rows[c * row_bytes..(c + r) * row_bytes], r, row_bytes, k) };
+        unsafe { w.fill::<T, true>(&rows[c * row_bytes..(c + r) * row_bytes], r, row_bytes, k) };
         let codes = w.codes.as_ptr();
         // The next group's rows, prefetched while the tiles pass over this
         // one: the unpacking reads them next, and nothing else would fetch

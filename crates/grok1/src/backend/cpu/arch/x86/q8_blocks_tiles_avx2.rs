@@ -1,0 +1,181 @@
+//! GGUF's K-quant and legacy rows against activations quantised per block,
+//! AVX2 tiles for many activation rows (prompt processing on CPUs without
+//! AVX-512 VNNI), bit-identical to `q8_blocks::dot_rows_q8_scalar`.
+//!
+//! The same scheme as the VNNI tiles (`q8_blocks_vnni`): each group of
+//! eight weight rows is unpacked once into their unsigned codes and integer
+//! scales (`Unpacked`), then the activations pass over it in tiles
+//! (`ActTiles`, here without the 128 added: one activation row's quad of
+//! four values per i32 lane, eight rows per vector), a weight row's quad of
+//! codes broadcast per `maddubs` (codes the unsigned side, activations the
+//! signed one: no saturation for codes below 128). `maddubs` leaves each
+//! row's sums in two i16 lanes; several are added there before one `madd`
+//! with the sub-block's scale widens them to i32 (as many as the type's
+//! largest code allows: `TileBlock::CODE_MAX`), so that most of the work
+//! is one `maddubs` and one i16 add per 32 products, where the row-wise
+//! kernel (`q8_blocks_i8`) spends a `maddubs`, a `madd` and an add, and a
+//! transpose of every block's sums. The activations' sums of 16 take the
+//! offsets and mins (`madd`). The integers are exact, and each block's f32
+//! work is the scalar kernel's: `acc = fma(f32(a), sa * dx, acc)`, then
+//! `acc = fma(f32(b), sb * dx, acc)`.
+
+use std::arch::x86_64::*;
+
+use super::q8_blocks_vnni::{Unpacked, VnniBlock, GROUP};
+use crate::backend::cpu::common::ROW_PAD;
+use crate::backend::cpu::types::q8_blocks::ActQ8Rows;
+
+/// Weight rows per pass over a tile's half: their i32, i16 and f32 sums
+/// stay in the sixteen vector registers.
+const ROWS: usize = 4;
+/// Activation rows per vector (i32 lanes).
+const LANES: usize = 8;
+
+/// AVX2 tile version of `q8_blocks::dot_rows_q8_scalar`, bit-identical to
+/// it (the module's description), for activations with tiles stored as
+/// they are (`ActTiles::plus_128` false) and types whose codes are
+/// unsigned.
+///
+/// # Safety
+/// AVX2, FMA and F16C; the bounds `kernels::dot_rows_q8` checks, and
+/// `act.tiles` made by `ActQ8::quantize` for these `act.m` rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_rows_q8_tiles_avx2<T: VnniBlock>(act: ActQ8Rows, rows: &[u8], out_t: &mut [f32]) {
+    let (m, k) = (act.m, act.k);
+    let tiles = act
+        .tiles
+        .expect("dot_rows_q8_tiles_avx2: activations without tiles");
+    assert!(
+        !tiles.plus_128 && !T::SIGNED_CODES,
+        "dot_rows_q8_tiles_avx2: signed activations and unsigned codes only"
+    );
+    let blocks = k / T::VALUES;
+    let (nsub, pairs, quads) = (T::VALUES / T::SUB, T::VALUES / 32, T::VALUES / 4);
+    let row_bytes = blocks * T::BYTES;
+    let nrows = out_t.len() / m;
+    let ntiles = m.div_ceil(ROW_PAD);
+    assert!(rows.len() >= nrows * row_bytes && act.block == T::VALUES);
+    assert!(tiles.q.len() >= ntiles * k * ROW_PAD && tiles.d.len() >= ntiles * blocks * ROW_PAD);
+    assert!(tiles.bs.len() >= ntiles * blocks * pairs * ROW_PAD);
+    // maddubs of codes up to CODE_MAX against |x| <= 127 is at most
+    // 2 * 127 * CODE_MAX in each i16 lane: this many fit before widening.
+    let run = (i16::MAX as usize / (2 * 127 * usize::from(T::CODE_MAX))).max(1);
+    let sub_quads = T::SUB / 4;
+    let mut w = Unpacked::new::<T>(k);
+    let mut c = 0;
+    while c < nrows {
+        let r = (nrows - c).min(GROUP);
+        // SAFETY: rows c..c + r exist (asserted above).
+        unsafe { w.fill::<T, false>(&rows[c * row_bytes..(c + r) * row_bytes], r, row_bytes, k) };
+        let codes = w.codes.as_ptr();
+        for half in 0..2 * ntiles {
+            let (t, h) = (half / 2, half % 2);
+            let i0 = t * ROW_PAD + h * LANES;
+            if i0 >= m {
+                break;
+            }
+            for u0 in (0..r).step_by(ROWS) {
+                let mut f = [_mm256_setzero_ps(); ROWS];
+                for b in 0..blocks {
+                    let tb = t * blocks + b;
+                    // SAFETY: tile t's block b is `quads` quads of 64 bytes
+                    // inside tiles.q, this half the 32 bytes at h * 32 of
+                    // each; its scales and sums inside tiles.d and tiles.bs
+                    // (asserted above); rows u0..u0 + ROWS of the group
+                    // (GROUP >= u0 + ROWS: lanes past r repeat row r - 1)
+                    // have their codes of block b inside w.codes and their
+                    // scales inside w's vectors (made for k).
+                    unsafe {
+                        let xt = tiles.q.as_ptr().add(tb * quads * 64 + h * 32);
+                        let dx = _mm256_loadu_ps(tiles.d.as_ptr().add(tb * ROW_PAD + h * LANES));
+                        let mut a = [_mm256_setzero_si256(); ROWS];
+                        for j in 0..nsub {
+                            let at = (b * nsub + j) * GROUP + u0;
+                            let mut scale = [_mm256_setzero_si256(); ROWS];
+                            for (u, scale) in scale.iter_mut().enumerate() {
+                                // Sub-block scales are 8-bit in every format.
+                                *scale = _mm256_set1_epi16(w.sc[at + u] as i16);
+                            }
+                            let mut g0 = 0;
+                            while g0 < sub_quads {
+                                let mut s = [_mm256_setzero_si256(); ROWS];
+                                for g in g0..(g0 + run).min(sub_quads) {
+                                    let qd = j * sub_quads + g;
+                                    let x = _mm256_load_si256(xt.add(qd * 64) as *const __m256i);
+                                    for (u, s) in s.iter_mut().enumerate() {
+                                        let q = codes.add((u0 + u) * k + b * T::VALUES + 4 * qd);
+                                        let q =
+                                            _mm256_set1_epi32((q as *const i32).read_unaligned());
+                                        *s = _mm256_add_epi16(*s, _mm256_maddubs_epi16(q, x));
+                                    }
+                                }
+                                for ((a, s), scale) in a.iter_mut().zip(s).zip(scale) {
+                                    *a = _mm256_add_epi32(*a, _mm256_madd_epi16(s, scale));
+                                }
+                                g0 += run;
+                            }
+                        }
+                        let bs = tiles.bs.as_ptr().add(tb * pairs * ROW_PAD + h * LANES);
+                        if T::HAS_CA {
+                            for p in 0..pairs {
+                                let v = _mm256_loadu_si256(bs.add(p * ROW_PAD) as *const __m256i);
+                                for (u, a) in a.iter_mut().enumerate() {
+                                    let ca = w.ca[(b * pairs + p) * GROUP + u0 + u];
+                                    *a = _mm256_add_epi32(
+                                        *a,
+                                        _mm256_madd_epi16(v, _mm256_set1_epi32(ca)),
+                                    );
+                                }
+                            }
+                        }
+                        for (u, (f, a)) in f.iter_mut().zip(a).enumerate() {
+                            // sa * dx rounded once per row, as the scalar kernel does.
+                            let d = _mm256_mul_ps(_mm256_set1_ps(w.sa[b * GROUP + u0 + u]), dx);
+                            *f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), d, *f);
+                        }
+                        if T::HAS_B {
+                            let mut bb = [_mm256_setzero_si256(); ROWS];
+                            for p in 0..pairs {
+                                let v = _mm256_loadu_si256(bs.add(p * ROW_PAD) as *const __m256i);
+                                for (u, bb) in bb.iter_mut().enumerate() {
+                                    let cb = w.cb[(b * pairs + p) * GROUP + u0 + u];
+                                    *bb = _mm256_add_epi32(
+                                        *bb,
+                                        _mm256_madd_epi16(v, _mm256_set1_epi32(cb)),
+                                    );
+                                }
+                            }
+                            for (u, (f, bb)) in f.iter_mut().zip(bb).enumerate() {
+                                let d = _mm256_mul_ps(_mm256_set1_ps(w.sb[b * GROUP + u0 + u]), dx);
+                                *f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(bb), d, *f);
+                            }
+                        }
+                    }
+                }
+                store_rows(&f[..ROWS.min(r - u0)], out_t, c + u0, m, i0);
+            }
+        }
+        c += r;
+    }
+}
+
+/// Writes `f[u]` (weight row `c + u`'s sums for activation rows `i0 .. i0 +
+/// 8`) into `out_t` (`[weight row][m]`), the lanes past `m` left out.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn store_rows(f: &[__m256], out_t: &mut [f32], c: usize, m: usize, i0: usize) {
+    let live = (m - i0).min(LANES);
+    for (u, fu) in f.iter().enumerate() {
+        let at = (c + u) * m + i0;
+        let dst = &mut out_t[at..at + live];
+        if live == LANES {
+            // SAFETY: 8 floats at dst (its length).
+            unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), *fu) };
+        } else {
+            let mut lanes = [0f32; LANES];
+            // SAFETY: 8 floats.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *fu) };
+            dst.copy_from_slice(&lanes[..live]);
+        }
+    }
+}
