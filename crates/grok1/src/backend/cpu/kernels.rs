@@ -693,7 +693,7 @@ pub fn dot_rows_q8<T: RowBlock>(isa: Isa, act: ActQ8Rows, rows: &[u8], out_t: &m
             unsafe { x86::q8_blocks_vnni::dot_rows_q8_vnni::<T>(act, rows, out_t) }
         }
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if act.tiles.is_some() && !T::SIGNED_CODES => {
+        Isa::Avx2 if act.tiles.is_some() && (!T::SIGNED_CODES || T::LEVEL_BIAS > 0) => {
             // SAFETY: AVX2/FMA are present (Isa::best), F16C with them on
             // every CPU that has both; the sizes are checked above, the
             // tiles made by ActQ8::quantize for these rows, without the 128

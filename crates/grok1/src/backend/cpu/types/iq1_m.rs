@@ -42,4 +42,4 @@ fn scales(block: &[u8]) -> [i32; 16] {
     iq1_m_scales(block)
 }
 
-iq_block!(IQ1M, values: 256, bytes: 56, sub: 16, sa_mul: 0.125, sa_bits: iq1_m_d_bits);
+iq_block!(IQ1M, values: 256, bytes: 56, sub: 16, sa_mul: 0.125, bias: 16, sa_bits: iq1_m_d_bits);

@@ -28,4 +28,4 @@ fn scales(block: &[u8]) -> [i32; 8] {
     std::array::from_fn(|ib| 2 * i32::from(u16_at(block, 34 + 2 * ib) >> 12 & 7) + 1)
 }
 
-iq_block!(IQ1S, values: 256, bytes: 50, sub: 32, sa_mul: 0.125);
+iq_block!(IQ1S, values: 256, bytes: 50, sub: 32, sa_mul: 0.125, bias: 16);

@@ -24,4 +24,4 @@ fn scales(block: &[u8]) -> [i32; 16] {
     iq2_scales16(&block[74..82])
 }
 
-iq_block!(IQ2S, values: 256, bytes: 82, sub: 16, sa_mul: 0.125);
+iq_block!(IQ2S, values: 256, bytes: 82, sub: 16, sa_mul: 0.125, bias: 44);

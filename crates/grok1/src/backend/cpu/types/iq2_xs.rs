@@ -27,4 +27,4 @@ fn scales(block: &[u8]) -> [i32; 16] {
     iq2_scales16(&block[66..74])
 }
 
-iq_block!(IQ2XS, values: 256, bytes: 74, sub: 16, sa_mul: 0.125);
+iq_block!(IQ2XS, values: 256, bytes: 74, sub: 16, sa_mul: 0.125, bias: 44);

@@ -24,4 +24,4 @@ fn scales(block: &[u8]) -> [i32; 8] {
     std::array::from_fn(|ib| 2 * (u32_at(block, 6 + 8 * ib) >> 28) as i32 + 1)
 }
 
-iq_block!(IQ2XXS, values: 256, bytes: 66, sub: 32, sa_mul: 0.125);
+iq_block!(IQ2XXS, values: 256, bytes: 66, sub: 32, sa_mul: 0.125, bias: 44);

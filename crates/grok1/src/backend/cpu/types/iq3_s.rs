@@ -24,4 +24,4 @@ fn scales(block: &[u8]) -> [i32; 8] {
     std::array::from_fn(|j| 2 * i32::from(block[106 + j / 2] >> (4 * (j % 2)) & 0x0F) + 1)
 }
 
-iq_block!(IQ3S, values: 256, bytes: 110, sub: 32, sa_mul: 1.0);
+iq_block!(IQ3S, values: 256, bytes: 110, sub: 32, sa_mul: 1.0, bias: 16);

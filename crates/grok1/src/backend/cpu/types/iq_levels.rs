@@ -58,14 +58,15 @@ pub fn u32_at(b: &[u8], at: usize) -> u32 {
 /// VALUES / SUB]`: `a = scaled_level_dot(levels, scales)`, no `b`; the f16
 /// `d` at byte 0 unless `sa_bits` says where it is.
 macro_rules! iq_block {
-    ($t:ty, values: $values:expr, bytes: $bytes:expr, sub: $sub:expr, sa_mul: $mul:expr) => {
+    ($t:ty, values: $values:expr, bytes: $bytes:expr, sub: $sub:expr, sa_mul: $mul:expr,
+     bias: $bias:expr) => {
         $crate::backend::cpu::types::iq_levels::iq_block!(
-            $t, values: $values, bytes: $bytes, sub: $sub, sa_mul: $mul,
+            $t, values: $values, bytes: $bytes, sub: $sub, sa_mul: $mul, bias: $bias,
             sa_bits: |block: &[u8]| u16::from_le_bytes([block[0], block[1]])
         );
     };
     ($t:ty, values: $values:expr, bytes: $bytes:expr, sub: $sub:expr, sa_mul: $mul:expr,
-     sa_bits: $sa_bits:expr) => {
+     bias: $bias:expr, sa_bits: $sa_bits:expr) => {
         impl $crate::backend::cpu::types::q8_blocks::QuantBlock for $t {
             const VALUES: usize = $values;
             const BYTES: usize = $bytes;
@@ -99,6 +100,8 @@ macro_rules! iq_block {
             const SCALED: bool = true;
             const HAS_CA: bool = false;
             const SIGNED_CODES: bool = true;
+            const LEVEL_BIAS: u8 = $bias;
+            const CODE_MAX: u8 = if $bias == 0 { 127 } else { 2 * $bias - 1 };
 
             fn tile_codes(block: &[u8], out: &mut [u8]) {
                 for (o, &l) in out.iter_mut().zip(levels(block).iter()) {

@@ -278,10 +278,17 @@ pub trait TileBlock: QuantBlock {
     /// Whether the codes are signed bytes (the i-quants' signed levels,
     /// each within -127..=127) rather than unsigned ones below 128.
     const SIGNED_CODES: bool = false;
-    /// The largest code `tile_codes` gives (unsigned codes): how many
-    /// `maddubs` of codes against int8 activations the AVX2 tiles add up
-    /// in i16 lanes before they widen them (`tests/quant.rs` checks it).
+    /// The largest code `tile_codes` gives (unsigned codes), or level plus
+    /// [`TileBlock::LEVEL_BIAS`] (signed ones): how many `maddubs` of codes
+    /// against int8 activations the AVX2 tiles add up in i16 lanes before
+    /// they widen them (`tests/block_kernels.rs` checks it).
     const CODE_MAX: u8 = 127;
+    /// Signed codes only: a bias that makes every level a code in
+    /// `0..=CODE_MAX`, so that the AVX2 tiles multiply `level + bias` as
+    /// `maddubs`'s unsigned side and take `bias` times the activations'
+    /// sums back off; 0 where the levels span too much for one (IQ4's
+    /// reach -127), and those types are not tiled on AVX2.
+    const LEVEL_BIAS: u8 = 0;
 
     /// The block's `VALUES` codes (each below 128, or signed bytes where
     /// [`TileBlock::SIGNED_CODES`]), in value order.

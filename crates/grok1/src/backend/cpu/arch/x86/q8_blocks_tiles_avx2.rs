@@ -15,7 +15,10 @@
 //! is one `maddubs` and one i16 add per 32 products, where the row-wise
 //! kernel (`q8_blocks_i8`) spends a `maddubs`, a `madd` and an add, and a
 //! transpose of every block's sums. The activations' sums of 16 take the
-//! offsets and mins (`madd`). The integers are exact, and each block's f32
+//! offsets and mins (`madd`). The i-quants' signed levels become codes by
+//! a bias (`TileBlock::LEVEL_BIAS`: `level + bias` is below 128 for every
+//! type but IQ4's, which keep the row-wise kernel), taken back off with
+//! the sums of 16 as an offset is. The integers are exact, and each block's f32
 //! work is the scalar kernel's: `acc = fma(f32(a), sa * dx, acc)`, then
 //! `acc = fma(f32(b), sb * dx, acc)`.
 
@@ -23,7 +26,7 @@ use std::arch::x86_64::*;
 
 use super::q8_blocks_vnni::{Unpacked, VnniBlock, GROUP};
 use crate::backend::cpu::common::ROW_PAD;
-use crate::backend::cpu::types::q8_blocks::ActQ8Rows;
+use crate::backend::cpu::types::q8_blocks::{ActQ8Rows, BSUM_VALUES};
 
 /// Weight rows per pass over a tile's half: their i32, i16 and f32 sums
 /// stay in the sixteen vector registers.
@@ -46,8 +49,8 @@ pub unsafe fn dot_rows_q8_tiles_avx2<T: VnniBlock>(act: ActQ8Rows, rows: &[u8], 
         .tiles
         .expect("dot_rows_q8_tiles_avx2: activations without tiles");
     assert!(
-        !tiles.plus_128 && !T::SIGNED_CODES,
-        "dot_rows_q8_tiles_avx2: signed activations and unsigned codes only"
+        !tiles.plus_128 && (!T::SIGNED_CODES || T::LEVEL_BIAS > 0),
+        "dot_rows_q8_tiles_avx2: signed activations, and unsigned codes or biased levels only"
     );
     let blocks = k / T::VALUES;
     let (nsub, pairs, quads) = (T::VALUES / T::SUB, T::VALUES / 32, T::VALUES / 4);
@@ -67,6 +70,9 @@ pub unsafe fn dot_rows_q8_tiles_avx2<T: VnniBlock>(act: ActQ8Rows, rows: &[u8], 
         let r = (nrows - c).min(GROUP);
         // SAFETY: rows c..c + r exist (asserted above).
         unsafe { w.fill::<T, false>(&rows[c * row_bytes..(c + r) * row_bytes], r, row_bytes, k) };
+        if T::SIGNED_CODES {
+            bias_levels::<T>(&mut w);
+        }
         let codes = w.codes.as_ptr();
         for half in 0..2 * ntiles {
             let (t, h) = (half / 2, half % 2);
@@ -116,7 +122,7 @@ pub unsafe fn dot_rows_q8_tiles_avx2<T: VnniBlock>(act: ActQ8Rows, rows: &[u8], 
                             }
                         }
                         let bs = tiles.bs.as_ptr().add(tb * pairs * ROW_PAD + h * LANES);
-                        if T::HAS_CA {
+                        if T::HAS_CA || T::SIGNED_CODES {
                             for p in 0..pairs {
                                 let v = _mm256_loadu_si256(bs.add(p * ROW_PAD) as *const __m256i);
                                 for (u, a) in a.iter_mut().enumerate() {
@@ -156,6 +162,34 @@ pub unsafe fn dot_rows_q8_tiles_avx2<T: VnniBlock>(act: ActQ8Rows, rows: &[u8], 
             }
         }
         c += r;
+    }
+}
+
+/// The signed levels of an unpacked group as codes: `level + LEVEL_BIAS`
+/// (in `1..=CODE_MAX`), and `-LEVEL_BIAS` times each sub-block's scale added
+/// to the `ca` of its sums of 16, which takes the bias back off exactly.
+fn bias_levels<T: VnniBlock>(w: &mut Unpacked) {
+    let bias = T::LEVEL_BIAS;
+    for c in w.codes.as_mut_slice() {
+        *c = (*c as u8).wrapping_add(bias) as i8;
+    }
+    let (nsub, pairs) = (T::VALUES / T::SUB, T::VALUES / 32);
+    let sums_per_sub = T::SUB / BSUM_VALUES;
+    for (i, ca) in w.ca.iter_mut().enumerate() {
+        let (u, bp) = (i % GROUP, i / GROUP);
+        let (b, p) = (bp / pairs, bp % pairs);
+        let pair = *ca as u32;
+        let half = |h: usize| {
+            // Sum of 16 number 2p + h of the block, in sub-block j.
+            let j = (2 * p + h) / sums_per_sub;
+            let sc = w.sc[(b * nsub + j) * GROUP + u];
+            let old = (pair >> (16 * h)) as u16 as i16;
+            let new = i32::from(old) - i32::from(bias) * sc;
+            // |sc| <= 31 for every i-quant, bias <= 63: within i16.
+            debug_assert!(i16::try_from(new).is_ok(), "biased ca {new} past i16");
+            new as i16 as u16 as u32
+        };
+        *ca = (half(0) | (half(1) << 16)) as i32;
     }
 }
 
