@@ -649,8 +649,14 @@ fn quantize_act_block(isa: Isa, src: &[f32], dst: &mut [i8]) -> f32 {
 pub const Q8_BLOCKS_TILE_MIN_M: usize = 10;
 
 /// The same for the AVX2 tiles (`arch/x86/q8_blocks_tiles_avx2.rs`, eight
-/// rows per instruction).
+/// rows per instruction) of the i-quants, whose row-wise AVX2 kernel looks
+/// their grids up once per block and weight row (`kernel_bench`, Zen 3,
+/// IQ3_XXS at m = 8: 38 GFLOP/s row-wise, 52 tiled)...
 pub const Q8_BLOCKS_AVX2_TILE_MIN_M: usize = 8;
+/// ...and of the K-quant and legacy types, whose unpacking is cheaper to
+/// repeat (Q4_K at m = 8: 68 against 44; at 12: 71 against 76; at 16: 71
+/// against 98).
+pub const Q8_BLOCKS_AVX2_TILE_MIN_M_CODES: usize = 12;
 
 /// Whether [`ActQ8::quantize`] lays out `m` rows for the tile kernel on `isa`.
 fn q8_blocks_tiled(isa: Isa, m: usize) -> bool {
@@ -693,7 +699,14 @@ pub fn dot_rows_q8<T: RowBlock>(isa: Isa, act: ActQ8Rows, rows: &[u8], out_t: &m
             unsafe { x86::q8_blocks_vnni::dot_rows_q8_vnni::<T>(act, rows, out_t) }
         }
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if act.tiles.is_some() && (!T::SIGNED_CODES || T::LEVEL_BIAS > 0) => {
+        Isa::Avx2
+            if act.tiles.is_some()
+                && if T::SIGNED_CODES {
+                    T::LEVEL_BIAS > 0
+                } else {
+                    m >= Q8_BLOCKS_AVX2_TILE_MIN_M_CODES
+                } =>
+        {
             // SAFETY: AVX2/FMA are present (Isa::best), F16C with them on
             // every CPU that has both; the sizes are checked above, the
             // tiles made by ActQ8::quantize for these rows, without the 128
