@@ -655,8 +655,20 @@ pub const Q8_BLOCKS_TILE_MIN_M: usize = 10;
 pub const Q8_BLOCKS_AVX2_TILE_MIN_M: usize = 8;
 /// ...and of the K-quant and legacy types, whose unpacking is cheaper to
 /// repeat (Q4_K at m = 8: 68 against 44; at 12: 71 against 76; at 16: 71
-/// against 98).
+/// against 98), and IQ4's, whose tiles multiply two nibbles (IQ4_XS at m
+/// = 8: 42-57 against 35-56; at 32: 59 against 73-78).
 pub const Q8_BLOCKS_AVX2_TILE_MIN_M_CODES: usize = 12;
+
+/// Whether the AVX2 tiles take `m` activation rows of block type `T`.
+#[cfg(target_arch = "x86_64")]
+fn avx2_tiled<T: RowBlock>(m: usize) -> bool {
+    let biased = T::SIGNED_CODES && T::LEVEL_BIAS > 0;
+    if biased && T::CODE_MAX <= 127 {
+        m >= Q8_BLOCKS_AVX2_TILE_MIN_M
+    } else {
+        (biased || !T::SIGNED_CODES) && m >= Q8_BLOCKS_AVX2_TILE_MIN_M_CODES
+    }
+}
 
 /// Whether [`ActQ8::quantize`] lays out `m` rows for the tile kernel on `isa`.
 fn q8_blocks_tiled(isa: Isa, m: usize) -> bool {
@@ -699,14 +711,7 @@ pub fn dot_rows_q8<T: RowBlock>(isa: Isa, act: ActQ8Rows, rows: &[u8], out_t: &m
             unsafe { x86::q8_blocks_vnni::dot_rows_q8_vnni::<T>(act, rows, out_t) }
         }
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2
-            if act.tiles.is_some()
-                && if T::SIGNED_CODES {
-                    T::LEVEL_BIAS > 0
-                } else {
-                    m >= Q8_BLOCKS_AVX2_TILE_MIN_M_CODES
-                } =>
-        {
+        Isa::Avx2 if act.tiles.is_some() && avx2_tiled::<T>(m) => {
             // SAFETY: AVX2/FMA are present (Isa::best), F16C with them on
             // every CPU that has both; the sizes are checked above, the
             // tiles made by ActQ8::quantize for these rows, without the 128

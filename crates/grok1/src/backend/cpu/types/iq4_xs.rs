@@ -31,4 +31,4 @@ fn scales(block: &[u8]) -> [i32; 8] {
     iq4_xs_scales(block)
 }
 
-iq_block!(IQ4XS, values: 256, bytes: 136, sub: 32, sa_mul: 1.0, bias: 0);
+iq_block!(IQ4XS, values: 256, bytes: 136, sub: 32, sa_mul: 1.0, bias: 128);

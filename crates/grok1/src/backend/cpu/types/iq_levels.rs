@@ -101,7 +101,11 @@ macro_rules! iq_block {
             const HAS_CA: bool = false;
             const SIGNED_CODES: bool = true;
             const LEVEL_BIAS: u8 = $bias;
-            const CODE_MAX: u8 = if $bias == 0 { 127 } else { 2 * $bias - 1 };
+            const CODE_MAX: u8 = if $bias == 0 {
+                127
+            } else {
+                (2 * ($bias as u16) - 1) as u8
+            };
 
             fn tile_codes(block: &[u8], out: &mut [u8]) {
                 for (o, &l) in out.iter_mut().zip(levels(block).iter()) {

@@ -286,8 +286,8 @@ pub trait TileBlock: QuantBlock {
     /// Signed codes only: a bias that makes every level a code in
     /// `0..=CODE_MAX`, so that the AVX2 tiles multiply `level + bias` as
     /// `maddubs`'s unsigned side and take `bias` times the activations'
-    /// sums back off; 0 where the levels span too much for one (IQ4's
-    /// reach -127), and those types are not tiled on AVX2.
+    /// sums back off (codes past 127, IQ4's, as two nibbles); 0: not tiled
+    /// on AVX2.
     const LEVEL_BIAS: u8 = 0;
 
     /// The block's `VALUES` codes (each below 128, or signed bytes where

@@ -16,16 +16,16 @@
 //! kernel (`q8_blocks_i8`) spends a `maddubs`, a `madd` and an add, and a
 //! transpose of every block's sums. The activations' sums of 16 take the
 //! offsets and mins (`madd`). The i-quants' signed levels become codes by
-//! a bias (`TileBlock::LEVEL_BIAS`: `level + bias` is below 128 for every
-//! type but IQ4's, which keep the row-wise kernel), taken back off with
-//! the sums of 16 as an offset is. The integers are exact, and each block's f32
+//! a bias (`TileBlock::LEVEL_BIAS`), taken back off with the sums of 16 as
+//! an offset is; IQ4's biased levels reach 241, so they are multiplied as
+//! two nibbles, the high one with 16 times the scale. The integers are exact, and each block's f32
 //! work is the scalar kernel's: `acc = fma(f32(a), sa * dx, acc)`, then
 //! `acc = fma(f32(b), sb * dx, acc)`.
 
 use std::arch::x86_64::*;
 
 use super::q8_blocks_vnni::{Unpacked, VnniBlock, GROUP};
-use crate::backend::cpu::common::ROW_PAD;
+use crate::backend::cpu::common::{Aligned, ROW_PAD};
 use crate::backend::cpu::types::q8_blocks::{ActQ8Rows, BSUM_VALUES};
 
 /// Weight rows per pass over a tile's half: their i32, i16 and f32 sums
@@ -62,18 +62,24 @@ pub unsafe fn dot_rows_q8_tiles_avx2<T: VnniBlock>(act: ActQ8Rows, rows: &[u8], 
     assert!(tiles.bs.len() >= ntiles * blocks * pairs * ROW_PAD);
     // maddubs of codes up to CODE_MAX against |x| <= 127 is at most
     // 2 * 127 * CODE_MAX in each i16 lane: this many fit before widening.
-    let run = (i16::MAX as usize / (2 * 127 * usize::from(T::CODE_MAX))).max(1);
+    // Codes past 127 (IQ4's biased levels) are split into their nibbles,
+    // each multiplied on its own (`bias_levels`).
+    let split = T::CODE_MAX > 127;
+    let code_max = if split { 15 } else { usize::from(T::CODE_MAX) };
+    let run = (i16::MAX as usize / (2 * 127 * code_max)).max(1);
     let sub_quads = T::SUB / 4;
     let mut w = Unpacked::new::<T>(k);
+    let mut high = Aligned::<i8>::zeros(if split { GROUP * k } else { 0 });
     let mut c = 0;
     while c < nrows {
         let r = (nrows - c).min(GROUP);
         // SAFETY: rows c..c + r exist (asserted above).
         unsafe { w.fill::<T, false>(&rows[c * row_bytes..(c + r) * row_bytes], r, row_bytes, k) };
         if T::SIGNED_CODES {
-            bias_levels::<T>(&mut w);
+            bias_levels::<T>(&mut w, high.as_mut_slice());
         }
         let codes = w.codes.as_ptr();
+        let codes_high = high.as_ptr();
         for half in 0..2 * ntiles {
             let (t, h) = (half / 2, half % 2);
             let i0 = t * ROW_PAD + h * LANES;
@@ -104,19 +110,20 @@ pub unsafe fn dot_rows_q8_tiles_avx2<T: VnniBlock>(act: ActQ8Rows, rows: &[u8], 
                             }
                             let mut g0 = 0;
                             while g0 < sub_quads {
-                                let mut s = [_mm256_setzero_si256(); ROWS];
-                                for g in g0..(g0 + run).min(sub_quads) {
-                                    let qd = j * sub_quads + g;
-                                    let x = _mm256_load_si256(xt.add(qd * 64) as *const __m256i);
-                                    for (u, s) in s.iter_mut().enumerate() {
-                                        let q = codes.add((u0 + u) * k + b * T::VALUES + 4 * qd);
-                                        let q =
-                                            _mm256_set1_epi32((q as *const i32).read_unaligned());
-                                        *s = _mm256_add_epi16(*s, _mm256_maddubs_epi16(q, x));
-                                    }
-                                }
+                                let quads = g0..(g0 + run).min(sub_quads);
+                                let at = (u0, b * T::VALUES + 4 * j * sub_quads);
+                                let first = j * sub_quads;
+                                let s = sub_sums::<ROWS>(codes, k, at, xt, first, quads.clone());
                                 for ((a, s), scale) in a.iter_mut().zip(s).zip(scale) {
                                     *a = _mm256_add_epi32(*a, _mm256_madd_epi16(s, scale));
+                                }
+                                if split {
+                                    // The high nibbles weigh 16 (|16 sc| <= 512).
+                                    let s = sub_sums::<ROWS>(codes_high, k, at, xt, first, quads);
+                                    for ((a, s), scale) in a.iter_mut().zip(s).zip(scale) {
+                                        let scale = _mm256_slli_epi16::<4>(scale);
+                                        *a = _mm256_add_epi32(*a, _mm256_madd_epi16(s, scale));
+                                    }
                                 }
                                 g0 += run;
                             }
@@ -165,13 +172,55 @@ pub unsafe fn dot_rows_q8_tiles_avx2<T: VnniBlock>(act: ActQ8Rows, rows: &[u8], 
     }
 }
 
+/// The i16 sums of `maddubs(code quad, activation quad)` over quads
+/// `quads` (counted from `first`, the sub-block's first quad in the block)
+/// for the unpacked rows `at.0..at.0 + R` (codes from value `at.1` of each
+/// row of `k` in `codes`) against one half of a tile at `xt` (quads 64
+/// bytes apart).
+///
+/// # Safety
+/// AVX2 (inlined into an AVX2 function); those codes and quads readable,
+/// the quads 32-byte aligned.
+#[inline(always)]
+unsafe fn sub_sums<const R: usize>(
+    codes: *const i8,
+    k: usize,
+    at: (usize, usize),
+    xt: *const i8,
+    first: usize,
+    quads: std::ops::Range<usize>,
+) -> [__m256i; R] {
+    // SAFETY: the caller's.
+    unsafe {
+        let mut s = [_mm256_setzero_si256(); R];
+        for g in quads {
+            let x = _mm256_load_si256(xt.add((first + g) * 64) as *const __m256i);
+            for (u, s) in s.iter_mut().enumerate() {
+                let q = codes.add((at.0 + u) * k + at.1 + 4 * g);
+                let q = _mm256_set1_epi32((q as *const i32).read_unaligned());
+                *s = _mm256_add_epi16(*s, _mm256_maddubs_epi16(q, x));
+            }
+        }
+        s
+    }
+}
+
 /// The signed levels of an unpacked group as codes: `level + LEVEL_BIAS`
-/// (in `1..=CODE_MAX`), and `-LEVEL_BIAS` times each sub-block's scale added
+/// (in `0..=CODE_MAX`), and `-LEVEL_BIAS` times each sub-block's scale added
 /// to the `ca` of its sums of 16, which takes the bias back off exactly.
-fn bias_levels<T: VnniBlock>(w: &mut Unpacked) {
+/// Codes that may pass 127 (`CODE_MAX`) are split: their low nibbles stay in
+/// `w.codes`, their high ones go to `high` (a `GROUP * k` buffer).
+fn bias_levels<T: VnniBlock>(w: &mut Unpacked, high: &mut [i8]) {
     let bias = T::LEVEL_BIAS;
-    for c in w.codes.as_mut_slice() {
-        *c = (*c as u8).wrapping_add(bias) as i8;
+    if T::CODE_MAX > 127 {
+        for (c, h) in w.codes.as_mut_slice().iter_mut().zip(high) {
+            let code = (*c as u8).wrapping_add(bias);
+            (*c, *h) = ((code & 15) as i8, (code >> 4) as i8);
+        }
+    } else {
+        for c in w.codes.as_mut_slice() {
+            *c = (*c as u8).wrapping_add(bias) as i8;
+        }
     }
     let (nsub, pairs) = (T::VALUES / T::SUB, T::VALUES / 32);
     let sums_per_sub = T::SUB / BSUM_VALUES;
@@ -185,7 +234,7 @@ fn bias_levels<T: VnniBlock>(w: &mut Unpacked) {
             let sc = w.sc[(b * nsub + j) * GROUP + u];
             let old = (pair >> (16 * h)) as u16 as i16;
             let new = i32::from(old) - i32::from(bias) * sc;
-            // |sc| <= 31 for every i-quant, bias <= 63: within i16.
+            // |sc| <= 32 for every i-quant, bias <= 128: within i16.
             debug_assert!(i16::try_from(new).is_ok(), "biased ca {new} past i16");
             new as i16 as u16 as u32
         };
