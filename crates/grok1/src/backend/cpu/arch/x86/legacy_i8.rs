@@ -60,6 +60,61 @@ unsafe fn dots<const G: usize>(codes: __m256i, x: [*const i8; G]) -> [__m256i; G
     }
 }
 
+/// The codes of two legacy blocks, `(low, high)`: values `0..16` of the
+/// block at `wu` then of the block at `wv` (one per 128-bit half), and
+/// values `16..32` the same way.
+///
+/// # Safety
+/// AVX2 (inlined into an AVX2 function); 16 readable bytes at `qs + wu`
+/// and `qs + wv`, 4 at `qh + wu` and `qh + wv` when there are fifth bits.
+#[inline(always)]
+unsafe fn pair_codes(
+    wu: *const u8,
+    wv: *const u8,
+    qs: usize,
+    qh: Option<usize>,
+) -> (__m256i, __m256i) {
+    // SAFETY: the caller's.
+    unsafe {
+        let q = _mm256_loadu2_m128i(wv.add(qs) as *const __m128i, wu.add(qs) as *const __m128i);
+        let m4 = _mm256_set1_epi8(0x0F);
+        let (lo, hi) = (
+            _mm256_and_si256(q, m4),
+            _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4),
+        );
+        let Some(qh) = qh else {
+            return (lo, hi);
+        };
+        // Byte j of each half gets its fifth bit: bytes 0 and 1 of the
+        // half's u32 for the low values, 2 and 3 for the high ones.
+        let h = _mm256_set_m128i(
+            _mm_set1_epi32((wv.add(qh) as *const i32).read_unaligned()),
+            _mm_set1_epi32((wu.add(qh) as *const i32).read_unaligned()),
+        );
+        let spread_lo = _mm256_setr_epi8(
+            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1,
+            1, 1, 1,
+        );
+        let spread_hi = _mm256_add_epi8(spread_lo, _mm256_set1_epi8(2));
+        (
+            _mm256_or_si256(lo, fifth_bits(h, spread_lo)),
+            _mm256_or_si256(hi, fifth_bits(h, spread_hi)),
+        )
+    }
+}
+
+/// `0x10` in byte `j` of each 128-bit half where bit `j % 8` of the byte of
+/// `h` that `spread` picks for it is set.
+#[inline(always)]
+fn fifth_bits(h: __m256i, spread: __m256i) -> __m256i {
+    // SAFETY: AVX2 is enabled in every caller (inlined into them).
+    unsafe {
+        let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+        let set = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(h, spread), mask), mask);
+        _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+    }
+}
+
 macro_rules! legacy_block {
     ($t:ty, $qs:expr, $qh:expr) => {
         impl Avx2Block for $t {
@@ -76,6 +131,32 @@ macro_rules! legacy_block {
                     let qh: Option<usize> = $qh;
                     let c = codes(w.add($qs), qh.map(|at| w.add(at)));
                     (dots(c, x), [_mm256_setzero_si256(); G])
+                }
+            }
+
+            const PAIRS: bool = true;
+
+            #[inline(always)]
+            unsafe fn pair_ints(
+                wu: *const u8,
+                wv: *const u8,
+                x: *const i8,
+                _bs: *const i16,
+            ) -> __m256i {
+                // SAFETY: the trait's contract: whole blocks at wu and wv,
+                // 32 values at x.
+                unsafe {
+                    let (lo, hi) = pair_codes(wu, wv, $qs, $qh);
+                    // Each code below 32 against |x| <= 127: the two
+                    // maddubs add up within i16 (2 * 2 * 31 * 127).
+                    let x_lo = _mm256_broadcastsi128_si256(_mm_loadu_si128(x as *const __m128i));
+                    let x_hi =
+                        _mm256_broadcastsi128_si256(_mm_loadu_si128(x.add(16) as *const __m128i));
+                    let p = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(lo, x_lo),
+                        _mm256_maddubs_epi16(hi, x_hi),
+                    );
+                    _mm256_madd_epi16(p, _mm256_set1_epi16(1))
                 }
             }
         }

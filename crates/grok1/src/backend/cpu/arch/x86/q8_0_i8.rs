@@ -142,19 +142,29 @@ unsafe fn q8_0_int8_rows8<const G: usize>(
 pub(super) fn sums8(p: [__m256i; 8]) -> __m256i {
     // SAFETY: AVX2 is enabled in every caller (inlined into them).
     unsafe {
-        // Per 128-bit half: [a0 + a2, b0 + b2, a1 + a3, b1 + b3].
-        let pair =
-            |a, b| _mm256_add_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b));
-        // Per 128-bit half: the four rows' sums of that half's lanes.
-        let quad =
-            |ab, cd| _mm256_add_epi32(_mm256_unpacklo_epi64(ab, cd), _mm256_unpackhi_epi64(ab, cd));
-        let lo = quad(pair(p[0], p[1]), pair(p[2], p[3]));
-        let hi = quad(pair(p[4], p[5]), pair(p[6], p[7]));
+        let lo = quad_sums(pair_sums(p[0], p[1]), pair_sums(p[2], p[3]));
+        let hi = quad_sums(pair_sums(p[4], p[5]), pair_sums(p[6], p[7]));
         _mm256_add_epi32(
             _mm256_permute2x128_si256::<0x20>(lo, hi),
             _mm256_permute2x128_si256::<0x31>(lo, hi),
         )
     }
+}
+
+/// Per 128-bit half of `a` and `b`: `[a0 + a2, b0 + b2, a1 + a3, b1 + b3]`
+/// (the first round of [`sums8`]).
+#[inline(always)]
+pub(super) fn pair_sums(a: __m256i, b: __m256i) -> __m256i {
+    // SAFETY: AVX2 is enabled in every caller (inlined into them).
+    unsafe { _mm256_add_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b)) }
+}
+
+/// Per 128-bit half, the four rows' sums of that half's lanes, from two
+/// [`pair_sums`] (rows 0 and 1 in `ab`, 2 and 3 in `cd`).
+#[inline(always)]
+pub(super) fn quad_sums(ab: __m256i, cd: __m256i) -> __m256i {
+    // SAFETY: AVX2 is enabled in every caller (inlined into them).
+    unsafe { _mm256_add_epi32(_mm256_unpacklo_epi64(ab, cd), _mm256_unpackhi_epi64(ab, cd)) }
 }
 
 /// VNNI version of `q8_0::dot_q8_0_rows_int8_scalar` (Q8_0 weight rows of

@@ -11,7 +11,7 @@
 
 use std::arch::x86_64::*;
 
-use super::q8_0_i8::sums8;
+use super::q8_0_i8::{pair_sums, quad_sums, sums8};
 use super::{group_rows, rows_in_parts};
 use crate::backend::cpu::types::q8_blocks::{ActQ8Rows, QuantBlock, BSUM_VALUES};
 
@@ -34,6 +34,31 @@ pub trait Avx2Block: QuantBlock {
     /// Whether the type has its own [`Avx2Block::ints_wide`], which
     /// `dot_rows_q8_wide` then runs.
     const WIDE: bool = false;
+
+    /// Whether the type has its own [`Avx2Block::pair_ints`], which the
+    /// decode of one activation row then runs ([`rows8_pairs`]; only types
+    /// of 32 values whose `b` is none or the activations' block sum).
+    const PAIRS: bool = false;
+
+    /// Weight rows `wu` and `wv` against one activation row `x`: a vector
+    /// whose low four i32 lanes add up to row `u`'s `a` and high four to
+    /// row `v`'s (as [`Avx2Block::ints_avx2`]'s, the offset not taken off).
+    ///
+    /// # Safety
+    /// As [`Avx2Block::ints_avx2`], for both rows.
+    #[inline(always)]
+    unsafe fn pair_ints(wu: *const u8, wv: *const u8, x: *const i8, bs: *const i16) -> __m256i {
+        // SAFETY: the caller's.
+        unsafe {
+            let ([au], _) = Self::ints_avx2::<1>(wu, [x], [bs]);
+            let ([av], _) = Self::ints_avx2::<1>(wv, [x], [bs]);
+            // [u's lanes 0..4 | v's lanes 0..4] + [u's 4..8 | v's 4..8].
+            _mm256_add_epi32(
+                _mm256_permute2x128_si256::<0x20>(au, av),
+                _mm256_permute2x128_si256::<0x31>(au, av),
+            )
+        }
+    }
 
     /// [`Avx2Block::ints_avx2`]'s integers, made with AVX-512 F/BW/VL/VBMI
     /// where the type has such a form (`WIDE`).
@@ -99,7 +124,16 @@ pub unsafe fn $name<T: Avx2Block>(act: ActQ8Rows, rows: &[u8], out_t: &mut [f32]
     // next: its blocks' integers wait here for the transpose.
     let mut scratch = vec![[[0i32; 8]; 2]; if m == 1 { blocks } else { 0 }];
     let mut c = 0;
-    if m == 1 && T::VALUES < SEQUENTIAL_MIN_VALUES {
+    if m == 1 && T::PAIRS {
+        // One activation row (decode) against the legacy types' rows: the
+        // rows in parts, each one stream, two rows per vector.
+        assert!(T::VALUES == 32 && (!T::HAS_B || T::B_IS_XSUM));
+        // SAFETY: every row handed over holds `blocks` blocks, the
+        // activation row is inside act (asserted above).
+        c = rows_in_parts::<8>(rows, row_bytes, out_t, |wp| unsafe {
+            rows8_pairs::<T>(act, wp)
+        });
+    } else if m == 1 && T::VALUES < SEQUENTIAL_MIN_VALUES {
         // One activation row (decode) against the legacy types' rows: the
         // rows in parts, each one stream (the K-quants read whole adjacent
         // rows in order instead, one stream, which measured faster than
@@ -394,6 +428,50 @@ unsafe fn rows8_interleaved<T: Avx2Block, const WIDE: bool, const G: usize>(
             }
         }
         lanes(acc)
+    }
+}
+
+/// The eight weight rows at `wp` against one activation row, for types with
+/// [`Avx2Block::pair_ints`]: rows `j` and `j + 4` share a vector, so a
+/// block of the eight rows is four of them, added across by two rounds of
+/// unpacks (where [`rows8_interleaved`] makes eight and transposes them).
+///
+/// # Safety
+/// AVX2, FMA and F16C; each `wp[u]` points at a row of `act.k / T::VALUES`
+/// blocks, `act.m >= 1`, `T::PAIRS`.
+#[inline(always)]
+unsafe fn rows8_pairs<T: Avx2Block>(act: ActQ8Rows, wp: [*const u8; 8]) -> [f32; 8] {
+    // SAFETY: the caller's (the function's contract), as noted
+    // at each access below.
+    unsafe {
+        let blocks = act.k / T::VALUES;
+        let per_block_sums = T::VALUES / BSUM_VALUES;
+        assert!(act.k <= act.q.len());
+        assert!(blocks <= act.d.len() && blocks <= act.xsum.len());
+        assert!(blocks * per_block_sums <= act.bsums.len());
+        let mut acc = _mm256_setzero_ps();
+        for b in 0..blocks {
+            // SAFETY: each weight row's block b is inside its row, the
+            // activation row's block b inside act's slices (asserted above).
+            let at = b * T::BYTES;
+            let x = act.q.as_ptr().add(b * T::VALUES);
+            let bs = act.bsums.as_ptr().add(b * per_block_sums);
+            let v: [__m256i; 4] = [
+                T::pair_ints(wp[0].add(at), wp[4].add(at), x, bs),
+                T::pair_ints(wp[1].add(at), wp[5].add(at), x, bs),
+                T::pair_ints(wp[2].add(at), wp[6].add(at), x, bs),
+                T::pair_ints(wp[3].add(at), wp[7].add(at), x, bs),
+            ];
+            // [rows 0..4 | rows 4..8], each lane its row's `a`.
+            let ai = quad_sums(pair_sums(v[0], v[1]), pair_sums(v[2], v[3]));
+            let (sa, sb) = block_scales::<T>(&wp, at);
+            let zero = _mm256_setzero_si256();
+            acc = add_sums::<T>(acc, ai, zero, sa, sb, act.d[b], act.xsum[b]);
+        }
+        let mut out = [0f32; 8];
+        // SAFETY: 8 floats.
+        _mm256_storeu_ps(out.as_mut_ptr(), acc);
+        out
     }
 }
 
