@@ -24,7 +24,7 @@
 
 use std::arch::x86_64::*;
 
-use super::q8_blocks_vnni::{Unpacked, VnniBlock, GROUP};
+use super::q8_blocks_vnni::{TileShape, Unpacked, VnniBlock, GROUP};
 use crate::backend::cpu::common::{Aligned, ROW_PAD};
 use crate::backend::cpu::types::q8_blocks::{ActQ8Rows, BSUM_VALUES};
 
@@ -52,14 +52,15 @@ pub unsafe fn dot_rows_q8_tiles_avx2<T: VnniBlock>(act: ActQ8Rows, rows: &[u8], 
         !tiles.plus_128 && (!T::SIGNED_CODES || T::LEVEL_BIAS > 0),
         "dot_rows_q8_tiles_avx2: signed activations, and unsigned codes or biased levels only"
     );
-    let blocks = k / T::VALUES;
-    let (nsub, pairs, quads) = (T::VALUES / T::SUB, T::VALUES / 32, T::VALUES / 4);
-    let row_bytes = blocks * T::BYTES;
-    let nrows = out_t.len() / m;
-    let ntiles = m.div_ceil(ROW_PAD);
-    assert!(rows.len() >= nrows * row_bytes && act.block == T::VALUES);
-    assert!(tiles.q.len() >= ntiles * k * ROW_PAD && tiles.d.len() >= ntiles * blocks * ROW_PAD);
-    assert!(tiles.bs.len() >= ntiles * blocks * pairs * ROW_PAD);
+    let TileShape {
+        blocks,
+        nsub,
+        pairs,
+        quads,
+        row_bytes,
+        nrows,
+        ntiles,
+    } = TileShape::checked::<T>(&act, tiles, rows, out_t.len());
     // maddubs of codes up to CODE_MAX against |x| <= 127 is at most
     // 2 * 127 * CODE_MAX in each i16 lane: this many fit before widening.
     // Codes past 127 (IQ4's biased levels) are split into their nibbles,
@@ -130,16 +131,7 @@ pub unsafe fn dot_rows_q8_tiles_avx2<T: VnniBlock>(act: ActQ8Rows, rows: &[u8], 
                         }
                         let bs = tiles.bs.as_ptr().add(tb * pairs * ROW_PAD + h * LANES);
                         if T::HAS_CA || T::SIGNED_CODES {
-                            for p in 0..pairs {
-                                let v = _mm256_loadu_si256(bs.add(p * ROW_PAD) as *const __m256i);
-                                for (u, a) in a.iter_mut().enumerate() {
-                                    let ca = w.ca[(b * pairs + p) * GROUP + u0 + u];
-                                    *a = _mm256_add_epi32(
-                                        *a,
-                                        _mm256_madd_epi16(v, _mm256_set1_epi32(ca)),
-                                    );
-                                }
-                            }
+                            add_sum_terms(&mut a, bs, &w.ca[b * pairs * GROUP + u0..], pairs);
                         }
                         for (u, (f, a)) in f.iter_mut().zip(a).enumerate() {
                             // sa * dx rounded once per row, as the scalar kernel does.
@@ -148,16 +140,7 @@ pub unsafe fn dot_rows_q8_tiles_avx2<T: VnniBlock>(act: ActQ8Rows, rows: &[u8], 
                         }
                         if T::HAS_B {
                             let mut bb = [_mm256_setzero_si256(); ROWS];
-                            for p in 0..pairs {
-                                let v = _mm256_loadu_si256(bs.add(p * ROW_PAD) as *const __m256i);
-                                for (u, bb) in bb.iter_mut().enumerate() {
-                                    let cb = w.cb[(b * pairs + p) * GROUP + u0 + u];
-                                    *bb = _mm256_add_epi32(
-                                        *bb,
-                                        _mm256_madd_epi16(v, _mm256_set1_epi32(cb)),
-                                    );
-                                }
-                            }
+                            add_sum_terms(&mut bb, bs, &w.cb[b * pairs * GROUP + u0..], pairs);
                             for (u, (f, bb)) in f.iter_mut().zip(bb).enumerate() {
                                 let d = _mm256_mul_ps(_mm256_set1_ps(w.sb[b * GROUP + u0 + u]), dx);
                                 *f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(bb), d, *f);
@@ -169,6 +152,28 @@ pub unsafe fn dot_rows_q8_tiles_avx2<T: VnniBlock>(act: ActQ8Rows, rows: &[u8], 
             }
         }
         c += r;
+    }
+}
+
+/// `acc[u] += sum_p madd(sums of 16 pair p, coef[p * GROUP + u])`: the terms
+/// of a block's `a` or `b` in the activations' sums of 16 (`bs`: the
+/// half tile's pairs, `ROW_PAD` apart), for `ROWS` weight rows whose i16
+/// coefficient pairs start at `coef` (`[pair][GROUP]`).
+///
+/// # Safety
+/// AVX2 (inlined into an AVX2 function); `pairs` vectors of 8 i32 readable
+/// at `bs`, `ROW_PAD` apart.
+#[inline(always)]
+unsafe fn add_sum_terms(acc: &mut [__m256i; ROWS], bs: *const i32, coef: &[i32], pairs: usize) {
+    // SAFETY: the caller's.
+    unsafe {
+        for p in 0..pairs {
+            let v = _mm256_loadu_si256(bs.add(p * ROW_PAD) as *const __m256i);
+            for (u, acc) in acc.iter_mut().enumerate() {
+                let c = _mm256_set1_epi32(coef[p * GROUP + u]);
+                *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(v, c));
+            }
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use std::arch::x86_64::*;
 
 use super::q8_0_i8::store_tile_rows;
 use crate::backend::cpu::common::{Aligned, ROW_PAD};
-use crate::backend::cpu::types::q8_blocks::{ActQ8Rows, TileBlock, BSUM_VALUES};
+use crate::backend::cpu::types::q8_blocks::{ActQ8Rows, ActTiles, TileBlock, BSUM_VALUES};
 
 /// The VNNI side of a block type: its codes unpacked with vector
 /// instructions where that is written, else by its scalar `tile_codes`.
@@ -177,6 +177,51 @@ impl Unpacked {
     }
 }
 
+/// The sizes a tile product walks, from `T`, `act` and the output, checked
+/// against the tiles and the weight rows (here and in
+/// `q8_blocks_tiles_avx2`).
+pub(super) struct TileShape {
+    pub(super) blocks: usize,
+    /// Sub-blocks, pairs of sums of 16 and quads of values per block.
+    pub(super) nsub: usize,
+    pub(super) pairs: usize,
+    pub(super) quads: usize,
+    pub(super) row_bytes: usize,
+    /// Weight rows, and tiles of activation rows.
+    pub(super) nrows: usize,
+    pub(super) ntiles: usize,
+}
+
+impl TileShape {
+    pub(super) fn checked<T: TileBlock>(
+        act: &ActQ8Rows,
+        tiles: &ActTiles,
+        rows: &[u8],
+        out_len: usize,
+    ) -> TileShape {
+        let (m, k) = (act.m, act.k);
+        let blocks = k / T::VALUES;
+        let pairs = T::VALUES / 32;
+        let row_bytes = blocks * T::BYTES;
+        let nrows = out_len / m;
+        let ntiles = m.div_ceil(ROW_PAD);
+        assert!(rows.len() >= nrows * row_bytes && act.block == T::VALUES);
+        assert!(
+            tiles.q.len() >= ntiles * k * ROW_PAD && tiles.d.len() >= ntiles * blocks * ROW_PAD
+        );
+        assert!(tiles.bs.len() >= ntiles * blocks * pairs * ROW_PAD);
+        TileShape {
+            blocks,
+            nsub: T::VALUES / T::SUB,
+            pairs,
+            quads: T::VALUES / 4,
+            row_bytes,
+            nrows,
+            ntiles,
+        }
+    }
+}
+
 /// VNNI tile version of `q8_blocks::dot_rows_q8_scalar`, bit-identical to
 /// it (the module's description), for activations with tiles.
 ///
@@ -194,14 +239,15 @@ pub unsafe fn dot_rows_q8_vnni<T: VnniBlock>(act: ActQ8Rows, rows: &[u8], out_t:
         tiles.plus_128,
         "dot_rows_q8_vnni: activations not stored plus 128"
     );
-    let blocks = k / T::VALUES;
-    let (nsub, pairs, quads) = (T::VALUES / T::SUB, T::VALUES / 32, T::VALUES / 4);
-    let row_bytes = blocks * T::BYTES;
-    let nrows = out_t.len() / m;
-    let ntiles = m.div_ceil(ROW_PAD);
-    assert!(rows.len() >= nrows * row_bytes && act.block == T::VALUES);
-    assert!(tiles.q.len() >= ntiles * k * ROW_PAD && tiles.d.len() >= ntiles * blocks * ROW_PAD);
-    assert!(tiles.bs.len() >= ntiles * blocks * pairs * ROW_PAD);
+    let TileShape {
+        blocks,
+        nsub,
+        pairs,
+        quads,
+        row_bytes,
+        nrows,
+        ntiles,
+    } = TileShape::checked::<T>(&act, tiles, rows, out_t.len());
     let mut w = Unpacked::new::<T>(k);
     let mut c = 0;
     while c < nrows {
