@@ -122,7 +122,7 @@ pub unsafe fn $name<T: Avx2Block>(act: ActQ8Rows, rows: &[u8], out_t: &mut [f32]
     assert!(act.bsums.len() >= m * k / BSUM_VALUES && act.block == T::VALUES);
     // One activation row (decode) reads each weight row whole before the
     // next: its blocks' integers wait here for the transpose.
-    let mut scratch = vec![[[0i32; 8]; 2]; if m == 1 { blocks } else { 0 }];
+    let mut scratch = vec![[[0i32; 4]; 8]; if m == 1 { blocks } else { 0 }];
     let mut c = 0;
     if m == 1 && T::PAIRS {
         // One activation row (decode) against the legacy types' rows: the
@@ -298,9 +298,9 @@ const WHOLE_MAX_VALUES: usize = 8192;
 /// blocks of Q6_K rows of 2816 values, 840 of their 2310 bytes, streamed
 /// at a fifth of the speed of whole rows), up to [`WHOLE_MAX_VALUES`];
 /// longer rows a block of each at a time. Each block's two integer vectors
-/// are added up as soon as they are made and kept in `scratch` as two i32
-/// per row (64 bytes a block for the eight rows) until the eight rows' are
-/// there (the vectors themselves were 512 bytes a block).
+/// are half added up as soon as they are made and kept in `scratch` as four
+/// i32 per row (128 bytes a block for the eight rows: the vectors
+/// themselves were 512), and the eight rows' are finished together.
 ///
 /// # Safety
 /// AVX2, FMA and F16C; each `wp[u]` points at a row of `act.k / T::VALUES`
@@ -309,7 +309,7 @@ const WHOLE_MAX_VALUES: usize = 8192;
 unsafe fn rows8_whole<T: Avx2Block, const WIDE: bool>(
     act: ActQ8Rows,
     wp: [*const u8; 8],
-    scratch: &mut [[[i32; 8]; 2]],
+    scratch: &mut [[[i32; 4]; 8]],
 ) -> [[f32; 8]; 4] {
     // SAFETY: the caller's (the function's contract), as noted
     // at each access below.
@@ -337,33 +337,45 @@ unsafe fn rows8_whole<T: Avx2Block, const WIDE: bool>(
                         let bs = act.bsums.as_ptr().add(b * per_block_sums);
                         ints::<T, WIDE, 1>(w.add(b * T::BYTES), [x], [bs])
                     };
-                    // [a01 a23 b01 b23 | a45 a67 b45 b67], then the halves added,
-                    // then pairs: [a b a b].
+                    // [a01 a23 b01 b23 | a45 a67 b45 b67], then the halves
+                    // added: [a', a'', b', b''] (a = a' + a'', b = b' + b'').
                     let h = _mm256_hadd_epi32(au, bu);
                     let h =
                         _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
-                    let h = _mm_hadd_epi32(h, h);
-                    ab[0][u] = _mm_cvtsi128_si32(h);
-                    ab[1][u] = _mm_extract_epi32::<1>(h);
+                    _mm_storeu_si128(ab[u].as_mut_ptr() as *mut __m128i, h);
                 }
             }
         }
         for (b, ab) in scratch[..blocks].iter().enumerate() {
             // SAFETY: block b lies inside each of the eight rows; `ab` holds
-            // 2 x 8 i32.
+            // 8 x 4 i32.
             let (sa, sb) = block_scales::<T>(&wp, b * T::BYTES);
-            let (ai, bi) = {
-                (
-                    _mm256_loadu_si256(ab[0].as_ptr() as *const __m256i),
-                    _mm256_loadu_si256(ab[1].as_ptr() as *const __m256i),
-                )
-            };
+            // [row j | row j + 4], then pairs added: [a_j, b_j, a_j+1, b_j+1 |
+            // rows j + 4, j + 5], then the a and b lanes picked out.
+            let x = _mm256_castsi256_ps(_mm256_hadd_epi32(row_pair(ab, 0), row_pair(ab, 1)));
+            let y = _mm256_castsi256_ps(_mm256_hadd_epi32(row_pair(ab, 2), row_pair(ab, 3)));
+            let ai = _mm256_castps_si256(_mm256_shuffle_ps::<0b10_00_10_00>(x, y));
+            let bi = _mm256_castps_si256(_mm256_shuffle_ps::<0b11_01_11_01>(x, y));
             acc = add_sums::<T>(acc, ai, bi, sa, sb, act.d[b], act.xsum[b]);
         }
         let mut out = [[0f32; 8]; 4];
         // SAFETY: 8 floats.
         _mm256_storeu_ps(out[0].as_mut_ptr(), acc);
         out
+    }
+}
+
+/// Rows `j` and `j + 4` of a block's half-added sums (`rows8_whole`'s
+/// scratch), one per 128-bit half.
+#[inline(always)]
+fn row_pair(ab: &[[i32; 4]; 8], j: usize) -> __m256i {
+    // SAFETY: AVX2 is enabled in every caller (inlined into them); both
+    // rows are 4 i32.
+    unsafe {
+        _mm256_loadu2_m128i(
+            ab[j + 4].as_ptr() as *const __m128i,
+            ab[j].as_ptr() as *const __m128i,
+        )
     }
 }
 
