@@ -30,16 +30,12 @@ unsafe fn codes(qs: *const u8, qh: Option<*const u8>) -> __m256i {
             return nibbles;
         };
         // Byte j gets byte j / 8 of the bits, then its own bit of it.
-        let bits = _mm256_shuffle_epi8(
-            _mm256_set1_epi32((qh as *const i32).read_unaligned()),
-            _mm256_setr_epi8(
-                0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3,
-                3, 3, 3, 3,
-            ),
+        let spread = _mm256_setr_epi8(
+            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3,
+            3, 3, 3,
         );
-        let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
-        let set = _mm256_cmpeq_epi8(_mm256_and_si256(bits, mask), mask);
-        _mm256_or_si256(nibbles, _mm256_and_si256(set, _mm256_set1_epi8(0x10)))
+        let h = _mm256_set1_epi32((qh as *const i32).read_unaligned());
+        _mm256_or_si256(nibbles, fifth_bits(h, spread))
     }
 }
 

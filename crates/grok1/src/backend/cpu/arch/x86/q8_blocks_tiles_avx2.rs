@@ -18,9 +18,9 @@
 //! offsets and mins (`madd`). The i-quants' signed levels become codes by
 //! a bias (`TileBlock::LEVEL_BIAS`), taken back off with the sums of 16 as
 //! an offset is; IQ4's biased levels reach 241, so they are multiplied as
-//! two nibbles, the high one with 16 times the scale. The integers are exact, and each block's f32
-//! work is the scalar kernel's: `acc = fma(f32(a), sa * dx, acc)`, then
-//! `acc = fma(f32(b), sb * dx, acc)`.
+//! two nibbles, the high one with 16 times the scale. The integers are
+//! exact, and each block's f32 work is the scalar kernel's: `acc =
+//! fma(f32(a), sa * dx, acc)`, then `acc = fma(f32(b), sb * dx, acc)`.
 
 use std::arch::x86_64::*;
 
