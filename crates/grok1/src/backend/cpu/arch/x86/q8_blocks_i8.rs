@@ -12,7 +12,7 @@
 use std::arch::x86_64::*;
 
 use super::q8_0_i8::{pair_sums, quad_sums, sums8};
-use super::{group_rows, rows_in_parts};
+use super::{group_rows, prefetch_ahead, rows_in_parts};
 use crate::backend::cpu::types::q8_blocks::{ActQ8Rows, QuantBlock, BSUM_VALUES};
 
 /// The AVX2 side of a block type.
@@ -297,7 +297,10 @@ const WHOLE_MAX_VALUES: usize = 8192;
 /// next (a purely sequential stream however long the rows: runs of four
 /// blocks of Q6_K rows of 2816 values, 840 of their 2310 bytes, streamed
 /// at a fifth of the speed of whole rows), up to [`WHOLE_MAX_VALUES`];
-/// longer rows a block of each at a time. Each block's two integer vectors
+/// longer rows a block of each at a time. Each block is prefetched
+/// `PREFETCH_DISTANCE` ahead of its reading (the kernel is compute-bound,
+/// and the hardware prefetchers alone kept too few lines in flight for the
+/// stream's speed). Each block's two integer vectors
 /// are half added up as soon as they are made and kept in `scratch` as four
 /// i32 per row (128 bytes a block for the eight rows: the vectors
 /// themselves were 512), and the eight rows' are finished together.
@@ -330,6 +333,7 @@ unsafe fn rows8_whole<T: Avx2Block, const WIDE: bool>(
             for (u, &w) in wp.iter().enumerate() {
                 for (b, ab) in scratch[b0..b0 + run].iter_mut().enumerate() {
                     let b = b0 + b;
+                    prefetch_ahead(w.wrapping_add(b * T::BYTES), T::BYTES);
                     // SAFETY: each weight row's block b is inside its row, the
                     // activation row's block b inside act's slices (asserted above).
                     let ([au], [bu]) = {
