@@ -24,7 +24,7 @@ use crate::backend::cpu::types::iq2_xxs::IQ2XXS;
 use crate::backend::cpu::types::iq3_s::IQ3S;
 use crate::backend::cpu::types::iq3_xxs::IQ3XXS;
 use crate::backend::cpu::types::iq4_nl::IQ4NL;
-use crate::backend::cpu::types::iq4_xs::{iq4_xs_scales, IQ4XS};
+use crate::backend::cpu::types::iq4_xs::IQ4XS;
 use crate::backend::cpu::types::iq_levels::even_signs;
 use crate::backend::cpu::types::q8_blocks::QuantBlock;
 use crate::quant::tables::{
@@ -186,11 +186,32 @@ impl IqParts for IQ4XS {
     unsafe fn scale(sc: &[i16; 16], p: usize) -> __m256i {
         scale32(sc, p)
     }
+    /// `iq4_xs_scales` in one 128-bit vector: the low nibbles unpacked, the
+    /// two high bits of scale `j` moved to the top of lane `j` by a multiply
+    /// by `2^(14 - 2j)` and shifted down (AVX2 has no per-lane 16-bit shift);
+    /// done by scalar code, the eight scales took a third of the decode
+    /// kernel's time.
     #[inline(always)]
     unsafe fn block_scales(w: *const u8) -> [i16; 16] {
-        // SAFETY: the trait's contract.
-        let s = iq4_xs_scales(unsafe { block::<Self>(w) });
-        std::array::from_fn(|j| if j < 8 { s[j] as i16 } else { 0 })
+        // SAFETY: the trait's contract (the block's bytes 2..8).
+        unsafe {
+            let high = _mm_set1_epi16(u16_at(w, 2) as i16);
+            let low = _mm_cvtsi32_si128(u32_at(w, 4) as i32);
+            let m4 = _mm_set1_epi8(0x0F);
+            let nibbles = _mm_cvtepu8_epi16(_mm_unpacklo_epi8(
+                _mm_and_si128(low, m4),
+                _mm_and_si128(_mm_srli_epi16::<4>(low), m4),
+            ));
+            let lift = _mm_setr_epi16(1 << 14, 1 << 12, 1 << 10, 1 << 8, 1 << 6, 1 << 4, 1 << 2, 1);
+            let high = _mm_srli_epi16::<14>(_mm_mullo_epi16(high, lift));
+            let scales = _mm_sub_epi16(
+                _mm_or_si128(nibbles, _mm_slli_epi16::<4>(high)),
+                _mm_set1_epi16(32),
+            );
+            let mut out = [0i16; 16];
+            _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, scales);
+            out
+        }
     }
 }
 
@@ -213,24 +234,63 @@ impl IqParts for IQ2XXS {
     }
     #[inline(always)]
     unsafe fn block_scales(w: *const u8) -> [i16; 16] {
-        // SAFETY: the trait's contract.
-        std::array::from_fn(|p| {
-            if p < 8 {
-                2 * (unsafe { u32_at(w, 6 + 8 * p) } >> 28) as i16 + 1
-            } else {
-                0
-            }
-        })
+        // SAFETY: the trait's contract: parts 0..4 and 4..8 (two u32 each:
+        // grid, then signs and scale) at 2..34 and 34..66.
+        unsafe {
+            let a = _mm256_loadu_si256(w.add(2) as *const __m256i);
+            let b = _mm256_loadu_si256(w.add(34) as *const __m256i);
+            // The odd u32: [x0 x1 x4 x5 | x2 x3 x6 x7], then in order.
+            let odd = _mm256_castps_si256(_mm256_shuffle_ps::<0b11_01_11_01>(
+                _mm256_castsi256_ps(a),
+                _mm256_castsi256_ps(b),
+            ));
+            let odd = _mm256_permutevar8x32_epi32(odd, _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7));
+            odd_top_scales(odd)
+        }
     }
 }
 
-/// `2 s + 1` of the 16 nibbles at `at` (low nibble first), IQ2_XS and IQ2_S.
+/// `2 s + 1` of the nibbles `s` of `low` (low nibble of each byte first),
+/// as i16 lanes in that order. The grid types' scales were made one at a
+/// time by scalar code, a shift, a mask and a multiply-add each, as much
+/// work a block as a part of its products.
+///
+/// # Safety
+/// AVX2 (inlined into an AVX2 function).
 #[inline(always)]
-unsafe fn nibble_scales(w: *const u8, at: usize) -> [i16; 16] {
-    // SAFETY: the caller's: 8 bytes at `at` inside the block.
-    std::array::from_fn(|j| {
-        2 * i16::from(unsafe { *w.add(at + j / 2) } >> (4 * (j % 2)) & 0x0F) + 1
-    })
+unsafe fn odd_nibble_scales(low: __m128i) -> [i16; 16] {
+    // SAFETY: the caller's.
+    unsafe {
+        let m4 = _mm_set1_epi8(0x0F);
+        let nibbles = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(
+            _mm_and_si128(low, m4),
+            _mm_and_si128(_mm_srli_epi16::<4>(low), m4),
+        ));
+        let odd = _mm256_or_si256(_mm256_slli_epi16::<1>(nibbles), _mm256_set1_epi16(1));
+        let mut out = [0i16; 16];
+        _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, odd);
+        out
+    }
+}
+
+/// `2 s + 1` of the top nibbles `s` of the eight u32 lanes of `v`, as the
+/// first eight i16 (the rest 0).
+///
+/// # Safety
+/// AVX2 (inlined into an AVX2 function).
+#[inline(always)]
+unsafe fn odd_top_scales(v: __m256i) -> [i16; 16] {
+    // SAFETY: the caller's.
+    unsafe {
+        let top = _mm256_srli_epi32::<28>(v);
+        let odd = _mm256_or_si256(_mm256_slli_epi32::<1>(top), _mm256_set1_epi32(1));
+        // [s0..s3, 0 x 4 | s4..s7, 0 x 4], then the two quads side by side.
+        let packed = _mm256_packs_epi32(odd, _mm256_setzero_si256());
+        let packed = _mm256_permute4x64_epi64::<0b11_01_10_00>(packed);
+        let mut out = [0i16; 16];
+        _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, packed);
+        out
+    }
 }
 
 impl IqParts for IQ2XS {
@@ -254,8 +314,8 @@ impl IqParts for IQ2XS {
     }
     #[inline(always)]
     unsafe fn block_scales(w: *const u8) -> [i16; 16] {
-        // SAFETY: the trait's contract.
-        unsafe { nibble_scales(w, 66) }
+        // SAFETY: the trait's contract: 8 scale bytes at 66.
+        unsafe { odd_nibble_scales(_mm_loadl_epi64(w.add(66) as *const __m128i)) }
     }
 }
 
@@ -283,8 +343,8 @@ impl IqParts for IQ2S {
     }
     #[inline(always)]
     unsafe fn block_scales(w: *const u8) -> [i16; 16] {
-        // SAFETY: the trait's contract.
-        unsafe { nibble_scales(w, 74) }
+        // SAFETY: the trait's contract: 8 scale bytes at 74.
+        unsafe { odd_nibble_scales(_mm_loadl_epi64(w.add(74) as *const __m128i)) }
     }
 }
 
@@ -306,14 +366,8 @@ impl IqParts for IQ3XXS {
     }
     #[inline(always)]
     unsafe fn block_scales(w: *const u8) -> [i16; 16] {
-        // SAFETY: the trait's contract.
-        std::array::from_fn(|p| {
-            if p < 8 {
-                2 * (unsafe { u32_at(w, 66 + 4 * p) } >> 28) as i16 + 1
-            } else {
-                0
-            }
-        })
+        // SAFETY: the trait's contract: the eight u32 at 66..98.
+        unsafe { odd_top_scales(_mm256_loadu_si256(w.add(66) as *const __m256i)) }
     }
 }
 
@@ -340,14 +394,11 @@ impl IqParts for IQ3S {
     }
     #[inline(always)]
     unsafe fn block_scales(w: *const u8) -> [i16; 16] {
-        // SAFETY: the trait's contract: 4 scale bytes at 106.
-        std::array::from_fn(|p| {
-            if p < 8 {
-                2 * i16::from(unsafe { *w.add(106 + p / 2) } >> (4 * (p % 2)) & 0x0F) + 1
-            } else {
-                0
-            }
-        })
+        // SAFETY: the trait's contract: 4 scale bytes at 106 (the block's
+        // last), the other lanes zero.
+        let mut sc = unsafe { odd_nibble_scales(_mm_cvtsi32_si128(u32_at(w, 106) as i32)) };
+        sc[8..].fill(0);
+        sc
     }
 }
 
