@@ -419,6 +419,13 @@ fn tile_form_gives_the_block_integers() {
                         "{t}: code {code} outside 0..={}",
                         T::CODE_MAX
                     );
+                    // The tiles divide the levels by 2^LEVEL_SHIFT exactly.
+                    assert!(
+                        (c as i8) % (1 << T::LEVEL_SHIFT) == 0,
+                        "{t}: level {} not a multiple of 2^{}",
+                        c as i8,
+                        T::LEVEL_SHIFT
+                    );
                 }
             }
         }

@@ -33,4 +33,4 @@ fn scales(block: &[u8]) -> [i32; 8] {
     std::array::from_fn(|ib| 2 * (u32_at(block, 66 + 4 * ib) >> 28) as i32 + 1)
 }
 
-iq_block!(IQ3XXS, values: 256, bytes: 98, sub: 32, sa_mul: 0.25, bias: 63);
+iq_block!(IQ3XXS, values: 256, bytes: 98, sub: 32, sa_mul: 0.25, bias: 63, shift: 1);

@@ -61,12 +61,25 @@ macro_rules! iq_block {
     ($t:ty, values: $values:expr, bytes: $bytes:expr, sub: $sub:expr, sa_mul: $mul:expr,
      bias: $bias:expr) => {
         $crate::backend::cpu::types::iq_levels::iq_block!(
+            $t, values: $values, bytes: $bytes, sub: $sub, sa_mul: $mul, bias: $bias, shift: 0
+        );
+    };
+    ($t:ty, values: $values:expr, bytes: $bytes:expr, sub: $sub:expr, sa_mul: $mul:expr,
+     bias: $bias:expr, shift: $shift:expr) => {
+        $crate::backend::cpu::types::iq_levels::iq_block!(
             $t, values: $values, bytes: $bytes, sub: $sub, sa_mul: $mul, bias: $bias,
-            sa_bits: |block: &[u8]| u16::from_le_bytes([block[0], block[1]])
+            shift: $shift, sa_bits: |block: &[u8]| u16::from_le_bytes([block[0], block[1]])
         );
     };
     ($t:ty, values: $values:expr, bytes: $bytes:expr, sub: $sub:expr, sa_mul: $mul:expr,
      bias: $bias:expr, sa_bits: $sa_bits:expr) => {
+        $crate::backend::cpu::types::iq_levels::iq_block!(
+            $t, values: $values, bytes: $bytes, sub: $sub, sa_mul: $mul, bias: $bias,
+            shift: 0, sa_bits: $sa_bits
+        );
+    };
+    ($t:ty, values: $values:expr, bytes: $bytes:expr, sub: $sub:expr, sa_mul: $mul:expr,
+     bias: $bias:expr, shift: $shift:expr, sa_bits: $sa_bits:expr) => {
         impl $crate::backend::cpu::types::q8_blocks::QuantBlock for $t {
             const VALUES: usize = $values;
             const BYTES: usize = $bytes;
@@ -101,6 +114,7 @@ macro_rules! iq_block {
             const HAS_CA: bool = false;
             const SIGNED_CODES: bool = true;
             const LEVEL_BIAS: u8 = $bias;
+            const LEVEL_SHIFT: u32 = $shift;
             const CODE_MAX: u8 = if $bias == 0 {
                 127
             } else {

@@ -289,6 +289,13 @@ pub trait TileBlock: QuantBlock {
     /// sums back off (codes past 127, IQ4's, as two nibbles); 0: not tiled
     /// on AVX2.
     const LEVEL_BIAS: u8 = 0;
+    /// Signed codes only: every level is a multiple of `2^LEVEL_SHIFT`
+    /// (IQ3_XXS's are even), so the AVX2 tiles may multiply `(level >>
+    /// LEVEL_SHIFT) + (LEVEL_BIAS >> LEVEL_SHIFT)`, codes up to `CODE_MAX >>
+    /// LEVEL_SHIFT`, against the scale times `2^LEVEL_SHIFT`: smaller codes,
+    /// so more `maddubs` add up in i16 lanes before they are widened
+    /// (`tests/block_kernels.rs` checks the multiples).
+    const LEVEL_SHIFT: u32 = 0;
 
     /// The block's `VALUES` codes (each below 128, or signed bytes where
     /// [`TileBlock::SIGNED_CODES`]), in value order.

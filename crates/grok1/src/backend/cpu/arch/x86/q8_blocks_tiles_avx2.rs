@@ -66,7 +66,11 @@ pub unsafe fn dot_rows_q8_tiles_avx2<T: VnniBlock>(act: ActQ8Rows, rows: &[u8], 
     // Codes past 127 (IQ4's biased levels) are split into their nibbles,
     // each multiplied on its own (`bias_levels`).
     let split = T::CODE_MAX > 127;
-    let code_max = if split { 15 } else { usize::from(T::CODE_MAX) };
+    let code_max = if split {
+        15
+    } else {
+        usize::from(T::CODE_MAX) >> T::LEVEL_SHIFT
+    };
     let run = (i16::MAX as usize / (2 * 127 * code_max)).max(1);
     let sub_quads = T::SUB / 4;
     let mut w = Unpacked::new::<T>(k);
@@ -216,7 +220,19 @@ unsafe fn sub_sums<const R: usize>(
 /// Codes that may pass 127 (`CODE_MAX`) are split: their low nibbles stay in
 /// `w.codes`, their high ones go to `high` (a `GROUP * k` buffer).
 fn bias_levels<T: VnniBlock>(w: &mut Unpacked, high: &mut [i8]) {
-    let bias = T::LEVEL_BIAS;
+    let (bias, shift) = (T::LEVEL_BIAS >> T::LEVEL_SHIFT, T::LEVEL_SHIFT);
+    if shift > 0 {
+        // Levels that are all multiples of 2^shift (`TileBlock::LEVEL_SHIFT`):
+        // the codes `level >> shift`, and the scales `sc << shift`, give the
+        // same products; the bias below is taken off with the larger scales.
+        for c in w.codes.as_mut_slice() {
+            debug_assert!(*c % (1 << shift) == 0, "level {c} not a multiple of 2^{shift}");
+            *c >>= shift;
+        }
+        for sc in &mut w.sc {
+            *sc <<= shift;
+        }
+    }
     if T::CODE_MAX > 127 {
         for (c, h) in w.codes.as_mut_slice().iter_mut().zip(high) {
             let code = (*c as u8).wrapping_add(bias);
@@ -239,7 +255,8 @@ fn bias_levels<T: VnniBlock>(w: &mut Unpacked, high: &mut [i8]) {
             let sc = w.sc[(b * nsub + j) * GROUP + u];
             let old = (pair >> (16 * h)) as u16 as i16;
             let new = i32::from(old) - i32::from(bias) * sc;
-            // |sc| <= 32 for every i-quant, bias <= 128: within i16.
+            // |sc| <= 32 for every i-quant, bias <= 128 (with a level shift
+            // the scale doubled and the bias halved): within i16.
             debug_assert!(i16::try_from(new).is_ok(), "biased ca {new} past i16");
             new as i16 as u16 as u32
         };
