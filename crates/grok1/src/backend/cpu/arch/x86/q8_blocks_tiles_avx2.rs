@@ -226,7 +226,10 @@ fn bias_levels<T: VnniBlock>(w: &mut Unpacked, high: &mut [i8]) {
         // the codes `level >> shift`, and the scales `sc << shift`, give the
         // same products; the bias below is taken off with the larger scales.
         for c in w.codes.as_mut_slice() {
-            debug_assert!(*c % (1 << shift) == 0, "level {c} not a multiple of 2^{shift}");
+            debug_assert!(
+                *c % (1 << shift) == 0,
+                "level {c} not a multiple of 2^{shift}"
+            );
             *c >>= shift;
         }
         for sc in &mut w.sc {
