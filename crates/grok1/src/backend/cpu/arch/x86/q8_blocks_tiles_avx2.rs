@@ -220,30 +220,30 @@ unsafe fn sub_sums<const R: usize>(
 /// Codes that may pass 127 (`CODE_MAX`) are split: their low nibbles stay in
 /// `w.codes`, their high ones go to `high` (a `GROUP * k` buffer).
 fn bias_levels<T: VnniBlock>(w: &mut Unpacked, high: &mut [i8]) {
+    // Levels that are all multiples of 2^shift (`TileBlock::LEVEL_SHIFT`)
+    // become `(level >> shift) + (bias >> shift)` against `sc << shift`: the
+    // same products; the bias below is taken off with the larger scales.
     let (bias, shift) = (T::LEVEL_BIAS >> T::LEVEL_SHIFT, T::LEVEL_SHIFT);
-    if shift > 0 {
-        // Levels that are all multiples of 2^shift (`TileBlock::LEVEL_SHIFT`):
-        // the codes `level >> shift`, and the scales `sc << shift`, give the
-        // same products; the bias below is taken off with the larger scales.
-        for c in w.codes.as_mut_slice() {
-            debug_assert!(
-                *c % (1 << shift) == 0,
-                "level {c} not a multiple of 2^{shift}"
-            );
-            *c >>= shift;
-        }
-        for sc in &mut w.sc {
-            *sc <<= shift;
-        }
-    }
+    let code = |level: i8| {
+        debug_assert!(
+            level % (1 << shift) == 0,
+            "level {level} not a multiple of 2^{shift}"
+        );
+        ((level >> shift) as u8).wrapping_add(bias)
+    };
     if T::CODE_MAX > 127 {
         for (c, h) in w.codes.as_mut_slice().iter_mut().zip(high) {
-            let code = (*c as u8).wrapping_add(bias);
+            let code = code(*c);
             (*c, *h) = ((code & 15) as i8, (code >> 4) as i8);
         }
     } else {
         for c in w.codes.as_mut_slice() {
-            *c = (*c as u8).wrapping_add(bias) as i8;
+            *c = code(*c) as i8;
+        }
+    }
+    if shift > 0 {
+        for sc in &mut w.sc {
+            *sc <<= shift;
         }
     }
     let (nsub, pairs) = (T::VALUES / T::SUB, T::VALUES / 32);
