@@ -56,30 +56,18 @@ pub fn u32_at(b: &[u8], at: usize) -> u32 {
 /// `QuantBlock` and `TileBlock` of an i-quant type from its
 /// `fn levels(block) -> [i8; VALUES]` and `fn scales(block) -> [i32;
 /// VALUES / SUB]`: `a = scaled_level_dot(levels, scales)`, no `b`; the f16
-/// `d` at byte 0 unless `sa_bits` says where it is.
+/// `d` at byte 0 unless `sa_bits` says where it is; `shift` the
+/// `TileBlock::LEVEL_SHIFT` (0 unless given).
 macro_rules! iq_block {
     ($t:ty, values: $values:expr, bytes: $bytes:expr, sub: $sub:expr, sa_mul: $mul:expr,
-     bias: $bias:expr) => {
+     bias: $bias:expr $(, shift: $shift:expr)?) => {
         $crate::backend::cpu::types::iq_levels::iq_block!(
-            $t, values: $values, bytes: $bytes, sub: $sub, sa_mul: $mul, bias: $bias, shift: 0
+            $t, values: $values, bytes: $bytes, sub: $sub, sa_mul: $mul, bias: $bias
+            $(, shift: $shift)?, sa_bits: |block: &[u8]| u16::from_le_bytes([block[0], block[1]])
         );
     };
     ($t:ty, values: $values:expr, bytes: $bytes:expr, sub: $sub:expr, sa_mul: $mul:expr,
-     bias: $bias:expr, shift: $shift:expr) => {
-        $crate::backend::cpu::types::iq_levels::iq_block!(
-            $t, values: $values, bytes: $bytes, sub: $sub, sa_mul: $mul, bias: $bias,
-            shift: $shift, sa_bits: |block: &[u8]| u16::from_le_bytes([block[0], block[1]])
-        );
-    };
-    ($t:ty, values: $values:expr, bytes: $bytes:expr, sub: $sub:expr, sa_mul: $mul:expr,
-     bias: $bias:expr, sa_bits: $sa_bits:expr) => {
-        $crate::backend::cpu::types::iq_levels::iq_block!(
-            $t, values: $values, bytes: $bytes, sub: $sub, sa_mul: $mul, bias: $bias,
-            shift: 0, sa_bits: $sa_bits
-        );
-    };
-    ($t:ty, values: $values:expr, bytes: $bytes:expr, sub: $sub:expr, sa_mul: $mul:expr,
-     bias: $bias:expr, shift: $shift:expr, sa_bits: $sa_bits:expr) => {
+     bias: $bias:expr $(, shift: $shift:expr)?, sa_bits: $sa_bits:expr) => {
         impl $crate::backend::cpu::types::q8_blocks::QuantBlock for $t {
             const VALUES: usize = $values;
             const BYTES: usize = $bytes;
@@ -114,7 +102,7 @@ macro_rules! iq_block {
             const HAS_CA: bool = false;
             const SIGNED_CODES: bool = true;
             const LEVEL_BIAS: u8 = $bias;
-            const LEVEL_SHIFT: u32 = $shift;
+            const LEVEL_SHIFT: u32 = 0 $(+ $shift)?;
             const CODE_MAX: u8 = if $bias == 0 {
                 127
             } else {
