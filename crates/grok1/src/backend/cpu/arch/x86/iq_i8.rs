@@ -16,6 +16,7 @@ use std::arch::x86_64::*;
 use super::iq_i8_vbmi;
 use super::q8_blocks_i8::Avx2Block;
 use super::q8_blocks_vnni::VnniBlock;
+use super::{bit_set_bytes, nibbles32, u32_bit_spread};
 use crate::backend::cpu::types::iq1_m::{iq1_m_scales, IQ1M};
 use crate::backend::cpu::types::iq1_s::IQ1S;
 use crate::backend::cpu::types::iq2_s::IQ2S;
@@ -108,11 +109,7 @@ unsafe fn iq4_part(qs: *const u8) -> (__m256i, __m256i) {
     unsafe {
         let table =
             _mm256_broadcastsi128_si256(_mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i));
-        let q = _mm_loadu_si128(qs as *const __m128i);
-        let nibbles = _mm256_and_si256(
-            _mm256_set_m128i(_mm_srli_epi16::<4>(q), q),
-            _mm256_set1_epi8(0x0F),
-        );
+        let nibbles = nibbles32(_mm_loadu_si128(qs as *const __m128i));
         let v = _mm256_shuffle_epi8(table, nibbles);
         (_mm256_abs_epi8(v), v)
     }
@@ -127,15 +124,7 @@ unsafe fn iq4_part(qs: *const u8) -> (__m256i, __m256i) {
 unsafe fn byte_signs(bits: u32) -> __m256i {
     // SAFETY: the caller's.
     unsafe {
-        let spread = _mm256_shuffle_epi8(
-            _mm256_set1_epi32(bits as i32),
-            _mm256_setr_epi8(
-                0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3,
-                3, 3, 3, 3,
-            ),
-        );
-        let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
-        let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, mask), mask);
+        let set = bit_set_bytes(_mm256_set1_epi32(bits as i32), u32_bit_spread());
         _mm256_or_si256(set, _mm256_set1_epi8(1))
     }
 }
@@ -197,11 +186,7 @@ impl IqParts for IQ4XS {
         unsafe {
             let high = _mm_set1_epi16(u16_at(w, 2) as i16);
             let low = _mm_cvtsi32_si128(u32_at(w, 4) as i32);
-            let m4 = _mm_set1_epi8(0x0F);
-            let nibbles = _mm_cvtepu8_epi16(_mm_unpacklo_epi8(
-                _mm_and_si128(low, m4),
-                _mm_and_si128(_mm_srli_epi16::<4>(low), m4),
-            ));
+            let nibbles = _mm_cvtepu8_epi16(nibble_bytes(low));
             let lift = _mm_setr_epi16(1 << 14, 1 << 12, 1 << 10, 1 << 8, 1 << 6, 1 << 4, 1 << 2, 1);
             let high = _mm_srli_epi16::<14>(_mm_mullo_epi16(high, lift));
             let scales = _mm_sub_epi16(
@@ -250,6 +235,20 @@ impl IqParts for IQ2XXS {
     }
 }
 
+/// The nibbles of bytes `0..8` of `low`, one a byte, the low nibble of
+/// each byte first.
+#[inline(always)]
+fn nibble_bytes(low: __m128i) -> __m128i {
+    // SAFETY: SSE2 (x86-64's baseline).
+    unsafe {
+        let m4 = _mm_set1_epi8(0x0F);
+        _mm_unpacklo_epi8(
+            _mm_and_si128(low, m4),
+            _mm_and_si128(_mm_srli_epi16::<4>(low), m4),
+        )
+    }
+}
+
 /// `2 s + 1` of the nibbles `s` of `low` (low nibble of each byte first),
 /// as i16 lanes in that order. The grid types' scales were made one at a
 /// time by scalar code, a shift, a mask and a multiply-add each, as much
@@ -261,11 +260,7 @@ impl IqParts for IQ2XXS {
 unsafe fn odd_nibble_scales(low: __m128i) -> [i16; 16] {
     // SAFETY: the caller's.
     unsafe {
-        let m4 = _mm_set1_epi8(0x0F);
-        let nibbles = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(
-            _mm_and_si128(low, m4),
-            _mm_and_si128(_mm_srli_epi16::<4>(low), m4),
-        ));
+        let nibbles = _mm256_cvtepu8_epi16(nibble_bytes(low));
         let odd = _mm256_or_si256(_mm256_slli_epi16::<1>(nibbles), _mm256_set1_epi16(1));
         let mut out = [0i16; 16];
         _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, odd);

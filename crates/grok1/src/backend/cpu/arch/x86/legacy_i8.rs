@@ -6,6 +6,7 @@ use std::arch::x86_64::*;
 
 use super::q8_blocks_i8::Avx2Block;
 use super::q8_blocks_vnni::VnniBlock;
+use super::{bit_set_bytes, nibbles32, u32_bit_spread};
 use crate::backend::cpu::types::q4_0::Q4_0;
 use crate::backend::cpu::types::q4_1::Q4_1;
 use crate::backend::cpu::types::q5_0::Q5_0;
@@ -21,21 +22,13 @@ use crate::backend::cpu::types::q5_1::Q5_1;
 unsafe fn codes(qs: *const u8, qh: Option<*const u8>) -> __m256i {
     // SAFETY: the caller's.
     unsafe {
-        let q = _mm_loadu_si128(qs as *const __m128i);
-        let nibbles = _mm256_and_si256(
-            _mm256_set_m128i(_mm_srli_epi16::<4>(q), q),
-            _mm256_set1_epi8(0x0F),
-        );
+        let nibbles = nibbles32(_mm_loadu_si128(qs as *const __m128i));
         let Some(qh) = qh else {
             return nibbles;
         };
         // Byte j gets byte j / 8 of the bits, then its own bit of it.
-        let spread = _mm256_setr_epi8(
-            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3,
-            3, 3, 3,
-        );
         let h = _mm256_set1_epi32((qh as *const i32).read_unaligned());
-        _mm256_or_si256(nibbles, fifth_bits(h, spread))
+        _mm256_or_si256(nibbles, fifth_bits(h, u32_bit_spread()))
     }
 }
 
@@ -104,11 +97,7 @@ unsafe fn pair_codes(
 #[inline(always)]
 fn fifth_bits(h: __m256i, spread: __m256i) -> __m256i {
     // SAFETY: AVX2 is enabled in every caller (inlined into them).
-    unsafe {
-        let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
-        let set = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(h, spread), mask), mask);
-        _mm256_and_si256(set, _mm256_set1_epi8(0x10))
-    }
+    unsafe { _mm256_and_si256(bit_set_bytes(h, spread), _mm256_set1_epi8(0x10)) }
 }
 
 macro_rules! legacy_block {

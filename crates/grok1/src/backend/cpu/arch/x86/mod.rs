@@ -10,7 +10,8 @@
 //! takes the strips and `add_scaled`; `q8_0_i8` <- `amx`; `math` <- `attention`;
 //! `hsum` (here) <- `f32_rows`, `q8_0_f32`, `attention`; `group_rows` and
 //! `rows_in_parts` (here) <- `q8_0_f32`, `q8_0_i8`, `q8_blocks_i8`;
-//! `prefetch_ahead` (here) <- `q8_blocks_i8`.
+//! `prefetch_ahead` (here) <- `q8_blocks_i8`; `nibbles32`, `u32_bit_spread`
+//! and `bit_set_bytes` (here) <- `legacy_i8`, `iq_i8`.
 
 #[cfg(target_os = "linux")]
 pub mod amx;
@@ -50,6 +51,45 @@ pub(super) fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
     _mm_cvtss_f32(s)
+}
+
+/// The 32 nibbles of the 16 bytes `q`, one a byte: the low nibbles in the
+/// low 128-bit half, the high ones in the high half (the legacy and IQ4
+/// blocks' order of values).
+#[inline(always)]
+pub(super) fn nibbles32(q: __m128i) -> __m256i {
+    // SAFETY: AVX2 is enabled in every caller (inlined into them).
+    unsafe {
+        _mm256_and_si256(
+            _mm256_set_m128i(_mm_srli_epi16::<4>(q), q),
+            _mm256_set1_epi8(0x0F),
+        )
+    }
+}
+
+/// The `vpshufb` index that gives byte `j` of each 128-bit half byte `j / 8`
+/// of a u32 broadcast over the vector: with [`bit_set_bytes`], bit `j` of
+/// that u32 in byte `j`.
+#[inline(always)]
+pub(super) fn u32_bit_spread() -> __m256i {
+    // SAFETY: AVX is enabled in every caller (inlined into them).
+    unsafe {
+        _mm256_setr_epi8(
+            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3,
+            3, 3, 3,
+        )
+    }
+}
+
+/// `0xFF` in each byte `j` whose bit `j % 8` is set in the byte of `h` that
+/// `spread` picks for it (`vpshufb`, within each 128-bit half), else 0.
+#[inline(always)]
+pub(super) fn bit_set_bytes(h: __m256i, spread: __m256i) -> __m256i {
+    // SAFETY: AVX2 is enabled in every caller (inlined into them).
+    unsafe {
+        let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+        _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(h, spread), mask), mask)
+    }
 }
 
 /// How far ahead of its reading point (bytes) a decode kernel that reads
