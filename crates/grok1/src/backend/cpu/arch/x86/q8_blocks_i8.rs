@@ -300,10 +300,10 @@ const WHOLE_MAX_VALUES: usize = 8192;
 /// longer rows a block of each at a time. Each block is prefetched
 /// `PREFETCH_DISTANCE` ahead of its reading (the kernel is compute-bound,
 /// and the hardware prefetchers alone kept too few lines in flight for the
-/// stream's speed). Each block's two integer vectors
-/// are half added up as soon as they are made and kept in `scratch` as four
-/// i32 per row (128 bytes a block for the eight rows: the vectors
-/// themselves were 512), and the eight rows' are finished together.
+/// stream's speed). Each block's two integer vectors are half added up as
+/// soon as they are made and kept in `scratch` as four i32 per row (128
+/// bytes a block for the eight rows: the vectors themselves were 512), and
+/// the eight rows' are finished together.
 ///
 /// # Safety
 /// AVX2, FMA and F16C; each `wp[u]` points at a row of `act.k / T::VALUES`
@@ -333,13 +333,14 @@ unsafe fn rows8_whole<T: Avx2Block, const WIDE: bool>(
             for (u, &w) in wp.iter().enumerate() {
                 for (b, ab) in scratch[b0..b0 + run].iter_mut().enumerate() {
                     let b = b0 + b;
-                    prefetch_ahead(w.wrapping_add(b * T::BYTES), T::BYTES);
                     // SAFETY: each weight row's block b is inside its row, the
                     // activation row's block b inside act's slices (asserted above).
                     let ([au], [bu]) = {
+                        let block = w.add(b * T::BYTES);
+                        prefetch_ahead(block, T::BYTES);
                         let x = act.q.as_ptr().add(b * T::VALUES);
                         let bs = act.bsums.as_ptr().add(b * per_block_sums);
-                        ints::<T, WIDE, 1>(w.add(b * T::BYTES), [x], [bs])
+                        ints::<T, WIDE, 1>(block, [x], [bs])
                     };
                     // [a01 a23 b01 b23 | a45 a67 b45 b67], then the halves
                     // added: [a', a'', b', b''] (a = a' + a'', b = b' + b'').
