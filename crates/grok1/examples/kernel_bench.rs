@@ -148,18 +148,21 @@ fn q8_0(k: usize, n: usize, m: usize, reps: usize, copies: usize) {
     let rows = (((1 << 20) / row_bytes).max(8) / 8 * 8).min(n);
     let w = &ws[0].data.bytes()[..rows * row_bytes];
     let act = grok1::backend::cpu::types::q8_0::ActQ8_0::quantize(isa, &x, m, k);
+    let xp = grok1::backend::cpu::types::q8_0::pair_rows(&x, m, k);
     let mut out = vec![0f32; rows * m];
-    for int8 in [false, true] {
-        let kernel = if int8 { "q8_0 int8" } else { "q8_0" };
-        let shape = format!("[{rows} x {k}] m={m}");
-        in_cache(kernel, &shape, rows * row_bytes, isa, || {
-            if int8 {
-                kernels::dot_q8_0_rows_int8(isa, act.rows(0..m), w, &mut out);
-            } else {
-                kernels::dot_q8_0_rows(isa, &x, m, k, w, &mut out);
-            }
+    let shape = format!("[{rows} x {k}] m={m}");
+    in_cache("q8_0", &shape, rows * row_bytes, isa, || {
+        kernels::dot_q8_0_rows(isa, &x, m, k, w, &mut out)
+    });
+    if kernels::q8_0_paired(isa, m) {
+        // The tile kernel that prefill takes from this many rows on.
+        in_cache("q8_0 paired", &shape, rows * row_bytes, isa, || {
+            kernels::dot_q8_0_rows_paired(isa, &xp, m, k, w, &mut out)
         });
     }
+    in_cache("q8_0 int8", &shape, rows * row_bytes, isa, || {
+        kernels::dot_q8_0_rows_int8(isa, act.rows(0..m), w, &mut out)
+    });
     let mut out = vec![0f32; m * n];
     for fast in [false, true] {
         let product = |w: &RowMatrix, out: &mut [f32]| {

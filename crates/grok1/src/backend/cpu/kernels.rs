@@ -261,8 +261,8 @@ pub fn dot_q8_0_rows(isa: Isa, x: &[f32], m: usize, k: usize, rows: &[u8], out_t
     }
 }
 
-/// Activation rows from which the f32 Q8_0 product takes the AVX-512 tile
-/// kernel (`arch/x86/q8_0_f32.rs`); fewer take [`dot_q8_0_rows`], whose
+/// Activation rows from which the f32 Q8_0 product takes the tile kernels
+/// (`arch/x86/q8_0_f32.rs`); fewer take [`dot_q8_0_rows`], whose
 /// row-at-a-time passes are as fast when the weights' bytes, not the
 /// arithmetic, set the pace.
 pub const Q8_0_TILE_MIN_M: usize = 6;
@@ -272,7 +272,7 @@ pub const Q8_0_TILE_MIN_M: usize = 6;
 ///
 /// [`pair_rows`]: super::types::q8_0::pair_rows
 pub fn q8_0_paired(isa: Isa, m: usize) -> bool {
-    matches!(isa, Isa::Avx512Vnni | Isa::Amx) && m >= Q8_0_TILE_MIN_M
+    matches!(isa, Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx) && m >= Q8_0_TILE_MIN_M
 }
 
 /// [`dot_q8_0_rows`] (the same results, bit for bit) with the activations
@@ -303,6 +303,12 @@ pub fn dot_q8_0_rows_paired(
             // SAFETY: both are only chosen when the CPU has AVX2, FMA, F16C
             // and AVX-512 F (Isa::best); the sizes are checked above.
             unsafe { x86::q8_0_f32::dot_q8_0_rows_paired_avx512(xp, m, k, rows, out_t) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            // SAFETY: AVX2/FMA are present (Isa::best), F16C with them on every
+            // CPU that has both; the sizes are checked above.
+            unsafe { x86::q8_0_f32::dot_q8_0_rows_paired_avx2(xp, m, k, rows, out_t) }
         }
         _ => {
             // No tile kernel here: the row kernel on the rows unpacked.

@@ -1,21 +1,18 @@
 //! GGUF Q8_0 rows against f32 activations (`kernels::dot_q8_0_rows`): AVX2
 //! groups of up to four weight rows ([`dot_q8_0_rows_avx2`]), and for many
-//! activation rows the AVX-512 pair tiles below.
+//! activation rows the pair tiles below, in 512 or 256 bits.
 //!
-//! AVX-512 version of the f32 Q8_0 product (`kernels::dot_q8_0_rows`, GGUF
-//! Q8_0 weights against f32 activations) for many activation rows (prefill),
-//! bit-identical to the scalar reference.
-//!
-//! The reference's arithmetic keeps eight lanes per (weight row, activation
-//! row); a 512-bit vector holds two such pairs: one weight row against two
-//! activation rows, the activations packed in pairs (`q8_0::pair_rows`:
+//! The tiles (`kernels::dot_q8_0_rows_paired`: prefill) are bit-identical to
+//! the scalar reference, whose arithmetic keeps eight lanes per (weight row,
+//! activation row): the activations are packed in pairs (`q8_0::pair_rows`:
 //! per group of pairs, block, pair and eighth of a block, 16 floats, eight of
-//! each row) and each weight eighth dequantised once into both halves, so
-//! each product is one FMA. A register tile is `R` weight rows by up to `P`
-//! activation pairs; it walks `KC` blocks, its sums kept between such chunks
-//! in a small buffer, so the chunk of activations it reads stays in L1 (24
-//! KiB) while every weight row of the run passes, and the run of weight rows
-//! stays in L2 while every pair group passes.
+//! each row), so that a 512-bit vector holds one pair's two sums and a
+//! 256-bit tile two vectors; each weight eighth is dequantised once for all
+//! the tile's pairs, so each product is one FMA. A register tile is some
+//! weight rows by a few activation pairs; it walks `KC` blocks, its sums
+//! kept between such chunks in a small buffer, so the chunk of activations
+//! it reads stays in L1 (24 KiB) while every weight row of the run passes,
+//! and the run of weight rows stays in L2 while every pair group passes.
 
 use std::arch::x86_64::*;
 
@@ -181,7 +178,7 @@ const PAIR_BLOCK: usize = 64;
 
 /// `out_t[c][i] = x[i] . row_c` as `q8_0::dot_q8_0_rows_scalar` computes
 /// it, for `m` activation rows packed by `q8_0::pair_rows` and the Q8_0
-/// weight rows in `rows` (`out_t.len() / m` of them).
+/// weight rows in `rows` (`out_t.len() / m` of them), by 512-bit tiles.
 ///
 /// # Safety
 /// AVX2, FMA, F16C and AVX-512 F; `m > 0`, `k % 32 == 0`, `xp` holds
@@ -195,20 +192,73 @@ pub unsafe fn dot_q8_0_rows_paired_avx512(
     rows: &[u8],
     out_t: &mut [f32],
 ) {
+    // SAFETY: the caller's.
+    unsafe { paired::<Zmm>(xp, m, k, rows, out_t) }
+}
+
+/// [`dot_q8_0_rows_paired_avx512`] by 256-bit tiles: each pair of
+/// activation rows two vectors of sums. The row kernel
+/// ([`dot_q8_0_rows_avx2`]) converted each eighth of a weight block for
+/// two activation rows, three conversions for two FMAs; here for up to
+/// twelve.
+///
+/// # Safety
+/// AVX2, FMA and F16C; otherwise as [`dot_q8_0_rows_paired_avx512`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q8_0_rows_paired_avx2(
+    xp: &[f32],
+    m: usize,
+    k: usize,
+    rows: &[u8],
+    out_t: &mut [f32],
+) {
+    // SAFETY: the caller's.
+    unsafe { paired::<Ymm>(xp, m, k, rows, out_t) }
+}
+
+/// A register tile kernel of the paired product: `Acc` is one weight row's
+/// sums against one pair of activation rows.
+trait PairTiles {
+    type Acc: Copy;
+
+    fn zero() -> Self::Acc;
+
+    /// [`Tile`]'s rows (`r`: 1 or 2) times its first `pp` pairs (1..=P),
+    /// added into `acc` (`[r][P]`, row-major; from zero in the first chunk).
+    ///
+    /// # Safety
+    /// The CPU has the kernel's features; as [`Tile`]'s fields say.
+    unsafe fn run_any(tile: &Tile, r: usize, pp: usize, acc: &mut [Self::Acc]);
+
+    /// The pair's two sums, each row's lanes added as the reference does:
+    /// `((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))`.
+    ///
+    /// # Safety
+    /// The CPU has the kernel's features.
+    unsafe fn sums(acc: Self::Acc) -> [f32; 2];
+}
+
+/// The paired product over tiles of kernel `K`: pair groups, chunks of `KC`
+/// blocks, runs of `R` weight rows.
+///
+/// # Safety
+/// The CPU has `K`'s features (inlined into a function that enables them);
+/// as [`dot_q8_0_rows_paired_avx512`].
+#[inline(always)]
+unsafe fn paired<K: PairTiles>(xp: &[f32], m: usize, k: usize, rows: &[u8], out_t: &mut [f32]) {
     let blocks = k / 32;
     let row_bytes = blocks * Q8_0_BLOCK_BYTES;
     let nrows = out_t.len() / m;
     let pairs = m.div_ceil(2);
     assert!(m > 0 && blocks > 0 && xp.len() >= pairs * blocks * PAIR_BLOCK);
     assert!(rows.len() >= nrows * row_bytes && out_t.len() == nrows * m);
-    // The sums of one pair group: [row][pair in group] vectors.
-    let mut acc = vec![_mm512_setzero_ps(); nrows * P];
+    // The sums of one pair group: [row][pair in group].
+    let mut acc = vec![K::zero(); nrows * P];
     // The rows' block scales as f32 (converted in the tile, the compiler tied
     // each block to the one before through a partial register write).
     let mut dw = vec![0f32; nrows * blocks];
     for (d, block) in dw.iter_mut().zip(rows.chunks_exact(Q8_0_BLOCK_BYTES)) {
-        let bits = i32::from(u16::from_le_bytes([block[0], block[1]]));
-        *d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)));
+        *d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
     }
     let width = pair_group_width(pairs);
     // The bytes after these rows (the next run of a task's rows, read by the
@@ -242,37 +292,91 @@ pub unsafe fn dot_q8_0_rows_paired_avx512(
                 for u in c + 2 * R..(c + 3 * R).min(nrows) {
                     let at = u * row_bytes + b0 * Q8_0_BLOCK_BYTES;
                     for line in (0..kb * Q8_0_BLOCK_BYTES).step_by(64) {
-                        // A prefetch reads nothing and cannot fault.
-                        _mm_prefetch(
-                            rows.as_ptr().wrapping_add(at + line) as *const i8,
-                            _MM_HINT_T0,
-                        );
+                        // SAFETY: SSE (x86-64's baseline); a prefetch reads
+                        // nothing and cannot fault.
+                        unsafe {
+                            _mm_prefetch(
+                                rows.as_ptr().wrapping_add(at + line) as *const i8,
+                                _MM_HINT_T0,
+                            )
+                        };
                     }
                 }
                 for line in next..(next + per_tile).min(next_lines) {
-                    // Past the slice, but a prefetch reads nothing and cannot fault.
-                    _mm_prefetch(
-                        rows.as_ptr().wrapping_add(rows.len() + 64 * line) as *const i8,
-                        _MM_HINT_T1,
-                    );
+                    // SAFETY: SSE; past the slice, but a prefetch reads
+                    // nothing and cannot fault.
+                    unsafe {
+                        _mm_prefetch(
+                            rows.as_ptr().wrapping_add(rows.len() + 64 * line) as *const i8,
+                            _MM_HINT_T1,
+                        )
+                    };
                 }
                 next += per_tile;
                 let a = &mut acc[c * P..(c + r) * P];
                 // SAFETY: rows c..c + r hold blocks b0..b0 + kb; pairs p0..p0 +
-                // pp hold them too (asserted above); `a` is r * P vectors.
-                unsafe { tile.run_any(r, pp, a) };
+                // pp hold them too (asserted above); `a` is r * P sums.
+                unsafe { K::run_any(&tile, r, pp, a) };
                 c += r;
             }
         }
         for c in 0..nrows {
             for t in 0..pp {
-                let (i, sums) = (2 * (p0 + t), halves_added(acc[c * P + t]));
+                // SAFETY: the caller's features.
+                let (i, sums) = (2 * (p0 + t), unsafe { K::sums(acc[c * P + t]) });
                 out_t[c * m + i] = sums[0];
                 if i + 1 < m {
                     out_t[c * m + i + 1] = sums[1];
                 }
             }
         }
+    }
+}
+
+/// The 512-bit tiles: one vector per pair (its two rows' eight lanes side
+/// by side), each weight eighth dequantised once into both halves.
+struct Zmm;
+
+impl PairTiles for Zmm {
+    type Acc = __m512;
+
+    fn zero() -> __m512 {
+        // SAFETY: only made in `paired::<Zmm>`, inlined into a function with
+        // AVX-512 F.
+        unsafe { _mm512_setzero_ps() }
+    }
+
+    unsafe fn run_any(tile: &Tile, r: usize, pp: usize, acc: &mut [__m512]) {
+        // SAFETY: the caller's.
+        unsafe { tile.run_any(r, pp, acc) }
+    }
+
+    unsafe fn sums(acc: __m512) -> [f32; 2] {
+        // SAFETY: the caller's features.
+        unsafe { halves_added(acc) }
+    }
+}
+
+/// The 256-bit tiles: two vectors per pair, one a row.
+struct Ymm;
+
+impl PairTiles for Ymm {
+    type Acc = [__m256; 2];
+
+    fn zero() -> [__m256; 2] {
+        // SAFETY: AVX (only made in `paired::<Ymm>`, inlined into a function
+        // with AVX2).
+        unsafe { [_mm256_setzero_ps(); 2] }
+    }
+
+    unsafe fn run_any(tile: &Tile, r: usize, pp: usize, acc: &mut [[__m256; 2]]) {
+        // SAFETY: the caller's.
+        unsafe { tile.run_any_avx2(r, pp, acc) }
+    }
+
+    unsafe fn sums(acc: [__m256; 2]) -> [f32; 2] {
+        // SAFETY: the caller's features.
+        unsafe { [hsum(acc[0]), hsum(acc[1])] }
     }
 }
 
@@ -317,7 +421,86 @@ macro_rules! run_any {
     };
 }
 
+/// Pairs in a 256-bit register tile of one weight row: twelve vectors of
+/// sums, the weight eighth and its scale.
+const PY: usize = 6;
+
 impl Tile {
+    /// [`PairTiles::run_any`] by 256-bit tiles: each row alone against the
+    /// pairs in parts of at most [`PY`], as equal as they can be. (Two rows
+    /// against half the pairs, each activation vector loaded once for both,
+    /// ran 8% slower in cache.)
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C; as [`Tile`]'s fields say, `acc` `[r][P]`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn run_any_avx2(&self, r: usize, pp: usize, acc: &mut [[__m256; 2]]) {
+        let part = pp.div_ceil(pp.div_ceil(PY));
+        for u in 0..r {
+            let mut t0 = 0;
+            while t0 < pp {
+                let n = part.min(pp - t0);
+                let a = &mut acc[u * P + t0..];
+                // SAFETY: the caller's; `a` holds at least n sums (t0 + n <=
+                // pp <= P).
+                unsafe {
+                    match n {
+                        1 => self.run_avx2::<1>(u, t0, a),
+                        2 => self.run_avx2::<2>(u, t0, a),
+                        3 => self.run_avx2::<3>(u, t0, a),
+                        4 => self.run_avx2::<4>(u, t0, a),
+                        5 => self.run_avx2::<5>(u, t0, a),
+                        _ => self.run_avx2::<PY>(u, t0, a),
+                    }
+                }
+                t0 += n;
+            }
+        }
+    }
+
+    /// Adds blocks `b0..b0 + kb` of weight row `u` times pairs `t0..t0 +
+    /// PP` into `acc[..PP]` (from zero in the first chunk): per block and
+    /// eighth `e`, the weights dequantised once and `acc = fma(x, d * q,
+    /// acc)` for each of the `2 PP` activation rows.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C; row `u` holds the chunk's blocks, the packed
+    /// activations pairs `t0..t0 + PP` in each of them, `acc` at least `PP`
+    /// sums.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn run_avx2<const PP: usize>(&self, u: usize, t0: usize, acc: &mut [[__m256; 2]]) {
+        assert!(acc.len() >= PP && u < R);
+        let mut a: [[__m256; 2]; PP] = std::array::from_fn(|t| {
+            if self.b0 == 0 {
+                [_mm256_setzero_ps(); 2]
+            } else {
+                acc[t]
+            }
+        });
+        for b in self.b0..self.b0 + self.kb {
+            // SAFETY: the caller's bounds.
+            unsafe {
+                let d = _mm256_set1_ps(*self.d[u].add(b));
+                for e in 0..4 {
+                    let at = self.w[u].add(b * Q8_0_BLOCK_BYTES + 2 + 8 * e);
+                    let q = _mm256_mul_ps(
+                        d,
+                        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                            at as *const __m128i,
+                        ))),
+                    );
+                    for (t, at) in a.iter_mut().enumerate() {
+                        let x = self.x.add((b * self.pairs + t0 + t) * PAIR_BLOCK + 16 * e);
+                        at[0] = _mm256_fmadd_ps(_mm256_loadu_ps(x), q, at[0]);
+                        at[1] = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(8)), q, at[1]);
+                    }
+                }
+            }
+        }
+        acc[..PP].copy_from_slice(&a);
+    }
+
     /// [`Tile::run`] for `r` rows (1 or 2) and `pp` pairs (1..=P).
     ///
     /// # Safety
