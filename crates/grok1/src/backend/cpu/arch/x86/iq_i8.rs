@@ -52,12 +52,13 @@ static SIGN_MASKS: [u64; 128] = {
 
 /// An i-quant type in parts of 32 values.
 trait IqParts: QuantBlock {
-    /// Part `p`'s 32 levels as magnitudes and signs `(u, s)`.
+    /// Part `p`'s 32 levels as magnitudes and signs `(u, s)`, given the
+    /// block's sign words from [`IqParts::block_signs`].
     ///
     /// # Safety
     /// AVX2 (inlined into an AVX2 function); a whole block at `w`,
     /// `p < VALUES / 32`.
-    unsafe fn part(w: *const u8, p: usize) -> (__m256i, __m256i);
+    unsafe fn part(w: *const u8, signs: &[u32; 8], p: usize) -> (__m256i, __m256i);
 
     /// The i16 scales of part `p`'s 16 pairs of values (its sub-block
     /// scales, each repeated over its values' pairs), given the block's
@@ -72,6 +73,17 @@ trait IqParts: QuantBlock {
     /// # Safety
     /// A whole block at `w`.
     unsafe fn block_scales(w: *const u8) -> [i16; 16];
+
+    /// The block's sign bits as a u32 a part (bit `j` of byte `i` negates
+    /// value `8 i + j`), where a type makes them for all parts at once
+    /// (the others read theirs in `part`).
+    ///
+    /// # Safety
+    /// As [`IqParts::block_scales`].
+    #[inline(always)]
+    unsafe fn block_signs(_w: *const u8) -> [u32; 8] {
+        [0; 8]
+    }
 }
 
 /// The block at `w` as a slice.
@@ -129,12 +141,38 @@ unsafe fn byte_signs(bits: u32) -> __m256i {
     }
 }
 
-/// The sign vector of four 7-bit sign indices in the low 28 bits of `aux`.
+/// The sign bits of eight parts whose signs are four 7-bit indices
+/// (`even_signs`) in the low 28 bits of each u32 lane of `aux`: per lane,
+/// four bytes, each index's seven bits and the parity of them as the
+/// eighth. Made for the eight parts at once: one part's from a table
+/// (`SIGN_MASKS`: four indices taken apart, four loads and the vector
+/// put together) were a third of the IQ3_XXS decode's operations.
+///
+/// # Safety
+/// AVX2 (inlined into an AVX2 function).
 #[inline(always)]
-fn even_sign_masks(aux: u32) -> __m256i {
-    let m = |l: u32| SIGN_MASKS[(aux >> (7 * l) & 127) as usize] as i64;
-    // SAFETY: AVX2 is enabled in every caller (inlined into them).
-    unsafe { _mm256_set_epi64x(m(3), m(2), m(1), m(0)) }
+unsafe fn even_sign_words(aux: __m256i) -> [u32; 8] {
+    // SAFETY: the caller's.
+    unsafe {
+        let field = |v: __m256i, mask: i32| _mm256_and_si256(v, _mm256_set1_epi32(mask));
+        // Index i of each lane to byte i (bit 7 clear).
+        let x = _mm256_or_si256(
+            _mm256_or_si256(field(aux, 0x7F), field(_mm256_slli_epi32::<1>(aux), 0x7F00)),
+            _mm256_or_si256(
+                field(_mm256_slli_epi32::<2>(aux), 0x7F_0000),
+                field(_mm256_slli_epi32::<3>(aux), 0x7F00_0000),
+            ),
+        );
+        // Bit 0 of each byte the parity of its seven bits (what moves in
+        // from the byte above only touches bits that are not read).
+        let p = _mm256_xor_si256(x, _mm256_srli_epi32::<4>(x));
+        let p = _mm256_xor_si256(p, _mm256_srli_epi32::<2>(p));
+        let p = _mm256_xor_si256(p, _mm256_srli_epi32::<1>(p));
+        let words = _mm256_or_si256(x, _mm256_slli_epi32::<7>(field(p, 0x0101_0101)));
+        let mut out = [0u32; 8];
+        _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, words);
+        out
+    }
 }
 
 #[inline(always)]
@@ -151,7 +189,7 @@ unsafe fn u32_at(w: *const u8, at: usize) -> u32 {
 
 impl IqParts for IQ4NL {
     #[inline(always)]
-    unsafe fn part(w: *const u8, _p: usize) -> (__m256i, __m256i) {
+    unsafe fn part(w: *const u8, _signs: &[u32; 8], _p: usize) -> (__m256i, __m256i) {
         // SAFETY: the trait's contract.
         unsafe { iq4_part(w.add(2)) }
     }
@@ -167,7 +205,7 @@ impl IqParts for IQ4NL {
 
 impl IqParts for IQ4XS {
     #[inline(always)]
-    unsafe fn part(w: *const u8, p: usize) -> (__m256i, __m256i) {
+    unsafe fn part(w: *const u8, _signs: &[u32; 8], p: usize) -> (__m256i, __m256i) {
         // SAFETY: the trait's contract: sub-block p's 16 bytes.
         unsafe { iq4_part(w.add(8 + 16 * p)) }
     }
@@ -200,16 +238,37 @@ impl IqParts for IQ4XS {
     }
 }
 
+/// The second u32 of each of an IQ2_XXS block's eight parts (four 7-bit
+/// sign indices and the scale).
+///
+/// # Safety
+/// AVX2 (inlined into an AVX2 function); a whole block at `w`.
+#[inline(always)]
+unsafe fn iq2_xxs_aux(w: *const u8) -> __m256i {
+    // SAFETY: the caller's: parts 0..4 and 4..8 (two u32 each: grid, then
+    // signs and scale) at 2..34 and 34..66.
+    unsafe {
+        let a = _mm256_loadu_si256(w.add(2) as *const __m256i);
+        let b = _mm256_loadu_si256(w.add(34) as *const __m256i);
+        // The odd u32: [x0 x1 x4 x5 | x2 x3 x6 x7], then in order.
+        let odd = _mm256_castps_si256(_mm256_shuffle_ps::<0b11_01_11_01>(
+            _mm256_castsi256_ps(a),
+            _mm256_castsi256_ps(b),
+        ));
+        _mm256_permutevar8x32_epi32(odd, _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7))
+    }
+}
+
 impl IqParts for IQ2XXS {
     #[inline(always)]
-    unsafe fn part(w: *const u8, p: usize) -> (__m256i, __m256i) {
+    unsafe fn part(w: *const u8, signs: &[u32; 8], p: usize) -> (__m256i, __m256i) {
         // SAFETY: the trait's contract: part p's two u32.
         unsafe {
-            let (grid, aux) = (u32_at(w, 2 + 8 * p), u32_at(w, 6 + 8 * p));
+            let grid = u32_at(w, 2 + 8 * p);
             let g = |l: u32| IQ2XXS_GRID[(grid >> (8 * l)) as u8 as usize] as i64;
             (
                 _mm256_set_epi64x(g(3), g(2), g(1), g(0)),
-                even_sign_masks(aux),
+                byte_signs(signs[p]),
             )
         }
     }
@@ -219,19 +278,13 @@ impl IqParts for IQ2XXS {
     }
     #[inline(always)]
     unsafe fn block_scales(w: *const u8) -> [i16; 16] {
-        // SAFETY: the trait's contract: parts 0..4 and 4..8 (two u32 each:
-        // grid, then signs and scale) at 2..34 and 34..66.
-        unsafe {
-            let a = _mm256_loadu_si256(w.add(2) as *const __m256i);
-            let b = _mm256_loadu_si256(w.add(34) as *const __m256i);
-            // The odd u32: [x0 x1 x4 x5 | x2 x3 x6 x7], then in order.
-            let odd = _mm256_castps_si256(_mm256_shuffle_ps::<0b11_01_11_01>(
-                _mm256_castsi256_ps(a),
-                _mm256_castsi256_ps(b),
-            ));
-            let odd = _mm256_permutevar8x32_epi32(odd, _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7));
-            odd_top_scales(odd)
-        }
+        // SAFETY: the trait's contract.
+        unsafe { odd_top_scales(iq2_xxs_aux(w)) }
+    }
+    #[inline(always)]
+    unsafe fn block_signs(w: *const u8) -> [u32; 8] {
+        // SAFETY: the trait's contract.
+        unsafe { even_sign_words(iq2_xxs_aux(w)) }
     }
 }
 
@@ -290,7 +343,7 @@ unsafe fn odd_top_scales(v: __m256i) -> [i16; 16] {
 
 impl IqParts for IQ2XS {
     #[inline(always)]
-    unsafe fn part(w: *const u8, p: usize) -> (__m256i, __m256i) {
+    unsafe fn part(w: *const u8, _signs: &[u32; 8], p: usize) -> (__m256i, __m256i) {
         // SAFETY: the trait's contract: part p's four u16.
         unsafe {
             let q = |l: usize| u16_at(w, 2 + 2 * (4 * p + l));
@@ -316,7 +369,7 @@ impl IqParts for IQ2XS {
 
 impl IqParts for IQ2S {
     #[inline(always)]
-    unsafe fn part(w: *const u8, p: usize) -> (__m256i, __m256i) {
+    unsafe fn part(w: *const u8, _signs: &[u32; 8], p: usize) -> (__m256i, __m256i) {
         // SAFETY: the trait's contract: part p's 4 index bytes, its byte of
         // high bits and its 4 sign bytes.
         unsafe {
@@ -345,15 +398,20 @@ impl IqParts for IQ2S {
 
 impl IqParts for IQ3XXS {
     #[inline(always)]
-    unsafe fn part(w: *const u8, p: usize) -> (__m256i, __m256i) {
+    unsafe fn part(w: *const u8, signs: &[u32; 8], p: usize) -> (__m256i, __m256i) {
         // SAFETY: the trait's contract: part p's 8 index bytes and its u32.
         unsafe {
             let g = |l: usize| IQ3XXS_GRID[usize::from(*w.add(2 + 8 * p + l))] as i32;
             (
                 _mm256_setr_epi32(g(0), g(1), g(2), g(3), g(4), g(5), g(6), g(7)),
-                even_sign_masks(u32_at(w, 66 + 4 * p)),
+                byte_signs(signs[p]),
             )
         }
+    }
+    #[inline(always)]
+    unsafe fn block_signs(w: *const u8) -> [u32; 8] {
+        // SAFETY: the trait's contract: the eight u32 at 66..98.
+        unsafe { even_sign_words(_mm256_loadu_si256(w.add(66) as *const __m256i)) }
     }
     #[inline(always)]
     unsafe fn scale(sc: &[i16; 16], p: usize) -> __m256i {
@@ -368,7 +426,7 @@ impl IqParts for IQ3XXS {
 
 impl IqParts for IQ3S {
     #[inline(always)]
-    unsafe fn part(w: *const u8, p: usize) -> (__m256i, __m256i) {
+    unsafe fn part(w: *const u8, _signs: &[u32; 8], p: usize) -> (__m256i, __m256i) {
         // SAFETY: the trait's contract: part p's 8 index bytes, its byte of
         // ninth bits and its 4 sign bytes.
         unsafe {
@@ -399,7 +457,7 @@ impl IqParts for IQ3S {
 
 impl IqParts for IQ1S {
     #[inline(always)]
-    unsafe fn part(w: *const u8, p: usize) -> (__m256i, __m256i) {
+    unsafe fn part(w: *const u8, _signs: &[u32; 8], p: usize) -> (__m256i, __m256i) {
         // SAFETY: the trait's contract: part p's 4 index bytes and its u16.
         unsafe {
             let qh = u16_at(w, 34 + 2 * p);
@@ -434,7 +492,7 @@ impl IqParts for IQ1S {
 
 impl IqParts for IQ1M {
     #[inline(always)]
-    unsafe fn part(w: *const u8, p: usize) -> (__m256i, __m256i) {
+    unsafe fn part(w: *const u8, _signs: &[u32; 8], p: usize) -> (__m256i, __m256i) {
         // SAFETY: the trait's contract: part p's 4 index bytes and its 2
         // bytes of nibbles.
         unsafe {
@@ -481,9 +539,10 @@ unsafe fn avx2_ints<T: IqParts, const G: usize>(w: *const u8, x: [*const i8; G])
     // SAFETY: the caller's.
     unsafe {
         let sc = T::block_scales(w);
+        let signs = T::block_signs(w);
         let mut a = [_mm256_setzero_si256(); G];
         for p in 0..T::VALUES / 32 {
-            let (u, s) = T::part(w, p);
+            let (u, s) = T::part(w, &signs, p);
             let scale = T::scale(&sc, p);
             for (t, a) in a.iter_mut().enumerate() {
                 let xv = _mm256_loadu_si256(x[t].add(32 * p) as *const __m256i);
@@ -504,8 +563,9 @@ unsafe fn avx2_ints<T: IqParts, const G: usize>(w: *const u8, x: [*const i8; G])
 unsafe fn avx2_levels<T: IqParts>(block: *const u8, out: *mut u8) {
     // SAFETY: the caller's.
     unsafe {
+        let signs = T::block_signs(block);
         for p in 0..T::VALUES / 32 {
-            let (u, s) = T::part(block, p);
+            let (u, s) = T::part(block, &signs, p);
             let levels = _mm256_sign_epi8(u, s);
             _mm256_storeu_si256(out.add(32 * p) as *mut __m256i, levels);
         }
