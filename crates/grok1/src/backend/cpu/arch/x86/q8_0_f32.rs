@@ -219,9 +219,8 @@ pub unsafe fn dot_q8_0_rows_paired_avx2(
 /// A register tile kernel of the paired product: `Acc` is one weight row's
 /// sums against one pair of activation rows.
 trait PairTiles {
+    /// Vectors of f32 sums (all-zero bits are sums of 0.0).
     type Acc: Copy;
-
-    fn zero() -> Self::Acc;
 
     /// [`Tile`]'s rows (`r`: 1 or 2) times its first `pp` pairs (1..=P),
     /// added into `acc` (`[r][P]`, row-major; from zero in the first chunk).
@@ -252,13 +251,16 @@ unsafe fn paired<K: PairTiles>(xp: &[f32], m: usize, k: usize, rows: &[u8], out_
     let pairs = m.div_ceil(2);
     assert!(m > 0 && blocks > 0 && xp.len() >= pairs * blocks * PAIR_BLOCK);
     assert!(rows.len() >= nrows * row_bytes && out_t.len() == nrows * m);
-    // The sums of one pair group: [row][pair in group].
-    let mut acc = vec![K::zero(); nrows * P];
+    // The sums of one pair group: [row][pair in group]. SAFETY: `Acc` is
+    // f32 vectors, for which all-zero bits are valid (0.0).
+    let mut acc = vec![unsafe { std::mem::zeroed::<K::Acc>() }; nrows * P];
     // The rows' block scales as f32 (converted in the tile, the compiler tied
     // each block to the one before through a partial register write).
     let mut dw = vec![0f32; nrows * blocks];
     for (d, block) in dw.iter_mut().zip(rows.chunks_exact(Q8_0_BLOCK_BYTES)) {
-        *d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+        let bits = i32::from(u16::from_le_bytes([block[0], block[1]]));
+        // SAFETY: F16C, which both kernels' callers enable.
+        *d = unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits))) };
     }
     let width = pair_group_width(pairs);
     // The bytes after these rows (the next run of a task's rows, read by the
@@ -340,12 +342,6 @@ struct Zmm;
 impl PairTiles for Zmm {
     type Acc = __m512;
 
-    fn zero() -> __m512 {
-        // SAFETY: only made in `paired::<Zmm>`, inlined into a function with
-        // AVX-512 F.
-        unsafe { _mm512_setzero_ps() }
-    }
-
     unsafe fn run_any(tile: &Tile, r: usize, pp: usize, acc: &mut [__m512]) {
         // SAFETY: the caller's.
         unsafe { tile.run_any(r, pp, acc) }
@@ -362,12 +358,6 @@ struct Ymm;
 
 impl PairTiles for Ymm {
     type Acc = [__m256; 2];
-
-    fn zero() -> [__m256; 2] {
-        // SAFETY: AVX (only made in `paired::<Ymm>`, inlined into a function
-        // with AVX2).
-        unsafe { [_mm256_setzero_ps(); 2] }
-    }
 
     unsafe fn run_any(tile: &Tile, r: usize, pp: usize, acc: &mut [[__m256; 2]]) {
         // SAFETY: the caller's.
@@ -490,10 +480,10 @@ impl Tile {
                             at as *const __m128i,
                         ))),
                     );
-                    for (t, at) in a.iter_mut().enumerate() {
+                    for (t, sums) in a.iter_mut().enumerate() {
                         let x = self.x.add((b * self.pairs + t0 + t) * PAIR_BLOCK + 16 * e);
-                        at[0] = _mm256_fmadd_ps(_mm256_loadu_ps(x), q, at[0]);
-                        at[1] = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(8)), q, at[1]);
+                        sums[0] = _mm256_fmadd_ps(_mm256_loadu_ps(x), q, sums[0]);
+                        sums[1] = _mm256_fmadd_ps(_mm256_loadu_ps(x.add(8)), q, sums[1]);
                     }
                 }
             }
