@@ -103,11 +103,21 @@ fn scale32(sc: &[i16; 16], p: usize) -> __m256i {
     unsafe { _mm256_set1_epi16(sc[p]) }
 }
 
-/// Scales `2p` (values 0..16 of the part, the low 128 bits) and `2p + 1`.
+/// Scales `2p` (values 0..16 of the part, the low 128 bits) and `2p + 1`,
+/// from `sc` in split order (the even-numbered scales in lanes 0..8, the
+/// odd in 8..16): one byte shuffle of the block's scales in a register,
+/// where two broadcasts and an insert a part were an eighth of IQ2_XS's
+/// decode.
 #[inline(always)]
 fn scale16(sc: &[i16; 16], p: usize) -> __m256i {
-    // SAFETY: AVX2 is enabled in every caller (inlined into them).
-    unsafe { _mm256_set_m128i(_mm_set1_epi16(sc[2 * p + 1]), _mm_set1_epi16(sc[2 * p])) }
+    // SAFETY: AVX2 is enabled in every caller (inlined into them); 32
+    // bytes at `sc`.
+    unsafe {
+        let v = _mm256_loadu_si256(sc.as_ptr() as *const __m256i);
+        // Word p of each 128-bit half: scale 2p below, 2p + 1 above.
+        let word = (2 * p as i16) | (2 * p as i16 + 1) << 8;
+        _mm256_shuffle_epi8(v, _mm256_set1_epi16(word))
+    }
 }
 
 /// IQ4's 32 levels from 16 bytes of nibbles at `qs` (low nibbles first),
@@ -321,6 +331,27 @@ unsafe fn odd_nibble_scales(low: __m128i) -> [i16; 16] {
     }
 }
 
+/// `2 s + 1` of the 16 nibbles `s` of `low`'s bytes 0..8, as i16 lanes in
+/// the split order of [`scale16`]: the low nibbles (scales 0, 2, ..)
+/// first, then the high ones.
+///
+/// # Safety
+/// AVX2 (inlined into an AVX2 function).
+#[inline(always)]
+unsafe fn odd_nibble_scales_split(low: __m128i) -> [i16; 16] {
+    // SAFETY: the caller's.
+    unsafe {
+        let m4 = _mm_set1_epi8(0x0F);
+        let even = _mm_cvtepu8_epi16(_mm_and_si128(low, m4));
+        let odd = _mm_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(low), m4));
+        let s = _mm256_set_m128i(odd, even);
+        let s = _mm256_or_si256(_mm256_slli_epi16::<1>(s), _mm256_set1_epi16(1));
+        let mut out = [0i16; 16];
+        _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, s);
+        out
+    }
+}
+
 /// `2 s + 1` of the top nibbles `s` of the eight u32 lanes of `v`, as the
 /// first eight i16 (the rest 0).
 ///
@@ -363,7 +394,7 @@ impl IqParts for IQ2XS {
     #[inline(always)]
     unsafe fn block_scales(w: *const u8) -> [i16; 16] {
         // SAFETY: the trait's contract: 8 scale bytes at 66.
-        unsafe { odd_nibble_scales(_mm_loadl_epi64(w.add(66) as *const __m128i)) }
+        unsafe { odd_nibble_scales_split(_mm_loadl_epi64(w.add(66) as *const __m128i)) }
     }
 }
 
@@ -392,7 +423,7 @@ impl IqParts for IQ2S {
     #[inline(always)]
     unsafe fn block_scales(w: *const u8) -> [i16; 16] {
         // SAFETY: the trait's contract: 8 scale bytes at 74.
-        unsafe { odd_nibble_scales(_mm_loadl_epi64(w.add(74) as *const __m128i)) }
+        unsafe { odd_nibble_scales_split(_mm_loadl_epi64(w.add(74) as *const __m128i)) }
     }
 }
 
@@ -477,16 +508,18 @@ impl IqParts for IQ1S {
     unsafe fn scale(sc: &[i16; 16], p: usize) -> __m256i {
         scale32(sc, p)
     }
+    /// `2 s + 1` of bits 12..15 of the eight u16 at 34, the rest 0.
     #[inline(always)]
     unsafe fn block_scales(w: *const u8) -> [i16; 16] {
-        // SAFETY: the trait's contract.
-        std::array::from_fn(|p| {
-            if p < 8 {
-                2 * (unsafe { u16_at(w, 34 + 2 * p) } >> 12 & 7) as i16 + 1
-            } else {
-                0
-            }
-        })
+        // SAFETY: the trait's contract: the eight u16 at 34..50.
+        unsafe {
+            let qh = _mm_loadu_si128(w.add(34) as *const __m128i);
+            let s = _mm_and_si128(_mm_srli_epi16::<12>(qh), _mm_set1_epi16(7));
+            let odd = _mm_or_si128(_mm_slli_epi16::<1>(s), _mm_set1_epi16(1));
+            let mut out = [0i16; 16];
+            _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, odd);
+            out
+        }
     }
 }
 
@@ -525,7 +558,8 @@ impl IqParts for IQ1M {
     unsafe fn block_scales(w: *const u8) -> [i16; 16] {
         // SAFETY: the trait's contract.
         let s = iq1_m_scales(unsafe { block::<Self>(w) });
-        std::array::from_fn(|j| s[j] as i16)
+        // In `scale16`'s split order.
+        std::array::from_fn(|j| s[2 * (j % 8) + j / 8] as i16)
     }
 }
 
@@ -633,4 +667,85 @@ macro_rules! iq_avx2 {
     };
 }
 
-iq_avx2!(IQ4NL, IQ2XXS, IQ2XS, IQ2S, IQ1S, IQ1M; wide: IQ4XS, IQ3XXS, IQ3S);
+iq_avx2!(IQ4NL, IQ2XXS, IQ2XS, IQ2S, IQ1M; wide: IQ4XS, IQ3XXS, IQ3S);
+
+/// IQ1_S's integers against `G` activation rows (`Avx2Block::ints_avx2`).
+/// A level is `8 g + shift` (`g` a grid byte in {-1, 0, 1}, the shift +-1 a
+/// part), so a part's dot is `8 (g . x) + shift sum(x)`: the grid bytes
+/// sign the activations themselves, and the shifts meet the activations'
+/// sums of 16 (`bs`) once a block. Making the levels (a sign, an add and an
+/// absolute value a part, and the shift's broadcast) was a third of the
+/// vector work. The same integers as the levels' dot, exactly.
+///
+/// # Safety
+/// AVX2 (inlined into an AVX2 function); a whole block at `w`, 256 values
+/// at each `x[t]` and their 16 sums at `bs[t]`.
+#[inline(always)]
+unsafe fn iq1_s_ints<const G: usize>(
+    w: *const u8,
+    x: [*const i8; G],
+    bs: [*const i16; G],
+) -> [__m256i; G] {
+    // SAFETY: the caller's: the eight u16 at 34..50, the index bytes at
+    // 2..34; a grid index has 11 bits and the grid 2048 rows.
+    unsafe {
+        let qh = _mm_loadu_si128(w.add(34) as *const __m128i);
+        let odd = _mm_or_si128(
+            _mm_slli_epi16::<1>(_mm_and_si128(_mm_srli_epi16::<12>(qh), _mm_set1_epi16(7))),
+            _mm_set1_epi16(1),
+        );
+        let mut scale8 = [0i16; 8];
+        _mm_storeu_si128(
+            scale8.as_mut_ptr() as *mut __m128i,
+            _mm_slli_epi16::<3>(odd),
+        );
+        // Each part's +-(2 s + 1) (negative where bit 15 is set), once for
+        // each of its two sums of 16.
+        let negate = _mm_srai_epi16::<15>(qh);
+        let shift = _mm_sub_epi16(_mm_xor_si128(odd, negate), negate);
+        let shift = _mm256_set_m128i(
+            _mm_unpackhi_epi16(shift, shift),
+            _mm_unpacklo_epi16(shift, shift),
+        );
+        let mut a: [__m256i; G] = std::array::from_fn(|t| {
+            _mm256_madd_epi16(_mm256_loadu_si256(bs[t] as *const __m256i), shift)
+        });
+        let ones = _mm256_set1_epi8(1);
+        for (p, &scale) in scale8.iter().enumerate() {
+            let high = u16_at(w, 34 + 2 * p);
+            let g = |l: usize| {
+                let index =
+                    usize::from(*w.add(2 + 4 * p + l)) | usize::from(high >> (3 * l) & 7) << 8;
+                IQ1S_GRID[index] as i64
+            };
+            let grid = _mm256_set_epi64x(g(3), g(2), g(1), g(0));
+            let scale = _mm256_set1_epi16(scale);
+            for (t, a) in a.iter_mut().enumerate() {
+                let xv = _mm256_loadu_si256(x[t].add(32 * p) as *const __m256i);
+                let pairs = _mm256_maddubs_epi16(ones, _mm256_sign_epi8(xv, grid));
+                *a = _mm256_add_epi32(*a, _mm256_madd_epi16(pairs, scale));
+            }
+        }
+        a
+    }
+}
+
+impl Avx2Block for IQ1S {
+    #[inline(always)]
+    unsafe fn ints_avx2<const G: usize>(
+        w: *const u8,
+        x: [*const i8; G],
+        bs: [*const i16; G],
+    ) -> ([__m256i; G], [__m256i; G]) {
+        // SAFETY: the trait's contract.
+        unsafe { (iq1_s_ints::<G>(w, x, bs), [_mm256_setzero_si256(); G]) }
+    }
+}
+
+impl VnniBlock for IQ1S {
+    #[inline(always)]
+    unsafe fn codes_simd(block: *const u8, out: *mut u8) {
+        // SAFETY: the trait's contract.
+        unsafe { avx2_levels::<IQ1S>(block, out) }
+    }
+}
