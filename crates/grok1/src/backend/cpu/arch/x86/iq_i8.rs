@@ -84,6 +84,26 @@ trait IqParts: QuantBlock {
     unsafe fn block_signs(_w: *const u8) -> [u32; 8] {
         [0; 8]
     }
+
+    /// The block's integers against `G` activation rows
+    /// (`Avx2Block::ints_avx2`): the levels' dot ([`avx2_ints`]) unless a
+    /// type has a cheaper form of the same integers.
+    ///
+    /// # Safety
+    /// AVX2 (inlined into an AVX2 function); a whole block at `w`, `VALUES`
+    /// values at each `x[t]` and their sums of 16 at `bs[t]`.
+    #[inline(always)]
+    unsafe fn ints<const G: usize>(
+        w: *const u8,
+        x: [*const i8; G],
+        _bs: [*const i16; G],
+    ) -> [__m256i; G]
+    where
+        Self: Sized,
+    {
+        // SAFETY: the caller's.
+        unsafe { avx2_ints::<Self, G>(w, x) }
+    }
 }
 
 /// The block at `w` as a slice.
@@ -486,19 +506,34 @@ impl IqParts for IQ3S {
     }
 }
 
+/// The grid bytes (-1, 0 or 1) of an IQ1_S block's part `p`.
+///
+/// # Safety
+/// AVX2 (inlined); a whole block at `w`, `p < 8`.
+#[inline(always)]
+unsafe fn iq1_s_grid(w: *const u8, p: usize) -> __m256i {
+    // SAFETY: the caller's: part p's 4 index bytes and its u16.
+    unsafe {
+        let qh = u16_at(w, 34 + 2 * p);
+        let g = |l: usize| {
+            let index = usize::from(*w.add(2 + 4 * p + l)) | usize::from(qh >> (3 * l) & 7) << 8;
+            IQ1S_GRID[index] as i64
+        };
+        _mm256_set_epi64x(g(3), g(2), g(1), g(0))
+    }
+}
+
 impl IqParts for IQ1S {
     #[inline(always)]
     unsafe fn part(w: *const u8, _signs: &[u32; 8], p: usize) -> (__m256i, __m256i) {
         // SAFETY: the trait's contract: part p's 4 index bytes and its u16.
         unsafe {
-            let qh = u16_at(w, 34 + 2 * p);
-            let g = |l: usize| {
-                let index =
-                    usize::from(*w.add(2 + 4 * p + l)) | usize::from(qh >> (3 * l) & 7) << 8;
-                IQ1S_GRID[index] as i64
-            };
-            let grid = _mm256_set_epi64x(g(3), g(2), g(1), g(0));
-            let shift = _mm256_set1_epi8(if qh & 0x8000 == 0 { 1 } else { -1 });
+            let grid = iq1_s_grid(w, p);
+            let shift = _mm256_set1_epi8(if u16_at(w, 34 + 2 * p) & 0x8000 == 0 {
+                1
+            } else {
+                -1
+            });
             // 8 grid + shift: odd, never 0.
             let v = _mm256_add_epi8(_mm256_sign_epi8(_mm256_set1_epi8(8), grid), shift);
             (_mm256_abs_epi8(v), v)
@@ -519,6 +554,49 @@ impl IqParts for IQ1S {
             let mut out = [0i16; 16];
             _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, odd);
             out
+        }
+    }
+    /// A level is `8 g + shift` (`g` a grid byte in {-1, 0, 1}, the shift
+    /// +-1 a part), so a part's dot is `8 (g . x) + shift sum(x)`: the grid
+    /// bytes sign the activations themselves, and the shifts meet the
+    /// activations' sums of 16 (`bs`) once a block. Making the levels (a
+    /// sign, an add and an absolute value a part, and the shift's
+    /// broadcast) was a third of the vector work. The same integers as the
+    /// levels' dot, exactly.
+    #[inline(always)]
+    unsafe fn ints<const G: usize>(
+        w: *const u8,
+        x: [*const i8; G],
+        bs: [*const i16; G],
+    ) -> [__m256i; G] {
+        // SAFETY: the trait's contract: the eight u16 at 34..50, 16 sums
+        // at each bs[t].
+        unsafe {
+            let sc = Self::block_scales(w);
+            // Each part's +-(2 s + 1) (negative where bit 15 is set), once
+            // for each of its two sums of 16.
+            let odd = _mm_loadu_si128(sc.as_ptr() as *const __m128i);
+            let negate = _mm_srai_epi16::<15>(_mm_loadu_si128(w.add(34) as *const __m128i));
+            let shift = _mm_sub_epi16(_mm_xor_si128(odd, negate), negate);
+            let shift = _mm256_set_m128i(
+                _mm_unpackhi_epi16(shift, shift),
+                _mm_unpacklo_epi16(shift, shift),
+            );
+            let mut a: [__m256i; G] = std::array::from_fn(|t| {
+                _mm256_madd_epi16(_mm256_loadu_si256(bs[t] as *const __m256i), shift)
+            });
+            // maddubs against 8: each pair's 8 (g . x), at most 8 x 254.
+            let eights = _mm256_set1_epi8(8);
+            for p in 0..8 {
+                let grid = iq1_s_grid(w, p);
+                let scale = Self::scale(&sc, p);
+                for (t, a) in a.iter_mut().enumerate() {
+                    let xv = _mm256_loadu_si256(x[t].add(32 * p) as *const __m256i);
+                    let pairs = _mm256_maddubs_epi16(eights, _mm256_sign_epi8(xv, grid));
+                    *a = _mm256_add_epi32(*a, _mm256_madd_epi16(pairs, scale));
+                }
+            }
+            a
         }
     }
 }
@@ -659,93 +737,12 @@ macro_rules! iq_avx2 {
         unsafe fn ints_avx2<const G: usize>(
             w: *const u8,
             x: [*const i8; G],
-            _bs: [*const i16; G],
+            bs: [*const i16; G],
         ) -> ([__m256i; G], [__m256i; G]) {
             // SAFETY: the trait's contract.
-            unsafe { (avx2_ints::<$t, G>(w, x), [_mm256_setzero_si256(); G]) }
+            unsafe { (<$t as IqParts>::ints::<G>(w, x, bs), [_mm256_setzero_si256(); G]) }
         }
     };
 }
 
-iq_avx2!(IQ4NL, IQ2XXS, IQ2XS, IQ2S, IQ1M; wide: IQ4XS, IQ3XXS, IQ3S);
-
-/// IQ1_S's integers against `G` activation rows (`Avx2Block::ints_avx2`).
-/// A level is `8 g + shift` (`g` a grid byte in {-1, 0, 1}, the shift +-1 a
-/// part), so a part's dot is `8 (g . x) + shift sum(x)`: the grid bytes
-/// sign the activations themselves, and the shifts meet the activations'
-/// sums of 16 (`bs`) once a block. Making the levels (a sign, an add and an
-/// absolute value a part, and the shift's broadcast) was a third of the
-/// vector work. The same integers as the levels' dot, exactly.
-///
-/// # Safety
-/// AVX2 (inlined into an AVX2 function); a whole block at `w`, 256 values
-/// at each `x[t]` and their 16 sums at `bs[t]`.
-#[inline(always)]
-unsafe fn iq1_s_ints<const G: usize>(
-    w: *const u8,
-    x: [*const i8; G],
-    bs: [*const i16; G],
-) -> [__m256i; G] {
-    // SAFETY: the caller's: the eight u16 at 34..50, the index bytes at
-    // 2..34; a grid index has 11 bits and the grid 2048 rows.
-    unsafe {
-        let qh = _mm_loadu_si128(w.add(34) as *const __m128i);
-        let odd = _mm_or_si128(
-            _mm_slli_epi16::<1>(_mm_and_si128(_mm_srli_epi16::<12>(qh), _mm_set1_epi16(7))),
-            _mm_set1_epi16(1),
-        );
-        let mut scale8 = [0i16; 8];
-        _mm_storeu_si128(
-            scale8.as_mut_ptr() as *mut __m128i,
-            _mm_slli_epi16::<3>(odd),
-        );
-        // Each part's +-(2 s + 1) (negative where bit 15 is set), once for
-        // each of its two sums of 16.
-        let negate = _mm_srai_epi16::<15>(qh);
-        let shift = _mm_sub_epi16(_mm_xor_si128(odd, negate), negate);
-        let shift = _mm256_set_m128i(
-            _mm_unpackhi_epi16(shift, shift),
-            _mm_unpacklo_epi16(shift, shift),
-        );
-        let mut a: [__m256i; G] = std::array::from_fn(|t| {
-            _mm256_madd_epi16(_mm256_loadu_si256(bs[t] as *const __m256i), shift)
-        });
-        let ones = _mm256_set1_epi8(1);
-        for (p, &scale) in scale8.iter().enumerate() {
-            let high = u16_at(w, 34 + 2 * p);
-            let g = |l: usize| {
-                let index =
-                    usize::from(*w.add(2 + 4 * p + l)) | usize::from(high >> (3 * l) & 7) << 8;
-                IQ1S_GRID[index] as i64
-            };
-            let grid = _mm256_set_epi64x(g(3), g(2), g(1), g(0));
-            let scale = _mm256_set1_epi16(scale);
-            for (t, a) in a.iter_mut().enumerate() {
-                let xv = _mm256_loadu_si256(x[t].add(32 * p) as *const __m256i);
-                let pairs = _mm256_maddubs_epi16(ones, _mm256_sign_epi8(xv, grid));
-                *a = _mm256_add_epi32(*a, _mm256_madd_epi16(pairs, scale));
-            }
-        }
-        a
-    }
-}
-
-impl Avx2Block for IQ1S {
-    #[inline(always)]
-    unsafe fn ints_avx2<const G: usize>(
-        w: *const u8,
-        x: [*const i8; G],
-        bs: [*const i16; G],
-    ) -> ([__m256i; G], [__m256i; G]) {
-        // SAFETY: the trait's contract.
-        unsafe { (iq1_s_ints::<G>(w, x, bs), [_mm256_setzero_si256(); G]) }
-    }
-}
-
-impl VnniBlock for IQ1S {
-    #[inline(always)]
-    unsafe fn codes_simd(block: *const u8, out: *mut u8) {
-        // SAFETY: the trait's contract.
-        unsafe { avx2_levels::<IQ1S>(block, out) }
-    }
-}
+iq_avx2!(IQ4NL, IQ2XXS, IQ2XS, IQ2S, IQ1S, IQ1M; wide: IQ4XS, IQ3XXS, IQ3S);
