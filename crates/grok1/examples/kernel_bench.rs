@@ -8,6 +8,9 @@
 //! product: first its kernel alone on one thread over 1 MiB of rows (in
 //! cache: the arithmetic's speed) at `m` and at 4 activation rows, then the
 //! whole product on the pool over matrices that exceed the caches.
+//! `KERNEL_BENCH_CACHE_KIB` sets the rows timed in cache (default 1024; 256
+//! fits a 512 KiB L2, where a shared L3 may hold other tenants' lines), and
+//! `KERNEL_BENCH_CACHE_SECS` the least time spent on those passes.
 
 use std::time::Instant;
 
@@ -145,7 +148,7 @@ fn q8_0(k: usize, n: usize, m: usize, reps: usize, copies: usize) {
     // arithmetic's speed), best of many passes.
     let row_bytes = k / 32 * 34;
     // (No more than the matrix has.)
-    let rows = (((1 << 20) / row_bytes).max(8) / 8 * 8).min(n);
+    let rows = ((cache_bytes() / row_bytes).max(8) / 8 * 8).min(n);
     let w = &ws[0].data.bytes()[..rows * row_bytes];
     let act = grok1::backend::cpu::types::q8_0::ActQ8_0::quantize(isa, &x, m, k);
     let xp = grok1::backend::cpu::types::q8_0::pair_rows(&x, m, k);
@@ -211,8 +214,8 @@ fn blocks<T: kernels::RowBlock>(
     let x: Vec<f32> = (0..4 * k)
         .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01)
         .collect();
-    // In cache: 1 MiB of rows, best of many passes.
-    let rows = ((1 << 20) / row_bytes).max(8) / 8 * 8;
+    // In cache: 1 MiB of rows (or `cache_bytes`), best of many passes.
+    let rows = (cache_bytes() / row_bytes).max(8) / 8 * 8;
     let w = random_rows::<T>(rows, k, 0);
     for g in [m.min(4), 4] {
         let act = ActQ8::quantize(isa, &x[..g * k], g, k, T::VALUES);
@@ -247,14 +250,33 @@ fn blocks<T: kernels::RowBlock>(
     report(&name, n * row_bytes, 2 * m * k * n, 1, best, &backend);
 }
 
+/// The bytes of weight rows the in-cache timings pass over:
+/// `KERNEL_BENCH_CACHE_KIB` KiB, 1 MiB by default.
+fn cache_bytes() -> usize {
+    std::env::var("KERNEL_BENCH_CACHE_KIB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1024)
+        << 10
+}
+
 /// A kernel alone on this thread over rows in cache (`bytes` of them): the
-/// best of 200 passes, printed as GB/s of weights.
+/// best of 200 passes or of `KERNEL_BENCH_CACHE_SECS` seconds of them
+/// (default 0; more on a shared host, where a pass's best needs a quiet
+/// moment), printed as GB/s of weights.
 fn in_cache(kernel: &str, shape: &str, bytes: usize, isa: Isa, mut pass: impl FnMut()) {
+    let secs: f64 = std::env::var("KERNEL_BENCH_CACHE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let begun = Instant::now();
     let mut best = f64::MAX;
-    for _ in 0..200 {
+    let mut passes = 0;
+    while passes < 200 || begun.elapsed().as_secs_f64() < secs {
         let start = Instant::now();
         pass();
         best = best.min(start.elapsed().as_secs_f64());
+        passes += 1;
     }
     println!(
         "{kernel} kernel in cache {shape}: {:.2} GB/s of weights ({:.1} us) on one thread, {}",

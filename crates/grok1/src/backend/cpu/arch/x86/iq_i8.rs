@@ -50,8 +50,48 @@ static SIGN_MASKS: [u64; 128] = {
     t
 };
 
+/// `$body` for each part `$p` in `0..$n`: written out eight times where
+/// `$unroll` and there are eight parts, else a loop, which LLVM keeps as
+/// it is ([`IqParts::UNROLL`]).
+macro_rules! each_part {
+    ($unroll:expr, $n:expr, $p:ident => $body:block) => {
+        if $unroll && $n == 8 {
+            each_part!(@at $p = 0, $body);
+            each_part!(@at $p = 1, $body);
+            each_part!(@at $p = 2, $body);
+            each_part!(@at $p = 3, $body);
+            each_part!(@at $p = 4, $body);
+            each_part!(@at $p = 5, $body);
+            each_part!(@at $p = 6, $body);
+            each_part!(@at $p = 7, $body);
+        } else {
+            for $p in 0..$n {
+                $body
+            }
+        }
+    };
+    (@at $p:ident = $at:expr, $body:block) => {{
+        let $p: usize = $at;
+        $body
+    }};
+}
+
 /// An i-quant type in parts of 32 values.
 trait IqParts: QuantBlock {
+    /// Whether [`avx2_ints`] (and IQ1_S's `ints`) writes the eight parts
+    /// out, else a loop, which LLVM keeps as it is. Measured per type
+    /// (`kernel_bench`, one thread, rows in L2, Zen 3; llama.cpp's own
+    /// `vec_dot` beside it by `bench/kernels_llamacpp.sh`): written out,
+    /// IQ2_XS 3.40 -> 3.78 GB/s and IQ3_XXS 3.70 -> 4.35 (the loop made
+    /// each part's scale control at run time and kept a counter and a
+    /// branch, in kernels bound by the number of instructions); IQ2_S 3.56
+    /// -> 3.98 and IQ1_S 2.50 -> 2.57 once their grid indices' high bits
+    /// came from one multiply (written out with the shifts and masks, LLVM
+    /// made those vector work and took each index out with `vpextrw`:
+    /// IQ2_S 3.23, IQ1_S 2.29). Left as loops: IQ3_S (3.57 -> 2.66 written
+    /// out), IQ2_XXS (3.25 -> 3.10); in pairs every type was slower.
+    const UNROLL: bool = false;
+
     /// Part `p`'s 32 levels as magnitudes and signs `(u, s)`, given the
     /// block's sign words from [`IqParts::block_signs`].
     ///
@@ -393,6 +433,8 @@ unsafe fn odd_top_scales(v: __m256i) -> [i16; 16] {
 }
 
 impl IqParts for IQ2XS {
+    const UNROLL: bool = true;
+
     #[inline(always)]
     unsafe fn part(w: *const u8, _signs: &[u32; 8], p: usize) -> (__m256i, __m256i) {
         // SAFETY: the trait's contract: part p's four u16.
@@ -419,16 +461,27 @@ impl IqParts for IQ2XS {
 }
 
 impl IqParts for IQ2S {
+    const UNROLL: bool = true;
+
     #[inline(always)]
     unsafe fn part(w: *const u8, _signs: &[u32; 8], p: usize) -> (__m256i, __m256i) {
         // SAFETY: the trait's contract: part p's 4 index bytes, its byte of
         // high bits and its 4 sign bytes.
         unsafe {
-            let qh = *w.add(66 + p);
+            // Value l's two high index bits (bits 2l and 2l + 1 of qh) as
+            // byte offsets of the grid's rows (8 bytes, 2048 a high value),
+            // bits 11 and 12 of u16 lane l: one multiply puts the four
+            // copies of qh in place (they do not overlap), where a shift,
+            // a mask and an add an index were.
+            let qh = u64::from(*w.add(66 + p));
+            let high =
+                qh.wrapping_mul(1 << 11 | 1 << 25 | 1 << 39 | 1 << 53) & 0x1800_1800_1800_1800;
+            let grid = IQ2S_GRID.as_ptr() as *const u8;
             let g = |l: usize| {
-                let index =
-                    usize::from(*w.add(2 + 4 * p + l)) | usize::from(qh >> (2 * l) & 3) << 8;
-                IQ2S_GRID[index] as i64
+                // Row (high << 8 | low) < 1024.
+                let at = (high >> (16 * l)) as usize & 0x1800;
+                let row = grid.add(at).add(8 * usize::from(*w.add(2 + 4 * p + l)));
+                (row as *const i64).read()
             };
             (
                 _mm256_set_epi64x(g(3), g(2), g(1), g(0)),
@@ -448,6 +501,8 @@ impl IqParts for IQ2S {
 }
 
 impl IqParts for IQ3XXS {
+    const UNROLL: bool = true;
+
     #[inline(always)]
     unsafe fn part(w: *const u8, signs: &[u32; 8], p: usize) -> (__m256i, __m256i) {
         // SAFETY: the trait's contract: part p's 8 index bytes and its u32.
@@ -514,16 +569,25 @@ impl IqParts for IQ3S {
 unsafe fn iq1_s_grid(w: *const u8, p: usize) -> __m256i {
     // SAFETY: the caller's: part p's 4 index bytes and its u16.
     unsafe {
-        let qh = u16_at(w, 34 + 2 * p);
+        // Value l's three high index bits (bits 3l..3l + 3 of qh) as byte
+        // offsets of the grid's rows (8 bytes, 2048 a high value), bits
+        // 11..14 of u16 lane l, by one multiply (as IQ2_S's).
+        let qh = u64::from(u16_at(w, 34 + 2 * p) & 0x0FFF);
+        let high = qh.wrapping_mul(1 << 11 | 1 << 24 | 1 << 37 | 1 << 50) & 0x3800_3800_3800_3800;
+        let grid = IQ1S_GRID.as_ptr() as *const u8;
         let g = |l: usize| {
-            let index = usize::from(*w.add(2 + 4 * p + l)) | usize::from(qh >> (3 * l) & 7) << 8;
-            IQ1S_GRID[index] as i64
+            // Row (high << 8 | low) < 2048.
+            let at = (high >> (16 * l)) as usize & 0x3800;
+            let row = grid.add(at).add(8 * usize::from(*w.add(2 + 4 * p + l)));
+            (row as *const i64).read()
         };
         _mm256_set_epi64x(g(3), g(2), g(1), g(0))
     }
 }
 
 impl IqParts for IQ1S {
+    const UNROLL: bool = true;
+
     #[inline(always)]
     unsafe fn part(w: *const u8, _signs: &[u32; 8], p: usize) -> (__m256i, __m256i) {
         // SAFETY: the trait's contract: part p's 4 index bytes and its u16.
@@ -587,7 +651,7 @@ impl IqParts for IQ1S {
             });
             // maddubs against 8: each pair's 8 (g . x), at most 8 x 254.
             let eights = _mm256_set1_epi8(8);
-            for p in 0..8 {
+            each_part!(Self::UNROLL, 8, p => {
                 let grid = iq1_s_grid(w, p);
                 let scale = Self::scale(&sc, p);
                 for (t, a) in a.iter_mut().enumerate() {
@@ -595,7 +659,7 @@ impl IqParts for IQ1S {
                     let pairs = _mm256_maddubs_epi16(eights, _mm256_sign_epi8(xv, grid));
                     *a = _mm256_add_epi32(*a, _mm256_madd_epi16(pairs, scale));
                 }
-            }
+            });
             a
         }
     }
@@ -653,7 +717,7 @@ unsafe fn avx2_ints<T: IqParts, const G: usize>(w: *const u8, x: [*const i8; G])
         let sc = T::block_scales(w);
         let signs = T::block_signs(w);
         let mut a = [_mm256_setzero_si256(); G];
-        for p in 0..T::VALUES / 32 {
+        each_part!(T::UNROLL, T::VALUES / 32, p => {
             let (u, s) = T::part(w, &signs, p);
             let scale = T::scale(&sc, p);
             for (t, a) in a.iter_mut().enumerate() {
@@ -661,7 +725,7 @@ unsafe fn avx2_ints<T: IqParts, const G: usize>(w: *const u8, x: [*const i8; G])
                 let pairs = _mm256_maddubs_epi16(u, _mm256_sign_epi8(xv, s));
                 *a = _mm256_add_epi32(*a, _mm256_madd_epi16(pairs, scale));
             }
-        }
+        });
         a
     }
 }
