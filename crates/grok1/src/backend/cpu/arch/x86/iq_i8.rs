@@ -17,7 +17,7 @@ use super::iq_i8_vbmi;
 use super::q8_blocks_i8::Avx2Block;
 use super::q8_blocks_vnni::VnniBlock;
 use super::{bit_set_bytes, nibbles32, u32_bit_spread};
-use crate::backend::cpu::types::iq1_m::{iq1_m_scales, IQ1M};
+use crate::backend::cpu::types::iq1_m::IQ1M;
 use crate::backend::cpu::types::iq1_s::IQ1S;
 use crate::backend::cpu::types::iq2_s::IQ2S;
 use crate::backend::cpu::types::iq2_xs::IQ2XS;
@@ -75,6 +75,28 @@ macro_rules! each_part {
         $body
     }};
 }
+
+/// IQ1_M's levels `8 g + shift` a group of 8 values, by the group's index
+/// into IQ1_S's grid and its shift's sign bit (row `sign << 11 | index`):
+/// a lookup gives the group's levels, where the grid row, a vector of the
+/// shifts made from the sign bits, a sign and an add did (32 KiB).
+static IQ1M_LEVELS: [u64; 4096] = {
+    let mut t = [0u64; 4096];
+    let mut r = 0;
+    while r < 4096 {
+        let grid = IQ1S_GRID[r & 2047].to_le_bytes();
+        let shift: i8 = if r & 2048 == 0 { 1 } else { -1 };
+        let mut levels = [0u8; 8];
+        let mut j = 0;
+        while j < 8 {
+            levels[j] = (8 * (grid[j] as i8) + shift) as u8;
+            j += 1;
+        }
+        t[r] = u64::from_le_bytes(levels);
+        r += 1;
+    }
+    t
+};
 
 /// An i-quant type in parts of 32 values.
 trait IqParts: QuantBlock {
@@ -144,16 +166,6 @@ trait IqParts: QuantBlock {
         // SAFETY: the caller's.
         unsafe { avx2_ints::<Self, G>(w, x) }
     }
-}
-
-/// The block at `w` as a slice.
-///
-/// # Safety
-/// `T::BYTES` readable bytes at `w`.
-#[inline(always)]
-unsafe fn block<'a, T: QuantBlock>(w: *const u8) -> &'a [u8] {
-    // SAFETY: the caller's.
-    unsafe { std::slice::from_raw_parts(w, T::BYTES) }
 }
 
 /// One scale for all 32 values of part `p`.
@@ -666,29 +678,31 @@ impl IqParts for IQ1S {
 }
 
 impl IqParts for IQ1M {
+    const UNROLL: bool = true;
+
     #[inline(always)]
     unsafe fn part(w: *const u8, _signs: &[u32; 8], p: usize) -> (__m256i, __m256i) {
         // SAFETY: the trait's contract: part p's 4 index bytes and its 2
         // bytes of nibbles.
         unsafe {
-            let qh = u16_at(w, 32 + 2 * p);
-            let nibble = |l: usize| qh >> (4 * l) & 0x0F;
+            // Group l's nibble (bits 4l..4l + 4 of qh: three high index
+            // bits and the shift's sign) as a byte offset of
+            // `IQ1M_LEVELS`'s rows (8 bytes, 2048 a nibble value), bits
+            // 11..15 of u16 lane l: the even groups' by one multiply, the
+            // odd ones' by another (four copies of the 16 bits would
+            // overlap; two of each half do not), as IQ1_S's.
+            let qh = u64::from(u16_at(w, 32 + 2 * p));
+            let high = ((qh & 0x0F0F).wrapping_mul(1 << 11 | 1 << 35)
+                | (qh & 0xF0F0).wrapping_mul(1 << 23 | 1 << 47))
+                & 0x7800_7800_7800_7800;
+            let table = IQ1M_LEVELS.as_ptr() as *const u8;
             let g = |l: usize| {
-                let index = usize::from(*w.add(4 * p + l)) | usize::from(nibble(l) & 7) << 8;
-                IQ1S_GRID[index] as i64
+                // Row (nibble << 8 | low) < 4096.
+                let at = (high >> (16 * l)) as usize & 0x7800;
+                let row = table.add(at).add(8 * usize::from(*w.add(4 * p + l)));
+                (row as *const i64).read()
             };
-            // Each group of 8 its own shift: bytes 0x01 or 0xFF.
-            let shift = |l: usize| {
-                if nibble(l) & 8 == 0 {
-                    0x0101_0101_0101_0101i64
-                } else {
-                    -1i64
-                }
-            };
-            let grid = _mm256_set_epi64x(g(3), g(2), g(1), g(0));
-            let shifts = _mm256_set_epi64x(shift(3), shift(2), shift(1), shift(0));
-            // 8 grid + shift: odd, never 0.
-            let v = _mm256_add_epi8(_mm256_sign_epi8(_mm256_set1_epi8(8), grid), shifts);
+            let v = _mm256_set_epi64x(g(3), g(2), g(1), g(0));
             (_mm256_abs_epi8(v), v)
         }
     }
@@ -696,12 +710,48 @@ impl IqParts for IQ1M {
     unsafe fn scale(sc: &[i16; 16], p: usize) -> __m256i {
         scale16(sc, p)
     }
+    /// `iq1_m_scales` in `scale16`'s split order, in one vector: lane `j`
+    /// of each half holds the u16 with scale `2j` (or `2j + 1`), a
+    /// multiply by a power of two lifts that scale's three bits to the top
+    /// and a shift brings them down (made by scalar code, sixteen shifts
+    /// and masks and a reordering, the scales were most of the block's
+    /// work).
     #[inline(always)]
     unsafe fn block_scales(w: *const u8) -> [i16; 16] {
-        // SAFETY: the trait's contract.
-        let s = iq1_m_scales(unsafe { block::<Self>(w) });
-        // In `scale16`'s split order.
-        std::array::from_fn(|j| s[2 * (j % 8) + j / 8] as i16)
+        // SAFETY: the trait's contract: the four u16 at 48..56.
+        unsafe {
+            let words = _mm256_broadcastsi128_si256(_mm_loadl_epi64(w.add(48) as *const __m128i));
+            // Scale j is field j % 4 of u16 j / 4: even scales (fields 0
+            // and 2) below, odd (1 and 3) above.
+            let pick = _mm256_setr_epi8(
+                0, 1, 0, 1, 2, 3, 2, 3, 4, 5, 4, 5, 6, 7, 6, 7, //
+                0, 1, 0, 1, 2, 3, 2, 3, 4, 5, 4, 5, 6, 7, 6, 7,
+            );
+            let lift = _mm256_setr_epi16(
+                1 << 13,
+                1 << 7,
+                1 << 13,
+                1 << 7,
+                1 << 13,
+                1 << 7,
+                1 << 13,
+                1 << 7,
+                1 << 10,
+                1 << 4,
+                1 << 10,
+                1 << 4,
+                1 << 10,
+                1 << 4,
+                1 << 10,
+                1 << 4,
+            );
+            let s = _mm256_mullo_epi16(_mm256_shuffle_epi8(words, pick), lift);
+            let s = _mm256_srli_epi16::<13>(s);
+            let odd = _mm256_or_si256(_mm256_slli_epi16::<1>(s), _mm256_set1_epi16(1));
+            let mut out = [0i16; 16];
+            _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, odd);
+            out
+        }
     }
 }
 
