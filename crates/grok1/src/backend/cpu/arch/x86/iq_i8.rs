@@ -168,6 +168,30 @@ trait IqParts: QuantBlock {
     }
 }
 
+/// Four 8-byte rows of `table`: row `l` at the byte offset in u16 lane `l`
+/// of `high` (bits `mask`; a multiply put a part's high index bits there,
+/// the rows' size already applied) plus 8 times index byte `l` at `low`,
+/// as one vector (row 0 lowest). The lookup of IQ2_S's and IQ1_S's grids
+/// and IQ1_M's levels.
+///
+/// # Safety
+/// AVX2 (inlined); 4 readable bytes at `low`, and every offset so made
+/// inside `table`.
+#[inline(always)]
+unsafe fn four_rows(table: *const u64, high: u64, mask: usize, low: *const u8) -> __m256i {
+    // SAFETY: the caller's.
+    unsafe {
+        let g = |l: usize| {
+            let at = (high >> (16 * l)) as usize & mask;
+            let row = (table as *const u8)
+                .add(at)
+                .add(8 * usize::from(*low.add(l)));
+            (row as *const i64).read()
+        };
+        _mm256_set_epi64x(g(3), g(2), g(1), g(0))
+    }
+}
+
 /// One scale for all 32 values of part `p`.
 #[inline(always)]
 fn scale32(sc: &[i16; 16], p: usize) -> __m256i {
@@ -486,17 +510,10 @@ impl IqParts for IQ2S {
             // copies of qh in place (they do not overlap), where a shift,
             // a mask and an add an index were.
             let qh = u64::from(*w.add(66 + p));
-            let high =
-                qh.wrapping_mul(1 << 11 | 1 << 25 | 1 << 39 | 1 << 53) & 0x1800_1800_1800_1800;
-            let grid = IQ2S_GRID.as_ptr() as *const u8;
-            let g = |l: usize| {
-                // Row (high << 8 | low) < 1024.
-                let at = (high >> (16 * l)) as usize & 0x1800;
-                let row = grid.add(at).add(8 * usize::from(*w.add(2 + 4 * p + l)));
-                (row as *const i64).read()
-            };
+            let high = qh.wrapping_mul(1 << 11 | 1 << 25 | 1 << 39 | 1 << 53);
+            // Rows (high << 8 | low) < 1024.
             (
-                _mm256_set_epi64x(g(3), g(2), g(1), g(0)),
+                four_rows(IQ2S_GRID.as_ptr(), high, 0x1800, w.add(2 + 4 * p)),
                 byte_signs(u32_at(w, 34 + 4 * p)),
             )
         }
@@ -585,15 +602,9 @@ unsafe fn iq1_s_grid(w: *const u8, p: usize) -> __m256i {
         // offsets of the grid's rows (8 bytes, 2048 a high value), bits
         // 11..14 of u16 lane l, by one multiply (as IQ2_S's).
         let qh = u64::from(u16_at(w, 34 + 2 * p) & 0x0FFF);
-        let high = qh.wrapping_mul(1 << 11 | 1 << 24 | 1 << 37 | 1 << 50) & 0x3800_3800_3800_3800;
-        let grid = IQ1S_GRID.as_ptr() as *const u8;
-        let g = |l: usize| {
-            // Row (high << 8 | low) < 2048.
-            let at = (high >> (16 * l)) as usize & 0x3800;
-            let row = grid.add(at).add(8 * usize::from(*w.add(2 + 4 * p + l)));
-            (row as *const i64).read()
-        };
-        _mm256_set_epi64x(g(3), g(2), g(1), g(0))
+        let high = qh.wrapping_mul(1 << 11 | 1 << 24 | 1 << 37 | 1 << 50);
+        // Rows (high << 8 | low) < 2048.
+        four_rows(IQ1S_GRID.as_ptr(), high, 0x3800, w.add(2 + 4 * p))
     }
 }
 
@@ -692,17 +703,10 @@ impl IqParts for IQ1M {
             // odd ones' by another (four copies of the 16 bits would
             // overlap; two of each half do not), as IQ1_S's.
             let qh = u64::from(u16_at(w, 32 + 2 * p));
-            let high = ((qh & 0x0F0F).wrapping_mul(1 << 11 | 1 << 35)
-                | (qh & 0xF0F0).wrapping_mul(1 << 23 | 1 << 47))
-                & 0x7800_7800_7800_7800;
-            let table = IQ1M_LEVELS.as_ptr() as *const u8;
-            let g = |l: usize| {
-                // Row (nibble << 8 | low) < 4096.
-                let at = (high >> (16 * l)) as usize & 0x7800;
-                let row = table.add(at).add(8 * usize::from(*w.add(4 * p + l)));
-                (row as *const i64).read()
-            };
-            let v = _mm256_set_epi64x(g(3), g(2), g(1), g(0));
+            let high = (qh & 0x0F0F).wrapping_mul(1 << 11 | 1 << 35)
+                | (qh & 0xF0F0).wrapping_mul(1 << 23 | 1 << 47);
+            // Rows (nibble << 8 | low) < 4096.
+            let v = four_rows(IQ1M_LEVELS.as_ptr(), high, 0x7800, w.add(4 * p));
             (_mm256_abs_epi8(v), v)
         }
     }
