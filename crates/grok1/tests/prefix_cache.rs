@@ -233,6 +233,52 @@ fn logits_after_a_cached_prefix_in(kv_type: KvType) {
     assert_eq!(cache.pages_in_use(), 0);
 }
 
+/// The choices of one request (`submit_all`) compute their prompt once: the
+/// first computes it, the others wait for its full pages and take them from
+/// the cache (they computed it four times over before), with the same ids and
+/// logprobs as the request run alone without the cache. Requests that share
+/// a system prompt and come at the same time do the same.
+#[test]
+fn choices_of_one_request_compute_their_prompt_once() {
+    let cached = engine(config(true));
+    let plain = engine(config(false));
+    // Three full pages and two tokens: the prefill takes three chunks of 24.
+    let prompt = ids(3 * PAGE + 2, 30);
+    let (reqs, rxs): (Vec<_>, Vec<_>) = (0..4).map(|_| request(prompt.clone(), 6)).unzip();
+    cached.submit_all(reqs, &CancelToken::new()).unwrap();
+    let got: Vec<Outcome> = rxs.into_iter().map(collect).collect();
+    let want = run(&plain, &prompt, 6);
+    for (i, got) in got.iter().enumerate() {
+        assert_same(got, &want, &format!("choice {i}"));
+        let reused = if i == 0 { 0 } else { 3 * PAGE };
+        assert_eq!(got.cached_tokens, reused, "choice {i}: cached_tokens");
+    }
+
+    let system = ids(2 * PAGE + 5, 31);
+    let prompts: Vec<Vec<u32>> = (0..3)
+        .map(|i| [&system[..], &ids(4 + i, 40 + i as u32)[..]].concat())
+        .collect();
+    let rxs: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let (req, rx) = request(p.clone(), 4);
+            cached.submit(req).unwrap();
+            rx
+        })
+        .collect();
+    for (i, (rx, prompt)) in rxs.into_iter().zip(&prompts).enumerate() {
+        let got = collect(rx);
+        assert_same(&got, &run(&plain, prompt, 4), &format!("request {i}"));
+        let reused = if i == 0 { 0 } else { 2 * PAGE };
+        assert_eq!(got.cached_tokens, reused, "request {i}: cached_tokens");
+    }
+    wait_for("every page to be let go", WAIT, || {
+        cached.in_flight() == 0 && metric(&cached, "grok1_kv_cache_used_pages") == 0.0
+    });
+    cached.shutdown(Duration::from_secs(1));
+    plain.shutdown(Duration::from_secs(1));
+}
+
 /// Through the engine: requests served from a prefix a finished request left
 /// get the same ids and logprobs (bit for bit) as an engine without the cache,
 /// and report how many prompt tokens they reused.

@@ -16,8 +16,11 @@
 //! fills them and leaves them (its partly filled last page too) when it ends;
 //! a sequence entering the batch takes the pages of the longest prefix of its
 //! tokens the cache holds and computes only the rest, always at least its last
-//! token (whose logits it needs). Cached pages no sequence holds are evicted,
-//! least recently used first, only when a sequence needs a page and none is free.
+//! token (whose logits it needs); one that shares a full page or more of its
+//! prompt with a running sequence still computing it (the other choices of
+//! a request) waits until those pages are published. Cached pages no
+//! sequence holds are evicted, least recently used first, only when a
+//! sequence needs a page and none is free.
 //!
 //! A model split over several processes (tensor parallel) runs the engine on
 //! rank 0 alone: it decides each step, every cache decision included, and
@@ -693,6 +696,9 @@ impl Worker {
             let Some(seq) = self.waiting.front() else {
                 break;
             };
+            if self.awaits_shared_prefix(seq) {
+                break;
+            }
             // Its first chunk, plus a page of headroom for each running sequence.
             let chunk = seq.pending().min(self.config.prefill_chunk);
             let needed = chunk.div_ceil(self.cache.page_size()) + self.running.len();
@@ -716,6 +722,32 @@ impl Worker {
             }
             self.running.push(seq);
         }
+    }
+
+    /// Whether `seq` waits for a running sequence still computing the keys
+    /// and values of a full page or more of `seq`'s prompt (another choice
+    /// of the same request, or a request with the same system prompt that
+    /// came at the same time): once they are published, `seq` takes them
+    /// from the prefix cache instead of computing them a second time, as a
+    /// request with `n` choices would otherwise compute its prompt `n`
+    /// times. The sequence it waits for is running, so it gets there (or
+    /// ends, or is preempted, and then nothing is waited for).
+    fn awaits_shared_prefix(&self, seq: &Sequence) -> bool {
+        if !self.config.prefix_cache || seq.needs_prompt_rows() {
+            return false;
+        }
+        let page = self.cache.page_size();
+        // As `admit` attaches: the last token is always computed.
+        let reusable = &seq.tokens[..seq.tokens.len() - 1];
+        self.running.iter().any(|r| {
+            let shared = reusable
+                .iter()
+                .zip(&r.tokens)
+                .take_while(|(a, b)| a == b)
+                .count();
+            // Full pages are published as they are filled.
+            shared / page > r.cached / page
+        })
     }
 
     /// Finishes every queued sequence whose client is gone, wherever it is in
