@@ -353,6 +353,56 @@ proptest! {
     }
 }
 
+/// q8_0 pages whose scales are every f16 bit pattern (subnormals,
+/// infinities and NaNs among them, which the cache itself never writes):
+/// every ISA decodes them as the scalar kernels do (a NaN as a NaN).
+#[test]
+fn q8_0_pages_decode_every_f16_scale_on_every_isa() {
+    let (hd, ps) = (32, 16);
+    let same = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()))
+    };
+    for first in (0..=u16::MAX).step_by(ps) {
+        let scales: Vec<u16> = (0..ps as u16).map(|j| first + j).collect();
+        // Key element t of slot j (and value column t of row j).
+        let q: Vec<i8> = (0..hd * ps).map(|i| [1, -127, 0, 93][i % 4]).collect();
+        let query: Vec<f32> = (0..hd).map(|t| if t == 1 { 1.0 } else { 0.0 }).collect();
+        // Output i weighs value row i alone.
+        let p: Vec<f32> = (0..ps * ps).map(|i| f32::from(i / ps == i % ps)).collect();
+        let run = |isa: Isa| {
+            let mut s = vec![0f32; ps];
+            let keys = KeysPage::Q8_0 {
+                q: &q,
+                scales: &scales,
+            };
+            pages::page_scores(isa, &query, 1, keys, ps, ps, &mut s);
+            let mut o = vec![0f32; ps * hd];
+            let values = ValuesPage::Q8_0 {
+                q: &q,
+                scales: &scales,
+            };
+            pages::page_values(isa, &p, ps, ps, ps, values, &mut o);
+            (s, o)
+        };
+        let (s, o) = run(Isa::Scalar);
+        for isa in Isa::available() {
+            let (s2, o2) = run(isa);
+            assert!(
+                same(&s2, &s),
+                "{}: scores, scales from {first:#06x}",
+                isa.name()
+            );
+            assert!(
+                same(&o2, &o),
+                "{}: values, scales from {first:#06x}",
+                isa.name()
+            );
+        }
+    }
+}
+
 /// Sequence lengths, query rows per sequence, (query heads, key heads, head
 /// dimension), page size, pad period.
 type Shape = (&'static [usize], usize, (usize, usize, usize), usize, usize);

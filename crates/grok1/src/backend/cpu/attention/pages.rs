@@ -8,7 +8,7 @@
 //! decode to.
 
 #[cfg(target_arch = "aarch64")]
-use crate::backend::cpu::arch::arm::neon;
+use crate::backend::cpu::arch::arm::{attention as arm_attention, neon};
 #[cfg(target_arch = "x86_64")]
 use crate::backend::cpu::arch::x86;
 use crate::backend::cpu::common::Isa;
@@ -40,10 +40,10 @@ pub fn page_scores(
             unsafe { x86::attention::page_scores_avx2(q, g, keys, ps, n, s) }
         }
         #[cfg(target_arch = "aarch64")]
-        (Isa::Neon, KeysPage::F32(keys_t)) => {
+        (Isa::Neon, _) => {
             // SAFETY: every aarch64 CPU this ISA is chosen on has NEON (Isa::best);
             // the shapes are checked above.
-            unsafe { neon::page_scores_neon(q, g, keys_t, ps, n, s) }
+            unsafe { arm_attention::page_scores_neon(q, g, keys, ps, n, s) }
         }
         _ => page_scores_scalar(q, hd, 0..g, keys, ps, 0..n, s),
     }
@@ -117,10 +117,10 @@ pub fn page_values(
             unsafe { x86::attention::page_values_avx2(p, g, ps, n, values, o) }
         }
         #[cfg(target_arch = "aarch64")]
-        (Isa::Neon, ValuesPage::F32(values)) => {
+        (Isa::Neon, _) => {
             // SAFETY: every aarch64 CPU this ISA is chosen on has NEON (Isa::best);
             // the shapes are checked above.
-            unsafe { neon::page_values_neon(p, g, ps, n, values, o) }
+            unsafe { arm_attention::page_values_neon(p, g, ps, n, values, o) }
         }
         _ => page_values_scalar(p, 0..g, ps, n, values, o, hd, 0..hd),
     }

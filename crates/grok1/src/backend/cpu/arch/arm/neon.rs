@@ -1,13 +1,14 @@
 //! NEON kernels for aarch64 (every aarch64 Linux CPU has NEON): the int8
 //! checkpoint's product with f32 activations (`kernels::q8_block`), the int8
 //! row dots of the fast mode's output projection, GGUF Q8_0 rows against f32
-//! activations, and one page of attention. Each computes the scalar kernel's
-//! chains of FMAs (or its exact integer sums) in the same order, so the
-//! results are the scalar ones bit for bit. The capped scores, their
-//! exponentials and the GELU use the x86 kernels' polynomial exp and tanh
-//! (within 1e-5 of libm's). The products of the other GGUF block types
-//! (K-quants, legacy, i-quants) are in `q8_blocks_i8`; the int8 mode's
-//! kernels run the scalar code on this ISA.
+//! activations, and attention's elementwise maps (its page products are in
+//! `attention`). Each computes the scalar kernel's chains of FMAs (or its
+//! exact integer sums) in the same order, so the results are the scalar
+//! ones bit for bit. The capped scores, their exponentials and the GELU use
+//! the x86 kernels' polynomial exp and tanh (within 1e-5 of libm's). The
+//! products of the other GGUF block types (K-quants, legacy, i-quants) are
+//! in `q8_blocks_i8`; the int8 mode's kernels run the scalar code on this
+//! ISA.
 //!
 //! Checked here by cross-compiling and running the tests under qemu
 //! (`scripts/test-aarch64.sh`); their speed on real hardware is not measured.
@@ -15,7 +16,6 @@
 use std::arch::aarch64::*;
 
 use crate::backend::cpu::arch::{EXP_LN2_PARTS, EXP_POLY, EXP_RANGE, TANH_POLY, TANH_SMALL};
-use crate::backend::cpu::types::f32_pages::{page_scores_part, page_values_part};
 use crate::backend::cpu::types::int8_ckpt::{
     add_scaled, add_tail_columns, q8_block_scalar, Q8Rows, XGROUP,
 };
@@ -220,83 +220,6 @@ pub unsafe fn dot_q8_0_rows_neon(x: &[f32], m: usize, k: usize, rows: &[u8], out
                 out_t[c * m + i0 + t] = (s0 + s2) + (s1 + s3);
             }
         }
-    }
-}
-
-/// Queries per register block of the page kernels.
-const QB: usize = 4;
-
-/// `pages::page_scores` (same bits): the page's slots in the lanes, up to
-/// four queries sharing each load of the keys.
-///
-/// # Safety
-/// NEON; the shapes `pages::page_scores` asserts.
-#[target_feature(enable = "neon")]
-pub unsafe fn page_scores_neon(
-    q: &[f32],
-    g: usize,
-    keys_t: &[f32],
-    ps: usize,
-    n: usize,
-    s: &mut [f32],
-) {
-    let hd = q.len() / g;
-    // Vectors of four slots that fit in the page's rows; the rest one by one.
-    let vectors = n.div_ceil(4).min(ps / 4);
-    for i0 in (0..g).step_by(QB) {
-        let rows = QB.min(g - i0);
-        for v in 0..vectors {
-            let mut acc = [vdupq_n_f32(0.0); QB];
-            for t in 0..hd {
-                // SAFETY: slots 4v..4v+4 <= ps of key row t.
-                let kv = unsafe { vld1q_f32(keys_t[t * ps + 4 * v..].as_ptr()) };
-                for (r, a) in acc.iter_mut().enumerate().take(rows) {
-                    *a = vfmaq_n_f32(*a, kv, q[(i0 + r) * hd + t]);
-                }
-            }
-            for (r, a) in acc.iter().enumerate().take(rows) {
-                // SAFETY: four floats of row i0 + r of s (4v + 4 <= ps).
-                unsafe { vst1q_f32(s[(i0 + r) * ps + 4 * v..].as_mut_ptr(), *a) };
-            }
-        }
-        page_scores_part(q, hd, i0..i0 + rows, keys_t, ps, vectors * 4..n, s);
-    }
-}
-
-/// `pages::page_values` (same bits): the output's columns in the lanes, up
-/// to four outputs sharing each load of a value row.
-///
-/// # Safety
-/// NEON; the shapes `pages::page_values` asserts.
-#[target_feature(enable = "neon")]
-pub unsafe fn page_values_neon(
-    p: &[f32],
-    g: usize,
-    ps: usize,
-    n: usize,
-    values: &[f32],
-    o: &mut [f32],
-) {
-    let hd = o.len() / g;
-    let full = hd / 4 * 4;
-    for i0 in (0..g).step_by(QB) {
-        let rows = QB.min(g - i0);
-        for c in (0..full).step_by(4) {
-            // SAFETY (loads and stores): columns c..c+4 <= full of rows inside o and values.
-            let mut acc: [float32x4_t; QB] = std::array::from_fn(|r| unsafe {
-                vld1q_f32(o[(i0 + r.min(rows - 1)) * hd + c..].as_ptr())
-            });
-            for j in 0..n {
-                let v = unsafe { vld1q_f32(values[j * hd + c..].as_ptr()) };
-                for (r, a) in acc.iter_mut().enumerate().take(rows) {
-                    *a = vfmaq_n_f32(*a, v, p[(i0 + r) * ps + j]);
-                }
-            }
-            for (r, a) in acc.iter().enumerate().take(rows) {
-                unsafe { vst1q_f32(o[(i0 + r) * hd + c..].as_mut_ptr(), *a) };
-            }
-        }
-        page_values_part(p, i0..i0 + rows, ps, n, values, o, hd, full..hd);
     }
 }
 
