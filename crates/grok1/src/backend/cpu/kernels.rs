@@ -8,7 +8,7 @@
 use std::ops::Range;
 
 #[cfg(target_arch = "aarch64")]
-use super::arch::arm::neon;
+use super::arch::arm::{f32_rows as arm_f32_rows, neon};
 #[cfg(target_arch = "x86_64")]
 use super::arch::x86::{self, int8_ckpt_f32::Wide};
 use super::common::{Aligned, Isa, QUAD, ROW_PAD};
@@ -505,6 +505,12 @@ pub fn dot_f32_bytes(isa: Isa, x: &[f32], m: usize, d: usize, e: &[u8], out_t: &
             // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
             unsafe { x86::f32_rows::dot_f32_bytes_avx2(x, m, d, e, out_t) }
         }
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => {
+            // SAFETY: every aarch64 CPU this ISA is chosen on has NEON (Isa::best);
+            // the sizes are checked above.
+            unsafe { arm_f32_rows::dot_f32_bytes_neon(x, m, d, e, out_t) }
+        }
         _ => dot_f32_bytes_scalar(x, m, d, e, out_t),
     }
 }
@@ -518,6 +524,12 @@ pub fn dot_rows(isa: Isa, q: &[f32], keys: &[f32], scores: &mut [f32]) {
         Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
             // SAFETY: AVX2/FMA are present (Isa::best) and the sizes are checked above.
             unsafe { x86::f32_rows::dot_rows_avx2(q, keys, scores) }
+        }
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => {
+            // SAFETY: every aarch64 CPU this ISA is chosen on has NEON (Isa::best);
+            // the size is checked above.
+            unsafe { arm_f32_rows::dot_rows_neon(q, keys, scores) }
         }
         _ => dot_rows_scalar(q, keys, scores),
     }

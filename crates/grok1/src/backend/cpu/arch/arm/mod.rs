@@ -1,11 +1,12 @@
 //! aarch64 kernels: `neon` (the int8 checkpoint, int8 rows, Q8_0,
 //! elementwise maps), `attention` (one page of attention on every KV
-//! type) and the fused products of the other GGUF block types
-//! (`q8_blocks_i8`, with each type family's unpacking in `legacy_i8`,
-//! `k_quants_i8`, `iq_i8`). The int8 mode's kernels run the scalar code
-//! here.
+//! type), `f32_rows` (the tied embedding's product, decoded rows) and the
+//! fused products of the other GGUF block types (`q8_blocks_i8`, with each
+//! type family's unpacking in `legacy_i8`, `k_quants_i8`, `iq_i8`). The
+//! int8 mode's kernels run the scalar code here.
 
 pub mod attention;
+pub mod f32_rows;
 pub mod iq_i8;
 pub mod k_quants_i8;
 pub mod legacy_i8;
