@@ -431,6 +431,12 @@ pub fn dot_q8_0_rows_int8(isa: Isa, act: Q8_0Acts, rows: &[u8], out_t: &mut [f32
             // CPU that has both, and the sizes are checked above.
             unsafe { x86::q8_0_i8::dot_q8_0_rows_int8_avx2(act, rows, out_t) }
         }
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon if act.layout == Q8_0Tiles::None => {
+            // SAFETY: every aarch64 CPU this ISA is chosen on has NEON
+            // (Isa::best); the sizes are checked above, the activations rows.
+            unsafe { neon::dot_q8_0_rows_int8_neon(act, rows, out_t) }
+        }
         _ => dot_q8_0_rows_int8_scalar(act, rows, out_t),
     }
 }

@@ -1,14 +1,15 @@
 //! NEON kernels for aarch64 (every aarch64 Linux CPU has NEON): the int8
 //! checkpoint's product with f32 activations (`kernels::q8_block`), the int8
 //! row dots of the fast mode's output projection, GGUF Q8_0 rows against f32
-//! activations, and attention's elementwise maps (its page products are in
-//! `attention`). Each computes the scalar kernel's chains of FMAs (or its
-//! exact integer sums) in the same order, so the results are the scalar
-//! ones bit for bit. The capped scores, their exponentials and the GELU use
-//! the x86 kernels' polynomial exp and tanh (within 1e-5 of libm's). The
-//! products of the other GGUF block types (K-quants, legacy, i-quants) are
-//! in `q8_blocks_i8`; the int8 mode's kernels run the scalar code on this
-//! ISA.
+//! activations and (the int8 mode) against Q8_0 blocks, and attention's
+//! elementwise maps (its page products are in `attention`). Each computes
+//! the scalar kernel's chains of FMAs (or its exact integer sums) in the
+//! same order, so the results are the scalar ones bit for bit. The capped
+//! scores, their exponentials and the GELU use the x86 kernels' polynomial
+//! exp and tanh (within 1e-5 of libm's). The products of the other GGUF
+//! block types (K-quants, legacy, i-quants) are in `q8_blocks_i8`; the int8
+//! mode's product on the int8 checkpoint (`kernels::q8_block_fast`) and the
+//! activations' quantisation run the scalar code on this ISA.
 //!
 //! Checked here by cross-compiling and running the tests under qemu
 //! (`scripts/test-aarch64.sh`); their speed on real hardware is not measured.
@@ -19,7 +20,7 @@ use crate::backend::cpu::arch::{EXP_LN2_PARTS, EXP_POLY, EXP_RANGE, TANH_POLY, T
 use crate::backend::cpu::types::int8_ckpt::{
     add_scaled, add_tail_columns, q8_block_scalar, Q8Rows, XGROUP,
 };
-use crate::backend::cpu::types::q8_0::Q8_0_BLOCK_BYTES;
+use crate::backend::cpu::types::q8_0::{Q8_0Acts, Q8_0_BLOCK_BYTES};
 
 /// `kernels::q8_block` (same contract, same bits): per group of packed
 /// activation rows (up to `XGROUP`), strips of 16 or 8 columns whose sums
@@ -171,6 +172,51 @@ pub unsafe fn dot_i8_rows_neon(xs: &[i8], g: usize, rows: &[i8], out_t: &mut [i3
     }
     if k == 0 {
         out_t.fill(0);
+    }
+}
+
+/// `kernels::dot_q8_0_rows_int8` (same bits: each block's exact integer
+/// sum, then `acc = fma(f32(isum), d_w * d_x, acc)` in block order), on
+/// activations as rows (`Q8_0Tiles::None`): up to four activation rows per
+/// pass over a weight row, each block's quants loaded and its scale decoded
+/// once per pass.
+///
+/// # Safety
+/// NEON; the shapes `kernels::dot_q8_0_rows_int8` asserts, `act.q` row-major.
+#[target_feature(enable = "neon")]
+pub unsafe fn dot_q8_0_rows_int8_neon(act: Q8_0Acts, rows: &[u8], out_t: &mut [f32]) {
+    let (m, k) = (act.m, act.k);
+    let blocks = k / 32;
+    let row_bytes = blocks * Q8_0_BLOCK_BYTES;
+    for (c, row) in rows.chunks_exact(row_bytes.max(1)).enumerate() {
+        for i0 in (0..m).step_by(4) {
+            let g = 4.min(m - i0);
+            let mut acc = [0f32; 4];
+            for (b, block) in row.chunks_exact(Q8_0_BLOCK_BYTES).enumerate() {
+                let dw = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+                // SAFETY: the block's 32 quants follow its scale; activation
+                // rows i0..i0 + g hold block b's 32 values (the contract).
+                unsafe {
+                    let wp = block.as_ptr().add(2).cast::<i8>();
+                    let (w0, w1) = (vld1q_s8(wp), vld1q_s8(wp.add(16)));
+                    for (t, acc) in acc.iter_mut().enumerate().take(g) {
+                        let i = i0 + t;
+                        let xp = act.q.as_ptr().add(i * k + 32 * b);
+                        let (x0, x1) = (vld1q_s8(xp), vld1q_s8(xp.add(16)));
+                        // |x * w| <= 128 * 128 fits i16; pairs added in i32.
+                        let mut sum = vpaddlq_s16(vmull_s8(vget_low_s8(x0), vget_low_s8(w0)));
+                        sum = vpadalq_s16(sum, vmull_high_s8(x0, w0));
+                        sum = vpadalq_s16(sum, vmull_s8(vget_low_s8(x1), vget_low_s8(w1)));
+                        sum = vpadalq_s16(sum, vmull_high_s8(x1, w1));
+                        let d = dw * act.s[i * blocks + b];
+                        *acc = (vaddvq_s32(sum) as f32).mul_add(d, *acc);
+                    }
+                }
+            }
+            for (t, &a) in acc.iter().enumerate().take(g) {
+                out_t[c * m + i0 + t] = a;
+            }
+        }
     }
 }
 
