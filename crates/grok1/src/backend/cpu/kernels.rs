@@ -155,6 +155,12 @@ pub fn q8_block_fast(
             // process use the tile data (Isa::best); the bounds above hold.
             unsafe { x86::amx::q8_block_fast_amx(&view, wb, scales, total) }
         }
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => {
+            // SAFETY: every aarch64 CPU this ISA is chosen on has NEON
+            // (Isa::best); the bounds above hold for every index used.
+            unsafe { neon::q8_block_fast_neon(&view, wb, scales, total) }
+        }
         _ => q8_block_fast_scalar(&view, wb, scales, total),
     }
 }

@@ -3,7 +3,7 @@
 //! type), `f32_rows` (the tied embedding's product, decoded rows) and the
 //! fused products of the other GGUF block types (`q8_blocks_i8`, with each
 //! type family's unpacking in `legacy_i8`, `k_quants_i8`, `iq_i8`). The
-//! int8 mode's kernels run the scalar code here.
+//! activations' int8 quantisation runs the scalar code here.
 
 pub mod attention;
 pub mod f32_rows;

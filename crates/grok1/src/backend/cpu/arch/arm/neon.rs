@@ -7,9 +7,9 @@
 //! same order, so the results are the scalar ones bit for bit. The capped
 //! scores, their exponentials and the GELU use the x86 kernels' polynomial
 //! exp and tanh (within 1e-5 of libm's). The products of the other GGUF
-//! block types (K-quants, legacy, i-quants) are in `q8_blocks_i8`; the int8
-//! mode's product on the int8 checkpoint (`kernels::q8_block_fast`) and the
-//! activations' quantisation run the scalar code on this ISA.
+//! block types (K-quants, legacy, i-quants) are in `q8_blocks_i8`. The int8
+//! mode's product on the int8 checkpoint (`kernels::q8_block_fast`) is here
+//! too; the activations' quantisation runs the scalar code on this ISA.
 //!
 //! Checked here by cross-compiling and running the tests under qemu
 //! (`scripts/test-aarch64.sh`); their speed on real hardware is not measured.
@@ -18,7 +18,7 @@ use std::arch::aarch64::*;
 
 use crate::backend::cpu::arch::{EXP_LN2_PARTS, EXP_POLY, EXP_RANGE, TANH_POLY, TANH_SMALL};
 use crate::backend::cpu::types::int8_ckpt::{
-    add_scaled, add_tail_columns, q8_block_scalar, Q8Rows, XGROUP,
+    add_scaled, add_tail_columns, q8_block_scalar, Q8Rows, SplitView, ACT_BLOCK, XGROUP,
 };
 use crate::backend::cpu::types::q8_0::{Q8_0Acts, Q8_0_BLOCK_BYTES};
 
@@ -137,6 +137,73 @@ unsafe fn widen<const V: usize>(p: *const i8) -> [float32x4_t; V] {
         *o = vcvtq_f32_s32(q);
     }
     out
+}
+
+/// `kernels::q8_block_fast` (same contract, same bits: each activation
+/// block's exact integer sums per column, `part = fma(f32(isum), sx, part)`
+/// in block order, then `total += part * scale`): sixteen columns at a time
+/// whose sums stay in registers through the block's rows, each product
+/// widened to i16 (`|x * w| <= 127 * 128`) and added into i32 lanes.
+///
+/// # Safety
+/// NEON; the bounds `kernels::q8_block_fast` asserts.
+#[target_feature(enable = "neon")]
+pub unsafe fn q8_block_fast_neon(view: &SplitView, wb: &Q8Rows, scales: &[f32], total: &mut [f32]) {
+    let Q8Rows { w, n, n0, .. } = *wb;
+    let m = view.act.m;
+    let nb = total.len() / m;
+    let full = nb / 16 * 16;
+    let mut part = vec![0f32; nb];
+    let mut isum = vec![0i32; nb - full];
+    let mut xs = [0i8; ACT_BLOCK];
+    for (i, tr) in total.chunks_exact_mut(nb).enumerate() {
+        part.fill(0.0);
+        for (b, block) in view.rows.clone().step_by(ACT_BLOCK).enumerate() {
+            let end = (block + ACT_BLOCK).min(view.rows.end);
+            let xs = &mut xs[..end - block];
+            for (r, x) in (block..end).zip(xs.iter_mut()) {
+                *x = view.value(i, r - view.rows.start);
+            }
+            let sx = view.scale(i, b);
+            for c in (0..full).step_by(16) {
+                let mut acc = [vdupq_n_s32(0); 4];
+                for (r, &x) in (block..end).zip(xs.iter()) {
+                    // SAFETY: columns n0 + c..n0 + c + 16 <= n0 + nb <= n of
+                    // row r < rows.end (the contract: rows.end * n <= w.len()).
+                    let wv = unsafe { vld1q_s8(w.as_ptr().add(r * n + n0 + c).cast()) };
+                    let xv = vdupq_n_s8(x);
+                    let lo = vmull_s8(vget_low_s8(wv), vget_low_s8(xv));
+                    let hi = vmull_high_s8(wv, xv);
+                    acc[0] = vaddw_s16(acc[0], vget_low_s16(lo));
+                    acc[1] = vaddw_high_s16(acc[1], lo);
+                    acc[2] = vaddw_s16(acc[2], vget_low_s16(hi));
+                    acc[3] = vaddw_high_s16(acc[3], hi);
+                }
+                for (q, a) in acc.into_iter().enumerate() {
+                    let p = &mut part[c + 4 * q..c + 4 * q + 4];
+                    // SAFETY: four floats of `part` (c + 16 <= full <= nb).
+                    unsafe {
+                        let v = vfmaq_n_f32(vld1q_f32(p.as_ptr()), vcvtq_f32_s32(a), sx);
+                        vst1q_f32(p.as_mut_ptr(), v);
+                    }
+                }
+            }
+            // The last columns as the scalar kernel adds them.
+            isum.fill(0);
+            for (r, &x) in (block..end).zip(xs.iter()) {
+                let row = &w[r * n + n0 + full..r * n + n0 + nb];
+                for (s, &v) in isum.iter_mut().zip(row) {
+                    *s += i32::from(x) * i32::from(v as i8);
+                }
+            }
+            for (p, &s) in part[full..].iter_mut().zip(&isum) {
+                *p = (s as f32).mul_add(sx, *p);
+            }
+        }
+        for ((t, &p), &sc) in tr.iter_mut().zip(&part).zip(scales) {
+            *t += p * sc;
+        }
+    }
 }
 
 /// `kernels::dot_i8_rows` (exact i32 sums): 16 products a step, widened to
