@@ -14,6 +14,8 @@
 //! the two-pass form.
 
 pub mod pages;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) mod raw_page;
 
 use std::ops::Range;
 

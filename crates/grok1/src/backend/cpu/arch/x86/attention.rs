@@ -11,6 +11,7 @@ use std::arch::x86_64::*;
 use super::hsum;
 use super::math::{exp256, tanh256};
 use crate::backend::cpu::attention::pages::{page_scores_scalar, page_values_scalar};
+use crate::backend::cpu::attention::raw_page::{RawPage as Page, BF16, F32, Q8_0};
 use crate::backend::cpu::types::q8_0_pages::{blocks, BLOCK};
 use crate::kv_cache::{KeysPage, ValuesPage};
 
@@ -18,41 +19,6 @@ use crate::kv_cache::{KeysPage, ValuesPage};
 const L: usize = 8;
 /// Queries per register block.
 const QB: usize = 4;
-
-/// Page element types, as the const parameter of the blocks.
-const F32: u8 = 0;
-const BF16: u8 = 1;
-const Q8_0: u8 = 2;
-
-/// A page's memory as raw pointers: `e` the elements (f32, bf16 bits or
-/// i8 by the type), `scales` the q8_0 scales (f16 bits).
-#[derive(Clone, Copy)]
-struct Page {
-    e: *const u8,
-    scales: *const u16,
-}
-
-impl Page {
-    fn keys(k: KeysPage) -> (u8, Page) {
-        match k {
-            KeysPage::F32(k) => (F32, Page::of(k.as_ptr().cast(), std::ptr::null())),
-            KeysPage::Bf16(k) => (BF16, Page::of(k.as_ptr().cast(), std::ptr::null())),
-            KeysPage::Q8_0 { q, scales } => (Q8_0, Page::of(q.as_ptr().cast(), scales.as_ptr())),
-        }
-    }
-
-    fn values(v: ValuesPage) -> (u8, Page) {
-        match v {
-            ValuesPage::F32(v) => (F32, Page::of(v.as_ptr().cast(), std::ptr::null())),
-            ValuesPage::Bf16(v) => (BF16, Page::of(v.as_ptr().cast(), std::ptr::null())),
-            ValuesPage::Q8_0 { q, scales } => (Q8_0, Page::of(q.as_ptr().cast(), scales.as_ptr())),
-        }
-    }
-
-    fn of(e: *const u8, scales: *const u16) -> Page {
-        Page { e, scales }
-    }
-}
 
 /// Eight consecutive elements of type `K` from element index `at`, decoded
 /// to f32 (exactly: bf16 by a shift, q8_0 as i8 times the scale vector
