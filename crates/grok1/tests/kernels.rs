@@ -667,9 +667,15 @@ proptest! {
     #[test]
     fn block_quantisation_is_rounding_half_away_on_every_isa(len in 1usize..40, scale in 0.001f32..1000.0, seed in any::<u64>(), nan in any::<bool>()) {
         let mut x: Vec<f32> = (0..len).map(|i| ((((i as u64).wrapping_mul(2654435761) ^ seed) % 20001) as f32 / 10000.0 - 1.0) * scale).collect();
-        // Exact halves after scaling, and a NaN (skipped by absmax, quantised to 0).
-        x[0] = scale;
-        if len > 2 { x[1] = scale * 0.5 / 127.0 * 3.0; x[2] = -x[1]; }
+        // The largest magnitude anywhere (past a NaN in its vector lane too),
+        // halves after scaling in every lane, and a NaN (skipped by absmax,
+        // quantised to 0).
+        let top = if len > 4 { 4 + (seed as usize >> 8) % (len - 4) } else { 0 };
+        x[top] = scale;
+        for i in (1..len).filter(|&i| i != top && i % 3 != 0) {
+            let half = scale * 0.5 / 127.0 * (2 * (i % 60) + 1) as f32;
+            x[i] = if i % 2 == 0 { half } else { -half };
+        }
         if nan && len > 3 { x[3] = f32::NAN; }
         let absmax = x.iter().fold(0f32, |m, v| if v.abs() > m { v.abs() } else { m });
         let inv = 127.0 / absmax;

@@ -225,6 +225,10 @@ pub fn quantize_block(isa: Isa, src: &[f32], dst: &mut [i8]) -> f32 {
         Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => unsafe {
             x86::quantize::quantize_block_avx2(src, dst)
         },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: every aarch64 CPU this ISA is chosen on has NEON
+        // (Isa::best); the lengths are checked above.
+        Isa::Neon => unsafe { neon::quantize_block_neon(src, dst) },
         _ => crate::backend::quantize_row_i8(src, dst),
     }
 }

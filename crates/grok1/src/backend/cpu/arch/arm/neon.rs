@@ -9,7 +9,7 @@
 //! exp and tanh (within 1e-5 of libm's). The products of the other GGUF
 //! block types (K-quants, legacy, i-quants) are in `q8_blocks_i8`. The int8
 //! mode's product on the int8 checkpoint (`kernels::q8_block_fast`) is here
-//! too; the activations' quantisation runs the scalar code on this ISA.
+//! too, with the activations' int8 quantisation.
 //!
 //! Checked here by cross-compiling and running the tests under qemu
 //! (`scripts/test-aarch64.sh`); their speed on real hardware is not measured.
@@ -204,6 +204,47 @@ pub unsafe fn q8_block_fast_neon(view: &SplitView, wb: &Q8Rows, scales: &[f32], 
             *t += p * sc;
         }
     }
+}
+
+/// `kernels::quantize_block` (the scalar `quantize_row_i8`'s scale and
+/// integers): the largest magnitude by `fmaxnm` (NaN skipped, as the scalar
+/// fold skips it; the maximum is exact in any order), each `x * inv`
+/// rounded to nearest with ties away from zero by `fcvtas`, which is the
+/// scalar `round_half_away` (NaN to 0 in both).
+///
+/// # Safety
+/// NEON; `src.len() == dst.len()`.
+#[target_feature(enable = "neon")]
+pub unsafe fn quantize_block_neon(src: &[f32], dst: &mut [i8]) -> f32 {
+    let full = src.len() / 8 * 8;
+    let mut mx = vdupq_n_f32(0.0);
+    for j in (0..full).step_by(4) {
+        // SAFETY: j + 4 <= full <= src.len().
+        mx = vmaxnmq_f32(mx, vabsq_f32(unsafe { vld1q_f32(src.as_ptr().add(j)) }));
+    }
+    let absmax = src[full..].iter().fold(
+        vmaxnmvq_f32(mx),
+        |m, &x| if x.abs() > m { x.abs() } else { m },
+    );
+    if absmax == 0.0 || !absmax.is_finite() {
+        dst.fill(0);
+        return if absmax.is_finite() { 0.0 } else { f32::NAN };
+    }
+    let inv = 127.0 / absmax;
+    for j in (0..full).step_by(8) {
+        // SAFETY: j + 8 <= full, for src and dst alike.
+        unsafe {
+            let a = vcvtaq_s32_f32(vmulq_n_f32(vld1q_f32(src.as_ptr().add(j)), inv));
+            let b = vcvtaq_s32_f32(vmulq_n_f32(vld1q_f32(src.as_ptr().add(j + 4)), inv));
+            // |x * inv| <= 127 (rounded up at most to 127 exactly): no saturation.
+            let q = vqmovn_s16(vcombine_s16(vqmovn_s32(a), vqmovn_s32(b)));
+            vst1_s8(dst.as_mut_ptr().add(j), q);
+        }
+    }
+    for (o, &x) in dst[full..].iter_mut().zip(&src[full..]) {
+        *o = crate::backend::round_half_away(x * inv) as i8;
+    }
+    absmax / 127.0
 }
 
 /// `kernels::dot_i8_rows` (exact i32 sums): 16 products a step, widened to
