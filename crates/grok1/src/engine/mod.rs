@@ -709,9 +709,7 @@ impl Worker {
             seq.admitted(&self.shared.metrics);
             let kv = self.cache.add_sequence();
             seq.kv = Some(kv);
-            if self.config.prefix_cache && !seq.needs_prompt_rows() {
-                // The last token is always computed: its logits are the next token's.
-                let reusable = &seq.tokens[..seq.tokens.len() - 1];
+            if let Some(reusable) = self.cache_reusable(&seq) {
                 let pad = self.model.config().pad_token;
                 let reused = self
                     .cache
@@ -724,6 +722,15 @@ impl Worker {
         }
     }
 
+    /// The tokens of `seq` whose keys and values may come from the prefix
+    /// cache: all but the last, which is always computed (its logits are the
+    /// next token's); none where the cache is off or the sequence needs its
+    /// prompt's logits.
+    fn cache_reusable<'a>(&self, seq: &'a Sequence) -> Option<&'a [u32]> {
+        (self.config.prefix_cache && !seq.needs_prompt_rows())
+            .then(|| &seq.tokens[..seq.tokens.len() - 1])
+    }
+
     /// Whether `seq` waits for a running sequence still computing the keys
     /// and values of a full page or more of `seq`'s prompt (another choice
     /// of the same request, or a request with the same system prompt that
@@ -733,12 +740,10 @@ impl Worker {
     /// times. The sequence it waits for is running, so it gets there (or
     /// ends, or is preempted, and then nothing is waited for).
     fn awaits_shared_prefix(&self, seq: &Sequence) -> bool {
-        if !self.config.prefix_cache || seq.needs_prompt_rows() {
+        let Some(reusable) = self.cache_reusable(seq) else {
             return false;
-        }
+        };
         let page = self.cache.page_size();
-        // As `admit` attaches: the last token is always computed.
-        let reusable = &seq.tokens[..seq.tokens.len() - 1];
         self.running.iter().any(|r| {
             let shared = reusable
                 .iter()
