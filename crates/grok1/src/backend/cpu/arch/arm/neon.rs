@@ -18,7 +18,8 @@ use std::arch::aarch64::*;
 
 use crate::backend::cpu::arch::{EXP_LN2_PARTS, EXP_POLY, EXP_RANGE, TANH_POLY, TANH_SMALL};
 use crate::backend::cpu::types::int8_ckpt::{
-    add_scaled, add_tail_columns, q8_block_scalar, Q8Rows, SplitView, ACT_BLOCK, XGROUP,
+    add_scaled, add_tail_columns, q8_block_fast_scalar, q8_block_scalar, Q8Rows, SplitView,
+    ACT_BLOCK, XGROUP,
 };
 use crate::backend::cpu::types::q8_0::{Q8_0Acts, Q8_0_BLOCK_BYTES};
 
@@ -153,8 +154,7 @@ pub unsafe fn q8_block_fast_neon(view: &SplitView, wb: &Q8Rows, scales: &[f32], 
     let m = view.act.m;
     let nb = total.len() / m;
     let full = nb / 16 * 16;
-    let mut part = vec![0f32; nb];
-    let mut isum = vec![0i32; nb - full];
+    let mut part = vec![0f32; full];
     let mut xs = [0i8; ACT_BLOCK];
     for (i, tr) in total.chunks_exact_mut(nb).enumerate() {
         part.fill(0.0);
@@ -181,29 +181,22 @@ pub unsafe fn q8_block_fast_neon(view: &SplitView, wb: &Q8Rows, scales: &[f32], 
                 }
                 for (q, a) in acc.into_iter().enumerate() {
                     let p = &mut part[c + 4 * q..c + 4 * q + 4];
-                    // SAFETY: four floats of `part` (c + 16 <= full <= nb).
+                    // SAFETY: four floats of `part` (c + 16 <= full).
                     unsafe {
                         let v = vfmaq_n_f32(vld1q_f32(p.as_ptr()), vcvtq_f32_s32(a), sx);
                         vst1q_f32(p.as_mut_ptr(), v);
                     }
                 }
             }
-            // The last columns as the scalar kernel adds them.
-            isum.fill(0);
-            for (r, &x) in (block..end).zip(xs.iter()) {
-                let row = &w[r * n + n0 + full..r * n + n0 + nb];
-                for (s, &v) in isum.iter_mut().zip(row) {
-                    *s += i32::from(x) * i32::from(v as i8);
-                }
-            }
-            for (p, &s) in part[full..].iter_mut().zip(&isum) {
-                *p = (s as f32).mul_add(sx, *p);
-            }
         }
         for ((t, &p), &sc) in tr.iter_mut().zip(&part).zip(scales) {
             *t += p * sc;
         }
     }
+    // The last columns (fewer than sixteen) through the scalar kernel.
+    add_tail_columns(m, full, wb, scales, total, |cols, s, t| {
+        q8_block_fast_scalar(view, cols, s, t)
+    });
 }
 
 /// `kernels::quantize_block` (the scalar `quantize_row_i8`'s scale and
