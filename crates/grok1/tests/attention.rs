@@ -365,13 +365,13 @@ fn q8_0_pages_decode_every_f16_scale_on_every_isa() {
             .zip(b)
             .all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()))
     };
+    // Key element t of slot j (and value column t of row j).
+    let q: Vec<i8> = (0..hd * ps).map(|i| [1, -127, 0, 93][i % 4]).collect();
+    let query: Vec<f32> = (0..hd).map(|t| if t == 1 { 1.0 } else { 0.0 }).collect();
+    // Output i weighs value row i alone.
+    let p: Vec<f32> = (0..ps * ps).map(|i| f32::from(i / ps == i % ps)).collect();
     for first in (0..=u16::MAX).step_by(ps) {
         let scales: Vec<u16> = (0..ps as u16).map(|j| first + j).collect();
-        // Key element t of slot j (and value column t of row j).
-        let q: Vec<i8> = (0..hd * ps).map(|i| [1, -127, 0, 93][i % 4]).collect();
-        let query: Vec<f32> = (0..hd).map(|t| if t == 1 { 1.0 } else { 0.0 }).collect();
-        // Output i weighs value row i alone.
-        let p: Vec<f32> = (0..ps * ps).map(|i| f32::from(i / ps == i % ps)).collect();
         let run = |isa: Isa| {
             let mut s = vec![0f32; ps];
             let keys = KeysPage::Q8_0 {
