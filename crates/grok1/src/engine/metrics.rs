@@ -87,6 +87,7 @@ pub struct Metrics {
     queue: AtomicU64,
     running: AtomicU64,
     kv_pages_used: AtomicU64,
+    kv_pages_peak: AtomicU64,
     kv_pages_total: u64,
     sampled_tokens: AtomicU64,
     prefix_lookups: AtomicU64,
@@ -115,6 +116,7 @@ impl Metrics {
             queue: AtomicU64::new(0),
             running: AtomicU64::new(0),
             kv_pages_used: AtomicU64::new(0),
+            kv_pages_peak: AtomicU64::new(0),
             kv_pages_total: kv_pages_total as u64,
             sampled_tokens: AtomicU64::new(0),
             prefix_lookups: AtomicU64::new(0),
@@ -171,6 +173,8 @@ impl Metrics {
         self.running.store(running as u64, Ordering::Relaxed);
         self.kv_pages_used
             .store(kv_pages_used as u64, Ordering::Relaxed);
+        self.kv_pages_peak
+            .fetch_max(kv_pages_used as u64, Ordering::Relaxed);
     }
 
     /// A sequence entering the batch looked up its prefix and took `tokens`.
@@ -291,6 +295,14 @@ impl Metrics {
             "KV cache pages held by sequences.",
             self.kv_pages_used.load(Ordering::Relaxed),
         );
+        // Sizing `--kv-tokens` wants the most ever held, which a scrape
+        // between steps can miss.
+        gauge(
+            &mut out,
+            "grok1_kv_cache_peak_used_pages",
+            "Most KV cache pages held by sequences at once since the engine started.",
+            self.kv_pages_peak.load(Ordering::Relaxed),
+        );
         gauge(
             &mut out,
             "grok1_kv_cache_total_pages",
@@ -367,6 +379,7 @@ mod tests {
     #[test]
     fn queue_time_latency_and_kv_pages_are_rendered() {
         let m = Metrics::new(12);
+        m.set_queue(1, 2, 7);
         m.set_queue(1, 2, 5);
         m.admitted(Duration::from_millis(250));
         m.first_token(Duration::from_millis(300));
@@ -389,6 +402,7 @@ mod tests {
         let text = m.render();
         for line in [
             "grok1_kv_cache_used_pages 5",
+            "grok1_kv_cache_peak_used_pages 7",
             "grok1_kv_cache_total_pages 12",
             "grok1_request_queue_seconds_bucket{le=\"0.25\"} 1",
             "grok1_request_queue_seconds_bucket{le=\"0.1\"} 0",
