@@ -6,7 +6,8 @@ than the wait limit stays up; SIGTERM to rank 0 ends every rank with exit 0;
 a hung rank (SIGSTOP) makes rank 0 say so and the job end within the wait
 limit (GROK1_MPI_TIMEOUT); Ctrl-C at a terminal (SIGINT to mpirun) stops
 the server on rank 0 gracefully and leaves no rank running; kill -9 of a
-rank during a stream ends the job with an error; different engine settings and `chat --session` are refused.
+rank during a stream ends the job with an error; different engine settings are refused; a
+`chat --session` file saved by one process or by N=2 resumes in either.
 Standard library only.
 
 usage: check_serve.py GROK1_BINARY [--mpirun-args "..."]
@@ -248,10 +249,7 @@ def check_chat(r):
     cached = [int(c) for c in re.findall(r", (\d+) from the cache", split.stderr)]
     if len(cached) != 2 or cached[1] == 0:
         fail(f"chat N=2: cached tokens per turn {cached}")
-    refused = r.run(2, args + ["--session", os.path.join(SCRATCH, "never.session")], stdin=turns)
-    want = "grok1: error: `grok1 chat --session` does not run under mpirun yet (2 processes)"
-    if refused.returncode == 0 or refused.stderr.count(want) != 1:
-        fail(f"chat --session under mpirun: exit {refused.returncode}\n{refused.stderr}")
+    resumed = check_chat_session(r, args)
     # SIGTERM to rank 0 at the prompt: every rank ends with exit 0.
     cmd = ["mpirun", "-np", "2"] + r.mpirun_args + [r.binary] + args
     chat = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -268,7 +266,47 @@ def check_chat(r):
     if code != 0:
         fail(f"chat N=2: SIGTERM to rank 0 at the prompt: exit {code}\n{chat.stderr.read()}")
     print(f"ok: chat N=2: two turns equal one process's (second turn {cached[1]} tokens from the cache); "
-          "SIGTERM to rank 0 at the prompt: exit 0; --session refused")
+          f"SIGTERM to rank 0 at the prompt: exit 0; --session saved by N=1 and N=2 resumed by both "
+          f"({resumed} tokens with their keys and values)")
+
+
+def check_chat_session(r, args):
+    """A conversation saved with --session by one process and by N=2 (the
+    same file), each resumed by both: the second turn equal everywhere,
+    served from the resumed keys and values."""
+    os.makedirs(SCRATCH, exist_ok=True)
+    files = {n: os.path.join(SCRATCH, f"chat-{n}.session") for n in (0, 2)}
+    first = {}
+    for n, path in files.items():
+        if os.path.exists(path):
+            os.remove(path)
+        run = r.run(n, args + ["--session", path], stdin="Hello there\n")
+        if run.returncode or not os.path.exists(path):
+            fail(f"chat --session N={n}: exit {run.returncode}\n{run.stderr}")
+        first[n] = run.stdout
+    if first[2] != first[0]:
+        fail(f"chat --session N=2 first turn {first[2]!r} != one process's {first[0]!r}")
+    sizes = {n: os.path.getsize(p) for n, p in files.items()}
+    if sizes[0] != sizes[2]:
+        fail(f"chat --session: the file N=2 saved has {sizes[2]} bytes, one process's {sizes[0]}")
+    replies, resumed = [], None
+    for saved_by, path in files.items():
+        for n in (0, 2):
+            copy = path + f".resumed-{n}"
+            with open(path, "rb") as src, open(copy, "wb") as dst:
+                dst.write(src.read())
+            run = r.run(n, args + ["--session", copy], stdin="Tell me more\n")
+            m = re.search(r"resumed (\d+) tokens of conversation from .* \((\d+) with their keys and values\)",
+                          run.stderr)
+            cached = [int(c) for c in re.findall(r", (\d+) from the cache", run.stderr)]
+            if run.returncode or not m or int(m.group(2)) == 0 or cached != [int(m.group(2))]:
+                fail(f"chat --session saved by N={saved_by or 1}, resumed by N={n or 1}: exit {run.returncode}, "
+                     f"cached {cached}\n{run.stderr}")
+            resumed = int(m.group(2))
+            replies.append(run.stdout)
+    if len(set(replies)) != 1 or replies[0].count("Assistant:") != 1:
+        fail(f"chat --session: resumed second turns differ: {replies!r}")
+    return resumed
 
 
 def check_eval(r):

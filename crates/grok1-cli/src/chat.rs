@@ -267,13 +267,18 @@ impl Conversation {
 
 pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
     set_threads(args.engine.threads)?;
-    // A saved session holds every key/value head, which no rank holds.
-    crate::parallel::refuse_split(args.session.is_some(), "`grok1 chat --session`")?;
     let loaded = model_source::load_args(&args.model)?;
     crate::parallel::arm_wait_limit();
     let precision = args.model.precision();
     let kv_type = args.model.kv_type(precision);
     let config = engine_config(&args.engine, &loaded.model, precision, kv_type)?;
+    // Made by every rank of a split model together (it samples weights
+    // that several ranks hold); the saved keys and values move between the
+    // ranks in the engine's export and import.
+    let identity = args
+        .session
+        .as_ref()
+        .map(|_| SessionModel::of(&loaded.model, precision, kv_type));
     // Under mpirun rank 0 talks to the user; the others run the steps it plans.
     if let Some(done) = crate::parallel::follow_engine(&loaded.model, &config)? {
         return Ok(done);
@@ -286,14 +291,12 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
     let eos = model.config().eos_token;
     let context = config.context;
     // The session is read and checked whole before the engine starts.
-    let mut session = match &args.session {
-        None => None,
-        Some(path) => {
+    let mut session = match (&args.session, identity) {
+        (Some(path), Some(identity)) => {
             anyhow::ensure!(
                 config.prefix_cache,
                 "--session keeps the conversation in the prefix cache; drop --no-prefix-cache"
             );
-            let identity = SessionModel::of(&model, precision, kv_type);
             let saved = match path.exists() {
                 // Sessions saved before the fast and int8 modes cached bf16
                 // hold f32: say how to resume them.
@@ -309,6 +312,7 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
             };
             Some((path.clone(), identity, saved))
         }
+        _ => None,
     };
     let engine = EngineHandle::start(model, tokenizer.clone(), config);
     let mut conversation = Conversation::default();

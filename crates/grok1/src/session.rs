@@ -39,9 +39,19 @@ const MAX_HEADER: u32 = 1 << 20;
 pub struct SessionModel {
     /// The model config's name.
     pub name: String,
-    /// CRC-32 of the model's shape, the size of its weights and a sample of
-    /// their contents (every norm and router, some embedding rows), in hex.
+    /// CRC-32 of the model's shape, how each weight is stored and a sample
+    /// of the weights' contents (every norm and router, some embedding
+    /// rows), in hex ([`FINGERPRINT_VERSION`]).
     pub fingerprint: String,
+    /// How `fingerprint` was made: 1 (files from before sessions under
+    /// mpirun) hashed the weights' byte count, which a rank of a split model
+    /// does not know, where 2 hashes each weight's storage type.
+    #[serde(default = "first_fingerprint_version")]
+    pub fingerprint_version: u32,
+    /// Version 1's fingerprint of this model, where this process holds all
+    /// of it (to resume files saved before version 2).
+    #[serde(skip)]
+    pub legacy_fingerprint: Option<String>,
     /// The precision the keys and values were computed at.
     pub precision: String,
     /// How the cache stores an entry.
@@ -52,56 +62,139 @@ pub struct SessionModel {
     pub vocab: usize,
 }
 
+/// The fingerprint [`SessionModel::of`] makes.
+pub const FINGERPRINT_VERSION: u32 = 2;
+
+fn first_fingerprint_version() -> u32 {
+    1
+}
+
+/// The embedding rows a fingerprint samples.
+fn sampled_tokens(vocab: usize) -> Vec<usize> {
+    [0, vocab / 2, vocab.saturating_sub(1)]
+        .into_iter()
+        .filter(|&t| t < vocab)
+        .collect()
+}
+
+/// The sampled embedding rows as f32, wherever they are: a rank of a split
+/// model holds part of the vocabulary, so every rank sends the rows it has.
+fn sampled_rows(model: &Grok1) -> Vec<Vec<f32>> {
+    let (w, c) = (model.weights(), model.collective());
+    let tokens = sampled_tokens(model.config().vocab_size);
+    let mut row = vec![0f32; w.embedding.cols];
+    let mut mine = Vec::new();
+    for (i, &t) in tokens.iter().enumerate() {
+        if w.vocab_rows.contains(&t) {
+            w.embedding.row_into(t - w.vocab_rows.start, &mut row);
+            mine.push(i as u8);
+            mine.extend(row.iter().flat_map(|x| x.to_le_bytes()));
+        }
+    }
+    let mut rows = vec![Vec::new(); tokens.len()];
+    for part in c.all_gather_bytes(&mine) {
+        for entry in part.chunks_exact(1 + 4 * row.len()) {
+            let slot = &mut rows[usize::from(entry[0])];
+            if slot.is_empty() {
+                *slot = entry[1..]
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+            }
+        }
+    }
+    rows
+}
+
+/// How a matrix is stored, for the fingerprint.
+fn storage(m: &crate::backend::Matrix) -> String {
+    match m {
+        crate::backend::Matrix::Int8Grouped(q) => format!("int8/{}", q.scale_dtype),
+        crate::backend::Matrix::Rows(r) => r.dtype.name().to_string(),
+    }
+}
+
+/// CRC-32 of the shape, `stored` (what the fingerprint's version says of
+/// the storage), the norms and routers, and the sampled embedding rows.
+fn fingerprint(model: &Grok1, stored: &[u8], rows: &[Vec<f32>]) -> String {
+    let (cfg, w) = (model.config(), model.weights());
+    let mut crc = crc32fast::Hasher::new();
+    let floats = |crc: &mut crc32fast::Hasher, v: &[f32]| {
+        for x in v {
+            crc.update(&x.to_le_bytes());
+        }
+    };
+    for n in [
+        cfg.vocab_size,
+        cfg.emb_size,
+        cfg.num_layers,
+        cfg.num_q_heads,
+        cfg.num_kv_heads,
+        cfg.key_size,
+        cfg.num_experts,
+        cfg.num_selected_experts,
+        cfg.ffn_size,
+        cfg.sequence_len,
+    ] {
+        crc.update(&(n as u64).to_le_bytes());
+    }
+    crc.update(stored);
+    floats(&mut crc, &w.final_norm);
+    for layer in &w.layers {
+        for v in [
+            &layer.attn_norm,
+            &layer.attn_out_norm,
+            &layer.moe_norm,
+            &layer.moe_out_norm,
+            &layer.router,
+        ] {
+            floats(&mut crc, v);
+        }
+    }
+    for row in rows {
+        floats(&mut crc, row);
+    }
+    format!("{:08x}", crc.finalize())
+}
+
 impl SessionModel {
     /// The identity of `model` running at `precision` with a KV cache of
     /// `kv_type` (keys and values rounded to another type would not resume
-    /// as the same conversation).
+    /// as the same conversation). The same for the model whole and split
+    /// over any number of ranks; on a split model every rank must call it
+    /// (the sampled rows are gathered from the ranks that hold them).
     pub fn of(model: &Grok1, precision: Precision, kv_type: KvType) -> Self {
         let cfg = model.config();
         let w = model.weights();
-        let mut crc = crc32fast::Hasher::new();
-        let floats = |crc: &mut crc32fast::Hasher, v: &[f32]| {
-            for x in v {
-                crc.update(&x.to_le_bytes());
-            }
+        let rows = sampled_rows(model);
+        let mut stored = Vec::new();
+        let mut add = |label: String| {
+            stored.extend(label.as_bytes());
+            stored.push(0);
         };
-        for n in [
-            cfg.vocab_size,
-            cfg.emb_size,
-            cfg.num_layers,
-            cfg.num_q_heads,
-            cfg.num_kv_heads,
-            cfg.key_size,
-            cfg.num_experts,
-            cfg.num_selected_experts,
-            cfg.ffn_size,
-            cfg.sequence_len,
-        ] {
-            crc.update(&(n as u64).to_le_bytes());
-        }
-        crc.update(&w.byte_len().to_le_bytes());
-        floats(&mut crc, &w.final_norm);
+        add(w.embedding.dtype.name().to_string());
+        add(match w.output_is_tied() {
+            true => "tied".into(),
+            false => w.output.dtype.name().to_string(),
+        });
         for layer in &w.layers {
-            for v in [
-                &layer.attn_norm,
-                &layer.attn_out_norm,
-                &layer.moe_norm,
-                &layer.moe_out_norm,
-                &layer.router,
-            ] {
-                floats(&mut crc, v);
+            for m in [&layer.wq, &layer.wk, &layer.wv, &layer.wo] {
+                add(storage(m));
+            }
+            let e = &layer.experts;
+            for m in e.linear.iter().chain(&e.linear_v).chain(&e.linear_1) {
+                add(storage(m));
             }
         }
-        let mut row = vec![0f32; w.embedding.cols];
-        for t in [0, cfg.vocab_size / 2, cfg.vocab_size.saturating_sub(1)] {
-            if t < cfg.vocab_size {
-                w.embedding.row_into(t, &mut row);
-                floats(&mut crc, &row);
-            }
-        }
+        let legacy = w
+            .shard
+            .is_whole()
+            .then(|| fingerprint(model, &w.byte_len().to_le_bytes(), &rows));
         SessionModel {
             name: cfg.name.clone(),
-            fingerprint: format!("{:08x}", crc.finalize()),
+            fingerprint: fingerprint(model, &stored, &rows),
+            fingerprint_version: FINGERPRINT_VERSION,
+            legacy_fingerprint: legacy,
             // The variant's name: "f32", "bf16", "fast", "int8".
             precision: format!("{precision:?}").to_lowercase(),
             kv_type: kv_type.name().into(),
@@ -118,6 +211,17 @@ impl SessionModel {
             .checked_mul(self.kv_heads)?
             .checked_mul(self.head_dim)?
             .checked_mul(2)
+    }
+
+    /// This model's fingerprint as a file of `version` made it (`None`:
+    /// version 1 on a rank of a split model, or a version this build does
+    /// not know).
+    fn fingerprint_of_version(&self, version: u32) -> Option<&str> {
+        match version {
+            FINGERPRINT_VERSION => Some(&self.fingerprint),
+            1 => self.legacy_fingerprint.as_deref(),
+            _ => None,
+        }
     }
 }
 
@@ -156,6 +260,8 @@ pub enum SessionError {
     Version { file: PathBuf, found: u32 },
     #[error("session {}: damaged or truncated: {what}", file.display())]
     Corrupt { file: PathBuf, what: String },
+    #[error("session {}: saved by a grok1 from before sessions under mpirun, whose model fingerprint a split model cannot check; resume it once without mpirun (which saves it anew), then under mpirun", file.display())]
+    SplitLegacy { file: PathBuf },
     #[error("session {} was saved by another model or setting: its {field} is {saved}, this run's is {current}", file.display())]
     Mismatch {
         file: PathBuf,
@@ -326,12 +432,26 @@ fn check_model(
     saved: &SessionModel,
     current: &SessionModel,
 ) -> Result<(), SessionError> {
+    let version = saved.fingerprint_version;
+    let Some(fingerprint) = current.fingerprint_of_version(version) else {
+        return Err(match version {
+            1 => SessionError::SplitLegacy {
+                file: path.to_path_buf(),
+            },
+            _ => SessionError::Mismatch {
+                file: path.to_path_buf(),
+                field: "fingerprint version",
+                saved: version.to_string(),
+                current: FINGERPRINT_VERSION.to_string(),
+            },
+        });
+    };
     let fields: [(&'static str, String, String); 8] = [
         ("model name", saved.name.clone(), current.name.clone()),
         (
             "model fingerprint",
             saved.fingerprint.clone(),
-            current.fingerprint.clone(),
+            fingerprint.to_string(),
         ),
         (
             "precision",
@@ -507,6 +627,50 @@ mod tests {
         let q8 = SessionModel::of(&model(1), Precision::F32, KvType::Q8_0);
         let err = load(&path, &q8).unwrap_err().to_string();
         assert!(err.contains("KV type") && err.contains("q8_0"), "{err}");
+    }
+
+    /// Files written before fingerprint version 2 (no version in their
+    /// header, the byte-count fingerprint) resume on the whole model; a rank
+    /// of a split model, which cannot make that fingerprint, says what to do.
+    #[test]
+    fn files_with_the_first_fingerprint_still_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let who = SessionModel::of(&model(1), Precision::F32, KvType::F32);
+        let legacy = who.legacy_fingerprint.clone().expect("a whole model");
+        assert_ne!(legacy, who.fingerprint);
+        let mut header = serde_json::to_value(&who).unwrap();
+        header["fingerprint"] = legacy.into();
+        header
+            .as_object_mut()
+            .unwrap()
+            .remove("fingerprint_version");
+        let old: SessionModel = serde_json::from_value(header).unwrap();
+        assert_eq!(old.fingerprint_version, 1);
+        let (path, tokens, _) = saved(dir.path(), &old);
+        assert_eq!(load(&path, &who).unwrap().tokens, tokens);
+        let other = SessionModel::of(&model(2), Precision::F32, KvType::F32);
+        assert!(matches!(
+            load(&path, &other),
+            Err(SessionError::Mismatch {
+                field: "model fingerprint",
+                ..
+            })
+        ));
+        let split_rank = SessionModel {
+            legacy_fingerprint: None,
+            ..who.clone()
+        };
+        let err = load(&path, &split_rank).unwrap_err();
+        assert!(matches!(err, SessionError::SplitLegacy { .. }), "{err}");
+        assert!(err.to_string().contains("resume it once without mpirun"));
+        let mut future = who.clone();
+        future.fingerprint_version = 3;
+        let (path, _, _) = saved(dir.path(), &future);
+        let err = load(&path, &who).unwrap_err().to_string();
+        assert!(
+            err.contains("its fingerprint version is 3, this run's is 2"),
+            "{err}"
+        );
     }
 
     #[test]

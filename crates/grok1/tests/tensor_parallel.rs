@@ -567,3 +567,147 @@ fn ranks_started_with_different_settings_are_refused_naming_rank_and_setting() {
     let same = on_ranks(2, |c| check_same_settings(&*c, "setting `--kv-type`: f32"));
     assert!(same.iter().all(Result::is_ok));
 }
+
+/// Runs `f` with an engine on rank 0 of an `n`-way split of tiny-moe (the
+/// other ranks following its steps; `n` = 1: one process), prefix cache on.
+fn with_split_engine<T: Send>(n: usize, f: impl Fn(&grok1::engine::EngineHandle) -> T + Sync) -> T {
+    let runs = on_ranks(n, |c| {
+        let model = load(&model_dir("tiny-moe"), c.clone()).expect("load");
+        let config = engine_config(true);
+        if c.rank() != 0 {
+            grok1::engine::follow(&model, &config).expect("follow");
+            return None;
+        }
+        let tokenizer = Arc::new(grok1_tokenizer::Tokenizer::grok1());
+        let engine = grok1::engine::EngineHandle::start(model, tokenizer, config);
+        let out = f(&engine);
+        engine.shutdown(std::time::Duration::from_secs(1));
+        Some(out)
+    });
+    runs.into_iter().next().flatten().expect("rank 0's result")
+}
+
+/// Greedy ids, their logprobs and the cached prompt tokens of one request.
+fn greedy_request(engine: &grok1::engine::EngineHandle, prompt: &[u32], steps: usize) -> Served {
+    use grok1::engine::{Event, Request};
+    let (tx, rx) = std::sync::mpsc::channel();
+    engine
+        .submit(Request {
+            prompt: prompt.to_vec(),
+            max_tokens: steps,
+            sampling: SamplingParams {
+                temperature: 0.0,
+                ..Default::default()
+            },
+            stop_token_ids: vec![],
+            stop_strings: vec![],
+            logprobs: Some(0),
+            prompt_logprobs: false,
+            constraint: None,
+            sink: Box::new(move |e| tx.send(e).is_ok()),
+        })
+        .expect("submit");
+    let mut out: Served = (vec![], vec![], 0);
+    for e in rx.iter() {
+        match e {
+            Event::Token { token, logprob, .. } => {
+                out.0.push(token);
+                out.1.extend(logprob.map(|l| l.logprob));
+            }
+            Event::Done { cached_tokens, .. } => {
+                out.2 = cached_tokens;
+                break;
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A conversation's keys and values saved by a split engine (each rank's
+/// heads gathered into one snapshot, the layout one process saves) and put
+/// back into an engine of any split (each rank taking its heads): the next
+/// turn reuses them and continues as computing it all does.
+#[test]
+fn a_split_engine_saves_and_resumes_a_conversation_as_one_process_does() {
+    let prompt: Vec<u32> = (0..45).map(|i| 3 + (i * 53) % 1000).collect();
+    let save = |n| {
+        with_split_engine(n, |engine| {
+            let reply = greedy_request(engine, &prompt, 6).0;
+            let conversation = [&prompt[..], &reply[..]].concat();
+            let snapshot = engine.export_prefix(conversation.clone()).unwrap();
+            (conversation, snapshot)
+        })
+    };
+    let (conversation, whole) = save(1);
+    // Every position but the last reply token's (never fed back) is cached.
+    assert_eq!(whole.tokens[..], conversation[..conversation.len() - 1]);
+    let next = [&conversation[..], &[7, 8, 9][..]].concat();
+    let computed = with_split_engine(1, |engine| greedy_request(engine, &next, 5));
+    assert_eq!(computed.2, 0);
+    let mut snapshots = vec![(1, whole.clone())];
+    for n in [2, 4] {
+        let (c, split) = save(n);
+        assert_eq!(c, conversation, "N={n}: the reply");
+        assert_eq!(split.tokens, whole.tokens, "N={n}");
+        // The split's own rounding only: a head in the wrong place would be
+        // another head's values altogether.
+        let (worst, at) = max_abs_diff(&split.kv, &whole.kv);
+        assert!(
+            worst < 1e-4,
+            "N={n}: value {at} is {worst:e} from one process's"
+        );
+        snapshots.push((n, split));
+    }
+    for n in [1, 2, 4] {
+        for (saved_by, snapshot) in &snapshots {
+            let (imported, resumed, back) = with_split_engine(n, |engine| {
+                let imported = engine.import_prefix(snapshot.clone()).unwrap();
+                let back = engine.export_prefix(snapshot.tokens.clone()).unwrap();
+                (imported, greedy_request(engine, &next, 5), back)
+            });
+            let what = format!("saved by N={saved_by}, resumed at N={n}");
+            assert_eq!(imported, snapshot.tokens.len(), "{what}");
+            // Put in and read out again, every value lands where it was.
+            assert_eq!(back.tokens, snapshot.tokens, "{what}");
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert!(bits(&back.kv) == bits(&snapshot.kv), "{what}: values moved");
+            assert_eq!(resumed.2, snapshot.tokens.len(), "{what}: cached tokens");
+            assert_eq!(resumed.0, computed.0, "{what}: greedy ids");
+            let (worst, _) = max_abs_diff(&resumed.1, &computed.1);
+            assert!(worst < 1e-4, "{what}: logprobs {worst:e} apart");
+        }
+    }
+}
+
+/// A session's model identity is the same whole and split (the embedding
+/// rows it samples gathered from the ranks holding them), so a conversation
+/// saved at one split resumes at any other.
+#[test]
+fn a_session_identity_is_the_same_at_every_split() {
+    use grok1::session::SessionModel;
+    for name in ["tiny-moe", "tiny-vocab"] {
+        let identity = |n| {
+            on_ranks(n, |c| {
+                let model = load(&model_dir(name), c).expect("load");
+                SessionModel::of(&model, Precision::F32, grok1::KvType::F32)
+            })
+        };
+        let whole = identity(1).remove(0);
+        assert!(whole.legacy_fingerprint.is_some());
+        for n in [2, 4] {
+            for (rank, split) in identity(n).into_iter().enumerate() {
+                assert_eq!(
+                    split.fingerprint, whole.fingerprint,
+                    "{name} N={n} rank {rank}"
+                );
+                assert_eq!(split.legacy_fingerprint, None);
+                let without_legacy = SessionModel {
+                    legacy_fingerprint: None,
+                    ..whole.clone()
+                };
+                assert_eq!(split, without_legacy, "{name} N={n} rank {rank}");
+            }
+        }
+    }
+}

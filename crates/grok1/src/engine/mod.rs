@@ -30,6 +30,7 @@
 mod metrics;
 pub mod plan;
 mod sequence;
+mod transfer;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -45,7 +46,7 @@ use crate::model::{ForwardOptions, Grok1, LogitsRows, RowLogits, SequenceInput};
 use crate::sampling::{SamplingError, SamplingParams, TokenConstraint};
 use crate::Precision;
 pub use metrics::{Load, Metrics};
-use plan::{Plan, PlannedInput, StepPlan};
+use plan::{Plan, PlannedInput, StepPlan, Transfer};
 use sequence::Sequence;
 
 /// One sequence's share of a step's output: how many inputs it fed and the
@@ -236,8 +237,9 @@ pub enum SnapshotError {
     Cache(#[from] crate::kv_cache::CacheError),
     #[error("the engine has stopped")]
     Stopped,
-    #[error("saving and restoring keys and values needs the whole model in one process; this one is split over {0}")]
-    Split(usize),
+    /// The ranks of a split model disagree on a transfer (a bug).
+    #[error("moving keys and values between ranks: {0}")]
+    Ranks(String),
 }
 
 /// Why a follower rank stopped following rank 0's engine.
@@ -245,6 +247,8 @@ pub enum SnapshotError {
 pub enum FollowError {
     #[error(transparent)]
     Plan(#[from] plan::PlanError),
+    #[error(transparent)]
+    Transfer(#[from] SnapshotError),
     #[error("rank 0's step plan does not fit this rank's KV cache: {0}")]
     Cache(#[from] crate::kv_cache::FollowError),
 }
@@ -622,35 +626,50 @@ impl Worker {
         2 * self.cache.layers() * self.model.config().kv_width()
     }
 
-    fn export(&mut self, tokens: &[u32]) -> Result<KvSnapshot, SnapshotError> {
-        if self.split {
-            return Err(SnapshotError::Split(self.model.collective().size()));
+    /// Tells the other ranks of a split model to move a prefix's keys and
+    /// values (with the page copies made since the last step).
+    fn send_transfer(&mut self, id: crate::kv_cache::SeqId, len: usize, import: bool) {
+        if !self.split {
+            return;
         }
-        let kv_width = self.model.config().kv_width();
-        let width = self.snapshot_width();
+        let t = Transfer {
+            copies: self.cache.take_copies(),
+            pages: self
+                .cache
+                .followed(id)
+                .expect("a sequence just added")
+                .pages,
+            len,
+        };
+        let plan = if import {
+            Plan::Import(t)
+        } else {
+            Plan::Export(t)
+        };
+        self.model.collective().broadcast_bytes(&mut plan.encode());
+    }
+
+    fn export(&mut self, tokens: &[u32]) -> Result<KvSnapshot, SnapshotError> {
         let pad = self.model.config().pad_token;
         let id = self.cache.add_sequence();
         let held = self.cache.attach_prefix(id, tokens, pad).unwrap_or(0);
-        let mut kv = vec![0f32; held * width];
-        for (pos, entry) in kv.chunks_exact_mut(width).enumerate() {
-            for (layer, both) in entry.chunks_exact_mut(2 * kv_width).enumerate() {
-                let (k, v) = both.split_at_mut(kv_width);
-                self.cache.read(layer, id, pos, k, v);
-            }
-        }
+        let kv = if held == 0 {
+            Ok(Vec::new())
+        } else {
+            self.send_transfer(id, held, false);
+            let head_dim = self.model.config().key_size;
+            transfer::gather(&self.cache, id, held, self.model.collective(), head_dim)
+        };
         let _ = self.cache.remove_sequence(id);
         Ok(KvSnapshot {
             tokens: tokens[..held].to_vec(),
-            kv,
+            kv: kv?,
         })
     }
 
     fn import(&mut self, snapshot: KvSnapshot) -> Result<usize, SnapshotError> {
-        if self.split {
-            return Err(SnapshotError::Split(self.model.collective().size()));
-        }
         let cfg = self.model.config();
-        let (kv_width, pad, vocab) = (cfg.kv_width(), cfg.pad_token, cfg.vocab_size);
+        let (pad, vocab, head_dim) = (cfg.pad_token, cfg.vocab_size, cfg.key_size);
         let width = self.snapshot_width();
         let tokens = snapshot.tokens.len();
         if Some(snapshot.kv.len()) != tokens.checked_mul(width) {
@@ -678,11 +697,13 @@ impl Worker {
             let _ = self.cache.remove_sequence(id);
             return Err(e.into());
         }
-        for (pos, entry) in snapshot.kv.chunks_exact(width).enumerate() {
-            for (layer, both) in entry.chunks_exact(2 * kv_width).enumerate() {
-                let (k, v) = both.split_at(kv_width);
-                self.cache.write(layer, id, pos, k, v);
-            }
+        self.send_transfer(id, tokens, true);
+        let c = self.model.collective();
+        if let Err(e) =
+            transfer::scatter(&mut self.cache, id, tokens, Some(&snapshot.kv), c, head_dim)
+        {
+            let _ = self.cache.remove_sequence(id);
+            return Err(e);
         }
         self.cache.commit(id, &snapshot.tokens, pad);
         let _ = self.cache.remove_sequence_keeping_prefix(id);
@@ -1006,6 +1027,23 @@ pub fn follow(model: &Grok1, config: &EngineConfig) -> Result<u64, FollowError> 
         let step = match Plan::decode(&message)? {
             Plan::Stop => return Ok(steps),
             Plan::Step(step) => step,
+            Plan::Export(t) => {
+                let id = cache.follow(&t.copies, &[t.sequence()])?[0];
+                transfer::gather(&cache, id, t.len, collective, model.config().key_size)?;
+                continue;
+            }
+            Plan::Import(t) => {
+                let id = cache.follow(&t.copies, &[t.sequence()])?[0];
+                transfer::scatter(
+                    &mut cache,
+                    id,
+                    t.len,
+                    None,
+                    collective,
+                    model.config().key_size,
+                )?;
+                continue;
+            }
         };
         let tables: Vec<_> = step.inputs.iter().map(|i| i.cache.clone()).collect();
         let ids = cache.follow(&step.copies, &tables)?;

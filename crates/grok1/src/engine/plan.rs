@@ -20,8 +20,35 @@ use crate::model::RowLogits;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Plan {
     Step(StepPlan),
+    /// Rank 0 saves the keys and values of a prefix: every rank sends its
+    /// heads' share of them (`transfer::gather`).
+    Export(Transfer),
+    /// Rank 0 puts saved keys and values into the cache: every rank takes
+    /// its heads' share of what rank 0 sends next (`transfer::scatter`).
+    Import(Transfer),
     /// Rank 0's engine has stopped: the followers end.
     Stop,
+}
+
+/// The pages a saved prefix is read from or written into.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Transfer {
+    /// Page copies `(from, to)` rank 0 made since the last step, in order.
+    pub copies: Vec<(usize, usize)>,
+    /// The prefix's pages and its positions.
+    pub pages: Vec<usize>,
+    pub len: usize,
+}
+
+impl Transfer {
+    /// The prefix as a sequence a follower's cache holds.
+    pub fn sequence(&self) -> FollowedSequence {
+        FollowedSequence {
+            pages: self.pages.clone(),
+            len: self.len,
+            masked: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -47,6 +74,15 @@ pub struct PlanError(&'static str);
 
 const STOP: u64 = 0;
 const STEP: u64 = 1;
+const EXPORT: u64 = 2;
+const IMPORT: u64 = 3;
+
+fn encode_copies(w: &mut Vec<u64>, copies: &[(usize, usize)]) {
+    w.push(copies.len() as u64);
+    for &(from, to) in copies {
+        w.extend([from as u64, to as u64]);
+    }
+}
 
 fn logits_code(l: RowLogits) -> u64 {
     match l {
@@ -62,12 +98,20 @@ impl Plan {
         let mut w: Vec<u64> = Vec::new();
         match self {
             Plan::Stop => w.push(STOP),
+            Plan::Export(t) | Plan::Import(t) => {
+                w.push(if matches!(self, Plan::Export(_)) {
+                    EXPORT
+                } else {
+                    IMPORT
+                });
+                encode_copies(&mut w, &t.copies);
+                w.push(t.len as u64);
+                w.push(t.pages.len() as u64);
+                w.extend(t.pages.iter().map(|&p| p as u64));
+            }
             Plan::Step(step) => {
                 w.push(STEP);
-                w.push(step.copies.len() as u64);
-                for &(from, to) in &step.copies {
-                    w.extend([from as u64, to as u64]);
-                }
+                encode_copies(&mut w, &step.copies);
                 w.push(step.inputs.len() as u64);
                 for input in &step.inputs {
                     let c = &input.cache;
@@ -96,12 +140,22 @@ impl Plan {
         let mut r = Reader { words: &words };
         let plan = match r.next()? {
             STOP => Plan::Stop,
-            STEP => {
-                let mut step = StepPlan::default();
-                let copies = r.count(2)?;
-                for _ in 0..copies {
-                    step.copies.push((r.usize()?, r.usize()?));
+            kind @ (EXPORT | IMPORT) => {
+                let copies = r.copies()?;
+                let len = r.usize()?;
+                let pages = r.list()?;
+                let t = Transfer { copies, pages, len };
+                if kind == EXPORT {
+                    Plan::Export(t)
+                } else {
+                    Plan::Import(t)
                 }
+            }
+            STEP => {
+                let mut step = StepPlan {
+                    copies: r.copies()?,
+                    ..StepPlan::default()
+                };
                 let inputs = r.count(1)?;
                 for _ in 0..inputs {
                     let len = r.usize()?;
@@ -164,6 +218,11 @@ impl Reader<'_> {
         let n = self.count(1)?;
         (0..n).map(|_| self.usize()).collect()
     }
+
+    fn copies(&mut self) -> Result<Vec<(usize, usize)>, PlanError> {
+        let n = self.count(2)?;
+        (0..n).map(|_| Ok((self.usize()?, self.usize()?))).collect()
+    }
 }
 
 #[cfg(test)]
@@ -196,15 +255,39 @@ mod tests {
         })
     }
 
+    fn transfer() -> Transfer {
+        Transfer {
+            copies: vec![(5, 6)],
+            pages: vec![8, 0, 3],
+            len: 40,
+        }
+    }
+
     #[test]
     fn plans_survive_encoding() {
-        for plan in [sample(), Plan::Stop, Plan::Step(StepPlan::default())] {
+        for plan in [
+            sample(),
+            Plan::Stop,
+            Plan::Step(StepPlan::default()),
+            Plan::Export(transfer()),
+            Plan::Import(transfer()),
+            Plan::Import(Transfer::default()),
+        ] {
             assert_eq!(Plan::decode(&plan.encode()), Ok(plan));
         }
     }
 
     #[test]
     fn every_cut_or_extended_message_is_refused() {
+        for plan in [Plan::Export(transfer()), Plan::Import(transfer())] {
+            let bytes = plan.encode();
+            for cut in 0..bytes.len() {
+                assert!(
+                    Plan::decode(&bytes[..cut]).is_err(),
+                    "{plan:?} cut at {cut}"
+                );
+            }
+        }
         let bytes = sample().encode();
         for cut in 0..bytes.len() {
             assert!(Plan::decode(&bytes[..cut]).is_err(), "cut at {cut}");

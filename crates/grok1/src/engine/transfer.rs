@@ -1,0 +1,159 @@
+//! A prefix's keys and values between the KV cache and a [`KvSnapshot`]'s
+//! layout (per position, per layer: the keys of every key/value head, then
+//! their values), on one process or a model split over ranks, where each
+//! rank's cache holds its own heads (rank `r` the `r`-th equal share, in
+//! order). Every rank runs the same calls, in the same order: rank 0's
+//! engine after it sent the plan (`Plan::Export` / `Plan::Import`), the
+//! others in `follow`. On one process the collective passes the bytes
+//! through, so there is one path for both.
+//!
+//! Moved a layer and a run of positions at a time, each message under
+//! [`MAX_MESSAGE`] bytes: MPI counts are 32-bit, and a whole conversation of
+//! Grok-1 (512 KiB of f32 a position) would be gigabytes at once.
+
+use crate::kv_cache::{KvCache, SeqId};
+use crate::parallel::Collective;
+
+use super::SnapshotError;
+
+/// The largest message of one transfer step.
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// Positions a message holds at `floats` f32 each.
+fn run_len(floats: usize) -> usize {
+    (MAX_MESSAGE / (4 * floats.max(1))).max(1)
+}
+
+/// Widths of a position's keys (or values) of one layer: every head's, and
+/// this rank's share with where it starts among them.
+struct Widths {
+    whole: usize,
+    local: usize,
+    first: usize,
+}
+
+fn widths(cache: &KvCache, c: &dyn Collective, head_dim: usize) -> Widths {
+    let local = cache.kv_heads() * head_dim;
+    Widths {
+        whole: local * c.size(),
+        local,
+        first: c.rank() * local,
+    }
+}
+
+fn floats(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Positions `0..len` of sequence `id`, every rank's heads: the snapshot's
+/// values on rank 0, empty on the others.
+pub(super) fn gather(
+    cache: &KvCache,
+    id: SeqId,
+    len: usize,
+    c: &dyn Collective,
+    head_dim: usize,
+) -> Result<Vec<f32>, SnapshotError> {
+    let w = widths(cache, c, head_dim);
+    let layers = cache.layers();
+    let width = 2 * layers * w.whole;
+    let root = c.rank() == 0;
+    let mut out = vec![0f32; if root { len * width } else { 0 }];
+    let (mut k, mut v) = (vec![0f32; w.local], vec![0f32; w.local]);
+    // Rank 0 receives every rank's share: the whole width a position.
+    let run = run_len(2 * w.whole);
+    for layer in 0..layers {
+        for start in (0..len).step_by(run) {
+            let end = (start + run).min(len);
+            let mut bytes = Vec::with_capacity((end - start) * 8 * w.local);
+            for pos in start..end {
+                cache.read(layer, id, pos, &mut k, &mut v);
+                bytes.extend(k.iter().chain(&v).flat_map(|x| x.to_le_bytes()));
+            }
+            let parts = c.all_gather_bytes(&bytes);
+            if !root {
+                continue;
+            }
+            for (rank, part) in parts.iter().enumerate() {
+                if part.len() != bytes.len() {
+                    return Err(SnapshotError::Ranks(format!(
+                        "rank {rank} sent {} bytes of layer {layer}'s keys and values at positions {start}..{end}, rank 0 {}",
+                        part.len(),
+                        bytes.len()
+                    )));
+                }
+                let first = rank * w.local;
+                for (i, entry) in part.chunks_exact(8 * w.local).enumerate() {
+                    let at = (start + i) * width + layer * 2 * w.whole + first;
+                    let (keys, values) = entry.split_at(4 * w.local);
+                    for (o, x) in out[at..at + w.local].iter_mut().zip(floats(keys)) {
+                        *o = x;
+                    }
+                    let at = at + w.whole;
+                    for (o, x) in out[at..at + w.local].iter_mut().zip(floats(values)) {
+                        *o = x;
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes positions `0..len` of a snapshot's values (`kv`, given on rank 0
+/// only) into sequence `id`'s pages, each rank its own heads.
+pub(super) fn scatter(
+    cache: &mut KvCache,
+    id: SeqId,
+    len: usize,
+    kv: Option<&[f32]>,
+    c: &dyn Collective,
+    head_dim: usize,
+) -> Result<(), SnapshotError> {
+    let w = widths(cache, c, head_dim);
+    let layers = cache.layers();
+    let width = 2 * layers * w.whole;
+    let (mut k, mut v) = (vec![0f32; w.local], vec![0f32; w.local]);
+    let run = run_len(2 * w.whole);
+    for layer in 0..layers {
+        for start in (0..len).step_by(run) {
+            let end = (start + run).min(len);
+            let mut bytes = Vec::new();
+            if let Some(kv) = kv {
+                bytes.reserve((end - start) * 8 * w.whole);
+                for pos in start..end {
+                    let at = pos * width + layer * 2 * w.whole;
+                    bytes.extend(
+                        kv[at..at + 2 * w.whole]
+                            .iter()
+                            .flat_map(|x| x.to_le_bytes()),
+                    );
+                }
+            }
+            c.broadcast_bytes(&mut bytes);
+            if bytes.len() != (end - start) * 8 * w.whole {
+                return Err(SnapshotError::Ranks(format!(
+                    "rank 0 sent {} bytes of layer {layer}'s keys and values at positions {start}..{end}, rank {} expected {}",
+                    bytes.len(),
+                    c.rank(),
+                    (end - start) * 8 * w.whole
+                )));
+            }
+            for (i, entry) in bytes.chunks_exact(8 * w.whole).enumerate() {
+                let (keys, values) = entry.split_at(4 * w.whole);
+                let mine = |part: &[u8], out: &mut [f32]| {
+                    let part = &part[4 * w.first..4 * (w.first + w.local)];
+                    for (o, x) in out.iter_mut().zip(floats(part)) {
+                        *o = x;
+                    }
+                };
+                mine(keys, &mut k);
+                mine(values, &mut v);
+                cache.write(layer, id, start + i, &k, &v);
+            }
+        }
+    }
+    Ok(())
+}
