@@ -56,14 +56,26 @@ pub(super) fn gather(
     c: &dyn Collective,
     head_dim: usize,
 ) -> Result<Vec<f32>, SnapshotError> {
+    // Rank 0 receives every rank's share: the whole width a position.
+    let run = run_len(2 * cache.kv_heads() * head_dim * c.size());
+    gather_in_runs(cache, id, len, c, head_dim, run)
+}
+
+/// [`gather`], `run` positions a message.
+fn gather_in_runs(
+    cache: &KvCache,
+    id: SeqId,
+    len: usize,
+    c: &dyn Collective,
+    head_dim: usize,
+    run: usize,
+) -> Result<Vec<f32>, SnapshotError> {
     let w = widths(cache, c, head_dim);
     let layers = cache.layers();
     let width = 2 * layers * w.whole;
     let root = c.rank() == 0;
     let mut out = vec![0f32; if root { len * width } else { 0 }];
     let (mut k, mut v) = (vec![0f32; w.local], vec![0f32; w.local]);
-    // Rank 0 receives every rank's share: the whole width a position.
-    let run = run_len(2 * w.whole);
     for layer in 0..layers {
         for start in (0..len).step_by(run) {
             let end = (start + run).min(len);
@@ -112,11 +124,24 @@ pub(super) fn scatter(
     c: &dyn Collective,
     head_dim: usize,
 ) -> Result<(), SnapshotError> {
+    let run = run_len(2 * cache.kv_heads() * head_dim * c.size());
+    scatter_in_runs(cache, id, len, kv, c, head_dim, run)
+}
+
+/// [`scatter`], `run` positions a message.
+fn scatter_in_runs(
+    cache: &mut KvCache,
+    id: SeqId,
+    len: usize,
+    kv: Option<&[f32]>,
+    c: &dyn Collective,
+    head_dim: usize,
+    run: usize,
+) -> Result<(), SnapshotError> {
     let w = widths(cache, c, head_dim);
     let layers = cache.layers();
     let width = 2 * layers * w.whole;
     let (mut k, mut v) = (vec![0f32; w.local], vec![0f32; w.local]);
-    let run = run_len(2 * w.whole);
     for layer in 0..layers {
         for start in (0..len).step_by(run) {
             let end = (start + run).min(len);
@@ -156,4 +181,58 @@ pub(super) fn scatter(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parallel::threads::on_ranks;
+    use crate::ModelConfig;
+
+    /// Value `i` of a snapshot: distinct for every position, layer, key or
+    /// value and element, and exact in the f32 caches here.
+    fn value(i: usize) -> f32 {
+        i as f32 * 0.5 - 100.0
+    }
+
+    /// Every rank's heads, gathered and scattered a few positions a message
+    /// (runs that do not divide the length): rank 0's snapshot is the whole
+    /// layout, and each rank gets back exactly its heads.
+    #[test]
+    fn heads_move_between_ranks_and_the_snapshot_layout() {
+        let cfg = ModelConfig::tiny();
+        let (hd, layers, len) = (cfg.key_size, cfg.num_layers, 37);
+        let whole = cfg.kv_width();
+        let width = 2 * layers * whole;
+        let snapshot: Vec<f32> = (0..len * width).map(value).collect();
+        for n in [1, 2, 4] {
+            assert!(cfg.num_kv_heads.is_multiple_of(n));
+            let results = on_ranks(n, |c| {
+                let local = ModelConfig {
+                    num_kv_heads: cfg.num_kv_heads / n,
+                    ..cfg.clone()
+                };
+                let mut cache = KvCache::new(&local, 4, 16);
+                let id = cache.add_sequence();
+                cache.reserve(id, len).unwrap();
+                let kv = (c.rank() == 0).then_some(&snapshot[..]);
+                scatter_in_runs(&mut cache, id, len, kv, &*c, hd, 5).unwrap();
+                let w = local.kv_width();
+                let first = c.rank() * w;
+                let (mut k, mut v) = (vec![0f32; w], vec![0f32; w]);
+                for pos in 0..len {
+                    for layer in 0..layers {
+                        cache.read(layer, id, pos, &mut k, &mut v);
+                        let at = pos * width + layer * 2 * whole + first;
+                        assert_eq!(k, snapshot[at..at + w], "N={n} rank {} keys", c.rank());
+                        let at = at + whole;
+                        assert_eq!(v, snapshot[at..at + w], "N={n} rank {} values", c.rank());
+                    }
+                }
+                gather_in_runs(&cache, id, len, &*c, hd, 3).unwrap()
+            });
+            assert!(results[0] == snapshot, "N={n}: gathered snapshot");
+            assert!(results[1..].iter().all(|r| r.is_empty()));
+        }
+    }
 }
