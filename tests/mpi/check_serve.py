@@ -3,7 +3,7 @@
 completions (f32) and prefix-cache reuse equal one process's at N = 2 and 4;
 two chat turns and a small eval equal one process's; an idle server longer
 than the wait limit stays up; SIGTERM to rank 0 ends every rank with exit 0;
-a hung rank (SIGSTOP) makes rank 0 say so and the job end within the wait
+a hung rank (SIGSTOP) makes rank 0 name it and the job end within the wait
 limit (GROK1_MPI_TIMEOUT); Ctrl-C at a terminal (SIGINT to mpirun) stops
 the server on rank 0 gracefully and leaves no rank running; kill -9 of a
 rank during a stream ends the job with an error; different engine settings are refused; a
@@ -176,19 +176,24 @@ def check_greedy_and_reuse(r):
 
 
 def check_hung_rank(r):
+    """Rank 2 of 4 stopped (SIGSTOP): rank 0's wait runs out, it asks the
+    others who is there, and names the one that does not answer (ranks 1 and
+    3, waiting in the same collective, answer)."""
     limit = 3
-    server = Server(r, 2, ["--model", MOE, "--precision", "f32"], env=mpi_env(GROK1_MPI_TIMEOUT=str(limit)))
+    server = Server(r, 4, ["--model", MOE, "--precision", "f32"], env=mpi_env(GROK1_MPI_TIMEOUT=str(limit)))
     server.complete({"model": "tiny-moe", "prompt": [1, 2, 3], "max_tokens": 2})
-    os.kill(server.rank_pid(1), signal.SIGSTOP)
+    os.kill(server.rank_pid(2), signal.SIGSTOP)
     stopped = time.time()
     try:
         server.complete({"model": "tiny-moe", "prompt": [4, 5, 6], "max_tokens": 2}, timeout=60)
-        fail("a request answered while rank 1 was stopped")
+        fail("a request answered while rank 2 was stopped")
     except OSError:
         pass
     code, _ = server.wait(60)
     took = time.time() - stopped
-    want = re.search(r"grok1: error \(rank 0\): .* waited [0-9.]+ s for the other ranks", server.stderr())
+    # Every waiting rank says it (rank 0 at least); each says it in one line.
+    want = re.search(r"grok1: error \(rank 0\): [^\n]* waited [0-9.]+ s for the other ranks \(the wait limit\): "
+                     r"rank 2 does not answer", server.stderr())
     if code == 0 or not want or took > limit + 15:
         fail(f"hung rank: exit {code} after {took:.1f} s\n{server.stderr()}")
     print(f"ok: a hung rank (SIGSTOP) ended the job {took:.1f} s after (wait limit {limit} s): {want.group(0)}")

@@ -17,8 +17,9 @@ static COLLECTIVE: OnceLock<Arc<dyn Collective>> = OnceLock::new();
 pub const WAIT_LIMIT_VAR: &str = "GROK1_MPI_TIMEOUT";
 
 /// The wait limit when [`WAIT_LIMIT_VAR`] is not set: under 30 s so that,
-/// with the polling and MPI_Abort after it, a hung rank ends the job within
-/// 30 s of the step that needed it (30 s ended it at 30.06 s).
+/// with the polling, the 2 s for the other ranks' answers (which names the
+/// hung one) and MPI_Abort after it, a hung rank ends the job within 30 s of
+/// the step that needed it (a 30 s limit alone ended it at 30.06 s).
 const DEFAULT_WAIT_LIMIT: Duration = Duration::from_secs(25);
 
 static WAIT_LIMIT: OnceLock<Option<Duration>> = OnceLock::new();

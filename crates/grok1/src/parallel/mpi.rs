@@ -116,9 +116,49 @@ impl MpiCollective {
         }
     }
 
+    /// Answers every "who is there" from a rank whose wait ran out
+    /// ([`MpiCollective::silent_ranks`]): a rank waiting in a collective is
+    /// alive, and says so.
+    fn answer_pings(world: &SimpleCommunicator) {
+        while let Some((message, status)) =
+            world.any_process().immediate_matched_probe_with_tag(PING)
+        {
+            let mut byte = 0u8;
+            message.matched_receive_into(&mut byte);
+            // One byte: sent eagerly, the asker is polling for it.
+            world
+                .process_at_rank(status.source_rank())
+                .send_with_tag(&byte, PONG);
+        }
+    }
+
+    /// The ranks that do not answer within [`PING_WAIT`] (hung, stopped, or
+    /// busy outside any collective): asked when this rank's wait ran out,
+    /// to name them instead of only the rank that waited.
+    fn silent_ranks(&self, world: &SimpleCommunicator) -> Vec<usize> {
+        let mut silent: Vec<usize> = (0..self.size).filter(|&r| r != self.rank).collect();
+        for &r in &silent {
+            world.process_at_rank(r as i32).send_with_tag(&1u8, PING);
+        }
+        let start = Instant::now();
+        while !silent.is_empty() && start.elapsed() < PING_WAIT {
+            Self::answer_pings(world);
+            while let Some((message, status)) =
+                world.any_process().immediate_matched_probe_with_tag(PONG)
+            {
+                let mut byte = 0u8;
+                message.matched_receive_into(&mut byte);
+                silent.retain(|&r| r as i32 != status.source_rank());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        silent
+    }
+
     /// Polls a nonblocking collective until it completes. Past the wait
-    /// limit it says which collective waited and ends the job: a blocking
-    /// call would wait forever for a rank that hangs.
+    /// limit it says which collective waited and which ranks do not answer,
+    /// and ends the job: a blocking call would wait forever for a rank that
+    /// hangs.
     fn complete<'a, D: ?Sized, S: Scope<'a>>(
         &self,
         world: &SimpleCommunicator,
@@ -135,13 +175,21 @@ impl MpiCollective {
             };
             let waited = start.elapsed();
             if limit.is_some_and(|l| waited > l) {
-                eprintln!(
-                    "grok1: error (rank {}): {} waited {:.1} s for the other ranks (the wait limit): a rank has died or hangs; ending the job",
+                let silent = self.silent_ranks(world);
+                let line = format!(
+                    "grok1: error (rank {}): {} waited {:.1} s for the other ranks (the wait limit): {}; ending the job\n",
                     self.rank,
                     what(),
-                    waited.as_secs_f64()
+                    waited.as_secs_f64(),
+                    silent_text(&silent)
                 );
+                // One write: several ranks say this at once, and mpirun
+                // passes on what each wrote as it comes.
+                let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
                 world.abort(3);
+            }
+            if waited > Duration::from_millis(1) {
+                Self::answer_pings(world);
             }
             // Spin first (a collective takes microseconds), then offer the
             // core to threads still computing; past a second the wait is
@@ -176,6 +224,31 @@ impl MpiCollective {
                 });
             });
         });
+    }
+}
+
+/// Tags of the point-to-point "who is there" a rank sends when its wait
+/// runs out, and of the answers (collectives never match point-to-point
+/// messages, so these cannot be taken for a collective's; under 32767, the
+/// least tag bound MPI allows).
+const PING: i32 = 31_001;
+const PONG: i32 = PING + 1;
+
+/// How long a rank whose wait ran out waits for the others' answers.
+const PING_WAIT: Duration = Duration::from_secs(2);
+
+/// The ranks that did not answer, as the error says them.
+fn silent_text(silent: &[usize]) -> String {
+    let list = |r: &[usize]| {
+        r.iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match silent {
+        [] => "every other rank answers, so one is computing a step far longer than the limit or the ranks disagree on the order of collectives (a bug)".into(),
+        [r] => format!("rank {r} does not answer (it hangs, was stopped, or is busy outside any collective)"),
+        _ => format!("ranks {} do not answer (they hang, were stopped, or are busy outside any collective)", list(silent)),
     }
 }
 
