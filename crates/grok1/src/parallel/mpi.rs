@@ -246,7 +246,9 @@ fn silent_text(silent: &[usize]) -> String {
             .join(", ")
     };
     match silent {
-        [] => "every other rank answers, so one is computing a step far longer than the limit or the ranks disagree on the order of collectives (a bug)".into(),
+        // Also seen on a rank whose wait ran out just after another's: the
+        // job's teardown (SIGCONT before SIGTERM) woke a stopped rank.
+        [] => "every other rank answered within 2 s: one may be computing a step longer than the limit, or was stopped and has just resumed".into(),
         [r] => format!("rank {r} does not answer (it hangs, was stopped, or is busy outside any collective)"),
         _ => format!("ranks {} do not answer (they hang, were stopped, or are busy outside any collective)", list(silent)),
     }
