@@ -393,13 +393,59 @@ fn every_rank_ends_a_generation_as_rank_0_does() {
 /// prompt tokens served from the prefix cache.
 type Served = (Vec<u32>, Vec<f32>, usize);
 
+/// A greedy request of `max_tokens` with each token's logprob, and where
+/// its events arrive.
+fn greedy_logprobs(
+    prompt: Vec<u32>,
+    max_tokens: usize,
+) -> (
+    grok1::engine::Request,
+    std::sync::mpsc::Receiver<grok1::engine::Event>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let request = grok1::engine::Request {
+        prompt,
+        max_tokens,
+        sampling: SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        },
+        stop_token_ids: vec![],
+        stop_strings: vec![],
+        logprobs: Some(0),
+        prompt_logprobs: false,
+        constraint: None,
+        sink: Box::new(move |e| tx.send(e).is_ok()),
+    };
+    (request, rx)
+}
+
+/// A request's ids, their logprobs and its cached prompt tokens.
+fn outcome(rx: std::sync::mpsc::Receiver<grok1::engine::Event>) -> Served {
+    use grok1::engine::Event;
+    let mut out: Served = (vec![], vec![], 0);
+    for e in rx.iter() {
+        match e {
+            Event::Token { token, logprob, .. } => {
+                out.0.push(token);
+                out.1.extend(logprob.map(|l| l.logprob));
+            }
+            Event::Done { cached_tokens, .. } => {
+                out.2 = cached_tokens;
+                break;
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 /// Requests through an engine: three at once sharing a 37-token prefix (it
 /// ends inside a page), then a later turn extending the first prompt and its
 /// reply, then a prompt that is wholly a cached prefix. The cache holds 12
 /// pages, fewer than the three need together: admission waits and idle
 /// cached pages are evicted.
 fn serve_requests(engine: &grok1::engine::EngineHandle) -> Vec<Served> {
-    use grok1::engine::{Event, Request};
     let shared: Vec<u32> = (0..37).map(|i| 3 + (i * 37) % 1000).collect();
     let prompt = |tail: u32| {
         let mut p = shared.clone();
@@ -409,49 +455,14 @@ fn serve_requests(engine: &grok1::engine::EngineHandle) -> Vec<Served> {
     // A group is admitted together, so what it finds cached does not
     // depend on when the engine thread takes each request.
     let submit = |prompts: Vec<Vec<u32>>| {
-        let (requests, receivers): (Vec<_>, Vec<_>) = prompts
-            .into_iter()
-            .map(|prompt| {
-                let (tx, rx) = std::sync::mpsc::channel();
-                let request = Request {
-                    prompt,
-                    max_tokens: 10,
-                    sampling: SamplingParams {
-                        temperature: 0.0,
-                        ..Default::default()
-                    },
-                    stop_token_ids: vec![],
-                    stop_strings: vec![],
-                    logprobs: Some(0),
-                    prompt_logprobs: false,
-                    constraint: None,
-                    sink: Box::new(move |e| tx.send(e).is_ok()),
-                };
-                (request, rx)
-            })
-            .unzip();
+        let (requests, receivers): (Vec<_>, Vec<_>) =
+            prompts.into_iter().map(|p| greedy_logprobs(p, 10)).unzip();
         engine
             .submit_all(requests, &grok1::engine::CancelToken::new())
             .expect("submit");
         receivers
     };
-    let collect = |rx: std::sync::mpsc::Receiver<Event>| {
-        let mut out: Served = (vec![], vec![], 0);
-        for e in rx.iter() {
-            match e {
-                Event::Token { token, logprob, .. } => {
-                    out.0.push(token);
-                    out.1.extend(logprob.map(|l| l.logprob));
-                }
-                Event::Done { cached_tokens, .. } => {
-                    out.2 = cached_tokens;
-                    break;
-                }
-                _ => {}
-            }
-        }
-        out
-    };
+    let collect = outcome;
     let first = submit((0..3).map(prompt).collect());
     let mut served: Vec<Served> = first.into_iter().map(collect).collect();
     let mut turn = prompt(0);
@@ -589,39 +600,9 @@ fn with_split_engine<T: Send>(n: usize, f: impl Fn(&grok1::engine::EngineHandle)
 
 /// Greedy ids, their logprobs and the cached prompt tokens of one request.
 fn greedy_request(engine: &grok1::engine::EngineHandle, prompt: &[u32], steps: usize) -> Served {
-    use grok1::engine::{Event, Request};
-    let (tx, rx) = std::sync::mpsc::channel();
-    engine
-        .submit(Request {
-            prompt: prompt.to_vec(),
-            max_tokens: steps,
-            sampling: SamplingParams {
-                temperature: 0.0,
-                ..Default::default()
-            },
-            stop_token_ids: vec![],
-            stop_strings: vec![],
-            logprobs: Some(0),
-            prompt_logprobs: false,
-            constraint: None,
-            sink: Box::new(move |e| tx.send(e).is_ok()),
-        })
-        .expect("submit");
-    let mut out: Served = (vec![], vec![], 0);
-    for e in rx.iter() {
-        match e {
-            Event::Token { token, logprob, .. } => {
-                out.0.push(token);
-                out.1.extend(logprob.map(|l| l.logprob));
-            }
-            Event::Done { cached_tokens, .. } => {
-                out.2 = cached_tokens;
-                break;
-            }
-            _ => {}
-        }
-    }
-    out
+    let (request, rx) = greedy_logprobs(prompt.to_vec(), steps);
+    engine.submit(request).expect("submit");
+    outcome(rx)
 }
 
 /// A conversation's keys and values saved by a split engine (each rank's

@@ -658,7 +658,11 @@ impl Worker {
         } else {
             self.send_transfer(id, held, false);
             let head_dim = self.model.config().key_size;
-            transfer::gather(&self.cache, id, held, self.model.collective(), head_dim)
+            transfer::Mover::new(&self.cache, self.model.collective(), head_dim).gather(
+                &self.cache,
+                id,
+                held,
+            )
         };
         let _ = self.cache.remove_sequence(id);
         Ok(KvSnapshot {
@@ -698,10 +702,8 @@ impl Worker {
             return Err(e.into());
         }
         self.send_transfer(id, tokens, true);
-        let c = self.model.collective();
-        if let Err(e) =
-            transfer::scatter(&mut self.cache, id, tokens, Some(&snapshot.kv), c, head_dim)
-        {
+        let mover = transfer::Mover::new(&self.cache, self.model.collective(), head_dim);
+        if let Err(e) = mover.scatter(&mut self.cache, id, tokens, Some(&snapshot.kv)) {
             let _ = self.cache.remove_sequence(id);
             return Err(e);
         }
@@ -1029,19 +1031,14 @@ pub fn follow(model: &Grok1, config: &EngineConfig) -> Result<u64, FollowError> 
             Plan::Step(step) => step,
             Plan::Export(t) => {
                 let id = cache.follow(&t.copies, &[t.sequence()])?[0];
-                transfer::gather(&cache, id, t.len, collective, model.config().key_size)?;
+                transfer::Mover::new(&cache, collective, model.config().key_size)
+                    .gather(&cache, id, t.len)?;
                 continue;
             }
             Plan::Import(t) => {
                 let id = cache.follow(&t.copies, &[t.sequence()])?[0];
-                transfer::scatter(
-                    &mut cache,
-                    id,
-                    t.len,
-                    None,
-                    collective,
-                    model.config().key_size,
-                )?;
+                let mover = transfer::Mover::new(&cache, collective, model.config().key_size);
+                mover.scatter(&mut cache, id, t.len, None)?;
                 continue;
             }
         };

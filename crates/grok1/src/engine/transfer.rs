@@ -47,140 +47,129 @@ fn floats(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
-/// Positions `0..len` of sequence `id`, every rank's heads: the snapshot's
-/// values on rank 0, empty on the others.
-pub(super) fn gather(
-    cache: &KvCache,
-    id: SeqId,
-    len: usize,
-    c: &dyn Collective,
-    head_dim: usize,
-) -> Result<Vec<f32>, SnapshotError> {
-    // Rank 0 receives every rank's share: the whole width a position.
-    let run = run_len(2 * cache.kv_heads() * head_dim * c.size());
-    gather_in_runs(cache, id, len, c, head_dim, run)
-}
-
-/// [`gather`], `run` positions a message.
-fn gather_in_runs(
-    cache: &KvCache,
-    id: SeqId,
-    len: usize,
-    c: &dyn Collective,
+/// Moves keys and values between a cache and a snapshot's layout, `run`
+/// positions a message.
+pub(super) struct Mover<'a> {
+    c: &'a dyn Collective,
     head_dim: usize,
     run: usize,
-) -> Result<Vec<f32>, SnapshotError> {
-    let w = widths(cache, c, head_dim);
-    let layers = cache.layers();
-    let width = 2 * layers * w.whole;
-    let root = c.rank() == 0;
-    let mut out = vec![0f32; if root { len * width } else { 0 }];
-    let (mut k, mut v) = (vec![0f32; w.local], vec![0f32; w.local]);
-    for layer in 0..layers {
-        for start in (0..len).step_by(run) {
-            let end = (start + run).min(len);
-            let mut bytes = Vec::with_capacity((end - start) * 8 * w.local);
-            for pos in start..end {
-                cache.read(layer, id, pos, &mut k, &mut v);
-                bytes.extend(k.iter().chain(&v).flat_map(|x| x.to_le_bytes()));
-            }
-            let parts = c.all_gather_bytes(&bytes);
-            if !root {
-                continue;
-            }
-            for (rank, part) in parts.iter().enumerate() {
-                if part.len() != bytes.len() {
-                    return Err(SnapshotError::Ranks(format!(
+}
+
+impl<'a> Mover<'a> {
+    /// Messages under [`MAX_MESSAGE`] for `cache`'s heads on each rank of `c`.
+    pub(super) fn new(cache: &KvCache, c: &'a dyn Collective, head_dim: usize) -> Self {
+        // Rank 0 receives every rank's share: the whole width a position.
+        let run = run_len(2 * cache.kv_heads() * head_dim * c.size());
+        Mover { c, head_dim, run }
+    }
+
+    /// Positions `0..len` of sequence `id`, every rank's heads: the
+    /// snapshot's values on rank 0, empty on the others.
+    pub(super) fn gather(
+        &self,
+        cache: &KvCache,
+        id: SeqId,
+        len: usize,
+    ) -> Result<Vec<f32>, SnapshotError> {
+        let (c, run) = (self.c, self.run);
+        let w = widths(cache, c, self.head_dim);
+        let layers = cache.layers();
+        let width = 2 * layers * w.whole;
+        let root = c.rank() == 0;
+        let mut out = vec![0f32; if root { len * width } else { 0 }];
+        let (mut k, mut v) = (vec![0f32; w.local], vec![0f32; w.local]);
+        for layer in 0..layers {
+            for start in (0..len).step_by(run) {
+                let end = (start + run).min(len);
+                let mut bytes = Vec::with_capacity((end - start) * 8 * w.local);
+                for pos in start..end {
+                    cache.read(layer, id, pos, &mut k, &mut v);
+                    bytes.extend(k.iter().chain(&v).flat_map(|x| x.to_le_bytes()));
+                }
+                let parts = c.all_gather_bytes(&bytes);
+                if !root {
+                    continue;
+                }
+                for (rank, part) in parts.iter().enumerate() {
+                    if part.len() != bytes.len() {
+                        return Err(SnapshotError::Ranks(format!(
                         "rank {rank} sent {} bytes of layer {layer}'s keys and values at positions {start}..{end}, rank 0 {}",
                         part.len(),
                         bytes.len()
                     )));
-                }
-                let first = rank * w.local;
-                for (i, entry) in part.chunks_exact(8 * w.local).enumerate() {
-                    let at = (start + i) * width + layer * 2 * w.whole + first;
-                    let (keys, values) = entry.split_at(4 * w.local);
-                    for (o, x) in out[at..at + w.local].iter_mut().zip(floats(keys)) {
-                        *o = x;
                     }
-                    let at = at + w.whole;
-                    for (o, x) in out[at..at + w.local].iter_mut().zip(floats(values)) {
-                        *o = x;
+                    let first = rank * w.local;
+                    for (i, entry) in part.chunks_exact(8 * w.local).enumerate() {
+                        let at = (start + i) * width + layer * 2 * w.whole + first;
+                        let (keys, values) = entry.split_at(4 * w.local);
+                        for (o, x) in out[at..at + w.local].iter_mut().zip(floats(keys)) {
+                            *o = x;
+                        }
+                        let at = at + w.whole;
+                        for (o, x) in out[at..at + w.local].iter_mut().zip(floats(values)) {
+                            *o = x;
+                        }
                     }
                 }
             }
         }
+        Ok(out)
     }
-    Ok(out)
-}
 
-/// Writes positions `0..len` of a snapshot's values (`kv`, given on rank 0
-/// only) into sequence `id`'s pages, each rank its own heads.
-pub(super) fn scatter(
-    cache: &mut KvCache,
-    id: SeqId,
-    len: usize,
-    kv: Option<&[f32]>,
-    c: &dyn Collective,
-    head_dim: usize,
-) -> Result<(), SnapshotError> {
-    let run = run_len(2 * cache.kv_heads() * head_dim * c.size());
-    scatter_in_runs(cache, id, len, kv, c, head_dim, run)
-}
-
-/// [`scatter`], `run` positions a message.
-fn scatter_in_runs(
-    cache: &mut KvCache,
-    id: SeqId,
-    len: usize,
-    kv: Option<&[f32]>,
-    c: &dyn Collective,
-    head_dim: usize,
-    run: usize,
-) -> Result<(), SnapshotError> {
-    let w = widths(cache, c, head_dim);
-    let layers = cache.layers();
-    let width = 2 * layers * w.whole;
-    let (mut k, mut v) = (vec![0f32; w.local], vec![0f32; w.local]);
-    for layer in 0..layers {
-        for start in (0..len).step_by(run) {
-            let end = (start + run).min(len);
-            let mut bytes = Vec::new();
-            if let Some(kv) = kv {
-                bytes.reserve((end - start) * 8 * w.whole);
-                for pos in start..end {
-                    let at = pos * width + layer * 2 * w.whole;
-                    bytes.extend(
-                        kv[at..at + 2 * w.whole]
-                            .iter()
-                            .flat_map(|x| x.to_le_bytes()),
-                    );
+    /// Writes positions `0..len` of a snapshot's values (`kv`, given on
+    /// rank 0 only) into sequence `id`'s pages, each rank its own heads.
+    pub(super) fn scatter(
+        &self,
+        cache: &mut KvCache,
+        id: SeqId,
+        len: usize,
+        kv: Option<&[f32]>,
+    ) -> Result<(), SnapshotError> {
+        let (c, run) = (self.c, self.run);
+        let w = widths(cache, c, self.head_dim);
+        let layers = cache.layers();
+        let width = 2 * layers * w.whole;
+        let (mut k, mut v) = (vec![0f32; w.local], vec![0f32; w.local]);
+        for layer in 0..layers {
+            for start in (0..len).step_by(run) {
+                let end = (start + run).min(len);
+                let mut bytes = Vec::new();
+                if let Some(kv) = kv {
+                    bytes.reserve((end - start) * 8 * w.whole);
+                    for pos in start..end {
+                        let at = pos * width + layer * 2 * w.whole;
+                        bytes.extend(
+                            kv[at..at + 2 * w.whole]
+                                .iter()
+                                .flat_map(|x| x.to_le_bytes()),
+                        );
+                    }
                 }
-            }
-            c.broadcast_bytes(&mut bytes);
-            if bytes.len() != (end - start) * 8 * w.whole {
-                return Err(SnapshotError::Ranks(format!(
+                c.broadcast_bytes(&mut bytes);
+                if bytes.len() != (end - start) * 8 * w.whole {
+                    return Err(SnapshotError::Ranks(format!(
                     "rank 0 sent {} bytes of layer {layer}'s keys and values at positions {start}..{end}, rank {} expected {}",
                     bytes.len(),
                     c.rank(),
                     (end - start) * 8 * w.whole
                 )));
-            }
-            for (i, entry) in bytes.chunks_exact(8 * w.whole).enumerate() {
-                let (keys, values) = entry.split_at(4 * w.whole);
-                let mine = |part: &[u8], out: &mut [f32]| {
-                    let part = &part[4 * w.first..4 * (w.first + w.local)];
-                    for (o, x) in out.iter_mut().zip(floats(part)) {
-                        *o = x;
-                    }
-                };
-                mine(keys, &mut k);
-                mine(values, &mut v);
-                cache.write(layer, id, start + i, &k, &v);
+                }
+                for (i, entry) in bytes.chunks_exact(8 * w.whole).enumerate() {
+                    let (keys, values) = entry.split_at(4 * w.whole);
+                    let mine = |part: &[u8], out: &mut [f32]| {
+                        let part = &part[4 * w.first..4 * (w.first + w.local)];
+                        for (o, x) in out.iter_mut().zip(floats(part)) {
+                            *o = x;
+                        }
+                    };
+                    mine(keys, &mut k);
+                    mine(values, &mut v);
+                    cache.write(layer, id, start + i, &k, &v);
+                }
             }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -216,7 +205,12 @@ mod tests {
                 let id = cache.add_sequence();
                 cache.reserve(id, len).unwrap();
                 let kv = (c.rank() == 0).then_some(&snapshot[..]);
-                scatter_in_runs(&mut cache, id, len, kv, &*c, hd, 5).unwrap();
+                let mover = |run| Mover {
+                    c: &*c,
+                    head_dim: hd,
+                    run,
+                };
+                mover(5).scatter(&mut cache, id, len, kv).unwrap();
                 let w = local.kv_width();
                 let first = c.rank() * w;
                 let (mut k, mut v) = (vec![0f32; w], vec![0f32; w]);
@@ -229,7 +223,7 @@ mod tests {
                         assert_eq!(v, snapshot[at..at + w], "N={n} rank {} values", c.rank());
                     }
                 }
-                gather_in_runs(&cache, id, len, &*c, hd, 3).unwrap()
+                mover(3).gather(&cache, id, len).unwrap()
             });
             assert!(results[0] == snapshot, "N={n}: gathered snapshot");
             assert!(results[1..].iter().all(|r| r.is_empty()));
