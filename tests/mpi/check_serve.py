@@ -311,6 +311,12 @@ def check_chat_session(r, args):
             replies.append(run.stdout)
     if len(set(replies)) != 1 or replies[0].count("Assistant:") != 1:
         fail(f"chat --session: resumed second turns differ: {replies!r}")
+    # A refusal of the command line: every rank finds it before they part,
+    # rank 0 says it once, no MPI_Abort.
+    bad = r.run(2, args + ["--session", files[2], "--no-prefix-cache"], stdin="Hello\n")
+    want = "grok1: error: --session keeps the conversation in the prefix cache; drop --no-prefix-cache"
+    if bad.returncode == 0 or bad.stderr.count(want) != 1 or "MPI_ABORT" in bad.stderr:
+        fail(f"chat --session --no-prefix-cache under mpirun: exit {bad.returncode}\n{bad.stderr}")
     return resumed
 
 

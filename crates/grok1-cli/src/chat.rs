@@ -272,6 +272,29 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
     let precision = args.model.precision();
     let kv_type = args.model.kv_type(precision);
     let config = engine_config(&args.engine, &loaded.model, precision, kv_type)?;
+    // Checked by every rank alike before the others start following rank 0
+    // (a refusal after that would end the job by MPI_Abort).
+    let bad = |e: String| anyhow::Error::from(crate::parallel::BadArguments(e));
+    if args.session.is_some() && !config.prefix_cache {
+        return Err(bad(
+            "--session keeps the conversation in the prefix cache; drop --no-prefix-cache".into(),
+        ));
+    }
+    let sampling = SamplingParams {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        min_p: args.min_p,
+        repetition_penalty: args.repetition_penalty,
+        seed: args.seed,
+        ..SamplingParams::default()
+    };
+    sampling.validate().map_err(|e| bad(e.to_string()))?;
+    if args.stop.iter().any(|s| s.is_empty()) {
+        return Err(bad(
+            "--stop needs some text (an empty stop string would end every reply at once)".into(),
+        ));
+    }
     // Made by every rank of a split model together (it samples weights
     // that several ranks hold); the saved keys and values move between the
     // ranks in the engine's export and import.
@@ -293,10 +316,6 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
     // The session is read and checked whole before the engine starts.
     let mut session = match (&args.session, identity) {
         (Some(path), Some(identity)) => {
-            anyhow::ensure!(
-                config.prefix_cache,
-                "--session keeps the conversation in the prefix cache; drop --no-prefix-cache"
-            );
             let saved = match path.exists() {
                 // Sessions saved before the fast and int8 modes cached bf16
                 // hold f32: say how to resume them.
@@ -336,20 +355,6 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let sampling = SamplingParams {
-        temperature: args.temperature,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        min_p: args.min_p,
-        repetition_penalty: args.repetition_penalty,
-        seed: args.seed,
-        ..SamplingParams::default()
-    };
-    sampling.validate()?;
-    anyhow::ensure!(
-        args.stop.iter().all(|s| !s.is_empty()),
-        "--stop needs some text (an empty stop string would end every reply at once)"
-    );
 
     // Ctrl-C while a reply streams stops it; at the prompt it quits.
     let replying = Arc::new(AtomicBool::new(false));

@@ -132,6 +132,13 @@ pub enum NotSplit {
     Option { what: &'static str, ranks: usize },
 }
 
+/// An error in the command line itself, which every rank finds alike (they
+/// share it) before they part: rank 0 says it and every rank exits 2,
+/// without ending the job by MPI_Abort.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadArguments(pub String);
+
 /// Whether a command runs split over several processes; the others are
 /// refused under mpirun rather than run N times side by side.
 pub fn check_command(command: &'static str) -> Result<(), NotSplit> {
