@@ -51,16 +51,17 @@ fn floats(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
 /// positions a message.
 pub(super) struct Mover<'a> {
     c: &'a dyn Collective,
-    head_dim: usize,
+    w: Widths,
     run: usize,
 }
 
 impl<'a> Mover<'a> {
     /// Messages under [`MAX_MESSAGE`] for `cache`'s heads on each rank of `c`.
     pub(super) fn new(cache: &KvCache, c: &'a dyn Collective, head_dim: usize) -> Self {
+        let w = widths(cache, c, head_dim);
         // Rank 0 receives every rank's share: the whole width a position.
-        let run = run_len(2 * cache.kv_heads() * head_dim * c.size());
-        Mover { c, head_dim, run }
+        let run = run_len(2 * w.whole);
+        Mover { c, w, run }
     }
 
     /// Positions `0..len` of sequence `id`, every rank's heads: the
@@ -71,8 +72,7 @@ impl<'a> Mover<'a> {
         id: SeqId,
         len: usize,
     ) -> Result<Vec<f32>, SnapshotError> {
-        let (c, run) = (self.c, self.run);
-        let w = widths(cache, c, self.head_dim);
+        let (c, w, run) = (self.c, &self.w, self.run);
         let layers = cache.layers();
         let width = 2 * layers * w.whole;
         let root = c.rank() == 0;
@@ -125,8 +125,7 @@ impl<'a> Mover<'a> {
         len: usize,
         kv: Option<&[f32]>,
     ) -> Result<(), SnapshotError> {
-        let (c, run) = (self.c, self.run);
-        let w = widths(cache, c, self.head_dim);
+        let (c, w, run) = (self.c, &self.w, self.run);
         let layers = cache.layers();
         let width = 2 * layers * w.whole;
         let (mut k, mut v) = (vec![0f32; w.local], vec![0f32; w.local]);
@@ -205,12 +204,12 @@ mod tests {
                 let id = cache.add_sequence();
                 cache.reserve(id, len).unwrap();
                 let kv = (c.rank() == 0).then_some(&snapshot[..]);
-                let mover = |run| Mover {
-                    c: &*c,
-                    head_dim: hd,
+                let moves = |run| Mover {
                     run,
+                    ..Mover::new(&cache, &*c, hd)
                 };
-                mover(5).scatter(&mut cache, id, len, kv).unwrap();
+                let (in_fives, in_threes) = (moves(5), moves(3));
+                in_fives.scatter(&mut cache, id, len, kv).unwrap();
                 let w = local.kv_width();
                 let first = c.rank() * w;
                 let (mut k, mut v) = (vec![0f32; w], vec![0f32; w]);
@@ -223,7 +222,7 @@ mod tests {
                         assert_eq!(v, snapshot[at..at + w], "N={n} rank {} values", c.rank());
                     }
                 }
-                mover(3).gather(&cache, id, len).unwrap()
+                in_threes.gather(&cache, id, len).unwrap()
             });
             assert!(results[0] == snapshot, "N={n}: gathered snapshot");
             assert!(results[1..].iter().all(|r| r.is_empty()));

@@ -120,15 +120,9 @@ impl MpiCollective {
     /// ([`MpiCollective::silent_ranks`]): a rank waiting in a collective is
     /// alive, and says so.
     fn answer_pings(world: &SimpleCommunicator) {
-        while let Some((message, status)) =
-            world.any_process().immediate_matched_probe_with_tag(PING)
-        {
-            let mut byte = 0u8;
-            message.matched_receive_into(&mut byte);
+        while let Some(asker) = receive_byte(world, PING) {
             // One byte: sent eagerly, the asker is polling for it.
-            world
-                .process_at_rank(status.source_rank())
-                .send_with_tag(&byte, PONG);
+            world.process_at_rank(asker).send_with_tag(&1u8, PONG);
         }
     }
 
@@ -143,12 +137,8 @@ impl MpiCollective {
         let start = Instant::now();
         while !silent.is_empty() && start.elapsed() < PING_WAIT {
             Self::answer_pings(world);
-            while let Some((message, status)) =
-                world.any_process().immediate_matched_probe_with_tag(PONG)
-            {
-                let mut byte = 0u8;
-                message.matched_receive_into(&mut byte);
-                silent.retain(|&r| r as i32 != status.source_rank());
+            while let Some(answered) = receive_byte(world, PONG) {
+                silent.retain(|&r| r as i32 != answered);
             }
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -237,6 +227,15 @@ const PONG: i32 = PING + 1;
 /// How long a rank whose wait ran out waits for the others' answers.
 const PING_WAIT: Duration = Duration::from_secs(2);
 
+/// Takes a waiting one-byte message of `tag` from any rank, if there is
+/// one: its sender.
+fn receive_byte(world: &SimpleCommunicator, tag: i32) -> Option<i32> {
+    let (message, status) = world.any_process().immediate_matched_probe_with_tag(tag)?;
+    let mut byte = 0u8;
+    message.matched_receive_into(&mut byte);
+    Some(status.source_rank())
+}
+
 /// The ranks that did not answer, as the error says them.
 fn silent_text(silent: &[usize]) -> String {
     let list = |r: &[usize]| {
@@ -248,7 +247,7 @@ fn silent_text(silent: &[usize]) -> String {
     match silent {
         // Also seen on a rank whose wait ran out just after another's: the
         // job's teardown (SIGCONT before SIGTERM) woke a stopped rank.
-        [] => "every other rank answered within 2 s: one may be computing a step longer than the limit, or was stopped and has just resumed".into(),
+        [] => format!("every other rank answered within {} s: one may be computing a step longer than the limit, or was stopped and has just resumed", PING_WAIT.as_secs()),
         [r] => format!("rank {r} does not answer (it hangs, was stopped, or is busy outside any collective)"),
         _ => format!("ranks {} do not answer (they hang, were stopped, or are busy outside any collective)", list(silent)),
     }
