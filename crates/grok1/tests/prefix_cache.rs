@@ -258,14 +258,11 @@ fn choices_of_one_request_compute_their_prompt_once() {
     let prompts: Vec<Vec<u32>> = (0..3)
         .map(|i| [&system[..], &ids(4 + i, 40 + i as u32)[..]].concat())
         .collect();
-    let rxs: Vec<_> = prompts
-        .iter()
-        .map(|p| {
-            let (req, rx) = request(p.clone(), 4);
-            cached.submit(req).unwrap();
-            rx
-        })
-        .collect();
+    // One submission, so the three arrive together. Submitted one by one, a
+    // busy host could finish the first before the engine saw the second,
+    // which then (rightly) reused the first's partly filled page as well.
+    let (reqs, rxs): (Vec<_>, Vec<_>) = prompts.iter().map(|p| request(p.clone(), 4)).unzip();
+    cached.submit_all(reqs, &CancelToken::new()).unwrap();
     for (i, (rx, prompt)) in rxs.into_iter().zip(&prompts).enumerate() {
         let got = collect(rx);
         assert_same(&got, &run(&plain, prompt, 4), &format!("request {i}"));
@@ -586,14 +583,11 @@ fn compact_types_hold_more_tokens_in_the_same_memory_and_admission_waits() {
             kv_type,
             ..config(false)
         });
-        let receivers: Vec<_> = prompts
-            .iter()
-            .map(|p| {
-                let (req, rx) = request(p.clone(), 44);
-                small.submit(req).unwrap();
-                rx
-            })
-            .collect();
+        // One submission: sent one by one, a request could finish before
+        // the next arrived on a busy host, and the cache would not fill.
+        let (reqs, receivers): (Vec<_>, Vec<_>) =
+            prompts.iter().map(|p| request(p.clone(), 44)).unzip();
+        small.submit_all(reqs, &CancelToken::new()).unwrap();
         for (i, rx) in receivers.into_iter().enumerate() {
             let got = collect(rx);
             assert_eq!(got.reason, FinishReason::Length, "{kv_type} request {i}");

@@ -175,14 +175,11 @@ fn preemption_under_kv_pressure_keeps_results_exact() {
             ..config()
         },
     );
-    let receivers: Vec<_> = prompts
-        .iter()
-        .map(|p| {
-            let (req, rx) = request(p.clone(), 20);
-            engine.submit(req).unwrap();
-            rx
-        })
-        .collect();
+    // One submission, so that they contend for the cache however busy the
+    // host is (sent one by one, each could finish before the next arrived).
+    let (reqs, receivers): (Vec<_>, Vec<_>) =
+        prompts.iter().map(|p| request(p.clone(), 20)).unzip();
+    engine.submit_all(reqs, &CancelToken::new()).unwrap();
     for (i, rx) in receivers.into_iter().enumerate() {
         assert_eq!(collect(rx).tokens, want[i], "request {i}");
     }
