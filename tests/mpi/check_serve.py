@@ -19,6 +19,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -320,6 +321,49 @@ def check_chat_session(r, args):
     return resumed
 
 
+def check_refusals_before_parting(r):
+    """What rank 0 alone reads (the tokenizer, a session file, the port it
+    binds, eval's data) or what every rank refuses alike (a prompt outside
+    the vocabulary): each is found before the ranks part, rank 0 says it
+    once, and every rank exits 2 without MPI_Abort (which ended the job
+    before, with an ORTE error line)."""
+    bad_session = os.path.join(SCRATCH, "not-a.session")
+    with open(bad_session, "w") as f:
+        f.write("not a session\n")
+    # Two turns' conversation (check_chat_session's file) in a 16-token context.
+    long_session = os.path.join(SCRATCH, "chat-2.session.short-context")
+    with open(os.path.join(SCRATCH, "chat-2.session"), "rb") as src, open(long_session, "wb") as dst:
+        dst.write(src.read())
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    chat = ["chat", "--model", VOCAB, "--precision", "f32", "--max-tokens", "4"]
+    cases = [
+        (chat + ["--session", bad_session], "not a grok1 session file"),
+        (chat + ["--session", long_session, "--ctx", "16"], "fills the context (16)"),
+        (chat + ["--tokenizer", "/nonexistent/tokenizer.model"], "loading tokenizer /nonexistent"),
+        (["serve", "--model", MOE, "--port", str(port)], f"serving on 127.0.0.1:{port}: Address already in use"),
+        (["generate", "--model", MOE, "--tokens", "5,2000", "--max-tokens", "2"],
+         "token id 2000 at position 1 of sequence 0 is outside the vocabulary"),
+        (["logits", "--model", MOE, "--tokens", "5,2000", "--out", os.path.join(SCRATCH, "x.npy")],
+         "token id 2000 at position 1"),
+        (["eval", "--task", "mmlu", "--model", MOE, "--data", "/nonexistent/mmlu"], "/nonexistent/mmlu"),
+    ]
+    try:
+        for args, want in cases:
+            run = r.run(2, args, stdin="Hello\n")
+            errors = [line for line in run.stderr.splitlines() if line.startswith("grok1: error")]
+            if (run.returncode == 0 or len(errors) != 1 or want not in errors[0]
+                    or not errors[0].startswith("grok1: error: ") or "MPI_ABORT" in run.stderr):
+                fail(f"{' '.join(args[:1])} under mpirun, refused on rank 0 ({want!r}): exit {run.returncode}\n"
+                     f"{run.stderr}")
+    finally:
+        busy.close()
+    print(f"ok: {len(cases)} refusals before the ranks part (session file, context, tokenizer, port in use, "
+          "vocabulary, eval data): rank 0 says each once, no MPI_Abort")
+
+
 def check_eval(r):
     def run(np_):
         out = os.path.join(SCRATCH, f"eval-np{np_}.jsonl")
@@ -364,6 +408,7 @@ def main():
     check_interrupt(r)
     check_killed_rank(r)
     check_chat(r)
+    check_refusals_before_parting(r)
     check_eval(r)
     check_different_settings(r)
     print(f"mpi serving: {time.time() - start:.0f} s")

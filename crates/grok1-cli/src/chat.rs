@@ -265,13 +265,68 @@ impl Conversation {
     }
 }
 
+/// What rank 0 reads before the ranks part: the tokenizer, and with
+/// `--session` its path and model identity, and the conversation saved
+/// there (when the file exists), read and checked whole.
+struct ChatSetup {
+    tokenizer: Arc<Tokenizer>,
+    session: Option<(PathBuf, SessionModel)>,
+    resumed: Option<(Session, Conversation)>,
+}
+
+impl ChatSetup {
+    fn read(
+        loaded: &grok1::LoadedModel,
+        args: &ChatArgs,
+        identity: Option<SessionModel>,
+        context: usize,
+    ) -> anyhow::Result<Self> {
+        let tokenizer = Arc::new(model_source::model_tokenizer(
+            loaded,
+            args.tokenizer.as_deref(),
+        )?);
+        let (Some(path), Some(identity)) = (&args.session, identity) else {
+            return Ok(ChatSetup {
+                tokenizer,
+                session: None,
+                resumed: None,
+            });
+        };
+        let resumed = if path.exists() {
+            // Sessions saved before the fast and int8 modes cached bf16
+            // hold f32: say how to resume them.
+            let saved = session::load(path, &identity).map_err(|e| match &e {
+                session::SessionError::Mismatch {
+                    field: "KV type",
+                    saved,
+                    ..
+                } => anyhow::anyhow!("{e}; resume it with --kv-type {saved}"),
+                _ => anyhow::Error::from(e),
+            })?;
+            let conversation = Conversation::resume(&saved, path, context)?;
+            Some((saved, conversation))
+        } else {
+            None
+        };
+        Ok(ChatSetup {
+            tokenizer,
+            session: Some((path.clone(), identity)),
+            resumed,
+        })
+    }
+}
+
 pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
     set_threads(args.engine.threads)?;
     let loaded = model_source::load_args(&args.model)?;
-    crate::parallel::arm_wait_limit();
     let precision = args.model.precision();
     let kv_type = args.model.kv_type(precision);
-    let config = engine_config(&args.engine, &loaded.model, precision, kv_type)?;
+    let config = crate::parallel::agree(engine_config(
+        &args.engine,
+        &loaded.model,
+        precision,
+        kv_type,
+    ))?;
     // Checked by every rank alike before the others start following rank 0
     // (a refusal after that would end the job by MPI_Abort).
     let bad = |e: String| anyhow::Error::from(crate::parallel::BadArguments(e));
@@ -302,58 +357,53 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
         .session
         .as_ref()
         .map(|_| SessionModel::of(&loaded.model, precision, kv_type));
+    // Rank 0 reads the tokenizer and the session (checked whole) before the
+    // others start following it, and every rank learns whether that failed:
+    // a refusal after they parted would end the job by MPI_Abort.
+    let setup = crate::parallel::agree(if crate::parallel::is_root() {
+        ChatSetup::read(&loaded, &args, identity, config.context).map(Some)
+    } else {
+        Ok(None)
+    })?;
+    // Limited from here: the setup above may take rank 0 a while (a large
+    // session file), and the others wait for it without a limit.
+    crate::parallel::arm_wait_limit();
     // Under mpirun rank 0 talks to the user; the others run the steps it plans.
     if let Some(done) = crate::parallel::follow_engine(&loaded.model, &config)? {
         return Ok(done);
     }
-    let tokenizer = Arc::new(model_source::model_tokenizer(
-        &loaded,
-        args.tokenizer.as_deref(),
-    )?);
+    let Some(ChatSetup {
+        tokenizer,
+        session,
+        resumed,
+    }) = setup
+    else {
+        unreachable!("follow_engine returns None on rank 0 alone, which read the setup")
+    };
     let model = loaded.model;
     let eos = model.config().eos_token;
     let context = config.context;
-    // The session is read and checked whole before the engine starts.
-    let mut session = match (&args.session, identity) {
-        (Some(path), Some(identity)) => {
-            let saved = match path.exists() {
-                // Sessions saved before the fast and int8 modes cached bf16
-                // hold f32: say how to resume them.
-                true => Some(session::load(path, &identity).map_err(|e| match &e {
-                    session::SessionError::Mismatch {
-                        field: "KV type",
-                        saved,
-                        ..
-                    } => anyhow::anyhow!("{e}; resume it with --kv-type {saved}"),
-                    _ => anyhow::Error::from(e),
-                })?),
-                false => None,
-            };
-            Some((path.clone(), identity, saved))
-        }
-        _ => None,
-    };
     let engine = EngineHandle::start(model, tokenizer.clone(), config);
     let mut conversation = Conversation::default();
     let mut seed = args.seed;
-    if let Some((path, _, saved)) = &mut session {
-        if let Some(saved) = saved.take() {
-            conversation = Conversation::resume(&saved, path, context)?;
-            if let Some(next) = saved.extra["next_seed"].as_u64() {
-                seed = next;
-            }
-            let kv_tokens = engine
-                .import_prefix(saved.kv)
-                .with_context(|| format!("resuming {}", path.display()))?;
-            if args.system.is_some() {
-                eprintln!("grok1: warning: --system is ignored: the resumed conversation has its own start");
-            }
+    if let (Some((path, _)), Some((saved, resumed))) = (&session, resumed) {
+        conversation = resumed;
+        if let Some(next) = saved.extra["next_seed"].as_u64() {
+            seed = next;
+        }
+        let kv_tokens = engine
+            .import_prefix(saved.kv)
+            .with_context(|| format!("resuming {}", path.display()))?;
+        if args.system.is_some() {
             eprintln!(
-                "grok1 chat: resumed {} tokens of conversation from {} ({kv_tokens} with their keys and values)",
-                conversation.ids.len(),
-                path.display()
+                "grok1: warning: --system is ignored: the resumed conversation has its own start"
             );
         }
+        eprintln!(
+            "grok1 chat: resumed {} tokens of conversation from {} ({kv_tokens} with their keys and values)",
+            conversation.ids.len(),
+            path.display()
+        );
     }
 
     // Ctrl-C while a reply streams stops it; at the prompt it quits.
@@ -466,7 +516,7 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
             );
         }
         conversation.replied(&tokenizer, prompt, &generated, &reply);
-        if let Some((path, identity, _)) = &session {
+        if let Some((path, identity)) = &session {
             let kv = engine.export_prefix(conversation.ids.clone())?;
             let extra = serde_json::json!({"pending": conversation.pending, "next_seed": seed});
             session::save(path, identity, &conversation.ids, &kv, extra)?;

@@ -23,46 +23,14 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
         "`grok1 eval --server` or `--samples` (no model to split)",
     )?;
     if !crate::parallel::is_root() {
+        // Rank 0's checks of the data and the sandbox, shared.
+        crate::parallel::agree(Ok(()))?;
         return follow(&args);
     }
-    let task: Task = args.task.into();
-    anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
-    anyhow::ensure!(
-        args.exec_timeout > 0.0 && args.exec_timeout.is_finite(),
-        "--exec-timeout must be a positive number of seconds"
-    );
-    let shots = args.shots.unwrap_or(task.default_shots());
-    let items = grok1_eval::data::load(task, &args.data, shots)?;
-    // Samples may answer any item of the data, not only those selected.
-    let known: HashSet<String> = items.iter().map(|i| i.id.clone()).collect();
-    let items = runner::select(items, args.limit, args.seed);
-    anyhow::ensure!(!items.is_empty(), "--limit 0 leaves nothing to run");
-
-    // The sandbox is checked before any model time is spent.
-    let sandbox = if task == Task::HumanEval {
-        let helper = std::env::current_exe().context("finding the grok1 binary for the sandbox")?;
-        let memory = args
-            .exec_memory_mb
-            .checked_mul(1 << 20)
-            .filter(|&m| m >= 32 << 20)
-            .context("--exec-memory-mb must be at least 32 (Python needs that much to start) and fit in 64 bits as bytes")?;
-        let limits = Limits {
-            time: Duration::from_secs_f64(args.exec_timeout),
-            memory,
-            ..Limits::default()
-        };
-        let sandbox = Sandbox::new(helper, &args.python, limits)?;
-        let probe = sandbox.run_python("import sys\n")?;
-        anyhow::ensure!(
-            probe.passed(),
-            "the HumanEval sandbox cannot run Python: {}",
-            probe.describe()
-        );
-        eprintln!("grok1: HumanEval samples get {}", sandbox.containment());
-        Some(sandbox)
-    } else {
-        None
-    };
+    // Under mpirun the other ranks learn whether these checks failed (they
+    // would wait for rank 0 until the wait limit and end the job by
+    // MPI_Abort).
+    let (task, shots, items, known, sandbox) = crate::parallel::agree(checks(&args))?;
 
     let options = RunOptions {
         concurrency: args.concurrency,
@@ -111,13 +79,12 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
             serve::set_threads(args.engine.threads)?;
             let loaded = model_source::load_args(&args.model)?;
             crate::parallel::arm_wait_limit();
-            let config = engine_config(&args, &loaded.model)?;
+            let config = crate::parallel::agree(engine_config(&args, &loaded.model))?;
+            let tokenizer = crate::parallel::agree(
+                model_source::model_tokenizer(&loaded, args.tokenizer.as_deref()).map(Arc::new),
+            )?;
             // Under mpirun, checks that the other ranks' settings agree.
             crate::parallel::follow_engine(&loaded.model, &config)?;
-            let tokenizer = Arc::new(model_source::model_tokenizer(
-                &loaded,
-                args.tokenizer.as_deref(),
-            )?);
             let model = loaded.model;
             let eos = Some(model.config().eos_token);
             let name = model.config().name.clone();
@@ -165,6 +132,60 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The run's task, shots, selected items (and every item's id: samples may
+/// answer any) and the HumanEval sandbox, checked before any model time is
+/// spent.
+#[allow(clippy::type_complexity)]
+fn checks(
+    args: &EvalArgs,
+) -> anyhow::Result<(
+    Task,
+    usize,
+    Vec<grok1_eval::Item>,
+    HashSet<String>,
+    Option<Sandbox>,
+)> {
+    let task: Task = args.task.into();
+    anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
+    anyhow::ensure!(
+        args.exec_timeout > 0.0 && args.exec_timeout.is_finite(),
+        "--exec-timeout must be a positive number of seconds"
+    );
+    let shots = args.shots.unwrap_or(task.default_shots());
+    let items = grok1_eval::data::load(task, &args.data, shots)?;
+    // Samples may answer any item of the data, not only those selected.
+    let known: HashSet<String> = items.iter().map(|i| i.id.clone()).collect();
+    let items = runner::select(items, args.limit, args.seed);
+    anyhow::ensure!(!items.is_empty(), "--limit 0 leaves nothing to run");
+
+    // The sandbox is checked before any model time is spent.
+    let sandbox = if task == Task::HumanEval {
+        let helper = std::env::current_exe().context("finding the grok1 binary for the sandbox")?;
+        let memory = args
+            .exec_memory_mb
+            .checked_mul(1 << 20)
+            .filter(|&m| m >= 32 << 20)
+            .context("--exec-memory-mb must be at least 32 (Python needs that much to start) and fit in 64 bits as bytes")?;
+        let limits = Limits {
+            time: Duration::from_secs_f64(args.exec_timeout),
+            memory,
+            ..Limits::default()
+        };
+        let sandbox = Sandbox::new(helper, &args.python, limits)?;
+        let probe = sandbox.run_python("import sys\n")?;
+        anyhow::ensure!(
+            probe.passed(),
+            "the HumanEval sandbox cannot run Python: {}",
+            probe.describe()
+        );
+        eprintln!("grok1: HumanEval samples get {}", sandbox.containment());
+        Some(sandbox)
+    } else {
+        None
+    };
+    Ok((task, shots, items, known, sandbox))
+}
+
 /// The engine's settings for a local model.
 fn engine_config(args: &EvalArgs, model: &grok1::Grok1) -> anyhow::Result<EngineConfig> {
     let precision = args.model.precision();
@@ -182,7 +203,9 @@ fn follow(args: &EvalArgs) -> anyhow::Result<ExitCode> {
     serve::set_threads(args.engine.threads)?;
     let loaded = model_source::load_args(&args.model)?;
     crate::parallel::arm_wait_limit();
-    let config = engine_config(args, &loaded.model)?;
+    // The same steps as rank 0's: its engine settings, then its tokenizer.
+    let config = crate::parallel::agree(engine_config(args, &loaded.model))?;
+    crate::parallel::agree(Ok(()))?;
     Ok(crate::parallel::follow_engine(&loaded.model, &config)?.unwrap_or(ExitCode::SUCCESS))
 }
 

@@ -33,8 +33,6 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     let loaded = model_source::load_args(&args.model)?;
     crate::parallel::arm_wait_limit();
     let model = &loaded.model;
-    let tokenizer = model_source::model_tokenizer(&loaded, args.tokenizer.as_deref())?;
-    let prompt = prompt_ids(&args.prompt, &tokenizer)?;
     let sampling = SamplingParams {
         temperature: args.temperature,
         top_k: args.top_k,
@@ -44,12 +42,20 @@ pub fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         seed: args.seed,
         ..SamplingParams::default()
     };
-    sampling.validate()?;
     let stop = StopConditions {
         eos: (!args.ignore_eos).then_some(model.config().eos_token),
         stop_sequences: args.stop_tokens.iter().map(|t| t.0.clone()).collect(),
         max_tokens: args.max_tokens,
     };
+    // Under mpirun every rank reads the tokenizer and the prompt, and they
+    // learn together whether any refused them (a rank that went on alone
+    // would end the job by MPI_Abort).
+    let (tokenizer, prompt) = crate::parallel::agree((|| {
+        let tokenizer = model_source::model_tokenizer(&loaded, args.tokenizer.as_deref())?;
+        let prompt = prompt_ids(&args.prompt, &tokenizer)?;
+        grok1::generate::check_request(model, &prompt, &sampling, &stop)?;
+        Ok((tokenizer, prompt))
+    })())?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut decoder = tokenizer.stream_decoder_after(&prompt);
@@ -135,16 +141,14 @@ pub fn logits(args: LogitsArgs) -> anyhow::Result<ExitCode> {
     let loaded = model_source::load_args(&args.model)?;
     crate::parallel::arm_wait_limit();
     let model = &loaded.model;
-    let tokens = match &args.prompt.tokens {
-        Some(t) => t.0.clone(),
-        None => {
-            let tokenizer = model_source::model_tokenizer(&loaded, args.tokenizer.as_deref())?;
-            prompt_ids(&args.prompt, &tokenizer)?
-        }
-    };
-    // Under mpirun every rank runs rank 0's tokens.
+    let tokens = crate::parallel::agree(match &args.prompt.tokens {
+        Some(t) => Ok(t.0.clone()),
+        None => model_source::model_tokenizer(&loaded, args.tokenizer.as_deref())
+            .and_then(|tokenizer| prompt_ids(&args.prompt, &tokenizer)),
+    })?;
+    // Under mpirun every rank runs rank 0's tokens, and refuses them alike.
     let tokens = grok1::parallel::broadcast_u32s(model.collective(), &tokens);
-    model.validate_prompt(&tokens)?;
+    crate::parallel::agree(model.validate_prompt(&tokens).map_err(Into::into))?;
     let options = ForwardOptions {
         precision: args
             .model

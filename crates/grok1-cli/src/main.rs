@@ -168,8 +168,9 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 
 /// An error every rank of a job reaches at the same point: a command or
 /// option not split yet, ranks holding different models or started with
-/// different engine settings, or a model that cannot be split
-/// (found once every rank holds the same config and tensor table).
+/// different engine settings, a model that cannot be split (found once
+/// every rank holds the same config and tensor table), or a step whose
+/// failure the ranks shared (`parallel::agree`).
 fn is_agreed(e: &(dyn std::error::Error + 'static)) -> bool {
     use grok1::parallel::ParallelError;
     use grok1::LoadError;
@@ -181,6 +182,7 @@ fn is_agreed(e: &(dyn std::error::Error + 'static)) -> bool {
     };
     e.downcast_ref::<parallel::NotSplit>().is_some()
         || e.downcast_ref::<parallel::BadArguments>().is_some()
+        || e.downcast_ref::<parallel::Refused>().is_some()
         || e.downcast_ref::<ParallelError>().is_some_and(different)
         || match e.downcast_ref::<LoadError>() {
             Some(LoadError::Parallel(p)) => different(p),
@@ -196,7 +198,7 @@ fn is_agreed(e: &(dyn std::error::Error + 'static)) -> bool {
 /// out a cause whose text the message already ends with (the library's
 /// errors print their source after the path, and anyhow's chain would print
 /// it again: "x.model: No such file: No such file").
-fn error_text(err: &anyhow::Error) -> String {
+pub(crate) fn error_text(err: &anyhow::Error) -> String {
     let mut text = err.to_string();
     for cause in err.chain().skip(1) {
         let cause = cause.to_string();

@@ -139,6 +139,44 @@ pub enum NotSplit {
 #[error("{0}")]
 pub struct BadArguments(pub String);
 
+/// A step before the ranks part that failed on some rank ([`agree`]): every
+/// rank returns it, rank 0 says it and every rank exits 2, without ending
+/// the job by MPI_Abort.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+/// Every rank's outcome of a step that runs before the ranks part and may
+/// fail on some of them only (what rank 0 alone reads, such as the
+/// tokenizer or a session file; a file one machine lacks): unless every
+/// rank succeeded, each returns the same [`Refused`], with rank 0's message
+/// where it failed, else the first failing rank's, named. A rank that went
+/// on alone would wait in a collective for the others until the wait limit
+/// and end the job by MPI_Abort. One process: `result` as it is.
+pub fn agree<T>(result: anyhow::Result<T>) -> anyhow::Result<T> {
+    let c = collective();
+    if c.size() == 1 {
+        return result;
+    }
+    // 0 for success, else 1 and the message (which may be empty).
+    let local = match &result {
+        Ok(_) => vec![0],
+        Err(e) => [&[1][..], crate::error_text(e).as_bytes()].concat(),
+    };
+    let all = c.all_gather_bytes(&local);
+    match all.iter().position(|m| m.first() != Some(&0)) {
+        None => result,
+        Some(rank) => {
+            let text = String::from_utf8_lossy(all[rank].get(1..).unwrap_or_default());
+            Err(Refused(match rank {
+                0 => text.into_owned(),
+                _ => format!("rank {rank}: {text}"),
+            })
+            .into())
+        }
+    }
+}
+
 /// Whether a command runs split over several processes; the others are
 /// refused under mpirun rather than run N times side by side.
 pub fn check_command(command: &'static str) -> Result<(), NotSplit> {

@@ -164,23 +164,59 @@ fn connection_limits(args: &ServeArgs) -> anyhow::Result<ConnectionLimits> {
     })
 }
 
+/// What rank 0 makes before the ranks part: the tokenizer, the connection
+/// limits, and the listening socket.
+fn serve_setup(
+    args: &ServeArgs,
+    loaded: &grok1::LoadedModel,
+) -> anyhow::Result<(
+    Arc<grok1_tokenizer::Tokenizer>,
+    ConnectionLimits,
+    std::net::TcpListener,
+)> {
+    let tokenizer = Arc::new(model_source::model_tokenizer(
+        loaded,
+        args.tokenizer.as_deref(),
+    )?);
+    let limits = connection_limits(args)?;
+    let listener = std::net::TcpListener::bind((args.host.as_str(), args.port))
+        .with_context(|| format!("serving on {}:{}", args.host, args.port))?;
+    Ok((tokenizer, limits, listener))
+}
+
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Checked before the model takes its time to load.
     let cors = cors_origins(&args.cors_origins)?;
     set_threads(args.engine.threads)?;
     let loaded = model_source::load_args(&args.model)?;
-    crate::parallel::arm_wait_limit();
     let precision = args.model.precision();
     let kv_type = args.model.kv_type(precision);
-    let engine_config = engine_config(&args.engine, &loaded.model, precision, kv_type)?;
+    // Checked by every rank against its own memory.
+    let engine_config = crate::parallel::agree(engine_config(
+        &args.engine,
+        &loaded.model,
+        precision,
+        kv_type,
+    ))?;
+    // Rank 0 reads the tokenizer, takes the connection limits and binds the
+    // port before the others start following it, and every rank learns
+    // whether that failed: a refusal after they parted (a port in use)
+    // would end the job by MPI_Abort.
+    let setup = crate::parallel::agree(if crate::parallel::is_root() {
+        serve_setup(&args, &loaded).map(Some)
+    } else {
+        Ok(None)
+    })?;
+    // Limited from here: the others wait for rank 0's setup above without
+    // a limit, as for their own loading.
+    crate::parallel::arm_wait_limit();
     // Under mpirun rank 0 serves; the others run the steps it plans.
     if let Some(done) = crate::parallel::follow_engine(&loaded.model, &engine_config)? {
         return Ok(done);
     }
-    let tokenizer = Arc::new(model_source::model_tokenizer(
-        &loaded,
-        args.tokenizer.as_deref(),
-    )?);
+    let Some((tokenizer, limits, listener)) = setup else {
+        unreachable!("follow_engine returns None on rank 0 alone, which read the setup")
+    };
     let model = loaded.model;
     let name = args
         .served_model_name
@@ -201,7 +237,6 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let engine = EngineHandle::start(model, tokenizer.clone(), engine_config);
     let mut state = AppState::new(engine, tokenizer, name, eos, args.api_key.clone());
     state.cors_origins = cors;
-    let limits = connection_limits(&args)?;
     eprintln!(
         "grok1: at most {} connections; {} s for a request head (or idle keep-alive), {} s for a body",
         limits.max_connections,
@@ -227,9 +262,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         "no API key"
     };
     runtime
-        .block_on(grok1_server::serve(state, &config, |addr| {
-            eprintln!("grok1: listening on http://{addr} ({auth}); Ctrl-C to stop");
-        }))
+        .block_on(grok1_server::serve_bound(
+            listener,
+            state,
+            &config,
+            |addr| {
+                eprintln!("grok1: listening on http://{addr} ({auth}); Ctrl-C to stop");
+            },
+        ))
         .with_context(|| format!("serving on {}:{}", config.host, config.port))?;
     eprintln!("grok1: stopped");
     Ok(ExitCode::SUCCESS)

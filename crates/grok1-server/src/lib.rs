@@ -296,6 +296,29 @@ pub async fn serve(
     on_ready: impl FnOnce(SocketAddr),
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port)).await?;
+    serve_listener(listener, state, config, on_ready).await
+}
+
+/// [`serve`] on a listener bound already, from `config` (its host and port
+/// left unread): `grok1 serve` under mpirun binds it before the ranks part,
+/// so that a port in use is refused by every rank alike.
+pub async fn serve_bound(
+    listener: std::net::TcpListener,
+    state: AppState,
+    config: &ServerConfig,
+    on_ready: impl FnOnce(SocketAddr),
+) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    serve_listener(listener, state, config, on_ready).await
+}
+
+async fn serve_listener(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    config: &ServerConfig,
+    on_ready: impl FnOnce(SocketAddr),
+) -> std::io::Result<()> {
     on_ready(listener.local_addr()?);
     let engine = state.engine.clone();
     let grace = config.shutdown_grace;

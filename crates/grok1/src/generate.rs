@@ -144,7 +144,7 @@ pub fn generate_with(
     if collective.rank() != 0 {
         return follow(model, options, kv_type);
     }
-    let checked = check_request(prompt, sampling, stop);
+    let checked = check_request(model, prompt, sampling, stop);
     if collective.size() > 1 {
         // [max_tokens (2 words), prompt...], or nothing for a refusal.
         let max = stop.max_tokens as u64;
@@ -258,8 +258,14 @@ pub fn generate_with(
     })
 }
 
-/// Rank 0's checks of a request, before anything runs: the sampler to use.
-fn check_request(
+/// What [`generate_with`] refuses before it computes anything: an empty
+/// prompt, ids outside the vocabulary, a prompt longer than the context, an
+/// empty stop sequence, sampling values out of range. A caller under mpirun
+/// may check it on every rank before they part (a refusal found by the
+/// forward pass comes from every rank at once, with no rank 0 to say it).
+/// The sampler to use.
+pub fn check_request(
+    model: &Grok1,
     prompt: &[u32],
     sampling: &SamplingParams,
     stop: &StopConditions,
@@ -267,6 +273,7 @@ fn check_request(
     if prompt.is_empty() {
         return Err(GenerateError::EmptyPrompt);
     }
+    model.validate_prompt(prompt)?;
     if let Some(i) = stop.stop_sequences.iter().position(Vec::is_empty) {
         return Err(GenerateError::EmptyStopSequence(i));
     }

@@ -205,6 +205,11 @@ impl MpiCollective {
                 });
             });
             bytes.resize(len as usize, 0);
+            // Every rank knows the length now; an empty buffer's address
+            // (1) would read as MPI_IN_PLACE.
+            if len == 0 {
+                return;
+            }
             mpi::request::scope(|scope| {
                 let r = w
                     .process_at_rank(0)
@@ -299,7 +304,18 @@ impl Collective for MpiCollective {
                     "an all-gather of message lengths".into()
                 });
             });
-            let counts: Vec<usize> = lens.iter().map(|&l| l as usize).collect();
+            // Where a rank has nothing to send, every rank sends one byte
+            // more (taken off below): Open MPI refused the gather with an
+            // empty part (MPI_ERR_ARG).
+            let pad = usize::from(lens.contains(&0));
+            let padded;
+            let local = if pad == 1 {
+                padded = [local, &[0]].concat();
+                &padded[..]
+            } else {
+                local
+            };
+            let counts: Vec<usize> = lens.iter().map(|&l| l as usize + pad).collect();
             let mut all = vec![0u8; counts.iter().sum()];
             let (c, d) = counts_and_displacements(&counts);
             {
@@ -319,7 +335,7 @@ impl Collective for MpiCollective {
                 .iter()
                 .map(|&n| {
                     at += n;
-                    all[at - n..at].to_vec()
+                    all[at - n..at - pad].to_vec()
                 })
                 .collect()
         })
