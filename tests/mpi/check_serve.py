@@ -360,8 +360,17 @@ def check_refusals_before_parting(r):
                      f"{run.stderr}")
     finally:
         busy.close()
+    # A file rank 1 alone lacks (as on another machine): rank 0 names it.
+    args = ["generate", "--model", MOE, "--tokens", "5,6", "--max-tokens", "2"]
+    cmd = (["mpirun"] + r.mpirun_args + ["-np", "1", r.binary] + args
+           + [":", "-np", "1", r.binary] + args + ["--tokenizer", "/nonexistent/tokenizer.model"])
+    run = subprocess.run(cmd, capture_output=True, text=True, env=mpi_env(), timeout=300)
+    errors = [line for line in run.stderr.splitlines() if line.startswith("grok1: error")]
+    if (run.returncode == 0 or errors != ["grok1: error: rank 1: loading tokenizer /nonexistent/tokenizer.model: "
+                                          "No such file or directory (os error 2)"] or "MPI_ABORT" in run.stderr):
+        fail(f"generate with a tokenizer rank 1 lacks: exit {run.returncode}\n{run.stderr}")
     print(f"ok: {len(cases)} refusals before the ranks part (session file, context, tokenizer, port in use, "
-          "vocabulary, eval data): rank 0 says each once, no MPI_Abort")
+          "vocabulary, eval data) and a file rank 1 alone lacks: rank 0 says each once, no MPI_Abort")
 
 
 def check_eval(r):
