@@ -25,11 +25,10 @@ fn run_len(floats: usize) -> usize {
 }
 
 /// Widths of a position's keys (or values) of one layer: every head's, and
-/// this rank's share with where it starts among them.
+/// each rank's share.
 struct Widths {
     whole: usize,
     local: usize,
-    first: usize,
 }
 
 fn widths(cache: &KvCache, c: &dyn Collective, head_dim: usize) -> Widths {
@@ -37,7 +36,6 @@ fn widths(cache: &KvCache, c: &dyn Collective, head_dim: usize) -> Widths {
     Widths {
         whole: local * c.size(),
         local,
-        first: c.rank() * local,
     }
 }
 
@@ -132,37 +130,44 @@ impl<'a> Mover<'a> {
         for layer in 0..layers {
             for start in (0..len).step_by(run) {
                 let end = (start + run).min(len);
-                let mut bytes = Vec::new();
+                // Rank 0 cuts each rank's heads out of the snapshot: per
+                // position, that rank's keys, then its values.
+                let mut parts = Vec::new();
                 if let Some(kv) = kv {
-                    bytes.reserve((end - start) * 8 * w.whole);
-                    for pos in start..end {
-                        let at = pos * width + layer * 2 * w.whole;
-                        bytes.extend(
-                            kv[at..at + 2 * w.whole]
-                                .iter()
-                                .flat_map(|x| x.to_le_bytes()),
-                        );
-                    }
+                    parts = (0..c.size())
+                        .map(|rank| {
+                            let first = rank * w.local;
+                            let mut part = Vec::with_capacity((end - start) * 8 * w.local);
+                            for pos in start..end {
+                                let at = pos * width + layer * 2 * w.whole + first;
+                                for half in [at, at + w.whole] {
+                                    part.extend(
+                                        kv[half..half + w.local]
+                                            .iter()
+                                            .flat_map(|x| x.to_le_bytes()),
+                                    );
+                                }
+                            }
+                            part
+                        })
+                        .collect();
                 }
-                c.broadcast_bytes(&mut bytes);
-                if bytes.len() != (end - start) * 8 * w.whole {
+                let bytes = c.scatter_bytes(&parts);
+                if bytes.len() != (end - start) * 8 * w.local {
                     return Err(SnapshotError::Ranks(format!(
                     "rank 0 sent {} bytes of layer {layer}'s keys and values at positions {start}..{end}, rank {} expected {}",
                     bytes.len(),
                     c.rank(),
-                    (end - start) * 8 * w.whole
+                    (end - start) * 8 * w.local
                 )));
                 }
-                for (i, entry) in bytes.chunks_exact(8 * w.whole).enumerate() {
-                    let (keys, values) = entry.split_at(4 * w.whole);
-                    let mine = |part: &[u8], out: &mut [f32]| {
-                        let part = &part[4 * w.first..4 * (w.first + w.local)];
+                for (i, entry) in bytes.chunks_exact(8 * w.local).enumerate() {
+                    let (keys, values) = entry.split_at(4 * w.local);
+                    for (out, part) in [(&mut k, keys), (&mut v, values)] {
                         for (o, x) in out.iter_mut().zip(floats(part)) {
                             *o = x;
                         }
-                    };
-                    mine(keys, &mut k);
-                    mine(values, &mut v);
+                    }
                     cache.write(layer, id, start + i, &k, &v);
                 }
             }

@@ -94,6 +94,31 @@ pub trait Collective: Send + Sync {
     /// Rank 0's `bytes` replace every other rank's (of any length).
     fn broadcast_bytes(&self, bytes: &mut Vec<u8>);
 
+    /// Rank 0's `parts[r]` (any length; read on rank 0 only, one per rank)
+    /// to each rank `r`, rank 0's own included: each rank receives its
+    /// share, not the whole. This default broadcasts every part and each
+    /// rank keeps its own (what threads sharing memory or one process pay
+    /// nothing for); MPI sends each rank its part alone.
+    fn scatter_bytes(&self, parts: &[Vec<u8>]) -> Vec<u8> {
+        let mut all = Vec::new();
+        if self.rank() == 0 {
+            assert_eq!(parts.len(), self.size(), "scatter_bytes: one part a rank");
+            for part in parts {
+                all.extend_from_slice(&(part.len() as u64).to_le_bytes());
+            }
+            for part in parts {
+                all.extend_from_slice(part);
+            }
+        }
+        self.broadcast_bytes(&mut all);
+        let len = |r: usize| {
+            let at = 8 * r;
+            u64::from_le_bytes(all[at..at + 8].try_into().expect("8 bytes")) as usize
+        };
+        let start = 8 * self.size() + (0..self.rank()).map(len).sum::<usize>();
+        all[start..start + len(self.rank())].to_vec()
+    }
+
     /// [`broadcast_bytes`](Self::broadcast_bytes) for a rank that waits for
     /// rank 0's next order with nothing else to do (a serving engine's
     /// follower while rank 0 waits for requests): no wait limit applies
@@ -165,6 +190,9 @@ impl Collective for SingleProcess {
         vec![local.to_vec()]
     }
     fn broadcast_bytes(&self, _bytes: &mut Vec<u8>) {}
+    fn scatter_bytes(&self, parts: &[Vec<u8>]) -> Vec<u8> {
+        parts[0].clone()
+    }
     fn all_reduce_sum(&self, _x: &mut [f32]) {}
 }
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mpi::datatype::PartitionMut;
+use mpi::datatype::{Partition, PartitionMut};
 use mpi::environment::Universe;
 use mpi::request::{Request, Scope};
 use mpi::topology::{Communicator, SimpleCommunicator};
@@ -343,6 +343,70 @@ impl Collective for MpiCollective {
 
     fn broadcast_bytes(&self, bytes: &mut Vec<u8>) {
         self.broadcast(bytes, Wait::Limited);
+    }
+
+    fn scatter_bytes(&self, parts: &[Vec<u8>]) -> Vec<u8> {
+        let root = self.rank == 0;
+        if root {
+            assert_eq!(parts.len(), self.size, "scatter_bytes: one part a rank");
+        }
+        let sent = if root {
+            parts.iter().map(Vec::len).sum()
+        } else {
+            0
+        };
+        self.with_world(sent, |w| {
+            let mut lens = vec![0u64; self.size];
+            if root {
+                for (l, p) in lens.iter_mut().zip(parts) {
+                    *l = p.len() as u64;
+                }
+            }
+            mpi::request::scope(|scope| {
+                let r = w
+                    .process_at_rank(0)
+                    .immediate_broadcast_into(scope, &mut lens[..]);
+                self.complete(w, r, Wait::Limited, &|| {
+                    "the broadcast of a scatter's part lengths".into()
+                });
+            });
+            // A byte more a part where one is empty (as all_gather_bytes).
+            let pad = usize::from(lens.contains(&0));
+            let counts: Vec<usize> = lens.iter().map(|&l| l as usize + pad).collect();
+            let mut mine = vec![0u8; counts[self.rank]];
+            let what = || {
+                format!(
+                    "a scatter of {} bytes in all",
+                    counts.iter().sum::<usize>() - pad * self.size
+                )
+            };
+            if root {
+                let mut send = Vec::with_capacity(counts.iter().sum());
+                for part in parts {
+                    send.extend_from_slice(part);
+                    send.resize(send.len() + pad, 0);
+                }
+                let (c, d) = counts_and_displacements(&counts);
+                let partition = Partition::new(&send[..], &c[..], &d[..]);
+                mpi::request::scope(|scope| {
+                    let r = w.process_at_rank(0).immediate_scatter_varcount_into_root(
+                        scope,
+                        &partition,
+                        &mut mine[..],
+                    );
+                    self.complete(w, r, Wait::Limited, &what);
+                });
+            } else {
+                mpi::request::scope(|scope| {
+                    let r = w
+                        .process_at_rank(0)
+                        .immediate_scatter_varcount_into(scope, &mut mine[..]);
+                    self.complete(w, r, Wait::Limited, &what);
+                });
+            }
+            mine.truncate(counts[self.rank] - pad);
+            mine
+        })
     }
 
     fn wait_for_broadcast(&self, bytes: &mut Vec<u8>) {

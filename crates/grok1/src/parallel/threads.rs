@@ -153,4 +153,18 @@ mod tests {
         }
         assert_eq!(ranks[1].traffic().calls, 4);
     }
+
+    /// Each rank gets its own part of rank 0's, an empty one included (the
+    /// parts other ranks pass are not read); one process gets part 0.
+    #[test]
+    fn a_scatter_gives_each_rank_its_part() {
+        let parts = vec![vec![1u8, 2, 3], Vec::new(), vec![9; 5]];
+        let got = on_ranks(3, |c| {
+            let garbage = vec![vec![7u8]; c.rank()];
+            c.scatter_bytes(if c.rank() == 0 { &parts } else { &garbage })
+        });
+        assert_eq!(got, parts);
+        let one = crate::parallel::single_process();
+        assert_eq!(one.scatter_bytes(&[vec![4, 5]]), vec![4, 5]);
+    }
 }
