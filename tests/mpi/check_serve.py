@@ -326,7 +326,8 @@ def check_refusals_before_parting(r):
     binds, eval's data) or what every rank refuses alike (a prompt outside
     the vocabulary): each is found before the ranks part, rank 0 says it
     once, and every rank exits 2 without MPI_Abort (which ended the job
-    before, with an ORTE error line)."""
+    before, with an ORTE error line). So does a chat turn refused after the
+    ranks parted: rank 0 stops its engine, which sends the others home."""
     bad_session = os.path.join(SCRATCH, "not-a.session")
     with open(bad_session, "w") as f:
         f.write("not a session\n")
@@ -343,6 +344,10 @@ def check_refusals_before_parting(r):
         (chat + ["--session", bad_session], "not a grok1 session file"),
         (chat + ["--session", long_session, "--ctx", "16"], "fills the context (16)"),
         (chat + ["--tokenizer", "/nonexistent/tokenizer.model"], "loading tokenizer /nonexistent"),
+        # After the ranks parted: a turn the engine refuses (the official
+        # tokenizer's ids past tiny-moe's 1024); rank 0 stops the engine
+        # first, which sends the others home.
+        (["chat", "--model", MOE, "--max-tokens", "4"], "is outside the vocabulary (ids 0..1024)"),
         (["serve", "--model", MOE, "--port", str(port)], f"serving on 127.0.0.1:{port}: Address already in use"),
         (["generate", "--model", MOE, "--tokens", "5,2000", "--max-tokens", "2"],
          "token id 2000 at position 1 of sequence 0 is outside the vocabulary"),
@@ -369,8 +374,8 @@ def check_refusals_before_parting(r):
     if (run.returncode == 0 or errors != ["grok1: error: rank 1: loading tokenizer /nonexistent/tokenizer.model: "
                                           "No such file or directory (os error 2)"] or "MPI_ABORT" in run.stderr):
         fail(f"generate with a tokenizer rank 1 lacks: exit {run.returncode}\n{run.stderr}")
-    print(f"ok: {len(cases)} refusals before the ranks part (session file, context, tokenizer, port in use, "
-          "vocabulary, eval data) and a file rank 1 alone lacks: rank 0 says each once, no MPI_Abort")
+    print(f"ok: {len(cases)} refusals (session file, context, tokenizer, a chat turn, port in use, vocabulary, "
+          "eval data) and a file rank 1 alone lacks: rank 0 says each once, no MPI_Abort")
 
 
 def check_eval(r):

@@ -384,6 +384,8 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
     let eos = model.config().eos_token;
     let context = config.context;
     let engine = EngineHandle::start(model, tokenizer.clone(), config);
+    // Stopped on every way out, an error's included, before rank 0 says it.
+    let _stop = crate::parallel::StopEngine(&engine);
     let mut conversation = Conversation::default();
     let mut seed = args.seed;
     if let (Some((path, _)), Some((saved, resumed))) = (&session, resumed) {
@@ -523,7 +525,6 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
         }
     }
     input.save_history();
-    engine.shutdown(Duration::from_secs(1));
     Ok(ExitCode::SUCCESS)
 }
 

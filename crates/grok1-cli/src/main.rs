@@ -142,8 +142,9 @@ fn main() -> ExitCode {
             // An error every rank reached together: rank 0 says it and all
             // end normally. Any other: the rank says it and ends the whole
             // job, whose other ranks may be waiting for it.
-            let agreed = err.chain().any(is_agreed);
             let rank = parallel::collective().rank();
+            // After rank 0 stopped its engine the others have gone home.
+            let agreed = err.chain().any(is_agreed) || (rank == 0 && parallel::engine_stopped());
             if !agreed {
                 eprintln!("grok1: error (rank {rank}): {}", error_text(&err));
                 runtime.abort(2);

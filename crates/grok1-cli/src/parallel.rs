@@ -139,6 +139,28 @@ pub enum NotSplit {
 #[error("{0}")]
 pub struct BadArguments(pub String);
 
+/// Whether rank 0 has stopped its engine ([`StopEngine`]).
+static ENGINE_STOPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Stops a serving engine when dropped, on every way out of a command: its
+/// last plan sends a split model's other ranks home (they exit 0, as after
+/// SIGTERM), so an error rank 0 returns after that is its own to say, and
+/// ends no job by MPI_Abort ([`engine_stopped`]).
+pub struct StopEngine<'a>(pub &'a grok1::engine::EngineHandle);
+
+impl Drop for StopEngine<'_> {
+    fn drop(&mut self) {
+        self.0.shutdown(std::time::Duration::from_secs(1));
+        ENGINE_STOPPED.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Whether this process stopped its engine (on rank 0: the other ranks
+/// have been sent home).
+pub fn engine_stopped() -> bool {
+    ENGINE_STOPPED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// A step before the ranks part that failed on some rank ([`agree`]): every
 /// rank returns it, rank 0 says it and every rank exits 2, without ending
 /// the job by MPI_Abort.
