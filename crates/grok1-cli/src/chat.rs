@@ -329,7 +329,7 @@ pub fn chat(args: ChatArgs) -> anyhow::Result<ExitCode> {
     ))?;
     // Checked by every rank alike before the others start following rank 0
     // (a refusal after that would end the job by MPI_Abort).
-    let bad = |e: String| anyhow::Error::from(crate::parallel::BadArguments(e));
+    let bad = |e: String| anyhow::Error::from(crate::parallel::Refused(e));
     if args.session.is_some() && !config.prefix_cache {
         return Err(bad(
             "--session keeps the conversation in the prefix cache; drop --no-prefix-cache".into(),

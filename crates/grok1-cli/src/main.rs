@@ -182,7 +182,6 @@ fn is_agreed(e: &(dyn std::error::Error + 'static)) -> bool {
         )
     };
     e.downcast_ref::<parallel::NotSplit>().is_some()
-        || e.downcast_ref::<parallel::BadArguments>().is_some()
         || e.downcast_ref::<parallel::Refused>().is_some()
         || e.downcast_ref::<ParallelError>().is_some_and(different)
         || match e.downcast_ref::<LoadError>() {

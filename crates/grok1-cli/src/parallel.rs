@@ -132,13 +132,6 @@ pub enum NotSplit {
     Option { what: &'static str, ranks: usize },
 }
 
-/// An error in the command line itself, which every rank finds alike (they
-/// share it) before they part: rank 0 says it and every rank exits 2,
-/// without ending the job by MPI_Abort.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct BadArguments(pub String);
-
 /// Whether rank 0 has stopped its engine ([`StopEngine`]).
 static ENGINE_STOPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -161,9 +154,10 @@ pub fn engine_stopped() -> bool {
     ENGINE_STOPPED.load(std::sync::atomic::Ordering::SeqCst)
 }
 
-/// A step before the ranks part that failed on some rank ([`agree`]): every
-/// rank returns it, rank 0 says it and every rank exits 2, without ending
-/// the job by MPI_Abort.
+/// An error every rank returns alike before the ranks part: one in the
+/// command line itself, which every rank finds (they share it), or a step
+/// that failed on some rank ([`agree`]). Rank 0 says it and every rank
+/// exits 2, without ending the job by MPI_Abort.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct Refused(pub String);
