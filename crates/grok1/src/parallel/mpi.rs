@@ -205,8 +205,8 @@ impl MpiCollective {
                 });
             });
             bytes.resize(len as usize, 0);
-            // Every rank knows the length now; an empty buffer's address
-            // (1) would read as MPI_IN_PLACE.
+            // Every rank knows the length now: nothing more to send (Open
+            // MPI refused empty parts in the all-gather, `padded_counts`).
             if len == 0 {
                 return;
             }
@@ -231,6 +231,16 @@ const PONG: i32 = PING + 1;
 
 /// How long a rank whose wait ran out waits for the others' answers.
 const PING_WAIT: Duration = Duration::from_secs(2);
+
+/// The byte counts of a varcount collective whose parts are `lens` long,
+/// and the byte (0 or 1) added to each: where one part is empty every part
+/// gets one more, for Open MPI refused the all-gather with an empty part
+/// (MPI_ERR_ARG, also with the empty part at a real address). The receiver
+/// takes the byte back off.
+fn padded_counts(lens: &[u64]) -> (usize, Vec<usize>) {
+    let pad = usize::from(lens.contains(&0));
+    (pad, lens.iter().map(|&l| l as usize + pad).collect())
+}
 
 /// Takes a waiting one-byte message of `tag` from any rank, if there is
 /// one: its sender.
@@ -304,10 +314,7 @@ impl Collective for MpiCollective {
                     "an all-gather of message lengths".into()
                 });
             });
-            // Where a rank has nothing to send, every rank sends one byte
-            // more (taken off below): Open MPI refused the gather with an
-            // empty part (MPI_ERR_ARG).
-            let pad = usize::from(lens.contains(&0));
+            let (pad, counts) = padded_counts(&lens);
             let padded;
             let local = if pad == 1 {
                 padded = [local, &[0]].concat();
@@ -315,7 +322,6 @@ impl Collective for MpiCollective {
             } else {
                 local
             };
-            let counts: Vec<usize> = lens.iter().map(|&l| l as usize + pad).collect();
             let mut all = vec![0u8; counts.iter().sum()];
             let (c, d) = counts_and_displacements(&counts);
             {
@@ -370,9 +376,7 @@ impl Collective for MpiCollective {
                     "the broadcast of a scatter's part lengths".into()
                 });
             });
-            // A byte more a part where one is empty (as all_gather_bytes).
-            let pad = usize::from(lens.contains(&0));
-            let counts: Vec<usize> = lens.iter().map(|&l| l as usize + pad).collect();
+            let (pad, counts) = padded_counts(&lens);
             let mut mine = vec![0u8; counts[self.rank]];
             let what = || {
                 format!(
