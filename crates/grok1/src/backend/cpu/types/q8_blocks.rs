@@ -59,6 +59,10 @@ pub struct ActTiles {
     pub q: Aligned<i8>,
     /// Whether `q` holds the values plus 128.
     pub plus_128: bool,
+    /// Where `q` holds the values as they are and the CPU has both kinds of
+    /// tiles (AMX's take them signed, the VNNI ones plus 128): `q` plus 128;
+    /// else empty.
+    pub q_plus_128: Aligned<i8>,
     /// `[tile][block][ROW_PAD]`.
     pub d: Vec<f32>,
     /// `[tile][block][VALUES / 32][ROW_PAD]`.
@@ -71,6 +75,7 @@ impl Default for ActTiles {
         ActTiles {
             q: Aligned::zeros(0),
             plus_128: false,
+            q_plus_128: Aligned::zeros(0),
             d: Vec::new(),
             bs: Vec::new(),
         }
@@ -111,7 +116,24 @@ impl ActTiles {
                 }
             }
         }
-        ActTiles { q, plus_128, d, bs }
+        ActTiles {
+            q,
+            plus_128,
+            q_plus_128: Aligned::zeros(0),
+            d,
+            bs,
+        }
+    }
+
+    /// Adds [`ActTiles::q_plus_128`] to tiles that hold the values as they are.
+    pub fn with_plus_128_copy(mut self) -> ActTiles {
+        assert!(!self.plus_128, "with_plus_128_copy: tiles already plus 128");
+        let mut copy = Aligned::zeros(self.q.len());
+        for (o, &v) in copy.as_mut_slice().iter_mut().zip(self.q.as_slice()) {
+            *o = (v as u8 ^ 0x80) as i8;
+        }
+        self.q_plus_128 = copy;
+        self
     }
 
     pub fn is_empty(&self) -> bool {

@@ -37,7 +37,7 @@ use crate::backend::cpu::types::int8_ckpt::{
 use crate::backend::cpu::types::q8_0::{Q8_0Acts, Q8_0Tiles, Q8_0_BLOCK_BYTES};
 
 /// Activation rows per tile (AMX's maximum).
-const TILE_M: usize = 16;
+pub(super) const TILE_M: usize = 16;
 /// Fewest activation rows the tiles take; fewer go to the AVX-512 kernels
 /// (a tile of 16 rows on a handful of rows multiplies mostly padding).
 pub(crate) const AMX_MIN_M: usize = 16;
@@ -61,7 +61,7 @@ pub fn available() -> bool {
 }
 
 /// Asks Linux for the tile data on this thread once (see the module note).
-fn permitted() -> bool {
+pub(super) fn permitted() -> bool {
     thread_local!(static GRANTED: Cell<Option<bool>> = const { Cell::new(None) });
     GRANTED.with(|granted| {
         if let Some(ok) = granted.get() {
@@ -80,11 +80,11 @@ fn permitted() -> bool {
     })
 }
 
-/// The `ldtilecfg` operand (palette 1): tiles 0 and 1 are the 16 x 16 i32
-/// accumulators, tile 2 the 16 x 32 byte activations, tile 3 the 8 x 64 byte
-/// weights.
+/// The `ldtilecfg` operand (palette 1): tiles 0 and 1 (and 4 and 5) are the
+/// 16 x 16 i32 accumulators, tile 2 (and 6) the 16-row left operand (32 bytes
+/// a row here), tile 3 (and 7) the right one (8 rows of 64 bytes here).
 #[repr(C, align(64))]
-struct TileConfig {
+pub(super) struct TileConfig {
     palette: u8,
     start_row: u8,
     reserved: [u8; 14],
@@ -94,6 +94,14 @@ struct TileConfig {
 
 impl TileConfig {
     fn new() -> TileConfig {
+        TileConfig::with_depth(ACT_BLOCK)
+    }
+
+    /// Tiles 2 and 3 (and 6 and 7) sized for products over `depth` values (a
+    /// multiple of 4, at most 64): 16 rows of `depth` bytes times `depth / 4`
+    /// rows of 64.
+    pub(super) fn with_depth(depth: usize) -> TileConfig {
+        assert!(depth.is_multiple_of(4) && (4..=64).contains(&depth));
         let mut c = TileConfig {
             palette: 1,
             start_row: 0,
@@ -104,8 +112,12 @@ impl TileConfig {
         for (t, colsb, rows) in [
             (0, 64, TILE_M),
             (1, 64, TILE_M),
-            (2, ACT_BLOCK, TILE_M),
-            (3, 64, BLOCK_QUADS),
+            (2, depth, TILE_M),
+            (3, 64, depth / 4),
+            (4, 64, TILE_M),
+            (5, 64, TILE_M),
+            (6, depth, TILE_M),
+            (7, 64, depth / 4),
         ] {
             c.colsb[t] = colsb as u16;
             c.rows[t] = rows as u8;
@@ -331,15 +343,16 @@ pub unsafe fn dot_q8_0_rows_int8_amx(act: Q8_0Acts, rows: &[u8], out_t: &mut [f3
 
 /// One accumulator tile's 16 x 16 i32 sums in memory.
 #[repr(C, align(64))]
-struct Sums([[i32; 16]; TILE_M]);
+pub(super) struct Sums(pub(super) [[i32; 16]; TILE_M]);
 
-/// Tile `c` (0 or 1) = the block's activations (16 rows of 32 bytes at `a`,
-/// `stride` apart) times its weights (8 rows of 64 bytes at `w`).
+/// Tile `c` (0 or 1) = the left operand (16 rows at `a`, `stride` apart:
+/// a block's activations, or weight codes) times the right one (rows of 64
+/// bytes at `w`), both signed, in the configured sizes.
 ///
 /// # Safety
 /// The tiles are configured; the memory is readable.
 #[inline(always)]
-unsafe fn multiply_block(c: usize, a: *const i8, stride: usize, w: *const u8) {
+pub(super) unsafe fn multiply_block(c: usize, a: *const i8, stride: usize, w: *const u8) {
     // SAFETY: the caller's.
     unsafe {
         if c == 0 {
@@ -369,7 +382,7 @@ unsafe fn multiply_block(c: usize, a: *const i8, stride: usize, w: *const u8) {
 /// # Safety
 /// The tiles are configured.
 #[inline(always)]
-unsafe fn store_sums(c: usize, sums: &mut Sums) {
+pub(super) unsafe fn store_sums(c: usize, sums: &mut Sums) {
     let p = sums.0.as_mut_ptr();
     // SAFETY: `sums` is 16 rows of 64 bytes.
     unsafe {

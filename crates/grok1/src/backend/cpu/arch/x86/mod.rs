@@ -7,7 +7,8 @@
 //!
 //! Dependencies among them run one way: `int8_ckpt_i8_avx2`, `int8_ckpt_strips`
 //! <- `int8_ckpt_i8_strips` <- `int8_ckpt_i8_vnni` <- `amx`; `int8_ckpt_f32`
-//! takes the strips and `add_scaled`; `q8_0_i8` <- `amx`; `math` <- `attention`;
+//! takes the strips and `add_scaled`; `q8_0_i8` <- `amx`; `amx`, `q8_blocks_i8`,
+//! `q8_blocks_vnni` <- `q8_blocks_amx`; `math` <- `attention`;
 //! `hsum` (here) <- `f32_rows`, `q8_0_f32`, `attention`; `group_rows` and
 //! `rows_in_parts` (here) <- `q8_0_f32`, `q8_0_i8`, `q8_blocks_i8`;
 //! `prefetch_ahead` (here) <- `q8_blocks_i8`; `nibbles32`, `u32_bit_spread`
@@ -34,6 +35,8 @@ pub mod q5_k_i8;
 pub mod q6_k_i8;
 pub mod q8_0_f32;
 pub mod q8_0_i8;
+#[cfg(target_os = "linux")]
+pub mod q8_blocks_amx;
 pub mod q8_blocks_i8;
 pub mod q8_blocks_tiles_avx2;
 pub mod q8_blocks_vnni;

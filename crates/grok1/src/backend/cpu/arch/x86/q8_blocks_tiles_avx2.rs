@@ -73,7 +73,7 @@ pub unsafe fn dot_rows_q8_tiles_avx2<T: VnniBlock>(act: ActQ8Rows, rows: &[u8], 
     };
     let run = (i16::MAX as usize / (2 * 127 * code_max)).max(1);
     let sub_quads = T::SUB / 4;
-    let mut w = Unpacked::new::<T>(k);
+    let mut w = Unpacked::<GROUP>::new::<T>(k);
     let mut high = Aligned::<i8>::zeros(if split { GROUP * k } else { 0 });
     let mut c = 0;
     while c < nrows {
@@ -219,7 +219,7 @@ unsafe fn sub_sums<const R: usize>(
 /// to the `ca` of its sums of 16, which takes the bias back off exactly.
 /// Codes that may pass 127 (`CODE_MAX`) are split: their low nibbles stay in
 /// `w.codes`, their high ones go to `high` (a `GROUP * k` buffer).
-fn bias_levels<T: VnniBlock>(w: &mut Unpacked, high: &mut [i8]) {
+fn bias_levels<T: VnniBlock>(w: &mut Unpacked<GROUP>, high: &mut [i8]) {
     // Levels that are all multiples of 2^shift (`TileBlock::LEVEL_SHIFT`)
     // become `(level >> shift) + (bias >> shift)` against `sc << shift`: the
     // same products; the bias below is taken off with the larger scales.

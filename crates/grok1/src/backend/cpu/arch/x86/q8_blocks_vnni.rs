@@ -45,20 +45,20 @@ pub trait VnniBlock: TileBlock {
 /// Weight rows per group: their sums for a tile stay in registers.
 pub(super) const GROUP: usize = 8;
 
-/// A group's weights as the tiles read them (here and in
-/// `q8_blocks_tiles_avx2`).
-pub(super) struct Unpacked {
-    /// `[GROUP][k]` codes.
+/// A group of `G` weight rows as the tiles read them (here, in
+/// `q8_blocks_tiles_avx2` and, sixteen rows, in `q8_blocks_amx`).
+pub(super) struct Unpacked<const G: usize> {
+    /// `[G][k]` codes.
     pub(super) codes: Aligned<i8>,
-    /// `[block][sub-block][GROUP]`: scales, and `-128` times the codes' sums
+    /// `[block][sub-block][G]`: scales, and `-128` times the codes' sums
     /// (made only where `fill` is asked for them).
     pub(super) sc: Vec<i32>,
     pub(super) start: Vec<i32>,
-    /// `[block][pair of sums of 16][GROUP]`: `ca` and `cb` pairs as i16
+    /// `[block][pair of sums of 16][G]`: `ca` and `cb` pairs as i16
     /// halves of an i32.
     pub(super) ca: Vec<i32>,
     pub(super) cb: Vec<i32>,
-    /// `[block][GROUP]`: the f32 scales.
+    /// `[block][G]`: the f32 scales.
     pub(super) sa: Vec<f32>,
     pub(super) sb: Vec<f32>,
 }
@@ -97,18 +97,18 @@ unsafe fn signed_code_sum(p: *const i8, n: usize) -> i32 {
     (_mm_cvtsi128_si64(s) + _mm_extract_epi64::<1>(s)) as i32 - 128 * n as i32
 }
 
-impl Unpacked {
+impl<const G: usize> Unpacked<G> {
     pub(super) fn new<T: TileBlock>(k: usize) -> Self {
         let blocks = k / T::VALUES;
-        let per = |n: usize| vec![0i32; blocks * n * GROUP];
+        let per = |n: usize| vec![0i32; blocks * n * G];
         Unpacked {
-            codes: Aligned::zeros(GROUP * k),
+            codes: Aligned::zeros(G * k),
             sc: per(T::VALUES / T::SUB),
             start: per(T::VALUES / T::SUB),
             ca: per(T::VALUES / 32),
             cb: per(T::VALUES / 32),
-            sa: vec![0f32; blocks * GROUP],
-            sb: vec![0f32; blocks * GROUP],
+            sa: vec![0f32; blocks * G],
+            sb: vec![0f32; blocks * G],
         }
     }
 
@@ -117,7 +117,7 @@ impl Unpacked {
     /// `START`.
     ///
     /// # Safety
-    /// AVX2; `rows` holds `r` rows of `k / VALUES` blocks, `1 <= r <= 8`.
+    /// AVX2; `rows` holds `r` rows of `k / VALUES` blocks, `1 <= r <= G`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn fill<T: VnniBlock, const START: bool>(
@@ -129,12 +129,12 @@ impl Unpacked {
     ) {
         let blocks = k / T::VALUES;
         let (nsub, pairs) = (T::VALUES / T::SUB, T::VALUES / 32);
-        assert!((1..=GROUP).contains(&r) && rows.len() >= r * row_bytes);
-        assert!(row_bytes >= blocks * T::BYTES && self.codes.len() >= GROUP * k);
+        assert!((1..=G).contains(&r) && rows.len() >= r * row_bytes);
+        assert!(row_bytes >= blocks * T::BYTES && self.codes.len() >= G * k);
         let codes = self.codes.as_mut_slice();
         let mut sc = [0i32; 16];
         let (mut ca, mut cb) = ([0i16; 16], [0i16; 16]);
-        for u in 0..GROUP {
+        for u in 0..G {
             let row = &rows[u.min(r - 1) * row_bytes..][..blocks * T::BYTES];
             for (b, block) in row.chunks_exact(T::BYTES).enumerate() {
                 let dst = &mut codes[u * k + b * T::VALUES..][..T::VALUES];
@@ -147,7 +147,7 @@ impl Unpacked {
                     &mut cb[..T::VALUES / BSUM_VALUES],
                 );
                 for (j, &scale) in sc[..nsub].iter().enumerate() {
-                    let at = (b * nsub + j) * GROUP + u;
+                    let at = (b * nsub + j) * G + u;
                     self.sc[at] = scale;
                     if !START {
                         continue;
@@ -166,12 +166,12 @@ impl Unpacked {
                     let pair = |c: &[i16]| {
                         (c[2 * p] as u16 as u32 | ((c[2 * p + 1] as u16 as u32) << 16)) as i32
                     };
-                    self.ca[(b * pairs + p) * GROUP + u] = pair(&ca);
-                    self.cb[(b * pairs + p) * GROUP + u] = pair(&cb);
+                    self.ca[(b * pairs + p) * G + u] = pair(&ca);
+                    self.cb[(b * pairs + p) * G + u] = pair(&cb);
                 }
                 let (sa, sb) = T::scales(block);
-                self.sa[b * GROUP + u] = sa;
-                self.sb[b * GROUP + u] = sb;
+                self.sa[b * G + u] = sa;
+                self.sb[b * G + u] = sb;
             }
         }
     }
@@ -223,7 +223,9 @@ impl TileShape {
 }
 
 /// VNNI tile version of `q8_blocks::dot_rows_q8_scalar`, bit-identical to
-/// it (the module's description), for activations with tiles.
+/// it (the module's description), for activations with tiles stored plus
+/// 128 (`ActTiles::q`, or `q_plus_128` where the CPU has AMX, whose tiles
+/// take them as they are).
 ///
 /// # Safety
 /// AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI; the bounds
@@ -235,8 +237,14 @@ pub unsafe fn dot_rows_q8_vnni<T: VnniBlock>(act: ActQ8Rows, rows: &[u8], out_t:
     let tiles = act
         .tiles
         .expect("dot_rows_q8_vnni: activations without tiles");
-    assert!(
-        tiles.plus_128,
+    let q = if tiles.plus_128 {
+        &tiles.q
+    } else {
+        &tiles.q_plus_128
+    };
+    assert_eq!(
+        q.len(),
+        tiles.q.len(),
         "dot_rows_q8_vnni: activations not stored plus 128"
     );
     let TileShape {
@@ -248,7 +256,7 @@ pub unsafe fn dot_rows_q8_vnni<T: VnniBlock>(act: ActQ8Rows, rows: &[u8], out_t:
         nrows,
         ntiles,
     } = TileShape::checked::<T>(&act, tiles, rows, out_t.len());
-    let mut w = Unpacked::new::<T>(k);
+    let mut w = Unpacked::<GROUP>::new::<T>(k);
     let mut c = 0;
     while c < nrows {
         let r = (nrows - c).min(GROUP);
@@ -275,7 +283,7 @@ pub unsafe fn dot_rows_q8_vnni<T: VnniBlock>(act: ActQ8Rows, rows: &[u8], out_t:
                 // (asserted above); each row's codes of block b are inside
                 // w.codes and its scales inside w's vectors (made for k).
                 unsafe {
-                    let xt = tiles.q.as_ptr().add(tb * quads * 64) as *const __m512i;
+                    let xt = q.as_ptr().add(tb * quads * 64) as *const __m512i;
                     let dx = _mm512_loadu_ps(tiles.d.as_ptr().add(tb * ROW_PAD));
                     let mut a = [_mm512_setzero_si512(); GROUP];
                     for j in 0..nsub {

@@ -1,0 +1,250 @@
+//! GGUF's K-quant, legacy and i-quant rows against activations quantised per
+//! block, on the AMX tile unit for many activation rows (prompt processing),
+//! bit-identical to `q8_blocks::dot_rows_q8_scalar`.
+//!
+//! The VNNI tiles (`q8_blocks_vnni`) broadcast one weight row's quad of codes
+//! against sixteen activation rows per `vpdpbusd`: 64 products an
+//! instruction, with the activations stored plus 128 and the codes' sums
+//! taking the 128 back off. Here sixteen weight rows' codes, unpacked once
+//! into `[16][k]` bytes (`Unpacked`, the same unpacking), are the left
+//! tile as they lie (16 rows of one sub-block's `SUB` codes, `k` apart), and
+//! the activation tile's quads of the same sub-block (`ActTiles` without the
+//! 128: `SUB / 4` rows of 16 activation rows' quads) the right one: one
+//! `tdpbssd` (both signed) gives the 16 x 16 exact sums of codes times
+//! activations of that sub-block. Each is stored and folded into the block's
+//! integers with the sub-block's scale (weight row `u`'s sums are row `u` of
+//! the tile, one activation row per i32 lane, as in the VNNI kernel), while
+//! the tile unit multiplies the next sub-blocks: four accumulator tiles and
+//! two pairs of operand tiles in turn, so that a product is taken out
+//! [`LAG`] steps after it was issued (one step behind, the stores waited on
+//! the multiply: Q6_K's sub-blocks of 16 ran slower than the VNNI kernel). The sums of 16 (`ca`, `cb`) and the f32 work per block are the VNNI
+//! kernel's: `acc = fma(f32(a), sa * dx, acc)`, then `acc = fma(f32(b), sb *
+//! dx, acc)`.
+
+use std::arch::asm;
+use std::arch::x86_64::*;
+
+use super::amx::{permitted, Sums, TileConfig, TILE_M};
+use super::q8_0_i8::store_tile_rows;
+use super::q8_blocks_i8::{dot_rows_q8_avx2, Avx2Block};
+use super::q8_blocks_vnni::{TileShape, Unpacked, VnniBlock};
+use crate::backend::cpu::common::ROW_PAD;
+use crate::backend::cpu::types::q8_blocks::ActQ8Rows;
+
+/// Weight rows per group: the left tile's rows.
+const GROUP: usize = TILE_M;
+
+/// Steps between a sub-block's multiply and the fold of its sums.
+const LAG: usize = 3;
+
+/// Accumulator tile `s % 4` (tiles 0, 1, 4, 5) = the left operand (16 rows
+/// at `a`, `stride` apart) times the right one (rows of 64 bytes at `w`),
+/// both signed, loaded into operand pair `s % 2` (tiles 2 and 3, or 6 and 7).
+///
+/// # Safety
+/// The tiles are configured (`TileConfig::with_depth`); the memory is readable.
+#[inline(always)]
+unsafe fn multiply(s: usize, a: *const i8, stride: usize, w: *const u8) {
+    macro_rules! tiles {
+        ($c:literal, $a:literal, $b:literal) => {
+            // SAFETY: the caller's.
+            unsafe {
+                asm!(
+                    concat!("tilezero tmm", $c),
+                    concat!("tileloadd tmm", $a, ", [{a} + {sa}*1]"),
+                    concat!("tileloadd tmm", $b, ", [{w} + {sw}*1]"),
+                    concat!("tdpbssd tmm", $c, ", tmm", $a, ", tmm", $b),
+                    a = in(reg) a, sa = in(reg) stride, w = in(reg) w, sw = in(reg) 64usize,
+                    options(nostack, readonly),
+                )
+            }
+        };
+    }
+    match s % 4 {
+        0 => tiles!("0", "2", "3"),
+        1 => tiles!("1", "6", "7"),
+        2 => tiles!("4", "2", "3"),
+        _ => tiles!("5", "6", "7"),
+    }
+}
+
+/// Stores accumulator tile `s % 4` (of [`multiply`]) into `sums`.
+///
+/// # Safety
+/// The tiles are configured.
+#[inline(always)]
+unsafe fn store(s: usize, sums: &mut Sums) {
+    let p = sums.0.as_mut_ptr();
+    macro_rules! store {
+        ($c:literal) => {
+            // SAFETY: `sums` is 16 rows of 64 bytes.
+            unsafe {
+                asm!(
+                    concat!("tilestored [{p} + {s}*1], tmm", $c),
+                    p = in(reg) p, s = in(reg) 64usize, options(nostack),
+                )
+            }
+        };
+    }
+    match s % 4 {
+        0 => store!("0"),
+        1 => store!("1"),
+        2 => store!("4"),
+        _ => store!("5"),
+    }
+}
+
+/// AMX version of `q8_blocks::dot_rows_q8_scalar`, bit-identical to it (the
+/// module's description), for activations with tiles stored as they are
+/// (not plus 128). A thread refused the tile data takes the AVX2 kernel.
+///
+/// # Safety
+/// AVX2, FMA, F16C, AVX-512 F/BW/VL/VNNI and AMX-TILE/INT8 (`amx::available`);
+/// the bounds `kernels::dot_rows_q8` checks, and `act.tiles` made by
+/// `ActQ8::quantize` for these `act.m` rows.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn dot_rows_q8_amx<T: VnniBlock + Avx2Block>(
+    act: ActQ8Rows,
+    rows: &[u8],
+    out_t: &mut [f32],
+) {
+    let (m, k) = (act.m, act.k);
+    let tiles = act
+        .tiles
+        .expect("dot_rows_q8_amx: activations without tiles");
+    assert!(
+        !tiles.plus_128,
+        "dot_rows_q8_amx: activations stored plus 128"
+    );
+    if !permitted() {
+        // SAFETY: the caller's bounds and features.
+        return unsafe { dot_rows_q8_avx2::<T>(act, rows, out_t) };
+    }
+    let TileShape {
+        blocks,
+        nsub,
+        pairs,
+        quads,
+        row_bytes,
+        nrows,
+        ntiles,
+    } = TileShape::checked::<T>(&act, tiles, rows, out_t.len());
+    assert!(
+        T::SUB.is_multiple_of(4) && T::SUB <= 64 && T::VALUES == nsub * T::SUB,
+        "dot_rows_q8_amx: sub-blocks the tiles cannot take"
+    );
+    assert_eq!(ROW_PAD, TILE_M, "an activation tile is a tile's 16 rows");
+    let config = TileConfig::with_depth(T::SUB);
+    // SAFETY: a valid palette-1 layout, and this thread may use the tile
+    // data (`permitted`).
+    unsafe { asm!("ldtilecfg [{}]", in(reg) &config, options(nostack, readonly)) };
+    let mut w = Unpacked::<GROUP>::new::<T>(k);
+    let mut sums = Sums([[0; 16]; TILE_M]);
+    // Sub-blocks in order over the whole row: step `s` multiplies sub-block
+    // `s % nsub` of block `s / nsub`.
+    let steps = blocks * nsub;
+    let mut c = 0;
+    while c < nrows {
+        let r = (nrows - c).min(GROUP);
+        // SAFETY: rows c..c + r exist (TileShape::checked).
+        unsafe { w.fill::<T, false>(&rows[c * row_bytes..(c + r) * row_bytes], r, row_bytes, k) };
+        let codes = w.codes.as_ptr();
+        // The next group's rows, prefetched over this one's passes, as the
+        // VNNI kernel does.
+        let next = &rows[(c + r) * row_bytes..(c + r + GROUP).min(nrows) * row_bytes];
+        let lines = next.len().div_ceil(64);
+        let per_step = lines.div_ceil(ntiles * steps);
+        for t in 0..ntiles {
+            let mut f = [_mm512_setzero_ps(); GROUP];
+            let mut a = [_mm512_setzero_si512(); GROUP];
+            for s in 0..steps + LAG {
+                if s < steps {
+                    let step = t * steps + s;
+                    for l in step * per_step..((step + 1) * per_step).min(lines) {
+                        // SAFETY: the line starts inside `next`.
+                        unsafe {
+                            _mm_prefetch(next.as_ptr().add(64 * l) as *const i8, _MM_HINT_T0)
+                        };
+                    }
+                    let (b, j) = (s / nsub, s % nsub);
+                    let tb = t * blocks + b;
+                    // SAFETY: the 16 rows' codes of sub-block j of block b
+                    // (SUB bytes, k apart) are inside w.codes, and tile t's
+                    // quads of it (SUB / 4 rows of 64 bytes) inside tiles.q
+                    // (TileShape::checked); the tiles are configured.
+                    unsafe {
+                        multiply(
+                            s,
+                            codes.add(b * T::VALUES + j * T::SUB),
+                            k,
+                            tiles.q.as_ptr().add((tb * quads + j * T::SUB / 4) * 64) as *const u8,
+                        )
+                    };
+                }
+                if s < LAG {
+                    continue;
+                }
+                let p = s - LAG;
+                let (b, j) = (p / nsub, p % nsub);
+                // SAFETY: `sums` holds 16 rows of 64 bytes; the tiles are
+                // configured.
+                unsafe { store(p, &mut sums) };
+                let at = (b * nsub + j) * GROUP;
+                for (u, a) in a.iter_mut().enumerate() {
+                    // SAFETY: a row of `sums` is 16 i32.
+                    let v = unsafe { _mm512_loadu_si512(sums.0[u].as_ptr() as *const __m512i) };
+                    *a = if T::SCALED {
+                        _mm512_add_epi32(*a, _mm512_mullo_epi32(v, _mm512_set1_epi32(w.sc[at + u])))
+                    } else {
+                        _mm512_add_epi32(*a, v)
+                    };
+                }
+                if j + 1 < nsub {
+                    continue;
+                }
+                // Block b is complete: its sums of 16 and its f32 work, as
+                // the VNNI kernel does them.
+                let tb = t * blocks + b;
+                // SAFETY: tile t's scales and pairs of block b are inside
+                // tiles.d and tiles.bs (TileShape::checked).
+                unsafe {
+                    let dx = _mm512_loadu_ps(tiles.d.as_ptr().add(tb * ROW_PAD));
+                    let bs = tiles.bs.as_ptr().add(tb * pairs * ROW_PAD);
+                    if T::HAS_CA {
+                        for p in 0..pairs {
+                            let v = _mm512_loadu_si512(bs.add(p * ROW_PAD) as *const __m512i);
+                            for (u, a) in a.iter_mut().enumerate() {
+                                let ca = _mm512_set1_epi32(w.ca[(b * pairs + p) * GROUP + u]);
+                                *a = _mm512_dpwssd_epi32(*a, v, ca);
+                            }
+                        }
+                    }
+                    for (u, (f, a)) in f.iter_mut().zip(&mut a).enumerate() {
+                        // sa * dx rounded once per row, as the scalar kernel does.
+                        let d = _mm512_mul_ps(_mm512_set1_ps(w.sa[b * GROUP + u]), dx);
+                        *f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*a), d, *f);
+                        *a = _mm512_setzero_si512();
+                    }
+                    if T::HAS_B {
+                        let mut bb = [_mm512_setzero_si512(); GROUP];
+                        for p in 0..pairs {
+                            let v = _mm512_loadu_si512(bs.add(p * ROW_PAD) as *const __m512i);
+                            for (u, bb) in bb.iter_mut().enumerate() {
+                                let cb = _mm512_set1_epi32(w.cb[(b * pairs + p) * GROUP + u]);
+                                *bb = _mm512_dpwssd_epi32(*bb, v, cb);
+                            }
+                        }
+                        for (u, (f, bb)) in f.iter_mut().zip(bb).enumerate() {
+                            let d = _mm512_mul_ps(_mm512_set1_ps(w.sb[b * GROUP + u]), dx);
+                            *f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(bb), d, *f);
+                        }
+                    }
+                }
+            }
+            store_tile_rows(&f[..r], out_t, c, m, t * ROW_PAD);
+        }
+        c += r;
+    }
+    // SAFETY: AMX-TILE is present; releasing leaves the thread without tile state.
+    unsafe { asm!("tilerelease", options(nostack, nomem)) };
+}
