@@ -65,6 +65,7 @@ impl super::q8_blocks::TileBlock for Q6K {
     }
 
     /// `ca = -32 * sc`: the codes' offset.
+    #[inline]
     fn tile_scales(block: &[u8], sc: &mut [i32], ca: &mut [i16], cb: &mut [i16]) {
         for j in 0..16 {
             let s = block[192 + j] as i8;

@@ -122,7 +122,7 @@ pub unsafe fn dot_rows_q8_amx<T: VnniBlock + Avx2Block>(
     }
     let TileShape {
         blocks,
-        nsub,
+        nsub: _,
         pairs,
         quads,
         row_bytes,
@@ -130,7 +130,7 @@ pub unsafe fn dot_rows_q8_amx<T: VnniBlock + Avx2Block>(
         ntiles,
     } = TileShape::checked::<T>(&act, tiles, rows, out_t.len());
     assert!(
-        T::SUB.is_multiple_of(4) && T::SUB <= 64 && T::VALUES == nsub * T::SUB,
+        T::SUB.is_multiple_of(4) && T::SUB <= 64 && T::VALUES.is_multiple_of(T::SUB),
         "dot_rows_q8_amx: sub-blocks the tiles cannot take"
     );
     assert_eq!(ROW_PAD, TILE_M, "an activation tile is a tile's 16 rows");
@@ -139,9 +139,14 @@ pub unsafe fn dot_rows_q8_amx<T: VnniBlock + Avx2Block>(
     // data (`permitted`).
     unsafe { asm!("ldtilecfg [{}]", in(reg) &config, options(nostack, readonly)) };
     let mut w = Unpacked::<GROUP>::new::<T>(k);
-    let mut sums = Sums([[0; 16]; TILE_M]);
+    // Two buffers: a step's sums are stored into one while the other's,
+    // stored a step earlier, are read (a load right after the tile store
+    // waited on it).
+    let mut sums = [Sums([[0; 16]; TILE_M]), Sums([[0; 16]; TILE_M])];
     // Sub-blocks in order over the whole row: step `s` multiplies sub-block
-    // `s % nsub` of block `s / nsub`.
+    // `s % nsub` of block `s / nsub` (nsub a constant of `T`: a shift, not
+    // a division, per step).
+    let nsub = T::VALUES / T::SUB;
     let steps = blocks * nsub;
     let mut c = 0;
     while c < nrows {
@@ -157,7 +162,7 @@ pub unsafe fn dot_rows_q8_amx<T: VnniBlock + Avx2Block>(
         for t in 0..ntiles {
             let mut f = [_mm512_setzero_ps(); GROUP];
             let mut a = [_mm512_setzero_si512(); GROUP];
-            for s in 0..steps + LAG {
+            for s in 0..steps + LAG + 1 {
                 if s < steps {
                     let step = t * steps + s;
                     for l in step * per_step..((step + 1) * per_step).min(lines) {
@@ -181,15 +186,19 @@ pub unsafe fn dot_rows_q8_amx<T: VnniBlock + Avx2Block>(
                         )
                     };
                 }
-                if s < LAG {
+                if s >= LAG && s < steps + LAG {
+                    let p = s - LAG;
+                    // SAFETY: `sums` holds 16 rows of 64 bytes; the tiles
+                    // are configured.
+                    unsafe { store(p, &mut sums[p % 2]) };
+                }
+                if s <= LAG {
                     continue;
                 }
-                let p = s - LAG;
+                let p = s - LAG - 1;
                 let (b, j) = (p / nsub, p % nsub);
-                // SAFETY: `sums` holds 16 rows of 64 bytes; the tiles are
-                // configured.
-                unsafe { store(p, &mut sums) };
                 let at = (b * nsub + j) * GROUP;
+                let sums = &sums[p % 2];
                 for (u, a) in a.iter_mut().enumerate() {
                     // SAFETY: a row of `sums` is 16 i32.
                     let v = unsafe { _mm512_loadu_si512(sums.0[u].as_ptr() as *const __m512i) };
