@@ -213,42 +213,9 @@ pub unsafe fn dot_rows_q8_amx<T: VnniBlock + Avx2Block>(
                 }
                 // Block b is complete: its sums of 16 and its f32 work, as
                 // the VNNI kernel does them.
-                let tb = t * blocks + b;
                 // SAFETY: tile t's scales and pairs of block b are inside
-                // tiles.d and tiles.bs (TileShape::checked).
-                unsafe {
-                    let dx = _mm512_loadu_ps(tiles.d.as_ptr().add(tb * ROW_PAD));
-                    let bs = tiles.bs.as_ptr().add(tb * pairs * ROW_PAD);
-                    if T::HAS_CA {
-                        for p in 0..pairs {
-                            let v = _mm512_loadu_si512(bs.add(p * ROW_PAD) as *const __m512i);
-                            for (u, a) in a.iter_mut().enumerate() {
-                                let ca = _mm512_set1_epi32(w.ca[(b * pairs + p) * GROUP + u]);
-                                *a = _mm512_dpwssd_epi32(*a, v, ca);
-                            }
-                        }
-                    }
-                    for (u, (f, a)) in f.iter_mut().zip(&mut a).enumerate() {
-                        // sa * dx rounded once per row, as the scalar kernel does.
-                        let d = _mm512_mul_ps(_mm512_set1_ps(w.sa[b * GROUP + u]), dx);
-                        *f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*a), d, *f);
-                        *a = _mm512_setzero_si512();
-                    }
-                    if T::HAS_B {
-                        let mut bb = [_mm512_setzero_si512(); GROUP];
-                        for p in 0..pairs {
-                            let v = _mm512_loadu_si512(bs.add(p * ROW_PAD) as *const __m512i);
-                            for (u, bb) in bb.iter_mut().enumerate() {
-                                let cb = _mm512_set1_epi32(w.cb[(b * pairs + p) * GROUP + u]);
-                                *bb = _mm512_dpwssd_epi32(*bb, v, cb);
-                            }
-                        }
-                        for (u, (f, bb)) in f.iter_mut().zip(bb).enumerate() {
-                            let d = _mm512_mul_ps(_mm512_set1_ps(w.sb[b * GROUP + u]), dx);
-                            *f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(bb), d, *f);
-                        }
-                    }
-                }
+                // tiles.d and tiles.bs, block b inside w (TileShape::checked).
+                unsafe { w.finish_block::<T>(tiles, (t * blocks + b, b, pairs), &mut a, &mut f) };
             }
             store_tile_rows(&f[..r], out_t, c, m, t * ROW_PAD);
         }

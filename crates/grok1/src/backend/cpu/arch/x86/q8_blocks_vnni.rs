@@ -177,6 +177,63 @@ impl<const G: usize> Unpacked<G> {
     }
 }
 
+impl<const G: usize> Unpacked<G> {
+    /// The end of block `b` for tile `t` (`tb = t * blocks + b`) of the
+    /// 16-row tile kernels (VNNI and AMX), whose sub-blocks left the block's
+    /// integers `a` (one vector of 16 activation rows per weight row): adds
+    /// the sums-of-16 terms (`ca`), folds `a` into `f` with `sa * dx`, then
+    /// the `b` integers with `sb * dx`, as the scalar kernel orders them;
+    /// leaves `a` zero for the next block.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VNNI (inlined into such a function); tile `t`'s scales
+    /// and pairs of block `b` inside `tiles` (`TileShape::checked`), and
+    /// block `b` inside these unpacked rows.
+    #[inline(always)]
+    pub(super) unsafe fn finish_block<T: TileBlock>(
+        &self,
+        tiles: &ActTiles,
+        (tb, b, pairs): (usize, usize, usize),
+        a: &mut [__m512i; G],
+        f: &mut [__m512; G],
+    ) {
+        // SAFETY: the caller's.
+        unsafe {
+            let dx = _mm512_loadu_ps(tiles.d.as_ptr().add(tb * ROW_PAD));
+            let bs = tiles.bs.as_ptr().add(tb * pairs * ROW_PAD);
+            if T::HAS_CA {
+                for p in 0..pairs {
+                    let v = _mm512_loadu_si512(bs.add(p * ROW_PAD) as *const __m512i);
+                    for (u, a) in a.iter_mut().enumerate() {
+                        let ca = _mm512_set1_epi32(self.ca[(b * pairs + p) * G + u]);
+                        *a = _mm512_dpwssd_epi32(*a, v, ca);
+                    }
+                }
+            }
+            for (u, (f, a)) in f.iter_mut().zip(a.iter_mut()).enumerate() {
+                // sa * dx rounded once per row, as the scalar kernel does.
+                let d = _mm512_mul_ps(_mm512_set1_ps(self.sa[b * G + u]), dx);
+                *f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*a), d, *f);
+                *a = _mm512_setzero_si512();
+            }
+            if T::HAS_B {
+                let mut bb = [_mm512_setzero_si512(); G];
+                for p in 0..pairs {
+                    let v = _mm512_loadu_si512(bs.add(p * ROW_PAD) as *const __m512i);
+                    for (u, bb) in bb.iter_mut().enumerate() {
+                        let cb = _mm512_set1_epi32(self.cb[(b * pairs + p) * G + u]);
+                        *bb = _mm512_dpwssd_epi32(*bb, v, cb);
+                    }
+                }
+                for (u, (f, bb)) in f.iter_mut().zip(bb).enumerate() {
+                    let d = _mm512_mul_ps(_mm512_set1_ps(self.sb[b * G + u]), dx);
+                    *f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(bb), d, *f);
+                }
+            }
+        }
+    }
+}
+
 /// The sizes a tile product walks, from `T`, `act` and the output, checked
 /// against the tiles and the weight rows (here and in
 /// `q8_blocks_tiles_avx2`).
@@ -284,7 +341,6 @@ pub unsafe fn dot_rows_q8_vnni<T: VnniBlock>(act: ActQ8Rows, rows: &[u8], out_t:
                 // w.codes and its scales inside w's vectors (made for k).
                 unsafe {
                     let xt = q.as_ptr().add(tb * quads * 64) as *const __m512i;
-                    let dx = _mm512_loadu_ps(tiles.d.as_ptr().add(tb * ROW_PAD));
                     let mut a = [_mm512_setzero_si512(); GROUP];
                     for j in 0..nsub {
                         let at = (b * nsub + j) * GROUP;
@@ -309,35 +365,7 @@ pub unsafe fn dot_rows_q8_vnni<T: VnniBlock>(act: ActQ8Rows, rows: &[u8], out_t:
                             };
                         }
                     }
-                    let bs = tiles.bs.as_ptr().add(tb * pairs * ROW_PAD);
-                    if T::HAS_CA {
-                        for p in 0..pairs {
-                            let v = _mm512_loadu_si512(bs.add(p * ROW_PAD) as *const __m512i);
-                            for (u, a) in a.iter_mut().enumerate() {
-                                let ca = _mm512_set1_epi32(w.ca[(b * pairs + p) * GROUP + u]);
-                                *a = _mm512_dpwssd_epi32(*a, v, ca);
-                            }
-                        }
-                    }
-                    for (u, (f, a)) in f.iter_mut().zip(a).enumerate() {
-                        // sa * dx rounded once per row, as the scalar kernel does.
-                        let d = _mm512_mul_ps(_mm512_set1_ps(w.sa[b * GROUP + u]), dx);
-                        *f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), d, *f);
-                    }
-                    if T::HAS_B {
-                        let mut bb = [_mm512_setzero_si512(); GROUP];
-                        for p in 0..pairs {
-                            let v = _mm512_loadu_si512(bs.add(p * ROW_PAD) as *const __m512i);
-                            for (u, bb) in bb.iter_mut().enumerate() {
-                                let cb = _mm512_set1_epi32(w.cb[(b * pairs + p) * GROUP + u]);
-                                *bb = _mm512_dpwssd_epi32(*bb, v, cb);
-                            }
-                        }
-                        for (u, (f, bb)) in f.iter_mut().zip(bb).enumerate() {
-                            let d = _mm512_mul_ps(_mm512_set1_ps(w.sb[b * GROUP + u]), dx);
-                            *f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(bb), d, *f);
-                        }
-                    }
+                    w.finish_block::<T>(tiles, (tb, b, pairs), &mut a, &mut f);
                 }
             }
             store_tile_rows(&f[..r], out_t, c, m, t * ROW_PAD);
