@@ -13,7 +13,8 @@
 //! activations read in place from `ActI8` (zero-padded for this). Each block's
 //! sums are stored, converted to f32 and folded into 16 f32 accumulators with
 //! the block's activation scales, exactly as the other kernels do, while the
-//! tile unit already multiplies the next block (two accumulator tiles in turn).
+//! tile unit already multiplies the next block (`multiply_block`'s
+//! accumulator tiles in turn).
 //!
 //! Linux keeps the 8 KiB of tile data off for a process until it asks
 //! (`arch_prctl(ARCH_REQ_XCOMP_PERM)`); the request is made before the first
@@ -211,18 +212,19 @@ unsafe fn multiply(
     let sx = act.sx[i0 * act.blocks + sx..].as_ptr();
     let w = panel.as_ptr();
     let mut sums = Sums([[0; 16]; TILE_M]);
-    // Block `kb` multiplies into tile kb % 2; its sums are taken out after
-    // the next block's multiply is issued, so the two overlap.
+    // Block `kb` multiplies into accumulator tile kb % 4 (`multiply_block`);
+    // its sums are taken out after the next block's multiply is issued, so
+    // the two overlap.
     for kb in 0..=n {
         if kb < n {
             // SAFETY: 16 rows of 32 bytes at `stride` from block kb of row
             // i0, 8 rows of 64 bytes from block kb of the panel (asserted).
-            unsafe { multiply_block(kb % 2, a.add(kb * ACT_BLOCK), stride, w.add(kb * 512)) };
+            unsafe { multiply_block(kb, a.add(kb * ACT_BLOCK), stride, w.add(kb * 512)) };
         }
         if kb > 0 {
             let prev = kb - 1;
             // SAFETY: `sums` holds 16 rows of 64 bytes.
-            unsafe { store_sums(prev % 2, &mut sums) };
+            unsafe { store_sums(prev, &mut sums) };
             for (t, ft) in f.iter_mut().enumerate() {
                 // SAFETY: row i0 + t, block prev are inside sx (asserted).
                 let s = _mm512_set1_ps(unsafe { *sx.add(t * act.blocks + prev) });
@@ -305,7 +307,7 @@ pub unsafe fn dot_q8_0_rows_int8_amx(act: Q8_0Acts, rows: &[u8], out_t: &mut [f3
                         // `act.tiles` (asserted above).
                         unsafe {
                             multiply_block(
-                                kb % 2,
+                                kb,
                                 a.add(kb * Q8_0_BLOCK_BYTES),
                                 row_bytes,
                                 bt.add(kb * 512),
@@ -315,7 +317,7 @@ pub unsafe fn dot_q8_0_rows_int8_amx(act: Q8_0Acts, rows: &[u8], out_t: &mut [f3
                     if kb > 0 {
                         let prev = kb - 1;
                         // SAFETY: `sums` holds 16 rows of 64 bytes.
-                        unsafe { store_sums(prev % 2, &mut sums) };
+                        unsafe { store_sums(prev, &mut sums) };
                         // SAFETY: 16 scales of block prev (inside `st`).
                         let dx = unsafe { _mm512_loadu_ps(st[prev * TILE_M..].as_ptr()) };
                         for (u, fu) in f.iter_mut().enumerate() {
@@ -345,51 +347,62 @@ pub unsafe fn dot_q8_0_rows_int8_amx(act: Q8_0Acts, rows: &[u8], out_t: &mut [f3
 #[repr(C, align(64))]
 pub(super) struct Sums(pub(super) [[i32; 16]; TILE_M]);
 
-/// Tile `c` (0 or 1) = the left operand (16 rows at `a`, `stride` apart:
-/// a block's activations, or weight codes) times the right one (rows of 64
-/// bytes at `w`), both signed, in the configured sizes.
+/// Accumulator tile `s % 4` (tiles 0, 1, 4, 5) = the left operand (16 rows
+/// at `a`, `stride` apart: a block's activations, or weight codes) times the
+/// right one (rows of 64 bytes at `w`), both signed, in the configured sizes,
+/// loaded into operand pair `s % 2` (tiles 2 and 3, or 6 and 7), so that a
+/// step's loads need not wait for the previous step's multiply to release
+/// its operands.
 ///
 /// # Safety
-/// The tiles are configured; the memory is readable.
+/// The tiles are configured (`TileConfig`); the memory is readable.
 #[inline(always)]
-pub(super) unsafe fn multiply_block(c: usize, a: *const i8, stride: usize, w: *const u8) {
-    // SAFETY: the caller's.
-    unsafe {
-        if c == 0 {
-            asm!(
-                "tilezero tmm0",
-                "tileloadd tmm2, [{a} + {sa}*1]",
-                "tileloadd tmm3, [{w} + {sw}*1]",
-                "tdpbssd tmm0, tmm2, tmm3",
-                a = in(reg) a, sa = in(reg) stride, w = in(reg) w, sw = in(reg) 64usize,
-                options(nostack, readonly),
-            );
-        } else {
-            asm!(
-                "tilezero tmm1",
-                "tileloadd tmm2, [{a} + {sa}*1]",
-                "tileloadd tmm3, [{w} + {sw}*1]",
-                "tdpbssd tmm1, tmm2, tmm3",
-                a = in(reg) a, sa = in(reg) stride, w = in(reg) w, sw = in(reg) 64usize,
-                options(nostack, readonly),
-            );
-        }
+pub(super) unsafe fn multiply_block(s: usize, a: *const i8, stride: usize, w: *const u8) {
+    macro_rules! tiles {
+        ($c:literal, $a:literal, $b:literal) => {
+            // SAFETY: the caller's.
+            unsafe {
+                asm!(
+                    concat!("tilezero tmm", $c),
+                    concat!("tileloadd tmm", $a, ", [{a} + {sa}*1]"),
+                    concat!("tileloadd tmm", $b, ", [{w} + {sw}*1]"),
+                    concat!("tdpbssd tmm", $c, ", tmm", $a, ", tmm", $b),
+                    a = in(reg) a, sa = in(reg) stride, w = in(reg) w, sw = in(reg) 64usize,
+                    options(nostack, readonly),
+                )
+            }
+        };
+    }
+    match s % 4 {
+        0 => tiles!("0", "2", "3"),
+        1 => tiles!("1", "6", "7"),
+        2 => tiles!("4", "2", "3"),
+        _ => tiles!("5", "6", "7"),
     }
 }
 
-/// Stores accumulator tile `c` (0 or 1) into `sums`.
+/// Stores accumulator tile `s % 4` (of [`multiply_block`]'s step `s`) into `sums`.
 ///
 /// # Safety
 /// The tiles are configured.
 #[inline(always)]
-pub(super) unsafe fn store_sums(c: usize, sums: &mut Sums) {
+pub(super) unsafe fn store_sums(s: usize, sums: &mut Sums) {
     let p = sums.0.as_mut_ptr();
-    // SAFETY: `sums` is 16 rows of 64 bytes.
-    unsafe {
-        if c == 0 {
-            asm!("tilestored [{p} + {s}*1], tmm0", p = in(reg) p, s = in(reg) 64usize, options(nostack));
-        } else {
-            asm!("tilestored [{p} + {s}*1], tmm1", p = in(reg) p, s = in(reg) 64usize, options(nostack));
-        }
+    macro_rules! store {
+        ($c:literal) => {
+            // SAFETY: `sums` is 16 rows of 64 bytes.
+            unsafe {
+                asm!(
+                    concat!("tilestored [{p} + {s}*1], tmm", $c),
+                    p = in(reg) p, s = in(reg) 64usize, options(nostack),
+                )
+            }
+        };
+    }
+    match s % 4 {
+        0 => store!("0"),
+        1 => store!("1"),
+        2 => store!("4"),
+        _ => store!("5"),
     }
 }

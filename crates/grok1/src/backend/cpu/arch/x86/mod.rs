@@ -7,8 +7,8 @@
 //!
 //! Dependencies among them run one way: `int8_ckpt_i8_avx2`, `int8_ckpt_strips`
 //! <- `int8_ckpt_i8_strips` <- `int8_ckpt_i8_vnni` <- `amx`; `int8_ckpt_f32`
-//! takes the strips and `add_scaled`; `q8_0_i8` <- `amx`; `amx`, `q8_blocks_i8`,
-//! `q8_blocks_vnni` <- `q8_blocks_amx`; `math` <- `attention`;
+//! takes the strips and `add_scaled`; `q8_0_i8` <- `amx`; `amx`, `q8_blocks_vnni`
+//! <- `q8_blocks_amx`; `math` <- `attention`;
 //! `hsum` (here) <- `f32_rows`, `q8_0_f32`, `attention`; `group_rows` and
 //! `rows_in_parts` (here) <- `q8_0_f32`, `q8_0_i8`, `q8_blocks_i8`;
 //! `prefetch_ahead` (here) <- `q8_blocks_i8`; `nibbles32`, `u32_bit_spread`

@@ -1,6 +1,7 @@
-//! GGUF's K-quant, legacy and i-quant rows against activations quantised per
-//! block, on the AMX tile unit for many activation rows (prompt processing),
-//! bit-identical to `q8_blocks::dot_rows_q8_scalar`.
+//! GGUF's legacy and i-quant rows against activations quantised per block,
+//! on the AMX tile unit for many activation rows (prompt processing),
+//! bit-identical to `q8_blocks::dot_rows_q8_scalar`. (It takes the K-quants
+//! too, but they measured faster on the VNNI tiles: `kernels::amx_tiled`.)
 //!
 //! The VNNI tiles (`q8_blocks_vnni`) broadcast one weight row's quad of codes
 //! against sixteen activation rows per `vpdpbusd`: 64 products an
@@ -14,20 +15,19 @@
 //! activations of that sub-block. Each is stored and folded into the block's
 //! integers with the sub-block's scale (weight row `u`'s sums are row `u` of
 //! the tile, one activation row per i32 lane, as in the VNNI kernel), while
-//! the tile unit multiplies the next sub-blocks: four accumulator tiles and
-//! two pairs of operand tiles in turn, so that a product is taken out
-//! [`LAG`] steps after it was issued (one step behind, the stores waited on
-//! the multiply: Q6_K's sub-blocks of 16 ran slower than the VNNI kernel). The sums of 16 (`ca`, `cb`) and the f32 work per block are the VNNI
-//! kernel's: `acc = fma(f32(a), sa * dx, acc)`, then `acc = fma(f32(b), sb *
-//! dx, acc)`.
+//! the tile unit multiplies the next sub-blocks (`amx::multiply_block`'s four
+//! accumulator tiles in turn): a product's sums are stored [`LAG`] steps
+//! after it was issued and read one step after that. The sums of 16 (`ca`,
+//! `cb`) and the f32 work per block are the VNNI kernel's
+//! (`Unpacked::finish_block`): `acc = fma(f32(a), sa * dx, acc)`, then `acc =
+//! fma(f32(b), sb * dx, acc)`.
 
 use std::arch::asm;
 use std::arch::x86_64::*;
 
-use super::amx::{permitted, Sums, TileConfig, TILE_M};
+use super::amx::{multiply_block, permitted, store_sums, Sums, TileConfig, TILE_M};
 use super::q8_0_i8::store_tile_rows;
-use super::q8_blocks_i8::{dot_rows_q8_avx2, Avx2Block};
-use super::q8_blocks_vnni::{TileShape, Unpacked, VnniBlock};
+use super::q8_blocks_vnni::{dot_rows_q8_vnni, TileShape, Unpacked, VnniBlock};
 use crate::backend::cpu::common::ROW_PAD;
 use crate::backend::cpu::types::q8_blocks::ActQ8Rows;
 
@@ -37,77 +37,17 @@ const GROUP: usize = TILE_M;
 /// Steps between a sub-block's multiply and the fold of its sums.
 const LAG: usize = 3;
 
-/// Accumulator tile `s % 4` (tiles 0, 1, 4, 5) = the left operand (16 rows
-/// at `a`, `stride` apart) times the right one (rows of 64 bytes at `w`),
-/// both signed, loaded into operand pair `s % 2` (tiles 2 and 3, or 6 and 7).
-///
-/// # Safety
-/// The tiles are configured (`TileConfig::with_depth`); the memory is readable.
-#[inline(always)]
-unsafe fn multiply(s: usize, a: *const i8, stride: usize, w: *const u8) {
-    macro_rules! tiles {
-        ($c:literal, $a:literal, $b:literal) => {
-            // SAFETY: the caller's.
-            unsafe {
-                asm!(
-                    concat!("tilezero tmm", $c),
-                    concat!("tileloadd tmm", $a, ", [{a} + {sa}*1]"),
-                    concat!("tileloadd tmm", $b, ", [{w} + {sw}*1]"),
-                    concat!("tdpbssd tmm", $c, ", tmm", $a, ", tmm", $b),
-                    a = in(reg) a, sa = in(reg) stride, w = in(reg) w, sw = in(reg) 64usize,
-                    options(nostack, readonly),
-                )
-            }
-        };
-    }
-    match s % 4 {
-        0 => tiles!("0", "2", "3"),
-        1 => tiles!("1", "6", "7"),
-        2 => tiles!("4", "2", "3"),
-        _ => tiles!("5", "6", "7"),
-    }
-}
-
-/// Stores accumulator tile `s % 4` (of [`multiply`]) into `sums`.
-///
-/// # Safety
-/// The tiles are configured.
-#[inline(always)]
-unsafe fn store(s: usize, sums: &mut Sums) {
-    let p = sums.0.as_mut_ptr();
-    macro_rules! store {
-        ($c:literal) => {
-            // SAFETY: `sums` is 16 rows of 64 bytes.
-            unsafe {
-                asm!(
-                    concat!("tilestored [{p} + {s}*1], tmm", $c),
-                    p = in(reg) p, s = in(reg) 64usize, options(nostack),
-                )
-            }
-        };
-    }
-    match s % 4 {
-        0 => store!("0"),
-        1 => store!("1"),
-        2 => store!("4"),
-        _ => store!("5"),
-    }
-}
-
 /// AMX version of `q8_blocks::dot_rows_q8_scalar`, bit-identical to it (the
 /// module's description), for activations with tiles stored as they are
-/// (not plus 128). A thread refused the tile data takes the AVX2 kernel.
+/// (not plus 128), with their plus-128 copy (`ActTiles::q_plus_128`), which
+/// a thread refused the tile data takes to the VNNI tiles.
 ///
 /// # Safety
 /// AVX2, FMA, F16C, AVX-512 F/BW/VL/VNNI and AMX-TILE/INT8 (`amx::available`);
 /// the bounds `kernels::dot_rows_q8` checks, and `act.tiles` made by
 /// `ActQ8::quantize` for these `act.m` rows.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn dot_rows_q8_amx<T: VnniBlock + Avx2Block>(
-    act: ActQ8Rows,
-    rows: &[u8],
-    out_t: &mut [f32],
-) {
+pub unsafe fn dot_rows_q8_amx<T: VnniBlock>(act: ActQ8Rows, rows: &[u8], out_t: &mut [f32]) {
     let (m, k) = (act.m, act.k);
     let tiles = act
         .tiles
@@ -117,8 +57,8 @@ pub unsafe fn dot_rows_q8_amx<T: VnniBlock + Avx2Block>(
         "dot_rows_q8_amx: activations stored plus 128"
     );
     if !permitted() {
-        // SAFETY: the caller's bounds and features.
-        return unsafe { dot_rows_q8_avx2::<T>(act, rows, out_t) };
+        // SAFETY: the caller's bounds and features (AVX-512 VNNI).
+        return unsafe { dot_rows_q8_vnni::<T>(act, rows, out_t) };
     }
     let TileShape {
         blocks,
@@ -178,7 +118,7 @@ pub unsafe fn dot_rows_q8_amx<T: VnniBlock + Avx2Block>(
                     // quads of it (SUB / 4 rows of 64 bytes) inside tiles.q
                     // (TileShape::checked); the tiles are configured.
                     unsafe {
-                        multiply(
+                        multiply_block(
                             s,
                             codes.add(b * T::VALUES + j * T::SUB),
                             k,
@@ -190,7 +130,7 @@ pub unsafe fn dot_rows_q8_amx<T: VnniBlock + Avx2Block>(
                     let p = s - LAG;
                     // SAFETY: `sums` holds 16 rows of 64 bytes; the tiles
                     // are configured.
-                    unsafe { store(p, &mut sums[p % 2]) };
+                    unsafe { store_sums(p, &mut sums[p % 2]) };
                 }
                 if s <= LAG {
                     continue;
