@@ -429,6 +429,39 @@ fn tile_form_gives_the_block_integers() {
                 }
             }
         }
+        // The AMX tiles multiply each value's `sc * code + ca` as one signed
+        // byte (CODE_SCALE_MAX <= 127) or as two digits (up to 8191): none
+        // may pass CODE_SCALE_MAX (random blocks, and every byte set to each
+        // of 0xFF, 0x00, 0x80 and 0x7F).
+        assert!(
+            T::CODE_SCALE_MAX <= 8191,
+            "{t}: CODE_SCALE_MAX past two digits"
+        );
+        let mut blocks: Vec<Vec<u8>> = [0xFFu8, 0x00, 0x80, 0x7F]
+            .iter()
+            .map(|&fill| vec![fill; T::BYTES])
+            .collect();
+        blocks.extend((0..500).map(|_| random_rows::<T>(1, 1, &mut rng)));
+        let (mut codes, mut sc) = (vec![0u8; T::VALUES], vec![0i32; T::VALUES / T::SUB]);
+        let mut ca = vec![0i16; T::VALUES / BSUM_VALUES];
+        let mut cb = ca.clone();
+        for block in &blocks {
+            T::tile_codes(block, &mut codes);
+            T::tile_scales(block, &mut sc, &mut ca, &mut cb);
+            for (i, &c) in codes.iter().enumerate() {
+                let code = if T::SIGNED_CODES {
+                    i32::from(c as i8)
+                } else {
+                    i32::from(c)
+                };
+                let v = sc[i / T::SUB] * code + i32::from(ca[i / BSUM_VALUES]);
+                assert!(
+                    v.abs() <= T::CODE_SCALE_MAX,
+                    "{t}: value {i}'s sc * code + ca = {v} past {}",
+                    T::CODE_SCALE_MAX
+                );
+            }
+        }
     }
     check::<Q4K>(GgmlType::Q4K);
     check::<Q6K>(GgmlType::Q6K);

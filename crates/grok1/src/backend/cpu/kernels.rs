@@ -651,10 +651,6 @@ impl ActQ8 {
             // tdpbssd's signed side.
             let plus_128 = isa == Isa::Avx512Vnni;
             act.tiles = ActTiles::new(&act, plus_128);
-            if isa == Isa::Amx {
-                // The K-quants take the VNNI tiles there (`amx_tiled`).
-                act.tiles = std::mem::take(&mut act.tiles).with_plus_128_copy();
-            }
         }
         act
     }
@@ -709,18 +705,6 @@ fn avx2_tiled<T: RowBlock>(m: usize) -> bool {
     }
 }
 
-/// Whether the AMX tiles take block type `T` (where the activations have
-/// tiles): the i-quants and the legacy types. The K-quants' sub-blocks of
-/// 16 with a scale each (and Q4_K's mins) cost more to fold out of the tile
-/// unit than the VNNI tiles spend multiplying them (`kernel_bench`, Intel
-/// Xeon, one thread, `[2816 x 1024]` at m = 32, GFLOP/s VNNI -> AMX: IQ4_XS
-/// 185 -> 222, IQ3_S 177 -> 209, IQ1_S 181 -> 202, Q5_1 115 -> 126, Q5_K
-/// 160 -> 161, Q6_K 140 -> 132, Q2_K 139 -> 127).
-#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-fn amx_tiled<T: RowBlock>() -> bool {
-    T::SIGNED_CODES || !T::SCALED
-}
-
 /// Whether [`ActQ8::quantize`] lays out `m` rows for the tile kernel on `isa`.
 fn q8_blocks_tiled(isa: Isa, m: usize) -> bool {
     match isa {
@@ -755,7 +739,7 @@ pub fn dot_rows_q8<T: RowBlock>(isa: Isa, act: ActQ8Rows, rows: &[u8], out_t: &m
     );
     match isa {
         #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-        Isa::Amx if act.tiles.is_some_and(|t| !t.plus_128) && amx_tiled::<T>() => {
+        Isa::Amx if act.tiles.is_some_and(|t| !t.plus_128) => {
             // SAFETY: Amx is only chosen when the CPU has AVX2, FMA, F16C,
             // AVX-512 F/BW/VL/VNNI and AMX-TILE/INT8 (Isa::best); the sizes
             // are checked above, the tiles made by ActQ8::quantize for these
@@ -763,11 +747,7 @@ pub fn dot_rows_q8<T: RowBlock>(isa: Isa, act: ActQ8Rows, rows: &[u8], out_t: &m
             unsafe { x86::q8_blocks_amx::dot_rows_q8_amx::<T>(act, rows, out_t) }
         }
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni | Isa::Amx
-            if act
-                .tiles
-                .is_some_and(|t| t.plus_128 || !t.q_plus_128.is_empty()) =>
-        {
+        Isa::Avx512Vnni if act.tiles.is_some_and(|t| t.plus_128) => {
             // SAFETY: both are only chosen when the CPU has AVX2, FMA, F16C
             // and AVX-512 F/BW/VL/VNNI (Isa::best); the sizes are checked
             // above, the tiles made by ActQ8::quantize for these rows.

@@ -30,4 +30,4 @@ fn scales(_block: &[u8]) -> [i32; 1] {
     [1]
 }
 
-iq_block!(IQ4NL, values: 32, bytes: 18, sub: 32, sa_mul: 1.0, bias: 128);
+iq_block!(IQ4NL, values: 32, bytes: 18, sub: 32, sa_mul: 1.0, bias: 128, code_scale_max: 127);

@@ -57,17 +57,20 @@ pub fn u32_at(b: &[u8], at: usize) -> u32 {
 /// `fn levels(block) -> [i8; VALUES]` and `fn scales(block) -> [i32;
 /// VALUES / SUB]`: `a = scaled_level_dot(levels, scales)`, no `b`; the f16
 /// `d` at byte 0 unless `sa_bits` says where it is; `shift` the
-/// `TileBlock::LEVEL_SHIFT` (0 unless given).
+/// `TileBlock::LEVEL_SHIFT` (0 unless given), `code_scale_max` the
+/// `TileBlock::CODE_SCALE_MAX` (8191 unless given).
 macro_rules! iq_block {
     ($t:ty, values: $values:expr, bytes: $bytes:expr, sub: $sub:expr, sa_mul: $mul:expr,
-     bias: $bias:expr $(, shift: $shift:expr)?) => {
+     bias: $bias:expr $(, shift: $shift:expr)? $(, code_scale_max: $max:expr)?) => {
         $crate::backend::cpu::types::iq_levels::iq_block!(
             $t, values: $values, bytes: $bytes, sub: $sub, sa_mul: $mul, bias: $bias
             $(, shift: $shift)?, sa_bits: |block: &[u8]| u16::from_le_bytes([block[0], block[1]])
+            $(, code_scale_max: $max)?
         );
     };
     ($t:ty, values: $values:expr, bytes: $bytes:expr, sub: $sub:expr, sa_mul: $mul:expr,
-     bias: $bias:expr $(, shift: $shift:expr)?, sa_bits: $sa_bits:expr) => {
+     bias: $bias:expr $(, shift: $shift:expr)?, sa_bits: $sa_bits:expr
+     $(, code_scale_max: $max:expr)?) => {
         impl $crate::backend::cpu::types::q8_blocks::QuantBlock for $t {
             const VALUES: usize = $values;
             const BYTES: usize = $bytes;
@@ -103,6 +106,14 @@ macro_rules! iq_block {
             const SIGNED_CODES: bool = true;
             const LEVEL_BIAS: u8 = $bias;
             const LEVEL_SHIFT: u32 = 0 $(+ $shift)?;
+            const CODE_SCALE_MAX: i32 = {
+                let max = 0 $(+ $max)?;
+                if max == 0 {
+                    8191
+                } else {
+                    max
+                }
+            };
             const CODE_MAX: u8 = if $bias == 0 {
                 127
             } else {

@@ -49,6 +49,7 @@ impl super::q8_blocks::TileBlock for Q2K {
     const SCALED: bool = true;
     const HAS_CA: bool = false;
     const CODE_MAX: u8 = 3;
+    const CODE_SCALE_MAX: i32 = 45;
 
     fn tile_codes(block: &[u8], out: &mut [u8]) {
         out.copy_from_slice(&q2_k_codes(block));

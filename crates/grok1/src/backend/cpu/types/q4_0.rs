@@ -48,6 +48,7 @@ impl super::q8_blocks::TileBlock for Q4_0 {
     const SCALED: bool = false;
     const HAS_CA: bool = true;
     const CODE_MAX: u8 = 15;
+    const CODE_SCALE_MAX: i32 = 8;
 
     fn tile_codes(block: &[u8], out: &mut [u8]) {
         out.copy_from_slice(&legacy_codes(&block[2..18], None));

@@ -28,6 +28,7 @@ impl super::q8_blocks::TileBlock for Q5_0 {
     const SCALED: bool = false;
     const HAS_CA: bool = true;
     const CODE_MAX: u8 = 31;
+    const CODE_SCALE_MAX: i32 = 16;
 
     fn tile_codes(block: &[u8], out: &mut [u8]) {
         out.copy_from_slice(&legacy_codes(&block[6..22], Some(qh_at(block, 2))));

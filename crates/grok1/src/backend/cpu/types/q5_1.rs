@@ -28,6 +28,7 @@ impl super::q8_blocks::TileBlock for Q5_1 {
     const SCALED: bool = false;
     const HAS_CA: bool = false;
     const CODE_MAX: u8 = 31;
+    const CODE_SCALE_MAX: i32 = 31;
 
     fn tile_codes(block: &[u8], out: &mut [u8]) {
         out.copy_from_slice(&legacy_codes(&block[8..24], Some(qh_at(block, 4))));

@@ -59,10 +59,6 @@ pub struct ActTiles {
     pub q: Aligned<i8>,
     /// Whether `q` holds the values plus 128.
     pub plus_128: bool,
-    /// Where `q` holds the values as they are and the CPU has both kinds of
-    /// tiles (AMX's take them signed, the VNNI ones plus 128): `q` plus 128;
-    /// else empty.
-    pub q_plus_128: Aligned<i8>,
     /// `[tile][block][ROW_PAD]`.
     pub d: Vec<f32>,
     /// `[tile][block][VALUES / 32][ROW_PAD]`.
@@ -75,7 +71,6 @@ impl Default for ActTiles {
         ActTiles {
             q: Aligned::zeros(0),
             plus_128: false,
-            q_plus_128: Aligned::zeros(0),
             d: Vec::new(),
             bs: Vec::new(),
         }
@@ -116,24 +111,7 @@ impl ActTiles {
                 }
             }
         }
-        ActTiles {
-            q,
-            plus_128,
-            q_plus_128: Aligned::zeros(0),
-            d,
-            bs,
-        }
-    }
-
-    /// Adds [`ActTiles::q_plus_128`] to tiles that hold the values as they are.
-    pub fn with_plus_128_copy(mut self) -> ActTiles {
-        assert!(!self.plus_128, "with_plus_128_copy: tiles already plus 128");
-        let mut copy = Aligned::zeros(self.q.len());
-        for (o, &v) in copy.as_mut_slice().iter_mut().zip(self.q.as_slice()) {
-            *o = (v as u8 ^ 0x80) as i8;
-        }
-        self.q_plus_128 = copy;
-        self
+        ActTiles { q, plus_128, d, bs }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -318,6 +296,12 @@ pub trait TileBlock: QuantBlock {
     /// so more `maddubs` add up in i16 lanes before they are widened
     /// (`tests/block_kernels.rs` checks the multiples).
     const LEVEL_SHIFT: u32 = 0;
+    /// The largest `|sc * code + ca|` of any value (its sub-block's scale,
+    /// its sum of 16's `ca`): where it is at most 127 the AMX tiles multiply
+    /// each value's `sc * code + ca` as one signed byte, else as two digits
+    /// (`64 hi + lo`, `lo` in `0..64`), which hold up to 8191
+    /// (`tests/block_kernels.rs` checks it).
+    const CODE_SCALE_MAX: i32 = 8191;
 
     /// The block's `VALUES` codes (each below 128, or signed bytes where
     /// [`TileBlock::SIGNED_CODES`]), in value order.

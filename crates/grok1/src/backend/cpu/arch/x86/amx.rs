@@ -406,3 +406,88 @@ pub(super) unsafe fn store_sums(s: usize, sums: &mut Sums) {
         _ => store!("5"),
     }
 }
+
+/// One step of a block's digit products (`q8_blocks_amx`): accumulator pair
+/// `p % 2` (tiles 0 and 1, or 4 and 5: the low and the high digits' sums),
+/// zeroed first where `first`, plus the left operands (16 rows at `lo` and,
+/// where `two`, at `hi`, `stride` apart; tiles 2 and 6) times the right one
+/// (rows of 64 bytes at `x`; tile 3, or 7 for pair 1), all signed, in the
+/// configured sizes.
+///
+/// # Safety
+/// The tiles are configured (`TileConfig`); the memory is readable.
+#[inline(always)]
+pub(super) unsafe fn multiply_digits(
+    p: usize,
+    first: bool,
+    two: bool,
+    (lo, hi): (*const i8, *const i8),
+    stride: usize,
+    x: *const u8,
+) {
+    macro_rules! step {
+        ($cl:literal, $ch:literal, $b:literal) => {
+            // SAFETY: the caller's.
+            unsafe {
+                if first {
+                    asm!(concat!("tilezero tmm", $cl), options(nostack, nomem));
+                    if two {
+                        asm!(concat!("tilezero tmm", $ch), options(nostack, nomem));
+                    }
+                }
+                asm!(
+                    concat!("tileloadd tmm", $b, ", [{x} + {sx}*1]"),
+                    "tileloadd tmm2, [{lo} + {s}*1]",
+                    concat!("tdpbssd tmm", $cl, ", tmm2, tmm", $b),
+                    x = in(reg) x, sx = in(reg) 64usize, lo = in(reg) lo, s = in(reg) stride,
+                    options(nostack, readonly),
+                );
+                if two {
+                    asm!(
+                        "tileloadd tmm6, [{hi} + {s}*1]",
+                        concat!("tdpbssd tmm", $ch, ", tmm6, tmm", $b),
+                        hi = in(reg) hi, s = in(reg) stride,
+                        options(nostack, readonly),
+                    );
+                }
+            }
+        };
+    }
+    if p.is_multiple_of(2) {
+        step!("0", "1", "3")
+    } else {
+        step!("4", "5", "7")
+    }
+}
+
+/// Stores accumulator pair `p % 2` of [`multiply_digits`] into `sums` (the
+/// low digits' sums, and where `two` the high ones').
+///
+/// # Safety
+/// The tiles are configured.
+#[inline(always)]
+pub(super) unsafe fn store_digit_sums(p: usize, two: bool, sums: &mut [Sums; 2]) {
+    let (l, h) = (sums[0].0.as_mut_ptr(), sums[1].0.as_mut_ptr());
+    macro_rules! store {
+        ($cl:literal, $ch:literal) => {
+            // SAFETY: each of `sums` is 16 rows of 64 bytes.
+            unsafe {
+                asm!(
+                    concat!("tilestored [{l} + {s}*1], tmm", $cl),
+                    l = in(reg) l, s = in(reg) 64usize, options(nostack),
+                );
+                if two {
+                    asm!(
+                        concat!("tilestored [{h} + {s}*1], tmm", $ch),
+                        h = in(reg) h, s = in(reg) 64usize, options(nostack),
+                    );
+                }
+            }
+        };
+    }
+    if p.is_multiple_of(2) {
+        store!("0", "1")
+    } else {
+        store!("4", "5")
+    }
+}

@@ -48,8 +48,10 @@ pub(super) const GROUP: usize = 8;
 /// A group of `G` weight rows as the tiles read them (here, in
 /// `q8_blocks_tiles_avx2` and, sixteen rows, in `q8_blocks_amx`).
 pub(super) struct Unpacked<const G: usize> {
-    /// `[G][k]` codes.
+    /// `[G][k]` codes (the AMX tiles' one digit, or low digit: `fill_digits`).
     pub(super) codes: Aligned<i8>,
+    /// `[G][k]` high digits where the AMX tiles take two; else empty.
+    pub(super) hi: Aligned<i8>,
     /// `[block][sub-block][G]`: scales, and `-128` times the codes' sums
     /// (made only where `fill` is asked for them).
     pub(super) sc: Vec<i32>,
@@ -103,6 +105,7 @@ impl<const G: usize> Unpacked<G> {
         let per = |n: usize| vec![0i32; blocks * n * G];
         Unpacked {
             codes: Aligned::zeros(G * k),
+            hi: Aligned::zeros(0),
             sc: per(T::VALUES / T::SUB),
             start: per(T::VALUES / T::SUB),
             ca: per(T::VALUES / 32),
@@ -181,7 +184,8 @@ impl<const G: usize> Unpacked<G> {
     /// The end of block `b` for tile `t` (`tb = t * blocks + b`) of the
     /// 16-row tile kernels (VNNI and AMX), whose sub-blocks left the block's
     /// integers `a` (one vector of 16 activation rows per weight row): adds
-    /// the sums-of-16 terms (`ca`), folds `a` into `f` with `sa * dx`, then
+    /// the sums-of-16 terms (`ca`) where `with_ca` (the AMX digits hold them
+    /// already), folds `a` into `f` with `sa * dx`, then
     /// the `b` integers with `sb * dx`, as the scalar kernel orders them;
     /// leaves `a` zero for the next block.
     ///
@@ -194,6 +198,7 @@ impl<const G: usize> Unpacked<G> {
         &self,
         tiles: &ActTiles,
         (tb, b, pairs): (usize, usize, usize),
+        with_ca: bool,
         a: &mut [__m512i; G],
         f: &mut [__m512; G],
     ) {
@@ -201,7 +206,7 @@ impl<const G: usize> Unpacked<G> {
         unsafe {
             let dx = _mm512_loadu_ps(tiles.d.as_ptr().add(tb * ROW_PAD));
             let bs = tiles.bs.as_ptr().add(tb * pairs * ROW_PAD);
-            if T::HAS_CA {
+            if T::HAS_CA && with_ca {
                 for p in 0..pairs {
                     let v = _mm512_loadu_si512(bs.add(p * ROW_PAD) as *const __m512i);
                     for (u, a) in a.iter_mut().enumerate() {
@@ -281,8 +286,7 @@ impl TileShape {
 
 /// VNNI tile version of `q8_blocks::dot_rows_q8_scalar`, bit-identical to
 /// it (the module's description), for activations with tiles stored plus
-/// 128 (`ActTiles::q`, or `q_plus_128` where the CPU has AMX, whose tiles
-/// take them as they are).
+/// 128.
 ///
 /// # Safety
 /// AVX2, FMA, F16C and AVX-512 F/BW/VL/VNNI; the bounds
@@ -294,16 +298,11 @@ pub unsafe fn dot_rows_q8_vnni<T: VnniBlock>(act: ActQ8Rows, rows: &[u8], out_t:
     let tiles = act
         .tiles
         .expect("dot_rows_q8_vnni: activations without tiles");
-    let q = if tiles.plus_128 {
-        &tiles.q
-    } else {
-        &tiles.q_plus_128
-    };
-    assert_eq!(
-        q.len(),
-        tiles.q.len(),
+    assert!(
+        tiles.plus_128,
         "dot_rows_q8_vnni: activations not stored plus 128"
     );
+    let q = &tiles.q;
     let TileShape {
         blocks,
         nsub,
@@ -365,7 +364,7 @@ pub unsafe fn dot_rows_q8_vnni<T: VnniBlock>(act: ActQ8Rows, rows: &[u8], out_t:
                             };
                         }
                     }
-                    w.finish_block::<T>(tiles, (tb, b, pairs), &mut a, &mut f);
+                    w.finish_block::<T>(tiles, (tb, b, pairs), true, &mut a, &mut f);
                 }
             }
             store_tile_rows(&f[..r], out_t, c, m, t * ROW_PAD);
