@@ -316,7 +316,9 @@ pub unsafe fn dot_rows_q8_amx<T: VnniBlock + Avx2Block>(
         unsafe { w.fill_digits::<T>(&rows[c * row_bytes..(c + r) * row_bytes], r, row_bytes, k) };
         let (lo, hi) = (w.codes.as_ptr(), w.hi.as_ptr());
         // The next group's rows, prefetched over this one's passes, as the
-        // VNNI kernel does.
+        // VNNI kernel does, but into L2: a burst into L1 held the core
+        // waiting for fill buffers (kernel_bench m=32: 3-8% slower than
+        // into L2; spread over the blocks' folds it was slower still).
         let next = &rows[(c + r) * row_bytes..(c + r + GROUP).min(nrows) * row_bytes];
         let lines = next.len().div_ceil(64);
         let per_block = lines.div_ceil(ntiles * blocks);
@@ -328,7 +330,7 @@ pub unsafe fn dot_rows_q8_amx<T: VnniBlock + Avx2Block>(
                     for l in tb * per_block..((tb + 1) * per_block).min(lines) {
                         // SAFETY: the line starts inside `next`.
                         unsafe {
-                            _mm_prefetch(next.as_ptr().add(64 * l) as *const i8, _MM_HINT_T0)
+                            _mm_prefetch(next.as_ptr().add(64 * l) as *const i8, _MM_HINT_T1)
                         };
                     }
                     let x = tiles.q.as_ptr().wrapping_add(tb * quads * 64) as *const u8;
