@@ -45,6 +45,7 @@ impl super::q8_blocks::TileBlock for Q5K {
     const SUB: usize = 32;
     const SCALED: bool = true;
     const HAS_CA: bool = false;
+    const CB_PER_32: bool = true;
     const CODE_MAX: u8 = 31;
 
     fn tile_codes(block: &[u8], out: &mut [u8]) {

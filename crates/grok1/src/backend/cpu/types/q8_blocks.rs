@@ -63,6 +63,12 @@ pub struct ActTiles {
     pub d: Vec<f32>,
     /// `[tile][block][VALUES / 32][ROW_PAD]`.
     pub bs: Vec<i32>,
+    /// `[tile][block][VALUES / 64][ROW_PAD]`: per pair of sums of 32 (each
+    /// `bsums[2j] + bsums[2j + 1]`, at most 4096 in magnitude), the 16 rows'
+    /// pairs as i16 halves of an i32, which the AMX tiles read for the types
+    /// whose `cb` is the same over each 32 values (`TileBlock::CB_PER_32`);
+    /// empty for blocks of 32.
+    pub bs32: Vec<i32>,
 }
 
 impl Default for ActTiles {
@@ -73,6 +79,7 @@ impl Default for ActTiles {
             plus_128: false,
             d: Vec::new(),
             bs: Vec::new(),
+            bs32: Vec::new(),
         }
     }
 }
@@ -88,6 +95,8 @@ impl ActTiles {
         let qs = q.as_mut_slice();
         let mut d = vec![0f32; tiles * blocks * ROW_PAD];
         let mut bs = vec![0i32; tiles * blocks * pairs * ROW_PAD];
+        let quads32 = values / 64;
+        let mut bs32 = vec![0i32; tiles * blocks * quads32 * ROW_PAD];
         // Padding rows: zero activations, stored as every other.
         let flip: u8 = if plus_128 { 0x80 } else { 0 };
         qs.fill(flip as i8);
@@ -102,6 +111,12 @@ impl ActTiles {
                         | (u32::from(act.bsums[at + 1] as u16) << 16);
                     bs[(tb * pairs + p) * ROW_PAD + r] = pair as i32;
                 }
+                for p in 0..quads32 {
+                    let at = (i * k + b * values) / BSUM_VALUES + 4 * p;
+                    let s = |j: usize| act.bsums[at + j] + act.bsums[at + j + 1];
+                    let pair = u32::from(s(0) as u16) | (u32::from(s(2) as u16) << 16);
+                    bs32[(tb * quads32 + p) * ROW_PAD + r] = pair as i32;
+                }
                 for qd in 0..quads {
                     let dst = ((tb * quads + qd) * ROW_PAD + r) * 4;
                     let src = i * k + b * values + 4 * qd;
@@ -111,7 +126,13 @@ impl ActTiles {
                 }
             }
         }
-        ActTiles { q, plus_128, d, bs }
+        ActTiles {
+            q,
+            plus_128,
+            d,
+            bs,
+            bs32,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -302,6 +323,11 @@ pub trait TileBlock: QuantBlock {
     /// (`64 hi + lo`, `lo` in `0..64`), which hold up to 8191
     /// (`tests/block_kernels.rs` checks it).
     const CODE_SCALE_MAX: i32 = 8191;
+    /// Whether `cb` is the same for both sums of 16 of every 32 values (the
+    /// mins of Q4_K's and Q5_K's sub-blocks of 32): the AMX tiles then take
+    /// the `b` terms from sums of 32 (`ActTiles::bs32`), half the products
+    /// (`tests/block_kernels.rs` checks it).
+    const CB_PER_32: bool = false;
 
     /// The block's `VALUES` codes (each below 128, or signed bytes where
     /// [`TileBlock::SIGNED_CODES`]), in value order.

@@ -53,6 +53,17 @@ const fn depth<T: TileBlock>() -> usize {
     }
 }
 
+/// The `b` terms' pairs per block, and the sums of 16 each of a pair's two
+/// halves spans: pairs of sums of 32 where `cb` is the same over each 32
+/// values (`TileBlock::CB_PER_32`: half the products), else of 16.
+const fn b_pairs<T: TileBlock>() -> (usize, usize) {
+    if T::CB_PER_32 && T::VALUES.is_multiple_of(64) {
+        (T::VALUES / 64, 2)
+    } else {
+        (T::VALUES / 32, 1)
+    }
+}
+
 /// Word indices for `vpermw` over a block's scales and coefficients: in the
 /// chunk of 64 values `c`, each 128-bit lane of the unpacked words holds 16
 /// values, one sum of 16 (`4 c + lane`), whose sub-block's scale is word `2
@@ -115,6 +126,8 @@ unsafe fn digits_64<T: TileBlock>(
 
 /// [`digits_64`] on a block of 32 values (the legacy types and IQ4_NL),
 /// whose scale and coefficients are words 0 and 0..2 of `scv` and `cav`.
+/// (`digits_64` with a masked load and stores did these blocks 8-10%
+/// slower: `kernel_bench` Q4_0 and IQ4_NL at m = 32.)
 ///
 /// # Safety
 /// AVX-512 F/BW/VL (inlined into such a function); 32 bytes at `src`, `lo`
@@ -175,7 +188,7 @@ impl Unpacked<GROUP> {
         k: usize,
     ) {
         let blocks = k / T::VALUES;
-        let (nsub, sums16, pairs) = (T::VALUES / T::SUB, T::VALUES / BSUM_VALUES, T::VALUES / 32);
+        let (nsub, sums16) = (T::VALUES / T::SUB, T::VALUES / BSUM_VALUES);
         let two = two_digits::<T>();
         assert!((1..=GROUP).contains(&r) && rows.len() >= r * row_bytes);
         assert!(row_bytes >= blocks * T::BYTES && self.codes.len() >= GROUP * k);
@@ -240,10 +253,13 @@ impl Unpacked<GROUP> {
                     }
                 }
                 if T::HAS_B {
-                    for p in 0..pairs {
-                        let pair = (cb[2 * p] as u16 as u32 | ((cb[2 * p + 1] as u16 as u32) << 16))
-                            as i32;
-                        self.cb[(b * pairs + p) * GROUP + u] = pair;
+                    // Pairs of sums of 16's cb, or where it is the same
+                    // over each 32 values pairs of sums of 32's (`b_pairs`).
+                    let (n, step) = b_pairs::<T>();
+                    for p in 0..n {
+                        let (c0, c1) = (cb[2 * step * p], cb[2 * step * p + step]);
+                        let pair = (c0 as u16 as u32 | ((c1 as u16 as u32) << 16)) as i32;
+                        self.cb[(b * n + p) * GROUP + u] = pair;
                     }
                 }
                 let (sa, sb) = T::scales(block);
@@ -291,6 +307,11 @@ pub unsafe fn dot_rows_q8_amx<T: VnniBlock + Avx2Block>(
         ..
     } = TileShape::checked::<T>(&act, tiles, rows, out_t.len());
     let (depth, two) = (depth::<T>(), two_digits::<T>());
+    let (n, step) = b_pairs::<T>();
+    assert!(
+        step == 1 || tiles.bs32.len() >= ntiles * blocks * n * ROW_PAD,
+        "dot_rows_q8_amx: activation tiles without sums of 32"
+    );
     assert!(
         T::CODE_SCALE_MAX <= 8191 && T::VALUES.is_multiple_of(depth),
         "dot_rows_q8_amx: values the digits cannot take"
@@ -374,9 +395,13 @@ pub unsafe fn dot_rows_q8_amx<T: VnniBlock + Avx2Block>(
                     }
                 });
                 // SAFETY: tile t's scales and pairs of block b are inside
-                // tiles.d and tiles.bs, block b inside w (TileShape::checked).
+                // tiles.d and tiles.bs (or bs32, asserted above), block b
+                // inside w (TileShape::checked).
+                let tb = t * blocks + b;
+                let pairs_of = if step == 2 { &tiles.bs32 } else { &tiles.bs };
                 unsafe {
-                    w.finish_block::<T>(tiles, (t * blocks + b, b, pairs), false, &mut a, &mut f)
+                    let b_sums = (pairs_of.as_ptr().add(tb * n * ROW_PAD), n);
+                    w.finish_block::<T>(tiles, (tb, b, pairs), false, b_sums, &mut a, &mut f)
                 };
             }
             store_tile_rows(&f[..r], out_t, c, m, t * ROW_PAD);

@@ -57,7 +57,7 @@ pub(super) struct Unpacked<const G: usize> {
     pub(super) sc: Vec<i32>,
     pub(super) start: Vec<i32>,
     /// `[block][pair of sums of 16][G]`: `ca` and `cb` pairs as i16
-    /// halves of an i32.
+    /// halves of an i32 (the AMX kernel's `cb` may be pairs of sums of 32).
     pub(super) ca: Vec<i32>,
     pub(super) cb: Vec<i32>,
     /// `[block][G]`: the f32 scales.
@@ -187,7 +187,10 @@ impl<const G: usize> Unpacked<G> {
     /// the sums-of-16 terms (`ca`) where `with_ca` (the AMX digits hold them
     /// already), folds `a` into `f` with `sa * dx`, then
     /// the `b` integers with `sb * dx`, as the scalar kernel orders them;
-    /// leaves `a` zero for the next block.
+    /// leaves `a` zero for the next block. The `b` terms are `cb` (`n` i16
+    /// pairs per block and row: `[block][n][G]`) times the tile's pairs of
+    /// sums at `b_sums` (`n` vectors, `ROW_PAD` apart): its pairs of sums of
+    /// 16 (`n = pairs`), or in the AMX kernel of 32 (`ActTiles::bs32`).
     ///
     /// # Safety
     /// AVX-512 F/BW/VNNI (inlined into such a function); tile `t`'s scales
@@ -199,6 +202,7 @@ impl<const G: usize> Unpacked<G> {
         tiles: &ActTiles,
         (tb, b, pairs): (usize, usize, usize),
         with_ca: bool,
+        (b_sums, n): (*const i32, usize),
         a: &mut [__m512i; G],
         f: &mut [__m512; G],
     ) {
@@ -223,10 +227,10 @@ impl<const G: usize> Unpacked<G> {
             }
             if T::HAS_B {
                 let mut bb = [_mm512_setzero_si512(); G];
-                for p in 0..pairs {
-                    let v = _mm512_loadu_si512(bs.add(p * ROW_PAD) as *const __m512i);
+                for p in 0..n {
+                    let v = _mm512_loadu_si512(b_sums.add(p * ROW_PAD) as *const __m512i);
                     for (u, bb) in bb.iter_mut().enumerate() {
-                        let cb = _mm512_set1_epi32(self.cb[(b * pairs + p) * G + u]);
+                        let cb = _mm512_set1_epi32(self.cb[(b * n + p) * G + u]);
                         *bb = _mm512_dpwssd_epi32(*bb, v, cb);
                     }
                 }
@@ -364,7 +368,8 @@ pub unsafe fn dot_rows_q8_vnni<T: VnniBlock>(act: ActQ8Rows, rows: &[u8], out_t:
                             };
                         }
                     }
-                    w.finish_block::<T>(tiles, (tb, b, pairs), true, &mut a, &mut f);
+                    let b_sums = (tiles.bs.as_ptr().add(tb * pairs * ROW_PAD), pairs);
+                    w.finish_block::<T>(tiles, (tb, b, pairs), true, b_sums, &mut a, &mut f);
                 }
             }
             store_tile_rows(&f[..r], out_t, c, m, t * ROW_PAD);
