@@ -683,6 +683,15 @@ fn quantize_act_block(isa: Isa, src: &[f32], dst: &mut [i8]) -> f32 {
 /// of them; below, the AVX2 kernel's four rows per unpacking do less.
 pub const Q8_BLOCKS_TILE_MIN_M: usize = 10;
 
+/// The same for the AMX tiles (`arch/x86/q8_blocks_amx.rs`), whose
+/// weights are unpacked once per 16 rows and multiplied at full depth: from
+/// 6 rows they beat the row-wise kernels (`kernel_bench`, Intel Xeon, one
+/// thread, `[2816 x 1024]`, two rounds, GFLOP/s row-wise -> tiled: m = 4
+/// Q4_K 52-56 -> 51-52, IQ4_XS 60 -> 51-52; m = 6 Q4_K 59-63 -> 77, Q6_K 60
+/// -> 66-69, IQ4_XS 64-66 -> 76-77, Q2_K 68 -> 92-95; m = 8 Q4_K 71 ->
+/// 100-110, Q6_K 71 -> 87, Q2_K 76-80 -> 124).
+pub const Q8_BLOCKS_AMX_TILE_MIN_M: usize = 6;
+
 /// The same for the AVX2 tiles (`arch/x86/q8_blocks_tiles_avx2.rs`, eight
 /// rows per instruction) of the i-quants, whose row-wise AVX2 kernel looks
 /// their grids up once per block and weight row (`kernel_bench`, Zen 3,
@@ -708,7 +717,8 @@ fn avx2_tiled<T: RowBlock>(m: usize) -> bool {
 /// Whether [`ActQ8::quantize`] lays out `m` rows for the tile kernel on `isa`.
 fn q8_blocks_tiled(isa: Isa, m: usize) -> bool {
     match isa {
-        Isa::Avx512Vnni | Isa::Amx => m >= Q8_BLOCKS_TILE_MIN_M,
+        Isa::Avx512Vnni => m >= Q8_BLOCKS_TILE_MIN_M,
+        Isa::Amx => m >= Q8_BLOCKS_AMX_TILE_MIN_M,
         Isa::Avx2 => m >= Q8_BLOCKS_AVX2_TILE_MIN_M,
         _ => false,
     }
