@@ -84,6 +84,13 @@ impl Default for ActTiles {
     }
 }
 
+/// Two i16 as the low and high halves of an i32, as `vpdpwssd` and `madd`
+/// read a pair of words.
+#[inline(always)]
+pub fn i16_pair(lo: i16, hi: i16) -> i32 {
+    (u32::from(lo as u16) | (u32::from(hi as u16) << 16)) as i32
+}
+
 impl ActTiles {
     /// The tiles of `act` (its `m` rows), the values plus 128 where
     /// `plus_128`.
@@ -107,15 +114,12 @@ impl ActTiles {
                 d[tb * ROW_PAD + r] = act.d[i * blocks + b];
                 for p in 0..pairs {
                     let at = (i * k + b * values) / BSUM_VALUES + 2 * p;
-                    let pair = u32::from(act.bsums[at] as u16)
-                        | (u32::from(act.bsums[at + 1] as u16) << 16);
-                    bs[(tb * pairs + p) * ROW_PAD + r] = pair as i32;
+                    bs[(tb * pairs + p) * ROW_PAD + r] = i16_pair(act.bsums[at], act.bsums[at + 1]);
                 }
                 for p in 0..quads32 {
                     let at = (i * k + b * values) / BSUM_VALUES + 4 * p;
                     let s = |j: usize| act.bsums[at + j] + act.bsums[at + j + 1];
-                    let pair = u32::from(s(0) as u16) | (u32::from(s(2) as u16) << 16);
-                    bs32[(tb * quads32 + p) * ROW_PAD + r] = pair as i32;
+                    bs32[(tb * quads32 + p) * ROW_PAD + r] = i16_pair(s(0), s(2));
                 }
                 for qd in 0..quads {
                     let dst = ((tb * quads + qd) * ROW_PAD + r) * 4;

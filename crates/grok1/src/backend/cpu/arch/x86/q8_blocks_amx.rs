@@ -34,7 +34,7 @@ use super::q8_0_i8::store_tile_rows;
 use super::q8_blocks_i8::{dot_rows_q8_avx2, Avx2Block};
 use super::q8_blocks_vnni::{TileShape, Unpacked, VnniBlock};
 use crate::backend::cpu::common::{Aligned, ROW_PAD};
-use crate::backend::cpu::types::q8_blocks::{ActQ8Rows, TileBlock, BSUM_VALUES};
+use crate::backend::cpu::types::q8_blocks::{i16_pair, ActQ8Rows, TileBlock, BSUM_VALUES};
 
 /// Weight rows per group: the left tiles' rows.
 const GROUP: usize = TILE_M;
@@ -257,8 +257,7 @@ impl Unpacked<GROUP> {
                     // over each 32 values pairs of sums of 32's (`b_pairs`).
                     let (n, step) = b_pairs::<T>();
                     for p in 0..n {
-                        let (c0, c1) = (cb[2 * step * p], cb[2 * step * p + step]);
-                        let pair = (c0 as u16 as u32 | ((c1 as u16 as u32) << 16)) as i32;
+                        let pair = i16_pair(cb[2 * step * p], cb[2 * step * p + step]);
                         self.cb[(b * n + p) * GROUP + u] = pair;
                     }
                 }

@@ -19,7 +19,9 @@ use std::arch::x86_64::*;
 
 use super::q8_0_i8::store_tile_rows;
 use crate::backend::cpu::common::{Aligned, ROW_PAD};
-use crate::backend::cpu::types::q8_blocks::{ActQ8Rows, ActTiles, TileBlock, BSUM_VALUES};
+use crate::backend::cpu::types::q8_blocks::{
+    i16_pair, ActQ8Rows, ActTiles, TileBlock, BSUM_VALUES,
+};
 
 /// The VNNI side of a block type: its codes unpacked with vector
 /// instructions where that is written, else by its scalar `tile_codes`.
@@ -166,11 +168,8 @@ impl<const G: usize> Unpacked<G> {
                         };
                 }
                 for p in 0..pairs {
-                    let pair = |c: &[i16]| {
-                        (c[2 * p] as u16 as u32 | ((c[2 * p + 1] as u16 as u32) << 16)) as i32
-                    };
-                    self.ca[(b * pairs + p) * G + u] = pair(&ca);
-                    self.cb[(b * pairs + p) * G + u] = pair(&cb);
+                    self.ca[(b * pairs + p) * G + u] = i16_pair(ca[2 * p], ca[2 * p + 1]);
+                    self.cb[(b * pairs + p) * G + u] = i16_pair(cb[2 * p], cb[2 * p + 1]);
                 }
                 let (sa, sb) = T::scales(block);
                 self.sa[b * G + u] = sa;
