@@ -650,7 +650,8 @@ impl ActQ8 {
             // side, the AVX2 ones as maddubs's signed side, the AMX ones as
             // tdpbssd's signed side.
             let plus_128 = isa == Isa::Avx512Vnni;
-            act.tiles = ActTiles::new(&act, plus_128);
+            // Only the AMX tiles read the pairs of sums of 32.
+            act.tiles = ActTiles::new(&act, plus_128, isa == Isa::Amx);
         }
         act
     }

@@ -67,7 +67,7 @@ pub struct ActTiles {
     /// `bsums[2j] + bsums[2j + 1]`, at most 4096 in magnitude), the 16 rows'
     /// pairs as i16 halves of an i32, which the AMX tiles read for the types
     /// whose `cb` is the same over each 32 values (`TileBlock::CB_PER_32`);
-    /// empty for blocks of 32.
+    /// empty for blocks of 32, and for the other kernels' tiles.
     pub bs32: Vec<i32>,
 }
 
@@ -93,8 +93,8 @@ pub fn i16_pair(lo: i16, hi: i16) -> i32 {
 
 impl ActTiles {
     /// The tiles of `act` (its `m` rows), the values plus 128 where
-    /// `plus_128`.
-    pub fn new(act: &ActQ8, plus_128: bool) -> ActTiles {
+    /// `plus_128`, with the pairs of sums of 32 (`bs32`) where `sums_32`.
+    pub fn new(act: &ActQ8, plus_128: bool, sums_32: bool) -> ActTiles {
         let (m, k, values) = (act.m, act.k, act.block);
         let (blocks, pairs, quads) = (k / values, values / 32, values / 4);
         let tiles = m.div_ceil(ROW_PAD);
@@ -102,7 +102,7 @@ impl ActTiles {
         let qs = q.as_mut_slice();
         let mut d = vec![0f32; tiles * blocks * ROW_PAD];
         let mut bs = vec![0i32; tiles * blocks * pairs * ROW_PAD];
-        let quads32 = values / 64;
+        let quads32 = if sums_32 { values / 64 } else { 0 };
         let mut bs32 = vec![0i32; tiles * blocks * quads32 * ROW_PAD];
         // Padding rows: zero activations, stored as every other.
         let flip: u8 = if plus_128 { 0x80 } else { 0 };
