@@ -198,10 +198,10 @@ driver!(
     /// (`Avx2Block::ints_wide`), bit-identical to it.
     ///
     /// # Safety
-    /// AVX2, FMA, F16C and AVX-512 F/BW/VL/VBMI; the bounds
+    /// AVX2, FMA, F16C and AVX-512 F/BW/VL/VBMI/VNNI; the bounds
     /// `kernels::dot_rows_q8` checks.
     dot_rows_q8_wide,
-    "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vbmi",
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni",
     true
 );
 
