@@ -272,6 +272,15 @@ fn long_rows_and_many_activation_rows() {
     check_type::<Q3K>(GgmlType::Q3K, 36, 9, 1, 9);
     check_type::<Q5K>(GgmlType::Q5K, 36, 9, 1, 10);
     check_type::<IQ4XS>(GgmlType::IQ4_XS, 36, 9, 1, 11);
+    // One activation row against whole rows of 256-value blocks read in two
+    // streams (45 rows: two parts of two groups of eight, then a group and
+    // five rows left).
+    check_type::<Q4K>(GgmlType::Q4K, 4, 45, 1, 17);
+    check_type::<Q6K>(GgmlType::Q6K, 4, 45, 1, 18);
+    check_type::<Q2K>(GgmlType::Q2K, 4, 45, 1, 19);
+    check_type::<Q3K>(GgmlType::Q3K, 4, 45, 1, 20);
+    check_type::<IQ4XS>(GgmlType::IQ4_XS, 4, 45, 1, 21);
+    check_type::<IQ2XXS>(GgmlType::IQ2_XXS, 4, 45, 1, 22);
     // One activation row against 16 or more rows of a legacy type: the rows
     // are read in eight parts side by side (37 rows: parts of 4, 5 left).
     check_type::<Q4_0>(GgmlType::Q4_0, 12, 37, 1, 12);

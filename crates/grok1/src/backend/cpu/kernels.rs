@@ -775,7 +775,7 @@ pub fn dot_rows_q8<T: RowBlock>(isa: Isa, act: ActQ8Rows, rows: &[u8], out_t: &m
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni | Isa::Amx if T::WIDE && x86::q8_blocks_i8::wide_available() => {
             // SAFETY: both are only chosen when the CPU has AVX2, FMA, F16C
-            // and AVX-512 F/BW/VL (Isa::best), VBMI checked by
+            // and AVX-512 F/BW/VL/VNNI (Isa::best), VBMI checked by
             // wide_available; the sizes are checked above.
             unsafe { x86::q8_blocks_i8::dot_rows_q8_wide::<T>(act, rows, out_t) }
         }

@@ -122,7 +122,7 @@ pub unsafe fn $name<T: Avx2Block>(act: ActQ8Rows, rows: &[u8], out_t: &mut [f32]
     assert!(act.bsums.len() >= m * k / BSUM_VALUES && act.block == T::VALUES);
     // One activation row (decode) reads each weight row whole before the
     // next: its blocks' integers wait here for the transpose.
-    let mut scratch = vec![[[0i32; 4]; 8]; if m == 1 { blocks } else { 0 }];
+    let mut scratch = vec![[[0i32; 4]; 8]; if m == 1 { WHOLE_ROW_STREAMS * blocks } else { 0 }];
     let mut c = 0;
     if m == 1 && T::PAIRS {
         // One activation row (decode) against the legacy types' rows: the
@@ -144,6 +144,25 @@ pub unsafe fn $name<T: Avx2Block>(act: ActQ8Rows, rows: &[u8], out_t: &mut [f32]
             rows8_interleaved::<T, WIDE, 1>(act, 0, wp, &[])[0]
         });
     }
+    if m == 1 && T::VALUES >= SEQUENTIAL_MIN_VALUES && k <= WHOLE_MAX_VALUES {
+        // One activation row against the K-quants' and i-quants' rows,
+        // read whole: the rows in WHOLE_ROW_STREAMS parts, group g of each
+        // part side by side.
+        const S: usize = WHOLE_ROW_STREAMS;
+        let part = nrows / (8 * S);
+        for g in 0..part {
+            let first = |st: usize| (g + st * part) * 8;
+            let wp: [[*const u8; 8]; S] =
+                std::array::from_fn(|st| group_rows::<8>(&rows[first(st) * row_bytes..], 8, row_bytes));
+            // SAFETY: each group is eight whole rows inside `rows` (asserted
+            // above), the activation row inside act.
+            let sums = unsafe { rows8_whole::<T, WIDE, S>(act, wp, &mut scratch) };
+            for (st, sums) in sums.iter().enumerate() {
+                out_t[first(st)..first(st) + 8].copy_from_slice(sums);
+            }
+        }
+        c = S * part * 8;
+    }
     while c < nrows {
         let r = (nrows - c).min(8);
         let group = &rows[c * row_bytes..(c + r) * row_bytes];
@@ -162,7 +181,10 @@ pub unsafe fn $name<T: Avx2Block>(act: ActQ8Rows, rows: &[u8], out_t: &mut [f32]
                     (4, true) => rows8::<T, WIDE, 4>(act, i, group, r, row_bytes),
                     (3, true) => rows8::<T, WIDE, 3>(act, i, group, r, row_bytes),
                     (2, true) => rows8::<T, WIDE, 2>(act, i, group, r, row_bytes),
-                    (_, true) if m == 1 => rows8_whole::<T, WIDE>(act, wp, &mut scratch),
+                    (_, true) if m == 1 => {
+                        let [sums] = rows8_whole::<T, WIDE, 1>(act, [wp], &mut scratch);
+                        [sums, [0.0; 8], [0.0; 8], [0.0; 8]]
+                    }
                     (_, true) => rows8::<T, WIDE, 1>(act, i, group, r, row_bytes),
                     (4, false) => rows8_interleaved::<T, WIDE, 4>(act, i, wp, ahead),
                     (3, false) => rows8_interleaved::<T, WIDE, 3>(act, i, wp, ahead),
@@ -293,6 +315,20 @@ unsafe fn rows8<T: Avx2Block, const WIDE: bool, const G: usize>(
 /// activation row then no longer stays in L1 beside the stream.
 const WHOLE_MAX_VALUES: usize = 8192;
 
+/// Streams one thread reads at once when it decodes whole weight rows
+/// ([`rows8_whole`]): its rows in this many parts, a group of eight rows
+/// of each side by side. One stream left each thread about 12 GB/s of
+/// memory reads where the read probe reaches 15-17 (the software prefetch
+/// keeps only so many lines in flight, the hardware prefetchers follow one
+/// stream at the pace the kernel reads it); two reach near the probe
+/// (`kernel_bench`, Intel Xeon, two threads, 2 GiB of weights, m = 1,
+/// `[32768 x 6144]`, GB/s one -> two streams: Q6_K 21.5-26.6 -> 29.5-30.7,
+/// Q4_K 23.2-24.3 -> 29.0-29.9, Q2_K 19.7-21.6 -> 24.7-26.0; `[131072 x
+/// 6144]` Q6_K 24.3-25.1 -> 30.5-30.6; three or four streams no better).
+/// Rows longer than [`WHOLE_MAX_VALUES`], read a block of eight rows at a
+/// time, already are eight streams.
+const WHOLE_ROW_STREAMS: usize = 2;
+
 /// [`rows8`] for one activation row, each weight row read whole before the
 /// next (a purely sequential stream however long the rows: runs of four
 /// blocks of Q6_K rows of 2816 values, 840 of their 2310 bytes, streamed
@@ -303,26 +339,27 @@ const WHOLE_MAX_VALUES: usize = 8192;
 /// stream's speed). Each block's two integer vectors are half added up as
 /// soon as they are made and kept in `scratch` as four i32 per row (128
 /// bytes a block for the eight rows: the vectors themselves were 512), and
-/// the eight rows' are finished together.
+/// the eight rows' are finished together. With `S` groups of eight rows
+/// (`wp[s]`), each block is read from each group in turn, `S` streams
+/// ([`WHOLE_ROW_STREAMS`]); `[s]` of the result is group `s`'s.
 ///
 /// # Safety
-/// AVX2, FMA and F16C; each `wp[u]` points at a row of `act.k / T::VALUES`
-/// blocks, `act.m >= 1`.
+/// AVX2, FMA and F16C; each `wp[s][u]` points at a row of `act.k /
+/// T::VALUES` blocks, `act.m >= 1`.
 #[inline(always)]
-unsafe fn rows8_whole<T: Avx2Block, const WIDE: bool>(
+unsafe fn rows8_whole<T: Avx2Block, const WIDE: bool, const S: usize>(
     act: ActQ8Rows,
-    wp: [*const u8; 8],
+    wp: [[*const u8; 8]; S],
     scratch: &mut [[[i32; 4]; 8]],
-) -> [[f32; 8]; 4] {
+) -> [[f32; 8]; S] {
     // SAFETY: the caller's (the function's contract), as noted
     // at each access below.
     unsafe {
         let blocks = act.k / T::VALUES;
         let per_block_sums = T::VALUES / BSUM_VALUES;
         assert!(act.k <= act.q.len());
-        assert!(blocks <= act.d.len() && blocks <= act.xsum.len() && scratch.len() >= blocks);
+        assert!(blocks <= act.d.len() && blocks <= act.xsum.len() && scratch.len() >= S * blocks);
         assert!(blocks * per_block_sums <= act.bsums.len());
-        let mut acc = _mm256_setzero_ps();
         // At least 1: rows of no values (k = 0) have no blocks to step over.
         let run = if act.k <= WHOLE_MAX_VALUES {
             blocks.max(1)
@@ -330,42 +367,56 @@ unsafe fn rows8_whole<T: Avx2Block, const WIDE: bool>(
             1
         };
         for b0 in (0..blocks).step_by(run) {
-            for (u, &w) in wp.iter().enumerate() {
-                for (b, ab) in scratch[b0..b0 + run].iter_mut().enumerate() {
-                    let b = b0 + b;
-                    // SAFETY: each weight row's block b is inside its row, the
-                    // activation row's block b inside act's slices (asserted above).
-                    let ([au], [bu]) = {
-                        let block = w.add(b * T::BYTES);
-                        prefetch_ahead(block, T::BYTES);
-                        let x = act.q.as_ptr().add(b * T::VALUES);
-                        let bs = act.bsums.as_ptr().add(b * per_block_sums);
-                        ints::<T, WIDE, 1>(block, [x], [bs])
-                    };
-                    // [a01 a23 b01 b23 | a45 a67 b45 b67], then the halves
-                    // added: [a', a'', b', b''] (a = a' + a'', b = b' + b'').
-                    let h = _mm256_hadd_epi32(au, bu);
-                    let h =
-                        _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
-                    _mm_storeu_si128(ab[u].as_mut_ptr() as *mut __m128i, h);
+            for u in 0..8 {
+                for b in b0..b0 + run {
+                    // Block b of row u of each stream in turn.
+                    for (st, wp) in wp.iter().enumerate() {
+                        // SAFETY: each weight row's block b is inside its row,
+                        // the activation row's block b inside act's slices
+                        // (asserted above).
+                        let ([au], [bu]) = {
+                            let block = wp[u].add(b * T::BYTES);
+                            prefetch_ahead(block, T::BYTES);
+                            let x = act.q.as_ptr().add(b * T::VALUES);
+                            let bs = act.bsums.as_ptr().add(b * per_block_sums);
+                            ints::<T, WIDE, 1>(block, [x], [bs])
+                        };
+                        // [a01 a23 b01 b23 | a45 a67 b45 b67], then the halves
+                        // added: [a', a'', b', b''] (a = a' + a'', b = b' + b'').
+                        let h = _mm256_hadd_epi32(au, bu);
+                        let h = _mm_add_epi32(
+                            _mm256_castsi256_si128(h),
+                            _mm256_extracti128_si256::<1>(h),
+                        );
+                        let ab = &mut scratch[st * blocks + b][u];
+                        _mm_storeu_si128(ab.as_mut_ptr() as *mut __m128i, h);
+                    }
                 }
             }
         }
-        for (b, ab) in scratch[..blocks].iter().enumerate() {
-            // SAFETY: block b lies inside each of the eight rows; `ab` holds
-            // 8 x 4 i32.
-            let (sa, sb) = block_scales::<T>(&wp, b * T::BYTES);
-            // [row j | row j + 4], then pairs added: [a_j, b_j, a_j+1, b_j+1 |
-            // rows j + 4, j + 5], then the a and b lanes picked out.
-            let x = _mm256_castsi256_ps(_mm256_hadd_epi32(row_pair(ab, 0), row_pair(ab, 1)));
-            let y = _mm256_castsi256_ps(_mm256_hadd_epi32(row_pair(ab, 2), row_pair(ab, 3)));
-            let ai = _mm256_castps_si256(_mm256_shuffle_ps::<0b10_00_10_00>(x, y));
-            let bi = _mm256_castps_si256(_mm256_shuffle_ps::<0b11_01_11_01>(x, y));
-            acc = add_sums::<T>(acc, ai, bi, sa, sb, act.d[b], act.xsum[b]);
+        let mut out = [[0f32; 8]; S];
+        for ((wp, scratch), out) in wp
+            .iter()
+            .zip(scratch.chunks_exact(blocks.max(1)))
+            .zip(&mut out)
+        {
+            let mut acc = _mm256_setzero_ps();
+            for (b, ab) in scratch.iter().take(blocks).enumerate() {
+                // SAFETY: block b lies inside each of the eight rows; `ab`
+                // holds 8 x 4 i32.
+                let (sa, sb) = block_scales::<T>(wp, b * T::BYTES);
+                // [row j | row j + 4], then pairs added: [a_j, b_j, a_j+1,
+                // b_j+1 | rows j + 4, j + 5], then the a and b lanes picked
+                // out.
+                let x = _mm256_castsi256_ps(_mm256_hadd_epi32(row_pair(ab, 0), row_pair(ab, 1)));
+                let y = _mm256_castsi256_ps(_mm256_hadd_epi32(row_pair(ab, 2), row_pair(ab, 3)));
+                let ai = _mm256_castps_si256(_mm256_shuffle_ps::<0b10_00_10_00>(x, y));
+                let bi = _mm256_castps_si256(_mm256_shuffle_ps::<0b11_01_11_01>(x, y));
+                acc = add_sums::<T>(acc, ai, bi, sa, sb, act.d[b], act.xsum[b]);
+            }
+            // SAFETY: 8 floats.
+            _mm256_storeu_ps(out.as_mut_ptr(), acc);
         }
-        let mut out = [[0f32; 8]; 4];
-        // SAFETY: 8 floats.
-        _mm256_storeu_ps(out[0].as_mut_ptr(), acc);
         out
     }
 }
