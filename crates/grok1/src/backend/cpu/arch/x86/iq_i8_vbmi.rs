@@ -76,6 +76,32 @@ static EVEN_SIGNS: Vectors<2> = {
     Vectors(t)
 };
 
+/// `lo` in each i16 of the low 256 bits, `hi` in each of the high ones.
+///
+/// # Safety
+/// AVX-512 F (inlined into a function that has it).
+#[inline(always)]
+pub(super) unsafe fn i16_halves(lo: i16, hi: i16) -> __m512i {
+    // SAFETY: the caller's.
+    unsafe {
+        _mm512_inserti64x4::<1>(
+            _mm512_castsi256_si512(_mm256_set1_epi16(lo)),
+            _mm256_set1_epi16(hi),
+        )
+    }
+}
+
+/// The two 256-bit halves of `v` added as i32 lanes (a sum of its 16
+/// lanes kept in 8).
+///
+/// # Safety
+/// AVX-512 F (inlined into a function that has it).
+#[inline(always)]
+pub(super) unsafe fn add_halves(v: __m512i) -> __m256i {
+    // SAFETY: the caller's.
+    unsafe { _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v)) }
+}
+
 /// The i16 scale vectors of [`dots`] from the scales among the i16 lanes of
 /// `words` (part `p`'s in lane `at[p]`): vector `m` holds part `2 m`'s scale
 /// in its first 16 words, part `2 m + 1`'s in the others.
@@ -88,10 +114,7 @@ unsafe fn scale_words(words: __m512i, at: [i16; 8]) -> [__m512i; 4] {
     unsafe {
         let mut out = [_mm512_setzero_si512(); 4];
         for (m, o) in out.iter_mut().enumerate() {
-            let idx = _mm512_inserti64x4::<1>(
-                _mm512_castsi256_si512(_mm256_set1_epi16(at[2 * m])),
-                _mm256_set1_epi16(at[2 * m + 1]),
-            );
+            let idx = i16_halves(at[2 * m], at[2 * m + 1]);
             *o = _mm512_permutexvar_epi16(idx, words);
         }
         out
@@ -225,10 +248,7 @@ unsafe fn dots<const G: usize>(p: Parts, x: [*const i8; G]) -> [__m256i; G] {
                 let pairs = _mm512_maddubs_epi16(u[m], xs);
                 acc = _mm512_add_epi32(acc, _mm512_madd_epi16(pairs, scales[m]));
             }
-            *o = _mm256_add_epi32(
-                _mm512_castsi512_si256(acc),
-                _mm512_extracti64x4_epi64::<1>(acc),
-            );
+            *o = add_halves(acc);
         }
         out
     }

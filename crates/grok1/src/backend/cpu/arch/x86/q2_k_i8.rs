@@ -2,6 +2,7 @@
 
 use std::arch::x86_64::*;
 
+use super::iq_i8_vbmi::{add_halves, i16_halves};
 use super::q8_blocks_i8::{pick_i16, scaled_dot, Avx2Block};
 use super::q8_blocks_vnni::VnniBlock;
 use crate::backend::cpu::types::q2_k::Q2K;
@@ -96,10 +97,7 @@ impl Avx2Block for Q2K {
                     w.add(16 + 32 * (p / 2)) as *const __m256i
                 ));
                 let sh = 4 * (p % 2) as i16;
-                let shifts = _mm512_inserti64x4::<1>(
-                    _mm512_castsi256_si512(_mm256_set1_epi16(sh)),
-                    _mm256_set1_epi16(sh + 2),
-                );
+                let shifts = i16_halves(sh, sh + 2);
                 let base = 16 * p as i8;
                 let bases = _mm512_inserti64x4::<1>(
                     _mm512_castsi256_si512(_mm256_set_m128i(
@@ -118,12 +116,7 @@ impl Avx2Block for Q2K {
                 }
             }
             let mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(packed), m4));
-            let a = std::array::from_fn(|t| {
-                _mm256_add_epi32(
-                    _mm512_castsi512_si256(acc[t]),
-                    _mm512_extracti64x4_epi64::<1>(acc[t]),
-                )
-            });
+            let a = acc.map(|acc| add_halves(acc));
             let b = std::array::from_fn(|t| {
                 _mm256_madd_epi16(_mm256_loadu_si256(bs[t] as *const __m256i), mins)
             });

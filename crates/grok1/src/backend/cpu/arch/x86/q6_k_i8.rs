@@ -2,6 +2,7 @@
 
 use std::arch::x86_64::*;
 
+use super::iq_i8_vbmi::{add_halves, i16_halves};
 use super::q8_blocks_i8::{pick_i16, scaled_dot, Avx2Block};
 use super::q8_blocks_vnni::VnniBlock;
 use crate::backend::cpu::types::q6_k::Q6K;
@@ -115,13 +116,7 @@ impl Avx2Block for Q6K {
             let all512 = _mm512_castsi256_si512(all);
             let m4 = _mm512_set1_epi8(0x0F);
             let m30 = _mm512_set1_epi8(0x30);
-            let halves = |lo: i16, hi: i16| {
-                _mm512_inserti64x4::<1>(
-                    _mm512_castsi256_si512(_mm256_set1_epi16(lo)),
-                    _mm256_set1_epi16(hi),
-                )
-            };
-            let (shl, shr) = (halves(4, 2), halves(0, 2));
+            let (shl, shr) = (i16_halves(4, 2), i16_halves(0, 2));
             let mut acc = [_mm512_setzero_si512(); G];
             for h in 0..2 {
                 let ql = _mm512_loadu_si512(w.add(64 * h) as *const __m512i);
@@ -189,10 +184,7 @@ impl Avx2Block for Q6K {
             }
             let mut a = [_mm256_setzero_si256(); G];
             for (t, a) in a.iter_mut().enumerate() {
-                let sum = _mm256_add_epi32(
-                    _mm512_castsi512_si256(acc[t]),
-                    _mm512_extracti64x4_epi64::<1>(acc[t]),
-                );
+                let sum = add_halves(acc[t]);
                 // The codes' offset of 32: sum_s sc_s * 32 * sum(x).
                 let off = _mm256_madd_epi16(_mm256_loadu_si256(bs[t] as *const __m256i), all);
                 *a = _mm256_sub_epi32(sum, _mm256_slli_epi32::<5>(off));
