@@ -748,6 +748,13 @@ pub fn dot_rows_q8<T: RowBlock>(isa: Isa, act: ActQ8Rows, rows: &[u8], out_t: &m
         out_t.len() / m * (k / T::VALUES) * T::BYTES,
         "dot_rows_q8: rows do not match the output"
     );
+    // How long the weight rows that one activation row reads whole may be.
+    #[cfg(target_arch = "x86_64")]
+    let whole_max = if isa == Isa::Amx {
+        x86::q8_blocks_i8::WHOLE_MAX_VALUES_AMX
+    } else {
+        x86::q8_blocks_i8::WHOLE_MAX_VALUES
+    };
     match isa {
         #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
         Isa::Amx if act.tiles.is_some_and(|t| !t.plus_128) => {
@@ -777,13 +784,13 @@ pub fn dot_rows_q8<T: RowBlock>(isa: Isa, act: ActQ8Rows, rows: &[u8], out_t: &m
             // SAFETY: both are only chosen when the CPU has AVX2, FMA, F16C
             // and AVX-512 F/BW/VL/VNNI (Isa::best), VBMI checked by
             // wide_available; the sizes are checked above.
-            unsafe { x86::q8_blocks_i8::dot_rows_q8_wide::<T>(act, rows, out_t) }
+            unsafe { x86::q8_blocks_i8::dot_rows_q8_wide::<T>(act, rows, out_t, whole_max) }
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx => {
             // SAFETY: AVX2/FMA are present (Isa::best), F16C with them on every
             // CPU that has both, and the sizes are checked above.
-            unsafe { x86::q8_blocks_i8::dot_rows_q8_avx2::<T>(act, rows, out_t) }
+            unsafe { x86::q8_blocks_i8::dot_rows_q8_avx2::<T>(act, rows, out_t, whole_max) }
         }
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => {

@@ -31,7 +31,7 @@ use std::arch::x86_64::*;
 
 use super::amx::{multiply_digits, permitted, store_digit_sums, Sums, TileConfig, TILE_M};
 use super::q8_0_i8::store_tile_rows;
-use super::q8_blocks_i8::{dot_rows_q8_avx2, Avx2Block};
+use super::q8_blocks_i8::{dot_rows_q8_avx2, Avx2Block, WHOLE_MAX_VALUES_AMX};
 use super::q8_blocks_vnni::{TileShape, Unpacked, VnniBlock};
 use crate::backend::cpu::common::{Aligned, ROW_PAD};
 use crate::backend::cpu::types::q8_blocks::{i16_pair, ActQ8Rows, TileBlock, BSUM_VALUES};
@@ -294,7 +294,7 @@ pub unsafe fn dot_rows_q8_amx<T: VnniBlock + Avx2Block>(
     );
     if !permitted() {
         // SAFETY: the caller's bounds and features (AVX2, FMA, F16C).
-        return unsafe { dot_rows_q8_avx2::<T>(act, rows, out_t) };
+        return unsafe { dot_rows_q8_avx2::<T>(act, rows, out_t, WHOLE_MAX_VALUES_AMX) };
     }
     let TileShape {
         blocks,

@@ -111,7 +111,12 @@ macro_rules! driver {
     ($(#[$doc:meta])* $name:ident, $features:literal, $wide:literal) => {
 $(#[$doc])*
 #[target_feature(enable = $features)]
-pub unsafe fn $name<T: Avx2Block>(act: ActQ8Rows, rows: &[u8], out_t: &mut [f32]) {
+pub unsafe fn $name<T: Avx2Block>(
+    act: ActQ8Rows,
+    rows: &[u8],
+    out_t: &mut [f32],
+    whole_max: usize,
+) {
     const WIDE: bool = $wide;
     let (m, k) = (act.m, act.k);
     let blocks = k / T::VALUES;
@@ -144,7 +149,7 @@ pub unsafe fn $name<T: Avx2Block>(act: ActQ8Rows, rows: &[u8], out_t: &mut [f32]
             rows8_interleaved::<T, WIDE, 1>(act, 0, wp, &[])[0]
         });
     }
-    if m == 1 && T::VALUES >= SEQUENTIAL_MIN_VALUES && k <= WHOLE_MAX_VALUES {
+    if m == 1 && T::VALUES >= SEQUENTIAL_MIN_VALUES && k <= whole_max {
         // One activation row against the K-quants' and i-quants' rows,
         // read whole: the rows in WHOLE_ROW_STREAMS parts, group g of each
         // part side by side.
@@ -156,7 +161,7 @@ pub unsafe fn $name<T: Avx2Block>(act: ActQ8Rows, rows: &[u8], out_t: &mut [f32]
                 std::array::from_fn(|st| group_rows::<8>(&rows[first(st) * row_bytes..], 8, row_bytes));
             // SAFETY: each group is eight whole rows inside `rows` (asserted
             // above), the activation row inside act.
-            let sums = unsafe { rows8_whole::<T, WIDE, S>(act, wp, &mut scratch) };
+            let sums = unsafe { rows8_whole::<T, WIDE, S>(act, wp, &mut scratch, whole_max) };
             for (st, sums) in sums.iter().enumerate() {
                 out_t[first(st)..first(st) + 8].copy_from_slice(sums);
             }
@@ -182,7 +187,8 @@ pub unsafe fn $name<T: Avx2Block>(act: ActQ8Rows, rows: &[u8], out_t: &mut [f32]
                     (3, true) => rows8::<T, WIDE, 3>(act, i, group, r, row_bytes),
                     (2, true) => rows8::<T, WIDE, 2>(act, i, group, r, row_bytes),
                     (_, true) if m == 1 => {
-                        let [sums] = rows8_whole::<T, WIDE, 1>(act, [wp], &mut scratch);
+                        let [sums] =
+                            rows8_whole::<T, WIDE, 1>(act, [wp], &mut scratch, whole_max);
                         [sums, [0.0; 8], [0.0; 8], [0.0; 8]]
                     }
                     (_, true) => rows8::<T, WIDE, 1>(act, i, group, r, row_bytes),
@@ -313,7 +319,19 @@ unsafe fn rows8<T: Avx2Block, const WIDE: bool, const G: usize>(
 /// 22 / 20; 12288: 22 / 21 against 24 / 21; 16384: 17 / 17 against 26 / 23;
 /// 32768 (Grok-1's expert down projections): 15 / 15 against 30 / 26. The
 /// activation row then no longer stays in L1 beside the stream.
-const WHOLE_MAX_VALUES: usize = 8192;
+pub const WHOLE_MAX_VALUES: usize = 8192;
+
+/// [`WHOLE_MAX_VALUES`] on the CPUs with AMX (Intel's, whose L1 holds 48
+/// KiB where the Zen 4's holds 32): there, with two streams a thread
+/// ([`WHOLE_ROW_STREAMS`]), whole rows of 32768 values measured as fast as
+/// or faster than a block of eight rows at a time (`kernel_bench`, Intel
+/// Xeon, `[6144 x 32768]`, m = 1: in cache, one thread, Q4_K 19.9 -> 22.0-22.5
+/// GB/s, Q3_K 12.5 -> 13.4; two threads from 2 GiB, three rounds, Q3_K
+/// 15.2-15.9 -> 19.9-20.7, Q4_K 22.9-23.3 -> 21.8-23.9, Q5_K 23.6-23.8 ->
+/// 22.8-24.3, Q6_K 23.6-25.0 -> 24.2-24.8, IQ4_XS 19.9-21.1 -> 20.7-21.4;
+/// two full-width Grok-1 layers in q2_k, whose down projections are Q3_K,
+/// decoded 12.2-12.4 -> 13.2-13.3 tokens/s, q4_k_m the same).
+pub const WHOLE_MAX_VALUES_AMX: usize = 32768;
 
 /// Streams one thread reads at once when it decodes whole weight rows
 /// ([`rows8_whole`]): its rows in this many parts, a group of eight rows
@@ -325,15 +343,16 @@ const WHOLE_MAX_VALUES: usize = 8192;
 /// `[32768 x 6144]`, GB/s one -> two streams: Q6_K 21.5-26.6 -> 29.5-30.7,
 /// Q4_K 23.2-24.3 -> 29.0-29.9, Q2_K 19.7-21.6 -> 24.7-26.0; `[131072 x
 /// 6144]` Q6_K 24.3-25.1 -> 30.5-30.6; three or four streams no better).
-/// Rows longer than [`WHOLE_MAX_VALUES`], read a block of eight rows at a
-/// time, already are eight streams.
+/// Rows longer than the driver's `whole_max`, read a block of eight rows
+/// at a time, already are eight streams.
 const WHOLE_ROW_STREAMS: usize = 2;
 
 /// [`rows8`] for one activation row, each weight row read whole before the
 /// next (a purely sequential stream however long the rows: runs of four
 /// blocks of Q6_K rows of 2816 values, 840 of their 2310 bytes, streamed
-/// at a fifth of the speed of whole rows), up to [`WHOLE_MAX_VALUES`];
-/// longer rows a block of each at a time. Each block is prefetched
+/// at a fifth of the speed of whole rows), up to `whole_max` values
+/// ([`WHOLE_MAX_VALUES`], or [`WHOLE_MAX_VALUES_AMX`]); longer rows a
+/// block of each at a time. Each block is prefetched
 /// `PREFETCH_DISTANCE` ahead of its reading (the kernel is compute-bound,
 /// and the hardware prefetchers alone kept too few lines in flight for the
 /// stream's speed). Each block's two integer vectors are half added up as
@@ -351,6 +370,7 @@ unsafe fn rows8_whole<T: Avx2Block, const WIDE: bool, const S: usize>(
     act: ActQ8Rows,
     wp: [[*const u8; 8]; S],
     scratch: &mut [[[i32; 4]; 8]],
+    whole_max: usize,
 ) -> [[f32; 8]; S] {
     // SAFETY: the caller's (the function's contract), as noted
     // at each access below.
@@ -361,11 +381,7 @@ unsafe fn rows8_whole<T: Avx2Block, const WIDE: bool, const S: usize>(
         assert!(blocks <= act.d.len() && blocks <= act.xsum.len() && scratch.len() >= S * blocks);
         assert!(blocks * per_block_sums <= act.bsums.len());
         // At least 1: rows of no values (k = 0) have no blocks to step over.
-        let run = if act.k <= WHOLE_MAX_VALUES {
-            blocks.max(1)
-        } else {
-            1
-        };
+        let run = if act.k <= whole_max { blocks.max(1) } else { 1 };
         for b0 in (0..blocks).step_by(run) {
             for u in 0..8 {
                 for b in b0..b0 + run {
