@@ -91,6 +91,31 @@ pub(super) unsafe fn i16_halves(lo: i16, hi: i16) -> __m512i {
     }
 }
 
+/// Words `j..j + 4` of `words` spread over the four 128-bit lanes, word
+/// `j + L` in every i16 of lane `L`: the scales of four consecutive
+/// sub-blocks of 16 values against `madd`'s pairs of a vector of 64.
+///
+/// # Safety
+/// AVX-512 F/BW (inlined into a function that has them).
+#[inline(always)]
+pub(super) unsafe fn lane_scales(words: __m512i, j: i16) -> __m512i {
+    // SAFETY: the caller's.
+    unsafe {
+        // Each word of 128-bit lane L: L.
+        let lane = _mm512_set_epi64(
+            0x0003_0003_0003_0003,
+            0x0003_0003_0003_0003,
+            0x0002_0002_0002_0002,
+            0x0002_0002_0002_0002,
+            0x0001_0001_0001_0001,
+            0x0001_0001_0001_0001,
+            0,
+            0,
+        );
+        _mm512_permutexvar_epi16(_mm512_add_epi16(lane, _mm512_set1_epi16(j)), words)
+    }
+}
+
 /// The two 256-bit halves of `v` added as i32 lanes (a sum of its 16
 /// lanes kept in 8).
 ///

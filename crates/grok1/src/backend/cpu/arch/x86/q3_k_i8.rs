@@ -2,7 +2,7 @@
 
 use std::arch::x86_64::*;
 
-use super::iq_i8_vbmi::{add_halves, i16_halves};
+use super::iq_i8_vbmi::{add_halves, i16_halves, lane_scales};
 use super::q6_k_i8::i8_scale_vectors;
 use super::q8_blocks_i8::{pick_i16, scaled_dot, Avx2Block};
 use super::q8_blocks_vnni::VnniBlock;
@@ -100,17 +100,6 @@ impl Avx2Block for Q3K {
             let hm = _mm512_broadcast_i64x4(_mm256_loadu_si256(w as *const __m256i));
             let m3 = _mm512_set1_epi8(0x03);
             let four = _mm512_set1_epi8(0x04);
-            // Word i of 128-bit lane L: L.
-            let lane = _mm512_set_epi64(
-                0x0003_0003_0003_0003,
-                0x0003_0003_0003_0003,
-                0x0002_0002_0002_0002,
-                0x0002_0002_0002_0002,
-                0x0001_0001_0001_0001,
-                0x0001_0001_0001_0001,
-                0,
-                0,
-            );
             let mut acc = [_mm512_setzero_si512(); G];
             for p in 0..4 {
                 // Values 64 p..64 p + 64: groups g = 2 p (low half) and
@@ -125,10 +114,7 @@ impl Avx2Block for Q3K {
                 let high = _mm512_test_epi8_mask(hm, bit);
                 let q = _mm512_mask_add_epi8(low, high, low, four);
                 // Sub-blocks 4 p..4 p + 4, one per 128-bit lane.
-                let sc = _mm512_permutexvar_epi16(
-                    _mm512_add_epi16(lane, _mm512_set1_epi16(4 * p as i16)),
-                    all512,
-                );
+                let sc = lane_scales(all512, 4 * p as i16);
                 for (t, acc) in acc.iter_mut().enumerate() {
                     let xv = _mm512_loadu_si512(x[t].add(64 * p) as *const __m512i);
                     let prod = _mm512_madd_epi16(_mm512_maddubs_epi16(q, xv), sc);

@@ -2,7 +2,7 @@
 
 use std::arch::x86_64::*;
 
-use super::iq_i8_vbmi::{add_halves, i16_halves};
+use super::iq_i8_vbmi::{add_halves, i16_halves, lane_scales};
 use super::q8_blocks_i8::{pick_i16, scaled_dot, Avx2Block};
 use super::q8_blocks_vnni::VnniBlock;
 use crate::backend::cpu::types::q6_k::Q6K;
@@ -134,47 +134,9 @@ impl Avx2Block for Q6K {
                     ),
                 ];
                 for (c, &q) in codes.iter().enumerate() {
-                    // Scales 4 j..4 j + 4, each over 8 pairs of values.
-                    let j = (4 * h + 2 * c) as i16 * 2;
-                    let pick = _mm512_inserti64x4::<1>(
-                        _mm512_castsi256_si512(_mm256_setr_epi16(
-                            j,
-                            j,
-                            j,
-                            j,
-                            j,
-                            j,
-                            j,
-                            j,
-                            j + 1,
-                            j + 1,
-                            j + 1,
-                            j + 1,
-                            j + 1,
-                            j + 1,
-                            j + 1,
-                            j + 1,
-                        )),
-                        _mm256_setr_epi16(
-                            j + 2,
-                            j + 2,
-                            j + 2,
-                            j + 2,
-                            j + 2,
-                            j + 2,
-                            j + 2,
-                            j + 2,
-                            j + 3,
-                            j + 3,
-                            j + 3,
-                            j + 3,
-                            j + 3,
-                            j + 3,
-                            j + 3,
-                            j + 3,
-                        ),
-                    );
-                    let sc = _mm512_permutexvar_epi16(pick, all512);
+                    // Scales j..j + 4 (sub-blocks of 16), one per
+                    // 128-bit lane.
+                    let sc = lane_scales(all512, (4 * h + 2 * c) as i16 * 2);
                     for (t, acc) in acc.iter_mut().enumerate() {
                         let xv = _mm512_loadu_si512(x[t].add(128 * h + 64 * c) as *const __m512i);
                         let p = _mm512_madd_epi16(_mm512_maddubs_epi16(q, xv), sc);

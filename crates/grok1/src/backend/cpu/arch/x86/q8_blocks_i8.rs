@@ -417,7 +417,7 @@ unsafe fn rows8_whole<T: Avx2Block, const WIDE: bool, const S: usize>(
             .zip(&mut out)
         {
             let mut acc = _mm256_setzero_ps();
-            for (b, ab) in scratch.iter().take(blocks).enumerate() {
+            for (b, ab) in scratch.iter().enumerate() {
                 // SAFETY: block b lies inside each of the eight rows; `ab`
                 // holds 8 x 4 i32.
                 let (sa, sb) = block_scales::<T>(wp, b * T::BYTES);
